@@ -1,0 +1,89 @@
+//! seqsvc: WeChat-style sequence allocation.
+//!
+//! Every id (a user's inbox, a conversation) owns a 64-bit sequence that only
+//! ever increases. The allocator keeps `cur_seq` per id in memory and a
+//! persisted `max_seq` per **section** (a block of adjacent ids sharing one
+//! value). Handing out a seq above `max_seq` first raises `max_seq` by whole
+//! **steps** and waits until the store reports it durable, so persistence I/O
+//! happens once per step, not once per seq.
+//!
+//! # Invariants
+//! - Per id, seqs strictly increase across calls, restarts and store reloads;
+//!   a restart resumes at the section's persisted `max_seq` (a jump of at most
+//!   one step) and never reissues a seq.
+//! - Every returned seq is `<=` the durably stored `max_seq` of its section.
+//!   A store error becomes an error reply; nothing above the stored value is
+//!   handed out.
+//! - The store only ever raises `max_seq`.
+//! - Message ids ([`snowflake`]) never repeat within a node id, also when the
+//!   wall clock steps back, within a run or across a restart.
+//!
+//! # Layout
+//! - [`allocator`]: sections, steps, batch allocation, prefetch.
+//! - [`store`]: the [`MaxSeqStore`] trait and its embedded (fjall) and
+//!   in-memory implementations.
+//! - [`snowflake`]: 64-bit time-ordered message ids with a persisted clock
+//!   reservation.
+//!
+//! The allocator is plain library code: no sockets, no gRPC. The
+//! distributed AllocSvr/arbiter layer builds on it.
+
+pub mod allocator;
+pub mod snowflake;
+pub mod store;
+
+pub use allocator::{Allocator, AllocatorConfig};
+pub use snowflake::{MsgIdGenerator, SnowflakeId};
+pub use store::{FjallMaxSeqStore, MaxSeqStore, MemoryMaxSeqStore};
+
+/// Which family of sequences an id belongs to. Each namespace has its own
+/// sections and its own persisted `max_seq` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Namespace {
+    /// A user's inbox seq.
+    Inbox,
+    /// A conversation's `conv_seq`.
+    Conversation,
+    /// Process-wide counters, such as the next conversation id (id 0).
+    Counter,
+    /// Reserved wall-clock milliseconds per snowflake node id.
+    SnowflakeClock,
+}
+
+impl Namespace {
+    /// Stable one-byte code used in persisted keys. Never renumber.
+    pub fn code(self) -> u8 {
+        match self {
+            Namespace::Inbox => 1,
+            Namespace::Conversation => 2,
+            Namespace::Counter => 3,
+            Namespace::SnowflakeClock => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Namespace::Inbox,
+            2 => Namespace::Conversation,
+            3 => Namespace::Counter,
+            4 => Namespace::SnowflakeClock,
+            _ => return None,
+        })
+    }
+}
+
+/// Errors of this crate, by kind, so callers can decide on retries.
+#[derive(Debug, thiserror::Error)]
+pub enum SeqError {
+    /// The `max_seq` store failed or is unreachable; nothing was handed out.
+    #[error("max_seq store failed: {0}")]
+    Store(String),
+    /// The request itself is malformed (for example too many ids at once).
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// A sequence space is used up (a u64 would overflow).
+    #[error("sequence space exhausted for {namespace:?} id {id}")]
+    Exhausted { namespace: Namespace, id: u64 },
+}
+
+pub type Result<T, E = SeqError> = std::result::Result<T, E>;

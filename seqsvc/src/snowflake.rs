@@ -1,0 +1,237 @@
+//! 64-bit, time-ordered, unique message ids in the snowflake layout:
+//! `41 bits ms since EPOCH_MS | 10 bits node id | 12 bits sequence`.
+//!
+//! Uniqueness holds per node id, which the caller must keep unique among
+//! running processes. Within a process the generator never lets the
+//! millisecond go backwards: a clock that steps back keeps using the last
+//! millisecond (and borrows the next ones when its 4,096 sequence numbers run
+//! out). Across restarts it relies on a **clock reservation** persisted in the
+//! [`MaxSeqStore`]: an id is only issued for a millisecond at or below the
+//! reserved value, and a restarted generator starts above it, so a clock that
+//! was set back while the process was down cannot repeat an id either.
+
+use crate::store::MaxSeqStore;
+use crate::{Namespace, Result, SeqError};
+use std::sync::{Arc, Mutex};
+
+/// 2026-01-01T00:00:00Z; 41 bits of milliseconds last until 2095.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+pub const NODE_BITS: u32 = 10;
+pub const SEQUENCE_BITS: u32 = 12;
+pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
+const MAX_SEQUENCE: u16 = (1 << SEQUENCE_BITS) - 1;
+/// How far ahead of the clock one persisted reservation reaches: one store
+/// write per this many milliseconds at most.
+pub const RESERVE_AHEAD_MS: u64 = 10_000;
+
+/// A decoded id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnowflakeId {
+    pub unix_ms: u64,
+    pub node_id: u16,
+    pub sequence: u16,
+}
+
+impl SnowflakeId {
+    pub fn encode(self) -> u64 {
+        ((self.unix_ms - EPOCH_MS) << (NODE_BITS + SEQUENCE_BITS))
+            | (u64::from(self.node_id) << SEQUENCE_BITS)
+            | u64::from(self.sequence)
+    }
+
+    pub fn decode(id: u64) -> Self {
+        Self {
+            unix_ms: (id >> (NODE_BITS + SEQUENCE_BITS)) + EPOCH_MS,
+            node_id: ((id >> SEQUENCE_BITS) & u64::from(MAX_NODE_ID)) as u16,
+            sequence: (id & u64::from(MAX_SEQUENCE)) as u16,
+        }
+    }
+}
+
+/// Reads the wall clock in Unix milliseconds; replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+pub struct MsgIdGenerator {
+    node_id: u16,
+    clock: Clock,
+    store: Arc<dyn MaxSeqStore>,
+    state: Mutex<GenState>,
+    reserving: tokio::sync::Mutex<()>,
+}
+
+struct GenState {
+    last_ms: u64,
+    sequence: u16,
+    /// Ids may use milliseconds up to this value (durably reserved).
+    reserved_ms: u64,
+}
+
+impl MsgIdGenerator {
+    /// Loads the node's clock reservation; ids start above it.
+    pub async fn open(node_id: u16, clock: Clock, store: Arc<dyn MaxSeqStore>) -> Result<Self> {
+        if node_id > MAX_NODE_ID {
+            return Err(SeqError::InvalidArgument(format!(
+                "node id {node_id} out of range 0..={MAX_NODE_ID}"
+            )));
+        }
+        let reserved_ms = store
+            .load(Namespace::SnowflakeClock, u64::from(node_id))
+            .await?
+            .max(EPOCH_MS);
+        Ok(Self {
+            node_id,
+            clock,
+            store,
+            state: Mutex::new(GenState {
+                // Everything up to the old reservation may have been used.
+                last_ms: reserved_ms,
+                sequence: MAX_SEQUENCE,
+                reserved_ms,
+            }),
+            reserving: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn node_id(&self) -> u16 {
+        self.node_id
+    }
+
+    /// The next id. Waits for a store write about once per
+    /// [`RESERVE_AHEAD_MS`]; fails (issuing nothing) if that write fails.
+    pub async fn next_id(&self) -> Result<u64> {
+        loop {
+            let wanted_ms = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = (self.clock)().max(EPOCH_MS);
+                let (ms, sequence) = if now > state.last_ms {
+                    (now, 0)
+                } else if state.sequence < MAX_SEQUENCE {
+                    (state.last_ms, state.sequence + 1)
+                } else {
+                    (state.last_ms + 1, 0)
+                };
+                if ms <= state.reserved_ms {
+                    state.last_ms = ms;
+                    state.sequence = sequence;
+                    return Ok(SnowflakeId {
+                        unix_ms: ms,
+                        node_id: self.node_id,
+                        sequence,
+                    }
+                    .encode());
+                }
+                ms
+            };
+            self.reserve(wanted_ms + RESERVE_AHEAD_MS).await?;
+        }
+    }
+
+    async fn reserve(&self, until_ms: u64) -> Result<()> {
+        let _one_at_a_time = self.reserving.lock().await;
+        if self.state.lock().unwrap_or_else(|p| p.into_inner()).reserved_ms >= until_ms {
+            return Ok(());
+        }
+        let stored = self
+            .store
+            .raise(Namespace::SnowflakeClock, u64::from(self.node_id), until_ms)
+            .await?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.reserved_ms = state.reserved_ms.max(stored);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryMaxSeqStore;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
+        let now = Arc::new(AtomicU64::new(start));
+        let reader = Arc::clone(&now);
+        (Arc::new(move || reader.load(Ordering::SeqCst)), now)
+    }
+
+    #[test]
+    fn layout_round_trips() {
+        let id = SnowflakeId {
+            unix_ms: EPOCH_MS + 123_456,
+            node_id: 1023,
+            sequence: 4095,
+        };
+        assert_eq!(SnowflakeId::decode(id.encode()), id);
+    }
+
+    #[tokio::test]
+    async fn clock_going_back_never_repeats_and_ids_keep_increasing() {
+        let store: Arc<dyn MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let (clock, now) = manual_clock(EPOCH_MS + 1_000_000);
+        let generator = MsgIdGenerator::open(5, clock, store).await.unwrap();
+        let mut last = 0;
+        let mut seen = HashSet::new();
+        for i in 0..20_000u64 {
+            if i == 5_000 {
+                now.fetch_sub(60_000, Ordering::SeqCst); // NTP steps back a minute
+            }
+            if i % 1_000 == 0 {
+                now.fetch_add(1, Ordering::SeqCst);
+            }
+            let id = generator.next_id().await.unwrap();
+            assert!(id > last, "id {id} after {last}");
+            assert!(seen.insert(id));
+            assert_eq!(SnowflakeId::decode(id).node_id, 5);
+            last = id;
+        }
+    }
+
+    #[tokio::test]
+    async fn restart_with_clock_set_back_never_repeats() {
+        let store: Arc<dyn MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let (clock, now) = manual_clock(EPOCH_MS + 5_000_000);
+        let mut seen = HashSet::new();
+        let mut last = 0;
+        {
+            let generator = MsgIdGenerator::open(1, clock.clone(), store.clone()).await.unwrap();
+            for _ in 0..10_000 {
+                let id = generator.next_id().await.unwrap();
+                seen.insert(id);
+                last = id;
+            }
+        }
+        now.fetch_sub(3_600_000, Ordering::SeqCst);
+        let generator = MsgIdGenerator::open(1, clock, store).await.unwrap();
+        for _ in 0..10_000 {
+            let id = generator.next_id().await.unwrap();
+            assert!(seen.insert(id), "id {id} repeated after restart");
+            assert!(id > last);
+            last = id;
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_reservation_issues_nothing() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        store.fail_next_raises(1);
+        let (clock, _) = manual_clock(EPOCH_MS + 42);
+        let generator = MsgIdGenerator::open(0, clock, store.clone()).await.unwrap();
+        assert!(generator.next_id().await.is_err());
+        assert!(generator.next_id().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn node_id_out_of_range_is_rejected() {
+        let store: Arc<dyn MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        assert!(MsgIdGenerator::open(1024, system_clock(), store).await.is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! Durable storage of `max_seq` per (namespace, section).
+//!
+//! A [`MaxSeqStore`] only raises values: `raise` to a lower value than the
+//! stored one leaves it unchanged and returns the stored value. `raise`
+//! returns only after the new value is durable (fsync for the embedded store),
+//! because the allocator hands out seqs up to the returned value.
+
+use crate::{Namespace, Result, SeqError};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[async_trait]
+pub trait MaxSeqStore: Send + Sync + 'static {
+    /// The stored `max_seq` of a section; 0 when never raised.
+    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64>;
+
+    /// Raises the section's `max_seq` to at least `at_least` and returns the
+    /// stored value once it is durable. Never lowers it.
+    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64>;
+}
+
+fn section_key(namespace: Namespace, section: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = namespace.code();
+    key[1..].copy_from_slice(&section.to_be_bytes());
+    key
+}
+
+fn decode_u64(bytes: &[u8]) -> Result<u64> {
+    let raw: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| SeqError::Store(format!("corrupt max_seq value of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+/// The embedded store: one fjall database in its own directory.
+///
+/// Raises are serialised by a mutex: they happen once per step per section, so
+/// contention is negligible, and read-compare-write needs no transaction.
+#[derive(Clone)]
+pub struct FjallMaxSeqStore {
+    inner: std::sync::Arc<FjallInner>,
+}
+
+struct FjallInner {
+    db: fjall::Database,
+    max_seq: fjall::Keyspace,
+    write_lock: Mutex<()>,
+}
+
+impl FjallMaxSeqStore {
+    /// Opens (or creates) the store in `dir`. Blocking: call before serving or
+    /// from a blocking context.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = fjall::Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| SeqError::Store(format!("open {}: {e}", dir.display())))?;
+        let max_seq = db
+            .keyspace("max_seq", fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| SeqError::Store(e.to_string()))?;
+        Ok(Self {
+            inner: std::sync::Arc::new(FjallInner {
+                db,
+                max_seq,
+                write_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    fn load_blocking(&self, namespace: Namespace, section: u64) -> Result<u64> {
+        match self
+            .inner
+            .max_seq
+            .get(section_key(namespace, section))
+            .map_err(|e| SeqError::Store(e.to_string()))?
+        {
+            Some(v) => decode_u64(&v),
+            None => Ok(0),
+        }
+    }
+
+    fn raise_blocking(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+        let _guard = self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = self.load_blocking(namespace, section)?;
+        if stored >= at_least {
+            return Ok(stored);
+        }
+        self.inner
+            .max_seq
+            .insert(section_key(namespace, section), at_least.to_be_bytes())
+            .map_err(|e| SeqError::Store(e.to_string()))?;
+        self.inner
+            .db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(|e| SeqError::Store(format!("fsync: {e}")))?;
+        Ok(at_least)
+    }
+}
+
+#[async_trait]
+impl MaxSeqStore for FjallMaxSeqStore {
+    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking(namespace, section))
+            .await
+            .map_err(|e| SeqError::Store(format!("load task failed: {e}")))?
+    }
+
+    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.raise_blocking(namespace, section, at_least))
+            .await
+            .map_err(|e| SeqError::Store(format!("raise task failed: {e}")))?
+    }
+}
+
+/// An in-memory store for tests and benchmarks, with fault injection: it
+/// "persists" instantly and forgets everything when dropped.
+#[derive(Default)]
+pub struct MemoryMaxSeqStore {
+    values: Mutex<HashMap<(Namespace, u64), u64>>,
+    failing_raises: AtomicU32,
+    raises: AtomicU32,
+}
+
+impl MemoryMaxSeqStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next `n` raises fail with a store error and change nothing.
+    pub fn fail_next_raises(&self, n: u32) {
+        self.failing_raises.store(n, Ordering::SeqCst);
+    }
+
+    /// How many raises succeeded so far (persistence I/O count).
+    pub fn raise_count(&self) -> u32 {
+        self.raises.load(Ordering::SeqCst)
+    }
+
+    /// The stored value, as a test checker reads it.
+    pub fn stored(&self, namespace: Namespace, section: u64) -> u64 {
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values.get(&(namespace, section)).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl MaxSeqStore for MemoryMaxSeqStore {
+    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+        Ok(self.stored(namespace, section))
+    }
+
+    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+        let fail = self
+            .failing_raises
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(SeqError::Store("injected failure".into()));
+        }
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = values.entry((namespace, section)).or_insert(0);
+        *slot = (*slot).max(at_least);
+        self.raises.fetch_add(1, Ordering::SeqCst);
+        Ok(*slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fjall_store_only_raises_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+            assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 0);
+            assert_eq!(store.raise(Namespace::Inbox, 7, 100).await.unwrap(), 100);
+            assert_eq!(store.raise(Namespace::Inbox, 7, 50).await.unwrap(), 100);
+            assert_eq!(store.raise(Namespace::Conversation, 7, 10).await.unwrap(), 10);
+        }
+        let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+        assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 100);
+        assert_eq!(store.load(Namespace::Conversation, 7).await.unwrap(), 10);
+        assert_eq!(store.load(Namespace::Inbox, 8).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn memory_store_injected_failure_changes_nothing() {
+        let store = MemoryMaxSeqStore::new();
+        store.fail_next_raises(1);
+        assert!(store.raise(Namespace::Inbox, 0, 10).await.is_err());
+        assert_eq!(store.stored(Namespace::Inbox, 0), 0);
+        assert_eq!(store.raise(Namespace::Inbox, 0, 10).await.unwrap(), 10);
+    }
+}

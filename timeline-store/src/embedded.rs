@@ -1,0 +1,444 @@
+//! The embedded backend: one fjall database, one writer thread, group commit.
+//!
+//! Writers hand their batches to a dedicated thread over a bounded queue. The
+//! thread drains up to [`EmbeddedStoreConfig::max_group`] requests, applies
+//! them as one atomic fjall batch, fsyncs the journal once, then answers all
+//! of them. Under load many sends share one fsync; alone, a send pays one.
+//! Reads run on tokio's blocking pool (they may touch disk).
+//!
+//! Key layout (all integers big-endian so byte order is numeric order):
+//! - `inbox`:        user_id | seq           -> Entry
+//! - `conv`:         conversation_id | conv_seq -> Entry
+//! - `conversations`: conversation_id         -> Conversation
+//! - `receipts`:     IdempotencyKey::to_bytes -> Receipt
+//! - `checkpoints`:  user_id | device_id      -> u64
+//!
+//! If an fsync fails the store is poisoned: data that reached the page cache
+//! may not be durable and a later fsync may falsely succeed, so every later
+//! write fails until the process restarts and recovers from the journal.
+
+use crate::{
+    Conversation, Entry, EventCommit, IdempotencyKey, Receipt, Result, StoreError, TimelineStore,
+};
+use async_trait::async_trait;
+use prost::Message;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedStoreConfig {
+    /// Pending write requests queued for the writer thread; senders wait
+    /// (backpressure) when it is full.
+    pub queue_capacity: usize,
+    /// Most requests applied under one fsync.
+    pub max_group: usize,
+    /// Most inbox copies one event may carry.
+    pub max_inbox_writes: usize,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_group: 1024,
+            max_inbox_writes: 100_000,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+enum WriteOp {
+    Event(EventCommit),
+    Checkpoint {
+        user_id: u64,
+        device_id: String,
+        seq: u64,
+    },
+}
+
+enum WriteOutcome {
+    Done,
+    Checkpoint(u64),
+}
+
+struct WriteRequest {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome>>,
+}
+
+#[derive(Clone)]
+struct Keyspaces {
+    db: fjall::Database,
+    inbox: fjall::Keyspace,
+    conv: fjall::Keyspace,
+    conversations: fjall::Keyspace,
+    receipts: fjall::Keyspace,
+    checkpoints: fjall::Keyspace,
+}
+
+/// A cheap-to-clone handle; the writer thread stops when the last handle is
+/// dropped (after finishing queued writes).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    keyspaces: Keyspaces,
+    writes: mpsc::Sender<WriteRequest>,
+    poisoned: Arc<AtomicBool>,
+    config: EmbeddedStoreConfig,
+    _writer: Arc<WriterThread>,
+}
+
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        // Runs when the last store handle (and so the last queue sender) is
+        // gone: the thread drains what is queued and exits.
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn key2(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+fn checkpoint_key(user_id: u64, device_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + device_id.len());
+    key.extend_from_slice(&user_id.to_be_bytes());
+    key.extend_from_slice(device_id.as_bytes());
+    key
+}
+
+fn decode_u64(bytes: &[u8]) -> Result<u64> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| corrupt("checkpoint is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Blocking; fails if another process has the directory open.
+    pub fn open(dir: &Path, config: EmbeddedStoreConfig) -> Result<Self> {
+        let db = fjall::Database::builder(dir)
+            .manual_journal_persist(true)
+            .cache_size(config.cache_bytes)
+            .open()
+            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", dir.display())))?;
+        let open = |name: &str| {
+            db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+                .map_err(io)
+        };
+        let keyspaces = Keyspaces {
+            inbox: open("inbox")?,
+            conv: open("conv")?,
+            conversations: open("conversations")?,
+            receipts: open("receipts")?,
+            checkpoints: open("checkpoints")?,
+            db,
+        };
+        let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let keyspaces = keyspaces.clone();
+            let poisoned = Arc::clone(&poisoned);
+            let max_group = config.max_group.max(1);
+            std::thread::Builder::new()
+                .name("timeline-writer".into())
+                .spawn(move || writer_loop(keyspaces, queue, poisoned, max_group))
+                .map_err(io)?
+        };
+        Ok(Self {
+            keyspaces,
+            writes,
+            poisoned,
+            config,
+            _writer: Arc::new(WriterThread(Some(writer))),
+        })
+    }
+
+
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(poisoned_error());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Keyspaces) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let keyspaces = self.keyspaces.clone();
+        tokio::task::spawn_blocking(move || f(&keyspaces))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn poisoned_error() -> StoreError {
+    StoreError::Unavailable("an earlier fsync failed; restart to recover from the journal".into())
+}
+
+fn writer_loop(
+    keyspaces: Keyspaces,
+    mut queue: mpsc::Receiver<WriteRequest>,
+    poisoned: Arc<AtomicBool>,
+    max_group: usize,
+) {
+    let mut group = Vec::with_capacity(max_group);
+    while let Some(first) = queue.blocking_recv() {
+        group.push(first);
+        while group.len() < max_group {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let outcomes = apply_group(&keyspaces, &group, &poisoned);
+        match outcomes {
+            Ok(outcomes) => {
+                for (request, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(%message, "group commit failed");
+                for request in group.drain(..) {
+                    let _ = request.reply.send(Err(StoreError::Io(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn apply_group(
+    ks: &Keyspaces,
+    group: &[WriteRequest],
+    poisoned: &AtomicBool,
+) -> Result<Vec<WriteOutcome>> {
+    if poisoned.load(Ordering::Acquire) {
+        return Err(poisoned_error());
+    }
+    let mut batch = ks.db.batch();
+    let mut outcomes = Vec::with_capacity(group.len());
+    // Checkpoints raised earlier in this same group, not yet in the store.
+    let mut checkpoints: HashMap<Vec<u8>, u64> = HashMap::new();
+    for request in group {
+        match &request.op {
+            WriteOp::Event(commit) => {
+                let conversation_id = commit.entry.conversation_id;
+                batch.insert(
+                    &ks.conv,
+                    key2(conversation_id, commit.entry.conv_seq),
+                    Entry { seq: 0, ..commit.entry.clone() }.encode_to_vec(),
+                );
+                let mut copy = commit.entry.clone();
+                for write in &commit.inbox {
+                    copy.seq = write.seq;
+                    batch.insert(&ks.inbox, key2(write.user_id, write.seq), copy.encode_to_vec());
+                }
+                if let Some((key, receipt)) = &commit.receipt {
+                    batch.insert(&ks.receipts, key.to_bytes(), receipt.encode_to_vec());
+                }
+                if let Some(conversation) = &commit.conversation {
+                    batch.insert(
+                        &ks.conversations,
+                        conversation.conversation_id.to_be_bytes(),
+                        conversation.encode_to_vec(),
+                    );
+                }
+                outcomes.push(WriteOutcome::Done);
+            }
+            WriteOp::Checkpoint { user_id, device_id, seq } => {
+                let key = checkpoint_key(*user_id, device_id);
+                let stored = match checkpoints.get(&key) {
+                    Some(&v) => v,
+                    None => match ks.checkpoints.get(&key).map_err(io)? {
+                        Some(v) => decode_u64(&v)?,
+                        None => 0,
+                    },
+                };
+                let value = stored.max(*seq);
+                if value > stored {
+                    batch.insert(&ks.checkpoints, key.clone(), value.to_be_bytes());
+                    checkpoints.insert(key, value);
+                }
+                outcomes.push(WriteOutcome::Checkpoint(value));
+            }
+        }
+    }
+    batch.commit().map_err(io)?;
+    if let Err(error) = ks.db.persist(fjall::PersistMode::SyncAll) {
+        poisoned.store(true, Ordering::Release);
+        return Err(StoreError::Io(format!("fsync: {error}")));
+    }
+    Ok(outcomes)
+}
+
+fn decode_entries(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for guard in iter.take(limit) {
+        let value = guard.value().map_err(io)?;
+        entries.push(Entry::decode(value.as_ref()).map_err(corrupt)?);
+    }
+    Ok(entries)
+}
+
+#[async_trait]
+impl TimelineStore for EmbeddedStore {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        if commit.inbox.len() > self.config.max_inbox_writes {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} inbox copies in one event, at most {}",
+                commit.inbox.len(),
+                self.config.max_inbox_writes
+            )));
+        }
+        self.write(WriteOp::Event(commit)).await.map(|_| ())
+    }
+
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
+        self.read(move |ks| {
+            ks.conversations
+                .get(conversation_id.to_be_bytes())
+                .map_err(io)?
+                .map(|v| Conversation::decode(v.as_ref()).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
+        let key = key.to_bytes();
+        self.read(move |ks| {
+            ks.receipts
+                .get(key)
+                .map_err(io)?
+                .map(|v| Receipt::decode(v.as_ref()).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn read_inbox(
+        &self,
+        user_id: u64,
+        after_seq: u64,
+        through_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        if after_seq >= through_seq || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |ks| {
+            let range = key2(user_id, after_seq + 1)..=key2(user_id, through_seq);
+            decode_entries(ks.inbox.range(range), limit)
+        })
+        .await
+    }
+
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        self.read(move |ks| {
+            let range = key2(user_id, 0)..=key2(user_id, u64::MAX);
+            match ks.inbox.range(range).next_back() {
+                Some(guard) => {
+                    let key = guard.key().map_err(io)?;
+                    let seq: [u8; 8] = key[8..].try_into().map_err(|_| corrupt("inbox key length"))?;
+                    Ok(u64::from_be_bytes(seq))
+                }
+                None => Ok(0),
+            }
+        })
+        .await
+    }
+
+    async fn read_conversation(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        before: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        if after.saturating_add(1) >= before || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |ks| {
+            let range = key2(conversation_id, after + 1)..key2(conversation_id, before);
+            let iter = ks.conv.range(range);
+            if newest_first {
+                decode_entries(iter.rev(), limit)
+            } else {
+                decode_entries(iter, limit)
+            }
+        })
+        .await
+    }
+
+    async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
+        match self
+            .write(WriteOp::Checkpoint {
+                user_id,
+                device_id: device_id.to_owned(),
+                seq,
+            })
+            .await?
+        {
+            WriteOutcome::Checkpoint(stored) => Ok(stored),
+            WriteOutcome::Done => Err(StoreError::Io("writer answered the wrong request".into())),
+        }
+    }
+
+    async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
+        let key = checkpoint_key(user_id, device_id);
+        self.read(move |ks| match ks.checkpoints.get(key).map_err(io)? {
+            Some(v) => decode_u64(&v),
+            None => Ok(0),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let open = move || EmbeddedStore::open(&path, EmbeddedStoreConfig::default()).unwrap();
+        crate::conformance::run_all(&open).await;
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_directory_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+        assert!(EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).is_err());
+    }
+}
