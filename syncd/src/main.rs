@@ -1,1 +1,154 @@
-fn main() {}
+//! `syncd`: run the Timeline server, or mint tokens for it.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use syncd::auth::Principal;
+use syncd::server::{self, NodeConfig};
+
+/// How long shutdown waits for in-flight calls before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "syncd", version, about = "Timeline sync server: stores conversations and inboxes, syncs devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API on the embedded store until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Print a token signed with the data directory's key.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory for the store, sequence state and auth key (created if missing).
+    #[arg(long, env = "SYNCD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed on start).
+    #[arg(long, env = "SYNCD_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Snowflake node id (0-1023), unique among processes sharing a store.
+    #[arg(long, default_value_t = 0)]
+    node_id: u16,
+    /// Sequence numbers reserved per persisted max_seq write.
+    #[arg(long, default_value_t = 10_000)]
+    seq_step: u64,
+    /// Ids sharing one persisted max_seq.
+    #[arg(long, default_value_t = 100_000)]
+    seq_section_size: u64,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["user", "service"])))]
+struct TokenArgs {
+    #[arg(long, env = "SYNCD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A device token for this user id (with --device).
+    #[arg(long, requires = "device")]
+    user: Option<u64>,
+    /// Device id: 1-64 of A-Z a-z 0-9 . _ -
+    #[arg(long, requires = "user")]
+    device: Option<String>,
+    /// A service token for this backend service name.
+    #[arg(long, conflicts_with_all = ["user", "device"])]
+    service: Option<String>,
+    /// Validity in hours.
+    #[arg(long, default_value_t = 24 * 30)]
+    ttl_hours: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let principal = match (args.user, args.device, args.service) {
+        (Some(user_id), Some(device_id), None) => Principal::Device { user_id, device_id },
+        (None, None, Some(name)) => Principal::Service { name },
+        _ => anyhow::bail!("give either --user and --device, or --service"),
+    };
+    let authority = server::token_authority(&args.data_dir)?;
+    let ttl = Duration::from_secs(args.ttl_hours.saturating_mul(3600));
+    println!("{}", authority.issue(&principal, ttl)?);
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let config = NodeConfig {
+            data_dir: args.data_dir.clone(),
+            node_id: args.node_id,
+            allocator: seqsvc::AllocatorConfig {
+                step: args.seq_step,
+                section_size: args.seq_section_size,
+            },
+        };
+        let node = server::open_node(&config)
+            .await
+            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+        let listener = server::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        // Scripts and tests read this line to learn the port.
+        println!("listening on {local}");
+        tracing::info!(%local, data_dir = %args.data_dir.display(), "syncd serving");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            wait_for_signal().await;
+            let _ = stopping_tx.send(());
+        };
+        let served = server::serve(listener, node, shutdown);
+        tokio::pin!(served);
+        tokio::select! {
+            result = &mut served => result?,
+            () = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::warn!("calls still running after the grace period; exiting"),
+        }
+        tracing::info!("syncd stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,81 @@
+//! `timeline.v1.Admin`: calls made by backend services (service tokens).
+
+use super::timeline_service::send_reply;
+use super::{authenticate, convert, parse_client_msg_id};
+use crate::auth::{Principal, TokenAuthority};
+use crate::engine::{Engine, MembershipChange, SendCommand};
+use crate::error::SyncdError;
+use proto::timeline::v1 as pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    engine: Arc<Engine>,
+    auth: TokenAuthority,
+}
+
+impl AdminService {
+    pub fn new(engine: Arc<Engine>, auth: TokenAuthority) -> Self {
+        Self { engine, auth }
+    }
+
+    fn service<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = authenticate(&self.auth, request)?;
+        match principal {
+            Principal::Service { .. } => Ok(principal),
+            Principal::Device { .. } => {
+                Err(SyncdError::PermissionDenied("admin calls need a service token".into()).into())
+            }
+        }
+    }
+
+    async fn change(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+        change: MembershipChange,
+    ) -> Result<Response<pb::ChangeMembersReply>, Status> {
+        let principal = self.service(&request)?;
+        let request = request.into_inner();
+        let (conversation, conv_seq) = self
+            .engine
+            .change_members(principal, request.conversation_id, request.members, change)
+            .await?;
+        Ok(Response::new(pb::ChangeMembersReply {
+            conversation: Some(convert::conversation(conversation)),
+            conv_seq,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn add_members(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersReply>, Status> {
+        self.change(request, MembershipChange::Add).await
+    }
+
+    async fn remove_members(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersReply>, Status> {
+        self.change(request, MembershipChange::Remove).await
+    }
+
+    async fn append_message(
+        &self,
+        request: Request<pb::AppendMessageRequest>,
+    ) -> Result<Response<pb::SendReply>, Status> {
+        let principal = self.service(&request)?;
+        let request = request.into_inner();
+        let command = SendCommand {
+            conversation_id: request.conversation_id,
+            text: request.text,
+            client_msg_id: parse_client_msg_id(&request.client_msg_id)?,
+            sender_id: Some(request.sender_id),
+        };
+        let outcome = self.engine.send(principal, command).await?;
+        Ok(Response::new(send_reply(outcome)))
+    }
+}

@@ -1,0 +1,169 @@
+//! `timeline.v1.Timeline`: calls made by devices (and services where noted).
+
+use super::{authenticate, convert, parse_client_msg_id};
+use crate::auth::TokenAuthority;
+use crate::engine::{Engine, HistoryQuery, NewConversation, SendCommand};
+use crate::error::SyncdError;
+use crate::limits::SUBSCRIBER_QUEUE;
+use proto::timeline::v1 as pb;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct TimelineService {
+    engine: Arc<Engine>,
+    auth: TokenAuthority,
+}
+
+impl TimelineService {
+    pub fn new(engine: Arc<Engine>, auth: TokenAuthority) -> Self {
+        Self { engine, auth }
+    }
+}
+
+pub(crate) fn send_reply(outcome: crate::engine::SendOutcome) -> pb::SendReply {
+    pb::SendReply {
+        conversation_id: outcome.receipt.conversation_id,
+        conv_seq: outcome.receipt.conv_seq,
+        msg_id: outcome.receipt.msg_id,
+        client_msg_id: outcome.client_msg_id.to_string(),
+        sent_at_ms: outcome.receipt.sent_at_ms,
+        duplicate: outcome.duplicate,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::timeline_server::Timeline for TimelineService {
+    #[tracing::instrument(skip_all, fields(conversation_id = request.get_ref().conversation_id))]
+    async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let command = SendCommand {
+            conversation_id: request.conversation_id,
+            text: request.text,
+            client_msg_id: parse_client_msg_id(&request.client_msg_id)?,
+            sender_id: None,
+        };
+        let outcome = self.engine.send(principal, command).await?;
+        Ok(Response::new(send_reply(outcome)))
+    }
+
+    async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<pb::SyncReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let page = self
+            .engine
+            .sync(&principal, request.after_seq, request.limit as usize)
+            .await?;
+        Ok(Response::new(pb::SyncReply {
+            entries: page.entries.into_iter().map(convert::entry).collect(),
+            has_more: page.has_more,
+            checkpoint: page.checkpoint,
+        }))
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let checkpoint = self.engine.ack(&principal, request.get_ref().seq).await?;
+        Ok(Response::new(pb::AckReply { checkpoint }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::Notice, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let mut feed = self
+            .engine
+            .subscribe(&principal, request.after_seq, request.include_entries)
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    notice = feed.next() => match notice.transpose() {
+                        Some(notice) => notice,
+                        None => break,
+                    },
+                    () = tx.closed() => break,
+                };
+                let message = notice
+                    .map(|n| pb::Notice {
+                        up_to_seq: n.up_to_seq,
+                        entries: n.entries.into_iter().map(convert::entry).collect(),
+                    })
+                    .map_err(Status::from);
+                let failed = message.is_err();
+                // Waits while the subscriber's queue is full; the feed
+                // coalesces meanwhile, so a stuck reader holds at most
+                // SUBSCRIBER_QUEUE notices.
+                if tx.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let page = self
+            .engine
+            .history(
+                &principal,
+                HistoryQuery {
+                    conversation_id: request.conversation_id,
+                    before: request.before,
+                    after: request.after,
+                    limit: request.limit as usize,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::HistoryReply {
+            entries: page.entries.into_iter().map(convert::entry).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let kind = convert::conversation_kind(request.kind)
+            .ok_or_else(|| SyncdError::InvalidArgument(format!("unknown conversation kind {}", request.kind)))?;
+        let conversation = self
+            .engine
+            .create_conversation(
+                principal,
+                NewConversation {
+                    kind,
+                    members: request.members,
+                    title: request.title,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateConversationReply {
+            conversation: Some(convert::conversation(conversation)),
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let conversation = self
+            .engine
+            .get_conversation(&principal, request.get_ref().conversation_id)
+            .await?;
+        Ok(Response::new(pb::GetConversationReply {
+            conversation: Some(convert::conversation(conversation)),
+        }))
+    }
+}

@@ -1,0 +1,306 @@
+//! The sync horizon: which prefix of a timeline is safe to show.
+//!
+//! Seqs are allocated in one order and become durable in another: seq 9 can
+//! be stored before seq 8. A device that synced then and advanced its
+//! checkpoint to 9 would never fetch 8 (OpenIM #320). So reads expose only
+//! seqs at or below the **limit** of their key (a user's inbox or a
+//! conversation), the highest seq below which nothing is still in flight.
+//!
+//! A writer takes a [`Reservation`] *before* it allocates. Until the
+//! allocation is known, the reservation holds the limit at its **floor**:
+//! the highest seq registered for the key when it was taken. That is safe
+//! because the allocator is linearizable per id: an allocation that starts
+//! after the reservation returns a seq above every seq registered before it.
+//! Once seqs are known, [`Reservation::assign`] turns the floors into
+//! **pending** seqs, each holding the limit just below itself until
+//! [`Assignment::complete`] reports it durable. Dropping a reservation or an
+//! assignment without completing releases it (the write failed: a gap).
+//!
+//! The limit of a key with nothing in flight is `u64::MAX`. State exists only
+//! for keys with writes in flight, so memory is bounded by in-flight writes.
+//! One process only: several syncd processes writing the same user need a
+//! shared horizon (or per-user write ordering), which this does not provide.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Inbox,
+    Conversation,
+}
+
+pub type Key = (Scope, u64);
+
+const SHARDS: usize = 64;
+
+pub struct Horizon {
+    shards: [Mutex<HashMap<Key, KeyState>>; SHARDS],
+}
+
+impl Default for Horizon {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyState {
+    /// Floors of reservations whose seqs are not known yet (a multiset).
+    floors: Vec<u64>,
+    /// Seqs allocated but not yet durable.
+    pending: Vec<u64>,
+    max_registered: u64,
+    max_durable: u64,
+}
+
+impl KeyState {
+    fn limit(&self) -> u64 {
+        let floors = self.floors.iter().copied();
+        let below_pending = self.pending.iter().map(|&seq| seq - 1);
+        floors.chain(below_pending).min().unwrap_or(u64::MAX)
+    }
+
+    fn idle(&self) -> bool {
+        self.floors.is_empty() && self.pending.is_empty()
+    }
+}
+
+fn remove_one(values: &mut Vec<u64>, value: u64) {
+    if let Some(at) = values.iter().position(|&v| v == value) {
+        values.swap_remove(at);
+    }
+}
+
+impl Horizon {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, KeyState>> {
+        let index = (key.1 as usize).wrapping_mul(31).wrapping_add(key.0 as usize) % SHARDS;
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest seq of `key` that is safe to read: every seq at or below
+    /// it is durable or will never exist.
+    pub fn limit(&self, key: Key) -> u64 {
+        self.shard(&key).get(&key).map_or(u64::MAX, KeyState::limit)
+    }
+
+    /// Announces writes to `keys` (one seq each) before their allocation.
+    pub fn reserve(self: &Arc<Self>, keys: Vec<Key>) -> Reservation {
+        let floors = keys
+            .iter()
+            .map(|key| {
+                let mut shard = self.shard(key);
+                let state = shard.entry(*key).or_default();
+                let floor = state.max_registered;
+                state.floors.push(floor);
+                floor
+            })
+            .collect();
+        Reservation {
+            horizon: Arc::clone(self),
+            keys,
+            floors,
+        }
+    }
+}
+
+/// Writes announced, seqs not yet known.
+pub struct Reservation {
+    horizon: Arc<Horizon>,
+    keys: Vec<Key>,
+    floors: Vec<u64>,
+}
+
+impl Reservation {
+    /// Records the allocated seqs (`seqs[i]` for the i-th key). Panics if the
+    /// lengths differ: that is a bug in the caller.
+    pub fn assign(mut self, seqs: Vec<u64>) -> Assignment {
+        assert_eq!(seqs.len(), self.keys.len(), "one seq per reserved key");
+        let keys = std::mem::take(&mut self.keys);
+        let floors = std::mem::take(&mut self.floors);
+        for ((key, floor), &seq) in keys.iter().zip(floors).zip(&seqs) {
+            let mut shard = self.horizon.shard(key);
+            let state = shard.entry(*key).or_default();
+            remove_one(&mut state.floors, floor);
+            state.pending.push(seq);
+            state.max_registered = state.max_registered.max(seq);
+        }
+        Assignment {
+            horizon: Arc::clone(&self.horizon),
+            keys,
+            seqs,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for (key, &floor) in self.keys.iter().zip(&self.floors) {
+            let mut shard = self.horizon.shard(key);
+            if let Some(state) = shard.get_mut(key) {
+                remove_one(&mut state.floors, floor);
+                if state.idle() {
+                    shard.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Seqs allocated, writes not yet durable.
+pub struct Assignment {
+    horizon: Arc<Horizon>,
+    keys: Vec<Key>,
+    seqs: Vec<u64>,
+}
+
+impl Assignment {
+    /// Marks every seq durable. Returns, per key, the highest seq now safe
+    /// to announce to subscribers (it may be below this write's seq while an
+    /// earlier write to the same key is still in flight).
+    pub fn complete(mut self) -> Vec<(Key, u64)> {
+        let keys = std::mem::take(&mut self.keys);
+        let seqs = std::mem::take(&mut self.seqs);
+        keys.into_iter()
+            .zip(seqs)
+            .map(|(key, seq)| {
+                let mut shard = self.horizon.shard(&key);
+                let state = shard.entry(key).or_default();
+                remove_one(&mut state.pending, seq);
+                state.max_durable = state.max_durable.max(seq);
+                let visible = state.limit().min(state.max_durable);
+                if state.idle() {
+                    shard.remove(&key);
+                }
+                (key, visible)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Assignment {
+    fn drop(&mut self) {
+        for (key, &seq) in self.keys.iter().zip(&self.seqs) {
+            let mut shard = self.horizon.shard(key);
+            if let Some(state) = shard.get_mut(key) {
+                remove_one(&mut state.pending, seq);
+                if state.idle() {
+                    shard.remove(key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore, Namespace};
+    use std::collections::BTreeSet;
+
+    const ALICE: Key = (Scope::Inbox, 1);
+
+    #[test]
+    fn a_later_seq_stays_hidden_until_the_earlier_one_is_durable() {
+        let horizon = Horizon::new();
+        let first = horizon.reserve(vec![ALICE]).assign(vec![8]);
+        let second = horizon.reserve(vec![ALICE]).assign(vec![9]);
+        assert_eq!(horizon.limit(ALICE), 7);
+        assert_eq!(second.complete(), vec![(ALICE, 7)], "9 is durable but 8 is not");
+        assert_eq!(horizon.limit(ALICE), 7);
+        assert_eq!(first.complete(), vec![(ALICE, 9)]);
+        assert_eq!(horizon.limit(ALICE), u64::MAX);
+    }
+
+    #[test]
+    fn an_unallocated_reservation_holds_the_limit_at_its_floor() {
+        let horizon = Horizon::new();
+        let earlier = horizon.reserve(vec![ALICE]).assign(vec![5]);
+        let unknown = horizon.reserve(vec![ALICE]);
+        // The unknown allocation may return anything above 5.
+        assert_eq!(horizon.limit(ALICE), 4);
+        earlier.complete();
+        assert_eq!(horizon.limit(ALICE), 5);
+        let late = unknown.assign(vec![6]);
+        assert_eq!(horizon.limit(ALICE), 5);
+        late.complete();
+        assert_eq!(horizon.limit(ALICE), u64::MAX);
+    }
+
+    #[test]
+    fn failed_writes_release_the_horizon() {
+        let horizon = Horizon::new();
+        drop(horizon.reserve(vec![ALICE, (Scope::Conversation, 1)]));
+        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        let failed = horizon.reserve(vec![ALICE]).assign(vec![3]);
+        assert_eq!(horizon.limit(ALICE), 2);
+        drop(failed);
+        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert!(horizon.shards.iter().all(|s| s.lock().unwrap().is_empty()), "no state left behind");
+    }
+
+    /// Many writers allocate from a real allocator and "store" in random
+    /// order while a reader repeatedly reads everything at or below the
+    /// limit: what it sees must always be exactly 1..=n, never a set with a
+    /// hole that a later write fills.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_only_ever_see_complete_prefixes() {
+        let horizon = Horizon::new();
+        let allocator = Allocator::new(
+            AllocatorConfig { step: 7, section_size: 4 },
+            Arc::new(MemoryMaxSeqStore::new()),
+        )
+        .unwrap();
+        let durable: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (horizon, durable, done) = (horizon.clone(), durable.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                let mut highest_seen = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let limit = horizon.limit(ALICE);
+                    let seen: Vec<u64> = durable.lock().unwrap().range(..=limit).copied().collect();
+                    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+                    assert_eq!(seen, expected, "hole below limit {limit}");
+                    assert!(seen.len() as u64 >= highest_seen, "visible prefix shrank");
+                    highest_seen = seen.len() as u64;
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
+        let writers: Vec<_> = (0..16u64)
+            .map(|w| {
+                let (horizon, allocator, durable) = (horizon.clone(), allocator.clone(), durable.clone());
+                tokio::spawn(async move {
+                    for i in 0..200u64 {
+                        let reservation = horizon.reserve(vec![ALICE]);
+                        let seq = allocator.next(Namespace::Inbox, ALICE.1).await.unwrap();
+                        let assignment = reservation.assign(vec![seq]);
+                        // Writes take uneven time, so completion order shuffles.
+                        for _ in 0..((w * 7 + i * 13) % 5) {
+                            tokio::task::yield_now().await;
+                        }
+                        durable.lock().unwrap().insert(seq);
+                        assignment.complete();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        assert!(reader.await.unwrap() > 0);
+        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert_eq!(durable.lock().unwrap().len(), 16 * 200);
+    }
+}

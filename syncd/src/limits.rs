@@ -1,0 +1,38 @@
+//! Named bounds on everything a client can make the server hold or do.
+
+/// Largest message text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Largest conversation title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+/// Largest encoded gRPC request the server decodes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest encoded gRPC reply (a full sync page of maximal messages fits).
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Members of one conversation. Every member gets an inbox copy of every
+/// message (write fanout), so this bounds the cost of one send.
+pub const MAX_CONVERSATION_MEMBERS: usize = 10_000;
+/// Members named in one create/add/remove call.
+pub const MAX_MEMBERS_PER_CALL: usize = 1_000;
+/// Sync page size when the request leaves it at 0, and the cap.
+pub const DEFAULT_SYNC_LIMIT: usize = 100;
+pub const MAX_SYNC_LIMIT: usize = 1_000;
+/// History page size when the request leaves it at 0, and the cap.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+pub const MAX_HISTORY_LIMIT: usize = 500;
+/// Device and service names: length in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Sends being processed at once; more wait for a slot.
+pub const MAX_INFLIGHT_SENDS: usize = 4_096;
+/// Open TCP connections; further connections wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Concurrent HTTP/2 streams (calls) per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Open Subscribe streams, in total and per user.
+pub const MAX_SUBSCRIPTIONS: usize = 100_000;
+pub const MAX_SUBSCRIPTIONS_PER_USER: usize = 32;
+/// Notices queued per subscriber before newer ones are coalesced into the
+/// last one (the subscriber's queue never grows past this).
+pub const SUBSCRIBER_QUEUE: usize = 8;
+/// Entries pushed inline per notice; a subscriber further behind than this
+/// gets a bare notice and pulls with Sync.
+pub const MAX_PUSH_ENTRIES: usize = 64;

@@ -1,0 +1,213 @@
+//! Opening a node (store, allocator, ids, auth) and serving it over gRPC with
+//! bounded connections, health, reflection and graceful shutdown.
+
+use crate::auth::TokenAuthority;
+use crate::engine::Engine;
+use crate::grpc::{AdminService, TimelineService};
+use crate::limits::{MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION};
+use proto::timeline::v1 as pb;
+use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, MsgIdGenerator};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("timeline store: {0}")]
+    Store(#[from] timeline_store::StoreError),
+    #[error("sequence allocator: {0}")]
+    Seq(#[from] seqsvc::SeqError),
+    #[error("grpc: {0}")]
+    Transport(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// Snowflake node id; unique among processes sharing a store.
+    pub node_id: u16,
+    pub allocator: AllocatorConfig,
+}
+
+/// Everything one syncd process runs on.
+pub struct Node {
+    pub engine: Arc<Engine>,
+    pub auth: TokenAuthority,
+}
+
+/// The data directory layout: `store/` (timelines), `seq/` (max_seq and
+/// clock reservations), `auth.key`.
+pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
+    let dir = config.data_dir.clone();
+    let data_dir_error = |source| StartupError::DataDir { path: dir.clone(), source };
+    std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
+    let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
+    let (store, seq_store) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || -> Result<_, StartupError> {
+            let store = EmbeddedStore::open(&dir.join("store"), EmbeddedStoreConfig::default())?;
+            let seq_store = FjallMaxSeqStore::open(&dir.join("seq"))?;
+            Ok((store, seq_store))
+        }
+    })
+    .await
+    .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??;
+    let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seq_store);
+    let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
+    let ids = MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
+    Ok(Node {
+        engine: Engine::new(Arc::new(store), allocator, ids),
+        auth,
+    })
+}
+
+/// Reads the token authority of a data directory (creating its key).
+pub fn token_authority(data_dir: &Path) -> Result<TokenAuthority, StartupError> {
+    TokenAuthority::load_or_create(data_dir).map_err(|source| StartupError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, ends push
+/// streams and waits for in-flight calls.
+pub async fn serve(listener: TcpListener, node: Node, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::timeline_server::TimelineServer<TimelineService>>().await;
+    health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    let timeline = pb::timeline_server::TimelineServer::new(TimelineService::new(
+        Arc::clone(&node.engine),
+        node.auth.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_REPLY_BYTES);
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&node.engine), node.auth.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REPLY_BYTES);
+
+    let engine = Arc::clone(&node.engine);
+    let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, ending push streams");
+        let _ = stop_accepting.send(());
+        engine.begin_shutdown();
+    };
+    let incoming = limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(timeline)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(|e| StartupError::Transport(e.to_string()))
+}
+
+/// A TCP connection holding one of the server's connection slots.
+pub struct LimitedConn {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections only while a slot is free: past the limit, new
+/// clients wait in the kernel's backlog instead of costing server memory.
+fn limited_incoming(
+    listener: TcpListener,
+    max_connections: usize,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<LimitedConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("semaphore is never closed"),
+                _ = &mut stop => break,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut stop => break,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    if tx.send(Ok(LimitedConn { stream, _slot: slot })).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    // Typically out of file descriptors: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Binds a listener, resolving `127.0.0.1:0` to a real port.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
