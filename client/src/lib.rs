@@ -1,1 +1,374 @@
-//! placeholder
+//! Timeline client library: connect with a token, send with automatic client
+//! message ids and safe retries, sync by checkpoint (persisted to a file
+//! before it is acknowledged), and watch the push stream with reconnects.
+//!
+//! # Invariants
+//! - A send is retried only with the same client message id, so a retry can
+//!   never create a second message.
+//! - A checkpoint is saved only after the entries up to it were handed to
+//!   the caller, and acknowledged to the server only after it was saved: a
+//!   crash can repeat entries, never skip them.
+//!
+//! The `tl` binary (src/main.rs) is a thin CLI over this library.
+
+pub mod checkpoint;
+
+pub use checkpoint::CheckpointFile;
+pub use proto::timeline::v1 as pb;
+
+use pb::admin_client::AdminClient;
+use pb::timeline_client::TimelineClient;
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Attempts per send before giving up on a retryable error.
+pub const SEND_ATTEMPTS: u32 = 5;
+/// First retry delay; doubles per attempt.
+pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline for unary calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest reply the client decodes.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Longest wait between reconnect attempts of a watch.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    /// The server refused or failed the call (the status is the whole story,
+    /// so it is not chained as a source).
+    #[error("{}", describe(.0))]
+    Rpc(Status),
+    #[error("checkpoint file {path}: {error}")]
+    Checkpoint { path: String, error: std::io::Error },
+    #[error("invalid token: {0}")]
+    Token(String),
+    /// The caller's sink refused an entry; the checkpoint was not advanced.
+    #[error("delivering entries: {0}")]
+    Deliver(std::io::Error),
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::Rpc(status)
+    }
+}
+
+fn describe(status: &Status) -> String {
+    let code = match status.code() {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "unauthenticated",
+        Code::FailedPrecondition => "failed precondition",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline exceeded",
+        _ => "error",
+    };
+    format!("{code}: {}", status.message())
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Auth {
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Auth>;
+
+#[derive(Clone)]
+pub struct Client {
+    timeline: TimelineClient<Authed>,
+    admin: AdminClient<Authed>,
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted)
+}
+
+fn with_deadline<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+impl Client {
+    /// Connects to `server` (`http://host:port`). The connection is made
+    /// lazily again after failures; calls fail with `unavailable` meanwhile.
+    pub async fn connect(server: &str, token: &str) -> Result<Self> {
+        let connect_error = |reason: String| ClientError::Connect {
+            server: server.to_owned(),
+            reason,
+        };
+        let header = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| ClientError::Token("contains characters not allowed in metadata".into()))?;
+        let channel = Endpoint::from_shared(server.to_owned())
+            .map_err(|e| connect_error(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| connect_error(source_chain(&e)))?;
+        let auth = Auth { header };
+        Ok(Self {
+            timeline: TimelineClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_REPLY_BYTES),
+            admin: AdminClient::with_interceptor(channel, auth).max_decoding_message_size(MAX_REPLY_BYTES),
+        })
+    }
+
+    /// Sends a message. Picks a client message id when none is given and
+    /// retries transient failures with that same id.
+    pub async fn send(
+        &self,
+        conversation_id: u64,
+        text: &str,
+        client_msg_id: Option<uuid::Uuid>,
+    ) -> Result<pb::SendReply> {
+        let client_msg_id = client_msg_id.unwrap_or_else(uuid::Uuid::new_v4).to_string();
+        let request = pb::SendRequest {
+            conversation_id,
+            text: text.to_owned(),
+            client_msg_id,
+        };
+        let mut delay = RETRY_BASE_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.timeline.clone().send(with_deadline(request.clone())).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if retryable(&status) && attempt < SEND_ATTEMPTS => {
+                    tracing::warn!(attempt, code = ?status.code(), "send failed, retrying with the same client_msg_id");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Appends a message as a backend service (`sender_id` 0: system).
+    pub async fn append(
+        &self,
+        conversation_id: u64,
+        sender_id: u64,
+        text: &str,
+        client_msg_id: Option<uuid::Uuid>,
+    ) -> Result<pb::SendReply> {
+        let request = pb::AppendMessageRequest {
+            conversation_id,
+            sender_id,
+            text: text.to_owned(),
+            client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
+        };
+        Ok(self.admin.clone().append_message(with_deadline(request)).await?.into_inner())
+    }
+
+    /// One page of inbox entries after `after_seq` (the device's stored
+    /// checkpoint when `None`).
+    pub async fn sync_page(&self, after_seq: Option<u64>, limit: u32) -> Result<pb::SyncReply> {
+        let request = pb::SyncRequest { after_seq, limit };
+        Ok(self.timeline.clone().sync(with_deadline(request)).await?.into_inner())
+    }
+
+    /// Pulls every entry after the checkpoint, page by page. For each page:
+    /// hands the entries to `deliver`, saves the checkpoint, then acks it.
+    /// A `deliver` error stops before the checkpoint moves. Returns how many
+    /// entries were delivered.
+    pub async fn sync_all(
+        &self,
+        checkpoint: &mut CheckpointFile,
+        mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
+    ) -> Result<usize> {
+        let mut delivered = 0;
+        loop {
+            let page = self.sync_page(Some(checkpoint.seq()), 0).await?;
+            for entry in &page.entries {
+                deliver(entry).map_err(ClientError::Deliver)?;
+            }
+            delivered += page.entries.len();
+            if page.checkpoint > checkpoint.seq() {
+                checkpoint.save(page.checkpoint)?;
+                self.ack(page.checkpoint).await?;
+            }
+            if !page.has_more {
+                return Ok(delivered);
+            }
+        }
+    }
+
+    pub async fn ack(&self, seq: u64) -> Result<u64> {
+        let reply = self.timeline.clone().ack(with_deadline(pb::AckRequest { seq })).await?;
+        Ok(reply.into_inner().checkpoint)
+    }
+
+    pub async fn subscribe(&self, after_seq: u64, include_entries: bool) -> Result<tonic::Streaming<pb::Notice>> {
+        let request = pb::SubscribeRequest {
+            after_seq,
+            include_entries,
+        };
+        Ok(self.timeline.clone().subscribe(request).await?.into_inner())
+    }
+
+    /// Follows the inbox forever: catches up with sync, then applies pushed
+    /// entries, pulling whenever a notice does not carry everything. Returns
+    /// only on a non-transient error; reconnects after transient ones.
+    pub async fn watch(
+        &self,
+        checkpoint: &mut CheckpointFile,
+        mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut delay = RETRY_BASE_DELAY;
+        loop {
+            match self.watch_once(checkpoint, &mut deliver).await {
+                Err(ClientError::Rpc(status)) if retryable(&status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "watch interrupted, reconnecting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+                Err(error) => return Err(error),
+                Ok(()) => {
+                    // The server ended the stream (shutdown): reconnect.
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        checkpoint: &mut CheckpointFile,
+        deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
+    ) -> Result<()> {
+        self.sync_all(checkpoint, &mut *deliver).await?;
+        let mut notices = self.subscribe(checkpoint.seq(), true).await?;
+        while let Some(notice) = notices.message().await? {
+            let complete = notice.entries.last().is_some_and(|e| e.seq == notice.up_to_seq);
+            if complete {
+                // The notice carries every entry since the previous one.
+                let fresh: Vec<_> = notice.entries.iter().filter(|e| e.seq > checkpoint.seq()).collect();
+                for entry in &fresh {
+                    deliver(entry).map_err(ClientError::Deliver)?;
+                }
+                if notice.up_to_seq > checkpoint.seq() {
+                    checkpoint.save(notice.up_to_seq)?;
+                    self.ack(notice.up_to_seq).await?;
+                }
+            } else if notice.up_to_seq > checkpoint.seq() {
+                self.sync_all(checkpoint, &mut *deliver).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of history: backwards below `before` (0: newest) or forwards
+    /// above `after`. Entries come in ascending `conv_seq` order.
+    pub async fn history(
+        &self,
+        conversation_id: u64,
+        before: u64,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<pb::HistoryReply> {
+        let request = pb::HistoryRequest {
+            conversation_id,
+            before,
+            after,
+            limit,
+        };
+        Ok(self.timeline.clone().history(with_deadline(request)).await?.into_inner())
+    }
+
+    pub async fn create_conversation(
+        &self,
+        kind: pb::ConversationKind,
+        members: Vec<u64>,
+        title: &str,
+    ) -> Result<pb::Conversation> {
+        let request = pb::CreateConversationRequest {
+            kind: kind as i32,
+            members,
+            title: title.to_owned(),
+        };
+        let reply = self.timeline.clone().create_conversation(with_deadline(request)).await?;
+        reply
+            .into_inner()
+            .conversation
+            .ok_or_else(|| Status::internal("reply carries no conversation").into())
+    }
+
+    pub async fn conversation(&self, conversation_id: u64) -> Result<pb::Conversation> {
+        let reply = self
+            .timeline
+            .clone()
+            .get_conversation(with_deadline(pb::GetConversationRequest { conversation_id }))
+            .await?;
+        reply
+            .into_inner()
+            .conversation
+            .ok_or_else(|| Status::internal("reply carries no conversation").into())
+    }
+
+    pub async fn add_members(&self, conversation_id: u64, members: Vec<u64>) -> Result<pb::ChangeMembersReply> {
+        let request = pb::ChangeMembersRequest { conversation_id, members };
+        Ok(self.admin.clone().add_members(with_deadline(request)).await?.into_inner())
+    }
+
+    pub async fn remove_members(&self, conversation_id: u64, members: Vec<u64>) -> Result<pb::ChangeMembersReply> {
+        let request = pb::ChangeMembersRequest { conversation_id, members };
+        Ok(self.admin.clone().remove_members(with_deadline(request)).await?.into_inner())
+    }
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The JSON form of an entry printed by `tl` (one object per line).
+pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
+    let kind = match pb::EntryKind::try_from(entry.kind) {
+        Ok(pb::EntryKind::Message) => "message",
+        Ok(pb::EntryKind::ConversationCreated) => "conversation_created",
+        Ok(pb::EntryKind::MembersAdded) => "members_added",
+        Ok(pb::EntryKind::MembersRemoved) => "members_removed",
+        _ => "unknown",
+    };
+    serde_json::json!({
+        "seq": entry.seq,
+        "kind": kind,
+        "conversation_id": entry.conversation_id,
+        "conv_seq": entry.conv_seq,
+        "msg_id": entry.msg_id,
+        "sender_id": entry.sender_id,
+        "client_msg_id": entry.client_msg_id,
+        "text": entry.text,
+        "sent_at_ms": entry.sent_at_ms,
+        "members": entry.members,
+    })
+}

@@ -1,1 +1,242 @@
-fn main() {}
+//! `tl`: the Timeline command line, a thin layer over the client library.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::{CheckpointFile, Client, entry_json, pb};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "tl", version, about = "Talk to a Timeline server: send, sync, watch, page history")]
+struct Cli {
+    /// Server address.
+    #[arg(long, env = "TL_SERVER", default_value = "http://127.0.0.1:7400", global = true)]
+    server: String,
+    /// Device or service token (see `syncd token`).
+    #[arg(long, env = "TL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, inspect and change conversations.
+    #[command(subcommand)]
+    Conversation(ConversationCommand),
+    /// Send a message; prints the result as JSON.
+    Send(SendArgs),
+    /// Append a message as a backend service (service token).
+    Append(AppendArgs),
+    /// Print new inbox entries as JSON lines, then save and acknowledge the checkpoint.
+    Sync(SyncArgs),
+    /// Stay connected and print inbox entries as they arrive (JSON lines).
+    Watch(SyncArgs),
+    /// Print a page of a conversation's history as JSON lines (oldest first).
+    History(HistoryArgs),
+}
+
+#[derive(Subcommand)]
+enum ConversationCommand {
+    /// Create a conversation; prints its id.
+    Create(CreateArgs),
+    /// Print a conversation as JSON.
+    Show(ConversationArg),
+    /// Add members (service token).
+    AddMembers(MembersArgs),
+    /// Remove members (service token).
+    RemoveMembers(MembersArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Direct,
+    Group,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Comma-separated user ids; with a device token you are added too.
+    #[arg(long, value_delimiter = ',', required = true)]
+    members: Vec<u64>,
+    #[arg(long, value_enum, default_value = "group")]
+    kind: Kind,
+    #[arg(long, default_value = "")]
+    title: String,
+}
+
+#[derive(Args)]
+struct ConversationArg {
+    #[arg(long)]
+    conversation: u64,
+}
+
+#[derive(Args)]
+struct MembersArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long, value_delimiter = ',', required = true)]
+    members: Vec<u64>,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long)]
+    text: String,
+    /// UUID making the send idempotent (generated when omitted).
+    #[arg(long)]
+    client_msg_id: Option<uuid::Uuid>,
+}
+
+#[derive(Args)]
+struct AppendArgs {
+    #[arg(long)]
+    conversation: u64,
+    /// The user the message is from; 0 for a system message.
+    #[arg(long, default_value_t = 0)]
+    sender: u64,
+    #[arg(long)]
+    text: String,
+    #[arg(long)]
+    client_msg_id: Option<uuid::Uuid>,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// File holding this device's checkpoint (created when missing).
+    #[arg(long)]
+    state: PathBuf,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    #[arg(long)]
+    conversation: u64,
+    /// Entries before this conv_seq (default: the newest).
+    #[arg(long, conflicts_with = "after")]
+    before: Option<u64>,
+    /// Entries after this conv_seq, oldest first.
+    #[arg(long)]
+    after: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn conversation_json(c: &pb::Conversation) -> serde_json::Value {
+    let kind = match pb::ConversationKind::try_from(c.kind) {
+        Ok(pb::ConversationKind::Direct) => "direct",
+        Ok(pb::ConversationKind::Group) => "group",
+        _ => "unknown",
+    };
+    serde_json::json!({
+        "conversation_id": c.conversation_id,
+        "kind": kind,
+        "members": c.members,
+        "title": c.title,
+        "created_at_ms": c.created_at_ms,
+    })
+}
+
+fn send_json(r: &pb::SendReply) -> serde_json::Value {
+    serde_json::json!({
+        "conversation_id": r.conversation_id,
+        "conv_seq": r.conv_seq,
+        "msg_id": r.msg_id,
+        "client_msg_id": r.client_msg_id,
+        "sent_at_ms": r.sent_at_ms,
+        "duplicate": r.duplicate,
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Some(token) = cli.token.as_deref() else {
+        anyhow::bail!("no token: pass --token or set TL_TOKEN (mint one with `syncd token`)");
+    };
+    let client = Client::connect(&cli.server, token).await?;
+    match cli.command {
+        Command::Conversation(ConversationCommand::Create(args)) => {
+            let kind = match args.kind {
+                Kind::Direct => pb::ConversationKind::Direct,
+                Kind::Group => pb::ConversationKind::Group,
+            };
+            let conversation = client.create_conversation(kind, args.members, &args.title).await?;
+            println!("{}", conversation.conversation_id);
+        }
+        Command::Conversation(ConversationCommand::Show(args)) => {
+            print_json(&conversation_json(&client.conversation(args.conversation).await?))?;
+        }
+        Command::Conversation(ConversationCommand::AddMembers(args)) => {
+            let reply = client.add_members(args.conversation, args.members).await?;
+            print_json(&conversation_json(&reply.conversation.unwrap_or_default()))?;
+        }
+        Command::Conversation(ConversationCommand::RemoveMembers(args)) => {
+            let reply = client.remove_members(args.conversation, args.members).await?;
+            print_json(&conversation_json(&reply.conversation.unwrap_or_default()))?;
+        }
+        Command::Send(args) => {
+            let reply = client.send(args.conversation, &args.text, args.client_msg_id).await?;
+            print_json(&send_json(&reply))?;
+        }
+        Command::Append(args) => {
+            let reply = client
+                .append(args.conversation, args.sender, &args.text, args.client_msg_id)
+                .await?;
+            print_json(&send_json(&reply))?;
+        }
+        Command::Sync(args) => {
+            let mut checkpoint = CheckpointFile::open(&args.state)?;
+            let mut out = std::io::stdout().lock();
+            client
+                .sync_all(&mut checkpoint, |entry| {
+                    writeln!(out, "{}", entry_json(entry))?;
+                    out.flush()
+                })
+                .await?;
+        }
+        Command::Watch(args) => {
+            let mut checkpoint = CheckpointFile::open(&args.state)?;
+            client
+                .watch(&mut checkpoint, |entry| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", entry_json(entry))?;
+                    out.flush()
+                })
+                .await?;
+        }
+        Command::History(args) => {
+            let reply = client
+                .history(args.conversation, args.before.unwrap_or(0), args.after, args.limit)
+                .await?;
+            for entry in &reply.entries {
+                print_json(&entry_json(entry))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -21,8 +21,9 @@ pub const SEQUENCE_BITS: u32 = 12;
 pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
 const MAX_SEQUENCE: u16 = (1 << SEQUENCE_BITS) - 1;
 /// How far ahead of the clock one persisted reservation reaches: one store
-/// write per this many milliseconds at most.
-pub const RESERVE_AHEAD_MS: u64 = 10_000;
+/// write per this many milliseconds at most, and after a restart the id
+/// clock may run this far ahead of the wall clock until it catches up.
+pub const RESERVE_AHEAD_MS: u64 = 2_000;
 
 /// A decoded id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

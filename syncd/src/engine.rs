@@ -21,7 +21,7 @@ use crate::horizon::{Horizon, Scope};
 use crate::hub::{Hub, Subscription};
 use crate::keyed::KeyedLocks;
 use crate::limits::*;
-use seqsvc::{Allocator, MsgIdGenerator, Namespace, SnowflakeId};
+use seqsvc::{Allocator, MsgIdGenerator, Namespace};
 use std::sync::Arc;
 use timeline_store::{
     Conversation, ConversationKind, Entry, EntryKind, EventCommit, IdempotencyKey, InboxWrite,
@@ -275,7 +275,9 @@ impl Engine {
 
         entry.conv_seq = conv_seq;
         entry.msg_id = msg_id;
-        entry.sent_at_ms = SnowflakeId::decode(msg_id).unix_ms as i64;
+        // The wall clock, not the id's timestamp: after a restart the id
+        // clock can run ahead of real time for up to RESERVE_AHEAD_MS.
+        entry.sent_at_ms = now_ms();
         let receipt = Receipt {
             conversation_id,
             conv_seq,

@@ -1,1 +1,205 @@
-//! Multi-process integration tests for Timeline live in `tests/`; this library holds their shared harness.
+//! Harness for Timeline's multi-process tests (the tests themselves live in
+//! `tests/tests/`): builds the `syncd` and `tl` binaries once, starts real
+//! server processes on `127.0.0.1:0`, mints tokens, runs the CLI, and kills
+//! processes with SIGKILL to test crash recovery.
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its listening line.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding `syncd` and `tl`, built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // Test executables live in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--bins", "-p", "syncd", "-p", "client"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the syncd and tl binaries");
+        assert!(status.success(), "cargo build of syncd and tl failed");
+        profile_dir
+    })
+}
+
+pub fn syncd_bin() -> PathBuf {
+    bin_dir().join("syncd")
+}
+
+pub fn tl_bin() -> PathBuf {
+    bin_dir().join("tl")
+}
+
+/// A running `syncd serve` process; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a free port with the given data directory.
+    pub fn start(data_dir: &Path) -> Result<Self> {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::spawn(data_dir, "127.0.0.1:0", extra_args.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> Result<Self> {
+        let mut child = Command::new(syncd_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .args(&extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning syncd")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("syncd did not report its address within {STARTUP_TIMEOUT:?}");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line from syncd: {line:?}"))?
+            .to_owned();
+        Ok(Self {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            extra_args,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown code runs, like a power cut for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process and starts a new one on the same data directory
+    /// and port.
+    pub fn restart_after_kill9(&mut self) -> Result<()> {
+        self.kill9();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            // The port can linger briefly; retry until it binds.
+            match Self::spawn(&self.data_dir, &self.addr, self.extra_args.clone()) {
+                Ok(server) => {
+                    *self = server;
+                    return Ok(());
+                }
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("restart retry: {error:#}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("syncd did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A device token for `user_id`/`device_id`.
+    pub fn device_token(&self, user_id: u64, device_id: &str) -> Result<String> {
+        token(&self.data_dir, &["--user", &user_id.to_string(), "--device", device_id])
+    }
+
+    pub fn service_token(&self, name: &str) -> Result<String> {
+        token(&self.data_dir, &["--service", name])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn token(data_dir: &Path, who: &[&str]) -> Result<String> {
+    let output = Command::new(syncd_bin())
+        .args(["token", "--data-dir"])
+        .arg(data_dir)
+        .args(who)
+        .output()?;
+    if !output.status.success() {
+        bail!("syncd token failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// Runs `tl` with the given arguments and returns its output.
+pub fn tl(server: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(tl_bin())
+        .args(["--server", server, "--token", token])
+        .args(args)
+        .output()
+        .expect("running tl")
+}
+
+/// Parses JSON lines printed by `tl`.
+pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
