@@ -17,7 +17,7 @@
 
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
-use crate::horizon::{Horizon, Scope};
+use crate::horizon::{Horizon, Scope, safe_limit};
 use crate::hub::{Hub, Subscription};
 use crate::keyed::KeyedLocks;
 use crate::limits::*;
@@ -451,6 +451,17 @@ impl Engine {
         Ok((record, receipt.conv_seq))
     }
 
+    /// The highest seq of a timeline that is safe to read now (see
+    /// horizon.rs for why the allocator is asked first).
+    async fn readable_through(&self, scope: Scope, id: u64) -> Result<u64> {
+        let namespace = match scope {
+            Scope::Inbox => Namespace::Inbox,
+            Scope::Conversation => Namespace::Conversation,
+        };
+        let allocated = self.allocator.current(namespace, id).await?;
+        Ok(safe_limit(&self.horizon, (scope, id), allocated))
+    }
+
     /// Inbox entries after the checkpoint, never past the sync horizon.
     pub async fn sync(&self, principal: &Principal, after_seq: Option<u64>, limit: usize) -> Result<SyncPage> {
         let (user_id, device_id) = device_user(principal)?;
@@ -459,7 +470,7 @@ impl Engine {
             None => self.store.checkpoint(user_id, device_id).await?,
         };
         let limit = clamp_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
-        let through = self.horizon.limit((Scope::Inbox, user_id));
+        let through = self.readable_through(Scope::Inbox, user_id).await?;
         let mut entries = self.store.read_inbox(user_id, after, through, limit + 1).await?;
         let has_more = entries.len() > limit;
         entries.truncate(limit);
@@ -469,7 +480,7 @@ impl Engine {
 
     /// The highest inbox seq a device may be told about right now.
     async fn visible_top(&self, user_id: u64) -> Result<u64> {
-        let limit = self.horizon.limit((Scope::Inbox, user_id));
+        let limit = self.readable_through(Scope::Inbox, user_id).await?;
         Ok(self.store.last_inbox_seq(user_id).await?.min(limit))
     }
 
@@ -489,8 +500,8 @@ impl Engine {
         let conversation = self.get_conversation(principal, query.conversation_id).await?;
         let limit = clamp_limit(query.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT);
         let visible_end = self
-            .horizon
-            .limit((Scope::Conversation, conversation.conversation_id))
+            .readable_through(Scope::Conversation, conversation.conversation_id)
+            .await?
             .saturating_add(1);
         let id = conversation.conversation_id;
         if let Some(after) = query.after {
@@ -590,4 +601,242 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::async_trait;
+    use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
+    use std::collections::HashSet;
+    use std::time::Duration;
+    use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
+
+    /// Delays every commit by a random 0-2 ms, so writes become durable in a
+    /// different order than their seqs were allocated (the situation the
+    /// sync horizon exists for), and every inbox read by up to 0.5 ms, so
+    /// writes start between a reader's limit and its read.
+    struct JitterStore(EmbeddedStore);
+
+    async fn jitter(max_micros: u128) {
+        let micros = (Uuid::new_v4().as_u128() % max_micros) as u64;
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+
+    #[async_trait]
+    impl TimelineStore for JitterStore {
+        async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
+            jitter(2_000).await;
+            self.0.commit_event(commit).await
+        }
+        async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
+            self.0.conversation(id).await
+        }
+        async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
+            self.0.receipt(key).await
+        }
+        async fn read_inbox(&self, user: u64, after: u64, through: u64, limit: usize) -> timeline_store::Result<Vec<Entry>> {
+            jitter(500).await;
+            self.0.read_inbox(user, after, through, limit).await
+        }
+        async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
+            self.0.last_inbox_seq(user).await
+        }
+        async fn read_conversation(
+            &self,
+            id: u64,
+            after: u64,
+            before: u64,
+            newest_first: bool,
+            limit: usize,
+        ) -> timeline_store::Result<Vec<Entry>> {
+            self.0.read_conversation(id, after, before, newest_first, limit).await
+        }
+        async fn save_checkpoint(&self, user: u64, device: &str, seq: u64) -> timeline_store::Result<u64> {
+            self.0.save_checkpoint(user, device, seq).await
+        }
+        async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
+            self.0.checkpoint(user, device).await
+        }
+    }
+
+    async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {
+        let embedded = EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap();
+        let store: Arc<dyn TimelineStore> = if jitter { Arc::new(JitterStore(embedded)) } else { Arc::new(embedded) };
+        let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let allocator = Allocator::new(AllocatorConfig { step: 16, section_size: 4 }, Arc::clone(&seq_store)).unwrap();
+        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store).await.unwrap();
+        Engine::new(store, allocator, ids)
+    }
+
+    fn device(user_id: u64, device_id: &str) -> Principal {
+        Principal::Device { user_id, device_id: device_id.into() }
+    }
+
+    async fn group(engine: &Arc<Engine>, creator: u64, members: Vec<u64>) -> u64 {
+        engine
+            .create_conversation(
+                device(creator, "d"),
+                NewConversation { kind: ConversationKind::Group, members, title: String::new() },
+            )
+            .await
+            .unwrap()
+            .conversation_id
+    }
+
+    fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendCommand {
+        SendCommand { conversation_id, text: text.into(), client_msg_id: id, sender_id: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tight_loop_sync_never_skips_when_commits_land_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path(), true).await;
+        let mut conversations = Vec::new();
+        for members in [vec![1, 2, 3], vec![1, 4], vec![1, 2, 4, 5], vec![1, 5]] {
+            conversations.push(group(&engine, 1, members).await);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (engine, done) = (Arc::clone(&engine), Arc::clone(&done));
+            tokio::spawn(async move {
+                let me = device(1, "tight");
+                let (mut checkpoint, mut seen) = (0, Vec::new());
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                    let page = engine.sync(&me, Some(checkpoint), 3).await.unwrap();
+                    checkpoint = page.checkpoint;
+                    seen.extend(page.entries.iter().map(|e| e.seq));
+                    if finished && !page.has_more {
+                        return seen;
+                    }
+                    // An empty read completes without awaiting anything; yield
+                    // so this loop cannot starve the senders' tasks.
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut senders = tokio::task::JoinSet::new();
+        for task in 0..24u64 {
+            let engine = Arc::clone(&engine);
+            let conversation = conversations[task as usize % conversations.len()];
+            senders.spawn(async move {
+                for i in 0..25 {
+                    engine.send(device(1, "s"), message(conversation, &format!("{task}/{i}"), None)).await.unwrap();
+                }
+            });
+        }
+        while let Some(result) = senders.join_next().await {
+            result.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let seen = reader.await.unwrap();
+        let all: Vec<u64> = engine
+            .store
+            .read_inbox(1, 0, u64::MAX, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all.len(), 4 + 24 * 25);
+        let missing: Vec<_> = all.iter().filter(|s| !seen.contains(s)).collect();
+        let extra: Vec<_> = seen.iter().filter(|s| !all.contains(s)).collect();
+        assert_eq!(seen, all, "the tight-loop reader skipped an entry: missing {missing:?} extra {extra:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_retries_of_one_send_store_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path(), true).await;
+        let conversation = group(&engine, 1, vec![1, 2]).await;
+        let id = Uuid::new_v4();
+        let mut retries = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let engine = Arc::clone(&engine);
+            retries.spawn(async move { engine.send(device(1, "phone"), message(conversation, "once", Some(id))).await });
+        }
+        let mut msg_ids = HashSet::new();
+        let mut firsts = 0;
+        while let Some(outcome) = retries.join_next().await {
+            let outcome = outcome.unwrap().unwrap();
+            msg_ids.insert(outcome.receipt.msg_id);
+            firsts += usize::from(!outcome.duplicate);
+        }
+        assert_eq!((msg_ids.len(), firsts), (1, 1));
+        let inbox = engine.sync(&device(2, "tablet"), Some(0), 100).await.unwrap();
+        assert_eq!(inbox.entries.iter().filter(|e| e.text == "once").count(), 1);
+        // The same id for another conversation is a client bug: refused.
+        let other = group(&engine, 1, vec![1, 3]).await;
+        let reused = engine.send(device(1, "phone"), message(other, "x", Some(id))).await;
+        assert!(matches!(reused, Err(SyncdError::InvalidArgument(_))));
+        // Another user may use the same UUID independently.
+        let theirs = engine.send(device(2, "phone"), message(conversation, "mine", Some(id))).await.unwrap();
+        assert!(!theirs.duplicate);
+    }
+
+    #[tokio::test]
+    async fn membership_rules_and_access_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path(), false).await;
+        let ops = Principal::Service { name: "ops".into() };
+        let conversation = group(&engine, 1, vec![2]).await;
+        // Devices cannot change members; services can, and every member hears.
+        let denied = engine.change_members(device(1, "d"), conversation, vec![3], MembershipChange::Add).await;
+        assert!(matches!(denied, Err(SyncdError::PermissionDenied(_))));
+        let (record, conv_seq) = engine.change_members(ops.clone(), conversation, vec![3, 2], MembershipChange::Add).await.unwrap();
+        assert_eq!(record.members, vec![1, 2, 3]);
+        assert!(conv_seq > 0);
+        let (_, unchanged) = engine.change_members(ops.clone(), conversation, vec![3], MembershipChange::Add).await.unwrap();
+        assert_eq!(unchanged, 0, "adding an existing member is a no-op");
+        engine.change_members(ops.clone(), conversation, vec![2], MembershipChange::Remove).await.unwrap();
+        // The removed member learned of the removal, then lost access.
+        let removed = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind()).collect();
+        assert_eq!(kinds, [EntryKind::ConversationCreated, EntryKind::MembersAdded, EntryKind::MembersRemoved]);
+        let history = HistoryQuery { conversation_id: conversation, before: 0, after: None, limit: 10 };
+        assert!(matches!(engine.history(&device(2, "d"), history).await, Err(SyncdError::PermissionDenied(_))));
+        assert!(matches!(
+            engine.send(device(2, "d"), message(conversation, "x", None)).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        // Direct conversations have fixed members.
+        let direct = engine
+            .create_conversation(device(1, "d"), NewConversation { kind: ConversationKind::Direct, members: vec![4], title: String::new() })
+            .await
+            .unwrap();
+        assert_eq!(direct.members, vec![1, 4]);
+        let fixed = engine.change_members(ops.clone(), direct.conversation_id, vec![5], MembershipChange::Add).await;
+        assert!(matches!(fixed, Err(SyncdError::FailedPrecondition(_))));
+        let three = NewConversation { kind: ConversationKind::Direct, members: vec![4, 5], title: String::new() };
+        assert!(matches!(engine.create_conversation(device(1, "d"), three).await, Err(SyncdError::InvalidArgument(_))));
+        // Services have no inbox; acks cannot run ahead of the inbox.
+        assert!(matches!(engine.sync(&ops, None, 10).await, Err(SyncdError::PermissionDenied(_))));
+        assert!(matches!(engine.ack(&device(1, "d"), 1_000_000).await, Err(SyncdError::InvalidArgument(_))));
+        let top = engine.sync(&device(1, "d"), None, 100).await.unwrap().checkpoint;
+        assert_eq!(engine.ack(&device(1, "d"), top).await.unwrap(), top);
+        assert!(engine.sync(&device(1, "d"), None, 100).await.unwrap().entries.is_empty(), "sync resumes from the ack");
+    }
+
+    #[tokio::test]
+    async fn push_feed_delivers_entries_and_coalesces_when_far_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path(), false).await;
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "watch"), 0, true).await.unwrap();
+        let first = feed.next().await.unwrap().unwrap();
+        assert_eq!(first.entries.len(), 1, "the creation event is pushed at once");
+        engine.send(device(1, "d"), message(conversation, "pushed", None)).await.unwrap();
+        let notice = feed.next().await.unwrap().unwrap();
+        assert_eq!(notice.entries.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["pushed"]);
+        assert_eq!(notice.up_to_seq, notice.entries[0].seq);
+        for i in 0..(MAX_PUSH_ENTRIES + 10) {
+            engine.send(device(1, "d"), message(conversation, &i.to_string(), None)).await.unwrap();
+        }
+        let behind = feed.next().await.unwrap().unwrap();
+        assert!(behind.entries.is_empty(), "far behind: a bare notice, the device pulls");
+        assert!(behind.up_to_seq >= notice.up_to_seq + MAX_PUSH_ENTRIES as u64);
+        engine.begin_shutdown();
+        assert!(feed.next().await.unwrap().is_none(), "feeds end on shutdown");
+    }
 }

@@ -1,25 +1,38 @@
 //! The sync horizon: which prefix of a timeline is safe to show.
 //!
-//! Seqs are allocated in one order and become durable in another: seq 9 can
+//! Seqs are allocated in one order and become visible in another: seq 9 can
 //! be stored before seq 8. A device that synced then and advanced its
 //! checkpoint to 9 would never fetch 8 (OpenIM #320). So reads expose only
-//! seqs at or below the **limit** of their key (a user's inbox or a
-//! conversation), the highest seq below which nothing is still in flight.
+//! seqs at or below a **safe limit**, below which nothing is still in flight
+//! and nothing new can appear.
+//!
+//! The safe limit is the minimum of two bounds, taken in this order:
+//! 1. the allocator's current seq for the id ([`seqsvc::Allocator::current`]),
+//!    read *first*: every later allocation lands above it, so writes that
+//!    start after the read cannot open a hole below the limit;
+//! 2. this module's **in-flight limit**, read *second*: no write that
+//!    allocated before step 1 is still unfinished below it.
+//!
+//! (The in-flight limit alone is not enough: with nothing in flight it is
+//! unbounded, and two writes that start right after it was read could land
+//! 9-before-8 while the reader is still reading.)
 //!
 //! A writer takes a [`Reservation`] *before* it allocates. Until the
-//! allocation is known, the reservation holds the limit at its **floor**:
-//! the highest seq registered for the key when it was taken. That is safe
-//! because the allocator is linearizable per id: an allocation that starts
-//! after the reservation returns a seq above every seq registered before it.
-//! Once seqs are known, [`Reservation::assign`] turns the floors into
-//! **pending** seqs, each holding the limit just below itself until
+//! allocation is known, the reservation holds the in-flight limit at its
+//! **floor**: the highest seq registered for the key when it was taken. That
+//! is safe because the allocator is linearizable per id: an allocation that
+//! starts after the reservation returns a seq above every seq registered
+//! before it. Once seqs are known, [`Reservation::assign`] turns the floors
+//! into **pending** seqs, each holding the limit just below itself until
 //! [`Assignment::complete`] reports it durable. Dropping a reservation or an
 //! assignment without completing releases it (the write failed: a gap).
 //!
-//! The limit of a key with nothing in flight is `u64::MAX`. State exists only
-//! for keys with writes in flight, so memory is bounded by in-flight writes.
-//! One process only: several syncd processes writing the same user need a
-//! shared horizon (or per-user write ordering), which this does not provide.
+//! Each key written in this run keeps 24 bytes (its highest registered and
+//! durable seqs, so a new reservation's floor is exact) plus a heap block only
+//! while writes are in flight: the same order of memory as the allocator's
+//! `cur_seq` per id. One process only: several syncd processes writing the
+//! same user need a shared horizon (or per-user write ordering), which this
+//! does not provide.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,23 +61,42 @@ impl Default for Horizon {
 
 #[derive(Default)]
 struct KeyState {
+    max_registered: u64,
+    max_durable: u64,
+    in_flight: Option<Box<InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
     /// Floors of reservations whose seqs are not known yet (a multiset).
     floors: Vec<u64>,
     /// Seqs allocated but not yet durable.
     pending: Vec<u64>,
-    max_registered: u64,
-    max_durable: u64,
 }
 
 impl KeyState {
     fn limit(&self) -> u64 {
-        let floors = self.floors.iter().copied();
-        let below_pending = self.pending.iter().map(|&seq| seq - 1);
+        let Some(in_flight) = &self.in_flight else {
+            return u64::MAX;
+        };
+        let floors = in_flight.floors.iter().copied();
+        let below_pending = in_flight.pending.iter().map(|&seq| seq - 1);
         floors.chain(below_pending).min().unwrap_or(u64::MAX)
     }
 
-    fn idle(&self) -> bool {
-        self.floors.is_empty() && self.pending.is_empty()
+    fn in_flight(&mut self) -> &mut InFlight {
+        self.in_flight.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the in-flight block once nothing is in flight.
+    fn settle(&mut self) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.floors.is_empty() && f.pending.is_empty())
+        {
+            self.in_flight = None;
+        }
     }
 }
 
@@ -84,9 +116,11 @@ impl Horizon {
         self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The highest seq of `key` that is safe to read: every seq at or below
-    /// it is durable or will never exist.
-    pub fn limit(&self, key: Key) -> u64 {
+    /// The in-flight limit: no write to `key` whose allocation finished
+    /// before this call is still unfinished at or below it (`u64::MAX` when
+    /// nothing is in flight). Combine with the allocator's current seq, read
+    /// before this call, to get the safe limit (see [`safe_limit`]).
+    pub fn in_flight_limit(&self, key: Key) -> u64 {
         self.shard(&key).get(&key).map_or(u64::MAX, KeyState::limit)
     }
 
@@ -98,7 +132,7 @@ impl Horizon {
                 let mut shard = self.shard(key);
                 let state = shard.entry(*key).or_default();
                 let floor = state.max_registered;
-                state.floors.push(floor);
+                state.in_flight().floors.push(floor);
                 floor
             })
             .collect();
@@ -108,6 +142,12 @@ impl Horizon {
             floors,
         }
     }
+}
+
+/// The highest seq of a key that is safe to read, given `allocated_before`:
+/// the allocator's current seq for the key, read before calling this.
+pub fn safe_limit(horizon: &Horizon, key: Key, allocated_before: u64) -> u64 {
+    horizon.in_flight_limit(key).min(allocated_before)
 }
 
 /// Writes announced, seqs not yet known.
@@ -127,8 +167,9 @@ impl Reservation {
         for ((key, floor), &seq) in keys.iter().zip(floors).zip(&seqs) {
             let mut shard = self.horizon.shard(key);
             let state = shard.entry(*key).or_default();
-            remove_one(&mut state.floors, floor);
-            state.pending.push(seq);
+            let in_flight = state.in_flight();
+            remove_one(&mut in_flight.floors, floor);
+            in_flight.pending.push(seq);
             state.max_registered = state.max_registered.max(seq);
         }
         Assignment {
@@ -144,10 +185,8 @@ impl Drop for Reservation {
         for (key, &floor) in self.keys.iter().zip(&self.floors) {
             let mut shard = self.horizon.shard(key);
             if let Some(state) = shard.get_mut(key) {
-                remove_one(&mut state.floors, floor);
-                if state.idle() {
-                    shard.remove(key);
-                }
+                remove_one(&mut state.in_flight().floors, floor);
+                state.settle();
             }
         }
     }
@@ -172,13 +211,10 @@ impl Assignment {
             .map(|(key, seq)| {
                 let mut shard = self.horizon.shard(&key);
                 let state = shard.entry(key).or_default();
-                remove_one(&mut state.pending, seq);
+                remove_one(&mut state.in_flight().pending, seq);
+                state.settle();
                 state.max_durable = state.max_durable.max(seq);
-                let visible = state.limit().min(state.max_durable);
-                if state.idle() {
-                    shard.remove(&key);
-                }
-                (key, visible)
+                (key, state.limit().min(state.max_durable))
             })
             .collect()
     }
@@ -189,10 +225,8 @@ impl Drop for Assignment {
         for (key, &seq) in self.keys.iter().zip(&self.seqs) {
             let mut shard = self.horizon.shard(key);
             if let Some(state) = shard.get_mut(key) {
-                remove_one(&mut state.pending, seq);
-                if state.idle() {
-                    shard.remove(key);
-                }
+                remove_one(&mut state.in_flight().pending, seq);
+                state.settle();
             }
         }
     }
@@ -211,11 +245,11 @@ mod tests {
         let horizon = Horizon::new();
         let first = horizon.reserve(vec![ALICE]).assign(vec![8]);
         let second = horizon.reserve(vec![ALICE]).assign(vec![9]);
-        assert_eq!(horizon.limit(ALICE), 7);
+        assert_eq!(horizon.in_flight_limit(ALICE), 7);
         assert_eq!(second.complete(), vec![(ALICE, 7)], "9 is durable but 8 is not");
-        assert_eq!(horizon.limit(ALICE), 7);
+        assert_eq!(horizon.in_flight_limit(ALICE), 7);
         assert_eq!(first.complete(), vec![(ALICE, 9)]);
-        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
     }
 
     #[test]
@@ -224,31 +258,38 @@ mod tests {
         let earlier = horizon.reserve(vec![ALICE]).assign(vec![5]);
         let unknown = horizon.reserve(vec![ALICE]);
         // The unknown allocation may return anything above 5.
-        assert_eq!(horizon.limit(ALICE), 4);
+        assert_eq!(horizon.in_flight_limit(ALICE), 4);
         earlier.complete();
-        assert_eq!(horizon.limit(ALICE), 5);
+        assert_eq!(horizon.in_flight_limit(ALICE), 5);
         let late = unknown.assign(vec![6]);
-        assert_eq!(horizon.limit(ALICE), 5);
+        assert_eq!(horizon.in_flight_limit(ALICE), 5);
         late.complete();
-        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
     }
 
     #[test]
     fn failed_writes_release_the_horizon() {
         let horizon = Horizon::new();
         drop(horizon.reserve(vec![ALICE, (Scope::Conversation, 1)]));
-        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
         let failed = horizon.reserve(vec![ALICE]).assign(vec![3]);
-        assert_eq!(horizon.limit(ALICE), 2);
+        assert_eq!(horizon.in_flight_limit(ALICE), 2);
         drop(failed);
-        assert_eq!(horizon.limit(ALICE), u64::MAX);
-        assert!(horizon.shards.iter().all(|s| s.lock().unwrap().is_empty()), "no state left behind");
+        assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
+        let in_flight_blocks = horizon
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().unwrap().values().map(|k| k.in_flight.is_some()).collect::<Vec<_>>())
+            .filter(|&b| b)
+            .count();
+        assert_eq!(in_flight_blocks, 0, "no in-flight state left behind");
     }
 
     /// Many writers allocate from a real allocator and "store" in random
-    /// order while a reader repeatedly reads everything at or below the
-    /// limit: what it sees must always be exactly 1..=n, never a set with a
-    /// hole that a later write fills.
+    /// order (making each write visible *before* completing it, as a store's
+    /// memtable does) while a reader repeatedly reads everything at or below
+    /// the safe limit: what it sees must always be exactly 1..=n, never a set
+    /// with a hole that a later write fills.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_only_ever_see_complete_prefixes() {
         let horizon = Horizon::new();
@@ -261,11 +302,15 @@ mod tests {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (horizon, durable, done) = (horizon.clone(), durable.clone(), done.clone());
+            let allocator = allocator.clone();
             tokio::spawn(async move {
                 let mut reads = 0u64;
                 let mut highest_seen = 0;
                 while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    let limit = horizon.limit(ALICE);
+                    let allocated = allocator.current(Namespace::Inbox, ALICE.1).await.unwrap();
+                    let limit = safe_limit(&horizon, ALICE, allocated);
+                    // Let writers start between the limit and the read.
+                    tokio::task::yield_now().await;
                     let seen: Vec<u64> = durable.lock().unwrap().range(..=limit).copied().collect();
                     let expected: Vec<u64> = (1..=seen.len() as u64).collect();
                     assert_eq!(seen, expected, "hole below limit {limit}");
@@ -300,7 +345,7 @@ mod tests {
         }
         done.store(true, std::sync::atomic::Ordering::Release);
         assert!(reader.await.unwrap() > 0);
-        assert_eq!(horizon.limit(ALICE), u64::MAX);
+        assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
         assert_eq!(durable.lock().unwrap().len(), 16 * 200);
     }
 }
