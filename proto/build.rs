@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("descriptor.bin"))
         .compile_protos(
-            &["proto/timeline/v1/timeline.proto", "proto/seqsvc/v1/seqsvc.proto"],
+            &[
+                "proto/timeline/v1/timeline.proto",
+                "proto/seqsvc/v1/seqsvc.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -84,7 +84,9 @@ pub struct Auth {
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.header.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
         Ok(request)
     }
 }
@@ -98,7 +100,10 @@ pub struct Client {
 }
 
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted
+    )
 }
 
 fn with_deadline<T>(message: T) -> Request<T> {
@@ -115,9 +120,9 @@ impl Client {
             server: server.to_owned(),
             reason,
         };
-        let header = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| ClientError::Token("contains characters not allowed in metadata".into()))?;
+        let header = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            ClientError::Token("contains characters not allowed in metadata".into())
+        })?;
         let channel = Endpoint::from_shared(server.to_owned())
             .map_err(|e| connect_error(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -131,7 +136,8 @@ impl Client {
         Ok(Self {
             timeline: TimelineClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_REPLY_BYTES),
-            admin: AdminClient::with_interceptor(channel, auth).max_decoding_message_size(MAX_REPLY_BYTES),
+            admin: AdminClient::with_interceptor(channel, auth)
+                .max_decoding_message_size(MAX_REPLY_BYTES),
         })
     }
 
@@ -152,7 +158,12 @@ impl Client {
         let mut delay = RETRY_BASE_DELAY;
         let mut attempt = 1;
         loop {
-            match self.timeline.clone().send(with_deadline(request.clone())).await {
+            match self
+                .timeline
+                .clone()
+                .send(with_deadline(request.clone()))
+                .await
+            {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status) && attempt < SEND_ATTEMPTS => {
                     tracing::warn!(attempt, code = ?status.code(), "send failed, retrying with the same client_msg_id");
@@ -179,14 +190,24 @@ impl Client {
             text: text.to_owned(),
             client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
         };
-        Ok(self.admin.clone().append_message(with_deadline(request)).await?.into_inner())
+        Ok(self
+            .admin
+            .clone()
+            .append_message(with_deadline(request))
+            .await?
+            .into_inner())
     }
 
     /// One page of inbox entries after `after_seq` (the device's stored
     /// checkpoint when `None`).
     pub async fn sync_page(&self, after_seq: Option<u64>, limit: u32) -> Result<pb::SyncReply> {
         let request = pb::SyncRequest { after_seq, limit };
-        Ok(self.timeline.clone().sync(with_deadline(request)).await?.into_inner())
+        Ok(self
+            .timeline
+            .clone()
+            .sync(with_deadline(request))
+            .await?
+            .into_inner())
     }
 
     /// Pulls every entry after the checkpoint, page by page. For each page:
@@ -216,11 +237,19 @@ impl Client {
     }
 
     pub async fn ack(&self, seq: u64) -> Result<u64> {
-        let reply = self.timeline.clone().ack(with_deadline(pb::AckRequest { seq })).await?;
+        let reply = self
+            .timeline
+            .clone()
+            .ack(with_deadline(pb::AckRequest { seq }))
+            .await?;
         Ok(reply.into_inner().checkpoint)
     }
 
-    pub async fn subscribe(&self, after_seq: u64, include_entries: bool) -> Result<tonic::Streaming<pb::Notice>> {
+    pub async fn subscribe(
+        &self,
+        after_seq: u64,
+        include_entries: bool,
+    ) -> Result<tonic::Streaming<pb::Notice>> {
         let request = pb::SubscribeRequest {
             after_seq,
             include_entries,
@@ -262,10 +291,17 @@ impl Client {
         self.sync_all(checkpoint, &mut *deliver).await?;
         let mut notices = self.subscribe(checkpoint.seq(), true).await?;
         while let Some(notice) = notices.message().await? {
-            let complete = notice.entries.last().is_some_and(|e| e.seq == notice.up_to_seq);
+            let complete = notice
+                .entries
+                .last()
+                .is_some_and(|e| e.seq == notice.up_to_seq);
             if complete {
                 // The notice carries every entry since the previous one.
-                let fresh: Vec<_> = notice.entries.iter().filter(|e| e.seq > checkpoint.seq()).collect();
+                let fresh: Vec<_> = notice
+                    .entries
+                    .iter()
+                    .filter(|e| e.seq > checkpoint.seq())
+                    .collect();
                 for entry in &fresh {
                     deliver(entry).map_err(ClientError::Deliver)?;
                 }
@@ -295,7 +331,12 @@ impl Client {
             after,
             limit,
         };
-        Ok(self.timeline.clone().history(with_deadline(request)).await?.into_inner())
+        Ok(self
+            .timeline
+            .clone()
+            .history(with_deadline(request))
+            .await?
+            .into_inner())
     }
 
     pub async fn create_conversation(
@@ -309,7 +350,11 @@ impl Client {
             members,
             title: title.to_owned(),
         };
-        let reply = self.timeline.clone().create_conversation(with_deadline(request)).await?;
+        let reply = self
+            .timeline
+            .clone()
+            .create_conversation(with_deadline(request))
+            .await?;
         reply
             .into_inner()
             .conversation
@@ -320,7 +365,9 @@ impl Client {
         let reply = self
             .timeline
             .clone()
-            .get_conversation(with_deadline(pb::GetConversationRequest { conversation_id }))
+            .get_conversation(with_deadline(pb::GetConversationRequest {
+                conversation_id,
+            }))
             .await?;
         reply
             .into_inner()
@@ -328,14 +375,38 @@ impl Client {
             .ok_or_else(|| Status::internal("reply carries no conversation").into())
     }
 
-    pub async fn add_members(&self, conversation_id: u64, members: Vec<u64>) -> Result<pb::ChangeMembersReply> {
-        let request = pb::ChangeMembersRequest { conversation_id, members };
-        Ok(self.admin.clone().add_members(with_deadline(request)).await?.into_inner())
+    pub async fn add_members(
+        &self,
+        conversation_id: u64,
+        members: Vec<u64>,
+    ) -> Result<pb::ChangeMembersReply> {
+        let request = pb::ChangeMembersRequest {
+            conversation_id,
+            members,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .add_members(with_deadline(request))
+            .await?
+            .into_inner())
     }
 
-    pub async fn remove_members(&self, conversation_id: u64, members: Vec<u64>) -> Result<pb::ChangeMembersReply> {
-        let request = pb::ChangeMembersRequest { conversation_id, members };
-        Ok(self.admin.clone().remove_members(with_deadline(request)).await?.into_inner())
+    pub async fn remove_members(
+        &self,
+        conversation_id: u64,
+        members: Vec<u64>,
+    ) -> Result<pb::ChangeMembersReply> {
+        let request = pb::ChangeMembersRequest {
+            conversation_id,
+            members,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .remove_members(with_deadline(request))
+            .await?
+            .into_inner())
     }
 }
 

@@ -6,10 +6,19 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "tl", version, about = "Talk to a Timeline server: send, sync, watch, page history")]
+#[command(
+    name = "tl",
+    version,
+    about = "Talk to a Timeline server: send, sync, watch, page history"
+)]
 struct Cli {
     /// Server address.
-    #[arg(long, env = "TL_SERVER", default_value = "http://127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "TL_SERVER",
+        default_value = "http://127.0.0.1:7400",
+        global = true
+    )]
     server: String,
     /// Device or service token (see `syncd token`).
     #[arg(long, env = "TL_TOKEN", global = true, hide_env_values = true)]
@@ -158,7 +167,10 @@ fn send_json(r: &pb::SendReply) -> serde_json::Value {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: {error}");
@@ -185,27 +197,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Kind::Direct => pb::ConversationKind::Direct,
                 Kind::Group => pb::ConversationKind::Group,
             };
-            let conversation = client.create_conversation(kind, args.members, &args.title).await?;
+            let conversation = client
+                .create_conversation(kind, args.members, &args.title)
+                .await?;
             println!("{}", conversation.conversation_id);
         }
         Command::Conversation(ConversationCommand::Show(args)) => {
-            print_json(&conversation_json(&client.conversation(args.conversation).await?))?;
+            print_json(&conversation_json(
+                &client.conversation(args.conversation).await?,
+            ))?;
         }
         Command::Conversation(ConversationCommand::AddMembers(args)) => {
             let reply = client.add_members(args.conversation, args.members).await?;
             print_json(&conversation_json(&reply.conversation.unwrap_or_default()))?;
         }
         Command::Conversation(ConversationCommand::RemoveMembers(args)) => {
-            let reply = client.remove_members(args.conversation, args.members).await?;
+            let reply = client
+                .remove_members(args.conversation, args.members)
+                .await?;
             print_json(&conversation_json(&reply.conversation.unwrap_or_default()))?;
         }
         Command::Send(args) => {
-            let reply = client.send(args.conversation, &args.text, args.client_msg_id).await?;
+            let reply = client
+                .send(args.conversation, &args.text, args.client_msg_id)
+                .await?;
             print_json(&send_json(&reply))?;
         }
         Command::Append(args) => {
             let reply = client
-                .append(args.conversation, args.sender, &args.text, args.client_msg_id)
+                .append(
+                    args.conversation,
+                    args.sender,
+                    &args.text,
+                    args.client_msg_id,
+                )
                 .await?;
             print_json(&send_json(&reply))?;
         }
@@ -231,7 +256,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History(args) => {
             let reply = client
-                .history(args.conversation, args.before.unwrap_or(0), args.after, args.limit)
+                .history(
+                    args.conversation,
+                    args.before.unwrap_or(0),
+                    args.after,
+                    args.limit,
+                )
                 .await?;
             for entry in &reply.entries {
                 print_json(&entry_json(entry))?;

@@ -40,7 +40,9 @@ impl AllocatorConfig {
             return Err(SeqError::InvalidArgument("step must be at least 1".into()));
         }
         if self.section_size == 0 {
-            return Err(SeqError::InvalidArgument("section_size must be at least 1".into()));
+            return Err(SeqError::InvalidArgument(
+                "section_size must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -55,8 +57,11 @@ pub struct Allocator {
 struct Inner {
     config: AllocatorConfig,
     store: Arc<dyn MaxSeqStore>,
-    shards: Vec<Mutex<HashMap<(Namespace, u64), Arc<Section>>>>,
+    shards: Vec<Mutex<SectionMap>>,
 }
+
+/// Loaded sections by (namespace, section index).
+type SectionMap = HashMap<(Namespace, u64), Arc<Section>>;
 
 struct Section {
     namespace: Namespace,
@@ -91,7 +96,9 @@ impl Allocator {
             inner: Arc::new(Inner {
                 config,
                 store,
-                shards: (0..SHARD_COUNT).map(|_| Mutex::new(HashMap::new())).collect(),
+                shards: (0..SHARD_COUNT)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
             }),
         })
     }
@@ -139,7 +146,8 @@ impl Allocator {
         let mut out = vec![0u64; ids.len()];
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             let section = self.section(namespace, group[0].0).await?;
-            self.allocate_in_section(&section, ids, group, &mut out).await?;
+            self.allocate_in_section(&section, ids, group, &mut out)
+                .await?;
         }
         Ok(out)
     }
@@ -291,14 +299,20 @@ mod tests {
         let store = Arc::new(MemoryMaxSeqStore::new());
         let alloc = Allocator::new(small(10, 4), store.clone()).unwrap();
         assert_eq!(alloc.current(Namespace::Inbox, 1).await.unwrap(), 0);
-        alloc.next_batch(Namespace::Inbox, &[1, 1, 2]).await.unwrap();
+        alloc
+            .next_batch(Namespace::Inbox, &[1, 1, 2])
+            .await
+            .unwrap();
         assert_eq!(alloc.current(Namespace::Inbox, 1).await.unwrap(), 2);
         assert_eq!(alloc.current(Namespace::Inbox, 2).await.unwrap(), 1);
         // A new run counts everything below the persisted max_seq as used.
         let restarted = Allocator::new(small(10, 4), store.clone()).unwrap();
         let floor = store.stored(Namespace::Inbox, 0);
         assert_eq!(restarted.current(Namespace::Inbox, 3).await.unwrap(), floor);
-        assert_eq!(restarted.next(Namespace::Inbox, 3).await.unwrap(), floor + 1);
+        assert_eq!(
+            restarted.next(Namespace::Inbox, 3).await.unwrap(),
+            floor + 1
+        );
     }
 
     #[tokio::test]
@@ -335,13 +349,18 @@ mod tests {
         for run in 0..3 {
             // A runtime per run: dropping it ends every task (prefetches
             // included) at once, like a crash.
-            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             last = runtime.block_on(async {
                 let store = Arc::new(FjallMaxSeqStore::open(dir.path()).unwrap());
                 let alloc = Allocator::new(small(50, 10), store).unwrap();
                 let first = alloc.next(Namespace::Inbox, 9).await.unwrap();
                 assert!(first > last, "run {run}: {first} after {last}");
-                assert!(first - last <= 50 + 1, "run {run}: jumped from {last} to {first}");
+                assert!(
+                    first - last <= 50 + 1,
+                    "run {run}: jumped from {last} to {first}"
+                );
                 let mut newest = first;
                 for _ in 0..70 {
                     newest = alloc.next(Namespace::Inbox, 9).await.unwrap();

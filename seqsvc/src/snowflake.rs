@@ -138,7 +138,13 @@ impl MsgIdGenerator {
 
     async fn reserve(&self, until_ms: u64) -> Result<()> {
         let _one_at_a_time = self.reserving.lock().await;
-        if self.state.lock().unwrap_or_else(|p| p.into_inner()).reserved_ms >= until_ms {
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserved_ms
+            >= until_ms
+        {
             return Ok(());
         }
         let stored = self
@@ -203,7 +209,9 @@ mod tests {
         let mut seen = HashSet::new();
         let mut last = 0;
         {
-            let generator = MsgIdGenerator::open(1, clock.clone(), store.clone()).await.unwrap();
+            let generator = MsgIdGenerator::open(1, clock.clone(), store.clone())
+                .await
+                .unwrap();
             for _ in 0..10_000 {
                 let id = generator.next_id().await.unwrap();
                 seen.insert(id);
@@ -233,6 +241,10 @@ mod tests {
     #[tokio::test]
     async fn node_id_out_of_range_is_rejected() {
         let store: Arc<dyn MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
-        assert!(MsgIdGenerator::open(1024, system_clock(), store).await.is_err());
+        assert!(
+            MsgIdGenerator::open(1024, system_clock(), store)
+                .await
+                .is_err()
+        );
     }
 }

@@ -84,7 +84,11 @@ impl FjallMaxSeqStore {
     }
 
     fn raise_blocking(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
-        let _guard = self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let stored = self.load_blocking(namespace, section)?;
         if stored >= at_least {
             return Ok(stored);
@@ -183,7 +187,10 @@ mod tests {
             assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 0);
             assert_eq!(store.raise(Namespace::Inbox, 7, 100).await.unwrap(), 100);
             assert_eq!(store.raise(Namespace::Inbox, 7, 50).await.unwrap(), 100);
-            assert_eq!(store.raise(Namespace::Conversation, 7, 10).await.unwrap(), 10);
+            assert_eq!(
+                store.raise(Namespace::Conversation, 7, 10).await.unwrap(),
+                10
+            );
         }
         let store = FjallMaxSeqStore::open(dir.path()).unwrap();
         assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 100);

@@ -42,7 +42,9 @@ impl Principal {
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -111,7 +113,9 @@ impl TokenAuthority {
         let payload = match principal {
             Principal::Device { user_id, device_id } => {
                 if *user_id == 0 {
-                    return Err(SyncdError::InvalidArgument("user id must be at least 1".into()));
+                    return Err(SyncdError::InvalidArgument(
+                        "user id must be at least 1".into(),
+                    ));
                 }
                 validate_name("device id", device_id)?;
                 format!("d|{user_id}|{device_id}|{expires}")
@@ -142,11 +146,16 @@ impl TokenAuthority {
         if prefix != TOKEN_PREFIX {
             return Err(bad("unknown token version"));
         }
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad("payload is not base64url"))?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad("signature is not base64url"))?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| bad("payload is not base64url"))?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| bad("signature is not base64url"))?;
         let mut mac = self.mac();
         mac.update(&payload);
-        mac.verify_slice(&tag).map_err(|_| bad("signature does not match this server's key"))?;
+        mac.verify_slice(&tag)
+            .map_err(|_| bad("signature does not match this server's key"))?;
         let payload = String::from_utf8(payload).map_err(|_| bad("payload is not UTF-8"))?;
         let fields: Vec<&str> = payload.split('|').collect();
         let (principal, expires) = match fields.as_slice() {
@@ -157,7 +166,12 @@ impl TokenAuthority {
                 },
                 expires,
             ),
-            ["s", name, expires] => (Principal::Service { name: (*name).to_owned() }, expires),
+            ["s", name, expires] => (
+                Principal::Service {
+                    name: (*name).to_owned(),
+                },
+                expires,
+            ),
             _ => return Err(bad("malformed payload")),
         };
         let expires: u64 = expires.parse().map_err(|_| bad("expiry"))?;
@@ -196,7 +210,10 @@ mod tests {
         // Another server's key.
         assert!(TokenAuthority::from_key([8; 32]).verify(&token).is_err());
         for junk in ["", "tl1", "tl1..", "tl2.a.b", "tl1.!!.??", "a.b.c.d"] {
-            assert!(matches!(auth.verify(junk), Err(SyncdError::Unauthenticated(_))), "{junk}");
+            assert!(
+                matches!(auth.verify(junk), Err(SyncdError::Unauthenticated(_))),
+                "{junk}"
+            );
         }
     }
 
@@ -204,7 +221,9 @@ mod tests {
     fn expired_tokens_are_refused() {
         let auth = TokenAuthority::from_key([7; 32]);
         let token = auth.issue(&device(1), Duration::ZERO).unwrap();
-        assert!(matches!(auth.verify(&token), Err(SyncdError::Unauthenticated(m)) if m.contains("expired")));
+        assert!(
+            matches!(auth.verify(&token), Err(SyncdError::Unauthenticated(m)) if m.contains("expired"))
+        );
     }
 
     #[test]

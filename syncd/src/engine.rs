@@ -116,7 +116,11 @@ fn require_service(principal: &Principal) -> Result<()> {
 }
 
 fn clamp_limit(requested: usize, default: usize, max: usize) -> usize {
-    if requested == 0 { default } else { requested.min(max) }
+    if requested == 0 {
+        default
+    } else {
+        requested.min(max)
+    }
 }
 
 /// Sorted, deduplicated member ids; 0 is not a user.
@@ -128,7 +132,9 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
         )));
     }
     if members.contains(&0) {
-        return Err(SyncdError::InvalidArgument("user id 0 is not a valid member".into()));
+        return Err(SyncdError::InvalidArgument(
+            "user id 0 is not a valid member".into(),
+        ));
     }
     let mut members = members.to_vec();
     members.sort_unstable();
@@ -137,7 +143,11 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn TimelineStore>, allocator: Allocator, ids: MsgIdGenerator) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn TimelineStore>,
+        allocator: Allocator,
+        ids: MsgIdGenerator,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             allocator,
@@ -163,23 +173,35 @@ impl Engine {
 
     async fn conversation(&self, conversation_id: u64) -> Result<Conversation> {
         if conversation_id == 0 {
-            return Err(SyncdError::InvalidArgument("conversation_id must be set".into()));
+            return Err(SyncdError::InvalidArgument(
+                "conversation_id must be set".into(),
+            ));
         }
         self.store
             .conversation(conversation_id)
             .await?
-            .ok_or_else(|| SyncdError::NotFound(format!("conversation {conversation_id} does not exist")))
+            .ok_or_else(|| {
+                SyncdError::NotFound(format!("conversation {conversation_id} does not exist"))
+            })
     }
 
     /// Sends a message (devices as themselves, services as `sender_id`).
-    pub async fn send(self: &Arc<Self>, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
+    pub async fn send(
+        self: &Arc<Self>,
+        principal: Principal,
+        command: SendCommand,
+    ) -> Result<SendOutcome> {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.send_to_completion(principal, command).await })
             .await
             .map_err(|e| SyncdError::Internal(format!("send task failed: {e}")))?
     }
 
-    async fn send_to_completion(&self, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
+    async fn send_to_completion(
+        &self,
+        principal: Principal,
+        command: SendCommand,
+    ) -> Result<SendOutcome> {
         if command.text.is_empty() {
             return Err(SyncdError::InvalidArgument("text must not be empty".into()));
         }
@@ -228,7 +250,11 @@ impl Engine {
                     receipt.conversation_id
                 )));
             }
-            return Ok(SendOutcome { receipt, client_msg_id, duplicate: true });
+            return Ok(SendOutcome {
+                receipt,
+                client_msg_id,
+                duplicate: true,
+            });
         }
         let _membership = self.membership_locks.read(command.conversation_id).await;
         let conversation = self.conversation(command.conversation_id).await?;
@@ -247,7 +273,11 @@ impl Engine {
             ..Default::default()
         };
         let receipt = self.commit(entry, &conversation.members, key, None).await?;
-        Ok(SendOutcome { receipt, client_msg_id, duplicate: false })
+        Ok(SendOutcome {
+            receipt,
+            client_msg_id,
+            duplicate: false,
+        })
     }
 
     /// Allocates and durably writes one event to the conversation and every
@@ -265,8 +295,14 @@ impl Engine {
         keys.extend(recipients.iter().map(|&user| (Scope::Inbox, user)));
         // Reserve before allocating: see horizon.rs for why the order matters.
         let reservation = self.horizon.reserve(keys);
-        let conv_seq = self.allocator.next(Namespace::Conversation, conversation_id).await?;
-        let inbox_seqs = self.allocator.next_batch(Namespace::Inbox, recipients).await?;
+        let conv_seq = self
+            .allocator
+            .next(Namespace::Conversation, conversation_id)
+            .await?;
+        let inbox_seqs = self
+            .allocator
+            .next_batch(Namespace::Inbox, recipients)
+            .await?;
         let msg_id = self.ids.next_id().await?;
         let mut seqs = Vec::with_capacity(inbox_seqs.len() + 1);
         seqs.push(conv_seq);
@@ -316,7 +352,11 @@ impl Engine {
             .map_err(|e| SyncdError::Internal(format!("create task failed: {e}")))?
     }
 
-    async fn create_to_completion(&self, principal: Principal, request: NewConversation) -> Result<Conversation> {
+    async fn create_to_completion(
+        &self,
+        principal: Principal,
+        request: NewConversation,
+    ) -> Result<Conversation> {
         if request.title.len() > MAX_TITLE_BYTES {
             return Err(SyncdError::InvalidArgument(format!(
                 "title is {} bytes, at most {MAX_TITLE_BYTES}",
@@ -344,7 +384,9 @@ impl Engine {
             }
             ConversationKind::Group | ConversationKind::Unspecified => {
                 if members.is_empty() {
-                    return Err(SyncdError::InvalidArgument("a conversation needs at least one member".into()));
+                    return Err(SyncdError::InvalidArgument(
+                        "a conversation needs at least one member".into(),
+                    ));
                 }
                 ConversationKind::Group
             }
@@ -368,7 +410,8 @@ impl Engine {
             members: members.clone(),
             ..Default::default()
         };
-        self.commit(entry, &members, None, Some(record.clone())).await?;
+        self.commit(entry, &members, None, Some(record.clone()))
+            .await?;
         Ok(record)
     }
 
@@ -383,9 +426,12 @@ impl Engine {
     ) -> Result<(Conversation, u64)> {
         require_service(&principal)?;
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.change_to_completion(conversation_id, members, change).await })
-            .await
-            .map_err(|e| SyncdError::Internal(format!("membership task failed: {e}")))?
+        tokio::spawn(async move {
+            this.change_to_completion(conversation_id, members, change)
+                .await
+        })
+        .await
+        .map_err(|e| SyncdError::Internal(format!("membership task failed: {e}")))?
     }
 
     async fn change_to_completion(
@@ -396,7 +442,9 @@ impl Engine {
     ) -> Result<(Conversation, u64)> {
         let members = normalize_members(&members)?;
         if members.is_empty() {
-            return Err(SyncdError::InvalidArgument("members must not be empty".into()));
+            return Err(SyncdError::InvalidArgument(
+                "members must not be empty".into(),
+            ));
         }
         let _exclusive = self.membership_locks.write(conversation_id).await;
         let conversation = self.conversation(conversation_id).await?;
@@ -407,16 +455,22 @@ impl Engine {
         }
         let (changed, new_members, kind): (Vec<u64>, Vec<u64>, EntryKind) = match change {
             MembershipChange::Add => {
-                let changed: Vec<u64> =
-                    members.iter().copied().filter(|m| !conversation.is_member(*m)).collect();
+                let changed: Vec<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| !conversation.is_member(*m))
+                    .collect();
                 let mut all = conversation.members.clone();
                 all.extend(&changed);
                 all.sort_unstable();
                 (changed, all, EntryKind::MembersAdded)
             }
             MembershipChange::Remove => {
-                let changed: Vec<u64> =
-                    members.iter().copied().filter(|m| conversation.is_member(*m)).collect();
+                let changed: Vec<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| conversation.is_member(*m))
+                    .collect();
                 let rest = conversation
                     .members
                     .iter()
@@ -440,14 +494,19 @@ impl Engine {
             MembershipChange::Add => new_members.clone(),
             MembershipChange::Remove => conversation.members.clone(),
         };
-        let record = Conversation { members: new_members, ..conversation };
+        let record = Conversation {
+            members: new_members,
+            ..conversation
+        };
         let entry = Entry {
             kind: kind as i32,
             conversation_id,
             members: changed,
             ..Default::default()
         };
-        let receipt = self.commit(entry, &recipients, None, Some(record.clone())).await?;
+        let receipt = self
+            .commit(entry, &recipients, None, Some(record.clone()))
+            .await?;
         Ok((record, receipt.conv_seq))
     }
 
@@ -463,7 +522,12 @@ impl Engine {
     }
 
     /// Inbox entries after the checkpoint, never past the sync horizon.
-    pub async fn sync(&self, principal: &Principal, after_seq: Option<u64>, limit: usize) -> Result<SyncPage> {
+    pub async fn sync(
+        &self,
+        principal: &Principal,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<SyncPage> {
         let (user_id, device_id) = device_user(principal)?;
         let after = match after_seq {
             Some(seq) => seq,
@@ -471,11 +535,18 @@ impl Engine {
         };
         let limit = clamp_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
         let through = self.readable_through(Scope::Inbox, user_id).await?;
-        let mut entries = self.store.read_inbox(user_id, after, through, limit + 1).await?;
+        let mut entries = self
+            .store
+            .read_inbox(user_id, after, through, limit + 1)
+            .await?;
         let has_more = entries.len() > limit;
         entries.truncate(limit);
         let checkpoint = entries.last().map_or(after, |e| e.seq);
-        Ok(SyncPage { entries, has_more, checkpoint })
+        Ok(SyncPage {
+            entries,
+            has_more,
+            checkpoint,
+        })
     }
 
     /// The highest inbox seq a device may be told about right now.
@@ -497,7 +568,9 @@ impl Engine {
     }
 
     pub async fn history(&self, principal: &Principal, query: HistoryQuery) -> Result<HistoryPage> {
-        let conversation = self.get_conversation(principal, query.conversation_id).await?;
+        let conversation = self
+            .get_conversation(principal, query.conversation_id)
+            .await?;
         let limit = clamp_limit(query.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT);
         let visible_end = self
             .readable_through(Scope::Conversation, conversation.conversation_id)
@@ -506,14 +579,23 @@ impl Engine {
         let id = conversation.conversation_id;
         if let Some(after) = query.after {
             if query.before != 0 {
-                return Err(SyncdError::InvalidArgument("set before or after, not both".into()));
+                return Err(SyncdError::InvalidArgument(
+                    "set before or after, not both".into(),
+                ));
             }
-            let mut entries = self.store.read_conversation(id, after, visible_end, false, limit + 1).await?;
+            let mut entries = self
+                .store
+                .read_conversation(id, after, visible_end, false, limit + 1)
+                .await?;
             let has_more = entries.len() > limit;
             entries.truncate(limit);
             return Ok(HistoryPage { entries, has_more });
         }
-        let before = if query.before == 0 { u64::MAX } else { query.before };
+        let before = if query.before == 0 {
+            u64::MAX
+        } else {
+            query.before
+        };
         let mut entries = self
             .store
             .read_conversation(id, 0, before.min(visible_end), true, limit + 1)
@@ -525,7 +607,11 @@ impl Engine {
     }
 
     /// The conversation, if the caller may see it (a member, or a service).
-    pub async fn get_conversation(&self, principal: &Principal, conversation_id: u64) -> Result<Conversation> {
+    pub async fn get_conversation(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+    ) -> Result<Conversation> {
         let conversation = self.conversation(conversation_id).await?;
         if let Principal::Device { user_id, .. } = principal
             && !conversation.is_member(*user_id)
@@ -538,7 +624,12 @@ impl Engine {
     }
 
     /// Starts a push feed for a device whose checkpoint is `after_seq`.
-    pub async fn subscribe(self: &Arc<Self>, principal: &Principal, after_seq: u64, include_entries: bool) -> Result<Feed> {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        principal: &Principal,
+        after_seq: u64,
+        include_entries: bool,
+    ) -> Result<Feed> {
         let (user_id, _) = device_user(principal)?;
         let subscription = self.hub.subscribe(user_id)?;
         // Read the top only after subscribing, so nothing published in
@@ -592,7 +683,10 @@ impl Feed {
             Vec::new()
         };
         self.last_sent = top;
-        Ok(Some(PushNotice { up_to_seq: top, entries }))
+        Ok(Some(PushNotice {
+            up_to_seq: top,
+            entries,
+        }))
     }
 }
 
@@ -606,11 +700,11 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::async_trait;
     use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
     use std::collections::HashSet;
     use std::time::Duration;
     use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
+    use tonic::async_trait;
 
     /// Delays every commit by a random 0-2 ms, so writes become durable in a
     /// different order than their seqs were allocated (the situation the
@@ -635,7 +729,13 @@ mod tests {
         async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
             self.0.receipt(key).await
         }
-        async fn read_inbox(&self, user: u64, after: u64, through: u64, limit: usize) -> timeline_store::Result<Vec<Entry>> {
+        async fn read_inbox(
+            &self,
+            user: u64,
+            after: u64,
+            through: u64,
+            limit: usize,
+        ) -> timeline_store::Result<Vec<Entry>> {
             jitter(500).await;
             self.0.read_inbox(user, after, through, limit).await
         }
@@ -650,9 +750,16 @@ mod tests {
             newest_first: bool,
             limit: usize,
         ) -> timeline_store::Result<Vec<Entry>> {
-            self.0.read_conversation(id, after, before, newest_first, limit).await
+            self.0
+                .read_conversation(id, after, before, newest_first, limit)
+                .await
         }
-        async fn save_checkpoint(&self, user: u64, device: &str, seq: u64) -> timeline_store::Result<u64> {
+        async fn save_checkpoint(
+            &self,
+            user: u64,
+            device: &str,
+            seq: u64,
+        ) -> timeline_store::Result<u64> {
             self.0.save_checkpoint(user, device, seq).await
         }
         async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
@@ -662,22 +769,42 @@ mod tests {
 
     async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {
         let embedded = EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap();
-        let store: Arc<dyn TimelineStore> = if jitter { Arc::new(JitterStore(embedded)) } else { Arc::new(embedded) };
+        let store: Arc<dyn TimelineStore> = if jitter {
+            Arc::new(JitterStore(embedded))
+        } else {
+            Arc::new(embedded)
+        };
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
-        let allocator = Allocator::new(AllocatorConfig { step: 16, section_size: 4 }, Arc::clone(&seq_store)).unwrap();
-        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store).await.unwrap();
+        let allocator = Allocator::new(
+            AllocatorConfig {
+                step: 16,
+                section_size: 4,
+            },
+            Arc::clone(&seq_store),
+        )
+        .unwrap();
+        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
+            .await
+            .unwrap();
         Engine::new(store, allocator, ids)
     }
 
     fn device(user_id: u64, device_id: &str) -> Principal {
-        Principal::Device { user_id, device_id: device_id.into() }
+        Principal::Device {
+            user_id,
+            device_id: device_id.into(),
+        }
     }
 
     async fn group(engine: &Arc<Engine>, creator: u64, members: Vec<u64>) -> u64 {
         engine
             .create_conversation(
                 device(creator, "d"),
-                NewConversation { kind: ConversationKind::Group, members, title: String::new() },
+                NewConversation {
+                    kind: ConversationKind::Group,
+                    members,
+                    title: String::new(),
+                },
             )
             .await
             .unwrap()
@@ -685,7 +812,12 @@ mod tests {
     }
 
     fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendCommand {
-        SendCommand { conversation_id, text: text.into(), client_msg_id: id, sender_id: None }
+        SendCommand {
+            conversation_id,
+            text: text.into(),
+            client_msg_id: id,
+            sender_id: None,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -722,7 +854,13 @@ mod tests {
             let conversation = conversations[task as usize % conversations.len()];
             senders.spawn(async move {
                 for i in 0..25 {
-                    engine.send(device(1, "s"), message(conversation, &format!("{task}/{i}"), None)).await.unwrap();
+                    engine
+                        .send(
+                            device(1, "s"),
+                            message(conversation, &format!("{task}/{i}"), None),
+                        )
+                        .await
+                        .unwrap();
                 }
             });
         }
@@ -742,7 +880,10 @@ mod tests {
         assert_eq!(all.len(), 4 + 24 * 25);
         let missing: Vec<_> = all.iter().filter(|s| !seen.contains(s)).collect();
         let extra: Vec<_> = seen.iter().filter(|s| !all.contains(s)).collect();
-        assert_eq!(seen, all, "the tight-loop reader skipped an entry: missing {missing:?} extra {extra:?}");
+        assert_eq!(
+            seen, all,
+            "the tight-loop reader skipped an entry: missing {missing:?} extra {extra:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,7 +895,11 @@ mod tests {
         let mut retries = tokio::task::JoinSet::new();
         for _ in 0..10 {
             let engine = Arc::clone(&engine);
-            retries.spawn(async move { engine.send(device(1, "phone"), message(conversation, "once", Some(id))).await });
+            retries.spawn(async move {
+                engine
+                    .send(device(1, "phone"), message(conversation, "once", Some(id)))
+                    .await
+            });
         }
         let mut msg_ids = HashSet::new();
         let mut firsts = 0;
@@ -764,14 +909,22 @@ mod tests {
             firsts += usize::from(!outcome.duplicate);
         }
         assert_eq!((msg_ids.len(), firsts), (1, 1));
-        let inbox = engine.sync(&device(2, "tablet"), Some(0), 100).await.unwrap();
+        let inbox = engine
+            .sync(&device(2, "tablet"), Some(0), 100)
+            .await
+            .unwrap();
         assert_eq!(inbox.entries.iter().filter(|e| e.text == "once").count(), 1);
         // The same id for another conversation is a client bug: refused.
         let other = group(&engine, 1, vec![1, 3]).await;
-        let reused = engine.send(device(1, "phone"), message(other, "x", Some(id))).await;
+        let reused = engine
+            .send(device(1, "phone"), message(other, "x", Some(id)))
+            .await;
         assert!(matches!(reused, Err(SyncdError::InvalidArgument(_))));
         // Another user may use the same UUID independently.
-        let theirs = engine.send(device(2, "phone"), message(conversation, "mine", Some(id))).await.unwrap();
+        let theirs = engine
+            .send(device(2, "phone"), message(conversation, "mine", Some(id)))
+            .await
+            .unwrap();
         assert!(!theirs.duplicate);
     }
 
@@ -782,40 +935,107 @@ mod tests {
         let ops = Principal::Service { name: "ops".into() };
         let conversation = group(&engine, 1, vec![2]).await;
         // Devices cannot change members; services can, and every member hears.
-        let denied = engine.change_members(device(1, "d"), conversation, vec![3], MembershipChange::Add).await;
+        let denied = engine
+            .change_members(device(1, "d"), conversation, vec![3], MembershipChange::Add)
+            .await;
         assert!(matches!(denied, Err(SyncdError::PermissionDenied(_))));
-        let (record, conv_seq) = engine.change_members(ops.clone(), conversation, vec![3, 2], MembershipChange::Add).await.unwrap();
+        let (record, conv_seq) = engine
+            .change_members(ops.clone(), conversation, vec![3, 2], MembershipChange::Add)
+            .await
+            .unwrap();
         assert_eq!(record.members, vec![1, 2, 3]);
         assert!(conv_seq > 0);
-        let (_, unchanged) = engine.change_members(ops.clone(), conversation, vec![3], MembershipChange::Add).await.unwrap();
+        let (_, unchanged) = engine
+            .change_members(ops.clone(), conversation, vec![3], MembershipChange::Add)
+            .await
+            .unwrap();
         assert_eq!(unchanged, 0, "adding an existing member is a no-op");
-        engine.change_members(ops.clone(), conversation, vec![2], MembershipChange::Remove).await.unwrap();
+        engine
+            .change_members(ops.clone(), conversation, vec![2], MembershipChange::Remove)
+            .await
+            .unwrap();
         // The removed member learned of the removal, then lost access.
         let removed = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
         let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind()).collect();
-        assert_eq!(kinds, [EntryKind::ConversationCreated, EntryKind::MembersAdded, EntryKind::MembersRemoved]);
-        let history = HistoryQuery { conversation_id: conversation, before: 0, after: None, limit: 10 };
-        assert!(matches!(engine.history(&device(2, "d"), history).await, Err(SyncdError::PermissionDenied(_))));
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::ConversationCreated,
+                EntryKind::MembersAdded,
+                EntryKind::MembersRemoved
+            ]
+        );
+        let history = HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: None,
+            limit: 10,
+        };
         assert!(matches!(
-            engine.send(device(2, "d"), message(conversation, "x", None)).await,
+            engine.history(&device(2, "d"), history).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            engine
+                .send(device(2, "d"), message(conversation, "x", None))
+                .await,
             Err(SyncdError::PermissionDenied(_))
         ));
         // Direct conversations have fixed members.
         let direct = engine
-            .create_conversation(device(1, "d"), NewConversation { kind: ConversationKind::Direct, members: vec![4], title: String::new() })
+            .create_conversation(
+                device(1, "d"),
+                NewConversation {
+                    kind: ConversationKind::Direct,
+                    members: vec![4],
+                    title: String::new(),
+                },
+            )
             .await
             .unwrap();
         assert_eq!(direct.members, vec![1, 4]);
-        let fixed = engine.change_members(ops.clone(), direct.conversation_id, vec![5], MembershipChange::Add).await;
+        let fixed = engine
+            .change_members(
+                ops.clone(),
+                direct.conversation_id,
+                vec![5],
+                MembershipChange::Add,
+            )
+            .await;
         assert!(matches!(fixed, Err(SyncdError::FailedPrecondition(_))));
-        let three = NewConversation { kind: ConversationKind::Direct, members: vec![4, 5], title: String::new() };
-        assert!(matches!(engine.create_conversation(device(1, "d"), three).await, Err(SyncdError::InvalidArgument(_))));
+        let three = NewConversation {
+            kind: ConversationKind::Direct,
+            members: vec![4, 5],
+            title: String::new(),
+        };
+        assert!(matches!(
+            engine.create_conversation(device(1, "d"), three).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
         // Services have no inbox; acks cannot run ahead of the inbox.
-        assert!(matches!(engine.sync(&ops, None, 10).await, Err(SyncdError::PermissionDenied(_))));
-        assert!(matches!(engine.ack(&device(1, "d"), 1_000_000).await, Err(SyncdError::InvalidArgument(_))));
-        let top = engine.sync(&device(1, "d"), None, 100).await.unwrap().checkpoint;
+        assert!(matches!(
+            engine.sync(&ops, None, 10).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            engine.ack(&device(1, "d"), 1_000_000).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
+        let top = engine
+            .sync(&device(1, "d"), None, 100)
+            .await
+            .unwrap()
+            .checkpoint;
         assert_eq!(engine.ack(&device(1, "d"), top).await.unwrap(), top);
-        assert!(engine.sync(&device(1, "d"), None, 100).await.unwrap().entries.is_empty(), "sync resumes from the ack");
+        assert!(
+            engine
+                .sync(&device(1, "d"), None, 100)
+                .await
+                .unwrap()
+                .entries
+                .is_empty(),
+            "sync resumes from the ack"
+        );
     }
 
     #[tokio::test]
@@ -823,20 +1043,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(dir.path(), false).await;
         let conversation = group(&engine, 1, vec![2]).await;
-        let mut feed = engine.subscribe(&device(2, "watch"), 0, true).await.unwrap();
+        let mut feed = engine
+            .subscribe(&device(2, "watch"), 0, true)
+            .await
+            .unwrap();
         let first = feed.next().await.unwrap().unwrap();
-        assert_eq!(first.entries.len(), 1, "the creation event is pushed at once");
-        engine.send(device(1, "d"), message(conversation, "pushed", None)).await.unwrap();
+        assert_eq!(
+            first.entries.len(),
+            1,
+            "the creation event is pushed at once"
+        );
+        engine
+            .send(device(1, "d"), message(conversation, "pushed", None))
+            .await
+            .unwrap();
         let notice = feed.next().await.unwrap().unwrap();
-        assert_eq!(notice.entries.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["pushed"]);
+        assert_eq!(
+            notice
+                .entries
+                .iter()
+                .map(|e| e.text.as_str())
+                .collect::<Vec<_>>(),
+            ["pushed"]
+        );
         assert_eq!(notice.up_to_seq, notice.entries[0].seq);
         for i in 0..(MAX_PUSH_ENTRIES + 10) {
-            engine.send(device(1, "d"), message(conversation, &i.to_string(), None)).await.unwrap();
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
         }
         let behind = feed.next().await.unwrap().unwrap();
-        assert!(behind.entries.is_empty(), "far behind: a bare notice, the device pulls");
+        assert!(
+            behind.entries.is_empty(),
+            "far behind: a bare notice, the device pulls"
+        );
         assert!(behind.up_to_seq >= notice.up_to_seq + MAX_PUSH_ENTRIES as u64);
         engine.begin_shutdown();
-        assert!(feed.next().await.unwrap().is_none(), "feeds end on shutdown");
+        assert!(
+            feed.next().await.unwrap().is_none(),
+            "feeds end on shutdown"
+        );
     }
 }

@@ -112,7 +112,10 @@ impl Horizon {
     }
 
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, KeyState>> {
-        let index = (key.1 as usize).wrapping_mul(31).wrapping_add(key.0 as usize) % SHARDS;
+        let index = (key.1 as usize)
+            .wrapping_mul(31)
+            .wrapping_add(key.0 as usize)
+            % SHARDS;
         self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -246,7 +249,11 @@ mod tests {
         let first = horizon.reserve(vec![ALICE]).assign(vec![8]);
         let second = horizon.reserve(vec![ALICE]).assign(vec![9]);
         assert_eq!(horizon.in_flight_limit(ALICE), 7);
-        assert_eq!(second.complete(), vec![(ALICE, 7)], "9 is durable but 8 is not");
+        assert_eq!(
+            second.complete(),
+            vec![(ALICE, 7)],
+            "9 is durable but 8 is not"
+        );
         assert_eq!(horizon.in_flight_limit(ALICE), 7);
         assert_eq!(first.complete(), vec![(ALICE, 9)]);
         assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
@@ -279,7 +286,13 @@ mod tests {
         let in_flight_blocks = horizon
             .shards
             .iter()
-            .flat_map(|s| s.lock().unwrap().values().map(|k| k.in_flight.is_some()).collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap()
+                    .values()
+                    .map(|k| k.in_flight.is_some())
+                    .collect::<Vec<_>>()
+            })
             .filter(|&b| b)
             .count();
         assert_eq!(in_flight_blocks, 0, "no in-flight state left behind");
@@ -294,7 +307,10 @@ mod tests {
     async fn readers_only_ever_see_complete_prefixes() {
         let horizon = Horizon::new();
         let allocator = Allocator::new(
-            AllocatorConfig { step: 7, section_size: 4 },
+            AllocatorConfig {
+                step: 7,
+                section_size: 4,
+            },
             Arc::new(MemoryMaxSeqStore::new()),
         )
         .unwrap();
@@ -324,7 +340,8 @@ mod tests {
         };
         let writers: Vec<_> = (0..16u64)
             .map(|w| {
-                let (horizon, allocator, durable) = (horizon.clone(), allocator.clone(), durable.clone());
+                let (horizon, allocator, durable) =
+                    (horizon.clone(), allocator.clone(), durable.clone());
                 tokio::spawn(async move {
                     for i in 0..200u64 {
                         let reservation = horizon.reserve(vec![ALICE]);

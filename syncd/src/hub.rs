@@ -115,7 +115,10 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.receiver.take());
         let mut shard = self.hub.shard(self.user_id);
-        if shard.get(&self.user_id).is_some_and(|s| s.receiver_count() == 0) {
+        if shard
+            .get(&self.user_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
             shard.remove(&self.user_id);
         }
         self.hub.subscriptions.fetch_sub(1, Ordering::AcqRel);
@@ -149,8 +152,13 @@ mod tests {
     #[tokio::test]
     async fn per_user_subscription_limit() {
         let hub = Hub::new();
-        let subs: Vec<_> = (0..MAX_SUBSCRIPTIONS_PER_USER).map(|_| hub.subscribe(1).unwrap()).collect();
-        assert!(matches!(hub.subscribe(1), Err(SyncdError::ResourceExhausted(_))));
+        let subs: Vec<_> = (0..MAX_SUBSCRIPTIONS_PER_USER)
+            .map(|_| hub.subscribe(1).unwrap())
+            .collect();
+        assert!(matches!(
+            hub.subscribe(1),
+            Err(SyncdError::ResourceExhausted(_))
+        ));
         assert!(hub.subscribe(2).is_ok());
         drop(subs);
         assert!(hub.subscribe(1).is_ok());

@@ -43,13 +43,23 @@ impl<K: Hash + Eq + Clone> KeyedLocks<K> {
     pub async fn read(self: &Arc<Self>, key: K) -> KeyGuard<K> {
         let lock = self.entry(&key);
         let held = Held::Read(Arc::clone(&lock).read_owned().await);
-        KeyGuard { locks: Arc::clone(self), key, lock, held: Some(held) }
+        KeyGuard {
+            locks: Arc::clone(self),
+            key,
+            lock,
+            held: Some(held),
+        }
     }
 
     pub async fn write(self: &Arc<Self>, key: K) -> KeyGuard<K> {
         let lock = self.entry(&key);
         let held = Held::Write(Arc::clone(&lock).write_owned().await);
-        KeyGuard { locks: Arc::clone(self), key, lock, held: Some(held) }
+        KeyGuard {
+            locks: Arc::clone(self),
+            key,
+            lock,
+            held: Some(held),
+        }
     }
 
     #[cfg(test)]

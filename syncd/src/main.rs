@@ -8,11 +8,18 @@ use std::time::Duration;
 use syncd::auth::Principal;
 use syncd::server::{self, NodeConfig};
 
+/// Our own info logs; the storage engine's routine messages only as warnings.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 /// How long shutdown waits for in-flight calls before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "syncd", version, about = "Timeline sync server: stores conversations and inboxes, syncs devices")]
+#[command(
+    name = "syncd",
+    version,
+    about = "Timeline sync server: stores conversations and inboxes, syncs devices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,14 +99,18 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let config = NodeConfig {
             data_dir: args.data_dir.clone(),

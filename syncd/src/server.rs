@@ -4,7 +4,9 @@
 use crate::auth::TokenAuthority;
 use crate::engine::Engine;
 use crate::grpc::{AdminService, TimelineService};
-use crate::limits::{MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION};
+use crate::limits::{
+    MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
+};
 use proto::timeline::v1 as pb;
 use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, MsgIdGenerator};
 use std::future::Future;
@@ -23,7 +25,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("timeline store: {0}")]
     Store(#[from] timeline_store::StoreError),
     #[error("sequence allocator: {0}")]
@@ -50,7 +55,10 @@ pub struct Node {
 /// clock reservations), `auth.key`.
 pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     let dir = config.data_dir.clone();
-    let data_dir_error = |source| StartupError::DataDir { path: dir.clone(), source };
+    let data_dir_error = |source| StartupError::DataDir {
+        path: dir.clone(),
+        source,
+    };
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
     let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
     let (store, seq_store) = tokio::task::spawn_blocking({
@@ -65,7 +73,8 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??;
     let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seq_store);
     let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
-    let ids = MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
+    let ids =
+        MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
     Ok(Node {
         engine: Engine::new(Arc::new(store), allocator, ids),
         auth,
@@ -82,10 +91,18 @@ pub fn token_authority(data_dir: &Path) -> Result<TokenAuthority, StartupError> 
 
 /// Serves until `shutdown` resolves, then stops accepting, ends push
 /// streams and waits for in-flight calls.
-pub async fn serve(listener: TcpListener, node: Node, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<pb::timeline_server::TimelineServer<TimelineService>>().await;
-    health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+    health
+        .set_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
+        .await;
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -97,9 +114,12 @@ pub async fn serve(listener: TcpListener, node: Node, shutdown: impl Future<Outp
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REPLY_BYTES);
-    let admin = pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&node.engine), node.auth.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_REPLY_BYTES);
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(
+        Arc::clone(&node.engine),
+        node.auth.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_REPLY_BYTES);
 
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -140,13 +160,21 @@ impl Connected for LimitedConn {
 }
 
 impl AsyncRead for LimitedConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LimitedConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -192,7 +220,14 @@ fn limited_incoming(
             };
             match accepted {
                 Ok((stream, _)) => {
-                    if tx.send(Ok(LimitedConn { stream, _slot: slot })).await.is_err() {
+                    if tx
+                        .send(Ok(LimitedConn {
+                            stream,
+                            _slot: slot,
+                        }))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

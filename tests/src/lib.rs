@@ -19,7 +19,11 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         // Test executables live in target/<profile>/deps/.
         let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut build = Command::new(cargo);
         build.args(["build", "--bins", "-p", "syncd", "-p", "client"]);
@@ -58,7 +62,11 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
-        Self::spawn(data_dir, "127.0.0.1:0", extra_args.iter().map(|s| s.to_string()).collect())
+        Self::spawn(
+            data_dir,
+            "127.0.0.1:0",
+            extra_args.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     fn spawn(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> Result<Self> {
@@ -141,7 +149,9 @@ impl Server {
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("not running")?;
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -160,7 +170,10 @@ impl Server {
 
     /// A device token for `user_id`/`device_id`.
     pub fn device_token(&self, user_id: u64, device_id: &str) -> Result<String> {
-        token(&self.data_dir, &["--user", &user_id.to_string(), "--device", device_id])
+        token(
+            &self.data_dir,
+            &["--user", &user_id.to_string(), "--device", device_id],
+        )
     }
 
     pub fn service_token(&self, name: &str) -> Result<String> {
@@ -181,7 +194,10 @@ fn token(data_dir: &Path, who: &[&str]) -> Result<String> {
         .args(who)
         .output()?;
     if !output.status.success() {
-        bail!("syncd token failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "syncd token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }

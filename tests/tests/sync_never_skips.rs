@@ -67,7 +67,11 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
                 // Small pages make the device advance in many steps.
                 let page = watcher.sync_page(Some(checkpoint), 7).await?;
                 for entry in &page.entries {
-                    anyhow::ensure!(entry.seq > checkpoint, "seq {} at checkpoint {checkpoint}", entry.seq);
+                    anyhow::ensure!(
+                        entry.seq > checkpoint,
+                        "seq {} at checkpoint {checkpoint}",
+                        entry.seq
+                    );
                     checkpoint = entry.seq;
                 }
                 anyhow::ensure!(page.checkpoint == checkpoint, "reply checkpoint disagrees");
@@ -93,7 +97,9 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
                 let mut receipts = Vec::new();
                 for i in 0..SENDS_PER_SENDER {
                     let conversation_id = mine[(i + sender) % mine.len()];
-                    let reply = client.send(conversation_id, &format!("u{user} s{sender} #{i}"), None).await?;
+                    let reply = client
+                        .send(conversation_id, &format!("u{user} s{sender} #{i}"), None)
+                        .await?;
                     receipts.push(reply);
                 }
                 anyhow::Ok(receipts)
@@ -111,7 +117,11 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
     let fresh = Client::connect(&url, &server.device_token(1, "fresh")?).await?;
     let full = read_whole_inbox(&fresh).await?;
     let seqs = |entries: &[pb::Entry]| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(&seen), seqs(&full), "tight-loop device skipped or repeated entries");
+    assert_eq!(
+        seqs(&seen),
+        seqs(&full),
+        "tight-loop device skipped or repeated entries"
+    );
     assert!(seqs(&full).windows(2).all(|w| w[0] < w[1]));
 
     // Every message to a conversation of user 1 is in their inbox exactly once.
@@ -123,14 +133,24 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
     let unique: HashSet<u64> = messages.iter().copied().collect();
     assert_eq!(unique.len(), messages.len(), "a message appears twice");
     let expected: HashSet<u64> = receipts.iter().map(|r| r.msg_id).collect();
-    assert_eq!(unique, expected, "user 1 is in every conversation and must have every message");
-    assert_eq!(receipts.len(), USERS as usize * SENDERS_PER_USER * SENDS_PER_SENDER);
+    assert_eq!(
+        unique, expected,
+        "user 1 is in every conversation and must have every message"
+    );
+    assert_eq!(
+        receipts.len(),
+        USERS as usize * SENDERS_PER_USER * SENDS_PER_SENDER
+    );
 
     // And every other member got exactly the messages of their conversations.
-    let by_conversation: HashMap<u64, Vec<u64>> =
-        conversations.iter().map(|c| (c.conversation_id, c.members.clone())).collect();
+    let by_conversation: HashMap<u64, Vec<u64>> = conversations
+        .iter()
+        .map(|c| (c.conversation_id, c.members.clone()))
+        .collect();
     for user in 2..=USERS {
-        let inbox = read_whole_inbox(&Client::connect(&url, &server.device_token(user, "check")?).await?).await?;
+        let inbox =
+            read_whole_inbox(&Client::connect(&url, &server.device_token(user, "check")?).await?)
+                .await?;
         let got: Vec<u64> = inbox
             .iter()
             .filter(|e| e.kind == pb::EntryKind::Message as i32)
@@ -141,9 +161,17 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
             .filter(|r| by_conversation[&r.conversation_id].contains(&user))
             .map(|r| r.msg_id)
             .collect();
-        assert_eq!(got.len(), want.len(), "user {user} has duplicates or misses");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "user {user} has duplicates or misses"
+        );
         assert_eq!(got.into_iter().collect::<HashSet<_>>(), want, "user {user}");
     }
-    eprintln!("{} sends, {} inbox entries for user 1, {rounds} sync rounds", receipts.len(), full.len());
+    eprintln!(
+        "{} sends, {} inbox entries for user 1, {rounds} sync rounds",
+        receipts.len(),
+        full.len()
+    );
     Ok(())
 }

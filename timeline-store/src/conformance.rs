@@ -61,9 +61,15 @@ pub async fn run_all<S: TimelineStore>(open: &(dyn Fn() -> S + Sync)) {
 
 async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(store: &S) {
     let conv = BASE + 1;
-    let commit = fanout(message(conv, 1, BASE + 1, "hello"), &[(BASE + 1, 5), (BASE + 2, 9)]);
+    let commit = fanout(
+        message(conv, 1, BASE + 1, "hello"),
+        &[(BASE + 1, 5), (BASE + 2, 9)],
+    );
     store.commit_event(commit).await.unwrap();
-    let history = store.read_conversation(conv, 0, u64::MAX, false, 10).await.unwrap();
+    let history = store
+        .read_conversation(conv, 0, u64::MAX, false, 10)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].text, "hello");
     assert_eq!(history[0].seq, 0, "conversation entries carry no inbox seq");
@@ -84,20 +90,46 @@ async fn inbox_reads_respect_bounds_limits_and_owners<S: TimelineStore>(store: &
     // Neighbouring user ids must not bleed into each other's ranges.
     let neighbour = BASE + 11;
     for i in 1..=20u64 {
-        let commit = fanout(message(conv, i, user, &format!("m{i}")), &[(user, i * 2), (neighbour, i)]);
+        let commit = fanout(
+            message(conv, i, user, &format!("m{i}")),
+            &[(user, i * 2), (neighbour, i)],
+        );
         store.commit_event(commit).await.unwrap();
     }
     let all = store.read_inbox(user, 0, u64::MAX, 100).await.unwrap();
     assert_eq!(all.len(), 20);
-    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "ascending seq order");
+    assert!(
+        all.windows(2).all(|w| w[0].seq < w[1].seq),
+        "ascending seq order"
+    );
     let page = store.read_inbox(user, 10, 30, 100).await.unwrap();
     let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (12..=30).step_by(2).collect::<Vec<_>>(), "after exclusive, through inclusive");
+    assert_eq!(
+        seqs,
+        (12..=30).step_by(2).collect::<Vec<_>>(),
+        "after exclusive, through inclusive"
+    );
     let limited = store.read_inbox(user, 0, u64::MAX, 3).await.unwrap();
-    assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 4, 6]);
-    assert!(store.read_inbox(user, 40, u64::MAX, 10).await.unwrap().is_empty());
+    assert_eq!(
+        limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 4, 6]
+    );
+    assert!(
+        store
+            .read_inbox(user, 40, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.read_inbox(user, 5, 5, 10).await.unwrap().is_empty());
-    assert_eq!(store.read_inbox(neighbour, 0, u64::MAX, 100).await.unwrap().len(), 20);
+    assert_eq!(
+        store
+            .read_inbox(neighbour, 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
     assert_eq!(store.last_inbox_seq(user).await.unwrap(), 40);
 }
 
@@ -110,16 +142,37 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
             .unwrap();
     }
     let conv_seqs = |entries: Vec<Entry>| entries.iter().map(|e| e.conv_seq).collect::<Vec<_>>();
-    let newest = store.read_conversation(conv, 0, u64::MAX, true, 3).await.unwrap();
+    let newest = store
+        .read_conversation(conv, 0, u64::MAX, true, 3)
+        .await
+        .unwrap();
     assert_eq!(conv_seqs(newest), vec![10, 9, 8]);
     let older = store.read_conversation(conv, 0, 8, true, 3).await.unwrap();
     assert_eq!(conv_seqs(older), vec![7, 6, 5]);
-    let forward = store.read_conversation(conv, 7, u64::MAX, false, 10).await.unwrap();
+    let forward = store
+        .read_conversation(conv, 7, u64::MAX, false, 10)
+        .await
+        .unwrap();
     assert_eq!(conv_seqs(forward), vec![8, 9, 10]);
-    let window = store.read_conversation(conv, 2, 6, false, 10).await.unwrap();
+    let window = store
+        .read_conversation(conv, 2, 6, false, 10)
+        .await
+        .unwrap();
     assert_eq!(conv_seqs(window), vec![3, 4, 5]);
-    assert!(store.read_conversation(conv, 5, 6, false, 10).await.unwrap().is_empty());
-    assert!(store.read_conversation(BASE + 999, 0, u64::MAX, true, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_conversation(conv, 5, 6, false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_conversation(BASE + 999, 0, u64::MAX, true, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn conversation(id: u64, members: Vec<u64>) -> Conversation {
@@ -142,7 +195,10 @@ fn receipt_key(n: u128) -> IdempotencyKey {
 async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &S) {
     let conv = BASE + 4;
     assert!(store.conversation(conv).await.unwrap().is_none());
-    let mut created = fanout(message(conv, 1, BASE + 30, ""), &[(BASE + 30, 1), (BASE + 31, 1)]);
+    let mut created = fanout(
+        message(conv, 1, BASE + 30, ""),
+        &[(BASE + 30, 1), (BASE + 31, 1)],
+    );
     created.entry.kind = EntryKind::ConversationCreated as i32;
     created.entry.members = vec![BASE + 30, BASE + 31];
     created.conversation = Some(conversation(conv, vec![BASE + 30, BASE + 31]));
@@ -151,7 +207,10 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
     assert_eq!(stored.members, vec![BASE + 30, BASE + 31]);
     assert!(stored.is_member(BASE + 31) && !stored.is_member(BASE + 32));
 
-    let mut send = fanout(message(conv, 2, BASE + 30, "once"), &[(BASE + 30, 2), (BASE + 31, 2)]);
+    let mut send = fanout(
+        message(conv, 2, BASE + 30, "once"),
+        &[(BASE + 30, 2), (BASE + 31, 2)],
+    );
     let receipt = Receipt {
         conversation_id: conv,
         conv_seq: 2,
@@ -167,13 +226,19 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
         principal: format!("u:{}", BASE + 31),
         ..receipt_key(1)
     };
-    assert!(store.receipt(&other_principal).await.unwrap().is_none(), "receipts are per principal");
+    assert!(
+        store.receipt(&other_principal).await.unwrap().is_none(),
+        "receipts are per principal"
+    );
 
     let mut removed = fanout(message(conv, 3, 0, ""), &[(BASE + 30, 3), (BASE + 31, 3)]);
     removed.entry.kind = EntryKind::MembersRemoved as i32;
     removed.conversation = Some(conversation(conv, vec![BASE + 30]));
     store.commit_event(removed).await.unwrap();
-    assert_eq!(store.conversation(conv).await.unwrap().unwrap().members, vec![BASE + 30]);
+    assert_eq!(
+        store.conversation(conv).await.unwrap().unwrap().members,
+        vec![BASE + 30]
+    );
 }
 
 async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {
@@ -192,15 +257,32 @@ async fn recommitting_an_event_is_idempotent<S: TimelineStore>(store: &S) {
     let commit = fanout(message(conv, 1, BASE + 50, "again"), &[(BASE + 50, 1)]);
     store.commit_event(commit.clone()).await.unwrap();
     store.commit_event(commit).await.unwrap();
-    assert_eq!(store.read_inbox(BASE + 50, 0, u64::MAX, 10).await.unwrap().len(), 1);
-    assert_eq!(store.read_conversation(conv, 0, u64::MAX, false, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .read_inbox(BASE + 50, 0, u64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .read_conversation(conv, 0, u64::MAX, false, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn concurrent_commits_all_land<S: TimelineStore>(store: &S) {
     let conv = BASE + 6;
     let user = BASE + 60;
     let writes = (1..=200u64).map(|i| {
-        store.commit_event(fanout(message(conv, i, user, "c"), &[(user, i), (user + 1, i)]))
+        store.commit_event(fanout(
+            message(conv, i, user, "c"),
+            &[(user, i), (user + 1, i)],
+        ))
     });
     for result in join_all(writes).await {
         result.unwrap();
@@ -209,16 +291,54 @@ async fn concurrent_commits_all_land<S: TimelineStore>(store: &S) {
     for result in join_all(checkpoints).await {
         result.unwrap();
     }
-    assert_eq!(store.read_inbox(user, 0, u64::MAX, 1_000).await.unwrap().len(), 200);
-    assert_eq!(store.read_inbox(user + 1, 0, u64::MAX, 1_000).await.unwrap().len(), 200);
-    assert_eq!(store.read_conversation(conv, 0, u64::MAX, false, 1_000).await.unwrap().len(), 200);
+    assert_eq!(
+        store
+            .read_inbox(user, 0, u64::MAX, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        200
+    );
+    assert_eq!(
+        store
+            .read_inbox(user + 1, 0, u64::MAX, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        200
+    );
+    assert_eq!(
+        store
+            .read_conversation(conv, 0, u64::MAX, false, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        200
+    );
     assert_eq!(store.checkpoint(user, "tablet").await.unwrap(), 50);
 }
 
 async fn everything_survives_reopen<S: TimelineStore>(store: &S) {
-    assert_eq!(store.read_inbox(BASE + 10, 0, u64::MAX, 100).await.unwrap().len(), 20);
-    assert_eq!(store.read_inbox(BASE + 60, 0, u64::MAX, 1_000).await.unwrap().len(), 200);
-    assert_eq!(store.conversation(BASE + 4).await.unwrap().unwrap().members, vec![BASE + 30]);
+    assert_eq!(
+        store
+            .read_inbox(BASE + 10, 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+    assert_eq!(
+        store
+            .read_inbox(BASE + 60, 0, u64::MAX, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        200
+    );
+    assert_eq!(
+        store.conversation(BASE + 4).await.unwrap().unwrap().members,
+        vec![BASE + 30]
+    );
     assert!(store.receipt(&receipt_key(1)).await.unwrap().is_some());
     assert_eq!(store.checkpoint(BASE + 40, "phone").await.unwrap(), 10);
     assert_eq!(store.checkpoint(BASE + 60, "tablet").await.unwrap(), 50);

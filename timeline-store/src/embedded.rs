@@ -53,7 +53,7 @@ impl Default for EmbeddedStoreConfig {
 }
 
 enum WriteOp {
-    Event(EventCommit),
+    Event(Box<EventCommit>),
     Checkpoint {
         user_id: u64,
         device_id: String,
@@ -127,7 +127,9 @@ fn checkpoint_key(user_id: u64, device_id: &str) -> Vec<u8> {
 }
 
 fn decode_u64(bytes: &[u8]) -> Result<u64> {
-    let raw: [u8; 8] = bytes.try_into().map_err(|_| corrupt("checkpoint is not 8 bytes"))?;
+    let raw: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt("checkpoint is not 8 bytes"))?;
     Ok(u64::from_be_bytes(raw))
 }
 
@@ -171,7 +173,6 @@ impl EmbeddedStore {
             _writer: Arc::new(WriterThread(Some(writer))),
         })
     }
-
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         if self.poisoned.load(Ordering::Acquire) {
@@ -254,12 +255,20 @@ fn apply_group(
                 batch.insert(
                     &ks.conv,
                     key2(conversation_id, commit.entry.conv_seq),
-                    Entry { seq: 0, ..commit.entry.clone() }.encode_to_vec(),
+                    Entry {
+                        seq: 0,
+                        ..commit.entry.clone()
+                    }
+                    .encode_to_vec(),
                 );
                 let mut copy = commit.entry.clone();
                 for write in &commit.inbox {
                     copy.seq = write.seq;
-                    batch.insert(&ks.inbox, key2(write.user_id, write.seq), copy.encode_to_vec());
+                    batch.insert(
+                        &ks.inbox,
+                        key2(write.user_id, write.seq),
+                        copy.encode_to_vec(),
+                    );
                 }
                 if let Some((key, receipt)) = &commit.receipt {
                     batch.insert(&ks.receipts, key.to_bytes(), receipt.encode_to_vec());
@@ -273,7 +282,11 @@ fn apply_group(
                 }
                 outcomes.push(WriteOutcome::Done);
             }
-            WriteOp::Checkpoint { user_id, device_id, seq } => {
+            WriteOp::Checkpoint {
+                user_id,
+                device_id,
+                seq,
+            } => {
                 let key = checkpoint_key(*user_id, device_id);
                 let stored = match checkpoints.get(&key) {
                     Some(&v) => v,
@@ -318,7 +331,9 @@ impl TimelineStore for EmbeddedStore {
                 self.config.max_inbox_writes
             )));
         }
-        self.write(WriteOp::Event(commit)).await.map(|_| ())
+        self.write(WriteOp::Event(Box::new(commit)))
+            .await
+            .map(|_| ())
     }
 
     async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
@@ -367,7 +382,9 @@ impl TimelineStore for EmbeddedStore {
             match ks.inbox.range(range).next_back() {
                 Some(guard) => {
                     let key = guard.key().map_err(io)?;
-                    let seq: [u8; 8] = key[8..].try_into().map_err(|_| corrupt("inbox key length"))?;
+                    let seq: [u8; 8] = key[8..]
+                        .try_into()
+                        .map_err(|_| corrupt("inbox key length"))?;
                     Ok(u64::from_be_bytes(seq))
                 }
                 None => Ok(0),

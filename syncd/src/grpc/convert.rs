@@ -46,11 +46,26 @@ mod tests {
     fn enum_numbering_matches_the_wire() {
         let pairs = [
             (EntryKind::Message as i32, pb::EntryKind::Message as i32),
-            (EntryKind::ConversationCreated as i32, pb::EntryKind::ConversationCreated as i32),
-            (EntryKind::MembersAdded as i32, pb::EntryKind::MembersAdded as i32),
-            (EntryKind::MembersRemoved as i32, pb::EntryKind::MembersRemoved as i32),
-            (ConversationKind::Direct as i32, pb::ConversationKind::Direct as i32),
-            (ConversationKind::Group as i32, pb::ConversationKind::Group as i32),
+            (
+                EntryKind::ConversationCreated as i32,
+                pb::EntryKind::ConversationCreated as i32,
+            ),
+            (
+                EntryKind::MembersAdded as i32,
+                pb::EntryKind::MembersAdded as i32,
+            ),
+            (
+                EntryKind::MembersRemoved as i32,
+                pb::EntryKind::MembersRemoved as i32,
+            ),
+            (
+                ConversationKind::Direct as i32,
+                pb::ConversationKind::Direct as i32,
+            ),
+            (
+                ConversationKind::Group as i32,
+                pb::ConversationKind::Group as i32,
+            ),
         ];
         for (store, wire) in pairs {
             assert_eq!(store, wire);

@@ -13,7 +13,10 @@ use crate::error::SyncdError;
 use tonic::Status;
 
 /// Reads `authorization: Bearer <token>` and verifies it.
-pub(crate) fn authenticate<T>(auth: &TokenAuthority, request: &tonic::Request<T>) -> Result<Principal, Status> {
+pub(crate) fn authenticate<T>(
+    auth: &TokenAuthority,
+    request: &tonic::Request<T>,
+) -> Result<Principal, Status> {
     let header = request
         .metadata()
         .get("authorization")
@@ -21,9 +24,9 @@ pub(crate) fn authenticate<T>(auth: &TokenAuthority, request: &tonic::Request<T>
     let value = header
         .to_str()
         .map_err(|_| SyncdError::Unauthenticated("authorization metadata is not text".into()))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| SyncdError::Unauthenticated("authorization must be \"Bearer <token>\"".into()))?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+        SyncdError::Unauthenticated("authorization must be \"Bearer <token>\"".into())
+    })?;
     Ok(auth.verify(token.trim())?)
 }
 

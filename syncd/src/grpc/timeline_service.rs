@@ -35,7 +35,10 @@ pub(crate) fn send_reply(outcome: crate::engine::SendOutcome) -> pb::SendReply {
 #[tonic::async_trait]
 impl pb::timeline_server::Timeline for TimelineService {
     #[tracing::instrument(skip_all, fields(conversation_id = request.get_ref().conversation_id))]
-    async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendReply>, Status> {
         let principal = authenticate(&self.auth, &request)?;
         let request = request.into_inner();
         let command = SendCommand {
@@ -48,7 +51,10 @@ impl pb::timeline_server::Timeline for TimelineService {
         Ok(Response::new(send_reply(outcome)))
     }
 
-    async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<pb::SyncReply>, Status> {
+    async fn sync(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncReply>, Status> {
         let principal = authenticate(&self.auth, &request)?;
         let request = request.into_inner();
         let page = self
@@ -62,7 +68,10 @@ impl pb::timeline_server::Timeline for TimelineService {
         }))
     }
 
-    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckReply>, Status> {
         let principal = authenticate(&self.auth, &request)?;
         let checkpoint = self.engine.ack(&principal, request.get_ref().seq).await?;
         Ok(Response::new(pb::AckReply { checkpoint }))
@@ -108,7 +117,10 @@ impl pb::timeline_server::Timeline for TimelineService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
         let principal = authenticate(&self.auth, &request)?;
         let request = request.into_inner();
         let page = self
@@ -135,8 +147,9 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::CreateConversationReply>, Status> {
         let principal = authenticate(&self.auth, &request)?;
         let request = request.into_inner();
-        let kind = convert::conversation_kind(request.kind)
-            .ok_or_else(|| SyncdError::InvalidArgument(format!("unknown conversation kind {}", request.kind)))?;
+        let kind = convert::conversation_kind(request.kind).ok_or_else(|| {
+            SyncdError::InvalidArgument(format!("unknown conversation kind {}", request.kind))
+        })?;
         let conversation = self
             .engine
             .create_conversation(
