@@ -45,8 +45,13 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
 
 /// Runs every check, reopening the store through `open` where durability
 /// is checked.
-pub async fn run_all<S: TimelineStore>(open: &(dyn Fn() -> S + Sync)) {
-    let store = open();
+pub async fn run_all<S, F, Fut>(open: F)
+where
+    S: TimelineStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let store = open().await;
     event_writes_conversation_entry_and_every_inbox_copy(&store).await;
     inbox_reads_respect_bounds_limits_and_owners(&store).await;
     conversation_reads_page_both_ways(&store).await;
@@ -55,7 +60,7 @@ pub async fn run_all<S: TimelineStore>(open: &(dyn Fn() -> S + Sync)) {
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     drop(store);
-    let reopened = open();
+    let reopened = open().await;
     everything_survives_reopen(&reopened).await;
 }
 

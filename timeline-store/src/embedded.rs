@@ -448,8 +448,11 @@ mod tests {
     async fn embedded_store_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        let open = move || EmbeddedStore::open(&path, EmbeddedStoreConfig::default()).unwrap();
-        crate::conformance::run_all(&open).await;
+        let open = move || {
+            let store = EmbeddedStore::open(&path, EmbeddedStoreConfig::default()).unwrap();
+            async move { store }
+        };
+        crate::conformance::run_all(open).await;
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 //!
 //! [`TimelineStore`] is the one storage trait; every backend implements it and
 //! must pass [`conformance::run_all`]. The trait module knows nothing about a
-//! particular database: [`embedded`] (fjall, the default) and the ScyllaDB
-//! backend live behind it.
+//! particular database: [`embedded`] (fjall, the default) and [`scylla`]
+//! (ScyllaDB or any CQL server) live behind it.
 //!
 //! # Data model
 //! - **Conversation record**: id, kind, title, members (the current set).
@@ -27,9 +27,11 @@
 pub mod conformance;
 pub mod embedded;
 mod model;
+pub mod scylla;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use model::*;
+pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 
 use async_trait::async_trait;
 

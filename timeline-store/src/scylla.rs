@@ -1,0 +1,762 @@
+//! The ScyllaDB backend (portable CQL: also runs on Apache Cassandra 5).
+//!
+//! # Schema and bucketing
+//! Timelines are partitioned by `(owner, bucket)` with `bucket = seq >> 16`,
+//! so one partition holds at most 65,536 seqs (about 13 MB at 200-byte
+//! entries, well under the ~100 MB where ScyllaDB partitions start to hurt)
+//! and none grows without bound. Seqs are sparse (a restart jumps a whole
+//! section to its persisted `max_seq`), so reads do not walk bucket numbers:
+//! a small per-owner index table lists the non-empty buckets.
+//!
+//! ```text
+//! inbox         ((user_id, bucket), seq)               entry blob
+//! inbox_buckets (user_id, bucket)                        -- one row per non-empty bucket
+//! conv          ((conversation_id, bucket), conv_seq)  entry blob
+//! conv_buckets  (conversation_id, bucket)
+//! conversations (conversation_id)                      record blob
+//! receipts      ((principal, client_msg_id))           receipt blob
+//! checkpoints   (user_id, device_id)                   seq bigint, raised by LWT only
+//! ```
+//! Records are the same prost encodings the embedded backend stores.
+//!
+//! # Writes
+//! Every statement is prepared once, marked idempotent (retrying an upsert
+//! with the same values is harmless) and runs under one execution profile
+//! (LOCAL_QUORUM unless configured otherwise). An event writes its bucket
+//! markers and entries concurrently (at most [`MAX_CONCURRENT_WRITES`] in
+//! flight), then the conversation record and the receipt *last*, so a
+//! receipt only exists once every entry does. CQL has no atomic multi-
+//! partition write of this size (a logged batch of a 500-member fanout
+//! exceeds batch size limits): an event that fails halfway leaves some
+//! entries written and no receipt.
+
+use crate::{
+    Conversation, Entry, EventCommit, IdempotencyKey, Receipt, Result, StoreError, TimelineStore,
+};
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use prost::Message;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// log2 of the seqs one partition covers.
+pub const BUCKET_BITS: u32 = 16;
+/// Writes of one event in flight at once.
+pub const MAX_CONCURRENT_WRITES: usize = 64;
+/// Bucket markers remembered as already written (saves one write per entry).
+pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
+/// Rows fetched per page when a read must scan.
+const PAGE_ROWS: i32 = 1_000;
+
+pub fn bucket_of(seq: u64) -> u64 {
+    seq >> BUCKET_BITS
+}
+
+/// Where and how to connect, parsed from
+/// `scylla://host:port[,host:port...]/keyspace[?replication=N&dc=NAME&consistency=LEVEL&timeout_ms=N]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScyllaConfig {
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    /// Replicas per data center when the keyspace is created.
+    pub replication: u32,
+    pub datacenter: String,
+    pub consistency: Consistency,
+    pub request_timeout: Duration,
+}
+
+impl ScyllaConfig {
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |why: String| StoreError::InvalidArgument(format!("store url {url:?}: {why}"));
+        let rest = url
+            .strip_prefix("scylla://")
+            .ok_or_else(|| bad("expected scylla://host:port/keyspace".into()))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hosts, keyspace) = location
+            .split_once('/')
+            .ok_or_else(|| bad("missing /keyspace".into()))?;
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if nodes.is_empty() {
+            return Err(bad("no hosts".into()));
+        }
+        let valid_keyspace = !keyspace.is_empty()
+            && keyspace.len() <= 48
+            && keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && keyspace.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !valid_keyspace {
+            return Err(bad(format!(
+                "keyspace {keyspace:?} must be 1-48 of a-z A-Z 0-9 _, starting with a letter"
+            )));
+        }
+        let mut config = ScyllaConfig {
+            nodes,
+            keyspace: keyspace.to_owned(),
+            replication: 3,
+            datacenter: "datacenter1".into(),
+            consistency: Consistency::LocalQuorum,
+            request_timeout: Duration::from_secs(5),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{pair:?} is not key=value")))?;
+            match key {
+                "replication" => {
+                    config.replication =
+                        value.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                            bad(format!("replication {value:?} is not a positive number"))
+                        })?
+                }
+                "dc" => {
+                    if value.is_empty()
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                    {
+                        return Err(bad(format!("dc {value:?} is not a data center name")));
+                    }
+                    config.datacenter = value.to_owned();
+                }
+                "consistency" => {
+                    config.consistency = match value.to_ascii_lowercase().as_str() {
+                        "one" => Consistency::One,
+                        "local_one" => Consistency::LocalOne,
+                        "quorum" => Consistency::Quorum,
+                        "local_quorum" => Consistency::LocalQuorum,
+                        "each_quorum" => Consistency::EachQuorum,
+                        "all" => Consistency::All,
+                        other => return Err(bad(format!("unknown consistency {other:?}"))),
+                    }
+                }
+                "timeout_ms" => {
+                    let ms: u64 = value
+                        .parse()
+                        .map_err(|_| bad(format!("timeout_ms {value:?}")))?;
+                    config.request_timeout = Duration::from_millis(ms.max(1));
+                }
+                other => return Err(bad(format!("unknown option {other:?}"))),
+            }
+        }
+        Ok(config)
+    }
+
+    /// Connects and creates the keyspace if it does not exist.
+    pub async fn connect(&self) -> Result<Arc<Session>> {
+        let profile = ExecutionProfile::builder()
+            .consistency(self.consistency)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(self.request_timeout))
+            .build()
+            .into_handle();
+        let session = SessionBuilder::new()
+            .known_nodes(&self.nodes)
+            .default_execution_profile_handle(profile)
+            .connection_timeout(Duration::from_secs(5))
+            .build()
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("connecting to {}: {e}", self.nodes.join(",")))
+            })?;
+        let create = format!(
+            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': {}}}",
+            self.keyspace, self.datacenter, self.replication
+        );
+        session.query_unpaged(create, ()).await.map_err(cql)?;
+        Ok(Arc::new(session))
+    }
+}
+
+fn cql(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("cql: {error}"))
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+/// CQL `bigint` is signed; our ids and seqs stay below 2^63.
+fn big(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.inbox (user_id bigint, bucket bigint, seq bigint, entry blob, PRIMARY KEY ((user_id, bucket), seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.inbox_buckets (user_id bigint, bucket bigint, PRIMARY KEY (user_id, bucket))",
+    "CREATE TABLE IF NOT EXISTS {ks}.conv (conversation_id bigint, bucket bigint, conv_seq bigint, entry blob, PRIMARY KEY ((conversation_id, bucket), conv_seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.conv_buckets (conversation_id bigint, bucket bigint, PRIMARY KEY (conversation_id, bucket))",
+    "CREATE TABLE IF NOT EXISTS {ks}.conversations (conversation_id bigint PRIMARY KEY, record blob)",
+    "CREATE TABLE IF NOT EXISTS {ks}.receipts (principal text, client_msg_id blob, receipt blob, PRIMARY KEY ((principal, client_msg_id)))",
+    "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (user_id bigint, device_id text, seq bigint, PRIMARY KEY (user_id, device_id))",
+];
+
+struct Statements {
+    insert_inbox: PreparedStatement,
+    insert_inbox_bucket: PreparedStatement,
+    insert_conv: PreparedStatement,
+    insert_conv_bucket: PreparedStatement,
+    insert_conversation: PreparedStatement,
+    insert_receipt: PreparedStatement,
+    select_conversation: PreparedStatement,
+    select_receipt: PreparedStatement,
+    select_inbox_buckets: PreparedStatement,
+    select_last_inbox_bucket: PreparedStatement,
+    select_inbox_range: PreparedStatement,
+    select_last_inbox_seq: PreparedStatement,
+    select_conv_buckets: PreparedStatement,
+    select_conv_buckets_desc: PreparedStatement,
+    select_conv_range: PreparedStatement,
+    select_conv_range_desc: PreparedStatement,
+    select_checkpoint: PreparedStatement,
+    insert_checkpoint_if_absent: PreparedStatement,
+    raise_checkpoint_if: PreparedStatement,
+}
+
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+enum Timeline {
+    Inbox,
+    Conversation,
+}
+
+/// A cheap-to-clone handle on one keyspace.
+#[derive(Clone)]
+pub struct ScyllaTimelineStore {
+    session: Arc<Session>,
+    statements: Arc<Statements>,
+    known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+}
+
+impl ScyllaTimelineStore {
+    /// Creates the tables if needed and prepares every statement.
+    pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Self> {
+        for ddl in SCHEMA {
+            session
+                .query_unpaged(ddl.replace("{ks}", keyspace), ())
+                .await
+                .map_err(cql)?;
+        }
+        session.await_schema_agreement().await.map_err(cql)?;
+        let prepare = |text: &str| {
+            let session = Arc::clone(&session);
+            let text = text.replace("{ks}", keyspace);
+            async move {
+                let mut statement = session.prepare(text).await.map_err(cql)?;
+                statement.set_is_idempotent(true);
+                Ok::<_, StoreError>(statement)
+            }
+        };
+        let mut raise_checkpoint_if = prepare(
+            "UPDATE {ks}.checkpoints SET seq = ? WHERE user_id = ? AND device_id = ? IF seq = ?",
+        )
+        .await?;
+        // A conditional update is not idempotent: a retry after a lost reply
+        // would see its own write and report a failed condition.
+        raise_checkpoint_if.set_is_idempotent(false);
+        let mut insert_checkpoint_if_absent = prepare(
+            "INSERT INTO {ks}.checkpoints (user_id, device_id, seq) VALUES (?, ?, ?) IF NOT EXISTS",
+        )
+        .await?;
+        insert_checkpoint_if_absent.set_is_idempotent(false);
+        let statements = Statements {
+            insert_inbox: prepare("INSERT INTO {ks}.inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?)").await?,
+            insert_inbox_bucket: prepare("INSERT INTO {ks}.inbox_buckets (user_id, bucket) VALUES (?, ?)").await?,
+            insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?)").await?,
+            insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?)").await?,
+            insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?)").await?,
+            insert_receipt: prepare("INSERT INTO {ks}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?)").await?,
+            select_conversation: prepare("SELECT record FROM {ks}.conversations WHERE conversation_id = ?").await?,
+            select_receipt: prepare("SELECT receipt FROM {ks}.receipts WHERE principal = ? AND client_msg_id = ?").await?,
+            select_inbox_buckets: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket >= ? AND bucket <= ?").await?,
+            select_last_inbox_bucket: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket <= ? ORDER BY bucket DESC LIMIT 1").await?,
+            select_inbox_range: prepare("SELECT entry FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq > ? AND seq <= ? LIMIT ?").await?,
+            select_last_inbox_seq: prepare("SELECT seq FROM {ks}.inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1").await?,
+            select_conv_buckets: prepare("SELECT bucket FROM {ks}.conv_buckets WHERE conversation_id = ? AND bucket >= ? AND bucket <= ?").await?,
+            select_conv_buckets_desc: prepare("SELECT bucket FROM {ks}.conv_buckets WHERE conversation_id = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket DESC").await?,
+            select_conv_range: prepare("SELECT entry FROM {ks}.conv WHERE conversation_id = ? AND bucket = ? AND conv_seq > ? AND conv_seq < ? LIMIT ?").await?,
+            select_conv_range_desc: prepare("SELECT entry FROM {ks}.conv WHERE conversation_id = ? AND bucket = ? AND conv_seq > ? AND conv_seq < ? ORDER BY conv_seq DESC LIMIT ?").await?,
+            select_checkpoint: prepare("SELECT seq FROM {ks}.checkpoints WHERE user_id = ? AND device_id = ?").await?,
+            insert_checkpoint_if_absent,
+            raise_checkpoint_if,
+        };
+        Ok(Self {
+            session,
+            statements: Arc::new(statements),
+            known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
+        })
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<scylla::response::query_result::QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(cql)
+    }
+
+    /// Runs a single-column query and decodes every row's value.
+    async fn column<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::value::DeserializeValue<'f, 'm>,
+    {
+        let result = self.execute(statement, values).await?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        let values: std::result::Result<Vec<(T,)>, _> = rows.rows::<(T,)>().map_err(cql)?.collect();
+        Ok(values.map_err(corrupt)?.into_iter().map(|(v,)| v).collect())
+    }
+
+    async fn mark_bucket(&self, timeline: Timeline, owner: u64, bucket: u64) -> Result<()> {
+        let key = (timeline, owner, bucket);
+        if self.known_buckets.contains_key(&key) {
+            return Ok(());
+        }
+        let statement = match timeline {
+            Timeline::Inbox => &self.statements.insert_inbox_bucket,
+            Timeline::Conversation => &self.statements.insert_conv_bucket,
+        };
+        self.execute(statement, (big(owner), big(bucket))).await?;
+        self.known_buckets.insert(key, ());
+        Ok(())
+    }
+
+    async fn write_inbox(&self, user_id: u64, seq: u64, entry: Vec<u8>) -> Result<()> {
+        self.mark_bucket(Timeline::Inbox, user_id, bucket_of(seq))
+            .await?;
+        let values = (big(user_id), big(bucket_of(seq)), big(seq), entry);
+        self.execute(&self.statements.insert_inbox, values)
+            .await
+            .map(|_| ())
+    }
+
+    /// Buckets of a timeline between two seqs, ascending (or descending).
+    async fn buckets(
+        &self,
+        timeline: Timeline,
+        owner: u64,
+        from_seq: u64,
+        to_seq: u64,
+        descending: bool,
+    ) -> Result<Vec<u64>> {
+        let statement = match (timeline, descending) {
+            (Timeline::Inbox, false) => &self.statements.select_inbox_buckets,
+            (Timeline::Conversation, false) => &self.statements.select_conv_buckets,
+            (Timeline::Conversation, true) => &self.statements.select_conv_buckets_desc,
+            (Timeline::Inbox, true) => unreachable!("inbox reads are ascending"),
+        };
+        let values = (big(owner), big(bucket_of(from_seq)), big(bucket_of(to_seq)));
+        let buckets: Vec<i64> = self.column(statement, values).await?;
+        Ok(buckets.into_iter().map(|b| b as u64).collect())
+    }
+
+    fn decode_entries(blobs: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
+        blobs
+            .iter()
+            .map(|b| Entry::decode(b.as_slice()).map_err(corrupt))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TimelineStore for ScyllaTimelineStore {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let conversation_id = commit.entry.conversation_id;
+        let conv_seq = commit.entry.conv_seq;
+        let conv_entry = Entry {
+            seq: 0,
+            ..commit.entry.clone()
+        }
+        .encode_to_vec();
+        let mut copy = commit.entry.clone();
+        let inbox_entries: Vec<(u64, u64, Vec<u8>)> = commit
+            .inbox
+            .iter()
+            .map(|w| {
+                copy.seq = w.seq;
+                (w.user_id, w.seq, copy.encode_to_vec())
+            })
+            .collect();
+
+        let conv_write = async {
+            self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
+                .await?;
+            let values = (
+                big(conversation_id),
+                big(bucket_of(conv_seq)),
+                big(conv_seq),
+                conv_entry.as_slice(),
+            );
+            self.execute(&self.statements.insert_conv, values)
+                .await
+                .map(|_| ())
+        };
+        let inbox_writes = stream::iter(
+            inbox_entries
+                .into_iter()
+                .map(|(user_id, seq, entry)| self.write_inbox(user_id, seq, entry)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>();
+        futures_util::try_join!(conv_write, inbox_writes)?;
+
+        // Only once every entry exists: the record, then the receipt.
+        if let Some(conversation) = &commit.conversation {
+            let values = (
+                big(conversation.conversation_id),
+                conversation.encode_to_vec(),
+            );
+            self.execute(&self.statements.insert_conversation, values)
+                .await?;
+        }
+        if let Some((key, receipt)) = &commit.receipt {
+            let values = (
+                key.principal.as_str(),
+                key.client_msg_id.as_bytes().as_slice(),
+                receipt.encode_to_vec(),
+            );
+            self.execute(&self.statements.insert_receipt, values)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
+        let records: Vec<Vec<u8>> = self
+            .column(
+                &self.statements.select_conversation,
+                (big(conversation_id),),
+            )
+            .await?;
+        records
+            .first()
+            .map(|r| Conversation::decode(r.as_slice()).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
+        let values = (
+            key.principal.as_str(),
+            key.client_msg_id.as_bytes().as_slice(),
+        );
+        let receipts: Vec<Vec<u8>> = self.column(&self.statements.select_receipt, values).await?;
+        receipts
+            .first()
+            .map(|r| Receipt::decode(r.as_slice()).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn read_inbox(
+        &self,
+        user_id: u64,
+        after_seq: u64,
+        through_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        if after_seq >= through_seq || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::new();
+        for bucket in self
+            .buckets(
+                Timeline::Inbox,
+                user_id,
+                after_seq.saturating_add(1),
+                through_seq,
+                false,
+            )
+            .await?
+        {
+            let wanted = (limit - entries.len()).min(PAGE_ROWS as usize) as i32;
+            let values = (
+                big(user_id),
+                big(bucket),
+                big(after_seq),
+                big(through_seq),
+                wanted,
+            );
+            let blobs: Vec<Vec<u8>> = self
+                .column(&self.statements.select_inbox_range, values)
+                .await?;
+            entries.extend(Self::decode_entries(blobs)?);
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        let mut below = i64::MAX;
+        // Normally the first bucket found has entries; a marker without
+        // entries (an event that failed halfway) sends us one bucket lower.
+        loop {
+            let buckets: Vec<i64> = self
+                .column(
+                    &self.statements.select_last_inbox_bucket,
+                    (big(user_id), below),
+                )
+                .await?;
+            let Some(&bucket) = buckets.first() else {
+                return Ok(0);
+            };
+            let seqs: Vec<i64> = self
+                .column(
+                    &self.statements.select_last_inbox_seq,
+                    (big(user_id), bucket),
+                )
+                .await?;
+            if let Some(&seq) = seqs.first() {
+                return Ok(seq as u64);
+            }
+            if bucket == 0 {
+                return Ok(0);
+            }
+            below = bucket - 1;
+        }
+    }
+
+    async fn read_conversation(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        before: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        if after.saturating_add(1) >= before || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let statement = if newest_first {
+            &self.statements.select_conv_range_desc
+        } else {
+            &self.statements.select_conv_range
+        };
+        let buckets = self
+            .buckets(
+                Timeline::Conversation,
+                conversation_id,
+                after.saturating_add(1),
+                before - 1,
+                newest_first,
+            )
+            .await?;
+        let mut entries = Vec::new();
+        for bucket in buckets {
+            let wanted = (limit - entries.len()).min(PAGE_ROWS as usize) as i32;
+            let values = (
+                big(conversation_id),
+                big(bucket),
+                big(after),
+                big(before),
+                wanted,
+            );
+            let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
+            entries.extend(Self::decode_entries(blobs)?);
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
+        // Compare-and-set until our value is stored or a higher one is.
+        loop {
+            let stored = self.checkpoint(user_id, device_id).await?;
+            if stored >= seq {
+                return Ok(stored);
+            }
+            let result = if stored == 0 {
+                let values = (big(user_id), device_id, big(seq));
+                self.execute(&self.statements.insert_checkpoint_if_absent, values)
+                    .await?
+            } else {
+                let values = (big(seq), big(user_id), device_id, big(stored));
+                self.execute(&self.statements.raise_checkpoint_if, values)
+                    .await?
+            };
+            if applied(result)? {
+                return Ok(seq);
+            }
+        }
+    }
+
+    async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
+        let seqs: Vec<i64> = self
+            .column(
+                &self.statements.select_checkpoint,
+                (big(user_id), device_id),
+            )
+            .await?;
+        Ok(seqs.first().map_or(0, |&s| s as u64))
+    }
+}
+
+/// Reads only the `[applied]` column of an LWT result: Cassandra returns it
+/// alone on success, ScyllaDB always adds the old row.
+pub fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+    let rows = result.into_rows_result().map_err(cql)?;
+    let row: Row = rows.first_row().map_err(cql)?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::Corrupt(format!(
+            "LWT result without [applied]: {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CQL server the README's test command starts; these tests fail
+    /// (never skip) without one.
+    fn cql_nodes() -> String {
+        std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
+    }
+
+    fn unique_keyspace(name: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("tl_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+    }
+
+    async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
+        let url = format!("scylla://{}/{keyspace}?replication=1", cql_nodes());
+        let config = ScyllaConfig::parse(&url).unwrap();
+        let session = config.connect().await.unwrap_or_else(|e| {
+            panic!(
+                "no CQL server at {}: {e}. Start one with `scripts/cql-server start`",
+                cql_nodes()
+            )
+        });
+        (config, session)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scylla_store_passes_the_conformance_suite() {
+        let keyspace = unique_keyspace("conformance");
+        let (config, session) = connect(&keyspace).await;
+        let open = || {
+            let session = Arc::clone(&session);
+            let keyspace = config.keyspace.clone();
+            async move { ScyllaTimelineStore::open(session, &keyspace).await.unwrap() }
+        };
+        crate::conformance::run_all(open).await;
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_cross_buckets_and_skip_empty_ones() {
+        let keyspace = unique_keyspace("buckets");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        // Seqs far apart, as after restarts: buckets 0, 1 and 40 only.
+        let seqs = [5u64, 65_535, 65_536, 70_000, 40 << BUCKET_BITS];
+        for (i, &seq) in seqs.iter().enumerate() {
+            let entry = Entry {
+                conversation_id: 9,
+                conv_seq: seq,
+                text: format!("e{i}"),
+                ..Default::default()
+            };
+            let commit = EventCommit {
+                entry,
+                inbox: vec![crate::InboxWrite { user_id: 3, seq }],
+                receipt: None,
+                conversation: None,
+            };
+            store.commit_event(commit).await.unwrap();
+        }
+        let all = store.read_inbox(3, 0, u64::MAX >> 1, 100).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+        let middle = store.read_inbox(3, 65_535, 70_000, 100).await.unwrap();
+        assert_eq!(
+            middle.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [65_536, 70_000]
+        );
+        let limited = store.read_inbox(3, 0, u64::MAX >> 1, 2).await.unwrap();
+        assert_eq!(limited.len(), 2);
+        assert_eq!(store.last_inbox_seq(3).await.unwrap(), 40 << BUCKET_BITS);
+        let newest = store
+            .read_conversation(9, 0, u64::MAX >> 1, true, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
+            [40 << BUCKET_BITS, 70_000, 65_536]
+        );
+        let oldest = store
+            .read_conversation(9, 0, 65_536, false, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            oldest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
+            [5, 65_535]
+        );
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn urls_parse_with_defaults_and_options() {
+        let config = ScyllaConfig::parse("scylla://10.0.0.1:9042,10.0.0.2:9042/timeline").unwrap();
+        assert_eq!(config.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(config.keyspace, "timeline");
+        assert_eq!(
+            (config.replication, config.consistency),
+            (3, Consistency::LocalQuorum)
+        );
+        let config = ScyllaConfig::parse(
+            "scylla://h:1/k?replication=1&consistency=one&dc=dc2&timeout_ms=250",
+        )
+        .unwrap();
+        assert_eq!(config.replication, 1);
+        assert_eq!(config.consistency, Consistency::One);
+        assert_eq!(config.datacenter, "dc2");
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
+        for bad in [
+            "http://h:1/k",
+            "scylla://h:1",
+            "scylla:///k",
+            "scylla://h:1/k;drop",
+            "scylla://h:1/k?replication=0",
+            "scylla://h:1/k?consistency=most",
+            "scylla://h:1/k?color=blue",
+            "scylla://h:1/k?dc=a'b",
+        ] {
+            assert!(ScyllaConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
