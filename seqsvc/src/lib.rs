@@ -21,7 +21,8 @@
 //! # Layout
 //! - [`allocator`]: sections, steps, batch allocation, prefetch.
 //! - [`store`]: the [`MaxSeqStore`] trait and its embedded (fjall) and
-//!   in-memory implementations.
+//!   in-memory implementations; [`cql`]: the ScyllaDB/CQL implementation
+//!   (raised only by lightweight transactions).
 //! - [`snowflake`]: 64-bit time-ordered message ids with a persisted clock
 //!   reservation.
 //!
@@ -29,10 +30,12 @@
 //! distributed AllocSvr/arbiter layer builds on it.
 
 pub mod allocator;
+pub mod cql;
 pub mod snowflake;
 pub mod store;
 
 pub use allocator::{Allocator, AllocatorConfig};
+pub use cql::CqlMaxSeqStore;
 pub use snowflake::{MsgIdGenerator, SnowflakeId};
 pub use store::{FjallMaxSeqStore, MaxSeqStore, MemoryMaxSeqStore};
 

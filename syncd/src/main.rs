@@ -38,6 +38,10 @@ struct ServeArgs {
     /// Directory for the store, sequence state and auth key (created if missing).
     #[arg(long, env = "SYNCD_DATA_DIR")]
     data_dir: PathBuf,
+    /// Where timelines live: "embedded" (in the data directory) or
+    /// scylla://host:port[,host:port]/keyspace[?replication=N&dc=NAME&consistency=LEVEL&timeout_ms=N]
+    #[arg(long, env = "SYNCD_STORE", default_value = "embedded")]
+    store: String,
     /// Address to listen on; port 0 picks a free port (printed on start).
     #[arg(long, env = "SYNCD_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -114,6 +118,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let config = NodeConfig {
             data_dir: args.data_dir.clone(),
+            store: server::StoreLocation::parse(&args.store)?,
             node_id: args.node_id,
             allocator: seqsvc::AllocatorConfig {
                 step: args.seq_step,

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
+use timeline_store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaTimelineStore, TimelineStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,9 +37,40 @@ pub enum StartupError {
     Transport(String),
 }
 
+/// Where timelines and sequence state live.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreLocation {
+    /// fjall databases under the data directory (the default).
+    Embedded,
+    /// A ScyllaDB (or other CQL) cluster.
+    Scylla(timeline_store::ScyllaConfig),
+}
+
+impl StoreLocation {
+    /// `embedded`, or `scylla://host:port[,host:port]/keyspace[?options]`.
+    pub fn parse(text: &str) -> Result<Self, StartupError> {
+        if text == "embedded" {
+            Ok(StoreLocation::Embedded)
+        } else if text.starts_with("scylla://") {
+            Ok(StoreLocation::Scylla(timeline_store::ScyllaConfig::parse(
+                text,
+            )?))
+        } else {
+            Err(StartupError::Store(
+                timeline_store::StoreError::InvalidArgument(format!(
+                    "store {text:?}: expected \"embedded\" or scylla://host:port/keyspace"
+                )),
+            ))
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// Holds the auth key, and the embedded databases when `store` is
+    /// [`StoreLocation::Embedded`].
     pub data_dir: PathBuf,
+    pub store: StoreLocation,
     /// Snowflake node id; unique among processes sharing a store.
     pub node_id: u16,
     pub allocator: AllocatorConfig,
@@ -61,24 +92,39 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     };
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
     let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
-    let (store, seq_store) = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || -> Result<_, StartupError> {
-            let store = EmbeddedStore::open(&dir.join("store"), EmbeddedStoreConfig::default())?;
-            let seq_store = FjallMaxSeqStore::open(&dir.join("seq"))?;
-            Ok((store, seq_store))
-        }
-    })
-    .await
-    .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??;
-    let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seq_store);
+    let (store, seq_store) = open_stores(&config.store, &dir).await?;
     let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
     let ids =
         MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
     Ok(Node {
-        engine: Engine::new(Arc::new(store), allocator, ids),
+        engine: Engine::new(store, allocator, ids),
         auth,
     })
+}
+
+type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
+
+async fn open_stores(location: &StoreLocation, data_dir: &Path) -> Result<Stores, StartupError> {
+    match location {
+        StoreLocation::Embedded => {
+            let dir = data_dir.to_path_buf();
+            let open = move || -> Result<Stores, StartupError> {
+                let store =
+                    EmbeddedStore::open(&dir.join("store"), EmbeddedStoreConfig::default())?;
+                let seq_store = FjallMaxSeqStore::open(&dir.join("seq"))?;
+                Ok((Arc::new(store), Arc::new(seq_store)))
+            };
+            tokio::task::spawn_blocking(open)
+                .await
+                .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))?
+        }
+        StoreLocation::Scylla(scylla) => {
+            let session = scylla.connect().await?;
+            let store = ScyllaTimelineStore::open(Arc::clone(&session), &scylla.keyspace).await?;
+            let seq_store = seqsvc::CqlMaxSeqStore::open(session, &scylla.keyspace).await?;
+            Ok((Arc::new(store), Arc::new(seq_store)))
+        }
+    }
 }
 
 /// Reads the token authority of a data directory (creating its key).

@@ -202,6 +202,87 @@ fn token(data_dir: &Path, who: &[&str]) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
+/// The CQL server the README's test command starts (`TIMELINE_CQL_NODES`,
+/// default 127.0.0.1:9042).
+pub fn cql_nodes() -> String {
+    std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+/// A keyspace of one test's own on the test CQL server, dropped when the
+/// value is dropped.
+pub struct CqlKeyspace {
+    pub name: String,
+    /// The `--store` URL for syncd.
+    pub url: String,
+}
+
+impl CqlKeyspace {
+    /// Panics (the test fails, it is never skipped) when no server answers.
+    pub fn new(test_name: &str) -> Self {
+        let url = cql_store_url(test_name);
+        let name = url
+            .rsplit('/')
+            .next()
+            .and_then(|rest| rest.split('?').next())
+            .unwrap_or_default()
+            .to_owned();
+        Self { name, url }
+    }
+}
+
+impl Drop for CqlKeyspace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a test's runtime: use a thread of its own.
+        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let session = scylla::client::session_builder::SessionBuilder::new()
+                    .known_nodes(cql_nodes().split(','))
+                    .build()
+                    .await?;
+                session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test keyspace {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A `--store` URL for a fresh keyspace of its own on the test CQL server.
+/// Panics (the test fails, it is never skipped) when no server answers.
+/// Prefer [`CqlKeyspace`], which also drops the keyspace afterwards.
+pub fn cql_store_url(test_name: &str) -> String {
+    let nodes = cql_nodes();
+    let first = nodes.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        });
+    assert!(
+        reachable,
+        "no CQL server at {nodes}: the ScyllaDB tests need one. Start it with `scripts/cql-server start` \
+         (scripts/test does this) or point TIMELINE_CQL_NODES at a ScyllaDB cluster"
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "scylla://{nodes}/tl_{test_name}_{}_{nanos}?replication=1",
+        std::process::id()
+    )
+}
+
 /// Runs `tl` with the given arguments and returns its output.
 pub fn tl(server: &str, token: &str, args: &[&str]) -> Output {
     Command::new(tl_bin())

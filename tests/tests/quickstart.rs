@@ -29,9 +29,19 @@ fn fails_with(output: &std::process::Output, needle: &str) {
 }
 
 #[test]
-fn quickstart_flow_survives_kill9_and_rejects_bad_input() -> anyhow::Result<()> {
+fn quickstart_on_the_embedded_store() -> anyhow::Result<()> {
+    quickstart_flow_survives_kill9_and_rejects_bad_input(&[])
+}
+
+#[test]
+fn quickstart_on_the_scylla_store() -> anyhow::Result<()> {
+    let keyspace = tests::CqlKeyspace::new("quickstart");
+    quickstart_flow_survives_kill9_and_rejects_bad_input(&["--store", &keyspace.url])
+}
+
+fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut server = Server::start(dir.path())?;
+    let mut server = Server::start_with(dir.path(), store_args)?;
     let url = server.url();
     let alice = server.device_token(1, "phone")?;
     let bob_phone = server.device_token(2, "phone")?;

@@ -1,0 +1,232 @@
+//! `max_seq` on a CQL store (ScyllaDB, or Cassandra in tests).
+//!
+//! Values are raised only by lightweight transactions, so two allocators
+//! (or an allocator and a stale one) can never lower or overwrite each other:
+//! a lost compare-and-set re-reads and tries again from the newer value.
+//! Reads use SERIAL consistency so they see every committed LWT. Only the
+//! `[applied]` column of an LWT result is read: Cassandra returns it alone on
+//! success, ScyllaDB adds the old row.
+
+use crate::store::MaxSeqStore;
+use crate::{Namespace, Result, SeqError};
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+use std::sync::Arc;
+
+/// Compare-and-set attempts per raise before reporting contention.
+pub const MAX_RAISE_ATTEMPTS: usize = 32;
+
+pub struct CqlMaxSeqStore {
+    session: Arc<Session>,
+    select: PreparedStatement,
+    insert_if_absent: PreparedStatement,
+    update_if: PreparedStatement,
+}
+
+fn store_error(error: impl std::fmt::Display) -> SeqError {
+    SeqError::Store(format!("cql: {error}"))
+}
+
+impl CqlMaxSeqStore {
+    /// Creates the `max_seq` table in `keyspace` if needed (the keyspace
+    /// must exist) and prepares the statements.
+    pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Self> {
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {keyspace}.max_seq \
+                     (namespace int, section bigint, value bigint, PRIMARY KEY ((namespace, section)))"
+                ),
+                (),
+            )
+            .await
+            .map_err(store_error)?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(store_error)?;
+        let mut select = session
+            .prepare(format!(
+                "SELECT value FROM {keyspace}.max_seq WHERE namespace = ? AND section = ?"
+            ))
+            .await
+            .map_err(store_error)?;
+        // Linearizable with the LWTs that write the value.
+        select.set_consistency(Consistency::LocalSerial);
+        select.set_is_idempotent(true);
+        let insert_if_absent = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.max_seq (namespace, section, value) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await
+            .map_err(store_error)?;
+        let update_if = session
+            .prepare(format!(
+                "UPDATE {keyspace}.max_seq SET value = ? WHERE namespace = ? AND section = ? IF value = ?"
+            ))
+            .await
+            .map_err(store_error)?;
+        Ok(Self {
+            session,
+            select,
+            insert_if_absent,
+            update_if,
+        })
+    }
+
+    async fn read(&self, namespace: Namespace, section: u64) -> Result<Option<u64>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select, (i32::from(namespace.code()), section as i64))
+            .await
+            .map_err(store_error)?;
+        let rows = result.into_rows_result().map_err(store_error)?;
+        let value: Option<(i64,)> = rows.maybe_first_row().map_err(store_error)?;
+        Ok(value.map(|(v,)| v as u64))
+    }
+}
+
+fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+    let rows = result.into_rows_result().map_err(store_error)?;
+    let row: Row = rows.first_row().map_err(store_error)?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(SeqError::Store(format!(
+            "LWT result without [applied]: {other:?}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl MaxSeqStore for CqlMaxSeqStore {
+    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+        Ok(self.read(namespace, section).await?.unwrap_or(0))
+    }
+
+    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+        let code = i32::from(namespace.code());
+        for _ in 0..MAX_RAISE_ATTEMPTS {
+            let result = match self.read(namespace, section).await? {
+                Some(stored) if stored >= at_least => return Ok(stored),
+                Some(stored) => self
+                    .session
+                    .execute_unpaged(
+                        &self.update_if,
+                        (at_least as i64, code, section as i64, stored as i64),
+                    )
+                    .await
+                    .map_err(store_error)?,
+                None => self
+                    .session
+                    .execute_unpaged(
+                        &self.insert_if_absent,
+                        (code, section as i64, at_least as i64),
+                    )
+                    .await
+                    .map_err(store_error)?,
+            };
+            if applied(result)? {
+                return Ok(at_least);
+            }
+        }
+        Err(SeqError::Store(format!(
+            "max_seq of {namespace:?} section {section} still contended after {MAX_RAISE_ATTEMPTS} attempts"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Allocator, AllocatorConfig};
+
+    fn cql_nodes() -> String {
+        std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cql_store_only_raises_and_allocators_never_repeat() {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(cql_nodes().split(','))
+            .build()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no CQL server at {}: {e}. Start one with `scripts/cql-server start`",
+                    cql_nodes()
+                )
+            });
+        let session = Arc::new(session);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let keyspace = format!("tl_maxseq_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        session
+            .query_unpaged(
+                format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}}"),
+                (),
+            )
+            .await
+            .unwrap();
+        let store = Arc::new(
+            CqlMaxSeqStore::open(Arc::clone(&session), &keyspace)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(store.load(Namespace::Inbox, 1).await.unwrap(), 0);
+        assert_eq!(store.raise(Namespace::Inbox, 1, 100).await.unwrap(), 100);
+        assert_eq!(
+            store.raise(Namespace::Inbox, 1, 40).await.unwrap(),
+            100,
+            "never lowered"
+        );
+        assert_eq!(store.raise(Namespace::Inbox, 1, 250).await.unwrap(), 250);
+
+        // Racing raisers: every raise returns at least what it asked, and
+        // the stored value ends at the maximum.
+        let raises = (1..=8u64).map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                (
+                    i * 1000,
+                    store
+                        .raise(Namespace::Conversation, 7, i * 1000)
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+        for raise in raises {
+            let (asked, got) = raise.await.unwrap();
+            assert!(got >= asked);
+        }
+        assert_eq!(store.load(Namespace::Conversation, 7).await.unwrap(), 8000);
+
+        // Two allocator "runs" on the same store never hand out a seq twice.
+        let config = AllocatorConfig {
+            step: 10,
+            section_size: 4,
+        };
+        let first = Allocator::new(config.clone(), store.clone()).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..25 {
+            seen.push(first.next(Namespace::Inbox, 42).await.unwrap());
+        }
+        drop(first);
+        let second = Allocator::new(config, store.clone()).unwrap();
+        let resumed = second.next(Namespace::Inbox, 42).await.unwrap();
+        assert!(resumed > *seen.last().unwrap());
+        assert!(
+            resumed - seen.last().unwrap() <= 11,
+            "restart jumps at most one step"
+        );
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
+}
