@@ -26,7 +26,10 @@ pub fn bin_dir() -> &'static Path {
             .to_path_buf();
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut build = Command::new(cargo);
-        build.args(["build", "--bins", "-p", "syncd", "-p", "client"]);
+        // The same targets `cargo test --workspace` builds, so this is a no-op
+        // after it (a narrower build would unify features differently and
+        // recompile dependencies).
+        build.args(["build", "--workspace", "--all-targets"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }

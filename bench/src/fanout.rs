@@ -1,0 +1,376 @@
+//! `bench fanout`: sends through a syncd node over gRPC, closed loop at a
+//! fixed concurrency, and (for CQL stores) the bare-driver peer.
+
+use crate::report::{self, ms};
+use crate::workload::{self, Mix, Rng};
+use anyhow::Context;
+use client::Client;
+use futures_util::future::try_join_all;
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use syncd::auth::Principal;
+use syncd::server::{NodeConfig, StoreLocation};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct FanoutArgs {
+    /// "embedded" (a fresh temporary data directory) or scylla://host:port/keyspace?replication=N
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    #[arg(long, default_value_t = 2_000)]
+    conversations: u64,
+    /// Share of direct (2-member) conversations.
+    #[arg(long, default_value_t = 0.70)]
+    direct_share: f64,
+    /// Share of small groups; the rest are large groups.
+    #[arg(long, default_value_t = 0.25)]
+    small_group_share: f64,
+    #[arg(long, default_value_t = 20)]
+    small_group_size: u64,
+    #[arg(long, default_value_t = 200)]
+    large_group_size: u64,
+    #[arg(long, default_value_t = 100)]
+    message_bytes: usize,
+    /// Sends in flight at once (closed loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Measured seconds (after a warm-up of a tenth of it).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Also insert the same rows with a bare prepared-statement loop at the
+    /// same concurrency (CQL stores only).
+    #[arg(long)]
+    bare_cql: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Result file (default: bench/results/fanout-<unix time>.json).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+struct Measured {
+    sends: u64,
+    inbox_entries: u64,
+    conversation_entries: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    cpu_seconds: f64,
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    let location = StoreLocation::parse(&args.store)?;
+    let data_dir = tempfile::tempdir()?;
+    let node = syncd::server::open_node(&NodeConfig {
+        data_dir: data_dir.path().to_path_buf(),
+        store: location.clone(),
+        node_id: 0,
+        allocator: seqsvc::AllocatorConfig::default(),
+    })
+    .await
+    .context("opening the syncd node")?;
+    let token = node.auth.issue(
+        &Principal::Service {
+            name: "bench".into(),
+        },
+        Duration::from_secs(86_400),
+    )?;
+    let listener = syncd::server::bind("127.0.0.1:0".parse()?).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(syncd::server::serve(listener, node, async {
+        let _ = stopped.await;
+    }));
+
+    let mix = Mix {
+        users: args.users,
+        conversations: args.conversations,
+        direct_share: args.direct_share,
+        small_group_share: args.small_group_share,
+        small_group_size: args.small_group_size,
+        large_group_size: args.large_group_size,
+    };
+    let mut rng = Rng::new(args.seed);
+    let member_lists = workload::conversations(&mix, &mut rng);
+    eprintln!(
+        "setup: creating {} conversations for {} users",
+        member_lists.len(),
+        args.users
+    );
+    let client = Client::connect(&url, &token).await?;
+    let conversations = create_all(&client, &member_lists, args.concurrency).await?;
+
+    let warmup = Duration::from_secs(args.duration_secs.max(1)).mul_f64(0.1);
+    drive(&client, &conversations, &args, warmup, args.seed + 1).await?;
+    eprintln!(
+        "measuring {} s at concurrency {}",
+        args.duration_secs, args.concurrency
+    );
+    let timeline = drive(
+        &client,
+        &conversations,
+        &args,
+        Duration::from_secs(args.duration_secs),
+        args.seed + 2,
+    )
+    .await?;
+    let _ = stop.send(());
+    let _ = server.await;
+
+    let bare = match (&location, args.bare_cql) {
+        (StoreLocation::Scylla(config), true) => {
+            Some(bare_cql(config, &args, timeline.inbox_entries, &conversations).await?)
+        }
+        (StoreLocation::Embedded, true) => anyhow::bail!("--bare-cql needs a scylla:// store"),
+        _ => None,
+    };
+    print_and_save(&args, &timeline, bare.as_ref())
+}
+
+/// Creates every conversation (setup, not measured). Returns member lists
+/// by conversation id.
+async fn create_all(
+    client: &Client,
+    member_lists: &[Vec<u64>],
+    concurrency: usize,
+) -> anyhow::Result<Vec<(u64, Vec<u64>)>> {
+    let mut created = Vec::with_capacity(member_lists.len());
+    for chunk in member_lists.chunks(concurrency.max(1)) {
+        let batch = chunk.iter().map(|members| {
+            let client = client.clone();
+            let members = members.clone();
+            async move {
+                let kind = if members.len() == 2 {
+                    proto::timeline::v1::ConversationKind::Direct
+                } else {
+                    proto::timeline::v1::ConversationKind::Group
+                };
+                let conversation = client
+                    .create_conversation(kind, members.clone(), "")
+                    .await?;
+                anyhow::Ok((conversation.conversation_id, members))
+            }
+        });
+        created.extend(try_join_all(batch).await?);
+    }
+    Ok(created)
+}
+
+async fn drive(
+    client: &Client,
+    conversations: &[(u64, Vec<u64>)],
+    args: &FanoutArgs,
+    duration: Duration,
+    seed: u64,
+) -> anyhow::Result<Measured> {
+    let conversations = Arc::new(conversations.to_vec());
+    let text: Arc<str> = "x".repeat(args.message_bytes).into();
+    let cpu_before = report::cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers = (0..args.concurrency).map(|worker| {
+        let client = client.clone();
+        let conversations = Arc::clone(&conversations);
+        let text = Arc::clone(&text);
+        tokio::spawn(async move {
+            let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+            let mut latency = report::histogram();
+            let (mut sends, mut inbox_entries) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let (conversation_id, members) =
+                    &conversations[rng.below(conversations.len() as u64) as usize];
+                let sender = members[rng.below(members.len() as u64) as usize];
+                let begun = Instant::now();
+                client.append(*conversation_id, sender, &text, None).await?;
+                latency.record(begun.elapsed().as_micros().max(1) as u64)?;
+                sends += 1;
+                inbox_entries += members.len() as u64;
+            }
+            anyhow::Ok((sends, inbox_entries, latency))
+        })
+    });
+    let mut measured = Measured {
+        sends: 0,
+        inbox_entries: 0,
+        conversation_entries: 0,
+        elapsed: Duration::ZERO,
+        latency: report::histogram(),
+        cpu_seconds: 0.0,
+    };
+    for worker in try_join_all(workers).await? {
+        let (sends, inbox_entries, latency) = worker?;
+        measured.sends += sends;
+        measured.inbox_entries += inbox_entries;
+        measured.latency.add(&latency)?;
+    }
+    measured.conversation_entries = measured.sends;
+    measured.elapsed = started.elapsed();
+    measured.cpu_seconds = report::cpu_seconds() - cpu_before;
+    Ok(measured)
+}
+
+struct Bare {
+    rows: u64,
+    elapsed: Duration,
+}
+
+/// The peer: the same inbox rows (same sizes, same partitioning) inserted by
+/// a bare prepared-statement loop, same concurrency, as many rows as
+/// Timeline wrote inbox entries.
+async fn bare_cql(
+    config: &timeline_store::ScyllaConfig,
+    args: &FanoutArgs,
+    rows: u64,
+    conversations: &[(u64, Vec<u64>)],
+) -> anyhow::Result<Bare> {
+    let session = config.connect().await?;
+    let keyspace = &config.keyspace;
+    session
+        .query_unpaged(
+            format!("CREATE TABLE IF NOT EXISTS {keyspace}.bare_inbox (user_id bigint, bucket bigint, seq bigint, entry blob, PRIMARY KEY ((user_id, bucket), seq))"),
+            (),
+        )
+        .await?;
+    session.await_schema_agreement().await?;
+    let mut insert = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.bare_inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?)"
+        ))
+        .await?;
+    insert.set_is_idempotent(true);
+    // An encoded inbox entry of the same message size, as Timeline stores it.
+    let entry = vec![7u8; args.message_bytes + 60];
+    let users: Vec<u64> = conversations
+        .iter()
+        .flat_map(|(_, m)| m.iter().copied())
+        .collect();
+    let per_worker = rows.div_ceil(args.concurrency as u64);
+    eprintln!(
+        "peer: {rows} rows through a bare prepared-statement loop at concurrency {}",
+        args.concurrency
+    );
+    let started = Instant::now();
+    let workers = (0..args.concurrency as u64).map(|worker| {
+        let session = Arc::clone(&session);
+        let insert = insert.clone();
+        let entry = entry.clone();
+        let users = users.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(worker + 99);
+            for i in 0..per_worker {
+                let user = users[rng.below(users.len() as u64) as usize] as i64;
+                let seq = (worker << 32 | i) as i64;
+                session
+                    .execute_unpaged(&insert, (user, seq >> 16, seq, entry.as_slice()))
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    });
+    for worker in try_join_all(workers).await? {
+        worker?;
+    }
+    Ok(Bare {
+        rows: per_worker * args.concurrency as u64,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn print_and_save(
+    args: &FanoutArgs,
+    timeline: &Measured,
+    bare: Option<&Bare>,
+) -> anyhow::Result<()> {
+    let secs = timeline.elapsed.as_secs_f64();
+    let sends_per_s = timeline.sends as f64 / secs;
+    let inbox_per_s = timeline.inbox_entries as f64 / secs;
+    println!();
+    println!(
+        "fanout on {} store, concurrency {}, {:.1} s measured",
+        store_kind(&args.store),
+        args.concurrency,
+        secs
+    );
+    println!("{:<34} {:>12}", "sends/s", format!("{sends_per_s:.0}"));
+    println!(
+        "{:<34} {:>12}",
+        "inbox entries durably written/s",
+        format!("{inbox_per_s:.0}")
+    );
+    println!(
+        "{:<34} {:>12}",
+        "mean fanout (inbox entries/send)",
+        format!(
+            "{:.1}",
+            timeline.inbox_entries as f64 / timeline.sends.max(1) as f64
+        )
+    );
+    for (label, q) in [
+        ("send ack p50 (ms)", 0.5),
+        ("send ack p99 (ms)", 0.99),
+        ("send ack p99.9 (ms)", 0.999),
+    ] {
+        println!(
+            "{label:<34} {:>12}",
+            format!("{:.2}", ms(&timeline.latency, q))
+        );
+    }
+    println!(
+        "{:<34} {:>12}",
+        "cpu (server + load generator)",
+        format!("{:.0}%", 100.0 * timeline.cpu_seconds / secs)
+    );
+    println!(
+        "{:<34} {:>12}",
+        "peak rss, MiB (whole process)",
+        format!("{:.0}", report::peak_rss_mib())
+    );
+    let mut json = serde_json::json!({
+        "benchmark": "fanout",
+        "config": {
+            "store": store_kind(&args.store), "users": args.users, "conversations": args.conversations,
+            "direct_share": args.direct_share, "small_group_share": args.small_group_share,
+            "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
+            "message_bytes": args.message_bytes, "concurrency": args.concurrency,
+            "duration_secs": args.duration_secs, "seed": args.seed,
+        },
+        "timeline": {
+            "sends": timeline.sends, "inbox_entries": timeline.inbox_entries,
+            "elapsed_secs": secs, "sends_per_sec": sends_per_s, "inbox_entries_per_sec": inbox_per_s,
+            "ack_ms": { "p50": ms(&timeline.latency, 0.5), "p99": ms(&timeline.latency, 0.99), "p999": ms(&timeline.latency, 0.999) },
+            "cpu_percent": 100.0 * timeline.cpu_seconds / secs,
+            "peak_rss_mib": report::peak_rss_mib(),
+        },
+    });
+    if let Some(bare) = bare {
+        let bare_per_s = bare.rows as f64 / bare.elapsed.as_secs_f64();
+        println!(
+            "{:<34} {:>12}",
+            "bare driver rows/s (same conc.)",
+            format!("{bare_per_s:.0}")
+        );
+        println!(
+            "{:<34} {:>12}",
+            "timeline / bare driver",
+            format!("{:.2}x", inbox_per_s / bare_per_s)
+        );
+        json["bare_cql"] = serde_json::json!({
+            "rows": bare.rows, "elapsed_secs": bare.elapsed.as_secs_f64(), "rows_per_sec": bare_per_s,
+            "ratio_timeline_to_bare": inbox_per_s / bare_per_s,
+        });
+    }
+    let path = report::write_json("fanout", args.out.clone(), &json)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn store_kind(store: &str) -> &str {
+    if store.starts_with("scylla://") {
+        "scylla"
+    } else {
+        "embedded"
+    }
+}

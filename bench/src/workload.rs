@@ -1,0 +1,83 @@
+//! The W1 workload: users, a mix of direct and group conversations, and a
+//! deterministic random stream of (conversation, sender) picks.
+
+/// xorshift64*: deterministic, fast, good enough to pick workload items
+/// (not for anything security related).
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Mix {
+    pub users: u64,
+    pub conversations: u64,
+    pub direct_share: f64,
+    pub small_group_share: f64,
+    pub small_group_size: u64,
+    pub large_group_size: u64,
+}
+
+/// Member lists for every conversation of the mix (user ids from 1).
+pub fn conversations(mix: &Mix, rng: &mut Rng) -> Vec<Vec<u64>> {
+    (0..mix.conversations)
+        .map(|i| {
+            let share = i as f64 / mix.conversations as f64;
+            let size = if share < mix.direct_share {
+                2
+            } else if share < mix.direct_share + mix.small_group_share {
+                mix.small_group_size
+            } else {
+                mix.large_group_size
+            }
+            .min(mix.users);
+            let mut members = Vec::with_capacity(size as usize);
+            while (members.len() as u64) < size {
+                let user = rng.below(mix.users) + 1;
+                if !members.contains(&user) {
+                    members.push(user);
+                }
+            }
+            members.sort_unstable();
+            members
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_has_the_requested_shape() {
+        let mix = Mix {
+            users: 1_000,
+            conversations: 100,
+            direct_share: 0.7,
+            small_group_share: 0.25,
+            small_group_size: 20,
+            large_group_size: 200,
+        };
+        let all = conversations(&mix, &mut Rng::new(7));
+        assert_eq!(all.iter().filter(|m| m.len() == 2).count(), 70);
+        assert_eq!(all.iter().filter(|m| m.len() == 20).count(), 25);
+        assert_eq!(all.iter().filter(|m| m.len() == 200).count(), 5);
+        assert!(all.iter().flatten().all(|&u| (1..=1_000).contains(&u)));
+    }
+}
