@@ -92,6 +92,9 @@ pub struct Engine {
     hub: Arc<Hub>,
     send_keys: Arc<KeyedLocks<IdempotencyKey>>,
     membership_locks: Arc<KeyedLocks<u64>>,
+    /// Held while one event of a conversation allocates its `conv_seq` and
+    /// inbox seqs, so that conv_seq order is every member's inbox order.
+    allocation_locks: Arc<KeyedLocks<u64>>,
     send_slots: Semaphore,
     /// Flips to true once on shutdown; push feeds end when they see it.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -156,6 +159,7 @@ impl Engine {
             hub: Hub::new(),
             send_keys: Arc::default(),
             membership_locks: Arc::default(),
+            allocation_locks: Arc::default(),
             send_slots: Semaphore::new(MAX_INFLIGHT_SENDS),
             shutdown: tokio::sync::watch::channel(false).0,
         })
@@ -295,14 +299,22 @@ impl Engine {
         keys.extend(recipients.iter().map(|&user| (Scope::Inbox, user)));
         // Reserve before allocating: see horizon.rs for why the order matters.
         let reservation = self.horizon.reserve(keys);
-        let conv_seq = self
-            .allocator
-            .next(Namespace::Conversation, conversation_id)
-            .await?;
-        let inbox_seqs = self
-            .allocator
-            .next_batch(Namespace::Inbox, recipients)
-            .await?;
+        let (conv_seq, inbox_seqs) = {
+            // Two events of one conversation must take their seqs in the
+            // same order for every member: a lower conv_seq gets the lower
+            // inbox seq in each inbox. Allocation is short; writes run
+            // outside this lock.
+            let _in_order = self.allocation_locks.write(conversation_id).await;
+            let conv_seq = self
+                .allocator
+                .next(Namespace::Conversation, conversation_id)
+                .await?;
+            let inbox_seqs = self
+                .allocator
+                .next_batch(Namespace::Inbox, recipients)
+                .await?;
+            (conv_seq, inbox_seqs)
+        };
         let msg_id = self.ids.next_id().await?;
         let mut seqs = Vec::with_capacity(inbox_seqs.len() + 1);
         seqs.push(conv_seq);
@@ -878,6 +890,20 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(all.len(), 4 + 24 * 25);
+        let entries = engine
+            .store
+            .read_inbox(1, 0, u64::MAX, 10_000)
+            .await
+            .unwrap();
+        let mut last_conv_seq = std::collections::HashMap::new();
+        for entry in &entries {
+            let last = last_conv_seq.entry(entry.conversation_id).or_insert(0);
+            assert!(
+                entry.conv_seq > *last,
+                "inbox order differs from conv_seq order"
+            );
+            *last = entry.conv_seq;
+        }
         let missing: Vec<_> = all.iter().filter(|s| !seen.contains(s)).collect();
         let extra: Vec<_> = seen.iter().filter(|s| !all.contains(s)).collect();
         assert_eq!(

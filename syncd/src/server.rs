@@ -181,7 +181,6 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(timeline)
@@ -266,6 +265,12 @@ fn limited_incoming(
             };
             match accepted {
                 Ok((stream, _)) => {
+                    // The builder's tcp_nodelay only covers listeners tonic
+                    // accepts itself; without it small replies wait ~40 ms
+                    // for delayed ACKs (Nagle).
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::warn!(%error, "cannot set TCP_NODELAY");
+                    }
                     if tx
                         .send(Ok(LimitedConn {
                             stream,
