@@ -95,6 +95,8 @@ pub struct Engine {
     /// Held while one event of a conversation allocates its `conv_seq` and
     /// inbox seqs, so that conv_seq order is every member's inbox order.
     allocation_locks: Arc<KeyedLocks<u64>>,
+    /// Conversation records, weighed by member count (see `conversation`).
+    conversations: moka::sync::Cache<u64, Arc<Conversation>>,
     send_slots: Semaphore,
     /// Flips to true once on shutdown; push feeds end when they see it.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -160,6 +162,12 @@ impl Engine {
             send_keys: Arc::default(),
             membership_locks: Arc::default(),
             allocation_locks: Arc::default(),
+            conversations: moka::sync::Cache::builder()
+                .weigher(|_, record: &Arc<Conversation>| {
+                    u32::try_from(record.members.len() + 1).unwrap_or(u32::MAX)
+                })
+                .max_capacity(CACHED_CONVERSATION_MEMBERS)
+                .build(),
             send_slots: Semaphore::new(MAX_INFLIGHT_SENDS),
             shutdown: tokio::sync::watch::channel(false).0,
         })
@@ -175,18 +183,26 @@ impl Engine {
         &self.store
     }
 
-    async fn conversation(&self, conversation_id: u64) -> Result<Conversation> {
+    /// The conversation record, from the cache or the store. Only callers
+    /// holding the conversation's membership lock (shared or exclusive) may
+    /// `fill` the cache: an unlocked reader could otherwise put back a record
+    /// that a concurrent membership change has just replaced.
+    async fn conversation(&self, conversation_id: u64, fill: bool) -> Result<Arc<Conversation>> {
         if conversation_id == 0 {
             return Err(SyncdError::InvalidArgument(
                 "conversation_id must be set".into(),
             ));
         }
-        self.store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| {
-                SyncdError::NotFound(format!("conversation {conversation_id} does not exist"))
-            })
+        if let Some(cached) = self.conversations.get(&conversation_id) {
+            return Ok(cached);
+        }
+        let record = Arc::new(self.store.conversation(conversation_id).await?.ok_or_else(|| {
+            SyncdError::NotFound(format!("conversation {conversation_id} does not exist"))
+        })?);
+        if fill {
+            self.conversations.insert(conversation_id, Arc::clone(&record));
+        }
+        Ok(record)
     }
 
     /// Sends a message (devices as themselves, services as `sender_id`).
@@ -261,7 +277,7 @@ impl Engine {
             });
         }
         let _membership = self.membership_locks.read(command.conversation_id).await;
-        let conversation = self.conversation(command.conversation_id).await?;
+        let conversation = self.conversation(command.conversation_id, true).await?;
         if sender_id != 0 && !conversation.is_member(sender_id) {
             return Err(SyncdError::PermissionDenied(format!(
                 "user {sender_id} is not a member of conversation {}",
@@ -342,9 +358,13 @@ impl Engine {
                 entry,
                 inbox,
                 receipt: receipt_key.map(|key| (key, receipt.clone())),
-                conversation: record,
+                conversation: record.clone(),
             })
             .await?;
+        if let Some(record) = record {
+            // Callers hold the membership lock exclusively (or the id is new).
+            self.conversations.insert(record.conversation_id, Arc::new(record));
+        }
         for ((scope, id), visible) in assignment.complete() {
             if scope == Scope::Inbox {
                 self.hub.publish(id, visible);
@@ -459,7 +479,7 @@ impl Engine {
             ));
         }
         let _exclusive = self.membership_locks.write(conversation_id).await;
-        let conversation = self.conversation(conversation_id).await?;
+        let conversation = self.conversation(conversation_id, true).await?;
         if conversation.kind == ConversationKind::Direct as i32 {
             return Err(SyncdError::FailedPrecondition(format!(
                 "conversation {conversation_id} is direct: its members are fixed"
@@ -493,7 +513,7 @@ impl Engine {
             }
         };
         if changed.is_empty() {
-            return Ok((conversation, 0));
+            return Ok(((*conversation).clone(), 0));
         }
         if new_members.len() > MAX_CONVERSATION_MEMBERS {
             return Err(SyncdError::InvalidArgument(format!(
@@ -508,7 +528,7 @@ impl Engine {
         };
         let record = Conversation {
             members: new_members,
-            ..conversation
+            ..(*conversation).clone()
         };
         let entry = Entry {
             kind: kind as i32,
@@ -624,7 +644,7 @@ impl Engine {
         principal: &Principal,
         conversation_id: u64,
     ) -> Result<Conversation> {
-        let conversation = self.conversation(conversation_id).await?;
+        let conversation = self.conversation(conversation_id, false).await?;
         if let Principal::Device { user_id, .. } = principal
             && !conversation.is_member(*user_id)
         {
@@ -632,7 +652,7 @@ impl Engine {
                 "user {user_id} is not a member of conversation {conversation_id}"
             )));
         }
-        Ok(conversation)
+        Ok((*conversation).clone())
     }
 
     /// Starts a push feed for a device whose checkpoint is `after_seq`.

@@ -36,3 +36,6 @@ pub const SUBSCRIBER_QUEUE: usize = 8;
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;
+/// Conversation records cached in memory, counted in member slots (8 bytes
+/// each): about 80 MB at the limit.
+pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;
