@@ -17,18 +17,25 @@
 
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
-use crate::horizon::{Horizon, Scope, safe_limit};
+use crate::horizon::{Assignment, Horizon, Scope, safe_limit};
 use crate::hub::{Hub, Subscription};
 use crate::keyed::KeyedLocks;
 use crate::limits::*;
 use seqsvc::{Allocator, MsgIdGenerator, Namespace};
 use std::sync::Arc;
+use std::time::Duration;
 use timeline_store::{
     Conversation, ConversationKind, Entry, EntryKind, EventCommit, IdempotencyKey, InboxWrite,
     Receipt, TimelineStore,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+
+/// Locks a caller holds for an event, kept until the event is complete.
+type Held = Vec<Box<dyn Send + Sync>>;
+
+/// Longest wait between attempts to finish a failed event.
+const MAX_FINISH_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// The counter id (in [`Namespace::Counter`]) that numbers conversations.
 const CONVERSATION_ID_COUNTER: u64 = 0;
@@ -196,11 +203,12 @@ impl Engine {
         if let Some(cached) = self.conversations.get(&conversation_id) {
             return Ok(cached);
         }
-        let record = Arc::new(self.store.conversation(conversation_id).await?.ok_or_else(|| {
-            SyncdError::NotFound(format!("conversation {conversation_id} does not exist"))
-        })?);
+        let record = Arc::new(self.store.conversation(conversation_id).await?.ok_or_else(
+            || SyncdError::NotFound(format!("conversation {conversation_id} does not exist")),
+        )?);
         if fill {
-            self.conversations.insert(conversation_id, Arc::clone(&record));
+            self.conversations
+                .insert(conversation_id, Arc::clone(&record));
         }
         Ok(record)
     }
@@ -257,7 +265,7 @@ impl Engine {
             ),
             None => (Uuid::new_v4(), None),
         };
-        let _same_key = match &key {
+        let same_key = match &key {
             Some(key) => Some(self.send_keys.write(key.clone()).await),
             None => None,
         };
@@ -276,7 +284,7 @@ impl Engine {
                 duplicate: true,
             });
         }
-        let _membership = self.membership_locks.read(command.conversation_id).await;
+        let membership = self.membership_locks.read(command.conversation_id).await;
         let conversation = self.conversation(command.conversation_id, true).await?;
         if sender_id != 0 && !conversation.is_member(sender_id) {
             return Err(SyncdError::PermissionDenied(format!(
@@ -292,7 +300,10 @@ impl Engine {
             text: command.text,
             ..Default::default()
         };
-        let receipt = self.commit(entry, &conversation.members, key, None).await?;
+        let held: Held = vec![Box::new(same_key), Box::new(membership)];
+        let receipt = self
+            .commit(entry, &conversation.members, key, None, held)
+            .await?;
         Ok(SendOutcome {
             receipt,
             client_msg_id,
@@ -302,12 +313,20 @@ impl Engine {
 
     /// Allocates and durably writes one event to the conversation and every
     /// recipient's inbox, then announces it.
+    ///
+    /// `held` are the caller's locks (idempotency key, membership). If the
+    /// store fails in a way that may have written part of the event, the
+    /// event is finished in the background with the same seqs, and `held`
+    /// stay locked until it is: a retry of the same send then finds the
+    /// receipt instead of writing the message again, and the sync horizon
+    /// stays below those seqs until they are complete.
     async fn commit(
         &self,
         mut entry: Entry,
         recipients: &[u64],
         receipt_key: Option<IdempotencyKey>,
         record: Option<Conversation>,
+        held: Held,
     ) -> Result<Receipt> {
         let conversation_id = entry.conversation_id;
         let mut keys = Vec::with_capacity(recipients.len() + 1);
@@ -353,24 +372,78 @@ impl Engine {
             .zip(inbox_seqs)
             .map(|(&user_id, seq)| InboxWrite { user_id, seq })
             .collect();
-        self.store
-            .commit_event(EventCommit {
-                entry,
-                inbox,
-                receipt: receipt_key.map(|key| (key, receipt.clone())),
-                conversation: record.clone(),
-            })
-            .await?;
+        let commit = EventCommit {
+            entry,
+            inbox,
+            receipt: receipt_key.map(|key| (key, receipt.clone())),
+            conversation: record,
+        };
+        match self.store.commit_event(commit.clone()).await {
+            Ok(()) => {
+                self.announce(commit.conversation, assignment);
+                Ok(receipt)
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, conversation_id, msg_id, "event failed; finishing it in the background");
+                self.finish_in_background(commit, assignment, held);
+                Err(SyncdError::Unavailable(format!(
+                    "{error}; the message will be stored, retry with the same client_msg_id"
+                )))
+            }
+            // Refused before anything was written: the seqs become gaps.
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Marks an event's seqs durable, updates the cached record, and tells
+    /// subscribers.
+    fn announce(&self, record: Option<Conversation>, assignment: Assignment) {
         if let Some(record) = record {
             // Callers hold the membership lock exclusively (or the id is new).
-            self.conversations.insert(record.conversation_id, Arc::new(record));
+            self.conversations
+                .insert(record.conversation_id, Arc::new(record));
         }
         for ((scope, id), visible) in assignment.complete() {
             if scope == Scope::Inbox {
                 self.hub.publish(id, visible);
             }
         }
-        Ok(receipt)
+    }
+
+    /// Retries an event until the store takes it (writes are idempotent
+    /// upserts with the same seqs), holding its locks and its horizon
+    /// reservation meanwhile. A crash in between leaves the store's own
+    /// record of the event, which `TimelineStore::recover` finishes at start.
+    fn finish_in_background(&self, commit: EventCommit, assignment: Assignment, held: Held) {
+        let store = Arc::clone(&self.store);
+        let hub = Arc::clone(&self.hub);
+        let conversations = self.conversations.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(delay).await;
+                match store.commit_event(commit.clone()).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, msg_id = commit.entry.msg_id, "still cannot finish event");
+                        delay = (delay * 2).min(MAX_FINISH_RETRY_DELAY);
+                    }
+                }
+            }
+            if let Some(record) = commit.conversation {
+                conversations.insert(record.conversation_id, Arc::new(record));
+            }
+            for ((scope, id), visible) in assignment.complete() {
+                if scope == Scope::Inbox {
+                    hub.publish(id, visible);
+                }
+            }
+            tracing::info!(
+                msg_id = commit.entry.msg_id,
+                "event finished in the background"
+            );
+            drop(held);
+        });
     }
 
     pub async fn create_conversation(
@@ -442,7 +515,7 @@ impl Engine {
             members: members.clone(),
             ..Default::default()
         };
-        self.commit(entry, &members, None, Some(record.clone()))
+        self.commit(entry, &members, None, Some(record.clone()), Vec::new())
             .await?;
         Ok(record)
     }
@@ -478,7 +551,7 @@ impl Engine {
                 "members must not be empty".into(),
             ));
         }
-        let _exclusive = self.membership_locks.write(conversation_id).await;
+        let exclusive = self.membership_locks.write(conversation_id).await;
         let conversation = self.conversation(conversation_id, true).await?;
         if conversation.kind == ConversationKind::Direct as i32 {
             return Err(SyncdError::FailedPrecondition(format!(
@@ -537,7 +610,13 @@ impl Engine {
             ..Default::default()
         };
         let receipt = self
-            .commit(entry, &recipients, None, Some(record.clone()))
+            .commit(
+                entry,
+                &recipients,
+                None,
+                Some(record.clone()),
+                vec![Box::new(exclusive)],
+            )
             .await?;
         Ok((record, receipt.conv_seq))
     }
@@ -797,6 +876,116 @@ mod tests {
         async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
             self.0.checkpoint(user, device).await
         }
+        async fn recover(&self) -> timeline_store::Result<usize> {
+            self.0.recover().await
+        }
+    }
+
+    /// Fails the first `failures` commits with an I/O error (writing
+    /// nothing), like a store that times out.
+    struct FlakyStore {
+        inner: EmbeddedStore,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl TimelineStore for FlakyStore {
+        async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
+            let fail = self
+                .failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if fail {
+                return Err(timeline_store::StoreError::Io("injected timeout".into()));
+            }
+            self.inner.commit_event(commit).await
+        }
+        async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
+            self.inner.conversation(id).await
+        }
+        async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
+            self.inner.receipt(key).await
+        }
+        async fn read_inbox(
+            &self,
+            user: u64,
+            after: u64,
+            through: u64,
+            limit: usize,
+        ) -> timeline_store::Result<Vec<Entry>> {
+            self.inner.read_inbox(user, after, through, limit).await
+        }
+        async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
+            self.inner.last_inbox_seq(user).await
+        }
+        async fn read_conversation(
+            &self,
+            id: u64,
+            after: u64,
+            before: u64,
+            newest_first: bool,
+            limit: usize,
+        ) -> timeline_store::Result<Vec<Entry>> {
+            self.inner
+                .read_conversation(id, after, before, newest_first, limit)
+                .await
+        }
+        async fn save_checkpoint(
+            &self,
+            user: u64,
+            device: &str,
+            seq: u64,
+        ) -> timeline_store::Result<u64> {
+            self.inner.save_checkpoint(user, device, seq).await
+        }
+        async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
+            self.inner.checkpoint(user, device).await
+        }
+        async fn recover(&self) -> timeline_store::Result<usize> {
+            self.inner.recover().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_event_is_finished_in_the_background_and_a_retry_sees_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(FlakyStore {
+            inner: EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap(),
+            failures: std::sync::atomic::AtomicU32::new(0),
+        });
+        let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
+        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
+            .await
+            .unwrap();
+        let engine = Engine::new(flaky.clone(), allocator, ids);
+        let conversation = group(&engine, 1, vec![2]).await;
+        flaky.failures.store(3, std::sync::atomic::Ordering::SeqCst);
+        let id = Uuid::new_v4();
+        let first = engine
+            .send(device(1, "phone"), message(conversation, "late", Some(id)))
+            .await;
+        assert!(
+            matches!(first, Err(SyncdError::Unavailable(_))),
+            "{first:?}"
+        );
+        // The retry waits for the background attempt, then gets its receipt.
+        let retry = engine
+            .send(device(1, "phone"), message(conversation, "late", Some(id)))
+            .await
+            .unwrap();
+        assert!(
+            retry.duplicate,
+            "the retry must not write the message again"
+        );
+        let inbox = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let copies: Vec<_> = inbox.entries.iter().filter(|e| e.text == "late").collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].msg_id, retry.receipt.msg_id);
     }
 
     async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {

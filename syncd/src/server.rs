@@ -93,6 +93,11 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
     let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
     let (store, seq_store) = open_stores(&config.store, &dir).await?;
+    // Events a crash interrupted are finished before anyone can read.
+    let finished = store.recover().await?;
+    if finished > 0 {
+        tracing::info!(finished, "finished events interrupted by the last shutdown");
+    }
     let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
     let ids =
         MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;

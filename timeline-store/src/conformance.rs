@@ -59,6 +59,11 @@ where
     checkpoints_never_go_back(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
+    assert_eq!(
+        store.recover().await.unwrap(),
+        0,
+        "no event is left unfinished after successful commits"
+    );
     drop(store);
     let reopened = open().await;
     everything_survives_reopen(&reopened).await;

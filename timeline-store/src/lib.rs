@@ -102,4 +102,19 @@ pub trait TimelineStore: Send + Sync + 'static {
 
     /// The device's checkpoint, 0 when never saved.
     async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64>;
+
+    /// Finishes every event whose [`commit_event`](Self::commit_event) was
+    /// interrupted (a crash, or an error after part of it was written), so
+    /// that each event is either complete or absent. Call before serving.
+    /// Returns how many events it finished.
+    async fn recover(&self) -> Result<usize>;
+}
+
+impl StoreError {
+    /// Whether retrying the same operation can succeed (I/O trouble, an
+    /// overloaded or unreachable backend), as opposed to a request that will
+    /// fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
+    }
 }

@@ -25,10 +25,15 @@
 //! (LOCAL_QUORUM unless configured otherwise). An event writes its bucket
 //! markers and entries concurrently (at most [`MAX_CONCURRENT_WRITES`] in
 //! flight), then the conversation record and the receipt *last*, so a
-//! receipt only exists once every entry does. CQL has no atomic multi-
-//! partition write of this size (a logged batch of a 500-member fanout
-//! exceeds batch size limits): an event that fails halfway leaves some
-//! entries written and no receipt.
+//! receipt only exists once every entry does.
+//!
+//! CQL has no atomic multi-partition write of this size (a logged batch of a
+//! 500-member fanout exceeds batch size limits), so every event is first
+//! recorded whole in `pending_events` (an intent), then written, then the
+//! intent is deleted. An event interrupted anywhere in between (a crash, a
+//! timeout) still has its intent; [`TimelineStore::recover`] re-applies it
+//! with the same seqs and ids (every write is an idempotent upsert) before the
+//! node serves again. Intents are spread over [`PENDING_SHARDS`] partitions.
 
 use crate::{
     Conversation, Entry, EventCommit, IdempotencyKey, Receipt, Result, StoreError, TimelineStore,
@@ -51,6 +56,8 @@ pub const BUCKET_BITS: u32 = 16;
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// Bucket markers remembered as already written (saves one write per entry).
 pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
+/// Partitions of the `pending_events` table (intents of unfinished events).
+pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
 const PAGE_ROWS: i32 = 1_000;
 
@@ -199,7 +206,87 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.conversations (conversation_id bigint PRIMARY KEY, record blob)",
     "CREATE TABLE IF NOT EXISTS {ks}.receipts (principal text, client_msg_id blob, receipt blob, PRIMARY KEY ((principal, client_msg_id)))",
     "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (user_id bigint, device_id text, seq bigint, PRIMARY KEY (user_id, device_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
+
+/// An [`EventCommit`] as stored in `pending_events`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PendingEvent {
+    #[prost(message, optional, tag = "1")]
+    entry: Option<Entry>,
+    #[prost(uint64, repeated, tag = "2")]
+    inbox_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    inbox_seqs: Vec<u64>,
+    #[prost(string, tag = "4")]
+    receipt_principal: String,
+    #[prost(bytes = "vec", tag = "5")]
+    receipt_client_msg_id: Vec<u8>,
+    #[prost(message, optional, tag = "6")]
+    receipt: Option<Receipt>,
+    #[prost(message, optional, tag = "7")]
+    conversation: Option<Conversation>,
+}
+
+impl PendingEvent {
+    fn from_commit(commit: &EventCommit) -> Self {
+        let (receipt_principal, receipt_client_msg_id, receipt) = match &commit.receipt {
+            Some((key, receipt)) => (
+                key.principal.clone(),
+                key.client_msg_id.as_bytes().to_vec(),
+                Some(receipt.clone()),
+            ),
+            None => (String::new(), Vec::new(), None),
+        };
+        Self {
+            entry: Some(commit.entry.clone()),
+            inbox_users: commit.inbox.iter().map(|w| w.user_id).collect(),
+            inbox_seqs: commit.inbox.iter().map(|w| w.seq).collect(),
+            receipt_principal,
+            receipt_client_msg_id,
+            receipt,
+            conversation: commit.conversation.clone(),
+        }
+    }
+
+    fn into_commit(self) -> Result<EventCommit> {
+        let entry = self
+            .entry
+            .ok_or_else(|| corrupt("pending event without entry"))?;
+        if self.inbox_users.len() != self.inbox_seqs.len() {
+            return Err(corrupt("pending event inbox lists differ in length"));
+        }
+        let receipt = match self.receipt {
+            Some(receipt) => {
+                let client_msg_id =
+                    uuid::Uuid::from_slice(&self.receipt_client_msg_id).map_err(corrupt)?;
+                let key = IdempotencyKey {
+                    principal: self.receipt_principal,
+                    client_msg_id,
+                };
+                Some((key, receipt))
+            }
+            None => None,
+        };
+        Ok(EventCommit {
+            entry,
+            inbox: self
+                .inbox_users
+                .into_iter()
+                .zip(self.inbox_seqs)
+                .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
+                .collect(),
+            receipt,
+            conversation: self.conversation,
+        })
+    }
+}
+
+/// The intent's partition and key: the event's message id (unique).
+fn pending_key(commit: &EventCommit) -> (i32, i64) {
+    let event_id = commit.entry.msg_id;
+    ((event_id % PENDING_SHARDS as u64) as i32, big(event_id))
+}
 
 struct Statements {
     insert_inbox: PreparedStatement,
@@ -221,6 +308,9 @@ struct Statements {
     select_checkpoint: PreparedStatement,
     insert_checkpoint_if_absent: PreparedStatement,
     raise_checkpoint_if: PreparedStatement,
+    insert_pending: PreparedStatement,
+    delete_pending: PreparedStatement,
+    select_pending: PreparedStatement,
 }
 
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
@@ -288,6 +378,13 @@ impl ScyllaTimelineStore {
             select_checkpoint: prepare("SELECT seq FROM {ks}.checkpoints WHERE user_id = ? AND device_id = ?").await?,
             insert_checkpoint_if_absent,
             raise_checkpoint_if,
+            insert_pending: prepare(
+                "INSERT INTO {ks}.pending_events (shard, event_id, event) VALUES (?, ?, ?)",
+            )
+            .await?,
+            delete_pending: prepare("DELETE FROM {ks}.pending_events WHERE shard = ? AND event_id = ?")
+                .await?,
+            select_pending: prepare("SELECT event FROM {ks}.pending_events WHERE shard = ?").await?,
         };
         Ok(Self {
             session,
@@ -377,9 +474,10 @@ impl ScyllaTimelineStore {
     }
 }
 
-#[async_trait]
-impl TimelineStore for ScyllaTimelineStore {
-    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+impl ScyllaTimelineStore {
+    /// Writes every row of an event (idempotent: applying it twice stores
+    /// the same rows).
+    async fn apply(&self, commit: &EventCommit) -> Result<()> {
         let conversation_id = commit.entry.conversation_id;
         let conv_seq = commit.entry.conv_seq;
         let conv_entry = Entry {
@@ -438,6 +536,46 @@ impl TimelineStore for ScyllaTimelineStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TimelineStore for ScyllaTimelineStore {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let (shard, event_id) = pending_key(&commit);
+        let intent = PendingEvent::from_commit(&commit).encode_to_vec();
+        self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+            .await?;
+        self.apply(&commit).await?;
+        self.execute(&self.statements.delete_pending, (shard, event_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<usize> {
+        let mut finished = 0;
+        for shard in 0..PENDING_SHARDS {
+            let intents: Vec<Vec<u8>> = self
+                .column(&self.statements.select_pending, (shard,))
+                .await?;
+            for intent in intents {
+                let commit = PendingEvent::decode(intent.as_slice())
+                    .map_err(corrupt)?
+                    .into_commit()?;
+                self.apply(&commit).await?;
+                let (shard, event_id) = pending_key(&commit);
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await?;
+                finished += 1;
+            }
+        }
+        if finished > 0 {
+            tracing::warn!(
+                finished,
+                "finished events interrupted by a crash or an error"
+            );
+        }
+        Ok(finished)
     }
 
     async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
@@ -667,6 +805,90 @@ mod tests {
             async move { ScyllaTimelineStore::open(session, &keyspace).await.unwrap() }
         };
         crate::conformance::run_all(open).await;
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn interrupted_events_are_finished_by_recover() {
+        let keyspace = unique_keyspace("recover");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        let key = IdempotencyKey {
+            principal: "u:1".into(),
+            client_msg_id: uuid::Uuid::from_u128(77),
+        };
+        let receipt = Receipt {
+            conversation_id: 5,
+            conv_seq: 3,
+            msg_id: 900,
+            sent_at_ms: 1,
+        };
+        let commit = EventCommit {
+            entry: Entry {
+                conversation_id: 5,
+                conv_seq: 3,
+                msg_id: 900,
+                text: "half".into(),
+                ..Default::default()
+            },
+            inbox: (1..=20)
+                .map(|user_id| crate::InboxWrite {
+                    user_id,
+                    seq: 40 + user_id,
+                })
+                .collect(),
+            receipt: Some((key.clone(), receipt.clone())),
+            conversation: None,
+        };
+        // A crash after the intent and the first inbox copy, before the rest.
+        let (shard, event_id) = pending_key(&commit);
+        let intent = PendingEvent::from_commit(&commit).encode_to_vec();
+        store
+            .execute(&store.statements.insert_pending, (shard, event_id, intent))
+            .await
+            .unwrap();
+        store
+            .write_inbox(
+                1,
+                41,
+                Entry {
+                    seq: 41,
+                    ..commit.entry.clone()
+                }
+                .encode_to_vec(),
+            )
+            .await
+            .unwrap();
+        assert!(store.receipt(&key).await.unwrap().is_none());
+
+        let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        assert_eq!(reopened.recover().await.unwrap(), 1);
+        for user in 1..=20u64 {
+            let inbox = reopened.read_inbox(user, 0, 1_000, 10).await.unwrap();
+            assert_eq!(inbox.len(), 1, "user {user} has the entry exactly once");
+            assert_eq!((inbox[0].seq, inbox[0].text.as_str()), (40 + user, "half"));
+        }
+        assert_eq!(
+            reopened
+                .read_conversation(5, 0, 100, false, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(reopened.receipt(&key).await.unwrap(), Some(receipt));
+        assert_eq!(
+            reopened.recover().await.unwrap(),
+            0,
+            "intents are deleted once finished"
+        );
         session
             .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
             .await
