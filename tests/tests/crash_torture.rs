@@ -37,11 +37,23 @@ async fn full_inbox(client: &Client) -> anyhow::Result<Vec<pb::Entry>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_sends_survive_repeated_kill9_exactly_once() -> anyhow::Result<()> {
+async fn kill9_torture_on_the_embedded_store() -> anyhow::Result<()> {
+    acknowledged_sends_survive_repeated_kill9_exactly_once(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_torture_on_the_scylla_store() -> anyhow::Result<()> {
+    let keyspace = tests::CqlKeyspace::new("torture");
+    acknowledged_sends_survive_repeated_kill9_exactly_once(&["--store", &keyspace.url]).await
+}
+
+async fn acknowledged_sends_survive_repeated_kill9_exactly_once(store_args: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // A small step makes every restart jump seqs, as in production, and
     // makes max_seq writes frequent.
-    let mut server = Server::start_with(dir.path(), &["--seq-step", "64"])?;
+    let mut args = vec!["--seq-step", "64"];
+    args.extend_from_slice(store_args);
+    let mut server = Server::start_with(dir.path(), &args)?;
     let url = server.url();
     let tokens: HashMap<u64, String> = (1..=USERS)
         .map(|u| Ok((u, server.device_token(u, "torture")?)))
@@ -255,7 +267,7 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once() -> anyhow::Res
     let total: usize = inboxes.values().map(Vec::len).sum();
     let duplicates = acked.iter().filter(|(_, _, reply)| reply.duplicate).count();
     eprintln!(
-        "torture: {KILLS} kill -9s (restart p50 {:?}, max {:?}), {} acknowledged sends ({duplicates} answered from a receipt \
+        "torture {store_args:?}: {KILLS} kill -9s (restart p50 {:?}, max {:?}), {} acknowledged sends ({duplicates} answered from a receipt \
          after a retry, {} retried after the client gave up), {total} inbox entries checked, {} seen by the tight-loop device",
         {
             restart_times.sort();
