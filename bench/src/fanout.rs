@@ -69,6 +69,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         store: location.clone(),
         node_id: 0,
         allocator: seqsvc::AllocatorConfig::default(),
+        engine: syncd::engine::EngineConfig::default(),
     })
     .await
     .context("opening the syncd node")?;

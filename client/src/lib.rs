@@ -33,6 +33,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest reply the client decodes.
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// History page size when reading a large group's new messages.
+pub const LARGE_GROUP_PAGE: u32 = 500;
+/// How often a watch checks large groups (their messages are not pushed).
+pub const LARGE_GROUP_POLL: Duration = Duration::from_secs(2);
 /// Longest wait between reconnect attempts of a watch.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
@@ -210,30 +214,51 @@ impl Client {
             .into_inner())
     }
 
-    /// Pulls every entry after the checkpoint, page by page. For each page:
+    /// Pulls every entry after the checkpoint, page by page: for each page,
     /// hands the entries to `deliver`, saves the checkpoint, then acks it.
-    /// A `deliver` error stops before the checkpoint moves. Returns how many
-    /// entries were delivered.
+    /// Then reads what is new in the user's large groups (read fanout) from
+    /// their conversation timelines, in conv_seq order, saving a checkpoint
+    /// per conversation. A `deliver` error stops before any checkpoint
+    /// moves past the entry.
     pub async fn sync_all(
         &self,
         checkpoint: &mut CheckpointFile,
         mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
-    ) -> Result<usize> {
-        let mut delivered = 0;
-        loop {
+    ) -> Result<SyncOutcome> {
+        let mut outcome = SyncOutcome::default();
+        let large_groups = loop {
             let page = self.sync_page(Some(checkpoint.seq()), 0).await?;
-            for entry in &page.entries {
-                deliver(entry).map_err(ClientError::Deliver)?;
-            }
-            delivered += page.entries.len();
+            outcome.delivered += deliver_inbox(checkpoint, &page.entries, &mut deliver)?;
             if page.checkpoint > checkpoint.seq() {
                 checkpoint.save(page.checkpoint)?;
                 self.ack(page.checkpoint).await?;
             }
             if !page.has_more {
-                return Ok(delivered);
+                break page.large_groups;
+            }
+        };
+        outcome.large_groups = large_groups.len();
+        for top in large_groups {
+            let mut read = checkpoint.conversation(top.conversation_id).unwrap_or(0);
+            while read < top.conv_seq {
+                let page = self
+                    .history(top.conversation_id, 0, Some(read), LARGE_GROUP_PAGE)
+                    .await?;
+                for entry in &page.entries {
+                    deliver(entry).map_err(ClientError::Deliver)?;
+                }
+                outcome.delivered += page.entries.len();
+                let Some(last) = page.entries.last() else {
+                    break;
+                };
+                read = last.conv_seq;
+                checkpoint.save_conversation(top.conversation_id, read)?;
+                if !page.has_more {
+                    break;
+                }
             }
         }
+        Ok(outcome)
     }
 
     pub async fn ack(&self, seq: u64) -> Result<u64> {
@@ -288,32 +313,43 @@ impl Client {
         checkpoint: &mut CheckpointFile,
         deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<()> {
-        self.sync_all(checkpoint, &mut *deliver).await?;
+        let mut in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
         let mut notices = self.subscribe(checkpoint.seq(), true).await?;
-        while let Some(notice) = notices.message().await? {
+        // Large-group messages are not pushed: poll for them while the user
+        // belongs to any.
+        let mut poll = tokio::time::interval(LARGE_GROUP_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let notice = tokio::select! {
+                notice = notices.message() => match notice? {
+                    Some(notice) => notice,
+                    None => return Ok(()),
+                },
+                _ = poll.tick(), if in_large_groups => {
+                    in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+                    continue;
+                }
+            };
             let complete = notice
                 .entries
                 .last()
                 .is_some_and(|e| e.seq == notice.up_to_seq);
             if complete {
                 // The notice carries every entry since the previous one.
-                let fresh: Vec<_> = notice
+                let fresh: Vec<pb::Entry> = notice
                     .entries
-                    .iter()
+                    .into_iter()
                     .filter(|e| e.seq > checkpoint.seq())
                     .collect();
-                for entry in &fresh {
-                    deliver(entry).map_err(ClientError::Deliver)?;
-                }
+                deliver_inbox(checkpoint, &fresh, &mut *deliver)?;
                 if notice.up_to_seq > checkpoint.seq() {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
                 }
             } else if notice.up_to_seq > checkpoint.seq() {
-                self.sync_all(checkpoint, &mut *deliver).await?;
+                in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
             }
         }
-        Ok(())
     }
 
     /// A page of history: backwards below `before` (0: newest) or forwards
@@ -408,6 +444,34 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// What one [`Client::sync_all`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Entries handed to the caller (inbox and large-group timelines).
+    pub delivered: usize,
+    /// Large groups the user belongs to.
+    pub large_groups: usize,
+}
+
+/// Delivers inbox entries. A membership event marks where the device
+/// starts reading that conversation's timeline should it be (or become) a
+/// large group: what came before reached the inbox already.
+fn deliver_inbox(
+    checkpoint: &mut CheckpointFile,
+    entries: &[pb::Entry],
+    deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
+) -> Result<usize> {
+    for entry in entries {
+        deliver(entry).map_err(ClientError::Deliver)?;
+        let joins = entry.kind == pb::EntryKind::ConversationCreated as i32
+            || entry.kind == pb::EntryKind::MembersAdded as i32;
+        if joins {
+            checkpoint.save_conversation(entry.conversation_id, entry.conv_seq)?;
+        }
+    }
+    Ok(entries.len())
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {

@@ -26,10 +26,37 @@ use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::{
     Conversation, ConversationKind, Entry, EntryKind, EventCommit, IdempotencyKey, InboxWrite,
-    Receipt, TimelineStore,
+    LargeGroupIndexChange, Receipt, TimelineStore,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Groups with more members than this use read fanout: messages are
+    /// stored once, in the conversation timeline, instead of once per member.
+    pub large_group_threshold: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            large_group_threshold: DEFAULT_LARGE_GROUP_THRESHOLD,
+        }
+    }
+}
+
+fn index_changes(users: &[u64], conversation_id: u64, member: bool) -> Vec<LargeGroupIndexChange> {
+    users
+        .iter()
+        .map(|&user_id| LargeGroupIndexChange {
+            user_id,
+            conversation_id,
+            member,
+        })
+        .collect()
+}
 
 /// Locks a caller holds for an event, kept until the event is complete.
 type Held = Vec<Box<dyn Send + Sync>>;
@@ -61,6 +88,9 @@ pub struct SyncPage {
     pub entries: Vec<Entry>,
     pub has_more: bool,
     pub checkpoint: u64,
+    /// `(conversation_id, newest safe conv_seq)` of every large group the
+    /// user belongs to (0 when it has no entries yet).
+    pub large_groups: Vec<(u64, u64)>,
 }
 
 pub struct HistoryQuery {
@@ -92,6 +122,7 @@ pub enum MembershipChange {
 }
 
 pub struct Engine {
+    config: EngineConfig,
     store: Arc<dyn TimelineStore>,
     allocator: Allocator,
     ids: MsgIdGenerator,
@@ -159,8 +190,10 @@ impl Engine {
         store: Arc<dyn TimelineStore>,
         allocator: Allocator,
         ids: MsgIdGenerator,
+        config: EngineConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
+            config,
             store,
             allocator,
             ids,
@@ -301,8 +334,14 @@ impl Engine {
             ..Default::default()
         };
         let held: Held = vec![Box::new(same_key), Box::new(membership)];
+        // Large groups: written once, to the conversation timeline only.
+        let recipients: &[u64] = if conversation.read_fanout {
+            &[]
+        } else {
+            &conversation.members
+        };
         let receipt = self
-            .commit(entry, &conversation.members, key, None, held)
+            .commit(entry, recipients, key, None, Vec::new(), held)
             .await?;
         Ok(SendOutcome {
             receipt,
@@ -326,6 +365,7 @@ impl Engine {
         recipients: &[u64],
         receipt_key: Option<IdempotencyKey>,
         record: Option<Conversation>,
+        large_group_index: Vec<LargeGroupIndexChange>,
         held: Held,
     ) -> Result<Receipt> {
         let conversation_id = entry.conversation_id;
@@ -377,6 +417,7 @@ impl Engine {
             inbox,
             receipt: receipt_key.map(|key| (key, receipt.clone())),
             conversation: record,
+            large_group_index,
         };
         match self.store.commit_event(commit.clone()).await {
             Ok(()) => {
@@ -500,12 +541,19 @@ impl Engine {
             .allocator
             .next(Namespace::Counter, CONVERSATION_ID_COUNTER)
             .await?;
+        let read_fanout = members.len() > self.config.large_group_threshold;
         let record = Conversation {
             conversation_id,
             kind: kind as i32,
             members: members.clone(),
             title: request.title,
             created_at_ms: now_ms(),
+            read_fanout,
+        };
+        let index = if read_fanout {
+            index_changes(&members, conversation_id, true)
+        } else {
+            Vec::new()
         };
         let entry = Entry {
             kind: EntryKind::ConversationCreated as i32,
@@ -515,8 +563,16 @@ impl Engine {
             members: members.clone(),
             ..Default::default()
         };
-        self.commit(entry, &members, None, Some(record.clone()), Vec::new())
-            .await?;
+        // Every member hears of the creation, in either mode.
+        self.commit(
+            entry,
+            &members,
+            None,
+            Some(record.clone()),
+            index,
+            Vec::new(),
+        )
+        .await?;
         Ok(record)
     }
 
@@ -594,13 +650,34 @@ impl Engine {
                 new_members.len()
             )));
         }
-        // Removed members are told too; added ones see the event as their first.
-        let recipients = match change {
-            MembershipChange::Add => new_members.clone(),
-            MembershipChange::Remove => conversation.members.clone(),
+        // A group that grows past the threshold switches to read fanout and
+        // stays there (no flapping back and forth around the threshold).
+        let read_fanout =
+            conversation.read_fanout || new_members.len() > self.config.large_group_threshold;
+        let (recipients, index) = match (change, read_fanout) {
+            // Write fanout: every member gets the event, the removed included.
+            (MembershipChange::Add, false) => (new_members.clone(), Vec::new()),
+            (MembershipChange::Remove, false) => (conversation.members.clone(), Vec::new()),
+            // Read fanout: the others read the event in the conversation
+            // timeline; only the members it concerns get an inbox copy.
+            // The switch itself reaches every member: its conv_seq is where
+            // their devices start reading the conversation timeline.
+            (MembershipChange::Add, true) if !conversation.read_fanout => (
+                new_members.clone(),
+                index_changes(&new_members, conversation_id, true),
+            ),
+            (MembershipChange::Add, true) => (
+                changed.clone(),
+                index_changes(&changed, conversation_id, true),
+            ),
+            (MembershipChange::Remove, true) => (
+                changed.clone(),
+                index_changes(&changed, conversation_id, false),
+            ),
         };
         let record = Conversation {
             members: new_members,
+            read_fanout,
             ..(*conversation).clone()
         };
         let entry = Entry {
@@ -615,6 +692,7 @@ impl Engine {
                 &recipients,
                 None,
                 Some(record.clone()),
+                index,
                 vec![Box::new(exclusive)],
             )
             .await?;
@@ -653,10 +731,23 @@ impl Engine {
         let has_more = entries.len() > limit;
         entries.truncate(limit);
         let checkpoint = entries.last().map_or(after, |e| e.seq);
+        let mut large_groups = Vec::new();
+        for conversation_id in self.store.large_groups(user_id).await? {
+            let end = self
+                .readable_through(Scope::Conversation, conversation_id)
+                .await?
+                .saturating_add(1);
+            let newest = self
+                .store
+                .read_conversation(conversation_id, 0, end, true, 1)
+                .await?;
+            large_groups.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
+        }
         Ok(SyncPage {
             entries,
             has_more,
             checkpoint,
+            large_groups,
         })
     }
 
@@ -817,11 +908,20 @@ mod tests {
     use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
     use tonic::async_trait;
 
-    /// Delays every commit by a random 0-2 ms, so writes become durable in a
-    /// different order than their seqs were allocated (the situation the
-    /// sync horizon exists for), and every inbox read by up to 0.5 ms, so
-    /// writes start between a reader's limit and its read.
-    struct JitterStore(EmbeddedStore);
+    /// The embedded store with faults a real deployment sees. With
+    /// `jitter`, every commit is delayed by a random 0-2 ms, so writes become
+    /// durable in a different order than their seqs were allocated (the
+    /// situation the sync horizon exists for), and every inbox read by up to
+    /// 0.5 ms, so writes start between a reader's limit and its read. The
+    /// first `failures` commits fail with an I/O error, writing nothing, like
+    /// a store that times out.
+    struct TestStore {
+        inner: EmbeddedStore,
+        jitter: bool,
+        failures: std::sync::atomic::AtomicU32,
+        /// Inbox copies written so far (to check the cost of a send).
+        inbox_writes: std::sync::atomic::AtomicUsize,
+    }
 
     async fn jitter(max_micros: u128) {
         let micros = (Uuid::new_v4().as_u128() % max_micros) as u64;
@@ -829,68 +929,11 @@ mod tests {
     }
 
     #[async_trait]
-    impl TimelineStore for JitterStore {
+    impl TimelineStore for TestStore {
         async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
-            jitter(2_000).await;
-            self.0.commit_event(commit).await
-        }
-        async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
-            self.0.conversation(id).await
-        }
-        async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
-            self.0.receipt(key).await
-        }
-        async fn read_inbox(
-            &self,
-            user: u64,
-            after: u64,
-            through: u64,
-            limit: usize,
-        ) -> timeline_store::Result<Vec<Entry>> {
-            jitter(500).await;
-            self.0.read_inbox(user, after, through, limit).await
-        }
-        async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
-            self.0.last_inbox_seq(user).await
-        }
-        async fn read_conversation(
-            &self,
-            id: u64,
-            after: u64,
-            before: u64,
-            newest_first: bool,
-            limit: usize,
-        ) -> timeline_store::Result<Vec<Entry>> {
-            self.0
-                .read_conversation(id, after, before, newest_first, limit)
-                .await
-        }
-        async fn save_checkpoint(
-            &self,
-            user: u64,
-            device: &str,
-            seq: u64,
-        ) -> timeline_store::Result<u64> {
-            self.0.save_checkpoint(user, device, seq).await
-        }
-        async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
-            self.0.checkpoint(user, device).await
-        }
-        async fn recover(&self) -> timeline_store::Result<usize> {
-            self.0.recover().await
-        }
-    }
-
-    /// Fails the first `failures` commits with an I/O error (writing
-    /// nothing), like a store that times out.
-    struct FlakyStore {
-        inner: EmbeddedStore,
-        failures: std::sync::atomic::AtomicU32,
-    }
-
-    #[async_trait]
-    impl TimelineStore for FlakyStore {
-        async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
+            if self.jitter {
+                jitter(2_000).await;
+            }
             let fail = self
                 .failures
                 .fetch_update(
@@ -902,6 +945,8 @@ mod tests {
             if fail {
                 return Err(timeline_store::StoreError::Io("injected timeout".into()));
             }
+            self.inbox_writes
+                .fetch_add(commit.inbox.len(), std::sync::atomic::Ordering::SeqCst);
             self.inner.commit_event(commit).await
         }
         async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
@@ -917,7 +962,13 @@ mod tests {
             through: u64,
             limit: usize,
         ) -> timeline_store::Result<Vec<Entry>> {
+            if self.jitter {
+                jitter(500).await;
+            }
             self.inner.read_inbox(user, after, through, limit).await
+        }
+        async fn large_groups(&self, user: u64) -> timeline_store::Result<Vec<u64>> {
+            self.inner.large_groups(user).await
         }
         async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
             self.inner.last_inbox_seq(user).await
@@ -953,16 +1004,18 @@ mod tests {
     #[tokio::test]
     async fn a_failed_event_is_finished_in_the_background_and_a_retry_sees_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let flaky = Arc::new(FlakyStore {
+        let flaky = Arc::new(TestStore {
             inner: EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap(),
+            jitter: false,
             failures: std::sync::atomic::AtomicU32::new(0),
+            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
         });
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
         let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
         let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
             .await
             .unwrap();
-        let engine = Engine::new(flaky.clone(), allocator, ids);
+        let engine = Engine::new(flaky.clone(), allocator, ids, EngineConfig::default());
         let conversation = group(&engine, 1, vec![2]).await;
         flaky.failures.store(3, std::sync::atomic::Ordering::SeqCst);
         let id = Uuid::new_v4();
@@ -988,13 +1041,120 @@ mod tests {
         assert_eq!(copies[0].msg_id, retry.receipt.msg_id);
     }
 
-    async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {
-        let embedded = EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap();
-        let store: Arc<dyn TimelineStore> = if jitter {
-            Arc::new(JitterStore(embedded))
-        } else {
-            Arc::new(embedded)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_10000_member_group_costs_one_write_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TestStore {
+            inner: EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap(),
+            jitter: false,
+            failures: std::sync::atomic::AtomicU32::new(0),
+            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
+        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
+            .await
+            .unwrap();
+        let engine = Engine::new(store.clone(), allocator, ids, EngineConfig::default());
+        let ops = Principal::Service { name: "ops".into() };
+        let first: Vec<u64> = (1..=400).collect();
+        let created = engine
+            .create_conversation(
+                ops.clone(),
+                NewConversation {
+                    kind: ConversationKind::Group,
+                    members: first,
+                    title: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!created.read_fanout, "400 members: write fanout");
+        let conversation = created.conversation_id;
+        for chunk in (401..=10_000u64).collect::<Vec<_>>().chunks(1_000) {
+            engine
+                .change_members(
+                    ops.clone(),
+                    conversation,
+                    chunk.to_vec(),
+                    MembershipChange::Add,
+                )
+                .await
+                .unwrap();
+        }
+        let record = engine.get_conversation(&ops, conversation).await.unwrap();
+        assert_eq!(record.members.len(), 10_000);
+        assert!(
+            record.read_fanout,
+            "switched to read fanout past 500 members"
+        );
+
+        let before = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = engine
+            .send(device(5, "d"), message(conversation, "to everyone", None))
+            .await
+            .unwrap();
+        let after = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            0,
+            "a message to a large group writes no inbox copies"
+        );
+
+        // A member finds it through the sync reply and reads it by conv_seq.
+        let page = engine
+            .sync(&device(7_777, "d"), Some(0), 100)
+            .await
+            .unwrap();
+        assert!(
+            page.entries
+                .iter()
+                .any(|e| e.kind() == EntryKind::MembersAdded),
+            "membership events reach the inbox"
+        );
+        assert_eq!(
+            page.large_groups,
+            vec![(conversation, sent.receipt.conv_seq)]
+        );
+        let query = HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: Some(sent.receipt.conv_seq - 1),
+            limit: 10,
         };
+        let history = engine.history(&device(7_777, "d"), query).await.unwrap();
+        assert_eq!(
+            history
+                .entries
+                .iter()
+                .map(|e| e.text.as_str())
+                .collect::<Vec<_>>(),
+            ["to everyone"]
+        );
+
+        // Leaving removes the group from the member's sync reply.
+        engine
+            .change_members(ops, conversation, vec![7_777], MembershipChange::Remove)
+            .await
+            .unwrap();
+        let page = engine
+            .sync(&device(7_777, "d"), Some(0), 1_000)
+            .await
+            .unwrap();
+        assert!(page.large_groups.is_empty());
+        assert_eq!(
+            page.entries.last().unwrap().kind(),
+            EntryKind::MembersRemoved
+        );
+    }
+
+    async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {
+        let store: Arc<dyn TimelineStore> = Arc::new(TestStore {
+            inner: EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap(),
+            jitter,
+            failures: std::sync::atomic::AtomicU32::new(0),
+            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
+        });
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
         let allocator = Allocator::new(
             AllocatorConfig {
@@ -1007,7 +1167,7 @@ mod tests {
         let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
             .await
             .unwrap();
-        Engine::new(store, allocator, ids)
+        Engine::new(store, allocator, ids, EngineConfig::default())
     }
 
     fn device(user_id: u64, device_id: &str) -> Principal {

@@ -39,3 +39,5 @@ pub const MAX_PUSH_ENTRIES: usize = 64;
 /// Conversation records cached in memory, counted in member slots (8 bytes
 /// each): about 80 MB at the limit.
 pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;
+/// Groups larger than this switch to read fanout (configurable per node).
+pub const DEFAULT_LARGE_GROUP_THRESHOLD: usize = 500;

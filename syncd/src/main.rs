@@ -54,6 +54,10 @@ struct ServeArgs {
     /// Ids sharing one persisted max_seq.
     #[arg(long, default_value_t = 100_000)]
     seq_section_size: u64,
+    /// Groups with more members than this use read fanout (one write per
+    /// message instead of one per member).
+    #[arg(long, default_value_t = syncd::limits::DEFAULT_LARGE_GROUP_THRESHOLD)]
+    large_group_threshold: usize,
 }
 
 #[derive(Args)]
@@ -123,6 +127,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allocator: seqsvc::AllocatorConfig {
                 step: args.seq_step,
                 section_size: args.seq_section_size,
+            },
+            engine: syncd::engine::EngineConfig {
+                large_group_threshold: args.large_group_threshold,
             },
         };
         let node = server::open_node(&config)

@@ -74,6 +74,7 @@ pub struct NodeConfig {
     /// Snowflake node id; unique among processes sharing a store.
     pub node_id: u16,
     pub allocator: AllocatorConfig,
+    pub engine: crate::engine::EngineConfig,
 }
 
 /// Everything one syncd process runs on.
@@ -102,7 +103,7 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     let ids =
         MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
     Ok(Node {
-        engine: Engine::new(store, allocator, ids),
+        engine: Engine::new(store, allocator, ids, config.engine.clone()),
         auth,
     })
 }

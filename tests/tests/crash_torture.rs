@@ -47,7 +47,9 @@ async fn kill9_torture_on_the_scylla_store() -> anyhow::Result<()> {
     acknowledged_sends_survive_repeated_kill9_exactly_once(&["--store", &keyspace.url]).await
 }
 
-async fn acknowledged_sends_survive_repeated_kill9_exactly_once(store_args: &[&str]) -> anyhow::Result<()> {
+async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
+    store_args: &[&str],
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // A small step makes every restart jump seqs, as in production, and
     // makes max_seq writes frequent.

@@ -40,6 +40,7 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
             .collect(),
         receipt: None,
         conversation: None,
+        large_group_index: Vec::new(),
     }
 }
 
@@ -57,6 +58,7 @@ where
     conversation_reads_page_both_ways(&store).await;
     conversation_records_and_receipts_round_trip(&store).await;
     checkpoints_never_go_back(&store).await;
+    large_group_index_tracks_members(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     assert_eq!(
@@ -192,6 +194,7 @@ fn conversation(id: u64, members: Vec<u64>) -> Conversation {
         members,
         title: "team".into(),
         created_at_ms: 1_700_000_000_000,
+        read_fanout: false,
     }
 }
 
@@ -249,6 +252,32 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
         store.conversation(conv).await.unwrap().unwrap().members,
         vec![BASE + 30]
     );
+}
+
+async fn large_group_index_tracks_members<S: TimelineStore>(store: &S) {
+    use crate::LargeGroupIndexChange;
+    let (user, other) = (BASE + 70, BASE + 71);
+    assert!(store.large_groups(user).await.unwrap().is_empty());
+    let change = |user_id, conversation_id, member| LargeGroupIndexChange {
+        user_id,
+        conversation_id,
+        member,
+    };
+    let mut joined = fanout(message(BASE + 8, 1, 0, ""), &[]);
+    joined.large_group_index = vec![change(user, BASE + 8, true), change(other, BASE + 8, true)];
+    store.commit_event(joined).await.unwrap();
+    let mut second = fanout(message(BASE + 9, 1, 0, ""), &[]);
+    second.large_group_index = vec![change(user, BASE + 9, true)];
+    store.commit_event(second).await.unwrap();
+    assert_eq!(
+        store.large_groups(user).await.unwrap(),
+        vec![BASE + 8, BASE + 9]
+    );
+    let mut left = fanout(message(BASE + 8, 2, 0, ""), &[]);
+    left.large_group_index = vec![change(user, BASE + 8, false)];
+    store.commit_event(left).await.unwrap();
+    assert_eq!(store.large_groups(user).await.unwrap(), vec![BASE + 9]);
+    assert_eq!(store.large_groups(other).await.unwrap(), vec![BASE + 8]);
 }
 
 async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {
@@ -352,4 +381,5 @@ async fn everything_survives_reopen<S: TimelineStore>(store: &S) {
     assert!(store.receipt(&receipt_key(1)).await.unwrap().is_some());
     assert_eq!(store.checkpoint(BASE + 40, "phone").await.unwrap(), 10);
     assert_eq!(store.checkpoint(BASE + 60, "tablet").await.unwrap(), 50);
+    assert_eq!(store.large_groups(BASE + 70).await.unwrap(), vec![BASE + 9]);
 }

@@ -12,6 +12,7 @@
 //! - `conversations`: conversation_id         -> Conversation
 //! - `receipts`:     IdempotencyKey::to_bytes -> Receipt
 //! - `checkpoints`:  user_id | device_id      -> u64
+//! - `large_groups`: user_id | conversation_id -> (empty)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -79,6 +80,7 @@ struct Keyspaces {
     conversations: fjall::Keyspace,
     receipts: fjall::Keyspace,
     checkpoints: fjall::Keyspace,
+    large_groups: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -152,6 +154,7 @@ impl EmbeddedStore {
             conversations: open("conversations")?,
             receipts: open("receipts")?,
             checkpoints: open("checkpoints")?,
+            large_groups: open("large_groups")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -273,6 +276,14 @@ fn apply_group(
                 if let Some((key, receipt)) = &commit.receipt {
                     batch.insert(&ks.receipts, key.to_bytes(), receipt.encode_to_vec());
                 }
+                for change in &commit.large_group_index {
+                    let key = key2(change.user_id, change.conversation_id);
+                    if change.member {
+                        batch.insert(&ks.large_groups, key, []);
+                    } else {
+                        batch.remove(&ks.large_groups, key);
+                    }
+                }
                 if let Some(conversation) = &commit.conversation {
                     batch.insert(
                         &ks.conversations,
@@ -372,6 +383,21 @@ impl TimelineStore for EmbeddedStore {
         self.read(move |ks| {
             let range = key2(user_id, after_seq + 1)..=key2(user_id, through_seq);
             decode_entries(ks.inbox.range(range), limit)
+        })
+        .await
+    }
+
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        self.read(move |ks| {
+            let mut groups = Vec::new();
+            for guard in ks.large_groups.prefix(user_id.to_be_bytes()) {
+                let key = guard.key().map_err(io)?;
+                let id: [u8; 8] = key[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("large group key length"))?;
+                groups.push(u64::from_be_bytes(id));
+            }
+            Ok(groups)
         })
         .await
     }

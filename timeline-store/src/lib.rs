@@ -13,6 +13,8 @@
 //!   conversation entry per member (write fanout: one range read per sync).
 //! - **Receipts**: `(principal, client_msg_id) -> result of the first send`.
 //! - **Checkpoints**: `(user_id, device_id) -> seq`, never lowered.
+//! - **Large-group index**: `(user_id, conversation_id)` for every large
+//!   (read-fanout) group a user belongs to; such groups get no inbox copies.
 //!
 //! # Invariants
 //! - [`TimelineStore::commit_event`] is atomic and durable when it returns
@@ -80,6 +82,9 @@ pub trait TimelineStore: Send + Sync + 'static {
         through_seq: u64,
         limit: usize,
     ) -> Result<Vec<Entry>>;
+
+    /// Large (read-fanout) groups the user belongs to, ascending ids.
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>>;
 
     /// The highest seq in the user's inbox, 0 when empty.
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64>;

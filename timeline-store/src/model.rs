@@ -62,6 +62,10 @@ pub struct Conversation {
     pub title: String,
     #[prost(int64, tag = "5")]
     pub created_at_ms: i64,
+    /// A large group: messages go to the conversation timeline only (no
+    /// inbox copies); members find them through the large-group index.
+    #[prost(bool, tag = "6")]
+    pub read_fanout: bool,
 }
 
 impl Conversation {
@@ -109,6 +113,18 @@ pub struct InboxWrite {
     pub seq: u64,
 }
 
+/// A change to the index of large (read-fanout) groups per user.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct LargeGroupIndexChange {
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub conversation_id: u64,
+    /// `true` adds the user to the index entry, `false` removes it.
+    #[prost(bool, tag = "3")]
+    pub member: bool,
+}
+
 /// Everything one event writes, committed atomically.
 #[derive(Clone, Debug)]
 pub struct EventCommit {
@@ -119,4 +135,6 @@ pub struct EventCommit {
     /// The conversation record after this event (creation or membership
     /// change); `None` leaves it unchanged.
     pub conversation: Option<Conversation>,
+    /// Users joining or leaving large groups with this event.
+    pub large_group_index: Vec<LargeGroupIndexChange>,
 }

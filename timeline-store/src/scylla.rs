@@ -206,6 +206,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.conversations (conversation_id bigint PRIMARY KEY, record blob)",
     "CREATE TABLE IF NOT EXISTS {ks}.receipts (principal text, client_msg_id blob, receipt blob, PRIMARY KEY ((principal, client_msg_id)))",
     "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (user_id bigint, device_id text, seq bigint, PRIMARY KEY (user_id, device_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -226,6 +227,8 @@ struct PendingEvent {
     receipt: Option<Receipt>,
     #[prost(message, optional, tag = "7")]
     conversation: Option<Conversation>,
+    #[prost(message, repeated, tag = "8")]
+    large_group_index: Vec<crate::LargeGroupIndexChange>,
 }
 
 impl PendingEvent {
@@ -246,6 +249,7 @@ impl PendingEvent {
             receipt_client_msg_id,
             receipt,
             conversation: commit.conversation.clone(),
+            large_group_index: commit.large_group_index.clone(),
         }
     }
 
@@ -278,6 +282,7 @@ impl PendingEvent {
                 .collect(),
             receipt,
             conversation: self.conversation,
+            large_group_index: self.large_group_index,
         })
     }
 }
@@ -308,6 +313,9 @@ struct Statements {
     select_checkpoint: PreparedStatement,
     insert_checkpoint_if_absent: PreparedStatement,
     raise_checkpoint_if: PreparedStatement,
+    insert_large_group: PreparedStatement,
+    delete_large_group: PreparedStatement,
+    select_large_groups: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
@@ -378,6 +386,16 @@ impl ScyllaTimelineStore {
             select_checkpoint: prepare("SELECT seq FROM {ks}.checkpoints WHERE user_id = ? AND device_id = ?").await?,
             insert_checkpoint_if_absent,
             raise_checkpoint_if,
+            insert_large_group: prepare(
+                "INSERT INTO {ks}.large_groups (user_id, conversation_id) VALUES (?, ?)",
+            )
+            .await?,
+            delete_large_group: prepare(
+                "DELETE FROM {ks}.large_groups WHERE user_id = ? AND conversation_id = ?",
+            )
+            .await?,
+            select_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
+                .await?,
             insert_pending: prepare(
                 "INSERT INTO {ks}.pending_events (shard, event_id, event) VALUES (?, ?, ?)",
             )
@@ -435,6 +453,16 @@ impl ScyllaTimelineStore {
         self.execute(statement, (big(owner), big(bucket))).await?;
         self.known_buckets.insert(key, ());
         Ok(())
+    }
+
+    async fn write_index(&self, change: crate::LargeGroupIndexChange) -> Result<()> {
+        let statement = if change.member {
+            &self.statements.insert_large_group
+        } else {
+            &self.statements.delete_large_group
+        };
+        let values = (big(change.user_id), big(change.conversation_id));
+        self.execute(statement, values).await.map(|_| ())
     }
 
     async fn write_inbox(&self, user_id: u64, seq: u64, entry: Vec<u8>) -> Result<()> {
@@ -515,7 +543,16 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<()>>();
-        futures_util::try_join!(conv_write, inbox_writes)?;
+        let index_writes = stream::iter(
+            commit
+                .large_group_index
+                .clone()
+                .into_iter()
+                .map(|change| self.write_index(change)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<_>>();
+        futures_util::try_join!(conv_write, inbox_writes, index_writes)?;
 
         // Only once every entry exists: the record, then the receipt.
         if let Some(conversation) = &commit.conversation {
@@ -642,6 +679,13 @@ impl TimelineStore for ScyllaTimelineStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        let groups: Vec<i64> = self
+            .column(&self.statements.select_large_groups, (big(user_id),))
+            .await?;
+        Ok(groups.into_iter().map(|g| g as u64).collect())
     }
 
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
@@ -844,6 +888,7 @@ mod tests {
                 .collect(),
             receipt: Some((key.clone(), receipt.clone())),
             conversation: None,
+            large_group_index: Vec::new(),
         };
         // A crash after the intent and the first inbox copy, before the rest.
         let (shard, event_id) = pending_key(&commit);
@@ -916,6 +961,7 @@ mod tests {
                 inbox: vec![crate::InboxWrite { user_id: 3, seq }],
                 receipt: None,
                 conversation: None,
+                large_group_index: Vec::new(),
             };
             store.commit_event(commit).await.unwrap();
         }

@@ -26,6 +26,7 @@ pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
         members: c.members,
         title: c.title,
         created_at_ms: c.created_at_ms,
+        read_fanout: c.read_fanout,
     }
 }
 

@@ -65,6 +65,14 @@ impl pb::timeline_server::Timeline for TimelineService {
             entries: page.entries.into_iter().map(convert::entry).collect(),
             has_more: page.has_more,
             checkpoint: page.checkpoint,
+            large_groups: page
+                .large_groups
+                .into_iter()
+                .map(|(conversation_id, conv_seq)| pb::ConversationTop {
+                    conversation_id,
+                    conv_seq,
+                })
+                .collect(),
         }))
     }
 
