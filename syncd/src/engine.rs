@@ -37,12 +37,15 @@ pub struct EngineConfig {
     /// Groups with more members than this use read fanout: messages are
     /// stored once, in the conversation timeline, instead of once per member.
     pub large_group_threshold: usize,
+    /// A subscriber whose queue stays full this long is disconnected.
+    pub subscriber_stall_limit: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             large_group_threshold: DEFAULT_LARGE_GROUP_THRESHOLD,
+            subscriber_stall_limit: DEFAULT_SUBSCRIBER_STALL_LIMIT,
         }
     }
 }
@@ -217,6 +220,10 @@ impl Engine {
     /// that never finish by themselves).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn store(&self) -> &Arc<dyn TimelineStore> {

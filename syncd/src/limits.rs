@@ -33,6 +33,9 @@ pub const MAX_SUBSCRIPTIONS_PER_USER: usize = 32;
 /// Notices queued per subscriber before newer ones are coalesced into the
 /// last one (the subscriber's queue never grows past this).
 pub const SUBSCRIBER_QUEUE: usize = 8;
+/// How long a subscriber's queue may stay full before it is disconnected
+/// with RESOURCE_EXHAUSTED (configurable per node).
+pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// message instead of one per member).
     #[arg(long, default_value_t = syncd::limits::DEFAULT_LARGE_GROUP_THRESHOLD)]
     large_group_threshold: usize,
+    /// Seconds a push subscriber may leave its queue full before it is
+    /// disconnected.
+    #[arg(long, default_value_t = syncd::limits::DEFAULT_SUBSCRIBER_STALL_LIMIT.as_secs())]
+    subscriber_stall_secs: u64,
 }
 
 #[derive(Args)]
@@ -130,6 +134,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             engine: syncd::engine::EngineConfig {
                 large_group_threshold: args.large_group_threshold,
+                subscriber_stall_limit: Duration::from_secs(args.subscriber_stall_secs.max(1)),
             },
         };
         let node = server::open_node(&config)

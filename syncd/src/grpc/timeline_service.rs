@@ -5,6 +5,7 @@ use crate::auth::TokenAuthority;
 use crate::engine::{Engine, HistoryQuery, NewConversation, SendCommand};
 use crate::error::SyncdError;
 use crate::limits::SUBSCRIBER_QUEUE;
+use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,7 +86,8 @@ impl pb::timeline_server::Timeline for TimelineService {
         Ok(Response::new(pb::AckReply { checkpoint }))
     }
 
-    type SubscribeStream = ReceiverStream<Result<pb::Notice, Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Notice, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -98,6 +100,8 @@ impl pb::timeline_server::Timeline for TimelineService {
             .subscribe(&principal, request.after_seq, request.include_entries)
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE);
+        let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<Status>();
+        let stall_limit = self.engine.config().subscriber_stall_limit;
         tokio::spawn(async move {
             loop {
                 let notice = tokio::select! {
@@ -116,13 +120,29 @@ impl pb::timeline_server::Timeline for TimelineService {
                 let failed = message.is_err();
                 // Waits while the subscriber's queue is full; the feed
                 // coalesces meanwhile, so a stuck reader holds at most
-                // SUBSCRIBER_QUEUE notices.
-                if tx.send(message).await.is_err() || failed {
-                    break;
+                // SUBSCRIBER_QUEUE notices, and only for so long.
+                match tokio::time::timeout(stall_limit, tx.send(message)).await {
+                    Ok(Ok(())) if !failed => {}
+                    Ok(_) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            ?stall_limit,
+                            "disconnecting a subscriber that stopped reading"
+                        );
+                        let _ = stalled_tx.send(Status::resource_exhausted(format!(
+                            "subscriber read nothing for {} s: disconnected; sync, then subscribe again",
+                            stall_limit.as_secs_f32()
+                        )));
+                        break;
+                    }
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // After the queued notices: the stall error, if the task sent one.
+        let stalled = futures_util::stream::once(stalled_rx)
+            .filter_map(|status| std::future::ready(status.ok().map(Err)));
+        let notices = ReceiverStream::new(rx).chain(stalled);
+        Ok(Response::new(Box::pin(notices)))
     }
 
     async fn history(
