@@ -72,17 +72,19 @@ async fn load(
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut latencies = loop {
-        let arrived = arrivals.lock().unwrap();
-        let latencies: Vec<f64> = started
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(text, at)| {
-                arrived
-                    .get(text)
-                    .map(|got| got.duration_since(*at).as_secs_f64() * 1000.0)
-            })
-            .collect();
+        let latencies: Vec<f64> = {
+            let arrived = arrivals.lock().unwrap();
+            started
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(text, at)| {
+                    arrived
+                        .get(text)
+                        .map(|got| got.duration_since(*at).as_secs_f64() * 1000.0)
+                })
+                .collect()
+        };
         if latencies.len() == MESSAGES {
             break latencies;
         }
@@ -91,7 +93,6 @@ async fn load(
             "{phase}: only {} of {MESSAGES} delivered",
             latencies.len()
         );
-        drop(arrived);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     latencies.sort_by(f64::total_cmp);
