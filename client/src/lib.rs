@@ -52,6 +52,13 @@ pub enum ClientError {
     Checkpoint { path: String, error: std::io::Error },
     #[error("invalid token: {0}")]
     Token(String),
+    /// Retention trimmed entries after the checkpoint: the device must
+    /// resync what it shows (History) and continue from `oldest_seq - 1`.
+    #[error(
+        "checkpoint {checkpoint} expired: inbox entries below {oldest_seq} were trimmed by retention \
+         (reload conversations with history, then continue from {oldest_seq})"
+    )]
+    CheckpointExpired { checkpoint: u64, oldest_seq: u64 },
     /// The caller's sink refused an entry; the checkpoint was not advanced.
     #[error("delivering entries: {0}")]
     Deliver(std::io::Error),
@@ -228,6 +235,12 @@ impl Client {
         let mut outcome = SyncOutcome::default();
         let large_groups = loop {
             let page = self.sync_page(Some(checkpoint.seq()), 0).await?;
+            if page.checkpoint_expired {
+                return Err(ClientError::CheckpointExpired {
+                    checkpoint: checkpoint.seq(),
+                    oldest_seq: page.oldest_seq,
+                });
+            }
             outcome.delivered += deliver_inbox(checkpoint, &page.entries, &mut deliver)?;
             if page.checkpoint > checkpoint.seq() {
                 checkpoint.save(page.checkpoint)?;

@@ -116,6 +116,26 @@ struct SyncArgs {
     /// File holding this device's checkpoint (created when missing).
     #[arg(long)]
     state: PathBuf,
+    /// When retention trimmed entries after the checkpoint, continue from
+    /// the oldest kept entry (after a warning) instead of failing.
+    #[arg(long)]
+    resync: bool,
+}
+
+/// Moves an expired checkpoint to the oldest kept entry when allowed.
+fn accept_expired(
+    error: client::ClientError,
+    resync: bool,
+    checkpoint: &mut CheckpointFile,
+) -> anyhow::Result<()> {
+    match error {
+        client::ClientError::CheckpointExpired { oldest_seq, .. } if resync => {
+            eprintln!("warning: {error}; continuing from {oldest_seq}");
+            checkpoint.save(oldest_seq.saturating_sub(1))?;
+            Ok(())
+        }
+        other => Err(other.into()),
+    }
 }
 
 #[derive(Args)]
@@ -237,22 +257,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => {
             let mut checkpoint = CheckpointFile::open(&args.state)?;
             let mut out = std::io::stdout().lock();
-            client
-                .sync_all(&mut checkpoint, |entry| {
-                    writeln!(out, "{}", entry_json(entry))?;
-                    out.flush()
-                })
-                .await?;
+            loop {
+                let synced = client
+                    .sync_all(&mut checkpoint, |entry| {
+                        writeln!(out, "{}", entry_json(entry))?;
+                        out.flush()
+                    })
+                    .await;
+                match synced {
+                    Ok(_) => break,
+                    Err(error) => accept_expired(error, args.resync, &mut checkpoint)?,
+                }
+            }
         }
         Command::Watch(args) => {
             let mut checkpoint = CheckpointFile::open(&args.state)?;
-            client
-                .watch(&mut checkpoint, |entry| {
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "{}", entry_json(entry))?;
-                    out.flush()
-                })
-                .await?;
+            loop {
+                let watched = client
+                    .watch(&mut checkpoint, |entry| {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", entry_json(entry))?;
+                        out.flush()
+                    })
+                    .await;
+                if let Err(error) = watched {
+                    accept_expired(error, args.resync, &mut checkpoint)?;
+                }
+            }
         }
         Command::History(args) => {
             let reply = client

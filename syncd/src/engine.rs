@@ -39,6 +39,37 @@ pub struct EngineConfig {
     pub large_group_threshold: usize,
     /// A subscriber whose queue stays full this long is disconnected.
     pub subscriber_stall_limit: Duration,
+    pub retention: Retention,
+}
+
+/// How long inbox entries are kept. Conversation timelines (history) are
+/// kept regardless. A device whose checkpoint falls below what is kept gets
+/// "checkpoint expired" from Sync, never a silent gap.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// Keep only seqs within this distance of the newest (0: no limit). With
+    /// seq gaps that is at most this many entries.
+    pub max_entries: u64,
+    /// Trim entries older than this (`None`: no limit).
+    pub max_age: Option<Duration>,
+    /// Time between retention passes.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_entries: 0,
+            max_age: None,
+            interval: RETENTION_INTERVAL,
+        }
+    }
+}
+
+impl Retention {
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0 || self.max_age.is_some()
+    }
 }
 
 impl Default for EngineConfig {
@@ -46,6 +77,7 @@ impl Default for EngineConfig {
         Self {
             large_group_threshold: DEFAULT_LARGE_GROUP_THRESHOLD,
             subscriber_stall_limit: DEFAULT_SUBSCRIBER_STALL_LIMIT,
+            retention: Retention::default(),
         }
     }
 }
@@ -94,6 +126,9 @@ pub struct SyncPage {
     /// `(conversation_id, newest safe conv_seq)` of every large group the
     /// user belongs to (0 when it has no entries yet).
     pub large_groups: Vec<(u64, u64)>,
+    /// `Some(floor)` when entries after the checkpoint were trimmed by
+    /// retention: no entries are returned, the device must resync.
+    pub expired_below: Option<u64>,
 }
 
 pub struct HistoryQuery {
@@ -139,6 +174,8 @@ pub struct Engine {
     /// Conversation records, weighed by member count (see `conversation`).
     conversations: moka::sync::Cache<u64, Arc<Conversation>>,
     send_slots: Semaphore,
+    /// Inboxes written since the last retention pass (bounded).
+    trim_candidates: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Flips to true once on shutdown; push feeds end when they see it.
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -212,6 +249,7 @@ impl Engine {
                 .max_capacity(CACHED_CONVERSATION_MEMBERS)
                 .build(),
             send_slots: Semaphore::new(MAX_INFLIGHT_SENDS),
+            trim_candidates: Default::default(),
             shutdown: tokio::sync::watch::channel(false).0,
         })
     }
@@ -454,8 +492,93 @@ impl Engine {
         for ((scope, id), visible) in assignment.complete() {
             if scope == Scope::Inbox {
                 self.hub.publish(id, visible);
+                self.note_for_retention(id);
             }
         }
+    }
+
+    fn note_for_retention(&self, user_id: u64) {
+        if self.config.retention.enabled() {
+            let mut candidates = self
+                .trim_candidates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Full: the user is noted again on their next message.
+            if candidates.len() < MAX_TRIM_CANDIDATES {
+                candidates.insert(user_id);
+            }
+        }
+    }
+
+    /// Trims the inboxes written since the last pass, every
+    /// `RETENTION_INTERVAL`, until shutdown. Does nothing without retention.
+    pub async fn run_retention(self: Arc<Self>) {
+        if !self.config.retention.enabled() {
+            return;
+        }
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.config.retention.interval) => {}
+                _ = shutdown.wait_for(|&stopping| stopping) => return,
+            }
+            let users: Vec<u64> = {
+                let mut candidates = self
+                    .trim_candidates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                candidates.drain().collect()
+            };
+            for user_id in users {
+                if let Err(error) = self.trim_user(user_id).await {
+                    tracing::warn!(%error, user_id, "retention pass failed; retrying next pass");
+                    self.note_for_retention(user_id);
+                }
+            }
+        }
+    }
+
+    /// Trims one inbox to the retention policy. Returns the new floor.
+    pub async fn trim_user(&self, user_id: u64) -> Result<u64> {
+        let retention = &self.config.retention;
+        let mut below = 0;
+        if retention.max_entries > 0 {
+            let top = self.store.last_inbox_seq(user_id).await?;
+            below = (top + 1).saturating_sub(retention.max_entries);
+        }
+        if let Some(max_age) = retention.max_age {
+            let cutoff = now_ms().saturating_sub(max_age.as_millis() as i64);
+            let floor = self.store.inbox_floor(user_id).await?;
+            let through = self.readable_through(Scope::Inbox, user_id).await?;
+            let oldest = self
+                .store
+                .read_inbox(
+                    user_id,
+                    floor.saturating_sub(1),
+                    through,
+                    RETENTION_AGE_SCAN,
+                )
+                .await?;
+            match oldest.iter().find(|e| e.sent_at_ms >= cutoff) {
+                Some(young) => below = below.max(young.seq),
+                None => {
+                    if let Some(last) = oldest.last() {
+                        below = below.max(last.seq + 1);
+                        // Possibly more old entries past this page.
+                        self.note_for_retention(user_id);
+                    }
+                }
+            }
+        }
+        if below > self.store.inbox_floor(user_id).await? {
+            while self
+                .store
+                .trim_inbox(user_id, below, RETENTION_TRIM_BATCH)
+                .await?
+                == RETENTION_TRIM_BATCH
+            {}
+        }
+        Ok(below)
     }
 
     /// Retries an event until the store takes it (writes are idempotent
@@ -735,6 +858,21 @@ impl Engine {
             .store
             .read_inbox(user_id, after, through, limit + 1)
             .await?;
+        // Read the floor after the entries: retention raises it before it
+        // deletes, so any entry this read missed is below the floor seen
+        // here. No gap after the checkpoint, no trimming to worry about.
+        if entries.first().is_none_or(|e| e.seq != after + 1) {
+            let floor = self.store.inbox_floor(user_id).await?;
+            if after + 1 < floor {
+                return Ok(SyncPage {
+                    entries: Vec::new(),
+                    has_more: false,
+                    checkpoint: after,
+                    large_groups: Vec::new(),
+                    expired_below: Some(floor),
+                });
+            }
+        }
         let has_more = entries.len() > limit;
         entries.truncate(limit);
         let checkpoint = entries.last().map_or(after, |e| e.seq);
@@ -755,6 +893,7 @@ impl Engine {
             has_more,
             checkpoint,
             large_groups,
+            expired_below: None,
         })
     }
 
@@ -840,6 +979,12 @@ impl Engine {
         include_entries: bool,
     ) -> Result<Feed> {
         let (user_id, _) = device_user(principal)?;
+        let floor = self.store.inbox_floor(user_id).await?;
+        if after_seq + 1 < floor {
+            return Err(SyncdError::FailedPrecondition(format!(
+                "checkpoint {after_seq} expired: entries below {floor} were trimmed; sync to resync"
+            )));
+        }
         let subscription = self.hub.subscribe(user_id)?;
         // Read the top only after subscribing, so nothing published in
         // between is missed.
@@ -883,10 +1028,19 @@ impl Feed {
         };
         let behind = top - self.last_sent;
         let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
-            self.engine
+            let entries = self
+                .engine
                 .store
                 .read_inbox(self.user_id, self.last_sent, top, MAX_PUSH_ENTRIES)
-                .await?
+                .await?;
+            // As in sync: a gap may be a trim; then the device must pull
+            // (and learn that its checkpoint expired) instead.
+            let gap = entries.first().is_none_or(|e| e.seq != self.last_sent + 1);
+            if gap && self.last_sent + 1 < self.engine.store.inbox_floor(self.user_id).await? {
+                Vec::new()
+            } else {
+                entries
+            }
         } else {
             // Far behind: a bare notice; the device pulls with Sync.
             Vec::new()
@@ -976,6 +1130,17 @@ mod tests {
         }
         async fn large_groups(&self, user: u64) -> timeline_store::Result<Vec<u64>> {
             self.inner.large_groups(user).await
+        }
+        async fn trim_inbox(
+            &self,
+            user: u64,
+            below: u64,
+            max: usize,
+        ) -> timeline_store::Result<usize> {
+            self.inner.trim_inbox(user, below, max).await
+        }
+        async fn inbox_floor(&self, user: u64) -> timeline_store::Result<u64> {
+            self.inner.inbox_floor(user).await
         }
         async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
             self.inner.last_inbox_seq(user).await
@@ -1152,6 +1317,73 @@ mod tests {
         assert_eq!(
             page.entries.last().unwrap().kind(),
             EntryKind::MembersRemoved
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_trims_inboxes_and_expired_checkpoints_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TimelineStore> =
+            Arc::new(EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap());
+        let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+        let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
+        let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
+            .await
+            .unwrap();
+        let config = EngineConfig {
+            retention: Retention {
+                max_entries: 10,
+                ..Retention::default()
+            },
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(store, allocator, ids, config);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let early = engine
+            .sync(&device(2, "early"), Some(0), 100)
+            .await
+            .unwrap()
+            .checkpoint;
+        for i in 0..30 {
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
+        }
+        let floor = engine.trim_user(2).await.unwrap();
+        assert_eq!(floor, 31 - 10 + 1, "31 entries, the newest 10 kept");
+        // A device far behind is told, with no entries: never a silent gap.
+        let expired = engine
+            .sync(&device(2, "early"), Some(early), 100)
+            .await
+            .unwrap();
+        assert_eq!(expired.expired_below, Some(floor));
+        assert!(expired.entries.is_empty());
+        assert!(matches!(
+            engine.subscribe(&device(2, "early"), early, true).await,
+            Err(SyncdError::FailedPrecondition(_))
+        ));
+        // From the floor on, sync works as usual; history keeps everything.
+        let resumed = engine
+            .sync(&device(2, "early"), Some(floor - 1), 100)
+            .await
+            .unwrap();
+        assert_eq!(resumed.entries.len(), 10);
+        assert_eq!(resumed.expired_below, None);
+        let query = HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: Some(0),
+            limit: 100,
+        };
+        assert_eq!(
+            engine
+                .history(&device(2, "d"), query)
+                .await
+                .unwrap()
+                .entries
+                .len(),
+            31
         );
     }
 

@@ -36,6 +36,14 @@ pub const SUBSCRIBER_QUEUE: usize = 8;
 /// How long a subscriber's queue may stay full before it is disconnected
 /// with RESOURCE_EXHAUSTED (configurable per node).
 pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Inboxes remembered for the next retention pass.
+pub const MAX_TRIM_CANDIDATES: usize = 100_000;
+/// How often retention trims the inboxes written since the last pass.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Entries examined per inbox per pass for age-based retention.
+pub const RETENTION_AGE_SCAN: usize = 1_000;
+/// Entries deleted per store call while trimming.
+pub const RETENTION_TRIM_BATCH: usize = 10_000;
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;

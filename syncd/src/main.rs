@@ -62,6 +62,17 @@ struct ServeArgs {
     /// disconnected.
     #[arg(long, default_value_t = syncd::limits::DEFAULT_SUBSCRIBER_STALL_LIMIT.as_secs())]
     subscriber_stall_secs: u64,
+    /// Keep at most this many of the newest seqs per inbox (0: keep all).
+    /// History is kept regardless; devices whose checkpoint falls below are
+    /// told their checkpoint expired.
+    #[arg(long, default_value_t = 0)]
+    inbox_retention_entries: u64,
+    /// Trim inbox entries older than this many hours (0: keep all).
+    #[arg(long, default_value_t = 0)]
+    inbox_retention_hours: u64,
+    /// Seconds between retention passes.
+    #[arg(long, default_value_t = syncd::limits::RETENTION_INTERVAL.as_secs())]
+    retention_interval_secs: u64,
 }
 
 #[derive(Args)]
@@ -135,6 +146,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             engine: syncd::engine::EngineConfig {
                 large_group_threshold: args.large_group_threshold,
                 subscriber_stall_limit: Duration::from_secs(args.subscriber_stall_secs.max(1)),
+                retention: syncd::engine::Retention {
+                    max_entries: args.inbox_retention_entries,
+                    max_age: (args.inbox_retention_hours > 0)
+                        .then(|| Duration::from_secs(args.inbox_retention_hours * 3600)),
+                    interval: Duration::from_secs(args.retention_interval_secs.max(1)),
+                },
             },
         };
         let node = server::open_node(&config)

@@ -173,6 +173,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REPLY_BYTES);
 
+    tokio::spawn(Arc::clone(&node.engine).run_retention());
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

@@ -59,6 +59,7 @@ where
     conversation_records_and_receipts_round_trip(&store).await;
     checkpoints_never_go_back(&store).await;
     large_group_index_tracks_members(&store).await;
+    trimming_deletes_below_the_floor_and_raises_it(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     assert_eq!(
@@ -280,6 +281,52 @@ async fn large_group_index_tracks_members<S: TimelineStore>(store: &S) {
     assert_eq!(store.large_groups(other).await.unwrap(), vec![BASE + 8]);
 }
 
+async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store: &S) {
+    let user = BASE + 80;
+    for seq in 1..=30u64 {
+        store
+            .commit_event(fanout(message(BASE + 10, seq, user, "t"), &[(user, seq)]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.inbox_floor(user).await.unwrap(), 0);
+    // In steps of at most 8 entries.
+    let mut trimmed = 0;
+    loop {
+        let step = store.trim_inbox(user, 21, 8).await.unwrap();
+        trimmed += step;
+        if step < 8 {
+            break;
+        }
+    }
+    assert_eq!(trimmed, 20);
+    assert_eq!(store.inbox_floor(user).await.unwrap(), 21);
+    let left: Vec<u64> = store
+        .read_inbox(user, 0, u64::MAX, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, (21..=30).collect::<Vec<_>>());
+    assert_eq!(store.trim_inbox(user, 5, 100).await.unwrap(), 0);
+    assert_eq!(
+        store.inbox_floor(user).await.unwrap(),
+        21,
+        "the floor never goes back"
+    );
+    assert_eq!(store.last_inbox_seq(user).await.unwrap(), 30);
+    assert_eq!(
+        store
+            .read_conversation(BASE + 10, 0, u64::MAX, false, 100)
+            .await
+            .unwrap()
+            .len(),
+        30,
+        "history is kept"
+    );
+}
+
 async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {
     let user = BASE + 40;
     assert_eq!(store.checkpoint(user, "phone").await.unwrap(), 0);
@@ -382,4 +429,5 @@ async fn everything_survives_reopen<S: TimelineStore>(store: &S) {
     assert_eq!(store.checkpoint(BASE + 40, "phone").await.unwrap(), 10);
     assert_eq!(store.checkpoint(BASE + 60, "tablet").await.unwrap(), 50);
     assert_eq!(store.large_groups(BASE + 70).await.unwrap(), vec![BASE + 9]);
+    assert_eq!(store.inbox_floor(BASE + 80).await.unwrap(), 21);
 }

@@ -13,6 +13,7 @@
 //! - `receipts`:     IdempotencyKey::to_bytes -> Receipt
 //! - `checkpoints`:  user_id | device_id      -> u64
 //! - `large_groups`: user_id | conversation_id -> (empty)
+//! - `inbox_floors`: user_id                 -> u64
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -55,6 +56,11 @@ impl Default for EmbeddedStoreConfig {
 
 enum WriteOp {
     Event(Box<EventCommit>),
+    Trim {
+        user_id: u64,
+        below_seq: u64,
+        keys: Vec<Vec<u8>>,
+    },
     Checkpoint {
         user_id: u64,
         device_id: String,
@@ -81,6 +87,7 @@ struct Keyspaces {
     receipts: fjall::Keyspace,
     checkpoints: fjall::Keyspace,
     large_groups: fjall::Keyspace,
+    inbox_floors: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -155,6 +162,7 @@ impl EmbeddedStore {
             receipts: open("receipts")?,
             checkpoints: open("checkpoints")?,
             large_groups: open("large_groups")?,
+            inbox_floors: open("inbox_floors")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -293,6 +301,27 @@ fn apply_group(
                 }
                 outcomes.push(WriteOutcome::Done);
             }
+            WriteOp::Trim {
+                user_id,
+                below_seq,
+                keys,
+            } => {
+                let stored = match ks.inbox_floors.get(user_id.to_be_bytes()).map_err(io)? {
+                    Some(v) => decode_u64(&v)?,
+                    None => 0,
+                };
+                if *below_seq > stored {
+                    batch.insert(
+                        &ks.inbox_floors,
+                        user_id.to_be_bytes(),
+                        below_seq.to_be_bytes(),
+                    );
+                }
+                for key in keys {
+                    batch.remove(&ks.inbox, key.clone());
+                }
+                outcomes.push(WriteOutcome::Done);
+            }
             WriteOp::Checkpoint {
                 user_id,
                 device_id,
@@ -384,6 +413,39 @@ impl TimelineStore for EmbeddedStore {
             let range = key2(user_id, after_seq + 1)..=key2(user_id, through_seq);
             decode_entries(ks.inbox.range(range), limit)
         })
+        .await
+    }
+
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
+        // Find the keys on the blocking pool, delete them (and raise the
+        // floor) through the writer, so the trim is one durable batch.
+        let keys = self
+            .read(move |ks| {
+                let range = key2(user_id, 0)..key2(user_id, below_seq);
+                ks.inbox
+                    .range(range)
+                    .take(max_entries)
+                    .map(|guard| guard.key().map(|k| k.to_vec()).map_err(io))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        let trimmed = keys.len();
+        self.write(WriteOp::Trim {
+            user_id,
+            below_seq,
+            keys,
+        })
+        .await?;
+        Ok(trimmed)
+    }
+
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        self.read(
+            move |ks| match ks.inbox_floors.get(user_id.to_be_bytes()).map_err(io)? {
+                Some(v) => decode_u64(&v),
+                None => Ok(0),
+            },
+        )
         .await
     }
 

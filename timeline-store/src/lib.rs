@@ -13,6 +13,8 @@
 //!   conversation entry per member (write fanout: one range read per sync).
 //! - **Receipts**: `(principal, client_msg_id) -> result of the first send`.
 //! - **Checkpoints**: `(user_id, device_id) -> seq`, never lowered.
+//! - **Inbox floors**: `user_id -> seq` below which entries were trimmed
+//!   (retention), never lowered.
 //! - **Large-group index**: `(user_id, conversation_id)` for every large
 //!   (read-fanout) group a user belongs to; such groups get no inbox copies.
 //!
@@ -82,6 +84,15 @@ pub trait TimelineStore: Send + Sync + 'static {
         through_seq: u64,
         limit: usize,
     ) -> Result<Vec<Entry>>;
+
+    /// Deletes the user's inbox entries with `seq < below_seq` and durably
+    /// raises the inbox floor to `below_seq` (never lowers it). Deletes at
+    /// most `max_entries` per call; returns how many it deleted (call again
+    /// while it returns `max_entries`).
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize>;
+
+    /// The inbox floor: entries below it may have been trimmed (0: none).
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64>;
 
     /// Large (read-fanout) groups the user belongs to, ascending ids.
     async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>>;

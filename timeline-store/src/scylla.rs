@@ -207,6 +207,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.receipts (principal text, client_msg_id blob, receipt blob, PRIMARY KEY ((principal, client_msg_id)))",
     "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (user_id bigint, device_id text, seq bigint, PRIMARY KEY (user_id, device_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -316,6 +317,11 @@ struct Statements {
     insert_large_group: PreparedStatement,
     delete_large_group: PreparedStatement,
     select_large_groups: PreparedStatement,
+    select_inbox_floor: PreparedStatement,
+    insert_inbox_floor: PreparedStatement,
+    select_trimmable: PreparedStatement,
+    delete_inbox_through: PreparedStatement,
+    delete_inbox_bucket: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
@@ -396,6 +402,21 @@ impl ScyllaTimelineStore {
             .await?,
             select_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
                 .await?,
+            select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
+            insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
+                .await?,
+            select_trimmable: prepare(
+                "SELECT seq FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq < ? LIMIT ?",
+            )
+            .await?,
+            delete_inbox_through: prepare(
+                "DELETE FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq <= ?",
+            )
+            .await?,
+            delete_inbox_bucket: prepare(
+                "DELETE FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket = ?",
+            )
+            .await?,
             insert_pending: prepare(
                 "INSERT INTO {ks}.pending_events (shard, event_id, event) VALUES (?, ?, ?)",
             )
@@ -679,6 +700,63 @@ impl TimelineStore for ScyllaTimelineStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+
+    /// The floor is raised before anything is deleted, so a reader that
+    /// misses a trimmed entry always sees a floor above it. One trimmer per
+    /// keyspace (the floor is raised by a plain read-then-write).
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
+        if self.inbox_floor(user_id).await? < below_seq {
+            self.execute(
+                &self.statements.insert_inbox_floor,
+                (big(user_id), big(below_seq)),
+            )
+            .await?;
+        }
+        if below_seq == 0 || max_entries == 0 {
+            return Ok(0);
+        }
+        let last = below_seq - 1;
+        let mut trimmed = 0;
+        for bucket in self
+            .buckets(Timeline::Inbox, user_id, 0, last, false)
+            .await?
+        {
+            let wanted = (max_entries - trimmed).min(PAGE_ROWS as usize) as i32;
+            let values = (big(user_id), big(bucket), big(below_seq), wanted);
+            let seqs: Vec<i64> = self
+                .column(&self.statements.select_trimmable, values)
+                .await?;
+            let Some(&through) = seqs.last() else {
+                continue;
+            };
+            self.execute(
+                &self.statements.delete_inbox_through,
+                (big(user_id), big(bucket), through),
+            )
+            .await?;
+            trimmed += seqs.len();
+            // A bucket wholly below the floor can never be written again
+            // (seqs only grow): drop its index row too.
+            if bucket < bucket_of(last) && seqs.len() < wanted as usize {
+                self.execute(
+                    &self.statements.delete_inbox_bucket,
+                    (big(user_id), big(bucket)),
+                )
+                .await?;
+            }
+            if trimmed >= max_entries {
+                break;
+            }
+        }
+        Ok(trimmed)
+    }
+
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        let floors: Vec<i64> = self
+            .column(&self.statements.select_inbox_floor, (big(user_id),))
+            .await?;
+        Ok(floors.first().map_or(0, |&f| f as u64))
     }
 
     async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {

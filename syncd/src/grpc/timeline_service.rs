@@ -74,6 +74,8 @@ impl pb::timeline_server::Timeline for TimelineService {
                     conv_seq,
                 })
                 .collect(),
+            checkpoint_expired: page.expired_below.is_some(),
+            oldest_seq: page.expired_below.unwrap_or(0),
         }))
     }
 
