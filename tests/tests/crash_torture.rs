@@ -53,7 +53,8 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
     let dir = tempfile::tempdir()?;
     // A small step makes every restart jump seqs, as in production, and
     // makes max_seq writes frequent.
-    let mut args = vec!["--seq-step", "64"];
+    // The 6-member group is a large group: read fanout.
+    let mut args = vec!["--seq-step", "64", "--large-group-threshold", "5"];
     args.extend_from_slice(store_args);
     let mut server = Server::start_with(dir.path(), &args)?;
     let url = server.url();
@@ -238,7 +239,43 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
             *copies_of.entry((*user, entry.msg_id)).or_default() += 1;
         }
     }
+    // Large-group messages live once in their conversation timeline and in
+    // no inbox; read them back as a member does.
+    let large: Vec<&pb::Conversation> = conversations.iter().filter(|c| c.read_fanout).collect();
+    assert_eq!(large.len(), 1, "the torture includes one large group");
+    let mut timeline_copies: HashMap<u64, usize> = HashMap::new();
+    let reader = Client::connect(&url, &tokens[&large[0].members[0]]).await?;
+    let mut after = 0;
+    loop {
+        let page = reader
+            .history(large[0].conversation_id, 0, Some(after), 500)
+            .await?;
+        for entry in &page.entries {
+            assert!(entry.conv_seq > after, "history out of conv_seq order");
+            after = entry.conv_seq;
+            *timeline_copies.entry(entry.msg_id).or_default() += 1;
+        }
+        if !page.has_more {
+            break;
+        }
+    }
+    let mut large_group_sends = 0;
     for (sender, client_msg_id, reply) in &acked {
+        if reply.conversation_id == large[0].conversation_id {
+            large_group_sends += 1;
+            let copies = timeline_copies.get(&reply.msg_id).copied().unwrap_or(0);
+            assert_eq!(
+                copies, 1,
+                "large-group message {client_msg_id} from {sender}: {copies} copies"
+            );
+            for member in &large[0].members {
+                assert!(
+                    !copies_of.contains_key(&(*member, reply.msg_id)),
+                    "a large-group message was fanned out"
+                );
+            }
+            continue;
+        }
         for member in &members[&reply.conversation_id] {
             let copies = copies_of
                 .get(&(*member, reply.msg_id))
@@ -269,14 +306,15 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
     let total: usize = inboxes.values().map(Vec::len).sum();
     let duplicates = acked.iter().filter(|(_, _, reply)| reply.duplicate).count();
     eprintln!(
-        "torture {store_args:?}: {KILLS} kill -9s (restart p50 {:?}, max {:?}), {} acknowledged sends ({duplicates} answered from a receipt \
-         after a retry, {} retried after the client gave up), {total} inbox entries checked, {} seen by the tight-loop device",
+        "torture {store_args:?}: {KILLS} kill -9s (restart p50 {:?}, max {:?}), {} acknowledged sends ({} to the large group, \
+         {duplicates} answered from a receipt after a retry, {} retried after the client gave up), {total} inbox entries checked, {} seen by the tight-loop device",
         {
             restart_times.sort();
             restart_times[restart_times.len() / 2]
         },
         restart_times.last().unwrap(),
         acked.len(),
+        large_group_sends,
         retries.load(Ordering::Relaxed),
         seen.len()
     );
