@@ -31,6 +31,17 @@ use timeline_store::{
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+/// Runs `work` in a task of its own, so that a caller going away (a client
+/// disconnecting cancels its handler) cannot stop a write halfway.
+async fn to_completion<T: Send + 'static>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| SyncdError::Internal(format!("{what} task failed: {e}")))?
+}
+
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -298,9 +309,10 @@ impl Engine {
         command: SendCommand,
     ) -> Result<SendOutcome> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.send_to_completion(principal, command).await })
-            .await
-            .map_err(|e| SyncdError::Internal(format!("send task failed: {e}")))?
+        to_completion("send", async move {
+            this.send_to_completion(principal, command).await
+        })
+        .await
     }
 
     async fn send_to_completion(
@@ -623,9 +635,10 @@ impl Engine {
         request: NewConversation,
     ) -> Result<Conversation> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.create_to_completion(principal, request).await })
-            .await
-            .map_err(|e| SyncdError::Internal(format!("create task failed: {e}")))?
+        to_completion("create", async move {
+            this.create_to_completion(principal, request).await
+        })
+        .await
     }
 
     async fn create_to_completion(
@@ -717,12 +730,11 @@ impl Engine {
     ) -> Result<(Conversation, u64)> {
         require_service(&principal)?;
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        to_completion("membership", async move {
             this.change_to_completion(conversation_id, members, change)
                 .await
         })
         .await
-        .map_err(|e| SyncdError::Internal(format!("membership task failed: {e}")))?
     }
 
     async fn change_to_completion(

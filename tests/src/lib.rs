@@ -286,6 +286,20 @@ pub fn cql_store_url(test_name: &str) -> String {
     )
 }
 
+/// Every entry of the caller's inbox, read page by page from seq 0.
+pub async fn read_whole_inbox(client: &client::Client) -> Result<Vec<client::pb::Entry>> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.sync_page(Some(after), 1000).await?;
+        entries.extend(page.entries);
+        after = page.checkpoint;
+        if !page.has_more {
+            return Ok(entries);
+        }
+    }
+}
+
 /// Runs `tl` with the given arguments and returns its output.
 pub fn tl(server: &str, token: &str, args: &[&str]) -> Output {
     Command::new(tl_bin())

@@ -23,19 +23,6 @@ async fn connect_retrying(url: &str, token: &str) -> Client {
     }
 }
 
-async fn full_inbox(client: &Client) -> anyhow::Result<Vec<pb::Entry>> {
-    let mut entries = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = client.sync_page(Some(after), 1000).await?;
-        entries.extend(page.entries);
-        after = page.checkpoint;
-        if !page.has_more {
-            return Ok(entries);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_torture_on_the_embedded_store() -> anyhow::Result<()> {
     acknowledged_sends_survive_repeated_kill9_exactly_once(&[]).await
@@ -192,7 +179,7 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
     let mut inboxes = HashMap::new();
     for user in 1..=USERS {
         let client = Client::connect(&url, &tokens[&user]).await?;
-        inboxes.insert(user, full_inbox(&client).await?);
+        inboxes.insert(user, tests::read_whole_inbox(&client).await?);
     }
     let members: HashMap<u64, Vec<u64>> = conversations
         .iter()

@@ -12,19 +12,6 @@ const USERS: u64 = 8;
 const SENDERS_PER_USER: usize = 3;
 const SENDS_PER_SENDER: usize = 40;
 
-async fn read_whole_inbox(client: &Client) -> anyhow::Result<Vec<pb::Entry>> {
-    let mut entries = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = client.sync_page(Some(after), 1000).await?;
-        entries.extend(page.entries);
-        after = page.checkpoint;
-        if !page.has_more {
-            return Ok(entries);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -115,7 +102,7 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
 
     // The tight loop saw exactly what a fresh full read sees, in seq order.
     let fresh = Client::connect(&url, &server.device_token(1, "fresh")?).await?;
-    let full = read_whole_inbox(&fresh).await?;
+    let full = tests::read_whole_inbox(&fresh).await?;
     let seqs = |entries: &[pb::Entry]| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
     assert_eq!(
         seqs(&seen),
@@ -148,9 +135,10 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
         .map(|c| (c.conversation_id, c.members.clone()))
         .collect();
     for user in 2..=USERS {
-        let inbox =
-            read_whole_inbox(&Client::connect(&url, &server.device_token(user, "check")?).await?)
-                .await?;
+        let inbox = tests::read_whole_inbox(
+            &Client::connect(&url, &server.device_token(user, "check")?).await?,
+        )
+        .await?;
         let got: Vec<u64> = inbox
             .iter()
             .filter(|e| e.kind == pb::EntryKind::Message as i32)
