@@ -1,16 +1,15 @@
 //! `bench fanout`: sends through a syncd node over gRPC, closed loop at a
 //! fixed concurrency, and (for CQL stores) the bare-driver peer.
 
+use crate::node::LocalNode;
 use crate::report::{self, ms};
 use crate::workload::{self, Mix, Rng};
-use anyhow::Context;
 use client::Client;
 use futures_util::future::try_join_all;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use syncd::auth::Principal;
-use syncd::server::{NodeConfig, StoreLocation};
+use syncd::server::StoreLocation;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FanoutArgs {
@@ -62,29 +61,10 @@ struct Measured {
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
-    let location = StoreLocation::parse(&args.store)?;
-    let data_dir = tempfile::tempdir()?;
-    let node = syncd::server::open_node(&NodeConfig {
-        data_dir: data_dir.path().to_path_buf(),
-        store: location.clone(),
-        node_id: 0,
-        allocator: seqsvc::AllocatorConfig::default(),
-        engine: syncd::engine::EngineConfig::default(),
-    })
-    .await
-    .context("opening the syncd node")?;
-    let token = node.auth.issue(
-        &Principal::Service {
-            name: "bench".into(),
-        },
-        Duration::from_secs(86_400),
-    )?;
-    let listener = syncd::server::bind("127.0.0.1:0".parse()?).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(syncd::server::serve(listener, node, async {
-        let _ = stopped.await;
-    }));
+    let node = LocalNode::start(&args.store).await?;
+    let location = node.location.clone();
+    let url = node.url.clone();
+    let token = node.service_token()?;
 
     let mix = Mix {
         users: args.users,
@@ -118,8 +98,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         args.seed + 2,
     )
     .await?;
-    let _ = stop.send(());
-    let _ = server.await;
+    node.shutdown().await;
 
     let bare = match (&location, args.bare_cql) {
         (StoreLocation::Scylla(config), true) => {
@@ -291,7 +270,7 @@ fn print_and_save(
     println!();
     println!(
         "fanout on {} store, concurrency {}, {:.1} s measured",
-        store_kind(&args.store),
+        report::store_kind(&args.store),
         args.concurrency,
         secs
     );
@@ -332,7 +311,7 @@ fn print_and_save(
     let mut json = serde_json::json!({
         "benchmark": "fanout",
         "config": {
-            "store": store_kind(&args.store), "users": args.users, "conversations": args.conversations,
+            "store": report::store_kind(&args.store), "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency,
@@ -366,12 +345,4 @@ fn print_and_save(
     let path = report::write_json("fanout", args.out.clone(), &json)?;
     println!("results: {}", path.display());
     Ok(())
-}
-
-fn store_kind(store: &str) -> &str {
-    if store.starts_with("scylla://") {
-        "scylla"
-    } else {
-        "embedded"
-    }
 }

@@ -6,10 +6,13 @@
 //! `--duration-secs` and reports send acknowledgement latency and durable
 //! inbox entries per second. With a ScyllaDB store, `--bare-cql` also inserts
 //! the same kind of rows with a bare prepared-statement loop at the same
-//! concurrency, for the ratio. Setup (server start, conversation creation,
-//! schema) is excluded from every measured window.
+//! concurrency, for the ratio. `bench catchup` times a device pulling a long
+//! backlog with Sync. Setup (server start, conversation creation, schema,
+//! filling a backlog) is excluded from every measured window.
 
+mod catchup;
 mod fanout;
+mod node;
 mod report;
 mod workload;
 
@@ -29,6 +32,8 @@ struct Cli {
 enum Command {
     /// Send messages through syncd and measure fanout throughput and latency.
     Fanout(fanout::FanoutArgs),
+    /// Time a device catching up on a long offline period with Sync.
+    Catchup(catchup::CatchupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Fanout(args) => runtime.block_on(fanout::run(args)),
+        Command::Catchup(args) => runtime.block_on(catchup::run(args)),
     }
 }

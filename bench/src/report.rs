@@ -63,3 +63,12 @@ pub fn write_json(
     std::fs::write(&path, serde_json::to_vec_pretty(value)?)?;
     Ok(path)
 }
+
+/// "scylla" or "embedded", for tables and result files.
+pub fn store_kind(store: &str) -> &str {
+    if store.starts_with("scylla://") {
+        "scylla"
+    } else {
+        "embedded"
+    }
+}

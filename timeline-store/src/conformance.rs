@@ -60,6 +60,7 @@ where
     checkpoints_never_go_back(&store).await;
     large_group_index_tracks_members(&store).await;
     trimming_deletes_below_the_floor_and_raises_it(&store).await;
+    large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     assert_eq!(
@@ -402,6 +403,65 @@ async fn concurrent_commits_all_land<S: TimelineStore>(store: &S) {
         200
     );
     assert_eq!(store.checkpoint(user, "tablet").await.unwrap(), 50);
+}
+
+/// Reads larger than a backend's internal page (1,000 rows for CQL) must
+/// still return everything asked for.
+async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
+    let (conv, user) = (BASE + 11, BASE + 90);
+    let writes = (1..=1_500u64)
+        .map(|i| store.commit_event(fanout(message(conv, i, user, "p"), &[(user, i)])));
+    for chunk in writes.collect::<Vec<_>>().chunks_mut(100) {
+        for result in join_all(chunk.iter_mut()).await {
+            result.unwrap();
+        }
+    }
+    assert_eq!(
+        store
+            .read_inbox(user, 0, u64::MAX, 1_201)
+            .await
+            .unwrap()
+            .len(),
+        1_201
+    );
+    assert_eq!(
+        store
+            .read_inbox(user, 100, u64::MAX, 2_000)
+            .await
+            .unwrap()
+            .len(),
+        1_400
+    );
+    let newest = store
+        .read_conversation(conv, 0, u64::MAX, true, 1_201)
+        .await
+        .unwrap();
+    assert_eq!(
+        (newest.len(), newest[0].conv_seq, newest[1_200].conv_seq),
+        (1_201, 1_500, 300)
+    );
+    let oldest = store
+        .read_conversation(conv, 0, u64::MAX, false, 1_300)
+        .await
+        .unwrap();
+    assert_eq!((oldest.len(), oldest[1_299].conv_seq), (1_300, 1_300));
+    let mut trimmed = 0;
+    loop {
+        let step = store.trim_inbox(user, 1_401, 1_000).await.unwrap();
+        trimmed += step;
+        if step < 1_000 {
+            break;
+        }
+    }
+    assert_eq!(trimmed, 1_400);
+    assert_eq!(
+        store
+            .read_inbox(user, 0, u64::MAX, 2_000)
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
 }
 
 async fn everything_survives_reopen<S: TimelineStore>(store: &S) {

@@ -682,18 +682,30 @@ impl TimelineStore for ScyllaTimelineStore {
             )
             .await?
         {
-            let wanted = (limit - entries.len()).min(PAGE_ROWS as usize) as i32;
-            let values = (
-                big(user_id),
-                big(bucket),
-                big(after_seq),
-                big(through_seq),
-                wanted,
-            );
-            let blobs: Vec<Vec<u8>> = self
-                .column(&self.statements.select_inbox_range, values)
-                .await?;
-            entries.extend(Self::decode_entries(blobs)?);
+            // Page through the bucket: one query returns at most PAGE_ROWS.
+            let mut from = after_seq;
+            loop {
+                let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
+                let values = (
+                    big(user_id),
+                    big(bucket),
+                    big(from),
+                    big(through_seq),
+                    wanted as i32,
+                );
+                let blobs: Vec<Vec<u8>> = self
+                    .column(&self.statements.select_inbox_range, values)
+                    .await?;
+                let page = Self::decode_entries(blobs)?;
+                let exhausted = page.len() < wanted;
+                if let Some(last) = page.last() {
+                    from = last.seq;
+                }
+                entries.extend(page);
+                if exhausted || entries.len() >= limit {
+                    break;
+                }
+            }
             if entries.len() >= limit {
                 break;
             }
@@ -722,28 +734,37 @@ impl TimelineStore for ScyllaTimelineStore {
             .buckets(Timeline::Inbox, user_id, 0, last, false)
             .await?
         {
-            let wanted = (max_entries - trimmed).min(PAGE_ROWS as usize) as i32;
-            let values = (big(user_id), big(bucket), big(below_seq), wanted);
-            let seqs: Vec<i64> = self
-                .column(&self.statements.select_trimmable, values)
-                .await?;
-            let Some(&through) = seqs.last() else {
-                continue;
-            };
-            self.execute(
-                &self.statements.delete_inbox_through,
-                (big(user_id), big(bucket), through),
-            )
-            .await?;
-            trimmed += seqs.len();
-            // A bucket wholly below the floor can never be written again
-            // (seqs only grow): drop its index row too.
-            if bucket < bucket_of(last) && seqs.len() < wanted as usize {
+            // Deleted rows no longer match, so the same query pages on.
+            loop {
+                let wanted = (max_entries - trimmed).min(PAGE_ROWS as usize);
+                let values = (big(user_id), big(bucket), big(below_seq), wanted as i32);
+                let seqs: Vec<i64> = self
+                    .column(&self.statements.select_trimmable, values)
+                    .await?;
+                let Some(&through) = seqs.last() else {
+                    break;
+                };
                 self.execute(
-                    &self.statements.delete_inbox_bucket,
-                    (big(user_id), big(bucket)),
+                    &self.statements.delete_inbox_through,
+                    (big(user_id), big(bucket), through),
                 )
                 .await?;
+                trimmed += seqs.len();
+                if seqs.len() < wanted {
+                    // A bucket wholly below the floor can never be written
+                    // again (seqs only grow): drop its index row too.
+                    if bucket < bucket_of(last) {
+                        self.execute(
+                            &self.statements.delete_inbox_bucket,
+                            (big(user_id), big(bucket)),
+                        )
+                        .await?;
+                    }
+                    break;
+                }
+                if trimmed >= max_entries {
+                    break;
+                }
             }
             if trimmed >= max_entries {
                 break;
@@ -823,16 +844,31 @@ impl TimelineStore for ScyllaTimelineStore {
             .await?;
         let mut entries = Vec::new();
         for bucket in buckets {
-            let wanted = (limit - entries.len()).min(PAGE_ROWS as usize) as i32;
-            let values = (
-                big(conversation_id),
-                big(bucket),
-                big(after),
-                big(before),
-                wanted,
-            );
-            let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
-            entries.extend(Self::decode_entries(blobs)?);
+            // Page through the bucket, moving the bound on the side we read
+            // from: one query returns at most PAGE_ROWS.
+            let (mut low, mut high) = (after, before);
+            loop {
+                let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
+                let values = (
+                    big(conversation_id),
+                    big(bucket),
+                    big(low),
+                    big(high),
+                    wanted as i32,
+                );
+                let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
+                let page = Self::decode_entries(blobs)?;
+                let exhausted = page.len() < wanted;
+                match (page.last(), newest_first) {
+                    (Some(last), true) => high = last.conv_seq,
+                    (Some(last), false) => low = last.conv_seq,
+                    (None, _) => {}
+                }
+                entries.extend(page);
+                if exhausted || entries.len() >= limit {
+                    break;
+                }
+            }
             if entries.len() >= limit {
                 break;
             }
