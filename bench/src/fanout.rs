@@ -1,6 +1,7 @@
 //! `bench fanout`: sends through a syncd node over gRPC, closed loop at a
 //! fixed concurrency, and (for CQL stores) the bare-driver peer.
 
+use crate::delivery::Tracker;
 use crate::node::LocalNode;
 use crate::report::{self, ms};
 use crate::workload::{self, Mix, Rng};
@@ -9,6 +10,7 @@ use futures_util::future::try_join_all;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use syncd::auth::Principal;
 use syncd::server::StoreLocation;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -32,9 +34,13 @@ pub struct FanoutArgs {
     large_group_size: u64,
     #[arg(long, default_value_t = 100)]
     message_bytes: usize,
-    /// Sends in flight at once (closed loop).
+    /// Sends in flight at once (closed loop); ignored with --rate.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Open loop: start this many sends per second whatever the latency
+    /// (latency counts from the scheduled start). 0: closed loop.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Measured seconds (after a warm-up of a tenth of it).
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
@@ -42,6 +48,10 @@ pub struct FanoutArgs {
     /// same concurrency (CQL stores only).
     #[arg(long)]
     bare_cql: bool,
+    /// Users with one subscribed device each (push stream), for delivery
+    /// latency: from Send start until every subscribed recipient has it.
+    #[arg(long, default_value_t = 200)]
+    subscribers: u64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Result file (default: bench/results/fanout-<unix time>.json).
@@ -50,6 +60,9 @@ pub struct FanoutArgs {
 }
 
 struct Measured {
+    delivered: u64,
+    undelivered: usize,
+    delivery: Histogram<u64>,
     sends: u64,
     inbox_entries: u64,
     conversation_entries: u64,
@@ -83,21 +96,60 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     );
     let client = Client::connect(&url, &token).await?;
     let conversations = create_all(&client, &member_lists, args.concurrency).await?;
+    // Subscribed devices: the first users that belong to a conversation.
+    let mut subscribed = std::collections::BTreeSet::new();
+    for (_, members) in &conversations {
+        for &user in members {
+            if (subscribed.len() as u64) < args.subscribers {
+                subscribed.insert(user);
+            }
+        }
+    }
+    let tracker = Tracker::new(subscribed.iter().copied().collect());
+    let mut followers = Vec::new();
+    for &user_id in &subscribed {
+        let token = node.token(&Principal::Device {
+            user_id,
+            device_id: "bench".into(),
+        })?;
+        followers.push(tracker.follow(Client::connect(&url, &token).await?));
+    }
 
     let warmup = Duration::from_secs(args.duration_secs.max(1)).mul_f64(0.1);
-    drive(&client, &conversations, &args, warmup, args.seed + 1).await?;
+    drive(
+        &client,
+        &conversations,
+        &args,
+        warmup,
+        args.seed + 1,
+        &tracker,
+    )
+    .await?;
+    // Warm-up deliveries do not count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tracker.reset();
     eprintln!(
         "measuring {} s at concurrency {}",
         args.duration_secs, args.concurrency
     );
-    let timeline = drive(
+    let mut timeline = drive(
         &client,
         &conversations,
         &args,
         Duration::from_secs(args.duration_secs),
         args.seed + 2,
+        &tracker,
     )
     .await?;
+    // Let the last sends arrive, then stop following.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (delivered, undelivered) = tracker.counts();
+    timeline.delivered = delivered;
+    timeline.undelivered = undelivered;
+    timeline.delivery = tracker.latency();
+    for follower in followers {
+        follower.abort();
+    }
     node.shutdown().await;
 
     let bare = match (&location, args.bare_cql) {
@@ -145,7 +197,11 @@ async fn drive(
     args: &FanoutArgs,
     duration: Duration,
     seed: u64,
+    tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Measured> {
+    if args.rate > 0 {
+        return drive_open_loop(client, conversations, args, duration, seed, tracker).await;
+    }
     let conversations = Arc::new(conversations.to_vec());
     let text: Arc<str> = "x".repeat(args.message_bytes).into();
     let cpu_before = report::cpu_seconds();
@@ -155,6 +211,7 @@ async fn drive(
         let client = client.clone();
         let conversations = Arc::clone(&conversations);
         let text = Arc::clone(&text);
+        let tracker = Arc::clone(tracker);
         tokio::spawn(async move {
             let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
             let mut latency = report::histogram();
@@ -163,8 +220,13 @@ async fn drive(
                 let (conversation_id, members) =
                     &conversations[rng.below(conversations.len() as u64) as usize];
                 let sender = members[rng.below(members.len() as u64) as usize];
+                let key = format!("s{seed}-w{worker}-{}", sends);
+                tracker.announce(&key, members);
+                let message = format!("{key} {text}");
                 let begun = Instant::now();
-                client.append(*conversation_id, sender, &text, None).await?;
+                client
+                    .append(*conversation_id, sender, &message, None)
+                    .await?;
                 latency.record(begun.elapsed().as_micros().max(1) as u64)?;
                 sends += 1;
                 inbox_entries += members.len() as u64;
@@ -173,6 +235,9 @@ async fn drive(
         })
     });
     let mut measured = Measured {
+        delivered: 0,
+        undelivered: 0,
+        delivery: report::histogram(),
         sends: 0,
         inbox_entries: 0,
         conversation_entries: 0,
@@ -190,6 +255,85 @@ async fn drive(
     measured.elapsed = started.elapsed();
     measured.cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
+}
+
+/// Sends in flight at most in open-loop mode; past it new sends wait (and
+/// that wait counts in their latency).
+const MAX_OPEN_LOOP_IN_FLIGHT: usize = 4_096;
+
+async fn drive_open_loop(
+    client: &Client,
+    conversations: &[(u64, Vec<u64>)],
+    args: &FanoutArgs,
+    duration: Duration,
+    seed: u64,
+    tracker: &Arc<Tracker>,
+) -> anyhow::Result<Measured> {
+    let text: Arc<str> = "x".repeat(args.message_bytes).into();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_LOOP_IN_FLIGHT));
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut rng = Rng::new(seed);
+    let mut measured = Measured {
+        delivered: 0,
+        undelivered: 0,
+        delivery: report::histogram(),
+        sends: 0,
+        inbox_entries: 0,
+        conversation_entries: 0,
+        elapsed: Duration::ZERO,
+        latency: report::histogram(),
+        cpu_seconds: 0.0,
+    };
+    let cpu_before = report::cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut next = started;
+    let mut issued = 0u64;
+    while next < deadline {
+        tokio::time::sleep_until(next.into()).await;
+        while next <= Instant::now() && next < deadline {
+            let scheduled = next;
+            next += interval;
+            issued += 1;
+            let (conversation_id, members) =
+                &conversations[rng.below(conversations.len() as u64) as usize];
+            let sender = members[rng.below(members.len() as u64) as usize];
+            let key = format!("s{seed}-o{issued}");
+            tracker.announce(&key, members);
+            let message = format!("{key} {text}");
+            let slot = Arc::clone(&slots).acquire_owned().await?;
+            let (client, conversation_id, fanout) =
+                (client.clone(), *conversation_id, members.len() as u64);
+            in_flight.spawn(async move {
+                let _slot = slot;
+                client
+                    .append(conversation_id, sender, &message, None)
+                    .await?;
+                anyhow::Ok((scheduled.elapsed(), fanout))
+            });
+        }
+        while let Some(done) = in_flight.try_join_next() {
+            record_open_loop(&mut measured, done??)?;
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        record_open_loop(&mut measured, done??)?;
+    }
+    measured.conversation_entries = measured.sends;
+    measured.elapsed = started.elapsed();
+    measured.cpu_seconds = report::cpu_seconds() - cpu_before;
+    Ok(measured)
+}
+
+fn record_open_loop(
+    measured: &mut Measured,
+    (latency, fanout): (Duration, u64),
+) -> anyhow::Result<()> {
+    measured.latency.record(latency.as_micros().max(1) as u64)?;
+    measured.sends += 1;
+    measured.inbox_entries += fanout;
+    Ok(())
 }
 
 struct Bare {
@@ -268,10 +412,14 @@ fn print_and_save(
     let sends_per_s = timeline.sends as f64 / secs;
     let inbox_per_s = timeline.inbox_entries as f64 / secs;
     println!();
+    let load = if args.rate > 0 {
+        format!("open loop at {} sends/s", args.rate)
+    } else {
+        format!("closed loop, concurrency {}", args.concurrency)
+    };
     println!(
-        "fanout on {} store, concurrency {}, {:.1} s measured",
+        "fanout on {} store, {load}, {:.1} s measured",
         report::store_kind(&args.store),
-        args.concurrency,
         secs
     );
     println!("{:<34} {:>12}", "sends/s", format!("{sends_per_s:.0}"));
@@ -298,6 +446,21 @@ fn print_and_save(
             format!("{:.2}", ms(&timeline.latency, q))
         );
     }
+    for (label, q) in [
+        ("delivery p50 (ms)", 0.5),
+        ("delivery p99 (ms)", 0.99),
+        ("delivery p99.9 (ms)", 0.999),
+    ] {
+        println!(
+            "{label:<34} {:>12}",
+            format!("{:.2}", ms(&timeline.delivery, q))
+        );
+    }
+    println!(
+        "{:<34} {:>12}",
+        "delivered to subscribers / not yet",
+        format!("{} / {}", timeline.delivered, timeline.undelivered)
+    );
     println!(
         "{:<34} {:>12}",
         "cpu (server + load generator)",
@@ -314,13 +477,16 @@ fn print_and_save(
             "store": report::store_kind(&args.store), "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
-            "message_bytes": args.message_bytes, "concurrency": args.concurrency,
+            "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,
             "duration_secs": args.duration_secs, "seed": args.seed,
         },
         "timeline": {
             "sends": timeline.sends, "inbox_entries": timeline.inbox_entries,
             "elapsed_secs": secs, "sends_per_sec": sends_per_s, "inbox_entries_per_sec": inbox_per_s,
             "ack_ms": { "p50": ms(&timeline.latency, 0.5), "p99": ms(&timeline.latency, 0.99), "p999": ms(&timeline.latency, 0.999) },
+            "delivery_ms": { "p50": ms(&timeline.delivery, 0.5), "p99": ms(&timeline.delivery, 0.99), "p999": ms(&timeline.delivery, 0.999) },
+            "delivered_messages": timeline.delivered, "undelivered_messages": timeline.undelivered,
+            "subscribers": args.subscribers,
             "cpu_percent": 100.0 * timeline.cpu_seconds / secs,
             "peak_rss_mib": report::peak_rss_mib(),
         },

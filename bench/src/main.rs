@@ -11,6 +11,7 @@
 //! filling a backlog) is excluded from every measured window.
 
 mod catchup;
+mod delivery;
 mod fanout;
 mod node;
 mod report;

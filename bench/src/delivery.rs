@@ -1,0 +1,121 @@
+//! Delivery latency: from the start of a Send until every subscribed device
+//! of every recipient holds the entry (through push, or a pull the push
+//! prompted).
+
+use crate::report;
+use client::Client;
+use hdrhistogram::Histogram;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Default)]
+struct State {
+    /// message key -> (send start, subscribed recipients still to receive it)
+    pending: HashMap<String, (Instant, usize)>,
+    delivered: u64,
+}
+
+/// Shared between the senders (which announce messages) and the subscribed
+/// devices (which report arrivals).
+pub struct Tracker {
+    subscribed: HashSet<u64>,
+    state: Mutex<State>,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Tracker {
+    pub fn new(subscribed: HashSet<u64>) -> Arc<Self> {
+        Arc::new(Self {
+            subscribed,
+            state: Mutex::default(),
+            latency: Mutex::new(report::histogram()),
+        })
+    }
+
+    /// Called before a send starts; `key` must open the message text.
+    pub fn announce(&self, key: &str, members: &[u64]) {
+        let waiting = members
+            .iter()
+            .filter(|m| self.subscribed.contains(m))
+            .count();
+        if waiting > 0 {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .pending
+                .insert(key.to_owned(), (Instant::now(), waiting));
+        }
+    }
+
+    fn arrived(&self, text: &str) {
+        let key = text.split(' ').next().unwrap_or_default();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((started, waiting)) = state.pending.get_mut(key) else {
+            return;
+        };
+        *waiting -= 1;
+        if *waiting == 0 {
+            let micros = started.elapsed().as_micros().max(1) as u64;
+            state.pending.remove(key);
+            state.delivered += 1;
+            let _ = self
+                .latency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(micros);
+        }
+    }
+
+    /// Forgets everything measured so far (after a warm-up).
+    pub fn reset(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::default();
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+    }
+
+    /// Messages fully delivered, messages still waiting for someone.
+    pub fn counts(&self) -> (u64, usize) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.delivered, state.pending.len())
+    }
+
+    pub fn latency(&self) -> Histogram<u64> {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Follows one device's inbox until the task is aborted.
+    pub fn follow(self: &Arc<Self>, device: Client) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let tracker = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut seen = device.sync_page(None, 1_000).await?.checkpoint;
+            let mut notices = device.subscribe(seen, true).await?;
+            while let Some(notice) = notices.message().await? {
+                let complete = notice
+                    .entries
+                    .last()
+                    .is_some_and(|e| e.seq == notice.up_to_seq);
+                let mut entries = if complete { notice.entries } else { Vec::new() };
+                // Pull what the notice did not carry, as the client library does.
+                while !complete && seen < notice.up_to_seq {
+                    let page = device.sync_page(Some(seen), 1_000).await?;
+                    seen = page.checkpoint.max(seen);
+                    let more = page.has_more;
+                    entries.extend(page.entries);
+                    if !more {
+                        break;
+                    }
+                }
+                for entry in entries.iter().filter(|e| e.seq > 0) {
+                    tracker.arrived(&entry.text);
+                    seen = seen.max(entry.seq);
+                }
+            }
+            Ok(())
+        })
+    }
+}
