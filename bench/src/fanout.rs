@@ -71,6 +71,22 @@ struct Measured {
     cpu_seconds: f64,
 }
 
+impl Measured {
+    fn empty() -> Self {
+        Self {
+            delivered: 0,
+            undelivered: 0,
+            delivery: report::histogram(),
+            sends: 0,
+            inbox_entries: 0,
+            conversation_entries: 0,
+            elapsed: Duration::ZERO,
+            latency: report::histogram(),
+            cpu_seconds: 0.0,
+        }
+    }
+}
+
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
@@ -234,17 +250,7 @@ async fn drive(
             anyhow::Ok((sends, inbox_entries, latency))
         })
     });
-    let mut measured = Measured {
-        delivered: 0,
-        undelivered: 0,
-        delivery: report::histogram(),
-        sends: 0,
-        inbox_entries: 0,
-        conversation_entries: 0,
-        elapsed: Duration::ZERO,
-        latency: report::histogram(),
-        cpu_seconds: 0.0,
-    };
+    let mut measured = Measured::empty();
     for worker in try_join_all(workers).await? {
         let (sends, inbox_entries, latency) = worker?;
         measured.sends += sends;
@@ -273,17 +279,7 @@ async fn drive_open_loop(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_LOOP_IN_FLIGHT));
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut rng = Rng::new(seed);
-    let mut measured = Measured {
-        delivered: 0,
-        undelivered: 0,
-        delivery: report::histogram(),
-        sends: 0,
-        inbox_entries: 0,
-        conversation_entries: 0,
-        elapsed: Duration::ZERO,
-        latency: report::histogram(),
-        cpu_seconds: 0.0,
-    };
+    let mut measured = Measured::empty();
     let cpu_before = report::cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
