@@ -27,7 +27,7 @@ pub struct CatchupArgs {
 
 pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.entries > 0, "--entries must be at least 1");
-    let node = LocalNode::start(&args.store).await?;
+    let node = LocalNode::start(&args.store, seqsvc::AllocatorConfig::default()).await?;
     let service = Client::connect(&node.url, &node.service_token()?).await?;
     let conversation = service
         .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")

@@ -54,6 +54,9 @@ pub struct FanoutArgs {
     subscribers: u64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// seqsvc step: sequence numbers per persisted max_seq write.
+    #[arg(long, default_value_t = 10_000)]
+    seq_step: u64,
     /// Result file (default: bench/results/fanout-<unix time>.json).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -90,7 +93,11 @@ impl Measured {
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
-    let node = LocalNode::start(&args.store).await?;
+    let allocator = seqsvc::AllocatorConfig {
+        step: args.seq_step,
+        ..seqsvc::AllocatorConfig::default()
+    };
+    let node = LocalNode::start(&args.store, allocator).await?;
     let location = node.location.clone();
     let url = node.url.clone();
     let token = node.service_token()?;
@@ -474,7 +481,7 @@ fn print_and_save(
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,
-            "duration_secs": args.duration_secs, "seed": args.seed,
+            "duration_secs": args.duration_secs, "seed": args.seed, "seq_step": args.seq_step,
         },
         "timeline": {
             "sends": timeline.sends, "inbox_entries": timeline.inbox_entries,

@@ -16,14 +16,14 @@ pub struct LocalNode {
 
 impl LocalNode {
     /// `store`: "embedded" (a fresh temporary directory) or a scylla:// URL.
-    pub async fn start(store: &str) -> anyhow::Result<Self> {
+    pub async fn start(store: &str, allocator: seqsvc::AllocatorConfig) -> anyhow::Result<Self> {
         let location = StoreLocation::parse(store)?;
         let data_dir = tempfile::tempdir()?;
         let node = syncd::server::open_node(&NodeConfig {
             data_dir: data_dir.path().to_path_buf(),
             store: location.clone(),
             node_id: 0,
-            allocator: seqsvc::AllocatorConfig::default(),
+            allocator,
             engine: syncd::engine::EngineConfig::default(),
         })
         .await
