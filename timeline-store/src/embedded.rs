@@ -113,6 +113,9 @@ impl Drop for WriterThread {
     }
 }
 
+/// Group commits whose fsync takes longer than this are logged.
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -345,7 +348,15 @@ fn apply_group(
         }
     }
     batch.commit().map_err(io)?;
-    if let Err(error) = ks.db.persist(fjall::PersistMode::SyncAll) {
+    let fsync_started = std::time::Instant::now();
+    let persisted = ks.db.persist(fjall::PersistMode::SyncAll);
+    let fsync = fsync_started.elapsed();
+    if fsync > SLOW_FSYNC {
+        // Every write in the group waited this long: the usual cause of a
+        // latency tail, and a disk problem worth seeing in the logs.
+        tracing::warn!(?fsync, requests = group.len(), "slow fsync in group commit");
+    }
+    if let Err(error) = persisted {
         poisoned.store(true, Ordering::Release);
         return Err(StoreError::Io(format!("fsync: {error}")));
     }
