@@ -44,6 +44,24 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
     }
 }
 
+/// How many inbox entries of `user` a read of at most `limit` returns.
+async fn inbox_len<S: TimelineStore>(store: &S, user: u64, limit: usize) -> usize {
+    store
+        .read_inbox(user, 0, u64::MAX, limit)
+        .await
+        .unwrap()
+        .len()
+}
+
+/// How many conversation entries a forward read of at most `limit` returns.
+async fn history_len<S: TimelineStore>(store: &S, conversation_id: u64, limit: usize) -> usize {
+    store
+        .read_conversation(conversation_id, 0, u64::MAX, false, limit)
+        .await
+        .unwrap()
+        .len()
+}
+
 /// Runs every check, reopening the store through `open` where durability
 /// is checked.
 pub async fn run_all<S, F, Fut>(open: F)
@@ -136,14 +154,7 @@ async fn inbox_reads_respect_bounds_limits_and_owners<S: TimelineStore>(store: &
             .is_empty()
     );
     assert!(store.read_inbox(user, 5, 5, 10).await.unwrap().is_empty());
-    assert_eq!(
-        store
-            .read_inbox(neighbour, 0, u64::MAX, 100)
-            .await
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(inbox_len(store, neighbour, 100).await, 20);
     assert_eq!(store.last_inbox_seq(user).await.unwrap(), 40);
 }
 
@@ -318,11 +329,7 @@ async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store:
     );
     assert_eq!(store.last_inbox_seq(user).await.unwrap(), 30);
     assert_eq!(
-        store
-            .read_conversation(BASE + 10, 0, u64::MAX, false, 100)
-            .await
-            .unwrap()
-            .len(),
+        history_len(store, BASE + 10, 100).await,
         30,
         "history is kept"
     );
@@ -344,22 +351,8 @@ async fn recommitting_an_event_is_idempotent<S: TimelineStore>(store: &S) {
     let commit = fanout(message(conv, 1, BASE + 50, "again"), &[(BASE + 50, 1)]);
     store.commit_event(commit.clone()).await.unwrap();
     store.commit_event(commit).await.unwrap();
-    assert_eq!(
-        store
-            .read_inbox(BASE + 50, 0, u64::MAX, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        store
-            .read_conversation(conv, 0, u64::MAX, false, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(inbox_len(store, BASE + 50, 10).await, 1);
+    assert_eq!(history_len(store, conv, 10).await, 1);
 }
 
 async fn concurrent_commits_all_land<S: TimelineStore>(store: &S) {
@@ -378,30 +371,9 @@ async fn concurrent_commits_all_land<S: TimelineStore>(store: &S) {
     for result in join_all(checkpoints).await {
         result.unwrap();
     }
-    assert_eq!(
-        store
-            .read_inbox(user, 0, u64::MAX, 1_000)
-            .await
-            .unwrap()
-            .len(),
-        200
-    );
-    assert_eq!(
-        store
-            .read_inbox(user + 1, 0, u64::MAX, 1_000)
-            .await
-            .unwrap()
-            .len(),
-        200
-    );
-    assert_eq!(
-        store
-            .read_conversation(conv, 0, u64::MAX, false, 1_000)
-            .await
-            .unwrap()
-            .len(),
-        200
-    );
+    assert_eq!(inbox_len(store, user, 1_000).await, 200);
+    assert_eq!(inbox_len(store, user + 1, 1_000).await, 200);
+    assert_eq!(history_len(store, conv, 1_000).await, 200);
     assert_eq!(store.checkpoint(user, "tablet").await.unwrap(), 50);
 }
 
@@ -416,14 +388,7 @@ async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
             result.unwrap();
         }
     }
-    assert_eq!(
-        store
-            .read_inbox(user, 0, u64::MAX, 1_201)
-            .await
-            .unwrap()
-            .len(),
-        1_201
-    );
+    assert_eq!(inbox_len(store, user, 1_201).await, 1_201);
     assert_eq!(
         store
             .read_inbox(user, 100, u64::MAX, 2_000)
@@ -454,33 +419,12 @@ async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
         }
     }
     assert_eq!(trimmed, 1_400);
-    assert_eq!(
-        store
-            .read_inbox(user, 0, u64::MAX, 2_000)
-            .await
-            .unwrap()
-            .len(),
-        100
-    );
+    assert_eq!(inbox_len(store, user, 2_000).await, 100);
 }
 
 async fn everything_survives_reopen<S: TimelineStore>(store: &S) {
-    assert_eq!(
-        store
-            .read_inbox(BASE + 10, 0, u64::MAX, 100)
-            .await
-            .unwrap()
-            .len(),
-        20
-    );
-    assert_eq!(
-        store
-            .read_inbox(BASE + 60, 0, u64::MAX, 1_000)
-            .await
-            .unwrap()
-            .len(),
-        200
-    );
+    assert_eq!(inbox_len(store, BASE + 10, 100).await, 20);
+    assert_eq!(inbox_len(store, BASE + 60, 1_000).await, 200);
     assert_eq!(
         store.conversation(BASE + 4).await.unwrap().unwrap().members,
         vec![BASE + 30]

@@ -941,6 +941,13 @@ mod tests {
         format!("tl_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
     }
 
+    async fn drop_keyspace(session: &Session, keyspace: &str) {
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
+
     async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
         let url = format!("scylla://{}/{keyspace}?replication=1", cql_nodes());
         let config = ScyllaConfig::parse(&url).unwrap();
@@ -963,10 +970,7 @@ mod tests {
             async move { ScyllaTimelineStore::open(session, &keyspace).await.unwrap() }
         };
         crate::conformance::run_all(open).await;
-        session
-            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
-            .await
-            .unwrap();
+        drop_keyspace(&session, &keyspace).await;
     }
 
     #[tokio::test]
@@ -1048,10 +1052,7 @@ mod tests {
             0,
             "intents are deleted once finished"
         );
-        session
-            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
-            .await
-            .unwrap();
+        drop_keyspace(&session, &keyspace).await;
     }
 
     #[tokio::test]
@@ -1105,10 +1106,7 @@ mod tests {
             oldest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
             [5, 65_535]
         );
-        session
-            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
-            .await
-            .unwrap();
+        drop_keyspace(&session, &keyspace).await;
     }
 
     #[test]
