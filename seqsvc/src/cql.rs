@@ -7,7 +7,8 @@
 //! `[applied]` column of an LWT result is read: Cassandra returns it alone on
 //! success, ScyllaDB adds the old row.
 
-use crate::store::MaxSeqStore;
+use crate::routing::RoutingTable;
+use crate::store::{MaxSeqStore, RouteStore, check_next_version, decode_table, encode_table};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use scylla::client::session::Session;
@@ -24,7 +25,13 @@ pub struct CqlMaxSeqStore {
     select: PreparedStatement,
     insert_if_absent: PreparedStatement,
     update_if: PreparedStatement,
+    select_routes: PreparedStatement,
+    insert_routes_if_absent: PreparedStatement,
+    update_routes_if: PreparedStatement,
 }
+
+/// The routing table is one row; its key.
+const ROUTES_ROW: i32 = 0;
 
 fn store_error(error: impl std::fmt::Display) -> SeqError {
     SeqError::Store(format!("cql: {error}"))
@@ -45,7 +52,37 @@ impl CqlMaxSeqStore {
             .await
             .map_err(store_error)?;
         session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {keyspace}.seq_routes \
+                     (id int PRIMARY KEY, version bigint, data blob)"
+                ),
+                (),
+            )
+            .await
+            .map_err(store_error)?;
+        session
             .await_schema_agreement()
+            .await
+            .map_err(store_error)?;
+        let mut select_routes = session
+            .prepare(format!(
+                "SELECT version, data FROM {keyspace}.seq_routes WHERE id = ?"
+            ))
+            .await
+            .map_err(store_error)?;
+        select_routes.set_consistency(Consistency::LocalSerial);
+        select_routes.set_is_idempotent(true);
+        let insert_routes_if_absent = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.seq_routes (id, version, data) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await
+            .map_err(store_error)?;
+        let update_routes_if = session
+            .prepare(format!(
+                "UPDATE {keyspace}.seq_routes SET version = ?, data = ? WHERE id = ? IF version = ?"
+            ))
             .await
             .map_err(store_error)?;
         let mut select = session
@@ -74,6 +111,9 @@ impl CqlMaxSeqStore {
             select,
             insert_if_absent,
             update_if,
+            select_routes,
+            insert_routes_if_absent,
+            update_routes_if,
         })
     }
 
@@ -135,6 +175,63 @@ impl MaxSeqStore for CqlMaxSeqStore {
         Err(SeqError::Store(format!(
             "max_seq of {namespace:?} section {section} still contended after {MAX_RAISE_ATTEMPTS} attempts"
         )))
+    }
+}
+
+#[async_trait]
+impl RouteStore for CqlMaxSeqStore {
+    async fn read_routes(&self) -> Result<Option<RoutingTable>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_routes, (ROUTES_ROW,))
+            .await
+            .map_err(store_error)?;
+        let rows = result.into_rows_result().map_err(store_error)?;
+        let row: Option<(i64, Vec<u8>)> = rows.maybe_first_row().map_err(store_error)?;
+        row.map(|(version, data)| {
+            let table = decode_table(&data)?;
+            if table.version != version as u64 {
+                return Err(SeqError::Store(format!(
+                    "routing table row says version {version}, its data {}",
+                    table.version
+                )));
+            }
+            Ok(table)
+        })
+        .transpose()
+    }
+
+    async fn write_routes(
+        &self,
+        expected_version: u64,
+        table: &RoutingTable,
+    ) -> Result<(bool, Option<RoutingTable>)> {
+        check_next_version(expected_version, table)?;
+        let data = encode_table(table);
+        let result = if expected_version == 0 {
+            self.session
+                .execute_unpaged(
+                    &self.insert_routes_if_absent,
+                    (ROUTES_ROW, table.version as i64, data),
+                )
+                .await
+        } else {
+            self.session
+                .execute_unpaged(
+                    &self.update_routes_if,
+                    (
+                        table.version as i64,
+                        data,
+                        ROUTES_ROW,
+                        expected_version as i64,
+                    ),
+                )
+                .await
+        }
+        .map_err(store_error)?;
+        let applied = applied(result)?;
+        // A lost race or an uncertain outcome: report what is stored now.
+        Ok((applied, self.read_routes().await?))
     }
 }
 
@@ -224,6 +321,21 @@ mod tests {
             resumed - seen.last().unwrap() <= 11,
             "restart jumps at most one step"
         );
+        // The routing table: compare-and-set on the version.
+        use crate::routing::{LeaseConfig, RoutingTable};
+        assert!(store.read_routes().await.unwrap().is_none());
+        let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
+        assert!(store.write_routes(0, &first).await.unwrap().0);
+        let mut racer = first.clone();
+        racer.owners[1] = Some("r:1".into());
+        let (applied, current) = store.write_routes(0, &racer).await.unwrap();
+        assert!(!applied);
+        assert_eq!(current.unwrap(), first);
+        racer.version = 2;
+        assert!(store.write_routes(1, &racer).await.unwrap().0);
+        assert!(!store.write_routes(1, &racer).await.unwrap().0);
+        assert_eq!(store.read_routes().await.unwrap().unwrap(), racer);
+
         session
             .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
             .await

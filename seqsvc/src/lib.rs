@@ -29,15 +29,21 @@
 //! The allocator is plain library code: no sockets, no gRPC. The
 //! distributed AllocSvr/arbiter layer builds on it.
 
+pub mod alloc_server;
 pub mod allocator;
+pub mod arbiter;
+pub mod client;
 pub mod cql;
+pub mod grpc;
+pub mod lease;
+pub mod routing;
 pub mod snowflake;
 pub mod store;
 
 pub use allocator::{Allocator, AllocatorConfig};
 pub use cql::CqlMaxSeqStore;
 pub use snowflake::{MsgIdGenerator, SnowflakeId};
-pub use store::{FjallMaxSeqStore, MaxSeqStore, MemoryMaxSeqStore};
+pub use store::{FjallMaxSeqStore, MaxSeqStore, MemoryMaxSeqStore, RouteStore, SharedStore};
 
 /// Which family of sequences an id belongs to. Each namespace has its own
 /// sections and its own persisted `max_seq` values.
@@ -79,7 +85,7 @@ impl Namespace {
 #[derive(Debug, thiserror::Error)]
 pub enum SeqError {
     /// The `max_seq` store failed or is unreachable; nothing was handed out.
-    #[error("max_seq store failed: {0}")]
+    #[error("shared store failed: {0}")]
     Store(String),
     /// The request itself is malformed (for example too many ids at once).
     #[error("invalid request: {0}")]
@@ -87,6 +93,23 @@ pub enum SeqError {
     /// A sequence space is used up (a u64 would overflow).
     #[error("sequence space exhausted for {namespace:?} id {id}")]
     Exhausted { namespace: Namespace, id: u64 },
+    /// This AllocSvr may not serve the ids now (activating, lease expired,
+    /// slot lost mid-call); nothing was handed out. Retry, maybe elsewhere.
+    #[error("not serving: {0}")]
+    NotServing(String),
+    /// A remote seqsvc process could not be reached or answered in time.
+    #[error("seqsvc unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SeqError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SeqError::Store(_) | SeqError::NotServing(_) | SeqError::Unavailable(_)
+        )
+    }
 }
 
 pub type Result<T, E = SeqError> = std::result::Result<T, E>;

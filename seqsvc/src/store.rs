@@ -5,12 +5,13 @@
 //! returns only after the new value is durable (fsync for the embedded store),
 //! because the allocator hands out seqs up to the returned value.
 
+use crate::routing::RoutingTable;
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[async_trait]
 pub trait MaxSeqStore: Send + Sync + 'static {
@@ -20,6 +21,48 @@ pub trait MaxSeqStore: Send + Sync + 'static {
     /// Raises the section's `max_seq` to at least `at_least` and returns the
     /// stored value once it is durable. Never lowers it.
     async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64>;
+}
+
+/// Durable storage of the routing table, written only by compare-and-set so
+/// that a version is never reused for different content, also when two
+/// arbiters race or one restarts.
+#[async_trait]
+pub trait RouteStore: Send + Sync + 'static {
+    /// The stored table; `None` until the first one is written.
+    async fn read_routes(&self) -> Result<Option<RoutingTable>>;
+
+    /// Stores `table` if and only if the stored version is `expected_version`
+    /// (0: nothing stored) and `table.version` is `expected_version + 1`.
+    /// Returns whether it was applied and the table stored afterwards.
+    async fn write_routes(
+        &self,
+        expected_version: u64,
+        table: &RoutingTable,
+    ) -> Result<(bool, Option<RoutingTable>)>;
+}
+
+/// Everything an AllocSvr and an arbiter need from the shared store.
+pub trait SharedStore: MaxSeqStore + RouteStore {}
+impl<T: MaxSeqStore + RouteStore> SharedStore for T {}
+
+pub(crate) fn check_next_version(expected_version: u64, table: &RoutingTable) -> Result<()> {
+    if table.version != expected_version.saturating_add(1) {
+        return Err(SeqError::InvalidArgument(format!(
+            "routing table version {} does not follow {expected_version}",
+            table.version
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn encode_table(table: &RoutingTable) -> Vec<u8> {
+    prost::Message::encode_to_vec(&table.to_proto())
+}
+
+pub(crate) fn decode_table(bytes: &[u8]) -> Result<RoutingTable> {
+    let proto: proto::seqsvc::v1::RoutingTable = prost::Message::decode(bytes)
+        .map_err(|e| SeqError::Store(format!("corrupt routing table: {e}")))?;
+    RoutingTable::from_proto(&proto).map_err(|e| SeqError::Store(format!("stored {e}")))
 }
 
 fn section_key(namespace: Namespace, section: u64) -> [u8; 9] {
@@ -48,6 +91,7 @@ pub struct FjallMaxSeqStore {
 struct FjallInner {
     db: fjall::Database,
     max_seq: fjall::Keyspace,
+    routes: fjall::Keyspace,
     write_lock: Mutex<()>,
 }
 
@@ -62,10 +106,14 @@ impl FjallMaxSeqStore {
         let max_seq = db
             .keyspace("max_seq", fjall::KeyspaceCreateOptions::default)
             .map_err(|e| SeqError::Store(e.to_string()))?;
+        let routes = db
+            .keyspace("routes", fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| SeqError::Store(e.to_string()))?;
         Ok(Self {
             inner: std::sync::Arc::new(FjallInner {
                 db,
                 max_seq,
+                routes,
                 write_lock: Mutex::new(()),
             }),
         })
@@ -105,6 +153,67 @@ impl FjallMaxSeqStore {
     }
 }
 
+const ROUTES_KEY: &[u8] = b"table";
+
+impl FjallMaxSeqStore {
+    fn read_routes_blocking(&self) -> Result<Option<RoutingTable>> {
+        self.inner
+            .routes
+            .get(ROUTES_KEY)
+            .map_err(|e| SeqError::Store(e.to_string()))?
+            .map(|bytes| decode_table(&bytes))
+            .transpose()
+    }
+
+    fn write_routes_blocking(
+        &self,
+        expected_version: u64,
+        table: &RoutingTable,
+    ) -> Result<(bool, Option<RoutingTable>)> {
+        check_next_version(expected_version, table)?;
+        let _guard = self
+            .inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let stored = self.read_routes_blocking()?;
+        if stored.as_ref().map_or(0, |t| t.version) != expected_version {
+            return Ok((false, stored));
+        }
+        self.inner
+            .routes
+            .insert(ROUTES_KEY, encode_table(table))
+            .map_err(|e| SeqError::Store(e.to_string()))?;
+        self.inner
+            .db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(|e| SeqError::Store(format!("fsync: {e}")))?;
+        Ok((true, Some(table.clone())))
+    }
+}
+
+#[async_trait]
+impl RouteStore for FjallMaxSeqStore {
+    async fn read_routes(&self) -> Result<Option<RoutingTable>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_routes_blocking())
+            .await
+            .map_err(|e| SeqError::Store(format!("read task failed: {e}")))?
+    }
+
+    async fn write_routes(
+        &self,
+        expected_version: u64,
+        table: &RoutingTable,
+    ) -> Result<(bool, Option<RoutingTable>)> {
+        let this = self.clone();
+        let table = table.clone();
+        tokio::task::spawn_blocking(move || this.write_routes_blocking(expected_version, &table))
+            .await
+            .map_err(|e| SeqError::Store(format!("write task failed: {e}")))?
+    }
+}
+
 #[async_trait]
 impl MaxSeqStore for FjallMaxSeqStore {
     async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
@@ -129,6 +238,8 @@ pub struct MemoryMaxSeqStore {
     values: Mutex<HashMap<(Namespace, u64), u64>>,
     failing_raises: AtomicU32,
     raises: AtomicU32,
+    routes: Mutex<Option<RoutingTable>>,
+    failing_route_reads: AtomicBool,
 }
 
 impl MemoryMaxSeqStore {
@@ -150,6 +261,39 @@ impl MemoryMaxSeqStore {
     pub fn stored(&self, namespace: Namespace, section: u64) -> u64 {
         let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
         values.get(&(namespace, section)).copied().unwrap_or(0)
+    }
+
+    /// While set, routing-table reads fail (a partition from the store).
+    pub fn fail_route_reads(&self, failing: bool) {
+        self.failing_route_reads.store(failing, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl RouteStore for MemoryMaxSeqStore {
+    async fn read_routes(&self) -> Result<Option<RoutingTable>> {
+        if self.failing_route_reads.load(Ordering::SeqCst) {
+            return Err(SeqError::Store("injected read failure".into()));
+        }
+        Ok(self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    async fn write_routes(
+        &self,
+        expected_version: u64,
+        table: &RoutingTable,
+    ) -> Result<(bool, Option<RoutingTable>)> {
+        check_next_version(expected_version, table)?;
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.as_ref().map_or(0, |t| t.version) != expected_version {
+            return Ok((false, routes.clone()));
+        }
+        *routes = Some(table.clone());
+        Ok((true, routes.clone()))
     }
 }
 
@@ -196,6 +340,33 @@ mod tests {
         assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 100);
         assert_eq!(store.load(Namespace::Conversation, 7).await.unwrap(), 10);
         assert_eq!(store.load(Namespace::Inbox, 8).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn route_writes_are_compare_and_set_and_durable() {
+        use crate::routing::{LeaseConfig, RoutingTable};
+        let dir = tempfile::tempdir().unwrap();
+        let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
+        {
+            let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+            assert!(store.read_routes().await.unwrap().is_none());
+            let (applied, _) = store.write_routes(0, &first).await.unwrap();
+            assert!(applied);
+            // A racer that also read "nothing stored" loses, even with other content.
+            let mut other = first.clone();
+            other.owners[0] = Some("x:1".into());
+            let (applied, current) = store.write_routes(0, &other).await.unwrap();
+            assert!(!applied);
+            assert_eq!(current.unwrap(), first);
+            // A version that does not follow is refused outright.
+            assert!(store.write_routes(1, &other).await.is_err());
+            other.version = 2;
+            assert!(store.write_routes(1, &other).await.unwrap().0);
+        }
+        let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+        let stored = store.read_routes().await.unwrap().unwrap();
+        assert_eq!(stored.version, 2);
+        assert_eq!(stored.owners[0].as_deref(), Some("x:1"));
     }
 
     #[tokio::test]

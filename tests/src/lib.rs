@@ -3,6 +3,8 @@
 //! server processes on `127.0.0.1:0`, mints tokens, runs the CLI, and kills
 //! processes with SIGKILL to test crash recovery.
 
+pub mod seq_cluster;
+
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -50,6 +52,136 @@ pub fn tl_bin() -> PathBuf {
     bin_dir().join("tl")
 }
 
+pub fn seqsvc_bin() -> PathBuf {
+    bin_dir().join("seqsvc")
+}
+
+/// Spawns `bin args` and waits for its `listening on ADDR` line.
+fn spawn_listening(bin: &Path, args: &[String]) -> Result<(Child, String)> {
+    let name = bin
+        .file_name()
+        .map_or("server".into(), |n| n.to_string_lossy());
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawning {name}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not report its address within {STARTUP_TIMEOUT:?}");
+        }
+    };
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line from {name}: {line:?}"))?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill {signal} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Any server process that takes `--listen` and prints its address (the
+/// seqsvc roles); killed with SIGKILL when dropped.
+pub struct Process {
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Where it listens; kept across restarts.
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts `bin args --listen 127.0.0.1:0`.
+    pub fn start(bin: &Path, args: &[&str]) -> Result<Self> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut with_listen = args.clone();
+        with_listen.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        let (child, addr) = spawn_listening(bin, &with_listen)?;
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            args,
+            child: Some(child),
+            addr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it (if running) and starts it again on the same address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let mut args = self.args.clone();
+        args.extend(["--listen".to_owned(), self.addr.clone()]);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            match spawn_listening(&self.bin, &args) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("restart retry: {error:#}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// SIGSTOP: the process stops running but keeps its sockets; its
+    /// monotonic clock keeps going.
+    pub fn freeze(&self) -> Result<()> {
+        signal(self.pid(), "-STOP")
+    }
+
+    /// SIGCONT after [`Process::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        signal(self.pid(), "-CONT")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// A running `syncd serve` process; killed (SIGKILL) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -73,37 +205,11 @@ impl Server {
     }
 
     fn spawn(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> Result<Self> {
-        let mut child = Command::new(syncd_bin())
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", listen])
-            .args(&extra_args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning syncd")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("syncd did not report its address within {STARTUP_TIMEOUT:?}");
-            }
-        };
-        let addr = line
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected first line from syncd: {line:?}"))?
-            .to_owned();
+        let mut args = vec!["serve".to_owned(), "--data-dir".to_owned()];
+        args.push(data_dir.to_string_lossy().into_owned());
+        args.extend(["--listen".to_owned(), listen.to_owned()]);
+        args.extend(extra_args.iter().cloned());
+        let (child, addr) = spawn_listening(&syncd_bin(), &args)?;
         Ok(Self {
             child: Some(child),
             addr,

@@ -1,0 +1,390 @@
+//! `seqsvc`: run the shared store, an arbiter or an AllocSvr, or use a
+//! running cluster by hand (`next`, `routes`).
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use seqsvc::alloc_server::AllocServer;
+use seqsvc::arbiter::{Arbiter, ArbiterConfig};
+use seqsvc::client::{DEFAULT_RETRY_FOR, RoutingClient, allocate_at};
+use seqsvc::grpc::{AllocService, ArbiterService, RemoteStore, StoreService, spawn_heartbeats};
+use seqsvc::routing::{LeaseConfig, RoutingTable};
+use seqsvc::{FjallMaxSeqStore, Namespace, SharedStore};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+/// Concurrent calls one connection may carry.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
+#[derive(Parser)]
+#[command(
+    name = "seqsvc",
+    version,
+    about = "Timeline's sequence allocator: store, arbiter and AllocSvr processes, and a client"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the shared store (max_seq per section and the routing table)
+    /// on the embedded backend.
+    Store(StoreArgs),
+    /// Track live AllocSvrs and write the routing table.
+    Arbiter(ArbiterArgs),
+    /// Serve seqs for the sections the routing table assigns here.
+    Alloc(AllocArgs),
+    /// Allocate seqs and print them, one per line.
+    Next(NextArgs),
+    /// Print the routing table.
+    Routes(RoutesArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Directory of the store's database (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    listen: SocketAddr,
+    /// Test hook: while a file exists at this path, every max_seq raise fails.
+    #[arg(long, hide = true)]
+    fail_raises_while: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StoreUrl {
+    /// The shared store: http://HOST:PORT (a `seqsvc store` process) or
+    /// scylla://host:port[,host:port]/keyspace[?replication=N&dc=NAME]
+    #[arg(long)]
+    store: String,
+}
+
+#[derive(Args)]
+struct ArbiterArgs {
+    #[command(flatten)]
+    store: StoreUrl,
+    #[arg(long, default_value = "127.0.0.1:7411")]
+    listen: SocketAddr,
+    /// Ids sharing one persisted max_seq; fixed once the first table is written.
+    #[arg(long, default_value_t = 100_000)]
+    section_size: u64,
+    /// An AllocSvr that cannot read the table for this long stops serving.
+    #[arg(long, default_value_t = 5_000)]
+    lease_ms: u64,
+    /// How often AllocSvrs read the table (and send heartbeats).
+    #[arg(long, default_value_t = 1_000)]
+    sync_interval_ms: u64,
+    /// Wait before a newly assigned section serves; must exceed lease + sync interval.
+    #[arg(long, default_value_t = 7_000)]
+    activation_ms: u64,
+    /// An AllocSvr not heard from for this long loses its sections.
+    #[arg(long, default_value_t = 3_000)]
+    dead_after_ms: u64,
+    /// How often the arbiter re-reads the table and rebalances.
+    #[arg(long, default_value_t = 500)]
+    check_interval_ms: u64,
+}
+
+#[derive(Args)]
+struct AllocArgs {
+    #[command(flatten)]
+    store: StoreUrl,
+    /// Arbiter addresses (host:port), comma separated; heartbeats go to all.
+    #[arg(long, value_delimiter = ',', required = true)]
+    arbiter: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1:7412")]
+    listen: SocketAddr,
+    /// The address clients dial, if not the listening one.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Seqs reserved per persisted max_seq write.
+    #[arg(long, default_value_t = 10_000)]
+    step: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NamespaceArg {
+    User,
+    Conversation,
+    Counter,
+}
+
+impl From<NamespaceArg> for Namespace {
+    fn from(n: NamespaceArg) -> Self {
+        match n {
+            NamespaceArg::User => Namespace::Inbox,
+            NamespaceArg::Conversation => Namespace::Conversation,
+            NamespaceArg::Counter => Namespace::Counter,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["arbiter", "alloc"])))]
+struct NextArgs {
+    /// Route through the cluster known to these arbiters (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    arbiter: Vec<String>,
+    /// Ask this one AllocSvr directly: no routing, no retry (shows fencing).
+    #[arg(long)]
+    alloc: Option<String>,
+    #[arg(long, value_enum)]
+    namespace: NamespaceArg,
+    #[arg(long)]
+    id: u64,
+    /// How many seqs to allocate for the id.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// With --alloc: the routing table version to claim.
+    #[arg(long, default_value_t = 0)]
+    table_version: u64,
+    /// With --arbiter: give up after this many seconds of retries.
+    #[arg(long, default_value_t = DEFAULT_RETRY_FOR.as_secs())]
+    retry_secs: u64,
+}
+
+#[derive(Args)]
+struct RoutesArgs {
+    /// Arbiter addresses, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    arbiter: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Store(args) => store(args).await,
+            Command::Arbiter(args) => arbiter(args).await,
+            Command::Alloc(args) => alloc(args).await,
+            Command::Next(args) => next(args).await,
+            Command::Routes(args) => routes(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .init();
+}
+
+async fn open_store(url: &str) -> anyhow::Result<Arc<dyn SharedStore>> {
+    if url.starts_with("http://") {
+        return Ok(Arc::new(RemoteStore::connect_lazy(url)?));
+    }
+    if url.starts_with("scylla://") {
+        let config = timeline_store::scylla::ScyllaConfig::parse(url)?;
+        let session = config.connect().await?;
+        let store = seqsvc::CqlMaxSeqStore::open(session, &config.keyspace).await?;
+        return Ok(Arc::new(store));
+    }
+    bail!("store {url:?}: expected http://HOST:PORT or scylla://host:port/keyspace")
+}
+
+async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    // Scripts and tests read this line to learn the port.
+    println!("listening on {local}");
+    Ok((listener, local))
+}
+
+async fn serve<S>(listener: TcpListener, service: S) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, wait_for_signal())
+        .await?;
+    Ok(())
+}
+
+async fn store(args: StoreArgs) -> anyhow::Result<()> {
+    init_logging();
+    let dir = args.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || FjallMaxSeqStore::open(&dir))
+        .await?
+        .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+    let (listener, local) = bind(args.listen).await?;
+    tracing::info!(%local, data_dir = %args.data_dir.display(), "seqsvc store serving");
+    serve(
+        listener,
+        StoreService::new(Arc::new(store), args.fail_raises_while).into_server(),
+    )
+    .await
+}
+
+async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = ArbiterConfig {
+        section_size: args.section_size,
+        lease: LeaseConfig {
+            lease: Duration::from_millis(args.lease_ms),
+            sync_interval: Duration::from_millis(args.sync_interval_ms),
+            activation: Duration::from_millis(args.activation_ms),
+        },
+        dead_after: Duration::from_millis(args.dead_after_ms),
+        check_interval: Duration::from_millis(args.check_interval_ms.max(1)),
+    };
+    config.lease.validate()?;
+    let store = open_store(&args.store.store).await?;
+    // Bind first: AllocSvrs find us while we wait for the store.
+    let (listener, local) = bind(args.listen).await?;
+    let arbiter = loop {
+        match Arbiter::open(config.clone(), store.clone()).await {
+            Ok(arbiter) => break arbiter,
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, "store not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    tracing::info!(%local, version = arbiter.table().version, "seqsvc arbiter serving");
+    arbiter.spawn();
+    serve(listener, ArbiterService::new(arbiter).into_server()).await
+}
+
+async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
+    init_logging();
+    let store = open_store(&args.store.store).await?;
+    let (listener, local) = bind(args.listen).await?;
+    let advertise = args.advertise.unwrap_or_else(|| local.to_string());
+    let server = AllocServer::new(advertise.clone(), args.step, store)?;
+    server.spawn_refresher();
+    spawn_heartbeats(&server, args.arbiter)?;
+    tracing::info!(%local, %advertise, "seqsvc AllocSvr serving");
+    serve(listener, AllocService::new(server).into_server()).await
+}
+
+async fn next(args: NextArgs) -> anyhow::Result<()> {
+    if args.count == 0 || args.count > seqsvc::allocator::MAX_BATCH_IDS {
+        bail!("--count must be 1 to {}", seqsvc::allocator::MAX_BATCH_IDS);
+    }
+    let ids = vec![args.id; args.count];
+    let namespace = Namespace::from(args.namespace);
+    let seqs = match args.alloc {
+        Some(addr) => match allocate_at(&addr, namespace, ids, args.table_version).await? {
+            Ok(seqs) => seqs,
+            Err(table) => bail!(
+                "moved: {addr} does not serve id {}; its routing table (version {}) names {}",
+                args.id,
+                table.version,
+                table.owner_of(args.id).unwrap_or("no owner")
+            ),
+        },
+        None => {
+            let client = RoutingClient::new(&args.arbiter, Duration::from_secs(args.retry_secs))?;
+            client.next_batch(namespace, &ids).await?
+        }
+    };
+    let mut out = String::new();
+    for seq in seqs {
+        out.push_str(&seq.to_string());
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn routes(args: RoutesArgs) -> anyhow::Result<()> {
+    let client = RoutingClient::new(&args.arbiter, Duration::ZERO)?;
+    let table = client.refresh().await?;
+    print!("{}", describe(&table));
+    Ok(())
+}
+
+/// The table for people: settings, then each owner with its slot ranges.
+fn describe(table: &RoutingTable) -> String {
+    let mut out = format!(
+        "version {}\nsection_size {}\nslots {}\nlease_ms {}\nsync_interval_ms {}\nactivation_ms {}\n",
+        table.version,
+        table.section_size,
+        table.slot_count(),
+        table.lease.lease.as_millis(),
+        table.lease.sync_interval.as_millis(),
+        table.lease.activation.as_millis(),
+    );
+    let mut owners: Vec<Option<&str>> = table.load().into_keys().map(Some).collect();
+    owners.push(None);
+    for owner in owners {
+        let slots: Vec<u32> = (0..table.slot_count())
+            .filter(|&s| table.owner_of_slot(s) == owner)
+            .collect();
+        if slots.is_empty() {
+            continue;
+        }
+        let mut ranges = Vec::new();
+        for run in slots.chunk_by(|a, b| b == &(a + 1)) {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            ranges.push(if first == last {
+                first.to_string()
+            } else {
+                format!("{first}-{last}")
+            });
+        }
+        out.push_str(&format!(
+            "owner {} slots {} ({})\n",
+            owner.unwrap_or("none"),
+            slots.len(),
+            ranges.join(",")
+        ));
+    }
+    out
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
