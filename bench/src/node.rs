@@ -24,6 +24,7 @@ impl LocalNode {
             store: location.clone(),
             node_id: 0,
             allocator,
+            seqsvc: Vec::new(),
             engine: syncd::engine::EngineConfig::default(),
         })
         .await

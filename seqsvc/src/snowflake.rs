@@ -61,57 +61,134 @@ pub fn system_clock() -> Clock {
     })
 }
 
-pub struct MsgIdGenerator {
+/// Where a generator gets its node id and durable clock reservations: a
+/// fixed node id over a [`MaxSeqStore`] (one process per node id, set by
+/// the operator), or a node id leased from a seqsvc cluster
+/// ([`crate::client::NodeIdLease`]).
+#[async_trait::async_trait]
+pub trait IdReservations: Send + Sync + 'static {
+    /// The node id to use now. `floor_ms` is what every earlier holder of
+    /// this node id may have used: ids start above it. An error (a lapsed
+    /// lease) means no id may be issued now.
+    fn node(&self) -> Result<NodeReservation>;
+
+    /// Durably reserves milliseconds up to at least `until_ms` for
+    /// `node_id`; returns the reserved value.
+    async fn reserve(&self, node_id: u16, until_ms: u64) -> Result<u64>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeReservation {
+    pub node_id: u16,
+    pub floor_ms: u64,
+    pub reserved_ms: u64,
+}
+
+/// A fixed node id with its reservation in a [`MaxSeqStore`].
+pub struct StoreReservations {
     node_id: u16,
-    clock: Clock,
+    loaded_ms: u64,
     store: Arc<dyn MaxSeqStore>,
+}
+
+impl StoreReservations {
+    pub async fn open(node_id: u16, store: Arc<dyn MaxSeqStore>) -> Result<Self> {
+        if node_id > MAX_NODE_ID {
+            return Err(SeqError::InvalidArgument(format!(
+                "node id {node_id} out of range 0..={MAX_NODE_ID}"
+            )));
+        }
+        let loaded_ms = store
+            .load(Namespace::SnowflakeClock, u64::from(node_id))
+            .await?;
+        Ok(Self {
+            node_id,
+            loaded_ms,
+            store,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl IdReservations for StoreReservations {
+    fn node(&self) -> Result<NodeReservation> {
+        Ok(NodeReservation {
+            node_id: self.node_id,
+            floor_ms: self.loaded_ms,
+            reserved_ms: self.loaded_ms,
+        })
+    }
+
+    async fn reserve(&self, node_id: u16, until_ms: u64) -> Result<u64> {
+        self.store
+            .raise(Namespace::SnowflakeClock, u64::from(node_id), until_ms)
+            .await
+    }
+}
+
+pub struct MsgIdGenerator {
+    clock: Clock,
+    reservations: Arc<dyn IdReservations>,
     state: Mutex<GenState>,
     reserving: tokio::sync::Mutex<()>,
 }
 
 struct GenState {
+    node_id: u16,
     last_ms: u64,
     sequence: u16,
     /// Ids may use milliseconds up to this value (durably reserved).
     reserved_ms: u64,
 }
 
-impl MsgIdGenerator {
-    /// Loads the node's clock reservation; ids start above it.
-    pub async fn open(node_id: u16, clock: Clock, store: Arc<dyn MaxSeqStore>) -> Result<Self> {
-        if node_id > MAX_NODE_ID {
-            return Err(SeqError::InvalidArgument(format!(
-                "node id {node_id} out of range 0..={MAX_NODE_ID}"
-            )));
+impl GenState {
+    /// Everything up to the floor may have been used by an earlier holder.
+    fn starting(node: NodeReservation) -> Self {
+        let floor = node.floor_ms.max(EPOCH_MS);
+        Self {
+            node_id: node.node_id,
+            last_ms: floor,
+            sequence: MAX_SEQUENCE,
+            reserved_ms: node.reserved_ms.max(floor),
         }
-        let reserved_ms = store
-            .load(Namespace::SnowflakeClock, u64::from(node_id))
-            .await?
-            .max(EPOCH_MS);
+    }
+}
+
+impl MsgIdGenerator {
+    /// A fixed node id; loads its clock reservation, ids start above it.
+    pub async fn open(node_id: u16, clock: Clock, store: Arc<dyn MaxSeqStore>) -> Result<Self> {
+        let reservations = StoreReservations::open(node_id, store).await?;
+        Self::with_reservations(clock, Arc::new(reservations))
+    }
+
+    pub fn with_reservations(clock: Clock, reservations: Arc<dyn IdReservations>) -> Result<Self> {
+        let node = reservations.node()?;
         Ok(Self {
-            node_id,
             clock,
-            store,
-            state: Mutex::new(GenState {
-                // Everything up to the old reservation may have been used.
-                last_ms: reserved_ms,
-                sequence: MAX_SEQUENCE,
-                reserved_ms,
-            }),
+            reservations,
+            state: Mutex::new(GenState::starting(node)),
             reserving: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn node_id(&self) -> u16 {
-        self.node_id
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).node_id
     }
 
     /// The next id. Waits for a store write about once per
-    /// [`RESERVE_AHEAD_MS`]; fails (issuing nothing) if that write fails.
+    /// [`RESERVE_AHEAD_MS`]; fails (issuing nothing) if that write fails or
+    /// the node id is not held.
     pub async fn next_id(&self) -> Result<u64> {
         loop {
-            let wanted_ms = {
+            let node = self.reservations.node()?;
+            let (node_id, wanted_ms) = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state.node_id != node.node_id {
+                    // A new node id (the old lease lapsed and was lost).
+                    *state = GenState::starting(node);
+                } else {
+                    state.reserved_ms = state.reserved_ms.max(node.reserved_ms);
+                }
                 let now = (self.clock)().max(EPOCH_MS);
                 let (ms, sequence) = if now > state.last_ms {
                     (now, 0)
@@ -125,34 +202,30 @@ impl MsgIdGenerator {
                     state.sequence = sequence;
                     return Ok(SnowflakeId {
                         unix_ms: ms,
-                        node_id: self.node_id,
+                        node_id: state.node_id,
                         sequence,
                     }
                     .encode());
                 }
-                ms
+                (state.node_id, ms)
             };
-            self.reserve(wanted_ms + RESERVE_AHEAD_MS).await?;
+            self.reserve(node_id, wanted_ms + RESERVE_AHEAD_MS).await?;
         }
     }
 
-    async fn reserve(&self, until_ms: u64) -> Result<()> {
+    async fn reserve(&self, node_id: u16, until_ms: u64) -> Result<()> {
         let _one_at_a_time = self.reserving.lock().await;
-        if self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reserved_ms
-            >= until_ms
         {
-            return Ok(());
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.node_id != node_id || state.reserved_ms >= until_ms {
+                return Ok(());
+            }
         }
-        let stored = self
-            .store
-            .raise(Namespace::SnowflakeClock, u64::from(self.node_id), until_ms)
-            .await?;
+        let stored = self.reservations.reserve(node_id, until_ms).await?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.reserved_ms = state.reserved_ms.max(stored);
+        if state.node_id == node_id {
+            state.reserved_ms = state.reserved_ms.max(stored);
+        }
         Ok(())
     }
 }

@@ -21,7 +21,8 @@ use crate::horizon::{Assignment, Horizon, Scope, safe_limit};
 use crate::hub::{Hub, Subscription};
 use crate::keyed::KeyedLocks;
 use crate::limits::*;
-use seqsvc::{Allocator, MsgIdGenerator, Namespace};
+use seqsvc::client::SeqSource;
+use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::{
@@ -173,7 +174,7 @@ pub enum MembershipChange {
 pub struct Engine {
     config: EngineConfig,
     store: Arc<dyn TimelineStore>,
-    allocator: Allocator,
+    seqs: SeqSource,
     ids: MsgIdGenerator,
     horizon: Arc<Horizon>,
     hub: Arc<Hub>,
@@ -237,16 +238,17 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
 }
 
 impl Engine {
+    /// `seqs`: an in-process [`seqsvc::Allocator`] or a seqsvc cluster.
     pub fn new(
         store: Arc<dyn TimelineStore>,
-        allocator: Allocator,
+        seqs: impl Into<SeqSource>,
         ids: MsgIdGenerator,
         config: EngineConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
             store,
-            allocator,
+            seqs: seqs.into(),
             ids,
             horizon: Horizon::new(),
             hub: Hub::new(),
@@ -438,13 +440,10 @@ impl Engine {
             // outside this lock.
             let _in_order = self.allocation_locks.write(conversation_id).await;
             let conv_seq = self
-                .allocator
+                .seqs
                 .next(Namespace::Conversation, conversation_id)
                 .await?;
-            let inbox_seqs = self
-                .allocator
-                .next_batch(Namespace::Inbox, recipients)
-                .await?;
+            let inbox_seqs = self.seqs.next_batch(Namespace::Inbox, recipients).await?;
             (conv_seq, inbox_seqs)
         };
         let msg_id = self.ids.next_id().await?;
@@ -681,7 +680,7 @@ impl Engine {
             }
         };
         let conversation_id = self
-            .allocator
+            .seqs
             .next(Namespace::Counter, CONVERSATION_ID_COUNTER)
             .await?;
         let read_fanout = members.len() > self.config.large_group_threshold;
@@ -848,7 +847,7 @@ impl Engine {
             Scope::Inbox => Namespace::Inbox,
             Scope::Conversation => Namespace::Conversation,
         };
-        let allocated = self.allocator.current(namespace, id).await?;
+        let allocated = self.seqs.current(namespace, id).await?;
         Ok(safe_limit(&self.horizon, (scope, id), allocated))
     }
 
@@ -1075,7 +1074,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
+    use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore};
     use std::collections::HashSet;
     use std::time::Duration;
     use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};

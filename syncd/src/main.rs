@@ -48,10 +48,16 @@ struct ServeArgs {
     /// Snowflake node id (0-1023), unique among processes sharing a store.
     #[arg(long, default_value_t = 0)]
     node_id: u16,
-    /// Sequence numbers reserved per persisted max_seq write.
+    /// Take seqs and the node id from a seqsvc cluster: its arbiter
+    /// addresses (host:port), comma separated. Without it the allocator
+    /// runs in this process.
+    #[arg(long, env = "SYNCD_SEQSVC", value_delimiter = ',')]
+    seqsvc: Vec<String>,
+    /// Sequence numbers reserved per persisted max_seq write (in-process
+    /// allocator only).
     #[arg(long, default_value_t = 10_000)]
     seq_step: u64,
-    /// Ids sharing one persisted max_seq.
+    /// Ids sharing one persisted max_seq (in-process allocator only).
     #[arg(long, default_value_t = 100_000)]
     seq_section_size: u64,
     /// Groups with more members than this use read fanout (one write per
@@ -139,6 +145,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             store: server::StoreLocation::parse(&args.store)?,
             node_id: args.node_id,
+            seqsvc: args.seqsvc.clone(),
             allocator: seqsvc::AllocatorConfig {
                 step: args.seq_step,
                 section_size: args.seq_section_size,

@@ -8,6 +8,7 @@ use crate::limits::{
     MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
 };
 use proto::timeline::v1 as pb;
+use seqsvc::client::{DEFAULT_RETRY_FOR, NodeIdLease, RoutingClient, SeqSource};
 use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, MsgIdGenerator};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,9 +72,13 @@ pub struct NodeConfig {
     /// [`StoreLocation::Embedded`].
     pub data_dir: PathBuf,
     pub store: StoreLocation,
-    /// Snowflake node id; unique among processes sharing a store.
+    /// Snowflake node id; unique among processes sharing a store. With a
+    /// seqsvc cluster, the one to ask for (the cluster leases it).
     pub node_id: u16,
     pub allocator: AllocatorConfig,
+    /// Arbiter addresses of a seqsvc cluster; empty: the in-process
+    /// allocator on the data directory (or the CQL store).
+    pub seqsvc: Vec<String>,
     pub engine: crate::engine::EngineConfig,
 }
 
@@ -99,13 +104,21 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     if finished > 0 {
         tracing::info!(finished, "finished events interrupted by the last shutdown");
     }
-    let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
-    let ids =
-        MsgIdGenerator::open(config.node_id, seqsvc::snowflake::system_clock(), seq_store).await?;
-    Ok(Node {
-        engine: Engine::new(store, allocator, ids, config.engine.clone()),
-        auth,
-    })
+    let clock = seqsvc::snowflake::system_clock();
+    let engine = if config.seqsvc.is_empty() {
+        let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
+        let ids = MsgIdGenerator::open(config.node_id, clock, seq_store).await?;
+        Engine::new(store, allocator, ids, config.engine.clone())
+    } else {
+        let client = RoutingClient::new(&config.seqsvc, DEFAULT_RETRY_FOR)?;
+        let holder = format!("syncd-{}", uuid::Uuid::new_v4());
+        let lease = NodeIdLease::acquire(client.clone(), holder, Some(config.node_id)).await?;
+        lease.spawn_renewals();
+        tracing::info!(node_id = lease.node_id(), arbiters = ?config.seqsvc, "using the seqsvc cluster");
+        let ids = MsgIdGenerator::with_reservations(clock, lease)?;
+        Engine::new(store, SeqSource::Remote(client), ids, config.engine.clone())
+    };
+    Ok(Node { engine, auth })
 }
 
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
