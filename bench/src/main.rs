@@ -14,7 +14,9 @@ mod catchup;
 mod delivery;
 mod fanout;
 mod node;
+mod procs;
 mod report;
+mod seq;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,8 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// Time a device catching up on a long offline period with Sync.
     Catchup(catchup::CatchupArgs),
+    /// Sequence allocation: in-process, seqsvc over gRPC, and Redis INCR.
+    Seq(seq::SeqArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Fanout(args) => runtime.block_on(fanout::run(args)),
         Command::Catchup(args) => runtime.block_on(catchup::run(args)),
+        Command::Seq(args) => runtime.block_on(seq::run(args)),
     }
 }

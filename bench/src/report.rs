@@ -14,7 +14,12 @@ pub fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 
 /// CPU seconds (user + system) this process has used so far.
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_seconds_at("/proc/self/stat")
+}
+
+/// CPU seconds from a `/proc/<pid>/stat` file.
+pub fn cpu_seconds_at(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // Fields after the parenthesised command name; utime and stime are the
@@ -32,7 +37,12 @@ pub fn cpu_seconds() -> f64 {
 
 /// Peak resident memory of this process in MiB.
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_mib_at("/proc/self/status")
+}
+
+/// Peak resident memory in MiB from a `/proc/<pid>/status` file.
+pub fn peak_rss_mib_at(path: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()

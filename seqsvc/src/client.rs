@@ -175,11 +175,13 @@ impl RoutingClient {
                 groups.entry(table.owner_of(ids[i])).or_default().push(i);
             }
             let mut last_error = None;
+            let mut still_pending = Vec::new();
             if let Some(unowned) = groups.remove(&None) {
                 last_error = Some(SeqError::Unavailable(format!(
                     "no AllocSvr serves id {} (routing table version {})",
                     ids[unowned[0]], table.version
                 )));
+                still_pending.extend(unowned);
             }
             let calls = groups.into_iter().map(|(owner, positions)| {
                 let owner = owner.expect("unowned removed").to_owned();
@@ -198,7 +200,6 @@ impl RoutingClient {
                     (positions, result)
                 }
             });
-            let mut still_pending = Vec::new();
             let mut moved = false;
             for (positions, result) in futures_util::future::join_all(calls).await {
                 match result {
@@ -229,6 +230,13 @@ impl RoutingClient {
             still_pending.sort_unstable();
             pending = still_pending;
             if pending.is_empty() {
+                // Seqs start at 1: a 0 left here would be a routing bug,
+                // and handing it out would break every caller's order.
+                if call == Call::Allocate && out.contains(&0) {
+                    return Err(SeqError::Unavailable(
+                        "internal error: an id was left without a seq".into(),
+                    ));
+                }
                 return Ok(out);
             }
             if let Some(error) = last_error {
@@ -515,7 +523,7 @@ impl SeqSource {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Call {
     Allocate,
     Current,

@@ -431,3 +431,28 @@ async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stderr).contains("must exceed lease"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_allocsvr_means_an_error_never_a_seq() -> Result<()> {
+    let cluster = Cluster::start(1, 0)?;
+    let arbiter = cluster.arbiters[0].addr.clone();
+    let out = seqsvc(&[
+        "next",
+        "--arbiter",
+        &arbiter,
+        "--namespace",
+        "user",
+        "--id",
+        "7",
+        "--retry-secs",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(stderr.contains("no AllocSvr serves id 7"), "{stderr}");
+    Ok(())
+}

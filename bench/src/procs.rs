@@ -1,0 +1,136 @@
+//! Child processes a benchmark starts and stops: the seqsvc roles (from the
+//! binary next to this one) and redis-server.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A binary built alongside `bench` (same target directory).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("bench has no directory")?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first (cargo build --release -p {name})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts `bin args` and waits for its `listening on ADDR` line.
+pub fn start_listening(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
+        let _ = child.kill();
+        anyhow::anyhow!("{} did not start within {STARTUP_TIMEOUT:?}", bin.display())
+    })?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok(Proc { child, addr })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts redis-server on a free loopback port with the given extra
+/// configuration (for example `--appendonly yes --appendfsync always`),
+/// its files in `dir`, and waits until it answers.
+pub async fn start_redis(dir: &Path, config: &[&str]) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting redis-server (install the redis-server package)")?;
+    let proc = Proc {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(mut conn) = redis_connection(&proc.addr).await {
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            if pong.is_ok() {
+                return Ok(proc);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "redis-server did not answer on {} within {STARTUP_TIMEOUT:?}",
+                proc.addr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One TCP connection to Redis (requests on it are pipelined by the client).
+pub async fn redis_connection(addr: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    crate::report::cpu_seconds_at(&format!("/proc/{pid}/stat"))
+}
+
+/// Peak resident memory of a process in MiB.
+pub fn peak_rss_mib_of(pid: u32) -> f64 {
+    crate::report::peak_rss_mib_at(&format!("/proc/{pid}/status"))
+}

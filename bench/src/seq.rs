@@ -1,0 +1,461 @@
+//! `bench seq`: sequence allocation side by side, in one run: the
+//! in-process allocator on one core, a seqsvc cluster (store, arbiter,
+//! AllocSvr processes) over gRPC one id per call and batched, and Redis
+//! `INCR` per id key (no persistence) unpipelined and pipelined, all at the
+//! same concurrency.
+
+use crate::procs::{self, Proc};
+use crate::report::{self, ms};
+use hdrhistogram::Histogram;
+use seqsvc::client::RoutingClient;
+use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, Namespace};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SeqArgs {
+    /// Measured seconds per mode (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 5)]
+    duration_secs: u64,
+    /// Concurrent callers for the networked modes.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Ids per call in the batched and pipelined modes.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Ids drawn uniformly from 0..ids.
+    #[arg(long, default_value_t = 1_000_000)]
+    ids: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Result file (default: bench/results/seq-<unix time>.json).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+struct Row {
+    mode: &'static str,
+    seqs: u64,
+    calls: u64,
+    elapsed: Duration,
+    /// Per-call latency in µs; `None` where timing each call would cost
+    /// more than the call (in-process).
+    latency: Option<Histogram<u64>>,
+    server_cpu_seconds: Option<f64>,
+    server_peak_rss_mib: Option<f64>,
+}
+
+impl Row {
+    fn seqs_per_s(&self) -> f64 {
+        self.seqs as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn rng_next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+pub async fn run(args: SeqArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        (1..=seqsvc::allocator::MAX_BATCH_IDS).contains(&args.batch),
+        "--batch must be 1 to {}",
+        seqsvc::allocator::MAX_BATCH_IDS
+    );
+    anyhow::ensure!(args.ids > 0, "--ids must be at least 1");
+    let duration = Duration::from_secs(args.duration_secs.max(1));
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+
+    eprintln!("in-process allocator, one core");
+    rows.push(in_process(&args, duration, dir.path(), 1).await?);
+    rows.push(in_process(&args, duration, dir.path(), args.batch).await?);
+
+    eprintln!("starting a seqsvc cluster (store, arbiter, one AllocSvr)");
+    let cluster = SeqCluster::start(dir.path())?;
+    let warm = RoutingClient::new(&[cluster.arbiter.addr.clone()], Duration::from_secs(60))?;
+    warm.next(Namespace::Inbox, 0).await?;
+    rows.push(seqsvc_mode(&args, duration, &cluster, 1).await?);
+    rows.push(seqsvc_mode(&args, duration, &cluster, args.batch).await?);
+    drop(cluster);
+
+    eprintln!("starting redis-server (no persistence)");
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let redis = procs::start_redis(&redis_dir, &["--appendonly", "no"]).await?;
+    rows.push(redis_mode(&args, duration, &redis, 1).await?);
+    rows.push(redis_mode(&args, duration, &redis, args.batch).await?);
+    drop(redis);
+
+    print_and_save(&args, &rows)
+}
+
+/// One thread, one current-thread runtime, so "one core" is literal.
+async fn in_process(
+    args: &SeqArgs,
+    duration: Duration,
+    dir: &std::path::Path,
+    batch: usize,
+) -> anyhow::Result<Row> {
+    let store_dir = dir.join(format!("inproc-{batch}"));
+    let (ids, seed) = (args.ids, args.seed);
+    let handle = std::thread::spawn(move || -> anyhow::Result<Row> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let store = Arc::new(FjallMaxSeqStore::open(&store_dir)?);
+            let allocator = Allocator::new(AllocatorConfig::default(), store)?;
+            let mut rng = seed;
+            measure_in_process(&allocator, batch, ids, &mut rng, duration / 5).await?;
+            let (seqs, calls, elapsed) =
+                measure_in_process(&allocator, batch, ids, &mut rng, duration).await?;
+            Ok(Row {
+                mode: if batch == 1 {
+                    "in-process, 1 id per call"
+                } else {
+                    "in-process, batched"
+                },
+                seqs,
+                calls,
+                elapsed,
+                latency: None,
+                server_cpu_seconds: None,
+                server_peak_rss_mib: None,
+            })
+        })
+    });
+    tokio::task::spawn_blocking(move || handle.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("in-process benchmark thread panicked"))?
+}
+
+async fn measure_in_process(
+    allocator: &Allocator,
+    batch: usize,
+    ids: u64,
+    rng: &mut u64,
+    until: Duration,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let mut batch_ids = vec![0u64; batch];
+    let start = Instant::now();
+    let (mut seqs, mut calls) = (0u64, 0u64);
+    while start.elapsed() < until {
+        // Check the clock once per 256 calls: it costs more than a call.
+        for _ in 0..256 {
+            if batch == 1 {
+                allocator
+                    .next(Namespace::Inbox, rng_next(rng) % ids)
+                    .await?;
+            } else {
+                for id in batch_ids.iter_mut() {
+                    *id = rng_next(rng) % ids;
+                }
+                allocator.next_batch(Namespace::Inbox, &batch_ids).await?;
+            }
+        }
+        calls += 256;
+        seqs += 256 * batch as u64;
+    }
+    Ok((seqs, calls, start.elapsed()))
+}
+
+struct SeqCluster {
+    _store: Proc,
+    arbiter: Proc,
+    alloc: Proc,
+}
+
+impl SeqCluster {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let bin = procs::sibling_binary("seqsvc")?;
+        let data = dir.join("seqsvc-store");
+        let store = procs::start_listening(
+            &bin,
+            &[
+                "store",
+                "--data-dir",
+                data.to_str().unwrap_or("seqsvc-store"),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )?;
+        let store_url = format!("http://{}", store.addr);
+        // Short timings so the first assignment activates quickly.
+        let arbiter = procs::start_listening(
+            &bin,
+            &[
+                "arbiter",
+                "--store",
+                &store_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-ms",
+                "2000",
+                "--sync-interval-ms",
+                "500",
+                "--activation-ms",
+                "2600",
+                "--dead-after-ms",
+                "1500",
+            ],
+        )?;
+        let alloc = procs::start_listening(
+            &bin,
+            &[
+                "alloc",
+                "--store",
+                &store_url,
+                "--arbiter",
+                &arbiter.addr,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )?;
+        Ok(Self {
+            _store: store,
+            arbiter,
+            alloc,
+        })
+    }
+}
+
+/// Runs `concurrency` callers of `call` for the warm-up and the measured
+/// window; each call returns how many seqs it got.
+async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    seed: u64,
+    call: F,
+) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+{
+    for (window, record) in [(duration / 5, false), (duration, true)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let (call, stop) = (call.clone(), Arc::clone(&stop));
+                let mut rng = seed ^ ((i as u64 + 1) * 0x9E37_79B9);
+                tokio::spawn(async move {
+                    let mut latency = report::histogram();
+                    let (mut seqs, mut calls) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        seqs += call(rng_next(&mut rng)).await?;
+                        calls += 1;
+                        latency.record(began.elapsed().as_micros().max(1) as u64)?;
+                    }
+                    anyhow::Ok((seqs, calls, latency))
+                })
+            })
+            .collect();
+        tokio::time::sleep(window).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut total = (0u64, 0u64, report::histogram());
+        for task in tasks {
+            let (seqs, calls, latency) = task.await??;
+            total.0 += seqs;
+            total.1 += calls;
+            total.2.add(&latency)?;
+        }
+        if record {
+            return Ok((total.0, total.1, start.elapsed(), total.2));
+        }
+    }
+    unreachable!("the measured window returns")
+}
+
+async fn seqsvc_mode(
+    args: &SeqArgs,
+    duration: Duration,
+    cluster: &SeqCluster,
+    batch: usize,
+) -> anyhow::Result<Row> {
+    eprintln!(
+        "seqsvc over gRPC, {batch} id(s) per call, {} callers",
+        args.concurrency
+    );
+    // One routing client (its own connections) per caller, like separate
+    // syncd processes, and like Redis's one connection per caller below.
+    let clients: Vec<RoutingClient> = (0..args.concurrency)
+        .map(|_| RoutingClient::new(&[cluster.arbiter.addr.clone()], Duration::from_secs(10)))
+        .collect::<Result<_, _>>()?;
+    let clients = Arc::new(clients);
+    let ids = args.ids;
+    let cpu_before = procs::cpu_seconds_of(cluster.alloc.pid());
+    let (seqs, calls, elapsed, latency) =
+        closed_loop(args.concurrency, duration, args.seed, move |r| {
+            let clients = Arc::clone(&clients);
+            async move {
+                let client = &clients[(r % clients.len() as u64) as usize];
+                if batch == 1 {
+                    client.next(Namespace::Inbox, r % ids).await?;
+                } else {
+                    let mut state = r;
+                    let batch_ids: Vec<u64> =
+                        (0..batch).map(|_| rng_next(&mut state) % ids).collect();
+                    client.next_batch(Namespace::Inbox, &batch_ids).await?;
+                }
+                Ok(batch as u64)
+            }
+        })
+        .await?;
+    Ok(Row {
+        mode: if batch == 1 {
+            "seqsvc gRPC, 1 id per call"
+        } else {
+            "seqsvc gRPC, batched"
+        },
+        seqs,
+        calls,
+        elapsed,
+        latency: Some(latency),
+        server_cpu_seconds: Some(procs::cpu_seconds_of(cluster.alloc.pid()) - cpu_before),
+        server_peak_rss_mib: Some(procs::peak_rss_mib_of(cluster.alloc.pid())),
+    })
+}
+
+async fn redis_mode(
+    args: &SeqArgs,
+    duration: Duration,
+    redis: &Proc,
+    batch: usize,
+) -> anyhow::Result<Row> {
+    eprintln!(
+        "Redis INCR, {} per round trip, {} connections",
+        batch, args.concurrency
+    );
+    let mut connections = Vec::new();
+    for _ in 0..args.concurrency {
+        connections.push(procs::redis_connection(&redis.addr).await?);
+    }
+    let connections = Arc::new(connections);
+    let ids = args.ids;
+    let cpu_before = procs::cpu_seconds_of(redis.pid());
+    let (seqs, calls, elapsed, latency) =
+        closed_loop(args.concurrency, duration, args.seed, move |r| {
+            let connections = Arc::clone(&connections);
+            async move {
+                let mut conn = connections[(r % connections.len() as u64) as usize].clone();
+                if batch == 1 {
+                    let _: u64 = redis::cmd("INCR")
+                        .arg(format!("seq:{}", r % ids))
+                        .query_async(&mut conn)
+                        .await?;
+                } else {
+                    let mut pipe = redis::pipe();
+                    let mut state = r;
+                    for _ in 0..batch {
+                        pipe.cmd("INCR")
+                            .arg(format!("seq:{}", rng_next(&mut state) % ids));
+                    }
+                    let _: Vec<u64> = pipe.query_async(&mut conn).await?;
+                }
+                Ok(batch as u64)
+            }
+        })
+        .await?;
+    Ok(Row {
+        mode: if batch == 1 {
+            "Redis INCR, unpipelined"
+        } else {
+            "Redis INCR, pipelined"
+        },
+        seqs,
+        calls,
+        elapsed,
+        latency: Some(latency),
+        server_cpu_seconds: Some(procs::cpu_seconds_of(redis.pid()) - cpu_before),
+        server_peak_rss_mib: Some(procs::peak_rss_mib_of(redis.pid())),
+    })
+}
+
+fn print_and_save(args: &SeqArgs, rows: &[Row]) -> anyhow::Result<()> {
+    let rate = |mode: &str| {
+        rows.iter()
+            .find(|r| r.mode == mode)
+            .map_or(f64::NAN, Row::seqs_per_s)
+    };
+    let redis_single = rate("Redis INCR, unpipelined");
+    let redis_pipelined = rate("Redis INCR, pipelined");
+    println!();
+    println!(
+        "seq allocation: {} callers, {} ids per batch, ids uniform in 0..{}, {} s per mode",
+        args.concurrency, args.batch, args.ids, args.duration_secs
+    );
+    println!(
+        "| {:<28} | {:>12} | {:>10} | {:>8} | {:>8} | {:>10} | {:>12} |",
+        "mode", "seqs/s", "calls/s", "p50 ms", "p99 ms", "server CPU", "vs Redis"
+    );
+    println!("|{}|", ["-"; 7].map(|_| "---").join("|"));
+    let mut json_rows = Vec::new();
+    for row in rows {
+        let versus = if row.mode.contains("1 id per call") && row.mode.starts_with("seqsvc") {
+            format!("{:.2}x", row.seqs_per_s() / redis_single)
+        } else if row.mode.ends_with("batched") && row.mode.starts_with("seqsvc") {
+            format!("{:.2}x", row.seqs_per_s() / redis_pipelined)
+        } else {
+            "-".to_owned()
+        };
+        let (p50, p99) = match &row.latency {
+            Some(h) => (format!("{:.3}", ms(h, 0.5)), format!("{:.3}", ms(h, 0.99))),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let cpu = row.server_cpu_seconds.map_or("-".to_owned(), |c| {
+            format!("{:.0}%", 100.0 * c / row.elapsed.as_secs_f64())
+        });
+        println!(
+            "| {:<28} | {:>12.0} | {:>10.0} | {:>8} | {:>8} | {:>10} | {:>12} |",
+            row.mode,
+            row.seqs_per_s(),
+            row.calls as f64 / row.elapsed.as_secs_f64(),
+            p50,
+            p99,
+            cpu,
+            versus
+        );
+        json_rows.push(serde_json::json!({
+            "mode": row.mode,
+            "seqs": row.seqs,
+            "calls": row.calls,
+            "seconds": row.elapsed.as_secs_f64(),
+            "seqs_per_s": row.seqs_per_s(),
+            "p50_ms": row.latency.as_ref().map(|h| ms(h, 0.5)),
+            "p99_ms": row.latency.as_ref().map(|h| ms(h, 0.99)),
+            "p999_ms": row.latency.as_ref().map(|h| ms(h, 0.999)),
+            "server_cpu_seconds": row.server_cpu_seconds,
+            "server_peak_rss_mib": row.server_peak_rss_mib,
+        }));
+    }
+    println!(
+        "in-process runs on one thread; the seqsvc store, arbiter, AllocSvr and redis-server share this machine's cores with the load generator"
+    );
+    let path = report::write_json(
+        "seq",
+        args.out.clone(),
+        &serde_json::json!({
+            "benchmark": "seq",
+            "config": {
+                "duration_secs": args.duration_secs,
+                "concurrency": args.concurrency,
+                "batch": args.batch,
+                "ids": args.ids,
+                "seed": args.seed,
+            },
+            "rows": json_rows,
+            "ratios": {
+                "seqsvc_unbatched_vs_redis_incr": rate("seqsvc gRPC, 1 id per call") / redis_single,
+                "seqsvc_batched_vs_redis_pipelined": rate("seqsvc gRPC, batched") / redis_pipelined,
+            },
+        }),
+    )?;
+    println!("results: {}", path.display());
+    Ok(())
+}
