@@ -27,6 +27,15 @@ pub struct SeqArgs {
     /// Ids drawn uniformly from 0..ids.
     #[arg(long, default_value_t = 1_000_000)]
     ids: u64,
+    /// The in-process modes also run on this many ids (a hot set that stays
+    /// in cache), to separate the allocator's cost from memory latency.
+    #[arg(long, default_value_t = 1_000)]
+    hot_ids: u64,
+    /// Routing clients the seqsvc callers share (each keeps one connection
+    /// per AllocSvr); 1 is one syncd process with `concurrency` calls in
+    /// flight. Redis gets one connection per caller (redis-benchmark -c).
+    #[arg(long, default_value_t = 1)]
+    seqsvc_clients: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Result file (default: bench/results/seq-<unix time>.json).
@@ -72,12 +81,17 @@ pub async fn run(args: SeqArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     eprintln!("in-process allocator, one core");
-    rows.push(in_process(&args, duration, dir.path(), 1).await?);
-    rows.push(in_process(&args, duration, dir.path(), args.batch).await?);
+    for ids in [args.hot_ids, args.ids] {
+        rows.push(in_process(&args, duration, dir.path(), 1, ids).await?);
+        rows.push(in_process(&args, duration, dir.path(), args.batch, ids).await?);
+    }
 
     eprintln!("starting a seqsvc cluster (store, arbiter, one AllocSvr)");
     let cluster = SeqCluster::start(dir.path())?;
-    let warm = RoutingClient::new(&[cluster.arbiter.addr.clone()], Duration::from_secs(60))?;
+    let warm = RoutingClient::new(
+        std::slice::from_ref(&cluster.arbiter.addr),
+        Duration::from_secs(60),
+    )?;
     warm.next(Namespace::Inbox, 0).await?;
     rows.push(seqsvc_mode(&args, duration, &cluster, 1).await?);
     rows.push(seqsvc_mode(&args, duration, &cluster, args.batch).await?);
@@ -100,9 +114,16 @@ async fn in_process(
     duration: Duration,
     dir: &std::path::Path,
     batch: usize,
+    ids: u64,
 ) -> anyhow::Result<Row> {
-    let store_dir = dir.join(format!("inproc-{batch}"));
-    let (ids, seed) = (args.ids, args.seed);
+    let store_dir = dir.join(format!("inproc-{batch}-{ids}"));
+    let seed = args.seed;
+    let mode = match (batch == 1, ids == args.hot_ids) {
+        (true, true) => "in-process, 1 id, hot ids",
+        (false, true) => "in-process, batched, hot ids",
+        (true, false) => "in-process, 1 id per call",
+        (false, false) => "in-process, batched",
+    };
     let handle = std::thread::spawn(move || -> anyhow::Result<Row> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -115,11 +136,7 @@ async fn in_process(
             let (seqs, calls, elapsed) =
                 measure_in_process(&allocator, batch, ids, &mut rng, duration).await?;
             Ok(Row {
-                mode: if batch == 1 {
-                    "in-process, 1 id per call"
-                } else {
-                    "in-process, batched"
-                },
+                mode,
                 seqs,
                 calls,
                 elapsed,
@@ -282,10 +299,13 @@ async fn seqsvc_mode(
         "seqsvc over gRPC, {batch} id(s) per call, {} callers",
         args.concurrency
     );
-    // One routing client (its own connections) per caller, like separate
-    // syncd processes, and like Redis's one connection per caller below.
-    let clients: Vec<RoutingClient> = (0..args.concurrency)
-        .map(|_| RoutingClient::new(&[cluster.arbiter.addr.clone()], Duration::from_secs(10)))
+    let clients: Vec<RoutingClient> = (0..args.seqsvc_clients.max(1))
+        .map(|_| {
+            RoutingClient::new(
+                std::slice::from_ref(&cluster.arbiter.addr),
+                Duration::from_secs(10),
+            )
+        })
         .collect::<Result<_, _>>()?;
     let clients = Arc::new(clients);
     let ids = args.ids;
@@ -387,8 +407,8 @@ fn print_and_save(args: &SeqArgs, rows: &[Row]) -> anyhow::Result<()> {
     let redis_pipelined = rate("Redis INCR, pipelined");
     println!();
     println!(
-        "seq allocation: {} callers, {} ids per batch, ids uniform in 0..{}, {} s per mode",
-        args.concurrency, args.batch, args.ids, args.duration_secs
+        "seq allocation: {} callers, {} ids per batch, ids uniform in 0..{} (hot: 0..{}), {} s per mode",
+        args.concurrency, args.batch, args.ids, args.hot_ids, args.duration_secs
     );
     println!(
         "| {:<28} | {:>12} | {:>10} | {:>8} | {:>8} | {:>10} | {:>12} |",
@@ -447,6 +467,8 @@ fn print_and_save(args: &SeqArgs, rows: &[Row]) -> anyhow::Result<()> {
                 "concurrency": args.concurrency,
                 "batch": args.batch,
                 "ids": args.ids,
+                "hot_ids": args.hot_ids,
+                "seqsvc_clients": args.seqsvc_clients,
                 "seed": args.seed,
             },
             "rows": json_rows,

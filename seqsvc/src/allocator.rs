@@ -15,7 +15,15 @@ use std::sync::{Arc, Mutex};
 /// Most ids accepted by one batch call; larger fanouts split their batches.
 pub const MAX_BATCH_IDS: usize = 65_536;
 
+/// Largest section size accepted: a section's `cur_seq` pages are indexed
+/// by offset, so this bounds the page table of one section.
+pub const MAX_SECTION_SIZE: u64 = 10_000_000;
+
 const SHARD_COUNT: usize = 64;
+
+/// Ids per lazily allocated page of `cur_seq` values (8 KiB): dense ids cost
+/// 8 bytes each, a lone active id at most one page.
+const PAGE_IDS: usize = 1_024;
 
 #[derive(Clone, Debug)]
 pub struct AllocatorConfig {
@@ -39,10 +47,10 @@ impl AllocatorConfig {
         if self.step == 0 {
             return Err(SeqError::InvalidArgument("step must be at least 1".into()));
         }
-        if self.section_size == 0 {
-            return Err(SeqError::InvalidArgument(
-                "section_size must be at least 1".into(),
-            ));
+        if self.section_size == 0 || self.section_size > MAX_SECTION_SIZE {
+            return Err(SeqError::InvalidArgument(format!(
+                "section_size must be 1 to {MAX_SECTION_SIZE}"
+            )));
         }
         Ok(())
     }
@@ -61,11 +69,13 @@ struct Inner {
 }
 
 /// Loaded sections by (namespace, section index).
-type SectionMap = HashMap<(Namespace, u64), Arc<Section>>;
+type SectionMap = HashMap<(Namespace, u64), Arc<Section>, foldhash::fast::RandomState>;
 
 struct Section {
     namespace: Namespace,
     index: u64,
+    /// The section's first id.
+    start: u64,
     state: Mutex<SectionState>,
     raise: tokio::sync::Mutex<()>,
     prefetching: AtomicBool,
@@ -77,10 +87,38 @@ struct SectionState {
     /// `max_seq` as loaded at startup: every seq issued by an earlier run is
     /// at or below it, so an id first seen in this run starts above it.
     floor: u64,
-    /// Last seq handed out per id in this run.
-    cur: HashMap<u64, u64>,
+    /// Last seq handed out per id (by offset in the section) in this run;
+    /// 0: none yet (seqs start at 1). Pages are allocated on first use.
+    pages: Vec<Option<Box<[u64]>>>,
     /// Highest seq handed out in this section in this run (drives prefetch).
     highest: u64,
+}
+
+impl SectionState {
+    /// The raw stored value: 0 when this run handed out nothing for it.
+    fn raw(&self, offset: usize) -> u64 {
+        match self.pages.get(offset / PAGE_IDS) {
+            Some(Some(page)) => page[offset % PAGE_IDS],
+            _ => 0,
+        }
+    }
+
+    /// The last seq of the id, counting earlier runs as up to the floor.
+    fn last(&self, offset: usize) -> u64 {
+        match self.raw(offset) {
+            0 => self.floor,
+            seq => seq,
+        }
+    }
+
+    fn set(&mut self, offset: usize, seq: u64) {
+        let page = offset / PAGE_IDS;
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        self.pages[page].get_or_insert_with(|| vec![0; PAGE_IDS].into_boxed_slice())
+            [offset % PAGE_IDS] = seq;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,7 +135,7 @@ impl Allocator {
                 config,
                 store,
                 shards: (0..SHARD_COUNT)
-                    .map(|_| Mutex::new(HashMap::new()))
+                    .map(|_| Mutex::new(SectionMap::default()))
                     .collect(),
             }),
         })
@@ -120,12 +158,39 @@ impl Allocator {
     pub async fn current(&self, namespace: Namespace, id: u64) -> Result<u64> {
         let section = self.section(namespace, self.section_of(id)).await?;
         let state = lock(&section.state);
-        Ok(state.cur.get(&id).copied().unwrap_or(state.floor))
+        Ok(state.last((id - section.start) as usize))
     }
 
-    /// Allocates the next seq of one id.
+    /// Allocates the next seq of one id. The hot path: one map lookup, one
+    /// lock, no allocation.
     pub async fn next(&self, namespace: Namespace, id: u64) -> Result<u64> {
-        Ok(self.next_batch(namespace, &[id]).await?[0])
+        let index = self.section_of(id);
+        if let Some(done) = self.next_in_loaded(namespace, index, id) {
+            return done;
+        }
+        let section = self.section(namespace, index).await?;
+        let offset = (id - section.start) as usize;
+        loop {
+            let needed = {
+                let mut state = lock(&section.state);
+                let next = state
+                    .last(offset)
+                    .checked_add(1)
+                    .ok_or(SeqError::Exhausted { namespace, id })?;
+                if next <= state.max_seq {
+                    state.set(offset, next);
+                    state.highest = state.highest.max(next);
+                    let headroom = state.max_seq - state.highest;
+                    drop(state);
+                    if headroom < self.inner.config.step / 2 {
+                        self.prefetch(&section);
+                    }
+                    return Ok(next);
+                }
+                next
+            };
+            self.raise_to(&section, needed, None).await?;
+        }
     }
 
     /// Allocates one seq per listed id; `result[i]` belongs to `ids[i]`. An id
@@ -159,35 +224,44 @@ impl Allocator {
         group: &[(u64, usize)],
         out: &mut [u64],
     ) -> Result<()> {
+        let mut undo: Vec<(usize, u64)> = Vec::with_capacity(group.len());
         loop {
             let needed = {
                 let mut state = lock(&section.state);
-                let mut tentative: HashMap<u64, u64> = HashMap::new();
+                // Apply in list order (repeats of an id see their own
+                // earlier increments), remembering old values to roll back
+                // if the batch does not fit under max_seq.
+                undo.clear();
                 let mut needed = 0u64;
+                let mut exhausted = None;
                 for &(_, i) in group {
-                    let id = ids[i];
-                    let last = tentative
-                        .get(&id)
-                        .or_else(|| state.cur.get(&id))
-                        .copied()
-                        .unwrap_or(state.floor);
-                    let next = last.checked_add(1).ok_or(SeqError::Exhausted {
-                        namespace: section.namespace,
-                        id,
-                    })?;
-                    tentative.insert(id, next);
+                    let offset = (ids[i] - section.start) as usize;
+                    let Some(next) = state.last(offset).checked_add(1) else {
+                        exhausted = Some(ids[i]);
+                        break;
+                    };
+                    undo.push((offset, state.raw(offset)));
+                    state.set(offset, next);
                     out[i] = next;
                     needed = needed.max(next);
                 }
-                if needed <= state.max_seq {
+                if exhausted.is_none() && needed <= state.max_seq {
                     state.highest = state.highest.max(needed);
-                    state.cur.extend(tentative);
                     let headroom = state.max_seq - state.highest;
                     drop(state);
                     if headroom < self.inner.config.step / 2 {
                         self.prefetch(section);
                     }
                     return Ok(());
+                }
+                for &(offset, old) in undo.iter().rev() {
+                    state.set(offset, old);
+                }
+                if let Some(id) = exhausted {
+                    return Err(SeqError::Exhausted {
+                        namespace: section.namespace,
+                        id,
+                    });
                 }
                 needed
             };
@@ -242,8 +316,36 @@ impl Allocator {
         });
     }
 
+    /// [`Allocator::next`] without touching the section's reference count:
+    /// `None` when the section is not loaded or `max_seq` must be raised.
+    fn next_in_loaded(&self, namespace: Namespace, index: u64, id: u64) -> Option<Result<u64>> {
+        let shard = lock(self.shard(namespace, index));
+        let section = shard.get(&(namespace, index))?;
+        let mut state = lock(&section.state);
+        let offset = (id - section.start) as usize;
+        let Some(next) = state.last(offset).checked_add(1) else {
+            return Some(Err(SeqError::Exhausted { namespace, id }));
+        };
+        if next > state.max_seq {
+            return None;
+        }
+        state.set(offset, next);
+        state.highest = state.highest.max(next);
+        if state.max_seq - state.highest < self.inner.config.step / 2 {
+            let section = Arc::clone(section);
+            drop(state);
+            drop(shard);
+            self.prefetch(&section);
+        }
+        Some(Ok(next))
+    }
+
+    fn shard(&self, namespace: Namespace, index: u64) -> &Mutex<SectionMap> {
+        &self.inner.shards[(index as usize ^ namespace.code() as usize) % SHARD_COUNT]
+    }
+
     async fn section(&self, namespace: Namespace, index: u64) -> Result<Arc<Section>> {
-        let shard = &self.inner.shards[(index as usize ^ namespace.code() as usize) % SHARD_COUNT];
+        let shard = self.shard(namespace, index);
         if let Some(section) = lock(shard).get(&(namespace, index)) {
             return Ok(Arc::clone(section));
         }
@@ -255,10 +357,11 @@ impl Allocator {
             Arc::new(Section {
                 namespace,
                 index,
+                start: index * self.inner.config.section_size,
                 state: Mutex::new(SectionState {
                     max_seq,
                     floor: max_seq,
-                    cur: HashMap::new(),
+                    pages: Vec::new(),
                     highest: max_seq,
                 }),
                 raise: tokio::sync::Mutex::new(()),
