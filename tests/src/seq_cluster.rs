@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use seqsvc::client::RoutingClient;
 use seqsvc::grpc::RemoteStore;
 use seqsvc::routing::RoutingTable;
-use seqsvc::{MaxSeqStore, Namespace, RouteStore};
+use seqsvc::{Namespace, SharedStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +24,10 @@ pub const ACTIVATION_MS: u64 = 1_300;
 pub const DEAD_AFTER_MS: u64 = 800;
 
 pub struct Cluster {
-    pub store: Process,
+    /// The `seqsvc store` process; `None` on a CQL store.
+    pub store: Option<Process>,
+    store_url: String,
+    _keyspace: Option<crate::CqlKeyspace>,
     pub arbiters: Vec<Process>,
     pub allocs: Vec<Process>,
     /// While this file exists the store fails every max_seq raise.
@@ -33,21 +36,42 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster on a `seqsvc store` process.
     pub fn start(arbiters: usize, allocs: usize) -> Result<Self> {
+        Self::start_on(None, arbiters, allocs)
+    }
+
+    /// A cluster whose shared store is a keyspace of its own on the test
+    /// CQL server (fails, never skips, without one).
+    pub fn start_on_cql(test_name: &str, arbiters: usize, allocs: usize) -> Result<Self> {
+        Self::start_on(Some(crate::CqlKeyspace::new(test_name)), arbiters, allocs)
+    }
+
+    fn start_on(
+        keyspace: Option<crate::CqlKeyspace>,
+        arbiters: usize,
+        allocs: usize,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let fail_raises_file = dir.path().join("fail-raises");
         let data = dir.path().join("store");
-        let store = Process::start(
-            &seqsvc_bin(),
-            &[
-                "store",
-                "--data-dir",
-                data.to_str().context("utf-8 path")?,
-                "--fail-raises-while",
-                fail_raises_file.to_str().context("utf-8 path")?,
-            ],
-        )?;
-        let store_url = format!("http://{}", store.addr);
+        let (store, store_url) = match &keyspace {
+            Some(keyspace) => (None, keyspace.url.clone()),
+            None => {
+                let store = Process::start(
+                    &seqsvc_bin(),
+                    &[
+                        "store",
+                        "--data-dir",
+                        data.to_str().context("utf-8 path")?,
+                        "--fail-raises-while",
+                        fail_raises_file.to_str().context("utf-8 path")?,
+                    ],
+                )?;
+                let url = format!("http://{}", store.addr);
+                (Some(store), url)
+            }
+        };
         let arbiter_args = [
             "arbiter".to_owned(),
             "--store".to_owned(),
@@ -96,6 +120,8 @@ impl Cluster {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             store,
+            store_url,
+            _keyspace: keyspace,
             arbiters,
             allocs,
             fail_raises_file,
@@ -107,16 +133,21 @@ impl Cluster {
         self.arbiters.iter().map(|a| a.addr.clone()).collect()
     }
 
-    pub fn store_client(&self) -> Result<RemoteStore> {
-        Ok(RemoteStore::connect_lazy(&format!(
-            "http://{}",
-            self.store.addr
-        ))?)
+    /// The shared store, as the AllocSvrs reach it.
+    pub async fn store_client(&self) -> Result<Arc<dyn SharedStore>> {
+        if self.store_url.starts_with("scylla://") {
+            let config = timeline_store::scylla::ScyllaConfig::parse(&self.store_url)?;
+            let session = config.connect().await?;
+            let store = seqsvc::CqlMaxSeqStore::open(session, &config.keyspace).await?;
+            return Ok(Arc::new(store));
+        }
+        Ok(Arc::new(RemoteStore::connect_lazy(&self.store_url)?))
     }
 
     /// The routing table as stored (the authority AllocSvrs lease from).
     pub async fn routes(&self) -> Result<RoutingTable> {
-        self.store_client()?
+        self.store_client()
+            .await?
             .read_routes()
             .await?
             .context("no routing table stored")
@@ -163,7 +194,8 @@ impl Cluster {
     /// The persisted max_seq of the id's section.
     pub async fn stored_max(&self, id: u64) -> Result<u64> {
         Ok(self
-            .store_client()?
+            .store_client()
+            .await?
             .load(Namespace::Inbox, id / SECTION_SIZE)
             .await?)
     }
@@ -281,6 +313,7 @@ pub async fn check(cluster: &Cluster, records: &[Record]) -> Result<Checked> {
         per_id.entry(r.id).or_default().push(*r);
     }
     let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
+    let store = cluster.store_client().await?;
     for (id, list) in &mut per_id {
         let mut seen = HashSet::new();
         for r in list.iter() {
@@ -316,7 +349,7 @@ pub async fn check(cluster: &Cluster, records: &[Record]) -> Result<Checked> {
         let max_seq = match stored.get(&section) {
             Some(&v) => v,
             None => {
-                let v = cluster.stored_max(*id).await?;
+                let v = store.load(Namespace::Inbox, section).await?;
                 stored.insert(section, v);
                 v
             }

@@ -125,12 +125,12 @@ async fn arbiters_race_restart_and_never_reuse_a_version() -> Result<()> {
     let balanced = cluster.wait_balanced().await?;
     let load = Load::start(&cluster.arbiter_addrs(), 2, 4, IDS, RETRY_FOR)?;
     // Watch the stored table: versions only rise, one content per version.
-    let watcher_cluster_store = cluster.store_client()?;
+    let watcher_cluster_store = cluster.store_client().await?;
     let watching = tokio::spawn(async move {
         let mut seen: HashMap<u64, seqsvc::routing::RoutingTable> = HashMap::new();
         let mut last = 0;
         for _ in 0..160 {
-            if let Ok(Some(table)) = seqsvc::RouteStore::read_routes(&watcher_cluster_store).await {
+            if let Ok(Some(table)) = watcher_cluster_store.read_routes().await {
                 assert!(
                     table.version >= last,
                     "version went back to {}",
@@ -268,14 +268,15 @@ async fn restart_of_every_process_continues_upward_within_one_step() -> Result<(
         let h = highest_in_section.entry(r.id / SECTION_SIZE).or_default();
         *h = (*h).max(r.seq);
     }
-    cluster.store.kill9();
+    let store = cluster.store.as_mut().expect("a store process");
+    store.kill9();
     for arbiter in &mut cluster.arbiters {
         arbiter.kill9();
     }
     for alloc in &mut cluster.allocs {
         alloc.kill9();
     }
-    cluster.store.restart()?;
+    store.restart()?;
     for arbiter in &mut cluster.arbiters {
         arbiter.restart()?;
     }
@@ -454,5 +455,38 @@ async fn no_allocsvr_means_an_error_never_a_seq() -> Result<()> {
         String::from_utf8_lossy(&out.stdout)
     );
     ensure!(stderr.contains("no AllocSvr serves id 7"), "{stderr}");
+    Ok(())
+}
+
+/// The production layout: no store process, the routing table and max_seq
+/// in a CQL keyspace (LWT), and an owner lost mid-load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cql_store_a_killed_owner_fails_over() -> Result<()> {
+    let mut cluster = Cluster::start_on_cql("seqsvc_failover", 1, 2)?;
+    cluster.wait_balanced().await?;
+    let load = Load::start(&cluster.arbiter_addrs(), 2, 3, IDS, RETRY_FOR)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cluster.routes().await?;
+    let victim_addr = before.owner_of_slot(0).expect("slot 0 owned").to_owned();
+    let victim = cluster.alloc_index(&victim_addr).expect("ours");
+    cluster.allocs[victim].kill9();
+    let killed_at = Instant::now();
+    cluster.wait_balanced().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = load.stop().await;
+    let checked = check(&cluster, &outcome.records).await?;
+    let served_after = outcome
+        .records
+        .iter()
+        .filter(|r| before.owner_of(r.id) == Some(victim_addr.as_str()) && r.start > killed_at)
+        .count();
+    ensure!(
+        served_after > 0,
+        "the lost sections were never served again"
+    );
+    eprintln!(
+        "CQL store failover: {} seqs for {} ids checked; {served_after} served by the new owner",
+        checked.seqs, checked.ids
+    );
     Ok(())
 }
