@@ -155,6 +155,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "measuring {} s at concurrency {}",
         args.duration_secs, args.concurrency
     );
+    let progress = report::Progress::start("fanout", Duration::from_secs(args.duration_secs));
     let mut timeline = drive(
         &client,
         &conversations,
@@ -164,6 +165,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         &tracker,
     )
     .await?;
+    drop(progress);
     // Let the last sends arrive, then stop following.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (delivered, undelivered) = tracker.counts();

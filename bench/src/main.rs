@@ -8,8 +8,10 @@
 //! the same kind of rows with a bare prepared-statement loop at the same
 //! concurrency, for the ratio. `bench catchup` times a device pulling a long
 //! backlog with Sync. Setup (server start, conversation creation, schema,
-//! filling a backlog) is excluded from every measured window.
+//! filling a backlog) is excluded from every measured window. `bench seq`
+//! compares sequence allocation with Redis INCR; `bench all` runs them all.
 
+mod all;
 mod catchup;
 mod delivery;
 mod fanout;
@@ -39,6 +41,8 @@ enum Command {
     Catchup(catchup::CatchupArgs),
     /// Sequence allocation: in-process, seqsvc over gRPC, and Redis INCR.
     Seq(seq::SeqArgs),
+    /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
+    All(all::AllArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => runtime.block_on(fanout::run(args)),
         Command::Catchup(args) => runtime.block_on(catchup::run(args)),
         Command::Seq(args) => runtime.block_on(seq::run(args)),
+        Command::All(args) => all::run(args),
     }
 }

@@ -82,3 +82,53 @@ pub fn store_kind(store: &str) -> &str {
         "embedded"
     }
 }
+
+/// Shows how far a measured window has run, on stderr: a redrawn bar on a
+/// terminal, a line per tenth otherwise (logs). Stops when dropped.
+pub struct Progress {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub fn start(label: &str, total: std::time::Duration) -> Self {
+        use std::io::{IsTerminal, Write};
+        let label = label.to_owned();
+        let terminal = std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            const WIDTH: usize = 30;
+            let start = tokio::time::Instant::now();
+            let mut last_tenth = 0;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let done = (start.elapsed().as_secs_f64() / total.as_secs_f64()).min(1.0);
+                let filled = (done * WIDTH as f64) as usize;
+                if terminal {
+                    eprint!(
+                        "\r[{}{}] {:>5.1}/{:.0} s {label}",
+                        "=".repeat(filled),
+                        " ".repeat(WIDTH - filled),
+                        start.elapsed().as_secs_f64().min(total.as_secs_f64()),
+                        total.as_secs_f64()
+                    );
+                    let _ = std::io::stderr().flush();
+                } else if (done * 10.0) as usize > last_tenth {
+                    last_tenth = (done * 10.0) as usize;
+                    eprintln!("{label}: {}%", last_tenth * 10);
+                }
+                if done >= 1.0 {
+                    if terminal {
+                        eprintln!();
+                    }
+                    return;
+                }
+            }
+        });
+        Self { task }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

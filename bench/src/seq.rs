@@ -273,8 +273,10 @@ where
                 })
             })
             .collect();
+        let progress = record.then(|| report::Progress::start("seq", window));
         tokio::time::sleep(window).await;
         stop.store(true, Ordering::Relaxed);
+        drop(progress);
         let mut total = (0u64, 0u64, report::histogram());
         for task in tasks {
             let (seqs, calls, latency) = task.await??;

@@ -1,0 +1,70 @@
+//! `bench all`: every benchmark in one run, each as a child process of this
+//! binary so one failing does not hide the others' results. `--quick` uses
+//! small workloads (under three minutes in total): a smoke check that every
+//! benchmark still runs end to end, not a measurement to quote (its JSON
+//! files go to a scratch directory, not `bench/results/`).
+
+use std::process::Command;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AllArgs {
+    /// Small workloads and short windows.
+    #[arg(long)]
+    quick: bool,
+}
+
+pub fn run(args: AllArgs) -> anyhow::Result<()> {
+    let runs: Vec<(&str, Vec<&str>)> = if args.quick {
+        vec![
+            ("seq", vec!["seq", "--duration-secs", "1"]),
+            ("catchup", vec!["catchup", "--entries", "10000"]),
+            (
+                "fanout",
+                vec![
+                    "fanout",
+                    "--users",
+                    "1000",
+                    "--conversations",
+                    "200",
+                    "--subscribers",
+                    "50",
+                    "--duration-secs",
+                    "5",
+                ],
+            ),
+        ]
+    } else {
+        vec![
+            ("seq", vec!["seq"]),
+            ("catchup", vec!["catchup"]),
+            ("fanout", vec!["fanout"]),
+            ("fanout open loop", vec!["fanout", "--rate", "1500"]),
+        ]
+    };
+    let exe = std::env::current_exe()?;
+    // Smoke results are not measurements: keep them out of bench/results/.
+    let scratch = tempfile::tempdir()?;
+    let mut failed = Vec::new();
+    for (name, run_args) in &runs {
+        eprintln!("== bench {}", run_args.join(" "));
+        let started = std::time::Instant::now();
+        let mut command = Command::new(&exe);
+        command.args(run_args);
+        if args.quick {
+            command
+                .arg("--out")
+                .arg(scratch.path().join(format!("{}.json", run_args[0])));
+        }
+        let status = command.status()?;
+        eprintln!(
+            "== {name}: {} in {:.0} s",
+            if status.success() { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            failed.push(*name);
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    Ok(())
+}
