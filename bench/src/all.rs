@@ -30,6 +30,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                     "50",
                     "--duration-secs",
                     "5",
+                    "--redis-peer",
                 ],
             ),
         ]
@@ -37,8 +38,11 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         vec![
             ("seq", vec!["seq"]),
             ("catchup", vec!["catchup"]),
-            ("fanout", vec!["fanout"]),
-            ("fanout open loop", vec!["fanout", "--rate", "1500"]),
+            ("fanout", vec!["fanout", "--redis-peer"]),
+            (
+                "fanout open loop",
+                vec!["fanout", "--rate", "1500", "--redis-peer"],
+            ),
         ]
     };
     let exe = std::env::current_exe()?;

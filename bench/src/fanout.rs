@@ -57,6 +57,11 @@ pub struct FanoutArgs {
     /// seqsvc step: sequence numbers per persisted max_seq write.
     #[arg(long, default_value_t = 10_000)]
     seq_step: u64,
+    /// Also run the Redis Streams peer (redis-server from the system, run
+    /// with appendfsync always and everysec) on the same conversations,
+    /// concurrency and rate.
+    #[arg(long)]
+    redis_peer: bool,
     /// Result file (default: bench/results/fanout-<unix time>.json).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -177,6 +182,22 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
 
+    let mut peers = Vec::new();
+    if args.redis_peer {
+        let load = crate::redis_peer::PeerLoad {
+            conversations: &conversations,
+            concurrency: args.concurrency,
+            rate: args.rate,
+            message_bytes: args.message_bytes,
+            seed: args.seed,
+            warmup,
+            duration: Duration::from_secs(args.duration_secs),
+        };
+        for fsync in ["always", "everysec"] {
+            eprintln!("Redis Streams peer, appendfsync {fsync}");
+            peers.push(crate::redis_peer::run(fsync, &load).await?);
+        }
+    }
     let bare = match (&location, args.bare_cql) {
         (StoreLocation::Scylla(config), true) => {
             Some(bare_cql(config, &args, timeline.inbox_entries, &conversations).await?)
@@ -184,7 +205,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         (StoreLocation::Embedded, true) => anyhow::bail!("--bare-cql needs a scylla:// store"),
         _ => None,
     };
-    print_and_save(&args, &timeline, bare.as_ref())
+    print_and_save(&args, &timeline, bare.as_ref(), &peers)
 }
 
 /// Creates every conversation (setup, not measured). Returns member lists
@@ -274,7 +295,7 @@ async fn drive(
 
 /// Sends in flight at most in open-loop mode; past it new sends wait (and
 /// that wait counts in their latency).
-const MAX_OPEN_LOOP_IN_FLIGHT: usize = 4_096;
+pub const MAX_OPEN_LOOP_IN_FLIGHT: usize = 4_096;
 
 async fn drive_open_loop(
     client: &Client,
@@ -412,6 +433,7 @@ fn print_and_save(
     args: &FanoutArgs,
     timeline: &Measured,
     bare: Option<&Bare>,
+    peers: &[crate::redis_peer::PeerMeasured],
 ) -> anyhow::Result<()> {
     let secs = timeline.elapsed.as_secs_f64();
     let sends_per_s = timeline.sends as f64 / secs;
@@ -512,6 +534,62 @@ fn print_and_save(
             "rows": bare.rows, "elapsed_secs": bare.elapsed.as_secs_f64(), "rows_per_sec": bare_per_s,
             "ratio_timeline_to_bare": inbox_per_s / bare_per_s,
         });
+    }
+    if !peers.is_empty() {
+        println!();
+        println!(
+            "| {:<30} | {:>9} | {:>14} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} |",
+            "system",
+            "sends/s",
+            "inbox entries/s",
+            "ack p50",
+            "ack p99",
+            "ack p99.9",
+            "server CPU",
+            "syncd ratio"
+        );
+        println!("|{}|", ["---"; 8].join("|"));
+        println!(
+            "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>10} | {:>12} |",
+            format!("syncd, {} store", report::store_kind(&args.store)),
+            sends_per_s,
+            inbox_per_s,
+            ms(&timeline.latency, 0.5),
+            ms(&timeline.latency, 0.99),
+            ms(&timeline.latency, 0.999),
+            "in-process",
+            "1.00x"
+        );
+        let mut json_peers = Vec::new();
+        for peer in peers {
+            let secs = peer.elapsed.as_secs_f64();
+            let peer_inbox_per_s = peer.inbox_entries as f64 / secs;
+            println!(
+                "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>10} | {:>12} |",
+                format!("Redis Streams, fsync {}", peer.fsync),
+                peer.sends as f64 / secs,
+                peer_inbox_per_s,
+                ms(&peer.latency, 0.5),
+                ms(&peer.latency, 0.99),
+                ms(&peer.latency, 0.999),
+                format!("{:.0}%", 100.0 * peer.server_cpu_seconds / secs),
+                format!("{:.2}x", inbox_per_s / peer_inbox_per_s)
+            );
+            json_peers.push(serde_json::json!({
+                "system": "redis-streams", "appendfsync": peer.fsync,
+                "sends": peer.sends, "inbox_entries": peer.inbox_entries, "elapsed_secs": secs,
+                "sends_per_sec": peer.sends as f64 / secs, "inbox_entries_per_sec": peer_inbox_per_s,
+                "ack_ms": { "p50": ms(&peer.latency, 0.5), "p99": ms(&peer.latency, 0.99), "p999": ms(&peer.latency, 0.999) },
+                "server_cpu_percent": 100.0 * peer.server_cpu_seconds / secs,
+                "server_peak_rss_mib": peer.server_peak_rss_mib,
+                "ratio_syncd_inbox_entries_to_peer": inbox_per_s / peer_inbox_per_s,
+            }));
+        }
+        println!(
+            "syncd ratio: syncd's durable inbox entries/s over the peer's. appendfsync everysec acknowledges \
+             writes before they are on disk (up to a second of them can be lost): not the same durability."
+        );
+        json["redis_peers"] = serde_json::Value::Array(json_peers);
     }
     let path = report::write_json("fanout", args.out.clone(), &json)?;
     println!("results: {}", path.display());

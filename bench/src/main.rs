@@ -17,6 +17,7 @@ mod delivery;
 mod fanout;
 mod node;
 mod procs;
+mod redis_peer;
 mod report;
 mod seq;
 mod workload;
