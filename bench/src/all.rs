@@ -33,6 +33,25 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                     "--redis-peer",
                 ],
             ),
+            (
+                "fanout sweep",
+                vec![
+                    "fanout",
+                    "--users",
+                    "1000",
+                    "--conversations",
+                    "200",
+                    "--subscribers",
+                    "50",
+                    "--duration-secs",
+                    "2",
+                    "--sweep",
+                    "--sweep-start-rate",
+                    "200",
+                    "--sweep-factor",
+                    "3",
+                ],
+            ),
         ]
     } else {
         vec![
@@ -43,6 +62,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                 "fanout open loop",
                 vec!["fanout", "--rate", "1500", "--redis-peer"],
             ),
+            ("fanout sweep", vec!["fanout", "--sweep"]),
         ]
     };
     let exe = std::env::current_exe()?;

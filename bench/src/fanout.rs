@@ -57,6 +57,17 @@ pub struct FanoutArgs {
     /// seqsvc step: sequence numbers per persisted max_seq write.
     #[arg(long, default_value_t = 10_000)]
     seq_step: u64,
+    /// Sweep: run open loop at rising rates (from --sweep-start-rate, times
+    /// --sweep-factor each step) until delivery p99 exceeds --sweep-p99-ms or
+    /// the node falls behind the offered rate; reports the sustainable peak.
+    #[arg(long)]
+    sweep: bool,
+    #[arg(long, default_value_t = 500)]
+    sweep_start_rate: u64,
+    #[arg(long, default_value_t = 1.5)]
+    sweep_factor: f64,
+    #[arg(long, default_value_t = 100.0)]
+    sweep_p99_ms: f64,
     /// Also run the Redis Streams peer (redis-server from the system, run
     /// with appendfsync always and everysec) on the same conversations,
     /// concurrency and rate.
@@ -156,6 +167,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     // Warm-up deliveries do not count.
     tokio::time::sleep(Duration::from_millis(500)).await;
     tracker.reset();
+    if args.sweep {
+        let steps = sweep(&client, &conversations, &args, &tracker).await?;
+        for follower in followers {
+            follower.abort();
+        }
+        node.shutdown().await;
+        return print_sweep(&args, &steps);
+    }
     eprintln!(
         "measuring {} s at concurrency {}",
         args.duration_secs, args.concurrency
@@ -206,6 +225,183 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         _ => None,
     };
     print_and_save(&args, &timeline, bare.as_ref(), &peers)
+}
+
+/// Limits of a sweep: steps at most, and the share of the offered rate the
+/// node must achieve to count as keeping up.
+const MAX_SWEEP_STEPS: usize = 16;
+const KEEPING_UP: f64 = 0.95;
+
+struct SweepStep {
+    rate: u64,
+    sends_per_s: f64,
+    inbox_per_s: f64,
+    ack_p99_ms: f64,
+    delivery_p99_ms: f64,
+    undelivered: usize,
+    sustained: bool,
+}
+
+async fn sweep(
+    client: &Client,
+    conversations: &[(u64, Vec<u64>)],
+    args: &FanoutArgs,
+    tracker: &Arc<Tracker>,
+) -> anyhow::Result<Vec<SweepStep>> {
+    anyhow::ensure!(
+        args.sweep_start_rate > 0,
+        "--sweep-start-rate must be at least 1"
+    );
+    anyhow::ensure!(args.sweep_factor > 1.0, "--sweep-factor must be above 1");
+    let mut steps = Vec::new();
+    let mut rate = args.sweep_start_rate as f64;
+    for step in 0..MAX_SWEEP_STEPS {
+        let mut step_args = args.clone();
+        step_args.rate = rate.round() as u64;
+        eprintln!(
+            "sweep step {}: {} sends/s for {} s",
+            step + 1,
+            step_args.rate,
+            args.duration_secs
+        );
+        tracker.reset();
+        let progress = report::Progress::start("sweep", Duration::from_secs(args.duration_secs));
+        let measured = drive(
+            client,
+            conversations,
+            &step_args,
+            Duration::from_secs(args.duration_secs),
+            args.seed + 10 + step as u64,
+            tracker,
+        )
+        .await?;
+        drop(progress);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, undelivered) = tracker.counts();
+        let secs = measured.elapsed.as_secs_f64();
+        let delivery_p99_ms = ms(&tracker.latency(), 0.99);
+        let sends_per_s = measured.sends as f64 / secs;
+        let sustained = delivery_p99_ms <= args.sweep_p99_ms
+            && sends_per_s >= KEEPING_UP * step_args.rate as f64
+            && undelivered == 0;
+        steps.push(SweepStep {
+            rate: step_args.rate,
+            sends_per_s,
+            inbox_per_s: measured.inbox_entries as f64 / secs,
+            ack_p99_ms: ms(&measured.latency, 0.99),
+            delivery_p99_ms,
+            undelivered,
+            sustained,
+        });
+        if !sustained {
+            break;
+        }
+        rate *= args.sweep_factor;
+    }
+    Ok(steps)
+}
+
+fn print_sweep(args: &FanoutArgs, steps: &[SweepStep]) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "fanout sweep on {} store: bound delivery p99 <= {} ms, {} s per step",
+        report::store_kind(&args.store),
+        args.sweep_p99_ms,
+        args.duration_secs
+    );
+    println!(
+        "| {:>9} | {:>9} | {:>15} | {:>11} | {:>16} | {:>11} | {:>9} |",
+        "offered/s",
+        "sends/s",
+        "inbox entries/s",
+        "ack p99 ms",
+        "delivery p99 ms",
+        "undelivered",
+        "sustained"
+    );
+    println!("|{}|", ["---"; 7].join("|"));
+    for step in steps {
+        println!(
+            "| {:>9} | {:>9.0} | {:>15.0} | {:>11.2} | {:>16.2} | {:>11} | {:>9} |",
+            step.rate,
+            step.sends_per_s,
+            step.inbox_per_s,
+            step.ack_p99_ms,
+            step.delivery_p99_ms,
+            step.undelivered,
+            if step.sustained { "yes" } else { "no" }
+        );
+    }
+    let peak = steps.iter().filter(|s| s.sustained).map(|s| s.rate).max();
+    match peak {
+        Some(peak) => println!("sustainable peak: {peak} sends/s (the highest sustained step)"),
+        None => println!(
+            "sustainable peak: below the first step ({} sends/s)",
+            args.sweep_start_rate
+        ),
+    }
+    let json = serde_json::json!({
+        "benchmark": "fanout-sweep",
+        "config": {
+            "store": report::store_kind(&args.store), "users": args.users, "conversations": args.conversations,
+            "concurrency": args.concurrency, "duration_secs": args.duration_secs, "seed": args.seed,
+            "sweep_start_rate": args.sweep_start_rate, "sweep_factor": args.sweep_factor,
+            "sweep_p99_ms": args.sweep_p99_ms, "subscribers": args.subscribers,
+        },
+        "steps": steps.iter().map(|s| serde_json::json!({
+            "offered_per_sec": s.rate, "sends_per_sec": s.sends_per_s, "inbox_entries_per_sec": s.inbox_per_s,
+            "ack_p99_ms": s.ack_p99_ms, "delivery_p99_ms": s.delivery_p99_ms,
+            "undelivered": s.undelivered, "sustained": s.sustained,
+        })).collect::<Vec<_>>(),
+        "sustainable_peak_per_sec": peak,
+    });
+    let path = report::write_json("fanout-sweep", args.out.clone(), &json)?;
+    let throughput = crate::plot::line_chart(
+        "syncd fanout: achieved vs offered send rate",
+        "offered sends/s",
+        "achieved sends/s",
+        &[crate::plot::Series {
+            name: "sends/s".into(),
+            points: steps
+                .iter()
+                .map(|s| (s.rate as f64, s.sends_per_s))
+                .collect(),
+        }],
+        false,
+    );
+    let latency = crate::plot::line_chart(
+        "syncd fanout: p99 latency vs offered send rate",
+        "offered sends/s",
+        "p99 ms",
+        &[
+            crate::plot::Series {
+                name: "delivery p99".into(),
+                points: steps
+                    .iter()
+                    .map(|s| (s.rate as f64, s.delivery_p99_ms))
+                    .collect(),
+            },
+            crate::plot::Series {
+                name: "send ack p99".into(),
+                points: steps
+                    .iter()
+                    .map(|s| (s.rate as f64, s.ack_p99_ms))
+                    .collect(),
+            },
+        ],
+        false,
+    );
+    let throughput_path = path.with_extension("throughput.svg");
+    let latency_path = path.with_extension("latency.svg");
+    std::fs::write(&throughput_path, throughput)?;
+    std::fs::write(&latency_path, latency)?;
+    println!("results: {}", path.display());
+    println!(
+        "plots: {} {}",
+        throughput_path.display(),
+        latency_path.display()
+    );
+    Ok(())
 }
 
 /// Creates every conversation (setup, not measured). Returns member lists
@@ -593,5 +789,20 @@ fn print_and_save(
     }
     let path = report::write_json("fanout", args.out.clone(), &json)?;
     println!("results: {}", path.display());
+    let mut curves: Vec<(String, &Histogram<u64>)> = vec![
+        ("syncd send ack".to_owned(), &timeline.latency),
+        ("syncd delivery".to_owned(), &timeline.delivery),
+    ];
+    for peer in peers {
+        curves.push((format!("Redis ({}) ack", peer.fsync), &peer.latency));
+    }
+    let named: Vec<(&str, &Histogram<u64>)> =
+        curves.iter().map(|(n, h)| (n.as_str(), *h)).collect();
+    let cdf_path = path.with_extension("cdf.svg");
+    std::fs::write(
+        &cdf_path,
+        crate::plot::latency_cdf("fanout latency CDF", &named),
+    )?;
+    println!("plot: {}", cdf_path.display());
     Ok(())
 }
