@@ -10,7 +10,7 @@
 
 use crate::alloc_server::{NODE_ID_SLOT, NodeIdGrant};
 use crate::allocator::MAX_BATCH_IDS;
-use crate::grpc::{CALL_TIMEOUT, channel, error_from_status, namespace_to_proto};
+use crate::grpc::{CALL_TIMEOUT, channel, error_from_status, namespace_to_proto, with_timeout};
 use crate::routing::RoutingTable;
 use crate::snowflake::{IdReservations, NodeReservation, RESERVE_AHEAD_MS};
 use crate::{Namespace, Result, SeqError};
@@ -274,42 +274,38 @@ impl RoutingClient {
         call: Call,
     ) -> Result<Part> {
         let mut client = self.alloc_client(addr)?;
-        match call {
+        let (seqs, moved) = match call {
             Call::Allocate => {
-                let mut request = tonic::Request::new(pb::AllocateRequest {
+                let request = pb::AllocateRequest {
                     namespace,
                     ids,
                     table_version,
-                });
-                request.set_timeout(CALL_TIMEOUT);
+                };
                 let reply = client
-                    .allocate(request)
+                    .allocate(with_timeout(request, CALL_TIMEOUT))
                     .await
                     .map_err(error_from_status)?
                     .into_inner();
-                Ok(match reply.moved {
-                    Some(table) => Part::Moved(table),
-                    None => Part::Seqs(reply.seqs),
-                })
+                (reply.seqs, reply.moved)
             }
             Call::Current => {
-                let mut request = tonic::Request::new(pb::CurrentRequest {
+                let request = pb::CurrentRequest {
                     namespace,
                     ids,
                     table_version,
-                });
-                request.set_timeout(CALL_TIMEOUT);
+                };
                 let reply = client
-                    .current(request)
+                    .current(with_timeout(request, CALL_TIMEOUT))
                     .await
                     .map_err(error_from_status)?
                     .into_inner();
-                Ok(match reply.moved {
-                    Some(table) => Part::Moved(table),
-                    None => Part::Seqs(reply.seqs),
-                })
+                (reply.seqs, reply.moved)
             }
-        }
+        };
+        Ok(match moved {
+            Some(table) => Part::Moved(table),
+            None => Part::Seqs(seqs),
+        })
     }
 }
 

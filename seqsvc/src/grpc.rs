@@ -82,7 +82,7 @@ pub fn channel(url: &str) -> Result<Channel> {
     Ok(endpoint.connect_lazy())
 }
 
-fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     request

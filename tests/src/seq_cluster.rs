@@ -200,6 +200,24 @@ impl Cluster {
             .await?)
     }
 
+    /// Kills (SIGKILL) the AllocSvr that owns `slot` in the stored table.
+    /// Returns the table before, the victim's address and when it died.
+    pub async fn kill_owner_of_slot(
+        &mut self,
+        slot: u32,
+    ) -> Result<(RoutingTable, String, Instant)> {
+        let before = self.routes().await?;
+        let victim_addr = before
+            .owner_of_slot(slot)
+            .context("slot has no owner")?
+            .to_owned();
+        let victim = self
+            .alloc_index(&victim_addr)
+            .context("the owner is not one of ours")?;
+        self.allocs[victim].kill9();
+        Ok((before, victim_addr, Instant::now()))
+    }
+
     pub fn alloc_index(&self, addr: &str) -> Option<usize> {
         self.allocs.iter().position(|a| a.addr == addr)
     }

@@ -19,11 +19,7 @@ async fn killed_owner_fails_over_to_higher_seqs() -> Result<()> {
     cluster.wait_balanced().await?;
     let load = Load::start(&cluster.arbiter_addrs(), 3, 4, IDS, RETRY_FOR)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = cluster.routes().await?;
-    let victim_addr = before.owner_of_slot(0).expect("slot 0 owned").to_owned();
-    let victim = cluster.alloc_index(&victim_addr).expect("victim is ours");
-    cluster.allocs[victim].kill9();
-    let killed_at = Instant::now();
+    let (before, victim_addr, killed_at) = cluster.kill_owner_of_slot(0).await?;
     let after = cluster.wait_balanced().await?;
     ensure!(!after.load().contains_key(victim_addr.as_str()));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -466,11 +462,7 @@ async fn on_a_cql_store_a_killed_owner_fails_over() -> Result<()> {
     cluster.wait_balanced().await?;
     let load = Load::start(&cluster.arbiter_addrs(), 2, 3, IDS, RETRY_FOR)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = cluster.routes().await?;
-    let victim_addr = before.owner_of_slot(0).expect("slot 0 owned").to_owned();
-    let victim = cluster.alloc_index(&victim_addr).expect("ours");
-    cluster.allocs[victim].kill9();
-    let killed_at = Instant::now();
+    let (before, victim_addr, killed_at) = cluster.kill_owner_of_slot(0).await?;
     cluster.wait_balanced().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let outcome = load.stop().await;

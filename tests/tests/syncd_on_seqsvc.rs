@@ -52,35 +52,27 @@ async fn two_syncd_share_seqs_and_never_share_a_node_id() -> Result<()> {
         "two nodes handed out conversation id {conv_a}"
     );
 
-    let mut replies = Vec::new();
-    for i in 0..40 {
-        let (client, conversation, node) = if i % 2 == 0 {
+    // Message i goes through node a when i is even, b when odd.
+    let send_numbered = async |i: usize| -> Result<(char, pb::SendReply)> {
+        let (client, conversation, node) = if i.is_multiple_of(2) {
             (&sender_a, conv_a, 'a')
         } else {
             (&sender_b, conv_b, 'b')
         };
-        replies.push((
+        Ok((
             node,
             send_surely(client, conversation, &format!("m{i}")).await?,
-        ));
+        ))
+    };
+    let mut replies = Vec::new();
+    for i in 0..40 {
+        replies.push(send_numbered(i).await?);
     }
     // Lose the AllocSvr serving user 2's inbox section and the node-id
     // registry (both in slot 0), then keep sending.
-    let table = cluster.routes().await?;
-    let owner = table.owner_of_slot(0).expect("owned").to_owned();
-    let victim = cluster.alloc_index(&owner).expect("ours");
-    cluster.allocs[victim].kill9();
-    let killed = Instant::now();
+    let (_, _, killed) = cluster.kill_owner_of_slot(0).await?;
     for i in 40..60 {
-        let (client, conversation, node) = if i % 2 == 0 {
-            (&sender_a, conv_a, 'a')
-        } else {
-            (&sender_b, conv_b, 'b')
-        };
-        replies.push((
-            node,
-            send_surely(client, conversation, &format!("m{i}")).await?,
-        ));
+        replies.push(send_numbered(i).await?);
     }
     let after_failover = killed.elapsed();
 
