@@ -26,8 +26,24 @@
 //! - [`snowflake`]: 64-bit time-ordered message ids with a persisted clock
 //!   reservation.
 //!
-//! The allocator is plain library code: no sockets, no gRPC. The
-//! distributed AllocSvr/arbiter layer builds on it.
+//! - [`routing`]: the routing table (slots of sections to AllocSvrs, lease
+//!   timings) and deterministic rebalancing; [`lease`]: lease fencing of
+//!   one AllocSvr (`activation > lease + sync interval`).
+//! - [`alloc_server`] and [`arbiter`]: the two roles' cores, no sockets;
+//!   [`grpc`]: their services, the store service and client, and the one
+//!   mapping of [`SeqError`] to `tonic::Status`.
+//! - [`client`]: the routing client (batches split per owner, "moved"
+//!   followed, retries), snowflake node-id leases, and [`client::SeqSource`]
+//!   (in-process allocator or cluster) for syncd.
+//!
+//! The allocator, routing, lease and role cores are plain library code,
+//! tested without sockets (lease logic with a paused clock); the `seqsvc`
+//! binary runs the store, arbiter and AllocSvr processes.
+//!
+//! Distributed invariants, on top of the ones above: at most one AllocSvr
+//! serves a section at any moment (a new owner waits out the old one's
+//! lease); routing table versions strictly increase and are never reused
+//! (compare-and-set); no two running processes hold one snowflake node id.
 
 pub mod alloc_server;
 pub mod allocator;
