@@ -106,14 +106,24 @@ impl RoutingClient {
         }
     }
 
-    /// Keeps `table` if it is newer than the cached one.
-    fn adopt(&self, table: &pb::RoutingTable) -> Result<()> {
+    /// Keeps `table` if it is newer than the cached one; returns whether it
+    /// was. A "moved" with an older table (an AllocSvr that cannot read the
+    /// store) teaches nothing: the caller backs off instead of looping.
+    fn adopt(&self, table: &pb::RoutingTable) -> Result<bool> {
         let table = RoutingTable::from_proto(table)?;
         let mut cached = lock(&self.inner.table);
         if cached.as_ref().is_none_or(|t| t.version < table.version) {
             *cached = Some(Arc::new(table));
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    fn stale_move(table: &pb::RoutingTable) -> SeqError {
+        SeqError::Unavailable(format!(
+            "an AllocSvr answered \"moved\" with routing table version {}, not newer than ours",
+            table.version
+        ))
     }
 
     fn alloc_client(&self, addr: &str) -> Result<AllocClient> {
@@ -228,8 +238,11 @@ impl RoutingClient {
                         )));
                     }
                     Ok(Part::Moved(table)) => {
-                        self.adopt(&table)?;
-                        moved = true;
+                        if self.adopt(&table)? {
+                            moved = true;
+                        } else {
+                            last_error = Some(Self::stale_move(&table));
+                        }
                         still_pending.extend(positions);
                     }
                     Err(error) if error.is_retryable() => {
@@ -346,7 +359,14 @@ impl RoutingClient {
             };
             match attempt.await {
                 Ok((reply, _)) if reply.moved.is_some() => {
-                    self.adopt(reply.moved.as_ref().expect("checked"))?;
+                    let table = reply.moved.as_ref().expect("checked");
+                    if !self.adopt(table)? {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(Self::stale_move(table));
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
                 Ok((reply, sent)) => {
                     let node_id = u16::try_from(reply.node_id).map_err(|_| {
