@@ -582,3 +582,129 @@ pub async fn allocate_at(
         None => Ok(Ok(reply.seqs)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::LeaseConfig;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::{Request, Response, Status};
+
+    /// An arbiter that hands out `table`.
+    struct FixedArbiter {
+        table: pb::RoutingTable,
+    }
+
+    #[tonic::async_trait]
+    impl pb::arbiter_server::Arbiter for FixedArbiter {
+        async fn heartbeat(
+            &self,
+            _: Request<pb::HeartbeatRequest>,
+        ) -> Result<Response<pb::HeartbeatReply>, Status> {
+            Ok(Response::new(pb::HeartbeatReply {
+                table_version: self.table.version,
+            }))
+        }
+
+        async fn get_routes(
+            &self,
+            _: Request<pb::GetRoutesRequest>,
+        ) -> Result<Response<pb::GetRoutesReply>, Status> {
+            Ok(Response::new(pb::GetRoutesReply {
+                table: Some(self.table.clone()),
+            }))
+        }
+    }
+
+    /// An AllocSvr stuck on an older table: answers every call "moved".
+    struct StaleAllocSvr {
+        old_table: pb::RoutingTable,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::alloc_svr_server::AllocSvr for StaleAllocSvr {
+        async fn allocate(
+            &self,
+            _: Request<pb::AllocateRequest>,
+        ) -> Result<Response<pb::AllocateReply>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(pb::AllocateReply {
+                seqs: Vec::new(),
+                moved: Some(self.old_table.clone()),
+            }))
+        }
+
+        async fn current(
+            &self,
+            _: Request<pb::CurrentRequest>,
+        ) -> Result<Response<pb::CurrentReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn lease_node_id(
+            &self,
+            _: Request<pb::LeaseNodeIdRequest>,
+        ) -> Result<Response<pb::LeaseNodeIdReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn get_routes(
+            &self,
+            _: Request<pb::GetRoutesRequest>,
+        ) -> Result<Response<pb::GetRoutesReply>, Status> {
+            Ok(Response::new(pb::GetRoutesReply {
+                table: Some(self.old_table.clone()),
+            }))
+        }
+    }
+
+    async fn serve<S>(service: S) -> String
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_move_to_an_older_table_backs_off_and_fails_in_time() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut old = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
+        old.owners = vec![Some("127.0.0.1:1".into()); old.owners.len()];
+        let alloc = serve(pb::alloc_svr_server::AllocSvrServer::new(StaleAllocSvr {
+            old_table: old.to_proto(),
+            calls: Arc::clone(&calls),
+        }))
+        .await;
+        let mut newer = old.clone();
+        newer.version = 2;
+        newer.owners = vec![Some(alloc); newer.owners.len()];
+        let arbiter = serve(pb::arbiter_server::ArbiterServer::new(FixedArbiter {
+            table: newer.to_proto(),
+        }))
+        .await;
+        let client = RoutingClient::new(&[arbiter], Duration::from_millis(400)).unwrap();
+        let error = client.next(Namespace::Inbox, 5).await.unwrap_err();
+        assert!(error.to_string().contains("not newer"), "{error}");
+        let calls = calls.load(Ordering::SeqCst);
+        // Backoff from 20 ms doubling: a handful of calls in 400 ms, not a
+        // busy loop.
+        assert!((2..=12).contains(&calls), "{calls} calls");
+    }
+}
