@@ -13,6 +13,17 @@ pub struct AllArgs {
     quick: bool,
 }
 
+/// A W1 mix small enough for a smoke run.
+const QUICK_W1: &[&str] = &[
+    "fanout",
+    "--users",
+    "1000",
+    "--conversations",
+    "200",
+    "--subscribers",
+    "50",
+];
+
 pub fn run(args: AllArgs) -> anyhow::Result<()> {
     let runs: Vec<(&str, Vec<&str>)> = if args.quick {
         vec![
@@ -20,37 +31,22 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             ("catchup", vec!["catchup", "--entries", "10000"]),
             (
                 "fanout",
-                vec![
-                    "fanout",
-                    "--users",
-                    "1000",
-                    "--conversations",
-                    "200",
-                    "--subscribers",
-                    "50",
-                    "--duration-secs",
-                    "5",
-                    "--redis-peer",
-                ],
+                [QUICK_W1, &["--duration-secs", "5", "--redis-peer"]].concat(),
             ),
             (
                 "fanout sweep",
-                vec![
-                    "fanout",
-                    "--users",
-                    "1000",
-                    "--conversations",
-                    "200",
-                    "--subscribers",
-                    "50",
-                    "--duration-secs",
-                    "2",
-                    "--sweep",
-                    "--sweep-start-rate",
-                    "200",
-                    "--sweep-factor",
-                    "3",
-                ],
+                [
+                    QUICK_W1,
+                    &[
+                        "--duration-secs",
+                        "2",
+                        "--sweep",
+                        "--sweep-start-rate",
+                        "200",
+                    ],
+                    &["--sweep-factor", "3"],
+                ]
+                .concat(),
             ),
         ]
     } else {

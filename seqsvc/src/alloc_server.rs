@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The node-id registry lives with the section of id 0, in this slot.
+/// The node-id registry lives with the section of id 0, in this slot (the
+/// slot of section 0 under every table).
 pub const NODE_ID_SLOT: u32 = 0;
 
 /// How often a store that has no routing table yet is read again.
@@ -42,6 +43,13 @@ pub struct NodeIdGrant {
     /// Durably reserved: ids may use milliseconds up to this value.
     pub reserved_ms: u64,
     pub lease: Duration,
+}
+
+/// What a routed request may use: the table it was routed by and the
+/// served state of every slot it touches.
+struct Grant {
+    table: Arc<RoutingTable>,
+    states: BTreeMap<u32, Arc<SlotState>>,
 }
 
 /// Per-slot state of one ownership period.
@@ -153,19 +161,20 @@ impl AllocServer {
         }
     }
 
-    /// The served state of every slot the ids touch, or why not. `Moved`
-    /// when our table gives some id's slot to another AllocSvr.
-    fn slots_for(
-        &self,
-        slots: impl IntoIterator<Item = u32>,
-    ) -> Result<Routed<BTreeMap<u32, Arc<SlotState>>>> {
+    /// Routes a request for `ids`: catches up with a newer client table,
+    /// then, under one read of our table, the served state of every slot
+    /// the ids touch, or why not. `Moved` when our table gives some id to
+    /// another AllocSvr.
+    async fn route(&self, ids: &[u64], client_version: u64) -> Result<Routed<Grant>> {
+        self.catch_up(client_version).await;
         let fence = lock(&self.inner.fence);
         let Some(table) = fence.table().cloned() else {
             return Err(not_serving(0, NotServing::NoTable));
         };
         let now = Instant::now();
         let mut states = BTreeMap::new();
-        for slot in slots {
+        for &id in ids {
+            let slot = table.slot_of(id);
             if states.contains_key(&slot) {
                 continue;
             }
@@ -177,7 +186,7 @@ impl AllocServer {
                 .map_err(|why| not_serving(slot, why))?;
             states.insert(slot, state);
         }
-        Ok(Routed::Served(states))
+        Ok(Routed::Served(Grant { table, states }))
     }
 
     fn confirm(&self, states: &BTreeMap<u32, Arc<SlotState>>) -> Result<()> {
@@ -191,12 +200,6 @@ impl AllocServer {
             }
         }
         Ok(())
-    }
-
-    fn section_size(&self) -> Result<u64> {
-        self.table()
-            .map(|t| t.section_size)
-            .ok_or_else(|| not_serving(0, NotServing::NoTable))
     }
 
     fn check_ids(ids: &[u64]) -> Result<()> {
@@ -220,12 +223,8 @@ impl AllocServer {
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
         Self::check_ids(ids)?;
-        self.catch_up(client_version).await;
-        let table = self
-            .table()
-            .ok_or_else(|| not_serving(0, NotServing::NoTable))?;
-        let states = match self.slots_for(ids.iter().map(|&id| table.slot_of(id)))? {
-            Routed::Served(states) => states,
+        let Grant { table, states } = match self.route(ids, client_version).await? {
+            Routed::Served(grant) => grant,
             Routed::Moved(table) => return Ok(Routed::Moved(table)),
         };
         let seqs = if let [(_, state)] = Vec::from_iter(&states)[..] {
@@ -257,18 +256,14 @@ impl AllocServer {
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
         Self::check_ids(ids)?;
-        self.catch_up(client_version).await;
-        let section_size = self.section_size()?;
-        let slot_count = self.table().map_or(1, |t| t.slot_count());
-        let slot_of = |id: u64| ((id / section_size) % u64::from(slot_count)) as u32;
-        let states = match self.slots_for(ids.iter().map(|&id| slot_of(id)))? {
-            Routed::Served(states) => states,
+        let Grant { table, states } = match self.route(ids, client_version).await? {
+            Routed::Served(grant) => grant,
             Routed::Moved(table) => return Ok(Routed::Moved(table)),
         };
         let mut seqs = Vec::with_capacity(ids.len());
         for &id in ids {
             seqs.push(
-                states[&slot_of(id)]
+                states[&table.slot_of(id)]
                     .allocator
                     .current(namespace, id)
                     .await?,
@@ -295,15 +290,12 @@ impl AllocServer {
                 "node id out of range 0..={MAX_NODE_ID}"
             )));
         }
-        self.catch_up(client_version).await;
-        let states = match self.slots_for([NODE_ID_SLOT])? {
-            Routed::Served(states) => states,
+        // The registry lives with the section of id 0.
+        let Grant { table, states } = match self.route(&[0], client_version).await? {
+            Routed::Served(grant) => grant,
             Routed::Moved(table) => return Ok(Routed::Moved(table)),
         };
-        let lease = self
-            .table()
-            .map(|t| t.lease)
-            .ok_or_else(|| not_serving(0, NotServing::NoTable))?;
+        let lease = table.lease;
         let state = &states[&NODE_ID_SLOT];
         let now = Instant::now();
         let (node_id, renewal) = {

@@ -661,24 +661,16 @@ mod tests {
 
     async fn serve<S>(service: S) -> String
     where
-        S: tonic::codegen::Service<
-                tonic::codegen::http::Request<tonic::body::Body>,
-                Response = tonic::codegen::http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: crate::grpc::Servable,
         S::Future: Send + 'static,
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        tokio::spawn(crate::grpc::serve(
+            listener,
+            service,
+            std::future::pending(),
+        ));
         addr
     }
 

@@ -88,6 +88,79 @@ pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
+/// Concurrent calls one connection may carry.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
+/// A tonic service this crate's processes can serve.
+pub trait Servable:
+    tonic::codegen::Service<
+        tonic::codegen::http::Request<tonic::body::Body>,
+        Response = tonic::codegen::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    > + tonic::server::NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Servable for S where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Serves one service on `listener` until `shutdown` resolves.
+pub async fn serve<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Servable,
+    S::Future: Send + 'static,
+{
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// The shared store named by a `--store` URL: `http://HOST:PORT` (a
+/// `seqsvc store` process) or `scylla://...` (the syncd URL form).
+pub async fn open_store(url: &str) -> Result<Arc<dyn SharedStore>> {
+    if url.starts_with("http://") {
+        return Ok(Arc::new(RemoteStore::connect_lazy(url)?));
+    }
+    if url.starts_with("scylla://") {
+        let store_error = |e: timeline_store::StoreError| match e {
+            timeline_store::StoreError::InvalidArgument(m) => SeqError::InvalidArgument(m),
+            other => SeqError::Store(other.to_string()),
+        };
+        let config = timeline_store::scylla::ScyllaConfig::parse(url).map_err(store_error)?;
+        let session = config.connect().await.map_err(store_error)?;
+        let store = crate::CqlMaxSeqStore::open(session, &config.keyspace).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(SeqError::InvalidArgument(format!(
+        "store {url:?}: expected http://HOST:PORT or scylla://host:port/keyspace"
+    )))
+}
+
 // ---- the store process ----
 
 /// Serves a [`SharedStore`] (the embedded one in `seqsvc store`).

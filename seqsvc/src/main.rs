@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use seqsvc::alloc_server::AllocServer;
 use seqsvc::arbiter::{Arbiter, ArbiterConfig};
 use seqsvc::client::{DEFAULT_RETRY_FOR, RoutingClient, allocate_at};
-use seqsvc::grpc::{AllocService, ArbiterService, RemoteStore, StoreService, spawn_heartbeats};
+use seqsvc::grpc::{AllocService, ArbiterService, StoreService, spawn_heartbeats};
 use seqsvc::routing::{LeaseConfig, RoutingTable};
-use seqsvc::{FjallMaxSeqStore, Namespace, SharedStore};
+use seqsvc::{FjallMaxSeqStore, Namespace};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
-/// Concurrent calls one connection may carry.
-const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 
 #[derive(Parser)]
 #[command(
@@ -198,19 +196,6 @@ fn init_logging() {
         .init();
 }
 
-async fn open_store(url: &str) -> anyhow::Result<Arc<dyn SharedStore>> {
-    if url.starts_with("http://") {
-        return Ok(Arc::new(RemoteStore::connect_lazy(url)?));
-    }
-    if url.starts_with("scylla://") {
-        let config = timeline_store::scylla::ScyllaConfig::parse(url)?;
-        let session = config.connect().await?;
-        let store = seqsvc::CqlMaxSeqStore::open(session, &config.keyspace).await?;
-        return Ok(Arc::new(store));
-    }
-    bail!("store {url:?}: expected http://HOST:PORT or scylla://host:port/keyspace")
-}
-
 async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
@@ -223,25 +208,10 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
 
 async fn serve<S>(listener: TcpListener, service: S) -> anyhow::Result<()>
 where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: seqsvc::grpc::Servable,
     S::Future: Send + 'static,
 {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, wait_for_signal())
-        .await?;
+    seqsvc::grpc::serve(listener, service, wait_for_signal()).await?;
     Ok(())
 }
 
@@ -273,7 +243,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
         check_interval: Duration::from_millis(args.check_interval_ms.max(1)),
     };
     config.lease.validate()?;
-    let store = open_store(&args.store.store).await?;
+    let store = seqsvc::grpc::open_store(&args.store.store).await?;
     // Bind first: AllocSvrs find us while we wait for the store.
     let (listener, local) = bind(args.listen).await?;
     let arbiter = loop {
@@ -293,7 +263,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     init_logging();
-    let store = open_store(&args.store.store).await?;
+    let store = seqsvc::grpc::open_store(&args.store.store).await?;
     let (listener, local) = bind(args.listen).await?;
     let advertise = args.advertise.unwrap_or_else(|| local.to_string());
     let server = AllocServer::new(advertise.clone(), args.step, store)?;

@@ -5,7 +5,6 @@
 use crate::{Process, seqsvc_bin};
 use anyhow::{Context, Result, bail};
 use seqsvc::client::RoutingClient;
-use seqsvc::grpc::RemoteStore;
 use seqsvc::routing::RoutingTable;
 use seqsvc::{Namespace, SharedStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -135,13 +134,7 @@ impl Cluster {
 
     /// The shared store, as the AllocSvrs reach it.
     pub async fn store_client(&self) -> Result<Arc<dyn SharedStore>> {
-        if self.store_url.starts_with("scylla://") {
-            let config = timeline_store::scylla::ScyllaConfig::parse(&self.store_url)?;
-            let session = config.connect().await?;
-            let store = seqsvc::CqlMaxSeqStore::open(session, &config.keyspace).await?;
-            return Ok(Arc::new(store));
-        }
-        Ok(Arc::new(RemoteStore::connect_lazy(&self.store_url)?))
+        Ok(seqsvc::grpc::open_store(&self.store_url).await?)
     }
 
     /// The routing table as stored (the authority AllocSvrs lease from).
@@ -189,15 +182,6 @@ impl Cluster {
                 && load.values().sum::<usize>() == t.owners.len()
         })
         .await
-    }
-
-    /// The persisted max_seq of the id's section.
-    pub async fn stored_max(&self, id: u64) -> Result<u64> {
-        Ok(self
-            .store_client()
-            .await?
-            .load(Namespace::Inbox, id / SECTION_SIZE)
-            .await?)
     }
 
     /// Kills (SIGKILL) the AllocSvr that owns `slot` in the stored table.
