@@ -164,17 +164,27 @@ impl RoutingClient {
             )));
         }
         let namespace = namespace_to_proto(namespace)? as i32;
-        // The common case: every id has one owner and it answers.
+        // The common case: every id has one owner and it answers. A move
+        // learnt here is kept, so the general path below starts from it.
         if let Ok(table) = self.table().await
             && let Some(owner) = table.owner_of(ids[0])
             && ids.iter().all(|&id| table.owner_of(id) == Some(owner))
-            && let Ok(Part::Seqs(seqs)) = self
+        {
+            match self
                 .call_one(owner, namespace, ids.to_vec(), table.version, call)
                 .await
-            && seqs.len() == ids.len()
-            && !(call == Call::Allocate && seqs.contains(&0))
-        {
-            return Ok(seqs);
+            {
+                Ok(Part::Seqs(seqs))
+                    if seqs.len() == ids.len()
+                        && !(call == Call::Allocate && seqs.contains(&0)) =>
+                {
+                    return Ok(seqs);
+                }
+                Ok(Part::Moved(newer)) => {
+                    self.adopt(&newer)?;
+                }
+                _ => {}
+            }
         }
         let deadline = tokio::time::Instant::now() + self.inner.retry_for;
         let mut out = vec![0u64; ids.len()];
