@@ -123,10 +123,25 @@ fn with_deadline<T>(message: T) -> Request<T> {
     request
 }
 
+/// Transport settings for [`Client::connect_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectOptions {
+    /// HTTP/2 receive window, in bytes, per stream and per connection: how
+    /// much the device buffers before the server has to wait for it to read.
+    /// `None` keeps the transport's defaults (2 MiB per stream, 5 MiB per
+    /// connection); a memory-constrained device may want far less.
+    pub receive_window: Option<u32>,
+}
+
 impl Client {
     /// Connects to `server` (`http://host:port`). The connection is made
     /// lazily again after failures; calls fail with `unavailable` meanwhile.
     pub async fn connect(server: &str, token: &str) -> Result<Self> {
+        Self::connect_with(server, token, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with transport settings.
+    pub async fn connect_with(server: &str, token: &str, options: ConnectOptions) -> Result<Self> {
         let connect_error = |reason: String| ClientError::Connect {
             server: server.to_owned(),
             reason,
@@ -140,6 +155,8 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(options.receive_window)
+            .initial_connection_window_size(options.receive_window)
             .connect()
             .await
             .map_err(|e| connect_error(source_chain(&e)))?;
