@@ -1,7 +1,7 @@
 //! `bench catchup`: a device that was offline while `--entries` messages
 //! arrived syncs them all, page by page, as the client library does.
 
-use crate::node::LocalNode;
+use crate::node::{Node, NodeArgs};
 use crate::report;
 use client::{Client, pb};
 use futures_util::future::try_join_all;
@@ -10,9 +10,8 @@ use syncd::auth::Principal;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CatchupArgs {
-    /// "embedded" or scylla://host:port/keyspace?replication=N
-    #[arg(long, default_value = "embedded")]
-    store: String,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Entries the device missed.
     #[arg(long, default_value_t = 100_000)]
     entries: u64,
@@ -21,13 +20,17 @@ pub struct CatchupArgs {
     /// Sync page size (the server caps it at 1,000).
     #[arg(long, default_value_t = 1_000)]
     page: u32,
+    /// Also catch up the same backlog from a Redis stream (XRANGE pages
+    /// from a checkpoint id), redis-server started by the bench.
+    #[arg(long)]
+    redis_peer: bool,
     #[arg(long)]
     out: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.entries > 0, "--entries must be at least 1");
-    let node = LocalNode::start(&args.store, seqsvc::AllocatorConfig::default()).await?;
+    let node = Node::start(&args.node, seqsvc::AllocatorConfig::default().step).await?;
     let service = Client::connect(&node.url, &node.service_token()?).await?;
     let conversation = service
         .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")
@@ -75,41 +78,74 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    node.shutdown().await;
+    let store_kind = node.store_kind();
+    drop(node);
     // The conversation-created event is in the inbox too.
     anyhow::ensure!(
         received == backlog + 1,
         "received {received} of {} entries",
         backlog + 1
     );
+    let peer = if args.redis_peer {
+        eprintln!("Redis Streams peer: the same backlog in one stream");
+        Some(crate::redis_peer::catch_up(received, args.message_bytes, args.page as usize).await?)
+    } else {
+        None
+    };
     println!();
     println!(
-        "catch-up on {} store: {received} entries in {pages} pages",
-        report::store_kind(&args.store)
-    );
-    println!("{:<28} {:>10}", "total (s)", format!("{elapsed:.3}"));
-    println!(
-        "{:<28} {:>10}",
-        "entries/s",
-        format!("{:.0}", received as f64 / elapsed)
+        "catch-up of {received} entries by one device, pages of {}",
+        args.page
     );
     println!(
-        "{:<28} {:>10}",
-        "page p50 (ms)",
-        format!("{:.2}", report::ms(&latency, 0.5))
+        "| {:<28} | {:>8} | {:>9} | {:>12} | {:>13} | {:>13} |",
+        "system", "pages", "total s", "entries/s", "page p50 ms", "page p99 ms"
     );
+    println!("|{}|", ["---"; 6].join("|"));
     println!(
-        "{:<28} {:>10}",
-        "page p99 (ms)",
-        format!("{:.2}", report::ms(&latency, 0.99))
+        "| {:<28} | {:>8} | {:>9.3} | {:>12.0} | {:>13.2} | {:>13.2} |",
+        format!("syncd, {store_kind} store"),
+        pages,
+        elapsed,
+        received as f64 / elapsed,
+        report::ms(&latency, 0.5),
+        report::ms(&latency, 0.99)
     );
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "benchmark": "catchup",
-        "config": { "store": report::store_kind(&args.store), "entries": args.entries, "message_bytes": args.message_bytes, "page": args.page },
+        "config": { "store": store_kind, "entries": args.entries, "message_bytes": args.message_bytes, "page": args.page },
         "received": received, "pages": pages, "elapsed_secs": elapsed,
         "entries_per_sec": received as f64 / elapsed,
         "page_ms": { "p50": report::ms(&latency, 0.5), "p99": report::ms(&latency, 0.99) },
     });
+    if let Some(peer) = peer {
+        anyhow::ensure!(
+            peer.received == received,
+            "the Redis peer read {} of {received} entries",
+            peer.received
+        );
+        let peer_secs = peer.elapsed.as_secs_f64();
+        println!(
+            "| {:<28} | {:>8} | {:>9.3} | {:>12.0} | {:>13.2} | {:>13.2} |",
+            "Redis Streams (XRANGE)",
+            peer.pages,
+            peer_secs,
+            peer.received as f64 / peer_secs,
+            report::ms(&peer.page_latency, 0.5),
+            report::ms(&peer.page_latency, 0.99)
+        );
+        println!(
+            "syncd takes {:.2}x the peer's time (syncd pages carry seqs, conversation ids and \
+             message ids over gRPC; the peer's are raw stream entries)",
+            elapsed / peer_secs
+        );
+        json["redis_peer"] = serde_json::json!({
+            "received": peer.received, "pages": peer.pages, "elapsed_secs": peer_secs,
+            "entries_per_sec": peer.received as f64 / peer_secs,
+            "page_ms": { "p50": report::ms(&peer.page_latency, 0.5), "p99": report::ms(&peer.page_latency, 0.99) },
+            "ratio_syncd_time_to_peer": elapsed / peer_secs,
+        });
+    }
     let path = report::write_json("catchup", args.out, &json)?;
     println!("results: {}", path.display());
     Ok(())

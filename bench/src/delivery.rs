@@ -47,7 +47,8 @@ impl Tracker {
         }
     }
 
-    fn arrived(&self, text: &str) {
+    /// A subscribed device got the message whose text is `text`.
+    pub fn arrived(&self, text: &str) {
         let key = text.split(' ').next().unwrap_or_default();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some((started, waiting)) = state.pending.get_mut(key) else {

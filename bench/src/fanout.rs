@@ -2,7 +2,7 @@
 //! fixed concurrency, and (for CQL stores) the bare-driver peer.
 
 use crate::delivery::Tracker;
-use crate::node::LocalNode;
+use crate::node::{Node, NodeArgs};
 use crate::report::{self, ms};
 use crate::workload::{self, Mix, Rng};
 use client::Client;
@@ -15,9 +15,8 @@ use syncd::server::StoreLocation;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FanoutArgs {
-    /// "embedded" (a fresh temporary data directory) or scylla://host:port/keyspace?replication=N
-    #[arg(long, default_value = "embedded")]
-    store: String,
+    #[command(flatten)]
+    node: NodeArgs,
     #[arg(long, default_value_t = 10_000)]
     users: u64,
     #[arg(long, default_value_t = 2_000)]
@@ -87,7 +86,11 @@ struct Measured {
     conversation_entries: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
-    cpu_seconds: f64,
+    /// The load generator's (this process's) CPU.
+    bench_cpu_seconds: f64,
+    /// The server's, when its process is known.
+    server_cpu_seconds: Option<f64>,
+    server_peak_rss_mib: Option<f64>,
 }
 
 impl Measured {
@@ -101,7 +104,9 @@ impl Measured {
             conversation_entries: 0,
             elapsed: Duration::ZERO,
             latency: report::histogram(),
-            cpu_seconds: 0.0,
+            bench_cpu_seconds: 0.0,
+            server_cpu_seconds: None,
+            server_peak_rss_mib: None,
         }
     }
 }
@@ -109,11 +114,8 @@ impl Measured {
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
-    let allocator = seqsvc::AllocatorConfig {
-        step: args.seq_step,
-        ..seqsvc::AllocatorConfig::default()
-    };
-    let node = LocalNode::start(&args.store, allocator).await?;
+    let node = Node::start(&args.node, args.seq_step).await?;
+    let store_kind = node.store_kind();
     let location = node.location.clone();
     let url = node.url.clone();
     let token = node.service_token()?;
@@ -144,6 +146,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let subscribed: Vec<u64> = subscribed.into_iter().collect();
     let tracker = Tracker::new(subscribed.iter().copied().collect());
     let mut followers = Vec::new();
     for &user_id in &subscribed {
@@ -172,14 +175,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         for follower in followers {
             follower.abort();
         }
-        node.shutdown().await;
-        return print_sweep(&args, &steps);
+        return print_sweep(&args, store_kind, &steps);
     }
     eprintln!(
         "measuring {} s at concurrency {}",
         args.duration_secs, args.concurrency
     );
     let progress = report::Progress::start("fanout", Duration::from_secs(args.duration_secs));
+    let server_cpu_before = node.cpu_seconds();
     let mut timeline = drive(
         &client,
         &conversations,
@@ -190,6 +193,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     )
     .await?;
     drop(progress);
+    timeline.server_cpu_seconds = node
+        .cpu_seconds()
+        .zip(server_cpu_before)
+        .map(|(after, before)| after - before);
     // Let the last sends arrive, then stop following.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (delivered, undelivered) = tracker.counts();
@@ -199,7 +206,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     for follower in followers {
         follower.abort();
     }
-    node.shutdown().await;
+    timeline.server_peak_rss_mib = node.peak_rss_mib();
+    drop(node);
 
     let mut peers = Vec::new();
     if args.redis_peer {
@@ -211,6 +219,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             seed: args.seed,
             warmup,
             duration: Duration::from_secs(args.duration_secs),
+            subscribed: &subscribed,
         };
         for fsync in ["always", "everysec"] {
             eprintln!("Redis Streams peer, appendfsync {fsync}");
@@ -218,13 +227,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let bare = match (&location, args.bare_cql) {
-        (StoreLocation::Scylla(config), true) => {
+        (Some(StoreLocation::Scylla(config)), true) => {
             Some(bare_cql(config, &args, timeline.inbox_entries, &conversations).await?)
         }
-        (StoreLocation::Embedded, true) => anyhow::bail!("--bare-cql needs a scylla:// store"),
+        (_, true) => anyhow::bail!("--bare-cql needs a scylla:// store the bench starts"),
         _ => None,
     };
-    print_and_save(&args, &timeline, bare.as_ref(), &peers)
+    print_and_save(&args, store_kind, &timeline, bare.as_ref(), &peers)
 }
 
 /// Limits of a sweep: steps at most, and the share of the offered rate the
@@ -301,13 +310,11 @@ async fn sweep(
     Ok(steps)
 }
 
-fn print_sweep(args: &FanoutArgs, steps: &[SweepStep]) -> anyhow::Result<()> {
+fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyhow::Result<()> {
     println!();
     println!(
-        "fanout sweep on {} store: bound delivery p99 <= {} ms, {} s per step",
-        report::store_kind(&args.store),
-        args.sweep_p99_ms,
-        args.duration_secs
+        "fanout sweep on {store_kind} store: bound delivery p99 <= {} ms, {} s per step",
+        args.sweep_p99_ms, args.duration_secs
     );
     println!(
         "| {:>9} | {:>9} | {:>15} | {:>11} | {:>16} | {:>11} | {:>9} |",
@@ -343,7 +350,7 @@ fn print_sweep(args: &FanoutArgs, steps: &[SweepStep]) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "benchmark": "fanout-sweep",
         "config": {
-            "store": report::store_kind(&args.store), "users": args.users, "conversations": args.conversations,
+            "store": store_kind, "users": args.users, "conversations": args.conversations,
             "concurrency": args.concurrency, "duration_secs": args.duration_secs, "seed": args.seed,
             "sweep_start_rate": args.sweep_start_rate, "sweep_factor": args.sweep_factor,
             "sweep_p99_ms": args.sweep_p99_ms, "subscribers": args.subscribers,
@@ -485,7 +492,7 @@ async fn drive(
     }
     measured.conversation_entries = measured.sends;
     measured.elapsed = started.elapsed();
-    measured.cpu_seconds = report::cpu_seconds() - cpu_before;
+    measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
 }
 
@@ -544,7 +551,7 @@ async fn drive_open_loop(
     }
     measured.conversation_entries = measured.sends;
     measured.elapsed = started.elapsed();
-    measured.cpu_seconds = report::cpu_seconds() - cpu_before;
+    measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
 }
 
@@ -627,6 +634,7 @@ async fn bare_cql(
 
 fn print_and_save(
     args: &FanoutArgs,
+    store_kind: &str,
     timeline: &Measured,
     bare: Option<&Bare>,
     peers: &[crate::redis_peer::PeerMeasured],
@@ -641,8 +649,7 @@ fn print_and_save(
         format!("closed loop, concurrency {}", args.concurrency)
     };
     println!(
-        "fanout on {} store, {load}, {:.1} s measured",
-        report::store_kind(&args.store),
+        "fanout on {store_kind} store, {load}, {:.1} s measured",
         secs
     );
     println!("{:<34} {:>12}", "sends/s", format!("{sends_per_s:.0}"));
@@ -684,20 +691,30 @@ fn print_and_save(
         "delivered to subscribers / not yet",
         format!("{} / {}", timeline.delivered, timeline.undelivered)
     );
+    let server_cpu_percent = timeline.server_cpu_seconds.map(|cpu| 100.0 * cpu / secs);
+    let bench_cpu_percent = 100.0 * timeline.bench_cpu_seconds / secs;
+    let or_unknown = |value: Option<f64>, unit: &str| {
+        value.map_or("unknown".to_owned(), |v| format!("{v:.0}{unit}"))
+    };
     println!(
         "{:<34} {:>12}",
-        "cpu (server + load generator)",
-        format!("{:.0}%", 100.0 * timeline.cpu_seconds / secs)
+        "server cpu (of one core)",
+        or_unknown(server_cpu_percent, "%")
     );
     println!(
         "{:<34} {:>12}",
-        "peak rss, MiB (whole process)",
-        format!("{:.0}", report::peak_rss_mib())
+        "server peak rss (MiB)",
+        or_unknown(timeline.server_peak_rss_mib, "")
+    );
+    println!(
+        "{:<34} {:>12}",
+        "load generator cpu",
+        format!("{bench_cpu_percent:.0}%")
     );
     let mut json = serde_json::json!({
         "benchmark": "fanout",
         "config": {
-            "store": report::store_kind(&args.store), "users": args.users, "conversations": args.conversations,
+            "store": store_kind, "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,
@@ -710,8 +727,9 @@ fn print_and_save(
             "delivery_ms": { "p50": ms(&timeline.delivery, 0.5), "p99": ms(&timeline.delivery, 0.99), "p999": ms(&timeline.delivery, 0.999) },
             "delivered_messages": timeline.delivered, "undelivered_messages": timeline.undelivered,
             "subscribers": args.subscribers,
-            "cpu_percent": 100.0 * timeline.cpu_seconds / secs,
-            "peak_rss_mib": report::peak_rss_mib(),
+            "server_cpu_percent": server_cpu_percent,
+            "server_peak_rss_mib": timeline.server_peak_rss_mib,
+            "load_generator_cpu_percent": bench_cpu_percent,
         },
     });
     if let Some(bare) = bare {
@@ -734,26 +752,30 @@ fn print_and_save(
     if !peers.is_empty() {
         println!();
         println!(
-            "| {:<30} | {:>9} | {:>14} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} |",
+            "| {:<30} | {:>9} | {:>14} | {:>8} | {:>8} | {:>9} | {:>12} | {:>12} | {:>10} | {:>12} |",
             "system",
             "sends/s",
             "inbox entries/s",
             "ack p50",
             "ack p99",
             "ack p99.9",
+            "delivery p50",
+            "delivery p99",
             "server CPU",
             "syncd ratio"
         );
-        println!("|{}|", ["---"; 8].join("|"));
+        println!("|{}|", ["---"; 10].join("|"));
         println!(
-            "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>10} | {:>12} |",
-            format!("syncd, {} store", report::store_kind(&args.store)),
+            "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
+            format!("syncd, {store_kind} store"),
             sends_per_s,
             inbox_per_s,
             ms(&timeline.latency, 0.5),
             ms(&timeline.latency, 0.99),
             ms(&timeline.latency, 0.999),
-            "in-process",
+            ms(&timeline.delivery, 0.5),
+            ms(&timeline.delivery, 0.99),
+            or_unknown(server_cpu_percent, "%"),
             "1.00x"
         );
         let mut json_peers = Vec::new();
@@ -761,13 +783,15 @@ fn print_and_save(
             let secs = peer.elapsed.as_secs_f64();
             let peer_inbox_per_s = peer.inbox_entries as f64 / secs;
             println!(
-                "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>10} | {:>12} |",
+                "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
                 format!("Redis Streams, fsync {}", peer.fsync),
                 peer.sends as f64 / secs,
                 peer_inbox_per_s,
                 ms(&peer.latency, 0.5),
                 ms(&peer.latency, 0.99),
                 ms(&peer.latency, 0.999),
+                ms(&peer.delivery, 0.5),
+                ms(&peer.delivery, 0.99),
                 format!("{:.0}%", 100.0 * peer.server_cpu_seconds / secs),
                 format!("{:.2}x", inbox_per_s / peer_inbox_per_s)
             );
@@ -776,6 +800,8 @@ fn print_and_save(
                 "sends": peer.sends, "inbox_entries": peer.inbox_entries, "elapsed_secs": secs,
                 "sends_per_sec": peer.sends as f64 / secs, "inbox_entries_per_sec": peer_inbox_per_s,
                 "ack_ms": { "p50": ms(&peer.latency, 0.5), "p99": ms(&peer.latency, 0.99), "p999": ms(&peer.latency, 0.999) },
+                "delivery_ms": { "p50": ms(&peer.delivery, 0.5), "p99": ms(&peer.delivery, 0.99), "p999": ms(&peer.delivery, 0.999) },
+                "delivered_messages": peer.delivered, "undelivered_messages": peer.undelivered,
                 "server_cpu_percent": 100.0 * peer.server_cpu_seconds / secs,
                 "server_peak_rss_mib": peer.server_peak_rss_mib,
                 "ratio_syncd_inbox_entries_to_peer": inbox_per_s / peer_inbox_per_s,
@@ -795,6 +821,7 @@ fn print_and_save(
     ];
     for peer in peers {
         curves.push((format!("Redis ({}) ack", peer.fsync), &peer.latency));
+        curves.push((format!("Redis ({}) delivery", peer.fsync), &peer.delivery));
     }
     let named: Vec<(&str, &Histogram<u64>)> =
         curves.iter().map(|(n, h)| (n.as_str(), *h)).collect();

@@ -5,10 +5,17 @@
 //! the seqs). redis-server runs with `appendonly yes` and the given
 //! `appendfsync` (`always`: every acknowledged write is on disk, like
 //! syncd; `everysec`: up to a second of acknowledged writes can be lost).
+//! Each subscribed device follows its user's inbox stream with XREAD BLOCK
+//! from the last id it holds, so delivery is measured the same way as for
+//! syncd: from the start of a send until every subscribed recipient has it.
+//! [`catch_up`] is the peer of a device's sync: XRANGE pages from a
+//! checkpoint id.
 
+use crate::delivery::Tracker;
 use crate::procs;
 use crate::report;
 use crate::workload::Rng;
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +26,9 @@ pub struct PeerMeasured {
     pub inbox_entries: u64,
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
+    pub delivery: Histogram<u64>,
+    pub delivered: u64,
+    pub undelivered: usize,
     pub server_cpu_seconds: f64,
     pub server_peak_rss_mib: f64,
 }
@@ -33,6 +43,94 @@ pub struct PeerLoad<'a> {
     pub seed: u64,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Users with one device following their inbox stream.
+    pub subscribed: &'a [u64],
+}
+
+/// How long one XREAD waits for new entries before asking again.
+const XREAD_BLOCK_MS: u64 = 1_000;
+/// Entries per XREAD or XRANGE reply.
+const READ_COUNT: usize = 1_000;
+
+/// A connection whose calls may wait on the server (XREAD BLOCK) past the
+/// client's default response timeout.
+async fn blocking_connection(addr: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(XREAD_BLOCK_MS) * 5));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// `(id, text)` of each entry of an XRANGE reply (or of one stream of an
+/// XREAD reply): `[[id, [field, value, ...]], ...]`.
+fn stream_entries(entries: &redis::Value) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use redis::Value;
+    let Value::Array(entries) = entries else {
+        anyhow::bail!("unexpected stream reply {entries:?}");
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            anyhow::bail!("unexpected stream entry {entry:?}");
+        };
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+            (parts.first(), parts.get(1))
+        else {
+            anyhow::bail!("unexpected stream entry {entry:?}");
+        };
+        let text = fields
+            .chunks(2)
+            .find(|pair| matches!(&pair[0], Value::BulkString(name) if name == b"text"))
+            .and_then(|pair| match pair.get(1) {
+                Some(Value::BulkString(text)) => Some(text.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        out.push((String::from_utf8(id.clone())?, text));
+    }
+    Ok(out)
+}
+
+/// Follows `inbox:<user>` as a device would, until aborted: XREAD BLOCK
+/// from the last id it holds, reporting each entry to the tracker.
+fn follow(
+    addr: String,
+    user: u64,
+    tracker: Arc<Tracker>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let mut conn = blocking_connection(&addr).await?;
+        let stream = format!("inbox:{user}");
+        let mut last = "0-0".to_owned();
+        loop {
+            let reply: redis::Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(XREAD_BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&last)
+                .query_async(&mut conn)
+                .await?;
+            // Nil on timeout; otherwise [[stream, entries]].
+            let redis::Value::Array(streams) = reply else {
+                continue;
+            };
+            for one in &streams {
+                let redis::Value::Array(named) = one else {
+                    anyhow::bail!("unexpected XREAD reply {one:?}");
+                };
+                let entries = named.get(1).context("XREAD reply without entries")?;
+                for (id, text) in stream_entries(entries)? {
+                    tracker.arrived(&String::from_utf8_lossy(&text));
+                    last = id;
+                }
+            }
+        }
+    })
 }
 
 async fn send_one(
@@ -78,6 +176,12 @@ pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<Pee
     }
     let conversations = Arc::new(load.conversations.to_vec());
     let text: Arc<str> = "x".repeat(load.message_bytes).into();
+    let tracker = Tracker::new(load.subscribed.iter().copied().collect());
+    let followers: Vec<_> = load
+        .subscribed
+        .iter()
+        .map(|&user| follow(redis.addr.clone(), user, Arc::clone(&tracker)))
+        .collect();
     drive(
         &connections,
         &conversations,
@@ -85,8 +189,12 @@ pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<Pee
         load,
         load.warmup,
         load.seed + 1,
+        &tracker,
     )
     .await?;
+    // Warm-up deliveries do not count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tracker.reset();
     let cpu_before = procs::cpu_seconds_of(redis.pid());
     let progress = report::Progress::start(&format!("redis peer ({fsync})"), load.duration);
     let (sends, inbox_entries, elapsed, latency) = drive(
@@ -96,16 +204,31 @@ pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<Pee
         load,
         load.duration,
         load.seed + 2,
+        &tracker,
     )
     .await?;
     drop(progress);
+    let server_cpu_seconds = procs::cpu_seconds_of(redis.pid()) - cpu_before;
+    // Let the last sends arrive, as for syncd.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for follower in followers {
+        if follower.is_finished() {
+            follower.await??;
+        } else {
+            follower.abort();
+        }
+    }
+    let (delivered, undelivered) = tracker.counts();
     Ok(PeerMeasured {
         fsync,
         sends,
         inbox_entries,
         elapsed,
         latency,
-        server_cpu_seconds: procs::cpu_seconds_of(redis.pid()) - cpu_before,
+        delivery: tracker.latency(),
+        delivered,
+        undelivered,
+        server_cpu_seconds,
         server_peak_rss_mib: procs::peak_rss_mib_of(redis.pid()),
     })
 }
@@ -119,6 +242,7 @@ async fn drive(
     load: &PeerLoad<'_>,
     duration: Duration,
     seed: u64,
+    tracker: &Arc<Tracker>,
 ) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)> {
     let started = Instant::now();
     let deadline = started + duration;
@@ -129,8 +253,12 @@ async fn drive(
             .iter()
             .enumerate()
             .map(|(worker, conn)| {
-                let (mut conn, conversations, text) =
-                    (conn.clone(), Arc::clone(conversations), Arc::clone(text));
+                let (mut conn, conversations, text, tracker) = (
+                    conn.clone(),
+                    Arc::clone(conversations),
+                    Arc::clone(text),
+                    Arc::clone(tracker),
+                );
                 tokio::spawn(async move {
                     let mut rng =
                         Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
@@ -140,8 +268,11 @@ async fn drive(
                         let (id, members) =
                             &conversations[rng.below(conversations.len() as u64) as usize];
                         let sender = members[rng.below(members.len() as u64) as usize];
+                        let key = format!("r{seed}-w{worker}-{sends}");
+                        tracker.announce(&key, members);
+                        let message = format!("{key} {text}");
                         let begun = Instant::now();
-                        send_one(&mut conn, *id, members, sender, &text).await?;
+                        send_one(&mut conn, *id, members, sender, &message).await?;
                         latency.record(begun.elapsed().as_micros().max(1) as u64)?;
                         sends += 1;
                         entries += members.len() as u64;
@@ -176,11 +307,13 @@ async fn drive(
             let sender = members[rng.below(members.len() as u64) as usize];
             let mut conn = connections[issued % connections.len()].clone();
             issued += 1;
-            let text = Arc::clone(text);
+            let key = format!("r{seed}-o{issued}");
+            tracker.announce(&key, &members);
+            let message = format!("{key} {text}");
             let slot = Arc::clone(&slots).acquire_owned().await?;
             in_flight.spawn(async move {
                 let _slot = slot;
-                send_one(&mut conn, id, &members, sender, &text).await?;
+                send_one(&mut conn, id, &members, sender, &message).await?;
                 anyhow::Ok((scheduled.elapsed(), members.len() as u64))
             });
         }
@@ -198,4 +331,78 @@ async fn drive(
         inbox_entries += fanout;
     }
     Ok((sends, inbox_entries, started.elapsed(), latency))
+}
+
+pub struct PeerCatchUp {
+    pub received: u64,
+    pub pages: u64,
+    pub elapsed: Duration,
+    pub page_latency: Histogram<u64>,
+}
+
+/// The peer of a device's catch-up: `entries` XADDs to one inbox stream
+/// (setup, pipelined), then XRANGE pages of `page` entries from the
+/// checkpoint id after the last one read, as a Redis-based client would.
+pub async fn catch_up(
+    entries: u64,
+    message_bytes: usize,
+    page: usize,
+) -> anyhow::Result<PeerCatchUp> {
+    let dir = tempfile::tempdir()?;
+    let redis = procs::start_redis(
+        dir.path(),
+        &["--appendonly", "yes", "--appendfsync", "everysec"],
+    )
+    .await?;
+    let mut conn = procs::redis_connection(&redis.addr).await?;
+    let text = "x".repeat(message_bytes);
+    let mut written = 0u64;
+    while written < entries {
+        let batch = (entries - written).min(READ_COUNT as u64);
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            pipe.cmd("XADD")
+                .arg("inbox:2")
+                .arg("*")
+                .arg("conv")
+                .arg(1)
+                .arg("sender")
+                .arg(1)
+                .arg("text")
+                .arg(&text)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        written += batch;
+    }
+    let started = Instant::now();
+    let mut page_latency = report::histogram();
+    let (mut received, mut pages) = (0u64, 0u64);
+    let mut after = "-".to_owned();
+    loop {
+        let asked = Instant::now();
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg("inbox:2")
+            .arg(&after)
+            .arg("+")
+            .arg("COUNT")
+            .arg(page)
+            .query_async(&mut conn)
+            .await?;
+        let got = stream_entries(&reply)?;
+        page_latency.record(asked.elapsed().as_micros().max(1) as u64)?;
+        pages += 1;
+        received += got.len() as u64;
+        match got.last() {
+            // An exclusive start: the checkpoint itself was read already.
+            Some((id, _)) if got.len() == page => after = format!("({id}"),
+            _ => break,
+        }
+    }
+    Ok(PeerCatchUp {
+        received,
+        pages,
+        elapsed: started.elapsed(),
+        page_latency,
+    })
 }

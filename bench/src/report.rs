@@ -35,11 +35,6 @@ pub fn cpu_seconds_at(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Peak resident memory of this process in MiB.
-pub fn peak_rss_mib() -> f64 {
-    peak_rss_mib_at("/proc/self/status")
-}
-
 /// Peak resident memory in MiB from a `/proc/<pid>/status` file.
 pub fn peak_rss_mib_at(path: &str) -> f64 {
     std::fs::read_to_string(path)
@@ -72,15 +67,6 @@ pub fn write_json(
     };
     std::fs::write(&path, serde_json::to_vec_pretty(value)?)?;
     Ok(path)
-}
-
-/// "scylla" or "embedded", for tables and result files.
-pub fn store_kind(store: &str) -> &str {
-    if store.starts_with("scylla://") {
-        "scylla"
-    } else {
-        "embedded"
-    }
 }
 
 /// Shows how far a measured window has run, on stderr: a redrawn bar on a
