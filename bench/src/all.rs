@@ -28,7 +28,10 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
     let runs: Vec<(&str, Vec<&str>)> = if args.quick {
         vec![
             ("seq", vec!["seq", "--duration-secs", "1"]),
-            ("catchup", vec!["catchup", "--entries", "10000"]),
+            (
+                "catchup",
+                vec!["catchup", "--entries", "10000", "--redis-peer"],
+            ),
             (
                 "fanout",
                 [QUICK_W1, &["--duration-secs", "5", "--redis-peer"]].concat(),
@@ -52,7 +55,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
     } else {
         vec![
             ("seq", vec!["seq"]),
-            ("catchup", vec!["catchup"]),
+            ("catchup", vec!["catchup", "--redis-peer"]),
             ("fanout", vec!["fanout", "--redis-peer"]),
             (
                 "fanout open loop",
