@@ -47,7 +47,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                         "--sweep-start-rate",
                         "200",
                     ],
-                    &["--sweep-factor", "3"],
+                    &["--sweep-factor", "3", "--sweep-retries", "0"],
                 ]
                 .concat(),
             ),

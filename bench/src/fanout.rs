@@ -67,6 +67,10 @@ pub struct FanoutArgs {
     sweep_factor: f64,
     #[arg(long, default_value_t = 100.0)]
     sweep_p99_ms: f64,
+    /// Times a step that breaks the bound is run again before the sweep
+    /// stops there (one disk stall should not decide the peak).
+    #[arg(long, default_value_t = 1)]
+    sweep_retries: u32,
     /// Also run the Redis Streams peer (redis-server from the system, run
     /// with appendfsync always and everysec) on the same conversations,
     /// concurrency and rate.
@@ -264,6 +268,7 @@ async fn sweep(
     anyhow::ensure!(args.sweep_factor > 1.0, "--sweep-factor must be above 1");
     let mut steps = Vec::new();
     let mut rate = args.sweep_start_rate as f64;
+    let mut retries_left = args.sweep_retries;
     for step in 0..MAX_SWEEP_STEPS {
         let mut step_args = args.clone();
         step_args.rate = rate.round() as u64;
@@ -303,8 +308,14 @@ async fn sweep(
             sustained,
         });
         if !sustained {
-            break;
+            if retries_left == 0 {
+                break;
+            }
+            retries_left -= 1;
+            eprintln!("step not sustained; running it again");
+            continue;
         }
+        retries_left = args.sweep_retries;
         rate *= args.sweep_factor;
     }
     Ok(steps)
@@ -341,7 +352,10 @@ fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyh
     }
     let peak = steps.iter().filter(|s| s.sustained).map(|s| s.rate).max();
     match peak {
-        Some(peak) => println!("sustainable peak: {peak} sends/s (the highest sustained step)"),
+        Some(peak) => println!(
+            "sustainable peak: {peak} sends/s (the highest sustained step; a failed step is run \
+             again up to --sweep-retries times)"
+        ),
         None => println!(
             "sustainable peak: below the first step ({} sends/s)",
             args.sweep_start_rate
@@ -353,7 +367,7 @@ fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyh
             "store": store_kind, "users": args.users, "conversations": args.conversations,
             "concurrency": args.concurrency, "duration_secs": args.duration_secs, "seed": args.seed,
             "sweep_start_rate": args.sweep_start_rate, "sweep_factor": args.sweep_factor,
-            "sweep_p99_ms": args.sweep_p99_ms, "subscribers": args.subscribers,
+            "sweep_p99_ms": args.sweep_p99_ms, "sweep_retries": args.sweep_retries, "subscribers": args.subscribers,
         },
         "steps": steps.iter().map(|s| serde_json::json!({
             "offered_per_sec": s.rate, "sends_per_sec": s.sends_per_s, "inbox_entries_per_sec": s.inbox_per_s,

@@ -41,7 +41,24 @@ pub struct EmbeddedStoreConfig {
     pub max_inbox_writes: usize,
     /// Block cache size in bytes.
     pub cache_bytes: u64,
+    /// fjall's background threads (memtable flushes and compactions).
+    pub worker_threads: usize,
 }
+
+/// fjall 3.1's worker 0 hands every compaction request back to the queue
+/// (to stay free for flushes) and takes the next message at once: while the
+/// other workers are all busy compacting, it spins on the queue. With the
+/// default of one worker per core (two here) that spin took about a fifth
+/// of the server's CPU under a sustained write load; with more workers an
+/// idle one takes the request and the spin ends. One worker alone avoids
+/// the spin but can deadlock fjall's own queue under heavy writes.
+pub const DEFAULT_WORKER_THREADS: usize = 4;
+
+/// The inbox memtable (fjall's default is 64 MiB). Every inbox row is
+/// inserted into it by the one writer thread, and an insert into a skiplist
+/// of that size misses the cache at most levels; a smaller one keeps the
+/// group commit shorter, at the cost of more (background) flushes.
+pub const INBOX_MEMTABLE_BYTES: u64 = 16 << 20;
 
 impl Default for EmbeddedStoreConfig {
     fn default() -> Self {
@@ -50,6 +67,7 @@ impl Default for EmbeddedStoreConfig {
             max_group: 1024,
             max_inbox_writes: 100_000,
             cache_bytes: 64 << 20,
+            worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
 }
@@ -152,6 +170,7 @@ impl EmbeddedStore {
         let db = fjall::Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(config.cache_bytes)
+            .worker_threads(config.worker_threads.max(1))
             .open()
             .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", dir.display())))?;
         let open = |name: &str| {
@@ -159,7 +178,11 @@ impl EmbeddedStore {
                 .map_err(io)
         };
         let keyspaces = Keyspaces {
-            inbox: open("inbox")?,
+            inbox: db
+                .keyspace("inbox", || {
+                    fjall::KeyspaceCreateOptions::default().max_memtable_size(INBOX_MEMTABLE_BYTES)
+                })
+                .map_err(io)?,
             conv: open("conv")?,
             conversations: open("conversations")?,
             receipts: open("receipts")?,
@@ -260,6 +283,11 @@ fn apply_group(
     }
     let mut batch = ks.db.batch();
     let mut outcomes = Vec::with_capacity(group.len());
+    // Inbox rows of the whole group, inserted in key order: consecutive
+    // memtable inserts then walk neighbouring skiplist paths that are still
+    // in cache, instead of a cold path per row (the memtable insert was most
+    // of the writer thread's time).
+    let mut inbox_rows: Vec<([u8; 16], Vec<u8>)> = Vec::new();
     // Checkpoints raised earlier in this same group, not yet in the store.
     let mut checkpoints: HashMap<Vec<u8>, u64> = HashMap::new();
     for request in group {
@@ -278,11 +306,7 @@ fn apply_group(
                 let mut copy = commit.entry.clone();
                 for write in &commit.inbox {
                     copy.seq = write.seq;
-                    batch.insert(
-                        &ks.inbox,
-                        key2(write.user_id, write.seq),
-                        copy.encode_to_vec(),
-                    );
+                    inbox_rows.push((key2(write.user_id, write.seq), copy.encode_to_vec()));
                 }
                 if let Some((key, receipt)) = &commit.receipt {
                     batch.insert(&ks.receipts, key.to_bytes(), receipt.encode_to_vec());
@@ -346,6 +370,10 @@ fn apply_group(
                 outcomes.push(WriteOutcome::Checkpoint(value));
             }
         }
+    }
+    inbox_rows.sort_unstable_by_key(|(key, _)| *key);
+    for (key, row) in inbox_rows {
+        batch.insert(&ks.inbox, key, row);
     }
     batch.commit().map_err(io)?;
     let fsync_started = std::time::Instant::now();
