@@ -54,12 +54,6 @@ pub struct EmbeddedStoreConfig {
 /// the spin but can deadlock fjall's own queue under heavy writes.
 pub const DEFAULT_WORKER_THREADS: usize = 4;
 
-/// The inbox memtable (fjall's default is 64 MiB). Every inbox row is
-/// inserted into it by the one writer thread, and an insert into a skiplist
-/// of that size misses the cache at most levels; a smaller one keeps the
-/// group commit shorter, at the cost of more (background) flushes.
-pub const INBOX_MEMTABLE_BYTES: u64 = 16 << 20;
-
 impl Default for EmbeddedStoreConfig {
     fn default() -> Self {
         Self {
@@ -178,11 +172,7 @@ impl EmbeddedStore {
                 .map_err(io)
         };
         let keyspaces = Keyspaces {
-            inbox: db
-                .keyspace("inbox", || {
-                    fjall::KeyspaceCreateOptions::default().max_memtable_size(INBOX_MEMTABLE_BYTES)
-                })
-                .map_err(io)?,
+            inbox: open("inbox")?,
             conv: open("conv")?,
             conversations: open("conversations")?,
             receipts: open("receipts")?,
