@@ -20,8 +20,8 @@ const QUICK_W1: &[&str] = &[
     "1000",
     "--conversations",
     "200",
-    "--subscribers",
-    "50",
+    "--subscribed-share",
+    "0.025",
 ];
 
 pub fn run(args: AllArgs) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 use crate::report;
 use client::Client;
 use hdrhistogram::Histogram;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,13 +19,19 @@ struct State {
 /// Shared between the senders (which announce messages) and the subscribed
 /// devices (which report arrivals).
 pub struct Tracker {
-    subscribed: HashSet<u64>,
+    /// Subscribed devices per user.
+    subscribed: HashMap<u64, usize>,
     state: Mutex<State>,
     latency: Mutex<Histogram<u64>>,
 }
 
 impl Tracker {
-    pub fn new(subscribed: HashSet<u64>) -> Arc<Self> {
+    /// `devices`: (user, device) of every subscribed device.
+    pub fn new(devices: &[(u64, u64)]) -> Arc<Self> {
+        let mut subscribed = HashMap::new();
+        for &(user, _) in devices {
+            *subscribed.entry(user).or_insert(0) += 1;
+        }
         Arc::new(Self {
             subscribed,
             state: Mutex::default(),
@@ -35,10 +41,7 @@ impl Tracker {
 
     /// Called before a send starts; `key` must open the message text.
     pub fn announce(&self, key: &str, members: &[u64]) {
-        let waiting = members
-            .iter()
-            .filter(|m| self.subscribed.contains(m))
-            .count();
+        let waiting: usize = members.iter().filter_map(|m| self.subscribed.get(m)).sum();
         if waiting > 0 {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state

@@ -47,10 +47,14 @@ pub struct FanoutArgs {
     /// same concurrency (CQL stores only).
     #[arg(long)]
     bare_cql: bool,
-    /// Users with one subscribed device each (push stream), for delivery
-    /// latency: from Send start until every subscribed recipient has it.
-    #[arg(long, default_value_t = 200)]
-    subscribers: u64,
+    /// Each user has 1 to this many devices.
+    #[arg(long, default_value_t = 3)]
+    max_devices: u64,
+    /// Share of all devices that hold a push stream, for delivery latency:
+    /// from Send start until every subscribed recipient device has it. The
+    /// default subscribes about 200 of W1's 20,000 devices.
+    #[arg(long, default_value_t = 0.01)]
+    subscribed_share: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// seqsvc step: sequence numbers per persisted max_seq write.
@@ -92,6 +96,7 @@ struct Measured {
     latency: Histogram<u64>,
     /// The load generator's (this process's) CPU.
     bench_cpu_seconds: f64,
+    subscribed_devices: usize,
     /// The server's, when its process is known.
     server_cpu_seconds: Option<f64>,
     server_peak_rss_mib: Option<f64>,
@@ -109,6 +114,7 @@ impl Measured {
             elapsed: Duration::ZERO,
             latency: report::histogram(),
             bench_cpu_seconds: 0.0,
+            subscribed_devices: 0,
             server_cpu_seconds: None,
             server_peak_rss_mib: None,
         }
@@ -141,22 +147,21 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     );
     let client = Client::connect(&url, &token).await?;
     let conversations = create_all(&client, &member_lists, args.concurrency).await?;
-    // Subscribed devices: the first users that belong to a conversation.
-    let mut subscribed = std::collections::BTreeSet::new();
-    for (_, members) in &conversations {
-        for &user in members {
-            if (subscribed.len() as u64) < args.subscribers {
-                subscribed.insert(user);
-            }
-        }
-    }
-    let subscribed: Vec<u64> = subscribed.into_iter().collect();
-    let tracker = Tracker::new(subscribed.iter().copied().collect());
+    let users: Vec<u64> = (1..=args.users).collect();
+    let subscribed =
+        workload::subscribed_devices(&users, args.max_devices, args.subscribed_share, &mut rng);
+    anyhow::ensure!(
+        subscribed.len() <= MAX_SUBSCRIBED_DEVICES,
+        "{} subscribed devices; at most {MAX_SUBSCRIBED_DEVICES} (lower --subscribed-share)",
+        subscribed.len()
+    );
+    eprintln!("setup: {} subscribed devices", subscribed.len());
+    let tracker = Tracker::new(&subscribed);
     let mut followers = Vec::new();
-    for &user_id in &subscribed {
+    for &(user_id, device) in &subscribed {
         let token = node.token(&Principal::Device {
             user_id,
-            device_id: "bench".into(),
+            device_id: format!("bench-{device}"),
         })?;
         followers.push(tracker.follow(Client::connect(&url, &token).await?));
     }
@@ -211,6 +216,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         follower.abort();
     }
     timeline.server_peak_rss_mib = node.peak_rss_mib();
+    timeline.subscribed_devices = subscribed.len();
     drop(node);
 
     let mut peers = Vec::new();
@@ -239,6 +245,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     };
     print_and_save(&args, store_kind, &timeline, bare.as_ref(), &peers)
 }
+
+/// Push streams the bench holds at most (one connection each).
+const MAX_SUBSCRIBED_DEVICES: usize = 5_000;
 
 /// Limits of a sweep: steps at most, and the share of the offered rate the
 /// node must achieve to count as keeping up.
@@ -367,7 +376,8 @@ fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyh
             "store": store_kind, "users": args.users, "conversations": args.conversations,
             "concurrency": args.concurrency, "duration_secs": args.duration_secs, "seed": args.seed,
             "sweep_start_rate": args.sweep_start_rate, "sweep_factor": args.sweep_factor,
-            "sweep_p99_ms": args.sweep_p99_ms, "sweep_retries": args.sweep_retries, "subscribers": args.subscribers,
+            "sweep_p99_ms": args.sweep_p99_ms, "sweep_retries": args.sweep_retries,
+            "max_devices": args.max_devices, "subscribed_share": args.subscribed_share,
         },
         "steps": steps.iter().map(|s| serde_json::json!({
             "offered_per_sec": s.rate, "sends_per_sec": s.sends_per_s, "inbox_entries_per_sec": s.inbox_per_s,
@@ -702,7 +712,7 @@ fn print_and_save(
     }
     println!(
         "{:<34} {:>12}",
-        "delivered to subscribers / not yet",
+        "delivered / not yet (messages)",
         format!("{} / {}", timeline.delivered, timeline.undelivered)
     );
     let server_cpu_percent = timeline.server_cpu_seconds.map(|cpu| 100.0 * cpu / secs);
@@ -740,7 +750,8 @@ fn print_and_save(
             "ack_ms": { "p50": ms(&timeline.latency, 0.5), "p99": ms(&timeline.latency, 0.99), "p999": ms(&timeline.latency, 0.999) },
             "delivery_ms": { "p50": ms(&timeline.delivery, 0.5), "p99": ms(&timeline.delivery, 0.99), "p999": ms(&timeline.delivery, 0.999) },
             "delivered_messages": timeline.delivered, "undelivered_messages": timeline.undelivered,
-            "subscribers": args.subscribers,
+            "max_devices": args.max_devices, "subscribed_share": args.subscribed_share,
+            "subscribed_devices": timeline.subscribed_devices,
             "server_cpu_percent": server_cpu_percent,
             "server_peak_rss_mib": timeline.server_peak_rss_mib,
             "load_generator_cpu_percent": bench_cpu_percent,

@@ -43,8 +43,8 @@ pub struct PeerLoad<'a> {
     pub seed: u64,
     pub warmup: Duration,
     pub duration: Duration,
-    /// Users with one device following their inbox stream.
-    pub subscribed: &'a [u64],
+    /// (user, device) of the devices following their user's inbox stream.
+    pub subscribed: &'a [(u64, u64)],
 }
 
 /// How long one XREAD waits for new entries before asking again.
@@ -176,11 +176,11 @@ pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<Pee
     }
     let conversations = Arc::new(load.conversations.to_vec());
     let text: Arc<str> = "x".repeat(load.message_bytes).into();
-    let tracker = Tracker::new(load.subscribed.iter().copied().collect());
+    let tracker = Tracker::new(load.subscribed);
     let followers: Vec<_> = load
         .subscribed
         .iter()
-        .map(|&user| follow(redis.addr.clone(), user, Arc::clone(&tracker)))
+        .map(|&(user, _)| follow(redis.addr.clone(), user, Arc::clone(&tracker)))
         .collect();
     drive(
         &connections,

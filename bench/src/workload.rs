@@ -60,6 +60,29 @@ pub fn conversations(mix: &Mix, rng: &mut Rng) -> Vec<Vec<u64>> {
         .collect()
 }
 
+/// Devices of the W1 users: each user has 1 to `max_devices` devices, and
+/// each device is subscribed (holds a push stream) with probability
+/// `subscribed_share`. Returns (user, device number) of the subscribed ones.
+pub fn subscribed_devices(
+    users: &[u64],
+    max_devices: u64,
+    subscribed_share: f64,
+    rng: &mut Rng,
+) -> Vec<(u64, u64)> {
+    let mut subscribed = Vec::new();
+    for &user in users {
+        let devices = 1 + rng.below(max_devices.max(1));
+        for device in 0..devices {
+            // 2^-53 resolution is plenty for a share.
+            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < subscribed_share {
+                subscribed.push((user, device));
+            }
+        }
+    }
+    subscribed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +102,24 @@ mod tests {
         assert_eq!(all.iter().filter(|m| m.len() == 20).count(), 25);
         assert_eq!(all.iter().filter(|m| m.len() == 200).count(), 5);
         assert!(all.iter().flatten().all(|&u| (1..=1_000).contains(&u)));
+    }
+
+    #[test]
+    fn subscribed_devices_follow_the_share_and_device_counts() {
+        let users: Vec<u64> = (1..=10_000).collect();
+        let picked = subscribed_devices(&users, 3, 0.1, &mut Rng::new(7));
+        // About 20,000 devices (1 to 3 each), a tenth of them subscribed.
+        assert!((1_700..=2_300).contains(&picked.len()), "{}", picked.len());
+        assert!(
+            picked
+                .iter()
+                .all(|&(user, device)| (1..=10_000).contains(&user) && device < 3)
+        );
+        assert!(picked.iter().any(|&(_, device)| device == 2));
+        assert!(subscribed_devices(&users, 3, 0.0, &mut Rng::new(7)).is_empty());
+        assert_eq!(
+            subscribed_devices(&users, 1, 1.0, &mut Rng::new(7)).len(),
+            10_000
+        );
     }
 }
