@@ -119,10 +119,20 @@ pub async fn start_redis(dir: &Path, config: &[&str]) -> anyhow::Result<Proc> {
     }
 }
 
+/// How long a Redis call may take. The client's default (500 ms) fails
+/// calls during a disk stall under `appendfsync always`, and the peer's
+/// numbers must include such stalls, as syncd's do, rather than abort.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One TCP connection to Redis (requests on it are pipelined by the client).
 pub async fn redis_connection(addr: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://{addr}/"))?;
-    Ok(client.get_multiplexed_async_connection().await?)
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
 }
 
 /// CPU seconds (user + system) a process has used so far.

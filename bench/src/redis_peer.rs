@@ -52,17 +52,6 @@ const XREAD_BLOCK_MS: u64 = 1_000;
 /// Entries per XREAD or XRANGE reply.
 const READ_COUNT: usize = 1_000;
 
-/// A connection whose calls may wait on the server (XREAD BLOCK) past the
-/// client's default response timeout.
-async fn blocking_connection(addr: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://{addr}/"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(XREAD_BLOCK_MS) * 5));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
-
 /// `(id, text)` of each entry of an XRANGE reply (or of one stream of an
 /// XREAD reply): `[[id, [field, value, ...]], ...]`.
 fn stream_entries(entries: &redis::Value) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
@@ -101,7 +90,7 @@ fn follow(
     tracker: Arc<Tracker>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
-        let mut conn = blocking_connection(&addr).await?;
+        let mut conn = procs::redis_connection(&addr).await?;
         let stream = format!("inbox:{user}");
         let mut last = "0-0".to_owned();
         loop {
