@@ -90,6 +90,10 @@ pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 
 /// Concurrent calls one connection may carry.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+/// Connections a seqsvc server keeps open at once; past it new clients wait
+/// in the kernel's backlog. Its clients are syncd processes, AllocSvrs and
+/// arbiters, each with a few connections.
+pub const MAX_CONNECTIONS: usize = 4_096;
 
 /// A tonic service this crate's processes can serve.
 pub trait Servable:
@@ -128,14 +132,18 @@ where
     S: Servable,
     S::Future: Send + 'static,
 {
+    let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_accepting.send(());
+    };
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            crate::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped),
+            signal,
         )
         .await
 }

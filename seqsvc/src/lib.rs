@@ -31,7 +31,8 @@
 //!   one AllocSvr (`activation > lease + sync interval`).
 //! - [`alloc_server`] and [`arbiter`]: the two roles' cores, no sockets;
 //!   [`grpc`]: their services, the store service and client, and the one
-//!   mapping of [`SeqError`] to `tonic::Status`.
+//!   mapping of [`SeqError`] to `tonic::Status`; [`incoming`]: accepted
+//!   connections, bounded and with TCP_NODELAY (syncd serves through it too).
 //! - [`client`]: the routing client (batches split per owner, "moved"
 //!   followed, retries), snowflake node-id leases, and [`client::SeqSource`]
 //!   (in-process allocator or cluster) for syncd.
@@ -51,6 +52,7 @@ pub mod arbiter;
 pub mod client;
 pub mod cql;
 pub mod grpc;
+pub mod incoming;
 pub mod lease;
 pub mod routing;
 pub mod snowflake;

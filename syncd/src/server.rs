@@ -13,15 +13,10 @@ use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, MsgIdGenerator};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use timeline_store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaTimelineStore, TimelineStore};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -195,7 +190,7 @@ pub async fn serve(
         let _ = stop_accepting.send(());
         engine.begin_shutdown();
     };
-    let incoming = limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
+    let incoming = seqsvc::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
@@ -208,109 +203,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal)
         .await
         .map_err(|e| StartupError::Transport(e.to_string()))
-}
-
-/// A TCP connection holding one of the server's connection slots.
-pub struct LimitedConn {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Connected for LimitedConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for LimitedConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-/// Accepts connections only while a slot is free: past the limit, new
-/// clients wait in the kernel's backlog instead of costing server memory.
-fn limited_incoming(
-    listener: TcpListener,
-    max_connections: usize,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<LimitedConn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let slots = Arc::new(Semaphore::new(max_connections));
-    tokio::spawn(async move {
-        loop {
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => slot.expect("semaphore is never closed"),
-                _ = &mut stop => break,
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = &mut stop => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    // The builder's tcp_nodelay only covers listeners tonic
-                    // accepts itself; without it small replies wait ~40 ms
-                    // for delayed ACKs (Nagle).
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::warn!(%error, "cannot set TCP_NODELAY");
-                    }
-                    if tx
-                        .send(Ok(LimitedConn {
-                            stream,
-                            _slot: slot,
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    // Typically out of file descriptors: back off, keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Binds a listener, resolving `127.0.0.1:0` to a real port.
