@@ -115,3 +115,54 @@ pub fn limited_incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_the_count_is_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let mut incoming = limited_incoming(listener, 2, stopped);
+
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let _third = TcpStream::connect(addr).await.unwrap();
+        let first = incoming.next().await.unwrap().unwrap();
+        let second = incoming.next().await.unwrap().unwrap();
+        // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms).
+        assert!(first.stream.nodelay().unwrap());
+        assert!(second.stream.nodelay().unwrap());
+
+        // Both slots are taken: the third connection waits in the backlog.
+        let waiting = tokio::time::timeout(Duration::from_millis(200), incoming.next()).await;
+        assert!(
+            waiting.is_err(),
+            "a third connection was accepted past the bound"
+        );
+
+        // Closing one frees its slot, and the waiting one is accepted.
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .expect("the waiting connection is accepted once a slot frees")
+            .unwrap()
+            .unwrap();
+        assert!(third.stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_the_stream() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let mut incoming = limited_incoming(listener, 2, stopped);
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .expect("the accept loop stops");
+        assert!(ended.is_none());
+    }
+}
