@@ -395,3 +395,52 @@ pub async fn catch_up(
         page_latency,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn stream_entries_reads_ids_and_text() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![
+                    bulk("conv"),
+                    bulk("7"),
+                    bulk("text"),
+                    bulk("k1 hello"),
+                ]),
+            ]),
+            Value::Array(vec![
+                bulk("5-1"),
+                Value::Array(vec![bulk("conv"), bulk("7")]),
+            ]),
+        ]);
+        let entries = stream_entries(&reply).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                ("5-0".to_owned(), b"k1 hello".to_vec()),
+                ("5-1".to_owned(), Vec::new())
+            ]
+        );
+        assert!(
+            stream_entries(&Value::Array(Vec::new()))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn stream_entries_refuses_other_shapes() {
+        assert!(stream_entries(&Value::Nil).is_err());
+        assert!(stream_entries(&Value::Array(vec![bulk("5-0")])).is_err());
+        assert!(stream_entries(&Value::Array(vec![Value::Array(vec![bulk("5-0")])])).is_err());
+    }
+}
