@@ -47,7 +47,13 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                         "--sweep-start-rate",
                         "200",
                     ],
-                    &["--sweep-factor", "3", "--sweep-retries", "0"],
+                    &[
+                        "--sweep-factor",
+                        "3",
+                        "--sweep-retries",
+                        "0",
+                        "--redis-peer",
+                    ],
                 ]
                 .concat(),
             ),
@@ -61,7 +67,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                 "fanout open loop",
                 vec!["fanout", "--rate", "1500", "--redis-peer"],
             ),
-            ("fanout sweep", vec!["fanout", "--sweep"]),
+            ("fanout sweep", vec!["fanout", "--sweep", "--redis-peer"]),
         ]
     };
     let exe = std::env::current_exe()?;

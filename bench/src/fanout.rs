@@ -4,6 +4,7 @@
 use crate::delivery::Tracker;
 use crate::node::{Node, NodeArgs};
 use crate::report::{self, ms};
+use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
 use crate::workload::{self, Mix, Rng};
 use client::Client;
 use futures_util::future::try_join_all;
@@ -179,12 +180,31 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     // Warm-up deliveries do not count.
     tokio::time::sleep(Duration::from_millis(500)).await;
     tracker.reset();
+    let peer_load = crate::redis_peer::PeerLoad {
+        conversations: &conversations,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        message_bytes: args.message_bytes,
+        seed: args.seed,
+        warmup,
+        duration: Duration::from_secs(args.duration_secs),
+        subscribed: &subscribed,
+    };
     if args.sweep {
         let steps = sweep(&client, &conversations, &args, &tracker).await?;
         for follower in followers {
             follower.abort();
         }
-        return print_sweep(&args, store_kind, &steps);
+        drop(node);
+        let mut peer_steps = Vec::new();
+        if args.redis_peer {
+            for fsync in ["always", "everysec"] {
+                eprintln!("Redis Streams peer, appendfsync {fsync}: the same sweep");
+                let steps = crate::redis_peer::sweep(fsync, &peer_load, &sweep_plan(&args)).await?;
+                peer_steps.push((fsync, steps));
+            }
+        }
+        return print_sweep(&args, store_kind, &steps, &peer_steps);
     }
     eprintln!(
         "measuring {} s at concurrency {}",
@@ -221,19 +241,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
 
     let mut peers = Vec::new();
     if args.redis_peer {
-        let load = crate::redis_peer::PeerLoad {
-            conversations: &conversations,
-            concurrency: args.concurrency,
-            rate: args.rate,
-            message_bytes: args.message_bytes,
-            seed: args.seed,
-            warmup,
-            duration: Duration::from_secs(args.duration_secs),
-            subscribed: &subscribed,
-        };
         for fsync in ["always", "everysec"] {
             eprintln!("Redis Streams peer, appendfsync {fsync}");
-            peers.push(crate::redis_peer::run(fsync, &load).await?);
+            peers.push(crate::redis_peer::run(fsync, &peer_load).await?);
         }
     }
     let bare = match (&location, args.bare_cql) {
@@ -249,19 +259,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
 /// Push streams the bench holds at most (one connection each).
 const MAX_SUBSCRIBED_DEVICES: usize = 5_000;
 
-/// Limits of a sweep: steps at most, and the share of the offered rate the
-/// node must achieve to count as keeping up.
-const MAX_SWEEP_STEPS: usize = 16;
-const KEEPING_UP: f64 = 0.95;
-
-struct SweepStep {
-    rate: u64,
-    sends_per_s: f64,
-    inbox_per_s: f64,
-    ack_p99_ms: f64,
-    delivery_p99_ms: f64,
-    undelivered: usize,
-    sustained: bool,
+fn sweep_plan(args: &FanoutArgs) -> SweepPlan {
+    SweepPlan {
+        start_rate: args.sweep_start_rate,
+        factor: args.sweep_factor,
+        p99_ms: args.sweep_p99_ms,
+        retries: args.sweep_retries,
+        step_duration: Duration::from_secs(args.duration_secs),
+    }
 }
 
 async fn sweep(
@@ -270,23 +275,9 @@ async fn sweep(
     args: &FanoutArgs,
     tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Vec<SweepStep>> {
-    anyhow::ensure!(
-        args.sweep_start_rate > 0,
-        "--sweep-start-rate must be at least 1"
-    );
-    anyhow::ensure!(args.sweep_factor > 1.0, "--sweep-factor must be above 1");
-    let mut steps = Vec::new();
-    let mut rate = args.sweep_start_rate as f64;
-    let mut retries_left = args.sweep_retries;
-    for step in 0..MAX_SWEEP_STEPS {
+    crate::sweep::run(&sweep_plan(args), "syncd", async |rate, index| {
         let mut step_args = args.clone();
-        step_args.rate = rate.round() as u64;
-        eprintln!(
-            "sweep step {}: {} sends/s for {} s",
-            step + 1,
-            step_args.rate,
-            args.duration_secs
-        );
+        step_args.rate = rate;
         tracker.reset();
         let progress = report::Progress::start("sweep", Duration::from_secs(args.duration_secs));
         let measured = drive(
@@ -294,48 +285,28 @@ async fn sweep(
             conversations,
             &step_args,
             Duration::from_secs(args.duration_secs),
-            args.seed + 10 + step as u64,
+            args.seed + 10 + index,
             tracker,
         )
         .await?;
         drop(progress);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (_, undelivered) = tracker.counts();
-        let secs = measured.elapsed.as_secs_f64();
-        let delivery_p99_ms = ms(&tracker.latency(), 0.99);
-        let sends_per_s = measured.sends as f64 / secs;
-        let sustained = delivery_p99_ms <= args.sweep_p99_ms
-            && sends_per_s >= KEEPING_UP * step_args.rate as f64
-            && undelivered == 0;
-        steps.push(SweepStep {
-            rate: step_args.rate,
-            sends_per_s,
-            inbox_per_s: measured.inbox_entries as f64 / secs,
+        Ok(StepMeasured {
+            sends: measured.sends,
+            inbox_entries: measured.inbox_entries,
+            elapsed: measured.elapsed,
             ack_p99_ms: ms(&measured.latency, 0.99),
-            delivery_p99_ms,
+            delivery_p99_ms: ms(&tracker.latency(), 0.99),
             undelivered,
-            sustained,
-        });
-        if !sustained {
-            if retries_left == 0 {
-                break;
-            }
-            retries_left -= 1;
-            eprintln!("step not sustained; running it again");
-            continue;
-        }
-        retries_left = args.sweep_retries;
-        rate *= args.sweep_factor;
-    }
-    Ok(steps)
+        })
+    })
+    .await
 }
 
-fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyhow::Result<()> {
+fn print_sweep_table(system: &str, steps: &[SweepStep]) {
     println!();
-    println!(
-        "fanout sweep on {store_kind} store: bound delivery p99 <= {} ms, {} s per step",
-        args.sweep_p99_ms, args.duration_secs
-    );
+    println!("{system}:");
     println!(
         "| {:>9} | {:>9} | {:>15} | {:>11} | {:>16} | {:>11} | {:>9} |",
         "offered/s",
@@ -359,16 +330,63 @@ fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyh
             if step.sustained { "yes" } else { "no" }
         );
     }
-    let peak = steps.iter().filter(|s| s.sustained).map(|s| s.rate).max();
-    match peak {
-        Some(peak) => println!(
-            "sustainable peak: {peak} sends/s (the highest sustained step; a failed step is run \
-             again up to --sweep-retries times)"
-        ),
-        None => println!(
-            "sustainable peak: below the first step ({} sends/s)",
-            args.sweep_start_rate
-        ),
+}
+
+fn steps_json(steps: &[SweepStep]) -> serde_json::Value {
+    steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "offered_per_sec": s.rate, "sends_per_sec": s.sends_per_s, "inbox_entries_per_sec": s.inbox_per_s,
+                "ack_p99_ms": s.ack_p99_ms, "delivery_p99_ms": s.delivery_p99_ms,
+                "undelivered": s.undelivered, "sustained": s.sustained,
+            })
+        })
+        .collect()
+}
+
+fn print_sweep(
+    args: &FanoutArgs,
+    store_kind: &str,
+    steps: &[SweepStep],
+    peers: &[(&str, Vec<SweepStep>)],
+) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "fanout sweep: bound delivery p99 <= {} ms, {} s per step, a failed step run again up to {} times",
+        args.sweep_p99_ms, args.duration_secs, args.sweep_retries
+    );
+    let syncd_name = format!("syncd, {store_kind} store");
+    print_sweep_table(&syncd_name, steps);
+    for (fsync, peer_steps) in peers {
+        print_sweep_table(&format!("Redis Streams, appendfsync {fsync}"), peer_steps);
+    }
+    println!();
+    let syncd_peak = crate::sweep::peak(steps);
+    let describe = |peak: Option<(u64, f64)>| match peak {
+        Some((rate, inbox)) => format!("{rate} sends/s ({inbox:.0} inbox entries/s)"),
+        None => format!("below the first step ({} sends/s)", args.sweep_start_rate),
+    };
+    println!("sustainable peak, {syncd_name}: {}", describe(syncd_peak));
+    let mut json_peers = Vec::new();
+    for (fsync, peer_steps) in peers {
+        let peer_peak = crate::sweep::peak(peer_steps);
+        let ratio = match (syncd_peak, peer_peak) {
+            (Some((_, ours)), Some((_, theirs))) if theirs > 0.0 => {
+                format!(" (syncd / peer: {:.2}x)", ours / theirs)
+            }
+            _ => String::new(),
+        };
+        println!(
+            "sustainable peak, Redis Streams, appendfsync {fsync}: {}{ratio}",
+            describe(peer_peak)
+        );
+        json_peers.push(serde_json::json!({
+            "system": "redis-streams", "appendfsync": fsync,
+            "steps": steps_json(peer_steps),
+            "sustainable_peak_per_sec": peer_peak.map(|(rate, _)| rate),
+            "sustainable_peak_inbox_entries_per_sec": peer_peak.map(|(_, inbox)| inbox),
+        }));
     }
     let json = serde_json::json!({
         "benchmark": "fanout-sweep",
@@ -379,47 +397,37 @@ fn print_sweep(args: &FanoutArgs, store_kind: &str, steps: &[SweepStep]) -> anyh
             "sweep_p99_ms": args.sweep_p99_ms, "sweep_retries": args.sweep_retries,
             "max_devices": args.max_devices, "subscribed_share": args.subscribed_share,
         },
-        "steps": steps.iter().map(|s| serde_json::json!({
-            "offered_per_sec": s.rate, "sends_per_sec": s.sends_per_s, "inbox_entries_per_sec": s.inbox_per_s,
-            "ack_p99_ms": s.ack_p99_ms, "delivery_p99_ms": s.delivery_p99_ms,
-            "undelivered": s.undelivered, "sustained": s.sustained,
-        })).collect::<Vec<_>>(),
-        "sustainable_peak_per_sec": peak,
+        "steps": steps_json(steps),
+        "sustainable_peak_per_sec": syncd_peak.map(|(rate, _)| rate),
+        "sustainable_peak_inbox_entries_per_sec": syncd_peak.map(|(_, inbox)| inbox),
+        "redis_peers": json_peers,
     });
     let path = report::write_json("fanout-sweep", args.out.clone(), &json)?;
+    let mut systems: Vec<(String, &[SweepStep])> = vec![(syncd_name, steps)];
+    for (fsync, peer_steps) in peers {
+        systems.push((format!("Redis ({fsync})"), peer_steps));
+    }
+    let series = |value: fn(&SweepStep) -> f64, suffix: &str| -> Vec<crate::plot::Series> {
+        systems
+            .iter()
+            .map(|(name, steps)| crate::plot::Series {
+                name: format!("{name}{suffix}"),
+                points: steps.iter().map(|s| (s.rate as f64, value(s))).collect(),
+            })
+            .collect()
+    };
     let throughput = crate::plot::line_chart(
-        "syncd fanout: achieved vs offered send rate",
+        "fanout: achieved vs offered send rate",
         "offered sends/s",
         "achieved sends/s",
-        &[crate::plot::Series {
-            name: "sends/s".into(),
-            points: steps
-                .iter()
-                .map(|s| (s.rate as f64, s.sends_per_s))
-                .collect(),
-        }],
+        &series(|s| s.sends_per_s, ""),
         false,
     );
     let latency = crate::plot::line_chart(
-        "syncd fanout: p99 latency vs offered send rate",
+        "fanout: delivery p99 vs offered send rate",
         "offered sends/s",
-        "p99 ms",
-        &[
-            crate::plot::Series {
-                name: "delivery p99".into(),
-                points: steps
-                    .iter()
-                    .map(|s| (s.rate as f64, s.delivery_p99_ms))
-                    .collect(),
-            },
-            crate::plot::Series {
-                name: "send ack p99".into(),
-                points: steps
-                    .iter()
-                    .map(|s| (s.rate as f64, s.ack_p99_ms))
-                    .collect(),
-            },
-        ],
+        "delivery p99 ms",
+        &series(|s| s.delivery_p99_ms, ""),
         false,
     );
     let throughput_path = path.with_extension("throughput.svg");

@@ -21,6 +21,7 @@ mod procs;
 mod redis_peer;
 mod report;
 mod seq;
+mod sweep;
 mod workload;
 
 use clap::{Parser, Subcommand};

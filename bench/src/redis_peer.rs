@@ -14,6 +14,7 @@
 use crate::delivery::Tracker;
 use crate::procs;
 use crate::report;
+use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
 use crate::workload::Rng;
 use anyhow::Context;
 use hdrhistogram::Histogram;
@@ -35,6 +36,7 @@ pub struct PeerMeasured {
 
 /// Where the peer's load differs from syncd's: it is the bench that fans
 /// out (Redis has no members), which is the point of the comparison.
+#[derive(Clone, Copy)]
 pub struct PeerLoad<'a> {
     pub conversations: &'a [(u64, Vec<u64>)],
     pub concurrency: usize,
@@ -155,71 +157,136 @@ async fn send_one(
     pipe.query_async::<()>(conn).await
 }
 
-pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<PeerMeasured> {
-    let dir = tempfile::tempdir()?;
-    let redis =
-        procs::start_redis(dir.path(), &["--appendonly", "yes", "--appendfsync", fsync]).await?;
-    let mut connections = Vec::new();
-    for _ in 0..load.concurrency.max(1) {
-        connections.push(procs::redis_connection(&redis.addr).await?);
+/// A redis-server with the peer's connections and followers, warmed up.
+struct Peer {
+    _dir: tempfile::TempDir,
+    redis: procs::Proc,
+    connections: Vec<redis::aio::MultiplexedConnection>,
+    conversations: Arc<Vec<(u64, Vec<u64>)>>,
+    text: Arc<str>,
+    tracker: Arc<Tracker>,
+    followers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Peer {
+    async fn start(fsync: &str, load: &PeerLoad<'_>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let redis =
+            procs::start_redis(dir.path(), &["--appendonly", "yes", "--appendfsync", fsync])
+                .await?;
+        let mut connections = Vec::new();
+        for _ in 0..load.concurrency.max(1) {
+            connections.push(procs::redis_connection(&redis.addr).await?);
+        }
+        let tracker = Tracker::new(load.subscribed);
+        let followers = load
+            .subscribed
+            .iter()
+            .map(|&(user, _)| follow(redis.addr.clone(), user, Arc::clone(&tracker)))
+            .collect();
+        let peer = Self {
+            _dir: dir,
+            redis,
+            connections,
+            conversations: Arc::new(load.conversations.to_vec()),
+            text: "x".repeat(load.message_bytes).into(),
+            tracker,
+            followers,
+        };
+        peer.drive(load, load.warmup, load.seed + 1).await?;
+        // Warm-up deliveries do not count.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peer.tracker.reset();
+        Ok(peer)
     }
-    let conversations = Arc::new(load.conversations.to_vec());
-    let text: Arc<str> = "x".repeat(load.message_bytes).into();
-    let tracker = Tracker::new(load.subscribed);
-    let followers: Vec<_> = load
-        .subscribed
-        .iter()
-        .map(|&(user, _)| follow(redis.addr.clone(), user, Arc::clone(&tracker)))
-        .collect();
-    drive(
-        &connections,
-        &conversations,
-        &text,
-        load,
-        load.warmup,
-        load.seed + 1,
-        &tracker,
-    )
-    .await?;
-    // Warm-up deliveries do not count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tracker.reset();
-    let cpu_before = procs::cpu_seconds_of(redis.pid());
+
+    async fn drive(
+        &self,
+        load: &PeerLoad<'_>,
+        duration: Duration,
+        seed: u64,
+    ) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)> {
+        drive(
+            &self.connections,
+            &self.conversations,
+            &self.text,
+            load,
+            duration,
+            seed,
+            &self.tracker,
+        )
+        .await
+    }
+
+    /// Stops the followers, surfacing an error one of them ended with.
+    async fn stop_following(&mut self) -> anyhow::Result<()> {
+        for follower in self.followers.drain(..) {
+            if follower.is_finished() {
+                follower.await??;
+            } else {
+                follower.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<PeerMeasured> {
+    let mut peer = Peer::start(fsync, load).await?;
+    let cpu_before = procs::cpu_seconds_of(peer.redis.pid());
     let progress = report::Progress::start(&format!("redis peer ({fsync})"), load.duration);
-    let (sends, inbox_entries, elapsed, latency) = drive(
-        &connections,
-        &conversations,
-        &text,
-        load,
-        load.duration,
-        load.seed + 2,
-        &tracker,
-    )
-    .await?;
+    let (sends, inbox_entries, elapsed, latency) =
+        peer.drive(load, load.duration, load.seed + 2).await?;
     drop(progress);
-    let server_cpu_seconds = procs::cpu_seconds_of(redis.pid()) - cpu_before;
+    let server_cpu_seconds = procs::cpu_seconds_of(peer.redis.pid()) - cpu_before;
     // Let the last sends arrive, as for syncd.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for follower in followers {
-        if follower.is_finished() {
-            follower.await??;
-        } else {
-            follower.abort();
-        }
-    }
-    let (delivered, undelivered) = tracker.counts();
+    peer.stop_following().await?;
+    let (delivered, undelivered) = peer.tracker.counts();
     Ok(PeerMeasured {
         fsync,
         sends,
         inbox_entries,
         elapsed,
         latency,
-        delivery: tracker.latency(),
+        delivery: peer.tracker.latency(),
         delivered,
         undelivered,
         server_cpu_seconds,
-        server_peak_rss_mib: procs::peak_rss_mib_of(redis.pid()),
+        server_peak_rss_mib: procs::peak_rss_mib_of(peer.redis.pid()),
     })
+}
+
+/// The same rate sweep as syncd's, against this peer.
+pub async fn sweep(
+    fsync: &'static str,
+    load: &PeerLoad<'_>,
+    plan: &SweepPlan,
+) -> anyhow::Result<Vec<SweepStep>> {
+    let mut peer = Peer::start(fsync, load).await?;
+    let system = format!("Redis ({fsync})");
+    let steps = crate::sweep::run(plan, &system, async |rate, index| {
+        let step_load = PeerLoad { rate, ..*load };
+        peer.tracker.reset();
+        let progress = report::Progress::start("sweep", plan.step_duration);
+        let (sends, inbox_entries, elapsed, latency) = peer
+            .drive(&step_load, plan.step_duration, load.seed + 10 + index)
+            .await?;
+        drop(progress);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, undelivered) = peer.tracker.counts();
+        Ok(StepMeasured {
+            sends,
+            inbox_entries,
+            elapsed,
+            ack_p99_ms: report::ms(&latency, 0.99),
+            delivery_p99_ms: report::ms(&peer.tracker.latency(), 0.99),
+            undelivered,
+        })
+    })
+    .await?;
+    peer.stop_following().await?;
+    Ok(steps)
 }
 
 /// Closed loop (`rate` 0: one send in flight per connection) or open loop
