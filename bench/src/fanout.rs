@@ -407,11 +407,11 @@ fn print_sweep(
     for (fsync, peer_steps) in peers {
         systems.push((format!("Redis ({fsync})"), peer_steps));
     }
-    let series = |value: fn(&SweepStep) -> f64, suffix: &str| -> Vec<crate::plot::Series> {
+    let series = |value: fn(&SweepStep) -> f64| -> Vec<crate::plot::Series> {
         systems
             .iter()
             .map(|(name, steps)| crate::plot::Series {
-                name: format!("{name}{suffix}"),
+                name: name.clone(),
                 points: steps.iter().map(|s| (s.rate as f64, value(s))).collect(),
             })
             .collect()
@@ -420,14 +420,14 @@ fn print_sweep(
         "fanout: achieved vs offered send rate",
         "offered sends/s",
         "achieved sends/s",
-        &series(|s| s.sends_per_s, ""),
+        &series(|s| s.sends_per_s),
         false,
     );
     let latency = crate::plot::line_chart(
         "fanout: delivery p99 vs offered send rate",
         "offered sends/s",
         "delivery p99 ms",
-        &series(|s| s.delivery_p99_ms, ""),
+        &series(|s| s.delivery_p99_ms),
         false,
     );
     let throughput_path = path.with_extension("throughput.svg");
@@ -528,10 +528,6 @@ async fn drive(
     Ok(measured)
 }
 
-/// Sends in flight at most in open-loop mode; past it new sends wait (and
-/// that wait counts in their latency).
-pub const MAX_OPEN_LOOP_IN_FLIGHT: usize = 4_096;
-
 async fn drive_open_loop(
     client: &Client,
     conversations: &[(u64, Vec<u64>)],
@@ -541,60 +537,33 @@ async fn drive_open_loop(
     tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Measured> {
     let text: Arc<str> = "x".repeat(args.message_bytes).into();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_LOOP_IN_FLIGHT));
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut rng = Rng::new(seed);
-    let mut measured = Measured::empty();
     let cpu_before = report::cpu_seconds();
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut next = started;
-    let mut issued = 0u64;
-    while next < deadline {
-        tokio::time::sleep_until(next.into()).await;
-        while next <= Instant::now() && next < deadline {
-            let scheduled = next;
-            next += interval;
-            issued += 1;
-            let (conversation_id, members) =
-                &conversations[rng.below(conversations.len() as u64) as usize];
-            let sender = members[rng.below(members.len() as u64) as usize];
-            let key = format!("s{seed}-o{issued}");
-            tracker.announce(&key, members);
-            let message = format!("{key} {text}");
-            let slot = Arc::clone(&slots).acquire_owned().await?;
-            let (client, conversation_id, fanout) =
-                (client.clone(), *conversation_id, members.len() as u64);
-            in_flight.spawn(async move {
-                let _slot = slot;
-                client
-                    .append(conversation_id, sender, &message, None)
-                    .await?;
-                anyhow::Ok((scheduled.elapsed(), fanout))
-            });
+    let run = crate::open_loop::run(args.rate, duration, |issued| {
+        let (conversation_id, members) =
+            &conversations[rng.below(conversations.len() as u64) as usize];
+        let sender = members[rng.below(members.len() as u64) as usize];
+        let key = format!("s{seed}-o{issued}");
+        tracker.announce(&key, members);
+        let message = format!("{key} {text}");
+        let (client, conversation_id, fanout) =
+            (client.clone(), *conversation_id, members.len() as u64);
+        async move {
+            client
+                .append(conversation_id, sender, &message, None)
+                .await?;
+            Ok(fanout)
         }
-        while let Some(done) = in_flight.try_join_next() {
-            record_open_loop(&mut measured, done??)?;
-        }
-    }
-    while let Some(done) = in_flight.join_next().await {
-        record_open_loop(&mut measured, done??)?;
-    }
-    measured.conversation_entries = measured.sends;
-    measured.elapsed = started.elapsed();
+    })
+    .await?;
+    let mut measured = Measured::empty();
+    measured.sends = run.sends;
+    measured.conversation_entries = run.sends;
+    measured.inbox_entries = run.inbox_entries;
+    measured.elapsed = run.elapsed;
+    measured.latency = run.latency;
     measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
-}
-
-fn record_open_loop(
-    measured: &mut Measured,
-    (latency, fanout): (Duration, u64),
-) -> anyhow::Result<()> {
-    measured.latency.record(latency.as_micros().max(1) as u64)?;
-    measured.sends += 1;
-    measured.inbox_entries += fanout;
-    Ok(())
 }
 
 struct Bare {

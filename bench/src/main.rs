@@ -16,6 +16,7 @@ mod catchup;
 mod delivery;
 mod fanout;
 mod node;
+mod open_loop;
 mod plot;
 mod procs;
 mod redis_peer;

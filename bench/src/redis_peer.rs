@@ -345,48 +345,21 @@ async fn drive(
         }
         return Ok((sends, inbox_entries, started.elapsed(), latency));
     }
-    let interval = Duration::from_secs_f64(1.0 / load.rate as f64);
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        crate::fanout::MAX_OPEN_LOOP_IN_FLIGHT,
-    ));
     let mut rng = Rng::new(seed);
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut next = started;
-    let mut issued = 0usize;
-    while next < deadline {
-        tokio::time::sleep_until(next.into()).await;
-        while next <= Instant::now() && next < deadline {
-            let scheduled = next;
-            next += interval;
-            let (id, members) =
-                conversations[rng.below(conversations.len() as u64) as usize].clone();
-            let sender = members[rng.below(members.len() as u64) as usize];
-            let mut conn = connections[issued % connections.len()].clone();
-            issued += 1;
-            let key = format!("r{seed}-o{issued}");
-            tracker.announce(&key, &members);
-            let message = format!("{key} {text}");
-            let slot = Arc::clone(&slots).acquire_owned().await?;
-            in_flight.spawn(async move {
-                let _slot = slot;
-                send_one(&mut conn, id, &members, sender, &message).await?;
-                anyhow::Ok((scheduled.elapsed(), members.len() as u64))
-            });
+    let run = crate::open_loop::run(load.rate, duration, |issued| {
+        let (id, members) = conversations[rng.below(conversations.len() as u64) as usize].clone();
+        let sender = members[rng.below(members.len() as u64) as usize];
+        let mut conn = connections[issued as usize % connections.len()].clone();
+        let key = format!("r{seed}-o{issued}");
+        tracker.announce(&key, &members);
+        let message = format!("{key} {text}");
+        async move {
+            send_one(&mut conn, id, &members, sender, &message).await?;
+            Ok(members.len() as u64)
         }
-        while let Some(done) = in_flight.try_join_next() {
-            let (took, fanout) = done??;
-            latency.record(took.as_micros().max(1) as u64)?;
-            sends += 1;
-            inbox_entries += fanout;
-        }
-    }
-    while let Some(done) = in_flight.join_next().await {
-        let (took, fanout) = done??;
-        latency.record(took.as_micros().max(1) as u64)?;
-        sends += 1;
-        inbox_entries += fanout;
-    }
-    Ok((sends, inbox_entries, started.elapsed(), latency))
+    })
+    .await?;
+    Ok((run.sends, run.inbox_entries, run.elapsed, run.latency))
 }
 
 pub struct PeerCatchUp {
