@@ -9,25 +9,74 @@
 //! - Every member's inbox gets each message once: a retry with the same
 //!   client message id returns the stored receipt (checked under a per-key
 //!   lock, so concurrent retries cannot both write).
+//! - Per conversation, a lower `conv_seq` gets the lower inbox seq in every
+//!   member's inbox (seqs of one conversation's events are allocated in
+//!   order).
 //! - Sync never exposes a seq while a lower one is still in flight
 //!   ([`horizon`]), so a device that advances its checkpoint never skips one.
-//! - Users read only their own inbox and conversations they belong to.
+//! - Users read only their own inbox and conversations they belong to
+//!   ([`access`]).
+//! - Everything that follows a commit (cache, push, retention) happens on
+//!   one path ([`observer`]), whether the event committed at once or was
+//!   finished in the background.
+//! - Every task the engine spawns is tracked; shutdown waits for them
+//!   ([`lifecycle`]).
 //!
-//! # Layout
-//! - [`engine`]: send/fanout/sync/history/membership logic, no gRPC.
-//! - [`horizon`]: the safe sync horizon; [`hub`]: push notification state;
-//!   [`keyed`]: per-key async locks; [`auth`]: tokens; [`limits`]: bounds.
-//! - [`grpc`]: one file per gRPC service; [`error`]: the one mapping from
-//!   domain errors to gRPC statuses; [`server`]: wiring, listener, shutdown.
+//! # The data path
+//! ```text
+//! Send ─▶ send (validate, idempotency key lock, receipt?)
+//!          └▶ directory.shared (membership lock, record) ─▶ access::may_send
+//!              └▶ Event::message ─ fanout (who gets a copy)
+//!                  └▶ writer.commit: horizon.reserve ─▶ allocate conv_seq +
+//!                     inbox seqs (in conversation order) ─▶ store.commit_event
+//!                      └▶ observers: directory cache, push hub, retention queue
+//! Sync ─▶ inbox.sync: visibility (allocator, then horizon) ─▶ store.read_inbox
+//! Subscribe ─▶ push: hub.subscribe ─▶ feed.next (entries or a bare notice)
+//! ```
+//!
+//! # Modules
+//! - [`engine`]: the facade the gRPC layer calls; owns one value per concept.
+//! - [`send`]: sending a message, idempotency.
+//! - [`membership`]: creating conversations, adding and removing members.
+//! - [`inbox`]: sync and ack. [`history`]: conversation paging and records.
+//! - [`push`]: the hub of subscribed users and each subscriber's feed.
+//! - [`retention`]: the policy, its candidates and the trimming loop.
+//! - [`directory`]: conversation records, their cache and membership locks
+//!   (and who may fill the cache).
+//! - [`access`]: who may do what. [`fanout`]: who gets a copy of an event.
+//! - [`event`]: events as values. [`writer`]: reserve, allocate, commit,
+//!   announce. [`observer`]: the one path after a commit.
+//! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
+//! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
+//!   locks; [`limits`]: named bounds.
+//! - [`auth`]: tokens. [`grpc`]: one file per gRPC service; [`error`]: the
+//!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
+//!   listener, shutdown.
 
+pub mod access;
 pub mod auth;
+pub mod directory;
 pub mod engine;
 pub mod error;
+pub mod event;
+pub mod fanout;
 pub mod grpc;
+pub mod history;
 pub mod horizon;
-pub mod hub;
+pub mod inbox;
 pub mod keyed;
+pub mod lifecycle;
 pub mod limits;
+pub mod membership;
+pub mod observer;
+pub mod push;
+pub mod retention;
+pub mod send;
 pub mod server;
+pub mod visibility;
+pub mod writer;
+
+#[cfg(test)]
+mod testkit;
 
 pub use error::SyncdError;

@@ -52,3 +52,13 @@ pub const MAX_PUSH_ENTRIES: usize = 64;
 pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;
 /// Groups larger than this switch to read fanout (configurable per node).
 pub const DEFAULT_LARGE_GROUP_THRESHOLD: usize = 500;
+
+/// A requested page size: 0 asks for the default, anything above `max` is
+/// cut to `max`.
+pub fn clamp_limit(requested: usize, default: usize, max: usize) -> usize {
+    if requested == 0 {
+        default
+    } else {
+        requested.min(max)
+    }
+}

@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gRPC API on the embedded store until SIGINT/SIGTERM.
+    /// Serve the gRPC API (embedded store or ScyllaDB) until SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Print a token signed with the data directory's key.
     Token(TokenArgs),

@@ -181,7 +181,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REPLY_BYTES);
 
-    tokio::spawn(Arc::clone(&node.engine).run_retention());
+    node.engine.start();
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -202,10 +202,14 @@ pub async fn serve(
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
-        .map_err(|e| StartupError::Transport(e.to_string()))
+        .map_err(|e| StartupError::Transport(e.to_string()))?;
+    // Calls have finished; what they left running (background finishers,
+    // push pumps, retention) stops or completes before the node closes.
+    node.engine.shutdown().await;
+    Ok(())
 }
 
-/// Binds a listener, resolving `127.0.0.1:0` to a real port.
+/// Binds a listener (port 0: the system picks one; `local_addr` tells).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }

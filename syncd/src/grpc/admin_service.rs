@@ -2,9 +2,9 @@
 
 use super::timeline_service::send_reply;
 use super::{authenticate, convert, parse_client_msg_id};
+use crate::access;
 use crate::auth::{Principal, TokenAuthority};
 use crate::engine::{Engine, MembershipChange, SendCommand};
-use crate::error::SyncdError;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -21,12 +21,8 @@ impl AdminService {
 
     fn service<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let principal = authenticate(&self.auth, request)?;
-        match principal {
-            Principal::Service { .. } => Ok(principal),
-            Principal::Device { .. } => {
-                Err(SyncdError::PermissionDenied("admin calls need a service token".into()).into())
-            }
-        }
+        access::require_service(&principal)?;
+        Ok(principal)
     }
 
     async fn change(

@@ -104,7 +104,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE);
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<Status>();
         let stall_limit = self.engine.config().subscriber_stall_limit;
-        tokio::spawn(async move {
+        self.engine.spawn(async move {
             loop {
                 let notice = tokio::select! {
                     notice = feed.next() => match notice.transpose() {

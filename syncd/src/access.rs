@@ -1,0 +1,123 @@
+//! Who may do what: the one place that turns a principal and a conversation
+//! into "allowed" or a [`SyncdError::PermissionDenied`] with its message.
+//!
+//! - Devices act as their user: they read their own inbox, read and send to
+//!   conversations their user belongs to, and never speak for another user.
+//! - Services have no inbox; they may read any conversation, send as any
+//!   member or as the system (sender 0), and change members.
+
+use crate::auth::Principal;
+use crate::error::{Result, SyncdError};
+use timeline_store::Conversation;
+
+/// The user and device behind a device token; services have no inbox.
+pub fn device_user(principal: &Principal) -> Result<(u64, &str)> {
+    match principal {
+        Principal::Device { user_id, device_id } => Ok((*user_id, device_id)),
+        Principal::Service { name } => Err(SyncdError::PermissionDenied(format!(
+            "service {name:?} has no inbox: use a device token"
+        ))),
+    }
+}
+
+/// Calls only backend services may make (membership changes, appends).
+pub fn require_service(principal: &Principal) -> Result<()> {
+    match principal {
+        Principal::Service { .. } => Ok(()),
+        Principal::Device { .. } => Err(SyncdError::PermissionDenied(
+            "this call needs a service token".into(),
+        )),
+    }
+}
+
+/// Who a message is from: a device sends as its own user (naming another
+/// is refused), a service as the user it names or the system (0).
+pub fn sender_of(principal: &Principal, requested: Option<u64>) -> Result<u64> {
+    match principal {
+        Principal::Device { user_id, .. } => match requested {
+            Some(other) if other != *user_id => Err(SyncdError::PermissionDenied(format!(
+                "user {user_id} cannot send as user {other}"
+            ))),
+            _ => Ok(*user_id),
+        },
+        Principal::Service { .. } => Ok(requested.unwrap_or(0)),
+    }
+}
+
+/// A message from `sender_id` may enter the conversation: a member, or the
+/// system.
+pub fn may_send(sender_id: u64, conversation: &Conversation) -> Result<()> {
+    if sender_id != 0 && !conversation.is_member(sender_id) {
+        return Err(not_a_member(sender_id, conversation.conversation_id));
+    }
+    Ok(())
+}
+
+/// The caller may read the conversation (record and history): a member's
+/// device, or a service.
+pub fn may_read(principal: &Principal, conversation: &Conversation) -> Result<()> {
+    match principal {
+        Principal::Device { user_id, .. } if !conversation.is_member(*user_id) => {
+            Err(not_a_member(*user_id, conversation.conversation_id))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn not_a_member(user_id: u64, conversation_id: u64) -> SyncdError {
+    SyncdError::PermissionDenied(format!(
+        "user {user_id} is not a member of conversation {conversation_id}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(user_id: u64) -> Principal {
+        Principal::Device {
+            user_id,
+            device_id: "d".into(),
+        }
+    }
+
+    fn service() -> Principal {
+        Principal::Service { name: "ops".into() }
+    }
+
+    fn conversation(members: Vec<u64>) -> Conversation {
+        Conversation {
+            conversation_id: 7,
+            members,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn devices_act_as_their_user_and_services_as_anyone() {
+        assert_eq!(sender_of(&device(1), None).unwrap(), 1);
+        assert_eq!(sender_of(&device(1), Some(1)).unwrap(), 1);
+        assert!(sender_of(&device(1), Some(2)).is_err());
+        assert_eq!(sender_of(&service(), None).unwrap(), 0);
+        assert_eq!(sender_of(&service(), Some(9)).unwrap(), 9);
+        assert!(device_user(&service()).is_err());
+        assert_eq!(device_user(&device(3)).unwrap(), (3, "d"));
+        assert!(require_service(&device(3)).is_err());
+        assert!(require_service(&service()).is_ok());
+    }
+
+    #[test]
+    fn members_read_and_send_others_do_not() {
+        let c = conversation(vec![1, 2]);
+        assert!(may_read(&device(1), &c).is_ok());
+        assert!(may_read(&service(), &c).is_ok());
+        let denied = may_read(&device(3), &c).unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "user 3 is not a member of conversation 7"
+        );
+        assert!(may_send(2, &c).is_ok());
+        assert!(may_send(0, &c).is_ok(), "the system may always send");
+        assert!(may_send(3, &c).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The conversation directory: records by id, cached, with the membership
+//! lock of each conversation.
+//!
+//! # The fill rule
+//! Only a caller holding the conversation's membership lock (shared or
+//! exclusive) may put a record it read from the store into the cache: an
+//! unlocked reader could otherwise put back a record that a concurrent
+//! membership change has just replaced. The types carry the rule:
+//! [`Directory::peek`] reads without the lock and never fills;
+//! [`Directory::shared`] and [`Directory::exclusive`] take the lock, fill,
+//! and hand back the record together with the guard ([`Locked`]). A changed
+//! record enters the cache only once its event has committed
+//! ([`Directory::committed`], called from the one announce path).
+//!
+//! Sends take the lock shared (they run in parallel); membership changes
+//! take it exclusive, so no send is between "members loaded" and "event
+//! committed" while the members change.
+
+use crate::error::{Result, SyncdError};
+use crate::keyed::{KeyGuard, KeyedLocks};
+use crate::limits::CACHED_CONVERSATION_MEMBERS;
+use crate::observer::{CommitObserver, Committed};
+use std::sync::Arc;
+use timeline_store::{Conversation, TimelineStore};
+
+pub struct Directory {
+    store: Arc<dyn TimelineStore>,
+    /// Conversation records, weighed by member count.
+    cache: moka::sync::Cache<u64, Arc<Conversation>>,
+    locks: Arc<KeyedLocks<u64>>,
+}
+
+/// A conversation record read under its membership lock, with the lock.
+pub struct Locked {
+    pub record: Arc<Conversation>,
+    guard: KeyGuard<u64>,
+}
+
+impl Locked {
+    /// The lock, to be held until the event that depends on the record
+    /// is complete.
+    pub fn into_guard(self) -> KeyGuard<u64> {
+        self.guard
+    }
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn TimelineStore>) -> Self {
+        Self {
+            store,
+            cache: moka::sync::Cache::builder()
+                .weigher(|_, record: &Arc<Conversation>| {
+                    u32::try_from(record.members.len() + 1).unwrap_or(u32::MAX)
+                })
+                .max_capacity(CACHED_CONVERSATION_MEMBERS)
+                .build(),
+            locks: Arc::default(),
+        }
+    }
+
+    /// The record, without the lock (for reads that decide nothing a
+    /// membership change could invalidate). Never fills the cache.
+    pub async fn peek(&self, conversation_id: u64) -> Result<Arc<Conversation>> {
+        self.load(conversation_id, false).await
+    }
+
+    /// The record under the shared membership lock (sends).
+    pub async fn shared(&self, conversation_id: u64) -> Result<Locked> {
+        check_id(conversation_id)?;
+        let guard = self.locks.read(conversation_id).await;
+        let record = self.load(conversation_id, true).await?;
+        Ok(Locked { record, guard })
+    }
+
+    /// The record under the exclusive membership lock (membership changes).
+    pub async fn exclusive(&self, conversation_id: u64) -> Result<Locked> {
+        check_id(conversation_id)?;
+        let guard = self.locks.write(conversation_id).await;
+        let record = self.load(conversation_id, true).await?;
+        Ok(Locked { record, guard })
+    }
+
+    /// A record written by a committed event. Its writer held the
+    /// exclusive lock (or the conversation is new), so no reader can have
+    /// cached an older one since.
+    pub fn committed(&self, record: &Conversation) {
+        self.cache
+            .insert(record.conversation_id, Arc::new(record.clone()));
+    }
+
+    async fn load(&self, conversation_id: u64, fill: bool) -> Result<Arc<Conversation>> {
+        check_id(conversation_id)?;
+        if let Some(cached) = self.cache.get(&conversation_id) {
+            return Ok(cached);
+        }
+        let record = Arc::new(self.store.conversation(conversation_id).await?.ok_or_else(
+            || SyncdError::NotFound(format!("conversation {conversation_id} does not exist")),
+        )?);
+        if fill {
+            self.cache.insert(conversation_id, Arc::clone(&record));
+        }
+        Ok(record)
+    }
+}
+
+impl CommitObserver for Directory {
+    fn committed(&self, event: &Committed<'_>) {
+        if let Some(record) = &event.commit.conversation {
+            self.committed(record);
+        }
+    }
+}
+
+fn check_id(conversation_id: u64) -> Result<()> {
+    if conversation_id == 0 {
+        return Err(SyncdError::InvalidArgument(
+            "conversation_id must be set".into(),
+        ));
+    }
+    Ok(())
+}

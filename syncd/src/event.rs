@@ -1,0 +1,106 @@
+//! Events as values: what one committed change of a conversation writes,
+//! built by a named constructor per kind of event, so the write path never
+//! assembles an event from positional options.
+
+use crate::fanout::{Change, Fanout, fanout};
+use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey};
+use uuid::Uuid;
+
+/// One event before it is written: the conversation entry (seqs, id and
+/// time not yet assigned), who gets a copy, and what else commits with it.
+pub struct Event {
+    pub entry: Entry,
+    pub fanout: Fanout,
+    /// The idempotency key whose receipt commits with the event.
+    pub receipt_key: Option<IdempotencyKey>,
+    /// The conversation record after the event, when it changes it.
+    pub record: Option<Conversation>,
+}
+
+/// Which membership change an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    Add,
+    Remove,
+}
+
+impl Event {
+    /// A message from `sender_id` (0: the system) into `conversation`.
+    pub fn message(
+        conversation: &Conversation,
+        sender_id: u64,
+        client_msg_id: Uuid,
+        text: String,
+        receipt_key: Option<IdempotencyKey>,
+    ) -> Self {
+        Self {
+            entry: Entry {
+                kind: EntryKind::Message as i32,
+                conversation_id: conversation.conversation_id,
+                sender_id,
+                client_msg_id: client_msg_id.to_string(),
+                text,
+                ..Default::default()
+            },
+            fanout: fanout(Change::Message, conversation, conversation),
+            receipt_key,
+            record: None,
+        }
+    }
+
+    /// A new conversation, created by `creator` (0: a service). Every
+    /// member hears of it, in either fanout mode.
+    pub fn conversation_created(record: Conversation, creator: u64) -> Self {
+        Self {
+            entry: Entry {
+                kind: EntryKind::ConversationCreated as i32,
+                conversation_id: record.conversation_id,
+                sender_id: creator,
+                text: record.title.clone(),
+                members: record.members.clone(),
+                ..Default::default()
+            },
+            fanout: fanout(Change::Created, &record, &record),
+            receipt_key: None,
+            record: Some(record),
+        }
+    }
+
+    /// Members `changed` joined or left: `before` is the record the change
+    /// was decided on, `after` the record it leaves.
+    pub fn members_changed(
+        before: &Conversation,
+        after: Conversation,
+        change: MembershipChange,
+        changed: Vec<u64>,
+    ) -> Self {
+        let (kind, shape) = match change {
+            MembershipChange::Add => (EntryKind::MembersAdded, Change::Added(&changed)),
+            MembershipChange::Remove => (EntryKind::MembersRemoved, Change::Removed(&changed)),
+        };
+        let fanout = fanout(shape, before, &after);
+        Self {
+            entry: Entry {
+                kind: kind as i32,
+                conversation_id: after.conversation_id,
+                members: changed,
+                ..Default::default()
+            },
+            fanout,
+            receipt_key: None,
+            record: Some(after),
+        }
+    }
+
+    pub fn conversation_id(&self) -> u64 {
+        self.entry.conversation_id
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,204 @@
+//! Inbox sync and ack: "everything after seq N", never past the safe
+//! horizon, and the device's stored checkpoint.
+//!
+//! A page never shows a seq while a lower one may still appear
+//! ([`crate::visibility`]), so a device that advances its checkpoint to the
+//! page's last seq never skips one. When retention trimmed entries after the
+//! checkpoint, the page says so (`expired_below`) instead of showing a gap.
+//! The reply also lists the newest readable `conv_seq` of every large group
+//! the user belongs to: their messages live in the conversation timeline.
+
+use crate::access;
+use crate::auth::Principal;
+use crate::error::{Result, SyncdError};
+use crate::horizon::Scope;
+use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
+use crate::visibility::Visibility;
+use std::sync::Arc;
+use timeline_store::{Entry, TimelineStore};
+
+#[derive(Clone, Debug)]
+pub struct SyncPage {
+    pub entries: Vec<Entry>,
+    pub has_more: bool,
+    pub checkpoint: u64,
+    /// `(conversation_id, newest safe conv_seq)` of every large group the
+    /// user belongs to (0 when it has no entries yet).
+    pub large_groups: Vec<(u64, u64)>,
+    /// `Some(floor)` when entries after the checkpoint were trimmed by
+    /// retention: no entries are returned, the device must resync.
+    pub expired_below: Option<u64>,
+}
+
+pub struct Inbox {
+    store: Arc<dyn TimelineStore>,
+    visibility: Arc<Visibility>,
+}
+
+impl Inbox {
+    pub fn new(store: Arc<dyn TimelineStore>, visibility: Arc<Visibility>) -> Self {
+        Self { store, visibility }
+    }
+
+    /// Inbox entries after the checkpoint (the given one, or the device's
+    /// stored one), never past the sync horizon.
+    pub async fn sync(
+        &self,
+        principal: &Principal,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<SyncPage> {
+        let (user_id, device_id) = access::device_user(principal)?;
+        let after = match after_seq {
+            Some(seq) => seq,
+            None => self.store.checkpoint(user_id, device_id).await?,
+        };
+        let limit = clamp_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
+        let through = self
+            .visibility
+            .readable_through(Scope::Inbox, user_id)
+            .await?;
+        let mut entries = self
+            .store
+            .read_inbox(user_id, after, through, limit + 1)
+            .await?;
+        // Read the floor after the entries: retention raises it before it
+        // deletes, so any entry this read missed is below the floor seen
+        // here. No gap after the checkpoint, no trimming to worry about.
+        if entries.first().is_none_or(|e| e.seq != after + 1) {
+            let floor = self.store.inbox_floor(user_id).await?;
+            if after + 1 < floor {
+                return Ok(SyncPage {
+                    entries: Vec::new(),
+                    has_more: false,
+                    checkpoint: after,
+                    large_groups: Vec::new(),
+                    expired_below: Some(floor),
+                });
+            }
+        }
+        let has_more = entries.len() > limit;
+        entries.truncate(limit);
+        let checkpoint = entries.last().map_or(after, |e| e.seq);
+        let large_groups = self.large_group_tops(user_id).await?;
+        Ok(SyncPage {
+            entries,
+            has_more,
+            checkpoint,
+            large_groups,
+            expired_below: None,
+        })
+    }
+
+    /// The newest readable `conv_seq` of each large group of the user.
+    async fn large_group_tops(&self, user_id: u64) -> Result<Vec<(u64, u64)>> {
+        let mut tops = Vec::new();
+        for conversation_id in self.store.large_groups(user_id).await? {
+            let end = self
+                .visibility
+                .readable_through(Scope::Conversation, conversation_id)
+                .await?
+                .saturating_add(1);
+            let newest = self
+                .store
+                .read_conversation(conversation_id, 0, end, true, 1)
+                .await?;
+            tops.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
+        }
+        Ok(tops)
+    }
+
+    /// Stores the device's checkpoint (never lowered; never past its inbox).
+    pub async fn ack(&self, principal: &Principal, seq: u64) -> Result<u64> {
+        let (user_id, device_id) = access::device_user(principal)?;
+        let top = self.visibility.inbox_top(user_id).await?;
+        if seq > top {
+            return Err(SyncdError::InvalidArgument(format!(
+                "cannot acknowledge seq {seq}: the inbox only reaches {top}"
+            )));
+        }
+        Ok(self.store.save_checkpoint(user_id, device_id, seq).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tight_loop_sync_never_skips_when_commits_land_out_of_order() {
+        let fx = fixture().small_sections().jitter().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let mut conversations = Vec::new();
+        for members in [vec![1, 2, 3], vec![1, 4], vec![1, 2, 4, 5], vec![1, 5]] {
+            conversations.push(group(&engine, 1, members).await);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (engine, done) = (Arc::clone(&engine), Arc::clone(&done));
+            tokio::spawn(async move {
+                let me = device(1, "tight");
+                let (mut checkpoint, mut seen) = (0, Vec::new());
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                    let page = engine.sync(&me, Some(checkpoint), 3).await.unwrap();
+                    checkpoint = page.checkpoint;
+                    seen.extend(page.entries.iter().map(|e| e.seq));
+                    if finished && !page.has_more {
+                        return seen;
+                    }
+                    // An empty read completes without awaiting anything; yield
+                    // so this loop cannot starve the senders' tasks.
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut senders = tokio::task::JoinSet::new();
+        for task in 0..24u64 {
+            let engine = Arc::clone(&engine);
+            let conversation = conversations[task as usize % conversations.len()];
+            senders.spawn(async move {
+                for i in 0..25 {
+                    engine
+                        .send(
+                            device(1, "s"),
+                            message(conversation, &format!("{task}/{i}"), None),
+                        )
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(result) = senders.join_next().await {
+            result.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let seen = reader.await.unwrap();
+        let all: Vec<u64> = fx
+            .store
+            .read_inbox(1, 0, u64::MAX, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all.len(), 4 + 24 * 25);
+        let entries = fx.store.read_inbox(1, 0, u64::MAX, 10_000).await.unwrap();
+        let mut last_conv_seq = std::collections::HashMap::new();
+        for entry in &entries {
+            let last = last_conv_seq.entry(entry.conversation_id).or_insert(0);
+            assert!(
+                entry.conv_seq > *last,
+                "inbox order differs from conv_seq order"
+            );
+            *last = entry.conv_seq;
+        }
+        let missing: Vec<_> = all.iter().filter(|s| !seen.contains(s)).collect();
+        let extra: Vec<_> = seen.iter().filter(|s| !all.contains(s)).collect();
+        assert_eq!(
+            seen, all,
+            "the tight-loop reader skipped an entry: missing {missing:?} extra {extra:?}"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! Conversations and their members: creation (devices and services) and
+//! membership changes (services only).
+//!
+//! A membership change holds the conversation's membership lock exclusively
+//! from reading the record until its event is complete, so no send decides
+//! its recipients on members that are about to change. A group that grows
+//! past the large-group threshold switches to read fanout and stays there
+//! (no flapping around the threshold); who then gets a copy of what is
+//! [`crate::fanout`]'s business.
+
+use crate::access;
+use crate::auth::Principal;
+use crate::directory::Directory;
+use crate::error::{Result, SyncdError};
+use crate::event::{Event, MembershipChange, now_ms};
+use crate::limits::{MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES};
+use crate::writer::EventWriter;
+use seqsvc::Namespace;
+use seqsvc::client::SeqSource;
+use std::sync::Arc;
+use timeline_store::{Conversation, ConversationKind};
+
+/// The counter id (in [`Namespace::Counter`]) that numbers conversations.
+const CONVERSATION_ID_COUNTER: u64 = 0;
+
+pub struct NewConversation {
+    pub kind: ConversationKind,
+    pub members: Vec<u64>,
+    pub title: String,
+}
+
+pub struct Membership {
+    directory: Arc<Directory>,
+    writer: Arc<EventWriter>,
+    seqs: SeqSource,
+    large_group_threshold: usize,
+}
+
+impl Membership {
+    pub fn new(
+        directory: Arc<Directory>,
+        writer: Arc<EventWriter>,
+        seqs: SeqSource,
+        large_group_threshold: usize,
+    ) -> Self {
+        Self {
+            directory,
+            writer,
+            seqs,
+            large_group_threshold,
+        }
+    }
+
+    /// Creates a conversation; a device is always one of its members.
+    pub async fn create(
+        &self,
+        principal: Principal,
+        request: NewConversation,
+    ) -> Result<Conversation> {
+        if request.title.len() > MAX_TITLE_BYTES {
+            return Err(SyncdError::InvalidArgument(format!(
+                "title is {} bytes, at most {MAX_TITLE_BYTES}",
+                request.title.len()
+            )));
+        }
+        let mut members = request.members.clone();
+        let creator = match &principal {
+            Principal::Device { user_id, .. } => {
+                members.push(*user_id);
+                *user_id
+            }
+            Principal::Service { .. } => 0,
+        };
+        let members = normalize_members(&members)?;
+        let kind = match request.kind {
+            ConversationKind::Direct => {
+                if members.len() != 2 {
+                    return Err(SyncdError::InvalidArgument(format!(
+                        "a direct conversation has exactly 2 members, got {}",
+                        members.len()
+                    )));
+                }
+                ConversationKind::Direct
+            }
+            ConversationKind::Group | ConversationKind::Unspecified => {
+                if members.is_empty() {
+                    return Err(SyncdError::InvalidArgument(
+                        "a conversation needs at least one member".into(),
+                    ));
+                }
+                ConversationKind::Group
+            }
+        };
+        let conversation_id = self
+            .seqs
+            .next(Namespace::Counter, CONVERSATION_ID_COUNTER)
+            .await?;
+        let record = Conversation {
+            conversation_id,
+            kind: kind as i32,
+            read_fanout: members.len() > self.large_group_threshold,
+            members,
+            title: request.title,
+            created_at_ms: now_ms(),
+        };
+        self.writer
+            .commit(
+                Event::conversation_created(record.clone(), creator),
+                Vec::new(),
+            )
+            .await?;
+        Ok(record)
+    }
+
+    /// Adds or removes members (services only). Returns the new record and
+    /// the `conv_seq` of the membership event (0 when nothing changed).
+    pub async fn change(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        members: Vec<u64>,
+        change: MembershipChange,
+    ) -> Result<(Conversation, u64)> {
+        access::require_service(principal)?;
+        let members = normalize_members(&members)?;
+        if members.is_empty() {
+            return Err(SyncdError::InvalidArgument(
+                "members must not be empty".into(),
+            ));
+        }
+        let exclusive = self.directory.exclusive(conversation_id).await?;
+        let before = Arc::clone(&exclusive.record);
+        if before.kind == ConversationKind::Direct as i32 {
+            return Err(SyncdError::FailedPrecondition(format!(
+                "conversation {conversation_id} is direct: its members are fixed"
+            )));
+        }
+        let (changed, new_members) = apply(&before, &members, change);
+        if changed.is_empty() {
+            return Ok(((*before).clone(), 0));
+        }
+        if new_members.len() > MAX_CONVERSATION_MEMBERS {
+            return Err(SyncdError::InvalidArgument(format!(
+                "conversation would have {} members, at most {MAX_CONVERSATION_MEMBERS}",
+                new_members.len()
+            )));
+        }
+        let after = Conversation {
+            read_fanout: before.read_fanout || new_members.len() > self.large_group_threshold,
+            members: new_members,
+            ..(*before).clone()
+        };
+        let event = Event::members_changed(&before, after.clone(), change, changed);
+        let receipt = self
+            .writer
+            .commit(event, vec![Box::new(exclusive.into_guard())])
+            .await?;
+        Ok((after, receipt.conv_seq))
+    }
+}
+
+/// The members that really change, and the member list afterwards.
+fn apply(before: &Conversation, members: &[u64], change: MembershipChange) -> (Vec<u64>, Vec<u64>) {
+    match change {
+        MembershipChange::Add => {
+            let joined: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|m| !before.is_member(*m))
+                .collect();
+            let mut all = before.members.clone();
+            all.extend(&joined);
+            all.sort_unstable();
+            (joined, all)
+        }
+        MembershipChange::Remove => {
+            let left: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|m| before.is_member(*m))
+                .collect();
+            let rest = before
+                .members
+                .iter()
+                .copied()
+                .filter(|m| left.binary_search(m).is_err())
+                .collect();
+            (left, rest)
+        }
+    }
+}
+
+/// Sorted, deduplicated member ids; 0 is not a user.
+fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
+    if members.len() > MAX_MEMBERS_PER_CALL {
+        return Err(SyncdError::InvalidArgument(format!(
+            "{} members in one call, at most {MAX_MEMBERS_PER_CALL}",
+            members.len()
+        )));
+    }
+    if members.contains(&0) {
+        return Err(SyncdError::InvalidArgument(
+            "user id 0 is not a valid member".into(),
+        ));
+    }
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    members.dedup();
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MembershipChange;
+    use crate::history::HistoryQuery;
+    use crate::testkit::*;
+    use timeline_store::EntryKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_10000_member_group_costs_one_write_per_message() {
+        let fx = fixture().build().await;
+        let (engine, store) = (Arc::clone(&fx.engine), Arc::clone(&fx.store));
+        let ops = Principal::Service { name: "ops".into() };
+        let first: Vec<u64> = (1..=400).collect();
+        let created = engine
+            .create_conversation(
+                ops.clone(),
+                NewConversation {
+                    kind: ConversationKind::Group,
+                    members: first,
+                    title: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!created.read_fanout, "400 members: write fanout");
+        let conversation = created.conversation_id;
+        for chunk in (401..=10_000u64).collect::<Vec<_>>().chunks(1_000) {
+            engine
+                .change_members(
+                    ops.clone(),
+                    conversation,
+                    chunk.to_vec(),
+                    MembershipChange::Add,
+                )
+                .await
+                .unwrap();
+        }
+        let record = engine.get_conversation(&ops, conversation).await.unwrap();
+        assert_eq!(record.members.len(), 10_000);
+        assert!(
+            record.read_fanout,
+            "switched to read fanout past 500 members"
+        );
+
+        let before = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = engine
+            .send(device(5, "d"), message(conversation, "to everyone", None))
+            .await
+            .unwrap();
+        let after = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            0,
+            "a message to a large group writes no inbox copies"
+        );
+
+        // A member finds it through the sync reply and reads it by conv_seq.
+        let page = engine
+            .sync(&device(7_777, "d"), Some(0), 100)
+            .await
+            .unwrap();
+        assert!(
+            page.entries
+                .iter()
+                .any(|e| e.kind() == EntryKind::MembersAdded),
+            "membership events reach the inbox"
+        );
+        assert_eq!(
+            page.large_groups,
+            vec![(conversation, sent.receipt.conv_seq)]
+        );
+        let query = HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: Some(sent.receipt.conv_seq - 1),
+            limit: 10,
+        };
+        let history = engine.history(&device(7_777, "d"), query).await.unwrap();
+        assert_eq!(
+            history
+                .entries
+                .iter()
+                .map(|e| e.text.as_str())
+                .collect::<Vec<_>>(),
+            ["to everyone"]
+        );
+
+        // Leaving removes the group from the member's sync reply.
+        engine
+            .change_members(ops, conversation, vec![7_777], MembershipChange::Remove)
+            .await
+            .unwrap();
+        let page = engine
+            .sync(&device(7_777, "d"), Some(0), 1_000)
+            .await
+            .unwrap();
+        assert!(page.large_groups.is_empty());
+        assert_eq!(
+            page.entries.last().unwrap().kind(),
+            EntryKind::MembersRemoved
+        );
+    }
+
+    #[tokio::test]
+    async fn membership_rules_and_access_checks() {
+        let fx = fixture().small_sections().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let ops = Principal::Service { name: "ops".into() };
+        let conversation = group(&engine, 1, vec![2]).await;
+        // Devices cannot change members; services can, and every member hears.
+        let denied = engine
+            .change_members(device(1, "d"), conversation, vec![3], MembershipChange::Add)
+            .await;
+        assert!(matches!(denied, Err(SyncdError::PermissionDenied(_))));
+        let (record, conv_seq) = engine
+            .change_members(ops.clone(), conversation, vec![3, 2], MembershipChange::Add)
+            .await
+            .unwrap();
+        assert_eq!(record.members, vec![1, 2, 3]);
+        assert!(conv_seq > 0);
+        let (_, unchanged) = engine
+            .change_members(ops.clone(), conversation, vec![3], MembershipChange::Add)
+            .await
+            .unwrap();
+        assert_eq!(unchanged, 0, "adding an existing member is a no-op");
+        engine
+            .change_members(ops.clone(), conversation, vec![2], MembershipChange::Remove)
+            .await
+            .unwrap();
+        // The removed member learned of the removal, then lost access.
+        let removed = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::ConversationCreated,
+                EntryKind::MembersAdded,
+                EntryKind::MembersRemoved
+            ]
+        );
+        let history = HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: None,
+            limit: 10,
+        };
+        assert!(matches!(
+            engine.history(&device(2, "d"), history).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            engine
+                .send(device(2, "d"), message(conversation, "x", None))
+                .await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        // Direct conversations have fixed members.
+        let direct = engine
+            .create_conversation(
+                device(1, "d"),
+                NewConversation {
+                    kind: ConversationKind::Direct,
+                    members: vec![4],
+                    title: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(direct.members, vec![1, 4]);
+        let fixed = engine
+            .change_members(
+                ops.clone(),
+                direct.conversation_id,
+                vec![5],
+                MembershipChange::Add,
+            )
+            .await;
+        assert!(matches!(fixed, Err(SyncdError::FailedPrecondition(_))));
+        let three = NewConversation {
+            kind: ConversationKind::Direct,
+            members: vec![4, 5],
+            title: String::new(),
+        };
+        assert!(matches!(
+            engine.create_conversation(device(1, "d"), three).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
+        // Services have no inbox; acks cannot run ahead of the inbox.
+        assert!(matches!(
+            engine.sync(&ops, None, 10).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            engine.ack(&device(1, "d"), 1_000_000).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
+        let top = engine
+            .sync(&device(1, "d"), None, 100)
+            .await
+            .unwrap()
+            .checkpoint;
+        assert_eq!(engine.ack(&device(1, "d"), top).await.unwrap(), top);
+        assert!(
+            engine
+                .sync(&device(1, "d"), None, 100)
+                .await
+                .unwrap()
+                .entries
+                .is_empty(),
+            "sync resumes from the ack"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The one announce path: everything that must happen after an event
+//! commits is an observer of committed events, called from one place
+//! ([`Observers::announce`]), whether the event committed at once or was
+//! finished in the background.
+//!
+//! The observers today: the conversation directory (the new record enters
+//! the cache), push (subscribers learn their inbox's new safe top) and
+//! retention (the inbox is a trim candidate). Observers run on the writer's
+//! task and must not block or wait: each does a bounded, in-memory update.
+
+use crate::horizon::{Assignment, Key};
+use std::sync::Arc;
+use timeline_store::EventCommit;
+
+/// A durable event, with the timelines it made readable: per key, the
+/// highest seq now safe to show.
+pub struct Committed<'a> {
+    pub commit: &'a EventCommit,
+    pub visible: &'a [(Key, u64)],
+}
+
+pub trait CommitObserver: Send + Sync + 'static {
+    fn committed(&self, event: &Committed<'_>);
+}
+
+/// The registered observers, cheap to clone into a background task.
+#[derive(Clone)]
+pub struct Observers(Arc<[Arc<dyn CommitObserver>]>);
+
+impl Observers {
+    pub fn new(observers: Vec<Arc<dyn CommitObserver>>) -> Self {
+        Self(observers.into())
+    }
+
+    /// Marks the event's seqs durable in the horizon, then tells every
+    /// observer, in registration order.
+    pub fn announce(&self, commit: &EventCommit, assignment: Assignment) {
+        let visible = assignment.complete();
+        let event = Committed {
+            commit,
+            visible: &visible,
+        };
+        for observer in self.0.iter() {
+            observer.committed(&event);
+        }
+    }
+}

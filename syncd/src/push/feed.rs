@@ -1,0 +1,174 @@
+//! One subscriber's view of its inbox's progress.
+//!
+//! A feed waits until the user's inbox moves past what it has announced,
+//! then yields one notice "entries exist up to N", with the entries when
+//! the subscriber asked for them and is at most [`MAX_PUSH_ENTRIES`] behind.
+//! Further behind, the notice is bare and the device pulls with Sync. Feeds
+//! end when shutdown begins (a stream never ends by itself).
+
+use crate::access;
+use crate::auth::Principal;
+use crate::error::{Result, SyncdError};
+use crate::lifecycle::{Lifecycle, stopped};
+use crate::limits::MAX_PUSH_ENTRIES;
+use crate::push::hub::{Hub, Subscription};
+use crate::visibility::Visibility;
+use std::sync::Arc;
+use timeline_store::{Entry, TimelineStore};
+
+/// "Entries exist up to `up_to_seq`", with the entries when the subscriber
+/// asked for them and is close enough behind.
+#[derive(Clone, Debug)]
+pub struct PushNotice {
+    pub up_to_seq: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// Starts feeds.
+pub struct Push {
+    store: Arc<dyn TimelineStore>,
+    hub: Arc<Hub>,
+    visibility: Arc<Visibility>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Push {
+    pub fn new(
+        store: Arc<dyn TimelineStore>,
+        hub: Arc<Hub>,
+        visibility: Arc<Visibility>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            visibility,
+            lifecycle,
+        }
+    }
+
+    /// A feed for a device whose checkpoint is `after_seq`.
+    pub async fn subscribe(
+        &self,
+        principal: &Principal,
+        after_seq: u64,
+        include_entries: bool,
+    ) -> Result<Feed> {
+        let (user_id, _) = access::device_user(principal)?;
+        let floor = self.store.inbox_floor(user_id).await?;
+        if after_seq + 1 < floor {
+            return Err(SyncdError::FailedPrecondition(format!(
+                "checkpoint {after_seq} expired: entries below {floor} were trimmed; sync to resync"
+            )));
+        }
+        let subscription = self.hub.subscribe(user_id)?;
+        // Read the top only after subscribing, so nothing published in
+        // between is missed.
+        subscription.raise(self.visibility.inbox_top(user_id).await?);
+        Ok(Feed {
+            store: Arc::clone(&self.store),
+            subscription,
+            user_id,
+            last_sent: after_seq,
+            include_entries,
+            stopping: self.lifecycle.stopping(),
+        })
+    }
+}
+
+pub struct Feed {
+    store: Arc<dyn TimelineStore>,
+    subscription: Subscription,
+    user_id: u64,
+    last_sent: u64,
+    include_entries: bool,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// Waits for the inbox to move past what this feed has announced;
+    /// `None` once the server is shutting down.
+    pub async fn next(&mut self) -> Result<Option<PushNotice>> {
+        let top = tokio::select! {
+            top = self.subscription.wait_above(self.last_sent) => top,
+            () = stopped(&mut self.stopping) => return Ok(None),
+        };
+        let behind = top - self.last_sent;
+        let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
+            let entries = self
+                .store
+                .read_inbox(self.user_id, self.last_sent, top, MAX_PUSH_ENTRIES)
+                .await?;
+            // As in sync: a gap may be a trim; then the device must pull
+            // (and learn that its checkpoint expired) instead.
+            let gap = entries.first().is_none_or(|e| e.seq != self.last_sent + 1);
+            if gap && self.last_sent + 1 < self.store.inbox_floor(self.user_id).await? {
+                Vec::new()
+            } else {
+                entries
+            }
+        } else {
+            // Far behind: a bare notice; the device pulls with Sync.
+            Vec::new()
+        };
+        self.last_sent = top;
+        Ok(Some(PushNotice {
+            up_to_seq: top,
+            entries,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    #[tokio::test]
+    async fn push_feed_delivers_entries_and_coalesces_when_far_behind() {
+        let fx = fixture().small_sections().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine
+            .subscribe(&device(2, "watch"), 0, true)
+            .await
+            .unwrap();
+        let first = feed.next().await.unwrap().unwrap();
+        assert_eq!(
+            first.entries.len(),
+            1,
+            "the creation event is pushed at once"
+        );
+        engine
+            .send(device(1, "d"), message(conversation, "pushed", None))
+            .await
+            .unwrap();
+        let notice = feed.next().await.unwrap().unwrap();
+        assert_eq!(
+            notice
+                .entries
+                .iter()
+                .map(|e| e.text.as_str())
+                .collect::<Vec<_>>(),
+            ["pushed"]
+        );
+        assert_eq!(notice.up_to_seq, notice.entries[0].seq);
+        for i in 0..(MAX_PUSH_ENTRIES + 10) {
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
+        }
+        let behind = feed.next().await.unwrap().unwrap();
+        assert!(
+            behind.entries.is_empty(),
+            "far behind: a bare notice, the device pulls"
+        );
+        assert!(behind.up_to_seq >= notice.up_to_seq + MAX_PUSH_ENTRIES as u64);
+        engine.begin_shutdown();
+        assert!(
+            feed.next().await.unwrap().is_none(),
+            "feeds end on shutdown"
+        );
+    }
+}

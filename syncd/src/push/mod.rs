@@ -1,0 +1,28 @@
+//! Push: telling subscribed devices that their inbox moved.
+//!
+//! - [`hub`]: per subscribed user, the highest inbox seq safe to announce
+//!   (a `watch` value: publishing overwrites, never waits, so the send path
+//!   never slows down for a subscriber).
+//! - [`feed`]: one subscriber's stream of notices, with entries inline while
+//!   it keeps up and bare "up to N" notices when it is far behind.
+//!
+//! The hub is fed by the one announce path ([`crate::observer`]).
+
+pub mod feed;
+pub mod hub;
+
+pub use feed::{Feed, Push, PushNotice};
+pub use hub::{Hub, Subscription};
+
+use crate::horizon::Scope;
+use crate::observer::{CommitObserver, Committed};
+
+impl CommitObserver for Hub {
+    fn committed(&self, event: &Committed<'_>) {
+        for &((scope, user_id), visible) in event.visible {
+            if scope == Scope::Inbox {
+                self.publish(user_id, visible);
+            }
+        }
+    }
+}
