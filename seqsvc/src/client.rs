@@ -153,6 +153,11 @@ impl RoutingClient {
         Ok(self.routed(namespace, &[id], Call::Current).await?[0])
     }
 
+    /// [`current`](Self::current) of several ids, `result[i]` for `ids[i]`.
+    pub async fn current_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
+        self.routed(namespace, ids, Call::Current).await
+    }
+
     async fn routed(&self, namespace: Namespace, ids: &[u64], call: Call) -> Result<Vec<u64>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -557,6 +562,20 @@ impl SeqSource {
         match self {
             SeqSource::Local(a) => a.current(namespace, id).await,
             SeqSource::Remote(c) => c.current(namespace, id).await,
+        }
+    }
+
+    /// [`current`](Self::current) of several ids, `result[i]` for `ids[i]`.
+    pub async fn current_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
+        match self {
+            SeqSource::Local(a) => {
+                let mut seqs = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    seqs.push(a.current(namespace, id).await?);
+                }
+                Ok(seqs)
+            }
+            SeqSource::Remote(c) => c.current_batch(namespace, ids).await,
         }
     }
 }

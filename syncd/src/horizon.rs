@@ -127,6 +127,30 @@ impl Horizon {
         self.shard(&key).get(&key).map_or(u64::MAX, KeyState::limit)
     }
 
+    /// The keys whose highest allocated seq this horizon does not know yet
+    /// (none registered in this run): a reservation on them could only
+    /// take floor 0, which would hide the whole timeline from readers until
+    /// its allocation returns. Prime them first.
+    pub fn unprimed(&self, keys: &[Key]) -> Vec<Key> {
+        keys.iter()
+            .copied()
+            .filter(|key| {
+                self.shard(key)
+                    .get(key)
+                    .is_none_or(|state| state.max_registered == 0)
+            })
+            .collect()
+    }
+
+    /// Records that `seq` (the allocator's current seq for the key, read
+    /// before any allocation this caller makes) is allocated, so later
+    /// reservations take it as their floor. Never lowers what is known.
+    pub fn prime(&self, key: Key, seq: u64) {
+        let mut shard = self.shard(&key);
+        let state = shard.entry(key).or_default();
+        state.max_registered = state.max_registered.max(seq);
+    }
+
     /// Announces writes to `keys` (one seq each) before their allocation.
     pub fn reserve(self: &Arc<Self>, keys: Vec<Key>) -> Reservation {
         let floors = keys

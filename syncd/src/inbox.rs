@@ -202,3 +202,100 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod restart_tests {
+    use crate::engine::{Engine, EngineConfig};
+    use crate::testkit::*;
+    use seqsvc::{Allocator, AllocatorConfig, MaxSeqStore, MemoryMaxSeqStore, MsgIdGenerator};
+    use seqsvc::{Namespace, Result};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tonic::async_trait;
+
+    /// A `max_seq` store whose raises wait while `held` (a slow disk, or an
+    /// allocator that is slow to answer after a restart).
+    #[derive(Default)]
+    struct SlowRaises {
+        inner: MemoryMaxSeqStore,
+        held: AtomicBool,
+        released: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl MaxSeqStore for SlowRaises {
+        async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+            self.inner.load(namespace, section).await
+        }
+        async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+            loop {
+                let released = self.released.notified();
+                if !self.held.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+            self.inner.raise(namespace, section, at_least).await
+        }
+    }
+
+    /// A restarted engine serves the whole inbox from its first request,
+    /// also while the first send after the restart is still allocating
+    /// (its reservation used to hold the horizon at 0 for every key it
+    /// touched: Sync answered an empty page, Ack refused a seq the device
+    /// had).
+    #[tokio::test]
+    async fn sync_and_ack_work_from_the_first_request_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), false);
+        let seq_store = Arc::new(SlowRaises::default());
+        let start = || async {
+            let seq_store: Arc<dyn MaxSeqStore> = seq_store.clone();
+            let allocator =
+                Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
+            let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
+                .await
+                .unwrap();
+            Engine::new(store.clone(), allocator, ids, EngineConfig::default())
+        };
+        let engine = start().await;
+        let conversation = group(&engine, 1, vec![2]).await;
+        for i in 0..5 {
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
+        }
+        let before = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        assert_eq!(before.entries.len(), 6);
+        drop(engine);
+
+        let engine = start().await;
+        seq_store.held.store(true, Ordering::SeqCst);
+        let slow_send = {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                engine
+                    .send(device(1, "d"), message(conversation, "slow", None))
+                    .await
+            })
+        };
+        // Let the send reserve and block in its first allocation.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let after = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        assert_eq!(
+            after.entries.len(),
+            6,
+            "a restarted engine shows the whole inbox at once"
+        );
+        assert_eq!(
+            engine.ack(&device(2, "d"), before.checkpoint).await.unwrap(),
+            before.checkpoint
+        );
+        seq_store.held.store(false, Ordering::SeqCst);
+        seq_store.released.notify_waiters();
+        slow_send.await.unwrap().unwrap();
+        let last = engine.sync(&device(2, "d"), None, 100).await.unwrap();
+        assert_eq!(last.entries.len(), 1, "then the slow send arrives");
+    }
+}

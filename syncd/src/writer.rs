@@ -17,7 +17,7 @@
 
 use crate::error::{Result, SyncdError};
 use crate::event::{Event, now_ms};
-use crate::horizon::{Assignment, Horizon, Scope};
+use crate::horizon::{Assignment, Horizon, Key, Scope};
 use crate::keyed::KeyedLocks;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::observer::Observers;
@@ -78,6 +78,7 @@ impl EventWriter {
         let mut keys = Vec::with_capacity(recipients.len() + 1);
         keys.push((Scope::Conversation, conversation_id));
         keys.extend(recipients.iter().map(|&user| (Scope::Inbox, user)));
+        self.prime(&keys).await?;
         let reservation = self.horizon.reserve(keys);
         let (conv_seq, inbox_seqs) = {
             // Allocation is short; writes run outside this lock.
@@ -133,6 +134,34 @@ impl EventWriter {
             // Refused before anything was written: the seqs become gaps.
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Tells the horizon the allocator's current seq of every key it has
+    /// not seen in this run (after a restart, every key), so that the
+    /// reservation's floor is that seq rather than 0: a floor of 0 would
+    /// make the whole timeline unreadable (Sync empty, Ack refused) while
+    /// the allocation is slow, as the first one after a restart is.
+    async fn prime(&self, keys: &[Key]) -> Result<()> {
+        let unprimed = self.horizon.unprimed(keys);
+        for scope in [Scope::Conversation, Scope::Inbox] {
+            let ids: Vec<u64> = unprimed
+                .iter()
+                .filter(|(s, _)| *s == scope)
+                .map(|&(_, id)| id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let namespace = match scope {
+                Scope::Inbox => Namespace::Inbox,
+                Scope::Conversation => Namespace::Conversation,
+            };
+            let current = self.seqs.current_batch(namespace, &ids).await?;
+            for (id, seq) in ids.into_iter().zip(current) {
+                self.horizon.prime((scope, id), seq);
+            }
+        }
+        Ok(())
     }
 
     /// Retries an event until the store takes it (writes are idempotent
