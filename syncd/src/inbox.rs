@@ -62,20 +62,21 @@ impl Inbox {
             .store
             .read_inbox(user_id, after, through, limit + 1)
             .await?;
-        // Read the floor after the entries: retention raises it before it
-        // deletes, so any entry this read missed is below the floor seen
-        // here. No gap after the checkpoint, no trimming to worry about.
-        if entries.first().is_none_or(|e| e.seq != after + 1) {
-            let floor = self.store.inbox_floor(user_id).await?;
-            if after + 1 < floor {
-                return Ok(SyncPage {
-                    entries: Vec::new(),
-                    has_more: false,
-                    checkpoint: after,
-                    large_groups: Vec::new(),
-                    expired_below: Some(floor),
-                });
-            }
+        // Read the floor after the entries, whatever they are: retention
+        // raises it before it deletes, so any entry this read missed (a
+        // read is not a snapshot of concurrent deletes) is below the floor
+        // seen here. A first entry at `after + 1` proves nothing: it may
+        // have been written again below the floor after the trim (a late
+        // retry, a recovered intent), with the trimmed range behind it.
+        let floor = self.store.inbox_floor(user_id).await?;
+        if after.saturating_add(1) < floor {
+            return Ok(SyncPage {
+                entries: Vec::new(),
+                has_more: false,
+                checkpoint: after,
+                large_groups: Vec::new(),
+                expired_below: Some(floor),
+            });
         }
         let has_more = entries.len() > limit;
         entries.truncate(limit);
@@ -204,10 +205,86 @@ mod tests {
 }
 
 #[cfg(test)]
-mod restart_tests {
-    use crate::engine::{Engine, EngineConfig};
+mod trim_tests {
+    use crate::engine::{EngineConfig, Retention};
     use crate::testkit::*;
-    use seqsvc::{Allocator, AllocatorConfig, MaxSeqStore, MemoryMaxSeqStore, MsgIdGenerator};
+    use std::sync::Arc;
+    use timeline_store::{EventCommit, InboxWrite, TimelineStore};
+
+    /// An entry written again below the floor after a trim (a background
+    /// retry landing late, a recovered intent) must not make a page that
+    /// starts at `checkpoint + 1` look complete over the trimmed range.
+    #[tokio::test]
+    async fn a_rewrite_below_the_floor_does_not_hide_a_trimmed_range() {
+        let config = EngineConfig {
+            retention: Retention {
+                max_entries: 10,
+                ..Retention::default()
+            },
+            ..EngineConfig::default()
+        };
+        let fx = fixture().config(config).build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        for i in 0..30 {
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
+        }
+        let before = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let floor = engine.trim_user(2).await.unwrap();
+        let late = before.entries[4].clone();
+        fx.store
+            .commit_event(EventCommit {
+                entry: late.clone(),
+                inbox: vec![InboxWrite {
+                    user_id: 2,
+                    seq: late.seq,
+                }],
+                receipt: None,
+                conversation: None,
+                large_group_index: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let page = engine
+            .sync(&device(2, "d"), Some(late.seq - 1), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.expired_below,
+            Some(floor),
+            "{:?}",
+            page.entries.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+        assert!(page.entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_largest_checkpoint_does_not_overflow() {
+        let fx = fixture().build().await;
+        group(&fx.engine, 1, vec![2]).await;
+        let page = fx
+            .engine
+            .sync(&device(2, "d"), Some(u64::MAX), 10)
+            .await
+            .unwrap();
+        assert!(page.entries.is_empty() && !page.has_more);
+        assert!(
+            fx.engine
+                .subscribe(&device(2, "d"), u64::MAX, true)
+                .await
+                .is_ok()
+        );
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use crate::engine::EngineConfig;
+    use crate::testkit::*;
+    use seqsvc::{MaxSeqStore, MemoryMaxSeqStore};
     use seqsvc::{Namespace, Result};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,15 +326,7 @@ mod restart_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), false);
         let seq_store = Arc::new(SlowRaises::default());
-        let start = || async {
-            let seq_store: Arc<dyn MaxSeqStore> = seq_store.clone();
-            let allocator =
-                Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
-            let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
-                .await
-                .unwrap();
-            Engine::new(store.clone(), allocator, ids, EngineConfig::default())
-        };
+        let start = || engine_on(&store, seq_store.clone(), EngineConfig::default());
         let engine = start().await;
         let conversation = group(&engine, 1, vec![2]).await;
         for i in 0..5 {
@@ -289,7 +358,10 @@ mod restart_tests {
             "a restarted engine shows the whole inbox at once"
         );
         assert_eq!(
-            engine.ack(&device(2, "d"), before.checkpoint).await.unwrap(),
+            engine
+                .ack(&device(2, "d"), before.checkpoint)
+                .await
+                .unwrap(),
             before.checkpoint
         );
         seq_store.held.store(false, Ordering::SeqCst);

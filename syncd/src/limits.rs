@@ -40,8 +40,12 @@ pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Durat
 pub const MAX_TRIM_CANDIDATES: usize = 100_000;
 /// How often retention trims the inboxes written since the last pass.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-/// Entries examined per inbox per pass for age-based retention.
-pub const RETENTION_AGE_SCAN: usize = 1_000;
+/// Entries read per store call while retention walks an inbox.
+pub const RETENTION_SCAN_PAGE: usize = 1_000;
+/// Entries retention walks per inbox per pass; an inbox with more is
+/// trimmed conservatively (never below what the policy keeps) and walked
+/// again on the next pass.
+pub const RETENTION_SCAN_MAX: usize = 100_000;
 /// Entries deleted per store call while trimming.
 pub const RETENTION_TRIM_BATCH: usize = 10_000;
 /// Entries pushed inline per notice; a subscriber further behind than this

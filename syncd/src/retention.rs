@@ -12,7 +12,8 @@ use crate::event::now_ms;
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    MAX_TRIM_CANDIDATES, RETENTION_AGE_SCAN, RETENTION_INTERVAL, RETENTION_TRIM_BATCH,
+    MAX_TRIM_CANDIDATES, RETENTION_INTERVAL, RETENTION_SCAN_MAX, RETENTION_SCAN_PAGE,
+    RETENTION_TRIM_BATCH,
 };
 use crate::observer::{CommitObserver, Committed};
 use crate::visibility::Visibility;
@@ -24,8 +25,7 @@ use timeline_store::TimelineStore;
 /// How long inbox entries are kept.
 #[derive(Clone, Debug)]
 pub struct Retention {
-    /// Keep only seqs within this distance of the newest (0: no limit). With
-    /// seq gaps that is at most this many entries.
+    /// Keep at most this many of the newest entries (0: no limit).
     pub max_entries: u64,
     /// Trim entries older than this (`None`: no limit).
     pub max_age: Option<Duration>,
@@ -143,41 +143,61 @@ impl Retainer {
     }
 
     /// Trims one inbox to the retention policy. Returns the new floor.
+    ///
+    /// The policy counts entries, not seqs: seqs are sparse (a restart
+    /// moves a whole allocator section to its persisted `max_seq`), so "the
+    /// newest N" is found by walking the inbox, never as `top - N`. The new
+    /// floor is one above the newest entry trimmed, so a device whose
+    /// checkpoint is at or above that entry is not told "expired": nothing
+    /// after its checkpoint was trimmed. Only readable entries are walked,
+    /// so a trim never cuts above what a reader may already have been shown
+    /// as complete.
     pub async fn trim_user(&self, user_id: u64) -> Result<u64> {
         let policy = &self.policy;
-        let mut below = 0;
+        let floor = self.store.inbox_floor(user_id).await?;
+        let through = self
+            .visibility
+            .readable_through(Scope::Inbox, user_id)
+            .await?;
+        // (seq, sent_at_ms) of the kept entries, oldest first.
+        let mut kept: Vec<(u64, i64)> = Vec::new();
+        let mut after = floor.saturating_sub(1);
+        let mut walked_all = true;
+        loop {
+            let page = self
+                .store
+                .read_inbox(user_id, after, through, RETENTION_SCAN_PAGE)
+                .await?;
+            kept.extend(page.iter().map(|e| (e.seq, e.sent_at_ms)));
+            match page.last() {
+                Some(last) if page.len() == RETENTION_SCAN_PAGE => after = last.seq,
+                _ => break,
+            }
+            if kept.len() >= RETENTION_SCAN_MAX {
+                walked_all = false;
+                break;
+            }
+        }
+        if !walked_all {
+            // Newer entries than those walked exist: trimming all but the
+            // newest N walked still keeps at least N. The rest next pass.
+            self.queue.note(user_id);
+        }
+        let mut trimmed = 0;
         if policy.max_entries > 0 {
-            let top = self.store.last_inbox_seq(user_id).await?;
-            below = (top + 1).saturating_sub(policy.max_entries);
+            let max_entries = usize::try_from(policy.max_entries).unwrap_or(usize::MAX);
+            trimmed = kept.len().saturating_sub(max_entries);
         }
         if let Some(max_age) = policy.max_age {
             let cutoff = now_ms().saturating_sub(max_age.as_millis() as i64);
-            let floor = self.store.inbox_floor(user_id).await?;
-            let through = self
-                .visibility
-                .readable_through(Scope::Inbox, user_id)
-                .await?;
-            let oldest = self
-                .store
-                .read_inbox(
-                    user_id,
-                    floor.saturating_sub(1),
-                    through,
-                    RETENTION_AGE_SCAN,
-                )
-                .await?;
-            match oldest.iter().find(|e| e.sent_at_ms >= cutoff) {
-                Some(young) => below = below.max(young.seq),
-                None => {
-                    if let Some(last) = oldest.last() {
-                        below = below.max(last.seq + 1);
-                        // Possibly more old entries past this page.
-                        self.queue.note(user_id);
-                    }
-                }
-            }
+            let old = kept.iter().take_while(|(_, sent)| *sent < cutoff).count();
+            trimmed = trimmed.max(old);
         }
-        if below > self.store.inbox_floor(user_id).await? {
+        let Some(&(newest_trimmed, _)) = trimmed.checked_sub(1).and_then(|i| kept.get(i)) else {
+            return Ok(floor);
+        };
+        let below = newest_trimmed + 1;
+        if below > floor {
             while self
                 .store
                 .trim_inbox(user_id, below, RETENTION_TRIM_BATCH)
@@ -185,7 +205,7 @@ impl Retainer {
                 == RETENTION_TRIM_BATCH
             {}
         }
-        Ok(below)
+        Ok(below.max(floor))
     }
 }
 
@@ -255,5 +275,84 @@ mod tests {
                 .len(),
             31
         );
+    }
+
+    /// Retention counts entries, not seqs: a restart moves the inbox's
+    /// seqs up by a whole allocator step, and "keep 1,000" used to trim
+    /// every entry below `top - 1000`: all of them. And "expired" means an
+    /// entry after the checkpoint really was trimmed.
+    #[tokio::test]
+    async fn count_retention_keeps_the_newest_entries_across_seq_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), false);
+        let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seqsvc::MemoryMaxSeqStore::new());
+        let keep = |max_entries| EngineConfig {
+            retention: Retention {
+                max_entries,
+                ..Retention::default()
+            },
+            ..EngineConfig::default()
+        };
+        let engine = engine_on(&store, seq_store.clone(), keep(1_000)).await;
+        let conversation = group(&engine, 1, vec![2]).await;
+        for i in 0..10 {
+            engine
+                .send(device(1, "d"), message(conversation, &i.to_string(), None))
+                .await
+                .unwrap();
+        }
+        let synced = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        assert_eq!(synced.entries.len(), 11);
+        drop(engine);
+
+        let engine = engine_on(&store, seq_store.clone(), keep(1_000)).await;
+        engine
+            .send(
+                device(1, "d"),
+                message(conversation, "after the restart", None),
+            )
+            .await
+            .unwrap();
+        let newest = engine
+            .sync(&device(2, "d"), Some(synced.checkpoint), 100)
+            .await
+            .unwrap();
+        assert!(
+            newest.entries[0].seq > synced.checkpoint + 1_000,
+            "the restart moved the seqs by a step"
+        );
+        engine.trim_user(2).await.unwrap();
+        let all = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        assert_eq!(
+            all.expired_below, None,
+            "12 entries, 1,000 kept: none trimmed"
+        );
+        assert_eq!(all.entries.len(), 12);
+        drop(engine);
+
+        // Keeping 5 of 12 trims the 7 oldest, and only devices whose
+        // checkpoint is below one of those are told "expired".
+        let engine = engine_on(&store, seq_store, keep(5)).await;
+        let floor = engine.trim_user(2).await.unwrap();
+        assert_eq!(floor, all.entries[6].seq + 1);
+        let fully_synced = engine
+            .sync(&device(2, "d"), Some(synced.checkpoint), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            fully_synced.expired_below, None,
+            "nothing after it was trimmed"
+        );
+        assert_eq!(fully_synced.entries.len(), 1);
+        let behind = engine
+            .sync(&device(2, "d"), Some(all.entries[2].seq), 100)
+            .await
+            .unwrap();
+        assert_eq!(behind.expired_below, Some(floor));
+        let kept = engine
+            .sync(&device(2, "d"), Some(floor - 1), 100)
+            .await
+            .unwrap();
+        assert_eq!(kept.entries.len(), 5);
     }
 }

@@ -179,12 +179,30 @@ pub fn test_store(dir: &std::path::Path, jitter: bool) -> Arc<TestStore> {
 
 /// An allocator and an id generator over one in-memory `max_seq` store.
 pub async fn allocator(config: AllocatorConfig) -> (Allocator, MsgIdGenerator) {
-    let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+    allocator_on(Arc::new(MemoryMaxSeqStore::new()), config).await
+}
+
+/// An allocator and an id generator over `seq_store` (reopened on the same
+/// store: a restart, with the seq jump a restart makes).
+pub async fn allocator_on(
+    seq_store: Arc<dyn seqsvc::MaxSeqStore>,
+    config: AllocatorConfig,
+) -> (Allocator, MsgIdGenerator) {
     let allocator = Allocator::new(config, Arc::clone(&seq_store)).unwrap();
     let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
         .await
         .unwrap();
     (allocator, ids)
+}
+
+/// An engine on existing stores: call again on the same stores to restart.
+pub async fn engine_on(
+    store: &Arc<TestStore>,
+    seq_store: Arc<dyn seqsvc::MaxSeqStore>,
+    config: EngineConfig,
+) -> Arc<Engine> {
+    let (allocator, ids) = allocator_on(seq_store, AllocatorConfig::default()).await;
+    Engine::new(store.clone(), allocator, ids, config)
 }
 
 pub fn device(user_id: u64, device_id: &str) -> Principal {

@@ -56,7 +56,7 @@ impl Push {
     ) -> Result<Feed> {
         let (user_id, _) = access::device_user(principal)?;
         let floor = self.store.inbox_floor(user_id).await?;
-        if after_seq + 1 < floor {
+        if after_seq.saturating_add(1) < floor {
             return Err(SyncdError::FailedPrecondition(format!(
                 "checkpoint {after_seq} expired: entries below {floor} were trimmed; sync to resync"
             )));
@@ -99,10 +99,10 @@ impl Feed {
                 .store
                 .read_inbox(self.user_id, self.last_sent, top, MAX_PUSH_ENTRIES)
                 .await?;
-            // As in sync: a gap may be a trim; then the device must pull
-            // (and learn that its checkpoint expired) instead.
-            let gap = entries.first().is_none_or(|e| e.seq != self.last_sent + 1);
-            if gap && self.last_sent + 1 < self.store.inbox_floor(self.user_id).await? {
+            // As in sync: the floor, read after the entries, tells whether
+            // the range was trimmed; then the device must pull (and learn
+            // that its checkpoint expired) instead.
+            if self.last_sent.saturating_add(1) < self.store.inbox_floor(self.user_id).await? {
                 Vec::new()
             } else {
                 entries
