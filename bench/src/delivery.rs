@@ -50,6 +50,13 @@ impl Tracker {
         }
     }
 
+    /// Announces a message to `members` and returns its text: `key`, then
+    /// `body`.
+    pub fn tagged(&self, key: String, members: &[u64], body: &str) -> String {
+        self.announce(&key, members);
+        format!("{key} {body}")
+    }
+
     /// A subscribed device got the message whose text is `text`.
     pub fn arrived(&self, text: &str) {
         let key = text.split(' ').next().unwrap_or_default();
@@ -99,10 +106,7 @@ impl Tracker {
             let mut seen = device.sync_page(None, 1_000).await?.checkpoint;
             let mut notices = device.subscribe(seen, true).await?;
             while let Some(notice) = notices.message().await? {
-                let complete = notice
-                    .entries
-                    .last()
-                    .is_some_and(|e| e.seq == notice.up_to_seq);
+                let complete = client::notice_is_complete(&notice);
                 let mut entries = if complete { notice.entries } else { Vec::new() };
                 // Pull what the notice did not carry, as the client library does.
                 while !complete && seen < notice.up_to_seq {

@@ -480,90 +480,62 @@ async fn drive(
     seed: u64,
     tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Measured> {
-    if args.rate > 0 {
-        return drive_open_loop(client, conversations, args, duration, seed, tracker).await;
-    }
-    let conversations = Arc::new(conversations.to_vec());
     let text: Arc<str> = "x".repeat(args.message_bytes).into();
     let cpu_before = report::cpu_seconds();
-    let started = Instant::now();
-    let deadline = started + duration;
-    let workers = (0..args.concurrency).map(|worker| {
-        let client = client.clone();
-        let conversations = Arc::clone(&conversations);
-        let text = Arc::clone(&text);
-        let tracker = Arc::clone(tracker);
-        tokio::spawn(async move {
-            let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
-            let mut latency = report::histogram();
-            let (mut sends, mut inbox_entries) = (0u64, 0u64);
-            while Instant::now() < deadline {
-                let (conversation_id, members) =
-                    &conversations[rng.below(conversations.len() as u64) as usize];
-                let sender = members[rng.below(members.len() as u64) as usize];
-                let key = format!("s{seed}-w{worker}-{}", sends);
-                tracker.announce(&key, members);
-                let message = format!("{key} {text}");
-                let begun = Instant::now();
-                client
-                    .append(*conversation_id, sender, &message, None)
-                    .await?;
-                latency.record(begun.elapsed().as_micros().max(1) as u64)?;
-                sends += 1;
-                inbox_entries += members.len() as u64;
-            }
-            anyhow::Ok((sends, inbox_entries, latency))
+    let run = if args.rate > 0 {
+        let mut rng = Rng::new(seed);
+        crate::open_loop::run(args.rate, duration, |issued| {
+            let key = format!("s{seed}-o{issued}");
+            append(client, conversations, &mut rng, tracker, key, &text)
         })
-    });
+        .await?
+    } else {
+        let conversations = Arc::new(conversations.to_vec());
+        crate::closed_loop::run(args.concurrency, duration, |worker| {
+            let (client, conversations, text, tracker) = (
+                client.clone(),
+                Arc::clone(&conversations),
+                Arc::clone(&text),
+                Arc::clone(tracker),
+            );
+            let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+            move |sent| {
+                let key = format!("s{seed}-w{worker}-{sent}");
+                append(&client, &conversations, &mut rng, &tracker, key, &text)
+            }
+        })
+        .await?
+    };
     let mut measured = Measured::empty();
-    for worker in try_join_all(workers).await? {
-        let (sends, inbox_entries, latency) = worker?;
-        measured.sends += sends;
-        measured.inbox_entries += inbox_entries;
-        measured.latency.add(&latency)?;
-    }
-    measured.conversation_entries = measured.sends;
-    measured.elapsed = started.elapsed();
-    measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
-    Ok(measured)
-}
-
-async fn drive_open_loop(
-    client: &Client,
-    conversations: &[(u64, Vec<u64>)],
-    args: &FanoutArgs,
-    duration: Duration,
-    seed: u64,
-    tracker: &Arc<Tracker>,
-) -> anyhow::Result<Measured> {
-    let text: Arc<str> = "x".repeat(args.message_bytes).into();
-    let mut rng = Rng::new(seed);
-    let cpu_before = report::cpu_seconds();
-    let run = crate::open_loop::run(args.rate, duration, |issued| {
-        let (conversation_id, members) =
-            &conversations[rng.below(conversations.len() as u64) as usize];
-        let sender = members[rng.below(members.len() as u64) as usize];
-        let key = format!("s{seed}-o{issued}");
-        tracker.announce(&key, members);
-        let message = format!("{key} {text}");
-        let (client, conversation_id, fanout) =
-            (client.clone(), *conversation_id, members.len() as u64);
-        async move {
-            client
-                .append(conversation_id, sender, &message, None)
-                .await?;
-            Ok(fanout)
-        }
-    })
-    .await?;
-    let mut measured = Measured::empty();
-    measured.sends = run.sends;
-    measured.conversation_entries = run.sends;
-    measured.inbox_entries = run.inbox_entries;
+    measured.sends = run.calls;
+    measured.conversation_entries = run.calls;
+    measured.inbox_entries = run.units;
     measured.elapsed = run.elapsed;
     measured.latency = run.latency;
     measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
+}
+
+/// One send of the load, as a backend service: a conversation and sender
+/// picked by `rng`, its text opening with `key` (announced to `tracker`
+/// now). Resolves to its fanout.
+fn append(
+    client: &Client,
+    conversations: &[(u64, Vec<u64>)],
+    rng: &mut Rng,
+    tracker: &Tracker,
+    key: String,
+    text: &str,
+) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
+    let (conversation_id, members, sender) = workload::pick(rng, conversations);
+    let message = tracker.tagged(key, members, text);
+    let (client, fanout) = (client.clone(), members.len() as u64);
+    async move {
+        client
+            .append(conversation_id, sender, &message, None)
+            .await?;
+        Ok(fanout)
+    }
 }
 
 struct Bare {
