@@ -3,11 +3,20 @@
 //! prompted).
 
 use crate::report;
+use crate::workload::{self, Rng};
 use client::Client;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// One send of a load, picked and announced by [`Tracker::next_send`].
+pub struct NextSend<'a> {
+    pub conversation_id: u64,
+    pub members: &'a [u64],
+    pub sender: u64,
+    pub message: String,
+}
 
 #[derive(Default)]
 struct State {
@@ -50,11 +59,51 @@ impl Tracker {
         }
     }
 
-    /// Announces a message to `members` and returns its text: `key`, then
-    /// `body`.
-    pub fn tagged(&self, key: String, members: &[u64], body: &str) -> String {
+    /// The next send of a load: a conversation and sender picked by `rng`,
+    /// its text `key` then `body`, announced now (its delivery latency
+    /// starts here).
+    pub fn next_send<'a>(
+        &self,
+        rng: &mut Rng,
+        conversations: &'a [(u64, Vec<u64>)],
+        key: String,
+        body: &str,
+    ) -> NextSend<'a> {
+        let (conversation_id, members, sender) = workload::pick(rng, conversations);
         self.announce(&key, members);
-        format!("{key} {body}")
+        NextSend {
+            conversation_id,
+            members,
+            sender,
+            message: format!("{key} {body}"),
+        }
+    }
+
+    /// The call of closed-loop worker `worker`: each call picks and
+    /// announces the next send from the worker's own random stream (from
+    /// `seed`), keyed `{key_prefix}-w{worker}-{n}`, and hands it to `call`.
+    pub fn worker_sends<C, Fut>(
+        self: &Arc<Self>,
+        conversations: &Arc<Vec<(u64, Vec<u64>)>>,
+        text: &Arc<str>,
+        key_prefix: String,
+        seed: u64,
+        worker: usize,
+        mut call: C,
+    ) -> impl FnMut(u64) -> Fut + Send + 'static
+    where
+        C: FnMut(NextSend<'_>) -> Fut + Send + 'static,
+    {
+        let (tracker, conversations, text) = (
+            Arc::clone(self),
+            Arc::clone(conversations),
+            Arc::clone(text),
+        );
+        let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+        move |sent| {
+            let key = format!("{key_prefix}-w{worker}-{sent}");
+            call(tracker.next_send(&mut rng, &conversations, key, &text))
+        }
     }
 
     /// A subscribed device got the message whose text is `text`.

@@ -1,7 +1,7 @@
 //! `bench fanout`: sends through a syncd node over gRPC, closed loop at a
 //! fixed concurrency, and (for CQL stores) the bare-driver peer.
 
-use crate::delivery::Tracker;
+use crate::delivery::{NextSend, Tracker};
 use crate::node::{Node, NodeArgs};
 use crate::report::{self, ms};
 use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
@@ -416,19 +416,18 @@ fn print_sweep(
             })
             .collect()
     };
-    let throughput = crate::plot::line_chart(
+    let chart = |title: &str, y_label: &str, value: fn(&SweepStep) -> f64| {
+        crate::plot::line_chart(title, "offered sends/s", y_label, &series(value), false)
+    };
+    let throughput = chart(
         "fanout: achieved vs offered send rate",
-        "offered sends/s",
         "achieved sends/s",
-        &series(|s| s.sends_per_s),
-        false,
+        |s| s.sends_per_s,
     );
-    let latency = crate::plot::line_chart(
+    let latency = chart(
         "fanout: delivery p99 vs offered send rate",
-        "offered sends/s",
         "delivery p99 ms",
-        &series(|s| s.delivery_p99_ms),
-        false,
+        |s| s.delivery_p99_ms,
     );
     let throughput_path = path.with_extension("throughput.svg");
     let latency_path = path.with_extension("latency.svg");
@@ -486,23 +485,25 @@ async fn drive(
         let mut rng = Rng::new(seed);
         crate::open_loop::run(args.rate, duration, |issued| {
             let key = format!("s{seed}-o{issued}");
-            append(client, conversations, &mut rng, tracker, key, &text)
+            append(
+                client,
+                tracker.next_send(&mut rng, conversations, key, &text),
+            )
         })
         .await?
     } else {
         let conversations = Arc::new(conversations.to_vec());
         crate::closed_loop::run(args.concurrency, duration, |worker| {
-            let (client, conversations, text, tracker) = (
-                client.clone(),
-                Arc::clone(&conversations),
-                Arc::clone(&text),
-                Arc::clone(tracker),
-            );
-            let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
-            move |sent| {
-                let key = format!("s{seed}-w{worker}-{sent}");
-                append(&client, &conversations, &mut rng, &tracker, key, &text)
-            }
+            let client = client.clone();
+            let key_prefix = format!("s{seed}");
+            tracker.worker_sends(
+                &conversations,
+                &text,
+                key_prefix,
+                seed,
+                worker,
+                move |send| append(&client, send),
+            )
         })
         .await?
     };
@@ -516,20 +517,13 @@ async fn drive(
     Ok(measured)
 }
 
-/// One send of the load, as a backend service: a conversation and sender
-/// picked by `rng`, its text opening with `key` (announced to `tracker`
-/// now). Resolves to its fanout.
+/// A send of the load as a backend service; resolves to its fanout.
 fn append(
     client: &Client,
-    conversations: &[(u64, Vec<u64>)],
-    rng: &mut Rng,
-    tracker: &Tracker,
-    key: String,
-    text: &str,
+    send: NextSend<'_>,
 ) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
-    let (conversation_id, members, sender) = workload::pick(rng, conversations);
-    let message = tracker.tagged(key, members, text);
-    let (client, fanout) = (client.clone(), members.len() as u64);
+    let (client, fanout) = (client.clone(), send.members.len() as u64);
+    let (conversation_id, sender, message) = (send.conversation_id, send.sender, send.message);
     async move {
         client
             .append(conversation_id, sender, &message, None)

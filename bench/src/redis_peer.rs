@@ -11,12 +11,12 @@
 //! [`catch_up`] is the peer of a device's sync: XRANGE pages from a
 //! checkpoint id.
 
-use crate::delivery::Tracker;
+use crate::delivery::{NextSend, Tracker};
 use crate::open_loop::LoopRun;
 use crate::procs;
 use crate::report;
 use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
-use crate::workload::{self, Rng};
+use crate::workload::Rng;
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
@@ -310,42 +310,29 @@ async fn drive(
         return crate::open_loop::run(load.rate, duration, |issued| {
             let conn = &connections[issued as usize % connections.len()];
             let key = format!("r{seed}-o{issued}");
-            send(conn, conversations, &mut rng, tracker, key, text)
+            send(conn, tracker.next_send(&mut rng, conversations, key, text))
         })
         .await;
     }
     crate::closed_loop::run(connections.len(), duration, |worker| {
-        let (conn, conversations, text, tracker) = (
-            connections[worker].clone(),
-            Arc::clone(conversations),
-            Arc::clone(text),
-            Arc::clone(tracker),
-        );
-        let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
-        move |sent| {
-            let key = format!("r{seed}-w{worker}-{sent}");
-            send(&conn, &conversations, &mut rng, &tracker, key, &text)
-        }
+        let conn = connections[worker].clone();
+        let key_prefix = format!("r{seed}");
+        tracker.worker_sends(conversations, text, key_prefix, seed, worker, move |next| {
+            send(&conn, next)
+        })
     })
     .await
 }
 
-/// One send of the load through [`send_one`]: a conversation and sender
-/// picked by `rng`, its text opening with `key` (announced to `tracker`
-/// now). Resolves to its fanout.
+/// A send of the load through [`send_one`]; resolves to its fanout.
 fn send(
     conn: &redis::aio::MultiplexedConnection,
-    conversations: &[(u64, Vec<u64>)],
-    rng: &mut Rng,
-    tracker: &Tracker,
-    key: String,
-    text: &str,
+    next: NextSend<'_>,
 ) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
-    let (id, members, sender) = workload::pick(rng, conversations);
-    let message = tracker.tagged(key, members, text);
-    let (mut conn, members) = (conn.clone(), members.to_vec());
+    let (mut conn, members) = (conn.clone(), next.members.to_vec());
+    let (conversation_id, sender, message) = (next.conversation_id, next.sender, next.message);
     async move {
-        send_one(&mut conn, id, &members, sender, &message).await?;
+        send_one(&mut conn, conversation_id, &members, sender, &message).await?;
         Ok(members.len() as u64)
     }
 }
