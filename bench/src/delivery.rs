@@ -3,11 +3,20 @@
 //! prompted).
 
 use crate::report;
+use crate::workload::{self, Rng};
 use client::Client;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// One send of a load, picked and announced by [`Tracker::next_send`].
+pub struct NextSend<'a> {
+    pub conversation_id: u64,
+    pub members: &'a [u64],
+    pub sender: u64,
+    pub message: String,
+}
 
 #[derive(Default)]
 struct State {
@@ -47,6 +56,53 @@ impl Tracker {
             state
                 .pending
                 .insert(key.to_owned(), (Instant::now(), waiting));
+        }
+    }
+
+    /// The next send of a load: a conversation and sender picked by `rng`,
+    /// its text `key` then `body`, announced now (its delivery latency
+    /// starts here).
+    pub fn next_send<'a>(
+        &self,
+        rng: &mut Rng,
+        conversations: &'a [(u64, Vec<u64>)],
+        key: String,
+        body: &str,
+    ) -> NextSend<'a> {
+        let (conversation_id, members, sender) = workload::pick(rng, conversations);
+        self.announce(&key, members);
+        NextSend {
+            conversation_id,
+            members,
+            sender,
+            message: format!("{key} {body}"),
+        }
+    }
+
+    /// The call of closed-loop worker `worker`: each call picks and
+    /// announces the next send from the worker's own random stream (from
+    /// `seed`), keyed `{key_prefix}-w{worker}-{n}`, and hands it to `call`.
+    pub fn worker_sends<C, Fut>(
+        self: &Arc<Self>,
+        conversations: &Arc<Vec<(u64, Vec<u64>)>>,
+        text: &Arc<str>,
+        key_prefix: String,
+        seed: u64,
+        worker: usize,
+        mut call: C,
+    ) -> impl FnMut(u64) -> Fut + Send + 'static
+    where
+        C: FnMut(NextSend<'_>) -> Fut + Send + 'static,
+    {
+        let (tracker, conversations, text) = (
+            Arc::clone(self),
+            Arc::clone(conversations),
+            Arc::clone(text),
+        );
+        let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+        move |sent| {
+            let key = format!("{key_prefix}-w{worker}-{sent}");
+            call(tracker.next_send(&mut rng, &conversations, key, &text))
         }
     }
 
@@ -99,10 +155,7 @@ impl Tracker {
             let mut seen = device.sync_page(None, 1_000).await?.checkpoint;
             let mut notices = device.subscribe(seen, true).await?;
             while let Some(notice) = notices.message().await? {
-                let complete = notice
-                    .entries
-                    .last()
-                    .is_some_and(|e| e.seq == notice.up_to_seq);
+                let complete = client::notice_is_complete(&notice);
                 let mut entries = if complete { notice.entries } else { Vec::new() };
                 // Pull what the notice did not carry, as the client library does.
                 while !complete && seen < notice.up_to_seq {

@@ -1,7 +1,7 @@
 //! `bench fanout`: sends through a syncd node over gRPC, closed loop at a
 //! fixed concurrency, and (for CQL stores) the bare-driver peer.
 
-use crate::delivery::Tracker;
+use crate::delivery::{NextSend, Tracker};
 use crate::node::{Node, NodeArgs};
 use crate::report::{self, ms};
 use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
@@ -416,19 +416,18 @@ fn print_sweep(
             })
             .collect()
     };
-    let throughput = crate::plot::line_chart(
+    let chart = |title: &str, y_label: &str, value: fn(&SweepStep) -> f64| {
+        crate::plot::line_chart(title, "offered sends/s", y_label, &series(value), false)
+    };
+    let throughput = chart(
         "fanout: achieved vs offered send rate",
-        "offered sends/s",
         "achieved sends/s",
-        &series(|s| s.sends_per_s),
-        false,
+        |s| s.sends_per_s,
     );
-    let latency = crate::plot::line_chart(
+    let latency = chart(
         "fanout: delivery p99 vs offered send rate",
-        "offered sends/s",
         "delivery p99 ms",
-        &series(|s| s.delivery_p99_ms),
-        false,
+        |s| s.delivery_p99_ms,
     );
     let throughput_path = path.with_extension("throughput.svg");
     let latency_path = path.with_extension("latency.svg");
@@ -480,90 +479,57 @@ async fn drive(
     seed: u64,
     tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Measured> {
-    if args.rate > 0 {
-        return drive_open_loop(client, conversations, args, duration, seed, tracker).await;
-    }
-    let conversations = Arc::new(conversations.to_vec());
     let text: Arc<str> = "x".repeat(args.message_bytes).into();
     let cpu_before = report::cpu_seconds();
-    let started = Instant::now();
-    let deadline = started + duration;
-    let workers = (0..args.concurrency).map(|worker| {
-        let client = client.clone();
-        let conversations = Arc::clone(&conversations);
-        let text = Arc::clone(&text);
-        let tracker = Arc::clone(tracker);
-        tokio::spawn(async move {
-            let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
-            let mut latency = report::histogram();
-            let (mut sends, mut inbox_entries) = (0u64, 0u64);
-            while Instant::now() < deadline {
-                let (conversation_id, members) =
-                    &conversations[rng.below(conversations.len() as u64) as usize];
-                let sender = members[rng.below(members.len() as u64) as usize];
-                let key = format!("s{seed}-w{worker}-{}", sends);
-                tracker.announce(&key, members);
-                let message = format!("{key} {text}");
-                let begun = Instant::now();
-                client
-                    .append(*conversation_id, sender, &message, None)
-                    .await?;
-                latency.record(begun.elapsed().as_micros().max(1) as u64)?;
-                sends += 1;
-                inbox_entries += members.len() as u64;
-            }
-            anyhow::Ok((sends, inbox_entries, latency))
+    let run = if args.rate > 0 {
+        let mut rng = Rng::new(seed);
+        crate::open_loop::run(args.rate, duration, |issued| {
+            let key = format!("s{seed}-o{issued}");
+            append(
+                client,
+                tracker.next_send(&mut rng, conversations, key, &text),
+            )
         })
-    });
+        .await?
+    } else {
+        let conversations = Arc::new(conversations.to_vec());
+        crate::closed_loop::run(args.concurrency, duration, |worker| {
+            let client = client.clone();
+            let key_prefix = format!("s{seed}");
+            tracker.worker_sends(
+                &conversations,
+                &text,
+                key_prefix,
+                seed,
+                worker,
+                move |send| append(&client, send),
+            )
+        })
+        .await?
+    };
     let mut measured = Measured::empty();
-    for worker in try_join_all(workers).await? {
-        let (sends, inbox_entries, latency) = worker?;
-        measured.sends += sends;
-        measured.inbox_entries += inbox_entries;
-        measured.latency.add(&latency)?;
-    }
-    measured.conversation_entries = measured.sends;
-    measured.elapsed = started.elapsed();
-    measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
-    Ok(measured)
-}
-
-async fn drive_open_loop(
-    client: &Client,
-    conversations: &[(u64, Vec<u64>)],
-    args: &FanoutArgs,
-    duration: Duration,
-    seed: u64,
-    tracker: &Arc<Tracker>,
-) -> anyhow::Result<Measured> {
-    let text: Arc<str> = "x".repeat(args.message_bytes).into();
-    let mut rng = Rng::new(seed);
-    let cpu_before = report::cpu_seconds();
-    let run = crate::open_loop::run(args.rate, duration, |issued| {
-        let (conversation_id, members) =
-            &conversations[rng.below(conversations.len() as u64) as usize];
-        let sender = members[rng.below(members.len() as u64) as usize];
-        let key = format!("s{seed}-o{issued}");
-        tracker.announce(&key, members);
-        let message = format!("{key} {text}");
-        let (client, conversation_id, fanout) =
-            (client.clone(), *conversation_id, members.len() as u64);
-        async move {
-            client
-                .append(conversation_id, sender, &message, None)
-                .await?;
-            Ok(fanout)
-        }
-    })
-    .await?;
-    let mut measured = Measured::empty();
-    measured.sends = run.sends;
-    measured.conversation_entries = run.sends;
-    measured.inbox_entries = run.inbox_entries;
+    measured.sends = run.calls;
+    measured.conversation_entries = run.calls;
+    measured.inbox_entries = run.units;
     measured.elapsed = run.elapsed;
     measured.latency = run.latency;
     measured.bench_cpu_seconds = report::cpu_seconds() - cpu_before;
     Ok(measured)
+}
+
+/// A send of the load as a backend service; resolves to its fanout.
+fn append(
+    client: &Client,
+    send: NextSend<'_>,
+) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
+    let (client, fanout) = (client.clone(), send.members.len() as u64);
+    let (conversation_id, sender, message) = (send.conversation_id, send.sender, send.message);
+    async move {
+        client
+            .append(conversation_id, sender, &message, None)
+            .await?;
+        Ok(fanout)
+    }
 }
 
 struct Bare {

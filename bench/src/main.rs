@@ -13,6 +13,7 @@
 
 mod all;
 mod catchup;
+mod closed_loop;
 mod delivery;
 mod fanout;
 mod node;

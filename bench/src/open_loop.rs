@@ -11,18 +11,33 @@ use std::time::{Duration, Instant};
 /// their latency).
 pub const MAX_IN_FLIGHT: usize = 4_096;
 
-pub struct OpenLoopRun {
-    pub sends: u64,
-    pub inbox_entries: u64,
+/// What an open or closed loop measured.
+pub struct LoopRun {
+    /// Calls completed (sends, allocations).
+    pub calls: u64,
+    /// What the calls resolved to, summed (inbox entries written, seqs).
+    pub units: u64,
     pub elapsed: Duration,
-    /// From each send's scheduled start until it was acknowledged.
+    /// Per call in µs: in an open loop from its scheduled start until it
+    /// completed, in a closed loop from its start.
     pub latency: Histogram<u64>,
+}
+
+impl LoopRun {
+    pub fn empty() -> Self {
+        Self {
+            calls: 0,
+            units: 0,
+            elapsed: Duration::ZERO,
+            latency: report::histogram(),
+        }
+    }
 }
 
 /// Starts `send(n)` for n = 1, 2, ... at `rate` per second for `duration`
 /// and waits for the last one; each send resolves to its fanout (inbox
 /// entries written).
-pub async fn run<F, Fut>(rate: u64, duration: Duration, mut send: F) -> anyhow::Result<OpenLoopRun>
+pub async fn run<F, Fut>(rate: u64, duration: Duration, mut send: F) -> anyhow::Result<LoopRun>
 where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
@@ -30,17 +45,12 @@ where
     anyhow::ensure!(rate > 0, "an open loop needs a rate above 0");
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut result = OpenLoopRun {
-        sends: 0,
-        inbox_entries: 0,
-        elapsed: Duration::ZERO,
-        latency: report::histogram(),
-    };
+    let mut result = LoopRun::empty();
     let mut record = |done: anyhow::Result<(Duration, u64)>| -> anyhow::Result<()> {
         let (took, fanout) = done?;
         result.latency.record(took.as_micros().max(1) as u64)?;
-        result.sends += 1;
-        result.inbox_entries += fanout;
+        result.calls += 1;
+        result.units += fanout;
         Ok(())
     };
     let started = Instant::now();

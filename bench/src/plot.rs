@@ -100,24 +100,20 @@ pub fn line_chart(
         let xv = x_min + fraction * (x_max - x_min);
         let x_value = if log_x { 10f64.powf(xv) } else { xv };
         let x = MARGIN_LEFT + fraction * plot_w;
-        let _ = write!(
-            svg,
-            r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{b}" stroke="#ddd"/><text x="{x}" y="{ty}" text-anchor="middle">{}</text>"##,
-            short(x_value),
-            t = MARGIN_TOP,
-            b = MARGIN_TOP + plot_h,
-            ty = MARGIN_TOP + plot_h + 16.0
+        let bottom = MARGIN_TOP + plot_h;
+        grid_line(
+            &mut svg,
+            [(x, MARGIN_TOP), (x, bottom)],
+            (x, bottom + 16.0, "middle"),
+            x_value,
         );
         let yv = y_min + fraction * (y_max - y_min);
         let y = py(yv);
-        let _ = write!(
-            svg,
-            r##"<line x1="{l}" y1="{y}" x2="{r}" y2="{y}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{}</text>"##,
-            short(yv),
-            l = MARGIN_LEFT,
-            r = MARGIN_LEFT + plot_w,
-            tx = MARGIN_LEFT - 6.0,
-            ty = y + 4.0
+        grid_line(
+            &mut svg,
+            [(MARGIN_LEFT, y), (MARGIN_LEFT + plot_w, y)],
+            (MARGIN_LEFT - 6.0, y + 4.0, "end"),
+            yv,
         );
     }
     let _ = write!(
@@ -186,6 +182,18 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A grid line from `ends[0]` to `ends[1]` and its axis label `value` at
+/// `(x, y, text-anchor)`.
+fn grid_line(svg: &mut String, ends: [(f64, f64); 2], label: (f64, f64, &str), value: f64) {
+    let [(x1, y1), (x2, y2)] = ends;
+    let (tx, ty, anchor) = label;
+    let _ = write!(
+        svg,
+        r##"<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="{anchor}">{}</text>"##,
+        short(value),
+    );
 }
 
 #[cfg(test)]

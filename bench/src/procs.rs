@@ -2,12 +2,10 @@
 //! binary next to this one) and redis-server.
 
 use anyhow::{Context, bail};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+use tests::STARTUP_TIMEOUT;
 
 /// A child killed when dropped.
 pub struct Proc {
@@ -43,30 +41,7 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Starts `bin args` and waits for its `listening on ADDR` line.
 pub fn start_listening(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
-        let _ = child.kill();
-        anyhow::anyhow!("{} did not start within {STARTUP_TIMEOUT:?}", bin.display())
-    })?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_owned();
+    let (child, addr) = tests::spawn_listening(bin, args)?;
     Ok(Proc { child, addr })
 }
 

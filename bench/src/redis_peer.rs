@@ -11,7 +11,8 @@
 //! [`catch_up`] is the peer of a device's sync: XRANGE pages from a
 //! checkpoint id.
 
-use crate::delivery::Tracker;
+use crate::delivery::{NextSend, Tracker};
+use crate::open_loop::LoopRun;
 use crate::procs;
 use crate::report;
 use crate::sweep::{StepMeasured, SweepPlan, SweepStep};
@@ -205,7 +206,7 @@ impl Peer {
         load: &PeerLoad<'_>,
         duration: Duration,
         seed: u64,
-    ) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)> {
+    ) -> anyhow::Result<LoopRun> {
         drive(
             &self.connections,
             &self.conversations,
@@ -235,8 +236,12 @@ pub async fn run(fsync: &'static str, load: &PeerLoad<'_>) -> anyhow::Result<Pee
     let mut peer = Peer::start(fsync, load).await?;
     let cpu_before = procs::cpu_seconds_of(peer.redis.pid());
     let progress = report::Progress::start(&format!("redis peer ({fsync})"), load.duration);
-    let (sends, inbox_entries, elapsed, latency) =
-        peer.drive(load, load.duration, load.seed + 2).await?;
+    let LoopRun {
+        calls: sends,
+        units: inbox_entries,
+        elapsed,
+        latency,
+    } = peer.drive(load, load.duration, load.seed + 2).await?;
     drop(progress);
     let server_cpu_seconds = procs::cpu_seconds_of(peer.redis.pid()) - cpu_before;
     // Let the last sends arrive, as for syncd.
@@ -269,17 +274,17 @@ pub async fn sweep(
         let step_load = PeerLoad { rate, ..*load };
         peer.tracker.reset();
         let progress = report::Progress::start("sweep", plan.step_duration);
-        let (sends, inbox_entries, elapsed, latency) = peer
+        let run = peer
             .drive(&step_load, plan.step_duration, load.seed + 10 + index)
             .await?;
         drop(progress);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (_, undelivered) = peer.tracker.counts();
         Ok(StepMeasured {
-            sends,
-            inbox_entries,
-            elapsed,
-            ack_p99_ms: report::ms(&latency, 0.99),
+            sends: run.calls,
+            inbox_entries: run.units,
+            elapsed: run.elapsed,
+            ack_p99_ms: report::ms(&run.latency, 0.99),
             delivery_p99_ms: report::ms(&peer.tracker.latency(), 0.99),
             undelivered,
         })
@@ -299,67 +304,37 @@ async fn drive(
     duration: Duration,
     seed: u64,
     tracker: &Arc<Tracker>,
-) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)> {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut latency = report::histogram();
-    let (mut sends, mut inbox_entries) = (0u64, 0u64);
-    if load.rate == 0 {
-        let workers: Vec<_> = connections
-            .iter()
-            .enumerate()
-            .map(|(worker, conn)| {
-                let (mut conn, conversations, text, tracker) = (
-                    conn.clone(),
-                    Arc::clone(conversations),
-                    Arc::clone(text),
-                    Arc::clone(tracker),
-                );
-                tokio::spawn(async move {
-                    let mut rng =
-                        Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
-                    let mut latency = report::histogram();
-                    let (mut sends, mut entries) = (0u64, 0u64);
-                    while Instant::now() < deadline {
-                        let (id, members) =
-                            &conversations[rng.below(conversations.len() as u64) as usize];
-                        let sender = members[rng.below(members.len() as u64) as usize];
-                        let key = format!("r{seed}-w{worker}-{sends}");
-                        tracker.announce(&key, members);
-                        let message = format!("{key} {text}");
-                        let begun = Instant::now();
-                        send_one(&mut conn, *id, members, sender, &message).await?;
-                        latency.record(begun.elapsed().as_micros().max(1) as u64)?;
-                        sends += 1;
-                        entries += members.len() as u64;
-                    }
-                    anyhow::Ok((sends, entries, latency))
-                })
-            })
-            .collect();
-        for worker in workers {
-            let (s, e, l) = worker.await??;
-            sends += s;
-            inbox_entries += e;
-            latency.add(&l)?;
-        }
-        return Ok((sends, inbox_entries, started.elapsed(), latency));
+) -> anyhow::Result<LoopRun> {
+    if load.rate > 0 {
+        let mut rng = Rng::new(seed);
+        return crate::open_loop::run(load.rate, duration, |issued| {
+            let conn = &connections[issued as usize % connections.len()];
+            let key = format!("r{seed}-o{issued}");
+            send(conn, tracker.next_send(&mut rng, conversations, key, text))
+        })
+        .await;
     }
-    let mut rng = Rng::new(seed);
-    let run = crate::open_loop::run(load.rate, duration, |issued| {
-        let (id, members) = conversations[rng.below(conversations.len() as u64) as usize].clone();
-        let sender = members[rng.below(members.len() as u64) as usize];
-        let mut conn = connections[issued as usize % connections.len()].clone();
-        let key = format!("r{seed}-o{issued}");
-        tracker.announce(&key, &members);
-        let message = format!("{key} {text}");
-        async move {
-            send_one(&mut conn, id, &members, sender, &message).await?;
-            Ok(members.len() as u64)
-        }
+    crate::closed_loop::run(connections.len(), duration, |worker| {
+        let conn = connections[worker].clone();
+        let key_prefix = format!("r{seed}");
+        tracker.worker_sends(conversations, text, key_prefix, seed, worker, move |next| {
+            send(&conn, next)
+        })
     })
-    .await?;
-    Ok((run.sends, run.inbox_entries, run.elapsed, run.latency))
+    .await
+}
+
+/// A send of the load through [`send_one`]; resolves to its fanout.
+fn send(
+    conn: &redis::aio::MultiplexedConnection,
+    next: NextSend<'_>,
+) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
+    let (mut conn, members) = (conn.clone(), next.members.to_vec());
+    let (conversation_id, sender, message) = (next.conversation_id, next.sender, next.message);
+    async move {
+        send_one(&mut conn, conversation_id, &members, sender, &message).await?;
+        Ok(members.len() as u64)
+    }
 }
 
 pub struct PeerCatchUp {

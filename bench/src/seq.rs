@@ -4,13 +4,13 @@
 //! `INCR` per id key (no persistence) unpipelined and pipelined, all at the
 //! same concurrency.
 
+use crate::open_loop::LoopRun;
 use crate::procs::{self, Proc};
 use crate::report::{self, ms};
 use hdrhistogram::Histogram;
 use seqsvc::client::RoutingClient;
 use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, Namespace};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -248,47 +248,39 @@ async fn closed_loop<F, Fut>(
     duration: Duration,
     seed: u64,
     call: F,
-) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)>
+) -> anyhow::Result<LoopRun>
 where
     F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
 {
-    for (window, record) in [(duration / 5, false), (duration, true)] {
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|i| {
-                let (call, stop) = (call.clone(), Arc::clone(&stop));
-                let mut rng = seed ^ ((i as u64 + 1) * 0x9E37_79B9);
-                tokio::spawn(async move {
-                    let mut latency = report::histogram();
-                    let (mut seqs, mut calls) = (0u64, 0u64);
-                    while !stop.load(Ordering::Relaxed) {
-                        let began = Instant::now();
-                        seqs += call(rng_next(&mut rng)).await?;
-                        calls += 1;
-                        latency.record(began.elapsed().as_micros().max(1) as u64)?;
-                    }
-                    anyhow::Ok((seqs, calls, latency))
-                })
-            })
-            .collect();
-        let progress = record.then(|| report::Progress::start("seq", window));
-        tokio::time::sleep(window).await;
-        stop.store(true, Ordering::Relaxed);
-        drop(progress);
-        let mut total = (0u64, 0u64, report::histogram());
-        for task in tasks {
-            let (seqs, calls, latency) = task.await??;
-            total.0 += seqs;
-            total.1 += calls;
-            total.2.add(&latency)?;
-        }
-        if record {
-            return Ok((total.0, total.1, start.elapsed(), total.2));
-        }
+    let caller = |i: usize| {
+        let call = call.clone();
+        let mut rng = seed ^ ((i as u64 + 1) * 0x9E37_79B9);
+        move |_| call(rng_next(&mut rng))
+    };
+    crate::closed_loop::run(concurrency, duration / 5, caller).await?;
+    let progress = report::Progress::start("seq", duration);
+    let run = crate::closed_loop::run(concurrency, duration, caller).await?;
+    drop(progress);
+    Ok(run)
+}
+
+/// A mode's name for one id per call (`single`) or several (`batched`).
+fn by_batch(batch: usize, single: &'static str, batched: &'static str) -> &'static str {
+    if batch == 1 { single } else { batched }
+}
+
+/// A row of a networked mode: `server` is the process that serves the calls.
+fn networked_row(mode: &'static str, run: LoopRun, server: &Proc, cpu_before: f64) -> Row {
+    Row {
+        mode,
+        seqs: run.units,
+        calls: run.calls,
+        elapsed: run.elapsed,
+        latency: Some(run.latency),
+        server_cpu_seconds: Some(procs::cpu_seconds_of(server.pid()) - cpu_before),
+        server_peak_rss_mib: Some(procs::peak_rss_mib_of(server.pid())),
     }
-    unreachable!("the measured window returns")
 }
 
 async fn seqsvc_mode(
@@ -312,36 +304,23 @@ async fn seqsvc_mode(
     let clients = Arc::new(clients);
     let ids = args.ids;
     let cpu_before = procs::cpu_seconds_of(cluster.alloc.pid());
-    let (seqs, calls, elapsed, latency) =
-        closed_loop(args.concurrency, duration, args.seed, move |r| {
-            let clients = Arc::clone(&clients);
-            async move {
-                let client = &clients[(r % clients.len() as u64) as usize];
-                if batch == 1 {
-                    client.next(Namespace::Inbox, r % ids).await?;
-                } else {
-                    let mut state = r;
-                    let batch_ids: Vec<u64> =
-                        (0..batch).map(|_| rng_next(&mut state) % ids).collect();
-                    client.next_batch(Namespace::Inbox, &batch_ids).await?;
-                }
-                Ok(batch as u64)
+    let run = closed_loop(args.concurrency, duration, args.seed, move |r| {
+        let clients = Arc::clone(&clients);
+        async move {
+            let client = &clients[(r % clients.len() as u64) as usize];
+            if batch == 1 {
+                client.next(Namespace::Inbox, r % ids).await?;
+            } else {
+                let mut state = r;
+                let batch_ids: Vec<u64> = (0..batch).map(|_| rng_next(&mut state) % ids).collect();
+                client.next_batch(Namespace::Inbox, &batch_ids).await?;
             }
-        })
-        .await?;
-    Ok(Row {
-        mode: if batch == 1 {
-            "seqsvc gRPC, 1 id per call"
-        } else {
-            "seqsvc gRPC, batched"
-        },
-        seqs,
-        calls,
-        elapsed,
-        latency: Some(latency),
-        server_cpu_seconds: Some(procs::cpu_seconds_of(cluster.alloc.pid()) - cpu_before),
-        server_peak_rss_mib: Some(procs::peak_rss_mib_of(cluster.alloc.pid())),
+            Ok(batch as u64)
+        }
     })
+    .await?;
+    let mode = by_batch(batch, "seqsvc gRPC, 1 id per call", "seqsvc gRPC, batched");
+    Ok(networked_row(mode, run, &cluster.alloc, cpu_before))
 }
 
 async fn redis_mode(
@@ -361,42 +340,30 @@ async fn redis_mode(
     let connections = Arc::new(connections);
     let ids = args.ids;
     let cpu_before = procs::cpu_seconds_of(redis.pid());
-    let (seqs, calls, elapsed, latency) =
-        closed_loop(args.concurrency, duration, args.seed, move |r| {
-            let connections = Arc::clone(&connections);
-            async move {
-                let mut conn = connections[(r % connections.len() as u64) as usize].clone();
-                if batch == 1 {
-                    let _: u64 = redis::cmd("INCR")
-                        .arg(format!("seq:{}", r % ids))
-                        .query_async(&mut conn)
-                        .await?;
-                } else {
-                    let mut pipe = redis::pipe();
-                    let mut state = r;
-                    for _ in 0..batch {
-                        pipe.cmd("INCR")
-                            .arg(format!("seq:{}", rng_next(&mut state) % ids));
-                    }
-                    let _: Vec<u64> = pipe.query_async(&mut conn).await?;
+    let run = closed_loop(args.concurrency, duration, args.seed, move |r| {
+        let connections = Arc::clone(&connections);
+        async move {
+            let mut conn = connections[(r % connections.len() as u64) as usize].clone();
+            if batch == 1 {
+                let _: u64 = redis::cmd("INCR")
+                    .arg(format!("seq:{}", r % ids))
+                    .query_async(&mut conn)
+                    .await?;
+            } else {
+                let mut pipe = redis::pipe();
+                let mut state = r;
+                for _ in 0..batch {
+                    pipe.cmd("INCR")
+                        .arg(format!("seq:{}", rng_next(&mut state) % ids));
                 }
-                Ok(batch as u64)
+                let _: Vec<u64> = pipe.query_async(&mut conn).await?;
             }
-        })
-        .await?;
-    Ok(Row {
-        mode: if batch == 1 {
-            "Redis INCR, unpipelined"
-        } else {
-            "Redis INCR, pipelined"
-        },
-        seqs,
-        calls,
-        elapsed,
-        latency: Some(latency),
-        server_cpu_seconds: Some(procs::cpu_seconds_of(redis.pid()) - cpu_before),
-        server_peak_rss_mib: Some(procs::peak_rss_mib_of(redis.pid())),
+            Ok(batch as u64)
+        }
     })
+    .await?;
+    let mode = by_batch(batch, "Redis INCR, unpipelined", "Redis INCR, pipelined");
+    Ok(networked_row(mode, run, redis, cpu_before))
 }
 
 fn print_and_save(args: &SeqArgs, rows: &[Row]) -> anyhow::Result<()> {

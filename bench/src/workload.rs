@@ -24,6 +24,14 @@ impl Rng {
     }
 }
 
+/// A random conversation of `(id, members)` and one of its members as the
+/// sender, in the order every driver draws them (so a seed replays a load).
+pub fn pick<'a>(rng: &mut Rng, conversations: &'a [(u64, Vec<u64>)]) -> (u64, &'a [u64], u64) {
+    let (conversation_id, members) = &conversations[rng.below(conversations.len() as u64) as usize];
+    let sender = members[rng.below(members.len() as u64) as usize];
+    (*conversation_id, members, sender)
+}
+
 #[derive(Clone, Debug)]
 pub struct Mix {
     pub users: u64,

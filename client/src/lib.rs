@@ -70,19 +70,32 @@ impl From<Status> for ClientError {
     }
 }
 
+/// `code: message`, the code named for every status: callers print this
+/// after their own `error: ` (a catch-all "error" read `error: error: ...`).
 fn describe(status: &Status) -> String {
     let code = match status.code() {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
         Code::InvalidArgument => "invalid argument",
-        Code::NotFound => "not found",
-        Code::PermissionDenied => "permission denied",
-        Code::Unauthenticated => "unauthenticated",
-        Code::FailedPrecondition => "failed precondition",
-        Code::ResourceExhausted => "resource exhausted",
-        Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
-        _ => "error",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
     };
-    format!("{code}: {}", status.message())
+    match status.message() {
+        "" => code.to_owned(),
+        message => format!("{code}: {message}"),
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -123,6 +136,18 @@ fn with_deadline<T>(message: T) -> Request<T> {
     request
 }
 
+/// The reply of a unary call.
+async fn reply<T>(
+    call: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    Ok(call.await?.into_inner())
+}
+
+/// The conversation a reply must carry.
+fn carried(conversation: Option<pb::Conversation>) -> Result<pb::Conversation> {
+    conversation.ok_or_else(|| Status::internal("reply carries no conversation").into())
+}
+
 /// Transport settings for [`Client::connect_with`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectOptions {
@@ -134,6 +159,15 @@ pub struct ConnectOptions {
 }
 
 impl Client {
+    /// A handle for one call (a clone shares the connection).
+    fn timeline(&self) -> TimelineClient<Authed> {
+        self.timeline.clone()
+    }
+
+    fn admin(&self) -> AdminClient<Authed> {
+        self.admin.clone()
+    }
+
     /// Connects to `server` (`http://host:port`). The connection is made
     /// lazily again after failures; calls fail with `unavailable` meanwhile.
     pub async fn connect(server: &str, token: &str) -> Result<Self> {
@@ -218,24 +252,14 @@ impl Client {
             text: text.to_owned(),
             client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
         };
-        Ok(self
-            .admin
-            .clone()
-            .append_message(with_deadline(request))
-            .await?
-            .into_inner())
+        reply(self.admin().append_message(with_deadline(request))).await
     }
 
     /// One page of inbox entries after `after_seq` (the device's stored
     /// checkpoint when `None`).
     pub async fn sync_page(&self, after_seq: Option<u64>, limit: u32) -> Result<pb::SyncReply> {
         let request = pb::SyncRequest { after_seq, limit };
-        Ok(self
-            .timeline
-            .clone()
-            .sync(with_deadline(request))
-            .await?
-            .into_inner())
+        reply(self.timeline().sync(with_deadline(request))).await
     }
 
     /// Pulls every entry after the checkpoint, page by page: for each page,
@@ -292,12 +316,10 @@ impl Client {
     }
 
     pub async fn ack(&self, seq: u64) -> Result<u64> {
-        let reply = self
-            .timeline
-            .clone()
-            .ack(with_deadline(pb::AckRequest { seq }))
-            .await?;
-        Ok(reply.into_inner().checkpoint)
+        let request = pb::AckRequest { seq };
+        Ok(reply(self.timeline().ack(with_deadline(request)))
+            .await?
+            .checkpoint)
     }
 
     pub async fn subscribe(
@@ -309,7 +331,7 @@ impl Client {
             after_seq,
             include_entries,
         };
-        Ok(self.timeline.clone().subscribe(request).await?.into_inner())
+        reply(self.timeline().subscribe(request)).await
     }
 
     /// Follows the inbox forever: catches up with sync, then applies pushed
@@ -360,11 +382,7 @@ impl Client {
                     continue;
                 }
             };
-            let complete = notice
-                .entries
-                .last()
-                .is_some_and(|e| e.seq == notice.up_to_seq);
-            if complete {
+            if notice_is_complete(&notice) {
                 // The notice carries every entry since the previous one.
                 let fresh: Vec<pb::Entry> = notice
                     .entries
@@ -397,12 +415,7 @@ impl Client {
             after,
             limit,
         };
-        Ok(self
-            .timeline
-            .clone()
-            .history(with_deadline(request))
-            .await?
-            .into_inner())
+        reply(self.timeline().history(with_deadline(request))).await
     }
 
     pub async fn create_conversation(
@@ -416,29 +429,14 @@ impl Client {
             members,
             title: title.to_owned(),
         };
-        let reply = self
-            .timeline
-            .clone()
-            .create_conversation(with_deadline(request))
-            .await?;
-        reply
-            .into_inner()
-            .conversation
-            .ok_or_else(|| Status::internal("reply carries no conversation").into())
+        let created = reply(self.timeline().create_conversation(with_deadline(request))).await?;
+        carried(created.conversation)
     }
 
     pub async fn conversation(&self, conversation_id: u64) -> Result<pb::Conversation> {
-        let reply = self
-            .timeline
-            .clone()
-            .get_conversation(with_deadline(pb::GetConversationRequest {
-                conversation_id,
-            }))
-            .await?;
-        reply
-            .into_inner()
-            .conversation
-            .ok_or_else(|| Status::internal("reply carries no conversation").into())
+        let request = pb::GetConversationRequest { conversation_id };
+        let found = reply(self.timeline().get_conversation(with_deadline(request))).await?;
+        carried(found.conversation)
     }
 
     pub async fn add_members(
@@ -446,16 +444,8 @@ impl Client {
         conversation_id: u64,
         members: Vec<u64>,
     ) -> Result<pb::ChangeMembersReply> {
-        let request = pb::ChangeMembersRequest {
-            conversation_id,
-            members,
-        };
-        Ok(self
-            .admin
-            .clone()
-            .add_members(with_deadline(request))
-            .await?
-            .into_inner())
+        let request = members_request(conversation_id, members);
+        reply(self.admin().add_members(request)).await
     }
 
     pub async fn remove_members(
@@ -463,17 +453,16 @@ impl Client {
         conversation_id: u64,
         members: Vec<u64>,
     ) -> Result<pb::ChangeMembersReply> {
-        let request = pb::ChangeMembersRequest {
-            conversation_id,
-            members,
-        };
-        Ok(self
-            .admin
-            .clone()
-            .remove_members(with_deadline(request))
-            .await?
-            .into_inner())
+        let request = members_request(conversation_id, members);
+        reply(self.admin().remove_members(request)).await
     }
+}
+
+fn members_request(conversation_id: u64, members: Vec<u64>) -> Request<pb::ChangeMembersRequest> {
+    with_deadline(pb::ChangeMembersRequest {
+        conversation_id,
+        members,
+    })
 }
 
 /// What one [`Client::sync_all`] did.
@@ -502,6 +491,16 @@ fn deliver_inbox(
         }
     }
     Ok(entries.len())
+}
+
+/// Whether a pushed notice carries every entry since the previous notice
+/// (it ends at its `up_to_seq`); when it does not, the device pulls the rest
+/// with Sync.
+pub fn notice_is_complete(notice: &pb::Notice) -> bool {
+    notice
+        .entries
+        .last()
+        .is_some_and(|e| e.seq == notice.up_to_seq)
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {
@@ -536,4 +535,24 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         "sent_at_ms": entry.sent_at_ms,
         "members": entry.members,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_is_described_by_its_code_never_as_error() {
+        let described = ClientError::Rpc(Status::internal("store failed")).to_string();
+        assert_eq!(described, "internal: store failed");
+        assert_eq!(
+            ClientError::Rpc(Status::unimplemented("")).to_string(),
+            "unimplemented"
+        );
+        for code in 0..=16 {
+            let described = describe(&Status::new(Code::from(code), "why"));
+            assert!(!described.starts_with("error"), "{described}");
+            assert!(described.ends_with(": why"), "{described}");
+        }
+    }
 }

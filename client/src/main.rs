@@ -187,19 +187,16 @@ fn send_json(r: &pb::SendReply) -> serde_json::Value {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let ran = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
+            // The one place an error is printed; the reason itself never
+            // starts with "error".
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }

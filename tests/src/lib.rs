@@ -2,6 +2,11 @@
 //! `tests/tests/`): builds the `syncd` and `tl` binaries once, starts real
 //! server processes on `127.0.0.1:0`, mints tokens, runs the CLI, and kills
 //! processes with SIGKILL to test crash recovery.
+//!
+//! [`spawn_listening`] is the one way a server child process is started and
+//! waited for, here and in `bench` (which depends on this library for it and
+//! nothing else): a second copy would drift in how it reads the address or
+//! keeps the pipe drained.
 
 pub mod seq_cluster;
 
@@ -56,8 +61,14 @@ pub fn seqsvc_bin() -> PathBuf {
     bin_dir().join("seqsvc")
 }
 
-/// Spawns `bin args` and waits for its `listening on ADDR` line.
-fn spawn_listening(bin: &Path, args: &[String]) -> Result<(Child, String)> {
+/// Spawns `bin args` and waits for its `listening on ADDR` line (every
+/// Timeline server prints it first, once bound); returns the child and ADDR.
+/// Its stderr is inherited, its stdout drained for as long as it runs.
+pub fn spawn_listening<I, S>(bin: &Path, args: I) -> Result<(Child, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let name = bin
         .file_name()
         .map_or("server".into(), |n| n.to_string_lossy());
@@ -91,6 +102,30 @@ fn spawn_listening(bin: &Path, args: &[String]) -> Result<(Child, String)> {
         .with_context(|| format!("unexpected first line from {name}: {line:?}"))?
         .to_owned();
     Ok((child, addr))
+}
+
+/// Retries `start` for up to [`STARTUP_TIMEOUT`]: the port a killed process
+/// listened on can linger briefly before it binds again.
+fn retry_start<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        match start() {
+            Ok(started) => return Ok(started),
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("restart retry: {error:#}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// SIGKILL and reap, if it runs.
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 fn signal(pid: u32, signal: &str) -> Result<()> {
@@ -137,10 +172,7 @@ impl Process {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// Kills it (if running) and starts it again on the same address.
@@ -148,20 +180,9 @@ impl Process {
         self.kill9();
         let mut args = self.args.clone();
         args.extend(["--listen".to_owned(), self.addr.clone()]);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            match spawn_listening(&self.bin, &args) {
-                Ok((child, _)) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(error) if Instant::now() < deadline => {
-                    eprintln!("restart retry: {error:#}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let (child, _) = retry_start(|| spawn_listening(&self.bin, &args))?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// SIGSTOP: the process stops running but keeps its sockets; its
@@ -228,31 +249,15 @@ impl Server {
 
     /// SIGKILL: no shutdown code runs, like a power cut for the process.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// Kills the process and starts a new one on the same data directory
     /// and port.
     pub fn restart_after_kill9(&mut self) -> Result<()> {
         self.kill9();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            // The port can linger briefly; retry until it binds.
-            match Self::spawn(&self.data_dir, &self.addr, self.extra_args.clone()) {
-                Ok(server) => {
-                    *self = server;
-                    return Ok(());
-                }
-                Err(error) if Instant::now() < deadline => {
-                    eprintln!("restart retry: {error:#}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        *self = retry_start(|| Self::spawn(&self.data_dir, &self.addr, self.extra_args.clone()))?;
+        Ok(())
     }
 
     /// SIGTERM, then waits for the exit status.
@@ -413,6 +418,46 @@ pub fn tl(server: &str, token: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running tl")
+}
+
+/// `tl send`, with a client message id when given (a retry).
+pub fn tl_send(
+    server: &str,
+    token: &str,
+    conversation: &str,
+    text: &str,
+    client_msg_id: Option<&str>,
+) -> Output {
+    let mut args = vec!["send", "--conversation", conversation, "--text", text];
+    if let Some(id) = client_msg_id {
+        args.extend(["--client-msg-id", id]);
+    }
+    tl(server, token, &args)
+}
+
+/// `tl conversation add-members` (`members` comma separated).
+pub fn tl_add_members(server: &str, token: &str, conversation: &str, members: &str) -> Output {
+    tl(
+        server,
+        token,
+        &[
+            "conversation",
+            "add-members",
+            "--conversation",
+            conversation,
+            "--members",
+            members,
+        ],
+    )
+}
+
+/// The ids of the conversations `user` is a member of.
+pub fn conversations_of(conversations: &[client::pb::Conversation], user: u64) -> Vec<u64> {
+    conversations
+        .iter()
+        .filter(|c| c.members.contains(&user))
+        .map(|c| c.conversation_id)
+        .collect()
 }
 
 /// Parses JSON lines printed by `tl`.

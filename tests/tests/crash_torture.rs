@@ -84,11 +84,7 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
             stop.clone(),
             retries.clone(),
         );
-        let mine: Vec<u64> = conversations
-            .iter()
-            .filter(|c| c.members.contains(&sender))
-            .map(|c| c.conversation_id)
-            .collect();
+        let mine = tests::conversations_of(&conversations, sender);
         senders.spawn(async move {
             let client = connect_retrying(&url, &token).await;
             let mut acked = Vec::new();

@@ -2,7 +2,7 @@
 //! one ordered stream per conversation, whether a message reached them by
 //! inbox copy or from the conversation timeline, and nothing twice.
 
-use tests::{Server, json_lines, tl};
+use tests::{Server, json_lines, tl, tl_add_members, tl_send};
 
 fn texts(lines: &[serde_json::Value]) -> Vec<String> {
     lines
@@ -39,11 +39,7 @@ fn members_read_large_groups_once_across_the_switch_from_write_fanout() -> anyho
     assert!(created.status.success());
     let conv = String::from_utf8(created.stdout)?.trim().to_owned();
     let send = |token: &str, text: &str| {
-        let out = tl(
-            &url,
-            token,
-            &["send", "--conversation", &conv, "--text", text],
-        );
+        let out = tl_send(&url, token, &conv, text, None);
         assert!(
             out.status.success(),
             "{}",
@@ -54,18 +50,7 @@ fn members_read_large_groups_once_across_the_switch_from_write_fanout() -> anyho
     assert_eq!(texts(&sync(&bob, "bob")), ["before"]);
 
     // A fourth member switches the group to read fanout.
-    let added = tl(
-        &url,
-        &ops,
-        &[
-            "conversation",
-            "add-members",
-            "--conversation",
-            &conv,
-            "--members",
-            "4",
-        ],
-    );
+    let added = tl_add_members(&url, &ops, &conv, "4");
     assert!(added.status.success());
     let record: serde_json::Value = serde_json::from_slice(&added.stdout)?;
     assert_eq!(record["members"].as_array().unwrap().len(), 4);

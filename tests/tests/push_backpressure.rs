@@ -24,11 +24,7 @@ fn watch(client: Client, arrivals: Arrivals) -> tokio::task::JoinHandle<anyhow::
         let mut seen = client.sync_page(Some(0), 1000).await?.checkpoint;
         let mut notices = client.subscribe(seen, true).await?;
         while let Some(notice) = notices.message().await? {
-            let complete = notice
-                .entries
-                .last()
-                .is_some_and(|e| e.seq == notice.up_to_seq);
-            let entries = if complete {
+            let entries = if client::notice_is_complete(&notice) {
                 notice.entries
             } else {
                 client.sync_page(Some(seen), 1000).await?.entries

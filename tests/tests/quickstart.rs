@@ -2,7 +2,7 @@
 //! binaries, including a kill -9 and restart.
 
 use std::collections::HashSet;
-use tests::{Server, json_lines, tl};
+use tests::{Server, json_lines, tl, tl_add_members, tl_send};
 
 fn ok(output: &std::process::Output) -> String {
     assert!(
@@ -57,43 +57,15 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
     let conv = conversation.to_string();
 
     let id = "0b5c4a36-1111-4a5e-8c1e-3f1d2c9e7a10";
-    let first = json_lines(&tl(
-        &url,
-        &alice,
-        &[
-            "send",
-            "--conversation",
-            &conv,
-            "--text",
-            "hi",
-            "--client-msg-id",
-            id,
-        ],
-    ));
-    let again = json_lines(&tl(
-        &url,
-        &alice,
-        &[
-            "send",
-            "--conversation",
-            &conv,
-            "--text",
-            "hi",
-            "--client-msg-id",
-            id,
-        ],
-    ));
+    let first = json_lines(&tl_send(&url, &alice, &conv, "hi", Some(id)));
+    let again = json_lines(&tl_send(&url, &alice, &conv, "hi", Some(id)));
     assert_eq!(
         first[0]["msg_id"], again[0]["msg_id"],
         "a retry returns the first result"
     );
     assert_eq!(first[0]["duplicate"], false);
     assert_eq!(again[0]["duplicate"], true);
-    ok(&tl(
-        &url,
-        &alice,
-        &["send", "--conversation", &conv, "--text", "second"],
-    ));
+    ok(&tl_send(&url, &alice, &conv, "second", None));
 
     // Two devices of one user each get every entry once.
     let state = tempfile::tempdir()?;
@@ -134,18 +106,10 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
     let last_seq = phone.last().unwrap()["seq"].as_u64().unwrap();
 
     // Acknowledged sends survive kill -9; sync resumes above the checkpoint.
-    ok(&tl(
-        &url,
-        &alice,
-        &["send", "--conversation", &conv, "--text", "before crash"],
-    ));
+    ok(&tl_send(&url, &alice, &conv, "before crash", None));
     server.restart_after_kill9()?;
     let url = server.url();
-    ok(&tl(
-        &url,
-        &alice,
-        &["send", "--conversation", &conv, "--text", "after crash"],
-    ));
+    ok(&tl_send(&url, &alice, &conv, "after crash", None));
     let resumed = json_lines(&tl(
         &url,
         &bob_phone,
@@ -162,19 +126,7 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
         "seqs {seqs:?} after {last_seq}"
     );
     // The retry of the pre-crash send is still a duplicate after restart.
-    let retried = json_lines(&tl(
-        &url,
-        &alice,
-        &[
-            "send",
-            "--conversation",
-            &conv,
-            "--text",
-            "hi",
-            "--client-msg-id",
-            id,
-        ],
-    ));
+    let retried = json_lines(&tl_send(&url, &alice, &conv, "hi", Some(id)));
     assert_eq!(retried[0]["msg_id"], first[0]["msg_id"]);
 
     // History pages backwards and forwards, oldest first within a page.
@@ -187,34 +139,25 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
     ));
     assert_eq!(newest_two, history[3..].to_vec());
     let before = history[3]["conv_seq"].as_u64().unwrap().to_string();
-    let older = json_lines(&tl(
-        &url,
-        &bob_phone,
-        &[
-            "history",
-            "--conversation",
-            &conv,
-            "--before",
-            &before,
-            "--limit",
-            "2",
-        ],
-    ));
+    let two_from = |side: &str, conv_seq: &str| {
+        json_lines(&tl(
+            &url,
+            &bob_phone,
+            &[
+                "history",
+                "--conversation",
+                &conv,
+                side,
+                conv_seq,
+                "--limit",
+                "2",
+            ],
+        ))
+    };
+    let older = two_from("--before", &before);
     assert_eq!(older, history[1..3].to_vec());
     let after = history[0]["conv_seq"].as_u64().unwrap().to_string();
-    let forward = json_lines(&tl(
-        &url,
-        &bob_phone,
-        &[
-            "history",
-            "--conversation",
-            &conv,
-            "--after",
-            &after,
-            "--limit",
-            "2",
-        ],
-    ));
+    let forward = two_from("--after", &after);
     assert_eq!(forward, history[1..3].to_vec());
     let msg_ids: HashSet<_> = history
         .iter()
@@ -224,21 +167,10 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
 
     // Bad input: a clear one-line error and a non-zero exit, nothing changed.
     fails_with(
-        &tl(
-            &url,
-            &alice,
-            &["send", "--conversation", "999999", "--text", "x"],
-        ),
+        &tl_send(&url, &alice, "999999", "x", None),
         "does not exist",
     );
-    fails_with(
-        &tl(
-            &url,
-            &stranger,
-            &["send", "--conversation", &conv, "--text", "x"],
-        ),
-        "not a member",
-    );
+    fails_with(&tl_send(&url, &stranger, &conv, "x", None), "not a member");
     fails_with(
         &tl(&url, &stranger, &["history", "--conversation", &conv]),
         "not a member",
@@ -252,51 +184,11 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
         "invalid token",
     );
     let oversized = "x".repeat(70_000);
+    fails_with(&tl_send(&url, &alice, &conv, &oversized, None), "at most");
+    fails_with(&tl_send(&url, &alice, &conv, "x", Some("nope")), "nope");
+    fails_with(&tl_add_members(&url, &alice, &conv, "4"), "service token");
     fails_with(
-        &tl(
-            &url,
-            &alice,
-            &["send", "--conversation", &conv, "--text", &oversized],
-        ),
-        "at most",
-    );
-    fails_with(
-        &tl(
-            &url,
-            &alice,
-            &[
-                "send",
-                "--conversation",
-                &conv,
-                "--text",
-                "x",
-                "--client-msg-id",
-                "nope",
-            ],
-        ),
-        "nope",
-    );
-    fails_with(
-        &tl(
-            &url,
-            &alice,
-            &[
-                "conversation",
-                "add-members",
-                "--conversation",
-                &conv,
-                "--members",
-                "4",
-            ],
-        ),
-        "service token",
-    );
-    fails_with(
-        &tl(
-            &url,
-            &alice,
-            &["send", "--conversation", "abc", "--text", "x"],
-        ),
+        &tl_send(&url, &alice, "abc", "x", None),
         "invalid value 'abc'",
     );
     let unchanged = json_lines(&tl(&url, &bob_phone, &["history", "--conversation", &conv]));
@@ -304,18 +196,7 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
 
     // Services manage members and append system messages.
     let ops = server.service_token("ops")?;
-    ok(&tl(
-        &url,
-        &ops,
-        &[
-            "conversation",
-            "add-members",
-            "--conversation",
-            &conv,
-            "--members",
-            "9",
-        ],
-    ));
+    ok(&tl_add_members(&url, &ops, &conv, "9"));
     ok(&tl(
         &url,
         &ops,
@@ -379,4 +260,38 @@ fn every_command_has_help() {
         !missing.status.success(),
         "syncd token without arguments fails"
     );
+}
+
+/// A failed call reads `error: <what failed>: <why>`: one `error:` prefix,
+/// whatever status code the server answered with (a status the CLI has no
+/// name for used to print `error: error: ...`).
+#[test]
+fn a_failed_call_prints_one_error_prefix() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A gRPC server that does not serve the Timeline API: every call fails
+    // with UNIMPLEMENTED.
+    let other = tests::Process::start(
+        &tests::seqsvc_bin(),
+        &["store", "--data-dir", dir.path().to_str().unwrap()],
+    )?;
+    let output = tl(
+        &format!("http://{}", other.addr),
+        "any-token",
+        &["history", "--conversation", "1"],
+    );
+    assert!(!output.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    let reason = first
+        .strip_prefix("error: ")
+        .unwrap_or_else(|| panic!("stderr {stderr:?} lacks the error prefix"));
+    assert!(
+        !reason.starts_with("error"),
+        "stderr {stderr:?} repeats the error prefix"
+    );
+    assert!(
+        reason.starts_with("unimplemented"),
+        "stderr {stderr:?} does not name the status"
+    );
+    Ok(())
 }

@@ -28,11 +28,7 @@ fn expired_checkpoints_are_reported_and_resync_continues() -> anyhow::Result<()>
         1
     );
     for i in 0..20 {
-        let sent = tl(
-            &url,
-            &alice,
-            &["send", "--conversation", &conv, "--text", &format!("m{i}")],
-        );
+        let sent = tests::tl_send(&url, &alice, &conv, &format!("m{i}"), None);
         assert!(sent.status.success());
     }
 

@@ -318,22 +318,34 @@ fn seqsvc(args: &[&str]) -> std::process::Output {
         .expect("running seqsvc")
 }
 
+/// An arbiter whose activation delay does not exceed its lease plus the
+/// sync interval (a new owner could serve while the old one still does).
+const ACTIVATION_TOO_SHORT: [&str; 7] = [
+    "arbiter",
+    "--store",
+    "http://127.0.0.1:1",
+    "--lease-ms",
+    "5000",
+    "--activation-ms",
+    "5500",
+];
+
+/// `seqsvc next --namespace user --id ID`, asking `via` (`--arbiter ADDR`
+/// or `--alloc ADDR`).
+fn next_user_seq(via: &[&str], id: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["next"];
+    args.extend(via);
+    args.extend(["--namespace", "user", "--id", id]);
+    args.extend(extra);
+    seqsvc(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
     let cluster = Cluster::start(1, 2)?;
     cluster.wait_balanced().await?;
     let arbiter = cluster.arbiters[0].addr.clone();
-    let out = seqsvc(&[
-        "next",
-        "--arbiter",
-        &arbiter,
-        "--namespace",
-        "user",
-        "--id",
-        "42",
-        "--count",
-        "3",
-    ]);
+    let out = next_user_seq(&["--arbiter", &arbiter], "42", &["--count", "3"]);
     ensure!(
         out.status.success(),
         "{}",
@@ -366,15 +378,7 @@ async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
         .iter()
         .find(|a| table.owner_of(42) != Some(a.addr.as_str()))
         .expect("two AllocSvrs");
-    let out = seqsvc(&[
-        "next",
-        "--alloc",
-        &other.addr,
-        "--namespace",
-        "user",
-        "--id",
-        "42",
-    ]);
+    let out = next_user_seq(&["--alloc", &other.addr], "42", &[]);
     ensure!(!out.status.success());
     ensure!(String::from_utf8_lossy(&out.stderr).contains("moved"));
 
@@ -400,15 +404,7 @@ async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
             "1",
         ],
         vec!["next", "--namespace", "user", "--id", "1"],
-        vec![
-            "arbiter",
-            "--store",
-            "http://127.0.0.1:1",
-            "--lease-ms",
-            "5000",
-            "--activation-ms",
-            "5500",
-        ],
+        ACTIVATION_TOO_SHORT.to_vec(),
         vec!["alloc", "--store", "ftp://x", "--arbiter", &arbiter],
     ] {
         let out = seqsvc(&bad);
@@ -416,15 +412,7 @@ async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(!stderr.trim().is_empty(), "{bad:?}: no message");
     }
-    let out = seqsvc(&[
-        "arbiter",
-        "--store",
-        "http://127.0.0.1:1",
-        "--lease-ms",
-        "5000",
-        "--activation-ms",
-        "5500",
-    ]);
+    let out = seqsvc(&ACTIVATION_TOO_SHORT);
     ensure!(String::from_utf8_lossy(&out.stderr).contains("must exceed lease"));
     Ok(())
 }
@@ -433,17 +421,7 @@ async fn cli_allocates_prints_routes_and_rejects_bad_input() -> Result<()> {
 async fn no_allocsvr_means_an_error_never_a_seq() -> Result<()> {
     let cluster = Cluster::start(1, 0)?;
     let arbiter = cluster.arbiters[0].addr.clone();
-    let out = seqsvc(&[
-        "next",
-        "--arbiter",
-        &arbiter,
-        "--namespace",
-        "user",
-        "--id",
-        "7",
-        "--retry-secs",
-        "1",
-    ]);
+    let out = next_user_seq(&["--arbiter", &arbiter], "7", &["--retry-secs", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success(),

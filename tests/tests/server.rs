@@ -129,11 +129,7 @@ fn tl_watch_prints_entries_as_they_arrive_and_keeps_its_checkpoint() -> anyhow::
     );
     let mut last_seq = 0;
     for text in ["one", "two", "three"] {
-        let sent = tests::tl(
-            &url,
-            &alice,
-            &["send", "--conversation", &conv, "--text", text],
-        );
+        let sent = tests::tl_send(&url, &alice, &conv, text, None);
         assert!(sent.status.success());
         let entry = next()?;
         assert_eq!(entry["text"], text, "pushed while watching");

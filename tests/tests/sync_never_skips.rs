@@ -1,6 +1,7 @@
-//! DESIGN rule 4: a device that syncs from checkpoint N and advances its
-//! checkpoint never skips an entry, even while many sends fan out to the same
-//! user concurrently and complete out of order.
+//! Never skip (docs/ARCHITECTURE.md, "Sync: never skip"): a device that
+//! syncs from checkpoint N and advances its checkpoint never skips an entry,
+//! even while many sends fan out to the same user concurrently and complete
+//! out of order.
 
 use client::{Client, pb};
 use std::collections::{HashMap, HashSet};
@@ -75,11 +76,7 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
     for user in 1..=USERS {
         for sender in 0..SENDERS_PER_USER {
             let client = clients[&user].clone();
-            let mine: Vec<u64> = conversations
-                .iter()
-                .filter(|c| c.members.contains(&user))
-                .map(|c| c.conversation_id)
-                .collect();
+            let mine = tests::conversations_of(&conversations, user);
             sends.spawn(async move {
                 let mut receipts = Vec::new();
                 for i in 0..SENDS_PER_SENDER {
