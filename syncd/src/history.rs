@@ -8,6 +8,7 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, clamp_limit};
+use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
 use timeline_store::{Conversation, Entry, TimelineStore};
@@ -58,33 +59,49 @@ impl History {
             .readable_through(Scope::Conversation, id)
             .await?
             .saturating_add(1);
+        let store = &self.store;
         if let Some(after) = query.after {
             if query.before != 0 {
                 return Err(SyncdError::InvalidArgument(
                     "set before or after, not both".into(),
                 ));
             }
-            let mut entries = self
-                .store
-                .read_conversation(id, after, visible_end, false, limit + 1)
-                .await?;
-            let has_more = entries.len() > limit;
-            entries.truncate(limit);
-            return Ok(HistoryPage { entries, has_more });
+            let page = paging::fill(
+                limit,
+                MAX_PAGE_BYTES,
+                after,
+                |e| e.conv_seq,
+                |cursor, n| async move {
+                    Ok(store
+                        .read_conversation(id, cursor, visible_end, false, n)
+                        .await?)
+                },
+            )
+            .await?;
+            return Ok(HistoryPage {
+                entries: page.entries,
+                has_more: page.has_more,
+            });
         }
         let before = if query.before == 0 {
             u64::MAX
         } else {
             query.before
         };
-        let mut entries = self
-            .store
-            .read_conversation(id, 0, before.min(visible_end), true, limit + 1)
-            .await?;
-        let has_more = entries.len() > limit;
-        entries.truncate(limit);
+        let page = paging::fill(
+            limit,
+            MAX_PAGE_BYTES,
+            before.min(visible_end),
+            |e| e.conv_seq,
+            |cursor, n| async move { Ok(store.read_conversation(id, 0, cursor, true, n).await?) },
+        )
+        .await?;
+        let mut entries = page.entries;
         entries.reverse();
-        Ok(HistoryPage { entries, has_more })
+        Ok(HistoryPage {
+            entries,
+            has_more: page.has_more,
+        })
     }
 
     /// The conversation, if the caller may see it (a member, or a service).

@@ -13,6 +13,7 @@ use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
+use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
 use timeline_store::{Entry, TimelineStore};
@@ -58,10 +59,15 @@ impl Inbox {
             .visibility
             .readable_through(Scope::Inbox, user_id)
             .await?;
-        let mut entries = self
-            .store
-            .read_inbox(user_id, after, through, limit + 1)
-            .await?;
+        let store = &self.store;
+        let page = paging::fill(
+            limit,
+            MAX_PAGE_BYTES,
+            after,
+            |e| e.seq,
+            |cursor, n| async move { Ok(store.read_inbox(user_id, cursor, through, n).await?) },
+        )
+        .await?;
         // Read the floor after the entries, whatever they are: retention
         // raises it before it deletes, so any entry this read missed (a
         // read is not a snapshot of concurrent deletes) is below the floor
@@ -78,13 +84,11 @@ impl Inbox {
                 expired_below: Some(floor),
             });
         }
-        let has_more = entries.len() > limit;
-        entries.truncate(limit);
-        let checkpoint = entries.last().map_or(after, |e| e.seq);
+        let checkpoint = page.entries.last().map_or(after, |e| e.seq);
         let large_groups = self.large_group_tops(user_id).await?;
         Ok(SyncPage {
-            entries,
-            has_more,
+            entries: page.entries,
+            has_more: page.has_more,
             checkpoint,
             large_groups,
             expired_below: None,

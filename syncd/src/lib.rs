@@ -69,6 +69,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod membership;
 pub mod observer;
+pub mod paging;
 pub mod push;
 pub mod retention;
 pub mod send;

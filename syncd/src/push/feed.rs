@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::MAX_PUSH_ENTRIES;
+use crate::paging::{self, MAX_PUSH_BYTES};
 use crate::push::hub::{Hub, Subscription};
 use crate::visibility::Visibility;
 use std::sync::Arc;
@@ -95,17 +96,24 @@ impl Feed {
         };
         let behind = top - self.last_sent;
         let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
-            let entries = self
-                .store
-                .read_inbox(self.user_id, self.last_sent, top, MAX_PUSH_ENTRIES)
-                .await?;
+            let (store, user_id) = (&self.store, self.user_id);
+            let page = paging::fill(
+                MAX_PUSH_ENTRIES,
+                MAX_PUSH_BYTES,
+                self.last_sent,
+                |e| e.seq,
+                |cursor, n| async move { Ok(store.read_inbox(user_id, cursor, top, n).await?) },
+            )
+            .await?;
             // As in sync: the floor, read after the entries, tells whether
             // the range was trimmed; then the device must pull (and learn
             // that its checkpoint expired) instead.
             if self.last_sent.saturating_add(1) < self.store.inbox_floor(self.user_id).await? {
                 Vec::new()
             } else {
-                entries
+                // Past the byte budget a notice carries what fits; the
+                // device sees it end below `up_to_seq` and pulls the rest.
+                page.entries
             }
         } else {
             // Far behind: a bare notice; the device pulls with Sync.

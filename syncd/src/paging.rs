@@ -1,0 +1,160 @@
+//! Replies bounded in bytes as well as entries.
+//!
+//! A page of 1,000 entries of 64 KiB is 64 MiB: past any gRPC reply limit,
+//! so a count-only page fails the same way on every retry, forever. Pages
+//! therefore stop before [`MAX_PAGE_BYTES`] of entries (always taking at
+//! least one, so every entry is reachable) and say `has_more`; push notices
+//! inline at most [`MAX_PUSH_BYTES`]. The store is read in chunks of at most
+//! [`READ_CHUNK`] entries, so what one request holds in memory is bounded
+//! too, not only what it sends.
+
+use crate::error::Result;
+use std::future::Future;
+use timeline_store::Entry;
+
+/// Entry bytes in one Sync or History reply. Below the 4 MiB receive limit
+/// most gRPC clients default to, with room for the reply's other fields.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Entry bytes inlined in one push notice; a device further behind gets
+/// the entries that fit and pulls the rest with Sync.
+pub const MAX_PUSH_BYTES: usize = 256 * 1024;
+/// Entries read from the store per call while a page fills.
+pub const READ_CHUNK: usize = 128;
+
+/// What an entry costs on the wire, close enough to budget a page: its
+/// variable-length fields plus a bound on the fixed ones.
+pub fn wire_bytes(entry: &Entry) -> usize {
+    const FIXED: usize = 80;
+    FIXED + entry.text.len() + entry.client_msg_id.len() + entry.members.len() * 10
+}
+
+/// A page: at most `limit` entries and `max_bytes` of them.
+#[derive(Debug)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub has_more: bool,
+}
+
+/// Fills a page from `read(cursor, n)`, which returns up to `n` entries
+/// after `cursor` in page order; `cursor_of` gives the cursor that
+/// continues after an entry. Stops at `limit` entries, at `max_bytes`, or
+/// when the timeline has no more.
+pub async fn fill<F, Fut>(
+    limit: usize,
+    max_bytes: usize,
+    start: u64,
+    cursor_of: fn(&Entry) -> u64,
+    mut read: F,
+) -> Result<Page>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<Entry>>>,
+{
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut bytes = 0;
+    let mut cursor = start;
+    loop {
+        // One more than fits, to learn whether there is more.
+        let want = (limit - entries.len()).min(READ_CHUNK) + 1;
+        let chunk = read(cursor, want).await?;
+        let exhausted = chunk.len() < want;
+        for entry in chunk {
+            let size = wire_bytes(&entry);
+            let fits = entries.len() < limit && (entries.is_empty() || bytes + size <= max_bytes);
+            if !fits {
+                return Ok(Page {
+                    entries,
+                    has_more: true,
+                });
+            }
+            cursor = cursor_of(&entry);
+            bytes += size;
+            entries.push(entry);
+        }
+        if exhausted {
+            return Ok(Page {
+                entries,
+                has_more: false,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(sizes: &[usize]) -> Vec<Entry> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Entry {
+                seq: i as u64 + 1,
+                text: "x".repeat(size),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    async fn page(all: &[Entry], after: u64, limit: usize, max_bytes: usize) -> (Vec<u64>, bool) {
+        let reads = std::cell::Cell::new(0);
+        let page = fill(
+            limit,
+            max_bytes,
+            after,
+            |e| e.seq,
+            |cursor, n| {
+                reads.set(reads.get() + 1);
+                assert!(n <= READ_CHUNK + 1, "reads are chunked");
+                let chunk: Vec<Entry> = all
+                    .iter()
+                    .filter(|e| e.seq > cursor)
+                    .take(n)
+                    .cloned()
+                    .collect();
+                async move { Ok(chunk) }
+            },
+        )
+        .await
+        .unwrap();
+        (page.entries.iter().map(|e| e.seq).collect(), page.has_more)
+    }
+
+    #[tokio::test]
+    async fn pages_stop_at_the_count_the_bytes_or_the_end() {
+        let small = timeline(&[10; 300]);
+        assert_eq!(
+            page(&small, 0, 5, MAX_PAGE_BYTES).await,
+            (vec![1, 2, 3, 4, 5], true)
+        );
+        let (seqs, more) = page(&small, 0, 1_000, MAX_PAGE_BYTES).await;
+        assert_eq!(
+            (seqs.len(), more),
+            (300, false),
+            "several chunks, to the end"
+        );
+        let (seqs, more) = page(&small, 290, 10, MAX_PAGE_BYTES).await;
+        assert_eq!((seqs.len(), more), (10, false), "exactly the rest");
+
+        // 300 entries of 64 KiB: each page fits the byte budget, says
+        // has_more, and paging reaches every entry.
+        let large = timeline(&[64 * 1024; 300]);
+        let (mut after, mut seen) = (0, Vec::new());
+        loop {
+            let (seqs, more) = page(&large, after, 1_000, MAX_PAGE_BYTES).await;
+            let bytes: usize = seqs.len() * (64 * 1024 + 80);
+            assert!(bytes <= MAX_PAGE_BYTES, "{bytes} bytes in a page");
+            after = *seqs.last().unwrap();
+            seen.extend(seqs);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=300).collect::<Vec<u64>>());
+
+        // An entry larger than the whole budget still goes, alone.
+        let huge = timeline(&[10, MAX_PAGE_BYTES, 10]);
+        assert_eq!(page(&huge, 0, 10, MAX_PAGE_BYTES).await, (vec![1], true));
+        assert_eq!(page(&huge, 1, 10, MAX_PAGE_BYTES).await, (vec![2], true));
+    }
+}
