@@ -26,8 +26,8 @@ use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::{
-    Conversation, ConversationKind, Entry, EntryKind, EventCommit, IdempotencyKey, InboxWrite,
-    LargeGroupIndexChange, Receipt, TimelineStore,
+    Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
+    IdempotencyKey, InboxWrite, LargeGroupIndexChange, Receipt, TimelineStore,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -385,12 +385,10 @@ impl Engine {
             )));
         }
         let entry = Entry {
-            kind: EntryKind::Message as i32,
-            conversation_id: conversation.conversation_id,
             sender_id,
             client_msg_id: client_msg_id.to_string(),
             text: command.text,
-            ..Default::default()
+            ..Entry::new(EntryKind::Message, conversation.conversation_id)
         };
         let held: Held = vec![Box::new(same_key), Box::new(membership)];
         // Large groups: written once, to the conversation timeline only.
@@ -670,7 +668,7 @@ impl Engine {
                 }
                 ConversationKind::Direct
             }
-            ConversationKind::Group | ConversationKind::Unspecified => {
+            ConversationKind::Group => {
                 if members.is_empty() {
                     return Err(SyncdError::InvalidArgument(
                         "a conversation needs at least one member".into(),
@@ -686,7 +684,7 @@ impl Engine {
         let read_fanout = members.len() > self.config.large_group_threshold;
         let record = Conversation {
             conversation_id,
-            kind: kind as i32,
+            kind,
             members: members.clone(),
             title: request.title,
             created_at_ms: now_ms(),
@@ -698,12 +696,10 @@ impl Engine {
             Vec::new()
         };
         let entry = Entry {
-            kind: EntryKind::ConversationCreated as i32,
-            conversation_id,
             sender_id: creator,
             text: record.title.clone(),
             members: members.clone(),
-            ..Default::default()
+            ..Entry::new(EntryKind::ConversationCreated, conversation_id)
         };
         // Every member hears of the creation, in either mode.
         self.commit(
@@ -750,7 +746,7 @@ impl Engine {
         }
         let exclusive = self.membership_locks.write(conversation_id).await;
         let conversation = self.conversation(conversation_id, true).await?;
-        if conversation.kind == ConversationKind::Direct as i32 {
+        if conversation.kind == ConversationKind::Direct {
             return Err(SyncdError::FailedPrecondition(format!(
                 "conversation {conversation_id} is direct: its members are fixed"
             )));
@@ -822,10 +818,8 @@ impl Engine {
             ..(*conversation).clone()
         };
         let entry = Entry {
-            kind: kind as i32,
-            conversation_id,
             members: changed,
-            ..Default::default()
+            ..Entry::new(kind, conversation_id)
         };
         let receipt = self
             .commit(
@@ -895,7 +889,7 @@ impl Engine {
                 .saturating_add(1);
             let newest = self
                 .store
-                .read_conversation(conversation_id, 0, end, true, 1)
+                .read_conversation(conversation_id, ConversationRange::newest_first(0, end, 1))
                 .await?;
             large_groups.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
         }
@@ -944,7 +938,10 @@ impl Engine {
             }
             let mut entries = self
                 .store
-                .read_conversation(id, after, visible_end, false, limit + 1)
+                .read_conversation(
+                    id,
+                    ConversationRange::oldest_first(after, visible_end, limit + 1),
+                )
                 .await?;
             let has_more = entries.len() > limit;
             entries.truncate(limit);
@@ -957,7 +954,10 @@ impl Engine {
         };
         let mut entries = self
             .store
-            .read_conversation(id, 0, before.min(visible_end), true, limit + 1)
+            .read_conversation(
+                id,
+                ConversationRange::newest_first(0, before.min(visible_end), limit + 1),
+            )
             .await?;
         let has_more = entries.len() > limit;
         entries.truncate(limit);
@@ -1077,122 +1077,36 @@ mod tests {
     use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore};
     use std::collections::HashSet;
     use std::time::Duration;
+    use timeline_store::testsuite::{Faults, FaultyStore};
     use timeline_store::{EmbeddedStore, EmbeddedStoreConfig};
-    use tonic::async_trait;
 
-    /// The embedded store with faults a real deployment sees. With
-    /// `jitter`, every commit is delayed by a random 0-2 ms, so writes become
-    /// durable in a different order than their seqs were allocated (the
-    /// situation the sync horizon exists for), and every inbox read by up to
-    /// 0.5 ms, so writes start between a reader's limit and its read. The
-    /// first `failures` commits fail with an I/O error, writing nothing, like
-    /// a store that times out.
-    struct TestStore {
-        inner: EmbeddedStore,
-        jitter: bool,
-        failures: std::sync::atomic::AtomicU32,
-        /// Inbox copies written so far (to check the cost of a send).
-        inbox_writes: std::sync::atomic::AtomicUsize,
-    }
+    /// The embedded store with faults a real deployment sees (see
+    /// `FaultyStore`): with `jitter`, every commit is delayed by a random
+    /// 0-2 ms, so writes become durable in a different order than their
+    /// seqs were allocated (the situation the sync horizon exists for), and
+    /// every inbox read by up to 0.5 ms, so writes start between a reader's
+    /// limit and its read. `fail_next_commits` makes commits fail with an
+    /// I/O error, writing nothing, like a store that times out.
+    type TestStore = FaultyStore<EmbeddedStore>;
 
-    async fn jitter(max_micros: u128) {
-        let micros = (Uuid::new_v4().as_u128() % max_micros) as u64;
-        tokio::time::sleep(Duration::from_micros(micros)).await;
-    }
-
-    #[async_trait]
-    impl TimelineStore for TestStore {
-        async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
-            if self.jitter {
-                jitter(2_000).await;
+    fn test_store(dir: &std::path::Path, jitter: bool) -> TestStore {
+        let inner = EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap();
+        let faults = if jitter {
+            Faults {
+                commit_delay: Duration::from_millis(2),
+                inbox_read_delay: Duration::from_micros(500),
+                ..Faults::default()
             }
-            let fail = self
-                .failures
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                )
-                .is_ok();
-            if fail {
-                return Err(timeline_store::StoreError::Io("injected timeout".into()));
-            }
-            self.inbox_writes
-                .fetch_add(commit.inbox.len(), std::sync::atomic::Ordering::SeqCst);
-            self.inner.commit_event(commit).await
-        }
-        async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
-            self.inner.conversation(id).await
-        }
-        async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
-            self.inner.receipt(key).await
-        }
-        async fn read_inbox(
-            &self,
-            user: u64,
-            after: u64,
-            through: u64,
-            limit: usize,
-        ) -> timeline_store::Result<Vec<Entry>> {
-            if self.jitter {
-                jitter(500).await;
-            }
-            self.inner.read_inbox(user, after, through, limit).await
-        }
-        async fn large_groups(&self, user: u64) -> timeline_store::Result<Vec<u64>> {
-            self.inner.large_groups(user).await
-        }
-        async fn trim_inbox(
-            &self,
-            user: u64,
-            below: u64,
-            max: usize,
-        ) -> timeline_store::Result<usize> {
-            self.inner.trim_inbox(user, below, max).await
-        }
-        async fn inbox_floor(&self, user: u64) -> timeline_store::Result<u64> {
-            self.inner.inbox_floor(user).await
-        }
-        async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
-            self.inner.last_inbox_seq(user).await
-        }
-        async fn read_conversation(
-            &self,
-            id: u64,
-            after: u64,
-            before: u64,
-            newest_first: bool,
-            limit: usize,
-        ) -> timeline_store::Result<Vec<Entry>> {
-            self.inner
-                .read_conversation(id, after, before, newest_first, limit)
-                .await
-        }
-        async fn save_checkpoint(
-            &self,
-            user: u64,
-            device: &str,
-            seq: u64,
-        ) -> timeline_store::Result<u64> {
-            self.inner.save_checkpoint(user, device, seq).await
-        }
-        async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
-            self.inner.checkpoint(user, device).await
-        }
-        async fn recover(&self) -> timeline_store::Result<usize> {
-            self.inner.recover().await
-        }
+        } else {
+            Faults::default()
+        };
+        FaultyStore::new(inner, Uuid::new_v4().as_u64_pair().0).with_faults(faults)
     }
 
     #[tokio::test]
     async fn a_failed_event_is_finished_in_the_background_and_a_retry_sees_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let flaky = Arc::new(TestStore {
-            inner: EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap(),
-            jitter: false,
-            failures: std::sync::atomic::AtomicU32::new(0),
-            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let flaky = Arc::new(test_store(dir.path(), false));
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
         let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
         let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
@@ -1200,7 +1114,7 @@ mod tests {
             .unwrap();
         let engine = Engine::new(flaky.clone(), allocator, ids, EngineConfig::default());
         let conversation = group(&engine, 1, vec![2]).await;
-        flaky.failures.store(3, std::sync::atomic::Ordering::SeqCst);
+        flaky.fail_next_commits(3);
         let id = Uuid::new_v4();
         let first = engine
             .send(device(1, "phone"), message(conversation, "late", Some(id)))
@@ -1227,12 +1141,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_10000_member_group_costs_one_write_per_message() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(TestStore {
-            inner: EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap(),
-            jitter: false,
-            failures: std::sync::atomic::AtomicU32::new(0),
-            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let store = Arc::new(test_store(dir.path(), false));
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
         let allocator = Allocator::new(AllocatorConfig::default(), Arc::clone(&seq_store)).unwrap();
         let ids = MsgIdGenerator::open(1, seqsvc::snowflake::system_clock(), seq_store)
@@ -1272,12 +1181,12 @@ mod tests {
             "switched to read fanout past 500 members"
         );
 
-        let before = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = store.counters().inbox_copies;
         let sent = engine
             .send(device(5, "d"), message(conversation, "to everyone", None))
             .await
             .unwrap();
-        let after = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let after = store.counters().inbox_copies;
         assert_eq!(
             after - before,
             0,
@@ -1292,7 +1201,7 @@ mod tests {
         assert!(
             page.entries
                 .iter()
-                .any(|e| e.kind() == EntryKind::MembersAdded),
+                .any(|e| e.kind == EntryKind::MembersAdded),
             "membership events reach the inbox"
         );
         assert_eq!(
@@ -1325,10 +1234,7 @@ mod tests {
             .await
             .unwrap();
         assert!(page.large_groups.is_empty());
-        assert_eq!(
-            page.entries.last().unwrap().kind(),
-            EntryKind::MembersRemoved
-        );
+        assert_eq!(page.entries.last().unwrap().kind, EntryKind::MembersRemoved);
     }
 
     #[tokio::test]
@@ -1399,12 +1305,7 @@ mod tests {
     }
 
     async fn engine(dir: &std::path::Path, jitter: bool) -> Arc<Engine> {
-        let store: Arc<dyn TimelineStore> = Arc::new(TestStore {
-            inner: EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap(),
-            jitter,
-            failures: std::sync::atomic::AtomicU32::new(0),
-            inbox_writes: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let store: Arc<dyn TimelineStore> = Arc::new(test_store(dir, jitter));
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
         let allocator = Allocator::new(
             AllocatorConfig {
@@ -1601,7 +1502,7 @@ mod tests {
             .unwrap();
         // The removed member learned of the removal, then lost access.
         let removed = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
-        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind()).collect();
+        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
             [
