@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
-    IdempotencyKey, InboxWrite, LargeGroupIndexChange, Receipt, TimelineStore,
+    IdempotencyKey, InboxRange, InboxWrite, LargeGroupIndexChange, Receipt, TimelineStore,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -563,9 +563,11 @@ impl Engine {
                 .store
                 .read_inbox(
                     user_id,
-                    floor.saturating_sub(1),
-                    through,
-                    RETENTION_AGE_SCAN,
+                    InboxRange {
+                        after: floor.saturating_sub(1),
+                        through,
+                        limit: RETENTION_AGE_SCAN,
+                    },
                 )
                 .await?;
             match oldest.iter().find(|e| e.sent_at_ms >= cutoff) {
@@ -861,7 +863,14 @@ impl Engine {
         let through = self.readable_through(Scope::Inbox, user_id).await?;
         let mut entries = self
             .store
-            .read_inbox(user_id, after, through, limit + 1)
+            .read_inbox(
+                user_id,
+                InboxRange {
+                    after,
+                    through,
+                    limit: limit + 1,
+                },
+            )
             .await?;
         // Read the floor after the entries: retention raises it before it
         // deletes, so any entry this read missed is below the floor seen
@@ -1042,7 +1051,14 @@ impl Feed {
             let entries = self
                 .engine
                 .store
-                .read_inbox(self.user_id, self.last_sent, top, MAX_PUSH_ENTRIES)
+                .read_inbox(
+                    self.user_id,
+                    InboxRange {
+                        after: self.last_sent,
+                        through: top,
+                        limit: MAX_PUSH_ENTRIES,
+                    },
+                )
                 .await?;
             // As in sync: a gap may be a trim; then the device must pull
             // (and learn that its checkpoint expired) instead.
@@ -1403,7 +1419,14 @@ mod tests {
         let seen = reader.await.unwrap();
         let all: Vec<u64> = engine
             .store
-            .read_inbox(1, 0, u64::MAX, 10_000)
+            .read_inbox(
+                1,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX,
+                    limit: 10_000,
+                },
+            )
             .await
             .unwrap()
             .iter()
@@ -1412,7 +1435,14 @@ mod tests {
         assert_eq!(all.len(), 4 + 24 * 25);
         let entries = engine
             .store
-            .read_inbox(1, 0, u64::MAX, 10_000)
+            .read_inbox(
+                1,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX,
+                    limit: 10_000,
+                },
+            )
             .await
             .unwrap();
         let mut last_conv_seq = std::collections::HashMap::new();

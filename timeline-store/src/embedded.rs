@@ -22,7 +22,8 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxReads, InboxRetention, Order, Receipt, Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -421,16 +422,12 @@ impl ConversationReads for EmbeddedStore {
         .await
     }
 
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        range: ConversationRange,
-    ) -> Result<Vec<Entry>> {
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
         self.read(move |ks| {
-            let keys = key2(conversation_id, range.after + 1)..key2(conversation_id, range.before);
+            let keys = key2(id, range.after + 1)..key2(id, range.before);
             let iter = ks.conv.range(keys);
             match range.order {
                 Order::NewestFirst => decode_entries(iter.rev(), range.limit),
@@ -473,19 +470,13 @@ impl Receipts for EmbeddedStore {
 
 #[async_trait]
 impl InboxReads for EmbeddedStore {
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after_seq >= through_seq || limit == 0 {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
         self.read(move |ks| {
-            let range = key2(user_id, after_seq + 1)..=key2(user_id, through_seq);
-            decode_entries(ks.inbox.range(range), limit)
+            let keys = key2(user_id, range.after + 1)..=key2(user_id, range.through);
+            decode_entries(ks.inbox.range(keys), range.limit)
         })
         .await
     }

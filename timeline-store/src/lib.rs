@@ -51,7 +51,8 @@
 //!
 //! # Layout
 //! - `traits`: the capability traits and [`TimelineStore`].
-//! - `model`: the domain values, [`ConversationRange`] for conversation reads.
+//! - `model`: the domain values and the read ranges ([`InboxRange`],
+//!   [`ConversationRange`]) that name what a positional call would hide.
 //! - `codec`: domain values <-> stored records.
 //! - `error`: [`StoreError`], by kind, and whether a retry can help.
 //! - [`embedded`]: fjall, one writer thread, group commit.

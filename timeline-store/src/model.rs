@@ -133,6 +133,24 @@ pub struct EventCommit {
     pub large_group_index: Vec<LargeGroupIndexChange>,
 }
 
+/// The inbox entries a read returns: `after < seq <= through`, ascending,
+/// at most `limit`. `through` is inclusive because a reader asks for
+/// everything up to the last seq it may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxRange {
+    pub after: u64,
+    pub through: u64,
+    pub limit: usize,
+}
+
+impl InboxRange {
+    /// Whether the range holds no entry at all: backends answer it without
+    /// a read.
+    pub fn is_empty(&self) -> bool {
+        self.after >= self.through || self.limit == 0
+    }
+}
+
 /// Which way a conversation read walks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {

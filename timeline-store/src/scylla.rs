@@ -40,7 +40,8 @@ use crate::codec::{
 };
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxReads, InboxRetention, Order, Receipt, Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -653,16 +654,15 @@ impl Receipts for ScyllaTimelineStore {
 
 #[async_trait]
 impl InboxReads for ScyllaTimelineStore {
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after_seq >= through_seq || limit == 0 {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
+        let InboxRange {
+            after: after_seq,
+            through: through_seq,
+            limit,
+        } = range;
         let mut entries = Vec::new();
         for bucket in self
             .buckets(
@@ -828,11 +828,7 @@ impl ConversationReads for ScyllaTimelineStore {
         Ok(groups.into_iter().map(|g| g as u64).collect())
     }
 
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        range: ConversationRange,
-    ) -> Result<Vec<Entry>> {
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
@@ -851,7 +847,7 @@ impl ConversationReads for ScyllaTimelineStore {
         let buckets = self
             .buckets(
                 Timeline::Conversation,
-                conversation_id,
+                id,
                 after.saturating_add(1),
                 before - 1,
                 newest_first,
@@ -864,13 +860,7 @@ impl ConversationReads for ScyllaTimelineStore {
             let (mut low, mut high) = (after, before);
             loop {
                 let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
-                let values = (
-                    big(conversation_id),
-                    big(bucket),
-                    big(low),
-                    big(high),
-                    wanted as i32,
-                );
+                let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
                 let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
                 let page = Self::decode_entries(blobs)?;
                 let exhausted = page.len() < wanted;
@@ -1043,7 +1033,17 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.recover().await.unwrap(), 1);
         for user in 1..=20u64 {
-            let inbox = reopened.read_inbox(user, 0, 1_000, 10).await.unwrap();
+            let inbox = reopened
+                .read_inbox(
+                    user,
+                    InboxRange {
+                        after: 0,
+                        through: 1_000,
+                        limit: 10,
+                    },
+                )
+                .await
+                .unwrap();
             assert_eq!(inbox.len(), 1, "user {user} has the entry exactly once");
             assert_eq!((inbox[0].seq, inbox[0].text.as_str()), (40 + user, "half"));
         }
@@ -1088,14 +1088,44 @@ mod tests {
             };
             store.commit_event(commit).await.unwrap();
         }
-        let all = store.read_inbox(3, 0, u64::MAX >> 1, 100).await.unwrap();
+        let all = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX >> 1,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
-        let middle = store.read_inbox(3, 65_535, 70_000, 100).await.unwrap();
+        let middle = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 65_535,
+                    through: 70_000,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(
             middle.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [65_536, 70_000]
         );
-        let limited = store.read_inbox(3, 0, u64::MAX >> 1, 2).await.unwrap();
+        let limited = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX >> 1,
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(limited.len(), 2);
         assert_eq!(store.last_inbox_seq(3).await.unwrap(), 40 << BUCKET_BITS);
         let newest = store

@@ -8,7 +8,10 @@
 //! here with its own contract and conformance checks, added to the bounds
 //! of [`TimelineStore`], not a wider existing trait.
 
-use crate::{Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, Receipt, Result};
+use crate::{
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, Receipt,
+    Result,
+};
 use async_trait::async_trait;
 
 /// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.
@@ -55,17 +58,10 @@ pub trait EventLog: Send + Sync {
 /// A user's inbox: one copy per event the user receives, keyed by seq.
 #[async_trait]
 pub trait InboxReads: Send + Sync {
-    /// Inbox entries with `after_seq < seq <= through_seq`, ascending, at
-    /// most `limit`. Empty when `after_seq >= through_seq` or `limit == 0`.
-    /// A read larger than a backend's internal page still returns
-    /// everything asked for.
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>>;
+    /// The user's inbox entries in `range` (see [`InboxRange`]), ascending
+    /// seq. Empty for an empty range. A read larger than a backend's
+    /// internal page still returns everything asked for.
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>>;
 
     /// The highest seq stored in the user's inbox, 0 when empty (trimmed
     /// entries no longer count).

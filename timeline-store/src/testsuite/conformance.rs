@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 
 use crate::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
-    IdempotencyKey, InboxWrite, Receipt, TimelineStore,
+    IdempotencyKey, InboxRange, InboxWrite, Receipt, TimelineStore,
 };
 
 /// Ids are offset so that a shared (e.g. CQL) store never collides with
@@ -41,13 +41,26 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
     }
 }
 
+/// The inbox entries of `user` with `after < seq <= through`, at most
+/// `limit`.
+async fn read_inbox<S: TimelineStore>(
+    store: &S,
+    user: u64,
+    after: u64,
+    through: u64,
+    limit: usize,
+) -> Vec<Entry> {
+    let range = InboxRange {
+        after,
+        through,
+        limit,
+    };
+    store.read_inbox(user, range).await.unwrap()
+}
+
 /// How many inbox entries of `user` a read of at most `limit` returns.
 async fn inbox_len<S: TimelineStore>(store: &S, user: u64, limit: usize) -> usize {
-    store
-        .read_inbox(user, 0, u64::MAX, limit)
-        .await
-        .unwrap()
-        .len()
+    read_inbox(store, user, 0, u64::MAX, limit).await.len()
 }
 
 /// How many conversation entries a forward read of at most `limit` returns.
@@ -119,8 +132,8 @@ async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].text, "hello");
     assert_eq!(history[0].seq, 0, "conversation entries carry no inbox seq");
-    let first = store.read_inbox(BASE + 1, 0, u64::MAX, 10).await.unwrap();
-    let second = store.read_inbox(BASE + 2, 0, u64::MAX, 10).await.unwrap();
+    let first = read_inbox(store, BASE + 1, 0, u64::MAX, 10).await;
+    let second = read_inbox(store, BASE + 2, 0, u64::MAX, 10).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].seq, 5);
     assert_eq!(second[0].seq, 9);
@@ -142,32 +155,26 @@ async fn inbox_reads_respect_bounds_limits_and_owners<S: TimelineStore>(store: &
         );
         store.commit_event(commit).await.unwrap();
     }
-    let all = store.read_inbox(user, 0, u64::MAX, 100).await.unwrap();
+    let all = read_inbox(store, user, 0, u64::MAX, 100).await;
     assert_eq!(all.len(), 20);
     assert!(
         all.windows(2).all(|w| w[0].seq < w[1].seq),
         "ascending seq order"
     );
-    let page = store.read_inbox(user, 10, 30, 100).await.unwrap();
+    let page = read_inbox(store, user, 10, 30, 100).await;
     let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
         (12..=30).step_by(2).collect::<Vec<_>>(),
         "after exclusive, through inclusive"
     );
-    let limited = store.read_inbox(user, 0, u64::MAX, 3).await.unwrap();
+    let limited = read_inbox(store, user, 0, u64::MAX, 3).await;
     assert_eq!(
         limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![2, 4, 6]
     );
-    assert!(
-        store
-            .read_inbox(user, 40, u64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(store.read_inbox(user, 5, 5, 10).await.unwrap().is_empty());
+    assert!(read_inbox(store, user, 40, u64::MAX, 10).await.is_empty());
+    assert!(read_inbox(store, user, 5, 5, 10).await.is_empty());
     assert_eq!(inbox_len(store, neighbour, 100).await, 20);
     assert_eq!(store.last_inbox_seq(user).await.unwrap(), 40);
 }
@@ -180,30 +187,26 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
             .await
             .unwrap();
     }
-    let conv_seqs = |entries: Vec<Entry>| entries.iter().map(|e| e.conv_seq).collect::<Vec<_>>();
-    let read = |range| store.read_conversation(conv, range);
-    let newest = read(ConversationRange::newest_first(0, u64::MAX, 3))
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(newest), vec![10, 9, 8]);
-    let older = read(ConversationRange::newest_first(0, 8, 3))
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(older), vec![7, 6, 5]);
-    let forward = read(ConversationRange::oldest_first(7, u64::MAX, 10))
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(forward), vec![8, 9, 10]);
-    let window = read(ConversationRange::oldest_first(2, 6, 10))
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(window), vec![3, 4, 5]);
-    assert!(
-        read(ConversationRange::oldest_first(5, 6, 10))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let pages = [
+        // Newest first, then the page before it.
+        (
+            ConversationRange::newest_first(0, u64::MAX, 3),
+            vec![10, 9, 8],
+        ),
+        (ConversationRange::newest_first(0, 8, 3), vec![7, 6, 5]),
+        (
+            ConversationRange::oldest_first(7, u64::MAX, 10),
+            vec![8, 9, 10],
+        ),
+        // Both bounds exclusive.
+        (ConversationRange::oldest_first(2, 6, 10), vec![3, 4, 5]),
+        (ConversationRange::oldest_first(5, 6, 10), vec![]),
+    ];
+    for (range, expected) in pages {
+        let entries = store.read_conversation(conv, range).await.unwrap();
+        let conv_seqs: Vec<u64> = entries.iter().map(|e| e.conv_seq).collect();
+        assert_eq!(conv_seqs, expected, "{range:?}");
+    }
     assert!(
         store
             .read_conversation(BASE + 999, ConversationRange::newest_first(0, u64::MAX, 10))
@@ -317,10 +320,8 @@ async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store:
     assert_eq!(store.inbox_floor(user).await.unwrap(), 0);
     assert_eq!(trim_all(store, user, 21, 8).await, 20);
     assert_eq!(store.inbox_floor(user).await.unwrap(), 21);
-    let left: Vec<u64> = store
-        .read_inbox(user, 0, u64::MAX, 100)
+    let left: Vec<u64> = read_inbox(store, user, 0, u64::MAX, 100)
         .await
-        .unwrap()
         .iter()
         .map(|e| e.seq)
         .collect();
@@ -394,11 +395,7 @@ async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
     }
     assert_eq!(inbox_len(store, user, 1_201).await, 1_201);
     assert_eq!(
-        store
-            .read_inbox(user, 100, u64::MAX, 2_000)
-            .await
-            .unwrap()
-            .len(),
+        read_inbox(store, user, 100, u64::MAX, 2_000).await.len(),
         1_400
     );
     let newest = store
@@ -436,7 +433,7 @@ async fn every_entry_kind_round_trips<S: TimelineStore>(store: &S) {
         .read_conversation(conv, ConversationRange::oldest_first(0, u64::MAX, 10))
         .await
         .unwrap();
-    let inbox = store.read_inbox(user, 0, u64::MAX, 10).await.unwrap();
+    let inbox = read_inbox(store, user, 0, u64::MAX, 10).await;
     for entries in [history, inbox] {
         assert_eq!(entries.iter().map(|e| e.kind).collect::<Vec<_>>(), kinds);
     }

@@ -21,7 +21,7 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxReads, InboxRetention, Receipt, Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -346,18 +346,10 @@ impl<S: EventLog> EventLog for FaultyStore<S> {
 
 #[async_trait]
 impl<S: InboxReads> InboxReads for FaultyStore<S> {
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
         self.sleep_inbox_read().await;
-        let read = self
-            .inner
-            .read_inbox(user_id, after_seq, through_seq, limit);
-        self.run(Op::Read, read).await
+        self.run(Op::Read, self.inner.read_inbox(user_id, range))
+            .await
     }
 
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
@@ -384,12 +376,8 @@ impl<S: ConversationReads> ConversationReads for FaultyStore<S> {
             .await
     }
 
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        range: ConversationRange,
-    ) -> Result<Vec<Entry>> {
-        let read = self.inner.read_conversation(conversation_id, range);
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
+        let read = self.inner.read_conversation(id, range);
         self.run(Op::Read, read).await
     }
 
@@ -424,6 +412,12 @@ mod tests {
     use crate::testsuite::MemoryStore;
     use crate::{EntryKind, InboxWrite};
     use std::sync::Arc;
+
+    const FIRST_TEN: InboxRange = InboxRange {
+        after: 0,
+        through: 10,
+        limit: 10,
+    };
 
     fn commit(conv_seq: u64, users: &[u64]) -> EventCommit {
         EventCommit {
@@ -485,8 +479,8 @@ mod tests {
             }
         );
         store.fail_next(Op::Read, 1, Failure::Lost);
-        assert!(store.read_inbox(5, 0, 10, 10).await.is_err());
-        assert_eq!(store.read_inbox(5, 0, 10, 10).await.unwrap().len(), 2);
+        assert!(store.read_inbox(5, FIRST_TEN).await.is_err());
+        assert_eq!(store.read_inbox(5, FIRST_TEN).await.unwrap().len(), 2);
         store.fail_next(Op::Write, 1, Failure::Applied);
         assert!(store.save_checkpoint(5, "d", 3).await.is_err());
         assert_eq!(store.checkpoint(5, "d").await.unwrap(), 3);
@@ -534,7 +528,7 @@ mod tests {
         store.set_faults(Faults::default());
         store.commit_event(commit(2, &[9])).await.unwrap();
         assert_eq!(
-            store.inner().read_inbox(9, 0, 10, 10).await.unwrap().len(),
+            store.inner().read_inbox(9, FIRST_TEN).await.unwrap().len(),
             1,
             "the earlier commit is still held"
         );

@@ -3,7 +3,7 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,22 +87,16 @@ impl EventLog for MemoryStore {
 
 #[async_trait]
 impl InboxReads for MemoryStore {
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after_seq >= through_seq || limit == 0 {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
         let state = self.state();
-        let range = (user_id, after_seq + 1)..=(user_id, through_seq);
+        let keys = (user_id, range.after + 1)..=(user_id, range.through);
         Ok(state
             .inbox
-            .range(range)
-            .take(limit)
+            .range(keys)
+            .take(range.limit)
             .map(|(_, e)| e.clone())
             .collect())
     }
@@ -152,18 +146,12 @@ impl ConversationReads for MemoryStore {
         Ok(self.state().conversations.get(&conversation_id).cloned())
     }
 
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        range: ConversationRange,
-    ) -> Result<Vec<Entry>> {
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
         let state = self.state();
-        let entries = state
-            .conv
-            .range((conversation_id, range.after + 1)..(conversation_id, range.before));
+        let entries = state.conv.range((id, range.after + 1)..(id, range.before));
         let entries: Vec<Entry> = match range.order {
             Order::OldestFirst => entries.take(range.limit).map(|(_, e)| e.clone()).collect(),
             Order::NewestFirst => entries
