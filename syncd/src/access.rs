@@ -86,11 +86,7 @@ mod tests {
     }
 
     fn conversation(members: Vec<u64>) -> Conversation {
-        Conversation {
-            conversation_id: 7,
-            members,
-            ..Default::default()
-        }
+        crate::testkit::record(7, &members, false)
     }
 
     #[test]

@@ -35,12 +35,10 @@ impl Event {
     ) -> Self {
         Self {
             entry: Entry {
-                kind: EntryKind::Message as i32,
-                conversation_id: conversation.conversation_id,
                 sender_id,
                 client_msg_id: client_msg_id.to_string(),
                 text,
-                ..Default::default()
+                ..Entry::new(EntryKind::Message, conversation.conversation_id)
             },
             fanout: fanout(Change::Message, conversation, conversation),
             receipt_key,
@@ -53,12 +51,10 @@ impl Event {
     pub fn conversation_created(record: Conversation, creator: u64) -> Self {
         Self {
             entry: Entry {
-                kind: EntryKind::ConversationCreated as i32,
-                conversation_id: record.conversation_id,
                 sender_id: creator,
                 text: record.title.clone(),
                 members: record.members.clone(),
-                ..Default::default()
+                ..Entry::new(EntryKind::ConversationCreated, record.conversation_id)
             },
             fanout: fanout(Change::Created, &record, &record),
             receipt_key: None,
@@ -81,10 +77,8 @@ impl Event {
         let fanout = fanout(shape, before, &after);
         Self {
             entry: Entry {
-                kind: kind as i32,
-                conversation_id: after.conversation_id,
                 members: changed,
-                ..Default::default()
+                ..Entry::new(kind, after.conversation_id)
             },
             fanout,
             receipt_key: None,

@@ -96,12 +96,7 @@ mod tests {
     use super::*;
 
     fn group(members: &[u64], read_fanout: bool) -> Conversation {
-        Conversation {
-            conversation_id: 9,
-            members: members.to_vec(),
-            read_fanout,
-            ..Default::default()
-        }
+        crate::testkit::record(9, members, read_fanout)
     }
 
     /// `(user, member)` pairs of the index changes.

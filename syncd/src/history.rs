@@ -11,7 +11,7 @@ use crate::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, clamp_limit};
 use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{Conversation, Entry, TimelineStore};
+use timeline_store::{Conversation, ConversationRange, Entry, TimelineStore};
 
 pub struct HistoryQuery {
     pub conversation_id: u64,
@@ -73,7 +73,10 @@ impl History {
                 |e| e.conv_seq,
                 |cursor, n| async move {
                     Ok(store
-                        .read_conversation(id, cursor, visible_end, false, n)
+                        .read_conversation(
+                            id,
+                            ConversationRange::oldest_first(cursor, visible_end, n),
+                        )
                         .await?)
                 },
             )
@@ -93,7 +96,11 @@ impl History {
             MAX_PAGE_BYTES,
             before.min(visible_end),
             |e| e.conv_seq,
-            |cursor, n| async move { Ok(store.read_conversation(id, 0, cursor, true, n).await?) },
+            |cursor, n| async move {
+                Ok(store
+                    .read_conversation(id, ConversationRange::newest_first(0, cursor, n))
+                    .await?)
+            },
         )
         .await?;
         let mut entries = page.entries;

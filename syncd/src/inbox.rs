@@ -16,7 +16,7 @@ use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
 use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{Entry, TimelineStore};
+use timeline_store::{ConversationRange, Entry, InboxRange, TimelineStore};
 
 #[derive(Clone, Debug)]
 pub struct SyncPage {
@@ -65,7 +65,18 @@ impl Inbox {
             MAX_PAGE_BYTES,
             after,
             |e| e.seq,
-            |cursor, n| async move { Ok(store.read_inbox(user_id, cursor, through, n).await?) },
+            |cursor, n| async move {
+                Ok(store
+                    .read_inbox(
+                        user_id,
+                        InboxRange {
+                            after: cursor,
+                            through,
+                            limit: n,
+                        },
+                    )
+                    .await?)
+            },
         )
         .await?;
         // Read the floor after the entries, whatever they are: retention
@@ -106,7 +117,7 @@ impl Inbox {
                 .saturating_add(1);
             let newest = self
                 .store
-                .read_conversation(conversation_id, 0, end, true, 1)
+                .read_conversation(conversation_id, ConversationRange::newest_first(0, end, 1))
                 .await?;
             tops.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
         }
@@ -130,6 +141,7 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::testkit::*;
+    use timeline_store::InboxReads;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn tight_loop_sync_never_skips_when_commits_land_out_of_order() {
@@ -182,14 +194,32 @@ mod tests {
         let seen = reader.await.unwrap();
         let all: Vec<u64> = fx
             .store
-            .read_inbox(1, 0, u64::MAX, 10_000)
+            .read_inbox(
+                1,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX,
+                    limit: 10_000,
+                },
+            )
             .await
             .unwrap()
             .iter()
             .map(|e| e.seq)
             .collect();
         assert_eq!(all.len(), 4 + 24 * 25);
-        let entries = fx.store.read_inbox(1, 0, u64::MAX, 10_000).await.unwrap();
+        let entries = fx
+            .store
+            .read_inbox(
+                1,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX,
+                    limit: 10_000,
+                },
+            )
+            .await
+            .unwrap();
         let mut last_conv_seq = std::collections::HashMap::new();
         for entry in &entries {
             let last = last_conv_seq.entry(entry.conversation_id).or_insert(0);
@@ -213,7 +243,7 @@ mod trim_tests {
     use crate::engine::{EngineConfig, Retention};
     use crate::testkit::*;
     use std::sync::Arc;
-    use timeline_store::{EventCommit, InboxWrite, TimelineStore};
+    use timeline_store::{EventCommit, EventLog, InboxWrite};
 
     /// An entry written again below the floor after a trim (a background
     /// retry landing late, a recovered intent) must not make a page that

@@ -82,7 +82,7 @@ impl Membership {
                 }
                 ConversationKind::Direct
             }
-            ConversationKind::Group | ConversationKind::Unspecified => {
+            ConversationKind::Group => {
                 if members.is_empty() {
                     return Err(SyncdError::InvalidArgument(
                         "a conversation needs at least one member".into(),
@@ -97,7 +97,7 @@ impl Membership {
             .await?;
         let record = Conversation {
             conversation_id,
-            kind: kind as i32,
+            kind,
             read_fanout: members.len() > self.large_group_threshold,
             members,
             title: request.title,
@@ -130,7 +130,7 @@ impl Membership {
         }
         let exclusive = self.directory.exclusive(conversation_id).await?;
         let before = Arc::clone(&exclusive.record);
-        if before.kind == ConversationKind::Direct as i32 {
+        if before.kind == ConversationKind::Direct {
             return Err(SyncdError::FailedPrecondition(format!(
                 "conversation {conversation_id} is direct: its members are fixed"
             )));
@@ -254,12 +254,12 @@ mod tests {
             "switched to read fanout past 500 members"
         );
 
-        let before = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = store.counters().inbox_copies;
         let sent = engine
             .send(device(5, "d"), message(conversation, "to everyone", None))
             .await
             .unwrap();
-        let after = store.inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let after = store.counters().inbox_copies;
         assert_eq!(
             after - before,
             0,
@@ -274,7 +274,7 @@ mod tests {
         assert!(
             page.entries
                 .iter()
-                .any(|e| e.kind() == EntryKind::MembersAdded),
+                .any(|e| e.kind == EntryKind::MembersAdded),
             "membership events reach the inbox"
         );
         assert_eq!(
@@ -307,10 +307,7 @@ mod tests {
             .await
             .unwrap();
         assert!(page.large_groups.is_empty());
-        assert_eq!(
-            page.entries.last().unwrap().kind(),
-            EntryKind::MembersRemoved
-        );
+        assert_eq!(page.entries.last().unwrap().kind, EntryKind::MembersRemoved);
     }
 
     #[tokio::test]
@@ -341,7 +338,7 @@ mod tests {
             .unwrap();
         // The removed member learned of the removal, then lost access.
         let removed = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
-        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind()).collect();
+        let kinds: Vec<EntryKind> = removed.entries.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
             [

@@ -91,7 +91,7 @@ mod tests {
             .map(|(i, &size)| Entry {
                 seq: i as u64 + 1,
                 text: "x".repeat(size),
-                ..Default::default()
+                ..Entry::new(timeline_store::EntryKind::Message, 1)
             })
             .collect()
     }

@@ -20,7 +20,7 @@ use crate::visibility::Visibility;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use timeline_store::TimelineStore;
+use timeline_store::{InboxRange, TimelineStore};
 
 /// How long inbox entries are kept.
 #[derive(Clone, Debug)]
@@ -166,7 +166,14 @@ impl Retainer {
         loop {
             let page = self
                 .store
-                .read_inbox(user_id, after, through, RETENTION_SCAN_PAGE)
+                .read_inbox(
+                    user_id,
+                    InboxRange {
+                        after,
+                        through,
+                        limit: RETENTION_SCAN_PAGE,
+                    },
+                )
                 .await?;
             kept.extend(page.iter().map(|e| (e.seq, e.sent_at_ms)));
             match page.last() {

@@ -7,108 +7,19 @@ use crate::auth::Principal;
 use crate::engine::{Engine, EngineConfig, NewConversation, SendCommand};
 use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore, MsgIdGenerator};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
-use timeline_store::{
-    Conversation, ConversationKind, EmbeddedStore, EmbeddedStoreConfig, Entry, EventCommit,
-    IdempotencyKey, Receipt, TimelineStore,
-};
-use tonic::async_trait;
+use timeline_store::testsuite::{Faults, FaultyStore};
+use timeline_store::{Conversation, ConversationKind, EmbeddedStore, EmbeddedStoreConfig};
 use uuid::Uuid;
 
-/// The embedded store with faults a real deployment sees. With `jitter`,
-/// every commit is delayed by a random 0-2 ms, so writes become durable in a
-/// different order than their seqs were allocated (the situation the sync
-/// horizon exists for), and every inbox read by up to 0.5 ms, so writes
-/// start between a reader's limit and its read. The next `failures` commits
-/// fail with an I/O error, writing nothing, like a store that times out.
-pub struct TestStore {
-    inner: EmbeddedStore,
-    jitter: bool,
-    pub failures: AtomicU32,
-    /// Inbox copies written so far (to check the cost of a send).
-    pub inbox_writes: AtomicUsize,
-}
-
-async fn jitter(max_micros: u128) {
-    let micros = (Uuid::new_v4().as_u128() % max_micros) as u64;
-    tokio::time::sleep(Duration::from_micros(micros)).await;
-}
-
-#[async_trait]
-impl TimelineStore for TestStore {
-    async fn commit_event(&self, commit: EventCommit) -> timeline_store::Result<()> {
-        if self.jitter {
-            jitter(2_000).await;
-        }
-        let fail = self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            return Err(timeline_store::StoreError::Io("injected timeout".into()));
-        }
-        self.inbox_writes
-            .fetch_add(commit.inbox.len(), Ordering::SeqCst);
-        self.inner.commit_event(commit).await
-    }
-    async fn conversation(&self, id: u64) -> timeline_store::Result<Option<Conversation>> {
-        self.inner.conversation(id).await
-    }
-    async fn receipt(&self, key: &IdempotencyKey) -> timeline_store::Result<Option<Receipt>> {
-        self.inner.receipt(key).await
-    }
-    async fn read_inbox(
-        &self,
-        user: u64,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> timeline_store::Result<Vec<Entry>> {
-        if self.jitter {
-            jitter(500).await;
-        }
-        self.inner.read_inbox(user, after, through, limit).await
-    }
-    async fn large_groups(&self, user: u64) -> timeline_store::Result<Vec<u64>> {
-        self.inner.large_groups(user).await
-    }
-    async fn trim_inbox(&self, user: u64, below: u64, max: usize) -> timeline_store::Result<usize> {
-        self.inner.trim_inbox(user, below, max).await
-    }
-    async fn inbox_floor(&self, user: u64) -> timeline_store::Result<u64> {
-        self.inner.inbox_floor(user).await
-    }
-    async fn last_inbox_seq(&self, user: u64) -> timeline_store::Result<u64> {
-        self.inner.last_inbox_seq(user).await
-    }
-    async fn read_conversation(
-        &self,
-        id: u64,
-        after: u64,
-        before: u64,
-        newest_first: bool,
-        limit: usize,
-    ) -> timeline_store::Result<Vec<Entry>> {
-        self.inner
-            .read_conversation(id, after, before, newest_first, limit)
-            .await
-    }
-    async fn save_checkpoint(
-        &self,
-        user: u64,
-        device: &str,
-        seq: u64,
-    ) -> timeline_store::Result<u64> {
-        self.inner.save_checkpoint(user, device, seq).await
-    }
-    async fn checkpoint(&self, user: u64, device: &str) -> timeline_store::Result<u64> {
-        self.inner.checkpoint(user, device).await
-    }
-    async fn recover(&self) -> timeline_store::Result<usize> {
-        self.inner.recover().await
-    }
-}
+/// The embedded store with faults a real deployment sees (see
+/// `FaultyStore`): with `jitter`, every commit is delayed by a random 0-2 ms,
+/// so writes become durable in a different order than their seqs were
+/// allocated (the situation the sync horizon exists for), and every inbox
+/// read by up to 0.5 ms, so writes start between a reader's limit and its
+/// read. `fail_next_commits` makes commits fail with an I/O error, writing
+/// nothing, like a store that times out.
+pub type TestStore = FaultyStore<EmbeddedStore>;
 
 /// An engine and the store under it (kept alive with its directory).
 pub struct Fixture {
@@ -167,14 +78,22 @@ impl FixtureBuilder {
     }
 }
 
-/// A [`TestStore`] over a new embedded store in `dir`.
+/// A [`TestStore`] over a new embedded store in `dir`, with a random seed
+/// (printed, so a failure can be replayed with `FaultyStore::new`).
 pub fn test_store(dir: &std::path::Path, jitter: bool) -> Arc<TestStore> {
-    Arc::new(TestStore {
-        inner: EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap(),
-        jitter,
-        failures: AtomicU32::new(0),
-        inbox_writes: AtomicUsize::new(0),
-    })
+    let inner = EmbeddedStore::open(dir, EmbeddedStoreConfig::default()).unwrap();
+    let seed = u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap());
+    let faults = if jitter {
+        Faults {
+            commit_delay: Duration::from_millis(2),
+            inbox_read_delay: Duration::from_micros(500),
+            ..Faults::default()
+        }
+    } else {
+        Faults::default()
+    };
+    eprintln!("test store seed {seed}");
+    Arc::new(FaultyStore::new(inner, seed).with_faults(faults))
 }
 
 /// An allocator and an id generator over one in-memory `max_seq` store.
@@ -203,6 +122,18 @@ pub async fn engine_on(
 ) -> Arc<Engine> {
     let (allocator, ids) = allocator_on(seq_store, AllocatorConfig::default()).await;
     Engine::new(store.clone(), allocator, ids, config)
+}
+
+/// A conversation record (for tests of rules that take one).
+pub fn record(conversation_id: u64, members: &[u64], read_fanout: bool) -> Conversation {
+    Conversation {
+        conversation_id,
+        kind: ConversationKind::Group,
+        members: members.to_vec(),
+        title: String::new(),
+        created_at_ms: 0,
+        read_fanout,
+    }
 }
 
 pub fn device(user_id: u64, device_id: &str) -> Principal {

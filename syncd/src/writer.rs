@@ -210,7 +210,6 @@ mod tests {
     use crate::testkit::*;
     use seqsvc::AllocatorConfig;
     use std::sync::Mutex;
-    use timeline_store::Conversation;
     use uuid::Uuid;
 
     /// Records what every announcement carried.
@@ -242,11 +241,7 @@ mod tests {
             Observers::new(vec![recorder.clone()]),
             Arc::clone(&lifecycle),
         );
-        let conversation = Conversation {
-            conversation_id: 5,
-            members: vec![1, 2],
-            ..Default::default()
-        };
+        let conversation = record(5, &[1, 2], false);
         let message =
             |text: &str| Event::message(&conversation, 1, Uuid::new_v4(), text.into(), None);
         let expected = vec![
@@ -256,7 +251,7 @@ mod tests {
         ];
 
         let at_once = writer.commit(message("at once"), Vec::new()).await.unwrap();
-        store.failures.store(2, std::sync::atomic::Ordering::SeqCst);
+        store.fail_next_commits(2);
         let failed = writer.commit(message("late"), Vec::new()).await;
         assert!(
             matches!(failed, Err(SyncdError::Unavailable(_))),
@@ -285,7 +280,7 @@ mod tests {
         let fx = fixture().build().await;
         let (engine, flaky) = (Arc::clone(&fx.engine), Arc::clone(&fx.store));
         let conversation = group(&engine, 1, vec![2]).await;
-        flaky.failures.store(3, std::sync::atomic::Ordering::SeqCst);
+        flaky.fail_next_commits(3);
         let id = Uuid::new_v4();
         let first = engine
             .send(device(1, "phone"), message(conversation, "late", Some(id)))

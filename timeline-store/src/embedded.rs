@@ -19,11 +19,13 @@
 //! may not be durable and a later fsync may falsely succeed, so every later
 //! write fails until the process restarts and recovers from the journal.
 
+use crate::codec::{self, EntryEncoder};
 use crate::{
-    Conversation, Entry, EventCommit, IdempotencyKey, Receipt, Result, StoreError, TimelineStore,
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
-use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -284,22 +286,17 @@ fn apply_group(
         match &request.op {
             WriteOp::Event(commit) => {
                 let conversation_id = commit.entry.conversation_id;
+                let mut encoder = EntryEncoder::new(&commit.entry);
                 batch.insert(
                     &ks.conv,
                     key2(conversation_id, commit.entry.conv_seq),
-                    Entry {
-                        seq: 0,
-                        ..commit.entry.clone()
-                    }
-                    .encode_to_vec(),
+                    encoder.encode(0),
                 );
-                let mut copy = commit.entry.clone();
                 for write in &commit.inbox {
-                    copy.seq = write.seq;
-                    inbox_rows.push((key2(write.user_id, write.seq), copy.encode_to_vec()));
+                    inbox_rows.push((key2(write.user_id, write.seq), encoder.encode(write.seq)));
                 }
                 if let Some((key, receipt)) = &commit.receipt {
-                    batch.insert(&ks.receipts, key.to_bytes(), receipt.encode_to_vec());
+                    batch.insert(&ks.receipts, key.to_bytes(), codec::encode_receipt(receipt));
                 }
                 for change in &commit.large_group_index {
                     let key = key2(change.user_id, change.conversation_id);
@@ -313,7 +310,7 @@ fn apply_group(
                     batch.insert(
                         &ks.conversations,
                         conversation.conversation_id.to_be_bytes(),
-                        conversation.encode_to_vec(),
+                        codec::encode_conversation(conversation),
                     );
                 }
                 outcomes.push(WriteOutcome::Done);
@@ -385,13 +382,13 @@ fn decode_entries(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Res
     let mut entries = Vec::new();
     for guard in iter.take(limit) {
         let value = guard.value().map_err(io)?;
-        entries.push(Entry::decode(value.as_ref()).map_err(corrupt)?);
+        entries.push(codec::decode_entry(value.as_ref())?);
     }
     Ok(entries)
 }
 
 #[async_trait]
-impl TimelineStore for EmbeddedStore {
+impl EventLog for EmbeddedStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
         if commit.inbox.len() > self.config.max_inbox_writes {
             return Err(StoreError::InvalidArgument(format!(
@@ -405,46 +402,105 @@ impl TimelineStore for EmbeddedStore {
             .map(|_| ())
     }
 
+    /// Nothing to do: an event is one atomic batch, so a crash leaves it
+    /// whole or absent.
+    async fn recover(&self) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl ConversationReads for EmbeddedStore {
     async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
         self.read(move |ks| {
             ks.conversations
                 .get(conversation_id.to_be_bytes())
                 .map_err(io)?
-                .map(|v| Conversation::decode(v.as_ref()).map_err(corrupt))
+                .map(|v| codec::decode_conversation(v.as_ref()))
                 .transpose()
         })
         .await
     }
 
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |ks| {
+            let keys = key2(id, range.after + 1)..key2(id, range.before);
+            let iter = ks.conv.range(keys);
+            match range.order {
+                Order::NewestFirst => decode_entries(iter.rev(), range.limit),
+                Order::OldestFirst => decode_entries(iter, range.limit),
+            }
+        })
+        .await
+    }
+
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        self.read(move |ks| {
+            let mut groups = Vec::new();
+            for guard in ks.large_groups.prefix(user_id.to_be_bytes()) {
+                let key = guard.key().map_err(io)?;
+                let id: [u8; 8] = key[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("large group key length"))?;
+                groups.push(u64::from_be_bytes(id));
+            }
+            Ok(groups)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Receipts for EmbeddedStore {
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
         let key = key.to_bytes();
         self.read(move |ks| {
             ks.receipts
                 .get(key)
                 .map_err(io)?
-                .map(|v| Receipt::decode(v.as_ref()).map_err(corrupt))
+                .map(|v| codec::decode_receipt(v.as_ref()))
                 .transpose()
         })
         .await
     }
+}
 
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after_seq >= through_seq || limit == 0 {
+#[async_trait]
+impl InboxReads for EmbeddedStore {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
         self.read(move |ks| {
-            let range = key2(user_id, after_seq + 1)..=key2(user_id, through_seq);
-            decode_entries(ks.inbox.range(range), limit)
+            let keys = key2(user_id, range.after + 1)..=key2(user_id, range.through);
+            decode_entries(ks.inbox.range(keys), range.limit)
         })
         .await
     }
 
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        self.read(move |ks| {
+            let range = key2(user_id, 0)..=key2(user_id, u64::MAX);
+            match ks.inbox.range(range).next_back() {
+                Some(guard) => {
+                    let key = guard.key().map_err(io)?;
+                    let seq: [u8; 8] = key[8..]
+                        .try_into()
+                        .map_err(|_| corrupt("inbox key length"))?;
+                    Ok(u64::from_be_bytes(seq))
+                }
+                None => Ok(0),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InboxRetention for EmbeddedStore {
     async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
         // Find the keys on the blocking pool, delete them (and raise the
         // floor) through the writer, so the trim is one durable batch.
@@ -477,62 +533,10 @@ impl TimelineStore for EmbeddedStore {
         )
         .await
     }
+}
 
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
-        self.read(move |ks| {
-            let mut groups = Vec::new();
-            for guard in ks.large_groups.prefix(user_id.to_be_bytes()) {
-                let key = guard.key().map_err(io)?;
-                let id: [u8; 8] = key[8..]
-                    .try_into()
-                    .map_err(|_| corrupt("large group key length"))?;
-                groups.push(u64::from_be_bytes(id));
-            }
-            Ok(groups)
-        })
-        .await
-    }
-
-    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
-        self.read(move |ks| {
-            let range = key2(user_id, 0)..=key2(user_id, u64::MAX);
-            match ks.inbox.range(range).next_back() {
-                Some(guard) => {
-                    let key = guard.key().map_err(io)?;
-                    let seq: [u8; 8] = key[8..]
-                        .try_into()
-                        .map_err(|_| corrupt("inbox key length"))?;
-                    Ok(u64::from_be_bytes(seq))
-                }
-                None => Ok(0),
-            }
-        })
-        .await
-    }
-
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        after: u64,
-        before: u64,
-        newest_first: bool,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after.saturating_add(1) >= before || limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.read(move |ks| {
-            let range = key2(conversation_id, after + 1)..key2(conversation_id, before);
-            let iter = ks.conv.range(range);
-            if newest_first {
-                decode_entries(iter.rev(), limit)
-            } else {
-                decode_entries(iter, limit)
-            }
-        })
-        .await
-    }
-
+#[async_trait]
+impl Checkpoints for EmbeddedStore {
     async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
         match self
             .write(WriteOp::Checkpoint {
@@ -545,12 +549,6 @@ impl TimelineStore for EmbeddedStore {
             WriteOutcome::Checkpoint(stored) => Ok(stored),
             WriteOutcome::Done => Err(StoreError::Io("writer answered the wrong request".into())),
         }
-    }
-
-    /// Nothing to do: an event is one atomic batch, so a crash leaves it
-    /// whole or absent.
-    async fn recover(&self) -> Result<usize> {
-        Ok(0)
     }
 
     async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
@@ -575,7 +573,7 @@ mod tests {
             let store = EmbeddedStore::open(&path, EmbeddedStoreConfig::default()).unwrap();
             async move { store }
         };
-        crate::conformance::run_all(open).await;
+        crate::testsuite::conformance::run_all(open).await;
     }
 
     #[tokio::test]

@@ -1,70 +1,71 @@
-//! Records stored by every backend. They derive `prost::Message` so that
-//! values have one compact, forward-compatible encoding (new fields get new
-//! tags; old readers skip them).
+//! The values the capability traits speak in. Plain Rust types: how they
+//! are persisted (tags, stored codes) is [`codec`](crate::codec)'s business,
+//! so a domain change never silently changes bytes on disk.
 
-/// What an entry records. Codes are persisted: never renumber.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration)]
-#[repr(i32)]
+/// What an entry records. Every `match` on it is exhaustive on purpose: a
+/// new kind is a compile error wherever it is not handled yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryKind {
-    Unspecified = 0,
-    Message = 1,
-    ConversationCreated = 2,
-    MembersAdded = 3,
-    MembersRemoved = 4,
+    Message,
+    ConversationCreated,
+    MembersAdded,
+    MembersRemoved,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration)]
-#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConversationKind {
-    Unspecified = 0,
-    Direct = 1,
-    Group = 2,
+    /// Exactly two members, fixed for life.
+    Direct,
+    Group,
 }
 
 /// One event in a conversation timeline (`seq == 0`) or a copy of it in an
 /// inbox (`seq` = the owner's inbox seq).
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    #[prost(uint64, tag = "1")]
     pub seq: u64,
-    #[prost(enumeration = "EntryKind", tag = "2")]
-    pub kind: i32,
-    #[prost(uint64, tag = "3")]
+    pub kind: EntryKind,
     pub conversation_id: u64,
-    #[prost(uint64, tag = "4")]
     pub conv_seq: u64,
-    #[prost(uint64, tag = "5")]
     pub msg_id: u64,
-    #[prost(uint64, tag = "6")]
     pub sender_id: u64,
     /// Sender-chosen UUID in text form; empty for non-message events.
-    #[prost(string, tag = "7")]
     pub client_msg_id: String,
-    #[prost(string, tag = "8")]
     pub text: String,
-    #[prost(int64, tag = "9")]
     pub sent_at_ms: i64,
     /// Members named by a membership event.
-    #[prost(uint64, repeated, tag = "10")]
     pub members: Vec<u64>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+impl Entry {
+    /// An entry of `kind` in the conversation with every other field zero or
+    /// empty; the kind has no default, so it is always chosen.
+    pub fn new(kind: EntryKind, conversation_id: u64) -> Self {
+        Self {
+            seq: 0,
+            kind,
+            conversation_id,
+            conv_seq: 0,
+            msg_id: 0,
+            sender_id: 0,
+            client_msg_id: String::new(),
+            text: String::new(),
+            sent_at_ms: 0,
+            members: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversation {
-    #[prost(uint64, tag = "1")]
     pub conversation_id: u64,
-    #[prost(enumeration = "ConversationKind", tag = "2")]
-    pub kind: i32,
+    pub kind: ConversationKind,
     /// Current members, sorted ascending, no duplicates.
-    #[prost(uint64, repeated, tag = "3")]
     pub members: Vec<u64>,
-    #[prost(string, tag = "4")]
     pub title: String,
-    #[prost(int64, tag = "5")]
     pub created_at_ms: i64,
     /// A large group: messages go to the conversation timeline only (no
     /// inbox copies); members find them through the large-group index.
-    #[prost(bool, tag = "6")]
     pub read_fanout: bool,
 }
 
@@ -75,15 +76,11 @@ impl Conversation {
 }
 
 /// The result of a first send, returned again to a retry.
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Receipt {
-    #[prost(uint64, tag = "1")]
     pub conversation_id: u64,
-    #[prost(uint64, tag = "2")]
     pub conv_seq: u64,
-    #[prost(uint64, tag = "3")]
     pub msg_id: u64,
-    #[prost(int64, tag = "4")]
     pub sent_at_ms: i64,
 }
 
@@ -114,14 +111,11 @@ pub struct InboxWrite {
 }
 
 /// A change to the index of large (read-fanout) groups per user.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LargeGroupIndexChange {
-    #[prost(uint64, tag = "1")]
     pub user_id: u64,
-    #[prost(uint64, tag = "2")]
     pub conversation_id: u64,
     /// `true` adds the user to the index entry, `false` removes it.
-    #[prost(bool, tag = "3")]
     pub member: bool,
 }
 
@@ -137,4 +131,68 @@ pub struct EventCommit {
     pub conversation: Option<Conversation>,
     /// Users joining or leaving large groups with this event.
     pub large_group_index: Vec<LargeGroupIndexChange>,
+}
+
+/// The inbox entries a read returns: `after < seq <= through`, ascending,
+/// at most `limit`. `through` is inclusive because a reader asks for
+/// everything up to the last seq it may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxRange {
+    pub after: u64,
+    pub through: u64,
+    pub limit: usize,
+}
+
+impl InboxRange {
+    /// Whether the range holds no entry at all: backends answer it without
+    /// a read.
+    pub fn is_empty(&self) -> bool {
+        self.after >= self.through || self.limit == 0
+    }
+}
+
+/// Which way a conversation read walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    OldestFirst,
+    /// For paging backwards from the newest entry.
+    NewestFirst,
+}
+
+/// The conversation entries a read returns: `after < conv_seq < before`
+/// (both bounds exclusive), at most `limit`, in `order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConversationRange {
+    pub after: u64,
+    pub before: u64,
+    pub order: Order,
+    pub limit: usize,
+}
+
+impl ConversationRange {
+    /// At most `limit` entries between the bounds, oldest first.
+    pub fn oldest_first(after: u64, before: u64, limit: usize) -> Self {
+        Self {
+            after,
+            before,
+            order: Order::OldestFirst,
+            limit,
+        }
+    }
+
+    /// At most `limit` entries between the bounds, newest first.
+    pub fn newest_first(after: u64, before: u64, limit: usize) -> Self {
+        Self {
+            after,
+            before,
+            order: Order::NewestFirst,
+            limit,
+        }
+    }
+
+    /// Whether the range holds no entry at all (no conv_seq fits between the
+    /// bounds, or `limit == 0`): backends answer it without a read.
+    pub fn is_empty(&self) -> bool {
+        self.after.saturating_add(1) >= self.before || self.limit == 0
+    }
 }

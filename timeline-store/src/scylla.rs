@@ -31,12 +31,17 @@
 //! 500-member fanout exceeds batch size limits), so every event is first
 //! recorded whole in `pending_events` (an intent), then written, then the
 //! intent is deleted. An event interrupted anywhere in between (a crash, a
-//! timeout) still has its intent; [`TimelineStore::recover`] re-applies it
+//! timeout) still has its intent; [`EventLog::recover`] re-applies it
 //! with the same seqs and ids (every write is an idempotent upsert) before the
 //! node serves again. Intents are spread over [`PENDING_SHARDS`] partitions.
 
+use crate::codec::{
+    self, ConversationRecord, EntryEncoder, EntryRecord, LargeGroupIndexChangeRecord, ReceiptRecord,
+};
 use crate::{
-    Conversation, Entry, EventCommit, IdempotencyKey, Receipt, Result, StoreError, TimelineStore,
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -215,7 +220,7 @@ const SCHEMA: &[&str] = &[
 #[derive(Clone, PartialEq, prost::Message)]
 struct PendingEvent {
     #[prost(message, optional, tag = "1")]
-    entry: Option<Entry>,
+    entry: Option<EntryRecord>,
     #[prost(uint64, repeated, tag = "2")]
     inbox_users: Vec<u64>,
     #[prost(uint64, repeated, tag = "3")]
@@ -225,11 +230,11 @@ struct PendingEvent {
     #[prost(bytes = "vec", tag = "5")]
     receipt_client_msg_id: Vec<u8>,
     #[prost(message, optional, tag = "6")]
-    receipt: Option<Receipt>,
+    receipt: Option<ReceiptRecord>,
     #[prost(message, optional, tag = "7")]
-    conversation: Option<Conversation>,
+    conversation: Option<ConversationRecord>,
     #[prost(message, repeated, tag = "8")]
-    large_group_index: Vec<crate::LargeGroupIndexChange>,
+    large_group_index: Vec<LargeGroupIndexChangeRecord>,
 }
 
 impl PendingEvent {
@@ -238,26 +243,31 @@ impl PendingEvent {
             Some((key, receipt)) => (
                 key.principal.clone(),
                 key.client_msg_id.as_bytes().to_vec(),
-                Some(receipt.clone()),
+                Some(ReceiptRecord::from(receipt)),
             ),
             None => (String::new(), Vec::new(), None),
         };
         Self {
-            entry: Some(commit.entry.clone()),
+            entry: Some(EntryRecord::from(&commit.entry)),
             inbox_users: commit.inbox.iter().map(|w| w.user_id).collect(),
             inbox_seqs: commit.inbox.iter().map(|w| w.seq).collect(),
             receipt_principal,
             receipt_client_msg_id,
             receipt,
-            conversation: commit.conversation.clone(),
-            large_group_index: commit.large_group_index.clone(),
+            conversation: commit.conversation.as_ref().map(ConversationRecord::from),
+            large_group_index: commit
+                .large_group_index
+                .iter()
+                .map(|&change| change.into())
+                .collect(),
         }
     }
 
     fn into_commit(self) -> Result<EventCommit> {
         let entry = self
             .entry
-            .ok_or_else(|| corrupt("pending event without entry"))?;
+            .ok_or_else(|| corrupt("pending event without entry"))?
+            .try_into()?;
         if self.inbox_users.len() != self.inbox_seqs.len() {
             return Err(corrupt("pending event inbox lists differ in length"));
         }
@@ -269,7 +279,7 @@ impl PendingEvent {
                     principal: self.receipt_principal,
                     client_msg_id,
                 };
-                Some((key, receipt))
+                Some((key, receipt.into()))
             }
             None => None,
         };
@@ -282,8 +292,8 @@ impl PendingEvent {
                 .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
                 .collect(),
             receipt,
-            conversation: self.conversation,
-            large_group_index: self.large_group_index,
+            conversation: self.conversation.map(TryInto::try_into).transpose()?,
+            large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
         })
     }
 }
@@ -516,10 +526,7 @@ impl ScyllaTimelineStore {
     }
 
     fn decode_entries(blobs: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
-        blobs
-            .iter()
-            .map(|b| Entry::decode(b.as_slice()).map_err(corrupt))
-            .collect()
+        blobs.iter().map(|b| codec::decode_entry(b)).collect()
     }
 }
 
@@ -529,19 +536,12 @@ impl ScyllaTimelineStore {
     async fn apply(&self, commit: &EventCommit) -> Result<()> {
         let conversation_id = commit.entry.conversation_id;
         let conv_seq = commit.entry.conv_seq;
-        let conv_entry = Entry {
-            seq: 0,
-            ..commit.entry.clone()
-        }
-        .encode_to_vec();
-        let mut copy = commit.entry.clone();
+        let mut encoder = EntryEncoder::new(&commit.entry);
+        let conv_entry = encoder.encode(0);
         let inbox_entries: Vec<(u64, u64, Vec<u8>)> = commit
             .inbox
             .iter()
-            .map(|w| {
-                copy.seq = w.seq;
-                (w.user_id, w.seq, copy.encode_to_vec())
-            })
+            .map(|w| (w.user_id, w.seq, encoder.encode(w.seq)))
             .collect();
 
         let conv_write = async {
@@ -579,7 +579,7 @@ impl ScyllaTimelineStore {
         if let Some(conversation) = &commit.conversation {
             let values = (
                 big(conversation.conversation_id),
-                conversation.encode_to_vec(),
+                codec::encode_conversation(conversation),
             );
             self.execute(&self.statements.insert_conversation, values)
                 .await?;
@@ -588,7 +588,7 @@ impl ScyllaTimelineStore {
             let values = (
                 key.principal.as_str(),
                 key.client_msg_id.as_bytes().as_slice(),
-                receipt.encode_to_vec(),
+                codec::encode_receipt(receipt),
             );
             self.execute(&self.statements.insert_receipt, values)
                 .await?;
@@ -598,7 +598,7 @@ impl ScyllaTimelineStore {
 }
 
 #[async_trait]
-impl TimelineStore for ScyllaTimelineStore {
+impl EventLog for ScyllaTimelineStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
@@ -635,20 +635,10 @@ impl TimelineStore for ScyllaTimelineStore {
         }
         Ok(finished)
     }
+}
 
-    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
-        let records: Vec<Vec<u8>> = self
-            .column(
-                &self.statements.select_conversation,
-                (big(conversation_id),),
-            )
-            .await?;
-        records
-            .first()
-            .map(|r| Conversation::decode(r.as_slice()).map_err(corrupt))
-            .transpose()
-    }
-
+#[async_trait]
+impl Receipts for ScyllaTimelineStore {
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
         let values = (
             key.principal.as_str(),
@@ -657,20 +647,22 @@ impl TimelineStore for ScyllaTimelineStore {
         let receipts: Vec<Vec<u8>> = self.column(&self.statements.select_receipt, values).await?;
         receipts
             .first()
-            .map(|r| Receipt::decode(r.as_slice()).map_err(corrupt))
+            .map(|r| codec::decode_receipt(r))
             .transpose()
     }
+}
 
-    async fn read_inbox(
-        &self,
-        user_id: u64,
-        after_seq: u64,
-        through_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after_seq >= through_seq || limit == 0 {
+#[async_trait]
+impl InboxReads for ScyllaTimelineStore {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
+        let InboxRange {
+            after: after_seq,
+            through: through_seq,
+            limit,
+        } = range;
         let mut entries = Vec::new();
         for bucket in self
             .buckets(
@@ -714,6 +706,39 @@ impl TimelineStore for ScyllaTimelineStore {
         Ok(entries)
     }
 
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        let mut below = i64::MAX;
+        // Normally the first bucket found has entries; a marker without
+        // entries (an event that failed halfway) sends us one bucket lower.
+        loop {
+            let buckets: Vec<i64> = self
+                .column(
+                    &self.statements.select_last_inbox_bucket,
+                    (big(user_id), below),
+                )
+                .await?;
+            let Some(&bucket) = buckets.first() else {
+                return Ok(0);
+            };
+            let seqs: Vec<i64> = self
+                .column(
+                    &self.statements.select_last_inbox_seq,
+                    (big(user_id), bucket),
+                )
+                .await?;
+            if let Some(&seq) = seqs.first() {
+                return Ok(seq as u64);
+            }
+            if bucket == 0 {
+                return Ok(0);
+            }
+            below = bucket - 1;
+        }
+    }
+}
+
+#[async_trait]
+impl InboxRetention for ScyllaTimelineStore {
     /// The floor is raised before anything is deleted, so a reader that
     /// misses a trimmed entry always sees a floor above it. One trimmer per
     /// keyspace (the floor is raised by a plain read-then-write).
@@ -779,6 +804,22 @@ impl TimelineStore for ScyllaTimelineStore {
             .await?;
         Ok(floors.first().map_or(0, |&f| f as u64))
     }
+}
+
+#[async_trait]
+impl ConversationReads for ScyllaTimelineStore {
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
+        let records: Vec<Vec<u8>> = self
+            .column(
+                &self.statements.select_conversation,
+                (big(conversation_id),),
+            )
+            .await?;
+        records
+            .first()
+            .map(|r| codec::decode_conversation(r))
+            .transpose()
+    }
 
     async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
         let groups: Vec<i64> = self
@@ -787,47 +828,17 @@ impl TimelineStore for ScyllaTimelineStore {
         Ok(groups.into_iter().map(|g| g as u64).collect())
     }
 
-    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
-        let mut below = i64::MAX;
-        // Normally the first bucket found has entries; a marker without
-        // entries (an event that failed halfway) sends us one bucket lower.
-        loop {
-            let buckets: Vec<i64> = self
-                .column(
-                    &self.statements.select_last_inbox_bucket,
-                    (big(user_id), below),
-                )
-                .await?;
-            let Some(&bucket) = buckets.first() else {
-                return Ok(0);
-            };
-            let seqs: Vec<i64> = self
-                .column(
-                    &self.statements.select_last_inbox_seq,
-                    (big(user_id), bucket),
-                )
-                .await?;
-            if let Some(&seq) = seqs.first() {
-                return Ok(seq as u64);
-            }
-            if bucket == 0 {
-                return Ok(0);
-            }
-            below = bucket - 1;
-        }
-    }
-
-    async fn read_conversation(
-        &self,
-        conversation_id: u64,
-        after: u64,
-        before: u64,
-        newest_first: bool,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
-        if after.saturating_add(1) >= before || limit == 0 {
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
             return Ok(Vec::new());
         }
+        let ConversationRange {
+            after,
+            before,
+            order,
+            limit,
+        } = range;
+        let newest_first = order == Order::NewestFirst;
         let statement = if newest_first {
             &self.statements.select_conv_range_desc
         } else {
@@ -836,7 +847,7 @@ impl TimelineStore for ScyllaTimelineStore {
         let buckets = self
             .buckets(
                 Timeline::Conversation,
-                conversation_id,
+                id,
                 after.saturating_add(1),
                 before - 1,
                 newest_first,
@@ -849,13 +860,7 @@ impl TimelineStore for ScyllaTimelineStore {
             let (mut low, mut high) = (after, before);
             loop {
                 let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
-                let values = (
-                    big(conversation_id),
-                    big(bucket),
-                    big(low),
-                    big(high),
-                    wanted as i32,
-                );
+                let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
                 let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
                 let page = Self::decode_entries(blobs)?;
                 let exhausted = page.len() < wanted;
@@ -876,7 +881,10 @@ impl TimelineStore for ScyllaTimelineStore {
         entries.truncate(limit);
         Ok(entries)
     }
+}
 
+#[async_trait]
+impl Checkpoints for ScyllaTimelineStore {
     async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
         // Compare-and-set until our value is stored or a higher one is.
         loop {
@@ -969,7 +977,7 @@ mod tests {
             let keyspace = config.keyspace.clone();
             async move { ScyllaTimelineStore::open(session, &keyspace).await.unwrap() }
         };
-        crate::conformance::run_all(open).await;
+        crate::testsuite::conformance::run_all(open).await;
         drop_keyspace(&session, &keyspace).await;
     }
 
@@ -992,11 +1000,10 @@ mod tests {
         };
         let commit = EventCommit {
             entry: Entry {
-                conversation_id: 5,
                 conv_seq: 3,
                 msg_id: 900,
                 text: "half".into(),
-                ..Default::default()
+                ..Entry::new(crate::EntryKind::Message, 5)
             },
             inbox: (1..=20)
                 .map(|user_id| crate::InboxWrite {
@@ -1016,15 +1023,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .write_inbox(
-                1,
-                41,
-                Entry {
-                    seq: 41,
-                    ..commit.entry.clone()
-                }
-                .encode_to_vec(),
-            )
+            .write_inbox(1, 41, EntryEncoder::new(&commit.entry).encode(41))
             .await
             .unwrap();
         assert!(store.receipt(&key).await.unwrap().is_none());
@@ -1034,13 +1033,23 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.recover().await.unwrap(), 1);
         for user in 1..=20u64 {
-            let inbox = reopened.read_inbox(user, 0, 1_000, 10).await.unwrap();
+            let inbox = reopened
+                .read_inbox(
+                    user,
+                    InboxRange {
+                        after: 0,
+                        through: 1_000,
+                        limit: 10,
+                    },
+                )
+                .await
+                .unwrap();
             assert_eq!(inbox.len(), 1, "user {user} has the entry exactly once");
             assert_eq!((inbox[0].seq, inbox[0].text.as_str()), (40 + user, "half"));
         }
         assert_eq!(
             reopened
-                .read_conversation(5, 0, 100, false, 10)
+                .read_conversation(5, ConversationRange::oldest_first(0, 100, 10))
                 .await
                 .unwrap()
                 .len(),
@@ -1066,10 +1075,9 @@ mod tests {
         let seqs = [5u64, 65_535, 65_536, 70_000, 40 << BUCKET_BITS];
         for (i, &seq) in seqs.iter().enumerate() {
             let entry = Entry {
-                conversation_id: 9,
                 conv_seq: seq,
                 text: format!("e{i}"),
-                ..Default::default()
+                ..Entry::new(crate::EntryKind::Message, 9)
             };
             let commit = EventCommit {
                 entry,
@@ -1080,18 +1088,48 @@ mod tests {
             };
             store.commit_event(commit).await.unwrap();
         }
-        let all = store.read_inbox(3, 0, u64::MAX >> 1, 100).await.unwrap();
+        let all = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX >> 1,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
-        let middle = store.read_inbox(3, 65_535, 70_000, 100).await.unwrap();
+        let middle = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 65_535,
+                    through: 70_000,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(
             middle.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [65_536, 70_000]
         );
-        let limited = store.read_inbox(3, 0, u64::MAX >> 1, 2).await.unwrap();
+        let limited = store
+            .read_inbox(
+                3,
+                InboxRange {
+                    after: 0,
+                    through: u64::MAX >> 1,
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(limited.len(), 2);
         assert_eq!(store.last_inbox_seq(3).await.unwrap(), 40 << BUCKET_BITS);
         let newest = store
-            .read_conversation(9, 0, u64::MAX >> 1, true, 3)
+            .read_conversation(9, ConversationRange::newest_first(0, u64::MAX >> 1, 3))
             .await
             .unwrap();
         assert_eq!(
@@ -1099,7 +1137,7 @@ mod tests {
             [40 << BUCKET_BITS, 70_000, 65_536]
         );
         let oldest = store
-            .read_conversation(9, 0, 65_536, false, 10)
+            .read_conversation(9, ConversationRange::oldest_first(0, 65_536, 10))
             .await
             .unwrap();
         assert_eq!(

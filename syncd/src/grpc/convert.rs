@@ -1,13 +1,12 @@
 //! Wire <-> store type conversions.
 
 use proto::timeline::v1 as pb;
-use timeline_store::{Conversation, ConversationKind, Entry};
+use timeline_store::{Conversation, ConversationKind, Entry, EntryKind};
 
 pub(crate) fn entry(e: Entry) -> pb::Entry {
     pb::Entry {
         seq: e.seq,
-        // Store and wire enums share their numbering.
-        kind: e.kind,
+        kind: entry_kind(e.kind) as i32,
         conversation_id: e.conversation_id,
         conv_seq: e.conv_seq,
         msg_id: e.msg_id,
@@ -22,7 +21,7 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
 pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
     pb::Conversation {
         conversation_id: c.conversation_id,
-        kind: c.kind,
+        kind: wire_conversation_kind(c.kind) as i32,
         members: c.members,
         title: c.title,
         created_at_ms: c.created_at_ms,
@@ -30,41 +29,62 @@ pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
     }
 }
 
+pub(crate) fn entry_kind(kind: EntryKind) -> pb::EntryKind {
+    match kind {
+        EntryKind::Message => pb::EntryKind::Message,
+        EntryKind::ConversationCreated => pb::EntryKind::ConversationCreated,
+        EntryKind::MembersAdded => pb::EntryKind::MembersAdded,
+        EntryKind::MembersRemoved => pb::EntryKind::MembersRemoved,
+    }
+}
+
+fn wire_conversation_kind(kind: ConversationKind) -> pb::ConversationKind {
+    match kind {
+        ConversationKind::Direct => pb::ConversationKind::Direct,
+        ConversationKind::Group => pb::ConversationKind::Group,
+    }
+}
+
+/// `None` for a number the wire enum does not know.
 pub(crate) fn conversation_kind(kind: i32) -> Option<ConversationKind> {
     match pb::ConversationKind::try_from(kind).ok()? {
-        pb::ConversationKind::Unspecified => Some(ConversationKind::Unspecified),
+        // Unspecified has always meant a group.
+        pb::ConversationKind::Unspecified | pb::ConversationKind::Group => {
+            Some(ConversationKind::Group)
+        }
         pb::ConversationKind::Direct => Some(ConversationKind::Direct),
-        pb::ConversationKind::Group => Some(ConversationKind::Group),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use timeline_store::EntryKind;
 
     #[test]
     fn enum_numbering_matches_the_wire() {
         let pairs = [
-            (EntryKind::Message as i32, pb::EntryKind::Message as i32),
             (
-                EntryKind::ConversationCreated as i32,
+                entry_kind(EntryKind::Message) as i32,
+                pb::EntryKind::Message as i32,
+            ),
+            (
+                entry_kind(EntryKind::ConversationCreated) as i32,
                 pb::EntryKind::ConversationCreated as i32,
             ),
             (
-                EntryKind::MembersAdded as i32,
+                entry_kind(EntryKind::MembersAdded) as i32,
                 pb::EntryKind::MembersAdded as i32,
             ),
             (
-                EntryKind::MembersRemoved as i32,
+                entry_kind(EntryKind::MembersRemoved) as i32,
                 pb::EntryKind::MembersRemoved as i32,
             ),
             (
-                ConversationKind::Direct as i32,
+                wire_conversation_kind(ConversationKind::Direct) as i32,
                 pb::ConversationKind::Direct as i32,
             ),
             (
-                ConversationKind::Group as i32,
+                wire_conversation_kind(ConversationKind::Group) as i32,
                 pb::ConversationKind::Group as i32,
             ),
         ];

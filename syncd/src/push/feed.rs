@@ -15,7 +15,7 @@ use crate::paging::{self, MAX_PUSH_BYTES};
 use crate::push::hub::{Hub, Subscription};
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{Entry, TimelineStore};
+use timeline_store::{Entry, InboxRange, TimelineStore};
 
 /// "Entries exist up to `up_to_seq`", with the entries when the subscriber
 /// asked for them and is close enough behind.
@@ -102,7 +102,18 @@ impl Feed {
                 MAX_PUSH_BYTES,
                 self.last_sent,
                 |e| e.seq,
-                |cursor, n| async move { Ok(store.read_inbox(user_id, cursor, top, n).await?) },
+                |cursor, n| async move {
+                    Ok(store
+                        .read_inbox(
+                            user_id,
+                            InboxRange {
+                                after: cursor,
+                                through: top,
+                                limit: n,
+                            },
+                        )
+                        .await?)
+                },
             )
             .await?;
             // As in sync: the floor, read after the entries, tells whether

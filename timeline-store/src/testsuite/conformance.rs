@@ -3,13 +3,14 @@
 //!
 //! `open` must return a handle to the *same* storage each time (same
 //! directory, same keyspace); the suite drops its handle and opens a new one
-//! to check durability. Backends run it from their own tests.
+//! to check durability. Backends run it from their own tests. Each check
+//! names the capability whose contract it tests.
 
 use futures_util::future::join_all;
 
 use crate::{
-    Conversation, ConversationKind, Entry, EntryKind, EventCommit, IdempotencyKey, InboxWrite,
-    Receipt, TimelineStore,
+    Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
+    IdempotencyKey, InboxRange, InboxWrite, Receipt, TimelineStore,
 };
 
 /// Ids are offset so that a shared (e.g. CQL) store never collides with
@@ -18,16 +19,12 @@ const BASE: u64 = 1_000;
 
 fn message(conversation_id: u64, conv_seq: u64, sender_id: u64, text: &str) -> Entry {
     Entry {
-        seq: 0,
-        kind: EntryKind::Message as i32,
-        conversation_id,
         conv_seq,
         msg_id: conversation_id * 1_000_000 + conv_seq,
         sender_id,
-        client_msg_id: String::new(),
         text: text.to_owned(),
         sent_at_ms: 1_700_000_000_000 + conv_seq as i64,
-        members: Vec::new(),
+        ..Entry::new(EntryKind::Message, conversation_id)
     }
 }
 
@@ -44,22 +41,51 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
     }
 }
 
+/// The inbox entries of `user` with `after < seq <= through`, at most
+/// `limit`.
+async fn read_inbox<S: TimelineStore>(
+    store: &S,
+    user: u64,
+    after: u64,
+    through: u64,
+    limit: usize,
+) -> Vec<Entry> {
+    let range = InboxRange {
+        after,
+        through,
+        limit,
+    };
+    store.read_inbox(user, range).await.unwrap()
+}
+
 /// How many inbox entries of `user` a read of at most `limit` returns.
 async fn inbox_len<S: TimelineStore>(store: &S, user: u64, limit: usize) -> usize {
-    store
-        .read_inbox(user, 0, u64::MAX, limit)
-        .await
-        .unwrap()
-        .len()
+    read_inbox(store, user, 0, u64::MAX, limit).await.len()
 }
 
 /// How many conversation entries a forward read of at most `limit` returns.
 async fn history_len<S: TimelineStore>(store: &S, conversation_id: u64, limit: usize) -> usize {
     store
-        .read_conversation(conversation_id, 0, u64::MAX, false, limit)
+        .read_conversation(
+            conversation_id,
+            ConversationRange::oldest_first(0, u64::MAX, limit),
+        )
         .await
         .unwrap()
         .len()
+}
+
+/// Trims everything below `below_seq` in steps of at most `step` entries,
+/// as a retention pass does; returns how many entries went.
+async fn trim_all<S: TimelineStore>(store: &S, user: u64, below_seq: u64, step: usize) -> usize {
+    let mut trimmed = 0;
+    loop {
+        let deleted = store.trim_inbox(user, below_seq, step).await.unwrap();
+        trimmed += deleted;
+        if deleted < step {
+            return trimmed;
+        }
+    }
 }
 
 /// Runs every check, reopening the store through `open` where durability
@@ -81,6 +107,7 @@ where
     large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
+    every_entry_kind_round_trips(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -99,19 +126,19 @@ async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(
     );
     store.commit_event(commit).await.unwrap();
     let history = store
-        .read_conversation(conv, 0, u64::MAX, false, 10)
+        .read_conversation(conv, ConversationRange::oldest_first(0, u64::MAX, 10))
         .await
         .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].text, "hello");
     assert_eq!(history[0].seq, 0, "conversation entries carry no inbox seq");
-    let first = store.read_inbox(BASE + 1, 0, u64::MAX, 10).await.unwrap();
-    let second = store.read_inbox(BASE + 2, 0, u64::MAX, 10).await.unwrap();
+    let first = read_inbox(store, BASE + 1, 0, u64::MAX, 10).await;
+    let second = read_inbox(store, BASE + 2, 0, u64::MAX, 10).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].seq, 5);
     assert_eq!(second[0].seq, 9);
     assert_eq!(second[0].conv_seq, 1);
-    assert_eq!(second[0].kind(), EntryKind::Message);
+    assert_eq!(second[0].kind, EntryKind::Message);
     assert_eq!(store.last_inbox_seq(BASE + 2).await.unwrap(), 9);
     assert_eq!(store.last_inbox_seq(BASE + 3).await.unwrap(), 0);
 }
@@ -128,32 +155,26 @@ async fn inbox_reads_respect_bounds_limits_and_owners<S: TimelineStore>(store: &
         );
         store.commit_event(commit).await.unwrap();
     }
-    let all = store.read_inbox(user, 0, u64::MAX, 100).await.unwrap();
+    let all = read_inbox(store, user, 0, u64::MAX, 100).await;
     assert_eq!(all.len(), 20);
     assert!(
         all.windows(2).all(|w| w[0].seq < w[1].seq),
         "ascending seq order"
     );
-    let page = store.read_inbox(user, 10, 30, 100).await.unwrap();
+    let page = read_inbox(store, user, 10, 30, 100).await;
     let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
         (12..=30).step_by(2).collect::<Vec<_>>(),
         "after exclusive, through inclusive"
     );
-    let limited = store.read_inbox(user, 0, u64::MAX, 3).await.unwrap();
+    let limited = read_inbox(store, user, 0, u64::MAX, 3).await;
     assert_eq!(
         limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![2, 4, 6]
     );
-    assert!(
-        store
-            .read_inbox(user, 40, u64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(store.read_inbox(user, 5, 5, 10).await.unwrap().is_empty());
+    assert!(read_inbox(store, user, 40, u64::MAX, 10).await.is_empty());
+    assert!(read_inbox(store, user, 5, 5, 10).await.is_empty());
     assert_eq!(inbox_len(store, neighbour, 100).await, 20);
     assert_eq!(store.last_inbox_seq(user).await.unwrap(), 40);
 }
@@ -166,34 +187,29 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
             .await
             .unwrap();
     }
-    let conv_seqs = |entries: Vec<Entry>| entries.iter().map(|e| e.conv_seq).collect::<Vec<_>>();
-    let newest = store
-        .read_conversation(conv, 0, u64::MAX, true, 3)
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(newest), vec![10, 9, 8]);
-    let older = store.read_conversation(conv, 0, 8, true, 3).await.unwrap();
-    assert_eq!(conv_seqs(older), vec![7, 6, 5]);
-    let forward = store
-        .read_conversation(conv, 7, u64::MAX, false, 10)
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(forward), vec![8, 9, 10]);
-    let window = store
-        .read_conversation(conv, 2, 6, false, 10)
-        .await
-        .unwrap();
-    assert_eq!(conv_seqs(window), vec![3, 4, 5]);
+    let pages = [
+        // Newest first, then the page before it.
+        (
+            ConversationRange::newest_first(0, u64::MAX, 3),
+            vec![10, 9, 8],
+        ),
+        (ConversationRange::newest_first(0, 8, 3), vec![7, 6, 5]),
+        (
+            ConversationRange::oldest_first(7, u64::MAX, 10),
+            vec![8, 9, 10],
+        ),
+        // Both bounds exclusive.
+        (ConversationRange::oldest_first(2, 6, 10), vec![3, 4, 5]),
+        (ConversationRange::oldest_first(5, 6, 10), vec![]),
+    ];
+    for (range, expected) in pages {
+        let entries = store.read_conversation(conv, range).await.unwrap();
+        let conv_seqs: Vec<u64> = entries.iter().map(|e| e.conv_seq).collect();
+        assert_eq!(conv_seqs, expected, "{range:?}");
+    }
     assert!(
         store
-            .read_conversation(conv, 5, 6, false, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        store
-            .read_conversation(BASE + 999, 0, u64::MAX, true, 10)
+            .read_conversation(BASE + 999, ConversationRange::newest_first(0, u64::MAX, 10))
             .await
             .unwrap()
             .is_empty()
@@ -203,7 +219,7 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
 fn conversation(id: u64, members: Vec<u64>) -> Conversation {
     Conversation {
         conversation_id: id,
-        kind: ConversationKind::Group as i32,
+        kind: ConversationKind::Group,
         members,
         title: "team".into(),
         created_at_ms: 1_700_000_000_000,
@@ -225,7 +241,7 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
         message(conv, 1, BASE + 30, ""),
         &[(BASE + 30, 1), (BASE + 31, 1)],
     );
-    created.entry.kind = EntryKind::ConversationCreated as i32;
+    created.entry.kind = EntryKind::ConversationCreated;
     created.entry.members = vec![BASE + 30, BASE + 31];
     created.conversation = Some(conversation(conv, vec![BASE + 30, BASE + 31]));
     store.commit_event(created).await.unwrap();
@@ -258,7 +274,7 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
     );
 
     let mut removed = fanout(message(conv, 3, 0, ""), &[(BASE + 30, 3), (BASE + 31, 3)]);
-    removed.entry.kind = EntryKind::MembersRemoved as i32;
+    removed.entry.kind = EntryKind::MembersRemoved;
     removed.conversation = Some(conversation(conv, vec![BASE + 30]));
     store.commit_event(removed).await.unwrap();
     assert_eq!(
@@ -302,21 +318,10 @@ async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store:
             .unwrap();
     }
     assert_eq!(store.inbox_floor(user).await.unwrap(), 0);
-    // In steps of at most 8 entries.
-    let mut trimmed = 0;
-    loop {
-        let step = store.trim_inbox(user, 21, 8).await.unwrap();
-        trimmed += step;
-        if step < 8 {
-            break;
-        }
-    }
-    assert_eq!(trimmed, 20);
+    assert_eq!(trim_all(store, user, 21, 8).await, 20);
     assert_eq!(store.inbox_floor(user).await.unwrap(), 21);
-    let left: Vec<u64> = store
-        .read_inbox(user, 0, u64::MAX, 100)
+    let left: Vec<u64> = read_inbox(store, user, 0, u64::MAX, 100)
         .await
-        .unwrap()
         .iter()
         .map(|e| e.seq)
         .collect();
@@ -390,15 +395,11 @@ async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
     }
     assert_eq!(inbox_len(store, user, 1_201).await, 1_201);
     assert_eq!(
-        store
-            .read_inbox(user, 100, u64::MAX, 2_000)
-            .await
-            .unwrap()
-            .len(),
+        read_inbox(store, user, 100, u64::MAX, 2_000).await.len(),
         1_400
     );
     let newest = store
-        .read_conversation(conv, 0, u64::MAX, true, 1_201)
+        .read_conversation(conv, ConversationRange::newest_first(0, u64::MAX, 1_201))
         .await
         .unwrap();
     assert_eq!(
@@ -406,20 +407,36 @@ async fn large_reads_are_complete<S: TimelineStore>(store: &S) {
         (1_201, 1_500, 300)
     );
     let oldest = store
-        .read_conversation(conv, 0, u64::MAX, false, 1_300)
+        .read_conversation(conv, ConversationRange::oldest_first(0, u64::MAX, 1_300))
         .await
         .unwrap();
     assert_eq!((oldest.len(), oldest[1_299].conv_seq), (1_300, 1_300));
-    let mut trimmed = 0;
-    loop {
-        let step = store.trim_inbox(user, 1_401, 1_000).await.unwrap();
-        trimmed += step;
-        if step < 1_000 {
-            break;
-        }
-    }
-    assert_eq!(trimmed, 1_400);
+    assert_eq!(trim_all(store, user, 1_401, 1_000).await, 1_400);
     assert_eq!(inbox_len(store, user, 2_000).await, 100);
+}
+
+/// Every kind comes back as written, in the timeline and in the inbox.
+async fn every_entry_kind_round_trips<S: TimelineStore>(store: &S) {
+    let (conv, user) = (BASE + 12, BASE + 95);
+    let kinds = [
+        EntryKind::ConversationCreated,
+        EntryKind::Message,
+        EntryKind::MembersAdded,
+        EntryKind::MembersRemoved,
+    ];
+    for (i, kind) in (1u64..).zip(kinds) {
+        let mut commit = fanout(message(conv, i, user, "k"), &[(user, i)]);
+        commit.entry.kind = kind;
+        store.commit_event(commit).await.unwrap();
+    }
+    let history = store
+        .read_conversation(conv, ConversationRange::oldest_first(0, u64::MAX, 10))
+        .await
+        .unwrap();
+    let inbox = read_inbox(store, user, 0, u64::MAX, 10).await;
+    for entries in [history, inbox] {
+        assert_eq!(entries.iter().map(|e| e.kind).collect::<Vec<_>>(), kinds);
+    }
 }
 
 async fn everything_survives_reopen<S: TimelineStore>(store: &S) {

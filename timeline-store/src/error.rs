@@ -1,0 +1,28 @@
+/// Errors by kind, so callers can choose between retrying and giving up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Disk or network I/O failed; the operation may or may not have applied.
+    #[error("storage i/o failed: {0}")]
+    Io(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The backend is overloaded, shutting down or poisoned by an earlier
+    /// durability failure.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The request exceeds a named limit of the store.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// Whether retrying the same operation can succeed (I/O trouble, an
+    /// overloaded or unreachable backend), as opposed to a request that will
+    /// fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
+    }
+}

@@ -1,0 +1,538 @@
+//! A store wrapper with the faults a real deployment sees, seeded so that a
+//! failing run replays.
+//!
+//! - **Errors**: a share of calls (or the next N, scripted) fail with
+//!   [`StoreError::Io`]. A failed write either writes nothing
+//!   ([`Failure::Lost`], a request that never reached the store) or lands
+//!   first ([`Failure::Applied`], the ScyllaDB timeout after the replicas
+//!   applied it): callers must treat both as "not acknowledged".
+//! - **Delays**: every commit waits a random time before it reaches the
+//!   store, so writes become durable in another order than their seqs were
+//!   allocated; every inbox read waits too, so writes start between a
+//!   reader's limit and its read.
+//! - **Out-of-order completion**: a share of commits is held back until a
+//!   commit that started later has completed.
+//! - **Counters**: commits and inbox copies that reached the store, to
+//!   check what a send costs.
+//!
+//! Random decisions come from one seeded generator, drawn in call order: the
+//! same seed and the same order of calls (a current-thread runtime with a
+//! paused clock) make the same decisions.
+
+use crate::{
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Receipt, Receipts, Result, StoreError,
+};
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How an injected failure of a write behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing is written; the call fails.
+    #[default]
+    Lost,
+    /// The write lands, then the call fails anyway.
+    Applied,
+}
+
+/// Which calls a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `commit_event`.
+    Commit,
+    /// The other writes: `trim_inbox`, `save_checkpoint`.
+    Write,
+    /// Every read (and `recover`, which reads before it writes).
+    Read,
+}
+
+const OPS: usize = 3;
+
+impl Op {
+    fn index(self) -> usize {
+        match self {
+            Op::Commit => 0,
+            Op::Write => 1,
+            Op::Read => 2,
+        }
+    }
+}
+
+/// Random faults; the default injects none.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Share of commits that fail (0.0 to 1.0).
+    pub commit_errors: f64,
+    /// Share of trims and checkpoint saves that fail.
+    pub write_errors: f64,
+    /// Share of reads that fail.
+    pub read_errors: f64,
+    /// Of the random write failures (commits included), the share that
+    /// apply the write before failing ([`Failure::Applied`]).
+    pub applied_share: f64,
+    /// Each commit first waits a uniform random time below this.
+    pub commit_delay: Duration,
+    /// Each `read_inbox` first waits a uniform random time below this.
+    pub inbox_read_delay: Duration,
+    /// Share of commits held back until a later-started commit completed.
+    pub held_commits: f64,
+    /// The longest a commit is held (when no later commit completes), so
+    /// that a lone commit is delayed, never stuck.
+    pub max_hold: Duration,
+}
+
+/// What reached the inner store so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Commits handed to the inner store (whatever it answered, and
+    /// including [`Failure::Applied`] ones).
+    pub commits: u64,
+    /// Inbox copies in those commits.
+    pub inbox_copies: u64,
+    /// Calls failed by injection, of every kind.
+    pub injected_failures: u64,
+    /// Commits that were held back.
+    pub held_commits: u64,
+}
+
+/// Wraps `S`, implementing every capability `S` has.
+pub struct FaultyStore<S> {
+    inner: S,
+    seed: u64,
+    state: Mutex<State>,
+    commits: AtomicU64,
+    inbox_copies: AtomicU64,
+    injected_failures: AtomicU64,
+    held_commits: AtomicU64,
+    /// Tickets of started commits, in order; a held commit waits for a
+    /// higher ticket to complete.
+    next_ticket: AtomicU64,
+    /// The highest ticket of a completed commit.
+    completed: tokio::sync::watch::Sender<u64>,
+}
+
+struct State {
+    rng: SplitMix64,
+    faults: Faults,
+    /// Scripted failures left per op, consumed before random ones.
+    scripted: [(u32, Failure); OPS],
+}
+
+/// What one call will suffer, drawn at once so a call's draws stay
+/// together in the sequence.
+struct Plan {
+    delay: Duration,
+    hold: bool,
+    random_failure: Option<Failure>,
+}
+
+impl<S> FaultyStore<S> {
+    /// A wrapper injecting nothing until faults are configured.
+    pub fn new(inner: S, seed: u64) -> Self {
+        Self {
+            inner,
+            seed,
+            state: Mutex::new(State {
+                rng: SplitMix64(seed),
+                faults: Faults::default(),
+                scripted: [(0, Failure::Lost); OPS],
+            }),
+            commits: AtomicU64::new(0),
+            inbox_copies: AtomicU64::new(0),
+            injected_failures: AtomicU64::new(0),
+            held_commits: AtomicU64::new(0),
+            next_ticket: AtomicU64::new(1),
+            completed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub fn with_faults(self, faults: Faults) -> Self {
+        self.set_faults(faults);
+        self
+    }
+
+    /// Replaces the random faults (e.g. to stop injecting before checking).
+    pub fn set_faults(&self, faults: Faults) {
+        self.state().faults = faults;
+    }
+
+    /// The next `n` calls of `op` that reach the store fail `how`
+    /// (replacing what was scripted for `op` before).
+    pub fn fail_next(&self, op: Op, n: u32, how: Failure) {
+        self.state().scripted[op.index()] = (n, how);
+    }
+
+    /// The next `n` commits fail, writing nothing.
+    pub fn fail_next_commits(&self, n: u32) {
+        self.fail_next(Op::Commit, n, Failure::Lost);
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            commits: self.commits.load(Ordering::SeqCst),
+            inbox_copies: self.inbox_copies.load(Ordering::SeqCst),
+            injected_failures: self.injected_failures.load(Ordering::SeqCst),
+            held_commits: self.held_commits.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The seed, to print with a failure so the run can be replayed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A std mutex: held for a few draws, never across an await.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn plan(&self, op: Op) -> Plan {
+        let mut state = self.state();
+        let State { rng, faults, .. } = &mut *state;
+        let (error_rate, max_delay) = match op {
+            Op::Commit => (faults.commit_errors, faults.commit_delay),
+            Op::Write => (faults.write_errors, Duration::ZERO),
+            Op::Read => (faults.read_errors, Duration::ZERO),
+        };
+        let delay = rng.below(max_delay);
+        let hold = op == Op::Commit && rng.chance(faults.held_commits);
+        let random_failure = rng.chance(error_rate).then(|| {
+            if op != Op::Read && rng.chance(faults.applied_share) {
+                Failure::Applied
+            } else {
+                Failure::Lost
+            }
+        });
+        Plan {
+            delay,
+            hold,
+            random_failure,
+        }
+    }
+
+    /// Consumes a scripted failure if one is left, else takes the random
+    /// one: decided when the call reaches the store, after its delay.
+    fn failure(&self, op: Op, random: Option<Failure>) -> Option<Failure> {
+        let mut state = self.state();
+        let (left, how) = &mut state.scripted[op.index()];
+        let failure = if *left > 0 {
+            *left -= 1;
+            Some(*how)
+        } else {
+            random
+        };
+        if failure.is_some() {
+            self.injected_failures.fetch_add(1, Ordering::SeqCst);
+        }
+        failure
+    }
+
+    /// Runs `call` as `op` under the planned faults.
+    async fn run<T>(&self, op: Op, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let plan = self.plan(op);
+        sleep(plan.delay).await;
+        match self.failure(op, plan.random_failure) {
+            None => call.await,
+            Some(Failure::Lost) => Err(injected(op)),
+            Some(Failure::Applied) => {
+                let _ = call.await;
+                Err(injected(op))
+            }
+        }
+    }
+
+    async fn sleep_inbox_read(&self) {
+        let delay = {
+            let mut state = self.state();
+            let max = state.faults.inbox_read_delay;
+            state.rng.below(max)
+        };
+        sleep(delay).await;
+    }
+
+    async fn hold(&self, ticket: u64) {
+        self.held_commits.fetch_add(1, Ordering::SeqCst);
+        let max_hold = self.state().faults.max_hold;
+        let mut completed = self.completed.subscribe();
+        let later = completed.wait_for(|&highest| highest > ticket);
+        let _ = tokio::time::timeout(max_hold, later).await;
+    }
+}
+
+fn injected(op: Op) -> StoreError {
+    StoreError::Io(format!("injected failure of a {op:?}").to_lowercase())
+}
+
+async fn sleep(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// splitmix64: small, fast, and good enough to spread faults; no
+/// dependency, and a seed fully determines the sequence.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `p` (never for `p <= 0`, always for `p >= 1`).
+    fn chance(&mut self, p: f64) -> bool {
+        // 53 random bits: a uniform f64 in [0, 1).
+        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        unit < p
+    }
+
+    /// A uniform duration in `[0, max)` at microsecond resolution.
+    fn below(&mut self, max: Duration) -> Duration {
+        let micros = max.as_micros() as u64;
+        if micros == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.next() % micros)
+    }
+}
+
+#[async_trait]
+impl<S: EventLog> EventLog for FaultyStore<S> {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::SeqCst);
+        let plan = self.plan(Op::Commit);
+        sleep(plan.delay).await;
+        if plan.hold {
+            self.hold(ticket).await;
+        }
+        let failure = self.failure(Op::Commit, plan.random_failure);
+        let result = if failure == Some(Failure::Lost) {
+            Err(injected(Op::Commit))
+        } else {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            self.inbox_copies
+                .fetch_add(commit.inbox.len() as u64, Ordering::SeqCst);
+            let applied = self.inner.commit_event(commit).await;
+            match failure {
+                Some(_) => Err(injected(Op::Commit)),
+                None => applied,
+            }
+        };
+        self.completed.send_if_modified(|highest| {
+            let later = ticket > *highest;
+            if later {
+                *highest = ticket;
+            }
+            later
+        });
+        result
+    }
+
+    async fn recover(&self) -> Result<usize> {
+        self.run(Op::Read, self.inner.recover()).await
+    }
+}
+
+#[async_trait]
+impl<S: InboxReads> InboxReads for FaultyStore<S> {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        self.sleep_inbox_read().await;
+        self.run(Op::Read, self.inner.read_inbox(user_id, range))
+            .await
+    }
+
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        self.run(Op::Read, self.inner.last_inbox_seq(user_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: InboxRetention> InboxRetention for FaultyStore<S> {
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
+        let trim = self.inner.trim_inbox(user_id, below_seq, max_entries);
+        self.run(Op::Write, trim).await
+    }
+
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        self.run(Op::Read, self.inner.inbox_floor(user_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: ConversationReads> ConversationReads for FaultyStore<S> {
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
+        self.run(Op::Read, self.inner.conversation(conversation_id))
+            .await
+    }
+
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
+        let read = self.inner.read_conversation(id, range);
+        self.run(Op::Read, read).await
+    }
+
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        self.run(Op::Read, self.inner.large_groups(user_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: Checkpoints> Checkpoints for FaultyStore<S> {
+    async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
+        let save = self.inner.save_checkpoint(user_id, device_id, seq);
+        self.run(Op::Write, save).await
+    }
+
+    async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
+        self.run(Op::Read, self.inner.checkpoint(user_id, device_id))
+            .await
+    }
+}
+
+#[async_trait]
+impl<S: Receipts> Receipts for FaultyStore<S> {
+    async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
+        self.run(Op::Read, self.inner.receipt(key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testsuite::MemoryStore;
+    use crate::{EntryKind, InboxWrite};
+    use std::sync::Arc;
+
+    const FIRST_TEN: InboxRange = InboxRange {
+        after: 0,
+        through: 10,
+        limit: 10,
+    };
+
+    fn commit(conv_seq: u64, users: &[u64]) -> EventCommit {
+        EventCommit {
+            entry: Entry {
+                conv_seq,
+                msg_id: conv_seq,
+                ..Entry::new(EntryKind::Message, 1)
+            },
+            inbox: users
+                .iter()
+                .map(|&user_id| InboxWrite {
+                    user_id,
+                    seq: conv_seq,
+                })
+                .collect(),
+            receipt: None,
+            conversation: None,
+            large_group_index: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wrapped_store_still_passes_the_conformance_suite() {
+        let memory = MemoryStore::new();
+        let faults = Faults {
+            commit_delay: Duration::from_millis(2),
+            inbox_read_delay: Duration::from_micros(500),
+            held_commits: 0.2,
+            max_hold: Duration::from_millis(5),
+            ..Faults::default()
+        };
+        crate::testsuite::conformance::run_all(|| {
+            let store = FaultyStore::new(memory.clone(), 7).with_faults(faults.clone());
+            async move { store }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_write_writes_nothing_and_an_applied_one_lands() {
+        let store = FaultyStore::new(MemoryStore::new(), 1);
+        store.fail_next_commits(1);
+        assert!(matches!(
+            store.commit_event(commit(1, &[5, 6])).await,
+            Err(StoreError::Io(_))
+        ));
+        assert_eq!(store.inner().last_inbox_seq(5).await.unwrap(), 0);
+        store.fail_next(Op::Commit, 1, Failure::Applied);
+        assert!(store.commit_event(commit(2, &[5, 6])).await.is_err());
+        assert_eq!(store.inner().last_inbox_seq(5).await.unwrap(), 2);
+        store.commit_event(commit(3, &[5])).await.unwrap();
+        assert_eq!(
+            store.counters(),
+            Counters {
+                commits: 2,
+                inbox_copies: 3,
+                injected_failures: 2,
+                held_commits: 0,
+            }
+        );
+        store.fail_next(Op::Read, 1, Failure::Lost);
+        assert!(store.read_inbox(5, FIRST_TEN).await.is_err());
+        assert_eq!(store.read_inbox(5, FIRST_TEN).await.unwrap().len(), 2);
+        store.fail_next(Op::Write, 1, Failure::Applied);
+        assert!(store.save_checkpoint(5, "d", 3).await.is_err());
+        assert_eq!(store.checkpoint(5, "d").await.unwrap(), 3);
+    }
+
+    /// Which of 200 commits fail, under a seed.
+    async fn failed_commits(seed: u64) -> Vec<u64> {
+        let store = FaultyStore::new(MemoryStore::new(), seed).with_faults(Faults {
+            commit_errors: 0.3,
+            applied_share: 0.5,
+            ..Faults::default()
+        });
+        let mut failed = Vec::new();
+        for conv_seq in 1..=200 {
+            if store.commit_event(commit(conv_seq, &[1])).await.is_err() {
+                failed.push(conv_seq);
+            }
+        }
+        failed
+    }
+
+    #[tokio::test]
+    async fn a_seed_replays_the_same_faults() {
+        let first = failed_commits(42).await;
+        assert_eq!(first, failed_commits(42).await);
+        assert_ne!(first, failed_commits(43).await);
+        assert!((30..=90).contains(&first.len()), "{}", first.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_commit_completes_after_a_later_one() {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new(), 3).with_faults(Faults {
+            held_commits: 1.0,
+            max_hold: Duration::from_secs(3_600),
+            ..Faults::default()
+        }));
+        let held = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store.commit_event(commit(1, &[9])).await.unwrap();
+                store.inner().last_inbox_seq(9).await.unwrap()
+            }
+        });
+        tokio::task::yield_now().await;
+        store.set_faults(Faults::default());
+        store.commit_event(commit(2, &[9])).await.unwrap();
+        assert_eq!(
+            store.inner().read_inbox(9, FIRST_TEN).await.unwrap().len(),
+            1,
+            "the earlier commit is still held"
+        );
+        assert_eq!(held.await.unwrap(), 2, "it landed after the later one");
+        assert_eq!(store.counters().held_commits, 1);
+    }
+}

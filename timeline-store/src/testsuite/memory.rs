@@ -1,0 +1,211 @@
+//! Every capability over maps in memory, with the semantics the conformance
+//! suite checks: the model a randomized test can run thousands of times.
+
+use crate::{
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A cheap-to-clone handle; clones share one store, so dropping a handle
+/// and using a clone is a reopen that keeps everything (nothing is lost at
+/// a "restart": use a fresh store to model losing data).
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    // A std mutex: no call awaits while holding it, and every operation is
+    // a few map updates.
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    inbox: BTreeMap<(u64, u64), Entry>,
+    conv: BTreeMap<(u64, u64), Entry>,
+    conversations: HashMap<u64, Conversation>,
+    receipts: HashMap<IdempotencyKey, Receipt>,
+    checkpoints: HashMap<(u64, String), u64>,
+    large_groups: BTreeSet<(u64, u64)>,
+    inbox_floors: HashMap<u64, u64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere (a failed assertion) must not hide the store.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let mut state = self.state();
+        let entry = &commit.entry;
+        let conv_entry = Entry {
+            seq: 0,
+            ..entry.clone()
+        };
+        state
+            .conv
+            .insert((entry.conversation_id, entry.conv_seq), conv_entry);
+        for write in &commit.inbox {
+            let copy = Entry {
+                seq: write.seq,
+                ..entry.clone()
+            };
+            state.inbox.insert((write.user_id, write.seq), copy);
+        }
+        if let Some((key, receipt)) = commit.receipt {
+            state.receipts.insert(key, receipt);
+        }
+        if let Some(conversation) = commit.conversation {
+            state
+                .conversations
+                .insert(conversation.conversation_id, conversation);
+        }
+        for change in commit.large_group_index {
+            let key = (change.user_id, change.conversation_id);
+            if change.member {
+                state.large_groups.insert(key);
+            } else {
+                state.large_groups.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing to do: a commit is applied under one lock, whole.
+    async fn recover(&self) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl InboxReads for MemoryStore {
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = self.state();
+        let keys = (user_id, range.after + 1)..=(user_id, range.through);
+        Ok(state
+            .inbox
+            .range(keys)
+            .take(range.limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
+        let state = self.state();
+        let range = (user_id, 0)..=(user_id, u64::MAX);
+        Ok(state
+            .inbox
+            .range(range)
+            .next_back()
+            .map_or(0, |(&(_, seq), _)| seq))
+    }
+}
+
+#[async_trait]
+impl InboxRetention for MemoryStore {
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
+        let mut state = self.state();
+        let floor = state.inbox_floors.entry(user_id).or_insert(0);
+        *floor = (*floor).max(below_seq);
+        let keys: Vec<(u64, u64)> = state
+            .inbox
+            .range((user_id, 0)..(user_id, below_seq))
+            .take(max_entries)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in &keys {
+            state.inbox.remove(key);
+        }
+        Ok(keys.len())
+    }
+
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        Ok(self
+            .state()
+            .inbox_floors
+            .get(&user_id)
+            .copied()
+            .unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl ConversationReads for MemoryStore {
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
+        Ok(self.state().conversations.get(&conversation_id).cloned())
+    }
+
+    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = self.state();
+        let entries = state.conv.range((id, range.after + 1)..(id, range.before));
+        let entries: Vec<Entry> = match range.order {
+            Order::OldestFirst => entries.take(range.limit).map(|(_, e)| e.clone()).collect(),
+            Order::NewestFirst => entries
+                .rev()
+                .take(range.limit)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        Ok(entries)
+    }
+
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        let state = self.state();
+        let range = (user_id, 0)..=(user_id, u64::MAX);
+        Ok(state.large_groups.range(range).map(|&(_, id)| id).collect())
+    }
+}
+
+#[async_trait]
+impl Checkpoints for MemoryStore {
+    async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
+        let mut state = self.state();
+        let stored = state
+            .checkpoints
+            .entry((user_id, device_id.to_owned()))
+            .or_insert(0);
+        *stored = (*stored).max(seq);
+        Ok(*stored)
+    }
+
+    async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
+        let key = (user_id, device_id.to_owned());
+        Ok(self.state().checkpoints.get(&key).copied().unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Receipts for MemoryStore {
+    async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
+        Ok(self.state().receipts.get(key).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        let store = MemoryStore::new();
+        crate::testsuite::conformance::run_all(|| {
+            let store = store.clone();
+            async move { store }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,123 @@
+//! The storage capabilities, one trait each, with the semantics every
+//! backend must provide; the conformance suite checks them.
+//!
+//! This module must not depend on a particular database (no `scylla`, no
+//! `fjall`): it names only the domain model and [`StoreError`].
+//!
+//! A new capability (read markers, dialogs, a search feed) is a new trait
+//! here with its own contract and conformance checks, added to the bounds
+//! of [`TimelineStore`], not a wider existing trait.
+
+use crate::{
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, Receipt,
+    Result,
+};
+use async_trait::async_trait;
+
+/// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.
+/// Implemented for any type that has them all; never implement it by hand.
+pub trait TimelineStore:
+    EventLog + InboxReads + InboxRetention + ConversationReads + Checkpoints + Receipts + 'static
+{
+}
+
+impl<T> TimelineStore for T where
+    T: EventLog
+        + InboxReads
+        + InboxRetention
+        + ConversationReads
+        + Checkpoints
+        + Receipts
+        + 'static
+        + ?Sized
+{
+}
+
+/// The write path: events, committed whole.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Stores one event atomically and durably: the conversation entry, the
+    /// inbox copies (each `InboxWrite` becomes `entry` with `seq` set), the
+    /// optional receipt, the optional conversation record and the
+    /// large-group index changes. An existing key is overwritten with the
+    /// same content (retries are idempotent).
+    ///
+    /// `Ok` means all of it is durable. `Err` means "not acknowledged": none
+    /// of it, or (on a backend that cannot be atomic, or an I/O error after
+    /// the write reached the disk) part or all of it, may be stored; the
+    /// caller retries the same commit or relies on [`recover`](Self::recover).
+    async fn commit_event(&self, commit: EventCommit) -> Result<()>;
+
+    /// Finishes every event whose [`commit_event`](Self::commit_event) was
+    /// interrupted (a crash, or an error after part of it was written), so
+    /// that each event is either complete or absent. Call before serving.
+    /// Returns how many events it finished (0 after successful commits).
+    async fn recover(&self) -> Result<usize>;
+}
+
+/// A user's inbox: one copy per event the user receives, keyed by seq.
+#[async_trait]
+pub trait InboxReads: Send + Sync {
+    /// The user's inbox entries in `range` (see [`InboxRange`]), ascending
+    /// seq. Empty for an empty range. A read larger than a backend's
+    /// internal page still returns everything asked for.
+    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>>;
+
+    /// The highest seq stored in the user's inbox, 0 when empty (trimmed
+    /// entries no longer count).
+    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64>;
+}
+
+/// Retention: dropping old inbox entries behind a floor that only rises.
+#[async_trait]
+pub trait InboxRetention: Send + Sync {
+    /// Deletes the user's inbox entries with `seq < below_seq` and durably
+    /// raises the inbox floor to `below_seq` (never lowers it). Deletes at
+    /// most `max_entries` per call; returns how many it deleted (call again
+    /// while it returns `max_entries`). Conversation timelines are kept.
+    async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize>;
+
+    /// The inbox floor: entries below it may have been trimmed (0: none).
+    async fn inbox_floor(&self, user_id: u64) -> Result<u64>;
+}
+
+/// Conversation records, timelines and the large-group index.
+#[async_trait]
+pub trait ConversationReads: Send + Sync {
+    /// The conversation record, or `None` if it does not exist.
+    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>>;
+
+    /// The conversation's entries in `range` (see [`ConversationRange`]),
+    /// each with `seq == 0`. Empty for an unknown conversation or an empty
+    /// range. Complete however large `range.limit` is.
+    async fn read_conversation(
+        &self,
+        conversation_id: u64,
+        range: ConversationRange,
+    ) -> Result<Vec<Entry>>;
+
+    /// Large (read-fanout) groups the user belongs to, ascending ids, as
+    /// changed by the committed events' large-group index changes.
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>>;
+}
+
+/// Per-device sync positions.
+#[async_trait]
+pub trait Checkpoints: Send + Sync {
+    /// Raises the device's checkpoint to `seq` (never lowers it) durably and
+    /// returns the stored value (the higher of the two). Concurrent calls
+    /// for one device leave the highest value stored.
+    async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64>;
+
+    /// The device's checkpoint, 0 when never saved.
+    async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64>;
+}
+
+/// Idempotency receipts, written by [`EventLog::commit_event`].
+#[async_trait]
+pub trait Receipts: Send + Sync {
+    /// The receipt stored with an earlier send under exactly this key
+    /// (principal and client id), or `None`. A receipt exists only once the
+    /// event it answers for is complete.
+    async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>>;
+}
