@@ -202,6 +202,24 @@ impl AllocServer {
         Ok(())
     }
 
+    /// Routes a request for `ids` and runs `work` under the grant; replies
+    /// only if every slot it touched is still served by the same ownership
+    /// period afterwards (else nothing it did is handed out).
+    async fn serve<T>(
+        &self,
+        ids: &[u64],
+        client_version: u64,
+        work: impl AsyncFnOnce(&Grant) -> Result<T>,
+    ) -> Result<Routed<T>> {
+        let grant = match self.route(ids, client_version).await? {
+            Routed::Served(grant) => grant,
+            Routed::Moved(table) => return Ok(Routed::Moved(table)),
+        };
+        let value = work(&grant).await?;
+        self.confirm(&grant.states)?;
+        Ok(Routed::Served(value))
+    }
+
     fn check_ids(ids: &[u64]) -> Result<()> {
         if ids.is_empty() {
             return Err(SeqError::InvalidArgument("no ids given".into()));
@@ -223,16 +241,13 @@ impl AllocServer {
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
         Self::check_ids(ids)?;
-        let Grant { table, states } = match self.route(ids, client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let seqs = if let [(_, state)] = Vec::from_iter(&states)[..] {
-            // The common case: a client groups its batch by owner and slot.
-            state.allocator.next_batch(namespace, ids).await?
-        } else {
+        self.serve(ids, client_version, async |Grant { table, states }| {
+            if let [(_, state)] = Vec::from_iter(states)[..] {
+                // The common case: a client groups its batch by owner and slot.
+                return state.allocator.next_batch(namespace, ids).await;
+            }
             let mut seqs = vec![0u64; ids.len()];
-            for (slot, state) in &states {
+            for (slot, state) in states {
                 let positions: Vec<usize> = (0..ids.len())
                     .filter(|&i| table.slot_of(ids[i]) == *slot)
                     .collect();
@@ -242,10 +257,9 @@ impl AllocServer {
                     seqs[i] = seq;
                 }
             }
-            seqs
-        };
-        self.confirm(&states)?;
-        Ok(Routed::Served(seqs))
+            Ok(seqs)
+        })
+        .await
     }
 
     /// The highest seq handed out per id so far.
@@ -256,21 +270,19 @@ impl AllocServer {
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
         Self::check_ids(ids)?;
-        let Grant { table, states } = match self.route(ids, client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let mut seqs = Vec::with_capacity(ids.len());
-        for &id in ids {
-            seqs.push(
-                states[&table.slot_of(id)]
-                    .allocator
-                    .current(namespace, id)
-                    .await?,
-            );
-        }
-        self.confirm(&states)?;
-        Ok(Routed::Served(seqs))
+        self.serve(ids, client_version, async |Grant { table, states }| {
+            let mut seqs = Vec::with_capacity(ids.len());
+            for &id in ids {
+                seqs.push(
+                    states[&table.slot_of(id)]
+                        .allocator
+                        .current(namespace, id)
+                        .await?,
+                );
+            }
+            Ok(seqs)
+        })
+        .await
     }
 
     /// Grants or renews a snowflake node id to `holder`, and durably
@@ -360,14 +372,11 @@ fn not_serving(slot: u32, why: NotServing) -> SeqError {
 mod tests {
     use super::*;
     use crate::routing::{LeaseConfig, RoutingTable};
-    use crate::store::{MemoryMaxSeqStore, RouteStore};
+    use crate::store::RouteStore;
+    use crate::testsuite::MemoryMaxSeqStore;
 
     fn lease() -> LeaseConfig {
-        LeaseConfig {
-            lease: Duration::from_millis(500),
-            sync_interval: Duration::from_millis(100),
-            activation: Duration::from_millis(700),
-        }
+        LeaseConfig::short_for_tests()
     }
 
     async fn publish(store: &MemoryMaxSeqStore, owners: impl Fn(u32) -> &'static str) -> u64 {
