@@ -202,15 +202,16 @@ impl AllocServer {
         Ok(())
     }
 
-    /// Routes a request for `ids` and runs `work` under the grant; replies
-    /// only if every slot it touched is still served by the same ownership
-    /// period afterwards (else nothing it did is handed out).
+    /// Checks and routes a request for `ids` and runs `work` under the
+    /// grant; replies only if every slot it touched is still served by the
+    /// same ownership period afterwards (else nothing it did is handed out).
     async fn serve<T>(
         &self,
         ids: &[u64],
         client_version: u64,
         work: impl AsyncFnOnce(&Grant) -> Result<T>,
     ) -> Result<Routed<T>> {
+        Self::check_ids(ids)?;
         let grant = match self.route(ids, client_version).await? {
             Routed::Served(grant) => grant,
             Routed::Moved(table) => return Ok(Routed::Moved(table)),
@@ -240,7 +241,6 @@ impl AllocServer {
         ids: &[u64],
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
-        Self::check_ids(ids)?;
         self.serve(ids, client_version, async |Grant { table, states }| {
             if let [(_, state)] = Vec::from_iter(states)[..] {
                 // The common case: a client groups its batch by owner and slot.
@@ -269,7 +269,6 @@ impl AllocServer {
         ids: &[u64],
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
-        Self::check_ids(ids)?;
         self.serve(ids, client_version, async |Grant { table, states }| {
             let mut seqs = Vec::with_capacity(ids.len());
             for &id in ids {
@@ -303,64 +302,62 @@ impl AllocServer {
             )));
         }
         // The registry lives with the section of id 0.
-        let Grant { table, states } = match self.route(&[0], client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let lease = table.lease;
-        let state = &states[&NODE_ID_SLOT];
-        let now = Instant::now();
-        let (node_id, renewal) = {
-            let mut holders = lock(&state.node_ids);
-            let renewing = holders
-                .iter()
-                .find(|(_, h)| h.holder == holder)
-                .map(|(&id, _)| id);
-            let free = |id: &u16, holders: &HashMap<u16, NodeIdHolder>| {
-                holders.get(id).is_none_or(|h| h.expires <= now)
+        self.serve(&[0], client_version, async |Grant { table, states }| {
+            let lease = table.lease;
+            let state = &states[&NODE_ID_SLOT];
+            let now = Instant::now();
+            let (node_id, renewal) = {
+                let mut holders = lock(&state.node_ids);
+                let renewing = holders
+                    .iter()
+                    .find(|(_, h)| h.holder == holder)
+                    .map(|(&id, _)| id);
+                let free = |id: &u16, holders: &HashMap<u16, NodeIdHolder>| {
+                    holders.get(id).is_none_or(|h| h.expires <= now)
+                };
+                let chosen = renewing
+                    .or_else(|| preferred.filter(|id| free(id, &holders)))
+                    .or_else(|| (0..=MAX_NODE_ID).find(|id| free(id, &holders)))
+                    .ok_or_else(|| {
+                        SeqError::InvalidArgument(format!(
+                            "all {} node ids are leased",
+                            u32::from(MAX_NODE_ID) + 1
+                        ))
+                    })?;
+                // The owner's view outlives the holder's (sent + lease) by a read
+                // interval, so a node id is never granted while still in use.
+                holders.insert(
+                    chosen,
+                    NodeIdHolder {
+                        holder: holder.to_owned(),
+                        expires: now + lease.lease + lease.sync_interval,
+                    },
+                );
+                (chosen, renewing.is_some())
             };
-            let chosen = renewing
-                .or_else(|| preferred.filter(|id| free(id, &holders)))
-                .or_else(|| (0..=MAX_NODE_ID).find(|id| free(id, &holders)))
-                .ok_or_else(|| {
-                    SeqError::InvalidArgument(format!(
-                        "all {} node ids are leased",
-                        u32::from(MAX_NODE_ID) + 1
-                    ))
-                })?;
-            // The owner's view outlives the holder's (sent + lease) by a read
-            // interval, so a node id is never granted while still in use.
-            holders.insert(
-                chosen,
-                NodeIdHolder {
-                    holder: holder.to_owned(),
-                    expires: now + lease.lease + lease.sync_interval,
-                },
-            );
-            (chosen, renewing.is_some())
-        };
-        let store = &self.inner.store;
-        let floor_ms = if renewal {
-            0
-        } else {
-            store
-                .load(Namespace::SnowflakeClock, u64::from(node_id))
-                .await?
-        };
-        let reserved_ms = store
-            .raise(
-                Namespace::SnowflakeClock,
-                u64::from(node_id),
-                reserve_until_ms.max(floor_ms),
-            )
-            .await?;
-        self.confirm(&states)?;
-        Ok(Routed::Served(NodeIdGrant {
-            node_id,
-            floor_ms,
-            reserved_ms,
-            lease: lease.lease,
-        }))
+            let store = &self.inner.store;
+            let floor_ms = if renewal {
+                0
+            } else {
+                store
+                    .load(Namespace::SnowflakeClock, u64::from(node_id))
+                    .await?
+            };
+            let reserved_ms = store
+                .raise(
+                    Namespace::SnowflakeClock,
+                    u64::from(node_id),
+                    reserve_until_ms.max(floor_ms),
+                )
+                .await?;
+            Ok(NodeIdGrant {
+                node_id,
+                floor_ms,
+                reserved_ms,
+                lease: lease.lease,
+            })
+        })
+        .await
     }
 }
 
