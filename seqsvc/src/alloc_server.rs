@@ -202,6 +202,25 @@ impl AllocServer {
         Ok(())
     }
 
+    /// Checks and routes a request for `ids` and runs `work` under the
+    /// grant; replies only if every slot it touched is still served by the
+    /// same ownership period afterwards (else nothing it did is handed out).
+    async fn serve<T>(
+        &self,
+        ids: &[u64],
+        client_version: u64,
+        work: impl AsyncFnOnce(&Grant) -> Result<T>,
+    ) -> Result<Routed<T>> {
+        Self::check_ids(ids)?;
+        let grant = match self.route(ids, client_version).await? {
+            Routed::Served(grant) => grant,
+            Routed::Moved(table) => return Ok(Routed::Moved(table)),
+        };
+        let value = work(&grant).await?;
+        self.confirm(&grant.states)?;
+        Ok(Routed::Served(value))
+    }
+
     fn check_ids(ids: &[u64]) -> Result<()> {
         if ids.is_empty() {
             return Err(SeqError::InvalidArgument("no ids given".into()));
@@ -222,17 +241,13 @@ impl AllocServer {
         ids: &[u64],
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
-        Self::check_ids(ids)?;
-        let Grant { table, states } = match self.route(ids, client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let seqs = if let [(_, state)] = Vec::from_iter(&states)[..] {
-            // The common case: a client groups its batch by owner and slot.
-            state.allocator.next_batch(namespace, ids).await?
-        } else {
+        self.serve(ids, client_version, async |Grant { table, states }| {
+            if let [(_, state)] = Vec::from_iter(states)[..] {
+                // The common case: a client groups its batch by owner and slot.
+                return state.allocator.next_batch(namespace, ids).await;
+            }
             let mut seqs = vec![0u64; ids.len()];
-            for (slot, state) in &states {
+            for (slot, state) in states {
                 let positions: Vec<usize> = (0..ids.len())
                     .filter(|&i| table.slot_of(ids[i]) == *slot)
                     .collect();
@@ -242,10 +257,9 @@ impl AllocServer {
                     seqs[i] = seq;
                 }
             }
-            seqs
-        };
-        self.confirm(&states)?;
-        Ok(Routed::Served(seqs))
+            Ok(seqs)
+        })
+        .await
     }
 
     /// The highest seq handed out per id so far.
@@ -255,22 +269,19 @@ impl AllocServer {
         ids: &[u64],
         client_version: u64,
     ) -> Result<Routed<Vec<u64>>> {
-        Self::check_ids(ids)?;
-        let Grant { table, states } = match self.route(ids, client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let mut seqs = Vec::with_capacity(ids.len());
-        for &id in ids {
-            seqs.push(
-                states[&table.slot_of(id)]
-                    .allocator
-                    .current(namespace, id)
-                    .await?,
-            );
-        }
-        self.confirm(&states)?;
-        Ok(Routed::Served(seqs))
+        self.serve(ids, client_version, async |Grant { table, states }| {
+            let mut seqs = Vec::with_capacity(ids.len());
+            for &id in ids {
+                seqs.push(
+                    states[&table.slot_of(id)]
+                        .allocator
+                        .current(namespace, id)
+                        .await?,
+                );
+            }
+            Ok(seqs)
+        })
+        .await
     }
 
     /// Grants or renews a snowflake node id to `holder`, and durably
@@ -291,64 +302,62 @@ impl AllocServer {
             )));
         }
         // The registry lives with the section of id 0.
-        let Grant { table, states } = match self.route(&[0], client_version).await? {
-            Routed::Served(grant) => grant,
-            Routed::Moved(table) => return Ok(Routed::Moved(table)),
-        };
-        let lease = table.lease;
-        let state = &states[&NODE_ID_SLOT];
-        let now = Instant::now();
-        let (node_id, renewal) = {
-            let mut holders = lock(&state.node_ids);
-            let renewing = holders
-                .iter()
-                .find(|(_, h)| h.holder == holder)
-                .map(|(&id, _)| id);
-            let free = |id: &u16, holders: &HashMap<u16, NodeIdHolder>| {
-                holders.get(id).is_none_or(|h| h.expires <= now)
+        self.serve(&[0], client_version, async |Grant { table, states }| {
+            let lease = table.lease;
+            let state = &states[&NODE_ID_SLOT];
+            let now = Instant::now();
+            let (node_id, renewal) = {
+                let mut holders = lock(&state.node_ids);
+                let renewing = holders
+                    .iter()
+                    .find(|(_, h)| h.holder == holder)
+                    .map(|(&id, _)| id);
+                let free = |id: &u16, holders: &HashMap<u16, NodeIdHolder>| {
+                    holders.get(id).is_none_or(|h| h.expires <= now)
+                };
+                let chosen = renewing
+                    .or_else(|| preferred.filter(|id| free(id, &holders)))
+                    .or_else(|| (0..=MAX_NODE_ID).find(|id| free(id, &holders)))
+                    .ok_or_else(|| {
+                        SeqError::InvalidArgument(format!(
+                            "all {} node ids are leased",
+                            u32::from(MAX_NODE_ID) + 1
+                        ))
+                    })?;
+                // The owner's view outlives the holder's (sent + lease) by a read
+                // interval, so a node id is never granted while still in use.
+                holders.insert(
+                    chosen,
+                    NodeIdHolder {
+                        holder: holder.to_owned(),
+                        expires: now + lease.lease + lease.sync_interval,
+                    },
+                );
+                (chosen, renewing.is_some())
             };
-            let chosen = renewing
-                .or_else(|| preferred.filter(|id| free(id, &holders)))
-                .or_else(|| (0..=MAX_NODE_ID).find(|id| free(id, &holders)))
-                .ok_or_else(|| {
-                    SeqError::InvalidArgument(format!(
-                        "all {} node ids are leased",
-                        u32::from(MAX_NODE_ID) + 1
-                    ))
-                })?;
-            // The owner's view outlives the holder's (sent + lease) by a read
-            // interval, so a node id is never granted while still in use.
-            holders.insert(
-                chosen,
-                NodeIdHolder {
-                    holder: holder.to_owned(),
-                    expires: now + lease.lease + lease.sync_interval,
-                },
-            );
-            (chosen, renewing.is_some())
-        };
-        let store = &self.inner.store;
-        let floor_ms = if renewal {
-            0
-        } else {
-            store
-                .load(Namespace::SnowflakeClock, u64::from(node_id))
-                .await?
-        };
-        let reserved_ms = store
-            .raise(
-                Namespace::SnowflakeClock,
-                u64::from(node_id),
-                reserve_until_ms.max(floor_ms),
-            )
-            .await?;
-        self.confirm(&states)?;
-        Ok(Routed::Served(NodeIdGrant {
-            node_id,
-            floor_ms,
-            reserved_ms,
-            lease: lease.lease,
-        }))
+            let store = &self.inner.store;
+            let floor_ms = if renewal {
+                0
+            } else {
+                store
+                    .load(Namespace::SnowflakeClock, u64::from(node_id))
+                    .await?
+            };
+            let reserved_ms = store
+                .raise(
+                    Namespace::SnowflakeClock,
+                    u64::from(node_id),
+                    reserve_until_ms.max(floor_ms),
+                )
+                .await?;
+            Ok(NodeIdGrant {
+                node_id,
+                floor_ms,
+                reserved_ms,
+                lease: lease.lease,
+            })
+        })
+        .await
     }
 }
 
@@ -360,14 +369,11 @@ fn not_serving(slot: u32, why: NotServing) -> SeqError {
 mod tests {
     use super::*;
     use crate::routing::{LeaseConfig, RoutingTable};
-    use crate::store::{MemoryMaxSeqStore, RouteStore};
+    use crate::store::RouteStore;
+    use crate::testsuite::MemoryMaxSeqStore;
 
     fn lease() -> LeaseConfig {
-        LeaseConfig {
-            lease: Duration::from_millis(500),
-            sync_interval: Duration::from_millis(100),
-            activation: Duration::from_millis(700),
-        }
+        LeaseConfig::short_for_tests()
     }
 
     async fn publish(store: &MemoryMaxSeqStore, owners: impl Fn(u32) -> &'static str) -> u64 {

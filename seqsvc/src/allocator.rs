@@ -375,7 +375,8 @@ impl Allocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FjallMaxSeqStore, MemoryMaxSeqStore};
+    use crate::store::FjallMaxSeqStore;
+    use crate::testsuite::MemoryMaxSeqStore;
 
     fn small(step: u64, section_size: u64) -> AllocatorConfig {
         AllocatorConfig { step, section_size }

@@ -174,7 +174,7 @@ impl Arbiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryMaxSeqStore;
+    use crate::testsuite::MemoryMaxSeqStore;
 
     fn config() -> ArbiterConfig {
         ArbiterConfig {

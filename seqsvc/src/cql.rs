@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 use std::sync::Arc;
 
 /// Compare-and-set attempts per raise before reporting contention.
@@ -37,75 +36,90 @@ fn store_error(error: impl std::fmt::Display) -> SeqError {
     SeqError::Store(format!("cql: {error}"))
 }
 
+impl From<cql_kit::CqlError> for SeqError {
+    fn from(error: cql_kit::CqlError) -> Self {
+        match error {
+            cql_kit::CqlError::InvalidUrl { .. } => SeqError::InvalidArgument(error.to_string()),
+            other => SeqError::Store(other.to_string()),
+        }
+    }
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.max_seq \
+     (namespace int, section bigint, value bigint, PRIMARY KEY ((namespace, section)))",
+    "CREATE TABLE IF NOT EXISTS {ks}.seq_routes (id int PRIMARY KEY, version bigint, data blob)",
+];
+
+async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<PreparedStatement> {
+    session
+        .prepare(text.replace("{ks}", keyspace))
+        .await
+        .map_err(store_error)
+}
+
+/// A read linearizable with the LWTs that write its rows.
+async fn prepare_serial_read(
+    session: &Session,
+    keyspace: &str,
+    text: &str,
+) -> Result<PreparedStatement> {
+    let mut statement = prepare(session, keyspace, text).await?;
+    statement.set_consistency(Consistency::LocalSerial);
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
+
 impl CqlMaxSeqStore {
     /// Creates the `max_seq` table in `keyspace` if needed (the keyspace
     /// must exist) and prepares the statements.
     pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Self> {
-        session
-            .query_unpaged(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {keyspace}.max_seq \
-                     (namespace int, section bigint, value bigint, PRIMARY KEY ((namespace, section)))"
-                ),
-                (),
-            )
-            .await
-            .map_err(store_error)?;
-        session
-            .query_unpaged(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {keyspace}.seq_routes \
-                     (id int PRIMARY KEY, version bigint, data blob)"
-                ),
-                (),
-            )
-            .await
-            .map_err(store_error)?;
+        for ddl in SCHEMA {
+            session
+                .query_unpaged(ddl.replace("{ks}", keyspace), ())
+                .await
+                .map_err(store_error)?;
+        }
         session
             .await_schema_agreement()
             .await
             .map_err(store_error)?;
-        let mut select_routes = session
-            .prepare(format!(
-                "SELECT version, data FROM {keyspace}.seq_routes WHERE id = ?"
-            ))
-            .await
-            .map_err(store_error)?;
-        select_routes.set_consistency(Consistency::LocalSerial);
-        select_routes.set_is_idempotent(true);
-        let insert_routes_if_absent = session
-            .prepare(format!(
-                "INSERT INTO {keyspace}.seq_routes (id, version, data) VALUES (?, ?, ?) IF NOT EXISTS"
-            ))
-            .await
-            .map_err(store_error)?;
-        let update_routes_if = session
-            .prepare(format!(
-                "UPDATE {keyspace}.seq_routes SET version = ?, data = ? WHERE id = ? IF version = ?"
-            ))
-            .await
-            .map_err(store_error)?;
-        let mut select = session
-            .prepare(format!(
-                "SELECT value FROM {keyspace}.max_seq WHERE namespace = ? AND section = ?"
-            ))
-            .await
-            .map_err(store_error)?;
-        // Linearizable with the LWTs that write the value.
-        select.set_consistency(Consistency::LocalSerial);
-        select.set_is_idempotent(true);
-        let insert_if_absent = session
-            .prepare(format!(
-                "INSERT INTO {keyspace}.max_seq (namespace, section, value) VALUES (?, ?, ?) IF NOT EXISTS"
-            ))
-            .await
-            .map_err(store_error)?;
-        let update_if = session
-            .prepare(format!(
-                "UPDATE {keyspace}.max_seq SET value = ? WHERE namespace = ? AND section = ? IF value = ?"
-            ))
-            .await
-            .map_err(store_error)?;
+        let select_routes = prepare_serial_read(
+            &session,
+            keyspace,
+            "SELECT version, data FROM {ks}.seq_routes WHERE id = ?",
+        )
+        .await?;
+        let insert_routes_if_absent = prepare(
+            &session,
+            keyspace,
+            "INSERT INTO {ks}.seq_routes (id, version, data) VALUES (?, ?, ?) IF NOT EXISTS",
+        )
+        .await?;
+        let update_routes_if = prepare(
+            &session,
+            keyspace,
+            "UPDATE {ks}.seq_routes SET version = ?, data = ? WHERE id = ? IF version = ?",
+        )
+        .await?;
+        let select = prepare_serial_read(
+            &session,
+            keyspace,
+            "SELECT value FROM {ks}.max_seq WHERE namespace = ? AND section = ?",
+        )
+        .await?;
+        let insert_if_absent = prepare(
+            &session,
+            keyspace,
+            "INSERT INTO {ks}.max_seq (namespace, section, value) VALUES (?, ?, ?) IF NOT EXISTS",
+        )
+        .await?;
+        let update_if = prepare(
+            &session,
+            keyspace,
+            "UPDATE {ks}.max_seq SET value = ? WHERE namespace = ? AND section = ? IF value = ?",
+        )
+        .await?;
         Ok(Self {
             session,
             select,
@@ -126,17 +140,6 @@ impl CqlMaxSeqStore {
         let rows = result.into_rows_result().map_err(store_error)?;
         let value: Option<(i64,)> = rows.maybe_first_row().map_err(store_error)?;
         Ok(value.map(|(v,)| v as u64))
-    }
-}
-
-fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
-    let rows = result.into_rows_result().map_err(store_error)?;
-    let row: Row = rows.first_row().map_err(store_error)?;
-    match row.columns.first() {
-        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(SeqError::Store(format!(
-            "LWT result without [applied]: {other:?}"
-        ))),
     }
 }
 
@@ -168,7 +171,7 @@ impl MaxSeqStore for CqlMaxSeqStore {
                     .await
                     .map_err(store_error)?,
             };
-            if applied(result)? {
+            if cql_kit::applied(result)? {
                 return Ok(at_least);
             }
         }
@@ -229,7 +232,7 @@ impl RouteStore for CqlMaxSeqStore {
                 .await
         }
         .map_err(store_error)?;
-        let applied = applied(result)?;
+        let applied = cql_kit::applied(result)?;
         // A lost race or an uncertain outcome: report what is stored now.
         Ok((applied, self.read_routes().await?))
     }

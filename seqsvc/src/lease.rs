@@ -158,11 +158,7 @@ mod tests {
     use std::time::Duration;
 
     fn lease() -> LeaseConfig {
-        LeaseConfig {
-            lease: Duration::from_millis(500),
-            sync_interval: Duration::from_millis(100),
-            activation: Duration::from_millis(700),
-        }
+        LeaseConfig::short_for_tests()
     }
 
     fn table(version: u64, owner_of_slot0: &str) -> RoutingTable {

@@ -20,22 +20,32 @@
 //!
 //! # Layout
 //! - [`allocator`]: sections, steps, batch allocation, prefetch.
-//! - [`store`]: the [`MaxSeqStore`] trait and its embedded (fjall) and
-//!   in-memory implementations; [`cql`]: the ScyllaDB/CQL implementation
-//!   (raised only by lightweight transactions).
+//! - [`store`]: the [`MaxSeqStore`] and [`RouteStore`] traits and the
+//!   embedded (fjall) implementation; [`cql`]: the ScyllaDB/CQL
+//!   implementation (raised only by lightweight transactions; URL, connect
+//!   and the `[applied]` reader come from `cql-kit`, shared with
+//!   timeline-store).
 //! - [`snowflake`]: 64-bit time-ordered message ids with a persisted clock
 //!   reservation.
 //!
 //! - [`routing`]: the routing table (slots of sections to AllocSvrs, lease
 //!   timings) and deterministic rebalancing; [`lease`]: lease fencing of
 //!   one AllocSvr (`activation > lease + sync interval`).
-//! - [`alloc_server`] and [`arbiter`]: the two roles' cores, no sockets;
-//!   [`grpc`]: their services, the store service and client, and the one
-//!   mapping of [`SeqError`] to `tonic::Status`; [`incoming`]: accepted
-//!   connections, bounded and with TCP_NODELAY (syncd serves through it too).
+//! - [`alloc_server`] and [`arbiter`]: the two roles' cores, no sockets.
+//! - [`grpc`]: the one mapping of [`SeqError`] to `tonic::Status`, channels
+//!   and serving; one file per service (`store_service`, `arbiter_service`,
+//!   `alloc_service` with the heartbeats), the store client
+//!   (`remote_store`) and the `--store` URL opener (`store_url`).
+//! - [`incoming`]: accepted connections, bounded and with TCP_NODELAY;
+//!   [`logging`]: the log setup of every server binary (syncd uses both).
 //! - [`client`]: the routing client (batches split per owner, "moved"
 //!   followed, retries), snowflake node-id leases, and [`client::SeqSource`]
 //!   (in-process allocator or cluster) for syncd.
+//! - `testsuite` (this crate's tests and the `testsuite` feature only): the
+//!   in-memory store with fault injection, and `FaultyStore`, which fails
+//!   raises of any store while a file exists (the `seqsvc store` process
+//!   wraps its store in it for `--fail-raises-while`). Nothing test-only is
+//!   in a build without the feature.
 //!
 //! The allocator, routing, lease and role cores are plain library code,
 //! tested without sockets (lease logic with a paused clock); the `seqsvc`
@@ -54,14 +64,19 @@ pub mod cql;
 pub mod grpc;
 pub mod incoming;
 pub mod lease;
+pub mod logging;
 pub mod routing;
 pub mod snowflake;
 pub mod store;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 pub use allocator::{Allocator, AllocatorConfig};
 pub use cql::CqlMaxSeqStore;
 pub use snowflake::{MsgIdGenerator, SnowflakeId};
-pub use store::{FjallMaxSeqStore, MaxSeqStore, MemoryMaxSeqStore, RouteStore, SharedStore};
+pub use store::{FjallMaxSeqStore, MaxSeqStore, RouteStore, SharedStore};
+#[cfg(any(test, feature = "testsuite"))]
+pub use testsuite::MemoryMaxSeqStore;
 
 /// Which family of sequences an id belongs to. Each namespace has its own
 /// sections and its own persisted `max_seq` values.

@@ -7,8 +7,9 @@ use seqsvc::alloc_server::AllocServer;
 use seqsvc::arbiter::{Arbiter, ArbiterConfig};
 use seqsvc::client::{DEFAULT_RETRY_FOR, RoutingClient, allocate_at};
 use seqsvc::grpc::{AllocService, ArbiterService, StoreService, spawn_heartbeats};
+use seqsvc::logging::init_logging;
 use seqsvc::routing::{LeaseConfig, RoutingTable};
-use seqsvc::{FjallMaxSeqStore, Namespace};
+use seqsvc::{FjallMaxSeqStore, Namespace, SharedStore};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ struct StoreArgs {
     #[arg(long, default_value = "127.0.0.1:7410")]
     listen: SocketAddr,
     /// Test hook: while a file exists at this path, every max_seq raise fails.
+    #[cfg(feature = "testsuite")]
     #[arg(long, hide = true)]
     fail_raises_while: Option<PathBuf>,
 }
@@ -184,18 +186,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .init();
-}
-
 async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
@@ -216,22 +206,24 @@ where
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(DEFAULT_LOG_FILTER);
     let dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FjallMaxSeqStore::open(&dir))
         .await?
         .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+    let store: Arc<dyn SharedStore> = Arc::new(store);
+    #[cfg(feature = "testsuite")]
+    let store: Arc<dyn SharedStore> = match args.fail_raises_while {
+        Some(path) => Arc::new(seqsvc::testsuite::FaultyStore::new(store, path)),
+        None => store,
+    };
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %args.data_dir.display(), "seqsvc store serving");
-    serve(
-        listener,
-        StoreService::new(Arc::new(store), args.fail_raises_while).into_server(),
-    )
-    .await
+    serve(listener, StoreService::new(store).into_server()).await
 }
 
 async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(DEFAULT_LOG_FILTER);
     let config = ArbiterConfig {
         section_size: args.section_size,
         lease: LeaseConfig {
@@ -262,7 +254,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
 }
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(DEFAULT_LOG_FILTER);
     let store = seqsvc::grpc::open_store(&args.store.store).await?;
     let (listener, local) = bind(args.listen).await?;
     let advertise = args.advertise.unwrap_or_else(|| local.to_string());

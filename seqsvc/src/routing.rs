@@ -40,6 +40,17 @@ impl Default for LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// Timings short enough for tests under a paused clock, valid like the
+    /// default (activation > lease + sync interval).
+    #[cfg(test)]
+    pub(crate) fn short_for_tests() -> Self {
+        Self {
+            lease: Duration::from_millis(500),
+            sync_interval: Duration::from_millis(100),
+            activation: Duration::from_millis(700),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.sync_interval.is_zero() || self.lease.is_zero() {
             return Err(SeqError::InvalidArgument(

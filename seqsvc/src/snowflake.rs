@@ -233,7 +233,7 @@ impl MsgIdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryMaxSeqStore;
+    use crate::testsuite::MemoryMaxSeqStore;
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -8,10 +8,8 @@
 use crate::routing::RoutingTable;
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[async_trait]
 pub trait MaxSeqStore: Send + Sync + 'static {
@@ -231,94 +229,6 @@ impl MaxSeqStore for FjallMaxSeqStore {
     }
 }
 
-/// An in-memory store for tests and benchmarks, with fault injection: it
-/// "persists" instantly and forgets everything when dropped.
-#[derive(Default)]
-pub struct MemoryMaxSeqStore {
-    values: Mutex<HashMap<(Namespace, u64), u64>>,
-    failing_raises: AtomicU32,
-    raises: AtomicU32,
-    routes: Mutex<Option<RoutingTable>>,
-    failing_route_reads: AtomicBool,
-}
-
-impl MemoryMaxSeqStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The next `n` raises fail with a store error and change nothing.
-    pub fn fail_next_raises(&self, n: u32) {
-        self.failing_raises.store(n, Ordering::SeqCst);
-    }
-
-    /// How many raises succeeded so far (persistence I/O count).
-    pub fn raise_count(&self) -> u32 {
-        self.raises.load(Ordering::SeqCst)
-    }
-
-    /// The stored value, as a test checker reads it.
-    pub fn stored(&self, namespace: Namespace, section: u64) -> u64 {
-        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
-        values.get(&(namespace, section)).copied().unwrap_or(0)
-    }
-
-    /// While set, routing-table reads fail (a partition from the store).
-    pub fn fail_route_reads(&self, failing: bool) {
-        self.failing_route_reads.store(failing, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl RouteStore for MemoryMaxSeqStore {
-    async fn read_routes(&self) -> Result<Option<RoutingTable>> {
-        if self.failing_route_reads.load(Ordering::SeqCst) {
-            return Err(SeqError::Store("injected read failure".into()));
-        }
-        Ok(self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone())
-    }
-
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        check_next_version(expected_version, table)?;
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if routes.as_ref().map_or(0, |t| t.version) != expected_version {
-            return Ok((false, routes.clone()));
-        }
-        *routes = Some(table.clone());
-        Ok((true, routes.clone()))
-    }
-}
-
-#[async_trait]
-impl MaxSeqStore for MemoryMaxSeqStore {
-    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
-        Ok(self.stored(namespace, section))
-    }
-
-    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
-        let fail = self
-            .failing_raises
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            return Err(SeqError::Store("injected failure".into()));
-        }
-        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = values.entry((namespace, section)).or_insert(0);
-        *slot = (*slot).max(at_least);
-        self.raises.fetch_add(1, Ordering::SeqCst);
-        Ok(*slot)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,14 +277,5 @@ mod tests {
         let stored = store.read_routes().await.unwrap().unwrap();
         assert_eq!(stored.version, 2);
         assert_eq!(stored.owners[0].as_deref(), Some("x:1"));
-    }
-
-    #[tokio::test]
-    async fn memory_store_injected_failure_changes_nothing() {
-        let store = MemoryMaxSeqStore::new();
-        store.fail_next_raises(1);
-        assert!(store.raise(Namespace::Inbox, 0, 10).await.is_err());
-        assert_eq!(store.stored(Namespace::Inbox, 0), 0);
-        assert_eq!(store.raise(Namespace::Inbox, 0, 10).await.unwrap(), 10);
     }
 }

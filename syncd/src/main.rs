@@ -128,15 +128,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .init();
+    seqsvc::logging::init_logging(DEFAULT_LOG_FILTER);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -48,9 +48,9 @@ impl StoreLocation {
         if text == "embedded" {
             Ok(StoreLocation::Embedded)
         } else if text.starts_with("scylla://") {
-            Ok(StoreLocation::Scylla(timeline_store::ScyllaConfig::parse(
-                text,
-            )?))
+            let config = timeline_store::ScyllaConfig::parse(text)
+                .map_err(timeline_store::StoreError::from)?;
+            Ok(StoreLocation::Scylla(config))
         } else {
             Err(StartupError::Store(
                 timeline_store::StoreError::InvalidArgument(format!(
@@ -133,7 +133,10 @@ async fn open_stores(location: &StoreLocation, data_dir: &Path) -> Result<Stores
                 .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))?
         }
         StoreLocation::Scylla(scylla) => {
-            let session = scylla.connect().await?;
+            let session = scylla
+                .connect()
+                .await
+                .map_err(timeline_store::StoreError::from)?;
             let store = ScyllaTimelineStore::open(Arc::clone(&session), &scylla.keyspace).await?;
             let seq_store = seqsvc::CqlMaxSeqStore::open(session, &scylla.keyspace).await?;
             Ok((Arc::new(store), Arc::new(seq_store)))

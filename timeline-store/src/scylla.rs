@@ -16,6 +16,9 @@
 //! conversations (conversation_id)                      record blob
 //! receipts      ((principal, client_msg_id))           receipt blob
 //! checkpoints   (user_id, device_id)                   seq bigint, raised by LWT only
+//! large_groups  (user_id, conversation_id)             -- a user's large (read-fanout) groups
+//! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
+//! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! ```
 //! Records are the same prost encodings the embedded backend stores.
 //!
@@ -44,16 +47,14 @@ use crate::{
     StoreError,
 };
 use async_trait::async_trait;
+use cql_kit::read_pages;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use prost::Message;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlValue, Row};
 use std::sync::Arc;
-use std::time::Duration;
+
+pub use cql_kit::ScyllaConfig;
 
 /// log2 of the seqs one partition covers.
 pub const BUCKET_BITS: u32 = 16;
@@ -70,128 +71,21 @@ pub fn bucket_of(seq: u64) -> u64 {
     seq >> BUCKET_BITS
 }
 
-/// Where and how to connect, parsed from
-/// `scylla://host:port[,host:port...]/keyspace[?replication=N&dc=NAME&consistency=LEVEL&timeout_ms=N]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScyllaConfig {
-    pub nodes: Vec<String>,
-    pub keyspace: String,
-    /// Replicas per data center when the keyspace is created.
-    pub replication: u32,
-    pub datacenter: String,
-    pub consistency: Consistency,
-    pub request_timeout: Duration,
-}
-
-impl ScyllaConfig {
-    pub fn parse(url: &str) -> Result<Self> {
-        let bad = |why: String| StoreError::InvalidArgument(format!("store url {url:?}: {why}"));
-        let rest = url
-            .strip_prefix("scylla://")
-            .ok_or_else(|| bad("expected scylla://host:port/keyspace".into()))?;
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (hosts, keyspace) = location
-            .split_once('/')
-            .ok_or_else(|| bad("missing /keyspace".into()))?;
-        let nodes: Vec<String> = hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if nodes.is_empty() {
-            return Err(bad("no hosts".into()));
-        }
-        let valid_keyspace = !keyspace.is_empty()
-            && keyspace.len() <= 48
-            && keyspace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && keyspace.starts_with(|c: char| c.is_ascii_alphabetic());
-        if !valid_keyspace {
-            return Err(bad(format!(
-                "keyspace {keyspace:?} must be 1-48 of a-z A-Z 0-9 _, starting with a letter"
-            )));
-        }
-        let mut config = ScyllaConfig {
-            nodes,
-            keyspace: keyspace.to_owned(),
-            replication: 3,
-            datacenter: "datacenter1".into(),
-            consistency: Consistency::LocalQuorum,
-            request_timeout: Duration::from_secs(5),
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{pair:?} is not key=value")))?;
-            match key {
-                "replication" => {
-                    config.replication =
-                        value.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
-                            bad(format!("replication {value:?} is not a positive number"))
-                        })?
-                }
-                "dc" => {
-                    if value.is_empty()
-                        || !value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-                    {
-                        return Err(bad(format!("dc {value:?} is not a data center name")));
-                    }
-                    config.datacenter = value.to_owned();
-                }
-                "consistency" => {
-                    config.consistency = match value.to_ascii_lowercase().as_str() {
-                        "one" => Consistency::One,
-                        "local_one" => Consistency::LocalOne,
-                        "quorum" => Consistency::Quorum,
-                        "local_quorum" => Consistency::LocalQuorum,
-                        "each_quorum" => Consistency::EachQuorum,
-                        "all" => Consistency::All,
-                        other => return Err(bad(format!("unknown consistency {other:?}"))),
-                    }
-                }
-                "timeout_ms" => {
-                    let ms: u64 = value
-                        .parse()
-                        .map_err(|_| bad(format!("timeout_ms {value:?}")))?;
-                    config.request_timeout = Duration::from_millis(ms.max(1));
-                }
-                other => return Err(bad(format!("unknown option {other:?}"))),
-            }
-        }
-        Ok(config)
-    }
-
-    /// Connects and creates the keyspace if it does not exist.
-    pub async fn connect(&self) -> Result<Arc<Session>> {
-        let profile = ExecutionProfile::builder()
-            .consistency(self.consistency)
-            .serial_consistency(Some(SerialConsistency::LocalSerial))
-            .request_timeout(Some(self.request_timeout))
-            .build()
-            .into_handle();
-        let session = SessionBuilder::new()
-            .known_nodes(&self.nodes)
-            .default_execution_profile_handle(profile)
-            .connection_timeout(Duration::from_secs(5))
-            .build()
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("connecting to {}: {e}", self.nodes.join(",")))
-            })?;
-        let create = format!(
-            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': {}}}",
-            self.keyspace, self.datacenter, self.replication
-        );
-        session.query_unpaged(create, ()).await.map_err(cql)?;
-        Ok(Arc::new(session))
-    }
-}
-
 fn cql(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("cql: {error}"))
+}
+
+impl From<cql_kit::CqlError> for StoreError {
+    fn from(error: cql_kit::CqlError) -> Self {
+        use cql_kit::CqlError;
+        let message = error.to_string();
+        match error {
+            CqlError::InvalidUrl { .. } => StoreError::InvalidArgument(message),
+            CqlError::Unavailable { .. } => StoreError::Unavailable(message),
+            CqlError::Query(_) => StoreError::Io(message),
+            CqlError::MissingApplied(_) => StoreError::Corrupt(message),
+        }
+    }
 }
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
@@ -442,10 +336,6 @@ impl ScyllaTimelineStore {
         })
     }
 
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
-    }
-
     async fn execute(
         &self,
         statement: &PreparedStatement,
@@ -663,8 +553,7 @@ impl InboxReads for ScyllaTimelineStore {
             through: through_seq,
             limit,
         } = range;
-        let mut entries = Vec::new();
-        for bucket in self
+        let buckets = self
             .buckets(
                 Timeline::Inbox,
                 user_id,
@@ -672,38 +561,21 @@ impl InboxReads for ScyllaTimelineStore {
                 through_seq,
                 false,
             )
-            .await?
-        {
-            // Page through the bucket: one query returns at most PAGE_ROWS.
-            let mut from = after_seq;
-            loop {
-                let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
-                let values = (
-                    big(user_id),
-                    big(bucket),
-                    big(from),
-                    big(through_seq),
-                    wanted as i32,
-                );
-                let blobs: Vec<Vec<u8>> = self
-                    .column(&self.statements.select_inbox_range, values)
-                    .await?;
-                let page = Self::decode_entries(blobs)?;
-                let exhausted = page.len() < wanted;
-                if let Some(last) = page.last() {
-                    from = last.seq;
-                }
-                entries.extend(page);
-                if exhausted || entries.len() >= limit {
-                    break;
-                }
-            }
-            if entries.len() >= limit {
-                break;
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
+            .await?;
+        let page = |bucket, from: Option<u64>, wanted: usize| async move {
+            let values = (
+                big(user_id),
+                big(bucket),
+                big(from.unwrap_or(after_seq)),
+                big(through_seq),
+                wanted as i32,
+            );
+            let blobs = self
+                .column(&self.statements.select_inbox_range, values)
+                .await?;
+            Self::decode_entries(blobs)
+        };
+        read_pages(buckets, limit, PAGE_ROWS as usize, |e: &Entry| e.seq, page).await
     }
 
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
@@ -853,33 +725,24 @@ impl ConversationReads for ScyllaTimelineStore {
                 newest_first,
             )
             .await?;
-        let mut entries = Vec::new();
-        for bucket in buckets {
-            // Page through the bucket, moving the bound on the side we read
-            // from: one query returns at most PAGE_ROWS.
-            let (mut low, mut high) = (after, before);
-            loop {
-                let wanted = (limit - entries.len()).min(PAGE_ROWS as usize);
-                let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
-                let blobs: Vec<Vec<u8>> = self.column(statement, values).await?;
-                let page = Self::decode_entries(blobs)?;
-                let exhausted = page.len() < wanted;
-                match (page.last(), newest_first) {
-                    (Some(last), true) => high = last.conv_seq,
-                    (Some(last), false) => low = last.conv_seq,
-                    (None, _) => {}
-                }
-                entries.extend(page);
-                if exhausted || entries.len() >= limit {
-                    break;
-                }
-            }
-            if entries.len() >= limit {
-                break;
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
+        // The cursor moves the bound on the side we read from.
+        let page = |bucket, cursor: Option<u64>, wanted: usize| async move {
+            let (low, high) = match (cursor, newest_first) {
+                (Some(last), true) => (after, last),
+                (Some(last), false) => (last, before),
+                (None, _) => (after, before),
+            };
+            let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
+            Self::decode_entries(self.column(statement, values).await?)
+        };
+        read_pages(
+            buckets,
+            limit,
+            PAGE_ROWS as usize,
+            |e: &Entry| e.conv_seq,
+            page,
+        )
+        .await
     }
 }
 
@@ -901,7 +764,7 @@ impl Checkpoints for ScyllaTimelineStore {
                 self.execute(&self.statements.raise_checkpoint_if, values)
                     .await?
             };
-            if applied(result)? {
+            if cql_kit::applied(result)? {
                 return Ok(seq);
             }
         }
@@ -915,19 +778,6 @@ impl Checkpoints for ScyllaTimelineStore {
             )
             .await?;
         Ok(seqs.first().map_or(0, |&s| s as u64))
-    }
-}
-
-/// Reads only the `[applied]` column of an LWT result: Cassandra returns it
-/// alone on success, ScyllaDB always adds the old row.
-pub fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
-    let rows = result.into_rows_result().map_err(cql)?;
-    let row: Row = rows.first_row().map_err(cql)?;
-    match row.columns.first() {
-        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(StoreError::Corrupt(format!(
-            "LWT result without [applied]: {other:?}"
-        ))),
     }
 }
 
@@ -1145,36 +995,5 @@ mod tests {
             [5, 65_535]
         );
         drop_keyspace(&session, &keyspace).await;
-    }
-
-    #[test]
-    fn urls_parse_with_defaults_and_options() {
-        let config = ScyllaConfig::parse("scylla://10.0.0.1:9042,10.0.0.2:9042/timeline").unwrap();
-        assert_eq!(config.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
-        assert_eq!(config.keyspace, "timeline");
-        assert_eq!(
-            (config.replication, config.consistency),
-            (3, Consistency::LocalQuorum)
-        );
-        let config = ScyllaConfig::parse(
-            "scylla://h:1/k?replication=1&consistency=one&dc=dc2&timeout_ms=250",
-        )
-        .unwrap();
-        assert_eq!(config.replication, 1);
-        assert_eq!(config.consistency, Consistency::One);
-        assert_eq!(config.datacenter, "dc2");
-        assert_eq!(config.request_timeout, Duration::from_millis(250));
-        for bad in [
-            "http://h:1/k",
-            "scylla://h:1",
-            "scylla:///k",
-            "scylla://h:1/k;drop",
-            "scylla://h:1/k?replication=0",
-            "scylla://h:1/k?consistency=most",
-            "scylla://h:1/k?color=blue",
-            "scylla://h:1/k?dc=a'b",
-        ] {
-            assert!(ScyllaConfig::parse(bad).is_err(), "{bad}");
-        }
     }
 }
