@@ -159,7 +159,9 @@ impl Engine {
         self.lifecycle.spawn(task);
     }
 
-    /// Sends a message (devices as themselves, services as `sender_id`).
+    // The calls below delegate to the module that owns each; their docs
+    // live there.
+
     pub async fn send(&self, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
         let sender = Arc::clone(&self.sender);
         let work = async move { sender.send(principal, command).await };
@@ -176,8 +178,6 @@ impl Engine {
         self.lifecycle.to_completion("create", work).await
     }
 
-    /// Adds or removes members (services only). Returns the new record and
-    /// the `conv_seq` of the membership event (0 when nothing changed).
     pub async fn change_members(
         &self,
         principal: Principal,
@@ -191,7 +191,6 @@ impl Engine {
         self.lifecycle.to_completion("membership", work).await
     }
 
-    /// Inbox entries after the checkpoint, never past the sync horizon.
     pub async fn sync(
         &self,
         principal: &Principal,
@@ -201,7 +200,6 @@ impl Engine {
         self.inbox.sync(principal, after_seq, limit).await
     }
 
-    /// Stores the device's checkpoint (never lowered; never past its inbox).
     pub async fn ack(&self, principal: &Principal, seq: u64) -> Result<u64> {
         self.inbox.ack(principal, seq).await
     }
@@ -210,7 +208,6 @@ impl Engine {
         self.history.history(principal, query).await
     }
 
-    /// The conversation, if the caller may see it (a member, or a service).
     pub async fn get_conversation(
         &self,
         principal: &Principal,
@@ -221,7 +218,6 @@ impl Engine {
             .await
     }
 
-    /// Starts a push feed for a device whose checkpoint is `after_seq`.
     pub async fn subscribe(
         &self,
         principal: &Principal,
@@ -233,7 +229,6 @@ impl Engine {
             .await
     }
 
-    /// Trims one inbox to the retention policy now. Returns the new floor.
     pub async fn trim_user(&self, user_id: u64) -> Result<u64> {
         self.retainer.trim_user(user_id).await
     }

@@ -8,10 +8,10 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, clamp_limit};
-use crate::paging::{self, MAX_PAGE_BYTES};
+use crate::paging;
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{Conversation, ConversationRange, Entry, TimelineStore};
+use timeline_store::{Conversation, Entry, Order, TimelineStore};
 
 pub struct HistoryQuery {
     pub conversation_id: u64,
@@ -59,50 +59,26 @@ impl History {
             .readable_through(Scope::Conversation, id)
             .await?
             .saturating_add(1);
-        let store = &self.store;
+        let store = self.store.as_ref();
         if let Some(after) = query.after {
             if query.before != 0 {
                 return Err(SyncdError::InvalidArgument(
                     "set before or after, not both".into(),
                 ));
             }
-            let page = paging::fill(
-                limit,
-                MAX_PAGE_BYTES,
-                after,
-                |e| e.conv_seq,
-                |cursor, n| async move {
-                    Ok(store
-                        .read_conversation(
-                            id,
-                            ConversationRange::oldest_first(cursor, visible_end, n),
-                        )
-                        .await?)
-                },
-            )
-            .await?;
+            let page =
+                paging::conversation(store, id, (after, visible_end), Order::OldestFirst, limit)
+                    .await?;
             return Ok(HistoryPage {
                 entries: page.entries,
                 has_more: page.has_more,
             });
         }
-        let before = if query.before == 0 {
-            u64::MAX
-        } else {
-            query.before
+        let before = match query.before {
+            0 => visible_end,
+            before => before.min(visible_end),
         };
-        let page = paging::fill(
-            limit,
-            MAX_PAGE_BYTES,
-            before.min(visible_end),
-            |e| e.conv_seq,
-            |cursor, n| async move {
-                Ok(store
-                    .read_conversation(id, ConversationRange::newest_first(0, cursor, n))
-                    .await?)
-            },
-        )
-        .await?;
+        let page = paging::conversation(store, id, (0, before), Order::NewestFirst, limit).await?;
         let mut entries = page.entries;
         entries.reverse();
         Ok(HistoryPage {

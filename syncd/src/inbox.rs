@@ -16,7 +16,7 @@ use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
 use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{ConversationRange, Entry, InboxRange, TimelineStore};
+use timeline_store::{ConversationRange, Entry, TimelineStore};
 
 #[derive(Clone, Debug)]
 pub struct SyncPage {
@@ -59,24 +59,12 @@ impl Inbox {
             .visibility
             .readable_through(Scope::Inbox, user_id)
             .await?;
-        let store = &self.store;
-        let page = paging::fill(
+        let page = paging::inbox(
+            self.store.as_ref(),
+            user_id,
+            (after, through),
             limit,
             MAX_PAGE_BYTES,
-            after,
-            |e| e.seq,
-            |cursor, n| async move {
-                Ok(store
-                    .read_inbox(
-                        user_id,
-                        InboxRange {
-                            after: cursor,
-                            through,
-                            limit: n,
-                        },
-                    )
-                    .await?)
-            },
         )
         .await?;
         // Read the floor after the entries, whatever they are: retention
@@ -141,7 +129,7 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::testkit::*;
-    use timeline_store::InboxReads;
+    use timeline_store::{InboxRange, InboxReads};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn tight_loop_sync_never_skips_when_commits_land_out_of_order() {
@@ -192,22 +180,6 @@ mod tests {
         }
         done.store(true, std::sync::atomic::Ordering::Release);
         let seen = reader.await.unwrap();
-        let all: Vec<u64> = fx
-            .store
-            .read_inbox(
-                1,
-                InboxRange {
-                    after: 0,
-                    through: u64::MAX,
-                    limit: 10_000,
-                },
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(all.len(), 4 + 24 * 25);
         let entries = fx
             .store
             .read_inbox(
@@ -220,6 +192,8 @@ mod tests {
             )
             .await
             .unwrap();
+        let all: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(all.len(), 4 + 24 * 25);
         let mut last_conv_seq = std::collections::HashMap::new();
         for entry in &entries {
             let last = last_conv_seq.entry(entry.conversation_id).or_insert(0);
@@ -240,7 +214,6 @@ mod tests {
 
 #[cfg(test)]
 mod trim_tests {
-    use crate::engine::{EngineConfig, Retention};
     use crate::testkit::*;
     use std::sync::Arc;
     use timeline_store::{EventCommit, EventLog, InboxWrite};
@@ -250,22 +223,10 @@ mod trim_tests {
     /// starts at `checkpoint + 1` look complete over the trimmed range.
     #[tokio::test]
     async fn a_rewrite_below_the_floor_does_not_hide_a_trimmed_range() {
-        let config = EngineConfig {
-            retention: Retention {
-                max_entries: 10,
-                ..Retention::default()
-            },
-            ..EngineConfig::default()
-        };
-        let fx = fixture().config(config).build().await;
+        let fx = fixture().config(keeping(10)).build().await;
         let engine = Arc::clone(&fx.engine);
         let conversation = group(&engine, 1, vec![2]).await;
-        for i in 0..30 {
-            engine
-                .send(device(1, "d"), message(conversation, &i.to_string(), None))
-                .await
-                .unwrap();
-        }
+        send_numbered(&engine, 1, conversation, 30).await;
         let before = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
         let floor = engine.trim_user(2).await.unwrap();
         let late = before.entries[4].clone();
@@ -363,12 +324,7 @@ mod restart_tests {
         let start = || engine_on(&store, seq_store.clone(), EngineConfig::default());
         let engine = start().await;
         let conversation = group(&engine, 1, vec![2]).await;
-        for i in 0..5 {
-            engine
-                .send(device(1, "d"), message(conversation, &i.to_string(), None))
-                .await
-                .unwrap();
-        }
+        send_numbered(&engine, 1, conversation, 5).await;
         let before = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
         assert_eq!(before.entries.len(), 6);
         drop(engine);

@@ -288,14 +288,7 @@ mod tests {
             limit: 10,
         };
         let history = engine.history(&device(7_777, "d"), query).await.unwrap();
-        assert_eq!(
-            history
-                .entries
-                .iter()
-                .map(|e| e.text.as_str())
-                .collect::<Vec<_>>(),
-            ["to everyone"]
-        );
+        assert_eq!(texts(&history.entries), ["to everyone"]);
 
         // Leaving removes the group from the member's sync reply.
         engine

@@ -10,7 +10,7 @@
 
 use crate::error::Result;
 use std::future::Future;
-use timeline_store::Entry;
+use timeline_store::{ConversationRange, Entry, InboxRange, Order, TimelineStore};
 
 /// Entry bytes in one Sync or History reply. Below the 4 MiB receive limit
 /// most gRPC clients default to, with room for the reply's other fields.
@@ -78,6 +78,61 @@ where
             });
         }
     }
+}
+
+/// A page of the user's inbox after `after`, through `through`.
+pub async fn inbox(
+    store: &dyn TimelineStore,
+    user_id: u64,
+    (after, through): (u64, u64),
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Page> {
+    fill(
+        limit,
+        max_bytes,
+        after,
+        |e| e.seq,
+        |cursor, n| async move {
+            let range = InboxRange {
+                after: cursor,
+                through,
+                limit: n,
+            };
+            Ok(store.read_inbox(user_id, range).await?)
+        },
+    )
+    .await
+}
+
+/// A page of a conversation strictly between `after` and `before`: the
+/// oldest entries first, or (`NewestFirst`) the newest, as history pages
+/// forwards and backwards.
+pub async fn conversation(
+    store: &dyn TimelineStore,
+    conversation_id: u64,
+    (after, before): (u64, u64),
+    order: Order,
+    limit: usize,
+) -> Result<Page> {
+    let (start, cursor_of): (u64, fn(&Entry) -> u64) = match order {
+        Order::OldestFirst => (after, |e| e.conv_seq),
+        Order::NewestFirst => (before, |e| e.conv_seq),
+    };
+    fill(
+        limit,
+        MAX_PAGE_BYTES,
+        start,
+        cursor_of,
+        |cursor, n| async move {
+            let range = match order {
+                Order::OldestFirst => ConversationRange::oldest_first(cursor, before, n),
+                Order::NewestFirst => ConversationRange::newest_first(after, cursor, n),
+            };
+            Ok(store.read_conversation(conversation_id, range).await?)
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

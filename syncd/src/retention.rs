@@ -219,21 +219,13 @@ impl Retainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineConfig;
     use crate::error::SyncdError;
     use crate::history::HistoryQuery;
     use crate::testkit::*;
 
     #[tokio::test]
     async fn retention_trims_inboxes_and_expired_checkpoints_are_told() {
-        let config = EngineConfig {
-            retention: Retention {
-                max_entries: 10,
-                ..Retention::default()
-            },
-            ..EngineConfig::default()
-        };
-        let fx = fixture().config(config).build().await;
+        let fx = fixture().config(keeping(10)).build().await;
         let engine = Arc::clone(&fx.engine);
         let conversation = group(&engine, 1, vec![2]).await;
         let early = engine
@@ -241,12 +233,7 @@ mod tests {
             .await
             .unwrap()
             .checkpoint;
-        for i in 0..30 {
-            engine
-                .send(device(1, "d"), message(conversation, &i.to_string(), None))
-                .await
-                .unwrap();
-        }
+        send_numbered(&engine, 1, conversation, 30).await;
         let floor = engine.trim_user(2).await.unwrap();
         assert_eq!(floor, 31 - 10 + 1, "31 entries, the newest 10 kept");
         // A device far behind is told, with no entries: never a silent gap.
@@ -293,26 +280,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), false);
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seqsvc::MemoryMaxSeqStore::new());
-        let keep = |max_entries| EngineConfig {
-            retention: Retention {
-                max_entries,
-                ..Retention::default()
-            },
-            ..EngineConfig::default()
-        };
-        let engine = engine_on(&store, seq_store.clone(), keep(1_000)).await;
+        let engine = engine_on(&store, seq_store.clone(), keeping(1_000)).await;
         let conversation = group(&engine, 1, vec![2]).await;
-        for i in 0..10 {
-            engine
-                .send(device(1, "d"), message(conversation, &i.to_string(), None))
-                .await
-                .unwrap();
-        }
+        send_numbered(&engine, 1, conversation, 10).await;
         let synced = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
         assert_eq!(synced.entries.len(), 11);
         drop(engine);
 
-        let engine = engine_on(&store, seq_store.clone(), keep(1_000)).await;
+        let engine = engine_on(&store, seq_store.clone(), keeping(1_000)).await;
         engine
             .send(
                 device(1, "d"),
@@ -339,7 +314,7 @@ mod tests {
 
         // Keeping 5 of 12 trims the 7 oldest, and only devices whose
         // checkpoint is below one of those are told "expired".
-        let engine = engine_on(&store, seq_store, keep(5)).await;
+        let engine = engine_on(&store, seq_store, keeping(5)).await;
         let floor = engine.trim_user(2).await.unwrap();
         assert_eq!(floor, all.entries[6].seq + 1);
         let fully_synced = engine

@@ -4,12 +4,12 @@
 //! `max_seq` store.
 
 use crate::auth::Principal;
-use crate::engine::{Engine, EngineConfig, NewConversation, SendCommand};
+use crate::engine::{Engine, EngineConfig, NewConversation, Retention, SendCommand};
 use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore, MsgIdGenerator};
 use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::testsuite::{Faults, FaultyStore};
-use timeline_store::{Conversation, ConversationKind, EmbeddedStore, EmbeddedStoreConfig};
+use timeline_store::{Conversation, ConversationKind, EmbeddedStore, EmbeddedStoreConfig, Entry};
 use uuid::Uuid;
 
 /// The embedded store with faults a real deployment sees (see
@@ -166,4 +166,33 @@ pub fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendComman
         client_msg_id: id,
         sender_id: None,
     }
+}
+
+/// An engine config that keeps the newest `max_entries` inbox entries.
+pub fn keeping(max_entries: u64) -> EngineConfig {
+    EngineConfig {
+        retention: Retention {
+            max_entries,
+            ..Retention::default()
+        },
+        ..EngineConfig::default()
+    }
+}
+
+/// Sends `count` messages ("0", "1", ...) from user `from`'s device.
+pub async fn send_numbered(engine: &Arc<Engine>, from: u64, conversation_id: u64, count: usize) {
+    for i in 0..count {
+        engine
+            .send(
+                device(from, "d"),
+                message(conversation_id, &i.to_string(), None),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The texts of entries, in order.
+pub fn texts(entries: &[Entry]) -> Vec<&str> {
+    entries.iter().map(|e| e.text.as_str()).collect()
 }

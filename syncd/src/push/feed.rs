@@ -15,7 +15,7 @@ use crate::paging::{self, MAX_PUSH_BYTES};
 use crate::push::hub::{Hub, Subscription};
 use crate::visibility::Visibility;
 use std::sync::Arc;
-use timeline_store::{Entry, InboxRange, TimelineStore};
+use timeline_store::{Entry, TimelineStore};
 
 /// "Entries exist up to `up_to_seq`", with the entries when the subscriber
 /// asked for them and is close enough behind.
@@ -96,24 +96,12 @@ impl Feed {
         };
         let behind = top - self.last_sent;
         let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
-            let (store, user_id) = (&self.store, self.user_id);
-            let page = paging::fill(
+            let page = paging::inbox(
+                self.store.as_ref(),
+                self.user_id,
+                (self.last_sent, top),
                 MAX_PUSH_ENTRIES,
                 MAX_PUSH_BYTES,
-                self.last_sent,
-                |e| e.seq,
-                |cursor, n| async move {
-                    Ok(store
-                        .read_inbox(
-                            user_id,
-                            InboxRange {
-                                after: cursor,
-                                through: top,
-                                limit: n,
-                            },
-                        )
-                        .await?)
-                },
             )
             .await?;
             // As in sync: the floor, read after the entries, tells whether
@@ -163,21 +151,9 @@ mod tests {
             .await
             .unwrap();
         let notice = feed.next().await.unwrap().unwrap();
-        assert_eq!(
-            notice
-                .entries
-                .iter()
-                .map(|e| e.text.as_str())
-                .collect::<Vec<_>>(),
-            ["pushed"]
-        );
+        assert_eq!(texts(&notice.entries), ["pushed"]);
         assert_eq!(notice.up_to_seq, notice.entries[0].seq);
-        for i in 0..(MAX_PUSH_ENTRIES + 10) {
-            engine
-                .send(device(1, "d"), message(conversation, &i.to_string(), None))
-                .await
-                .unwrap();
-        }
+        send_numbered(&engine, 1, conversation, MAX_PUSH_ENTRIES + 10).await;
         let behind = feed.next().await.unwrap().unwrap();
         assert!(
             behind.entries.is_empty(),
