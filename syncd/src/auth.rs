@@ -7,7 +7,7 @@
 //! directory (`auth.key`, created on first use, mode 0600). Anyone with the
 //! key can mint tokens, so it never leaves the machine.
 
-use crate::error::{Result, SyncdError};
+use crate::error::{Result, SyncdError, quoted};
 use crate::limits::MAX_NAME_BYTES;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -49,7 +49,8 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(SyncdError::InvalidArgument(format!(
-            "{kind} must be 1 to {MAX_NAME_BYTES} characters of A-Z a-z 0-9 . _ -, got {name:?}"
+            "{kind} must be 1 to {MAX_NAME_BYTES} characters of A-Z a-z 0-9 . _ -, got {}",
+            quoted(name)
         )))
     }
 }
