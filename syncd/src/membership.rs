@@ -422,4 +422,50 @@ mod tests {
             "sync resumes from the ack"
         );
     }
+
+    #[tokio::test]
+    async fn a_non_member_cannot_tell_a_missing_conversation_from_an_existing_one() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let existing = group(&engine, 1, vec![2]).await;
+        let missing = existing + 1_000_000;
+        let stranger = device(3, "d");
+        // The status and the message, with the id the caller named blanked.
+        let seen = |id: u64, result: Result<(), SyncdError>| {
+            let error = result.unwrap_err();
+            let status = tonic::Status::from(error);
+            (
+                status.code(),
+                status.message().replace(&id.to_string(), "<id>"),
+            )
+        };
+        let history = |id| HistoryQuery {
+            conversation_id: id,
+            before: 0,
+            after: None,
+            limit: 10,
+        };
+        let mut answers = Vec::new();
+        for id in [existing, missing] {
+            let read = engine.history(&stranger, history(id)).await.map(drop);
+            let record = engine.get_conversation(&stranger, id).await.map(drop);
+            let sent = engine
+                .send(stranger.clone(), message(id, "x", None))
+                .await
+                .map(drop);
+            answers.push([seen(id, read), seen(id, record), seen(id, sent)]);
+        }
+        assert_eq!(answers[0], answers[1], "existing vs missing");
+        assert_eq!(answers[0][0].0, tonic::Code::PermissionDenied);
+        // Services may know what exists.
+        let ops = Principal::Service { name: "ops".into() };
+        assert!(matches!(
+            engine.get_conversation(&ops, missing).await,
+            Err(SyncdError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.history(&ops, history(missing)).await,
+            Err(SyncdError::NotFound(_))
+        ));
+    }
 }

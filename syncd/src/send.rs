@@ -96,7 +96,11 @@ impl Sender {
                 duplicate: true,
             });
         }
-        let membership = self.directory.shared(command.conversation_id).await?;
+        let membership = self
+            .directory
+            .shared(command.conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(&principal, command.conversation_id, e))?;
         access::may_send(sender_id, &membership.record)?;
         let event = Event::message(
             &membership.record,

@@ -168,7 +168,7 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
     // Bad input: a clear one-line error and a non-zero exit, nothing changed.
     fails_with(
         &tl_send(&url, &alice, "999999", "x", None),
-        "does not exist",
+        "not a member",
     );
     fails_with(&tl_send(&url, &stranger, &conv, "x", None), "not a member");
     fails_with(
