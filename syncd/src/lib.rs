@@ -36,7 +36,8 @@
 //!
 //! # Modules
 //! - [`engine`]: the facade the gRPC layer calls; owns one value per concept.
-//! - [`send`]: sending a message, idempotency.
+//! - [`send`]: sending a message. [`idempotency`]: client ids, their
+//!   locks and receipts (sends and creations).
 //! - [`membership`]: creating conversations, adding and removing members.
 //! - [`inbox`]: sync and ack. [`history`]: conversation paging and records.
 //! - [`push`]: the hub of subscribed users and each subscriber's feed.
@@ -63,6 +64,7 @@ pub mod fanout;
 pub mod grpc;
 pub mod history;
 pub mod horizon;
+pub mod idempotency;
 pub mod inbox;
 pub mod keyed;
 pub mod lifecycle;

@@ -85,6 +85,11 @@ pub struct Receipt {
     pub msg_id: u64,
     #[prost(int64, tag = "4")]
     pub sent_at_ms: i64,
+    /// A hash of what the first request asked for, so that a retry asking
+    /// for something else is told so; 0 in receipts written before it was
+    /// kept (any retry matches those).
+    #[prost(fixed64, tag = "5")]
+    pub fingerprint: u64,
 }
 
 /// Who sent (a user or a backend service) and the UUID they chose.
