@@ -8,7 +8,9 @@
 //!   copy are committed in one durable event before the reply.
 //! - Every member's inbox gets each message once: a retry with the same
 //!   client message id returns the stored receipt (checked under a per-key
-//!   lock, so concurrent retries cannot both write).
+//!   lock, so concurrent retries cannot both write), and a request that
+//!   differs from the one the receipt records is refused; conversation
+//!   creation is idempotent the same way ([`idempotency`]).
 //! - Per conversation, a lower `conv_seq` gets the lower inbox seq in every
 //!   member's inbox (seqs of one conversation's events are allocated in
 //!   order).
