@@ -24,7 +24,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-/// Attempts per send before giving up on a retryable error.
+/// Attempts per idempotent call (send, create) before giving up on a
+/// retryable error.
 pub const SEND_ATTEMPTS: u32 = 5;
 /// First retry delay; doubles per attempt.
 pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
@@ -130,6 +131,30 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
+/// Runs an idempotent call (its request carries a client id, so a repeat
+/// returns the first result) up to [`SEND_ATTEMPTS`] times while it fails
+/// transiently.
+async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+{
+    let mut delay = RETRY_BASE_DELAY;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(status) if retryable(&status) && attempt < SEND_ATTEMPTS => {
+                tracing::warn!(attempt, code = ?status.code(), "{what} failed, retrying with the same client id");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
 fn with_deadline<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(CALL_TIMEOUT);
@@ -217,25 +242,11 @@ impl Client {
             text: text.to_owned(),
             client_msg_id,
         };
-        let mut delay = RETRY_BASE_DELAY;
-        let mut attempt = 1;
-        loop {
-            match self
-                .timeline
-                .clone()
-                .send(with_deadline(request.clone()))
-                .await
-            {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if retryable(&status) && attempt < SEND_ATTEMPTS => {
-                    tracing::warn!(attempt, code = ?status.code(), "send failed, retrying with the same client_msg_id");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(status) => return Err(status.into()),
-            }
-        }
+        with_retries("send", || {
+            let (mut timeline, request) = (self.timeline(), request.clone());
+            async move { timeline.send(with_deadline(request)).await }
+        })
+        .await
     }
 
     /// Appends a message as a backend service (`sender_id` 0: system).
@@ -418,18 +429,41 @@ impl Client {
         reply(self.timeline().history(with_deadline(request))).await
     }
 
+    /// Creates a conversation, retrying transient failures with one client
+    /// request id, so a retry never creates a second conversation.
     pub async fn create_conversation(
         &self,
         kind: pb::ConversationKind,
         members: Vec<u64>,
         title: &str,
     ) -> Result<pb::Conversation> {
+        self.create_conversation_with_id(kind, members, title, None)
+            .await
+    }
+
+    /// [`Client::create_conversation`] with the caller's client request id
+    /// (picked when `None`): calling again with the same id and request
+    /// returns the conversation the first call created.
+    pub async fn create_conversation_with_id(
+        &self,
+        kind: pb::ConversationKind,
+        members: Vec<u64>,
+        title: &str,
+        client_request_id: Option<uuid::Uuid>,
+    ) -> Result<pb::Conversation> {
         let request = pb::CreateConversationRequest {
             kind: kind as i32,
             members,
             title: title.to_owned(),
+            client_request_id: client_request_id
+                .unwrap_or_else(uuid::Uuid::new_v4)
+                .to_string(),
         };
-        let created = reply(self.timeline().create_conversation(with_deadline(request))).await?;
+        let created = with_retries("create conversation", || {
+            let (mut timeline, request) = (self.timeline(), request.clone());
+            async move { timeline.create_conversation(with_deadline(request)).await }
+        })
+        .await?;
         carried(created.conversation)
     }
 

@@ -71,6 +71,10 @@ struct CreateArgs {
     kind: Kind,
     #[arg(long, default_value = "")]
     title: String,
+    /// UUID making the creation idempotent: running the command again with
+    /// it prints the same conversation (generated when omitted).
+    #[arg(long)]
+    client_id: Option<uuid::Uuid>,
 }
 
 #[derive(Args)]
@@ -215,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Kind::Group => pb::ConversationKind::Group,
             };
             let conversation = client
-                .create_conversation(kind, args.members, &args.title)
+                .create_conversation_with_id(kind, args.members, &args.title, args.client_id)
                 .await?;
             println!("{}", conversation.conversation_id);
         }

@@ -64,6 +64,23 @@ pub fn may_read(principal: &Principal, conversation: &Conversation) -> Result<()
     }
 }
 
+/// What a device is told when the conversation it names is missing: the
+/// same as for one it is not a member of, so a device cannot probe which
+/// conversation ids exist. Services, which may read any conversation,
+/// still learn that it is missing; other errors pass through.
+pub fn conceal_missing(
+    principal: &Principal,
+    conversation_id: u64,
+    error: SyncdError,
+) -> SyncdError {
+    match (principal, error) {
+        (Principal::Device { user_id, .. }, SyncdError::NotFound(_)) => {
+            not_a_member(*user_id, conversation_id)
+        }
+        (_, error) => error,
+    }
+}
+
 fn not_a_member(user_id: u64, conversation_id: u64) -> SyncdError {
     SyncdError::PermissionDenied(format!(
         "user {user_id} is not a member of conversation {conversation_id}"

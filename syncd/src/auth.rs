@@ -7,7 +7,7 @@
 //! directory (`auth.key`, created on first use, mode 0600). Anyone with the
 //! key can mint tokens, so it never leaves the machine.
 
-use crate::error::{Result, SyncdError};
+use crate::error::{Result, SyncdError, quoted};
 use crate::limits::MAX_NAME_BYTES;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -49,8 +49,25 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(SyncdError::InvalidArgument(format!(
-            "{kind} must be 1 to {MAX_NAME_BYTES} characters of A-Z a-z 0-9 . _ -, got {name:?}"
+            "{kind} must be 1 to {MAX_NAME_BYTES} characters of A-Z a-z 0-9 . _ -, got {}",
+            quoted(name)
         )))
+    }
+}
+
+/// Who may hold a token: a user (id 0 is the system, never a caller) on a
+/// named device, or a named service.
+fn validate_principal(principal: &Principal) -> Result<()> {
+    match principal {
+        Principal::Device { user_id, device_id } => {
+            if *user_id == 0 {
+                return Err(SyncdError::InvalidArgument(
+                    "user id 0 is not a user: user ids start at 1".into(),
+                ));
+            }
+            validate_name("device id", device_id)
+        }
+        Principal::Service { name } => validate_name("service name", name),
     }
 }
 
@@ -110,20 +127,12 @@ impl TokenAuthority {
 
     pub fn issue(&self, principal: &Principal, ttl: std::time::Duration) -> Result<String> {
         let expires = now_unix_s().saturating_add(ttl.as_secs());
+        validate_principal(principal)?;
         let payload = match principal {
             Principal::Device { user_id, device_id } => {
-                if *user_id == 0 {
-                    return Err(SyncdError::InvalidArgument(
-                        "user id must be at least 1".into(),
-                    ));
-                }
-                validate_name("device id", device_id)?;
                 format!("d|{user_id}|{device_id}|{expires}")
             }
-            Principal::Service { name } => {
-                validate_name("service name", name)?;
-                format!("s|{name}|{expires}")
-            }
+            Principal::Service { name } => format!("s|{name}|{expires}"),
         };
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
@@ -174,6 +183,10 @@ impl TokenAuthority {
             ),
             _ => return Err(bad("malformed payload")),
         };
+        // The same rules as at issuing: a token signed by hand or by an
+        // older build must not make user 0 (the system) or a nameless
+        // device a caller.
+        validate_principal(&principal).map_err(|e| bad(&e.to_string()))?;
         let expires: u64 = expires.parse().map_err(|_| bad("expiry"))?;
         if expires <= now_unix_s() {
             return Err(SyncdError::Unauthenticated("token expired".into()));
@@ -235,6 +248,46 @@ mod tests {
         };
         assert!(auth.issue(&bad, Duration::from_secs(1)).is_err());
         assert!(auth.issue(&device(0), Duration::from_secs(1)).is_err());
+    }
+
+    /// Signs `payload` with the authority's key, as a token issued by an
+    /// older build (or by hand) would be.
+    fn signed(auth: &TokenAuthority, payload: &str) -> String {
+        let mut mac = auth.mac();
+        mac.update(payload.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        format!(
+            "tl1.{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(tag)
+        )
+    }
+
+    #[test]
+    fn signed_tokens_for_no_user_or_no_device_are_refused() {
+        let auth = TokenAuthority::from_key([7; 32]);
+        let cases = [
+            ("d|0|phone|99999999999", "user id 0"),
+            ("d|5||99999999999", "device id"),
+            ("s||99999999999", "service name"),
+        ];
+        for (payload, why) in cases {
+            let refused = auth.verify(&signed(&auth, payload));
+            assert!(
+                matches!(&refused, Err(SyncdError::Unauthenticated(m)) if m.contains(why)),
+                "{payload}: {refused:?}"
+            );
+        }
+        assert_eq!(
+            auth.verify(&signed(&auth, "d|5|phone|99999999999"))
+                .unwrap(),
+            device(5)
+        );
+        let empty_device = Principal::Device {
+            user_id: 5,
+            device_id: String::new(),
+        };
+        assert!(auth.issue(&empty_device, Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::directory::Directory;
 use crate::error::Result;
 use crate::history::History;
 use crate::horizon::Horizon;
+use crate::idempotency::Idempotency;
 use crate::inbox::Inbox;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{DEFAULT_LARGE_GROUP_THRESHOLD, DEFAULT_SUBSCRIBER_STALL_LIMIT};
@@ -85,6 +86,8 @@ impl Engine {
             Arc::clone(&horizon),
         ));
         let directory = Arc::new(Directory::new(Arc::clone(&store)));
+        // Sends and creations share the client id locks (one key space).
+        let idempotency = Arc::new(Idempotency::new(Arc::clone(&store)));
         let hub = Hub::new();
         let retention_queue = Arc::new(RetentionQueue::new(&config.retention));
         // Order: the record is cached before subscribers hear of the event.
@@ -101,13 +104,14 @@ impl Engine {
         ));
         Arc::new(Self {
             sender: Arc::new(Sender::new(
-                Arc::clone(&store),
                 Arc::clone(&directory),
                 Arc::clone(&writer),
+                Arc::clone(&idempotency),
             )),
             membership: Arc::new(Membership::new(
                 Arc::clone(&directory),
                 writer,
+                idempotency,
                 seqs,
                 config.large_group_threshold,
             )),

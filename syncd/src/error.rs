@@ -1,5 +1,6 @@
 //! syncd's domain errors and their single mapping to gRPC statuses.
 
+use crate::limits::MAX_QUOTED_BYTES;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,20 @@ pub enum SyncdError {
 }
 
 pub type Result<T, E = SyncdError> = std::result::Result<T, E>;
+
+/// Client input for an error message: quoted whole when short, otherwise
+/// its first [`MAX_QUOTED_BYTES`] (cut on a character boundary) with its
+/// full length, so a huge field is never echoed back.
+pub fn quoted(input: &str) -> String {
+    if input.len() <= MAX_QUOTED_BYTES {
+        return format!("{input:?}");
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &input[..end], input.len())
+}
 
 impl From<timeline_store::StoreError> for SyncdError {
     fn from(error: timeline_store::StoreError) -> Self {
@@ -62,5 +77,22 @@ impl From<SyncdError> for Status {
             tracing::warn!(%error, ?code, "request failed");
         }
         Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_quoted_by_a_prefix_on_a_char_boundary() {
+        assert_eq!(quoted("short"), "\"short\"");
+        let exact = "a".repeat(MAX_QUOTED_BYTES);
+        assert_eq!(quoted(&exact), format!("{exact:?}"));
+        // 2-byte characters: byte 64 is a boundary, 63 would not be.
+        let wide = format!("a{}", "é".repeat(100));
+        let q = quoted(&wide);
+        assert!(q.ends_with("… (201 bytes)"), "{q}");
+        assert_eq!(q, format!("\"a{}\"… (201 bytes)", "é".repeat(31)));
     }
 }

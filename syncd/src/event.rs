@@ -13,6 +13,8 @@ pub struct Event {
     pub fanout: Fanout,
     /// The idempotency key whose receipt commits with the event.
     pub receipt_key: Option<IdempotencyKey>,
+    /// What the receipt remembers of the request (0: nothing).
+    pub fingerprint: u64,
     /// The conversation record after the event, when it changes it.
     pub record: Option<Conversation>,
 }
@@ -42,6 +44,7 @@ impl Event {
             },
             fanout: fanout(Change::Message, conversation, conversation),
             receipt_key,
+            fingerprint: 0,
             record: None,
         }
     }
@@ -58,6 +61,7 @@ impl Event {
             },
             fanout: fanout(Change::Created, &record, &record),
             receipt_key: None,
+            fingerprint: 0,
             record: Some(record),
         }
     }
@@ -82,8 +86,17 @@ impl Event {
             },
             fanout,
             receipt_key: None,
+            fingerprint: 0,
             record: Some(after),
         }
+    }
+
+    /// The event commits a receipt under `key` that remembers
+    /// `fingerprint` (see [`crate::idempotency`]).
+    pub fn with_receipt(mut self, key: IdempotencyKey, fingerprint: u64) -> Self {
+        self.receipt_key = Some(key);
+        self.fingerprint = fingerprint;
+        self
     }
 
     pub fn conversation_id(&self) -> u64 {

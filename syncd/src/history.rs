@@ -93,7 +93,11 @@ impl History {
         principal: &Principal,
         conversation_id: u64,
     ) -> Result<Conversation> {
-        let conversation = self.directory.peek(conversation_id).await?;
+        let conversation = self
+            .directory
+            .peek(conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
         access::may_read(principal, &conversation)?;
         Ok((*conversation).clone())
     }

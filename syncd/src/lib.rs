@@ -8,7 +8,9 @@
 //!   copy are committed in one durable event before the reply.
 //! - Every member's inbox gets each message once: a retry with the same
 //!   client message id returns the stored receipt (checked under a per-key
-//!   lock, so concurrent retries cannot both write).
+//!   lock, so concurrent retries cannot both write), and a request that
+//!   differs from the one the receipt records is refused; conversation
+//!   creation is idempotent the same way ([`idempotency`]).
 //! - Per conversation, a lower `conv_seq` gets the lower inbox seq in every
 //!   member's inbox (seqs of one conversation's events are allocated in
 //!   order).
@@ -36,7 +38,8 @@
 //!
 //! # Modules
 //! - [`engine`]: the facade the gRPC layer calls; owns one value per concept.
-//! - [`send`]: sending a message, idempotency.
+//! - [`send`]: sending a message. [`idempotency`]: client ids, their
+//!   locks and receipts (sends and creations).
 //! - [`membership`]: creating conversations, adding and removing members.
 //! - [`inbox`]: sync and ack. [`history`]: conversation paging and records.
 //! - [`push`]: the hub of subscribed users and each subscriber's feed.
@@ -63,6 +66,7 @@ pub mod fanout;
 pub mod grpc;
 pub mod history;
 pub mod horizon;
+pub mod idempotency;
 pub mod inbox;
 pub mod keyed;
 pub mod lifecycle;

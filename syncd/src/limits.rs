@@ -19,6 +19,10 @@ pub const MAX_SYNC_LIMIT: usize = 1_000;
 /// History page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 pub const MAX_HISTORY_LIMIT: usize = 500;
+/// Client input quoted back in an error message, in bytes: enough to
+/// recognise it, never a whole oversized field echoed to the caller and
+/// into logs.
+pub const MAX_QUOTED_BYTES: usize = 64;
 /// Device and service names: length in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 /// Sends being processed at once; more wait for a slot.

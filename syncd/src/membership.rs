@@ -13,12 +13,14 @@ use crate::auth::Principal;
 use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::{Event, MembershipChange, now_ms};
+use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
 use crate::limits::{MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES};
-use crate::writer::EventWriter;
+use crate::writer::{EventWriter, Held};
 use seqsvc::Namespace;
 use seqsvc::client::SeqSource;
 use std::sync::Arc;
-use timeline_store::{Conversation, ConversationKind};
+use timeline_store::{Conversation, ConversationKind, IdempotencyKey};
+use uuid::Uuid;
 
 /// The counter id (in [`Namespace::Counter`]) that numbers conversations.
 const CONVERSATION_ID_COUNTER: u64 = 0;
@@ -27,11 +29,14 @@ pub struct NewConversation {
     pub kind: ConversationKind,
     pub members: Vec<u64>,
     pub title: String,
+    /// `None`: not idempotent (a retry may create a second conversation).
+    pub client_request_id: Option<Uuid>,
 }
 
 pub struct Membership {
     directory: Arc<Directory>,
     writer: Arc<EventWriter>,
+    idempotency: Arc<Idempotency>,
     seqs: SeqSource,
     large_group_threshold: usize,
 }
@@ -40,18 +45,23 @@ impl Membership {
     pub fn new(
         directory: Arc<Directory>,
         writer: Arc<EventWriter>,
+        idempotency: Arc<Idempotency>,
         seqs: SeqSource,
         large_group_threshold: usize,
     ) -> Self {
         Self {
             directory,
             writer,
+            idempotency,
             seqs,
             large_group_threshold,
         }
     }
 
-    /// Creates a conversation; a device is always one of its members.
+    /// Creates a conversation; a device is always one of its members. With
+    /// a client request id it is idempotent like a send: the id's lock is
+    /// held and its receipt commits with the creation event, so a retry
+    /// (after UNAVAILABLE, say) returns the first conversation.
     pub async fn create(
         &self,
         principal: Principal,
@@ -91,6 +101,42 @@ impl Membership {
                 ConversationKind::Group
             }
         };
+        // Of the normalized request, so a retry listing the members in
+        // another order (or naming the device itself) is the same request.
+        let fingerprint = Fingerprint::new("create conversation")
+            .u64(kind as i32 as u64)
+            .u64(members.len() as u64);
+        let fingerprint = members
+            .iter()
+            .fold(fingerprint, |f, &m| f.u64(m))
+            .bytes(request.title.as_bytes())
+            .finish();
+        let claim = match request.client_request_id {
+            Some(id) => {
+                let key = IdempotencyKey {
+                    principal: principal.idempotency_principal(),
+                    client_msg_id: id,
+                };
+                let claim = self.idempotency.claim(key).await?;
+                if let Some(receipt) = &claim.earlier {
+                    // Receipts without a fingerprint predate creation
+                    // receipts: they are sends, never a creation.
+                    check_same_request(
+                        receipt,
+                        fingerprint,
+                        Unfingerprinted::Differs,
+                        "client_request_id",
+                        id,
+                    )?;
+                    // The receipt committed with the creation event, so the
+                    // record exists; it is returned as it is now.
+                    let record = self.directory.peek(receipt.conversation_id).await?;
+                    return Ok((*record).clone());
+                }
+                Some(claim)
+            }
+            None => None,
+        };
         let conversation_id = self
             .seqs
             .next(Namespace::Counter, CONVERSATION_ID_COUNTER)
@@ -103,12 +149,13 @@ impl Membership {
             title: request.title,
             created_at_ms: now_ms(),
         };
-        self.writer
-            .commit(
-                Event::conversation_created(record.clone(), creator),
-                Vec::new(),
-            )
-            .await?;
+        let mut event = Event::conversation_created(record.clone(), creator);
+        let mut held: Held = Vec::with_capacity(1);
+        if let Some(claim) = claim {
+            event = event.with_receipt(claim.key.clone(), fingerprint);
+            held.push(Box::new(claim.into_guard()));
+        }
+        self.writer.commit(event, held).await?;
         Ok(record)
     }
 
@@ -230,6 +277,7 @@ mod tests {
                     kind: ConversationKind::Group,
                     members: first,
                     title: String::new(),
+                    client_request_id: None,
                 },
             )
             .await
@@ -364,6 +412,7 @@ mod tests {
                     kind: ConversationKind::Direct,
                     members: vec![4],
                     title: String::new(),
+                    client_request_id: None,
                 },
             )
             .await
@@ -382,6 +431,7 @@ mod tests {
             kind: ConversationKind::Direct,
             members: vec![4, 5],
             title: String::new(),
+            client_request_id: None,
         };
         assert!(matches!(
             engine.create_conversation(device(1, "d"), three).await,
@@ -411,5 +461,136 @@ mod tests {
                 .is_empty(),
             "sync resumes from the ack"
         );
+    }
+
+    #[tokio::test]
+    async fn a_non_member_cannot_tell_a_missing_conversation_from_an_existing_one() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let existing = group(&engine, 1, vec![2]).await;
+        let missing = existing + 1_000_000;
+        let stranger = device(3, "d");
+        // The status and the message, with the id the caller named blanked.
+        let seen = |id: u64, result: Result<(), SyncdError>| {
+            let error = result.unwrap_err();
+            let status = tonic::Status::from(error);
+            (
+                status.code(),
+                status.message().replace(&id.to_string(), "<id>"),
+            )
+        };
+        let history = |id| HistoryQuery {
+            conversation_id: id,
+            before: 0,
+            after: None,
+            limit: 10,
+        };
+        let mut answers = Vec::new();
+        for id in [existing, missing] {
+            let read = engine.history(&stranger, history(id)).await.map(drop);
+            let record = engine.get_conversation(&stranger, id).await.map(drop);
+            let sent = engine
+                .send(stranger.clone(), message(id, "x", None))
+                .await
+                .map(drop);
+            answers.push([seen(id, read), seen(id, record), seen(id, sent)]);
+        }
+        assert_eq!(answers[0], answers[1], "existing vs missing");
+        assert_eq!(answers[0][0].0, tonic::Code::PermissionDenied);
+        // Services may know what exists.
+        let ops = Principal::Service { name: "ops".into() };
+        assert!(matches!(
+            engine.get_conversation(&ops, missing).await,
+            Err(SyncdError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.history(&ops, history(missing)).await,
+            Err(SyncdError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_retried_creation_returns_the_first_conversation() {
+        let fx = fixture().build().await;
+        let (engine, store) = (Arc::clone(&fx.engine), Arc::clone(&fx.store));
+        let id = Uuid::new_v4();
+        let new = |members: Vec<u64>, title: &str| NewConversation {
+            kind: ConversationKind::Group,
+            members,
+            title: title.into(),
+            client_request_id: Some(id),
+        };
+        // The first attempt fails after allocating (UNAVAILABLE) and is
+        // finished in the background; the retry waits for it and gets it.
+        store.fail_next_commits(1);
+        let first = engine
+            .create_conversation(device(1, "d"), new(vec![2, 3], "team"))
+            .await;
+        assert!(
+            matches!(first, Err(SyncdError::Unavailable(_))),
+            "{first:?}"
+        );
+        let retried = engine
+            .create_conversation(device(1, "d"), new(vec![3, 2], "team"))
+            .await
+            .unwrap();
+        let again = engine
+            .create_conversation(device(1, "phone"), new(vec![3, 2, 1], "team"))
+            .await
+            .unwrap();
+        assert_eq!(retried, again, "the same members, in any order");
+        let created = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        assert_eq!(
+            created
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::ConversationCreated)
+                .count(),
+            1,
+            "one conversation"
+        );
+        for (members, title) in [(vec![2], "team"), (vec![2, 3], "other")] {
+            let mismatch = engine
+                .create_conversation(device(1, "d"), new(members, title))
+                .await;
+            assert!(
+                matches!(&mismatch, Err(SyncdError::InvalidArgument(m)) if m.contains("client_request_id")),
+                "{mismatch:?}"
+            );
+        }
+        let direct = NewConversation {
+            kind: ConversationKind::Direct,
+            ..new(vec![2], "")
+        };
+        assert!(matches!(
+            engine.create_conversation(device(1, "d"), direct).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
+        // The id of a send is not the id of a creation.
+        let conversation = retried.conversation_id;
+        let msg_id = Uuid::new_v4();
+        engine
+            .send(device(1, "d"), message(conversation, "hi", Some(msg_id)))
+            .await
+            .unwrap();
+        let reused = engine
+            .create_conversation(
+                device(1, "d"),
+                NewConversation {
+                    client_request_id: Some(msg_id),
+                    ..new(vec![2, 3], "team")
+                },
+            )
+            .await;
+        assert!(
+            matches!(reused, Err(SyncdError::InvalidArgument(_))),
+            "{reused:?}"
+        );
+        // Another user's id space is their own.
+        let theirs = engine
+            .create_conversation(device(2, "d"), new(vec![1, 3], "team"))
+            .await
+            .unwrap();
+        assert_ne!(theirs.conversation_id, conversation);
     }
 }

@@ -1,22 +1,23 @@
 //! Sending a message, idempotently.
 //!
-//! A send with a client message id takes that key's lock, then looks for the
-//! receipt of an earlier send under the key: found, it is returned again
-//! (`duplicate`) and nothing is written; not found, the message is written
-//! with its receipt in the same durable event. Concurrent retries of one
-//! send therefore store one message. The key's lock is held until the event
-//! is complete, also when it is finished in the background.
+//! A send with a client message id claims that key ([`crate::idempotency`]):
+//! an earlier receipt under the key is returned again (`duplicate`) and
+//! nothing is written, provided it records the same conversation, sender
+//! and text; no receipt, the message is written with its receipt in the
+//! same durable event. Concurrent retries of one send therefore store one
+//! message. The key's lock is held until the event is complete, also when
+//! it is finished in the background.
 
 use crate::access;
 use crate::auth::Principal;
 use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::Event;
-use crate::keyed::KeyedLocks;
+use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
 use crate::limits::{MAX_INFLIGHT_SENDS, MAX_TEXT_BYTES};
 use crate::writer::{EventWriter, Held};
 use std::sync::Arc;
-use timeline_store::{IdempotencyKey, Receipt, TimelineStore};
+use timeline_store::{IdempotencyKey, Receipt};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -37,24 +38,22 @@ pub struct SendOutcome {
 }
 
 pub struct Sender {
-    store: Arc<dyn TimelineStore>,
     directory: Arc<Directory>,
     writer: Arc<EventWriter>,
-    keys: Arc<KeyedLocks<IdempotencyKey>>,
+    idempotency: Arc<Idempotency>,
     slots: Semaphore,
 }
 
 impl Sender {
     pub fn new(
-        store: Arc<dyn TimelineStore>,
         directory: Arc<Directory>,
         writer: Arc<EventWriter>,
+        idempotency: Arc<Idempotency>,
     ) -> Self {
         Self {
-            store,
             directory,
             writer,
-            keys: Arc::default(),
+            idempotency,
             slots: Semaphore::new(MAX_INFLIGHT_SENDS),
         }
     }
@@ -67,45 +66,60 @@ impl Sender {
             .acquire()
             .await
             .map_err(|_| SyncdError::Internal("the send slots were closed".into()))?;
-        let (client_msg_id, key) = match command.client_msg_id {
-            Some(id) => (
-                id,
-                Some(IdempotencyKey {
+        let fingerprint = Fingerprint::new("send")
+            .u64(command.conversation_id)
+            .u64(sender_id)
+            .bytes(command.text.as_bytes())
+            .finish();
+        let (client_msg_id, claim) = match command.client_msg_id {
+            Some(id) => {
+                let key = IdempotencyKey {
                     principal: principal.idempotency_principal(),
                     client_msg_id: id,
-                }),
-            ),
+                };
+                (id, Some(self.idempotency.claim(key).await?))
+            }
             None => (Uuid::new_v4(), None),
         };
-        let same_key = match &key {
-            Some(key) => Some(self.keys.write(key.clone()).await),
-            None => None,
-        };
-        if let Some(key) = &key
-            && let Some(receipt) = self.store.receipt(key).await?
-        {
+        if let Some(receipt) = claim.as_ref().and_then(|c| c.earlier.clone()) {
             if receipt.conversation_id != command.conversation_id {
                 return Err(SyncdError::InvalidArgument(format!(
                     "client_msg_id {client_msg_id} was already used for conversation {}",
                     receipt.conversation_id
                 )));
             }
+            check_same_request(
+                &receipt,
+                fingerprint,
+                Unfingerprinted::Matches,
+                "client_msg_id",
+                client_msg_id,
+            )?;
             return Ok(SendOutcome {
                 receipt,
                 client_msg_id,
                 duplicate: true,
             });
         }
-        let membership = self.directory.shared(command.conversation_id).await?;
+        let membership = self
+            .directory
+            .shared(command.conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(&principal, command.conversation_id, e))?;
         access::may_send(sender_id, &membership.record)?;
-        let event = Event::message(
+        let mut event = Event::message(
             &membership.record,
             sender_id,
             client_msg_id,
             command.text,
-            key,
+            None,
         );
-        let held: Held = vec![Box::new(same_key), Box::new(membership.into_guard())];
+        let mut held: Held = Vec::with_capacity(2);
+        if let Some(claim) = claim {
+            event = event.with_receipt(claim.key.clone(), fingerprint);
+            held.push(Box::new(claim.into_guard()));
+        }
+        held.push(Box::new(membership.into_guard()));
         let receipt = self.writer.commit(event, held).await?;
         Ok(SendOutcome {
             receipt,
@@ -133,6 +147,7 @@ mod tests {
     use super::*;
     use crate::testkit::*;
     use std::collections::HashSet;
+    use timeline_store::EventLog;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_retries_of_one_send_store_one_message() {
@@ -174,5 +189,94 @@ mod tests {
             .await
             .unwrap();
         assert!(!theirs.duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_reused_client_msg_id_must_resend_the_same_message() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2, 3]).await;
+        let id = Uuid::new_v4();
+        let first = engine
+            .send(device(1, "phone"), message(conversation, "hello", Some(id)))
+            .await
+            .unwrap();
+        let same = engine
+            .send(
+                device(1, "tablet"),
+                message(conversation, "hello", Some(id)),
+            )
+            .await
+            .unwrap();
+        assert!(same.duplicate, "another device of the same user retries");
+        assert_eq!(same.receipt.msg_id, first.receipt.msg_id);
+        let other_text = engine
+            .send(device(1, "phone"), message(conversation, "hullo", Some(id)))
+            .await;
+        assert!(
+            matches!(&other_text, Err(SyncdError::InvalidArgument(m)) if m.contains("another request")),
+            "{other_text:?}"
+        );
+
+        // A service names the sender: another sender is another message.
+        let ops = Principal::Service { name: "ops".into() };
+        let as_user = |sender_id| SendCommand {
+            sender_id: Some(sender_id),
+            ..message(conversation, "from ops", Some(id))
+        };
+        assert!(
+            !engine
+                .send(ops.clone(), as_user(2))
+                .await
+                .unwrap()
+                .duplicate
+        );
+        assert!(
+            engine
+                .send(ops.clone(), as_user(2))
+                .await
+                .unwrap()
+                .duplicate
+        );
+        assert!(matches!(
+            engine.send(ops, as_user(3)).await,
+            Err(SyncdError::InvalidArgument(_))
+        ));
+
+        // A receipt stored before receipts remembered the request is
+        // returned to any retry, as it always was.
+        let old_key = IdempotencyKey {
+            principal: device(1, "phone").idempotency_principal(),
+            client_msg_id: Uuid::new_v4(),
+        };
+        let old = Receipt {
+            conversation_id: conversation,
+            conv_seq: 1,
+            msg_id: 4242,
+            sent_at_ms: 1,
+            ..Default::default()
+        };
+        fx.store
+            .commit_event(timeline_store::EventCommit {
+                entry: timeline_store::Entry {
+                    conv_seq: 1_000,
+                    ..timeline_store::Entry::new(timeline_store::EntryKind::Message, conversation)
+                },
+                inbox: Vec::new(),
+                receipt: Some((old_key.clone(), old)),
+                conversation: None,
+                large_group_index: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let retried = engine
+            .send(
+                device(1, "phone"),
+                message(conversation, "anything", Some(old_key.client_msg_id)),
+            )
+            .await
+            .unwrap();
+        assert!(retried.duplicate);
+        assert_eq!(retried.receipt.msg_id, 4242);
     }
 }

@@ -152,6 +152,7 @@ pub async fn group(engine: &Arc<Engine>, creator: u64, members: Vec<u64>) -> u64
                 kind: ConversationKind::Group,
                 members,
                 title: String::new(),
+                client_request_id: None,
             },
         )
         .await

@@ -71,6 +71,7 @@ impl EventWriter {
             mut entry,
             fanout,
             receipt_key,
+            fingerprint,
             record,
         } = event;
         let conversation_id = entry.conversation_id;
@@ -106,6 +107,7 @@ impl EventWriter {
             conv_seq,
             msg_id,
             sent_at_ms: entry.sent_at_ms,
+            fingerprint,
         };
         let inbox = recipients
             .iter()

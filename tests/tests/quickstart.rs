@@ -166,10 +166,7 @@ fn quickstart_flow_survives_kill9_and_rejects_bad_input(store_args: &[&str]) -> 
     assert_eq!(msg_ids.len(), 5, "message ids are unique");
 
     // Bad input: a clear one-line error and a non-zero exit, nothing changed.
-    fails_with(
-        &tl_send(&url, &alice, "999999", "x", None),
-        "does not exist",
-    );
+    fails_with(&tl_send(&url, &alice, "999999", "x", None), "not a member");
     fails_with(&tl_send(&url, &stranger, &conv, "x", None), "not a member");
     fails_with(
         &tl(&url, &stranger, &["history", "--conversation", &conv]),

@@ -64,6 +64,8 @@ pub(crate) struct ReceiptRecord {
     pub msg_id: u64,
     #[prost(int64, tag = "4")]
     pub sent_at_ms: i64,
+    #[prost(fixed64, tag = "5")]
+    pub fingerprint: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
@@ -192,6 +194,7 @@ impl From<&Receipt> for ReceiptRecord {
             conv_seq: receipt.conv_seq,
             msg_id: receipt.msg_id,
             sent_at_ms: receipt.sent_at_ms,
+            fingerprint: receipt.fingerprint,
         }
     }
 }
@@ -203,6 +206,7 @@ impl From<ReceiptRecord> for Receipt {
             conv_seq: record.conv_seq,
             msg_id: record.msg_id,
             sent_at_ms: record.sent_at_ms,
+            fingerprint: record.fingerprint,
         }
     }
 }
@@ -351,6 +355,7 @@ mod tests {
             conv_seq: 2,
             msg_id: 3,
             sent_at_ms: 4,
+            fingerprint: 5,
         };
         assert_eq!(decode_receipt(&encode_receipt(&receipt)).unwrap(), receipt);
     }

@@ -82,6 +82,10 @@ pub struct Receipt {
     pub conv_seq: u64,
     pub msg_id: u64,
     pub sent_at_ms: i64,
+    /// A hash of what the first request asked for, so that a retry asking
+    /// for something else is told so; 0 in receipts written before it was
+    /// kept (any retry matches those).
+    pub fingerprint: u64,
 }
 
 /// Who sent (a user or a backend service) and the UUID they chose.

@@ -847,6 +847,7 @@ mod tests {
             conv_seq: 3,
             msg_id: 900,
             sent_at_ms: 1,
+            fingerprint: 0,
         };
         let commit = EventCommit {
             entry: Entry {

@@ -9,7 +9,7 @@ pub use admin_service::AdminService;
 pub use timeline_service::TimelineService;
 
 use crate::auth::{Principal, TokenAuthority};
-use crate::error::SyncdError;
+use crate::error::{SyncdError, quoted};
 use tonic::Status;
 
 /// Reads `authorization: Bearer <token>` and verifies it.
@@ -30,12 +30,84 @@ pub(crate) fn authenticate<T>(
     Ok(auth.verify(token.trim())?)
 }
 
-/// Parses an optional client message id: empty means none.
-pub(crate) fn parse_client_msg_id(text: &str) -> Result<Option<uuid::Uuid>, Status> {
+/// Parses a client-chosen id (`client_msg_id`, `client_request_id`); empty
+/// means none. The one spelling accepted is the hyphenated 8-4-4-4-12 form
+/// (either case): other spellings of the same UUID are refused rather than
+/// quietly taken, and the nil UUID is refused because it is what a client
+/// that never set its id sends.
+pub(crate) fn parse_client_id(field: &str, text: &str) -> Result<Option<uuid::Uuid>, SyncdError> {
     if text.is_empty() {
         return Ok(None);
     }
-    uuid::Uuid::parse_str(text).map(Some).map_err(|_| {
-        SyncdError::InvalidArgument(format!("client_msg_id {text:?} is not a UUID")).into()
-    })
+    let hyphenated = text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    let id = hyphenated
+        .then(|| uuid::Uuid::parse_str(text).ok())
+        .flatten()
+        .ok_or_else(|| {
+            SyncdError::InvalidArgument(format!(
+                "{field} {} is not a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+                quoted(text)
+            ))
+        })?;
+    if id.is_nil() {
+        return Err(SyncdError::InvalidArgument(format!(
+            "{field} must not be the nil UUID"
+        )));
+    }
+    Ok(Some(id))
+}
+
+/// [`parse_client_id`] for `client_msg_id`, as a status.
+pub(crate) fn parse_client_msg_id(text: &str) -> Result<Option<uuid::Uuid>, Status> {
+    Ok(parse_client_id("client_msg_id", text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_have_one_spelling() {
+        let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let parsed = parse_client_msg_id(id).unwrap().unwrap();
+        assert_eq!(
+            parse_client_msg_id(&id.to_uppercase()).unwrap(),
+            Some(parsed)
+        );
+        assert_eq!(parse_client_msg_id("").unwrap(), None);
+        for other in [
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "00000000-0000-0000-0000-000000000000",
+            " 67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+            "67e55044+10b1-426f-9247-bb680e5fe0c8",
+            "nope",
+        ] {
+            let refused = parse_client_msg_id(other);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|s| s.code() == tonic::Code::InvalidArgument),
+                "{other}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_a_short_prefix_of_client_input() {
+        let huge = "é".repeat(256 * 1024);
+        let status = parse_client_msg_id(&huge).unwrap_err();
+        assert!(status.message().len() < 200, "{}", status.message());
+        assert!(
+            status.message().contains("524288 bytes"),
+            "{}",
+            status.message()
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! `timeline.v1.Timeline`: calls made by devices (and services where noted).
 
-use super::{authenticate, convert, parse_client_msg_id};
+use super::{authenticate, convert, parse_client_id, parse_client_msg_id};
 use crate::auth::TokenAuthority;
 use crate::engine::{Engine, HistoryQuery, NewConversation, SendCommand};
 use crate::error::SyncdError;
@@ -188,6 +188,10 @@ impl pb::timeline_server::Timeline for TimelineService {
                     kind,
                     members: request.members,
                     title: request.title,
+                    client_request_id: parse_client_id(
+                        "client_request_id",
+                        &request.client_request_id,
+                    )?,
                 },
             )
             .await?;

@@ -258,6 +258,7 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
         conv_seq: 2,
         msg_id: 77,
         sent_at_ms: 5,
+        fingerprint: 0xfeed_f00d_dead_beef,
     };
     send.receipt = Some((receipt_key(1), receipt.clone()));
     assert!(store.receipt(&receipt_key(1)).await.unwrap().is_none());
