@@ -12,7 +12,8 @@
 //! - `conversations`: conversation_id         -> Conversation
 //! - `receipts`:     IdempotencyKey::to_bytes -> Receipt
 //! - `checkpoints`:  user_id | device_id      -> u64
-//! - `large_groups`: user_id | conversation_id -> (empty)
+//! - `large_groups`: user_id | conversation_id -> membership (joined and
+//!   left positions; empty in indexes written before positions were kept)
 //! - `inbox_floors`: user_id                 -> u64
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
@@ -22,8 +23,8 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
-    StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
+    Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -300,11 +301,20 @@ fn apply_group(
                 }
                 for change in &commit.large_group_index {
                     let key = key2(change.user_id, change.conversation_id);
-                    if change.member {
-                        batch.insert(&ks.large_groups, key, []);
-                    } else {
-                        batch.remove(&ks.large_groups, key);
-                    }
+                    // A removal keeps when the member joined. No event of
+                    // this batch changed the same membership: the two are
+                    // ordered by the conversation's membership lock, held
+                    // until the first has committed.
+                    let previous = match ks.large_groups.get(key).map_err(io)? {
+                        Some(bytes) => Some(codec::decode_membership(
+                            change.conversation_id,
+                            bytes.as_ref(),
+                        )?),
+                        None => None,
+                    };
+                    let position = commit.position_of(change.user_id);
+                    let membership = LargeGroupMembership::changed(previous, change, position);
+                    batch.insert(&ks.large_groups, key, codec::encode_membership(&membership));
                 }
                 if let Some(conversation) = &commit.conversation {
                     batch.insert(
@@ -437,15 +447,18 @@ impl ConversationReads for EmbeddedStore {
         .await
     }
 
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
         self.read(move |ks| {
             let mut groups = Vec::new();
             for guard in ks.large_groups.prefix(user_id.to_be_bytes()) {
-                let key = guard.key().map_err(io)?;
+                let (key, value) = guard.into_inner().map_err(io)?;
                 let id: [u8; 8] = key[8..]
                     .try_into()
                     .map_err(|_| corrupt("large group key length"))?;
-                groups.push(u64::from_be_bytes(id));
+                groups.push(codec::decode_membership(
+                    u64::from_be_bytes(id),
+                    value.as_ref(),
+                )?);
             }
             Ok(groups)
         })

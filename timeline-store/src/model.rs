@@ -123,6 +123,52 @@ pub struct LargeGroupIndexChange {
     pub member: bool,
 }
 
+/// Where one event sits in a member's timelines: the member's inbox seq
+/// of it (0 when it has no copy there) and its `conv_seq`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventPosition {
+    pub inbox_seq: u64,
+    pub conv_seq: u64,
+}
+
+/// A user's membership of a large (read-fanout) group, as the index keeps
+/// it: from the event that made them a member until the one that removed
+/// them. Readers show it only once those events are readable, and a former
+/// member still reads what was sent while they belonged (below `left`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeGroupMembership {
+    pub conversation_id: u64,
+    /// The join, the creation, or the switch to read fanout; zero for a
+    /// membership indexed before positions were kept.
+    pub joined: EventPosition,
+    /// The removal; `None` while a member.
+    pub left: Option<EventPosition>,
+}
+
+impl LargeGroupMembership {
+    /// The membership after `change`, made by an event at `position`
+    /// (`previous`: the stored one, if any).
+    pub fn changed(
+        previous: Option<Self>,
+        change: &LargeGroupIndexChange,
+        position: EventPosition,
+    ) -> Self {
+        if change.member {
+            Self {
+                conversation_id: change.conversation_id,
+                joined: position,
+                left: None,
+            }
+        } else {
+            Self {
+                conversation_id: change.conversation_id,
+                joined: previous.map_or(EventPosition::default(), |p| p.joined),
+                left: Some(position),
+            }
+        }
+    }
+}
+
 /// Everything one event writes, committed atomically.
 #[derive(Clone, Debug)]
 pub struct EventCommit {
@@ -135,6 +181,21 @@ pub struct EventCommit {
     pub conversation: Option<Conversation>,
     /// Users joining or leaving large groups with this event.
     pub large_group_index: Vec<LargeGroupIndexChange>,
+}
+
+impl EventCommit {
+    /// This event's position in `user_id`'s timelines, which the index
+    /// records for the user's membership change.
+    pub fn position_of(&self, user_id: u64) -> EventPosition {
+        EventPosition {
+            inbox_seq: self
+                .inbox
+                .iter()
+                .find(|write| write.user_id == user_id)
+                .map_or(0, |write| write.seq),
+            conv_seq: self.entry.conv_seq,
+        }
+    }
 }
 
 /// The inbox entries a read returns: `after < seq <= through`, ascending,

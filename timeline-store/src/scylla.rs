@@ -16,7 +16,8 @@
 //! conversations (conversation_id)                      record blob
 //! receipts      ((principal, client_msg_id))           receipt blob
 //! checkpoints   (user_id, device_id)                   seq bigint, raised by LWT only
-//! large_groups  (user_id, conversation_id)             -- a user's large (read-fanout) groups
+//! large_group_members (user_id, conversation_id)       joined and left positions of a user's large (read-fanout) groups
+//! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! ```
@@ -43,8 +44,8 @@ use crate::codec::{
 };
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
-    StoreError,
+    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership,
+    Order, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use cql_kit::read_pages;
@@ -106,6 +107,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.receipts (principal text, client_msg_id blob, receipt blob, PRIMARY KEY ((principal, client_msg_id)))",
     "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (user_id bigint, device_id text, seq bigint, PRIMARY KEY (user_id, device_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.large_group_members (user_id bigint, conversation_id bigint, joined_seq bigint, joined_conv_seq bigint, left_seq bigint, left_conv_seq bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
@@ -218,9 +220,13 @@ struct Statements {
     select_checkpoint: PreparedStatement,
     insert_checkpoint_if_absent: PreparedStatement,
     raise_checkpoint_if: PreparedStatement,
-    insert_large_group: PreparedStatement,
-    delete_large_group: PreparedStatement,
-    select_large_groups: PreparedStatement,
+    join_large_group: PreparedStatement,
+    leave_large_group: PreparedStatement,
+    select_large_group_members: PreparedStatement,
+    /// Indexes written before positions were kept: read as memberships
+    /// joined at position zero, deleted when the member leaves.
+    delete_legacy_large_group: PreparedStatement,
+    select_legacy_large_groups: PreparedStatement,
     select_inbox_floor: PreparedStatement,
     insert_inbox_floor: PreparedStatement,
     select_trimmable: PreparedStatement,
@@ -296,15 +302,23 @@ impl ScyllaTimelineStore {
             select_checkpoint: prepare("SELECT seq FROM {ks}.checkpoints WHERE user_id = ? AND device_id = ?").await?,
             insert_checkpoint_if_absent,
             raise_checkpoint_if,
-            insert_large_group: prepare(
-                "INSERT INTO {ks}.large_groups (user_id, conversation_id) VALUES (?, ?)",
+            join_large_group: prepare(
+                "UPDATE {ks}.large_group_members SET joined_seq = ?, joined_conv_seq = ?, left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
-            delete_large_group: prepare(
+            leave_large_group: prepare(
+                "UPDATE {ks}.large_group_members SET left_seq = ?, left_conv_seq = ? WHERE user_id = ? AND conversation_id = ?",
+            )
+            .await?,
+            select_large_group_members: prepare(
+                "SELECT conversation_id, joined_seq, joined_conv_seq, left_seq, left_conv_seq FROM {ks}.large_group_members WHERE user_id = ?",
+            )
+            .await?,
+            delete_legacy_large_group: prepare(
                 "DELETE FROM {ks}.large_groups WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
-            select_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
+            select_legacy_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
                 .await?,
             select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
             insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
@@ -376,13 +390,22 @@ impl ScyllaTimelineStore {
         Ok(())
     }
 
-    async fn write_index(&self, change: crate::LargeGroupIndexChange) -> Result<()> {
+    /// A join sets `joined` and clears `left`; a removal sets only `left`
+    /// (an update keeps the other columns), so no read is needed.
+    async fn write_index(
+        &self,
+        change: crate::LargeGroupIndexChange,
+        at: crate::EventPosition,
+    ) -> Result<()> {
+        let key = (big(change.user_id), big(change.conversation_id));
         let statement = if change.member {
-            &self.statements.insert_large_group
+            &self.statements.join_large_group
         } else {
-            &self.statements.delete_large_group
+            self.execute(&self.statements.delete_legacy_large_group, key)
+                .await?;
+            &self.statements.leave_large_group
         };
-        let values = (big(change.user_id), big(change.conversation_id));
+        let values = (big(at.inbox_seq), big(at.conv_seq), key.0, key.1);
         self.execute(statement, values).await.map(|_| ())
     }
 
@@ -459,7 +482,7 @@ impl ScyllaTimelineStore {
                 .large_group_index
                 .clone()
                 .into_iter()
-                .map(|change| self.write_index(change)),
+                .map(|change| self.write_index(change, commit.position_of(change.user_id))),
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<_>>();
@@ -693,11 +716,40 @@ impl ConversationReads for ScyllaTimelineStore {
             .transpose()
     }
 
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
-        let groups: Vec<i64> = self
-            .column(&self.statements.select_large_groups, (big(user_id),))
+    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
+        type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let result = self
+            .execute(&self.statements.select_large_group_members, (big(user_id),))
             .await?;
-        Ok(groups.into_iter().map(|g| g as u64).collect())
+        let rows = result.into_rows_result().map_err(cql)?;
+        let mut groups = std::collections::BTreeMap::new();
+        for row in rows.rows::<Row>().map_err(cql)? {
+            let (id, joined_seq, joined_conv_seq, left_seq, left_conv_seq) =
+                row.map_err(corrupt)?;
+            let position = |seq: Option<i64>, conv_seq: Option<i64>| EventPosition {
+                inbox_seq: seq.unwrap_or(0) as u64,
+                conv_seq: conv_seq.unwrap_or(0) as u64,
+            };
+            let membership = LargeGroupMembership {
+                conversation_id: id as u64,
+                joined: position(joined_seq, joined_conv_seq),
+                left: left_seq.map(|_| position(left_seq, left_conv_seq)),
+            };
+            groups.insert(id as u64, membership);
+        }
+        let legacy: Vec<i64> = self
+            .column(&self.statements.select_legacy_large_groups, (big(user_id),))
+            .await?;
+        for id in legacy {
+            groups
+                .entry(id as u64)
+                .or_insert_with(|| LargeGroupMembership {
+                    conversation_id: id as u64,
+                    joined: EventPosition::default(),
+                    left: None,
+                });
+        }
+        Ok(groups.into_values().collect())
     }
 
     async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {

@@ -9,8 +9,8 @@
 //! of [`TimelineStore`], not a wider existing trait.
 
 use crate::{
-    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, Receipt,
-    Result,
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
+    LargeGroupMembership, Receipt, Result,
 };
 use async_trait::async_trait;
 
@@ -98,7 +98,21 @@ pub trait ConversationReads: Send + Sync {
 
     /// Large (read-fanout) groups the user belongs to, ascending ids, as
     /// changed by the committed events' large-group index changes.
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>>;
+    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+        Ok(self
+            .large_group_memberships(user_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.left.is_none())
+            .map(|m| m.conversation_id)
+            .collect())
+    }
+
+    /// Every large group the user belongs or belonged to, ascending ids:
+    /// an index change with `member` records the event's position for the
+    /// user ([`EventCommit::position_of`]) as `joined` (and clears `left`);
+    /// one without records it as `left` and keeps `joined`.
+    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>>;
 }
 
 /// Per-device sync positions.

@@ -103,6 +103,7 @@ where
     conversation_records_and_receipts_round_trip(&store).await;
     checkpoints_never_go_back(&store).await;
     large_group_index_tracks_members(&store).await;
+    large_group_memberships_keep_their_positions(&store).await;
     trimming_deletes_below_the_floor_and_raises_it(&store).await;
     large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
@@ -308,6 +309,54 @@ async fn large_group_index_tracks_members<S: TimelineStore>(store: &S) {
     store.commit_event(left).await.unwrap();
     assert_eq!(store.large_groups(user).await.unwrap(), vec![BASE + 9]);
     assert_eq!(store.large_groups(other).await.unwrap(), vec![BASE + 8]);
+}
+
+/// The index records where a membership began and ended in the member's
+/// timelines (the event's inbox seq for them and its conv_seq); a removal
+/// keeps the join, a new join clears the removal.
+async fn large_group_memberships_keep_their_positions<S: TimelineStore>(store: &S) {
+    use crate::{EventPosition, LargeGroupIndexChange, LargeGroupMembership};
+    let (user, group) = (BASE + 72, BASE + 73);
+    let change = |member| LargeGroupIndexChange {
+        user_id: user,
+        conversation_id: group,
+        member,
+    };
+    let at = |inbox_seq, conv_seq| EventPosition { inbox_seq, conv_seq };
+    let mut joined = fanout(message(group, 5, 0, ""), &[(user, 40)]);
+    joined.large_group_index = vec![change(true)];
+    store.commit_event(joined).await.unwrap();
+    let membership = |left| LargeGroupMembership {
+        conversation_id: group,
+        joined: at(40, 5),
+        left,
+    };
+    assert_eq!(
+        store.large_group_memberships(user).await.unwrap(),
+        vec![membership(None)]
+    );
+    let mut left = fanout(message(group, 9, 0, ""), &[(user, 47)]);
+    left.large_group_index = vec![change(false)];
+    store.commit_event(left.clone()).await.unwrap();
+    assert_eq!(
+        store.large_group_memberships(user).await.unwrap(),
+        vec![membership(Some(at(47, 9)))],
+        "a former member keeps its interval"
+    );
+    assert!(store.large_groups(user).await.unwrap().is_empty());
+    // Re-applying the removal (a retry) changes nothing.
+    store.commit_event(left).await.unwrap();
+    assert_eq!(
+        store.large_group_memberships(user).await.unwrap(),
+        vec![membership(Some(at(47, 9)))]
+    );
+    let mut rejoined = fanout(message(group, 12, 0, ""), &[(user, 50)]);
+    rejoined.large_group_index = vec![change(true)];
+    store.commit_event(rejoined).await.unwrap();
+    let now = store.large_group_memberships(user).await.unwrap();
+    assert_eq!(now[0].joined, at(50, 12));
+    assert_eq!(now[0].left, None);
+    assert_eq!(store.large_groups(user).await.unwrap(), vec![group]);
 }
 
 async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store: &S) {

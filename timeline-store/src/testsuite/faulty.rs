@@ -21,7 +21,8 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Receipt, Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt,
+    Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -381,8 +382,9 @@ impl<S: ConversationReads> ConversationReads for FaultyStore<S> {
         self.run(Op::Read, read).await
     }
 
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
-        self.run(Op::Read, self.inner.large_groups(user_id)).await
+    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
+        self.run(Op::Read, self.inner.large_group_memberships(user_id))
+            .await
     }
 }
 

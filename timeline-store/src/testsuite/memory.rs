@@ -3,10 +3,11 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, Order, Receipt, Receipts, Result,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
+    Receipts, Result,
 };
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A cheap-to-clone handle; clones share one store, so dropping a handle
@@ -26,7 +27,7 @@ struct State {
     conversations: HashMap<u64, Conversation>,
     receipts: HashMap<IdempotencyKey, Receipt>,
     checkpoints: HashMap<(u64, String), u64>,
-    large_groups: BTreeSet<(u64, u64)>,
+    large_groups: BTreeMap<(u64, u64), LargeGroupMembership>,
     inbox_floors: HashMap<u64, u64>,
 }
 
@@ -60,6 +61,13 @@ impl EventLog for MemoryStore {
             };
             state.inbox.insert((write.user_id, write.seq), copy);
         }
+        for change in &commit.large_group_index {
+            let key = (change.user_id, change.conversation_id);
+            let position = commit.position_of(change.user_id);
+            let previous = state.large_groups.get(&key).copied();
+            let membership = LargeGroupMembership::changed(previous, change, position);
+            state.large_groups.insert(key, membership);
+        }
         if let Some((key, receipt)) = commit.receipt {
             state.receipts.insert(key, receipt);
         }
@@ -67,14 +75,6 @@ impl EventLog for MemoryStore {
             state
                 .conversations
                 .insert(conversation.conversation_id, conversation);
-        }
-        for change in commit.large_group_index {
-            let key = (change.user_id, change.conversation_id);
-            if change.member {
-                state.large_groups.insert(key);
-            } else {
-                state.large_groups.remove(&key);
-            }
         }
         Ok(())
     }
@@ -163,10 +163,10 @@ impl ConversationReads for MemoryStore {
         Ok(entries)
     }
 
-    async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
+    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
         let state = self.state();
         let range = (user_id, 0)..=(user_id, u64::MAX);
-        Ok(state.large_groups.range(range).map(|&(_, id)| id).collect())
+        Ok(state.large_groups.range(range).map(|(_, m)| *m).collect())
     }
 }
 
