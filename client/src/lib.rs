@@ -285,7 +285,7 @@ impl Client {
         mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<SyncOutcome> {
         let mut outcome = SyncOutcome::default();
-        let large_groups = loop {
+        let (large_groups, left_large_groups) = loop {
             let page = self.sync_page(Some(checkpoint.seq()), 0).await?;
             if page.checkpoint_expired {
                 return Err(ClientError::CheckpointExpired {
@@ -299,12 +299,19 @@ impl Client {
                 self.ack(page.checkpoint).await?;
             }
             if !page.has_more {
-                break page.large_groups;
+                break (page.large_groups, page.left_large_groups);
             }
         };
         outcome.large_groups = large_groups.len();
-        for top in large_groups {
-            let mut read = checkpoint.conversation(top.conversation_id).unwrap_or(0);
+        // Groups the user left are read up to the last message sent while a
+        // member, like the others.
+        for top in large_groups.iter().chain(&left_large_groups) {
+            // From where this membership began: a position saved for an
+            // earlier membership would read what was sent in between.
+            let mut read = checkpoint
+                .conversation(top.conversation_id)
+                .unwrap_or(0)
+                .max(top.joined_conv_seq);
             while read < top.conv_seq {
                 let page = self
                     .history(top.conversation_id, 0, Some(read), LARGE_GROUP_PAGE)

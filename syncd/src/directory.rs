@@ -19,9 +19,9 @@
 use crate::error::{Result, SyncdError};
 use crate::keyed::{KeyGuard, KeyedLocks};
 use crate::limits::CACHED_CONVERSATION_MEMBERS;
-use crate::observer::{CommitObserver, Committed};
+use crate::observer::CommitObserver;
 use std::sync::Arc;
-use timeline_store::{Conversation, TimelineStore};
+use timeline_store::{Conversation, EventCommit, TimelineStore};
 
 pub struct Directory {
     store: Arc<dyn TimelineStore>,
@@ -103,9 +103,12 @@ impl Directory {
     }
 }
 
+/// The record enters the cache before the event's seqs are readable: a
+/// member added by the event may read the conversation as soon as its inbox
+/// shows the join, and must not be refused by the old record.
 impl CommitObserver for Directory {
-    fn committed(&self, event: &Committed<'_>) {
-        if let Some(record) = &event.commit.conversation {
+    fn before_visible(&self, commit: &EventCommit) {
+        if let Some(record) = &commit.conversation {
             self.committed(record);
         }
     }

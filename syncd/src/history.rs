@@ -48,17 +48,26 @@ impl History {
         }
     }
 
+    /// A page of the conversation for a member or a service; a former
+    /// member of a large group reads what was sent while it belonged (in a
+    /// small group the same messages sit in its inbox).
     pub async fn history(&self, principal: &Principal, query: HistoryQuery) -> Result<HistoryPage> {
-        let conversation = self
-            .get_conversation(principal, query.conversation_id)
-            .await?;
+        let id = query.conversation_id;
+        let until = match self.get_conversation(principal, id).await {
+            Ok(_) => u64::MAX,
+            Err(denied @ SyncdError::PermissionDenied(_)) => self
+                .former_member_until(principal, id)
+                .await?
+                .ok_or(denied)?,
+            Err(error) => return Err(error),
+        };
         let limit = clamp_limit(query.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT);
-        let id = conversation.conversation_id;
         let visible_end = self
             .visibility
             .readable_through(Scope::Conversation, id)
             .await?
-            .saturating_add(1);
+            .saturating_add(1)
+            .min(until);
         let store = self.store.as_ref();
         if let Some(after) = query.after {
             if query.before != 0 {
@@ -85,6 +94,20 @@ impl History {
             entries,
             has_more: page.has_more,
         })
+    }
+
+    /// For a device whose user left this large group: the removal's
+    /// `conv_seq` (it reads below it). `None` for anyone else.
+    async fn former_member_until(&self, principal: &Principal, id: u64) -> Result<Option<u64>> {
+        let Principal::Device { user_id, .. } = principal else {
+            return Ok(None);
+        };
+        let memberships = self.store.large_group_memberships(*user_id).await?;
+        Ok(memberships
+            .iter()
+            .find(|m| m.conversation_id == id)
+            .and_then(|m| m.left)
+            .map(|removal| removal.conv_seq))
     }
 
     /// The conversation, if the caller may see it (a member, or a service).

@@ -23,12 +23,26 @@ pub struct SyncPage {
     pub entries: Vec<Entry>,
     pub has_more: bool,
     pub checkpoint: u64,
-    /// `(conversation_id, newest safe conv_seq)` of every large group the
-    /// user belongs to (0 when it has no entries yet).
-    pub large_groups: Vec<(u64, u64)>,
+    /// Every large group the user belongs to, once the event that made
+    /// them a member is readable in this inbox.
+    pub large_groups: Vec<GroupTop>,
+    /// Large groups the user left (once the removal is readable), up to the
+    /// last message sent while a member.
+    pub left_large_groups: Vec<GroupTop>,
     /// `Some(floor)` when entries after the checkpoint were trimmed by
     /// retention: no entries are returned, the device must resync.
     pub expired_below: Option<u64>,
+}
+
+/// How far a user may read one large group's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupTop {
+    pub conversation_id: u64,
+    /// The newest readable `conv_seq` for this user (0: none yet).
+    pub conv_seq: u64,
+    /// Where the user's devices start reading: the event that made them a
+    /// member (0 for memberships indexed before this was kept).
+    pub joined_conv_seq: u64,
 }
 
 pub struct Inbox {
@@ -80,36 +94,64 @@ impl Inbox {
                 has_more: false,
                 checkpoint: after,
                 large_groups: Vec::new(),
+                left_large_groups: Vec::new(),
                 expired_below: Some(floor),
             });
         }
         let checkpoint = page.entries.last().map_or(after, |e| e.seq);
-        let large_groups = self.large_group_tops(user_id).await?;
+        let (large_groups, left_large_groups) = self.large_group_tops(user_id, through).await?;
         Ok(SyncPage {
             entries: page.entries,
             has_more: page.has_more,
             checkpoint,
             large_groups,
+            left_large_groups,
             expired_below: None,
         })
     }
 
-    /// The newest readable `conv_seq` of each large group of the user.
-    async fn large_group_tops(&self, user_id: u64) -> Result<Vec<(u64, u64)>> {
-        let mut tops = Vec::new();
-        for conversation_id in self.store.large_groups(user_id).await? {
-            let end = self
+    /// The newest readable `conv_seq` of each large group of the user, and
+    /// of each it left. A membership counts from the moment its event is
+    /// readable in the inbox (at or below `inbox_through`), never earlier:
+    /// the index is stored with the event, before the event's seqs are
+    /// safe to show, and a device that found the group before its join
+    /// would read it from the start (the whole pre-join history, and across
+    /// a switch to read fanout, messages it already has in its inbox).
+    async fn large_group_tops(
+        &self,
+        user_id: u64,
+        inbox_through: u64,
+    ) -> Result<(Vec<GroupTop>, Vec<GroupTop>)> {
+        let (mut current, mut left) = (Vec::new(), Vec::new());
+        for membership in self.store.large_group_memberships(user_id).await? {
+            if membership.joined.inbox_seq > inbox_through {
+                continue;
+            }
+            let id = membership.conversation_id;
+            let mut end = self
                 .visibility
-                .readable_through(Scope::Conversation, conversation_id)
+                .readable_through(Scope::Conversation, id)
                 .await?
                 .saturating_add(1);
+            // Nothing from the removal on is the user's.
+            if let Some(removal) = membership.left {
+                end = end.min(removal.conv_seq);
+            }
             let newest = self
                 .store
-                .read_conversation(conversation_id, ConversationRange::newest_first(0, end, 1))
+                .read_conversation(id, ConversationRange::newest_first(0, end, 1))
                 .await?;
-            tops.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
+            let top = GroupTop {
+                conversation_id: id,
+                conv_seq: newest.first().map_or(0, |e| e.conv_seq),
+                joined_conv_seq: membership.joined.conv_seq,
+            };
+            match membership.left {
+                Some(removal) if removal.inbox_seq <= inbox_through => left.push(top),
+                _ => current.push(top),
+            }
         }
-        Ok(tops)
+        Ok((current, left))
     }
 
     /// Stores the device's checkpoint (never lowered; never past its inbox).

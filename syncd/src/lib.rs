@@ -82,6 +82,8 @@ pub mod visibility;
 pub mod writer;
 
 #[cfg(test)]
+mod large_group_tests;
+#[cfg(test)]
 mod testkit;
 
 pub use error::SyncdError;

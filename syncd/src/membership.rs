@@ -326,7 +326,10 @@ mod tests {
             "membership events reach the inbox"
         );
         assert_eq!(
-            page.large_groups,
+            page.large_groups
+                .iter()
+                .map(|g| (g.conversation_id, g.conv_seq))
+                .collect::<Vec<_>>(),
             vec![(conversation, sent.receipt.conv_seq)]
         );
         let query = HistoryQuery {

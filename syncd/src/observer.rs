@@ -20,7 +20,13 @@ pub struct Committed<'a> {
 }
 
 pub trait CommitObserver: Send + Sync + 'static {
-    fn committed(&self, event: &Committed<'_>);
+    /// Before any reader can see the event's seqs: what readers must find
+    /// consistent with the event the moment they can see it (the new
+    /// conversation record, for access checks).
+    fn before_visible(&self, _commit: &EventCommit) {}
+
+    /// Once the event's seqs are readable.
+    fn committed(&self, _event: &Committed<'_>) {}
 }
 
 /// The registered observers, cheap to clone into a background task.
@@ -32,9 +38,13 @@ impl Observers {
         Self(observers.into())
     }
 
-    /// Marks the event's seqs durable in the horizon, then tells every
-    /// observer, in registration order.
+    /// Tells every observer that must act before readers see the event,
+    /// marks its seqs durable in the horizon, then tells every observer
+    /// that it is visible, in registration order.
     pub fn announce(&self, commit: &EventCommit, assignment: Assignment) {
+        for observer in self.0.iter() {
+            observer.before_visible(commit);
+        }
         let visible = assignment.complete();
         let event = Committed {
             commit,

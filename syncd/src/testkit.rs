@@ -136,6 +136,10 @@ pub fn record(conversation_id: u64, members: &[u64], read_fanout: bool) -> Conve
     }
 }
 
+pub fn service() -> Principal {
+    Principal::Service { name: "ops".into() }
+}
+
 pub fn device(user_id: u64, device_id: &str) -> Principal {
     Principal::Device {
         user_id,

@@ -18,6 +18,14 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
     }
 }
 
+pub(crate) fn group_top(top: crate::inbox::GroupTop) -> pb::ConversationTop {
+    pb::ConversationTop {
+        conversation_id: top.conversation_id,
+        conv_seq: top.conv_seq,
+        joined_conv_seq: top.joined_conv_seq,
+    }
+}
+
 pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
     pb::Conversation {
         conversation_id: c.conversation_id,

@@ -69,10 +69,12 @@ impl pb::timeline_server::Timeline for TimelineService {
             large_groups: page
                 .large_groups
                 .into_iter()
-                .map(|(conversation_id, conv_seq)| pb::ConversationTop {
-                    conversation_id,
-                    conv_seq,
-                })
+                .map(convert::group_top)
+                .collect(),
+            left_large_groups: page
+                .left_large_groups
+                .into_iter()
+                .map(convert::group_top)
                 .collect(),
             checkpoint_expired: page.expired_below.is_some(),
             oldest_seq: page.expired_below.unwrap_or(0),

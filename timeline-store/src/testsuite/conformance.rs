@@ -322,7 +322,10 @@ async fn large_group_memberships_keep_their_positions<S: TimelineStore>(store: &
         conversation_id: group,
         member,
     };
-    let at = |inbox_seq, conv_seq| EventPosition { inbox_seq, conv_seq };
+    let at = |inbox_seq, conv_seq| EventPosition {
+        inbox_seq,
+        conv_seq,
+    };
     let mut joined = fanout(message(group, 5, 0, ""), &[(user, 40)]);
     joined.large_group_index = vec![change(true)];
     store.commit_event(joined).await.unwrap();

@@ -1,0 +1,176 @@
+//! Large groups across membership changes: a membership counts from the
+//! moment its event is readable (never earlier), devices start reading at
+//! the event that made them a member, and a former member still reads what
+//! was sent while it belonged.
+
+use crate::engine::{EngineConfig, HistoryQuery, MembershipChange};
+use crate::error::SyncdError;
+use crate::testkit::*;
+use std::sync::Arc;
+use timeline_store::EntryKind;
+use timeline_store::testsuite::{Failure, Op};
+
+/// Groups past 3 members use read fanout.
+fn small_threshold() -> EngineConfig {
+    EngineConfig {
+        large_group_threshold: 3,
+        ..EngineConfig::default()
+    }
+}
+
+fn history_after(conversation_id: u64, after: u64) -> HistoryQuery {
+    HistoryQuery {
+        conversation_id,
+        before: 0,
+        after: Some(after),
+        limit: 100,
+    }
+}
+
+#[tokio::test]
+async fn a_removed_member_reads_what_was_sent_while_it_belonged() {
+    let fx = fixture().config(small_threshold()).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3, 4]).await;
+    send_numbered(&engine, 1, conversation, 3).await;
+    let (_, removed_at) = engine
+        .change_members(service(), conversation, vec![3], MembershipChange::Remove)
+        .await
+        .unwrap();
+    engine
+        .send(device(1, "d"), message(conversation, "after", None))
+        .await
+        .unwrap();
+
+    let page = engine.sync(&device(3, "d"), Some(0), 100).await.unwrap();
+    assert!(page.large_groups.is_empty(), "no longer a member");
+    assert_eq!(page.left_large_groups.len(), 1);
+    let left = page.left_large_groups[0];
+    assert_eq!(left.conversation_id, conversation);
+    assert!(left.conv_seq < removed_at, "up to the removal");
+    let history = engine
+        .history(
+            &device(3, "d"),
+            history_after(conversation, left.joined_conv_seq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&history.entries), ["0", "1", "2"]);
+    // Nothing from the removal on, backwards either.
+    let backwards = HistoryQuery {
+        conversation_id: conversation,
+        before: 0,
+        after: None,
+        limit: 100,
+    };
+    let newest = engine.history(&device(3, "d"), backwards).await.unwrap();
+    assert!(newest.entries.iter().all(|e| e.conv_seq < removed_at));
+    // Someone who never belonged reads nothing.
+    assert!(matches!(
+        engine
+            .history(&device(9, "d"), history_after(conversation, 0))
+            .await,
+        Err(SyncdError::PermissionDenied(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_large_group_is_listed_once_its_join_is_readable_and_from_there() {
+    let fx = fixture().config(small_threshold()).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3, 4]).await;
+    send_numbered(&engine, 1, conversation, 3).await;
+    // The join lands in the store, but the store answers with an error:
+    // the event is finished in the background, its seqs not yet readable.
+    fx.store.fail_next(Op::Commit, 1, Failure::Applied);
+    let joining = engine
+        .change_members(service(), conversation, vec![5], MembershipChange::Add)
+        .await;
+    assert!(
+        matches!(joining, Err(SyncdError::Unavailable(_))),
+        "{joining:?}"
+    );
+    let early = engine.sync(&device(5, "d"), Some(0), 100).await.unwrap();
+    assert!(
+        early.large_groups.is_empty()
+            || early
+                .entries
+                .iter()
+                .any(|e| e.kind == EntryKind::MembersAdded),
+        "the group is listed before its join is readable: {early:?}"
+    );
+
+    let mut joined = None;
+    for _ in 0..100 {
+        let page = engine.sync(&device(5, "d"), Some(0), 100).await.unwrap();
+        if let Some(top) = page.large_groups.first() {
+            let join = page
+                .entries
+                .iter()
+                .find(|e| e.kind == EntryKind::MembersAdded)
+                .expect("listed with its join in the same complete sync");
+            assert_eq!(top.joined_conv_seq, join.conv_seq);
+            joined = Some(*top);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let top = joined.expect("the background finisher completed the join");
+    engine
+        .send(device(1, "d"), message(conversation, "welcome", None))
+        .await
+        .unwrap();
+    let history = engine
+        .history(
+            &device(5, "d"),
+            history_after(conversation, top.joined_conv_seq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&history.entries), ["welcome"], "no pre-join history");
+}
+
+#[tokio::test]
+async fn members_start_reading_at_the_switch_to_read_fanout() {
+    let fx = fixture().config(small_threshold()).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    engine
+        .send(device(1, "d"), message(conversation, "in the inbox", None))
+        .await
+        .unwrap();
+    let (record, switched_at) = engine
+        .change_members(service(), conversation, vec![3, 4], MembershipChange::Add)
+        .await
+        .unwrap();
+    assert!(record.read_fanout);
+    engine
+        .send(
+            device(1, "d"),
+            message(conversation, "in the timeline", None),
+        )
+        .await
+        .unwrap();
+    let page = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+    assert_eq!(
+        texts(&page.entries)
+            .iter()
+            .filter(|t| **t == "in the inbox")
+            .count(),
+        1
+    );
+    let top = page.large_groups[0];
+    assert_eq!(top.joined_conv_seq, switched_at);
+    let history = engine
+        .history(
+            &device(2, "d"),
+            history_after(conversation, top.joined_conv_seq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&history.entries),
+        ["in the timeline"],
+        "nothing twice"
+    );
+}
