@@ -14,7 +14,7 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::{Event, MembershipChange, now_ms};
 use crate::limits::{MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES};
-use crate::writer::EventWriter;
+use crate::writer::{EventWriter, Held};
 use seqsvc::Namespace;
 use seqsvc::client::SeqSource;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl Membership {
         self.writer
             .commit(
                 Event::conversation_created(record.clone(), creator),
-                Vec::new(),
+                Held::default(),
             )
             .await?;
         Ok(record)
@@ -153,7 +153,10 @@ impl Membership {
         let event = Event::members_changed(&before, after.clone(), change, changed);
         let receipt = self
             .writer
-            .commit(event, vec![Box::new(exclusive.into_guard())])
+            .commit(
+                event,
+                Held::until_complete(vec![Box::new(exclusive.into_guard())]),
+            )
             .await?;
         Ok((after, receipt.conv_seq))
     }

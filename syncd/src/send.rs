@@ -5,7 +5,9 @@
 //! (`duplicate`) and nothing is written; not found, the message is written
 //! with its receipt in the same durable event. Concurrent retries of one
 //! send therefore store one message. The key's lock is held until the event
-//! is complete, also when it is finished in the background.
+//! is complete, also when it is finished in the background; a retry that
+//! arrives meanwhile waits a bounded time ([`MAX_ADMISSION_WAIT`]), then
+//! answers UNAVAILABLE instead of holding its send slot.
 
 use crate::access;
 use crate::auth::Principal;
@@ -13,6 +15,9 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::Event;
 use crate::keyed::KeyedLocks;
+use crate::lifecycle::within_admission_wait;
+#[cfg(doc)]
+use crate::limits::MAX_ADMISSION_WAIT;
 use crate::limits::{MAX_INFLIGHT_SENDS, MAX_TEXT_BYTES};
 use crate::writer::{EventWriter, Held};
 use std::sync::Arc;
@@ -78,7 +83,12 @@ impl Sender {
             None => (Uuid::new_v4(), None),
         };
         let same_key = match &key {
-            Some(key) => Some(self.keys.write(key.clone()).await),
+            Some(key) => Some(
+                within_admission_wait(self.keys.write(key.clone()), || {
+                    format!("an earlier send with client_msg_id {client_msg_id} is still being stored; retry later")
+                })
+                .await?,
+            ),
             None => None,
         };
         if let Some(key) = &key
@@ -105,7 +115,10 @@ impl Sender {
             command.text,
             key,
         );
-        let held: Held = vec![Box::new(same_key), Box::new(membership.into_guard())];
+        let held = Held {
+            until_allocated: vec![Box::new(membership.into_guard())],
+            until_complete: vec![Box::new(same_key)],
+        };
         let receipt = self.writer.commit(event, held).await?;
         Ok(SendOutcome {
             receipt,
