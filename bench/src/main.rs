@@ -7,11 +7,13 @@
 //! inbox entries per second. With a ScyllaDB store, `--bare-cql` also inserts
 //! the same kind of rows with a bare prepared-statement loop at the same
 //! concurrency, for the ratio. `bench catchup` times a device pulling a long
-//! backlog with Sync. Setup (server start, conversation creation, schema,
+//! backlog with Sync. `bench burst` measures the server's peak memory while
+//! the members of one large group all send large messages at once. Setup (server start, conversation creation, schema,
 //! filling a backlog) is excluded from every measured window. `bench seq`
 //! compares sequence allocation with Redis INCR; `bench all` runs them all.
 
 mod all;
+mod burst;
 mod catchup;
 mod closed_loop;
 mod delivery;
@@ -46,6 +48,9 @@ enum Command {
     Catchup(catchup::CatchupArgs),
     /// Sequence allocation: in-process, seqsvc over gRPC, and Redis INCR.
     Seq(seq::SeqArgs),
+    /// Members of one large group all sending large messages at once:
+    /// the server's peak memory and bytes written.
+    Burst(burst::BurstArgs),
     /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
     All(all::AllArgs),
 }
@@ -59,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => runtime.block_on(fanout::run(args)),
         Command::Catchup(args) => runtime.block_on(catchup::run(args)),
         Command::Seq(args) => runtime.block_on(seq::run(args)),
+        Command::Burst(args) => runtime.block_on(burst::run(args)),
         Command::All(args) => all::run(args),
     }
 }

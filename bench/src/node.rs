@@ -109,6 +109,12 @@ impl Node {
         self.pid.map(procs::cpu_seconds_of)
     }
 
+    /// Bytes the server process has caused to be written to storage, when
+    /// its pid is known (`write_bytes` of `/proc/<pid>/io`).
+    pub fn bytes_written(&self) -> Option<u64> {
+        self.pid.and_then(procs::bytes_written_of)
+    }
+
     /// The server process's peak resident memory, when its pid is known.
     pub fn peak_rss_mib(&self) -> Option<f64> {
         self.pid.map(procs::peak_rss_mib_of)

@@ -119,3 +119,11 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
 pub fn peak_rss_mib_of(pid: u32) -> f64 {
     crate::report::peak_rss_mib_at(&format!("/proc/{pid}/status"))
 }
+
+/// Bytes a process has caused to be written to storage so far.
+pub fn bytes_written_of(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+}

@@ -12,13 +12,21 @@
 //! record enters the cache only once its event has committed
 //! ([`Directory::committed`], called from the one announce path).
 //!
-//! Sends take the lock shared (they run in parallel); membership changes
-//! take it exclusive, so no send is between "members loaded" and "event
-//! committed" while the members change.
+//! Sends take the lock shared (they run in parallel) until their seqs are
+//! allocated; membership changes take it exclusive until their event is
+//! complete, so no send is between "members loaded" and "conv_seq
+//! allocated" while the members change, and none reads the old record
+//! while the change is unannounced (see [`crate::writer`]). Waiting for
+//! either is bounded ([`MAX_ADMISSION_WAIT`]): a membership change stuck in
+//! the background answers the sends behind it UNAVAILABLE instead of
+//! holding their send slots.
 
 use crate::error::{Result, SyncdError};
 use crate::keyed::{KeyGuard, KeyedLocks};
+use crate::lifecycle::within_admission_wait;
 use crate::limits::CACHED_CONVERSATION_MEMBERS;
+#[cfg(doc)]
+use crate::limits::MAX_ADMISSION_WAIT;
 use crate::observer::CommitObserver;
 use std::sync::Arc;
 use timeline_store::{Conversation, EventCommit, TimelineStore};
@@ -67,7 +75,9 @@ impl Directory {
     /// The record under the shared membership lock (sends).
     pub async fn shared(&self, conversation_id: u64) -> Result<Locked> {
         check_id(conversation_id)?;
-        let guard = self.locks.read(conversation_id).await;
+        let guard =
+            within_admission_wait(self.locks.read(conversation_id), || busy(conversation_id))
+                .await?;
         let record = self.load(conversation_id, true).await?;
         Ok(Locked { record, guard })
     }
@@ -75,7 +85,9 @@ impl Directory {
     /// The record under the exclusive membership lock (membership changes).
     pub async fn exclusive(&self, conversation_id: u64) -> Result<Locked> {
         check_id(conversation_id)?;
-        let guard = self.locks.write(conversation_id).await;
+        let guard =
+            within_admission_wait(self.locks.write(conversation_id), || busy(conversation_id))
+                .await?;
         let record = self.load(conversation_id, true).await?;
         Ok(Locked { record, guard })
     }
@@ -112,6 +124,12 @@ impl CommitObserver for Directory {
             self.committed(record);
         }
     }
+}
+
+fn busy(conversation_id: u64) -> String {
+    format!(
+        "conversation {conversation_id} is busy: a membership change is still being stored; retry later"
+    )
 }
 
 fn check_id(conversation_id: u64) -> Result<()> {

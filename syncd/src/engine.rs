@@ -15,7 +15,9 @@ use crate::horizon::Horizon;
 use crate::idempotency::Idempotency;
 use crate::inbox::Inbox;
 use crate::lifecycle::Lifecycle;
-use crate::limits::{DEFAULT_LARGE_GROUP_THRESHOLD, DEFAULT_SUBSCRIBER_STALL_LIMIT};
+use crate::limits::{
+    DEFAULT_LARGE_GROUP_THRESHOLD, DEFAULT_SUBSCRIBER_STALL_LIMIT, MAX_INFLIGHT_COMMIT_BYTES,
+};
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
 use crate::push::{Hub, Push};
@@ -46,6 +48,9 @@ pub struct EngineConfig {
     /// A subscriber whose queue stays full this long is disconnected.
     pub subscriber_stall_limit: Duration,
     pub retention: Retention,
+    /// Bytes of events being committed at once (see
+    /// [`MAX_INFLIGHT_COMMIT_BYTES`]).
+    pub commit_budget_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +59,7 @@ impl Default for EngineConfig {
             large_group_threshold: DEFAULT_LARGE_GROUP_THRESHOLD,
             subscriber_stall_limit: DEFAULT_SUBSCRIBER_STALL_LIMIT,
             retention: Retention::default(),
+            commit_budget_bytes: MAX_INFLIGHT_COMMIT_BYTES,
         }
     }
 }
@@ -101,6 +107,7 @@ impl Engine {
             horizon,
             observers,
             Arc::clone(&lifecycle),
+            config.commit_budget_bytes,
         ));
         Arc::new(Self {
             sender: Arc::new(Sender::new(
@@ -152,6 +159,22 @@ impl Engine {
     /// Begins shutdown and waits for every task the engine spawned.
     pub async fn shutdown(&self) {
         self.lifecycle.wait_for_tasks().await;
+    }
+
+    /// Why the node failed for good (its store is poisoned), if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.lifecycle.failure()
+    }
+
+    /// Resolves with the reason once the node has failed for good.
+    pub async fn failed(&self) -> String {
+        self.lifecycle.failed().await
+    }
+
+    /// Tasks the engine is running (calls in progress, events finished in
+    /// the background, loops, push pumps).
+    pub fn running_tasks(&self) -> usize {
+        self.lifecycle.running_tasks()
     }
 
     /// Runs `task` as a task tracked by the engine's lifecycle, so shutdown

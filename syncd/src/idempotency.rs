@@ -14,6 +14,7 @@
 
 use crate::error::{Result, SyncdError};
 use crate::keyed::{KeyGuard, KeyedLocks};
+use crate::lifecycle::within_admission_wait;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use timeline_store::{IdempotencyKey, Receipt, TimelineStore};
@@ -46,8 +47,17 @@ impl Idempotency {
     }
 
     /// Takes `key`'s lock and reads its receipt.
+    /// Waits a bounded time for the lock ([`crate::limits::MAX_ADMISSION_WAIT`]):
+    /// an earlier request under the key may be stuck being finished in the
+    /// background, and a retry must not hold its slot meanwhile.
     pub async fn claim(&self, key: IdempotencyKey) -> Result<Claim> {
-        let guard = self.locks.write(key.clone()).await;
+        let guard = within_admission_wait(self.locks.write(key.clone()), || {
+            format!(
+                "an earlier request with client id {} is still being stored; retry later",
+                key.client_msg_id
+            )
+        })
+        .await?;
         let earlier = self.store.receipt(&key).await?;
         Ok(Claim {
             key,

@@ -8,14 +8,23 @@
 //! at an arbitrary point. Shutdown has two halves: [`Lifecycle::begin_shutdown`]
 //! tells every loop and push feed to stop (feeds never end by themselves),
 //! [`Lifecycle::wait_for_tasks`] waits until every tracked task has.
+//!
+//! A node can also fail for good ([`Lifecycle::fail`]: its store is
+//! poisoned): it then refuses new work, and the server reports NOT_SERVING
+//! and exits non-zero, so that a supervisor restarts it and the store
+//! recovers from its journal. Piling up retries that cannot succeed in this
+//! process would only hide the failure.
 
 use crate::error::{Result, SyncdError};
+use crate::limits::MAX_ADMISSION_WAIT;
 use std::future::Future;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 pub struct Lifecycle {
     stopping: watch::Sender<bool>,
+    /// Why the node failed for good, once it has.
+    failure: watch::Sender<Option<String>>,
     tasks: TaskTracker,
 }
 
@@ -23,6 +32,7 @@ impl Default for Lifecycle {
     fn default() -> Self {
         Self {
             stopping: watch::channel(false).0,
+            failure: watch::channel(None).0,
             tasks: TaskTracker::new(),
         }
     }
@@ -47,6 +57,11 @@ impl Lifecycle {
         what: &str,
         work: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
+        if let Some(reason) = self.failure() {
+            return Err(SyncdError::Unavailable(format!(
+                "the node is stopping: {reason}"
+            )));
+        }
         self.spawn(work)
             .await
             .map_err(|e| SyncdError::Internal(format!("{what} task failed: {e}")))?
@@ -73,10 +88,52 @@ impl Lifecycle {
         self.tasks.wait().await;
     }
 
+    /// Marks the node failed for good (the first reason is kept): new work
+    /// is refused, and [`Lifecycle::failed`] resolves.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let first = self.failure.send_if_modified(|failure| {
+            let first = failure.is_none();
+            if first {
+                *failure = Some(reason.clone());
+            }
+            first
+        });
+        if first {
+            tracing::error!(%reason, "the node failed; refusing work until it is restarted");
+        }
+    }
+
+    /// Why the node failed, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Resolves with the reason once the node has failed.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Tracked tasks still running.
     pub fn running_tasks(&self) -> usize {
         self.tasks.len()
     }
+}
+
+/// Waits for `wait` at most [`MAX_ADMISSION_WAIT`]; past it, UNAVAILABLE
+/// with the message `busy` makes.
+pub async fn within_admission_wait<T>(
+    wait: impl Future<Output = T>,
+    busy: impl FnOnce() -> String,
+) -> Result<T> {
+    tokio::time::timeout(MAX_ADMISSION_WAIT, wait)
+        .await
+        .map_err(|_| SyncdError::Unavailable(busy()))
 }
 
 /// Resolves once `stopping` turns true (at once if it already has).

@@ -58,6 +58,34 @@ pub const MAX_PUSH_ENTRIES: usize = 64;
 /// Conversation records cached in memory, counted in member slots (8 bytes
 /// each): about 80 MB at the limit.
 pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;
+/// Bytes of events being committed at once, counted as text bytes times
+/// (1 + inbox copies) plus [`COMMIT_BYTES_PER_COPY`] per copy: a store that
+/// keeps one whole entry per inbox row holds about that much for an event
+/// until it is durable (the embedded store puts a whole group of them into
+/// one batch). 32 members sending 8 messages of 64 KiB to a 500-member
+/// group at once were 8 GiB of copies in flight without this; with it,
+/// about 8 such events are and the rest wait.
+pub const MAX_INFLIGHT_COMMIT_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes one event may cost by that count. A 64 KiB text to the largest
+/// write-fanout group of the default threshold (500 members) costs 32 MiB;
+/// larger texts to larger write-fanout groups (a node configured with a
+/// higher threshold) are refused with INVALID_ARGUMENT naming the largest
+/// text that group takes.
+pub const MAX_EVENT_COMMIT_BYTES: usize = 64 * 1024 * 1024;
+/// What an inbox copy costs besides its text: keys, ids and encoding.
+pub const COMMIT_BYTES_PER_COPY: usize = 128;
+/// Longest a send or membership change waits for a lock (a retried send's
+/// idempotency key, a conversation's membership) or for commit bytes before
+/// answering UNAVAILABLE: what holds them may be an event stuck in the
+/// background while the store fails, and a waiting send holds one of the
+/// server's send slots.
+pub const MAX_ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Events finished in the background at once, after the store failed them
+/// in a way that may have written part of them. Each keeps its idempotency
+/// key, its seqs in the horizon and its commit bytes until it lands; when
+/// all are taken the store has been failing for a while, and further events
+/// are refused with UNAVAILABLE before they allocate anything.
+pub const MAX_BACKGROUND_FINISHERS: usize = 256;
 /// Groups larger than this switch to read fanout (configurable per node).
 pub const DEFAULT_LARGE_GROUP_THRESHOLD: usize = 500;
 

@@ -151,6 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         .then(|| Duration::from_secs(args.inbox_retention_hours * 3600)),
                     interval: Duration::from_secs(args.retention_interval_secs.max(1)),
                 },
+                ..syncd::engine::EngineConfig::default()
             },
         };
         let node = server::open_node(&config)
@@ -168,14 +169,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             wait_for_signal().await;
             let _ = stopping_tx.send(());
         };
+        let engine = std::sync::Arc::clone(&node.engine);
         let served = server::serve(listener, node, shutdown);
         tokio::pin!(served);
         tokio::select! {
             result = &mut served => result?,
             () = async {
-                let _ = stopping_rx.await;
+                tokio::select! {
+                    _ = stopping_rx => {}
+                    _ = engine.failed() => {}
+                }
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => tracing::warn!("calls still running after the grace period; exiting"),
+        }
+        if let Some(reason) = engine.failure() {
+            anyhow::bail!("the node failed: {reason}");
         }
         tracing::info!("syncd stopped");
         Ok(())

@@ -150,12 +150,14 @@ impl Membership {
             created_at_ms: now_ms(),
         };
         let mut event = Event::conversation_created(record.clone(), creator);
-        let mut held: Held = Vec::with_capacity(1);
+        let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
         if let Some(claim) = claim {
             event = event.with_receipt(claim.key.clone(), fingerprint);
-            held.push(Box::new(claim.into_guard()));
+            until_complete.push(Box::new(claim.into_guard()));
         }
-        self.writer.commit(event, held).await?;
+        self.writer
+            .commit(event, Held::until_complete(until_complete))
+            .await?;
         Ok(record)
     }
 
@@ -200,7 +202,10 @@ impl Membership {
         let event = Event::members_changed(&before, after.clone(), change, changed);
         let receipt = self
             .writer
-            .commit(event, vec![Box::new(exclusive.into_guard())])
+            .commit(
+                event,
+                Held::until_complete(vec![Box::new(exclusive.into_guard())]),
+            )
             .await?;
         Ok((after, receipt.conv_seq))
     }

@@ -7,6 +7,9 @@
 //! same durable event. Concurrent retries of one send therefore store one
 //! message. The key's lock is held until the event is complete, also when
 //! it is finished in the background.
+//! A retry that arrives while the first is still being stored waits a
+//! bounded time ([`MAX_ADMISSION_WAIT`]), then answers UNAVAILABLE instead
+//! of holding its send slot.
 
 use crate::access;
 use crate::auth::Principal;
@@ -14,6 +17,8 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::Event;
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
+#[cfg(doc)]
+use crate::limits::MAX_ADMISSION_WAIT;
 use crate::limits::{MAX_INFLIGHT_SENDS, MAX_TEXT_BYTES};
 use crate::writer::{EventWriter, Held};
 use std::sync::Arc;
@@ -114,12 +119,15 @@ impl Sender {
             command.text,
             None,
         );
-        let mut held: Held = Vec::with_capacity(2);
+        let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
         if let Some(claim) = claim {
             event = event.with_receipt(claim.key.clone(), fingerprint);
-            held.push(Box::new(claim.into_guard()));
+            until_complete.push(Box::new(claim.into_guard()));
         }
-        held.push(Box::new(membership.into_guard()));
+        let held = Held {
+            until_allocated: vec![Box::new(membership.into_guard())],
+            until_complete,
+        };
         let receipt = self.writer.commit(event, held).await?;
         Ok(SendOutcome {
             receipt,

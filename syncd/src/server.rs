@@ -31,6 +31,10 @@ pub enum StartupError {
     Seq(#[from] seqsvc::SeqError),
     #[error("grpc: {0}")]
     Transport(String),
+    /// The node failed for good while serving (its store is poisoned); a
+    /// restart recovers.
+    #[error("the node failed: {0}")]
+    Failed(String),
 }
 
 /// Where timelines and sequence state live.
@@ -187,9 +191,27 @@ pub async fn serve(
     node.engine.start();
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health.clone();
     let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, ending push streams");
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutting down: no new connections, ending push streams");
+            }
+            reason = engine.failed() => {
+                // Load balancers and supervisors see it at once; the exit
+                // code after the drain tells the supervisor to restart.
+                tracing::error!(%reason, "the store failed for good: NOT_SERVING, stopping so that a restart recovers from the journal");
+                reporter
+                    .set_not_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
+                    .await;
+                reporter
+                    .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        }
         let _ = stop_accepting.send(());
         engine.begin_shutdown();
     };
@@ -209,7 +231,10 @@ pub async fn serve(
     // Calls have finished; what they left running (background finishers,
     // push pumps, retention) stops or completes before the node closes.
     node.engine.shutdown().await;
-    Ok(())
+    match node.engine.failure() {
+        Some(reason) => Err(StartupError::Failed(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).

@@ -8,7 +8,7 @@ use crate::engine::{Engine, EngineConfig, NewConversation, Retention, SendComman
 use seqsvc::{Allocator, AllocatorConfig, MemoryMaxSeqStore, MsgIdGenerator};
 use std::sync::Arc;
 use std::time::Duration;
-use timeline_store::testsuite::{Faults, FaultyStore};
+use timeline_store::testsuite::{Faults, FaultyStore, MemoryStore};
 use timeline_store::{Conversation, ConversationKind, EmbeddedStore, EmbeddedStoreConfig, Entry};
 use uuid::Uuid;
 
@@ -76,6 +76,18 @@ impl FixtureBuilder {
             _dir: dir,
         }
     }
+}
+
+/// The in-memory store with the same faults: no disk and no blocking
+/// thread, so a test may pause the clock and let timeouts and background
+/// retries run in virtual time.
+pub type MemoryTestStore = FaultyStore<MemoryStore>;
+
+/// An engine over a new [`MemoryTestStore`] (for tests on a paused clock).
+pub async fn memory_engine(config: EngineConfig) -> (Arc<Engine>, Arc<MemoryTestStore>) {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new(), 1));
+    let (allocator, ids) = allocator(AllocatorConfig::default()).await;
+    (Engine::new(store.clone(), allocator, ids, config), store)
 }
 
 /// A [`TestStore`] over a new embedded store in `dir`, with a random seed

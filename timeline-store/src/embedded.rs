@@ -18,7 +18,8 @@
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
-//! write fails until the process restarts and recovers from the journal.
+//! write fails with [`StoreError::Poisoned`] until the process restarts and
+//! recovers from the journal.
 
 use crate::codec::{self, EntryEncoder};
 use crate::{
@@ -230,7 +231,7 @@ impl EmbeddedStore {
 }
 
 fn poisoned_error() -> StoreError {
-    StoreError::Unavailable("an earlier fsync failed; restart to recover from the journal".into())
+    StoreError::Poisoned("an earlier fsync failed; restart to recover from the journal".into())
 }
 
 fn writer_loop(
@@ -258,8 +259,14 @@ fn writer_loop(
             Err(error) => {
                 let message = error.to_string();
                 tracing::error!(%message, "group commit failed");
+                let fatal = error.is_fatal();
                 for request in group.drain(..) {
-                    let _ = request.reply.send(Err(StoreError::Io(message.clone())));
+                    let error = if fatal {
+                        StoreError::Poisoned(message.clone())
+                    } else {
+                        StoreError::Io(message.clone())
+                    };
+                    let _ = request.reply.send(Err(error));
                 }
             }
         }
@@ -383,7 +390,7 @@ fn apply_group(
     }
     if let Err(error) = persisted {
         poisoned.store(true, Ordering::Release);
-        return Err(StoreError::Io(format!("fsync: {error}")));
+        return Err(StoreError::Poisoned(format!("fsync: {error}")));
     }
     Ok(outcomes)
 }

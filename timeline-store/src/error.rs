@@ -7,10 +7,15 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-    /// The backend is overloaded, shutting down or poisoned by an earlier
-    /// durability failure.
+    /// The backend is overloaded, unreachable or shutting down.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A durability failure (an fsync error) left the store unable to take
+    /// writes for the rest of this process: what it holds may not be
+    /// durable, so only a restart, which recovers from the journal, tells
+    /// what was written.
+    #[error("storage poisoned: {0}")]
+    Poisoned(String),
     /// The request exceeds a named limit of the store.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -24,5 +29,12 @@ impl StoreError {
     /// fail the same way every time.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
+    }
+
+    /// Whether no call can succeed for the rest of this process (a
+    /// poisoned store): retrying is useless, and the process should stop so
+    /// that a restart recovers.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Poisoned(_))
     }
 }

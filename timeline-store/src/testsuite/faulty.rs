@@ -12,8 +12,11 @@
 //!   reader's limit and its read.
 //! - **Out-of-order completion**: a share of commits is held back until a
 //!   commit that started later has completed.
+//! - **Aimed faults**: every commit an event predicate picks fails with a
+//!   chosen error until cleared (one stuck event; a poisoned store).
 //! - **Counters**: commits and inbox copies that reached the store, to
-//!   check what a send costs.
+//!   check what a send costs, and the most inbox-copy bytes that were in
+//!   flight at once, to check a memory bound.
 //!
 //! Random decisions come from one seeded generator, drawn in call order: the
 //! same seed and the same order of calls (a current-thread runtime with a
@@ -114,13 +117,22 @@ pub struct FaultyStore<S> {
     next_ticket: AtomicU64,
     /// The highest ticket of a completed commit.
     completed: tokio::sync::watch::Sender<u64>,
+    /// Text bytes times inbox copies of the commits in flight, and the most
+    /// there ever were.
+    inflight_copy_bytes: AtomicU64,
+    peak_inflight_copy_bytes: AtomicU64,
 }
+
+/// An aimed fault: which commits fail, and how.
+type CommitRule =
+    std::sync::Arc<dyn Fn(&EventCommit) -> Option<StoreError> + Send + Sync + 'static>;
 
 struct State {
     rng: SplitMix64,
     faults: Faults,
     /// Scripted failures left per op, consumed before random ones.
     scripted: [(u32, Failure); OPS],
+    rule: Option<CommitRule>,
 }
 
 /// What one call will suffer, drawn at once so a call's draws stay
@@ -141,6 +153,7 @@ impl<S> FaultyStore<S> {
                 rng: SplitMix64(seed),
                 faults: Faults::default(),
                 scripted: [(0, Failure::Lost); OPS],
+                rule: None,
             }),
             commits: AtomicU64::new(0),
             inbox_copies: AtomicU64::new(0),
@@ -148,6 +161,8 @@ impl<S> FaultyStore<S> {
             held_commits: AtomicU64::new(0),
             next_ticket: AtomicU64::new(1),
             completed: tokio::sync::watch::Sender::new(0),
+            inflight_copy_bytes: AtomicU64::new(0),
+            peak_inflight_copy_bytes: AtomicU64::new(0),
         }
     }
 
@@ -170,6 +185,31 @@ impl<S> FaultyStore<S> {
     /// The next `n` commits fail, writing nothing.
     pub fn fail_next_commits(&self, n: u32) {
         self.fail_next(Op::Commit, n, Failure::Lost);
+    }
+
+    /// Every later commit for which `matches` holds fails with `error()`,
+    /// writing nothing, until [`FaultyStore::clear_aimed_fault`]: a write
+    /// that keeps failing for one event, or for all of them.
+    pub fn fail_commits_where(
+        &self,
+        matches: impl Fn(&EventCommit) -> bool + Send + Sync + 'static,
+        error: impl Fn() -> StoreError + Send + Sync + 'static,
+    ) {
+        self.state().rule = Some(std::sync::Arc::new(move |commit: &EventCommit| {
+            matches(commit).then(&error)
+        }));
+    }
+
+    /// Lets the commits [`FaultyStore::fail_commits_where`] picked through.
+    pub fn clear_aimed_fault(&self) {
+        self.state().rule = None;
+    }
+
+    /// The most text bytes times inbox copies that were inside
+    /// `commit_event` at once (what a backend that stores a copy of the
+    /// entry per inbox row holds for them).
+    pub fn peak_inflight_copy_bytes(&self) -> u64 {
+        self.peak_inflight_copy_bytes.load(Ordering::SeqCst)
     }
 
     pub fn counters(&self) -> Counters {
@@ -311,14 +351,41 @@ impl SplitMix64 {
 #[async_trait]
 impl<S: EventLog> EventLog for FaultyStore<S> {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let copy_bytes = (commit.entry.text.len() * commit.inbox.len()) as u64;
+        let inflight = self
+            .inflight_copy_bytes
+            .fetch_add(copy_bytes, Ordering::SeqCst)
+            + copy_bytes;
+        self.peak_inflight_copy_bytes
+            .fetch_max(inflight, Ordering::SeqCst);
+        let result = self.commit_counted(commit).await;
+        self.inflight_copy_bytes
+            .fetch_sub(copy_bytes, Ordering::SeqCst);
+        result
+    }
+
+    async fn recover(&self) -> Result<usize> {
+        self.run(Op::Read, self.inner.recover()).await
+    }
+}
+
+impl<S: EventLog> FaultyStore<S> {
+    async fn commit_counted(&self, commit: EventCommit) -> Result<()> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::SeqCst);
         let plan = self.plan(Op::Commit);
         sleep(plan.delay).await;
         if plan.hold {
             self.hold(ticket).await;
         }
-        let failure = self.failure(Op::Commit, plan.random_failure);
-        let result = if failure == Some(Failure::Lost) {
+        let aimed = self.state().rule.clone().and_then(|rule| rule(&commit));
+        let failure = match aimed {
+            Some(_) => None,
+            None => self.failure(Op::Commit, plan.random_failure),
+        };
+        let result = if let Some(error) = aimed {
+            self.injected_failures.fetch_add(1, Ordering::SeqCst);
+            Err(error)
+        } else if failure == Some(Failure::Lost) {
             Err(injected(Op::Commit))
         } else {
             self.commits.fetch_add(1, Ordering::SeqCst);
@@ -338,10 +405,6 @@ impl<S: EventLog> EventLog for FaultyStore<S> {
             later
         });
         result
-    }
-
-    async fn recover(&self) -> Result<usize> {
-        self.run(Op::Read, self.inner.recover()).await
     }
 }
 
