@@ -35,6 +35,10 @@ pub(crate) struct EntryRecord {
     pub sent_at_ms: i64,
     #[prost(uint64, repeated, tag = "10")]
     pub members: Vec<u64>,
+    /// An inbox copy stored without its text and members: read them from
+    /// the conversation entry (see [`INBOX_INLINE_PAYLOAD_BYTES`]).
+    #[prost(bool, tag = "11")]
+    pub payload_in_conversation: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -136,6 +140,7 @@ impl From<&Entry> for EntryRecord {
             text: entry.text.clone(),
             sent_at_ms: entry.sent_at_ms,
             members: entry.members.clone(),
+            payload_in_conversation: false,
         }
     }
 }
@@ -231,20 +236,86 @@ impl From<LargeGroupIndexChangeRecord> for LargeGroupIndexChange {
     }
 }
 
+/// Inbox copies of an entry whose text and member list weigh more than this
+/// are stored without them, and a read fills them in from the conversation
+/// entry (written in the same event, and never trimmed). A 64 KiB message to
+/// a 500-member group is then 32 MiB less to write, hold in memtables,
+/// flush and compact; small messages, most of them, still sync with one
+/// range read.
+pub const INBOX_INLINE_PAYLOAD_BYTES: usize = 4 * 1024;
+
+/// What an entry's text and members weigh, to compare with
+/// [`INBOX_INLINE_PAYLOAD_BYTES`].
+pub fn payload_bytes(entry: &Entry) -> usize {
+    entry.text.len() + entry.members.len() * std::mem::size_of::<u64>()
+}
+
+/// The payload bytes one inbox copy of `entry` stores: none when the copy
+/// refers to the conversation entry.
+pub fn inbox_copy_payload_bytes(entry: &Entry) -> usize {
+    match payload_bytes(entry) {
+        heavy if heavy > INBOX_INLINE_PAYLOAD_BYTES => 0,
+        inline => inline,
+    }
+}
+
 /// Encodes one event's conversation entry and its inbox copies, which
-/// differ only in `seq`: the record is built once, not once per copy.
-pub(crate) struct EntryEncoder(EntryRecord);
+/// differ only in `seq` (and, for heavy payloads, in leaving the payload to
+/// the conversation entry): each record is built once, not once per copy.
+pub(crate) struct EntryEncoder {
+    full: EntryRecord,
+    /// The inbox form when the payload lives only in the conversation entry.
+    reference: Option<EntryRecord>,
+}
 
 impl EntryEncoder {
     pub(crate) fn new(entry: &Entry) -> Self {
-        Self(EntryRecord::from(entry))
+        let full = EntryRecord::from(entry);
+        let reference = (payload_bytes(entry) > INBOX_INLINE_PAYLOAD_BYTES).then(|| EntryRecord {
+            text: String::new(),
+            members: Vec::new(),
+            payload_in_conversation: true,
+            ..full.clone()
+        });
+        Self { full, reference }
     }
 
-    /// The entry's bytes with `seq` set (0 for the conversation timeline).
-    pub(crate) fn encode(&mut self, seq: u64) -> Vec<u8> {
-        self.0.seq = seq;
-        self.0.encode_to_vec()
+    /// The conversation entry's bytes.
+    pub(crate) fn conversation(&mut self) -> Vec<u8> {
+        self.full.seq = 0;
+        self.full.encode_to_vec()
     }
+
+    /// One inbox copy's bytes, with `seq` set.
+    pub(crate) fn inbox(&mut self, seq: u64) -> Vec<u8> {
+        let record = self.reference.as_mut().unwrap_or(&mut self.full);
+        record.seq = seq;
+        record.encode_to_vec()
+    }
+}
+
+/// An inbox copy, and whether its payload must be read from the
+/// conversation entry ([`fill_payload`]).
+pub(crate) fn decode_inbox_entry(bytes: &[u8]) -> Result<(Entry, bool)> {
+    let record = EntryRecord::decode(bytes).map_err(corrupt)?;
+    let referenced = record.payload_in_conversation;
+    Ok((record.try_into()?, referenced))
+}
+
+/// Completes an inbox copy stored without its payload from the bytes of
+/// its conversation entry (`None`: missing, which a committed event never
+/// leaves).
+pub(crate) fn fill_payload(entry: &mut Entry, conversation_entry: Option<&[u8]>) -> Result<()> {
+    let bytes = conversation_entry.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "inbox entry {} refers to conversation {} entry {}, which is missing",
+            entry.seq, entry.conversation_id, entry.conv_seq
+        ))
+    })?;
+    let full = decode_entry(bytes)?;
+    entry.text = full.text;
+    entry.members = full.members;
+    Ok(())
 }
 
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry> {
@@ -338,7 +409,7 @@ mod tests {
     /// here so a change to the records cannot pass unnoticed.
     #[test]
     fn records_keep_their_tags_and_codes() {
-        let bytes = EntryEncoder::new(&entry(EntryKind::MembersAdded)).encode(7);
+        let bytes = EntryEncoder::new(&entry(EntryKind::MembersAdded)).inbox(7);
         assert_eq!(
             bytes,
             [
@@ -355,7 +426,7 @@ mod tests {
         ];
         for (kind, code) in codes {
             assert_eq!(entry_kind_code(kind), code);
-            let decoded = decode_entry(&EntryEncoder::new(&entry(kind)).encode(7)).unwrap();
+            let decoded = decode_entry(&EntryEncoder::new(&entry(kind)).inbox(7)).unwrap();
             assert_eq!(decoded, entry(kind));
         }
         for (kind, code) in [(ConversationKind::Direct, 1), (ConversationKind::Group, 2)] {

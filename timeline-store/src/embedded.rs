@@ -298,10 +298,10 @@ fn apply_group(
                 batch.insert(
                     &ks.conv,
                     key2(conversation_id, commit.entry.conv_seq),
-                    encoder.encode(0),
+                    encoder.conversation(),
                 );
                 for write in &commit.inbox {
-                    inbox_rows.push((key2(write.user_id, write.seq), encoder.encode(write.seq)));
+                    inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
                 }
                 if let Some((key, receipt)) = &commit.receipt {
                     batch.insert(&ks.receipts, key.to_bytes(), codec::encode_receipt(receipt));
@@ -496,7 +496,20 @@ impl InboxReads for EmbeddedStore {
         }
         self.read(move |ks| {
             let keys = key2(user_id, range.after + 1)..=key2(user_id, range.through);
-            decode_entries(ks.inbox.range(keys), range.limit)
+            let mut entries = Vec::new();
+            for guard in ks.inbox.range(keys).take(range.limit) {
+                let value = guard.value().map_err(io)?;
+                let (mut entry, referenced) = codec::decode_inbox_entry(value.as_ref())?;
+                if referenced {
+                    let conversation_entry = ks
+                        .conv
+                        .get(key2(entry.conversation_id, entry.conv_seq))
+                        .map_err(io)?;
+                    codec::fill_payload(&mut entry, conversation_entry.as_deref())?;
+                }
+                entries.push(entry);
+            }
+            Ok(entries)
         })
         .await
     }
@@ -594,6 +607,54 @@ mod tests {
             async move { store }
         };
         crate::testsuite::conformance::run_all(open).await;
+    }
+
+    /// The point of storing heavy inbox copies by reference: each copy of a
+    /// 64 KiB message is a small row, whatever the fanout.
+    #[tokio::test]
+    async fn inbox_copies_of_heavy_messages_are_small_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+        let entry = Entry {
+            conv_seq: 1,
+            text: "x".repeat(64 * 1024),
+            ..Entry::new(crate::EntryKind::Message, 7)
+        };
+        let inbox = (1..=100)
+            .map(|user_id| crate::InboxWrite { user_id, seq: 1 })
+            .collect();
+        let commit = EventCommit {
+            entry,
+            inbox,
+            receipt: None,
+            conversation: None,
+            large_group_index: Vec::new(),
+        };
+        store.commit_event(commit).await.unwrap();
+        let sizes = store
+            .read(|ks| {
+                let mut sizes = Vec::new();
+                for user_id in 1..=100u64 {
+                    let row = ks.inbox.get(key2(user_id, 1)).map_err(io)?.unwrap();
+                    sizes.push(row.len());
+                }
+                Ok(sizes)
+            })
+            .await
+            .unwrap();
+        assert!(sizes.iter().all(|&len| len < 256), "{sizes:?}");
+        let read = store
+            .read_inbox(
+                42,
+                InboxRange {
+                    after: 0,
+                    through: 1,
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(read[0].text.len(), 64 * 1024);
     }
 
     #[tokio::test]

@@ -70,6 +70,7 @@ pub mod scylla;
 pub mod testsuite;
 mod traits;
 
+pub use codec::{INBOX_INLINE_PAYLOAD_BYTES, inbox_copy_payload_bytes, payload_bytes};
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::{Result, StoreError};
 pub use model::*;

@@ -438,6 +438,24 @@ impl ScyllaTimelineStore {
         Ok(buckets.into_iter().map(|b| b as u64).collect())
     }
 
+    /// An inbox copy stored without its payload, completed from its
+    /// conversation entry.
+    async fn with_payload(&self, mut entry: Entry) -> Result<Entry> {
+        let (id, conv_seq) = (entry.conversation_id, entry.conv_seq);
+        let values = (
+            big(id),
+            big(bucket_of(conv_seq)),
+            big(conv_seq - 1),
+            big(conv_seq + 1),
+            1i32,
+        );
+        let blobs: Vec<Vec<u8>> = self
+            .column(&self.statements.select_conv_range, values)
+            .await?;
+        codec::fill_payload(&mut entry, blobs.first().map(Vec::as_slice))?;
+        Ok(entry)
+    }
+
     fn decode_entries(blobs: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
         blobs.iter().map(|b| codec::decode_entry(b)).collect()
     }
@@ -450,11 +468,11 @@ impl ScyllaTimelineStore {
         let conversation_id = commit.entry.conversation_id;
         let conv_seq = commit.entry.conv_seq;
         let mut encoder = EntryEncoder::new(&commit.entry);
-        let conv_entry = encoder.encode(0);
+        let conv_entry = encoder.conversation();
         let inbox_entries: Vec<(u64, u64, Vec<u8>)> = commit
             .inbox
             .iter()
-            .map(|w| (w.user_id, w.seq, encoder.encode(w.seq)))
+            .map(|w| (w.user_id, w.seq, encoder.inbox(w.seq)))
             .collect();
 
         let conv_write = async {
@@ -593,10 +611,23 @@ impl InboxReads for ScyllaTimelineStore {
                 big(through_seq),
                 wanted as i32,
             );
-            let blobs = self
+            let blobs: Vec<Vec<u8>> = self
                 .column(&self.statements.select_inbox_range, values)
                 .await?;
-            Self::decode_entries(blobs)
+            let copies = blobs
+                .iter()
+                .map(|b| codec::decode_inbox_entry(b))
+                .collect::<Result<Vec<_>>>()?;
+            stream::iter(copies.into_iter().map(|(entry, referenced)| async move {
+                if referenced {
+                    self.with_payload(entry).await
+                } else {
+                    Ok(entry)
+                }
+            }))
+            .buffered(MAX_CONCURRENT_WRITES)
+            .try_collect::<Vec<Entry>>()
+            .await
         };
         read_pages(buckets, limit, PAGE_ROWS as usize, |e: &Entry| e.seq, page).await
     }
@@ -926,7 +957,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .write_inbox(1, 41, EntryEncoder::new(&commit.entry).encode(41))
+            .write_inbox(1, 41, EntryEncoder::new(&commit.entry).inbox(41))
             .await
             .unwrap();
         assert!(store.receipt(&key).await.unwrap().is_none());

@@ -109,6 +109,7 @@ where
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     every_entry_kind_round_trips(&store).await;
+    heavy_payloads_read_back_whole_from_every_inbox(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -360,6 +361,41 @@ async fn large_group_memberships_keep_their_positions<S: TimelineStore>(store: &
     assert_eq!(now[0].joined, at(50, 12));
     assert_eq!(now[0].left, None);
     assert_eq!(store.large_groups(user).await.unwrap(), vec![group]);
+}
+
+/// A backend may store inbox copies of a heavy entry (a long text, a long
+/// member list) by reference to the conversation entry; readers always get
+/// the entry whole, from every inbox and the timeline.
+async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store: &S) {
+    let (conv, users) = (BASE + 13, [BASE + 74, BASE + 75, BASE + 76]);
+    let text = "長".repeat(30_000);
+    let heavy = message(conv, 1, users[0], &text);
+    let members: Vec<u64> = (1..=2_000).collect();
+    let created = Entry {
+        conv_seq: 2,
+        members: members.clone(),
+        ..Entry::new(EntryKind::ConversationCreated, conv)
+    };
+    let small = message(conv, 3, users[0], "small");
+    for (i, entry) in [heavy, created, small].into_iter().enumerate() {
+        let copies: Vec<(u64, u64)> = users.iter().map(|&u| (u, 10 + i as u64)).collect();
+        store.commit_event(fanout(entry, &copies)).await.unwrap();
+    }
+    for user in users {
+        let inbox = read_inbox(store, user, 0, u64::MAX, 10).await;
+        assert_eq!(inbox.len(), 3);
+        assert_eq!(inbox[0].text, text);
+        assert_eq!(inbox[0].seq, 10);
+        assert_eq!(inbox[1].members, members);
+        assert_eq!(inbox[1].seq, 11);
+        assert_eq!(inbox[2].text, "small");
+    }
+    let timeline = store
+        .read_conversation(conv, ConversationRange::oldest_first(0, u64::MAX, 10))
+        .await
+        .unwrap();
+    assert_eq!(timeline[0].text, text);
+    assert_eq!(timeline[1].members, members);
 }
 
 async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store: &S) {

@@ -117,8 +117,8 @@ pub struct FaultyStore<S> {
     next_ticket: AtomicU64,
     /// The highest ticket of a completed commit.
     completed: tokio::sync::watch::Sender<u64>,
-    /// Text bytes times inbox copies of the commits in flight, and the most
-    /// there ever were.
+    /// Payload bytes the inbox copies of the commits in flight store
+    /// ([`crate::inbox_copy_payload_bytes`]), and the most there ever were.
     inflight_copy_bytes: AtomicU64,
     peak_inflight_copy_bytes: AtomicU64,
 }
@@ -351,7 +351,8 @@ impl SplitMix64 {
 #[async_trait]
 impl<S: EventLog> EventLog for FaultyStore<S> {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
-        let copy_bytes = (commit.entry.text.len() * commit.inbox.len()) as u64;
+        let copy_bytes =
+            (crate::inbox_copy_payload_bytes(&commit.entry) * commit.inbox.len()) as u64;
         let inflight = self
             .inflight_copy_bytes
             .fetch_add(copy_bytes, Ordering::SeqCst)
