@@ -52,8 +52,8 @@ use timeline_store::{
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-const DEFAULT_SEEDS: u64 = 240;
-const DEFAULT_STEPS: usize = 90;
+const DEFAULT_SEEDS: u64 = 400;
+const DEFAULT_STEPS: usize = 150;
 const USERS: u64 = 8;
 /// Operations in flight at once.
 const MAX_IN_FLIGHT: usize = 6;
@@ -129,6 +129,9 @@ struct State {
     model: Model,
     trace: Vec<String>,
     violations: Vec<String>,
+    /// How often each interesting thing happened: evidence that a run
+    /// reached the paths it is meant to.
+    counts: BTreeMap<&'static str, u64>,
 }
 
 impl World {
@@ -141,6 +144,14 @@ impl World {
             eprintln!("{line}");
         }
         self.state().trace.push(line);
+    }
+
+    fn count(&self, what: &'static str) {
+        self.count_n(what, 1);
+    }
+
+    fn count_n(&self, what: &'static str, n: u64) {
+        *self.state().counts.entry(what).or_insert(0) += n;
     }
 
     fn violate(&self, step: usize, what: String) {
@@ -240,6 +251,14 @@ async fn op_send(
     let mut state = world.state();
     match result {
         Ok(outcome) => {
+            *state
+                .counts
+                .entry(if outcome.duplicate {
+                    "send ok (duplicate)"
+                } else {
+                    "send ok"
+                })
+                .or_insert(0) += 1;
             let receipt = outcome.receipt;
             state.trace.push(format!(
                 "#{step} send done: conv_seq {} msg {} duplicate {}",
@@ -285,6 +304,7 @@ async fn op_send(
             }
         }
         Err(error) => {
+            *state.counts.entry("send failed").or_insert(0) += 1;
             state.trace.push(format!("#{step} send failed: {error:?}"));
             drop(state);
             if !expected(&error) {
@@ -363,6 +383,11 @@ async fn op_trim(world: Arc<World>, engine: Arc<Engine>, step: usize, user: u64)
     let result = engine.trim_user(user).await;
     match result {
         Ok(floor) => {
+            world.count(if floor > 0 {
+                "trim with a floor"
+            } else {
+                "trim"
+            });
             world.trace(format!("#{step} trim {user}: floor {floor}"));
             let inbox = inbox_of(world.store.inner(), user).await;
             let keep = world.plan.keep_entries;
@@ -446,6 +471,14 @@ async fn op_sync(
         page.expired_below,
         page.large_groups
     ));
+    world.count(if page.entries.is_empty() {
+        "sync empty"
+    } else {
+        "sync with entries"
+    });
+    if page.expired_below.is_some() {
+        world.count("sync expired");
+    }
     let mut problems = Vec::new();
     let mut new_checkpoint = page.checkpoint;
     {
@@ -611,6 +644,7 @@ async fn read_large_groups(
             if CHECK_LARGE_GROUPS_LISTED_ONLY_AFTER_THEIR_ENTRY_EVENT || drain {
                 world.violate(step, what);
             } else {
+                world.count("large group listed early (item 6)");
                 world.trace(format!("#{step} ignored: {what}"));
             }
             complete = false;
@@ -660,6 +694,7 @@ async fn read_large_groups(
                     break;
                 }
             };
+            world.count("large-group history page");
             world.trace(format!(
                 "#{step} history {user}/{name} of {id} after {cursor}: {:?}",
                 page.entries.iter().map(|e| e.conv_seq).collect::<Vec<_>>()
@@ -736,6 +771,11 @@ async fn op_subscribe(
                 return;
             }
         };
+        world.count(if notice.entries.is_empty() {
+            "push bare"
+        } else {
+            "push with entries"
+        });
         world.trace(format!(
             "#{step} push {user} up to {}: {:?}",
             notice.up_to_seq,
@@ -1262,6 +1302,11 @@ async fn epoch(world: Arc<World>, rng: &mut Rng, step: &mut usize) -> EpochEnd {
         if rng.chance(world.plan.restart_share) {
             let how = *rng.pick(&world.plan.restarts).expect("one");
             world.trace(format!("#{n} restart: {how:?}"));
+            world.count(match how {
+                Restart::Graceful => "restart graceful",
+                Restart::Dropped => "restart dropped",
+                Restart::Crash => "restart crash",
+            });
             match how {
                 Restart::Graceful => {
                     while ops.join_next().await.is_some() {}
@@ -1348,6 +1393,7 @@ async fn epoch(world: Arc<World>, rng: &mut Rng, step: &mut usize) -> EpochEnd {
 }
 
 struct Outcome {
+    counts: BTreeMap<&'static str, u64>,
     violations: Vec<String>,
     trace: Vec<String>,
     restarts: usize,
@@ -1376,6 +1422,7 @@ fn run_seed(seed: u64, steps: usize) -> Outcome {
             model,
             trace: vec![format!("seed {seed}: {plan:?}")],
             violations: Vec::new(),
+            counts: BTreeMap::new(),
         }),
         plan,
     });
@@ -1398,8 +1445,13 @@ fn run_seed(seed: u64, steps: usize) -> Outcome {
             break;
         }
     }
+    let store = world.store.counters();
+    world.count_n("store commits", store.commits);
+    world.count_n("store injected failures", store.injected_failures);
+    world.count_n("store held commits", store.held_commits);
     let state = world.state();
     Outcome {
+        counts: state.counts.clone(),
         violations: state.violations.clone(),
         trace: state.trace.clone(),
         restarts,
@@ -1427,6 +1479,7 @@ fn the_engine_survives_the_fault_space() {
     let next = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let restarts = AtomicU64::new(0);
+    let counts = Mutex::new(BTreeMap::<&'static str, u64>::new());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -1435,6 +1488,11 @@ fn the_engine_survives_the_fault_space() {
                     let Some(&seed) = seeds.get(i) else { return };
                     let outcome = run_seed(seed, steps);
                     restarts.fetch_add(outcome.restarts as u64, Ordering::SeqCst);
+                    let mut total = counts.lock().unwrap();
+                    for (what, n) in &outcome.counts {
+                        *total.entry(what).or_insert(0) += n;
+                    }
+                    drop(total);
                     if !outcome.violations.is_empty() {
                         failures.lock().unwrap().push((seed, outcome));
                     }
@@ -1443,6 +1501,7 @@ fn the_engine_survives_the_fault_space() {
         }
     });
     let mut failures = failures.into_inner().unwrap();
+    eprintln!("fault space counts: {:?}", counts.into_inner().unwrap());
     eprintln!(
         "fault space: {} seeds of {steps} steps, {} restarts, {} failed, in {:.1?}",
         seeds.len(),
@@ -1472,4 +1531,16 @@ fn the_engine_survives_the_fault_space() {
         "{} seeds failed; replay one with FAULT_SPACE_SEED={seed}",
         failures.len()
     );
+}
+
+/// A failing seed is only useful if it replays: the same seed must make
+/// the same run, step for step.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 17] {
+        let first = run_seed(seed, 60);
+        let again = run_seed(seed, 60);
+        assert!(first.trace.len() > 60, "seed {seed} did little");
+        assert_eq!(first.trace, again.trace, "seed {seed} did not replay");
+    }
 }
