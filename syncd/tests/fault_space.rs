@@ -28,8 +28,9 @@ mod model;
 
 use model::{
     Acked, CHECK_LARGE_GROUPS_LISTED_ONLY_AFTER_THEIR_ENTRY_EVENT,
-    CHECK_REMOVED_LARGE_MEMBERS_KEEP_THEIR_MESSAGES, Device, KeyedSend, KnownConversation,
-    LARGE_GROUP_THRESHOLD, Model, Snapshot, entry_points, may_be_trimmed, replay,
+    CHECK_REMOVED_LARGE_MEMBERS_KEEP_THEIR_MESSAGES, CHECK_RETRY_WITH_OTHER_TEXT_IS_REFUSED,
+    Device, KeyedSend, KnownConversation, LARGE_GROUP_THRESHOLD, Model, Snapshot, entry_points,
+    may_be_trimmed, replay,
 };
 use seqsvc::snowflake::{Clock, EPOCH_MS};
 use seqsvc::{
@@ -271,6 +272,24 @@ async fn op_send(
                     receipt.conversation_id
                 ));
             }
+            if keyed
+                && state
+                    .model
+                    .texts
+                    .get(&(send.user, send.id))
+                    .is_some_and(|t| *t != send.text)
+            {
+                *state
+                    .counts
+                    .entry("retry with another text answered ok (item 12)")
+                    .or_insert(0) += 1;
+                if CHECK_RETRY_WITH_OTHER_TEXT_IS_REFUSED {
+                    problem = Some(format!(
+                        "retry of {} with another text answered ok",
+                        send.id
+                    ));
+                }
+            }
             if keyed {
                 let key = (send.user, send.id);
                 let got = (receipt.conv_seq, receipt.msg_id);
@@ -287,6 +306,7 @@ async fn op_send(
                     Some(_) => {}
                     None => {
                         state.model.receipts.insert(key, got);
+                        state.model.texts.insert(key, send.text.clone());
                         state.model.unanswered.retain(|s| s.id != send.id);
                         state.model.answered.push(send.clone());
                     }
@@ -306,8 +326,16 @@ async fn op_send(
         Err(error) => {
             *state.counts.entry("send failed").or_insert(0) += 1;
             state.trace.push(format!("#{step} send failed: {error:?}"));
+            // The answer item 12 asks for.
+            let other_text = keyed
+                && matches!(error, SyncdError::InvalidArgument(_))
+                && state
+                    .model
+                    .texts
+                    .get(&(send.user, send.id))
+                    .is_some_and(|t| *t != send.text);
             drop(state);
-            if !expected(&error) {
+            if !expected(&error) && !other_text {
                 world.violate(step, format!("send answered {error:?}"));
             }
         }
@@ -1180,9 +1208,13 @@ fn start_op(
     if roll < 45 {
         // A send: new (keyed or not), a retry after a failure, or a retry
         // of an acknowledged one.
-        let retry = match rng.below(10) {
-            0..=1 => rng.pick(&model.unanswered).cloned(),
-            2 => rng.pick(&model.answered).cloned(),
+        let retry = match rng.below(20) {
+            0..=3 => rng.pick(&model.unanswered).cloned(),
+            4..=5 => rng.pick(&model.answered).cloned(),
+            6 => rng.pick(&model.answered).cloned().map(|send| KeyedSend {
+                text: format!("{} changed", send.text),
+                ..send
+            }),
             _ => None,
         };
         let (send, keyed, what) = match retry {

@@ -25,6 +25,12 @@ pub const CHECK_REMOVED_LARGE_MEMBERS_KEEP_THEIR_MESSAGES: bool = false;
 /// (as if it were not listed) instead of failing the run.
 pub const CHECK_LARGE_GROUPS_LISTED_ONLY_AFTER_THEIR_ENTRY_EVENT: bool = false;
 
+/// Issue 11 item 12 (a retry with the same client_msg_id but another text
+/// silently returns the first receipt) is not fixed yet: while this is
+/// `false`, such a retry answered `Ok` is counted, not failed. It must be
+/// refused with INVALID_ARGUMENT.
+pub const CHECK_RETRY_WITH_OTHER_TEXT_IS_REFUSED: bool = false;
+
 /// What identifies an inbox copy or a timeline entry: if the same seq or
 /// conv_seq is ever seen with another fingerprint, a seq was handed out
 /// twice.
@@ -138,6 +144,8 @@ pub struct Model {
     pub acked: Vec<Acked>,
     /// Idempotency key -> (conv_seq, msg_id) of its first `Ok`.
     pub receipts: HashMap<(u64, Uuid), (u64, u64)>,
+    /// Idempotency key -> the text of its first `Ok`.
+    pub texts: HashMap<(u64, Uuid), String>,
     /// Keyed sends not (yet) answered `Ok`.
     pub unanswered: Vec<KeyedSend>,
     /// Keyed sends answered `Ok`.
