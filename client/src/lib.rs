@@ -293,7 +293,9 @@ impl Client {
                     oldest_seq: page.oldest_seq,
                 });
             }
-            outcome.delivered += deliver_inbox(checkpoint, &page.entries, &mut deliver)?;
+            outcome.user_id = page.user_id;
+            outcome.delivered +=
+                deliver_inbox(checkpoint, page.user_id, &page.entries, &mut deliver)?;
             if page.checkpoint > checkpoint.seq() {
                 checkpoint.save(page.checkpoint)?;
                 self.ack(page.checkpoint).await?;
@@ -306,8 +308,10 @@ impl Client {
         // Groups the user left are read up to the last message sent while a
         // member, like the others.
         for top in large_groups.iter().chain(&left_large_groups) {
-            // From where this membership began: a position saved for an
-            // earlier membership would read what was sent in between.
+            // From the saved position, never before the membership began
+            // (for a rejoin the server names the first join, so a position
+            // saved in an earlier membership is kept: what was sent then
+            // may still be unread).
             let mut read = checkpoint
                 .conversation(top.conversation_id)
                 .unwrap_or(0)
@@ -383,7 +387,8 @@ impl Client {
         checkpoint: &mut CheckpointFile,
         deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<()> {
-        let mut in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+        let synced = self.sync_all(checkpoint, &mut *deliver).await?;
+        let (mut in_large_groups, user_id) = (synced.large_groups > 0, synced.user_id);
         let mut notices = self.subscribe(checkpoint.seq(), true).await?;
         // Large-group messages are not pushed: poll for them while the user
         // belongs to any.
@@ -407,7 +412,7 @@ impl Client {
                     .into_iter()
                     .filter(|e| e.seq > checkpoint.seq())
                     .collect();
-                deliver_inbox(checkpoint, &fresh, &mut *deliver)?;
+                deliver_inbox(checkpoint, user_id, &fresh, &mut *deliver)?;
                 if notice.up_to_seq > checkpoint.seq() {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
@@ -513,6 +518,8 @@ pub struct SyncOutcome {
     pub delivered: usize,
     /// Large groups the user belongs to.
     pub large_groups: usize,
+    /// The device's user, as the server named it.
+    pub user_id: u64,
 }
 
 /// Delivers inbox entries. A membership event marks where the device
@@ -520,6 +527,7 @@ pub struct SyncOutcome {
 /// large group: what came before reached the inbox already.
 fn deliver_inbox(
     checkpoint: &mut CheckpointFile,
+    user_id: u64,
     entries: &[pb::Entry],
     deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
 ) -> Result<usize> {
@@ -527,8 +535,20 @@ fn deliver_inbox(
         deliver(entry).map_err(ClientError::Deliver)?;
         let joins = entry.kind == pb::EntryKind::ConversationCreated as i32
             || entry.kind == pb::EntryKind::MembersAdded as i32;
-        if joins {
-            checkpoint.save_conversation(entry.conversation_id, entry.conv_seq)?;
+        // Where reading the conversation's timeline starts. Others joining
+        // reach the inbox while the group writes to inboxes and at its
+        // switch to read fanout: everything before is in the inbox. The
+        // user's own rejoin keeps a saved position: what was sent in an
+        // earlier membership may still be unread.
+        let saved = checkpoint.conversation(entry.conversation_id);
+        let own = entry.members.contains(&user_id);
+        let start = match saved {
+            Some(_) if own => None,
+            Some(position) => (entry.conv_seq > position).then_some(entry.conv_seq),
+            None => Some(entry.conv_seq),
+        };
+        if joins && let Some(start) = start {
+            checkpoint.save_conversation(entry.conversation_id, start)?;
         }
     }
     Ok(entries.len())

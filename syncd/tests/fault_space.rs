@@ -101,8 +101,8 @@ impl Rng {
 enum Restart {
     /// `shutdown()`, then drop.
     Graceful,
-    /// Dropped without `shutdown()`: a background retry in its last
-    /// attempt may still land after the next engine started.
+    /// Dropped without `shutdown()`: its background finishers stop (a
+    /// commit they had started lands before the next engine starts).
     Dropped,
     /// The runtime goes: everything in flight is cancelled mid-await.
     Crash,
@@ -354,6 +354,7 @@ async fn op_create(
         kind,
         members,
         title: String::new(),
+        client_request_id: None,
     };
     let result = engine.create_conversation(principal, request).await;
     match result {
@@ -570,17 +571,16 @@ async fn op_sync(
     if stored && new_checkpoint > after {
         complete &= ack(&world, &engine, step, index, &me, new_checkpoint).await;
     }
-    if complete && !page.large_groups.is_empty() {
-        complete &= read_large_groups(
-            &world,
-            &engine,
-            step,
-            index,
-            &page.large_groups,
-            new_checkpoint,
-            drain,
-        )
-        .await;
+    // Groups the user is in, and those it left (read up to its removal).
+    let tops: Vec<(u64, u64, u64)> = page
+        .large_groups
+        .iter()
+        .chain(&page.left_large_groups)
+        .map(|g| (g.conversation_id, g.conv_seq, g.joined_conv_seq))
+        .collect();
+    if complete && !tops.is_empty() {
+        complete &=
+            read_large_groups(&world, &engine, step, index, &tops, new_checkpoint, drain).await;
     }
     world.state().model.devices[index].busy = false;
     complete
@@ -634,7 +634,7 @@ async fn read_large_groups(
     engine: &Engine,
     step: usize,
     index: usize,
-    tops: &[(u64, u64)],
+    tops: &[(u64, u64, u64)],
     checkpoint: u64,
     drain: bool,
 ) -> bool {
@@ -645,7 +645,7 @@ async fn read_large_groups(
     };
     let me = device(user, &name);
     let mut complete = true;
-    for &(id, top) in tops {
+    for &(id, top, joined) in tops {
         let inner = world.store.inner();
         let timeline = timeline_of(inner, id).await;
         let inbox = inbox_of(inner, user).await;
@@ -686,6 +686,8 @@ async fn read_large_groups(
             // A group it has not heard of in its inbox: the event that tells
             // it where to start is still ahead, or was trimmed (then a real
             // client resyncs from scratch; this one gives up on the group).
+            // Like the client library: never before the membership began.
+            let cursor = cursor.map(|c| c.max(joined));
             let Some(cursor) = cursor else {
                 let gaps = !world.state().model.devices[index].gaps.is_empty();
                 if drain && !gaps {
@@ -760,7 +762,7 @@ async fn read_large_groups(
         let reached = d
             .conv_cursor
             .get(&id)
-            .map_or(!d.gaps.is_empty(), |&c| c >= top);
+            .map_or(!d.gaps.is_empty(), |&c| c.max(joined) >= top);
         complete &= reached;
     }
     complete
@@ -1313,6 +1315,17 @@ async fn lifetimes(world: Arc<World>, rng: &mut Rng, step: &mut usize) -> (usize
                 restarts += 1;
                 if how == Restart::Crash {
                     return (restarts, false);
+                }
+                if how == Restart::Dropped {
+                    // A process that goes away leaves no write behind to
+                    // land after the next one serves: the embedded store's
+                    // commits die with it, and ScyllaDB's intents are
+                    // re-applied by `recover` before the next one serves.
+                    // The in-memory store has neither, so the old engine's
+                    // commits in flight land first.
+                    while world.store.commits_in_flight() > 0 {
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    }
                 }
             }
             EpochEnd::Done => return (restarts, true),

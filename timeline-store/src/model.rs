@@ -138,8 +138,9 @@ pub struct EventPosition {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LargeGroupMembership {
     pub conversation_id: u64,
-    /// The join, the creation, or the switch to read fanout; zero for a
-    /// membership indexed before positions were kept.
+    /// The join, the creation, or the switch to read fanout (for a rejoin,
+    /// the first join); zero for a membership indexed before positions
+    /// were kept.
     pub joined: EventPosition,
     /// The removal; `None` while a member.
     pub left: Option<EventPosition>,
@@ -154,9 +155,17 @@ impl LargeGroupMembership {
         position: EventPosition,
     ) -> Self {
         if change.member {
+            // A rejoin keeps the first join: devices read on from where
+            // they stopped, which may be in the earlier membership (what
+            // was sent while the user was away is readable history to a
+            // member anyway).
+            let joined = match previous {
+                Some(earlier) if earlier.left.is_some() => earlier.joined,
+                _ => position,
+            };
             Self {
                 conversation_id: change.conversation_id,
-                joined: position,
+                joined,
                 left: None,
             }
         } else {

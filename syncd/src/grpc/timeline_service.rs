@@ -76,6 +76,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 .into_iter()
                 .map(convert::group_top)
                 .collect(),
+            user_id: crate::access::device_user(&principal)?.0,
             checkpoint_expired: page.expired_below.is_some(),
             oldest_seq: page.expired_below.unwrap_or(0),
         }))

@@ -329,7 +329,11 @@ impl EventWriter {
     ) {
         let store = Arc::clone(&self.store);
         let observers = self.observers.clone();
-        let lifecycle = Arc::clone(&self.lifecycle);
+        // Weak: a finisher must not keep the engine's lifecycle (and so its
+        // `stopping` signal) alive. When the engine goes away without a
+        // shutdown, its finishers stop too, instead of landing a write
+        // after a new engine on the same store has answered a retry.
+        let lifecycle = Arc::downgrade(&self.lifecycle);
         let parked = Arc::clone(&self.parked);
         let mut stopping = self.lifecycle.stopping();
         self.lifecycle.spawn(async move {
@@ -350,7 +354,9 @@ impl EventWriter {
                     Err(error) if error.is_fatal() => {
                         tracing::error!(%error, msg_id, "the store cannot take writes any more");
                         park(&parked, unfinished);
-                        lifecycle.fail(error.to_string());
+                        if let Some(lifecycle) = lifecycle.upgrade() {
+                            lifecycle.fail(error.to_string());
+                        }
                         return;
                     }
                     Err(error) => {

@@ -9,27 +9,23 @@ use uuid::Uuid;
 /// Groups with more members than this use read fanout.
 pub const LARGE_GROUP_THRESHOLD: usize = 4;
 
-/// Issue 11 item 5 (a removed member of a large group loses what was sent
-/// while it was a member) is not fixed yet: while this is `false`, the
-/// large-group completeness check covers only users who stayed members from
-/// the message to the end of the run.
-pub const CHECK_REMOVED_LARGE_MEMBERS_KEEP_THEIR_MESSAGES: bool = false;
+/// A removed member of a large group still receives what was sent while it
+/// was a member (it once lost it). With `false`, the large-group
+/// completeness check would cover only users who stayed members from the
+/// message to the end of the run.
+pub const CHECK_REMOVED_LARGE_MEMBERS_KEEP_THEIR_MESSAGES: bool = true;
 
-/// Issue 11 item 6 (index changes visible before their event) is not
-/// fixed yet: a sync reply lists a large group, with its top, while the
-/// inbox entry that tells the device where to start reading it is still
-/// above the reply's checkpoint (an unrelated event with a lower inbox seq
-/// is still in flight), so the device reads from an older cursor and later
-/// gets the same messages again through its inbox. While this is `false`,
-/// a listed group whose entry point the device has not reached is not read
-/// (as if it were not listed) instead of failing the run.
-pub const CHECK_LARGE_GROUPS_LISTED_ONLY_AFTER_THEIR_ENTRY_EVENT: bool = false;
+/// A sync reply lists a large group only once the inbox entry that tells
+/// the device where to start reading it is at or below the reply's
+/// checkpoint (it once listed it earlier, and the device read from an older
+/// cursor, then got the same messages again through its inbox). With
+/// `false`, such a listing would be ignored instead of failing the run.
+pub const CHECK_LARGE_GROUPS_LISTED_ONLY_AFTER_THEIR_ENTRY_EVENT: bool = true;
 
-/// Issue 11 item 12 (a retry with the same client_msg_id but another text
-/// silently returns the first receipt) is not fixed yet: while this is
-/// `false`, such a retry answered `Ok` is counted, not failed. It must be
-/// refused with INVALID_ARGUMENT.
-pub const CHECK_RETRY_WITH_OTHER_TEXT_IS_REFUSED: bool = false;
+/// A retry with the same client_msg_id but another text is refused with
+/// INVALID_ARGUMENT (it once silently returned the first receipt). With
+/// `false`, such a retry answered `Ok` would be counted, not failed.
+pub const CHECK_RETRY_WITH_OTHER_TEXT_IS_REFUSED: bool = true;
 
 /// What identifies an inbox copy or a timeline entry: if the same seq or
 /// conv_seq is ever seen with another fingerprint, a seq was handed out
@@ -121,8 +117,28 @@ impl Device {
     pub fn see_conversation_entry(&mut self, entry: &Entry, via: &str) -> Result<(), String> {
         let id = entry.conversation_id;
         self.conv_start.entry(id).or_insert(entry.conv_seq);
-        let cursor = self.conv_cursor.entry(id).or_insert(0);
-        *cursor = (*cursor).max(entry.conv_seq);
+        // Like the client library: the read position of a conversation
+        // moves with what History returned, and an inbox entry sets it only
+        // where a first membership begins (a removal in the inbox does not
+        // move it: the device still reads what was sent before it).
+        let starts = matches!(
+            entry.kind,
+            EntryKind::ConversationCreated | EntryKind::MembersAdded
+        );
+        if via != "in the inbox" {
+            let cursor = self.conv_cursor.entry(id).or_insert(0);
+            *cursor = (*cursor).max(entry.conv_seq);
+        } else if starts && entry.members.contains(&self.user) {
+            // Its own (re)join: a position it already has stays, since what
+            // was sent in an earlier membership may still be unread.
+            self.conv_cursor.entry(id).or_insert(entry.conv_seq);
+        } else if starts {
+            // Others joining reach its inbox while the group writes to
+            // inboxes, and at the switch to read fanout: everything before
+            // is in its inbox, the timeline is read from here on.
+            let cursor = self.conv_cursor.entry(id).or_insert(0);
+            *cursor = (*cursor).max(entry.conv_seq);
+        }
         // A membership event that concerns the user sits in its inbox and
         // in the timeline: History may show it first. A message reaches a
         // device one way only.

@@ -121,6 +121,8 @@ pub struct FaultyStore<S> {
     /// ([`crate::inbox_copy_payload_bytes`]), and the most there ever were.
     inflight_copy_bytes: AtomicU64,
     peak_inflight_copy_bytes: AtomicU64,
+    /// Commits started and not yet answered or cancelled.
+    commits_in_flight: AtomicU64,
 }
 
 /// An aimed fault: which commits fail, and how.
@@ -163,6 +165,7 @@ impl<S> FaultyStore<S> {
             completed: tokio::sync::watch::Sender::new(0),
             inflight_copy_bytes: AtomicU64::new(0),
             peak_inflight_copy_bytes: AtomicU64::new(0),
+            commits_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -208,6 +211,11 @@ impl<S> FaultyStore<S> {
     /// The most text bytes times inbox copies that were inside
     /// `commit_event` at once (what a backend that stores a copy of the
     /// entry per inbox row holds for them).
+    /// Commits started and not yet answered.
+    pub fn commits_in_flight(&self) -> u64 {
+        self.commits_in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn peak_inflight_copy_bytes(&self) -> u64 {
         self.peak_inflight_copy_bytes.load(Ordering::SeqCst)
     }
@@ -348,6 +356,22 @@ impl SplitMix64 {
     }
 }
 
+/// Counts one call in flight until it returns or is cancelled.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[async_trait]
 impl<S: EventLog> EventLog for FaultyStore<S> {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
@@ -359,6 +383,7 @@ impl<S: EventLog> EventLog for FaultyStore<S> {
             + copy_bytes;
         self.peak_inflight_copy_bytes
             .fetch_max(inflight, Ordering::SeqCst);
+        let _in_flight = InFlight::enter(&self.commits_in_flight);
         let result = self.commit_counted(commit).await;
         self.inflight_copy_bytes
             .fetch_sub(copy_bytes, Ordering::SeqCst);
