@@ -4,7 +4,9 @@
 //! Every gained slot gets a fresh [`Allocator`], which loads `max_seq` from
 //! the shared store on first use, after activation: by then the previous
 //! owner has stopped, so everything it handed out is at or below the loaded
-//! value. A request replies only if the slot's allocator is still the one it
+//! value. A lapsed lease or a missed table version counts as losing and
+//! regaining every slot ([`crate::lease`]), so a slot that came back is
+//! never served from what was cached before. A request replies only if the slot's allocator is still the one it
 //! started with and the lease is still valid when its seqs are ready.
 
 use crate::allocator::{Allocator, AllocatorConfig, MAX_BATCH_IDS};
@@ -37,8 +39,9 @@ pub enum Routed<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeIdGrant {
     pub node_id: u16,
-    /// The holder issues ids strictly above this millisecond (the previous
-    /// holder's reservation); 0 for a renewal.
+    /// The holder issues ids strictly above this millisecond: the previous
+    /// holder's reservation, the same on every renewal and retry of the
+    /// grant (a holder whose first reply was lost learns it from a retry).
     pub floor_ms: u64,
     /// Durably reserved: ids may use milliseconds up to this value.
     pub reserved_ms: u64,
@@ -61,6 +64,10 @@ pub struct SlotState {
 struct NodeIdHolder {
     holder: String,
     expires: Instant,
+    /// The previous holder's reservation, once loaded; `None` while the
+    /// first grant's load has not succeeded (nothing was raised yet, so the
+    /// stored value is still the previous holder's).
+    floor_ms: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -124,7 +131,13 @@ impl AllocServer {
                 .expect("step and section size were validated"),
             node_ids: Mutex::new(HashMap::new()),
         });
-        if !applied.gained.is_empty() || !applied.lost.is_empty() {
+        if let Some(reset) = applied.reset {
+            tracing::warn!(
+                ?reset,
+                regained = applied.gained.len(),
+                "lease lapsed or table versions missed: every slot starts over"
+            );
+        } else if !applied.gained.is_empty() || !applied.lost.is_empty() {
             tracing::info!(
                 gained = applied.gained.len(),
                 lost = applied.lost.len(),
@@ -306,7 +319,7 @@ impl AllocServer {
             let lease = table.lease;
             let state = &states[&NODE_ID_SLOT];
             let now = Instant::now();
-            let (node_id, renewal) = {
+            let (node_id, floor_ms) = {
                 let mut holders = lock(&state.node_ids);
                 let renewing = holders
                     .iter()
@@ -324,6 +337,7 @@ impl AllocServer {
                             u32::from(MAX_NODE_ID) + 1
                         ))
                     })?;
+                let floor_ms = renewing.and_then(|id| holders[&id].floor_ms);
                 // The owner's view outlives the holder's (sent + lease) by a read
                 // interval, so a node id is never granted while still in use.
                 holders.insert(
@@ -331,17 +345,28 @@ impl AllocServer {
                     NodeIdHolder {
                         holder: holder.to_owned(),
                         expires: now + lease.lease + lease.sync_interval,
+                        floor_ms,
                     },
                 );
-                (chosen, renewing.is_some())
+                (chosen, floor_ms)
             };
             let store = &self.inner.store;
-            let floor_ms = if renewal {
-                0
-            } else {
-                store
-                    .load(Namespace::SnowflakeClock, u64::from(node_id))
-                    .await?
+            let floor_ms = match floor_ms {
+                Some(floor_ms) => floor_ms,
+                None => {
+                    let loaded = store
+                        .load(Namespace::SnowflakeClock, u64::from(node_id))
+                        .await?;
+                    // Recorded before the raise below moves the stored value
+                    // to this holder's own reservation, so a retry of a grant
+                    // whose reply was lost still learns the previous floor.
+                    if let Some(entry) = lock(&state.node_ids).get_mut(&node_id)
+                        && entry.holder == holder
+                    {
+                        entry.floor_ms.get_or_insert(loaded);
+                    }
+                    loaded
+                }
             };
             let reserved_ms = store
                 .raise(
@@ -458,9 +483,13 @@ mod tests {
         tick(&[&a], 100).await;
         let err = a.allocate(Namespace::Inbox, &[1], 0).await.unwrap_err();
         assert!(err.to_string().contains("lease expired"), "{err}");
-        // Reads work again: serving resumes (still the owner, same state).
+        // Reads work again: still the owner, but the lease lapsed, so it
+        // serves again only as a new owner would, after a full activation.
         store.fail_route_reads(false);
         tick(&[&a], 50).await;
+        let err = a.allocate(Namespace::Inbox, &[1], 0).await.unwrap_err();
+        assert!(err.to_string().contains("newly assigned"), "{err}");
+        tick(&[&a], 700).await;
         assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
     }
 
@@ -492,5 +521,78 @@ mod tests {
         assert_eq!(taken.node_id, 5);
         assert_eq!(taken.floor_ms, 3_000);
         assert!(taken.reserved_ms >= 3_000);
+    }
+
+    fn served<T: std::fmt::Debug>(routed: Routed<T>) -> T {
+        match routed {
+            Routed::Served(value) => value,
+            Routed::Moved(table) => panic!("moved to version {}", table.version),
+        }
+    }
+
+    /// Item 1 of the adversarial review, at the AllocSvr level: "a" serves,
+    /// freezes past its lease, "b" takes the slots and allocates (and
+    /// raises `max_seq`), the table gives the slots back to "a", which never
+    /// saw the version in which "b" served. "a" must never return a seq at
+    /// or below one "b" handed out.
+    #[tokio::test(start_paused = true)]
+    async fn regained_slots_after_a_missed_version_never_reissue_seqs() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let a = AllocServer::new("a:1", 10, store.clone()).unwrap();
+        let b = AllocServer::new("b:1", 10, store.clone()).unwrap();
+        publish(&store, |_| "a:1").await;
+        tick(&[&a, &b], 800).await;
+        for _ in 0..3 {
+            served(a.allocate(Namespace::Inbox, &[1], 0).await.unwrap());
+        }
+        // "a" freezes: only "b" reads from here on.
+        publish(&store, |_| "b:1").await;
+        tick(&[&b], 800).await;
+        let mut by_b = 0;
+        for _ in 0..25 {
+            by_b = served(b.allocate(Namespace::Inbox, &[1], 0).await.unwrap())[0];
+        }
+        assert!(by_b > 20, "b raised max_seq past a's step: {by_b}");
+        publish(&store, |_| "a:1").await;
+        tick(&[&b], 50).await;
+        // "a" thaws and reads the table that gives it the slots back.
+        let mut served_by_a = Vec::new();
+        for _ in 0..40 {
+            tick(&[&a, &b], 50).await;
+            if let Ok(Routed::Served(seqs)) = a.allocate(Namespace::Inbox, &[1], 0).await {
+                served_by_a.push(seqs[0]);
+            }
+        }
+        assert!(!served_by_a.is_empty(), "a never served again");
+        assert!(
+            served_by_a.iter().all(|&seq| seq > by_b),
+            "a handed out {served_by_a:?} after b reached {by_b}"
+        );
+        assert!(served_by_a.windows(2).all(|w| w[0] < w[1]));
+        assert!(*served_by_a.last().unwrap() <= store.stored(Namespace::Inbox, 0));
+    }
+
+    /// Item 7 of the adversarial review: the first grant of a node id whose
+    /// reply never arrived (here: its reservation failed) is retried by the
+    /// holder; the retry must still carry the previous holder's clock
+    /// floor, or the new holder may reuse its milliseconds under skew.
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_first_node_id_grant_keeps_the_previous_holders_floor() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
+        publish(&store, |_| "a:1").await;
+        tick(&[&a], 800).await;
+        let first = served(a.lease_node_id("h1", Some(5), 3_000, 0).await.unwrap());
+        assert_eq!((first.node_id, first.reserved_ms), (5, 3_000));
+        tick(&[&a], 650).await;
+        store.fail_next_raises(1);
+        assert!(a.lease_node_id("h2", Some(5), 100, 0).await.is_err());
+        let retried = served(a.lease_node_id("h2", Some(5), 100, 0).await.unwrap());
+        assert_eq!(retried.node_id, 5);
+        assert_eq!(retried.floor_ms, 3_000);
+        assert!(retried.reserved_ms >= 3_000);
+        // A retry after a reply lost on the way back: the same floor again.
+        let again = served(a.lease_node_id("h2", Some(5), 200, 0).await.unwrap());
+        assert_eq!((again.node_id, again.floor_ms), (5, 3_000));
     }
 }

@@ -55,6 +55,21 @@
 //! serves a section at any moment (a new owner waits out the old one's
 //! lease); routing table versions strictly increase and are never reused
 //! (compare-and-set); no two running processes hold one snowflake node id.
+//!
+//! An AllocSvr's ownership of a slot lasts only while it sees **every**
+//! table version and its lease never lapses. A read after a lapse, or one
+//! that skips a version, drops every slot's state (allocators, cached
+//! `cur_seq`/`max_seq`, node-id holders) and treats each slot it lists as
+//! newly gained: `max_seq` reloaded, a full activation delay waited out.
+//! The unseen versions may have let another AllocSvr serve and raise a slot
+//! that then came back; keeping the old cache there reissued its seqs. The
+//! version rule needs no clock; the lapse rule keeps "a lapsed AllocSvr has
+//! stopped" true without asking what happened meanwhile. Cost: a lapse or a
+//! gap makes that AllocSvr's sections unavailable for one activation.
+//!
+//! A node-id grant's floor (the previous holder's clock reservation) is
+//! recorded with the grant and returned on every renewal or retry, so a
+//! holder whose first reply was lost still learns it.
 
 pub mod alloc_server;
 pub mod allocator;
