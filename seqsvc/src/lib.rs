@@ -39,8 +39,9 @@
 //! - [`incoming`]: accepted connections, bounded and with TCP_NODELAY;
 //!   [`logging`]: the log setup of every server binary (syncd uses both).
 //! - [`client`]: the routing client (batches split per owner, "moved"
-//!   followed, retries), snowflake node-id leases, and [`client::SeqSource`]
-//!   (in-process allocator or cluster) for syncd.
+//!   followed, retries); `client/node_id.rs`: snowflake node-id leases
+//!   ([`client::NodeIdLease`]); `client/seq_source.rs`:
+//!   [`client::SeqSource`] (in-process allocator or cluster) for syncd.
 //! - `testsuite` (this crate's tests and the `testsuite` feature only): the
 //!   in-memory store with fault injection, and `FaultyStore`, which fails
 //!   raises of any store while a file exists (the `seqsvc store` process
@@ -49,7 +50,10 @@
 //!
 //! The allocator, routing, lease and role cores are plain library code,
 //! tested without sockets (lease logic with a paused clock); the `seqsvc`
-//! binary runs the store, arbiter and AllocSvr processes.
+//! binary runs the store, arbiter and AllocSvr processes. A seeded,
+//! model-checked simulation (`simulation.rs`, tests only) runs the AllocSvr
+//! cores, the arbiter and the fence through freezes, partitions, slow
+//! replies, version gaps and restarts, a few hundred seeds per `cargo test`.
 //!
 //! Distributed invariants, on top of the ones above: at most one AllocSvr
 //! serves a section at any moment (a new owner waits out the old one's
@@ -69,7 +73,9 @@
 //!
 //! A node-id grant's floor (the previous holder's clock reservation) is
 //! recorded with the grant and returned on every renewal or retry, so a
-//! holder whose first reply was lost still learns it.
+//! holder whose first reply was lost still learns it; a holder whose lapsed
+//! node id comes back with a higher floor (another holder used it
+//! meanwhile) raises its own floor and issues above it.
 
 pub mod alloc_server;
 pub mod allocator;
@@ -81,6 +87,8 @@ pub mod incoming;
 pub mod lease;
 pub mod logging;
 pub mod routing;
+#[cfg(test)]
+mod simulation;
 pub mod snowflake;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]

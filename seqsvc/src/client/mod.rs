@@ -7,12 +7,22 @@
 //! dead or partitioned) are retried with backoff for up to `retry_for`,
 //! refreshing the table from the arbiters meanwhile. A seq allocated by a
 //! call whose reply was lost is simply never used: gaps are allowed.
+//!
+//! Layout: this file is the routing client; [`node_id`] the snowflake
+//! node-id grant and [`NodeIdLease`]; [`seq_source`] the [`SeqSource`]
+//! syncd allocates through.
 
-use crate::alloc_server::{NODE_ID_SLOT, NodeIdGrant};
+mod node_id;
+mod seq_source;
+
+pub use node_id::NodeIdLease;
+#[cfg(test)]
+pub(crate) use node_id::granted;
+pub use seq_source::SeqSource;
+
 use crate::allocator::MAX_BATCH_IDS;
 use crate::grpc::{CALL_TIMEOUT, channel, error_from_status, namespace_to_proto, with_timeout};
 use crate::routing::RoutingTable;
-use crate::snowflake::{IdReservations, NodeReservation, RESERVE_AHEAD_MS};
 use crate::{Namespace, Result, SeqError};
 use proto::seqsvc::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -334,249 +344,6 @@ impl RoutingClient {
             Some(table) => Part::Moved(table),
             None => Part::Seqs(seqs),
         })
-    }
-}
-
-impl RoutingClient {
-    /// Grants or renews a snowflake node id at the owner of the node-id
-    /// registry. Returns the grant and when the successful attempt was
-    /// sent: the holder's lease runs from then.
-    pub async fn lease_node_id(
-        &self,
-        holder: &str,
-        preferred: Option<u16>,
-        reserve_until_ms: u64,
-    ) -> Result<(NodeIdGrant, tokio::time::Instant)> {
-        let deadline = tokio::time::Instant::now() + self.inner.retry_for;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let attempt = async {
-                let table = self.table().await?;
-                let owner = table.owner_of_slot(NODE_ID_SLOT).ok_or_else(|| {
-                    SeqError::Unavailable("no AllocSvr serves the node-id registry".into())
-                })?;
-                let mut request = tonic::Request::new(pb::LeaseNodeIdRequest {
-                    holder: holder.to_owned(),
-                    preferred: u32::from(preferred.unwrap_or(0)),
-                    has_preferred: preferred.is_some(),
-                    reserve_until_ms,
-                    table_version: table.version,
-                });
-                request.set_timeout(CALL_TIMEOUT);
-                let sent = tokio::time::Instant::now();
-                let reply = self
-                    .alloc_client(owner)?
-                    .lease_node_id(request)
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                Ok::<_, SeqError>((reply, sent))
-            };
-            match attempt.await {
-                Ok((reply, _)) if reply.moved.is_some() => {
-                    let table = reply.moved.as_ref().expect("checked");
-                    if !self.adopt(table)? {
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(Self::stale_move(table));
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-                Ok((reply, sent)) => {
-                    let node_id = u16::try_from(reply.node_id).map_err(|_| {
-                        SeqError::Unavailable(format!("node id {} out of range", reply.node_id))
-                    })?;
-                    let grant = NodeIdGrant {
-                        node_id,
-                        floor_ms: reply.floor_ms,
-                        reserved_ms: reply.reserved_ms,
-                        lease: Duration::from_millis(reply.lease_ms),
-                    };
-                    return Ok((grant, sent));
-                }
-                Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    let _ = self.refresh().await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-}
-
-/// A snowflake node id held under lease from a seqsvc cluster, so no two
-/// running processes ever share one. The holder renews it every sync
-/// interval; ids may be issued only while the last successful renewal was
-/// sent less than a lease ago (the registry's owner keeps it a read
-/// interval longer before granting it to anyone else). A lapsed lease stops
-/// id issue until a renewal succeeds; if the node id was lost meanwhile, a
-/// new one is granted with the previous holder's clock reservation as floor.
-pub struct NodeIdLease {
-    client: RoutingClient,
-    holder: String,
-    state: Mutex<LeaseState>,
-    renewing: tokio::sync::Mutex<()>,
-}
-
-struct LeaseState {
-    node: NodeReservation,
-    valid_until: tokio::time::Instant,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl NodeIdLease {
-    /// Leases a node id (`preferred` if free), retrying for the client's
-    /// retry period. `holder` must be unique per process start.
-    pub async fn acquire(
-        client: RoutingClient,
-        holder: String,
-        preferred: Option<u16>,
-    ) -> Result<Arc<Self>> {
-        let until = unix_ms() + RESERVE_AHEAD_MS;
-        let (grant, sent) = client.lease_node_id(&holder, preferred, until).await?;
-        Ok(Arc::new(Self {
-            client,
-            holder,
-            state: Mutex::new(LeaseState {
-                node: NodeReservation {
-                    node_id: grant.node_id,
-                    floor_ms: grant.floor_ms,
-                    reserved_ms: grant.reserved_ms,
-                },
-                valid_until: sent + grant.lease,
-            }),
-            renewing: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    pub fn node_id(&self) -> u16 {
-        lock(&self.state).node.node_id
-    }
-
-    /// Renews the lease, reserving the clock up to `until_ms` (0: renew
-    /// only). Returns the reserved value.
-    async fn renew(&self, until_ms: u64) -> Result<u64> {
-        let _one = self.renewing.lock().await;
-        let current = lock(&self.state).node.node_id;
-        let (grant, sent) = self
-            .client
-            .lease_node_id(&self.holder, Some(current), until_ms)
-            .await?;
-        let mut state = lock(&self.state);
-        if grant.node_id != state.node.node_id {
-            tracing::warn!(
-                old = state.node.node_id,
-                new = grant.node_id,
-                "node id lease lapsed and was lost; continuing with a new node id"
-            );
-            state.node = NodeReservation {
-                node_id: grant.node_id,
-                floor_ms: grant.floor_ms,
-                reserved_ms: grant.reserved_ms,
-            };
-        } else {
-            state.node.reserved_ms = state.node.reserved_ms.max(grant.reserved_ms);
-        }
-        state.valid_until = sent + grant.lease;
-        Ok(state.node.reserved_ms)
-    }
-
-    /// Renews every sync interval until the process ends.
-    pub fn spawn_renewals(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let interval = lock(&this.client.inner.table)
-                    .as_ref()
-                    .map_or(Duration::from_secs(1), |t| t.lease.sync_interval);
-                tokio::time::sleep(interval).await;
-                if let Err(error) = this.renew(0).await {
-                    tracing::warn!(%error, "node id lease renewal failed");
-                }
-            }
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl IdReservations for NodeIdLease {
-    fn node(&self) -> Result<NodeReservation> {
-        let state = lock(&self.state);
-        if tokio::time::Instant::now() >= state.valid_until {
-            return Err(SeqError::NotServing(format!(
-                "node id {} lease lapsed (seqsvc unreachable); ids resume after a renewal",
-                state.node.node_id
-            )));
-        }
-        Ok(state.node)
-    }
-
-    async fn reserve(&self, node_id: u16, until_ms: u64) -> Result<u64> {
-        let reserved = self.renew(until_ms).await?;
-        if self.node_id() != node_id {
-            return Err(SeqError::NotServing("node id changed; retry".into()));
-        }
-        Ok(reserved)
-    }
-}
-
-/// Where syncd gets its seqs: the in-process allocator (one machine) or a
-/// seqsvc cluster.
-#[derive(Clone)]
-pub enum SeqSource {
-    Local(crate::Allocator),
-    Remote(RoutingClient),
-}
-
-impl From<crate::Allocator> for SeqSource {
-    fn from(allocator: crate::Allocator) -> Self {
-        SeqSource::Local(allocator)
-    }
-}
-
-impl SeqSource {
-    pub async fn next(&self, namespace: Namespace, id: u64) -> Result<u64> {
-        match self {
-            SeqSource::Local(a) => a.next(namespace, id).await,
-            SeqSource::Remote(c) => c.next(namespace, id).await,
-        }
-    }
-
-    pub async fn next_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
-        match self {
-            SeqSource::Local(a) => a.next_batch(namespace, ids).await,
-            SeqSource::Remote(c) => c.next_batch(namespace, ids).await,
-        }
-    }
-
-    /// The highest seq handed out for `id` so far (see
-    /// [`crate::Allocator::current`]).
-    pub async fn current(&self, namespace: Namespace, id: u64) -> Result<u64> {
-        match self {
-            SeqSource::Local(a) => a.current(namespace, id).await,
-            SeqSource::Remote(c) => c.current(namespace, id).await,
-        }
-    }
-
-    /// [`current`](Self::current) of several ids, `result[i]` for `ids[i]`.
-    pub async fn current_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
-        match self {
-            SeqSource::Local(a) => {
-                let mut seqs = Vec::with_capacity(ids.len());
-                for &id in ids {
-                    seqs.push(a.current(namespace, id).await?);
-                }
-                Ok(seqs)
-            }
-            SeqSource::Remote(c) => c.current_batch(namespace, ids).await,
-        }
     }
 }
 
