@@ -411,8 +411,7 @@ mod tests {
         for slot in 0..table.slot_count() {
             table.owners[slot as usize] = Some(owners(slot).to_string());
         }
-        let expected = current.map_or(0, |t| t.version);
-        assert!(store.write_routes(expected, &table).await.unwrap().0);
+        assert!(store.write_routes(&table).await.unwrap().applied);
         table.version
     }
 

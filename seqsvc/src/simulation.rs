@@ -25,7 +25,7 @@ use crate::arbiter::{Arbiter, ArbiterConfig};
 use crate::client::granted;
 use crate::routing::{LeaseConfig, RoutingTable};
 use crate::snowflake::NodeReservation;
-use crate::store::{MaxSeqStore, RouteStore};
+use crate::store::{MaxSeqStore, RouteStore, RouteWrite};
 use crate::testsuite::MemoryMaxSeqStore;
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
@@ -117,13 +117,9 @@ impl RouteStore for Link {
         Ok(self.reply(table).await)
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
         self.check()?;
-        self.store.write_routes(expected_version, table).await
+        self.store.write_routes(table).await
     }
 }
 

@@ -5,7 +5,7 @@
 //! tests ask it to fail raises.
 
 use crate::routing::RoutingTable;
-use crate::store::{MaxSeqStore, RouteStore, SharedStore, check_next_version};
+use crate::store::{MaxSeqStore, RouteStore, RouteWrite, SharedStore, replaced_version};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -64,18 +64,17 @@ impl RouteStore for MemoryMaxSeqStore {
             .clone())
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        check_next_version(expected_version, table)?;
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        let expected_version = replaced_version(table)?;
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if routes.as_ref().map_or(0, |t| t.version) != expected_version {
-            return Ok((false, routes.clone()));
+        let applied = routes.as_ref().map_or(0, |t| t.version) == expected_version;
+        if applied {
+            *routes = Some(table.clone());
         }
-        *routes = Some(table.clone());
-        Ok((true, routes.clone()))
+        Ok(RouteWrite {
+            applied,
+            current: routes.clone(),
+        })
     }
 }
 
@@ -138,12 +137,8 @@ impl RouteStore for FaultyStore {
         self.inner.read_routes().await
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        self.inner.write_routes(expected_version, table).await
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        self.inner.write_routes(table).await
     }
 }
 

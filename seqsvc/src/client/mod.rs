@@ -384,6 +384,7 @@ mod tests {
     use super::*;
     use crate::routing::LeaseConfig;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status};
 
     /// An arbiter that hands out `table`.
@@ -455,18 +456,10 @@ mod tests {
         }
     }
 
-    async fn serve<S>(service: S) -> String
-    where
-        S: crate::grpc::Servable,
-        S::Future: Send + 'static,
-    {
+    async fn serve(routes: Routes) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(crate::grpc::serve(
-            listener,
-            service,
-            std::future::pending(),
-        ));
+        tokio::spawn(crate::grpc::serve(listener, routes, std::future::pending()));
         addr
     }
 
@@ -475,17 +468,21 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut old = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
         old.owners = vec![Some("127.0.0.1:1".into()); old.owners.len()];
-        let alloc = serve(pb::alloc_svr_server::AllocSvrServer::new(StaleAllocSvr {
-            old_table: old.to_proto(),
-            calls: Arc::clone(&calls),
-        }))
+        let alloc = serve(Routes::new(pb::alloc_svr_server::AllocSvrServer::new(
+            StaleAllocSvr {
+                old_table: old.to_proto(),
+                calls: Arc::clone(&calls),
+            },
+        )))
         .await;
         let mut newer = old.clone();
         newer.version = 2;
         newer.owners = vec![Some(alloc); newer.owners.len()];
-        let arbiter = serve(pb::arbiter_server::ArbiterServer::new(FixedArbiter {
-            table: newer.to_proto(),
-        }))
+        let arbiter = serve(Routes::new(pb::arbiter_server::ArbiterServer::new(
+            FixedArbiter {
+                table: newer.to_proto(),
+            },
+        )))
         .await;
         let client = RoutingClient::new(&[arbiter], Duration::from_millis(400)).unwrap();
         let error = client.next(Namespace::Inbox, 5).await.unwrap_err();

@@ -18,8 +18,8 @@ impl AllocService {
         Self { server }
     }
 
-    pub fn into_server(self) -> pb::alloc_svr_server::AllocSvrServer<Self> {
-        pb::alloc_svr_server::AllocSvrServer::new(self)
+    pub fn into_routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(pb::alloc_svr_server::AllocSvrServer::new(self))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{STORE_CALL_TIMEOUT, channel, with_timeout};
 use crate::routing::RoutingTable;
-use crate::store::{MaxSeqStore, RouteStore};
+use crate::store::{MaxSeqStore, RouteStore, RouteWrite, replaced_version};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use proto::seqsvc::v1 as pb;
@@ -92,13 +92,9 @@ impl RouteStore for RemoteStore {
             .transpose()
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
         let request = pb::WriteRoutesRequest {
-            expected_version,
+            expected_version: replaced_version(table)?,
             table: Some(table.to_proto()),
         };
         let reply = self
@@ -112,6 +108,9 @@ impl RouteStore for RemoteStore {
             .current
             .map(|t| RoutingTable::from_proto(&t))
             .transpose()?;
-        Ok((reply.applied, current))
+        Ok(RouteWrite {
+            applied: reply.applied,
+            current,
+        })
     }
 }
