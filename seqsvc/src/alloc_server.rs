@@ -35,6 +35,16 @@ pub enum Routed<T> {
     Moved(Arc<RoutingTable>),
 }
 
+/// An allocate or current call: ids of one namespace, and the version of
+/// the routing table the client routed them by (a newer one than ours makes
+/// this AllocSvr read the table first).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqRequest<'a> {
+    pub namespace: Namespace,
+    pub ids: &'a [u64],
+    pub client_version: u64,
+}
+
 /// A granted snowflake node id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeIdGrant {
@@ -150,18 +160,19 @@ impl AllocServer {
 
     /// Reads the table every sync interval until the process ends.
     pub fn spawn_refresher(&self) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = this.refresh().await {
-                    tracing::warn!(%error, "routing table read failed");
-                }
-                let interval = this
+        let (this, timing) = (self.clone(), self.clone());
+        crate::spawn_rounds(
+            "routing table read failed",
+            move || {
+                let this = this.clone();
+                async move { this.refresh().await }
+            },
+            move || {
+                timing
                     .table()
-                    .map_or(NO_TABLE_RETRY, |t| t.lease.sync_interval);
-                tokio::time::sleep(interval).await;
-            }
-        })
+                    .map_or(NO_TABLE_RETRY, |t| t.lease.sync_interval)
+            },
+        )
     }
 
     /// A client that has seen a newer table than ours makes us read now.
@@ -248,52 +259,52 @@ impl AllocServer {
     }
 
     /// Allocates one seq per id; `seqs[i]` belongs to `ids[i]`.
-    pub async fn allocate(
-        &self,
-        namespace: Namespace,
-        ids: &[u64],
-        client_version: u64,
-    ) -> Result<Routed<Vec<u64>>> {
-        self.serve(ids, client_version, async |Grant { table, states }| {
-            if let [(_, state)] = Vec::from_iter(states)[..] {
-                // The common case: a client groups its batch by owner and slot.
-                return state.allocator.next_batch(namespace, ids).await;
-            }
-            let mut seqs = vec![0u64; ids.len()];
-            for (slot, state) in states {
-                let positions: Vec<usize> = (0..ids.len())
-                    .filter(|&i| table.slot_of(ids[i]) == *slot)
-                    .collect();
-                let slot_ids: Vec<u64> = positions.iter().map(|&i| ids[i]).collect();
-                let slot_seqs = state.allocator.next_batch(namespace, &slot_ids).await?;
-                for (&i, seq) in positions.iter().zip(slot_seqs) {
-                    seqs[i] = seq;
+    pub async fn allocate(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
+        let (namespace, ids) = (request.namespace, request.ids);
+        self.serve(
+            ids,
+            request.client_version,
+            async |Grant { table, states }| {
+                if let [(_, state)] = Vec::from_iter(states)[..] {
+                    // The common case: a client groups its batch by owner and slot.
+                    return state.allocator.next_batch(namespace, ids).await;
                 }
-            }
-            Ok(seqs)
-        })
+                let mut seqs = vec![0u64; ids.len()];
+                for (slot, state) in states {
+                    let positions: Vec<usize> = (0..ids.len())
+                        .filter(|&i| table.slot_of(ids[i]) == *slot)
+                        .collect();
+                    let slot_ids: Vec<u64> = positions.iter().map(|&i| ids[i]).collect();
+                    let slot_seqs = state.allocator.next_batch(namespace, &slot_ids).await?;
+                    for (&i, seq) in positions.iter().zip(slot_seqs) {
+                        seqs[i] = seq;
+                    }
+                }
+                Ok(seqs)
+            },
+        )
         .await
     }
 
     /// The highest seq handed out per id so far.
-    pub async fn current(
-        &self,
-        namespace: Namespace,
-        ids: &[u64],
-        client_version: u64,
-    ) -> Result<Routed<Vec<u64>>> {
-        self.serve(ids, client_version, async |Grant { table, states }| {
-            let mut seqs = Vec::with_capacity(ids.len());
-            for &id in ids {
-                seqs.push(
-                    states[&table.slot_of(id)]
-                        .allocator
-                        .current(namespace, id)
-                        .await?,
-                );
-            }
-            Ok(seqs)
-        })
+    pub async fn current(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
+        let (namespace, ids) = (request.namespace, request.ids);
+        self.serve(
+            ids,
+            request.client_version,
+            async |Grant { table, states }| {
+                let mut seqs = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    seqs.push(
+                        states[&table.slot_of(id)]
+                            .allocator
+                            .current(namespace, id)
+                            .await?,
+                    );
+                }
+                Ok(seqs)
+            },
+        )
         .await
     }
 
@@ -401,6 +412,14 @@ mod tests {
         LeaseConfig::short_for_tests()
     }
 
+    fn inbox(ids: &[u64], client_version: u64) -> SeqRequest<'_> {
+        SeqRequest {
+            namespace: Namespace::Inbox,
+            ids,
+            client_version,
+        }
+    }
+
     async fn publish(store: &MemoryMaxSeqStore, owners: impl Fn(u32) -> &'static str) -> u64 {
         let current = store.read_routes().await.unwrap();
         let mut table = match &current {
@@ -434,16 +453,15 @@ mod tests {
         b.refresh().await.unwrap();
         // First assignment waits too.
         assert!(matches!(
-            a.allocate(Namespace::Inbox, &[1], 0).await,
+            a.allocate(inbox(&[1], 0)).await,
             Err(SeqError::NotServing(_))
         ));
-        match b.allocate(Namespace::Inbox, &[1], 0).await.unwrap() {
+        match b.allocate(inbox(&[1], 0)).await.unwrap() {
             Routed::Moved(table) => assert_eq!(table.owner_of(1), Some("a:1")),
             other => panic!("expected moved, got {other:?}"),
         }
         tick(&[&a, &b], 750).await;
-        let Routed::Served(seqs) = a.allocate(Namespace::Inbox, &[1, 1, 25], 0).await.unwrap()
-        else {
+        let Routed::Served(seqs) = a.allocate(inbox(&[1, 1, 25], 0)).await.unwrap() else {
             panic!("not served")
         };
         assert_eq!(seqs, vec![1, 2, 1]);
@@ -452,17 +470,16 @@ mod tests {
         let version = publish(&store, |_| "b:1").await;
         a.refresh().await.unwrap();
         assert!(matches!(
-            a.allocate(Namespace::Inbox, &[1], version).await.unwrap(),
+            a.allocate(inbox(&[1], version)).await.unwrap(),
             Routed::Moved(_)
         ));
         // A client with the newer table makes b read it before answering.
         assert!(matches!(
-            b.allocate(Namespace::Inbox, &[1], version).await,
+            b.allocate(inbox(&[1], version)).await,
             Err(SeqError::NotServing(_))
         ));
         tick(&[&a, &b], 750).await;
-        let Routed::Served(seqs) = b.allocate(Namespace::Inbox, &[1], version).await.unwrap()
-        else {
+        let Routed::Served(seqs) = b.allocate(inbox(&[1], version)).await.unwrap() else {
             panic!("not served")
         };
         assert!(seqs[0] > 2);
@@ -475,21 +492,21 @@ mod tests {
         let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
         publish(&store, |_| "a:1").await;
         tick(&[&a], 800).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
+        assert!(a.allocate(inbox(&[1], 0)).await.is_ok());
         store.fail_route_reads(true);
         tick(&[&a], 450).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
+        assert!(a.allocate(inbox(&[1], 0)).await.is_ok());
         tick(&[&a], 100).await;
-        let err = a.allocate(Namespace::Inbox, &[1], 0).await.unwrap_err();
+        let err = a.allocate(inbox(&[1], 0)).await.unwrap_err();
         assert!(err.to_string().contains("lease expired"), "{err}");
         // Reads work again: still the owner, but the lease lapsed, so it
         // serves again only as a new owner would, after a full activation.
         store.fail_route_reads(false);
         tick(&[&a], 50).await;
-        let err = a.allocate(Namespace::Inbox, &[1], 0).await.unwrap_err();
+        let err = a.allocate(inbox(&[1], 0)).await.unwrap_err();
         assert!(err.to_string().contains("newly assigned"), "{err}");
         tick(&[&a], 700).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
+        assert!(a.allocate(inbox(&[1], 0)).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -542,14 +559,14 @@ mod tests {
         publish(&store, |_| "a:1").await;
         tick(&[&a, &b], 800).await;
         for _ in 0..3 {
-            served(a.allocate(Namespace::Inbox, &[1], 0).await.unwrap());
+            served(a.allocate(inbox(&[1], 0)).await.unwrap());
         }
         // "a" freezes: only "b" reads from here on.
         publish(&store, |_| "b:1").await;
         tick(&[&b], 800).await;
         let mut by_b = 0;
         for _ in 0..25 {
-            by_b = served(b.allocate(Namespace::Inbox, &[1], 0).await.unwrap())[0];
+            by_b = served(b.allocate(inbox(&[1], 0)).await.unwrap())[0];
         }
         assert!(by_b > 20, "b raised max_seq past a's step: {by_b}");
         publish(&store, |_| "a:1").await;
@@ -558,7 +575,7 @@ mod tests {
         let mut served_by_a = Vec::new();
         for _ in 0..40 {
             tick(&[&a, &b], 50).await;
-            if let Ok(Routed::Served(seqs)) = a.allocate(Namespace::Inbox, &[1], 0).await {
+            if let Ok(Routed::Served(seqs)) = a.allocate(inbox(&[1], 0)).await {
                 served_by_a.push(seqs[0]);
             }
         }

@@ -160,14 +160,15 @@ impl Arbiter {
 
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = this.check().await {
-                    tracing::warn!(%error, "arbiter round failed");
-                }
-                tokio::time::sleep(this.inner.config.check_interval).await;
-            }
-        })
+        let interval = self.inner.config.check_interval;
+        crate::spawn_rounds(
+            "arbiter round failed",
+            move || {
+                let this = this.clone();
+                async move { this.check().await.map(drop) }
+            },
+            move || interval,
+        )
     }
 }
 

@@ -327,18 +327,8 @@ mod tests {
         );
         // The routing table: compare-and-set on the version.
         use crate::routing::{LeaseConfig, RoutingTable};
-        assert!(store.read_routes().await.unwrap().is_none());
         let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
-        assert!(store.write_routes(&first).await.unwrap().applied);
-        let mut racer = first.clone();
-        racer.owners[1] = Some("r:1".into());
-        let lost = store.write_routes(&racer).await.unwrap();
-        assert!(!lost.applied);
-        assert_eq!(lost.current.unwrap(), first);
-        racer.version = 2;
-        assert!(store.write_routes(&racer).await.unwrap().applied);
-        assert!(!store.write_routes(&racer).await.unwrap().applied);
-        assert_eq!(store.read_routes().await.unwrap().unwrap(), racer);
+        crate::testsuite::route_writes_are_compare_and_set(store.as_ref(), first).await;
 
         session
             .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())

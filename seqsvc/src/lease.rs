@@ -232,6 +232,16 @@ mod tests {
         }
     }
 
+    /// A fence of "a" serving slot 0 (version 1) with payload 1.
+    async fn serving_slot_0() -> (Fence<u32>, Arc<u32>) {
+        let mut fence = Fence::<u32>::new("a");
+        let t = Instant::now();
+        fence.apply_read(table(1, "a"), t, t, |_| 1);
+        keep_reading(&mut fence, lease().activation).await;
+        let first = fence.serving(0, Instant::now()).unwrap();
+        (fence, first)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn new_slot_waits_for_activation() {
         let mut fence = Fence::<u32>::new("a");
@@ -307,13 +317,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lost_slot_stops_at_once_and_regain_is_a_fresh_payload() {
-        let mut fence = Fence::<u32>::new("a");
-        let t = Instant::now();
-        fence.apply_read(table(1, "a"), t, t, |_| 1);
-        keep_reading(&mut fence, lease().activation).await;
+        let (mut fence, first) = serving_slot_0().await;
         let now = Instant::now();
-        fence.apply_read(table(1, "a"), now, now, |_| 9);
-        let first = fence.serving(0, now).unwrap();
         let applied = fence.apply_read(table(2, "b"), now, now, |_| 9);
         assert_eq!(applied.lost, vec![0]);
         assert!(!fence.still_serving(0, &first, now));
@@ -334,13 +339,7 @@ mod tests {
     /// from before "b" served: it must start over like a new owner.
     #[tokio::test(start_paused = true)]
     async fn a_lapse_with_a_missed_version_starts_over() {
-        let mut fence = Fence::<u32>::new("a");
-        let t = Instant::now();
-        fence.apply_read(table(1, "a"), t, t, |_| 1);
-        keep_reading(&mut fence, lease().activation).await;
-        let now = Instant::now();
-        fence.apply_read(table(1, "a"), now, now, |_| 9);
-        let first = fence.serving(0, now).unwrap();
+        let (mut fence, first) = serving_slot_0().await;
         // Frozen: no read for longer than dead-after + activation, while
         // version 2 gives the slot to "b" and version 3 gives it back.
         tokio::time::advance(lease().lease + lease().activation * 2).await;
@@ -367,13 +366,8 @@ mod tests {
     /// have moved the slot and back, so nothing cached is trusted.
     #[tokio::test(start_paused = true)]
     async fn a_missed_version_starts_over_even_within_the_lease() {
-        let mut fence = Fence::<u32>::new("a");
-        let t = Instant::now();
-        fence.apply_read(table(1, "a"), t, t, |_| 1);
-        keep_reading(&mut fence, lease().activation).await;
+        let (mut fence, first) = serving_slot_0().await;
         let now = Instant::now();
-        fence.apply_read(table(1, "a"), now, now, |_| 9);
-        let first = fence.serving(0, now).unwrap();
         // The next version in order keeps the payload.
         fence.apply_read(table(2, "a"), now, now, |_| 9);
         assert!(fence.still_serving(0, &first, now));
@@ -394,13 +388,7 @@ mod tests {
     /// new owner would.
     #[tokio::test(start_paused = true)]
     async fn a_lapsed_lease_starts_over() {
-        let mut fence = Fence::<u32>::new("a");
-        let t = Instant::now();
-        fence.apply_read(table(1, "a"), t, t, |_| 1);
-        keep_reading(&mut fence, lease().activation).await;
-        let now = Instant::now();
-        fence.apply_read(table(1, "a"), now, now, |_| 9);
-        let first = fence.serving(0, now).unwrap();
+        let (mut fence, first) = serving_slot_0().await;
         tokio::time::advance(lease().lease).await;
         let now = Instant::now();
         let applied = fence.apply_read(table(1, "a"), now, now, |_| 2);

@@ -169,3 +169,25 @@ impl SeqError {
 }
 
 pub type Result<T, E = SeqError> = std::result::Result<T, E>;
+
+/// Runs `round` every `interval()` until the process ends (the lease
+/// renewals, the arbiter's rounds), a failed one logged with `failed` and
+/// retried on the same schedule.
+pub(crate) fn spawn_rounds<F, Fut>(
+    failed: &'static str,
+    round: F,
+    interval: impl Fn() -> std::time::Duration + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = round().await {
+                tracing::warn!(%error, "{failed}");
+            }
+            tokio::time::sleep(interval()).await;
+        }
+    })
+}

@@ -20,7 +20,7 @@
 //!
 //! `SEQSVC_SIM_SEED=N` replays one seed; `SEQSVC_SIM_SEEDS=N` runs N seeds.
 
-use crate::alloc_server::{AllocServer, Routed};
+use crate::alloc_server::{AllocServer, Routed, SeqRequest};
 use crate::arbiter::{Arbiter, ArbiterConfig};
 use crate::client::granted;
 use crate::routing::{LeaseConfig, RoutingTable};
@@ -409,10 +409,15 @@ impl Sim {
         let version = table.version;
         let arbiter = self.arbiter.clone();
         self.nodes[owner].submit(move |server| async move {
+            let request = SeqRequest {
+                namespace: Namespace::Inbox,
+                ids: &ids,
+                client_version: version,
+            };
             let reply = if current {
-                server.current(Namespace::Inbox, &ids, version).await
+                server.current(request).await
             } else {
-                server.allocate(Namespace::Inbox, &ids, version).await
+                server.allocate(request).await
             };
             match reply {
                 Ok(Routed::Served(seqs)) if current => {

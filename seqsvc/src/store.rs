@@ -261,20 +261,7 @@ mod tests {
         let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
         {
             let store = FjallMaxSeqStore::open(dir.path()).unwrap();
-            assert!(store.read_routes().await.unwrap().is_none());
-            assert!(store.write_routes(&first).await.unwrap().applied);
-            // A racer that also read "nothing stored" loses, even with other content.
-            let mut other = first.clone();
-            other.owners[0] = Some("x:1".into());
-            let lost = store.write_routes(&other).await.unwrap();
-            assert!(!lost.applied);
-            assert_eq!(lost.current.unwrap(), first);
-            // Version 0 is never stored (a version that does not follow its
-            // expected one is refused on the wire: `store_service`).
-            other.version = 0;
-            assert!(store.write_routes(&other).await.is_err());
-            other.version = 2;
-            assert!(store.write_routes(&other).await.unwrap().applied);
+            crate::testsuite::route_writes_are_compare_and_set(&store, first).await;
         }
         let store = FjallMaxSeqStore::open(dir.path()).unwrap();
         let stored = store.read_routes().await.unwrap().unwrap();

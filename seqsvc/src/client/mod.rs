@@ -311,40 +311,47 @@ impl RoutingClient {
         table_version: u64,
         call: Call,
     ) -> Result<Part> {
-        let mut client = self.alloc_client(addr)?;
-        let (seqs, moved) = match call {
-            Call::Allocate => {
-                let request = pb::AllocateRequest {
-                    namespace,
-                    ids,
-                    table_version,
-                };
-                let reply = client
-                    .allocate(with_timeout(request, CALL_TIMEOUT))
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                (reply.seqs, reply.moved)
-            }
-            Call::Current => {
-                let request = pb::CurrentRequest {
-                    namespace,
-                    ids,
-                    table_version,
-                };
-                let reply = client
-                    .current(with_timeout(request, CALL_TIMEOUT))
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                (reply.seqs, reply.moved)
-            }
+        let request = pb::AllocateRequest {
+            namespace,
+            ids,
+            table_version,
         };
-        Ok(match moved {
-            Some(table) => Part::Moved(table),
-            None => Part::Seqs(seqs),
-        })
+        call_at(self.alloc_client(addr)?, call, request).await
     }
+}
+
+/// One allocate or current call at one AllocSvr. The two RPCs carry the
+/// same fields; `request` is written as an allocate request for both.
+async fn call_at(
+    mut client: AllocClient,
+    call: Call,
+    request: pb::AllocateRequest,
+) -> Result<Part> {
+    let (seqs, moved) = match call {
+        Call::Allocate => {
+            let reply = client.allocate(with_timeout(request, CALL_TIMEOUT)).await;
+            reply.map(|r| r.into_inner()).map(|r| (r.seqs, r.moved))
+        }
+        Call::Current => {
+            let pb::AllocateRequest {
+                namespace,
+                ids,
+                table_version,
+            } = request;
+            let request = pb::CurrentRequest {
+                namespace,
+                ids,
+                table_version,
+            };
+            let reply = client.current(with_timeout(request, CALL_TIMEOUT)).await;
+            reply.map(|r| r.into_inner()).map(|r| (r.seqs, r.moved))
+        }
+    }
+    .map_err(error_from_status)?;
+    Ok(match moved {
+        Some(table) => Part::Moved(table),
+        None => Part::Seqs(seqs),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -361,21 +368,14 @@ pub async fn allocate_at(
     ids: Vec<u64>,
     table_version: u64,
 ) -> Result<std::result::Result<Vec<u64>, RoutingTable>> {
-    let mut client = AllocClient::new(channel(addr)?);
-    let mut request = tonic::Request::new(pb::AllocateRequest {
+    let request = pb::AllocateRequest {
         namespace: namespace_to_proto(namespace)? as i32,
         ids,
         table_version,
-    });
-    request.set_timeout(CALL_TIMEOUT);
-    let reply = client
-        .allocate(request)
-        .await
-        .map_err(error_from_status)?
-        .into_inner();
-    match reply.moved {
-        Some(table) => Ok(Err(RoutingTable::from_proto(&table)?)),
-        None => Ok(Ok(reply.seqs)),
+    };
+    match call_at(AllocClient::new(channel(addr)?), Call::Allocate, request).await? {
+        Part::Moved(table) => Ok(Err(RoutingTable::from_proto(&table)?)),
+        Part::Seqs(seqs) => Ok(Ok(seqs)),
     }
 }
 
