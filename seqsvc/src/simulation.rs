@@ -138,11 +138,44 @@ impl MaxSeqStore for Link {
     }
 }
 
+/// Whether a process is frozen. Not a `watch` channel: its receivers wait
+/// on one of several notifiers picked at random, so the order in which
+/// thawed requests run would differ between runs of one seed.
+#[derive(Default)]
+struct Freeze {
+    frozen: AtomicBool,
+    thawed: tokio::sync::Notify,
+}
+
+impl Freeze {
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+        if !frozen {
+            self.thawed.notify_waiters();
+        }
+    }
+
+    async fn thawed(&self) {
+        loop {
+            let notified = self.thawed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_frozen() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 struct Node {
     server: AllocServer,
     link: Arc<Link>,
-    /// `true` while frozen; requests wait for `false`.
-    frozen: tokio::sync::watch::Sender<bool>,
+    frozen: Arc<Freeze>,
     /// Heartbeats reach the arbiter although the store is cut off.
     heard_while_cut: bool,
     refreshing: Option<JoinHandle<()>>,
@@ -161,7 +194,7 @@ impl Node {
         Self {
             server: AllocServer::new(addr, STEP, link.clone()).expect("valid step"),
             link,
-            frozen: tokio::sync::watch::channel(false).0,
+            frozen: Arc::default(),
             heard_while_cut: false,
             refreshing: None,
             next_refresh: Instant::now(),
@@ -170,7 +203,7 @@ impl Node {
     }
 
     fn is_frozen(&self) -> bool {
-        *self.frozen.borrow()
+        self.frozen.is_frozen()
     }
 
     /// Runs `call` on this process once it is not frozen.
@@ -179,10 +212,10 @@ impl Node {
         F: Future<Output = ()> + Send + 'static,
     {
         let server = self.server.clone();
-        let mut frozen = self.frozen.subscribe();
+        let frozen = Arc::clone(&self.frozen);
         self.work.retain(|task| !task.is_finished());
         self.work.push(tokio::spawn(async move {
-            let _ = frozen.wait_for(|f| !*f).await;
+            frozen.thawed().await;
             call(server).await;
         }));
     }
@@ -477,7 +510,7 @@ impl Sim {
         }
         let link = Arc::clone(&node.link);
         node.server = AllocServer::new(self.addrs[i].clone(), STEP, link).expect("valid step");
-        node.frozen.send_replace(false);
+        node.frozen.set(false);
         node.next_refresh = Instant::now();
     }
 
@@ -486,7 +519,7 @@ impl Sim {
         match self.rng.below(20) {
             0..=4 => {
                 let frozen = !self.nodes[i].is_frozen();
-                self.nodes[i].frozen.send_replace(frozen);
+                self.nodes[i].frozen.set(frozen);
                 self.note(format!(
                     "node{i} {}",
                     if frozen { "frozen" } else { "thawed" }
@@ -586,7 +619,7 @@ fn run_seed(seed: u64) -> std::result::Result<Totals, String> {
         }
         // Thaw and heal everything, let it settle, and check once more.
         for node in &mut sim.nodes {
-            node.frozen.send_replace(false);
+            node.frozen.set(false);
             node.link.cut.store(false, Ordering::SeqCst);
             node.link.delay_ms.store(0, Ordering::SeqCst);
         }
@@ -620,8 +653,29 @@ fn seeded_simulation_never_reissues_or_lowers_a_seq() {
     let seeds = seeds();
     let mut totals = Totals::default();
     let mut failures = BTreeMap::new();
-    for &seed in &seeds {
-        match std::panic::catch_unwind(|| run_seed(seed)) {
+    // Seeds are independent runtimes: spread them over the cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let outcomes: Vec<(
+        u64,
+        std::thread::Result<std::result::Result<Totals, String>>,
+    )> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<u64> = seeds.iter().copied().skip(t).step_by(threads).collect();
+                scope.spawn(move || {
+                    mine.into_iter()
+                        .map(|seed| (seed, std::panic::catch_unwind(|| run_seed(seed))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("simulation worker"))
+            .collect()
+    });
+    for (seed, outcome) in outcomes {
+        match outcome {
             Ok(Ok(t)) => {
                 totals.allocated += t.allocated;
                 totals.currents += t.currents;
