@@ -260,51 +260,43 @@ impl AllocServer {
 
     /// Allocates one seq per id; `seqs[i]` belongs to `ids[i]`.
     pub async fn allocate(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
-        let (namespace, ids) = (request.namespace, request.ids);
-        self.serve(
-            ids,
-            request.client_version,
-            async |Grant { table, states }| {
-                if let [(_, state)] = Vec::from_iter(states)[..] {
-                    // The common case: a client groups its batch by owner and slot.
-                    return state.allocator.next_batch(namespace, ids).await;
+        let (namespace, ids, version) = (request.namespace, request.ids, request.client_version);
+        self.serve(ids, version, async |Grant { table, states }| {
+            if let [(_, state)] = Vec::from_iter(states)[..] {
+                // The common case: a client groups its batch by owner and slot.
+                return state.allocator.next_batch(namespace, ids).await;
+            }
+            let mut seqs = vec![0u64; ids.len()];
+            for (slot, state) in states {
+                let positions: Vec<usize> = (0..ids.len())
+                    .filter(|&i| table.slot_of(ids[i]) == *slot)
+                    .collect();
+                let slot_ids: Vec<u64> = positions.iter().map(|&i| ids[i]).collect();
+                let slot_seqs = state.allocator.next_batch(namespace, &slot_ids).await?;
+                for (&i, seq) in positions.iter().zip(slot_seqs) {
+                    seqs[i] = seq;
                 }
-                let mut seqs = vec![0u64; ids.len()];
-                for (slot, state) in states {
-                    let positions: Vec<usize> = (0..ids.len())
-                        .filter(|&i| table.slot_of(ids[i]) == *slot)
-                        .collect();
-                    let slot_ids: Vec<u64> = positions.iter().map(|&i| ids[i]).collect();
-                    let slot_seqs = state.allocator.next_batch(namespace, &slot_ids).await?;
-                    for (&i, seq) in positions.iter().zip(slot_seqs) {
-                        seqs[i] = seq;
-                    }
-                }
-                Ok(seqs)
-            },
-        )
+            }
+            Ok(seqs)
+        })
         .await
     }
 
     /// The highest seq handed out per id so far.
     pub async fn current(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
-        let (namespace, ids) = (request.namespace, request.ids);
-        self.serve(
-            ids,
-            request.client_version,
-            async |Grant { table, states }| {
-                let mut seqs = Vec::with_capacity(ids.len());
-                for &id in ids {
-                    seqs.push(
-                        states[&table.slot_of(id)]
-                            .allocator
-                            .current(namespace, id)
-                            .await?,
-                    );
-                }
-                Ok(seqs)
-            },
-        )
+        let (namespace, ids, version) = (request.namespace, request.ids, request.client_version);
+        self.serve(ids, version, async |Grant { table, states }| {
+            let mut seqs = Vec::with_capacity(ids.len());
+            for &id in ids {
+                seqs.push(
+                    states[&table.slot_of(id)]
+                        .allocator
+                        .current(namespace, id)
+                        .await?,
+                );
+            }
+            Ok(seqs)
+        })
         .await
     }
 
@@ -443,11 +435,26 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn serves_after_activation_and_moves_clients_along() {
+    /// AllocSvr "a:1" serving every slot, activated.
+    async fn serving_alone() -> (Arc<MemoryMaxSeqStore>, AllocServer) {
         let store = Arc::new(MemoryMaxSeqStore::new());
         let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        let b = AllocServer::new("b:1", 100, store.clone()).unwrap();
+        publish(&store, |_| "a:1").await;
+        tick(&[&a], 800).await;
+        (store, a)
+    }
+
+    /// AllocSvrs "a:1" and "b:1" over one store.
+    fn two_servers(step: u64) -> (Arc<MemoryMaxSeqStore>, AllocServer, AllocServer) {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let a = AllocServer::new("a:1", step, store.clone()).unwrap();
+        let b = AllocServer::new("b:1", step, store.clone()).unwrap();
+        (store, a, b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serves_after_activation_and_moves_clients_along() {
+        let (store, a, b) = two_servers(100);
         publish(&store, |_| "a:1").await;
         a.refresh().await.unwrap();
         b.refresh().await.unwrap();
@@ -488,10 +495,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unreadable_store_ends_the_lease() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        tick(&[&a], 800).await;
+        let (store, a) = serving_alone().await;
         assert!(a.allocate(inbox(&[1], 0)).await.is_ok());
         store.fail_route_reads(true);
         tick(&[&a], 450).await;
@@ -511,10 +515,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn node_ids_are_exclusive_until_the_lease_runs_out() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        tick(&[&a], 800).await;
+        let (_, a) = serving_alone().await;
         let grant = |r: Routed<NodeIdGrant>| match r {
             Routed::Served(g) => g,
             Routed::Moved(_) => panic!("moved"),
@@ -553,9 +554,7 @@ mod tests {
     /// or below one "b" handed out.
     #[tokio::test(start_paused = true)]
     async fn regained_slots_after_a_missed_version_never_reissue_seqs() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 10, store.clone()).unwrap();
-        let b = AllocServer::new("b:1", 10, store.clone()).unwrap();
+        let (store, a, b) = two_servers(10);
         publish(&store, |_| "a:1").await;
         tick(&[&a, &b], 800).await;
         for _ in 0..3 {
@@ -594,10 +593,7 @@ mod tests {
     /// floor, or the new holder may reuse its milliseconds under skew.
     #[tokio::test(start_paused = true)]
     async fn a_retried_first_node_id_grant_keeps_the_previous_holders_floor() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        tick(&[&a], 800).await;
+        let (store, a) = serving_alone().await;
         let first = served(a.lease_node_id("h1", Some(5), 3_000, 0).await.unwrap());
         assert_eq!((first.node_id, first.reserved_ms), (5, 3_000));
         tick(&[&a], 650).await;

@@ -71,15 +71,7 @@ async fn frozen_owner_refuses_its_moved_sections_after_resume() -> Result<()> {
     let probe_id = (0..IDS)
         .find(|&id| before.owner_of(id) == Some(victim_addr.as_str()))
         .expect("victim owns ids");
-    victim.freeze()?;
-    let frozen_at = Instant::now();
-    let moved = cluster
-        .wait_for_routes(
-            "moved off the frozen AllocSvr",
-            Duration::from_secs(30),
-            |t| !t.load().contains_key(victim_addr.as_str()),
-        )
-        .await?;
+    let (frozen_at, moved) = cluster.freeze_until_moved(&victim_addr).await?;
     // Let the new owner activate and serve the moved sections.
     let new_owner = moved.owner_of(probe_id).expect("reassigned").to_owned();
     let client = RoutingClient::new(&cluster.arbiter_addrs(), RETRY_FOR)?;
@@ -153,15 +145,7 @@ async fn frozen_owner_given_its_slots_back_never_reissues_seqs() -> Result<()> {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     probe(&mut probes).await?;
-    victim.freeze()?;
-    let frozen_at = Instant::now();
-    let moved = cluster
-        .wait_for_routes(
-            "moved off the frozen AllocSvr",
-            Duration::from_secs(30),
-            |t| !t.load().contains_key(victim_addr.as_str()),
-        )
-        .await?;
+    let (frozen_at, moved) = cluster.freeze_until_moved(&victim_addr).await?;
     // The new owner activates, serves and raises the moved sections.
     client.refresh().await?;
     let served_by_new = probe(&mut probes).await?;
