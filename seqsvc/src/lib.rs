@@ -51,7 +51,7 @@
 //! The allocator, routing, lease and role cores are plain library code,
 //! tested without sockets (lease logic with a paused clock); the `seqsvc`
 //! binary runs the store, arbiter and AllocSvr processes. A seeded,
-//! model-checked simulation (`simulation.rs`, tests only) runs the AllocSvr
+//! model-checked simulation (`simulation/`, tests only) runs the AllocSvr
 //! cores, the arbiter and the fence through freezes, partitions, slow
 //! replies, version gaps and restarts, a few hundred seeds per `cargo test`.
 //!

@@ -20,21 +20,25 @@
 //!
 //! `SEQSVC_SIM_SEED=N` replays one seed; `SEQSVC_SIM_SEEDS=N` runs N seeds.
 
+use crate::Namespace;
 use crate::alloc_server::{AllocServer, Routed, SeqRequest};
 use crate::arbiter::{Arbiter, ArbiterConfig};
 use crate::client::granted;
 use crate::routing::{LeaseConfig, RoutingTable};
 use crate::snowflake::NodeReservation;
-use crate::store::{MaxSeqStore, RouteStore, RouteWrite};
 use crate::testsuite::MemoryMaxSeqStore;
-use crate::{Namespace, Result, SeqError};
-use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+mod faults;
+mod model;
+
+use faults::{Freeze, Link};
+use model::Model;
 
 const DEFAULT_SEEDS: u64 = 300;
 const STEPS: usize = 240;
@@ -80,95 +84,6 @@ impl Rng {
 
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
-    }
-}
-
-/// One AllocSvr's path to the shared store: it can be cut (reads, loads
-/// and raises fail) or slow (the reply arrives `delay` after the store
-/// answered, with what it answered then).
-struct Link {
-    store: Arc<MemoryMaxSeqStore>,
-    cut: AtomicBool,
-    delay_ms: AtomicU64,
-}
-
-impl Link {
-    fn check(&self) -> Result<()> {
-        if self.cut.load(Ordering::SeqCst) {
-            return Err(SeqError::Store("partitioned from the store".into()));
-        }
-        Ok(())
-    }
-
-    async fn reply<T>(&self, value: T) -> T {
-        let delay = self.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        value
-    }
-}
-
-#[async_trait]
-impl RouteStore for Link {
-    async fn read_routes(&self) -> Result<Option<RoutingTable>> {
-        self.check()?;
-        let table = self.store.read_routes().await?;
-        Ok(self.reply(table).await)
-    }
-
-    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
-        self.check()?;
-        self.store.write_routes(table).await
-    }
-}
-
-#[async_trait]
-impl MaxSeqStore for Link {
-    async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
-        self.check()?;
-        let value = self.store.load(namespace, section).await?;
-        Ok(self.reply(value).await)
-    }
-
-    async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
-        self.check()?;
-        let value = self.store.raise(namespace, section, at_least).await?;
-        Ok(self.reply(value).await)
-    }
-}
-
-/// Whether a process is frozen. Not a `watch` channel: its receivers wait
-/// on one of several notifiers picked at random, so the order in which
-/// thawed requests run would differ between runs of one seed.
-#[derive(Default)]
-struct Freeze {
-    frozen: AtomicBool,
-    thawed: tokio::sync::Notify,
-}
-
-impl Freeze {
-    fn is_frozen(&self) -> bool {
-        self.frozen.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, frozen: bool) {
-        self.frozen.store(frozen, Ordering::SeqCst);
-        if !frozen {
-            self.thawed.notify_waiters();
-        }
-    }
-
-    async fn thawed(&self) {
-        loop {
-            let notified = self.thawed.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if !self.is_frozen() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -218,87 +133,6 @@ impl Node {
             frozen.thawed().await;
             call(server).await;
         }));
-    }
-}
-
-/// Which holder used which milliseconds of a node id: `(floor, reserved]`.
-struct Period {
-    holder: usize,
-    floor: u64,
-    reserved: u64,
-}
-
-#[derive(Default)]
-struct Model {
-    /// Per id: every seq handed out.
-    seen: HashMap<u64, HashSet<u64>>,
-    /// Per id: the highest seq or `current` value returned so far.
-    known: HashMap<u64, u64>,
-    /// Per node id: holding periods, in the order they began.
-    periods: HashMap<u16, Vec<Period>>,
-    violations: Vec<String>,
-    allocated: u64,
-    currents: u64,
-    grants: u64,
-}
-
-impl Model {
-    fn allocated(&mut self, store: &MemoryMaxSeqStore, ids: &[u64], seqs: &[u64], floors: &[u64]) {
-        for ((&id, &seq), &floor) in ids.iter().zip(seqs).zip(floors) {
-            self.allocated += 1;
-            if !self.seen.entry(id).or_default().insert(seq) {
-                self.violations
-                    .push(format!("id {id}: seq {seq} handed out twice"));
-            }
-            if seq <= floor {
-                self.violations.push(format!(
-                    "id {id}: seq {seq} after {floor} had been returned (went backwards)"
-                ));
-            }
-            let stored = store.stored(Namespace::Inbox, id / SECTION_SIZE);
-            if seq > stored {
-                self.violations.push(format!(
-                    "id {id}: seq {seq} above the stored max_seq {stored}"
-                ));
-            }
-            let known = self.known.entry(id).or_default();
-            *known = (*known).max(seq);
-        }
-    }
-
-    fn current(&mut self, id: u64, value: u64, floor: u64) {
-        self.currents += 1;
-        if value < floor {
-            self.violations.push(format!(
-                "id {id}: current {value} below {floor}, returned before the call"
-            ));
-        }
-        let known = self.known.entry(id).or_default();
-        *known = (*known).max(value);
-    }
-
-    /// A holder may now use `node`; `fresh`: from a new floor on.
-    fn granted(&mut self, holder: usize, node: NodeReservation, fresh: bool) {
-        self.grants += 1;
-        let periods = self.periods.entry(node.node_id).or_default();
-        match periods.iter_mut().rev().find(|p| p.holder == holder) {
-            Some(period) if !fresh => period.reserved = period.reserved.max(node.reserved_ms),
-            _ => periods.push(Period {
-                holder,
-                floor: node.floor_ms,
-                reserved: node.reserved_ms.max(node.floor_ms),
-            }),
-        }
-        for (i, a) in periods.iter().enumerate() {
-            for b in &periods[i + 1..] {
-                if a.holder != b.holder && a.floor < b.reserved && b.floor < a.reserved {
-                    self.violations.push(format!(
-                        "node id {}: holder {} used ({}, {}] and holder {} ({}, {}]",
-                        node.node_id, a.holder, a.floor, a.reserved, b.holder, b.floor, b.reserved
-                    ));
-                }
-            }
-        }
     }
 }
 
