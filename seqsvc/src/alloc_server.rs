@@ -4,7 +4,9 @@
 //! Every gained slot gets a fresh [`Allocator`], which loads `max_seq` from
 //! the shared store on first use, after activation: by then the previous
 //! owner has stopped, so everything it handed out is at or below the loaded
-//! value. A request replies only if the slot's allocator is still the one it
+//! value. A lapsed lease or a missed table version counts as losing and
+//! regaining every slot ([`crate::lease`]), so a slot that came back is
+//! never served from what was cached before. A request replies only if the slot's allocator is still the one it
 //! started with and the lease is still valid when its seqs are ready.
 
 use crate::allocator::{Allocator, AllocatorConfig, MAX_BATCH_IDS};
@@ -33,12 +35,23 @@ pub enum Routed<T> {
     Moved(Arc<RoutingTable>),
 }
 
+/// An allocate or current call: ids of one namespace, and the version of
+/// the routing table the client routed them by (a newer one than ours makes
+/// this AllocSvr read the table first).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqRequest<'a> {
+    pub namespace: Namespace,
+    pub ids: &'a [u64],
+    pub client_version: u64,
+}
+
 /// A granted snowflake node id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeIdGrant {
     pub node_id: u16,
-    /// The holder issues ids strictly above this millisecond (the previous
-    /// holder's reservation); 0 for a renewal.
+    /// The holder issues ids strictly above this millisecond: the previous
+    /// holder's reservation, the same on every renewal and retry of the
+    /// grant (a holder whose first reply was lost learns it from a retry).
     pub floor_ms: u64,
     /// Durably reserved: ids may use milliseconds up to this value.
     pub reserved_ms: u64,
@@ -61,6 +74,10 @@ pub struct SlotState {
 struct NodeIdHolder {
     holder: String,
     expires: Instant,
+    /// The previous holder's reservation, once loaded; `None` while the
+    /// first grant's load has not succeeded (nothing was raised yet, so the
+    /// stored value is still the previous holder's).
+    floor_ms: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -124,7 +141,13 @@ impl AllocServer {
                 .expect("step and section size were validated"),
             node_ids: Mutex::new(HashMap::new()),
         });
-        if !applied.gained.is_empty() || !applied.lost.is_empty() {
+        if let Some(reset) = applied.reset {
+            tracing::warn!(
+                ?reset,
+                regained = applied.gained.len(),
+                "lease lapsed or table versions missed: every slot starts over"
+            );
+        } else if !applied.gained.is_empty() || !applied.lost.is_empty() {
             tracing::info!(
                 gained = applied.gained.len(),
                 lost = applied.lost.len(),
@@ -137,18 +160,19 @@ impl AllocServer {
 
     /// Reads the table every sync interval until the process ends.
     pub fn spawn_refresher(&self) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = this.refresh().await {
-                    tracing::warn!(%error, "routing table read failed");
-                }
-                let interval = this
+        let (this, timing) = (self.clone(), self.clone());
+        crate::spawn_rounds(
+            "routing table read failed",
+            move || {
+                let this = this.clone();
+                async move { this.refresh().await }
+            },
+            move || {
+                timing
                     .table()
-                    .map_or(NO_TABLE_RETRY, |t| t.lease.sync_interval);
-                tokio::time::sleep(interval).await;
-            }
-        })
+                    .map_or(NO_TABLE_RETRY, |t| t.lease.sync_interval)
+            },
+        )
     }
 
     /// A client that has seen a newer table than ours makes us read now.
@@ -235,13 +259,9 @@ impl AllocServer {
     }
 
     /// Allocates one seq per id; `seqs[i]` belongs to `ids[i]`.
-    pub async fn allocate(
-        &self,
-        namespace: Namespace,
-        ids: &[u64],
-        client_version: u64,
-    ) -> Result<Routed<Vec<u64>>> {
-        self.serve(ids, client_version, async |Grant { table, states }| {
+    pub async fn allocate(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
+        let (namespace, ids, version) = (request.namespace, request.ids, request.client_version);
+        self.serve(ids, version, async |Grant { table, states }| {
             if let [(_, state)] = Vec::from_iter(states)[..] {
                 // The common case: a client groups its batch by owner and slot.
                 return state.allocator.next_batch(namespace, ids).await;
@@ -263,13 +283,9 @@ impl AllocServer {
     }
 
     /// The highest seq handed out per id so far.
-    pub async fn current(
-        &self,
-        namespace: Namespace,
-        ids: &[u64],
-        client_version: u64,
-    ) -> Result<Routed<Vec<u64>>> {
-        self.serve(ids, client_version, async |Grant { table, states }| {
+    pub async fn current(&self, request: SeqRequest<'_>) -> Result<Routed<Vec<u64>>> {
+        let (namespace, ids, version) = (request.namespace, request.ids, request.client_version);
+        self.serve(ids, version, async |Grant { table, states }| {
             let mut seqs = Vec::with_capacity(ids.len());
             for &id in ids {
                 seqs.push(
@@ -306,7 +322,7 @@ impl AllocServer {
             let lease = table.lease;
             let state = &states[&NODE_ID_SLOT];
             let now = Instant::now();
-            let (node_id, renewal) = {
+            let (node_id, floor_ms) = {
                 let mut holders = lock(&state.node_ids);
                 let renewing = holders
                     .iter()
@@ -324,6 +340,7 @@ impl AllocServer {
                             u32::from(MAX_NODE_ID) + 1
                         ))
                     })?;
+                let floor_ms = renewing.and_then(|id| holders[&id].floor_ms);
                 // The owner's view outlives the holder's (sent + lease) by a read
                 // interval, so a node id is never granted while still in use.
                 holders.insert(
@@ -331,17 +348,28 @@ impl AllocServer {
                     NodeIdHolder {
                         holder: holder.to_owned(),
                         expires: now + lease.lease + lease.sync_interval,
+                        floor_ms,
                     },
                 );
-                (chosen, renewing.is_some())
+                (chosen, floor_ms)
             };
             let store = &self.inner.store;
-            let floor_ms = if renewal {
-                0
-            } else {
-                store
-                    .load(Namespace::SnowflakeClock, u64::from(node_id))
-                    .await?
+            let floor_ms = match floor_ms {
+                Some(floor_ms) => floor_ms,
+                None => {
+                    let loaded = store
+                        .load(Namespace::SnowflakeClock, u64::from(node_id))
+                        .await?;
+                    // Recorded before the raise below moves the stored value
+                    // to this holder's own reservation, so a retry of a grant
+                    // whose reply was lost still learns the previous floor.
+                    if let Some(entry) = lock(&state.node_ids).get_mut(&node_id)
+                        && entry.holder == holder
+                    {
+                        entry.floor_ms.get_or_insert(loaded);
+                    }
+                    loaded
+                }
             };
             let reserved_ms = store
                 .raise(
@@ -366,131 +394,4 @@ fn not_serving(slot: u32, why: NotServing) -> SeqError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::routing::{LeaseConfig, RoutingTable};
-    use crate::store::RouteStore;
-    use crate::testsuite::MemoryMaxSeqStore;
-
-    fn lease() -> LeaseConfig {
-        LeaseConfig::short_for_tests()
-    }
-
-    async fn publish(store: &MemoryMaxSeqStore, owners: impl Fn(u32) -> &'static str) -> u64 {
-        let current = store.read_routes().await.unwrap();
-        let mut table = match &current {
-            Some(t) => t.clone(),
-            None => RoutingTable::initial(10, lease()).unwrap(),
-        };
-        table.version = current.as_ref().map_or(1, |t| t.version + 1);
-        for slot in 0..table.slot_count() {
-            table.owners[slot as usize] = Some(owners(slot).to_string());
-        }
-        let expected = current.map_or(0, |t| t.version);
-        assert!(store.write_routes(expected, &table).await.unwrap().0);
-        table.version
-    }
-
-    async fn tick(servers: &[&AllocServer], ms: u64) {
-        for _ in 0..ms / 50 {
-            tokio::time::advance(Duration::from_millis(50)).await;
-            for s in servers {
-                let _ = s.refresh().await;
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn serves_after_activation_and_moves_clients_along() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        let b = AllocServer::new("b:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        a.refresh().await.unwrap();
-        b.refresh().await.unwrap();
-        // First assignment waits too.
-        assert!(matches!(
-            a.allocate(Namespace::Inbox, &[1], 0).await,
-            Err(SeqError::NotServing(_))
-        ));
-        match b.allocate(Namespace::Inbox, &[1], 0).await.unwrap() {
-            Routed::Moved(table) => assert_eq!(table.owner_of(1), Some("a:1")),
-            other => panic!("expected moved, got {other:?}"),
-        }
-        tick(&[&a, &b], 750).await;
-        let Routed::Served(seqs) = a.allocate(Namespace::Inbox, &[1, 1, 25], 0).await.unwrap()
-        else {
-            panic!("not served")
-        };
-        assert_eq!(seqs, vec![1, 2, 1]);
-        // Move everything to b: a stops at once, b after activation, and b
-        // continues above everything a handed out.
-        let version = publish(&store, |_| "b:1").await;
-        a.refresh().await.unwrap();
-        assert!(matches!(
-            a.allocate(Namespace::Inbox, &[1], version).await.unwrap(),
-            Routed::Moved(_)
-        ));
-        // A client with the newer table makes b read it before answering.
-        assert!(matches!(
-            b.allocate(Namespace::Inbox, &[1], version).await,
-            Err(SeqError::NotServing(_))
-        ));
-        tick(&[&a, &b], 750).await;
-        let Routed::Served(seqs) = b.allocate(Namespace::Inbox, &[1], version).await.unwrap()
-        else {
-            panic!("not served")
-        };
-        assert!(seqs[0] > 2);
-        assert!(seqs[0] <= store.stored(Namespace::Inbox, 0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unreadable_store_ends_the_lease() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        tick(&[&a], 800).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
-        store.fail_route_reads(true);
-        tick(&[&a], 450).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
-        tick(&[&a], 100).await;
-        let err = a.allocate(Namespace::Inbox, &[1], 0).await.unwrap_err();
-        assert!(err.to_string().contains("lease expired"), "{err}");
-        // Reads work again: serving resumes (still the owner, same state).
-        store.fail_route_reads(false);
-        tick(&[&a], 50).await;
-        assert!(a.allocate(Namespace::Inbox, &[1], 0).await.is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn node_ids_are_exclusive_until_the_lease_runs_out() {
-        let store = Arc::new(MemoryMaxSeqStore::new());
-        let a = AllocServer::new("a:1", 100, store.clone()).unwrap();
-        publish(&store, |_| "a:1").await;
-        tick(&[&a], 800).await;
-        let grant = |r: Routed<NodeIdGrant>| match r {
-            Routed::Served(g) => g,
-            Routed::Moved(_) => panic!("moved"),
-        };
-        let first = grant(a.lease_node_id("h1", Some(5), 1_000, 0).await.unwrap());
-        assert_eq!(first.node_id, 5);
-        assert_eq!(first.reserved_ms, 1_000);
-        let second = grant(a.lease_node_id("h2", Some(5), 2_000, 0).await.unwrap());
-        assert_ne!(second.node_id, 5);
-        // Renewal keeps the id and raises the reservation.
-        let renewed = grant(a.lease_node_id("h1", None, 3_000, 0).await.unwrap());
-        assert_eq!(
-            (renewed.node_id, renewed.floor_ms, renewed.reserved_ms),
-            (5, 0, 3_000)
-        );
-        // After h1 stops renewing for lease + sync, h3 may take it, above
-        // h1's reservation.
-        tick(&[&a], 650).await;
-        let taken = grant(a.lease_node_id("h3", Some(5), 100, 0).await.unwrap());
-        assert_eq!(taken.node_id, 5);
-        assert_eq!(taken.floor_ms, 3_000);
-        assert!(taken.reserved_ms >= 3_000);
-    }
-}
+mod tests;

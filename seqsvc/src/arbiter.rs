@@ -11,7 +11,7 @@
 //! one of them win each version and the other then sees nothing to change.
 
 use crate::routing::{LeaseConfig, RoutingTable, rebalance};
-use crate::store::RouteStore;
+use crate::store::{RouteStore, RouteWrite};
 use crate::{Result, SeqError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -69,9 +69,9 @@ impl Arbiter {
         let initial = RoutingTable::initial(config.section_size, config.lease)?;
         let table = match store.read_routes().await? {
             Some(table) => table,
-            None => match store.write_routes(0, &initial).await? {
-                (_, Some(table)) => table,
-                (_, None) => return Err(SeqError::Store("routing table vanished".into())),
+            None => match store.write_routes(&initial).await?.current {
+                Some(table) => table,
+                None => return Err(SeqError::Store("routing table vanished".into())),
             },
         };
         if table.section_size != config.section_size {
@@ -146,7 +146,7 @@ impl Arbiter {
             owners,
             ..stored.clone()
         };
-        let (applied, current) = self.inner.store.write_routes(stored.version, &next).await?;
+        let RouteWrite { applied, current } = self.inner.store.write_routes(&next).await?;
         if let Some(current) = current {
             *lock(&self.inner.table) = Arc::new(current);
         }
@@ -160,14 +160,15 @@ impl Arbiter {
 
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = this.check().await {
-                    tracing::warn!(%error, "arbiter round failed");
-                }
-                tokio::time::sleep(this.inner.config.check_interval).await;
-            }
-        })
+        let interval = self.inner.config.check_interval;
+        crate::spawn_rounds(
+            "arbiter round failed",
+            move || {
+                let this = this.clone();
+                async move { this.check().await.map(drop) }
+            },
+            move || interval,
+        )
     }
 }
 

@@ -8,7 +8,9 @@
 //! success, ScyllaDB adds the old row.
 
 use crate::routing::RoutingTable;
-use crate::store::{MaxSeqStore, RouteStore, check_next_version, decode_table, encode_table};
+use crate::store::{
+    MaxSeqStore, RouteStore, RouteWrite, decode_table, encode_table, replaced_version,
+};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use scylla::client::session::Session;
@@ -204,12 +206,8 @@ impl RouteStore for CqlMaxSeqStore {
         .transpose()
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        check_next_version(expected_version, table)?;
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        let expected_version = replaced_version(table)?;
         let data = encode_table(table);
         let result = if expected_version == 0 {
             self.session
@@ -234,7 +232,10 @@ impl RouteStore for CqlMaxSeqStore {
         .map_err(store_error)?;
         let applied = cql_kit::applied(result)?;
         // A lost race or an uncertain outcome: report what is stored now.
-        Ok((applied, self.read_routes().await?))
+        Ok(RouteWrite {
+            applied,
+            current: self.read_routes().await?,
+        })
     }
 }
 
@@ -326,18 +327,8 @@ mod tests {
         );
         // The routing table: compare-and-set on the version.
         use crate::routing::{LeaseConfig, RoutingTable};
-        assert!(store.read_routes().await.unwrap().is_none());
         let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
-        assert!(store.write_routes(0, &first).await.unwrap().0);
-        let mut racer = first.clone();
-        racer.owners[1] = Some("r:1".into());
-        let (applied, current) = store.write_routes(0, &racer).await.unwrap();
-        assert!(!applied);
-        assert_eq!(current.unwrap(), first);
-        racer.version = 2;
-        assert!(store.write_routes(1, &racer).await.unwrap().0);
-        assert!(!store.write_routes(1, &racer).await.unwrap().0);
-        assert_eq!(store.read_routes().await.unwrap().unwrap(), racer);
+        crate::testsuite::route_writes_are_compare_and_set(store.as_ref(), first).await;
 
         session
             .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())

@@ -13,6 +13,17 @@
 //! new allocator there), so nothing cached under an earlier ownership, not
 //! even a load still in flight, is ever used again: a request checks the
 //! payload it started with is still the slot's payload when it finishes.
+//!
+//! An ownership period lasts only while this AllocSvr sees every table
+//! version and never lets its lease lapse. A read that arrives after the
+//! lease ran out, or that skips a version, starts **every** slot over: all
+//! payloads are dropped, and the slots the read lists are gained afresh
+//! (new allocator, `max_seq` reloaded, a full activation delay). The skipped
+//! versions may have given a slot to another AllocSvr that served and raised
+//! it before the slot came back; a lapsed AllocSvr has promised to have
+//! stopped, and so comes back as a new owner would. Keeping a payload across
+//! either once let a regained slot hand out seqs another owner had already
+//! handed out.
 
 use crate::routing::RoutingTable;
 use std::sync::Arc;
@@ -52,10 +63,23 @@ struct Slot<T> {
 /// What one table read changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// Slots with a fresh payload (after a reset, also those held before).
     pub gained: Vec<u32>,
+    /// Slots whose payload was dropped.
     pub lost: Vec<u32>,
     /// The read carried an older version than already applied: ignored.
     pub stale: bool,
+    /// Why every payload was discarded before applying this read, if it was.
+    pub reset: Option<Reset>,
+}
+
+/// Why a read starts every slot over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reset {
+    /// The lease had run out before this read arrived.
+    LeaseLapsed,
+    /// Versions between the applied one and this one were never seen.
+    VersionGap { from: u64, to: u64 },
 }
 
 pub struct Fence<T> {
@@ -98,6 +122,19 @@ impl<T> Fence<T> {
             applied.stale = true;
             return applied;
         }
+        applied.reset = self.reset_for(&table, received);
+        if applied.reset.is_some() {
+            // Whatever the unseen versions did, another AllocSvr may have
+            // served (and raised) these slots: no cached cur_seq, max_seq
+            // or node-id holder of ours is trusted again. Slots listed now
+            // come back below as gained, with a fresh payload that reloads
+            // max_seq, after a full activation delay.
+            for (slot, state) in self.slots.iter_mut().enumerate() {
+                if state.take().is_some() {
+                    applied.lost.push(slot as u32);
+                }
+            }
+        }
         let lease_until = sent + table.lease.lease;
         self.lease_until = Some(self.lease_until.map_or(lease_until, |t| t.max(lease_until)));
         if self.slots.len() != table.owners.len() {
@@ -122,6 +159,19 @@ impl<T> Fence<T> {
         }
         self.table = Some(Arc::new(table));
         applied
+    }
+
+    /// Whether a read of `table`, received at `received`, must start every
+    /// slot over: the lease ran out before it arrived, or it skips versions.
+    fn reset_for(&self, table: &RoutingTable, received: Instant) -> Option<Reset> {
+        let current = self.table.as_ref()?;
+        if self.lease_until.is_some_and(|until| until <= received) {
+            return Some(Reset::LeaseLapsed);
+        }
+        (table.version > current.version.saturating_add(1)).then_some(Reset::VersionGap {
+            from: current.version,
+            to: table.version,
+        })
     }
 
     /// The payload of a slot this AllocSvr may serve at `now`.
@@ -166,6 +216,30 @@ mod tests {
         t.version = version;
         t.owners[0] = Some(owner_of_slot0.to_string());
         t
+    }
+
+    /// Advances the clock by `d`, reading the fence's current table again
+    /// every sync interval as a live AllocSvr does, so its lease holds.
+    async fn keep_reading(fence: &mut Fence<u32>, d: Duration) {
+        let table = RoutingTable::clone(fence.table().expect("a table was read"));
+        let mut left = d;
+        while !left.is_zero() {
+            let step = left.min(lease().sync_interval);
+            tokio::time::advance(step).await;
+            left -= step;
+            let now = Instant::now();
+            fence.apply_read(table.clone(), now, now, |_| 9);
+        }
+    }
+
+    /// A fence of "a" serving slot 0 (version 1) with payload 1.
+    async fn serving_slot_0() -> (Fence<u32>, Arc<u32>) {
+        let mut fence = Fence::<u32>::new("a");
+        let t = Instant::now();
+        fence.apply_read(table(1, "a"), t, t, |_| 1);
+        keep_reading(&mut fence, lease().activation).await;
+        let first = fence.serving(0, Instant::now()).unwrap();
+        (fence, first)
     }
 
     #[tokio::test(start_paused = true)]
@@ -222,7 +296,7 @@ mod tests {
         let mut new = Fence::<u32>::new("b");
         let t = Instant::now();
         old.apply_read(table(1, "a"), t, t, |_| 1);
-        tokio::time::advance(config.activation).await;
+        keep_reading(&mut old, config.activation).await;
         let last_read = Instant::now();
         old.apply_read(table(1, "a"), last_read, last_read, |_| 1);
         assert!(old.serving(0, last_read).is_ok());
@@ -243,24 +317,83 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lost_slot_stops_at_once_and_regain_is_a_fresh_payload() {
-        let mut fence = Fence::<u32>::new("a");
-        let t = Instant::now();
-        fence.apply_read(table(1, "a"), t, t, |_| 1);
-        tokio::time::advance(lease().activation).await;
+        let (mut fence, first) = serving_slot_0().await;
         let now = Instant::now();
-        fence.apply_read(table(1, "a"), now, now, |_| 9);
-        let first = fence.serving(0, now).unwrap();
         let applied = fence.apply_read(table(2, "b"), now, now, |_| 9);
         assert_eq!(applied.lost, vec![0]);
         assert!(!fence.still_serving(0, &first, now));
         // An older table arriving late changes nothing.
         assert!(fence.apply_read(table(1, "a"), now, now, |_| 9).stale);
         fence.apply_read(table(3, "a"), now, now, |_| 3);
-        tokio::time::advance(lease().activation).await;
+        keep_reading(&mut fence, lease().activation).await;
         let now = Instant::now();
         fence.apply_read(table(3, "a"), now, now, |_| 9);
         let regained = fence.serving(0, now).unwrap();
         assert_eq!(*regained, 3);
         assert!(!fence.still_serving(0, &first, now));
+    }
+
+    /// Item 1 of the adversarial review: "a" served slot 0, froze past its
+    /// lease, "b" took the slot in a version "a" never saw, and the first
+    /// table "a" reads again gives the slot back. Everything "a" cached is
+    /// from before "b" served: it must start over like a new owner.
+    #[tokio::test(start_paused = true)]
+    async fn a_lapse_with_a_missed_version_starts_over() {
+        let (mut fence, first) = serving_slot_0().await;
+        // Frozen: no read for longer than dead-after + activation, while
+        // version 2 gives the slot to "b" and version 3 gives it back.
+        tokio::time::advance(lease().lease + lease().activation * 2).await;
+        let now = Instant::now();
+        let applied = fence.apply_read(table(3, "a"), now, now, |_| 3);
+        assert_eq!(applied.gained, vec![0]);
+        assert!(applied.reset.is_some());
+        assert!(!fence.still_serving(0, &first, now));
+        assert!(matches!(
+            fence.serving(0, now),
+            Err(NotServing::Activating { .. })
+        ));
+        for _ in 0..7 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let now = Instant::now();
+            fence.apply_read(table(3, "a"), now, now, |_| 9);
+        }
+        let now = Instant::now();
+        assert_eq!(*fence.serving(0, now).unwrap(), 3);
+        assert!(!fence.still_serving(0, &first, now));
+    }
+
+    /// A version gap alone, with every read in time: the missed version may
+    /// have moved the slot and back, so nothing cached is trusted.
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_version_starts_over_even_within_the_lease() {
+        let (mut fence, first) = serving_slot_0().await;
+        let now = Instant::now();
+        // The next version in order keeps the payload.
+        fence.apply_read(table(2, "a"), now, now, |_| 9);
+        assert!(fence.still_serving(0, &first, now));
+        tokio::time::advance(lease().sync_interval).await;
+        let now = Instant::now();
+        let applied = fence.apply_read(table(4, "a"), now, now, |_| 4);
+        assert_eq!(applied.reset, Some(Reset::VersionGap { from: 2, to: 4 }));
+        assert_eq!(applied.gained, vec![0]);
+        assert!(!fence.still_serving(0, &first, now));
+        assert!(matches!(
+            fence.serving(0, now),
+            Err(NotServing::Activating { .. })
+        ));
+    }
+
+    /// A lapse alone (the same version read again after the lease ran
+    /// out): the AllocSvr promised to have stopped, so it comes back as a
+    /// new owner would.
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_lease_starts_over() {
+        let (mut fence, first) = serving_slot_0().await;
+        tokio::time::advance(lease().lease).await;
+        let now = Instant::now();
+        let applied = fence.apply_read(table(1, "a"), now, now, |_| 2);
+        assert_eq!(applied.reset, Some(Reset::LeaseLapsed));
+        assert!(!fence.still_serving(0, &first, now));
+        assert!(fence.serving(0, now).is_err());
     }
 }

@@ -39,8 +39,9 @@
 //! - [`incoming`]: accepted connections, bounded and with TCP_NODELAY;
 //!   [`logging`]: the log setup of every server binary (syncd uses both).
 //! - [`client`]: the routing client (batches split per owner, "moved"
-//!   followed, retries), snowflake node-id leases, and [`client::SeqSource`]
-//!   (in-process allocator or cluster) for syncd.
+//!   followed, retries); `client/node_id.rs`: snowflake node-id leases
+//!   ([`client::NodeIdLease`]); `client/seq_source.rs`:
+//!   [`client::SeqSource`] (in-process allocator or cluster) for syncd.
 //! - `testsuite` (this crate's tests and the `testsuite` feature only): the
 //!   in-memory store with fault injection, and `FaultyStore`, which fails
 //!   raises of any store while a file exists (the `seqsvc store` process
@@ -49,12 +50,32 @@
 //!
 //! The allocator, routing, lease and role cores are plain library code,
 //! tested without sockets (lease logic with a paused clock); the `seqsvc`
-//! binary runs the store, arbiter and AllocSvr processes.
+//! binary runs the store, arbiter and AllocSvr processes. A seeded,
+//! model-checked simulation (`simulation/`, tests only) runs the AllocSvr
+//! cores, the arbiter and the fence through freezes, partitions, slow
+//! replies, version gaps and restarts, a few hundred seeds per `cargo test`.
 //!
 //! Distributed invariants, on top of the ones above: at most one AllocSvr
 //! serves a section at any moment (a new owner waits out the old one's
 //! lease); routing table versions strictly increase and are never reused
 //! (compare-and-set); no two running processes hold one snowflake node id.
+//!
+//! An AllocSvr's ownership of a slot lasts only while it sees **every**
+//! table version and its lease never lapses. A read after a lapse, or one
+//! that skips a version, drops every slot's state (allocators, cached
+//! `cur_seq`/`max_seq`, node-id holders) and treats each slot it lists as
+//! newly gained: `max_seq` reloaded, a full activation delay waited out.
+//! The unseen versions may have let another AllocSvr serve and raise a slot
+//! that then came back; keeping the old cache there reissued its seqs. The
+//! version rule needs no clock; the lapse rule keeps "a lapsed AllocSvr has
+//! stopped" true without asking what happened meanwhile. Cost: a lapse or a
+//! gap makes that AllocSvr's sections unavailable for one activation.
+//!
+//! A node-id grant's floor (the previous holder's clock reservation) is
+//! recorded with the grant and returned on every renewal or retry, so a
+//! holder whose first reply was lost still learns it; a holder whose lapsed
+//! node id comes back with a higher floor (another holder used it
+//! meanwhile) raises its own floor and issues above it.
 
 pub mod alloc_server;
 pub mod allocator;
@@ -66,6 +87,8 @@ pub mod incoming;
 pub mod lease;
 pub mod logging;
 pub mod routing;
+#[cfg(test)]
+mod simulation;
 pub mod snowflake;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]
@@ -146,3 +169,25 @@ impl SeqError {
 }
 
 pub type Result<T, E = SeqError> = std::result::Result<T, E>;
+
+/// Runs `round` every `interval()` until the process ends (the lease
+/// renewals, the arbiter's rounds), a failed one logged with `failed` and
+/// retried on the same schedule.
+pub(crate) fn spawn_rounds<F, Fut>(
+    failed: &'static str,
+    round: F,
+    interval: impl Fn() -> std::time::Duration + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = round().await {
+                tracing::warn!(%error, "{failed}");
+            }
+            tokio::time::sleep(interval()).await;
+        }
+    })
+}

@@ -196,12 +196,8 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-async fn serve<S>(listener: TcpListener, service: S) -> anyhow::Result<()>
-where
-    S: seqsvc::grpc::Servable,
-    S::Future: Send + 'static,
-{
-    seqsvc::grpc::serve(listener, service, wait_for_signal()).await?;
+async fn serve(listener: TcpListener, routes: tonic::service::Routes) -> anyhow::Result<()> {
+    seqsvc::grpc::serve(listener, routes, wait_for_signal()).await?;
     Ok(())
 }
 
@@ -219,7 +215,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
     };
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %args.data_dir.display(), "seqsvc store serving");
-    serve(listener, StoreService::new(store).into_server()).await
+    serve(listener, StoreService::new(store).into_routes()).await
 }
 
 async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
@@ -250,7 +246,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
     };
     tracing::info!(%local, version = arbiter.table().version, "seqsvc arbiter serving");
     arbiter.spawn();
-    serve(listener, ArbiterService::new(arbiter).into_server()).await
+    serve(listener, ArbiterService::new(arbiter).into_routes()).await
 }
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
@@ -262,7 +258,7 @@ async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     server.spawn_refresher();
     spawn_heartbeats(&server, args.arbiter)?;
     tracing::info!(%local, %advertise, "seqsvc AllocSvr serving");
-    serve(listener, AllocService::new(server).into_server()).await
+    serve(listener, AllocService::new(server).into_routes()).await
 }
 
 async fn next(args: NextArgs) -> anyhow::Result<()> {

@@ -188,6 +188,12 @@ impl MsgIdGenerator {
                     *state = GenState::starting(node);
                 } else {
                     state.reserved_ms = state.reserved_ms.max(node.reserved_ms);
+                    if node.floor_ms > state.last_ms {
+                        // The node id came back after another holder used
+                        // everything up to the floor.
+                        state.last_ms = node.floor_ms;
+                        state.sequence = MAX_SEQUENCE;
+                    }
                 }
                 let now = (self.clock)().max(EPOCH_MS);
                 let (ms, sequence) = if now > state.last_ms {
@@ -318,6 +324,47 @@ mod tests {
             MsgIdGenerator::open(1024, system_clock(), store)
                 .await
                 .is_err()
+        );
+    }
+
+    /// Reservations whose floor an outside event raises, as a node-id lease
+    /// does when its lapsed node id is granted back after another holder
+    /// used it.
+    struct MovableFloor(std::sync::Mutex<NodeReservation>);
+
+    #[async_trait::async_trait]
+    impl IdReservations for MovableFloor {
+        fn node(&self) -> Result<NodeReservation> {
+            Ok(*self.0.lock().unwrap())
+        }
+
+        async fn reserve(&self, _: u16, until_ms: u64) -> Result<u64> {
+            let mut node = self.0.lock().unwrap();
+            node.reserved_ms = node.reserved_ms.max(until_ms);
+            Ok(node.reserved_ms)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_raised_floor_on_the_same_node_id_is_honoured() {
+        let (clock, _) = manual_clock(EPOCH_MS + 1_000);
+        let reservations = Arc::new(MovableFloor(std::sync::Mutex::new(NodeReservation {
+            node_id: 3,
+            floor_ms: 0,
+            reserved_ms: EPOCH_MS + 10_000,
+        })));
+        let generator = MsgIdGenerator::with_reservations(clock, reservations.clone()).unwrap();
+        let before = SnowflakeId::decode(generator.next_id().await.unwrap());
+        assert_eq!(before.unix_ms, EPOCH_MS + 1_000);
+        // Another holder used node id 3 up to +3,000 meanwhile (its clock
+        // ahead of ours); the id came back with that as the floor.
+        reservations.0.lock().unwrap().floor_ms = EPOCH_MS + 3_000;
+        let after = SnowflakeId::decode(generator.next_id().await.unwrap());
+        assert_eq!(after.node_id, 3);
+        assert!(
+            after.unix_ms > EPOCH_MS + 3_000,
+            "issued at {} ms, at or below the other holder's floor",
+            after.unix_ms - EPOCH_MS
         );
     }
 }

@@ -29,28 +29,32 @@ pub trait RouteStore: Send + Sync + 'static {
     /// The stored table; `None` until the first one is written.
     async fn read_routes(&self) -> Result<Option<RoutingTable>>;
 
-    /// Stores `table` if and only if the stored version is `expected_version`
-    /// (0: nothing stored) and `table.version` is `expected_version + 1`.
-    /// Returns whether it was applied and the table stored afterwards.
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)>;
+    /// Stores `table` if and only if the stored version is the one before
+    /// `table.version` (version 1: nothing stored yet), so two writers of
+    /// one version never both succeed.
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite>;
+}
+
+/// What one [`RouteStore::write_routes`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteWrite {
+    /// Whether the table given was stored.
+    pub applied: bool,
+    /// The table stored afterwards: the one given if applied, else the one
+    /// that won (or `None` if nothing is stored).
+    pub current: Option<RoutingTable>,
 }
 
 /// Everything an AllocSvr and an arbiter need from the shared store.
 pub trait SharedStore: MaxSeqStore + RouteStore {}
 impl<T: MaxSeqStore + RouteStore> SharedStore for T {}
 
-pub(crate) fn check_next_version(expected_version: u64, table: &RoutingTable) -> Result<()> {
-    if table.version != expected_version.saturating_add(1) {
-        return Err(SeqError::InvalidArgument(format!(
-            "routing table version {} does not follow {expected_version}",
-            table.version
-        )));
-    }
-    Ok(())
+/// The stored version a write of `table` replaces (0: none stored).
+pub(crate) fn replaced_version(table: &RoutingTable) -> Result<u64> {
+    table
+        .version
+        .checked_sub(1)
+        .ok_or_else(|| SeqError::InvalidArgument("routing table version 0 is never stored".into()))
 }
 
 pub(crate) fn encode_table(table: &RoutingTable) -> Vec<u8> {
@@ -163,12 +167,8 @@ impl FjallMaxSeqStore {
             .transpose()
     }
 
-    fn write_routes_blocking(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        check_next_version(expected_version, table)?;
+    fn write_routes_blocking(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        let expected_version = replaced_version(table)?;
         let _guard = self
             .inner
             .write_lock
@@ -176,7 +176,10 @@ impl FjallMaxSeqStore {
             .unwrap_or_else(|p| p.into_inner());
         let stored = self.read_routes_blocking()?;
         if stored.as_ref().map_or(0, |t| t.version) != expected_version {
-            return Ok((false, stored));
+            return Ok(RouteWrite {
+                applied: false,
+                current: stored,
+            });
         }
         self.inner
             .routes
@@ -186,7 +189,10 @@ impl FjallMaxSeqStore {
             .db
             .persist(fjall::PersistMode::SyncAll)
             .map_err(|e| SeqError::Store(format!("fsync: {e}")))?;
-        Ok((true, Some(table.clone())))
+        Ok(RouteWrite {
+            applied: true,
+            current: Some(table.clone()),
+        })
     }
 }
 
@@ -199,14 +205,10 @@ impl RouteStore for FjallMaxSeqStore {
             .map_err(|e| SeqError::Store(format!("read task failed: {e}")))?
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
         let this = self.clone();
         let table = table.clone();
-        tokio::task::spawn_blocking(move || this.write_routes_blocking(expected_version, &table))
+        tokio::task::spawn_blocking(move || this.write_routes_blocking(&table))
             .await
             .map_err(|e| SeqError::Store(format!("write task failed: {e}")))?
     }
@@ -259,19 +261,7 @@ mod tests {
         let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
         {
             let store = FjallMaxSeqStore::open(dir.path()).unwrap();
-            assert!(store.read_routes().await.unwrap().is_none());
-            let (applied, _) = store.write_routes(0, &first).await.unwrap();
-            assert!(applied);
-            // A racer that also read "nothing stored" loses, even with other content.
-            let mut other = first.clone();
-            other.owners[0] = Some("x:1".into());
-            let (applied, current) = store.write_routes(0, &other).await.unwrap();
-            assert!(!applied);
-            assert_eq!(current.unwrap(), first);
-            // A version that does not follow is refused outright.
-            assert!(store.write_routes(1, &other).await.is_err());
-            other.version = 2;
-            assert!(store.write_routes(1, &other).await.unwrap().0);
+            crate::testsuite::route_writes_are_compare_and_set(&store, first).await;
         }
         let store = FjallMaxSeqStore::open(dir.path()).unwrap();
         let stored = store.read_routes().await.unwrap().unwrap();

@@ -5,7 +5,7 @@
 //! tests ask it to fail raises.
 
 use crate::routing::RoutingTable;
-use crate::store::{MaxSeqStore, RouteStore, SharedStore, check_next_version};
+use crate::store::{MaxSeqStore, RouteStore, RouteWrite, SharedStore, replaced_version};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -64,18 +64,17 @@ impl RouteStore for MemoryMaxSeqStore {
             .clone())
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        check_next_version(expected_version, table)?;
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        let expected_version = replaced_version(table)?;
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if routes.as_ref().map_or(0, |t| t.version) != expected_version {
-            return Ok((false, routes.clone()));
+        let applied = routes.as_ref().map_or(0, |t| t.version) == expected_version;
+        if applied {
+            *routes = Some(table.clone());
         }
-        *routes = Some(table.clone());
-        Ok((true, routes.clone()))
+        Ok(RouteWrite {
+            applied,
+            current: routes.clone(),
+        })
     }
 }
 
@@ -138,13 +137,32 @@ impl RouteStore for FaultyStore {
         self.inner.read_routes().await
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
-        self.inner.write_routes(expected_version, table).await
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
+        self.inner.write_routes(table).await
     }
+}
+
+/// The compare-and-set contract of every [`RouteStore`], run on an empty
+/// store with `first` (version 1). Leaves version 2 stored, `first` with
+/// slots 0 and 1 owned by `x:1` and `r:1`.
+pub async fn route_writes_are_compare_and_set(store: &dyn RouteStore, first: RoutingTable) {
+    assert!(store.read_routes().await.unwrap().is_none());
+    assert!(store.write_routes(&first).await.unwrap().applied);
+    // A racer that also read "nothing stored" loses, even with other content.
+    let mut racer = first.clone();
+    racer.owners[0] = Some("x:1".into());
+    racer.owners[1] = Some("r:1".into());
+    let lost = store.write_routes(&racer).await.unwrap();
+    assert!(!lost.applied);
+    assert_eq!(lost.current.unwrap(), first);
+    // Version 0 is never stored (a version that does not follow its
+    // expected one is refused on the wire: `store_service`).
+    racer.version = 0;
+    assert!(store.write_routes(&racer).await.is_err());
+    racer.version = 2;
+    assert!(store.write_routes(&racer).await.unwrap().applied);
+    assert!(!store.write_routes(&racer).await.unwrap().applied);
+    assert_eq!(store.read_routes().await.unwrap().unwrap(), racer);
 }
 
 #[cfg(test)]
@@ -158,6 +176,12 @@ mod tests {
         assert!(store.raise(Namespace::Inbox, 0, 10).await.is_err());
         assert_eq!(store.stored(Namespace::Inbox, 0), 0);
         assert_eq!(store.raise(Namespace::Inbox, 0, 10).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn memory_store_route_writes_are_compare_and_set() {
+        let first = RoutingTable::initial(10, crate::routing::LeaseConfig::default()).unwrap();
+        route_writes_are_compare_and_set(&MemoryMaxSeqStore::new(), first).await;
     }
 
     #[tokio::test]

@@ -202,6 +202,22 @@ impl Cluster {
         Ok((before, victim_addr, Instant::now()))
     }
 
+    /// Freezes (SIGSTOP) the AllocSvr at `addr` and waits until the stored
+    /// table gives it nothing. Returns when it was frozen and that table.
+    pub async fn freeze_until_moved(&self, addr: &str) -> Result<(Instant, RoutingTable)> {
+        let victim = self.alloc_index(addr).context("not one of ours")?;
+        self.allocs[victim].freeze()?;
+        let frozen_at = Instant::now();
+        let moved = self
+            .wait_for_routes(
+                "moved off the frozen AllocSvr",
+                Duration::from_secs(30),
+                |t| !t.load().contains_key(addr),
+            )
+            .await?;
+        Ok((frozen_at, moved))
+    }
+
     pub fn alloc_index(&self, addr: &str) -> Option<usize> {
         self.allocs.iter().position(|a| a.addr == addr)
     }

@@ -71,15 +71,7 @@ async fn frozen_owner_refuses_its_moved_sections_after_resume() -> Result<()> {
     let probe_id = (0..IDS)
         .find(|&id| before.owner_of(id) == Some(victim_addr.as_str()))
         .expect("victim owns ids");
-    victim.freeze()?;
-    let frozen_at = Instant::now();
-    let moved = cluster
-        .wait_for_routes(
-            "moved off the frozen AllocSvr",
-            Duration::from_secs(30),
-            |t| !t.load().contains_key(victim_addr.as_str()),
-        )
-        .await?;
+    let (frozen_at, moved) = cluster.freeze_until_moved(&victim_addr).await?;
     // Let the new owner activate and serve the moved sections.
     let new_owner = moved.owner_of(probe_id).expect("reassigned").to_owned();
     let client = RoutingClient::new(&cluster.arbiter_addrs(), RETRY_FOR)?;
@@ -109,6 +101,126 @@ async fn frozen_owner_refuses_its_moved_sections_after_resume() -> Result<()> {
     eprintln!(
         "fencing: frozen for {:?}; new owner {new_owner}; {refusals} direct calls to the resumed process all refused; {} seqs for {} ids checked",
         thawed_at - frozen_at,
+        checked.seqs,
+        checked.ids
+    );
+    Ok(())
+}
+
+/// Item 1 of the adversarial review across processes. The owner of the
+/// high slots is frozen (SIGSTOP) past its lease while the other AllocSvr
+/// takes its sections over and allocates; heartbeats in its name (as if
+/// only its store reads were cut off) make the arbiter give the same slots
+/// back while it is still frozen, so the first table it reads after SIGCONT
+/// returns them without the version in between. Nothing it answers, to the
+/// load or straight at it, may repeat a seq or go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_owner_given_its_slots_back_never_reissues_seqs() -> Result<()> {
+    let cluster = Cluster::start(1, 2)?;
+    let before = cluster.wait_balanced().await?;
+    // Rebalancing hands a returning AllocSvr the highest slots, so the
+    // owner of the last slot gets back exactly the slots it had.
+    let victim_addr = before
+        .owner_of_slot(before.slot_count() - 1)
+        .expect("last slot owned")
+        .to_owned();
+    let victim = &cluster.allocs[cluster.alloc_index(&victim_addr).expect("ours")];
+    let probe_id = (0..IDS)
+        .rev()
+        .find(|&id| before.owner_of(id) == Some(victim_addr.as_str()))
+        .expect("victim owns ids");
+    let load = Load::start(&cluster.arbiter_addrs(), 2, 4, IDS, RETRY_FOR)?;
+    let client = RoutingClient::new(&cluster.arbiter_addrs(), RETRY_FOR)?;
+    let mut probes = Vec::new();
+    let probe = async |probes: &mut Vec<Record>| -> Result<u64> {
+        let start = Instant::now();
+        let seq = client.next(Namespace::Inbox, probe_id).await?;
+        probes.push(Record {
+            id: probe_id,
+            seq,
+            start,
+            end: Instant::now(),
+        });
+        Ok(seq)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe(&mut probes).await?;
+    let (frozen_at, moved) = cluster.freeze_until_moved(&victim_addr).await?;
+    // The new owner activates, serves and raises the moved sections.
+    client.refresh().await?;
+    let served_by_new = probe(&mut probes).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let served_by_new = served_by_new.max(probe(&mut probes).await?);
+    let mut arbiter = proto::seqsvc::v1::arbiter_client::ArbiterClient::connect(format!(
+        "http://{}",
+        cluster.arbiters[0].addr
+    ))
+    .await?;
+    let name = victim_addr.clone();
+    let impersonating = tokio::spawn(async move {
+        loop {
+            let request = proto::seqsvc::v1::HeartbeatRequest { addr: name.clone() };
+            let _ = arbiter.heartbeat(request).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let back = cluster
+        .wait_for_routes(
+            "given back to the frozen AllocSvr",
+            Duration::from_secs(30),
+            |t| t.version > moved.version && t.owner_of(probe_id) == Some(victim_addr.as_str()),
+        )
+        .await;
+    impersonating.abort();
+    let back = back?;
+    // The other owner reads the newer table and stops serving them.
+    tokio::time::sleep(Duration::from_millis(2 * tests::seq_cluster::SYNC_MS)).await;
+    victim.thaw()?;
+    let thawed_at = Instant::now();
+    // Straight at the resumed process, through and past its activation:
+    // a refusal, a "moved", or a seq above everything handed out before.
+    let mut direct = Vec::new();
+    for _ in 0..120 {
+        let start = Instant::now();
+        if let Ok(Ok(seqs)) =
+            allocate_at(&victim_addr, Namespace::Inbox, vec![probe_id], back.version).await
+        {
+            ensure!(
+                seqs[0] > served_by_new,
+                "resumed AllocSvr handed out seq {} for id {probe_id} after the other owner reached {served_by_new}",
+                seqs[0]
+            );
+            direct.push(Record {
+                id: probe_id,
+                seq: seqs[0],
+                start,
+                end: Instant::now(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(
+        !direct.is_empty(),
+        "the resumed AllocSvr never served its sections again"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut outcome = load.stop().await;
+    outcome.records.extend(probes);
+    outcome.records.extend(direct.iter().copied());
+    let checked = check(&cluster, &outcome.records).await?;
+    let served_after = outcome
+        .records
+        .iter()
+        .filter(|r| r.start > thawed_at && back.owner_of(r.id) == Some(victim_addr.as_str()))
+        .count();
+    eprintln!(
+        "regained: frozen for {:?}; versions {} -> {} -> {}; {} direct seqs after the thaw, all above {served_by_new}; \
+         {served_after} seqs of its sections after the thaw; {} seqs for {} ids checked",
+        thawed_at - frozen_at,
+        before.version,
+        moved.version,
+        back.version,
+        direct.len(),
         checked.seqs,
         checked.ids
     );

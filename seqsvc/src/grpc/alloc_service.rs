@@ -2,7 +2,7 @@
 //! heartbeats that keep it listed by the arbiters.
 
 use super::{STORE_CALL_TIMEOUT, channel, namespace_from_proto, with_timeout};
-use crate::alloc_server::{AllocServer, Routed};
+use crate::alloc_server::{AllocServer, Routed, SeqRequest};
 use crate::routing::RoutingTable;
 use crate::{Result, SeqError};
 use proto::seqsvc::v1 as pb;
@@ -18,13 +18,21 @@ impl AllocService {
         Self { server }
     }
 
-    pub fn into_server(self) -> pb::alloc_svr_server::AllocSvrServer<Self> {
-        pb::alloc_svr_server::AllocSvrServer::new(self)
+    pub fn into_routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(pb::alloc_svr_server::AllocSvrServer::new(self))
     }
 }
 
 fn moved(table: &RoutingTable) -> Option<pb::RoutingTable> {
     Some(table.to_proto())
+}
+
+fn seq_request(namespace: i32, ids: &[u64], client_version: u64) -> Result<SeqRequest<'_>> {
+    Ok(SeqRequest {
+        namespace: namespace_from_proto(namespace)?,
+        ids,
+        client_version,
+    })
 }
 
 /// A seqs reply's two fields: the seqs, or the table to route by instead.
@@ -42,9 +50,8 @@ impl pb::alloc_svr_server::AllocSvr for AllocService {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateReply>, Status> {
         let r = request.into_inner();
-        let namespace = namespace_from_proto(r.namespace)?;
-        let routed = self.server.allocate(namespace, &r.ids, r.table_version);
-        let (seqs, moved) = seqs_or_moved(routed.await?);
+        let request = seq_request(r.namespace, &r.ids, r.table_version)?;
+        let (seqs, moved) = seqs_or_moved(self.server.allocate(request).await?);
         Ok(Response::new(pb::AllocateReply { seqs, moved }))
     }
 
@@ -53,9 +60,8 @@ impl pb::alloc_svr_server::AllocSvr for AllocService {
         request: Request<pb::CurrentRequest>,
     ) -> Result<Response<pb::CurrentReply>, Status> {
         let r = request.into_inner();
-        let namespace = namespace_from_proto(r.namespace)?;
-        let routed = self.server.current(namespace, &r.ids, r.table_version);
-        let (seqs, moved) = seqs_or_moved(routed.await?);
+        let request = seq_request(r.namespace, &r.ids, r.table_version)?;
+        let (seqs, moved) = seqs_or_moved(self.server.current(request).await?);
         Ok(Response::new(pb::CurrentReply { seqs, moved }))
     }
 

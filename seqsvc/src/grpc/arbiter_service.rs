@@ -13,8 +13,8 @@ impl ArbiterService {
         Self { arbiter }
     }
 
-    pub fn into_server(self) -> pb::arbiter_server::ArbiterServer<Self> {
-        pb::arbiter_server::ArbiterServer::new(self)
+    pub fn into_routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(pb::arbiter_server::ArbiterServer::new(self))
     }
 }
 

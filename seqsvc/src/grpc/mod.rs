@@ -110,43 +110,13 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 /// arbiters, each with a few connections.
 pub const MAX_CONNECTIONS: usize = 4_096;
 
-/// A tonic service this crate's processes can serve.
-pub trait Servable:
-    tonic::codegen::Service<
-        tonic::codegen::http::Request<tonic::body::Body>,
-        Response = tonic::codegen::http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-    > + tonic::server::NamedService
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> Servable for S where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// Serves one service on `listener` until `shutdown` resolves.
-pub async fn serve<S>(
+/// Serves `routes` (one service each, from its `into_routes`) on
+/// `listener` until `shutdown` resolves.
+pub async fn serve(
     listener: tokio::net::TcpListener,
-    service: S,
+    routes: tonic::service::Routes,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), tonic::transport::Error>
-where
-    S: Servable,
-    S::Future: Send + 'static,
-{
+) -> Result<(), tonic::transport::Error> {
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -155,7 +125,7 @@ where
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-        .add_service(service)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             crate::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped),
             signal,

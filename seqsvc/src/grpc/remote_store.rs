@@ -2,12 +2,12 @@
 
 use super::{STORE_CALL_TIMEOUT, channel, with_timeout};
 use crate::routing::RoutingTable;
-use crate::store::{MaxSeqStore, RouteStore};
+use crate::store::{MaxSeqStore, RouteStore, RouteWrite, replaced_version};
 use crate::{Namespace, Result, SeqError};
 use async_trait::async_trait;
 use proto::seqsvc::v1 as pb;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// The shared store reached over gRPC (`--store http://host:port`).
 #[derive(Clone)]
@@ -15,11 +15,30 @@ pub struct RemoteStore {
     client: pb::seq_store_client::SeqStoreClient<Channel>,
 }
 
+type StoreClient = pb::seq_store_client::SeqStoreClient<Channel>;
+
 impl RemoteStore {
     pub fn connect_lazy(url: &str) -> Result<Self> {
         Ok(Self {
-            client: pb::seq_store_client::SeqStoreClient::new(channel(url)?),
+            client: StoreClient::new(channel(url)?),
         })
+    }
+
+    /// One call with the store timeout, its failure mapped by kind.
+    async fn call<M, R, Fut>(
+        &self,
+        message: M,
+        rpc: impl FnOnce(StoreClient, Request<M>) -> Fut,
+    ) -> Result<R>
+    where
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let reply = rpc(
+            self.client.clone(),
+            with_timeout(message, STORE_CALL_TIMEOUT),
+        )
+        .await;
+        reply.map(Response::into_inner).map_err(store_error)
     }
 }
 
@@ -46,12 +65,9 @@ impl MaxSeqStore for RemoteStore {
             section,
         };
         let reply = self
-            .client
-            .clone()
-            .load_max_seq(with_timeout(request, STORE_CALL_TIMEOUT))
-            .await
-            .map_err(store_error)?;
-        Ok(reply.into_inner().max_seq)
+            .call(request, async |mut c, r| c.load_max_seq(r).await)
+            .await?;
+        Ok(reply.max_seq)
     }
 
     async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
@@ -61,12 +77,9 @@ impl MaxSeqStore for RemoteStore {
             at_least,
         };
         let reply = self
-            .client
-            .clone()
-            .raise_max_seq(with_timeout(request, STORE_CALL_TIMEOUT))
-            .await
-            .map_err(store_error)?;
-        let stored = reply.into_inner().max_seq;
+            .call(request, async |mut c, r| c.raise_max_seq(r).await)
+            .await?;
+        let stored = reply.max_seq;
         if stored < at_least {
             return Err(SeqError::Store(format!(
                 "store answered max_seq {stored} to a raise to {at_least}"
@@ -80,38 +93,31 @@ impl MaxSeqStore for RemoteStore {
 impl RouteStore for RemoteStore {
     async fn read_routes(&self) -> Result<Option<RoutingTable>> {
         let reply = self
-            .client
-            .clone()
-            .read_routes(with_timeout(pb::ReadRoutesRequest {}, STORE_CALL_TIMEOUT))
-            .await
-            .map_err(store_error)?;
+            .call(pb::ReadRoutesRequest {}, async |mut c, r| {
+                c.read_routes(r).await
+            })
+            .await?;
         reply
-            .into_inner()
             .table
             .map(|t| RoutingTable::from_proto(&t))
             .transpose()
     }
 
-    async fn write_routes(
-        &self,
-        expected_version: u64,
-        table: &RoutingTable,
-    ) -> Result<(bool, Option<RoutingTable>)> {
+    async fn write_routes(&self, table: &RoutingTable) -> Result<RouteWrite> {
         let request = pb::WriteRoutesRequest {
-            expected_version,
+            expected_version: replaced_version(table)?,
             table: Some(table.to_proto()),
         };
         let reply = self
-            .client
-            .clone()
-            .write_routes(with_timeout(request, STORE_CALL_TIMEOUT))
-            .await
-            .map_err(store_error)?
-            .into_inner();
+            .call(request, async |mut c, r| c.write_routes(r).await)
+            .await?;
         let current = reply
             .current
             .map(|t| RoutingTable::from_proto(&t))
             .transpose()?;
-        Ok((reply.applied, current))
+        Ok(RouteWrite {
+            applied: reply.applied,
+            current,
+        })
     }
 }

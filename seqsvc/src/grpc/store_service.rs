@@ -2,7 +2,7 @@
 //! the routing table) served over gRPC.
 
 use crate::routing::RoutingTable;
-use crate::store::SharedStore;
+use crate::store::{RouteWrite, SharedStore};
 use crate::{Namespace, Result, SeqError};
 use proto::seqsvc::v1 as pb;
 use std::sync::Arc;
@@ -18,8 +18,8 @@ impl StoreService {
         Self { store }
     }
 
-    pub fn into_server(self) -> pb::seq_store_server::SeqStoreServer<Self> {
-        pb::seq_store_server::SeqStoreServer::new(self)
+    pub fn into_routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(pb::seq_store_server::SeqStoreServer::new(self))
     }
 }
 
@@ -73,10 +73,52 @@ impl pb::seq_store_server::SeqStore for StoreService {
             .table
             .ok_or_else(|| SeqError::InvalidArgument("no table given".into()))?;
         let table = RoutingTable::from_proto(&table)?;
-        let (applied, current) = self.store.write_routes(r.expected_version, &table).await?;
+        // The wire names the version it expects replaced; it must be the
+        // one before the table's, as the store's contract says.
+        if r.expected_version.checked_add(1) != Some(table.version) {
+            return Err(SeqError::InvalidArgument(format!(
+                "routing table version {} does not follow {}",
+                table.version, r.expected_version
+            ))
+            .into());
+        }
+        let RouteWrite { applied, current } = self.store.write_routes(&table).await?;
         Ok(Response::new(pb::WriteRoutesReply {
             applied,
             current: current.map(|t| t.to_proto()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::LeaseConfig;
+    use crate::store::RouteStore;
+    use crate::testsuite::MemoryMaxSeqStore;
+    use pb::seq_store_server::SeqStore;
+
+    #[tokio::test]
+    async fn a_write_whose_version_does_not_follow_is_refused() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let service = StoreService::new(store.clone());
+        let first = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
+        let write = |expected_version| {
+            Request::new(pb::WriteRoutesRequest {
+                expected_version,
+                table: Some(first.to_proto()),
+            })
+        };
+        let refused = service.write_routes(write(1)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(store.read_routes().await.unwrap().is_none());
+        assert!(
+            service
+                .write_routes(write(0))
+                .await
+                .unwrap()
+                .into_inner()
+                .applied
+        );
     }
 }

@@ -7,12 +7,22 @@
 //! dead or partitioned) are retried with backoff for up to `retry_for`,
 //! refreshing the table from the arbiters meanwhile. A seq allocated by a
 //! call whose reply was lost is simply never used: gaps are allowed.
+//!
+//! Layout: this file is the routing client; [`node_id`] the snowflake
+//! node-id grant and [`NodeIdLease`]; [`seq_source`] the [`SeqSource`]
+//! syncd allocates through.
 
-use crate::alloc_server::{NODE_ID_SLOT, NodeIdGrant};
+mod node_id;
+mod seq_source;
+
+pub use node_id::NodeIdLease;
+#[cfg(test)]
+pub(crate) use node_id::granted;
+pub use seq_source::SeqSource;
+
 use crate::allocator::MAX_BATCH_IDS;
 use crate::grpc::{CALL_TIMEOUT, channel, error_from_status, namespace_to_proto, with_timeout};
 use crate::routing::RoutingTable;
-use crate::snowflake::{IdReservations, NodeReservation, RESERVE_AHEAD_MS};
 use crate::{Namespace, Result, SeqError};
 use proto::seqsvc::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -301,283 +311,47 @@ impl RoutingClient {
         table_version: u64,
         call: Call,
     ) -> Result<Part> {
-        let mut client = self.alloc_client(addr)?;
-        let (seqs, moved) = match call {
-            Call::Allocate => {
-                let request = pb::AllocateRequest {
-                    namespace,
-                    ids,
-                    table_version,
-                };
-                let reply = client
-                    .allocate(with_timeout(request, CALL_TIMEOUT))
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                (reply.seqs, reply.moved)
-            }
-            Call::Current => {
-                let request = pb::CurrentRequest {
-                    namespace,
-                    ids,
-                    table_version,
-                };
-                let reply = client
-                    .current(with_timeout(request, CALL_TIMEOUT))
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                (reply.seqs, reply.moved)
-            }
+        let request = pb::AllocateRequest {
+            namespace,
+            ids,
+            table_version,
         };
-        Ok(match moved {
-            Some(table) => Part::Moved(table),
-            None => Part::Seqs(seqs),
-        })
+        call_at(self.alloc_client(addr)?, call, request).await
     }
 }
 
-impl RoutingClient {
-    /// Grants or renews a snowflake node id at the owner of the node-id
-    /// registry. Returns the grant and when the successful attempt was
-    /// sent: the holder's lease runs from then.
-    pub async fn lease_node_id(
-        &self,
-        holder: &str,
-        preferred: Option<u16>,
-        reserve_until_ms: u64,
-    ) -> Result<(NodeIdGrant, tokio::time::Instant)> {
-        let deadline = tokio::time::Instant::now() + self.inner.retry_for;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let attempt = async {
-                let table = self.table().await?;
-                let owner = table.owner_of_slot(NODE_ID_SLOT).ok_or_else(|| {
-                    SeqError::Unavailable("no AllocSvr serves the node-id registry".into())
-                })?;
-                let mut request = tonic::Request::new(pb::LeaseNodeIdRequest {
-                    holder: holder.to_owned(),
-                    preferred: u32::from(preferred.unwrap_or(0)),
-                    has_preferred: preferred.is_some(),
-                    reserve_until_ms,
-                    table_version: table.version,
-                });
-                request.set_timeout(CALL_TIMEOUT);
-                let sent = tokio::time::Instant::now();
-                let reply = self
-                    .alloc_client(owner)?
-                    .lease_node_id(request)
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner();
-                Ok::<_, SeqError>((reply, sent))
+/// One allocate or current call at one AllocSvr. The two RPCs carry the
+/// same fields; `request` is written as an allocate request for both.
+async fn call_at(
+    mut client: AllocClient,
+    call: Call,
+    request: pb::AllocateRequest,
+) -> Result<Part> {
+    let (seqs, moved) = match call {
+        Call::Allocate => {
+            let reply = client.allocate(with_timeout(request, CALL_TIMEOUT)).await;
+            reply.map(|r| r.into_inner()).map(|r| (r.seqs, r.moved))
+        }
+        Call::Current => {
+            let pb::AllocateRequest {
+                namespace,
+                ids,
+                table_version,
+            } = request;
+            let request = pb::CurrentRequest {
+                namespace,
+                ids,
+                table_version,
             };
-            match attempt.await {
-                Ok((reply, _)) if reply.moved.is_some() => {
-                    let table = reply.moved.as_ref().expect("checked");
-                    if !self.adopt(table)? {
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(Self::stale_move(table));
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-                Ok((reply, sent)) => {
-                    let node_id = u16::try_from(reply.node_id).map_err(|_| {
-                        SeqError::Unavailable(format!("node id {} out of range", reply.node_id))
-                    })?;
-                    let grant = NodeIdGrant {
-                        node_id,
-                        floor_ms: reply.floor_ms,
-                        reserved_ms: reply.reserved_ms,
-                        lease: Duration::from_millis(reply.lease_ms),
-                    };
-                    return Ok((grant, sent));
-                }
-                Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    let _ = self.refresh().await;
-                }
-                Err(error) => return Err(error),
-            }
+            let reply = client.current(with_timeout(request, CALL_TIMEOUT)).await;
+            reply.map(|r| r.into_inner()).map(|r| (r.seqs, r.moved))
         }
     }
-}
-
-/// A snowflake node id held under lease from a seqsvc cluster, so no two
-/// running processes ever share one. The holder renews it every sync
-/// interval; ids may be issued only while the last successful renewal was
-/// sent less than a lease ago (the registry's owner keeps it a read
-/// interval longer before granting it to anyone else). A lapsed lease stops
-/// id issue until a renewal succeeds; if the node id was lost meanwhile, a
-/// new one is granted with the previous holder's clock reservation as floor.
-pub struct NodeIdLease {
-    client: RoutingClient,
-    holder: String,
-    state: Mutex<LeaseState>,
-    renewing: tokio::sync::Mutex<()>,
-}
-
-struct LeaseState {
-    node: NodeReservation,
-    valid_until: tokio::time::Instant,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl NodeIdLease {
-    /// Leases a node id (`preferred` if free), retrying for the client's
-    /// retry period. `holder` must be unique per process start.
-    pub async fn acquire(
-        client: RoutingClient,
-        holder: String,
-        preferred: Option<u16>,
-    ) -> Result<Arc<Self>> {
-        let until = unix_ms() + RESERVE_AHEAD_MS;
-        let (grant, sent) = client.lease_node_id(&holder, preferred, until).await?;
-        Ok(Arc::new(Self {
-            client,
-            holder,
-            state: Mutex::new(LeaseState {
-                node: NodeReservation {
-                    node_id: grant.node_id,
-                    floor_ms: grant.floor_ms,
-                    reserved_ms: grant.reserved_ms,
-                },
-                valid_until: sent + grant.lease,
-            }),
-            renewing: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    pub fn node_id(&self) -> u16 {
-        lock(&self.state).node.node_id
-    }
-
-    /// Renews the lease, reserving the clock up to `until_ms` (0: renew
-    /// only). Returns the reserved value.
-    async fn renew(&self, until_ms: u64) -> Result<u64> {
-        let _one = self.renewing.lock().await;
-        let current = lock(&self.state).node.node_id;
-        let (grant, sent) = self
-            .client
-            .lease_node_id(&self.holder, Some(current), until_ms)
-            .await?;
-        let mut state = lock(&self.state);
-        if grant.node_id != state.node.node_id {
-            tracing::warn!(
-                old = state.node.node_id,
-                new = grant.node_id,
-                "node id lease lapsed and was lost; continuing with a new node id"
-            );
-            state.node = NodeReservation {
-                node_id: grant.node_id,
-                floor_ms: grant.floor_ms,
-                reserved_ms: grant.reserved_ms,
-            };
-        } else {
-            state.node.reserved_ms = state.node.reserved_ms.max(grant.reserved_ms);
-        }
-        state.valid_until = sent + grant.lease;
-        Ok(state.node.reserved_ms)
-    }
-
-    /// Renews every sync interval until the process ends.
-    pub fn spawn_renewals(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let interval = lock(&this.client.inner.table)
-                    .as_ref()
-                    .map_or(Duration::from_secs(1), |t| t.lease.sync_interval);
-                tokio::time::sleep(interval).await;
-                if let Err(error) = this.renew(0).await {
-                    tracing::warn!(%error, "node id lease renewal failed");
-                }
-            }
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl IdReservations for NodeIdLease {
-    fn node(&self) -> Result<NodeReservation> {
-        let state = lock(&self.state);
-        if tokio::time::Instant::now() >= state.valid_until {
-            return Err(SeqError::NotServing(format!(
-                "node id {} lease lapsed (seqsvc unreachable); ids resume after a renewal",
-                state.node.node_id
-            )));
-        }
-        Ok(state.node)
-    }
-
-    async fn reserve(&self, node_id: u16, until_ms: u64) -> Result<u64> {
-        let reserved = self.renew(until_ms).await?;
-        if self.node_id() != node_id {
-            return Err(SeqError::NotServing("node id changed; retry".into()));
-        }
-        Ok(reserved)
-    }
-}
-
-/// Where syncd gets its seqs: the in-process allocator (one machine) or a
-/// seqsvc cluster.
-#[derive(Clone)]
-pub enum SeqSource {
-    Local(crate::Allocator),
-    Remote(RoutingClient),
-}
-
-impl From<crate::Allocator> for SeqSource {
-    fn from(allocator: crate::Allocator) -> Self {
-        SeqSource::Local(allocator)
-    }
-}
-
-impl SeqSource {
-    pub async fn next(&self, namespace: Namespace, id: u64) -> Result<u64> {
-        match self {
-            SeqSource::Local(a) => a.next(namespace, id).await,
-            SeqSource::Remote(c) => c.next(namespace, id).await,
-        }
-    }
-
-    pub async fn next_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
-        match self {
-            SeqSource::Local(a) => a.next_batch(namespace, ids).await,
-            SeqSource::Remote(c) => c.next_batch(namespace, ids).await,
-        }
-    }
-
-    /// The highest seq handed out for `id` so far (see
-    /// [`crate::Allocator::current`]).
-    pub async fn current(&self, namespace: Namespace, id: u64) -> Result<u64> {
-        match self {
-            SeqSource::Local(a) => a.current(namespace, id).await,
-            SeqSource::Remote(c) => c.current(namespace, id).await,
-        }
-    }
-
-    /// [`current`](Self::current) of several ids, `result[i]` for `ids[i]`.
-    pub async fn current_batch(&self, namespace: Namespace, ids: &[u64]) -> Result<Vec<u64>> {
-        match self {
-            SeqSource::Local(a) => {
-                let mut seqs = Vec::with_capacity(ids.len());
-                for &id in ids {
-                    seqs.push(a.current(namespace, id).await?);
-                }
-                Ok(seqs)
-            }
-            SeqSource::Remote(c) => c.current_batch(namespace, ids).await,
-        }
-    }
+    .map_err(error_from_status)?;
+    Ok(match moved {
+        Some(table) => Part::Moved(table),
+        None => Part::Seqs(seqs),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -594,21 +368,14 @@ pub async fn allocate_at(
     ids: Vec<u64>,
     table_version: u64,
 ) -> Result<std::result::Result<Vec<u64>, RoutingTable>> {
-    let mut client = AllocClient::new(channel(addr)?);
-    let mut request = tonic::Request::new(pb::AllocateRequest {
+    let request = pb::AllocateRequest {
         namespace: namespace_to_proto(namespace)? as i32,
         ids,
         table_version,
-    });
-    request.set_timeout(CALL_TIMEOUT);
-    let reply = client
-        .allocate(request)
-        .await
-        .map_err(error_from_status)?
-        .into_inner();
-    match reply.moved {
-        Some(table) => Ok(Err(RoutingTable::from_proto(&table)?)),
-        None => Ok(Ok(reply.seqs)),
+    };
+    match call_at(AllocClient::new(channel(addr)?), Call::Allocate, request).await? {
+        Part::Moved(table) => Ok(Err(RoutingTable::from_proto(&table)?)),
+        Part::Seqs(seqs) => Ok(Ok(seqs)),
     }
 }
 
@@ -617,6 +384,7 @@ mod tests {
     use super::*;
     use crate::routing::LeaseConfig;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status};
 
     /// An arbiter that hands out `table`.
@@ -688,18 +456,10 @@ mod tests {
         }
     }
 
-    async fn serve<S>(service: S) -> String
-    where
-        S: crate::grpc::Servable,
-        S::Future: Send + 'static,
-    {
+    async fn serve(routes: Routes) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(crate::grpc::serve(
-            listener,
-            service,
-            std::future::pending(),
-        ));
+        tokio::spawn(crate::grpc::serve(listener, routes, std::future::pending()));
         addr
     }
 
@@ -708,17 +468,21 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut old = RoutingTable::initial(10, LeaseConfig::default()).unwrap();
         old.owners = vec![Some("127.0.0.1:1".into()); old.owners.len()];
-        let alloc = serve(pb::alloc_svr_server::AllocSvrServer::new(StaleAllocSvr {
-            old_table: old.to_proto(),
-            calls: Arc::clone(&calls),
-        }))
+        let alloc = serve(Routes::new(pb::alloc_svr_server::AllocSvrServer::new(
+            StaleAllocSvr {
+                old_table: old.to_proto(),
+                calls: Arc::clone(&calls),
+            },
+        )))
         .await;
         let mut newer = old.clone();
         newer.version = 2;
         newer.owners = vec![Some(alloc); newer.owners.len()];
-        let arbiter = serve(pb::arbiter_server::ArbiterServer::new(FixedArbiter {
-            table: newer.to_proto(),
-        }))
+        let arbiter = serve(Routes::new(pb::arbiter_server::ArbiterServer::new(
+            FixedArbiter {
+                table: newer.to_proto(),
+            },
+        )))
         .await;
         let client = RoutingClient::new(&[arbiter], Duration::from_millis(400)).unwrap();
         let error = client.next(Namespace::Inbox, 5).await.unwrap_err();
