@@ -117,6 +117,7 @@ impl TokenAuthority {
                         "user id must be at least 1".into(),
                     ));
                 }
+                crate::access::check_user_id("user", *user_id)?;
                 validate_name("device id", device_id)?;
                 format!("d|{user_id}|{device_id}|{expires}")
             }
@@ -161,7 +162,11 @@ impl TokenAuthority {
         let (principal, expires) = match fields.as_slice() {
             ["d", user, device, expires] => (
                 Principal::Device {
-                    user_id: user.parse().map_err(|_| bad("user id"))?,
+                    user_id: user
+                        .parse()
+                        .ok()
+                        .filter(|&id| id <= crate::limits::MAX_USER_ID)
+                        .ok_or_else(|| bad("user id"))?,
                     device_id: (*device).to_owned(),
                 },
                 expires,

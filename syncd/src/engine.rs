@@ -233,3 +233,66 @@ impl Engine {
         self.retainer.trim_user(user_id).await
     }
 }
+
+#[cfg(test)]
+mod growth_tests {
+    use crate::engine::NewConversation;
+    use crate::limits::{MAX_MEMBERS_PER_CALL, MAX_USER_ID};
+    use crate::testkit::{allocator_on, device, test_store};
+    use seqsvc::allocator::MAX_LOADED_SECTIONS;
+    use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
+    use std::sync::Arc;
+    use timeline_store::ConversationKind;
+
+    /// A device picks member ids freely; each id in a section of its own
+    /// used to keep a section and a page (about 8 KiB) loaded for good, so
+    /// every CreateConversation of 1,000 random ids grew the node by about
+    /// 8 MiB. The sections loaded must stay bounded however many are made.
+    #[tokio::test]
+    async fn conversations_of_random_member_ids_keep_bounded_allocator_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), false);
+        let seq_store = Arc::new(MemoryMaxSeqStore::new());
+        let (allocator, ids) = allocator_on(seq_store.clone(), AllocatorConfig::default()).await;
+        let engine = super::Engine::new(store, allocator.clone(), ids, Default::default());
+        let conversations = 2 * MAX_LOADED_SECTIONS / MAX_MEMBERS_PER_CALL + 2;
+        let mut grown = Vec::new();
+        for _ in 0..conversations {
+            let before = allocator.loaded_bytes();
+            let raises_before = seq_store.raise_count();
+            let members: Vec<u64> = (1..MAX_MEMBERS_PER_CALL)
+                .map(|_| {
+                    let random = uuid::Uuid::new_v4().as_u64_pair().0;
+                    (random & MAX_USER_ID).max(2)
+                })
+                .collect();
+            engine
+                .create_conversation(
+                    device(1, "d"),
+                    NewConversation {
+                        kind: ConversationKind::Group,
+                        members,
+                        title: String::new(),
+                    },
+                )
+                .await
+                .unwrap();
+            grown.push((
+                allocator.loaded_bytes() as i64 - before as i64,
+                seq_store.raise_count() - raises_before,
+            ));
+        }
+        eprintln!(
+            "per CreateConversation of {MAX_MEMBERS_PER_CALL} random ids: \
+             (allocator bytes grown, max_seq raises) {grown:?}"
+        );
+        let loaded = allocator.loaded_sections();
+        assert!(loaded <= MAX_LOADED_SECTIONS, "{loaded} sections loaded");
+        let bytes = allocator.loaded_bytes();
+        assert!(
+            bytes <= MAX_LOADED_SECTIONS * 9 * 1024,
+            "{bytes} bytes loaded"
+        );
+        engine.shutdown().await;
+    }
+}

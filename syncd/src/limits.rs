@@ -1,5 +1,9 @@
 //! Named bounds on everything a client can make the server hold or do.
 
+/// Largest user id: CQL's bigint is signed, so a larger one has no faithful
+/// key on ScyllaDB (all of them would share one inbox). Refused on every
+/// backend, so a deployment can move between them.
+pub const MAX_USER_ID: u64 = i64::MAX as u64;
 /// Largest message text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Largest conversation title, in bytes.
