@@ -33,6 +33,10 @@ const SHARD_COUNT: usize = 64;
 /// holds 100,000 of them) rarely need more than a few hundred sections.
 pub const MAX_LOADED_SECTIONS: usize = 4_096;
 
+/// While over the limit, one lookup in this many retries eviction: a scan
+/// of every loaded section, so it must stay rare on the hot path.
+const EVICTION_RETRY_LOOKUPS: usize = 256;
+
 /// Ids per lazily allocated page of `cur_seq` values (8 KiB): dense ids cost
 /// 8 bytes each, a lone active id at most one page.
 const PAGE_IDS: usize = 1_024;
@@ -84,6 +88,8 @@ struct Inner {
     /// epoch it was last touched in (a load on the hot path, no write).
     epoch: AtomicU64,
     evicting: AtomicBool,
+    /// Section lookups while over the limit (paces eviction retries).
+    lookups: AtomicUsize,
 }
 
 /// Loaded sections by (namespace, section index).
@@ -185,6 +191,7 @@ impl Allocator {
                 loaded: AtomicUsize::new(0),
                 epoch: AtomicU64::new(0),
                 evicting: AtomicBool::new(false),
+                lookups: AtomicUsize::new(0),
             }),
         })
     }
@@ -284,12 +291,62 @@ impl Allocator {
             .collect();
         order.sort_unstable();
         let mut out = vec![0u64; ids.len()];
-        for group in order.chunk_by(|a, b| a.0 == b.0) {
-            let section = self.section(namespace, group[0].0).await?;
-            self.allocate_in_section(&section, ids, group, &mut out)
+        let groups: Vec<&[(u64, usize)]> = order.chunk_by(|a, b| a.0 == b.0).collect();
+        let mut sections = Vec::with_capacity(groups.len());
+        for group in &groups {
+            sections.push(self.section(namespace, group[0].0).await?);
+        }
+        // What fits under the loaded max_seq is handed out at once; the
+        // sections that need a raise get it in one store call (one sync for
+        // a batch of ids spread over many new sections), then retry.
+        let mut short = Vec::new();
+        for (at, (group, section)) in groups.iter().zip(&sections).enumerate() {
+            if let Some(needed) = self.try_allocate(section, ids, group, &mut out)? {
+                short.push((at, needed));
+            }
+        }
+        if short.len() > 1 {
+            self.raise_many(&sections, &short).await?;
+        }
+        for (at, _) in short {
+            self.allocate_in_section(&sections[at], ids, groups[at], &mut out)
                 .await?;
         }
         Ok(out)
+    }
+
+    /// Raises the `max_seq` of several sections of one namespace, sorted by
+    /// index, in one store call. Their raise locks are taken in index order,
+    /// the one order every multi-section raise uses, so two cannot deadlock
+    /// (single raises and prefetches hold one lock at a time).
+    async fn raise_many(&self, sections: &[Arc<Section>], short: &[(usize, u64)]) -> Result<()> {
+        let mut held = Vec::with_capacity(short.len());
+        let mut raises = Vec::with_capacity(short.len());
+        let step = self.inner.config.step;
+        for &(at, needed) in short {
+            let section = &sections[at];
+            let guard = section.raise.lock().await;
+            let current = lock(&section.state).max_seq;
+            if current >= needed {
+                continue;
+            }
+            let steps = (needed - current).div_ceil(step);
+            raises.push((
+                section.index,
+                current.saturating_add(steps.saturating_mul(step)),
+            ));
+            held.push((guard, section));
+        }
+        if raises.is_empty() {
+            return Ok(());
+        }
+        let namespace = held[0].1.namespace;
+        let stored = self.inner.store.raise_many(namespace, &raises).await?;
+        for ((_, section), stored) in held.iter().zip(stored) {
+            let mut state = lock(&section.state);
+            state.max_seq = state.max_seq.max(stored);
+        }
+        Ok(())
     }
 
     async fn allocate_in_section(
@@ -299,49 +356,58 @@ impl Allocator {
         group: &[(u64, usize)],
         out: &mut [u64],
     ) -> Result<()> {
-        let mut undo: Vec<(usize, u64)> = Vec::with_capacity(group.len());
-        loop {
-            let needed = {
-                let mut state = lock(&section.state);
-                // Apply in list order (repeats of an id see their own
-                // earlier increments), remembering old values to roll back
-                // if the batch does not fit under max_seq.
-                undo.clear();
-                let mut needed = 0u64;
-                let mut exhausted = None;
-                for &(_, i) in group {
-                    let offset = (ids[i] - section.start) as usize;
-                    let Some(next) = state.last(offset).checked_add(1) else {
-                        exhausted = Some(ids[i]);
-                        break;
-                    };
-                    undo.push((offset, state.raw(offset)));
-                    state.set(offset, next);
-                    out[i] = next;
-                    needed = needed.max(next);
-                }
-                if exhausted.is_none() && needed <= state.max_seq {
-                    state.highest = state.highest.max(needed);
-                    let headroom = state.max_seq - state.highest;
-                    drop(state);
-                    if headroom < self.inner.config.step / 2 {
-                        self.prefetch(section);
-                    }
-                    return Ok(());
-                }
-                for &(offset, old) in undo.iter().rev() {
-                    state.set(offset, old);
-                }
-                if let Some(id) = exhausted {
-                    return Err(SeqError::Exhausted {
-                        namespace: section.namespace,
-                        id,
-                    });
-                }
-                needed
-            };
+        while let Some(needed) = self.try_allocate(section, ids, group, out)? {
             self.raise_to(section, needed, None).await?;
         }
+        Ok(())
+    }
+
+    /// Hands out one seq per listed id if all fit under `max_seq`; otherwise
+    /// changes nothing and returns the `max_seq` they need.
+    fn try_allocate(
+        &self,
+        section: &Arc<Section>,
+        ids: &[u64],
+        group: &[(u64, usize)],
+        out: &mut [u64],
+    ) -> Result<Option<u64>> {
+        let mut state = lock(&section.state);
+        // Apply in list order (repeats of an id see their own earlier
+        // increments), remembering old values to roll back if the batch
+        // does not fit under max_seq.
+        let mut undo: Vec<(usize, u64)> = Vec::with_capacity(group.len());
+        let mut needed = 0u64;
+        let mut exhausted = None;
+        for &(_, i) in group {
+            let offset = (ids[i] - section.start) as usize;
+            let Some(next) = state.last(offset).checked_add(1) else {
+                exhausted = Some(ids[i]);
+                break;
+            };
+            undo.push((offset, state.raw(offset)));
+            state.set(offset, next);
+            out[i] = next;
+            needed = needed.max(next);
+        }
+        if exhausted.is_none() && needed <= state.max_seq {
+            state.highest = state.highest.max(needed);
+            let headroom = state.max_seq - state.highest;
+            drop(state);
+            if headroom < self.inner.config.step / 2 {
+                self.prefetch(section);
+            }
+            return Ok(None);
+        }
+        for &(offset, old) in undo.iter().rev() {
+            state.set(offset, old);
+        }
+        if let Some(id) = exhausted {
+            return Err(SeqError::Exhausted {
+                namespace: section.namespace,
+                id,
+            });
+        }
+        Ok(Some(needed))
     }
 
     /// Persists a `max_seq` of at least `needed`: `exact` when given, else
@@ -427,7 +493,10 @@ impl Allocator {
                 let shard = lock(shard);
                 if let Some(section) = shard.sections.get(&(namespace, index)) {
                     section.touch(&self.inner.epoch);
-                    return Ok(Arc::clone(section));
+                    let section = Arc::clone(section);
+                    drop(shard);
+                    self.retry_eviction();
+                    return Ok(section);
                 }
                 shard.evictions
             };
@@ -466,6 +535,21 @@ impl Allocator {
                 self.evict_idle();
             }
             return Ok(section);
+        }
+    }
+
+    /// An eviction finds nothing to evict while every section is busy; with
+    /// no new section loaded afterwards nothing would try again, so lookups
+    /// of loaded sections retry now and then while over the limit.
+    fn retry_eviction(&self) {
+        if self.loaded_sections() > self.inner.section_limit
+            && self
+                .inner
+                .lookups
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(EVICTION_RETRY_LOOKUPS)
+        {
+            self.evict_idle();
         }
     }
 
@@ -752,10 +836,61 @@ mod tests {
             assert_eq!(seqs.len(), n, "id {id} got a seq twice");
             assert!(*seqs.last().unwrap() <= store.stored(Namespace::Inbox, id));
         }
-        assert!(
-            alloc.loaded_sections() <= 4 + 8,
-            "{}",
-            alloc.loaded_sections()
-        );
+        // Once idle, the next loads bring the cache back under its limit.
+        for id in 1_000..1_004 {
+            alloc.next(Namespace::Inbox, id).await.unwrap();
+        }
+        assert!(alloc.loaded_sections() <= 4, "{}", alloc.loaded_sections());
+    }
+
+    /// Counts store calls that persist (each is one sync on the embedded
+    /// store) over an in-memory store.
+    #[derive(Default)]
+    struct CountingStore {
+        inner: MemoryMaxSeqStore,
+        syncs: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl MaxSeqStore for CountingStore {
+        async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+            self.inner.load(namespace, section).await
+        }
+
+        async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.inner.raise(namespace, section, at_least).await
+        }
+
+        async fn raise_many(
+            &self,
+            namespace: Namespace,
+            raises: &[(u64, u64)],
+        ) -> Result<Vec<u64>> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            let mut stored = Vec::new();
+            for &(section, at_least) in raises {
+                stored.push(self.inner.raise(namespace, section, at_least).await?);
+            }
+            Ok(stored)
+        }
+    }
+
+    /// A fanout to 1,000 ids in 1,000 new sections used to persist each
+    /// section's first step on its own: 1,000 syncs for one message.
+    #[tokio::test]
+    async fn a_batch_over_many_new_sections_persists_once() {
+        let store = Arc::new(CountingStore::default());
+        let alloc = Allocator::new(small(100, 10), store.clone()).unwrap();
+        let ids: Vec<u64> = (0..1_000u64).map(|i| i * 1_000 + 3).collect();
+        let seqs = alloc.next_batch(Namespace::Inbox, &ids).await.unwrap();
+        assert!(seqs.iter().all(|&seq| seq == 1));
+        for &id in &ids {
+            assert!(store.inner.stored(Namespace::Inbox, id / 10) >= 1);
+        }
+        let syncs = store.syncs.load(Ordering::SeqCst);
+        assert!(syncs <= 2, "{syncs} persisting store calls for one batch");
+        let again = alloc.next_batch(Namespace::Inbox, &ids).await.unwrap();
+        assert!(again.iter().all(|&seq| seq == 2));
     }
 }

@@ -19,6 +19,19 @@ pub trait MaxSeqStore: Send + Sync + 'static {
     /// Raises the section's `max_seq` to at least `at_least` and returns the
     /// stored value once it is durable. Never lowers it.
     async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64>;
+
+    /// [`MaxSeqStore::raise`] for several `(section, at_least)` pairs of one
+    /// namespace; returns the stored value of each, all durable. A store
+    /// that can make several values durable with one sync overrides it, so
+    /// a batch of ids spread over many sections costs one sync, not one per
+    /// section.
+    async fn raise_many(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
+        let mut stored = Vec::with_capacity(raises.len());
+        for &(section, at_least) in raises {
+            stored.push(self.raise(namespace, section, at_least).await?);
+        }
+        Ok(stored)
+    }
 }
 
 /// Durable storage of the routing table, written only by compare-and-set so
@@ -275,17 +288,31 @@ impl FjallMaxSeqStore {
     }
 
     fn raise_blocking(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+        Ok(self.raise_many_blocking(namespace, &[(section, at_least)])?[0])
+    }
+
+    /// Writes every raise, then syncs once.
+    fn raise_many_blocking(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
         let _guard = self.guard()?;
-        let stored = self.read_blocking(namespace, section)?;
-        if stored >= at_least {
-            return Ok(stored);
+        let mut written = false;
+        let mut values = Vec::with_capacity(raises.len());
+        for &(section, at_least) in raises {
+            let stored = self.read_blocking(namespace, section)?;
+            if stored >= at_least {
+                values.push(stored);
+                continue;
+            }
+            self.inner
+                .max_seq
+                .insert(section_key(namespace, section), at_least.to_be_bytes())
+                .map_err(|e| SeqError::Store(e.to_string()))?;
+            written = true;
+            values.push(at_least);
         }
-        self.inner
-            .max_seq
-            .insert(section_key(namespace, section), at_least.to_be_bytes())
-            .map_err(|e| SeqError::Store(e.to_string()))?;
-        self.persist()?;
-        Ok(at_least)
+        if written {
+            self.persist()?;
+        }
+        Ok(values)
     }
 }
 
@@ -360,6 +387,14 @@ impl MaxSeqStore for FjallMaxSeqStore {
     async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.raise_blocking(namespace, section, at_least))
+            .await
+            .map_err(|e| SeqError::Store(format!("raise task failed: {e}")))?
+    }
+
+    async fn raise_many(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
+        let this = self.clone();
+        let raises = raises.to_vec();
+        tokio::task::spawn_blocking(move || this.raise_many_blocking(namespace, &raises))
             .await
             .map_err(|e| SeqError::Store(format!("raise task failed: {e}")))?
     }
