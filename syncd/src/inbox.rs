@@ -12,7 +12,7 @@ use crate::access;
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
-use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
+use crate::limits::{DEFAULT_SYNC_LIMIT, LARGE_GROUP_READS_IN_FLIGHT, MAX_SYNC_LIMIT, clamp_limit};
 use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
@@ -96,8 +96,9 @@ impl Inbox {
 
     /// The newest readable `conv_seq` of each large group of the user.
     async fn large_group_tops(&self, user_id: u64) -> Result<Vec<(u64, u64)>> {
-        let mut tops = Vec::new();
-        for conversation_id in self.store.large_groups(user_id).await? {
+        use futures_util::{StreamExt, TryStreamExt};
+        let groups = self.store.large_groups(user_id).await?;
+        futures_util::stream::iter(groups.into_iter().map(|conversation_id| async move {
             let end = self
                 .visibility
                 .readable_through(Scope::Conversation, conversation_id)
@@ -107,9 +108,11 @@ impl Inbox {
                 .store
                 .read_conversation(conversation_id, ConversationRange::newest_first(0, end, 1))
                 .await?;
-            tops.push((conversation_id, newest.first().map_or(0, |e| e.conv_seq)));
-        }
-        Ok(tops)
+            Ok::<_, SyncdError>((conversation_id, newest.first().map_or(0, |e| e.conv_seq)))
+        }))
+        .buffered(LARGE_GROUP_READS_IN_FLIGHT)
+        .try_collect()
+        .await
     }
 
     /// Stores the device's checkpoint (never lowered; never past its inbox).

@@ -40,6 +40,11 @@ pub const SUBSCRIBER_QUEUE: usize = 8;
 /// How long a subscriber's queue may stay full before it is disconnected
 /// with RESOURCE_EXHAUSTED (configurable per node).
 pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Large groups whose newest `conv_seq` one Sync reads at once: the reads
+/// overlap (a user in hundreds of large groups would otherwise wait for
+/// hundreds of round trips in a row) without one Sync taking over the
+/// store's connections.
+pub const LARGE_GROUP_READS_IN_FLIGHT: usize = 16;
 /// Inboxes remembered for the next retention pass.
 pub const MAX_TRIM_CANDIDATES: usize = 100_000;
 /// How often retention trims the inboxes written since the last pass.

@@ -304,7 +304,10 @@ impl ScyllaTimelineStore {
                 "DELETE FROM {ks}.large_groups WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
-            select_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
+            select_large_groups: prepare(
+                "SELECT conversation_id FROM {ks}.large_groups \
+                 WHERE user_id = ? AND conversation_id > ? LIMIT ?",
+            )
                 .await?,
             select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
             insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
@@ -694,9 +697,20 @@ impl ConversationReads for ScyllaTimelineStore {
     }
 
     async fn large_groups(&self, user_id: u64) -> Result<Vec<u64>> {
-        let groups: Vec<i64> = self
-            .column(&self.statements.select_large_groups, (big(user_id),))
-            .await?;
+        // A user's index partition has no bound of its own, so it is read a
+        // page at a time instead of in one unpaged response.
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(user_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                self.column::<i64>(&self.statements.select_large_groups, values)
+                    .await
+            }
+        };
+        let groups = read_pages([()], usize::MAX, PAGE_ROWS as usize, |g: &i64| *g, page).await?;
         Ok(groups.into_iter().map(|g| g as u64).collect())
     }
 
@@ -994,6 +1008,38 @@ mod tests {
             oldest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
             [5, 65_535]
         );
+        drop_keyspace(&session, &keyspace).await;
+    }
+
+    /// A user's large-group index is read in pages: more groups than one
+    /// page holds all come back, in order, none twice.
+    #[tokio::test]
+    async fn large_group_index_reads_in_pages() {
+        let keyspace = unique_keyspace("large_group_pages");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        let insert = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.large_groups (user_id, conversation_id) VALUES (?, ?)"
+            ))
+            .await
+            .unwrap();
+        let groups: Vec<u64> = (1..=(2 * PAGE_ROWS as u64 + 345)).map(|i| i * 3).collect();
+        for &group in &groups {
+            session
+                .execute_unpaged(&insert, (7i64, group as i64))
+                .await
+                .unwrap();
+        }
+        session
+            .execute_unpaged(&insert, (8i64, 1i64))
+            .await
+            .unwrap();
+        assert_eq!(store.large_groups(7).await.unwrap(), groups);
+        assert_eq!(store.large_groups(8).await.unwrap(), vec![1]);
+        assert!(store.large_groups(9).await.unwrap().is_empty());
         drop_keyspace(&session, &keyspace).await;
     }
 }
