@@ -134,9 +134,11 @@ impl Engine {
         &self.config
     }
 
-    /// Starts the engine's own loops (retention), as tracked tasks.
+    /// Starts the engine's own loops (retention, the receipt sweep), as
+    /// tracked tasks.
     pub fn start(&self) {
         self.retainer.start(&self.lifecycle);
+        self.retainer.start_receipt_sweep(&self.lifecycle);
     }
 
     /// Ends every push feed and loop (so graceful shutdown does not wait on

@@ -45,6 +45,10 @@ pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Durat
 /// hundreds of round trips in a row) without one Sync taking over the
 /// store's connections.
 pub const LARGE_GROUP_READS_IN_FLIGHT: usize = 16;
+/// How often stores that do not expire idempotency receipts by themselves
+/// delete the ones past `timeline_store::RECEIPT_RETENTION` (reads already
+/// ignore them; this only reclaims the space, so hourly is plenty).
+pub const RECEIPT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Inboxes remembered for the next retention pass.
 pub const MAX_TRIM_CANDIDATES: usize = 100_000;
 /// How often retention trims the inboxes written since the last pass.

@@ -14,7 +14,7 @@
 //! conv          ((conversation_id, bucket), conv_seq)  entry blob
 //! conv_buckets  (conversation_id, bucket)
 //! conversations (conversation_id)                      record blob
-//! receipts      ((principal, client_msg_id))           receipt blob
+//! receipts      ((principal, client_msg_id))           receipt blob, TTL RECEIPT_RETENTION
 //! checkpoints   (user_id, device_id)                   seq bigint, raised by LWT only
 //! large_groups  (user_id, conversation_id)             -- a user's large (read-fanout) groups
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
@@ -282,7 +282,12 @@ impl ScyllaTimelineStore {
             insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?)").await?,
             insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?)").await?,
             insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?)").await?,
-            insert_receipt: prepare("INSERT INTO {ks}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?)").await?,
+            // The row expires by itself after the retention window.
+            insert_receipt: prepare(&format!(
+                "INSERT INTO {{ks}}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?) USING TTL {}",
+                crate::RECEIPT_RETENTION.as_secs()
+            ))
+            .await?,
             select_conversation: prepare("SELECT record FROM {ks}.conversations WHERE conversation_id = ?").await?,
             select_receipt: prepare("SELECT receipt FROM {ks}.receipts WHERE principal = ? AND client_msg_id = ?").await?,
             select_inbox_buckets: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket >= ? AND bucket <= ?").await?,
@@ -1040,6 +1045,53 @@ mod tests {
         assert_eq!(store.large_groups(7).await.unwrap(), groups);
         assert_eq!(store.large_groups(8).await.unwrap(), vec![1]);
         assert!(store.large_groups(9).await.unwrap().is_empty());
+        drop_keyspace(&session, &keyspace).await;
+    }
+
+    /// Receipts expire: every receipt row carries the retention window as
+    /// its TTL (they were kept forever).
+    #[tokio::test]
+    async fn receipts_expire_after_the_retention_window() {
+        let keyspace = unique_keyspace("receipt_ttl");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        let key = IdempotencyKey {
+            principal: "u:1".into(),
+            client_msg_id: uuid::Uuid::from_u128(5),
+        };
+        let receipt = Receipt {
+            conversation_id: 1,
+            conv_seq: 1,
+            msg_id: 10,
+            sent_at_ms: 1,
+        };
+        let commit = EventCommit {
+            entry: Entry {
+                conv_seq: 1,
+                msg_id: 10,
+                ..Entry::new(crate::EntryKind::Message, 1)
+            },
+            inbox: vec![crate::InboxWrite { user_id: 1, seq: 1 }],
+            receipt: Some((key.clone(), receipt.clone())),
+            conversation: None,
+            large_group_index: Vec::new(),
+        };
+        store.commit_event(commit).await.unwrap();
+        assert_eq!(store.receipt(&key).await.unwrap(), Some(receipt));
+        let ttl: Option<i32> = session
+            .query_unpaged(format!("SELECT TTL(receipt) FROM {keyspace}.receipts"), ())
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .single_row::<(Option<i32>,)>()
+            .unwrap()
+            .0;
+        let window = crate::RECEIPT_RETENTION.as_secs() as i32;
+        let ttl = ttl.expect("the receipt row has no TTL");
+        assert!(ttl > window - 60 && ttl <= window, "TTL {ttl}");
         drop_keyspace(&session, &keyspace).await;
     }
 }
