@@ -14,28 +14,43 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Replicas that must answer a read or write (the `consistency=` option).
 ///
+/// Only levels at which a read overlaps every acknowledged write: the same
+/// level serves both, and a sync that reads from a replica missing seq 8
+/// but holding 9 would skip 8 for good. `one` and `local_one` are refused
+/// for that reason. `local_quorum` gives read-your-writes within its data
+/// center, which is where a node reads and writes.
+///
 /// Serial (LWT) consistency is not configurable: it is always LOCAL_SERIAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
-    One,
-    LocalOne,
     Quorum,
     LocalQuorum,
     EachQuorum,
     All,
 }
 
+/// The accepted spellings, as an error lists them.
+const ALLOWED_CONSISTENCY: &str = "local_quorum, quorum, each_quorum, all";
+
 impl Consistency {
     /// The URL spelling, case-insensitive.
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text.to_ascii_lowercase().as_str() {
-            "one" => Consistency::One,
-            "local_one" => Consistency::LocalOne,
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
             "quorum" => Consistency::Quorum,
             "local_quorum" => Consistency::LocalQuorum,
             "each_quorum" => Consistency::EachQuorum,
             "all" => Consistency::All,
-            _ => return None,
+            level @ ("one" | "local_one") => {
+                return Err(format!(
+                    "consistency {level:?} can read a replica that misses an acknowledged \
+                     write; use one of {ALLOWED_CONSISTENCY}"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unknown consistency {other:?}; use one of {ALLOWED_CONSISTENCY}"
+                ));
+            }
         })
     }
 
@@ -43,8 +58,6 @@ impl Consistency {
     fn to_driver(self) -> scylla::statement::Consistency {
         use scylla::statement::Consistency as Driver;
         match self {
-            Consistency::One => Driver::One,
-            Consistency::LocalOne => Driver::LocalOne,
             Consistency::Quorum => Driver::Quorum,
             Consistency::LocalQuorum => Driver::LocalQuorum,
             Consistency::EachQuorum => Driver::EachQuorum,
@@ -128,14 +141,7 @@ impl ScyllaConfig {
                     }
                     config.datacenter = value.to_owned();
                 }
-                "consistency" => {
-                    config.consistency = Consistency::parse(value).ok_or_else(|| {
-                        bad(format!(
-                            "unknown consistency {:?}",
-                            value.to_ascii_lowercase()
-                        ))
-                    })?
-                }
+                "consistency" => config.consistency = Consistency::parse(value).map_err(bad)?,
                 "timeout_ms" => {
                     let ms: u64 = value
                         .parse()
@@ -192,11 +198,11 @@ mod tests {
             (3, Consistency::LocalQuorum)
         );
         let config = ScyllaConfig::parse(
-            "scylla://h:1/k?replication=1&consistency=one&dc=dc2&timeout_ms=250",
+            "scylla://h:1/k?replication=1&consistency=quorum&dc=dc2&timeout_ms=250",
         )
         .unwrap();
         assert_eq!(config.replication, 1);
-        assert_eq!(config.consistency, Consistency::One);
+        assert_eq!(config.consistency, Consistency::Quorum);
         assert_eq!(config.datacenter, "dc2");
         assert_eq!(config.request_timeout, Duration::from_millis(250));
         for bad in [
@@ -210,6 +216,28 @@ mod tests {
             "scylla://h:1/k?dc=a'b",
         ] {
             assert!(ScyllaConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A level under which a read may miss an acknowledged write lets a sync
+    /// see seq 9 from a replica that lacks seq 8, and skip 8 for good.
+    #[test]
+    fn levels_without_read_your_writes_are_refused() {
+        for level in ["one", "local_one", "ONE", "Local_One"] {
+            let url = format!("scylla://h:1/k?consistency={level}");
+            let error = ScyllaConfig::parse(&url).expect_err(&url).to_string();
+            for allowed in ["local_quorum", "quorum", "each_quorum", "all"] {
+                assert!(error.contains(allowed), "{error}");
+            }
+        }
+        for (level, expected) in [
+            ("quorum", Consistency::Quorum),
+            ("local_quorum", Consistency::LocalQuorum),
+            ("each_quorum", Consistency::EachQuorum),
+            ("all", Consistency::All),
+        ] {
+            let url = format!("scylla://h:1/k?consistency={level}");
+            assert_eq!(ScyllaConfig::parse(&url).unwrap().consistency, expected);
         }
     }
 }

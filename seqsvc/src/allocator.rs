@@ -1,6 +1,12 @@
 //! The allocator core: `cur_seq` per id in memory, `max_seq` per section
 //! persisted in steps before any seq under it is handed out.
 //!
+//! Loaded sections are a bounded cache ([`MAX_LOADED_SECTIONS`]): member ids
+//! are chosen by clients, and every id in a new section costs a section and
+//! a page. An idle section (no task holds it) is evicted least recently used
+//! first; loading it again resumes its ids above its persisted `max_seq`,
+//! exactly as a restart does, so nothing is reissued.
+//!
 //! Locking: each loaded section has a `std` mutex over its in-memory state
 //! (held only for map updates, never across an await) and an async `raise`
 //! mutex so that one task at a time persists a new `max_seq` while others
@@ -9,7 +15,7 @@
 use crate::store::MaxSeqStore;
 use crate::{Namespace, Result, SeqError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Most ids accepted by one batch call; larger fanouts split their batches.
@@ -20,6 +26,16 @@ pub const MAX_BATCH_IDS: usize = 65_536;
 pub const MAX_SECTION_SIZE: u64 = 10_000_000;
 
 const SHARD_COUNT: usize = 64;
+
+/// Sections kept loaded per allocator; beyond it idle ones are evicted. A
+/// section of sparse ids costs about one page (8 KiB), so sections of
+/// arbitrary ids stay under about 34 MiB, while dense ids (a default section
+/// holds 100,000 of them) rarely need more than a few hundred sections.
+pub const MAX_LOADED_SECTIONS: usize = 4_096;
+
+/// While over the limit, one lookup in this many retries eviction: a scan
+/// of every loaded section, so it must stay rare on the hot path.
+const EVICTION_RETRY_LOOKUPS: usize = 256;
 
 /// Ids per lazily allocated page of `cur_seq` values (8 KiB): dense ids cost
 /// 8 bytes each, a lone active id at most one page.
@@ -65,11 +81,28 @@ pub struct Allocator {
 struct Inner {
     config: AllocatorConfig,
     store: Arc<dyn MaxSeqStore>,
-    shards: Vec<Mutex<SectionMap>>,
+    shards: Vec<Mutex<Shard>>,
+    section_limit: usize,
+    loaded: AtomicUsize,
+    /// Advances on every section load; a section's `last_used` is the
+    /// epoch it was last touched in (a load on the hot path, no write).
+    epoch: AtomicU64,
+    evicting: AtomicBool,
+    /// Section lookups while over the limit (paces eviction retries).
+    lookups: AtomicUsize,
 }
 
 /// Loaded sections by (namespace, section index).
 type SectionMap = HashMap<(Namespace, u64), Arc<Section>, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct Shard {
+    sections: SectionMap,
+    /// Sections evicted from this shard so far. A load that raced with an
+    /// eviction may have read a `max_seq` the evicted section raised past
+    /// afterwards, so it is read again.
+    evictions: u64,
+}
 
 struct Section {
     namespace: Namespace,
@@ -79,6 +112,15 @@ struct Section {
     state: Mutex<SectionState>,
     raise: tokio::sync::Mutex<()>,
     prefetching: AtomicBool,
+    last_used: AtomicU64,
+}
+
+impl Section {
+    /// No task holds it: only the map does, and taking it from the map
+    /// needs the shard lock the caller holds.
+    fn idle(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1 && !self.prefetching.load(Ordering::Acquire)
+    }
 }
 
 struct SectionState {
@@ -129,16 +171,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Allocator {
     pub fn new(config: AllocatorConfig, store: Arc<dyn MaxSeqStore>) -> Result<Self> {
+        Self::with_section_limit(config, store, MAX_LOADED_SECTIONS)
+    }
+
+    /// An allocator keeping at most about `section_limit` sections loaded
+    /// (more only while tasks hold them).
+    pub fn with_section_limit(
+        config: AllocatorConfig,
+        store: Arc<dyn MaxSeqStore>,
+        section_limit: usize,
+    ) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 store,
-                shards: (0..SHARD_COUNT)
-                    .map(|_| Mutex::new(SectionMap::default()))
-                    .collect(),
+                shards: (0..SHARD_COUNT).map(|_| Mutex::default()).collect(),
+                section_limit: section_limit.max(1),
+                loaded: AtomicUsize::new(0),
+                epoch: AtomicU64::new(0),
+                evicting: AtomicBool::new(false),
+                lookups: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Sections loaded now.
+    pub fn loaded_sections(&self) -> usize {
+        self.inner.loaded.load(Ordering::Relaxed)
+    }
+
+    /// The memory the loaded sections' state takes, in bytes (section
+    /// records and `cur_seq` pages, without map overhead).
+    pub fn loaded_bytes(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .sections
+                    .values()
+                    .map(|section| {
+                        let state = lock(&section.state);
+                        let pages = state.pages.iter().flatten().count();
+                        std::mem::size_of::<Section>()
+                            + state.pages.capacity() * std::mem::size_of::<Option<Box<[u64]>>>()
+                            + pages * PAGE_IDS * std::mem::size_of::<u64>()
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     pub fn config(&self) -> &AllocatorConfig {
@@ -209,12 +291,62 @@ impl Allocator {
             .collect();
         order.sort_unstable();
         let mut out = vec![0u64; ids.len()];
-        for group in order.chunk_by(|a, b| a.0 == b.0) {
-            let section = self.section(namespace, group[0].0).await?;
-            self.allocate_in_section(&section, ids, group, &mut out)
+        let groups: Vec<&[(u64, usize)]> = order.chunk_by(|a, b| a.0 == b.0).collect();
+        let mut sections = Vec::with_capacity(groups.len());
+        for group in &groups {
+            sections.push(self.section(namespace, group[0].0).await?);
+        }
+        // What fits under the loaded max_seq is handed out at once; the
+        // sections that need a raise get it in one store call (one sync for
+        // a batch of ids spread over many new sections), then retry.
+        let mut short = Vec::new();
+        for (at, (group, section)) in groups.iter().zip(&sections).enumerate() {
+            if let Some(needed) = self.try_allocate(section, ids, group, &mut out)? {
+                short.push((at, needed));
+            }
+        }
+        if short.len() > 1 {
+            self.raise_many(&sections, &short).await?;
+        }
+        for (at, _) in short {
+            self.allocate_in_section(&sections[at], ids, groups[at], &mut out)
                 .await?;
         }
         Ok(out)
+    }
+
+    /// Raises the `max_seq` of several sections of one namespace, sorted by
+    /// index, in one store call. Their raise locks are taken in index order,
+    /// the one order every multi-section raise uses, so two cannot deadlock
+    /// (single raises and prefetches hold one lock at a time).
+    async fn raise_many(&self, sections: &[Arc<Section>], short: &[(usize, u64)]) -> Result<()> {
+        let mut held = Vec::with_capacity(short.len());
+        let mut raises = Vec::with_capacity(short.len());
+        let step = self.inner.config.step;
+        for &(at, needed) in short {
+            let section = &sections[at];
+            let guard = section.raise.lock().await;
+            let current = lock(&section.state).max_seq;
+            if current >= needed {
+                continue;
+            }
+            let steps = (needed - current).div_ceil(step);
+            raises.push((
+                section.index,
+                current.saturating_add(steps.saturating_mul(step)),
+            ));
+            held.push((guard, section));
+        }
+        if raises.is_empty() {
+            return Ok(());
+        }
+        let namespace = held[0].1.namespace;
+        let stored = self.inner.store.raise_many(namespace, &raises).await?;
+        for ((_, section), stored) in held.iter().zip(stored) {
+            let mut state = lock(&section.state);
+            state.max_seq = state.max_seq.max(stored);
+        }
+        Ok(())
     }
 
     async fn allocate_in_section(
@@ -224,49 +356,58 @@ impl Allocator {
         group: &[(u64, usize)],
         out: &mut [u64],
     ) -> Result<()> {
-        let mut undo: Vec<(usize, u64)> = Vec::with_capacity(group.len());
-        loop {
-            let needed = {
-                let mut state = lock(&section.state);
-                // Apply in list order (repeats of an id see their own
-                // earlier increments), remembering old values to roll back
-                // if the batch does not fit under max_seq.
-                undo.clear();
-                let mut needed = 0u64;
-                let mut exhausted = None;
-                for &(_, i) in group {
-                    let offset = (ids[i] - section.start) as usize;
-                    let Some(next) = state.last(offset).checked_add(1) else {
-                        exhausted = Some(ids[i]);
-                        break;
-                    };
-                    undo.push((offset, state.raw(offset)));
-                    state.set(offset, next);
-                    out[i] = next;
-                    needed = needed.max(next);
-                }
-                if exhausted.is_none() && needed <= state.max_seq {
-                    state.highest = state.highest.max(needed);
-                    let headroom = state.max_seq - state.highest;
-                    drop(state);
-                    if headroom < self.inner.config.step / 2 {
-                        self.prefetch(section);
-                    }
-                    return Ok(());
-                }
-                for &(offset, old) in undo.iter().rev() {
-                    state.set(offset, old);
-                }
-                if let Some(id) = exhausted {
-                    return Err(SeqError::Exhausted {
-                        namespace: section.namespace,
-                        id,
-                    });
-                }
-                needed
-            };
+        while let Some(needed) = self.try_allocate(section, ids, group, out)? {
             self.raise_to(section, needed, None).await?;
         }
+        Ok(())
+    }
+
+    /// Hands out one seq per listed id if all fit under `max_seq`; otherwise
+    /// changes nothing and returns the `max_seq` they need.
+    fn try_allocate(
+        &self,
+        section: &Arc<Section>,
+        ids: &[u64],
+        group: &[(u64, usize)],
+        out: &mut [u64],
+    ) -> Result<Option<u64>> {
+        let mut state = lock(&section.state);
+        // Apply in list order (repeats of an id see their own earlier
+        // increments), remembering old values to roll back if the batch
+        // does not fit under max_seq.
+        let mut undo: Vec<(usize, u64)> = Vec::with_capacity(group.len());
+        let mut needed = 0u64;
+        let mut exhausted = None;
+        for &(_, i) in group {
+            let offset = (ids[i] - section.start) as usize;
+            let Some(next) = state.last(offset).checked_add(1) else {
+                exhausted = Some(ids[i]);
+                break;
+            };
+            undo.push((offset, state.raw(offset)));
+            state.set(offset, next);
+            out[i] = next;
+            needed = needed.max(next);
+        }
+        if exhausted.is_none() && needed <= state.max_seq {
+            state.highest = state.highest.max(needed);
+            let headroom = state.max_seq - state.highest;
+            drop(state);
+            if headroom < self.inner.config.step / 2 {
+                self.prefetch(section);
+            }
+            return Ok(None);
+        }
+        for &(offset, old) in undo.iter().rev() {
+            state.set(offset, old);
+        }
+        if let Some(id) = exhausted {
+            return Err(SeqError::Exhausted {
+                namespace: section.namespace,
+                id,
+            });
+        }
+        Ok(Some(needed))
     }
 
     /// Persists a `max_seq` of at least `needed`: `exact` when given, else
@@ -320,7 +461,8 @@ impl Allocator {
     /// `None` when the section is not loaded or `max_seq` must be raised.
     fn next_in_loaded(&self, namespace: Namespace, index: u64, id: u64) -> Option<Result<u64>> {
         let shard = lock(self.shard(namespace, index));
-        let section = shard.get(&(namespace, index))?;
+        let section = shard.sections.get(&(namespace, index))?;
+        section.touch(&self.inner.epoch);
         let mut state = lock(&section.state);
         let offset = (id - section.start) as usize;
         let Some(next) = state.last(offset).checked_add(1) else {
@@ -340,21 +482,37 @@ impl Allocator {
         Some(Ok(next))
     }
 
-    fn shard(&self, namespace: Namespace, index: u64) -> &Mutex<SectionMap> {
+    fn shard(&self, namespace: Namespace, index: u64) -> &Mutex<Shard> {
         &self.inner.shards[(index as usize ^ namespace.code() as usize) % SHARD_COUNT]
     }
 
     async fn section(&self, namespace: Namespace, index: u64) -> Result<Arc<Section>> {
         let shard = self.shard(namespace, index);
-        if let Some(section) = lock(shard).get(&(namespace, index)) {
-            return Ok(Arc::clone(section));
-        }
-        let max_seq = self.inner.store.load(namespace, index).await?;
-        let mut sections = lock(shard);
-        // Another task may have loaded it meanwhile and already allocated;
-        // its state wins, ours is dropped.
-        let section = sections.entry((namespace, index)).or_insert_with(|| {
-            Arc::new(Section {
+        loop {
+            let evictions = {
+                let shard = lock(shard);
+                if let Some(section) = shard.sections.get(&(namespace, index)) {
+                    section.touch(&self.inner.epoch);
+                    let section = Arc::clone(section);
+                    drop(shard);
+                    self.retry_eviction();
+                    return Ok(section);
+                }
+                shard.evictions
+            };
+            let max_seq = self.inner.store.load(namespace, index).await?;
+            let mut sections = lock(shard);
+            // Another task may have loaded it meanwhile and already
+            // allocated; its state wins, ours is dropped.
+            if let Some(section) = sections.sections.get(&(namespace, index)) {
+                section.touch(&self.inner.epoch);
+                return Ok(Arc::clone(section));
+            }
+            if sections.evictions != evictions {
+                continue;
+            }
+            let epoch = self.inner.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let section = Arc::new(Section {
                 namespace,
                 index,
                 start: index * self.inner.config.section_size,
@@ -366,9 +524,75 @@ impl Allocator {
                 }),
                 raise: tokio::sync::Mutex::new(()),
                 prefetching: AtomicBool::new(false),
-            })
-        });
-        Ok(Arc::clone(section))
+                last_used: AtomicU64::new(epoch),
+            });
+            sections
+                .sections
+                .insert((namespace, index), Arc::clone(&section));
+            drop(sections);
+            let loaded = self.inner.loaded.fetch_add(1, Ordering::Relaxed) + 1;
+            if loaded > self.inner.section_limit {
+                self.evict_idle();
+            }
+            return Ok(section);
+        }
+    }
+
+    /// An eviction finds nothing to evict while every section is busy; with
+    /// no new section loaded afterwards nothing would try again, so lookups
+    /// of loaded sections retry now and then while over the limit.
+    fn retry_eviction(&self) {
+        if self.loaded_sections() > self.inner.section_limit
+            && self
+                .inner
+                .lookups
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(EVICTION_RETRY_LOOKUPS)
+        {
+            self.evict_idle();
+        }
+    }
+
+    /// Evicts idle sections, least recently used first, down to three
+    /// quarters of the limit, so the scan runs once per quarter of the limit
+    /// of new sections. Busy sections stay; the cache may then stay over
+    /// the limit until they are idle.
+    fn evict_idle(&self) {
+        if self.inner.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let target = self.inner.section_limit - self.inner.section_limit / 4;
+        let excess = self.loaded_sections().saturating_sub(target);
+        let mut candidates: Vec<(u64, usize, (Namespace, u64))> = Vec::new();
+        for (at, shard) in self.inner.shards.iter().enumerate() {
+            let shard = lock(shard);
+            candidates.extend(
+                shard
+                    .sections
+                    .iter()
+                    .filter(|(_, section)| section.idle())
+                    .map(|(&key, section)| (section.last_used.load(Ordering::Relaxed), at, key)),
+            );
+        }
+        candidates.sort_unstable_by_key(|&(last_used, ..)| last_used);
+        for (_, at, key) in candidates.into_iter().take(excess) {
+            let mut shard = lock(&self.inner.shards[at]);
+            if shard.sections.get(&key).is_some_and(Section::idle) {
+                shard.sections.remove(&key);
+                shard.evictions += 1;
+                self.inner.loaded.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inner.evicting.store(false, Ordering::Release);
+    }
+}
+
+impl Section {
+    fn touch(&self, epoch: &AtomicU64) {
+        let now = epoch.load(Ordering::Relaxed);
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -536,5 +760,137 @@ mod tests {
             assert_eq!(seqs.len(), n, "id {id} got a seq twice");
             assert!(*seqs.last().unwrap() <= store.stored(Namespace::Inbox, id / 3));
         }
+    }
+
+    /// Arbitrary member ids each load a section of their own; the cache of
+    /// loaded sections must stay bounded, and an evicted section's ids must
+    /// resume above everything they were given.
+    #[tokio::test]
+    async fn sections_of_arbitrary_ids_stay_bounded_and_never_reissue() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let alloc = Allocator::new(small(10, 4), store.clone()).unwrap();
+        let spread = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
+        let ids: Vec<u64> = (0..(MAX_LOADED_SECTIONS as u64 + 1_000))
+            .map(spread)
+            .collect();
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        for round in 0..2 {
+            for chunk in ids.chunks(500) {
+                let seqs = alloc.next_batch(Namespace::Inbox, chunk).await.unwrap();
+                for (&id, seq) in chunk.iter().zip(seqs) {
+                    let before = last.insert(id, seq).unwrap_or(0);
+                    assert!(
+                        seq > before,
+                        "round {round}: id {id} got {seq} after {before}"
+                    );
+                }
+            }
+        }
+        let loaded = alloc.loaded_sections();
+        assert!(
+            loaded <= MAX_LOADED_SECTIONS,
+            "{loaded} sections loaded for {} ids",
+            ids.len()
+        );
+        let bytes = alloc.loaded_bytes();
+        eprintln!(
+            "{} ids in distinct sections: {loaded} sections, {bytes} bytes loaded",
+            ids.len()
+        );
+        assert!(bytes <= MAX_LOADED_SECTIONS * 9 * 1024, "{bytes} bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn evictions_under_concurrent_allocation_never_repeat_or_go_back() {
+        let store = Arc::new(MemoryMaxSeqStore::new());
+        let alloc = Allocator::with_section_limit(small(3, 1), store.clone(), 4).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let alloc = alloc.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..400u64 {
+                    let id = (i * 7 + t) % 40;
+                    let seq = if i % 2 == 0 {
+                        alloc.next(Namespace::Inbox, id).await.unwrap()
+                    } else {
+                        alloc.next_batch(Namespace::Inbox, &[id]).await.unwrap()[0]
+                    };
+                    let current = alloc.current(Namespace::Inbox, id).await.unwrap();
+                    assert!(current >= seq, "current {current} below issued {seq}");
+                    seen.push((id, seq));
+                }
+                seen
+            }));
+        }
+        let mut per_id: HashMap<u64, Vec<u64>> = HashMap::new();
+        for task in tasks {
+            for (id, seq) in task.await.unwrap() {
+                per_id.entry(id).or_default().push(seq);
+            }
+        }
+        for (id, mut seqs) in per_id {
+            let n = seqs.len();
+            seqs.sort_unstable();
+            seqs.dedup();
+            assert_eq!(seqs.len(), n, "id {id} got a seq twice");
+            assert!(*seqs.last().unwrap() <= store.stored(Namespace::Inbox, id));
+        }
+        // Once idle, the next loads bring the cache back under its limit.
+        for id in 1_000..1_004 {
+            alloc.next(Namespace::Inbox, id).await.unwrap();
+        }
+        assert!(alloc.loaded_sections() <= 4, "{}", alloc.loaded_sections());
+    }
+
+    /// Counts store calls that persist (each is one sync on the embedded
+    /// store) over an in-memory store.
+    #[derive(Default)]
+    struct CountingStore {
+        inner: MemoryMaxSeqStore,
+        syncs: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl MaxSeqStore for CountingStore {
+        async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
+            self.inner.load(namespace, section).await
+        }
+
+        async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.inner.raise(namespace, section, at_least).await
+        }
+
+        async fn raise_many(
+            &self,
+            namespace: Namespace,
+            raises: &[(u64, u64)],
+        ) -> Result<Vec<u64>> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            let mut stored = Vec::new();
+            for &(section, at_least) in raises {
+                stored.push(self.inner.raise(namespace, section, at_least).await?);
+            }
+            Ok(stored)
+        }
+    }
+
+    /// A fanout to 1,000 ids in 1,000 new sections used to persist each
+    /// section's first step on its own: 1,000 syncs for one message.
+    #[tokio::test]
+    async fn a_batch_over_many_new_sections_persists_once() {
+        let store = Arc::new(CountingStore::default());
+        let alloc = Allocator::new(small(100, 10), store.clone()).unwrap();
+        let ids: Vec<u64> = (0..1_000u64).map(|i| i * 1_000 + 3).collect();
+        let seqs = alloc.next_batch(Namespace::Inbox, &ids).await.unwrap();
+        assert!(seqs.iter().all(|&seq| seq == 1));
+        for &id in &ids {
+            assert!(store.inner.stored(Namespace::Inbox, id / 10) >= 1);
+        }
+        let syncs = store.syncs.load(Ordering::SeqCst);
+        assert!(syncs <= 2, "{syncs} persisting store calls for one batch");
+        let again = alloc.next_batch(Namespace::Inbox, &ids).await.unwrap();
+        assert!(again.iter().all(|&seq| seq == 2));
     }
 }

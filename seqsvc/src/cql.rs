@@ -335,4 +335,43 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// The layout marker sits at the top of the id range, which CQL's
+    /// signed bigint stores as a negative number: it must round-trip.
+    #[tokio::test]
+    async fn cql_store_keeps_the_seq_layout() {
+        use crate::store::{SeqLayout, claim_layout};
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(cql_nodes().split(','))
+            .build()
+            .await
+            .expect("a CQL server for the ScyllaDB tests");
+        let session = Arc::new(session);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let keyspace = format!("tl_layout_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        session
+            .query_unpaged(
+                format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}}"),
+                (),
+            )
+            .await
+            .unwrap();
+        let store = CqlMaxSeqStore::open(Arc::clone(&session), &keyspace)
+            .await
+            .unwrap();
+        claim_layout(&store, SeqLayout::Cluster).await.unwrap();
+        claim_layout(&store, SeqLayout::Cluster).await.unwrap();
+        let refused = claim_layout(&store, SeqLayout::InProcess { section_size: 4 }).await;
+        assert!(
+            matches!(&refused, Err(SeqError::InvalidArgument(why)) if why.contains("seqsvc cluster")),
+            "{refused:?}"
+        );
+        session
+            .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+            .await
+            .unwrap();
+    }
 }

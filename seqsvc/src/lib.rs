@@ -20,8 +20,9 @@
 //!
 //! # Layout
 //! - [`allocator`]: sections, steps, batch allocation, prefetch.
-//! - [`store`]: the [`MaxSeqStore`] and [`RouteStore`] traits and the
-//!   embedded (fjall) implementation; [`cql`]: the ScyllaDB/CQL
+//! - [`store`]: the [`MaxSeqStore`] and [`RouteStore`] traits, the
+//!   embedded (fjall) implementation and [`claim_layout`] (a store's
+//!   `max_seq` values are kept only under the layout that wrote them); [`cql`]: the ScyllaDB/CQL
 //!   implementation (raised only by lightweight transactions; URL, connect
 //!   and the `[applied]` reader come from `cql-kit`, shared with
 //!   timeline-store).
@@ -97,7 +98,7 @@ pub mod testsuite;
 pub use allocator::{Allocator, AllocatorConfig};
 pub use cql::CqlMaxSeqStore;
 pub use snowflake::{MsgIdGenerator, SnowflakeId};
-pub use store::{FjallMaxSeqStore, MaxSeqStore, RouteStore, SharedStore};
+pub use store::{FjallMaxSeqStore, MaxSeqStore, RouteStore, SeqLayout, SharedStore, claim_layout};
 #[cfg(any(test, feature = "testsuite"))]
 pub use testsuite::MemoryMaxSeqStore;
 

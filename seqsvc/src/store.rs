@@ -19,6 +19,19 @@ pub trait MaxSeqStore: Send + Sync + 'static {
     /// Raises the section's `max_seq` to at least `at_least` and returns the
     /// stored value once it is durable. Never lowers it.
     async fn raise(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64>;
+
+    /// [`MaxSeqStore::raise`] for several `(section, at_least)` pairs of one
+    /// namespace; returns the stored value of each, all durable. A store
+    /// that can make several values durable with one sync overrides it, so
+    /// a batch of ids spread over many sections costs one sync, not one per
+    /// section.
+    async fn raise_many(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
+        let mut stored = Vec::with_capacity(raises.len());
+        for &(section, at_least) in raises {
+            stored.push(self.raise(namespace, section, at_least).await?);
+        }
+        Ok(stored)
+    }
 }
 
 /// Durable storage of the routing table, written only by compare-and-set so
@@ -48,6 +61,79 @@ pub struct RouteWrite {
 /// Everything an AllocSvr and an arbiter need from the shared store.
 pub trait SharedStore: MaxSeqStore + RouteStore {}
 impl<T: MaxSeqStore + RouteStore> SharedStore for T {}
+
+/// Which allocator hands out the seqs a store's `max_seq` values bound, and
+/// how it maps ids to sections. A `max_seq` is only meaningful under the
+/// layout that raised it: with another section size an id reads a
+/// neighbour's value, and a cluster has its own store, so either change
+/// would reissue seqs. The arbiter refuses a section size other than its
+/// table's; [`claim_layout`] does the same for a process's own store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqLayout {
+    /// The in-process allocator with this section size.
+    InProcess { section_size: u64 },
+    /// A seqsvc cluster, which keeps `max_seq` in its own store.
+    Cluster,
+}
+
+/// The layout is kept as a `max_seq` value under a key no id reaches:
+/// snowflake clock sections are node ids, which are 16 bits.
+const LAYOUT_KEY: (Namespace, u64) = (Namespace::SnowflakeClock, u64::MAX);
+
+/// The stored value meaning [`SeqLayout::Cluster`]; section sizes are at
+/// most [`crate::allocator::MAX_SECTION_SIZE`], so it cannot be one.
+const CLUSTER_LAYOUT: u64 = u64::MAX;
+
+impl SeqLayout {
+    fn encode(self) -> u64 {
+        match self {
+            SeqLayout::InProcess { section_size } => section_size,
+            SeqLayout::Cluster => CLUSTER_LAYOUT,
+        }
+    }
+
+    fn decode(value: u64) -> Self {
+        match value {
+            CLUSTER_LAYOUT => SeqLayout::Cluster,
+            section_size => SeqLayout::InProcess { section_size },
+        }
+    }
+}
+
+impl std::fmt::Display for SeqLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeqLayout::InProcess { section_size } => {
+                write!(
+                    f,
+                    "the in-process allocator with section size {section_size}"
+                )
+            }
+            SeqLayout::Cluster => f.write_str("a seqsvc cluster"),
+        }
+    }
+}
+
+/// Records `layout` in a store that has none, or checks it against the one
+/// recorded; a mismatch is an error that names both. Two processes claiming
+/// different layouts at once cannot both win: a raise reports the higher
+/// value, which differs from at least one of them.
+pub async fn claim_layout(store: &dyn MaxSeqStore, layout: SeqLayout) -> Result<()> {
+    let (namespace, key) = LAYOUT_KEY;
+    let mut stored = store.load(namespace, key).await?;
+    if stored == 0 {
+        stored = store.raise(namespace, key, layout.encode()).await?;
+    }
+    if stored != layout.encode() {
+        return Err(SeqError::InvalidArgument(format!(
+            "the sequence store was written by {}, not {layout}: its max_seq values \
+             would map ids to other sections and reissue seqs; start with the \
+             original setting or a new store",
+            SeqLayout::decode(stored)
+        )));
+    }
+    Ok(())
+}
 
 /// The stored version a write of `table` replaces (0: none stored).
 pub(crate) fn replaced_version(table: &RoutingTable) -> Result<u64> {
@@ -85,6 +171,12 @@ fn decode_u64(bytes: &[u8]) -> Result<u64> {
 ///
 /// Raises are serialised by a mutex: they happen once per step per section, so
 /// contention is negligible, and read-compare-write needs no transaction.
+///
+/// A failed persist poisons the store: the written value sits in memory and
+/// a later read would report it as durable, and after an fsync error the
+/// kernel may have dropped any dirty page, so a retried sync proves nothing.
+/// Every later call fails until a restart replays the journal. Loads take
+/// the write lock so they never see a value whose sync is still running.
 #[derive(Clone)]
 pub struct FjallMaxSeqStore {
     inner: std::sync::Arc<FjallInner>,
@@ -95,6 +187,11 @@ struct FjallInner {
     max_seq: fjall::Keyspace,
     routes: fjall::Keyspace,
     write_lock: Mutex<()>,
+    /// Set when a persist failed; checked under `write_lock`.
+    poisoned: std::sync::atomic::AtomicBool,
+    /// Tests make the next persist fail as an fsync error would.
+    #[cfg(test)]
+    fail_next_persist: std::sync::atomic::AtomicBool,
 }
 
 impl FjallMaxSeqStore {
@@ -117,11 +214,72 @@ impl FjallMaxSeqStore {
                 max_seq,
                 routes,
                 write_lock: Mutex::new(()),
+                poisoned: Default::default(),
+                #[cfg(test)]
+                fail_next_persist: Default::default(),
             }),
         })
     }
 
+    /// Makes the next persist fail (an injected fsync error).
+    #[cfg(test)]
+    fn fail_next_persist(&self) {
+        self.inner
+            .fail_next_persist
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes the write lock and refuses to go on after a failed persist.
+    fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let guard = self
+            .inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self
+            .inner
+            .poisoned
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(SeqError::Store(
+                "an earlier fsync failed; restart to recover from the journal".into(),
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// Syncs everything written so far; call with the write lock held.
+    fn persist(&self) -> Result<()> {
+        let result = self.sync_all();
+        if result.is_err() {
+            self.inner
+                .poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        #[cfg(test)]
+        if self
+            .inner
+            .fail_next_persist
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(SeqError::Store("fsync: injected failure".into()));
+        }
+        self.inner
+            .db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(|e| SeqError::Store(format!("fsync: {e}")))
+    }
+
     fn load_blocking(&self, namespace: Namespace, section: u64) -> Result<u64> {
+        let _guard = self.guard()?;
+        self.read_blocking(namespace, section)
+    }
+
+    fn read_blocking(&self, namespace: Namespace, section: u64) -> Result<u64> {
         match self
             .inner
             .max_seq
@@ -134,24 +292,31 @@ impl FjallMaxSeqStore {
     }
 
     fn raise_blocking(&self, namespace: Namespace, section: u64, at_least: u64) -> Result<u64> {
-        let _guard = self
-            .inner
-            .write_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let stored = self.load_blocking(namespace, section)?;
-        if stored >= at_least {
-            return Ok(stored);
+        Ok(self.raise_many_blocking(namespace, &[(section, at_least)])?[0])
+    }
+
+    /// Writes every raise, then syncs once.
+    fn raise_many_blocking(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
+        let _guard = self.guard()?;
+        let mut written = false;
+        let mut values = Vec::with_capacity(raises.len());
+        for &(section, at_least) in raises {
+            let stored = self.read_blocking(namespace, section)?;
+            if stored >= at_least {
+                values.push(stored);
+                continue;
+            }
+            self.inner
+                .max_seq
+                .insert(section_key(namespace, section), at_least.to_be_bytes())
+                .map_err(|e| SeqError::Store(e.to_string()))?;
+            written = true;
+            values.push(at_least);
         }
-        self.inner
-            .max_seq
-            .insert(section_key(namespace, section), at_least.to_be_bytes())
-            .map_err(|e| SeqError::Store(e.to_string()))?;
-        self.inner
-            .db
-            .persist(fjall::PersistMode::SyncAll)
-            .map_err(|e| SeqError::Store(format!("fsync: {e}")))?;
-        Ok(at_least)
+        if written {
+            self.persist()?;
+        }
+        Ok(values)
     }
 }
 
@@ -159,6 +324,11 @@ const ROUTES_KEY: &[u8] = b"table";
 
 impl FjallMaxSeqStore {
     fn read_routes_blocking(&self) -> Result<Option<RoutingTable>> {
+        let _guard = self.guard()?;
+        self.read_stored_routes()
+    }
+
+    fn read_stored_routes(&self) -> Result<Option<RoutingTable>> {
         self.inner
             .routes
             .get(ROUTES_KEY)
@@ -169,12 +339,8 @@ impl FjallMaxSeqStore {
 
     fn write_routes_blocking(&self, table: &RoutingTable) -> Result<RouteWrite> {
         let expected_version = replaced_version(table)?;
-        let _guard = self
-            .inner
-            .write_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let stored = self.read_routes_blocking()?;
+        let _guard = self.guard()?;
+        let stored = self.read_stored_routes()?;
         if stored.as_ref().map_or(0, |t| t.version) != expected_version {
             return Ok(RouteWrite {
                 applied: false,
@@ -185,10 +351,7 @@ impl FjallMaxSeqStore {
             .routes
             .insert(ROUTES_KEY, encode_table(table))
             .map_err(|e| SeqError::Store(e.to_string()))?;
-        self.inner
-            .db
-            .persist(fjall::PersistMode::SyncAll)
-            .map_err(|e| SeqError::Store(format!("fsync: {e}")))?;
+        self.persist()?;
         Ok(RouteWrite {
             applied: true,
             current: Some(table.clone()),
@@ -229,6 +392,14 @@ impl MaxSeqStore for FjallMaxSeqStore {
             .await
             .map_err(|e| SeqError::Store(format!("raise task failed: {e}")))?
     }
+
+    async fn raise_many(&self, namespace: Namespace, raises: &[(u64, u64)]) -> Result<Vec<u64>> {
+        let this = self.clone();
+        let raises = raises.to_vec();
+        tokio::task::spawn_blocking(move || this.raise_many_blocking(namespace, &raises))
+            .await
+            .map_err(|e| SeqError::Store(format!("raise task failed: {e}")))?
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +423,66 @@ mod tests {
         assert_eq!(store.load(Namespace::Inbox, 7).await.unwrap(), 100);
         assert_eq!(store.load(Namespace::Conversation, 7).await.unwrap(), 10);
         assert_eq!(store.load(Namespace::Inbox, 8).await.unwrap(), 0);
+    }
+
+    /// A raise whose fsync failed left its value in memory only: a later
+    /// raise or load must not report it, or the allocator hands out seqs a
+    /// crash would reissue.
+    #[tokio::test]
+    async fn a_max_seq_whose_fsync_failed_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+        assert_eq!(store.raise(Namespace::Inbox, 7, 100).await.unwrap(), 100);
+        store.fail_next_persist();
+        assert!(store.raise(Namespace::Inbox, 7, 200).await.is_err());
+        match store.raise(Namespace::Inbox, 7, 150).await {
+            Ok(value) => assert!(value < 150, "served the unpersisted max_seq {value}"),
+            Err(SeqError::Store(_)) => {}
+            Err(other) => panic!("unexpected error kind: {other}"),
+        }
+        match store.load(Namespace::Inbox, 7).await {
+            Ok(value) => assert!(value <= 100, "loaded the unpersisted max_seq {value}"),
+            Err(SeqError::Store(_)) => {}
+            Err(other) => panic!("unexpected error kind: {other}"),
+        }
+        // Other sections' values are no safer: the journal may have lost
+        // any write since the last good sync.
+        match store.raise(Namespace::Conversation, 1, 10).await {
+            Ok(_) => panic!("a raise after a failed fsync claimed durability"),
+            Err(SeqError::Store(_)) => {}
+            Err(other) => panic!("unexpected error kind: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_keeps_the_layout_that_first_claimed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let four = SeqLayout::InProcess { section_size: 4 };
+        {
+            let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+            claim_layout(&store, four).await.unwrap();
+            claim_layout(&store, four).await.unwrap();
+        }
+        let store = FjallMaxSeqStore::open(dir.path()).unwrap();
+        claim_layout(&store, four).await.unwrap();
+        for other in [
+            SeqLayout::InProcess { section_size: 8 },
+            SeqLayout::InProcess { section_size: 2 },
+            SeqLayout::Cluster,
+        ] {
+            let error = claim_layout(&store, other).await.unwrap_err();
+            assert!(
+                matches!(error, SeqError::InvalidArgument(_)),
+                "{other}: {error}"
+            );
+            let text = error.to_string();
+            assert!(text.contains("section size 4"), "{text}");
+        }
+        let cluster = tempfile::tempdir().unwrap();
+        let store = FjallMaxSeqStore::open(cluster.path()).unwrap();
+        claim_layout(&store, SeqLayout::Cluster).await.unwrap();
+        assert!(claim_layout(&store, four).await.is_err());
+        claim_layout(&store, SeqLayout::Cluster).await.unwrap();
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
+use crate::limits::MAX_USER_ID;
 use timeline_store::Conversation;
 
 /// The user and device behind a device token; services have no inbox.
@@ -30,9 +31,23 @@ pub fn require_service(principal: &Principal) -> Result<()> {
     }
 }
 
+/// A user id the stores can keep faithfully: 1 to [`MAX_USER_ID`] (0 is
+/// the system).
+pub fn check_user_id(what: &str, user_id: u64) -> Result<()> {
+    if user_id == 0 || user_id > MAX_USER_ID {
+        return Err(SyncdError::InvalidArgument(format!(
+            "{what} {user_id} is not a user id (1 to {MAX_USER_ID})"
+        )));
+    }
+    Ok(())
+}
+
 /// Who a message is from: a device sends as its own user (naming another
 /// is refused), a service as the user it names or the system (0).
 pub fn sender_of(principal: &Principal, requested: Option<u64>) -> Result<u64> {
+    if let Some(sender) = requested.filter(|&id| id != 0) {
+        check_user_id("sender", sender)?;
+    }
     match principal {
         Principal::Device { user_id, .. } => match requested {
             Some(other) if other != *user_id => Err(SyncdError::PermissionDenied(format!(
@@ -132,5 +147,54 @@ mod tests {
         assert!(may_send(2, &c).is_ok());
         assert!(may_send(0, &c).is_ok(), "the system may always send");
         assert!(may_send(3, &c).is_err());
+    }
+
+    /// Ids at or above 2^63 do not fit a CQL bigint; accepted, they would all
+    /// share one inbox on ScyllaDB. Every way a user id enters is refused.
+    #[tokio::test]
+    async fn user_ids_beyond_the_signed_range_are_invalid_everywhere() {
+        use crate::engine::MembershipChange;
+        use crate::testkit::{fixture, group, message};
+        let huge = 1u64 << 63;
+        let engine = fixture().build().await.engine;
+        let invalid = |r: Result<()>| matches!(r, Err(SyncdError::InvalidArgument(_)));
+
+        let created = engine
+            .create_conversation(
+                device(1),
+                crate::engine::NewConversation {
+                    kind: timeline_store::ConversationKind::Group,
+                    members: vec![2, huge],
+                    title: String::new(),
+                    client_request_id: None,
+                },
+            )
+            .await;
+        assert!(invalid(created.map(drop)), "a member id of 2^63");
+        let conversation_id = group(&engine, 1, vec![2]).await;
+        for id in [huge, u64::MAX] {
+            let added = engine
+                .change_members(service(), conversation_id, vec![id], MembershipChange::Add)
+                .await;
+            assert!(invalid(added.map(drop)), "adding member {id}");
+            let mut append = message(conversation_id, "x", None);
+            append.sender_id = Some(id);
+            assert!(
+                invalid(engine.send(service(), append).await.map(drop)),
+                "sender {id}"
+            );
+            assert!(invalid(sender_of(&service(), Some(id)).map(drop)));
+        }
+        let authority = crate::auth::TokenAuthority::from_key([7; 32]);
+        let issued = authority.issue(
+            &Principal::Device {
+                user_id: huge,
+                device_id: "d".into(),
+            },
+            std::time::Duration::from_secs(60),
+        );
+        assert!(invalid(issued.map(drop)), "a token for user 2^63");
+        let largest = MAX_USER_ID;
+        assert_eq!(sender_of(&service(), Some(largest)).unwrap(), largest);
     }
 }

@@ -65,6 +65,7 @@ fn validate_principal(principal: &Principal) -> Result<()> {
                     "user id 0 is not a user: user ids start at 1".into(),
                 ));
             }
+            crate::access::check_user_id("user", *user_id)?;
             validate_name("device id", device_id)
         }
         Principal::Service { name } => validate_name("service name", name),
@@ -170,7 +171,11 @@ impl TokenAuthority {
         let (principal, expires) = match fields.as_slice() {
             ["d", user, device, expires] => (
                 Principal::Device {
-                    user_id: user.parse().map_err(|_| bad("user id"))?,
+                    user_id: user
+                        .parse()
+                        .ok()
+                        .filter(|&id| id <= crate::limits::MAX_USER_ID)
+                        .ok_or_else(|| bad("user id"))?,
                     device_id: (*device).to_owned(),
                 },
                 expires,

@@ -30,7 +30,13 @@
 //! Each key written in this run keeps 24 bytes (its highest registered and
 //! durable seqs, so a new reservation's floor is exact) plus a heap block only
 //! while writes are in flight: the same order of memory as the allocator's
-//! `cur_seq` per id. One process only: several syncd processes writing the
+//! `cur_seq` per id. Member ids are chosen by clients, so the keys kept are
+//! bounded ([`MAX_HORIZON_KEYS`]): beyond it, settled keys (nothing in
+//! flight) are forgotten. That is safe because a settled key's state only
+//! serves as the next reservation's floor, and the writer primes a key it
+//! does not know from the allocator before reserving ([`Horizon::unprimed`]);
+//! a key forgotten between priming and reserving gets floor 0, which hides
+//! more, never less. Keys with writes in flight are never forgotten. One process only: several syncd processes writing the
 //! same user need a shared horizon (or per-user write ordering), which this
 //! does not provide.
 
@@ -47,15 +53,21 @@ pub type Key = (Scope, u64);
 
 const SHARDS: usize = 64;
 
+/// Keys remembered per horizon (about 48 bytes each with the map's
+/// overhead, so about 48 MiB): far more than the users written in one
+/// re-prime interval, so forgetting costs one allocator read per
+/// returning key, not one per write.
+pub const MAX_HORIZON_KEYS: usize = 1_000_000;
+
 pub struct Horizon {
     shards: [Mutex<HashMap<Key, KeyState>>; SHARDS],
+    /// Keys per shard beyond which settled ones are forgotten.
+    shard_limit: usize,
 }
 
 impl Default for Horizon {
     fn default() -> Self {
-        Self {
-            shards: std::array::from_fn(|_| Mutex::default()),
-        }
+        Self::with_key_limit(MAX_HORIZON_KEYS)
     }
 }
 
@@ -111,6 +123,40 @@ impl Horizon {
         Arc::new(Self::default())
     }
 
+    /// A horizon remembering about `limit` keys (more only while that many
+    /// have writes in flight).
+    pub fn with_key_limit(limit: usize) -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            shard_limit: limit.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// Keys remembered now.
+    pub fn tracked_keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// The key's state, created if new; a full shard first forgets settled
+    /// keys down to three quarters of its limit (so the scan runs once per
+    /// quarter of the limit of new keys).
+    fn entry<'a>(&self, shard: &'a mut HashMap<Key, KeyState>, key: Key) -> &'a mut KeyState {
+        if shard.len() >= self.shard_limit && !shard.contains_key(&key) {
+            let mut excess = shard.len() - (self.shard_limit - self.shard_limit / 4);
+            shard.retain(|_, state| {
+                if excess > 0 && state.in_flight.is_none() {
+                    excess -= 1;
+                    return false;
+                }
+                true
+            });
+        }
+        shard.entry(key).or_default()
+    }
+
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, KeyState>> {
         let index = (key.1 as usize)
             .wrapping_mul(31)
@@ -147,7 +193,7 @@ impl Horizon {
     /// reservations take it as their floor. Never lowers what is known.
     pub fn prime(&self, key: Key, seq: u64) {
         let mut shard = self.shard(&key);
-        let state = shard.entry(key).or_default();
+        let state = self.entry(&mut shard, key);
         state.max_registered = state.max_registered.max(seq);
     }
 
@@ -157,7 +203,7 @@ impl Horizon {
             .iter()
             .map(|key| {
                 let mut shard = self.shard(key);
-                let state = shard.entry(*key).or_default();
+                let state = self.entry(&mut shard, *key);
                 let floor = state.max_registered;
                 state.in_flight().floors.push(floor);
                 floor
@@ -296,6 +342,42 @@ mod tests {
         assert_eq!(horizon.in_flight_limit(ALICE), 5);
         late.complete();
         assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
+    }
+
+    /// Writes to arbitrary ids must not grow the horizon forever; a key
+    /// with a write in flight keeps its state, and a forgotten one asks to
+    /// be primed again (so its next floor is the allocator's, not 0).
+    #[test]
+    fn settled_keys_beyond_the_limit_are_forgotten_in_flight_ones_kept() {
+        let limit = SHARDS * 4;
+        let horizon = Arc::new(Horizon::with_key_limit(limit));
+        horizon.prime(ALICE, 4);
+        let held = horizon.reserve(vec![ALICE]).assign(vec![5]);
+        for user in 100..10_100u64 {
+            let key = (Scope::Inbox, user);
+            horizon.prime(key, 7);
+            horizon.reserve(vec![key]).assign(vec![8]).complete();
+        }
+        let tracked = horizon.tracked_keys();
+        assert!(tracked <= limit, "{tracked} keys kept, limit {limit}");
+        assert_eq!(
+            horizon.in_flight_limit(ALICE),
+            4,
+            "the write in flight still holds"
+        );
+        assert_eq!(held.complete(), vec![(ALICE, 5)]);
+        let written: Vec<Key> = (100..10_100u64).map(|u| (Scope::Inbox, u)).collect();
+        let forgotten = horizon.unprimed(&written);
+        assert!(
+            forgotten.len() >= written.len() - limit,
+            "{}",
+            forgotten.len()
+        );
+        assert!(
+            forgotten
+                .iter()
+                .all(|&k| horizon.in_flight_limit(k) == u64::MAX)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::access;
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
-use crate::limits::{DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT, clamp_limit};
+use crate::limits::{DEFAULT_SYNC_LIMIT, LARGE_GROUP_READS_IN_FLIGHT, MAX_SYNC_LIMIT, clamp_limit};
 use crate::paging::{self, MAX_PAGE_BYTES};
 use crate::visibility::Visibility;
 use std::sync::Arc;
@@ -122,36 +122,46 @@ impl Inbox {
         user_id: u64,
         inbox_through: u64,
     ) -> Result<(Vec<GroupTop>, Vec<GroupTop>)> {
-        let (mut current, mut left) = (Vec::new(), Vec::new());
-        for membership in self.store.large_group_memberships(user_id).await? {
-            if membership.joined.inbox_seq > inbox_through {
-                continue;
-            }
-            let id = membership.conversation_id;
-            let mut end = self
-                .visibility
-                .readable_through(Scope::Conversation, id)
-                .await?
-                .saturating_add(1);
-            // Nothing from the removal on is the user's.
-            if let Some(removal) = membership.left {
-                end = end.min(removal.conv_seq);
-            }
-            let newest = self
-                .store
-                .read_conversation(id, ConversationRange::newest_first(0, end, 1))
-                .await?;
-            let top = GroupTop {
-                conversation_id: id,
-                conv_seq: newest.first().map_or(0, |e| e.conv_seq),
-                joined_conv_seq: membership.joined.conv_seq,
-            };
-            match membership.left {
-                Some(removal) if removal.inbox_seq <= inbox_through => left.push(top),
-                _ => current.push(top),
-            }
-        }
-        Ok((current, left))
+        use futures_util::{StreamExt, TryStreamExt};
+        let memberships = self.store.large_group_memberships(user_id).await?;
+        let visible = memberships
+            .into_iter()
+            .filter(|m| m.joined.inbox_seq <= inbox_through);
+        // Two store calls per group: in parallel, boundedly, in order.
+        let tops: Vec<(GroupTop, bool)> =
+            futures_util::stream::iter(visible.map(|membership| async move {
+                let id = membership.conversation_id;
+                let mut end = self
+                    .visibility
+                    .readable_through(Scope::Conversation, id)
+                    .await?
+                    .saturating_add(1);
+                // Nothing from the removal on is the user's.
+                if let Some(removal) = membership.left {
+                    end = end.min(removal.conv_seq);
+                }
+                let newest = self
+                    .store
+                    .read_conversation(id, ConversationRange::newest_first(0, end, 1))
+                    .await?;
+                let top = GroupTop {
+                    conversation_id: id,
+                    conv_seq: newest.first().map_or(0, |e| e.conv_seq),
+                    joined_conv_seq: membership.joined.conv_seq,
+                };
+                let left = membership
+                    .left
+                    .is_some_and(|removal| removal.inbox_seq <= inbox_through);
+                Ok::<_, SyncdError>((top, left))
+            }))
+            .buffered(LARGE_GROUP_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let (left, current): (Vec<_>, Vec<_>) = tops.into_iter().partition(|(_, left)| *left);
+        Ok((
+            current.into_iter().map(|(top, _)| top).collect(),
+            left.into_iter().map(|(top, _)| top).collect(),
+        ))
     }
 
     /// Stores the device's checkpoint (never lowered; never past its inbox).

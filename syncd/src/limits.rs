@@ -1,5 +1,9 @@
 //! Named bounds on everything a client can make the server hold or do.
 
+/// Largest user id: CQL's bigint is signed, so a larger one has no faithful
+/// key on ScyllaDB (all of them would share one inbox). Refused on every
+/// backend, so a deployment can move between them.
+pub const MAX_USER_ID: u64 = i64::MAX as u64;
 /// Largest message text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Largest conversation title, in bytes.
@@ -40,6 +44,15 @@ pub const SUBSCRIBER_QUEUE: usize = 8;
 /// How long a subscriber's queue may stay full before it is disconnected
 /// with RESOURCE_EXHAUSTED (configurable per node).
 pub const DEFAULT_SUBSCRIBER_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Large groups whose newest `conv_seq` one Sync reads at once: the reads
+/// overlap (a user in hundreds of large groups would otherwise wait for
+/// hundreds of round trips in a row) without one Sync taking over the
+/// store's connections.
+pub const LARGE_GROUP_READS_IN_FLIGHT: usize = 16;
+/// How often stores that do not expire idempotency receipts by themselves
+/// delete the ones past `timeline_store::RECEIPT_RETENTION` (reads already
+/// ignore them; this only reclaims the space, so hourly is plenty).
+pub const RECEIPT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Inboxes remembered for the next retention pass.
 pub const MAX_TRIM_CANDIDATES: usize = 100_000;
 /// How often retention trims the inboxes written since the last pass.

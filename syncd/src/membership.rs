@@ -255,6 +255,9 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
             "user id 0 is not a valid member".into(),
         ));
     }
+    for &member in members {
+        crate::access::check_user_id("member", member)?;
+    }
     let mut members = members.to_vec();
     members.sort_unstable();
     members.dedup();

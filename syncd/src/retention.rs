@@ -12,8 +12,8 @@ use crate::event::now_ms;
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    MAX_TRIM_CANDIDATES, RETENTION_INTERVAL, RETENTION_SCAN_MAX, RETENTION_SCAN_PAGE,
-    RETENTION_TRIM_BATCH,
+    MAX_TRIM_CANDIDATES, RECEIPT_SWEEP_INTERVAL, RETENTION_INTERVAL, RETENTION_SCAN_MAX,
+    RETENTION_SCAN_PAGE, RETENTION_TRIM_BATCH,
 };
 use crate::observer::{CommitObserver, Committed};
 use crate::visibility::Visibility;
@@ -136,6 +136,30 @@ impl Retainer {
                     if let Err(error) = this.trim_user(user_id).await {
                         tracing::warn!(%error, user_id, "retention pass failed; retrying next pass");
                         this.queue.note(user_id);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Starts the idempotency receipt sweep as a tracked task, whatever the
+    /// inbox policy: receipts are kept for `timeline_store::RECEIPT_RETENTION`
+    /// on every node. Reads already ignore older receipts; the sweep frees
+    /// their space (a no-op on stores that expire rows by TTL).
+    pub fn start_receipt_sweep(self: &Arc<Self>, lifecycle: &Lifecycle) {
+        let store = Arc::clone(&self.store);
+        let mut stopping = lifecycle.stopping();
+        lifecycle.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(RECEIPT_SWEEP_INTERVAL) => {}
+                    () = stopped(&mut stopping) => return,
+                }
+                match store.expire_receipts().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "expired idempotency receipts"),
+                    Err(error) => {
+                        tracing::warn!(%error, "receipt sweep failed; retrying next interval")
                     }
                 }
             }

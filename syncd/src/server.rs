@@ -98,6 +98,16 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
     let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
     let (store, seq_store) = open_stores(&config.store, &dir).await?;
+    // Before anything reads a max_seq: under another layout it would bound
+    // other ids' seqs.
+    let layout = if config.seqsvc.is_empty() {
+        seqsvc::SeqLayout::InProcess {
+            section_size: config.allocator.section_size,
+        }
+    } else {
+        seqsvc::SeqLayout::Cluster
+    };
+    seqsvc::claim_layout(seq_store.as_ref(), layout).await?;
     // Events a crash interrupted are finished before anyone can read.
     let finished = store.recover().await?;
     if finished > 0 {
@@ -240,4 +250,42 @@ pub async fn serve(
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(data_dir: &Path, section_size: u64, seqsvc: Vec<String>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.to_path_buf(),
+            store: StoreLocation::Embedded,
+            node_id: 1,
+            allocator: AllocatorConfig {
+                step: 16,
+                section_size,
+            },
+            seqsvc,
+            engine: crate::engine::EngineConfig::default(),
+        }
+    }
+
+    /// A data directory's max_seq values bound seqs only under the layout
+    /// that wrote them, so a restart with another one must not serve.
+    #[tokio::test]
+    async fn a_data_directory_refuses_another_seq_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(&config(dir.path(), 4, vec![])).await.unwrap();
+        node.engine.shutdown().await;
+        drop(node);
+        for (section_size, seqsvc) in [(8, vec![]), (4, vec!["127.0.0.1:1".to_owned()])] {
+            let refused = open_node(&config(dir.path(), section_size, seqsvc)).await;
+            let Err(error) = refused else {
+                panic!("opened a data directory written with section size 4 as {section_size}");
+            };
+            assert!(error.to_string().contains("section size 4"), "{error}");
+        }
+        let node = open_node(&config(dir.path(), 4, vec![])).await.unwrap();
+        node.engine.shutdown().await;
+    }
 }

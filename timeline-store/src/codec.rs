@@ -70,6 +70,10 @@ pub(crate) struct ReceiptRecord {
     pub sent_at_ms: i64,
     #[prost(fixed64, tag = "5")]
     pub fingerprint: u64,
+    /// When the store wrote it (ms since the epoch; embedded store only, 0
+    /// in older records, which then count from `sent_at_ms`).
+    #[prost(uint64, tag = "6")]
+    pub stored_at_ms: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
@@ -200,6 +204,7 @@ impl From<&Receipt> for ReceiptRecord {
             msg_id: receipt.msg_id,
             sent_at_ms: receipt.sent_at_ms,
             fingerprint: receipt.fingerprint,
+            stored_at_ms: 0,
         }
     }
 }
@@ -385,6 +390,29 @@ pub(crate) fn encode_receipt(receipt: &Receipt) -> Vec<u8> {
 
 pub(crate) fn decode_receipt(bytes: &[u8]) -> Result<Receipt> {
     Ok(ReceiptRecord::decode(bytes).map_err(corrupt)?.into())
+}
+
+/// A receipt with the time it is written, for stores that expire receipts
+/// themselves.
+pub(crate) fn encode_stored_receipt(receipt: &Receipt, stored_at_ms: u64) -> Vec<u8> {
+    ReceiptRecord {
+        stored_at_ms,
+        ..ReceiptRecord::from(receipt)
+    }
+    .encode_to_vec()
+}
+
+/// A stored receipt and whether it is past [`crate::RECEIPT_RETENTION`] at
+/// `now_ms`.
+pub(crate) fn decode_stored_receipt(bytes: &[u8], now_ms: u64) -> Result<(Receipt, bool)> {
+    let record = ReceiptRecord::decode(bytes).map_err(corrupt)?;
+    let stored_at = match record.stored_at_ms {
+        0 => u64::try_from(record.sent_at_ms).unwrap_or(0),
+        at => at,
+    };
+    let window = crate::RECEIPT_RETENTION.as_millis() as u64;
+    let expired = now_ms.saturating_sub(stored_at) > window;
+    Ok((record.into(), expired))
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //! - `inbox`:        user_id | seq           -> Entry
 //! - `conv`:         conversation_id | conv_seq -> Entry
 //! - `conversations`: conversation_id         -> Conversation
-//! - `receipts`:     IdempotencyKey::to_bytes -> Receipt
+//! - `receipts`:     IdempotencyKey::to_bytes -> Receipt (with the time it
+//!   was written: past [`crate::RECEIPT_RETENTION`] reads ignore it and
+//!   [`Receipts::expire_receipts`] deletes it)
 //! - `checkpoints`:  user_id | device_id      -> u64
 //! - `large_groups`: user_id | conversation_id -> membership (joined and
 //!   left positions; empty in indexes written before positions were kept)
@@ -82,6 +84,20 @@ enum WriteOp {
         device_id: String,
         seq: u64,
     },
+    /// Deletes each receipt that still holds the expired value read by the
+    /// sweep (a send may have written a new one under the key since).
+    ExpireReceipts {
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// Receipts one sweep step deletes in one write.
+const RECEIPT_SWEEP_BATCH: usize = 10_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 enum WriteOutcome {
@@ -290,6 +306,9 @@ fn apply_group(
     let mut inbox_rows: Vec<([u8; 16], Vec<u8>)> = Vec::new();
     // Checkpoints raised earlier in this same group, not yet in the store.
     let mut checkpoints: HashMap<Vec<u8>, u64> = HashMap::new();
+    // Receipts written earlier in this group: a sweep in the same group
+    // reads the store without them and must not delete them.
+    let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
     for request in group {
         match &request.op {
             WriteOp::Event(commit) => {
@@ -304,7 +323,10 @@ fn apply_group(
                     inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
                 }
                 if let Some((key, receipt)) = &commit.receipt {
-                    batch.insert(&ks.receipts, key.to_bytes(), codec::encode_receipt(receipt));
+                    let key = key.to_bytes();
+                    let value = codec::encode_stored_receipt(receipt, now_ms());
+                    batch.insert(&ks.receipts, key.clone(), value);
+                    receipts_written.insert(key);
                 }
                 for change in &commit.large_group_index {
                     let key = key2(change.user_id, change.conversation_id);
@@ -372,6 +394,18 @@ fn apply_group(
                     checkpoints.insert(key, value);
                 }
                 outcomes.push(WriteOutcome::Checkpoint(value));
+            }
+            WriteOp::ExpireReceipts { rows } => {
+                for (key, expired) in rows {
+                    if receipts_written.contains(key) {
+                        continue;
+                    }
+                    let current = ks.receipts.get(key).map_err(io)?;
+                    if current.as_deref() == Some(expired.as_slice()) {
+                        batch.remove(&ks.receipts, key.clone());
+                    }
+                }
+                outcomes.push(WriteOutcome::Done);
             }
         }
     }
@@ -476,15 +510,67 @@ impl ConversationReads for EmbeddedStore {
 #[async_trait]
 impl Receipts for EmbeddedStore {
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
+        self.receipt_at(key, now_ms()).await
+    }
+
+    async fn expire_receipts(&self) -> Result<usize> {
+        self.expire_receipts_at(now_ms()).await
+    }
+}
+
+impl EmbeddedStore {
+    async fn receipt_at(&self, key: &IdempotencyKey, now_ms: u64) -> Result<Option<Receipt>> {
         let key = key.to_bytes();
         self.read(move |ks| {
-            ks.receipts
-                .get(key)
-                .map_err(io)?
-                .map(|v| codec::decode_receipt(v.as_ref()))
-                .transpose()
+            let Some(value) = ks.receipts.get(key).map_err(io)? else {
+                return Ok(None);
+            };
+            let (receipt, expired) = codec::decode_stored_receipt(value.as_ref(), now_ms)?;
+            Ok((!expired).then_some(receipt))
         })
         .await
+    }
+
+    /// Scans every receipt (they are keyed by client, not by time) and
+    /// deletes the expired ones in batches through the writer thread.
+    async fn expire_receipts_at(&self, now_ms: u64) -> Result<usize> {
+        let mut deleted = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = after.clone();
+            let (rows, next) = self
+                .read(move |ks| {
+                    let range = match start {
+                        Some(key) => ks
+                            .receipts
+                            .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
+                        None => ks.receipts.range::<Vec<u8>, _>(..),
+                    };
+                    let mut rows = Vec::new();
+                    let mut last = None;
+                    for (scanned, guard) in range.enumerate() {
+                        if scanned >= RECEIPT_SWEEP_BATCH {
+                            break;
+                        }
+                        let (key, value) = guard.into_inner().map_err(io)?;
+                        let (_, expired) = codec::decode_stored_receipt(value.as_ref(), now_ms)?;
+                        if expired {
+                            rows.push((key.to_vec(), value.to_vec()));
+                        }
+                        last = Some(key.to_vec());
+                    }
+                    Ok((rows, last))
+                })
+                .await?;
+            if !rows.is_empty() {
+                deleted += rows.len();
+                self.write(WriteOp::ExpireReceipts { rows }).await?;
+            }
+            match next {
+                Some(key) => after = Some(key),
+                None => return Ok(deleted),
+            }
+        }
     }
 }
 
@@ -662,5 +748,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
         assert!(EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).is_err());
+    }
+
+    fn with_receipt(n: u128, sent_at_ms: i64) -> (IdempotencyKey, EventCommit) {
+        let key = IdempotencyKey {
+            principal: "u:1".into(),
+            client_msg_id: uuid::Uuid::from_u128(n),
+        };
+        let receipt = Receipt {
+            conversation_id: 1,
+            conv_seq: n as u64,
+            msg_id: n as u64,
+            sent_at_ms,
+            fingerprint: 0,
+        };
+        let commit = EventCommit {
+            entry: Entry {
+                conv_seq: n as u64,
+                msg_id: n as u64,
+                ..Entry::new(crate::EntryKind::Message, 1)
+            },
+            inbox: vec![crate::InboxWrite {
+                user_id: 1,
+                seq: n as u64,
+            }],
+            receipt: Some((key.clone(), receipt)),
+            conversation: None,
+            large_group_index: Vec::new(),
+        };
+        (key, commit)
+    }
+
+    /// Receipts are kept for the retention window from when they were
+    /// written (not from the send's own timestamp), then reads ignore them
+    /// and a sweep deletes them; they used to be kept forever.
+    #[tokio::test]
+    async fn receipts_expire_after_the_retention_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+        let (old, commit) = with_receipt(1, 1);
+        store.commit_event(commit).await.unwrap();
+        let written = now_ms();
+        let window = crate::RECEIPT_RETENTION.as_millis() as u64;
+        assert!(
+            store.receipt(&old).await.unwrap().is_some(),
+            "counted from the write"
+        );
+        let later = written + window + 1_000;
+        let (fresh, commit) = with_receipt(2, 1);
+        store.commit_event(commit).await.unwrap();
+        assert!(store.receipt_at(&old, later).await.unwrap().is_none());
+        assert_eq!(store.expire_receipts_at(written).await.unwrap(), 0);
+        assert_eq!(store.expire_receipts_at(later).await.unwrap(), 2);
+        assert_eq!(store.expire_receipts().await.unwrap(), 0);
+        let left = store
+            .read(|ks| Ok(ks.receipts.range::<Vec<u8>, _>(..).count()))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "expired receipts are deleted");
+        // A send after expiry writes a new receipt, which a sweep keeps.
+        let (_, commit) = with_receipt(2, 1);
+        store.commit_event(commit).await.unwrap();
+        assert_eq!(store.expire_receipts().await.unwrap(), 0);
+        assert!(store.receipt(&fresh).await.unwrap().is_some());
     }
 }

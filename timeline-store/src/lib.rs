@@ -62,6 +62,13 @@
 //!   code built on the store. Nothing in it ships in a release build.
 
 mod codec;
+
+/// How long an idempotency receipt is kept after it is written: far longer
+/// than any client retries a send (a device that was offline for a week
+/// retries with a new id or shows the failure), short enough that receipts
+/// do not grow with every message ever sent. A retry after the window may
+/// create a duplicate message.
+pub const RECEIPT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 pub mod embedded;
 mod error;
 mod model;

@@ -14,7 +14,7 @@
 //! conv          ((conversation_id, bucket), conv_seq)  entry blob
 //! conv_buckets  (conversation_id, bucket)
 //! conversations (conversation_id)                      record blob
-//! receipts      ((principal, client_msg_id))           receipt blob
+//! receipts      ((principal, client_msg_id))           receipt blob, TTL RECEIPT_RETENTION
 //! checkpoints   (user_id, device_id)                   seq bigint, raised by LWT only
 //! large_group_members (user_id, conversation_id)       joined and left positions of a user's large (read-fanout) groups
 //! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
@@ -288,7 +288,12 @@ impl ScyllaTimelineStore {
             insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?)").await?,
             insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?)").await?,
             insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?)").await?,
-            insert_receipt: prepare("INSERT INTO {ks}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?)").await?,
+            // The row expires by itself after the retention window.
+            insert_receipt: prepare(&format!(
+                "INSERT INTO {{ks}}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?) USING TTL {}",
+                crate::RECEIPT_RETENTION.as_secs()
+            ))
+            .await?,
             select_conversation: prepare("SELECT record FROM {ks}.conversations WHERE conversation_id = ?").await?,
             select_receipt: prepare("SELECT receipt FROM {ks}.receipts WHERE principal = ? AND client_msg_id = ?").await?,
             select_inbox_buckets: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket >= ? AND bucket <= ?").await?,
@@ -311,14 +316,17 @@ impl ScyllaTimelineStore {
             )
             .await?,
             select_large_group_members: prepare(
-                "SELECT conversation_id, joined_seq, joined_conv_seq, left_seq, left_conv_seq FROM {ks}.large_group_members WHERE user_id = ?",
+                "SELECT conversation_id, joined_seq, joined_conv_seq, left_seq, left_conv_seq FROM {ks}.large_group_members WHERE user_id = ? AND conversation_id > ? LIMIT ?",
             )
             .await?,
             delete_legacy_large_group: prepare(
                 "DELETE FROM {ks}.large_groups WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
-            select_legacy_large_groups: prepare("SELECT conversation_id FROM {ks}.large_groups WHERE user_id = ?")
+            select_legacy_large_groups: prepare(
+                "SELECT conversation_id FROM {ks}.large_groups \
+                 WHERE user_id = ? AND conversation_id > ? LIMIT ?",
+            )
                 .await?,
             select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
             insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
@@ -748,15 +756,28 @@ impl ConversationReads for ScyllaTimelineStore {
     }
 
     async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
+        // A user's index partition has no bound of its own, so it is read a
+        // page at a time instead of in one unpaged response.
         type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-        let result = self
-            .execute(&self.statements.select_large_group_members, (big(user_id),))
-            .await?;
-        let rows = result.into_rows_result().map_err(cql)?;
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(user_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self
+                    .execute(&self.statements.select_large_group_members, values)
+                    .await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<Row>, _> =
+                    rows.rows::<Row>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
         let mut groups = std::collections::BTreeMap::new();
-        for row in rows.rows::<Row>().map_err(cql)? {
-            let (id, joined_seq, joined_conv_seq, left_seq, left_conv_seq) =
-                row.map_err(corrupt)?;
+        for (id, joined_seq, joined_conv_seq, left_seq, left_conv_seq) in rows {
             let position = |seq: Option<i64>, conv_seq: Option<i64>| EventPosition {
                 inbox_seq: seq.unwrap_or(0) as u64,
                 conv_seq: conv_seq.unwrap_or(0) as u64,
@@ -768,9 +789,25 @@ impl ConversationReads for ScyllaTimelineStore {
             };
             groups.insert(id as u64, membership);
         }
-        let legacy: Vec<i64> = self
-            .column(&self.statements.select_legacy_large_groups, (big(user_id),))
-            .await?;
+        let legacy_page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(user_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                self.column::<i64>(&self.statements.select_legacy_large_groups, values)
+                    .await
+            }
+        };
+        let legacy = read_pages(
+            [()],
+            usize::MAX,
+            PAGE_ROWS as usize,
+            |g: &i64| *g,
+            legacy_page,
+        )
+        .await?;
         for id in legacy {
             groups
                 .entry(id as u64)
@@ -1078,6 +1115,86 @@ mod tests {
             oldest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
             [5, 65_535]
         );
+        drop_keyspace(&session, &keyspace).await;
+    }
+
+    /// A user's large-group index is read in pages: more groups than one
+    /// page holds all come back, in order, none twice.
+    #[tokio::test]
+    async fn large_group_index_reads_in_pages() {
+        let keyspace = unique_keyspace("large_group_pages");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        let insert = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.large_groups (user_id, conversation_id) VALUES (?, ?)"
+            ))
+            .await
+            .unwrap();
+        let groups: Vec<u64> = (1..=(2 * PAGE_ROWS as u64 + 345)).map(|i| i * 3).collect();
+        for &group in &groups {
+            session
+                .execute_unpaged(&insert, (7i64, group as i64))
+                .await
+                .unwrap();
+        }
+        session
+            .execute_unpaged(&insert, (8i64, 1i64))
+            .await
+            .unwrap();
+        assert_eq!(store.large_groups(7).await.unwrap(), groups);
+        assert_eq!(store.large_groups(8).await.unwrap(), vec![1]);
+        assert!(store.large_groups(9).await.unwrap().is_empty());
+        drop_keyspace(&session, &keyspace).await;
+    }
+
+    /// Receipts expire: every receipt row carries the retention window as
+    /// its TTL (they were kept forever).
+    #[tokio::test]
+    async fn receipts_expire_after_the_retention_window() {
+        let keyspace = unique_keyspace("receipt_ttl");
+        let (config, session) = connect(&keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        let key = IdempotencyKey {
+            principal: "u:1".into(),
+            client_msg_id: uuid::Uuid::from_u128(5),
+        };
+        let receipt = Receipt {
+            conversation_id: 1,
+            conv_seq: 1,
+            msg_id: 10,
+            sent_at_ms: 1,
+            fingerprint: 0,
+        };
+        let commit = EventCommit {
+            entry: Entry {
+                conv_seq: 1,
+                msg_id: 10,
+                ..Entry::new(crate::EntryKind::Message, 1)
+            },
+            inbox: vec![crate::InboxWrite { user_id: 1, seq: 1 }],
+            receipt: Some((key.clone(), receipt.clone())),
+            conversation: None,
+            large_group_index: Vec::new(),
+        };
+        store.commit_event(commit).await.unwrap();
+        assert_eq!(store.receipt(&key).await.unwrap(), Some(receipt));
+        let ttl: Option<i32> = session
+            .query_unpaged(format!("SELECT TTL(receipt) FROM {keyspace}.receipts"), ())
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .single_row::<(Option<i32>,)>()
+            .unwrap()
+            .0;
+        let window = crate::RECEIPT_RETENTION.as_secs() as i32;
+        let ttl = ttl.expect("the receipt row has no TTL");
+        assert!(ttl > window - 60 && ttl <= window, "TTL {ttl}");
         drop_keyspace(&session, &keyspace).await;
     }
 }

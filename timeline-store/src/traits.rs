@@ -128,10 +128,22 @@ pub trait Checkpoints: Send + Sync {
 }
 
 /// Idempotency receipts, written by [`EventLog::commit_event`].
+///
+/// A receipt is kept for [`crate::RECEIPT_RETENTION`] after it is written,
+/// then forgotten: a retry later than that is a new send, and may store the
+/// message a second time.
 #[async_trait]
 pub trait Receipts: Send + Sync {
     /// The receipt stored with an earlier send under exactly this key
     /// (principal and client id), or `None`. A receipt exists only once the
-    /// event it answers for is complete.
+    /// event it answers for is complete; `None` once it is older than the
+    /// retention window, whether or not it was deleted yet.
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>>;
+
+    /// Deletes receipts older than the retention window; returns how many.
+    /// Call it periodically. Stores whose rows expire by themselves (a CQL
+    /// TTL) keep this default, which does nothing.
+    async fn expire_receipts(&self) -> Result<usize> {
+        Ok(0)
+    }
 }

@@ -125,6 +125,8 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(crate::incoming::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::incoming::KEEPALIVE_TIMEOUT))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             crate::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped),

@@ -59,8 +59,11 @@ impl Hub {
     /// value with [`Subscription::raise`].
     pub fn subscribe(self: &Arc<Self>, user_id: u64) -> Result<Subscription> {
         let mut shard = self.shard(user_id);
-        let sender = shard.entry(user_id).or_insert_with(|| watch::channel(0).0);
-        if sender.receiver_count() >= MAX_SUBSCRIPTIONS_PER_USER {
+        // Both caps are checked before the user's channel is created: a
+        // refused subscriber must leave no entry behind (only a dropped
+        // Subscription removes one).
+        let open = shard.get(&user_id).map_or(0, |s| s.receiver_count());
+        if open >= MAX_SUBSCRIPTIONS_PER_USER {
             return Err(SyncdError::ResourceExhausted(format!(
                 "user {user_id} already has {MAX_SUBSCRIPTIONS_PER_USER} open subscriptions"
             )));
@@ -75,6 +78,7 @@ impl Hub {
                 "server has {MAX_SUBSCRIPTIONS} open subscriptions"
             )));
         }
+        let sender = shard.entry(user_id).or_insert_with(|| watch::channel(0).0);
         let receiver = sender.subscribe();
         Ok(Subscription {
             hub: Arc::clone(self),
@@ -162,5 +166,32 @@ mod tests {
         assert!(hub.subscribe(2).is_ok());
         drop(subs);
         assert!(hub.subscribe(1).is_ok());
+    }
+
+    /// A refused subscription leaves nothing behind: a user turned away at
+    /// the server-wide cap used to keep an empty channel in the hub for good.
+    #[tokio::test]
+    async fn refused_subscriptions_leave_no_state() {
+        let hub = Hub::new();
+        let subs: Vec<_> = (0..MAX_SUBSCRIPTIONS as u64)
+            .map(|i| {
+                hub.subscribe(1_000_000 + i / MAX_SUBSCRIPTIONS_PER_USER as u64)
+                    .unwrap()
+            })
+            .collect();
+        for user in [7u64, 8, 9] {
+            assert!(matches!(
+                hub.subscribe(user),
+                Err(SyncdError::ResourceExhausted(_))
+            ));
+            assert!(
+                !hub.shard(user).contains_key(&user),
+                "user {user} left an entry"
+            );
+        }
+        assert_eq!(hub.subscription_count(), MAX_SUBSCRIPTIONS);
+        drop(subs);
+        assert_eq!(hub.subscription_count(), 0);
+        assert!(hub.shards.iter().all(|s| s.lock().unwrap().is_empty()));
     }
 }

@@ -495,6 +495,10 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
         self.run(Op::Read, self.inner.receipt(key)).await
     }
+
+    async fn expire_receipts(&self) -> Result<usize> {
+        self.run(Op::Write, self.inner.expire_receipts()).await
+    }
 }
 
 #[cfg(test)]
