@@ -1,8 +1,9 @@
 //! `bench burst`: the members of one large write-fanout group all send large
 //! messages at once (by default 32 senders x 8 messages of 64 KiB to 500
 //! members), and the bench reports the syncd process's peak resident memory
-//! and the bytes it wrote. Each inbox copy is a whole entry, so this is the
-//! load that decides how much the commit path may hold in flight.
+//! and the bytes it wrote: the load that shows what one group's members can
+//! make the commit path and the store hold (heavy entries are stored once,
+//! and commits in flight are bounded in bytes).
 
 use crate::node::{Node, NodeArgs};
 use crate::report;

@@ -308,6 +308,27 @@ mod trim_tests {
         assert!(page.entries.is_empty());
     }
 
+    /// Age retention can trim every entry; a device that had them all still
+    /// acks its checkpoint (the inbox reached it; nothing after is gone).
+    #[tokio::test]
+    async fn a_fully_trimmed_inbox_still_takes_the_ack_of_what_it_held() {
+        let fx = fixture().build().await;
+        let conversation = group(&fx.engine, 1, vec![2]).await;
+        send_numbered(&fx.engine, 1, conversation, 3).await;
+        let synced = fx.engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let top = synced.checkpoint;
+        use timeline_store::InboxRetention;
+        fx.store.trim_inbox(2, top + 1, 100).await.unwrap();
+        assert_eq!(fx.engine.ack(&device(2, "d"), top).await.unwrap(), top);
+        let after = fx
+            .engine
+            .sync(&device(2, "d"), Some(top), 100)
+            .await
+            .unwrap();
+        assert_eq!(after.expired_below, None);
+        assert!(after.entries.is_empty());
+    }
+
     #[tokio::test]
     async fn the_largest_checkpoint_does_not_overflow() {
         let fx = fixture().build().await;

@@ -34,8 +34,12 @@ impl Visibility {
     }
 
     /// The highest inbox seq a device may be told about right now.
+    /// Retention may have trimmed every entry: the floor then still says
+    /// how far the inbox reached, so a device that had it all can ack it.
     pub async fn inbox_top(&self, user_id: u64) -> Result<u64> {
         let limit = self.readable_through(Scope::Inbox, user_id).await?;
-        Ok(self.store.last_inbox_seq(user_id).await?.min(limit))
+        let last = self.store.last_inbox_seq(user_id).await?;
+        let trimmed_through = self.store.inbox_floor(user_id).await?.saturating_sub(1);
+        Ok(last.max(trimmed_through).min(limit))
     }
 }

@@ -159,10 +159,8 @@ impl LargeGroupMembership {
             // they stopped, which may be in the earlier membership (what
             // was sent while the user was away is readable history to a
             // member anyway).
-            let joined = match previous {
-                Some(earlier) if earlier.left.is_some() => earlier.joined,
-                _ => position,
-            };
+            // Also a join applied again (a retried event) keeps it.
+            let joined = previous.map_or(position, |earlier| earlier.joined);
             Self {
                 conversation_id: change.conversation_id,
                 joined,

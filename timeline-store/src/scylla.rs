@@ -221,6 +221,9 @@ struct Statements {
     insert_checkpoint_if_absent: PreparedStatement,
     raise_checkpoint_if: PreparedStatement,
     join_large_group: PreparedStatement,
+    /// A join of a user with a row already: the first join stays.
+    rejoin_large_group: PreparedStatement,
+    select_large_group_member: PreparedStatement,
     leave_large_group: PreparedStatement,
     select_large_group_members: PreparedStatement,
     /// Indexes written before positions were kept: read as memberships
@@ -311,6 +314,14 @@ impl ScyllaTimelineStore {
                 "UPDATE {ks}.large_group_members SET joined_seq = ?, joined_conv_seq = ?, left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
+            rejoin_large_group: prepare(
+                "UPDATE {ks}.large_group_members SET left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
+            )
+            .await?,
+            select_large_group_member: prepare(
+                "SELECT joined_seq FROM {ks}.large_group_members WHERE user_id = ? AND conversation_id = ?",
+            )
+            .await?,
             leave_large_group: prepare(
                 "UPDATE {ks}.large_group_members SET left_seq = ?, left_conv_seq = ? WHERE user_id = ? AND conversation_id = ?",
             )
@@ -398,8 +409,8 @@ impl ScyllaTimelineStore {
         Ok(())
     }
 
-    /// A join sets `joined` and clears `left`; a removal sets only `left`
-    /// (an update keeps the other columns), so no read is needed.
+    /// A first join sets `joined`; a rejoin only clears `left`; a removal
+    /// sets only `left` (an update keeps the other columns).
     async fn write_index(
         &self,
         change: crate::LargeGroupIndexChange,
@@ -407,6 +418,18 @@ impl ScyllaTimelineStore {
     ) -> Result<()> {
         let key = (big(change.user_id), big(change.conversation_id));
         let statement = if change.member {
+            // A rejoin (or a join applied again by `recover`) keeps the
+            // first join, as every backend does: devices read on from
+            // where they stopped.
+            let existing: Vec<Option<i64>> = self
+                .column(&self.statements.select_large_group_member, key)
+                .await?;
+            if !existing.is_empty() {
+                return self
+                    .execute(&self.statements.rejoin_large_group, key)
+                    .await
+                    .map(|_| ());
+            }
             &self.statements.join_large_group
         } else {
             self.execute(&self.statements.delete_legacy_large_group, key)
