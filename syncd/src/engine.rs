@@ -265,13 +265,11 @@ impl Engine {
 
 #[cfg(test)]
 mod growth_tests {
-    use crate::engine::NewConversation;
     use crate::limits::{MAX_MEMBERS_PER_CALL, MAX_USER_ID};
     use crate::testkit::{allocator_on, device, test_store};
     use seqsvc::allocator::MAX_LOADED_SECTIONS;
     use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
     use std::sync::Arc;
-    use timeline_store::ConversationKind;
 
     /// A device picks member ids freely; each id in a section of its own
     /// used to keep a section and a page (about 8 KiB) loaded for good, so
@@ -294,18 +292,7 @@ mod growth_tests {
                     (random & MAX_USER_ID).max(2)
                 })
                 .collect();
-            engine
-                .create_conversation(
-                    device(1, "d"),
-                    NewConversation {
-                        kind: ConversationKind::Group,
-                        members,
-                        title: String::new(),
-                        client_request_id: None,
-                    },
-                )
-                .await
-                .unwrap();
+            crate::testkit::group(&engine, 1, members).await;
             grown.push(allocator.loaded_bytes() as i64 - before as i64);
         }
         eprintln!(

@@ -66,16 +66,15 @@ type Store = FaultyStore<MemoryStore>;
 /// Replaying one seed: print the trace as it happens (a hang shows where).
 static LIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// splitmix64, as the fault generator uses: a seed fully determines it.
-struct Rng(u64);
+/// The fault generator's splitmix64: a seed fully determines it.
+struct Rng(timeline_store::testsuite::SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(timeline_store::testsuite::SplitMix64::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -1121,7 +1120,7 @@ fn final_check(world: &World, snapshot: &Snapshot, step: usize) {
 // ---------------------------------------------------------------- the driver
 
 fn plan_for(seed: u64, steps: usize) -> Plan {
-    let mut rng = Rng(seed ^ 0x5eed_f00d);
+    let mut rng = Rng::new(seed ^ 0x5eed_f00d);
     let keep_entries = [0, 3, 6, 12][rng.below(4) as usize];
     let faults = random_faults(&mut rng);
     let restart_share = [0.0, 0.02, 0.05][rng.below(3) as usize];
@@ -1471,7 +1470,7 @@ fn run_seed(seed: u64, steps: usize) -> Outcome {
         }),
         plan,
     });
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut step = 0;
     let mut restarts = 0;
     loop {

@@ -81,14 +81,7 @@ async fn a_stuck_send_holds_up_neither_membership_changes_nor_later_sends() {
     assert!(landed, "the stuck send lands once the store takes it");
     // Its recipients were fixed before the change: the new member gets
     // only what was sent after it joined.
-    assert_eq!(
-        texts_of(&engine, 2)
-            .await
-            .iter()
-            .filter(|t| *t == "stuck")
-            .count(),
-        1
-    );
+    assert_eq!(count_of(&engine, 2, "stuck").await, 1);
     assert!(!texts_of(&engine, 3).await.iter().any(|t| t == "stuck"));
     assert!(texts_of(&engine, 3).await.iter().any(|t| t == "later"));
 }
@@ -119,14 +112,7 @@ async fn a_retry_of_a_stuck_send_answers_unavailable_instead_of_waiting() {
     let retry = engine.send(device(1, "d"), message(conversation, "stuck", Some(id)));
     let retry = timeout(HUNG, retry).await.unwrap().unwrap();
     assert!(retry.duplicate, "the background attempt stored it once");
-    assert_eq!(
-        texts_of(&engine, 2)
-            .await
-            .iter()
-            .filter(|t| *t == "stuck")
-            .count(),
-        1
-    );
+    assert_eq!(count_of(&engine, 2, "stuck").await, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -264,4 +250,13 @@ async fn a_large_text_to_a_large_write_fanout_group_costs_one_copy() {
         .await
         .unwrap();
     assert_eq!(inbox.entries.last().unwrap().text, large);
+}
+
+/// How many of the user's inbox entries have this text.
+async fn count_of(engine: &Arc<crate::engine::Engine>, user: u64, text: &str) -> usize {
+    texts_of(engine, user)
+        .await
+        .iter()
+        .filter(|t| *t == text)
+        .count()
 }

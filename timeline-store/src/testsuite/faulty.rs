@@ -327,11 +327,16 @@ async fn sleep(delay: Duration) {
 }
 
 /// splitmix64: small, fast, and good enough to spread faults; no
-/// dependency, and a seed fully determines the sequence.
-struct SplitMix64(u64);
+/// dependency, and a seed fully determines the sequence (seeded tests that
+/// drive a `FaultyStore` use the same generator).
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -342,7 +347,7 @@ impl SplitMix64 {
     /// True with probability `p` (never for `p <= 0`, always for `p >= 1`).
     fn chance(&mut self, p: f64) -> bool {
         // 53 random bits: a uniform f64 in [0, 1).
-        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         unit < p
     }
 
@@ -352,7 +357,7 @@ impl SplitMix64 {
         if micros == 0 {
             return Duration::ZERO;
         }
-        Duration::from_micros(self.next() % micros)
+        Duration::from_micros(self.next_u64() % micros)
     }
 }
 

@@ -12,5 +12,5 @@ pub mod conformance;
 mod faulty;
 mod memory;
 
-pub use faulty::{Counters, Failure, Faults, FaultyStore, Op};
+pub use faulty::{Counters, Failure, Faults, FaultyStore, Op, SplitMix64};
 pub use memory::MemoryStore;
