@@ -961,6 +961,15 @@ mod tests {
         (config, session)
     }
 
+    /// A store on a keyspace of its own, and the session to drop it with.
+    async fn open_store(keyspace: &str) -> (Arc<Session>, ScyllaTimelineStore) {
+        let (config, session) = connect(keyspace).await;
+        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+            .await
+            .unwrap();
+        (session, store)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scylla_store_passes_the_conformance_suite() {
         let keyspace = unique_keyspace("conformance");
@@ -977,10 +986,7 @@ mod tests {
     #[tokio::test]
     async fn interrupted_events_are_finished_by_recover() {
         let keyspace = unique_keyspace("recover");
-        let (config, session) = connect(&keyspace).await;
-        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
-            .await
-            .unwrap();
+        let (session, store) = open_store(&keyspace).await;
         let key = IdempotencyKey {
             principal: "u:1".into(),
             client_msg_id: uuid::Uuid::from_u128(77),
@@ -1022,7 +1028,7 @@ mod tests {
             .unwrap();
         assert!(store.receipt(&key).await.unwrap().is_none());
 
-        let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+        let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
             .await
             .unwrap();
         assert_eq!(reopened.recover().await.unwrap(), 1);
@@ -1061,10 +1067,7 @@ mod tests {
     #[tokio::test]
     async fn reads_cross_buckets_and_skip_empty_ones() {
         let keyspace = unique_keyspace("buckets");
-        let (config, session) = connect(&keyspace).await;
-        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
-            .await
-            .unwrap();
+        let (session, store) = open_store(&keyspace).await;
         // Seqs far apart, as after restarts: buckets 0, 1 and 40 only.
         let seqs = [5u64, 65_535, 65_536, 70_000, 40 << BUCKET_BITS];
         for (i, &seq) in seqs.iter().enumerate() {
@@ -1146,10 +1149,7 @@ mod tests {
     #[tokio::test]
     async fn large_group_index_reads_in_pages() {
         let keyspace = unique_keyspace("large_group_pages");
-        let (config, session) = connect(&keyspace).await;
-        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
-            .await
-            .unwrap();
+        let (session, store) = open_store(&keyspace).await;
         let insert = session
             .prepare(format!(
                 "INSERT INTO {keyspace}.large_groups (user_id, conversation_id) VALUES (?, ?)"
@@ -1178,10 +1178,7 @@ mod tests {
     #[tokio::test]
     async fn receipts_expire_after_the_retention_window() {
         let keyspace = unique_keyspace("receipt_ttl");
-        let (config, session) = connect(&keyspace).await;
-        let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
-            .await
-            .unwrap();
+        let (session, store) = open_store(&keyspace).await;
         let key = IdempotencyKey {
             principal: "u:1".into(),
             client_msg_id: uuid::Uuid::from_u128(5),
