@@ -1,0 +1,291 @@
+use super::*;
+
+/// The CQL server the README's test command starts; these tests fail
+/// (never skip) without one.
+fn cql_nodes() -> String {
+    std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+fn unique_keyspace(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tl_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+async fn drop_keyspace(session: &Session, keyspace: &str) {
+    session
+        .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+        .await
+        .unwrap();
+}
+
+async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
+    let url = format!("scylla://{}/{keyspace}?replication=1", cql_nodes());
+    let config = ScyllaConfig::parse(&url).unwrap();
+    let session = config.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "no CQL server at {}: {e}. Start one with `scripts/cql-server start`",
+            cql_nodes()
+        )
+    });
+    (config, session)
+}
+
+/// A store on a keyspace of its own, and the session to drop it with.
+async fn open_store(keyspace: &str) -> (Arc<Session>, ScyllaTimelineStore) {
+    let (config, session) = connect(keyspace).await;
+    let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
+        .await
+        .unwrap();
+    (session, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_store_passes_the_conformance_suite() {
+    let keyspace = unique_keyspace("conformance");
+    let (config, session) = connect(&keyspace).await;
+    let open = || {
+        let session = Arc::clone(&session);
+        let keyspace = config.keyspace.clone();
+        async move { ScyllaTimelineStore::open(session, &keyspace).await.unwrap() }
+    };
+    crate::testsuite::conformance::run_all(open).await;
+    drop_keyspace(&session, &keyspace).await;
+}
+
+#[tokio::test]
+async fn interrupted_events_are_finished_by_recover() {
+    let keyspace = unique_keyspace("recover");
+    let (session, store) = open_store(&keyspace).await;
+    let key = IdempotencyKey {
+        principal: "u:1".into(),
+        client_msg_id: uuid::Uuid::from_u128(77),
+    };
+    let receipt = Receipt {
+        conversation_id: 5,
+        conv_seq: 3,
+        msg_id: 900,
+        sent_at_ms: 1,
+        fingerprint: 0,
+    };
+    let commit = EventCommit {
+        entry: Entry {
+            conv_seq: 3,
+            msg_id: 900,
+            text: "half".into(),
+            ..Entry::new(crate::EntryKind::Message, 5)
+        },
+        inbox: (1..=20)
+            .map(|user_id| crate::InboxWrite {
+                user_id,
+                seq: 40 + user_id,
+            })
+            .collect(),
+        receipt: Some((key.clone(), receipt.clone())),
+        conversation: None,
+        large_group_index: Vec::new(),
+    };
+    // A crash after the intent and the first inbox copy, before the rest.
+    let (shard, event_id) = pending_key(&commit);
+    let intent = PendingEvent::from_commit(&commit).encode_to_vec();
+    store
+        .execute(&store.statements.insert_pending, (shard, event_id, intent))
+        .await
+        .unwrap();
+    store
+        .write_inbox(1, 41, EntryEncoder::new(&commit.entry).inbox(41))
+        .await
+        .unwrap();
+    assert!(store.receipt(&key).await.unwrap().is_none());
+
+    let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
+        .await
+        .unwrap();
+    assert_eq!(reopened.recover().await.unwrap(), 1);
+    for user in 1..=20u64 {
+        let inbox = reopened
+            .read_inbox(
+                user,
+                InboxRange {
+                    after: 0,
+                    through: 1_000,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(inbox.len(), 1, "user {user} has the entry exactly once");
+        assert_eq!((inbox[0].seq, inbox[0].text.as_str()), (40 + user, "half"));
+    }
+    assert_eq!(
+        reopened
+            .read_conversation(5, ConversationRange::oldest_first(0, 100, 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(reopened.receipt(&key).await.unwrap(), Some(receipt));
+    assert_eq!(
+        reopened.recover().await.unwrap(),
+        0,
+        "intents are deleted once finished"
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+#[tokio::test]
+async fn reads_cross_buckets_and_skip_empty_ones() {
+    let keyspace = unique_keyspace("buckets");
+    let (session, store) = open_store(&keyspace).await;
+    // Seqs far apart, as after restarts: buckets 0, 1 and 40 only.
+    let seqs = [5u64, 65_535, 65_536, 70_000, 40 << BUCKET_BITS];
+    for (i, &seq) in seqs.iter().enumerate() {
+        let entry = Entry {
+            conv_seq: seq,
+            text: format!("e{i}"),
+            ..Entry::new(crate::EntryKind::Message, 9)
+        };
+        let commit = EventCommit {
+            entry,
+            inbox: vec![crate::InboxWrite { user_id: 3, seq }],
+            receipt: None,
+            conversation: None,
+            large_group_index: Vec::new(),
+        };
+        store.commit_event(commit).await.unwrap();
+    }
+    let all = store
+        .read_inbox(
+            3,
+            InboxRange {
+                after: 0,
+                through: u64::MAX >> 1,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    let middle = store
+        .read_inbox(
+            3,
+            InboxRange {
+                after: 65_535,
+                through: 70_000,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        middle.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [65_536, 70_000]
+    );
+    let limited = store
+        .read_inbox(
+            3,
+            InboxRange {
+                after: 0,
+                through: u64::MAX >> 1,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(store.last_inbox_seq(3).await.unwrap(), 40 << BUCKET_BITS);
+    let newest = store
+        .read_conversation(9, ConversationRange::newest_first(0, u64::MAX >> 1, 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
+        [40 << BUCKET_BITS, 70_000, 65_536]
+    );
+    let oldest = store
+        .read_conversation(9, ConversationRange::oldest_first(0, 65_536, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        oldest.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
+        [5, 65_535]
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// A user's large-group index is read in pages: more groups than one
+/// page holds all come back, in order, none twice.
+#[tokio::test]
+async fn large_group_index_reads_in_pages() {
+    let keyspace = unique_keyspace("large_group_pages");
+    let (session, store) = open_store(&keyspace).await;
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.large_groups (user_id, conversation_id) VALUES (?, ?)"
+        ))
+        .await
+        .unwrap();
+    let groups: Vec<u64> = (1..=(2 * PAGE_ROWS as u64 + 345)).map(|i| i * 3).collect();
+    for &group in &groups {
+        session
+            .execute_unpaged(&insert, (7i64, group as i64))
+            .await
+            .unwrap();
+    }
+    session
+        .execute_unpaged(&insert, (8i64, 1i64))
+        .await
+        .unwrap();
+    assert_eq!(store.large_groups(7).await.unwrap(), groups);
+    assert_eq!(store.large_groups(8).await.unwrap(), vec![1]);
+    assert!(store.large_groups(9).await.unwrap().is_empty());
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// Receipts expire: every receipt row carries the retention window as
+/// its TTL (they were kept forever).
+#[tokio::test]
+async fn receipts_expire_after_the_retention_window() {
+    let keyspace = unique_keyspace("receipt_ttl");
+    let (session, store) = open_store(&keyspace).await;
+    let key = IdempotencyKey {
+        principal: "u:1".into(),
+        client_msg_id: uuid::Uuid::from_u128(5),
+    };
+    let receipt = Receipt {
+        conversation_id: 1,
+        conv_seq: 1,
+        msg_id: 10,
+        sent_at_ms: 1,
+        fingerprint: 0,
+    };
+    let commit = EventCommit {
+        entry: Entry {
+            conv_seq: 1,
+            msg_id: 10,
+            ..Entry::new(crate::EntryKind::Message, 1)
+        },
+        inbox: vec![crate::InboxWrite { user_id: 1, seq: 1 }],
+        receipt: Some((key.clone(), receipt.clone())),
+        conversation: None,
+        large_group_index: Vec::new(),
+    };
+    store.commit_event(commit).await.unwrap();
+    assert_eq!(store.receipt(&key).await.unwrap(), Some(receipt));
+    let ttl: Option<i32> = session
+        .query_unpaged(format!("SELECT TTL(receipt) FROM {keyspace}.receipts"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(Option<i32>,)>()
+        .unwrap()
+        .0;
+    let window = crate::RECEIPT_RETENTION.as_secs() as i32;
+    let ttl = ttl.expect("the receipt row has no TTL");
+    assert!(ttl > window - 60 && ttl <= window, "TTL {ttl}");
+    drop_keyspace(&session, &keyspace).await;
+}
