@@ -17,6 +17,9 @@
 //! - `large_groups`: user_id | conversation_id -> membership (joined and
 //!   left positions; empty in indexes written before positions were kept)
 //! - `inbox_floors`: user_id                 -> u64
+//! - `revocations`:  user_id | device_id (empty: every device) -> u64
+//! - `revocation_feed`: recorded_at_ms | user_id | device_id -> u64
+//!   (see `revocations`)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -89,6 +92,10 @@ enum WriteOp {
     ExpireReceipts {
         rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    Revoke {
+        revocation: crate::Revocation,
+        recorded_at_ms: u64,
+    },
 }
 
 /// Receipts one sweep step deletes in one write.
@@ -103,6 +110,7 @@ fn now_ms() -> u64 {
 enum WriteOutcome {
     Done,
     Checkpoint(u64),
+    Revoked(u64),
 }
 
 struct WriteRequest {
@@ -120,6 +128,8 @@ struct Keyspaces {
     checkpoints: fjall::Keyspace,
     large_groups: fjall::Keyspace,
     inbox_floors: fjall::Keyspace,
+    revocations: fjall::Keyspace,
+    revocation_feed: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -199,6 +209,8 @@ impl EmbeddedStore {
             checkpoints: open("checkpoints")?,
             large_groups: open("large_groups")?,
             inbox_floors: open("inbox_floors")?,
+            revocations: open("revocations")?,
+            revocation_feed: open("revocation_feed")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -244,6 +256,10 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
+}
+
+fn wrong_outcome() -> StoreError {
+    StoreError::Io("writer answered the wrong request".into())
 }
 
 fn poisoned_error() -> StoreError {
@@ -309,6 +325,8 @@ fn apply_group(
     // Receipts written earlier in this group: a sweep in the same group
     // reads the store without them and must not delete them.
     let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
+    // Revocation cutoffs raised earlier in this group.
+    let mut revoked: HashMap<Vec<u8>, u64> = HashMap::new();
     for request in group {
         match &request.op {
             WriteOp::Event(commit) => {
@@ -406,6 +424,14 @@ fn apply_group(
                     }
                 }
                 outcomes.push(WriteOutcome::Done);
+            }
+            WriteOp::Revoke {
+                revocation,
+                recorded_at_ms,
+            } => {
+                let stored =
+                    revocations::apply(ks, &mut batch, &mut revoked, revocation, *recorded_at_ms)?;
+                outcomes.push(WriteOutcome::Revoked(stored));
             }
         }
     }
@@ -666,7 +692,7 @@ impl Checkpoints for EmbeddedStore {
             .await?
         {
             WriteOutcome::Checkpoint(stored) => Ok(stored),
-            WriteOutcome::Done => Err(StoreError::Io("writer answered the wrong request".into())),
+            _ => Err(wrong_outcome()),
         }
     }
 
@@ -680,5 +706,6 @@ impl Checkpoints for EmbeddedStore {
     }
 }
 
+mod revocations;
 #[cfg(test)]
 mod tests;

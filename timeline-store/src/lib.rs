@@ -17,6 +17,7 @@
 //! | [`ConversationReads`] | `conversation`, `read_conversation`, `large_groups` | records, timelines both ways, the large-group index |
 //! | [`Checkpoints`] | `save_checkpoint`, `checkpoint` | per device, never lowered |
 //! | [`Receipts`] | `receipt` | the first send's result, per principal and client id |
+//! | [`Revocations`] | `revoke`, `revoked_before`, `revocations_since` | token cutoffs per device and per user that only rise, and a feed of recent ones for other nodes |
 //!
 //! A new capability is a new trait with its own conformance checks, added
 //! to [`TimelineStore`]'s bounds.
@@ -30,6 +31,10 @@
 //! - **Checkpoints**: `(user_id, device_id) -> seq`, never lowered.
 //! - **Inbox floors**: `user_id -> seq` below which entries were trimmed
 //!   (retention), never lowered.
+//! - **Revocations**: `(user_id, device_id or every device) -> unix
+//!   seconds` before which tokens are refused, never lowered, plus a feed of
+//!   the recent ones (kept [`REVOCATION_FEED_RETENTION`]) that other nodes
+//!   poll.
 //! - **Large-group index**: `(user_id, conversation_id)` for every large
 //!   (read-fanout) group a user belongs to; such groups get no inbox copies.
 //!
@@ -53,6 +58,7 @@
 //! - `traits`: the capability traits and [`TimelineStore`].
 //! - `model`: the domain values and the read ranges ([`InboxRange`],
 //!   [`ConversationRange`]) that name what a positional call would hide.
+//! - `revocation`: the token revocation values.
 //! - `codec`: domain values <-> stored records.
 //! - `error`: [`StoreError`], by kind, and whether a retry can help.
 //! - [`embedded`]: fjall, one writer thread, group commit.
@@ -72,6 +78,7 @@ pub const RECEIPT_RETENTION: std::time::Duration = std::time::Duration::from_sec
 pub mod embedded;
 mod error;
 mod model;
+mod revocation;
 pub mod scylla;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -81,5 +88,6 @@ pub use codec::{INBOX_INLINE_PAYLOAD_BYTES, inbox_copy_payload_bytes, payload_by
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::{Result, StoreError};
 pub use model::*;
+pub use revocation::*;
 pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 pub use traits::*;

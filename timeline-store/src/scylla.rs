@@ -20,6 +20,8 @@
 //! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
+//! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
+//! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
 //! ```
 //! Records are the same prost encodings the embedded backend stores.
 //!
@@ -110,6 +112,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.large_group_members (user_id bigint, conversation_id bigint, joined_seq bigint, joined_conv_seq bigint, left_seq bigint, left_conv_seq bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.revocations (user_id bigint, device_id text, before bigint, PRIMARY KEY (user_id, device_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.revocation_feed (hour bigint, recorded_at_ms bigint, user_id bigint, device_id text, before bigint, PRIMARY KEY ((hour), recorded_at_ms, user_id, device_id))",
 ];
 
 /// An [`EventCommit`] as stored in `pending_events`.
@@ -251,6 +255,7 @@ enum Timeline {
 pub struct ScyllaTimelineStore {
     session: Arc<Session>,
     statements: Arc<Statements>,
+    revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
 }
 
@@ -362,9 +367,11 @@ impl ScyllaTimelineStore {
                 .await?,
             select_pending: prepare("SELECT event FROM {ks}.pending_events WHERE shard = ?").await?,
         };
+        let revocations = Arc::new(revocations::Statements::prepare(&session, keyspace).await?);
         Ok(Self {
             session,
             statements: Arc::new(statements),
+            revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
         })
     }
@@ -924,5 +931,6 @@ impl Checkpoints for ScyllaTimelineStore {
     }
 }
 
+mod revocations;
 #[cfg(test)]
 mod tests;

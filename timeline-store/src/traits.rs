@@ -10,14 +10,21 @@
 
 use crate::{
     Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
-    LargeGroupMembership, Receipt, Result,
+    LargeGroupMembership, Receipt, RecordedRevocation, Result, Revocation, RevokedBefore,
 };
 use async_trait::async_trait;
 
 /// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.
 /// Implemented for any type that has them all; never implement it by hand.
 pub trait TimelineStore:
-    EventLog + InboxReads + InboxRetention + ConversationReads + Checkpoints + Receipts + 'static
+    EventLog
+    + InboxReads
+    + InboxRetention
+    + ConversationReads
+    + Checkpoints
+    + Receipts
+    + Revocations
+    + 'static
 {
 }
 
@@ -28,6 +35,7 @@ impl<T> TimelineStore for T where
         + ConversationReads
         + Checkpoints
         + Receipts
+        + Revocations
         + 'static
         + ?Sized
 {
@@ -146,4 +154,29 @@ pub trait Receipts: Send + Sync {
     async fn expire_receipts(&self) -> Result<usize> {
         Ok(0)
     }
+}
+
+/// Token revocations: cutoffs that only rise, and a feed of recent ones so
+/// that every node sharing the store learns them.
+#[async_trait]
+pub trait Revocations: Send + Sync {
+    /// Raises the cutoff of the revocation's device (of the whole user when
+    /// `device_id` is `None`) to `before_s`, durably, never lowering it, and
+    /// lists it in the feed at `recorded_at_ms`. Returns the stored cutoff
+    /// (the higher of the two). Retrying is harmless.
+    async fn revoke(&self, revocation: &Revocation, recorded_at_ms: u64) -> Result<u64>;
+
+    /// The cutoffs that apply to `device_id`'s tokens: the user's and the
+    /// device's own (0 for none). A `revoke` that returned `Ok` is seen.
+    async fn revoked_before(&self, user_id: u64, device_id: &str) -> Result<RevokedBefore>;
+
+    /// The feed: revocations recorded at `since_ms` or later, by ascending
+    /// `recorded_at_ms`, at most `limit` (continue from the last one's
+    /// time). Entries older than [`crate::REVOCATION_FEED_RETENTION`] may be
+    /// gone; a revocation recorded again appears again.
+    async fn revocations_since(
+        &self,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedRevocation>>;
 }

@@ -25,7 +25,7 @@
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt,
-    Receipts, Result, StoreError,
+    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -492,6 +492,28 @@ impl<S: Checkpoints> Checkpoints for FaultyStore<S> {
     async fn checkpoint(&self, user_id: u64, device_id: &str) -> Result<u64> {
         self.run(Op::Read, self.inner.checkpoint(user_id, device_id))
             .await
+    }
+}
+
+/// Revocations pass through without faults: they are no part of the
+/// engine's write path, and drawing for them would change what a seed
+/// replays in the engine's randomized tests.
+#[async_trait]
+impl<S: Revocations> Revocations for FaultyStore<S> {
+    async fn revoke(&self, revocation: &Revocation, recorded_at_ms: u64) -> Result<u64> {
+        self.inner.revoke(revocation, recorded_at_ms).await
+    }
+
+    async fn revoked_before(&self, user_id: u64, device_id: &str) -> Result<RevokedBefore> {
+        self.inner.revoked_before(user_id, device_id).await
+    }
+
+    async fn revocations_since(
+        &self,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedRevocation>> {
+        self.inner.revocations_since(since_ms, limit).await
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
-    Receipts, Result,
+    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +29,10 @@ struct State {
     checkpoints: HashMap<(u64, String), u64>,
     large_groups: BTreeMap<(u64, u64), LargeGroupMembership>,
     inbox_floors: HashMap<u64, u64>,
+    /// `(user_id, device_id)`; `None`: every device of the user.
+    revocations: HashMap<(u64, Option<String>), u64>,
+    /// `(recorded_at_ms, insertion number)` -> revocation.
+    revocation_feed: BTreeMap<(u64, u64), Revocation>,
 }
 
 impl MemoryStore {
@@ -207,5 +211,53 @@ mod tests {
             async move { store }
         })
         .await;
+    }
+}
+
+#[async_trait]
+impl Revocations for MemoryStore {
+    async fn revoke(&self, revocation: &Revocation, recorded_at_ms: u64) -> Result<u64> {
+        let mut state = self.state();
+        let key = (revocation.user_id, revocation.device_id.clone());
+        let stored = state.revocations.entry(key).or_insert(0);
+        *stored = (*stored).max(revocation.before_s);
+        let stored = *stored;
+        let n = state.revocation_feed.len() as u64;
+        state
+            .revocation_feed
+            .insert((recorded_at_ms, n), revocation.clone());
+        Ok(stored)
+    }
+
+    async fn revoked_before(&self, user_id: u64, device_id: &str) -> Result<RevokedBefore> {
+        let state = self.state();
+        let get = |device: Option<String>| {
+            state
+                .revocations
+                .get(&(user_id, device))
+                .copied()
+                .unwrap_or(0)
+        };
+        Ok(RevokedBefore {
+            user: get(None),
+            device: get(Some(device_id.to_owned())),
+        })
+    }
+
+    async fn revocations_since(
+        &self,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedRevocation>> {
+        Ok(self
+            .state()
+            .revocation_feed
+            .range((since_ms, 0)..)
+            .take(limit)
+            .map(|(&(recorded_at_ms, _), revocation)| RecordedRevocation {
+                revocation: revocation.clone(),
+                recorded_at_ms,
+            })
+            .collect())
     }
 }
