@@ -1,11 +1,24 @@
 //! Tokens: who is calling.
 //!
-//! A token is `tl1.<payload>.<mac>`, both parts base64url without padding.
-//! The payload is `d|<user_id>|<device_id>|<expires_unix_s>` for a device or
-//! `s|<service>|<expires_unix_s>` for a backend service; the MAC is
-//! HMAC-SHA256 over the payload with a 32-byte key kept in the data
-//! directory (`auth.key`, created on first use, mode 0600). Anyone with the
-//! key can mint tokens, so it never leaves the machine.
+//! Two formats are accepted, told apart by their first characters:
+//! - **`tl1.<payload>.<mac>`**, this server's own, both parts base64url
+//!   without padding. The payload is
+//!   `d|<user_id>|<device_id>|<expires_unix_s>|<issued_unix_s>` for a device
+//!   or `s|<service>|<expires_unix_s>|<issued_unix_s>` for a backend service
+//!   (tokens minted before issue times were kept lack the last field); the
+//!   MAC is HMAC-SHA256 over the payload with a 32-byte key kept in the data
+//!   directory (`auth.key`, created on first use, mode 0600). Anyone with
+//!   the key can mint tokens, so it never leaves the machine.
+//! - **JWTs** ([`jwt`]), minted by the application's backend with any JWT
+//!   library, when the server is given a key to check them with.
+//!
+//! A verified token names a [`Principal`] and, when it says so, when it
+//! was issued; [`revocation`] refuses device tokens issued before a cutoff.
+//! [`Authenticator`] is the one entry point: format, signature, claims,
+//! revocation.
+
+pub mod jwt;
+pub mod revocation;
 
 use crate::error::{Result, SyncdError, quoted};
 use crate::limits::MAX_NAME_BYTES;
@@ -72,12 +85,69 @@ fn validate_principal(principal: &Principal) -> Result<()> {
     }
 }
 
+/// What a verified token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub principal: Principal,
+    /// When the token was issued (unix seconds), if it says.
+    pub issued_at_s: Option<u64>,
+}
+
+/// Checks every call's token: the format, its signature and claims, then
+/// (for devices) the revocations.
+pub struct Authenticator {
+    tl1: TokenAuthority,
+    jwt: Option<jwt::JwtVerifier>,
+    revocations: std::sync::Arc<revocation::RevocationGuard>,
+}
+
+impl Authenticator {
+    pub fn new(
+        tl1: TokenAuthority,
+        jwt: Option<jwt::JwtVerifier>,
+        revocations: std::sync::Arc<revocation::RevocationGuard>,
+    ) -> Self {
+        Self {
+            tl1,
+            jwt,
+            revocations,
+        }
+    }
+
+    pub fn revocations(&self) -> &std::sync::Arc<revocation::RevocationGuard> {
+        &self.revocations
+    }
+
+    /// The token's principal, if its signature, claims and revocations
+    /// allow it; UNAUTHENTICATED with the reason otherwise.
+    pub async fn authenticate(&self, token: &str) -> Result<Verified> {
+        let verified = if token.starts_with("tl1.") {
+            self.tl1.verify_token(token)?
+        } else {
+            match &self.jwt {
+                Some(jwt) => jwt.verify(token)?,
+                // Neither format: the tl1 parser names what is wrong.
+                None if token.split('.').count() != 3 => self.tl1.verify_token(token)?,
+                None => {
+                    return Err(SyncdError::Unauthenticated(
+                        "invalid token: this server accepts no JWTs (it was started without \
+                         --jwt-hs256-secret-file, --jwt-public-key-file or --jwt-jwks-file)"
+                            .into(),
+                    ));
+                }
+            }
+        };
+        self.revocations.check(&verified).await?;
+        Ok(verified)
+    }
+}
+
 #[derive(Clone)]
 pub struct TokenAuthority {
     key: [u8; KEY_BYTES],
 }
 
-fn now_unix_s() -> u64 {
+pub(crate) fn now_unix_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -127,13 +197,14 @@ impl TokenAuthority {
     }
 
     pub fn issue(&self, principal: &Principal, ttl: std::time::Duration) -> Result<String> {
-        let expires = now_unix_s().saturating_add(ttl.as_secs());
+        let issued = now_unix_s();
+        let expires = issued.saturating_add(ttl.as_secs());
         validate_principal(principal)?;
         let payload = match principal {
             Principal::Device { user_id, device_id } => {
-                format!("d|{user_id}|{device_id}|{expires}")
+                format!("d|{user_id}|{device_id}|{expires}|{issued}")
             }
-            Principal::Service { name } => format!("s|{name}|{expires}"),
+            Principal::Service { name } => format!("s|{name}|{expires}|{issued}"),
         };
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
@@ -146,6 +217,11 @@ impl TokenAuthority {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
+        Ok(self.verify_token(token)?.principal)
+    }
+
+    /// [`Self::verify`], with the issue time when the token carries one.
+    pub fn verify_token(&self, token: &str) -> Result<Verified> {
         let bad = |why: &str| SyncdError::Unauthenticated(format!("invalid token: {why}"));
         let mut parts = token.split('.');
         let (Some(prefix), Some(payload), Some(tag), None) =
@@ -167,7 +243,15 @@ impl TokenAuthority {
         mac.verify_slice(&tag)
             .map_err(|_| bad("signature does not match this server's key"))?;
         let payload = String::from_utf8(payload).map_err(|_| bad("payload is not UTF-8"))?;
-        let fields: Vec<&str> = payload.split('|').collect();
+        let mut fields: Vec<&str> = payload.split('|').collect();
+        let issued = match fields.as_slice() {
+            ["d", _, _, _, issued] | ["s", _, _, issued] => {
+                let issued = issued.parse().map_err(|_| bad("issue time"))?;
+                fields.pop();
+                Some(issued)
+            }
+            _ => None,
+        };
         let (principal, expires) = match fields.as_slice() {
             ["d", user, device, expires] => (
                 Principal::Device {
@@ -196,7 +280,10 @@ impl TokenAuthority {
         if expires <= now_unix_s() {
             return Err(SyncdError::Unauthenticated("token expired".into()));
         }
-        Ok(principal)
+        Ok(Verified {
+            principal,
+            issued_at_s: issued,
+        })
     }
 }
 
@@ -293,6 +380,27 @@ mod tests {
             device_id: String::new(),
         };
         assert!(auth.issue(&empty_device, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn tokens_carry_their_issue_time_and_older_ones_verify_without() {
+        let auth = TokenAuthority::from_key([7; 32]);
+        let token = auth.issue(&device(3), Duration::from_secs(60)).unwrap();
+        let verified = auth.verify_token(&token).unwrap();
+        let issued = verified.issued_at_s.unwrap();
+        assert!(issued.abs_diff(now_unix_s()) <= 1, "{issued}");
+        let older = auth
+            .verify_token(&signed(&auth, "d|5|phone|99999999999"))
+            .unwrap();
+        assert_eq!(older.issued_at_s, None);
+        let service = auth
+            .verify_token(&signed(&auth, "s|ops|99999999999|17"))
+            .unwrap();
+        assert_eq!(service.issued_at_s, Some(17));
+        assert!(
+            auth.verify(&signed(&auth, "d|5|phone|99999999999|x"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -179,6 +179,12 @@ impl Engine {
         self.lifecycle.running_tasks()
     }
 
+    /// Turns true when shutdown begins: loops started outside the engine
+    /// (the revocation feed) stop on it.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lifecycle.stopping()
+    }
+
     /// Runs `task` as a task tracked by the engine's lifecycle, so shutdown
     /// waits for it (the gRPC layer's push stream pumps).
     pub fn spawn<F>(&self, task: F)
@@ -392,6 +398,23 @@ mod growth_tests {
         impl Receipts for SlowConversationReads {
             async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
                 self.inner.receipt(key).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Revocations for SlowConversationReads {
+            async fn revoke(&self, revocation: &Revocation, at_ms: u64) -> Result<u64> {
+                self.inner.revoke(revocation, at_ms).await
+            }
+            async fn revoked_before(&self, user_id: u64, device: &str) -> Result<RevokedBefore> {
+                self.inner.revoked_before(user_id, device).await
+            }
+            async fn revocations_since(
+                &self,
+                since_ms: u64,
+                limit: usize,
+            ) -> Result<Vec<RecordedRevocation>> {
+                self.inner.revocations_since(since_ms, limit).await
             }
         }
     }

@@ -34,6 +34,7 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("jwt_key").multiple(false).args(["jwt_hs256_secret_file", "jwt_public_key_file", "jwt_jwks_file"])))]
 struct ServeArgs {
     /// Directory for the store, sequence state and auth key (created if missing).
     #[arg(long, env = "SYNCD_DATA_DIR")]
@@ -79,6 +80,59 @@ struct ServeArgs {
     /// Seconds between retention passes.
     #[arg(long, default_value_t = syncd::limits::RETENTION_INTERVAL.as_secs())]
     retention_interval_secs: u64,
+    /// Also accept HS256 JWTs signed with this shared secret (a file of at
+    /// least 32 bytes; a trailing line break is ignored).
+    #[arg(long, env = "SYNCD_JWT_HS256_SECRET_FILE")]
+    jwt_hs256_secret_file: Option<PathBuf>,
+    /// Also accept JWTs signed by the private half of this PEM public key
+    /// (RSA: RS256/384/512, PS256/384/512; EC: ES256/ES384; Ed25519: EdDSA).
+    #[arg(long, env = "SYNCD_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// Also accept JWTs signed by one of this JWKS file's public keys,
+    /// chosen by the token's `kid`.
+    #[arg(long, env = "SYNCD_JWT_JWKS_FILE")]
+    jwt_jwks_file: Option<PathBuf>,
+    /// JWTs must carry this audience (`aud`).
+    #[arg(long, env = "SYNCD_JWT_AUDIENCE", requires = "jwt_key")]
+    jwt_audience: Option<String>,
+    /// JWTs must carry this issuer (`iss`).
+    #[arg(long, env = "SYNCD_JWT_ISSUER", requires = "jwt_key")]
+    jwt_issuer: Option<String>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "SYNCD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SYNCD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Call the seqsvc cluster over TLS, trusting the certificates this PEM
+    /// CA signed (its servers run with --tls-cert/--tls-key).
+    #[arg(long, env = "SYNCD_SEQSVC_CA_CERT", requires = "seqsvc")]
+    seqsvc_ca_cert: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn jwt(&self) -> Option<syncd::auth::jwt::JwtConfig> {
+        use syncd::auth::jwt::JwtKeySource;
+        let key = if let Some(path) = &self.jwt_hs256_secret_file {
+            JwtKeySource::Hs256SecretFile(path.clone())
+        } else if let Some(path) = &self.jwt_public_key_file {
+            JwtKeySource::PublicKeyFile(path.clone())
+        } else {
+            JwtKeySource::JwksFile(self.jwt_jwks_file.clone()?)
+        };
+        Some(syncd::auth::jwt::JwtConfig {
+            key,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        })
+    }
+
+    fn tls(&self) -> Option<server::TlsFiles> {
+        Some(server::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -153,6 +207,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 ..syncd::engine::EngineConfig::default()
             },
+            jwt: args.jwt(),
+            tls: args.tls(),
         };
         let node = server::open_node(&config)
             .await

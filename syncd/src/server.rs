@@ -1,7 +1,9 @@
 //! Opening a node (store, allocator, ids, auth) and serving it over gRPC with
 //! bounded connections, health, reflection and graceful shutdown.
 
-use crate::auth::TokenAuthority;
+use crate::auth::jwt::{JwtConfig, JwtKeyError, JwtVerifier};
+use crate::auth::revocation::RevocationGuard;
+use crate::auth::{Authenticator, TokenAuthority};
 use crate::engine::Engine;
 use crate::grpc::{AdminService, TimelineService};
 use crate::limits::{
@@ -31,6 +33,10 @@ pub enum StartupError {
     Seq(#[from] seqsvc::SeqError),
     #[error("grpc: {0}")]
     Transport(String),
+    #[error("JWT key {0}")]
+    Jwt(#[from] JwtKeyError),
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The node failed for good while serving (its store is poisoned); a
     /// restart recovers.
     #[error("the node failed: {0}")]
@@ -79,12 +85,47 @@ pub struct NodeConfig {
     /// allocator on the data directory (or the CQL store).
     pub seqsvc: Vec<String>,
     pub engine: crate::engine::EngineConfig,
+    /// Accept JWTs checked with this key (besides `tl1` tokens).
+    pub jwt: Option<JwtConfig>,
+    /// Serve TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads both files (blocking: call at startup).
+    pub fn identity(&self) -> Result<tonic::transport::Identity, StartupError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+        };
+        let (cert, key) = (read(&self.cert)?, read(&self.key)?);
+        if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(StartupError::Tls(format!(
+                "{}: not a PEM certificate",
+                self.cert.display()
+            )));
+        }
+        if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+            return Err(StartupError::Tls(format!(
+                "{}: not a PEM private key",
+                self.key.display()
+            )));
+        }
+        Ok(tonic::transport::Identity::from_pem(cert, key))
+    }
 }
 
 /// Everything one syncd process runs on.
 pub struct Node {
     pub engine: Arc<Engine>,
-    pub auth: TokenAuthority,
+    pub auth: Arc<Authenticator>,
+    pub tls: Option<tonic::transport::Identity>,
 }
 
 /// The data directory layout: `store/` (timelines), `seq/` (max_seq and
@@ -96,8 +137,29 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         source,
     };
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
-    let auth = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
+    let tl1 = TokenAuthority::load_or_create(&dir).map_err(data_dir_error)?;
+    let jwt = match config.jwt.clone() {
+        Some(jwt) => Some(
+            tokio::task::spawn_blocking(move || JwtVerifier::load(jwt))
+                .await
+                .map_err(|e| StartupError::Transport(format!("key loading task failed: {e}")))??,
+        ),
+        None => None,
+    };
+    let tls = match config.tls.clone() {
+        Some(files) => Some(
+            tokio::task::spawn_blocking(move || files.identity())
+                .await
+                .map_err(|e| StartupError::Transport(format!("TLS loading task failed: {e}")))??,
+        ),
+        None => None,
+    };
     let (store, seq_store) = open_stores(&config.store, &dir).await?;
+    let auth = Arc::new(Authenticator::new(
+        tl1,
+        jwt,
+        RevocationGuard::new(Arc::clone(&store)),
+    ));
     // Before anything reads a max_seq: under another layout it would bound
     // other ids' seqs.
     let layout = if config.seqsvc.is_empty() {
@@ -127,7 +189,7 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         let ids = MsgIdGenerator::with_reservations(clock, lease)?;
         Engine::new(store, SeqSource::Remote(client), ids, config.engine.clone())
     };
-    Ok(Node { engine, auth })
+    Ok(Node { engine, auth, tls })
 }
 
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
@@ -187,18 +249,21 @@ pub async fn serve(
         .map_err(|e| StartupError::Transport(e.to_string()))?;
     let timeline = pb::timeline_server::TimelineServer::new(TimelineService::new(
         Arc::clone(&node.engine),
-        node.auth.clone(),
+        Arc::clone(&node.auth),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REPLY_BYTES);
     let admin = pb::admin_server::AdminServer::new(AdminService::new(
         Arc::clone(&node.engine),
-        node.auth.clone(),
+        Arc::clone(&node.auth),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REPLY_BYTES);
 
     node.engine.start();
+    let revocations = Arc::clone(node.auth.revocations());
+    node.engine
+        .spawn(revocations.poll_feed(node.engine.stopping()));
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
     let reporter = health.clone();
@@ -226,7 +291,13 @@ pub async fn serve(
         engine.begin_shutdown();
     };
     let incoming = seqsvc::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = node.tls.clone() {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| StartupError::Tls(e.to_string()))?;
+    }
+    builder
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -267,6 +338,8 @@ mod tests {
             },
             seqsvc,
             engine: crate::engine::EngineConfig::default(),
+            jwt: None,
+            tls: None,
         }
     }
 

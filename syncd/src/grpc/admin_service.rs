@@ -3,7 +3,7 @@
 use super::timeline_service::send_reply;
 use super::{authenticate, convert, parse_client_msg_id};
 use crate::access;
-use crate::auth::{Principal, TokenAuthority};
+use crate::auth::{Authenticator, Principal};
 use crate::engine::{Engine, MembershipChange, SendCommand};
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
@@ -11,16 +11,16 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminService {
     engine: Arc<Engine>,
-    auth: TokenAuthority,
+    auth: Arc<Authenticator>,
 }
 
 impl AdminService {
-    pub fn new(engine: Arc<Engine>, auth: TokenAuthority) -> Self {
+    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
         Self { engine, auth }
     }
 
-    fn service<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let principal = authenticate(&self.auth, request)?;
+    async fn service<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = authenticate(&self.auth, request).await?;
         access::require_service(&principal)?;
         Ok(principal)
     }
@@ -30,7 +30,7 @@ impl AdminService {
         request: Request<pb::ChangeMembersRequest>,
         change: MembershipChange,
     ) -> Result<Response<pb::ChangeMembersReply>, Status> {
-        let principal = self.service(&request)?;
+        let principal = self.service(&request).await?;
         let request = request.into_inner();
         let (conversation, conv_seq) = self
             .engine
@@ -63,7 +63,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AppendMessageRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
-        let principal = self.service(&request)?;
+        let principal = self.service(&request).await?;
         let request = request.into_inner();
         let command = SendCommand {
             conversation_id: request.conversation_id,
@@ -73,5 +73,41 @@ impl pb::admin_server::Admin for AdminService {
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))
+    }
+
+    async fn revoke_devices(
+        &self,
+        request: Request<pb::RevokeDevicesRequest>,
+    ) -> Result<Response<pb::RevokeDevicesReply>, Status> {
+        self.revoke(request).await
+    }
+}
+
+impl AdminService {
+    /// `RevokeDevices`: a service ends a device's (or every device's)
+    /// tokens issued up to now.
+    pub(crate) async fn revoke(
+        &self,
+        request: Request<pb::RevokeDevicesRequest>,
+    ) -> Result<Response<pb::RevokeDevicesReply>, Status> {
+        self.service(&request).await?;
+        let request = request.into_inner();
+        let user_id = request.user_id;
+        access::check_user_id("user_id", user_id)?;
+        let device_id = (!request.device_id.is_empty()).then_some(request.device_id);
+        if let Some(device_id) = &device_id {
+            crate::auth::validate_name("device_id", device_id)?;
+        }
+        let revoked_before = self
+            .auth
+            .revocations()
+            .revoke(user_id, device_id.clone())
+            .await?;
+        tracing::info!(user_id, device_id = ?device_id, revoked_before, "tokens revoked");
+        Ok(Response::new(pb::RevokeDevicesReply {
+            user_id,
+            device_id: device_id.unwrap_or_default(),
+            revoked_before,
+        }))
     }
 }

@@ -8,15 +8,24 @@ mod timeline_service;
 pub use admin_service::AdminService;
 pub use timeline_service::TimelineService;
 
-use crate::auth::{Principal, TokenAuthority};
+use crate::auth::{Authenticator, Principal, Verified};
 use crate::error::{SyncdError, quoted};
 use tonic::Status;
 
 /// Reads `authorization: Bearer <token>` and verifies it.
-pub(crate) fn authenticate<T>(
-    auth: &TokenAuthority,
+pub(crate) async fn authenticate<T>(
+    auth: &Authenticator,
     request: &tonic::Request<T>,
 ) -> Result<Principal, Status> {
+    Ok(authenticate_verified(auth, request).await?.principal)
+}
+
+/// [`authenticate`], with what else the token says (for push streams,
+/// which check it again when a revocation arrives).
+pub(crate) async fn authenticate_verified<T>(
+    auth: &Authenticator,
+    request: &tonic::Request<T>,
+) -> Result<Verified, Status> {
     let header = request
         .metadata()
         .get("authorization")
@@ -27,7 +36,7 @@ pub(crate) fn authenticate<T>(
     let token = value.strip_prefix("Bearer ").ok_or_else(|| {
         SyncdError::Unauthenticated("authorization must be \"Bearer <token>\"".into())
     })?;
-    Ok(auth.verify(token.trim())?)
+    Ok(auth.authenticate(token.trim()).await?)
 }
 
 /// Parses a client-chosen id (`client_msg_id`, `client_request_id`); empty

@@ -1,7 +1,7 @@
 //! `timeline.v1.Timeline`: calls made by devices (and services where noted).
 
-use super::{authenticate, convert, parse_client_id, parse_client_msg_id};
-use crate::auth::TokenAuthority;
+use super::{authenticate, authenticate_verified, convert, parse_client_id, parse_client_msg_id};
+use crate::auth::Authenticator;
 use crate::engine::{Engine, HistoryQuery, NewConversation, SendCommand};
 use crate::error::SyncdError;
 use crate::limits::SUBSCRIBER_QUEUE;
@@ -13,11 +13,11 @@ use tonic::{Request, Response, Status};
 
 pub struct TimelineService {
     engine: Arc<Engine>,
-    auth: TokenAuthority,
+    auth: Arc<Authenticator>,
 }
 
 impl TimelineService {
-    pub fn new(engine: Arc<Engine>, auth: TokenAuthority) -> Self {
+    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
         Self { engine, auth }
     }
 }
@@ -40,7 +40,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
         let command = SendCommand {
             conversation_id: request.conversation_id,
@@ -56,7 +56,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
         let page = self
             .engine
@@ -86,7 +86,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let checkpoint = self.engine.ack(&principal, request.get_ref().seq).await?;
         Ok(Response::new(pb::AckReply { checkpoint }))
     }
@@ -98,7 +98,8 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let verified = authenticate_verified(&self.auth, &request).await?;
+        let principal = verified.principal.clone();
         let request = request.into_inner();
         let mut feed = self
             .engine
@@ -107,7 +108,10 @@ impl pb::timeline_server::Timeline for TimelineService {
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE);
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<Status>();
         let stall_limit = self.engine.config().subscriber_stall_limit;
+        let revocations = Arc::clone(self.auth.revocations());
         self.engine.spawn(async move {
+            let revoked = revocations.until_revoked(&verified);
+            tokio::pin!(revoked);
             loop {
                 let notice = tokio::select! {
                     notice = feed.next() => match notice.transpose() {
@@ -115,6 +119,11 @@ impl pb::timeline_server::Timeline for TimelineService {
                         None => break,
                     },
                     () = tx.closed() => break,
+                    refusal = &mut revoked => {
+                        // The stream ends as a call with the token would.
+                        let _ = tx.send(Err(Status::from(refusal))).await;
+                        break;
+                    }
                 };
                 let message = notice
                     .map(|n| pb::Notice {
@@ -154,7 +163,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
         let page = self
             .engine
@@ -178,7 +187,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
         let kind = convert::conversation_kind(request.kind).ok_or_else(|| {
             SyncdError::InvalidArgument(format!("unknown conversation kind {}", request.kind))
@@ -207,7 +216,7 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::GetConversationRequest>,
     ) -> Result<Response<pb::GetConversationReply>, Status> {
-        let principal = authenticate(&self.auth, &request)?;
+        let principal = authenticate(&self.auth, &request).await?;
         let conversation = self
             .engine
             .get_conversation(&principal, request.get_ref().conversation_id)
