@@ -21,7 +21,7 @@ use pb::timeline_client::TimelineClient;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// Attempts per idempotent call (send, create) before giving up on a
@@ -174,13 +174,16 @@ fn carried(conversation: Option<pb::Conversation>) -> Result<pb::Conversation> {
 }
 
 /// Transport settings for [`Client::connect_with`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConnectOptions {
     /// HTTP/2 receive window, in bytes, per stream and per connection: how
     /// much the device buffers before the server has to wait for it to read.
     /// `None` keeps the transport's defaults (2 MiB per stream, 5 MiB per
     /// connection); a memory-constrained device may want far less.
     pub receive_window: Option<u32>,
+    /// For `https://` servers: trust certificates signed by this CA (PEM)
+    /// instead of the system's roots (a private CA, a test's own).
+    pub ca_cert_pem: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -193,8 +196,10 @@ impl Client {
         self.admin.clone()
     }
 
-    /// Connects to `server` (`http://host:port`). The connection is made
-    /// lazily again after failures; calls fail with `unavailable` meanwhile.
+    /// Connects to `server` (`http://host:port`, or `https://host:port` for
+    /// TLS, checked against the system's roots or
+    /// [`ConnectOptions::ca_cert_pem`]). The connection is made lazily
+    /// again after failures; calls fail with `unavailable` meanwhile.
     pub async fn connect(server: &str, token: &str) -> Result<Self> {
         Self::connect_with(server, token, ConnectOptions::default()).await
     }
@@ -208,8 +213,23 @@ impl Client {
         let header = format!("Bearer {}", token.trim()).parse().map_err(|_| {
             ClientError::Token("contains characters not allowed in metadata".into())
         })?;
-        let channel = Endpoint::from_shared(server.to_owned())
-            .map_err(|e| connect_error(e.to_string()))?
+        let mut endpoint =
+            Endpoint::from_shared(server.to_owned()).map_err(|e| connect_error(e.to_string()))?;
+        let tls = server.starts_with("https://");
+        if tls {
+            let config = match &options.ca_cert_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| connect_error(source_chain(&e)))?;
+        } else if options.ca_cert_pem.is_some() {
+            return Err(connect_error(
+                "a CA certificate was given for a plaintext server: use an https:// address".into(),
+            ));
+        }
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -218,7 +238,18 @@ impl Client {
             .initial_connection_window_size(options.receive_window)
             .connect()
             .await
-            .map_err(|e| connect_error(source_chain(&e)))?;
+            .map_err(|e| {
+                let reason = source_chain(&e);
+                // A plaintext HTTP/2 preface sent to a TLS server is
+                // answered by a closed connection: say what is likely.
+                if tls {
+                    connect_error(reason)
+                } else {
+                    connect_error(format!(
+                        "{reason} (if the server uses TLS, connect to https://)"
+                    ))
+                }
+            })?;
         let auth = Auth { header };
         Ok(Self {
             timeline: TimelineClient::with_interceptor(channel.clone(), auth.clone())
@@ -501,6 +532,22 @@ impl Client {
     ) -> Result<pb::ChangeMembersReply> {
         let request = members_request(conversation_id, members);
         reply(self.admin().remove_members(request)).await
+    }
+}
+
+impl Client {
+    /// Revokes the tokens of `user_id`'s device (of every device of the
+    /// user when `device_id` is `None`) issued up to now (service token).
+    pub async fn revoke_devices(
+        &self,
+        user_id: u64,
+        device_id: Option<&str>,
+    ) -> Result<pb::RevokeDevicesReply> {
+        let request = pb::RevokeDevicesRequest {
+            user_id,
+            device_id: device_id.unwrap_or_default().to_owned(),
+        };
+        reply(self.admin().revoke_devices(with_deadline(request))).await
     }
 }
 

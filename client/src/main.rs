@@ -1,5 +1,6 @@
 //! `tl`: the Timeline command line, a thin layer over the client library.
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{CheckpointFile, Client, entry_json, pb};
 use std::io::Write;
@@ -23,6 +24,10 @@ struct Cli {
     /// Device or service token (see `syncd token`).
     #[arg(long, env = "TL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// server: trust certificates signed by this CA (PEM)
+    /// instead of the system's roots.
+    #[arg(long, env = "TL_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +47,25 @@ enum Command {
     Watch(SyncArgs),
     /// Print a page of a conversation's history as JSON lines (oldest first).
     History(HistoryArgs),
+    /// Manage users' devices (service token).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Refuse the tokens of a device, or of every device of a user, issued
+    /// up to now (a new login works); prints the result as JSON.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long)]
+    user: u64,
+    /// The device; omitted: every device of the user (logout everywhere).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -211,7 +235,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(token) = cli.token.as_deref() else {
         anyhow::bail!("no token: pass --token or set TL_TOKEN (mint one with `syncd token`)");
     };
-    let client = Client::connect(&cli.server, token).await?;
+    let options = client::ConnectOptions {
+        ca_cert_pem: match &cli.ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read CA certificate {}", path.display()))?,
+            ),
+            None => None,
+        },
+        ..Default::default()
+    };
+    let client = Client::connect_with(&cli.server, token, options).await?;
     match cli.command {
         Command::Conversation(ConversationCommand::Create(args)) => {
             let kind = match args.kind {
@@ -285,6 +319,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     accept_expired(error, args.resync, &mut checkpoint)?;
                 }
             }
+        }
+        Command::Devices(DevicesCommand::Revoke(args)) => {
+            let reply = client
+                .revoke_devices(args.user, args.device.as_deref())
+                .await?;
+            print_json(&serde_json::json!({
+                "user_id": reply.user_id,
+                "device_id": (!reply.device_id.is_empty()).then_some(&reply.device_id),
+                "revoked_before": reply.revoked_before,
+            }))?;
         }
         Command::History(args) => {
             let reply = client

@@ -8,7 +8,9 @@
 //! nothing else): a second copy would drift in how it reads the address or
 //! keeps the pipe drained.
 
+pub mod jwt;
 pub mod seq_cluster;
+pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};

@@ -121,6 +121,7 @@ async fn a_frozen_subscriber_is_bounded_harmless_and_disconnected() -> anyhow::R
         &server.device_token(2, "frozen")?,
         ConnectOptions {
             receive_window: Some(FROZEN_WINDOW),
+            ..ConnectOptions::default()
         },
     )
     .await?;

@@ -346,12 +346,11 @@ fn validation(config: &JwtConfig, algorithms: Vec<Algorithm>) -> Validation {
     validation.leeway = JWT_CLOCK_LEEWAY_S;
     validation.validate_nbf = true;
     let mut required = vec!["exp"];
-    match &config.audience {
-        Some(aud) => {
-            validation.set_audience(&[aud]);
-            required.push("aud");
-        }
-        None => validation.validate_aud = false,
+    // Without a configured audience, a token that names one is for some
+    // other service and refused (RFC 7519, 4.1.3).
+    if let Some(aud) = &config.audience {
+        validation.set_audience(&[aud]);
+        required.push("aud");
     }
     if let Some(iss) = &config.issuer {
         validation.set_issuer(&[iss]);
