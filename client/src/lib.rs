@@ -95,6 +95,11 @@ fn describe(status: &Status) -> String {
     };
     match status.message() {
         "" => code.to_owned(),
+        // What a plaintext call to a TLS server gets back: the server
+        // closes the connection at the HTTP/2 preface.
+        message if status.code() == Code::Internal && message.contains("h2 protocol error") => {
+            format!("{code}: {message} (if the server uses TLS, connect to https://)")
+        }
         message => format!("{code}: {message}"),
     }
 }
@@ -215,8 +220,7 @@ impl Client {
         })?;
         let mut endpoint =
             Endpoint::from_shared(server.to_owned()).map_err(|e| connect_error(e.to_string()))?;
-        let tls = server.starts_with("https://");
-        if tls {
+        if server.starts_with("https://") {
             let config = match &options.ca_cert_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                 None => ClientTlsConfig::new().with_native_roots(),
@@ -238,18 +242,7 @@ impl Client {
             .initial_connection_window_size(options.receive_window)
             .connect()
             .await
-            .map_err(|e| {
-                let reason = source_chain(&e);
-                // A plaintext HTTP/2 preface sent to a TLS server is
-                // answered by a closed connection: say what is likely.
-                if tls {
-                    connect_error(reason)
-                } else {
-                    connect_error(format!(
-                        "{reason} (if the server uses TLS, connect to https://)"
-                    ))
-                }
-            })?;
+            .map_err(|e| connect_error(source_chain(&e)))?;
         let auth = Auth { header };
         Ok(Self {
             timeline: TimelineClient::with_interceptor(channel.clone(), auth.clone())
