@@ -44,8 +44,67 @@ enum Command {
     Routes(RoutesArgs),
 }
 
+/// TLS of a server role, and of its own calls to the other roles.
+#[derive(Args)]
+struct TlsArgs {
+    /// Serve only TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientTlsArgs,
+}
+
+/// TLS of this process's calls to seqsvc servers.
+#[derive(Args)]
+struct ClientTlsArgs {
+    /// Call the other seqsvc processes over TLS, trusting certificates
+    /// this PEM CA signed.
+    #[arg(long)]
+    tls_ca_cert: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn apply(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.tls_ca_cert {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            seqsvc::grpc::use_client_tls(&pem)
+                .with_context(|| format!("--tls-ca-cert {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl TlsArgs {
+    /// Sets up client TLS; returns the server identity, if any.
+    fn apply(&self) -> anyhow::Result<Option<tonic::transport::Identity>> {
+        self.client.apply()?;
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
+            bail!("{}: not a PEM certificate", cert.display());
+        }
+        if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+            bail!("{}: not a PEM private key", key.display());
+        }
+        Ok(Some(tonic::transport::Identity::from_pem(
+            cert_pem, key_pem,
+        )))
+    }
+}
+
 #[derive(Args)]
 struct StoreArgs {
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Directory of the store's database (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -67,6 +126,8 @@ struct StoreUrl {
 
 #[derive(Args)]
 struct ArbiterArgs {
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     store: StoreUrl,
     #[arg(long, default_value = "127.0.0.1:7411")]
@@ -93,6 +154,8 @@ struct ArbiterArgs {
 
 #[derive(Args)]
 struct AllocArgs {
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     store: StoreUrl,
     /// Arbiter addresses (host:port), comma separated; heartbeats go to all.
@@ -128,6 +191,8 @@ impl From<NamespaceArg> for Namespace {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["arbiter", "alloc"])))]
 struct NextArgs {
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// Route through the cluster known to these arbiters (comma separated).
     #[arg(long, value_delimiter = ',')]
     arbiter: Vec<String>,
@@ -151,6 +216,8 @@ struct NextArgs {
 
 #[derive(Args)]
 struct RoutesArgs {
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// Arbiter addresses, comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     arbiter: Vec<String>,
@@ -196,13 +263,18 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-async fn serve(listener: TcpListener, routes: tonic::service::Routes) -> anyhow::Result<()> {
-    seqsvc::grpc::serve(listener, routes, wait_for_signal()).await?;
+async fn serve(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<tonic::transport::Identity>,
+) -> anyhow::Result<()> {
+    seqsvc::grpc::serve(listener, routes, tls, wait_for_signal()).await?;
     Ok(())
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    let tls = args.tls.apply()?;
     let dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FjallMaxSeqStore::open(&dir))
         .await?
@@ -215,11 +287,12 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
     };
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %args.data_dir.display(), "seqsvc store serving");
-    serve(listener, StoreService::new(store).into_routes()).await
+    serve(listener, StoreService::new(store).into_routes(), tls).await
 }
 
 async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    let tls = args.tls.apply()?;
     let config = ArbiterConfig {
         section_size: args.section_size,
         lease: LeaseConfig {
@@ -246,11 +319,12 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
     };
     tracing::info!(%local, version = arbiter.table().version, "seqsvc arbiter serving");
     arbiter.spawn();
-    serve(listener, ArbiterService::new(arbiter).into_routes()).await
+    serve(listener, ArbiterService::new(arbiter).into_routes(), tls).await
 }
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    let tls = args.tls.apply()?;
     let store = seqsvc::grpc::open_store(&args.store.store).await?;
     let (listener, local) = bind(args.listen).await?;
     let advertise = args.advertise.unwrap_or_else(|| local.to_string());
@@ -258,10 +332,11 @@ async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     server.spawn_refresher();
     spawn_heartbeats(&server, args.arbiter)?;
     tracing::info!(%local, %advertise, "seqsvc AllocSvr serving");
-    serve(listener, AllocService::new(server).into_routes()).await
+    serve(listener, AllocService::new(server).into_routes(), tls).await
 }
 
 async fn next(args: NextArgs) -> anyhow::Result<()> {
+    args.tls.apply()?;
     if args.count == 0 || args.count > seqsvc::allocator::MAX_BATCH_IDS {
         bail!("--count must be 1 to {}", seqsvc::allocator::MAX_BATCH_IDS);
     }
@@ -292,6 +367,7 @@ async fn next(args: NextArgs) -> anyhow::Result<()> {
 }
 
 async fn routes(args: RoutesArgs) -> anyhow::Result<()> {
+    args.tls.apply()?;
     let client = RoutingClient::new(&args.arbiter, Duration::ZERO)?;
     let table = client.refresh().await?;
     print!("{}", describe(&table));

@@ -209,6 +209,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             jwt: args.jwt(),
             tls: args.tls(),
+            seqsvc_ca_cert: args.seqsvc_ca_cert.clone(),
         };
         let node = server::open_node(&config)
             .await

@@ -89,6 +89,8 @@ pub struct NodeConfig {
     pub jwt: Option<JwtConfig>,
     /// Serve TLS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// Call the seqsvc cluster over TLS, trusting this CA (a PEM file).
+    pub seqsvc_ca_cert: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -181,6 +183,12 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         let ids = MsgIdGenerator::open(config.node_id, clock, seq_store).await?;
         Engine::new(store, allocator, ids, config.engine.clone())
     } else {
+        if let Some(path) = &config.seqsvc_ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
+            seqsvc::grpc::use_client_tls(&pem)
+                .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
+        }
         let client = RoutingClient::new(&config.seqsvc, DEFAULT_RETRY_FOR)?;
         let holder = format!("syncd-{}", uuid::Uuid::new_v4());
         let lease = NodeIdLease::acquire(client.clone(), holder, Some(config.node_id)).await?;
@@ -340,6 +348,7 @@ mod tests {
             engine: crate::engine::EngineConfig::default(),
             jwt: None,
             tls: None,
+            seqsvc_ca_cert: None,
         }
     }
 

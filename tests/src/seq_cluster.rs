@@ -40,6 +40,17 @@ impl Cluster {
         Self::start_on(None, arbiters, allocs)
     }
 
+    /// A cluster whose processes serve only TLS with `ca`'s server
+    /// certificate and call each other over TLS.
+    pub fn start_with_tls(ca: &crate::tls::TestCa, arbiters: usize, allocs: usize) -> Result<Self> {
+        let mut tls = ca.server_args();
+        tls.extend([
+            "--tls-ca-cert".to_owned(),
+            ca.ca().to_string_lossy().into_owned(),
+        ]);
+        Self::start_with(None, tls, arbiters, allocs)
+    }
+
     /// A cluster whose shared store is a keyspace of its own on the test
     /// CQL server (fails, never skips, without one).
     pub fn start_on_cql(test_name: &str, arbiters: usize, allocs: usize) -> Result<Self> {
@@ -51,27 +62,37 @@ impl Cluster {
         arbiters: usize,
         allocs: usize,
     ) -> Result<Self> {
+        Self::start_with(keyspace, Vec::new(), arbiters, allocs)
+    }
+
+    /// `tls`: arguments every process gets (its certificate, the CA).
+    fn start_with(
+        keyspace: Option<crate::CqlKeyspace>,
+        tls: Vec<String>,
+        arbiters: usize,
+        allocs: usize,
+    ) -> Result<Self> {
+        let scheme = if tls.is_empty() { "http" } else { "https" };
         let dir = tempfile::tempdir()?;
         let fail_raises_file = dir.path().join("fail-raises");
         let data = dir.path().join("store");
         let (store, store_url) = match &keyspace {
             Some(keyspace) => (None, keyspace.url.clone()),
             None => {
-                let store = Process::start(
-                    &seqsvc_bin(),
-                    &[
-                        "store",
-                        "--data-dir",
-                        data.to_str().context("utf-8 path")?,
-                        "--fail-raises-while",
-                        fail_raises_file.to_str().context("utf-8 path")?,
-                    ],
-                )?;
-                let url = format!("http://{}", store.addr);
+                let mut args = vec![
+                    "store",
+                    "--data-dir",
+                    data.to_str().context("utf-8 path")?,
+                    "--fail-raises-while",
+                    fail_raises_file.to_str().context("utf-8 path")?,
+                ];
+                args.extend(tls.iter().map(String::as_str));
+                let store = Process::start(&seqsvc_bin(), &args)?;
+                let url = format!("{scheme}://{}", store.addr);
                 (Some(store), url)
             }
         };
-        let arbiter_args = [
+        let mut arbiter_args = vec![
             "arbiter".to_owned(),
             "--store".to_owned(),
             store_url.clone(),
@@ -88,6 +109,7 @@ impl Cluster {
             "--check-interval-ms".to_owned(),
             "100".to_owned(),
         ];
+        arbiter_args.extend(tls.iter().cloned());
         let arbiter_args: Vec<&str> = arbiter_args.iter().map(String::as_str).collect();
         // Started together: they race for the first table.
         let arbiters = std::thread::scope(|s| {
@@ -105,7 +127,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let step = STEP.to_string();
-        let alloc_args = [
+        let mut alloc_args = vec![
             "alloc",
             "--store",
             &store_url,
@@ -114,6 +136,7 @@ impl Cluster {
             "--step",
             &step,
         ];
+        alloc_args.extend(tls.iter().map(String::as_str));
         let allocs = (0..allocs)
             .map(|_| Process::start(&seqsvc_bin(), &alloc_args))
             .collect::<Result<Vec<_>>>()?;

@@ -84,3 +84,69 @@ fn tl_talks_to_a_tls_server_through_its_ca() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A seqsvc cluster on TLS (store, arbiter and AllocSvr call each other
+/// over it) serves a syncd that trusts its CA; a client that does not
+/// speak TLS to it fails.
+#[test]
+fn syncd_takes_its_seqs_from_a_tls_seqsvc_cluster() -> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let cluster = tests::seq_cluster::Cluster::start_with_tls(&ca, 1, 1)?;
+    let arbiter = cluster.arbiter_addrs().join(",");
+    let dir = tempfile::tempdir()?;
+    let ca_path = ca.ca().to_string_lossy().into_owned();
+    let mut args = ca.server_args();
+    args.extend([
+        "--seqsvc".to_owned(),
+        arbiter.clone(),
+        "--seqsvc-ca-cert".to_owned(),
+        ca_path.clone(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with(dir.path(), &args)?;
+    let https = format!("https://{}", server.addr);
+    let alice = server.device_token(1, "phone")?;
+    let created = tl_with_ca(
+        &https,
+        &alice,
+        &ca.ca(),
+        &["conversation", "create", "--members", "2"],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let id = String::from_utf8(created.stdout)?.trim().to_owned();
+    let sent = tl_with_ca(
+        &https,
+        &alice,
+        &ca.ca(),
+        &["send", "--conversation", &id, "--text", "seq over tls"],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    let routes = |extra: &[&str]| {
+        std::process::Command::new(tests::seqsvc_bin())
+            .args(["routes", "--arbiter", &arbiter])
+            .args(extra)
+            .output()
+            .expect("running seqsvc routes")
+    };
+    let trusted = routes(&["--tls-ca-cert", &ca_path]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let plaintext = routes(&[]);
+    assert!(
+        !plaintext.status.success(),
+        "a plaintext client was served by a TLS arbiter"
+    );
+    Ok(())
+}

@@ -459,7 +459,12 @@ mod tests {
     async fn serve(routes: Routes) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(crate::grpc::serve(listener, routes, std::future::pending()));
+        tokio::spawn(crate::grpc::serve(
+            listener,
+            routes,
+            None,
+            std::future::pending(),
+        ));
         addr
     }
 

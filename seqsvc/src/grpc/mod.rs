@@ -10,6 +10,11 @@
 //!   arbiters.
 //! - [`store_url`]: the shared store a `--store` URL names.
 //!
+//! TLS is a property of the process: a server role given a certificate
+//! serves only TLS ([`serve`]), and a process that called
+//! [`use_client_tls`] reaches every other role over TLS (addresses in the
+//! routing table carry no scheme, so the choice cannot be per address).
+//!
 //! [`SharedStore`]: crate::store::SharedStore
 
 pub mod alloc_service;
@@ -26,8 +31,28 @@ pub use store_url::open_store;
 
 use crate::{Namespace, Result, SeqError};
 use proto::seqsvc::v1 as pb;
+use std::sync::OnceLock;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+
+static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
+
+/// From now on this process calls every seqsvc role over TLS, trusting
+/// certificates signed by the CA in `ca_pem`. Set once, at startup; a
+/// later call changes nothing and says so.
+pub fn use_client_tls(ca_pem: &[u8]) -> Result<()> {
+    if !String::from_utf8_lossy(ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(SeqError::InvalidArgument(
+            "the CA file holds no PEM certificate".into(),
+        ));
+    }
+    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    CLIENT_TLS
+        .set(config)
+        .map_err(|_| SeqError::InvalidArgument("TLS for seqsvc calls was already set up".into()))
+}
 use tonic::{Code, Request, Status};
 
 /// Deadline of one call to the store process: a store that does not answer
@@ -82,18 +107,32 @@ pub fn namespace_to_proto(namespace: Namespace) -> Result<pb::Namespace> {
     }
 }
 
-/// An `http://host:port` endpoint with our connect timeout; lazy, so a
+/// An endpoint for `host:port` (or an `http://`/`https://` URL) with our
+/// connect timeout, over TLS once [`use_client_tls`] was called; lazy, so a
 /// process that is down now may be reached later.
 pub fn channel(url: &str) -> Result<Channel> {
-    let url = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
+    let tls = CLIENT_TLS.get();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let url = match tls {
+        Some(_) => format!("https://{rest}"),
+        None if url.starts_with("https://") => url.to_owned(),
+        None => format!("http://{rest}"),
     };
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| SeqError::InvalidArgument(format!("address {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let config = tls
+            .cloned()
+            .unwrap_or_else(|| ClientTlsConfig::new().with_native_roots());
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| SeqError::InvalidArgument(format!("TLS for {url:?}: {e}")))?;
+    }
     Ok(endpoint.connect_lazy())
 }
 
@@ -111,10 +150,11 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 pub const MAX_CONNECTIONS: usize = 4_096;
 
 /// Serves `routes` (one service each, from its `into_routes`) on
-/// `listener` until `shutdown` resolves.
+/// `listener` until `shutdown` resolves; only TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
+    tls: Option<Identity>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -122,7 +162,11 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_accepting.send(());
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(crate::incoming::KEEPALIVE_INTERVAL))

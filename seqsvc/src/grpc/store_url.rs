@@ -5,10 +5,11 @@ use crate::store::SharedStore;
 use crate::{Result, SeqError};
 use std::sync::Arc;
 
-/// The shared store named by a `--store` URL: `http://HOST:PORT` (a
-/// `seqsvc store` process) or `scylla://...` (the syncd URL form).
+/// The shared store named by a `--store` URL: `http://HOST:PORT` or
+/// `https://HOST:PORT` (a `seqsvc store` process; TLS needs
+/// [`super::use_client_tls`]) or `scylla://...` (the syncd URL form).
 pub async fn open_store(url: &str) -> Result<Arc<dyn SharedStore>> {
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         return Ok(Arc::new(RemoteStore::connect_lazy(url)?));
     }
     if url.starts_with("scylla://") {
@@ -18,6 +19,6 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn SharedStore>> {
         return Ok(Arc::new(store));
     }
     Err(SeqError::InvalidArgument(format!(
-        "store {url:?}: expected http://HOST:PORT or scylla://host:port/keyspace"
+        "store {url:?}: expected http(s)://HOST:PORT or scylla://host:port/keyspace"
     )))
 }
