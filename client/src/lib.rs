@@ -9,6 +9,9 @@
 //!   the caller, and acknowledged to the server only after it was saved: a
 //!   crash can repeat entries, never skip them.
 //!
+//! Servers are `http://` or `https://` URLs (TLS checked against the
+//! system's roots or a CA of the caller's, [`ConnectOptions`]).
+//!
 //! The `tl` binary (src/main.rs) is a thin CLI over this library.
 
 pub mod checkpoint;

@@ -18,6 +18,9 @@
 //!   ([`horizon`]), so a device that advances its checkpoint never skips one.
 //! - Users read only their own inbox and conversations they belong to
 //!   ([`access`]).
+//! - Every call is authenticated in one place ([`auth::Authenticator`]): a
+//!   revoked device token is refused on every call, and its open push
+//!   streams end, within a second on every node sharing the store.
 //! - Everything that follows a commit (cache, push, retention) happens on
 //!   one path ([`observer`]), whether the event committed at once or was
 //!   finished in the background.
@@ -52,7 +55,7 @@
 //! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
 //! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
 //!   locks; [`limits`]: named bounds.
-//! - [`auth`]: tokens. [`grpc`]: one file per gRPC service; [`error`]: the
+//! - [`auth`]: tokens (`tl1` and JWTs) and their revocation. [`grpc`]: one file per gRPC service; [`error`]: the
 //!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
 //!   listener, shutdown.
 
