@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC API (embedded store or ScyllaDB) until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    // Boxed: the serve flags outweigh the other commands' several times.
+    Serve(Box<ServeArgs>),
     /// Print a token signed with the data directory's key.
     Token(TokenArgs),
 }
@@ -157,7 +158,7 @@ struct TokenArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
     };
     match result {

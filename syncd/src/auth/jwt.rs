@@ -68,7 +68,8 @@ struct Key {
 }
 
 enum Keys {
-    One(Key),
+    // Boxed: a key with its validation is several times a map's size.
+    One(Box<Key>),
     ByKid(HashMap<String, Key>),
 }
 
@@ -197,10 +198,10 @@ impl JwtVerifier {
                 }
                 let decoding =
                     DecodingKey::from_secret(&secret).map_err(|e| error(path, e.to_string()))?;
-                Keys::One(Key {
+                Keys::One(Box::new(Key {
                     decoding,
                     validation: validation(&config, vec![Algorithm::HS256]),
-                })
+                }))
             }
             JwtKeySource::PublicKeyFile(path) => {
                 let pem = read_key_file(path)?;
@@ -210,10 +211,10 @@ impl JwtVerifier {
                         "not a PEM public key (RSA, EC P-256/P-384 or Ed25519)".into(),
                     )
                 })?;
-                Keys::One(Key {
+                Keys::One(Box::new(Key {
                     decoding,
                     validation: validation(&config, algorithms),
-                })
+                }))
             }
             JwtKeySource::JwksFile(path) => {
                 let text = read_key_file(path)?;
@@ -387,5 +388,97 @@ impl Header {
             .to_owned();
         let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
         Ok(Self { alg, kid })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(key: JwtKeySource) -> std::result::Result<JwtVerifier, JwtKeyError> {
+        JwtVerifier::load(JwtConfig {
+            key,
+            audience: None,
+            issuer: None,
+        })
+    }
+
+    fn jwks_error(dir: &Path, jwks: serde_json::Value) -> String {
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        match load(JwtKeySource::JwksFile(path)) {
+            Ok(_) => panic!("accepted {jwks}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    /// Keys that cannot serve are refused at start, naming why.
+    #[test]
+    fn unusable_keys_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{}\n", "s".repeat(31))).unwrap();
+        let short = load(JwtKeySource::Hs256SecretFile(secret.clone()))
+            .err()
+            .unwrap();
+        assert!(short.to_string().contains("31 bytes"), "{short}");
+        std::fs::write(&secret, format!("{}\r\n", "s".repeat(32))).unwrap();
+        load(JwtKeySource::Hs256SecretFile(secret.clone())).unwrap();
+        let not_pem = load(JwtKeySource::PublicKeyFile(secret)).err().unwrap();
+        assert!(
+            not_pem.to_string().contains("not a PEM public key"),
+            "{not_pem}"
+        );
+        let missing = load(JwtKeySource::PublicKeyFile(dir.path().join("nope")))
+            .err()
+            .unwrap();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+
+        let oct =
+            serde_json::json!({"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0c2VjcmV0"}]});
+        assert!(jwks_error(dir.path(), oct).contains("symmetric"));
+        let ed = |kid: Option<&str>| {
+            let mut key = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+            if let Some(kid) = kid {
+                key["kid"] = kid.into();
+            }
+            key
+        };
+        let no_kid = serde_json::json!({"keys": [ed(None)]});
+        assert!(jwks_error(dir.path(), no_kid).contains("no kid"));
+        let twice = serde_json::json!({"keys": [ed(Some("a")), ed(Some("a"))]});
+        assert!(jwks_error(dir.path(), twice).contains("twice"));
+        let empty = serde_json::json!({"keys": []});
+        assert!(jwks_error(dir.path(), empty).contains("no keys"));
+        let mut mismatched = ed(Some("b"));
+        mismatched["alg"] = "RS256".into();
+        let mismatched = serde_json::json!({"keys": [mismatched]});
+        assert!(jwks_error(dir.path(), mismatched).contains("does not fit"));
+    }
+
+    #[test]
+    fn malformed_headers_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s".repeat(32)).unwrap();
+        let verifier = load(JwtKeySource::Hs256SecretFile(secret)).unwrap();
+        let header = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let cases = [
+            ("a.b".to_owned(), "three parts"),
+            ("!!.e30.x".to_owned(), "not base64url"),
+            (format!("{}.e30.x", header("nope")), "not JSON"),
+            (format!("{}.e30.x", header("{}")), "no alg"),
+            (
+                format!("{}.e30.", header(r#"{"alg":"none"}"#)),
+                "\"none\" is not allowed",
+            ),
+        ];
+        for (token, why) in cases {
+            let error = verifier.verify(&token).unwrap_err();
+            assert!(
+                matches!(&error, SyncdError::Unauthenticated(m) if m.contains(why)),
+                "{token}: {error}"
+            );
+        }
     }
 }

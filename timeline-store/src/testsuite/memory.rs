@@ -199,21 +199,6 @@ impl Receipts for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_store_passes_the_conformance_suite() {
-        let store = MemoryStore::new();
-        crate::testsuite::conformance::run_all(|| {
-            let store = store.clone();
-            async move { store }
-        })
-        .await;
-    }
-}
-
 #[async_trait]
 impl Revocations for MemoryStore {
     async fn revoke(&self, revocation: &Revocation, recorded_at_ms: u64) -> Result<u64> {
@@ -259,5 +244,20 @@ impl Revocations for MemoryStore {
                 recorded_at_ms,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        let store = MemoryStore::new();
+        crate::testsuite::conformance::run_all(|| {
+            let store = store.clone();
+            async move { store }
+        })
+        .await;
     }
 }
