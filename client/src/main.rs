@@ -61,6 +61,7 @@ enum DevicesCommand {
 
 #[derive(Args)]
 struct RevokeArgs {
+    /// The user whose device tokens are revoked.
     #[arg(long)]
     user: u64,
     /// The device; omitted: every device of the user (logout everywhere).
