@@ -17,6 +17,9 @@
 //! - `large_groups`: user_id | conversation_id -> membership (joined and
 //!   left positions; empty in indexes written before positions were kept)
 //! - `inbox_floors`: user_id                 -> u64
+//! - `read_states`:  user_id | conversation_id -> ReadStateRow
+//! - `read_state_applied`: user_id           -> u64 (the seq the rows were
+//!   folded through; saved in the same batch as the rows)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -26,8 +29,8 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
-    Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -89,6 +92,11 @@ enum WriteOp {
     ExpireReceipts {
         rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    ReadStates {
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    },
 }
 
 /// Receipts one sweep step deletes in one write.
@@ -120,6 +128,8 @@ struct Keyspaces {
     checkpoints: fjall::Keyspace,
     large_groups: fjall::Keyspace,
     inbox_floors: fjall::Keyspace,
+    read_states: fjall::Keyspace,
+    read_state_applied: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -199,6 +209,8 @@ impl EmbeddedStore {
             checkpoints: open("checkpoints")?,
             large_groups: open("large_groups")?,
             inbox_floors: open("inbox_floors")?,
+            read_states: open("read_states")?,
+            read_state_applied: open("read_state_applied")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -309,16 +321,20 @@ fn apply_group(
     // Receipts written earlier in this group: a sweep in the same group
     // reads the store without them and must not delete them.
     let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
+    // Read-state saves earlier in this group, not yet in the store.
+    let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
     for request in group {
         match &request.op {
             WriteOp::Event(commit) => {
                 let conversation_id = commit.entry.conversation_id;
                 let mut encoder = EntryEncoder::new(&commit.entry);
-                batch.insert(
-                    &ks.conv,
-                    key2(conversation_id, commit.entry.conv_seq),
-                    encoder.conversation(),
-                );
+                if commit.entry.kind.in_conversation_timeline() {
+                    batch.insert(
+                        &ks.conv,
+                        key2(conversation_id, commit.entry.conv_seq),
+                        encoder.conversation(),
+                    );
+                }
                 for write in &commit.inbox {
                     inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
                 }
@@ -395,6 +411,39 @@ fn apply_group(
                 }
                 outcomes.push(WriteOutcome::Checkpoint(value));
             }
+            WriteOp::ReadStates {
+                user_id,
+                applied_seq,
+                rows,
+            } => {
+                let stored = match read_states_applied.get(user_id) {
+                    Some(&seq) => seq,
+                    None => match ks
+                        .read_state_applied
+                        .get(user_id.to_be_bytes())
+                        .map_err(io)?
+                    {
+                        Some(v) => decode_u64(&v)?,
+                        None => 0,
+                    },
+                };
+                if *applied_seq >= stored {
+                    batch.insert(
+                        &ks.read_state_applied,
+                        user_id.to_be_bytes(),
+                        applied_seq.to_be_bytes(),
+                    );
+                    for row in rows {
+                        batch.insert(
+                            &ks.read_states,
+                            key2(*user_id, row.conversation_id),
+                            codec::encode_read_state(row),
+                        );
+                    }
+                    read_states_applied.insert(*user_id, *applied_seq);
+                }
+                outcomes.push(WriteOutcome::Done);
+            }
             WriteOp::ExpireReceipts { rows } => {
                 for (key, expired) in rows {
                     if receipts_written.contains(key) {
@@ -457,6 +506,44 @@ impl EventLog for EmbeddedStore {
     /// whole or absent.
     async fn recover(&self) -> Result<usize> {
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl ReadStates for EmbeddedStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        self.read(move |ks| {
+            let applied_seq = match ks
+                .read_state_applied
+                .get(user_id.to_be_bytes())
+                .map_err(io)?
+            {
+                Some(v) => decode_u64(&v)?,
+                None => 0,
+            };
+            let mut rows = Vec::new();
+            for guard in ks.read_states.prefix(user_id.to_be_bytes()) {
+                let value = guard.value().map_err(io)?;
+                rows.push(codec::decode_read_state(value.as_ref())?);
+            }
+            Ok(ReadStateSnapshot { applied_seq, rows })
+        })
+        .await
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        self.write(WriteOp::ReadStates {
+            user_id,
+            applied_seq,
+            rows,
+        })
+        .await
+        .map(|_| ())
     }
 }
 

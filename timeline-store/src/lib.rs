@@ -17,6 +17,7 @@
 //! | [`ConversationReads`] | `conversation`, `read_conversation`, `large_groups` | records, timelines both ways, the large-group index |
 //! | [`Checkpoints`] | `save_checkpoint`, `checkpoint` | per device, never lowered |
 //! | [`Receipts`] | `receipt` | the first send's result, per principal and client id |
+//! | [`ReadStates`] | `read_states`, `save_read_states` | a user's folded read state, saved atomically, never behind |
 //!
 //! A new capability is a new trait with its own conformance checks, added
 //! to [`TimelineStore`]'s bounds.
@@ -30,6 +31,10 @@
 //! - **Checkpoints**: `(user_id, device_id) -> seq`, never lowered.
 //! - **Inbox floors**: `user_id -> seq` below which entries were trimmed
 //!   (retention), never lowered.
+//! - **Read states**: `(user_id, conversation_id) -> ReadStateRow`, plus
+//!   the inbox seq they were folded through (per user, never lowered).
+//!   A read marker is an inbox-only entry: it never enters the
+//!   conversation timeline.
 //! - **Large-group index**: `(user_id, conversation_id)` for every large
 //!   (read-fanout) group a user belongs to; such groups get no inbox copies.
 //!
@@ -72,6 +77,7 @@ pub const RECEIPT_RETENTION: std::time::Duration = std::time::Duration::from_sec
 pub mod embedded;
 mod error;
 mod model;
+mod read_state;
 pub mod scylla;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -81,5 +87,6 @@ pub use codec::{INBOX_INLINE_PAYLOAD_BYTES, inbox_copy_payload_bytes, payload_by
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::{Result, StoreError};
 pub use model::*;
+pub use read_state::*;
 pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 pub use traits::*;

@@ -10,6 +10,23 @@ pub enum EntryKind {
     ConversationCreated,
     MembersAdded,
     MembersRemoved,
+    /// The user read the conversation through `read_through` (an inbox
+    /// event of that user only, never in the conversation timeline).
+    ReadMarker,
+}
+
+impl EntryKind {
+    /// Whether the event is part of the conversation's timeline (History),
+    /// or only of the inbox it is written to.
+    pub fn in_conversation_timeline(self) -> bool {
+        match self {
+            Self::Message
+            | Self::ConversationCreated
+            | Self::MembersAdded
+            | Self::MembersRemoved => true,
+            Self::ReadMarker => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,6 +38,12 @@ pub enum ConversationKind {
 
 /// One event in a conversation timeline (`seq == 0`) or a copy of it in an
 /// inbox (`seq` = the owner's inbox seq).
+///
+/// A read marker has `conv_seq` = the conversation's last allocated
+/// `conv_seq` when it was written (where it sits in the conversation's
+/// order: every event up to there comes before it in the user's inbox),
+/// `read_through` = what the user read, and `unread` = the messages from
+/// others in `(read_through, conv_seq]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -35,6 +58,10 @@ pub struct Entry {
     pub sent_at_ms: i64,
     /// Members named by a membership event.
     pub members: Vec<u64>,
+    /// A read marker's `conv_seq` read through (0 for other kinds).
+    pub read_through: u64,
+    /// A read marker's count of what stays unread (0 for other kinds).
+    pub unread: u64,
 }
 
 impl Entry {
@@ -52,6 +79,8 @@ impl Entry {
             text: String::new(),
             sent_at_ms: 0,
             members: Vec::new(),
+            read_through: 0,
+            unread: 0,
         }
     }
 }

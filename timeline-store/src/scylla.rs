@@ -45,7 +45,7 @@ use crate::codec::{
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership,
-    Order, Receipt, Receipts, Result, StoreError,
+    Order, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use cql_kit::read_pages;
@@ -109,6 +109,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.large_group_members (user_id bigint, conversation_id bigint, joined_seq bigint, joined_conv_seq bigint, left_seq bigint, left_conv_seq bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -235,6 +237,10 @@ struct Statements {
     select_trimmable: PreparedStatement,
     delete_inbox_through: PreparedStatement,
     delete_inbox_bucket: PreparedStatement,
+    insert_read_state: PreparedStatement,
+    select_read_states: PreparedStatement,
+    insert_read_state_applied: PreparedStatement,
+    select_read_state_applied: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
@@ -352,6 +358,22 @@ impl ScyllaTimelineStore {
             .await?,
             delete_inbox_bucket: prepare(
                 "DELETE FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket = ?",
+            )
+            .await?,
+            insert_read_state: prepare(
+                "INSERT INTO {ks}.read_states (user_id, conversation_id, state) VALUES (?, ?, ?)",
+            )
+            .await?,
+            select_read_states: prepare(
+                "SELECT conversation_id, state FROM {ks}.read_states WHERE user_id = ? AND conversation_id > ? LIMIT ?",
+            )
+            .await?,
+            insert_read_state_applied: prepare(
+                "INSERT INTO {ks}.read_state_applied (user_id, applied_seq) VALUES (?, ?)",
+            )
+            .await?,
+            select_read_state_applied: prepare(
+                "SELECT applied_seq FROM {ks}.read_state_applied WHERE user_id = ?",
             )
             .await?,
             insert_pending: prepare(
@@ -493,6 +515,12 @@ impl ScyllaTimelineStore {
 }
 
 impl ScyllaTimelineStore {
+    async fn write_read_state(&self, values: (i64, i64, Vec<u8>)) -> Result<()> {
+        self.execute(&self.statements.insert_read_state, values)
+            .await
+            .map(|_| ())
+    }
+
     /// Writes every row of an event (idempotent: applying it twice stores
     /// the same rows).
     async fn apply(&self, commit: &EventCommit) -> Result<()> {
@@ -506,7 +534,11 @@ impl ScyllaTimelineStore {
             .map(|w| (w.user_id, w.seq, encoder.inbox(w.seq)))
             .collect();
 
+        let in_timeline = commit.entry.kind.in_conversation_timeline();
         let conv_write = async {
+            if !in_timeline {
+                return Ok(());
+            }
             self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
                 .await?;
             let values = (
@@ -555,6 +587,83 @@ impl ScyllaTimelineStore {
             self.execute(&self.statements.insert_receipt, values)
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// Each row of a save is written on its own (a partition's rows can exceed
+/// a batch's size limit), then the applied seq: a save cut short leaves
+/// rows ahead of the stored seq, which a fold from that seq skips, since a
+/// row records the newest inbox seq folded into it (`last_seq`).
+#[async_trait]
+impl ReadStates for ScyllaTimelineStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        let applied: Vec<i64> = self
+            .column(&self.statements.select_read_state_applied, (big(user_id),))
+            .await?;
+        type Row = (i64, Vec<u8>);
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(user_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self
+                    .execute(&self.statements.select_read_states, values)
+                    .await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<Row>, _> =
+                    rows.rows::<Row>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let rows = rows
+            .iter()
+            .map(|(_, state)| codec::decode_read_state(state))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReadStateSnapshot {
+            applied_seq: applied.first().map_or(0, |&seq| seq as u64),
+            rows,
+        })
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let stored: Vec<i64> = self
+            .column(&self.statements.select_read_state_applied, (big(user_id),))
+            .await?;
+        if stored.first().is_some_and(|&seq| seq as u64 > applied_seq) {
+            return Ok(());
+        }
+        let encoded: Vec<(i64, i64, Vec<u8>)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    big(user_id),
+                    big(row.conversation_id),
+                    codec::encode_read_state(row),
+                )
+            })
+            .collect();
+        stream::iter(
+            encoded
+                .into_iter()
+                .map(|values| self.write_read_state(values)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+        self.execute(
+            &self.statements.insert_read_state_applied,
+            (big(user_id), big(applied_seq)),
+        )
+        .await?;
         Ok(())
     }
 }

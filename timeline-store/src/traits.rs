@@ -10,14 +10,21 @@
 
 use crate::{
     Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
-    LargeGroupMembership, Receipt, Result,
+    LargeGroupMembership, ReadStateRow, ReadStateSnapshot, Receipt, Result,
 };
 use async_trait::async_trait;
 
 /// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.
 /// Implemented for any type that has them all; never implement it by hand.
 pub trait TimelineStore:
-    EventLog + InboxReads + InboxRetention + ConversationReads + Checkpoints + Receipts + 'static
+    EventLog
+    + InboxReads
+    + InboxRetention
+    + ConversationReads
+    + Checkpoints
+    + Receipts
+    + ReadStates
+    + 'static
 {
 }
 
@@ -28,6 +35,7 @@ impl<T> TimelineStore for T where
         + ConversationReads
         + Checkpoints
         + Receipts
+        + ReadStates
         + 'static
         + ?Sized
 {
@@ -146,4 +154,24 @@ pub trait Receipts: Send + Sync {
     async fn expire_receipts(&self) -> Result<usize> {
         Ok(0)
     }
+}
+
+/// Each user's read state, folded from their inbox by the caller (see
+/// [`crate::ReadStateSnapshot`]). One writer per user at a time (the node
+/// that folds it); a save is atomic for the user.
+#[async_trait]
+pub trait ReadStates: Send + Sync {
+    /// Every row of the user and the seq they were folded through (an
+    /// empty snapshot at seq 0 for a user never saved).
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot>;
+
+    /// Stores `rows` (replacing the rows of the same conversations; others
+    /// stay) and `applied_seq`, atomically. A save whose `applied_seq` is
+    /// below the stored one changes nothing (a late save of an older fold).
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()>;
 }

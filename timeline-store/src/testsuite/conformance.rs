@@ -8,6 +8,8 @@
 
 use futures_util::future::join_all;
 
+mod read_states;
+
 use crate::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
     IdempotencyKey, InboxRange, InboxWrite, Receipt, TimelineStore,
@@ -110,6 +112,8 @@ where
     concurrent_commits_all_land(&store).await;
     every_entry_kind_round_trips(&store).await;
     heavy_payloads_read_back_whole_from_every_inbox(&store).await;
+    read_states::read_states_round_trip_and_never_go_behind(&store).await;
+    read_states::read_markers_stay_out_of_the_conversation_timeline(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -118,6 +122,7 @@ where
     drop(store);
     let reopened = open().await;
     everything_survives_reopen(&reopened).await;
+    read_states::read_states_survive_reopen(&reopened).await;
 }
 
 async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(store: &S) {

@@ -24,8 +24,8 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt,
-    Receipts, Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadStateRow,
+    ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -503,6 +503,23 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
 
     async fn expire_receipts(&self) -> Result<usize> {
         self.run(Op::Write, self.inner.expire_receipts()).await
+    }
+}
+
+#[async_trait]
+impl<S: ReadStates> ReadStates for FaultyStore<S> {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        self.run(Op::Read, self.inner.read_states(user_id)).await
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let save = self.inner.save_read_states(user_id, applied_seq, rows);
+        self.run(Op::Write, save).await
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
-    Receipts, Result,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +29,7 @@ struct State {
     checkpoints: HashMap<(u64, String), u64>,
     large_groups: BTreeMap<(u64, u64), LargeGroupMembership>,
     inbox_floors: HashMap<u64, u64>,
+    read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
 }
 
 impl MemoryStore {
@@ -47,13 +48,15 @@ impl EventLog for MemoryStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
         let mut state = self.state();
         let entry = &commit.entry;
-        let conv_entry = Entry {
-            seq: 0,
-            ..entry.clone()
-        };
-        state
-            .conv
-            .insert((entry.conversation_id, entry.conv_seq), conv_entry);
+        if entry.kind.in_conversation_timeline() {
+            let conv_entry = Entry {
+                seq: 0,
+                ..entry.clone()
+            };
+            state
+                .conv
+                .insert((entry.conversation_id, entry.conv_seq), conv_entry);
+        }
         for write in &commit.inbox {
             let copy = Entry {
                 seq: write.seq,
@@ -207,5 +210,38 @@ mod tests {
             async move { store }
         })
         .await;
+    }
+}
+
+#[async_trait]
+impl ReadStates for MemoryStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        let state = self.state();
+        Ok(state
+            .read_states
+            .get(&user_id)
+            .map(|(applied_seq, rows)| ReadStateSnapshot {
+                applied_seq: *applied_seq,
+                rows: rows.values().cloned().collect(),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let mut state = self.state();
+        let (stored, stored_rows) = state.read_states.entry(user_id).or_default();
+        if applied_seq < *stored {
+            return Ok(());
+        }
+        *stored = applied_seq;
+        for row in rows {
+            stored_rows.insert(row.conversation_id, row);
+        }
+        Ok(())
     }
 }
