@@ -12,9 +12,11 @@
 //! The `tl` binary (src/main.rs) is a thin CLI over this library.
 
 pub mod checkpoint;
+mod read_state;
 
 pub use checkpoint::CheckpointFile;
 pub use proto::timeline::v1 as pb;
+pub use read_state::conversation_state_json;
 
 use pb::admin_client::AdminClient;
 use pb::timeline_client::TimelineClient;
@@ -269,7 +271,11 @@ impl Client {
     /// One page of inbox entries after `after_seq` (the device's stored
     /// checkpoint when `None`).
     pub async fn sync_page(&self, after_seq: Option<u64>, limit: u32) -> Result<pb::SyncReply> {
-        let request = pb::SyncRequest { after_seq, limit };
+        let request = pb::SyncRequest {
+            after_seq,
+            limit,
+            include_read_state: false,
+        };
         reply(self.timeline().sync(with_deadline(request))).await
     }
 
@@ -582,8 +588,20 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         Ok(pb::EntryKind::ConversationCreated) => "conversation_created",
         Ok(pb::EntryKind::MembersAdded) => "members_added",
         Ok(pb::EntryKind::MembersRemoved) => "members_removed",
+        Ok(pb::EntryKind::ReadMarker) => "read_marker",
         _ => "unknown",
     };
+    if entry.kind == pb::EntryKind::ReadMarker as i32 {
+        return serde_json::json!({
+            "seq": entry.seq,
+            "kind": kind,
+            "conversation_id": entry.conversation_id,
+            "conv_seq": entry.conv_seq,
+            "read_through": entry.read_through,
+            "unread": entry.unread,
+            "sent_at_ms": entry.sent_at_ms,
+        });
+    }
     serde_json::json!({
         "seq": entry.seq,
         "kind": kind,

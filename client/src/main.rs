@@ -42,6 +42,29 @@ enum Command {
     Watch(SyncArgs),
     /// Print a page of a conversation's history as JSON lines (oldest first).
     History(HistoryArgs),
+    /// Mark a conversation read (through the newest entry by default).
+    Read(ReadArgs),
+    /// Print the conversation list, most recent activity first (JSON lines,
+    /// then a line with the totals and the next page's cursor).
+    Conversations(ConversationsArgs),
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    #[arg(long)]
+    conversation: u64,
+    /// Read through this conv_seq (default: the newest).
+    #[arg(long)]
+    through: Option<u64>,
+}
+
+#[derive(Args)]
+struct ConversationsArgs {
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// The cursor printed by the previous page.
+    #[arg(long, default_value = "")]
+    cursor: String,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +308,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     accept_expired(error, args.resync, &mut checkpoint)?;
                 }
             }
+        }
+        Command::Read(args) => {
+            let marked = client.mark_read(args.conversation, args.through).await?;
+            print_json(&serde_json::json!({
+                "conversation_id": marked.conversation_id,
+                "read_through": marked.read_through,
+                "unread": marked.unread,
+                "seq": marked.seq,
+            }))?;
+        }
+        Command::Conversations(args) => {
+            let page = client
+                .list_conversations(args.limit, &args.cursor, "")
+                .await?;
+            for conversation in &page.conversations {
+                print_json(&client::conversation_state_json(conversation))?;
+            }
+            print_json(&serde_json::json!({
+                "total_unread": page.total_unread,
+                "cursor": page.cursor,
+                "as_of_seq": page.as_of_seq,
+            }))?;
         }
         Command::History(args) => {
             let reply = client

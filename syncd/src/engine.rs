@@ -21,6 +21,7 @@ use crate::limits::{
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
 use crate::push::{Hub, Push};
+use crate::read_state::ReadState;
 use crate::retention::{Retainer, RetentionQueue};
 use crate::send::Sender;
 use crate::visibility::Visibility;
@@ -36,6 +37,7 @@ pub use crate::history::{HistoryPage, HistoryQuery};
 pub use crate::inbox::SyncPage;
 pub use crate::membership::NewConversation;
 pub use crate::push::{Feed, PushNotice};
+pub use crate::read_state::{ConversationState, ListPage, ListQuery, MarkResult};
 pub use crate::retention::Retention;
 pub use crate::send::{SendCommand, SendOutcome};
 
@@ -73,6 +75,15 @@ pub struct Engine {
     history: History,
     push: Push,
     retainer: Arc<Retainer>,
+    read_state: Arc<ReadState>,
+}
+
+/// The read state a sync reply carries (see [`Engine::read_state_summary`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReadStateSummary {
+    pub total_unread: u64,
+    pub as_of_seq: u64,
+    pub conversations: Vec<ConversationState>,
 }
 
 impl Engine {
@@ -109,7 +120,14 @@ impl Engine {
             Arc::clone(&lifecycle),
             config.commit_budget_bytes,
         ));
+        let read_state = Arc::new(ReadState::new(
+            Arc::clone(&store),
+            Arc::clone(&visibility),
+            Arc::clone(&directory),
+            Arc::clone(&writer),
+        ));
         Arc::new(Self {
+            read_state: Arc::clone(&read_state),
             sender: Arc::new(Sender::new(
                 Arc::clone(&directory),
                 Arc::clone(&writer),
@@ -135,6 +153,7 @@ impl Engine {
                 store,
                 visibility,
                 retention_queue,
+                read_state,
             )),
             lifecycle,
             config,
@@ -193,8 +212,59 @@ impl Engine {
 
     pub async fn send(&self, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
         let sender = Arc::clone(&self.sender);
-        let work = async move { sender.send(principal, command).await };
+        let read_state = Arc::clone(&self.read_state);
+        let sender_id = match &principal {
+            Principal::Device { user_id, .. } => *user_id,
+            _ => command.sender_id.unwrap_or(0),
+        };
+        let work = async move {
+            let outcome = sender.send(principal, command).await?;
+            if !outcome.duplicate {
+                let receipt = &outcome.receipt;
+                read_state
+                    .after_large_group_send(sender_id, receipt.conversation_id, receipt.conv_seq)
+                    .await;
+            }
+            Ok(outcome)
+        };
         self.lifecycle.to_completion("send", work).await
+    }
+
+    pub async fn mark_read(
+        &self,
+        principal: Principal,
+        conversation_id: u64,
+        through: Option<u64>,
+    ) -> Result<MarkResult> {
+        let read_state = Arc::clone(&self.read_state);
+        let work = async move { read_state.mark(&principal, conversation_id, through).await };
+        self.lifecycle.to_completion("mark", work).await
+    }
+
+    pub async fn list_conversations(
+        &self,
+        principal: &Principal,
+        query: ListQuery,
+    ) -> Result<ListPage> {
+        self.read_state.list(principal, query).await
+    }
+
+    /// The caller's unread total and the state of the conversations
+    /// `page`'s entries touch (and of large groups with anything unread).
+    pub async fn read_state_summary(
+        &self,
+        principal: &Principal,
+        page: &SyncPage,
+    ) -> Result<ReadStateSummary> {
+        let (user_id, _) = crate::access::device_user(principal)?;
+        let touched = page.entries.iter().map(|e| e.conversation_id).collect();
+        let (as_of_seq, total_unread, conversations) =
+            self.read_state.summary(user_id, &touched).await?;
+        Ok(ReadStateSummary {
+            total_unread,
+            as_of_seq,
+            conversations,
+        })
     }
 
     pub async fn create_conversation(
@@ -392,6 +462,23 @@ mod growth_tests {
         impl Receipts for SlowConversationReads {
             async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
                 self.inner.receipt(key).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ReadStates for SlowConversationReads {
+            async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+                self.inner.read_states(user_id).await
+            }
+            async fn save_read_states(
+                &self,
+                user_id: u64,
+                applied_seq: u64,
+                rows: Vec<ReadStateRow>,
+            ) -> Result<()> {
+                self.inner
+                    .save_read_states(user_id, applied_seq, rows)
+                    .await
             }
         }
     }

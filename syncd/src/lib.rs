@@ -75,6 +75,7 @@ pub mod membership;
 pub mod observer;
 pub mod paging;
 pub mod push;
+pub mod read_state;
 pub mod retention;
 pub mod send;
 pub mod server;

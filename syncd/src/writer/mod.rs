@@ -150,7 +150,7 @@ impl EventWriter {
                  while the store fails; retry later"
             )));
         }
-        let bytes = self.take_budget(&event).await?;
+        let bytes = self.take_budget(cost_of(&event)).await?;
         let Held {
             until_allocated,
             until_complete,
@@ -211,6 +211,21 @@ impl EventWriter {
             conversation: record,
             large_group_index: fanout.index,
         };
+        self.land(commit, assignment, until_complete, bytes).await?;
+        Ok(receipt)
+    }
+
+    /// Commits an allocated event and announces it; on a store failure
+    /// keeps what protects its promises (see the module doc).
+    async fn land(
+        &self,
+        commit: EventCommit,
+        assignment: Assignment,
+        until_complete: Vec<Guard>,
+        bytes: OwnedSemaphorePermit,
+    ) -> Result<()> {
+        let msg_id = commit.entry.msg_id;
+        let conversation_id = commit.entry.conversation_id;
         let unfinished = |assignment| Unfinished {
             assignment,
             held: until_complete,
@@ -219,7 +234,7 @@ impl EventWriter {
         match self.store.commit_event(commit.clone()).await {
             Ok(()) => {
                 self.observers.announce(&commit, assignment);
-                Ok(receipt)
+                Ok(())
             }
             Err(error) if error.is_fatal() => {
                 self.fail(&error, msg_id, unfinished(assignment));
@@ -251,18 +266,7 @@ impl EventWriter {
     /// Takes the event's cost from the commit budget, waiting at most
     /// [`crate::limits::MAX_ADMISSION_WAIT`]; refuses an event whose cost
     /// exceeds [`MAX_EVENT_COMMIT_BYTES`].
-    async fn take_budget(&self, event: &Event) -> Result<OwnedSemaphorePermit> {
-        let copies = event.fanout.recipients.len();
-        // The conversation entry holds the payload once; an inbox copy
-        // holds it too only when it is light (heavy ones refer to it).
-        let payload = timeline_store::payload_bytes(&event.entry);
-        let per_copy =
-            COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
-        let members = event.record.as_ref().map_or(0, |r| r.members.len());
-        let cost = per_copy
-            .saturating_mul(copies)
-            .saturating_add(payload)
-            .saturating_add(members * 8);
+    async fn take_budget(&self, (copies, cost): (usize, usize)) -> Result<OwnedSemaphorePermit> {
         if cost > MAX_EVENT_COMMIT_BYTES {
             return Err(SyncdError::InvalidArgument(format!(
                 "an event with {copies} inbox copies is {cost} bytes to commit, at most \
@@ -375,6 +379,22 @@ impl EventWriter {
     }
 }
 
+/// How many inbox copies an event writes and the bytes it takes from the
+/// commit budget.
+fn cost_of(event: &Event) -> (usize, usize) {
+    let copies = event.fanout.recipients.len();
+    // The conversation entry holds the payload once; an inbox copy holds it
+    // too only when it is light (heavy ones refer to it).
+    let payload = timeline_store::payload_bytes(&event.entry);
+    let per_copy = COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
+    let members = event.record.as_ref().map_or(0, |r| r.members.len());
+    let cost = per_copy
+        .saturating_mul(copies)
+        .saturating_add(payload)
+        .saturating_add(members * 8);
+    (copies, cost)
+}
+
 fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
     // A std mutex: pushed to, never held across an await.
     parked
@@ -382,6 +402,9 @@ fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
         .unwrap_or_else(|p| p.into_inner())
         .push(unfinished);
 }
+
+mod marker;
+pub use marker::MarkOutcome;
 
 #[cfg(test)]
 mod tests;

@@ -226,6 +226,8 @@ impl Replayed<'_> {
             EntryKind::MembersAdded => changed,
             EntryKind::MembersRemoved if !self.large_after => self.members_before.clone(),
             EntryKind::MembersRemoved => changed,
+            // Never in a conversation timeline.
+            EntryKind::ReadMarker => BTreeSet::new(),
         }
     }
 }
@@ -246,7 +248,7 @@ pub fn replay(timeline: &[Entry]) -> Vec<Replayed<'_>> {
                     members.remove(m);
                 }
             }
-            EntryKind::Message => {}
+            EntryKind::Message | EntryKind::ReadMarker => {}
         }
         large = large || members.len() > LARGE_GROUP_THRESHOLD;
         out.push(Replayed {

@@ -1,0 +1,290 @@
+//! The conversation list (most recent activity first, paged by a stable
+//! cursor, with a version for "not modified") and the per-conversation
+//! state it and the sync summary show.
+
+use super::count::{self, Count, messages_from_others};
+use super::{CachedCount, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, ReadState};
+use crate::access;
+use crate::auth::Principal;
+use crate::error::{Result, SyncdError};
+use crate::horizon::Scope;
+use crate::limits::clamp_limit;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use timeline_store::{ConversationKind, LargeGroupMembership, MessagePreview, ReadStateRow};
+
+/// One conversation of the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationState {
+    pub conversation_id: u64,
+    pub kind: ConversationKind,
+    pub title: String,
+    pub read_fanout: bool,
+    pub member: bool,
+    pub read_through: u64,
+    pub unread: u64,
+    /// The newest `conv_seq` the user may read.
+    pub last_conv_seq: u64,
+    pub last_message: Option<MessagePreview>,
+    pub last_activity_ms: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub limit: usize,
+    pub cursor: String,
+    pub known_version: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    pub conversations: Vec<ConversationState>,
+    pub total_unread: u64,
+    /// Empty on the last page.
+    pub cursor: String,
+    pub version: String,
+    pub not_modified: bool,
+    pub as_of_seq: u64,
+}
+
+/// Where a list page starts: after this (activity, conversation) pair.
+fn parse_cursor(cursor: &str) -> Result<Option<(i64, u64)>> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    let bad =
+        || SyncdError::InvalidArgument(format!("cursor {cursor:?} is not one this server gave"));
+    let (ms, id) = cursor.split_once(':').ok_or_else(bad)?;
+    Ok(Some((
+        ms.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    )))
+}
+
+impl ReadState {
+    /// The user's conversations: folded rows, large groups completed from
+    /// their timelines, records from the directory.
+    async fn states(&self, user_id: u64) -> Result<(u64, Vec<ConversationState>)> {
+        let snapshot = self.fold(user_id).await?;
+        let mut rows: BTreeMap<u64, ReadStateRow> = snapshot
+            .rows
+            .into_iter()
+            .map(|row| (row.conversation_id, row))
+            .collect();
+        let memberships = self.store.large_group_memberships(user_id).await?;
+        let mut large: HashSet<u64> = HashSet::new();
+        for membership in memberships
+            .iter()
+            .filter(|m| m.joined.inbox_seq <= snapshot.applied_seq)
+        {
+            large.insert(membership.conversation_id);
+            let row = rows
+                .entry(membership.conversation_id)
+                .or_insert_with(|| ReadStateRow {
+                    conversation_id: membership.conversation_id,
+                    member: membership.left.is_none(),
+                    joined_conv_seq: membership.joined.conv_seq,
+                    read_through: membership.joined.conv_seq,
+                    counted_through: membership.joined.conv_seq,
+                    ..ReadStateRow::default()
+                });
+            self.complete_large_group(user_id, membership, row).await?;
+        }
+        let mut states = Vec::with_capacity(rows.len());
+        for row in rows.into_values() {
+            let conversation = match self.directory.peek(row.conversation_id).await {
+                Ok(conversation) => conversation,
+                Err(SyncdError::NotFound(_)) => continue,
+                Err(error) => return Err(error),
+            };
+            let last_conv_seq = row.counted_through;
+            states.push(ConversationState {
+                conversation_id: row.conversation_id,
+                kind: conversation.kind,
+                title: conversation.title.clone(),
+                read_fanout: large.contains(&row.conversation_id) || conversation.read_fanout,
+                member: row.member,
+                read_through: row.read_through,
+                unread: if row.member { row.unread } else { 0 },
+                last_conv_seq,
+                last_message: row.last_message,
+                last_activity_ms: row.last_activity_ms,
+            });
+        }
+        Ok((snapshot.applied_seq, states))
+    }
+
+    /// Adds to a large group's row what its timeline holds past the row:
+    /// messages from others up to the newest readable one (or the removal).
+    async fn complete_large_group(
+        &self,
+        user_id: u64,
+        membership: &LargeGroupMembership,
+        row: &mut ReadStateRow,
+    ) -> Result<()> {
+        let id = membership.conversation_id;
+        let mut to = self
+            .visibility
+            .readable_through(Scope::Conversation, id)
+            .await?;
+        if let Some(left) = membership.left {
+            to = to.min(left.conv_seq.saturating_sub(1));
+        }
+        let from = row
+            .read_through
+            .max(row.counted_through)
+            .max(membership.joined.conv_seq);
+        let count = self.count_cached(user_id, id, from, to).await?;
+        if row.member && membership.left.is_none() {
+            row.unread += count.count;
+        }
+        let last = match count.last_message {
+            Some(last) => Some(last),
+            None => count::last_message(self.store.as_ref(), id, to).await?,
+        };
+        if let Some(last) = last {
+            row.last_activity_ms = row.last_activity_ms.max(last.sent_at_ms);
+            row.last_message = Some(last);
+        }
+        row.counted_through = row.counted_through.max(to);
+        Ok(())
+    }
+
+    /// Messages from others in `(from, to]`, extending the last count of
+    /// the same start instead of reading it all again.
+    async fn count_cached(&self, user_id: u64, id: u64, from: u64, to: u64) -> Result<Count> {
+        if from >= to {
+            return Ok(Count::default());
+        }
+        let key = (user_id, id);
+        let (start, mut total) = match self.counts.get(&key) {
+            Some(cached) if cached.from == from && cached.to <= to && !cached.count.saturated => {
+                (cached.to, cached.count)
+            }
+            _ => (from, Count::default()),
+        };
+        let more = messages_from_others(self.store.as_ref(), id, user_id, start, to).await?;
+        total.count += more.count;
+        total.saturated |= more.saturated;
+        if more.last_message.is_some() {
+            total.last_message = more.last_message;
+        }
+        self.counts.insert(
+            key,
+            CachedCount {
+                from,
+                to,
+                count: total.clone(),
+            },
+        );
+        Ok(total)
+    }
+
+    /// One conversation's read marker and unread count for the user.
+    pub(super) async fn state_of(&self, user_id: u64, conversation_id: u64) -> Result<(u64, u64)> {
+        let snapshot = self.fold(user_id).await?;
+        let mut row = snapshot
+            .rows
+            .iter()
+            .find(|r| r.conversation_id == conversation_id)
+            .cloned();
+        let memberships = self.store.large_group_memberships(user_id).await?;
+        if let Some(membership) = memberships.iter().find(|m| {
+            m.conversation_id == conversation_id && m.joined.inbox_seq <= snapshot.applied_seq
+        }) {
+            let row = row.get_or_insert_with(|| ReadStateRow {
+                conversation_id,
+                member: membership.left.is_none(),
+                joined_conv_seq: membership.joined.conv_seq,
+                read_through: membership.joined.conv_seq,
+                counted_through: membership.joined.conv_seq,
+                ..ReadStateRow::default()
+            });
+            self.complete_large_group(user_id, membership, row).await?;
+        }
+        Ok(row.map_or((0, 0), |row| {
+            (row.read_through, if row.member { row.unread } else { 0 })
+        }))
+    }
+
+    /// A page of the caller's conversation list.
+    pub async fn list(&self, principal: &Principal, query: ListQuery) -> Result<ListPage> {
+        let (user_id, _) = access::device_user(principal)?;
+        let limit = clamp_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT);
+        let after = parse_cursor(&query.cursor)?;
+        let (as_of_seq, mut states) = self.states(user_id).await?;
+        let total_unread = states.iter().filter(|s| s.member).map(|s| s.unread).sum();
+        let version = version_of(as_of_seq, &states);
+        if !query.known_version.is_empty() && query.known_version == version {
+            return Ok(ListPage {
+                version,
+                not_modified: true,
+                as_of_seq,
+                total_unread,
+                ..ListPage::default()
+            });
+        }
+        // Newest first; the id breaks ties, so two conversations active in
+        // the same millisecond both have a place.
+        states.sort_by(|a, b| {
+            (b.last_activity_ms, b.conversation_id).cmp(&(a.last_activity_ms, a.conversation_id))
+        });
+        let start = match after {
+            None => 0,
+            Some(position) => {
+                states.partition_point(|s| (s.last_activity_ms, s.conversation_id) >= position)
+            }
+        };
+        let page: Vec<ConversationState> = states.iter().skip(start).take(limit).cloned().collect();
+        let more = start + page.len() < states.len();
+        let cursor = match page.last() {
+            Some(last) if more => format!("{}:{}", last.last_activity_ms, last.conversation_id),
+            _ => String::new(),
+        };
+        Ok(ListPage {
+            conversations: page,
+            total_unread,
+            cursor,
+            version,
+            not_modified: false,
+            as_of_seq,
+        })
+    }
+
+    /// The counts a sync reply carries: the total, and the conversations
+    /// named in `touched` or with anything unread in a large group.
+    pub async fn summary(
+        &self,
+        user_id: u64,
+        touched: &HashSet<u64>,
+    ) -> Result<(u64, u64, Vec<ConversationState>)> {
+        let (as_of_seq, states) = self.states(user_id).await?;
+        let total = states.iter().filter(|s| s.member).map(|s| s.unread).sum();
+        let shown = states
+            .into_iter()
+            .filter(|s| touched.contains(&s.conversation_id) || (s.read_fanout && s.unread > 0))
+            .collect();
+        Ok((as_of_seq, total, shown))
+    }
+}
+
+/// Changes whenever anything a list shows changes.
+fn version_of(as_of_seq: u64, states: &[ConversationState]) -> String {
+    // SipHash with fixed keys: the same list gives the same version in any
+    // process of this build.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    for state in states {
+        (
+            state.conversation_id,
+            state.member,
+            state.read_through,
+            state.unread,
+            state.last_conv_seq,
+            state.last_activity_ms,
+            &state.title,
+        )
+            .hash(&mut hasher);
+    }
+    format!("{as_of_seq}.{:016x}", hasher.finish())
+}

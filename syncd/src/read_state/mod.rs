@@ -1,0 +1,274 @@
+//! Read state: read markers, exact unread counts and the conversation list.
+//!
+//! # Where the numbers come from
+//! Everything a count needs is in the user's own inbox, in seq order:
+//! messages, the user's joins and leaves, and read markers (inbox events
+//! of the user, written through the event writer like any other, so every
+//! device learns them on the never-skip sync path). The server folds the
+//! inbox ([`fold`]) into one row per conversation and keeps the rows with
+//! the seq they cover; a device folding the same entries by the same rules
+//! gets the same counts. A crash after an event and before its fold loses
+//! nothing: the fold picks up from the saved seq.
+//!
+//! Large (read-fanout) groups write their messages to the conversation
+//! timeline only, so their rows count up to the last marker or join, and
+//! the rest is counted at read time from the timeline ([`count`]), up to
+//! the newest readable message (or the removal, for a former member). A
+//! sender's own message in a large group is followed by a marker of the
+//! sender through it.
+//!
+//! # Bounds
+//! Folds read the inbox a page at a time. A count reads at most
+//! [`count::MAX_COUNTED_ENTRIES`] entries of a timeline per call (and
+//! remembers large-group counts, so the next call reads only what is new).
+//! A list page has at most [`MAX_LIST_LIMIT`] conversations.
+//!
+//! # Layout
+//! - [`fold`]: the rules, pure.
+//! - [`count`]: counting messages from others in a conversation range.
+//! - this module: folding a user, the list, marks, the sync summary.
+
+pub mod count;
+pub mod fold;
+mod list;
+
+use crate::access;
+use crate::auth::Principal;
+use crate::directory::Directory;
+use crate::error::{Result, SyncdError};
+use crate::horizon::Scope;
+use crate::keyed::KeyedLocks;
+use crate::visibility::Visibility;
+use crate::writer::EventWriter;
+use count::{Count, messages_from_others};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use timeline_store::{InboxRange, ReadStateRow, ReadStateSnapshot, TimelineStore};
+
+pub use list::{ConversationState, ListPage, ListQuery};
+
+/// Inbox entries one fold reads per store call.
+const FOLD_PAGE: usize = 128;
+/// A long fold saves after this many pages, so a crash repeats little.
+const FOLD_PAGES_PER_SAVE: usize = 64;
+/// Conversations per list page when the caller names no limit.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Most conversations per list page.
+pub const MAX_LIST_LIMIT: usize = 500;
+/// Large-group counts remembered, per (user, conversation).
+const CACHED_COUNTS: u64 = 100_000;
+
+/// The result of a mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkResult {
+    pub conversation_id: u64,
+    pub read_through: u64,
+    pub unread: u64,
+    /// The marker's inbox seq (0: the mark was at or below the current
+    /// marker and changed nothing).
+    pub seq: u64,
+}
+
+/// A large-group count already made: messages from others in `(from, to]`.
+#[derive(Clone, Debug)]
+struct CachedCount {
+    from: u64,
+    to: u64,
+    count: Count,
+}
+
+pub struct ReadState {
+    store: Arc<dyn TimelineStore>,
+    visibility: Arc<Visibility>,
+    directory: Arc<Directory>,
+    writer: Arc<EventWriter>,
+    /// One fold per user at a time (two would save the same rows twice).
+    folds: Arc<KeyedLocks<u64>>,
+    counts: moka::sync::Cache<(u64, u64), CachedCount>,
+    /// Folded snapshots, so a fold reads only the new inbox entries.
+    snapshots: moka::sync::Cache<u64, Arc<ReadStateSnapshot>>,
+}
+
+/// Rows of folded snapshots kept in memory (about 150 bytes each).
+const CACHED_SNAPSHOT_ROWS: u64 = 1_000_000;
+
+impl ReadState {
+    pub fn new(
+        store: Arc<dyn TimelineStore>,
+        visibility: Arc<Visibility>,
+        directory: Arc<Directory>,
+        writer: Arc<EventWriter>,
+    ) -> Self {
+        Self {
+            store,
+            visibility,
+            directory,
+            writer,
+            folds: Arc::default(),
+            counts: moka::sync::Cache::new(CACHED_COUNTS),
+            snapshots: moka::sync::Cache::builder()
+                .weigher(|_, snapshot: &Arc<ReadStateSnapshot>| {
+                    u32::try_from(snapshot.rows.len() + 1).unwrap_or(u32::MAX)
+                })
+                .max_capacity(CACHED_SNAPSHOT_ROWS)
+                .build(),
+        }
+    }
+
+    /// The user's read state with every readable inbox entry folded in.
+    pub async fn fold(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        let _one_at_a_time = self.folds.write(user_id).await;
+        let stored = match self.snapshots.get(&user_id) {
+            Some(snapshot) => Arc::unwrap_or_clone(snapshot),
+            None => self.store.read_states(user_id).await?,
+        };
+        let through = self
+            .visibility
+            .readable_through(Scope::Inbox, user_id)
+            .await?;
+        if stored.applied_seq >= through {
+            return Ok(stored);
+        }
+        let mut rows: BTreeMap<u64, ReadStateRow> = stored
+            .rows
+            .into_iter()
+            .map(|row| (row.conversation_id, row))
+            .collect();
+        let mut changed = std::collections::BTreeSet::new();
+        let mut after = stored.applied_seq;
+        let floor = self.store.inbox_floor(user_id).await?;
+        if after.saturating_add(1) < floor {
+            // Retention folds before it trims; only a store trimmed by an
+            // older version gets here, and its counts start over from what
+            // is left.
+            tracing::warn!(user_id, after, floor, "inbox trimmed before it was folded");
+            after = floor - 1;
+        }
+        let mut pages = 0;
+        loop {
+            let range = InboxRange {
+                after,
+                through,
+                limit: FOLD_PAGE,
+            };
+            let entries = self.store.read_inbox(user_id, range).await?;
+            for entry in &entries {
+                let row = rows.entry(entry.conversation_id).or_default();
+                fold::apply(row, entry, user_id);
+                changed.insert(entry.conversation_id);
+            }
+            match entries.last() {
+                Some(last) if entries.len() == FOLD_PAGE => after = last.seq,
+                _ => break,
+            }
+            pages += 1;
+            if pages % FOLD_PAGES_PER_SAVE == 0 {
+                let batch = changed.iter().map(|id| rows[id].clone()).collect();
+                self.store.save_read_states(user_id, after, batch).await?;
+                changed.clear();
+            }
+        }
+        let batch = changed.iter().map(|id| rows[id].clone()).collect();
+        self.store.save_read_states(user_id, through, batch).await?;
+        let snapshot = ReadStateSnapshot {
+            applied_seq: through,
+            rows: rows.into_values().collect(),
+        };
+        self.snapshots.insert(user_id, Arc::new(snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// Raises the caller's read marker in a conversation to `through`
+    /// (`None`: the newest readable entry).
+    pub async fn mark(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        through: Option<u64>,
+    ) -> Result<MarkResult> {
+        let (user_id, _) = access::device_user(principal)?;
+        let conversation = self
+            .directory
+            .peek(conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
+        access::may_read(principal, &conversation)?;
+        let top = self
+            .visibility
+            .readable_through(Scope::Conversation, conversation_id)
+            .await?;
+        let through = match through {
+            Some(0) => {
+                return Err(SyncdError::InvalidArgument(
+                    "through must be a conv_seq (1 or more); leave it unset for the newest".into(),
+                ));
+            }
+            Some(seq) if seq > top => {
+                return Err(SyncdError::InvalidArgument(format!(
+                    "through {seq} is past the newest entry of conversation {conversation_id} ({top})"
+                )));
+            }
+            Some(seq) => seq,
+            None => top,
+        };
+        let (read_through, unread) = self.state_of(user_id, conversation_id).await?;
+        if through <= read_through {
+            return Ok(MarkResult {
+                conversation_id,
+                read_through,
+                unread,
+                seq: 0,
+            });
+        }
+        let outcome = self
+            .writer
+            .commit_marker(user_id, conversation_id, through)
+            .await?;
+        let mut unread = outcome.unread;
+        if conversation.read_fanout {
+            // What arrived after the marker's position, counted as a list
+            // would count it.
+            let later = messages_from_others(
+                self.store.as_ref(),
+                conversation_id,
+                user_id,
+                outcome.conv_seq,
+                top,
+            )
+            .await?;
+            unread += later.count;
+        }
+        Ok(MarkResult {
+            conversation_id,
+            read_through: outcome.read_through,
+            unread,
+            seq: outcome.seq,
+        })
+    }
+
+    /// After a send into a large group: the sender has read through their
+    /// own message (in a write-fanout conversation their inbox copy says
+    /// so; a large group gives them none). Best effort: a failure leaves
+    /// the marker where it was, which the next mark raises.
+    pub async fn after_large_group_send(
+        &self,
+        sender_id: u64,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) {
+        if sender_id == 0 {
+            return;
+        }
+        match self.directory.peek(conversation_id).await {
+            Ok(conversation) if conversation.read_fanout && conversation.is_member(sender_id) => {}
+            _ => return,
+        }
+        if let Err(error) = self
+            .writer
+            .commit_marker(sender_id, conversation_id, conv_seq)
+            .await
+        {
+            tracing::warn!(%error, sender_id, conversation_id, "could not mark the sender's own message read");
+        }
+    }
+}
