@@ -272,3 +272,6 @@ impl ReadState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

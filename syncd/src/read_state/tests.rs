@@ -1,0 +1,268 @@
+//! Regressions for the anchors' read-state bugs, through the engine.
+
+use crate::engine::{EngineConfig, ListQuery, MembershipChange};
+use crate::testkit::*;
+use std::sync::Arc;
+use timeline_store::EntryKind;
+
+async fn unread(engine: &Arc<crate::engine::Engine>, user: u64, conversation: u64) -> u64 {
+    let page = engine
+        .list_conversations(&device(user, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    page.conversations
+        .iter()
+        .find(|c| c.conversation_id == conversation)
+        .map_or(0, |c| c.unread)
+}
+
+#[tokio::test]
+async fn own_messages_never_count_and_sending_reads_what_came_before() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    send_numbered(&engine, 2, conversation, 3).await;
+    assert_eq!(unread(&engine, 1, conversation).await, 3);
+    send_numbered(&engine, 1, conversation, 2).await;
+    assert_eq!(
+        unread(&engine, 1, conversation).await,
+        0,
+        "own messages read the rest"
+    );
+    assert_eq!(unread(&engine, 2, conversation).await, 2);
+    let page = engine
+        .list_conversations(&device(2, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.total_unread, 2);
+}
+
+#[tokio::test]
+async fn marks_only_raise_and_reach_every_device_through_the_inbox() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    send_numbered(&engine, 2, conversation, 4).await;
+    let history = engine
+        .history(
+            &device(1, "d"),
+            crate::engine::HistoryQuery {
+                conversation_id: conversation,
+                before: 0,
+                after: Some(0),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let second = history.entries[2].conv_seq; // created, "0", "1"
+    let marked = engine
+        .mark_read(device(1, "phone"), conversation, Some(second))
+        .await
+        .unwrap();
+    assert_eq!((marked.read_through, marked.unread), (second, 2));
+    // A stale mark, a duplicate, and one below: nothing changes.
+    for through in [second, second - 1] {
+        let again = engine
+            .mark_read(device(1, "laptop"), conversation, Some(through))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.read_through, again.unread, again.seq),
+            (second, 2, 0)
+        );
+    }
+    let laptop = engine
+        .sync(&device(1, "laptop"), Some(0), 100)
+        .await
+        .unwrap();
+    let markers: Vec<_> = laptop
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::ReadMarker)
+        .collect();
+    assert_eq!(
+        markers.len(),
+        1,
+        "one marker, in the inbox every device syncs"
+    );
+    assert_eq!((markers[0].read_through, markers[0].unread), (second, 2));
+    let all = engine
+        .mark_read(device(1, "phone"), conversation, None)
+        .await
+        .unwrap();
+    assert_eq!(all.unread, 0);
+    assert_eq!(unread(&engine, 1, conversation).await, 0);
+    let beyond = engine
+        .mark_read(
+            device(1, "phone"),
+            conversation,
+            Some(all.read_through + 10),
+        )
+        .await;
+    assert!(matches!(
+        beyond,
+        Err(crate::error::SyncdError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn leaving_clears_the_counts_and_a_rejoin_counts_from_the_rejoin() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3]).await;
+    send_numbered(&engine, 1, conversation, 2).await;
+    assert_eq!(unread(&engine, 3, conversation).await, 2);
+    engine
+        .change_members(service(), conversation, vec![3], MembershipChange::Remove)
+        .await
+        .unwrap();
+    let page = engine
+        .list_conversations(&device(3, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.total_unread, 0, "a left conversation counts nothing");
+    assert!(!page.conversations[0].member);
+    send_numbered(&engine, 1, conversation, 2).await;
+    engine
+        .change_members(service(), conversation, vec![3], MembershipChange::Add)
+        .await
+        .unwrap();
+    assert_eq!(
+        unread(&engine, 3, conversation).await,
+        0,
+        "counting starts at the rejoin"
+    );
+    send_numbered(&engine, 2, conversation, 1).await;
+    assert_eq!(unread(&engine, 3, conversation).await, 1);
+}
+
+#[tokio::test]
+async fn conversations_active_in_the_same_millisecond_all_appear_across_pages() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let mut conversations = Vec::new();
+    for _ in 0..7 {
+        conversations.push(group(&engine, 1, vec![2]).await);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = engine
+            .list_conversations(
+                &device(1, "d"),
+                ListQuery {
+                    limit: 2,
+                    cursor: cursor.clone(),
+                    ..ListQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.conversations.iter().map(|c| c.conversation_id));
+        if page.cursor.is_empty() {
+            break;
+        }
+        cursor = page.cursor;
+    }
+    seen.sort_unstable();
+    conversations.sort_unstable();
+    assert_eq!(seen, conversations, "each once, none lost to a tie");
+}
+
+#[tokio::test]
+async fn an_unchanged_list_answers_not_modified() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    let first = engine
+        .list_conversations(&device(1, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    let again = engine
+        .list_conversations(
+            &device(1, "d"),
+            ListQuery {
+                known_version: first.version.clone(),
+                ..ListQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(again.not_modified && again.conversations.is_empty());
+    send_numbered(&engine, 2, conversation, 1).await;
+    let changed = engine
+        .list_conversations(
+            &device(1, "d"),
+            ListQuery {
+                known_version: first.version,
+                ..ListQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!changed.not_modified);
+    assert_eq!(
+        changed.conversations[0].last_message.as_ref().unwrap().text,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = test_store(dir.path(), false);
+    let seqs: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seqsvc::MemoryMaxSeqStore::new());
+    let engine = engine_on(&store, Arc::clone(&seqs), EngineConfig::default()).await;
+    let conversation = group(&engine, 1, vec![2]).await;
+    send_numbered(&engine, 2, conversation, 3).await;
+    assert_eq!(unread(&engine, 1, conversation).await, 3);
+    send_numbered(&engine, 2, conversation, 2).await;
+    engine.begin_shutdown();
+    engine.shutdown().await;
+    drop(engine);
+    let engine = engine_on(&store, seqs, EngineConfig::default()).await;
+    assert_eq!(
+        unread(&engine, 1, conversation).await,
+        5,
+        "folded from the saved seq on"
+    );
+}
+
+#[tokio::test]
+async fn large_groups_count_from_their_timeline_and_a_send_reads_them() {
+    let config = EngineConfig {
+        large_group_threshold: 3,
+        ..EngineConfig::default()
+    };
+    let fx = fixture().config(config).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3, 4]).await;
+    send_numbered(&engine, 2, conversation, 3).await;
+    assert_eq!(unread(&engine, 1, conversation).await, 3);
+    assert_eq!(
+        unread(&engine, 2, conversation).await,
+        0,
+        "own messages never count"
+    );
+    send_numbered(&engine, 1, conversation, 1).await;
+    assert_eq!(
+        unread(&engine, 1, conversation).await,
+        0,
+        "a send reads what came before"
+    );
+    send_numbered(&engine, 3, conversation, 2).await;
+    assert_eq!(unread(&engine, 1, conversation).await, 2);
+    let marked = engine
+        .mark_read(device(1, "d"), conversation, None)
+        .await
+        .unwrap();
+    assert_eq!(marked.unread, 0);
+    assert_eq!(unread(&engine, 1, conversation).await, 0);
+    let page = engine
+        .list_conversations(&device(4, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.conversations[0].unread, 6);
+    assert!(page.conversations[0].read_fanout);
+}
