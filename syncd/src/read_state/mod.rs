@@ -209,7 +209,9 @@ impl ReadState {
                 )));
             }
             Some(seq) => seq,
-            None => top,
+            // The newest entry, not the readable limit: after a restart the
+            // limit is the allocator's reserved step, past any entry.
+            None => self.newest_entry(conversation_id, top).await?,
         };
         let (read_through, unread) = self.state_of(user_id, conversation_id).await?;
         if through <= read_through {
@@ -246,6 +248,13 @@ impl ReadState {
         })
     }
 
+    /// The `conv_seq` of the newest entry at or below `top` (0: none).
+    async fn newest_entry(&self, conversation_id: u64, top: u64) -> Result<u64> {
+        let range = timeline_store::ConversationRange::newest_first(0, top.saturating_add(1), 1);
+        let entries = self.store.read_conversation(conversation_id, range).await?;
+        Ok(entries.first().map_or(0, |e| e.conv_seq))
+    }
+
     /// After a send into a large group: the sender has read through their
     /// own message (in a write-fanout conversation their inbox copy says
     /// so; a large group gives them none). Best effort: a failure leaves
@@ -275,3 +284,6 @@ impl ReadState {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod model_tests;

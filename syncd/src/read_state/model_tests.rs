@@ -1,0 +1,451 @@
+//! A seeded model-based test of read state: random groups, sends, marks
+//! (duplicated, stale, from two devices), joins, leaves, rejoins, large
+//! groups and restarts, on the in-memory and the embedded store. After
+//! every step the server's list equals the model's counts, no read marker
+//! goes down, and a device that took the list at an earlier step and
+//! replays its inbox from there computes the same counts.
+//!
+//! `READ_STATE_SEED=N` replays one seed; `READ_STATE_SEEDS` and
+//! `READ_STATE_STEPS` size the run.
+
+use crate::engine::{Engine, EngineConfig, ListQuery, MembershipChange, NewConversation};
+use crate::testkit::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use timeline_store::testsuite::{MemoryStore, SplitMix64};
+use timeline_store::{ConversationKind, Entry, EntryKind, TimelineStore};
+
+const USERS: u64 = 5;
+const LARGE_GROUP_THRESHOLD: usize = 3;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct ConversationModel {
+    members: BTreeSet<u64>,
+    /// (conv_seq, sender) of every message.
+    messages: Vec<(u64, u64)>,
+    top: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Reader {
+    member: bool,
+    joined: u64,
+    read_through: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    conversations: BTreeMap<u64, ConversationModel>,
+    readers: BTreeMap<(u64, u64), Reader>,
+}
+
+impl Model {
+    fn join(&mut self, user: u64, conversation: u64, at: u64) {
+        let reader = self.readers.entry((user, conversation)).or_default();
+        reader.member = true;
+        reader.joined = at;
+        reader.read_through = reader.read_through.max(at);
+    }
+
+    fn unread(&self, user: u64, conversation: u64) -> u64 {
+        let Some(reader) = self.readers.get(&(user, conversation)) else {
+            return 0;
+        };
+        if !reader.member {
+            return 0;
+        }
+        let from = reader.read_through.max(reader.joined);
+        self.conversations[&conversation]
+            .messages
+            .iter()
+            .filter(|&&(seq, sender)| seq > from && sender != user)
+            .count() as u64
+    }
+}
+
+/// What a device keeps per conversation, by the rules of the protocol
+/// (written here again, apart from the server's fold).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DeviceRow {
+    member: bool,
+    read_through: u64,
+    unread: u64,
+}
+
+fn replay(rows: &mut BTreeMap<u64, DeviceRow>, entry: &Entry, user: u64) {
+    let row = rows.entry(entry.conversation_id).or_default();
+    let mine = entry.members.contains(&user);
+    match entry.kind {
+        EntryKind::ConversationCreated | EntryKind::MembersAdded if mine => {
+            *row = DeviceRow {
+                member: true,
+                read_through: row.read_through.max(entry.conv_seq),
+                unread: 0,
+            };
+        }
+        EntryKind::MembersRemoved if mine => {
+            row.member = false;
+            row.unread = 0;
+        }
+        EntryKind::Message if entry.sender_id == user => {
+            row.read_through = row.read_through.max(entry.conv_seq);
+            row.unread = 0;
+        }
+        EntryKind::Message if row.member && entry.conv_seq > row.read_through => row.unread += 1,
+        EntryKind::ReadMarker if entry.read_through > row.read_through => {
+            row.read_through = entry.read_through;
+            row.unread = if row.member { entry.unread } else { 0 };
+        }
+        _ => {}
+    }
+}
+
+struct Run<S: TimelineStore> {
+    store: Arc<S>,
+    seqs: Arc<dyn seqsvc::MaxSeqStore>,
+    engine: Arc<Engine>,
+    model: Model,
+    rng: SplitMix64,
+    /// Highest read marker the server ever showed, per (user, conversation).
+    shown: BTreeMap<(u64, u64), u64>,
+    /// Per user: a list taken at an earlier step (its as_of_seq and rows).
+    earlier: BTreeMap<u64, (u64, BTreeMap<u64, DeviceRow>)>,
+    seed: u64,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        large_group_threshold: LARGE_GROUP_THRESHOLD,
+        ..EngineConfig::default()
+    }
+}
+
+async fn start(store: Arc<dyn TimelineStore>, seqs: Arc<dyn seqsvc::MaxSeqStore>) -> Arc<Engine> {
+    let (allocator, ids) = allocator_on(seqs, seqsvc::AllocatorConfig::default()).await;
+    Engine::new(store, allocator, ids, config())
+}
+
+impl<S: TimelineStore> Run<S> {
+    async fn new(store: Arc<S>, seed: u64) -> Self {
+        let seqs: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seqsvc::MemoryMaxSeqStore::new());
+        let engine = start(store.clone(), Arc::clone(&seqs)).await;
+        Self {
+            store,
+            seqs,
+            engine,
+            model: Model::default(),
+            rng: SplitMix64::new(seed),
+            shown: BTreeMap::new(),
+            earlier: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    fn pick(&mut self, n: u64) -> u64 {
+        self.rng.next_u64() % n
+    }
+
+    fn user(&mut self) -> u64 {
+        1 + self.pick(USERS)
+    }
+
+    fn conversation(&mut self) -> Option<u64> {
+        let ids: Vec<u64> = self.model.conversations.keys().copied().collect();
+        (!ids.is_empty()).then(|| ids[self.pick(ids.len() as u64) as usize])
+    }
+
+    fn member_of(&mut self, conversation: u64) -> Option<u64> {
+        let members: Vec<u64> = self.model.conversations[&conversation]
+            .members
+            .iter()
+            .copied()
+            .collect();
+        (!members.is_empty()).then(|| members[self.pick(members.len() as u64) as usize])
+    }
+
+    async fn step(&mut self) -> String {
+        let roll = self.pick(100);
+        let conversation = self.conversation();
+        match (roll, conversation) {
+            (0..10, _) | (_, None) => {
+                let creator = self.user();
+                let mut members: BTreeSet<u64> =
+                    (0..self.pick(4)).map(|_| 1 + self.pick(USERS)).collect();
+                members.insert(creator);
+                let created = self
+                    .engine
+                    .create_conversation(
+                        device(creator, "d"),
+                        NewConversation {
+                            kind: ConversationKind::Group,
+                            members: members.iter().copied().collect(),
+                            title: String::new(),
+                            client_request_id: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let id = created.conversation_id;
+                let page = self
+                    .engine
+                    .history(&device(creator, "d"), history_all(id))
+                    .await
+                    .unwrap();
+                let at = page.entries[0].conv_seq;
+                self.model.conversations.insert(
+                    id,
+                    ConversationModel {
+                        members: members.clone(),
+                        messages: Vec::new(),
+                        top: at,
+                    },
+                );
+                for member in &members {
+                    self.model.join(*member, id, at);
+                }
+                format!("create {id} {members:?}")
+            }
+            (10..55, Some(id)) => {
+                let Some(sender) = self.member_of(id) else {
+                    return "no member to send".into();
+                };
+                let sent = self
+                    .engine
+                    .send(device(sender, "d"), message(id, "m", None))
+                    .await
+                    .unwrap();
+                let at = sent.receipt.conv_seq;
+                let conversation = self.model.conversations.get_mut(&id).unwrap();
+                conversation.messages.push((at, sender));
+                conversation.top = at;
+                let reader = self.model.readers.get_mut(&(sender, id)).unwrap();
+                reader.read_through = reader.read_through.max(at);
+                format!("send {id} from {sender} at {at}")
+            }
+            (55..80, Some(id)) => {
+                let Some(user) = self.member_of(id) else {
+                    return "no member to mark".into();
+                };
+                let top = self.model.conversations[&id].top;
+                let through = match self.pick(3) {
+                    0 => None,
+                    _ => Some(1 + self.pick(top)),
+                };
+                let device_id = if self.pick(2) == 0 { "phone" } else { "laptop" };
+                let marked = self
+                    .engine
+                    .mark_read(device(user, device_id), id, through)
+                    .await
+                    .unwrap();
+                let reader = self.model.readers.get_mut(&(user, id)).unwrap();
+                reader.read_through = reader.read_through.max(through.unwrap_or(top));
+                assert_eq!(
+                    marked.read_through, reader.read_through,
+                    "seed {}",
+                    self.seed
+                );
+                format!("mark {id} by {user} through {through:?}")
+            }
+            (80..88, Some(id)) => {
+                let user = self.user();
+                let (_, at) = self
+                    .engine
+                    .change_members(service(), id, vec![user], MembershipChange::Add)
+                    .await
+                    .unwrap();
+                let conversation = self.model.conversations.get_mut(&id).unwrap();
+                if conversation.members.insert(user) {
+                    conversation.top = at;
+                    self.model.join(user, id, at);
+                }
+                format!("add {user} to {id} at {at}")
+            }
+            (88..96, Some(id)) => {
+                let Some(user) = self.member_of(id) else {
+                    return "no member to remove".into();
+                };
+                let (_, at) = self
+                    .engine
+                    .change_members(service(), id, vec![user], MembershipChange::Remove)
+                    .await
+                    .unwrap();
+                let conversation = self.model.conversations.get_mut(&id).unwrap();
+                conversation.members.remove(&user);
+                conversation.top = at;
+                self.model.readers.get_mut(&(user, id)).unwrap().member = false;
+                format!("remove {user} from {id} at {at}")
+            }
+            _ => {
+                self.engine.begin_shutdown();
+                self.engine.shutdown().await;
+                self.engine = start(self.store.clone(), Arc::clone(&self.seqs)).await;
+                "restart".into()
+            }
+        }
+    }
+
+    /// The whole list of `user`, page by page.
+    async fn list(&self, user: u64) -> (u64, u64, Vec<crate::engine::ConversationState>) {
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let query = ListQuery {
+                limit: 2,
+                cursor: cursor.clone(),
+                known_version: String::new(),
+            };
+            let page = self
+                .engine
+                .list_conversations(&device(user, "d"), query)
+                .await
+                .unwrap();
+            all.extend(page.conversations);
+            if page.cursor.is_empty() {
+                return (page.as_of_seq, page.total_unread, all);
+            }
+            cursor = page.cursor;
+        }
+    }
+
+    async fn check(&mut self, step: &str) {
+        let seed = self.seed;
+        for user in 1..=USERS {
+            let (as_of, total, states) = self.list(user).await;
+            let mut expected_total = 0;
+            for state in &states {
+                let id = state.conversation_id;
+                let expected = self.model.unread(user, id);
+                assert_eq!(
+                    state.unread, expected,
+                    "seed {seed}, after {step}: user {user} conversation {id}"
+                );
+                expected_total += expected;
+                let reader = self.model.readers[&(user, id)];
+                assert_eq!(
+                    state.read_through, reader.read_through,
+                    "seed {seed}, after {step}: marker of {user} in {id}"
+                );
+                let shown = self.shown.entry((user, id)).or_default();
+                assert!(
+                    state.read_through >= *shown,
+                    "seed {seed}: a marker went down"
+                );
+                *shown = state.read_through;
+            }
+            assert_eq!(
+                total, expected_total,
+                "seed {seed}, after {step}: total of {user}"
+            );
+            self.check_replay(user, as_of, &states, step).await;
+        }
+    }
+
+    /// A device that took the list earlier replays its inbox from there
+    /// (write-fanout conversations: their messages are all in the inbox).
+    async fn check_replay(
+        &mut self,
+        user: u64,
+        as_of: u64,
+        states: &[crate::engine::ConversationState],
+        step: &str,
+    ) {
+        let now: BTreeMap<u64, DeviceRow> = states
+            .iter()
+            .map(|s| {
+                let row = DeviceRow {
+                    member: s.member,
+                    read_through: s.read_through,
+                    unread: s.unread,
+                };
+                (s.conversation_id, row)
+            })
+            .collect();
+        if let Some((from, mut rows)) = self.earlier.get(&user).cloned() {
+            let page = self
+                .engine
+                .sync(&device(user, "replay"), Some(from), 10_000)
+                .await
+                .unwrap();
+            for entry in page.entries.iter().filter(|e| e.seq <= as_of) {
+                replay(&mut rows, entry, user);
+            }
+            for (id, row) in &rows {
+                let large = states
+                    .iter()
+                    .any(|s| s.conversation_id == *id && s.read_fanout);
+                if !large {
+                    assert_eq!(
+                        Some(row),
+                        now.get(id),
+                        "seed {}, after {step}: replay of {user}'s inbox from {from}, conversation {id}",
+                        self.seed
+                    );
+                }
+            }
+        }
+        if self.pick(4) == 0 || !self.earlier.contains_key(&user) {
+            self.earlier.insert(user, (as_of, now));
+        }
+    }
+}
+
+fn history_all(conversation_id: u64) -> crate::engine::HistoryQuery {
+    crate::engine::HistoryQuery {
+        conversation_id,
+        before: 0,
+        after: Some(0),
+        limit: 1,
+    }
+}
+
+async fn run_seed<S: TimelineStore>(store: Arc<S>, seed: u64, steps: u64) {
+    let mut run = Run::new(store, seed).await;
+    for _ in 0..steps {
+        let step = run.step().await;
+        run.check(&step).await;
+    }
+    eprintln!(
+        "read-state seed {seed}: {steps} steps, {} conversations",
+        run.model.conversations.len()
+    );
+}
+
+fn seeds(default: u64) -> Vec<u64> {
+    match std::env::var("READ_STATE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (1..=env("READ_STATE_SEEDS", default)).collect(),
+    }
+}
+
+#[tokio::test]
+async fn read_state_matches_the_model_on_the_memory_store() {
+    for seed in seeds(30) {
+        eprintln!("read-state seed {seed} (replay with READ_STATE_SEED={seed})");
+        run_seed(
+            Arc::new(MemoryStore::new()),
+            seed,
+            env("READ_STATE_STEPS", 80),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn read_state_matches_the_model_on_the_embedded_store() {
+    for seed in seeds(4) {
+        eprintln!("read-state seed {seed} (replay with READ_STATE_SEED={seed})");
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), false);
+        run_seed(store, 1_000 + seed, env("READ_STATE_STEPS", 80)).await;
+    }
+}
