@@ -16,7 +16,7 @@ impl Client {
             through,
         };
         with_retries("mark read", || {
-            let (mut timeline, request) = (self.timeline(), request.clone());
+            let (mut timeline, request) = (self.timeline(), request);
             async move { timeline.mark_read(with_deadline(request)).await }
         })
         .await

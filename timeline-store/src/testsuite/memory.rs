@@ -198,21 +198,6 @@ impl Receipts for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_store_passes_the_conformance_suite() {
-        let store = MemoryStore::new();
-        crate::testsuite::conformance::run_all(|| {
-            let store = store.clone();
-            async move { store }
-        })
-        .await;
-    }
-}
-
 #[async_trait]
 impl ReadStates for MemoryStore {
     async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
@@ -243,5 +228,20 @@ impl ReadStates for MemoryStore {
             stored_rows.insert(row.conversation_id, row);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        let store = MemoryStore::new();
+        crate::testsuite::conformance::run_all(|| {
+            let store = store.clone();
+            async move { store }
+        })
+        .await;
     }
 }
