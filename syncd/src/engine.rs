@@ -466,6 +466,13 @@ mod growth_tests {
         }
 
         #[async_trait::async_trait]
+        impl ReadReceipts for SlowConversationReads {
+            async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+                self.inner.readers(conversation_id).await
+            }
+        }
+
+        #[async_trait::async_trait]
         impl ReadStates for SlowConversationReads {
             async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
                 self.inner.read_states(user_id).await

@@ -292,6 +292,7 @@ mod trim_tests {
                 receipt: None,
                 conversation: None,
                 large_group_index: Vec::new(),
+                readers: Vec::new(),
             })
             .await
             .unwrap();

@@ -274,6 +274,7 @@ mod tests {
                 receipt: Some((old_key.clone(), old)),
                 conversation: None,
                 large_group_index: Vec::new(),
+                readers: Vec::new(),
             })
             .await
             .unwrap();

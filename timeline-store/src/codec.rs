@@ -43,6 +43,14 @@ pub(crate) struct EntryRecord {
     pub read_through: u64,
     #[prost(uint64, tag = "13")]
     pub unread: u64,
+    #[prost(uint64, tag = "14")]
+    pub unread_mentions: u64,
+    #[prost(uint64, repeated, tag = "15")]
+    pub mentions: Vec<u64>,
+    #[prost(bool, tag = "16")]
+    pub mention_all: bool,
+    #[prost(bool, tag = "17")]
+    pub read_fanout: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -153,6 +161,10 @@ impl From<&Entry> for EntryRecord {
             payload_in_conversation: false,
             read_through: entry.read_through,
             unread: entry.unread,
+            unread_mentions: entry.unread_mentions,
+            mentions: entry.mentions.clone(),
+            mention_all: entry.mention_all,
+            read_fanout: entry.read_fanout,
         }
     }
 }
@@ -174,6 +186,10 @@ impl TryFrom<EntryRecord> for Entry {
             members: record.members,
             read_through: record.read_through,
             unread: record.unread,
+            unread_mentions: record.unread_mentions,
+            mentions: record.mentions,
+            mention_all: record.mention_all,
+            read_fanout: record.read_fanout,
         })
     }
 }
@@ -445,6 +461,10 @@ pub(crate) struct ReadStateRecord {
     pub last_activity_ms: i64,
     #[prost(message, optional, tag = "9")]
     pub last_message: Option<MessagePreviewRecord>,
+    #[prost(uint64, tag = "10")]
+    pub mentions: u64,
+    #[prost(uint64, tag = "11")]
+    pub peer_read_through: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -478,6 +498,8 @@ pub(crate) fn encode_read_state(row: &ReadStateRow) -> Vec<u8> {
             text: m.text.clone(),
             sent_at_ms: m.sent_at_ms,
         }),
+        mentions: row.mentions,
+        peer_read_through: row.peer_read_through,
     }
     .encode_to_vec()
 }
@@ -500,6 +522,8 @@ pub(crate) fn decode_read_state(bytes: &[u8]) -> Result<ReadStateRow> {
             text: m.text,
             sent_at_ms: m.sent_at_ms,
         }),
+        mentions: record.mentions,
+        peer_read_through: record.peer_read_through,
     })
 }
 

@@ -18,6 +18,7 @@
 //!   left positions; empty in indexes written before positions were kept)
 //! - `inbox_floors`: user_id                 -> u64
 //! - `read_states`:  user_id | conversation_id -> ReadStateRow
+//! - `readers`:      conversation_id | user_id -> u64 (highest marker)
 //! - `read_state_applied`: user_id           -> u64 (the seq the rows were
 //!   folded through; saved in the same batch as the rows)
 //!
@@ -30,7 +31,8 @@ use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
-    ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
+    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
+    Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -130,6 +132,7 @@ struct Keyspaces {
     inbox_floors: fjall::Keyspace,
     read_states: fjall::Keyspace,
     read_state_applied: fjall::Keyspace,
+    readers: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -211,6 +214,7 @@ impl EmbeddedStore {
             inbox_floors: open("inbox_floors")?,
             read_states: open("read_states")?,
             read_state_applied: open("read_state_applied")?,
+            readers: open("readers")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -321,6 +325,8 @@ fn apply_group(
     // Receipts written earlier in this group: a sweep in the same group
     // reads the store without them and must not delete them.
     let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
+    // Reader marks raised earlier in this group, not yet in the store.
+    let mut readers: HashMap<[u8; 16], u64> = HashMap::new();
     // Read-state saves earlier in this group, not yet in the store.
     let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
     for request in group {
@@ -337,6 +343,20 @@ fn apply_group(
                 }
                 for write in &commit.inbox {
                     inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                }
+                for mark in &commit.readers {
+                    let key = key2(conversation_id, mark.user_id);
+                    let stored = match readers.get(&key) {
+                        Some(&v) => v,
+                        None => match ks.readers.get(key).map_err(io)? {
+                            Some(v) => decode_u64(&v)?,
+                            None => 0,
+                        },
+                    };
+                    if mark.read_through > stored {
+                        batch.insert(&ks.readers, key, mark.read_through.to_be_bytes());
+                        readers.insert(key, mark.read_through);
+                    }
                 }
                 if let Some((key, receipt)) = &commit.receipt {
                     let key = key.to_bytes();
@@ -506,6 +526,27 @@ impl EventLog for EmbeddedStore {
     /// whole or absent.
     async fn recover(&self) -> Result<usize> {
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for EmbeddedStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        self.read(move |ks| {
+            let mut readers = Vec::new();
+            for guard in ks.readers.prefix(conversation_id.to_be_bytes()) {
+                let (key, value) = guard.into_inner().map_err(io)?;
+                let user: [u8; 8] = key[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("reader key is not 16 bytes"))?;
+                readers.push(ReaderMark {
+                    user_id: u64::from_be_bytes(user),
+                    read_through: decode_u64(&value)?,
+                });
+            }
+            Ok(readers)
+        })
+        .await
     }
 }
 

@@ -62,6 +62,16 @@ pub struct Entry {
     pub read_through: u64,
     /// A read marker's count of what stays unread (0 for other kinds).
     pub unread: u64,
+    /// A read marker's count of unread messages that mention the user.
+    pub unread_mentions: u64,
+    /// The users a message mentions.
+    pub mentions: Vec<u64>,
+    /// A message that mentions every member.
+    pub mention_all: bool,
+    /// A message of a large (read-fanout) group: in an inbox it is a
+    /// mentioned member's copy (the message itself is read from the
+    /// conversation timeline).
+    pub read_fanout: bool,
 }
 
 impl Entry {
@@ -81,7 +91,16 @@ impl Entry {
             members: Vec::new(),
             read_through: 0,
             unread: 0,
+            unread_mentions: 0,
+            mentions: Vec::new(),
+            mention_all: false,
+            read_fanout: false,
         }
+    }
+
+    /// Whether this message mentions `user_id` (by name or as everyone).
+    pub fn mentions_user(&self, user_id: u64) -> bool {
+        self.kind == EntryKind::Message && (self.mention_all || self.mentions.contains(&user_id))
     }
 }
 
@@ -217,6 +236,17 @@ pub struct EventCommit {
     pub conversation: Option<Conversation>,
     /// Users joining or leaving large groups with this event.
     pub large_group_index: Vec<LargeGroupIndexChange>,
+    /// Read markers this event raises in the conversation's reader index
+    /// (for read receipts): only ever raised.
+    pub readers: Vec<ReaderMark>,
+}
+
+/// "`user_id` has read the conversation through `read_through`", as the
+/// conversation's reader index keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReaderMark {
+    pub user_id: u64,
+    pub read_through: u64,
 }
 
 impl EventCommit {

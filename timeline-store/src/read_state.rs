@@ -58,6 +58,11 @@ pub struct ReadStateRow {
     /// When that event happened (server clock): the list's order.
     pub last_activity_ms: i64,
     pub last_message: Option<MessagePreview>,
+    /// Unread messages that mention the user.
+    pub mentions: u64,
+    /// In a direct conversation: how far the other member has read (the
+    /// sender's read receipts).
+    pub peer_read_through: u64,
 }
 
 /// A user's read state: every row, folded through `applied_seq`.

@@ -45,7 +45,8 @@ use crate::codec::{
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership,
-    Order, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
+    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use cql_kit::read_pages;
@@ -111,6 +112,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.readers (conversation_id bigint, user_id bigint, read_through bigint, PRIMARY KEY (conversation_id, user_id, read_through)) WITH CLUSTERING ORDER BY (user_id ASC, read_through DESC)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -133,6 +135,10 @@ struct PendingEvent {
     conversation: Option<ConversationRecord>,
     #[prost(message, repeated, tag = "8")]
     large_group_index: Vec<LargeGroupIndexChangeRecord>,
+    #[prost(uint64, repeated, tag = "9")]
+    reader_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "10")]
+    reader_marks: Vec<u64>,
 }
 
 impl PendingEvent {
@@ -158,6 +164,8 @@ impl PendingEvent {
                 .iter()
                 .map(|&change| change.into())
                 .collect(),
+            reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
+            reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
         }
     }
 
@@ -168,6 +176,9 @@ impl PendingEvent {
             .try_into()?;
         if self.inbox_users.len() != self.inbox_seqs.len() {
             return Err(corrupt("pending event inbox lists differ in length"));
+        }
+        if self.reader_users.len() != self.reader_marks.len() {
+            return Err(corrupt("pending event reader lists differ in length"));
         }
         let receipt = match self.receipt {
             Some(receipt) => {
@@ -192,6 +203,15 @@ impl PendingEvent {
             receipt,
             conversation: self.conversation.map(TryInto::try_into).transpose()?,
             large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
+            readers: self
+                .reader_users
+                .into_iter()
+                .zip(self.reader_marks)
+                .map(|(user_id, read_through)| crate::ReaderMark {
+                    user_id,
+                    read_through,
+                })
+                .collect(),
         })
     }
 }
@@ -241,6 +261,9 @@ struct Statements {
     select_read_states: PreparedStatement,
     insert_read_state_applied: PreparedStatement,
     select_read_state_applied: PreparedStatement,
+    insert_reader: PreparedStatement,
+    delete_older_reader: PreparedStatement,
+    select_readers: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
@@ -358,6 +381,18 @@ impl ScyllaTimelineStore {
             .await?,
             delete_inbox_bucket: prepare(
                 "DELETE FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket = ?",
+            )
+            .await?,
+            insert_reader: prepare(
+                "INSERT INTO {ks}.readers (conversation_id, user_id, read_through) VALUES (?, ?, ?)",
+            )
+            .await?,
+            delete_older_reader: prepare(
+                "DELETE FROM {ks}.readers WHERE conversation_id = ? AND user_id = ? AND read_through < ?",
+            )
+            .await?,
+            select_readers: prepare(
+                "SELECT user_id, read_through FROM {ks}.readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
             )
             .await?,
             insert_read_state: prepare(
@@ -515,6 +550,20 @@ impl ScyllaTimelineStore {
 }
 
 impl ScyllaTimelineStore {
+    /// A row per (user, marker): the highest is the first of the user's
+    /// rows; older ones are deleted after (a range delete, idempotent).
+    async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
+        let values = (
+            big(conversation_id),
+            big(mark.user_id),
+            big(mark.read_through),
+        );
+        self.execute(&self.statements.insert_reader, values).await?;
+        self.execute(&self.statements.delete_older_reader, values)
+            .await?;
+        Ok(())
+    }
+
     async fn write_read_state(&self, values: (i64, i64, Vec<u8>)) -> Result<()> {
         self.execute(&self.statements.insert_read_state, values)
             .await
@@ -567,7 +616,16 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<_>>();
-        futures_util::try_join!(conv_write, inbox_writes, index_writes)?;
+        let reader_writes = stream::iter(
+            commit
+                .readers
+                .clone()
+                .into_iter()
+                .map(|mark| self.write_reader(conversation_id, mark)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>();
+        futures_util::try_join!(conv_write, inbox_writes, index_writes, reader_writes)?;
 
         // Only once every entry exists: the record, then the receipt.
         if let Some(conversation) = &commit.conversation {
@@ -665,6 +723,42 @@ impl ReadStates for ScyllaTimelineStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for ScyllaTimelineStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<crate::ReaderMark>> {
+        type Row = (i64, i64);
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(conversation_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self
+                    .execute(&self.statements.select_readers, values)
+                    .await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<Row>, _> =
+                    rows.rows::<Row>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let mut readers: Vec<crate::ReaderMark> = Vec::with_capacity(rows.len());
+        for (user_id, read_through) in rows {
+            // The first row of a user is its highest marker.
+            if readers.last().is_some_and(|r| r.user_id == user_id as u64) {
+                continue;
+            }
+            readers.push(crate::ReaderMark {
+                user_id: user_id as u64,
+                read_through: read_through as u64,
+            });
+        }
+        Ok(readers)
     }
 }
 

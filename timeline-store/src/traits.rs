@@ -10,7 +10,7 @@
 
 use crate::{
     Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
-    LargeGroupMembership, ReadStateRow, ReadStateSnapshot, Receipt, Result,
+    LargeGroupMembership, ReadStateRow, ReadStateSnapshot, ReaderMark, Receipt, Result,
 };
 use async_trait::async_trait;
 
@@ -24,6 +24,7 @@ pub trait TimelineStore:
     + Checkpoints
     + Receipts
     + ReadStates
+    + ReadReceipts
     + 'static
 {
 }
@@ -36,6 +37,7 @@ impl<T> TimelineStore for T where
         + Checkpoints
         + Receipts
         + ReadStates
+        + ReadReceipts
         + 'static
         + ?Sized
 {
@@ -174,4 +176,14 @@ pub trait ReadStates: Send + Sync {
         applied_seq: u64,
         rows: Vec<ReadStateRow>,
     ) -> Result<()>;
+}
+
+/// Per conversation, how far each member has read (raised by the events
+/// that carry [`EventCommit::readers`], never lowered): read receipts
+/// answered by one read of the conversation, no fanout per read.
+#[async_trait]
+pub trait ReadReceipts: Send + Sync {
+    /// Every reader of the conversation with their highest marker, by user
+    /// id ascending.
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>>;
 }

@@ -90,6 +90,7 @@ impl EventWriter {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            readers: Vec::new(),
         };
         let held: Vec<Guard> = Vec::new();
         self.land(commit, assignment, held, bytes).await?;

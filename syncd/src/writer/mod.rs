@@ -210,6 +210,7 @@ impl EventWriter {
             receipt: receipt_key.map(|key| (key, receipt.clone())),
             conversation: record,
             large_group_index: fanout.index,
+            readers: Vec::new(),
         };
         self.land(commit, assignment, until_complete, bytes).await?;
         Ok(receipt)

@@ -86,6 +86,7 @@ async fn interrupted_events_are_finished_by_recover() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     };
     // A crash after the intent and the first inbox copy, before the rest.
     let (shard, event_id) = pending_key(&commit);
@@ -154,6 +155,7 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            readers: Vec::new(),
         };
         store.commit_event(commit).await.unwrap();
     }
@@ -272,6 +274,7 @@ async fn receipts_expire_after_the_retention_window() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     };
     store.commit_event(commit).await.unwrap();
     assert_eq!(store.receipt(&key).await.unwrap(), Some(receipt));

@@ -40,6 +40,7 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     }
 }
 
@@ -114,6 +115,7 @@ where
     heavy_payloads_read_back_whole_from_every_inbox(&store).await;
     read_states::read_states_round_trip_and_never_go_behind(&store).await;
     read_states::read_markers_stay_out_of_the_conversation_timeline(&store).await;
+    read_states::readers_keep_each_members_highest_marker(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,

@@ -25,7 +25,8 @@
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadStateRow,
-    ReadStateSnapshot, ReadStates, Receipt, Receipts, Result, StoreError,
+    ReadReceipts, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -507,6 +508,13 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
 }
 
 #[async_trait]
+impl<S: ReadReceipts> ReadReceipts for FaultyStore<S> {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        self.run(Op::Read, self.inner.readers(conversation_id)).await
+    }
+}
+
+#[async_trait]
 impl<S: ReadStates> ReadStates for FaultyStore<S> {
     async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
         self.run(Op::Read, self.inner.read_states(user_id)).await
@@ -553,6 +561,7 @@ mod tests {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            readers: Vec::new(),
         }
     }
 

@@ -4,7 +4,8 @@
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
-    ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
+    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
+    Result,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ struct State {
     large_groups: BTreeMap<(u64, u64), LargeGroupMembership>,
     inbox_floors: HashMap<u64, u64>,
     read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
+    readers: BTreeMap<(u64, u64), u64>,
 }
 
 impl MemoryStore {
@@ -70,6 +72,13 @@ impl EventLog for MemoryStore {
             let previous = state.large_groups.get(&key).copied();
             let membership = LargeGroupMembership::changed(previous, change, position);
             state.large_groups.insert(key, membership);
+        }
+        for mark in &commit.readers {
+            let stored = state
+                .readers
+                .entry((entry.conversation_id, mark.user_id))
+                .or_default();
+            *stored = (*stored).max(mark.read_through);
         }
         if let Some((key, receipt)) = commit.receipt {
             state.receipts.insert(key, receipt);
@@ -195,6 +204,21 @@ impl Checkpoints for MemoryStore {
 impl Receipts for MemoryStore {
     async fn receipt(&self, key: &IdempotencyKey) -> Result<Option<Receipt>> {
         Ok(self.state().receipts.get(key).cloned())
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for MemoryStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        let state = self.state();
+        Ok(state
+            .readers
+            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+            .map(|(&(_, user_id), &read_through)| ReaderMark {
+                user_id,
+                read_through,
+            })
+            .collect())
     }
 }
 

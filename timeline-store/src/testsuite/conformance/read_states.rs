@@ -21,6 +21,8 @@ fn row(conversation_id: u64, last_seq: u64, unread: u64) -> ReadStateRow {
             text: "préview".into(),
             sent_at_ms: 1_700_000_000_009,
         }),
+        mentions: unread / 2,
+        peer_read_through: 2,
     }
 }
 
@@ -88,4 +90,34 @@ pub(super) async fn read_states_survive_reopen<S: TimelineStore>(store: &S) {
     let snapshot = store.read_states(BASE + 300).await.unwrap();
     assert_eq!(snapshot.applied_seq, 12);
     assert_eq!(snapshot.rows.len(), 2);
+}
+
+pub(super) async fn readers_keep_each_members_highest_marker<S: TimelineStore>(store: &S) {
+    use crate::ReaderMark;
+    let conv = BASE + 320;
+    let mark = |user_id, read_through| ReaderMark {
+        user_id,
+        read_through,
+    };
+    for (seq, marks) in [
+        (1, vec![mark(2, 5), mark(3, 1)]),
+        (2, vec![mark(2, 3)]),
+        (3, vec![mark(3, 7), mark(4, 2)]),
+    ] {
+        let mut commit = fanout(
+            Entry {
+                conv_seq: seq,
+                ..Entry::new(EntryKind::ReadMarker, conv)
+            },
+            &[(BASE + 321, seq)],
+        );
+        commit.readers = marks;
+        store.commit_event(commit).await.unwrap();
+    }
+    assert_eq!(
+        store.readers(conv).await.unwrap(),
+        vec![mark(2, 5), mark(3, 7), mark(4, 2)],
+        "a lower marker never replaces a higher one"
+    );
+    assert!(store.readers(conv + 1).await.unwrap().is_empty());
 }
