@@ -238,11 +238,27 @@ impl Client {
         text: &str,
         client_msg_id: Option<uuid::Uuid>,
     ) -> Result<pb::SendReply> {
+        self.send_mentioning(conversation_id, text, client_msg_id, &[], false)
+            .await
+    }
+
+    /// [`send`](Self::send), mentioning `mentions` (and everyone, with
+    /// `mention_all`).
+    pub async fn send_mentioning(
+        &self,
+        conversation_id: u64,
+        text: &str,
+        client_msg_id: Option<uuid::Uuid>,
+        mentions: &[u64],
+        mention_all: bool,
+    ) -> Result<pb::SendReply> {
         let client_msg_id = client_msg_id.unwrap_or_else(uuid::Uuid::new_v4).to_string();
         let request = pb::SendRequest {
             conversation_id,
             text: text.to_owned(),
             client_msg_id,
+            mentions: mentions.to_vec(),
+            mention_all,
         };
         with_retries("send", || {
             let (mut timeline, request) = (self.timeline(), request.clone());
@@ -264,6 +280,8 @@ impl Client {
             sender_id,
             text: text.to_owned(),
             client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
+            mentions: Vec::new(),
+            mention_all: false,
         };
         reply(self.admin().append_message(with_deadline(request))).await
     }
@@ -584,6 +602,9 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 /// The JSON form of an entry printed by `tl` (one object per line).
 pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
     let kind = match pb::EntryKind::try_from(entry.kind) {
+        // A large group's message in an inbox: the copy a mentioned member
+        // gets (the message itself comes from the group's history).
+        Ok(pb::EntryKind::Message) if entry.read_fanout && entry.seq > 0 => "mention",
         Ok(pb::EntryKind::Message) => "message",
         Ok(pb::EntryKind::ConversationCreated) => "conversation_created",
         Ok(pb::EntryKind::MembersAdded) => "members_added",
@@ -597,8 +618,10 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
             "kind": kind,
             "conversation_id": entry.conversation_id,
             "conv_seq": entry.conv_seq,
+            "sender_id": entry.sender_id,
             "read_through": entry.read_through,
             "unread": entry.unread,
+            "unread_mentions": entry.unread_mentions,
             "sent_at_ms": entry.sent_at_ms,
         });
     }
@@ -613,6 +636,8 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         "text": entry.text,
         "sent_at_ms": entry.sent_at_ms,
         "members": entry.members,
+        "mentions": entry.mentions,
+        "mention_all": entry.mention_all,
     })
 }
 

@@ -47,6 +47,16 @@ enum Command {
     /// Print the conversation list, most recent activity first (JSON lines,
     /// then a line with the totals and the next page's cursor).
     Conversations(ConversationsArgs),
+    /// Print how many and which members have read a message.
+    Receipts(ReceiptsArgs),
+}
+
+#[derive(Args)]
+struct ReceiptsArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long)]
+    conv_seq: u64,
 }
 
 #[derive(Args)]
@@ -123,6 +133,12 @@ struct SendArgs {
     /// UUID making the send idempotent (generated when omitted).
     #[arg(long)]
     client_msg_id: Option<uuid::Uuid>,
+    /// Comma-separated user ids to mention.
+    #[arg(long, value_delimiter = ',')]
+    mention: Vec<u64>,
+    /// Mention every member (groups only).
+    #[arg(long)]
+    mention_all: bool,
 }
 
 #[derive(Args)]
@@ -263,7 +279,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => {
             let reply = client
-                .send(args.conversation, &args.text, args.client_msg_id)
+                .send_mentioning(
+                    args.conversation,
+                    &args.text,
+                    args.client_msg_id,
+                    &args.mention,
+                    args.mention_all,
+                )
                 .await?;
             print_json(&send_json(&reply))?;
         }
@@ -315,7 +337,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "conversation_id": marked.conversation_id,
                 "read_through": marked.read_through,
                 "unread": marked.unread,
+                "mentions": marked.mentions,
                 "seq": marked.seq,
+            }))?;
+        }
+        Command::Receipts(args) => {
+            let receipts = client
+                .read_receipts(args.conversation, args.conv_seq)
+                .await?;
+            print_json(&serde_json::json!({
+                "read_count": receipts.read_count,
+                "member_count": receipts.member_count,
+                "read_by": receipts.read_by,
             }))?;
         }
         Command::Conversations(args) => {
@@ -327,6 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print_json(&serde_json::json!({
                 "total_unread": page.total_unread,
+                "total_mentions": page.total_mentions,
                 "cursor": page.cursor,
                 "as_of_seq": page.as_of_seq,
             }))?;

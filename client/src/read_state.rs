@@ -22,6 +22,19 @@ impl Client {
         .await
     }
 
+    /// How many and which members have read the message at `conv_seq`.
+    pub async fn read_receipts(
+        &self,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) -> Result<pb::GetReadReceiptsReply> {
+        let request = pb::GetReadReceiptsRequest {
+            conversation_id,
+            conv_seq,
+        };
+        reply(self.timeline().get_read_receipts(with_deadline(request))).await
+    }
+
     /// One page of the conversation list (`cursor` empty: the first).
     pub async fn list_conversations(
         &self,
@@ -61,7 +74,9 @@ pub fn conversation_state_json(c: &pb::ConversationState) -> serde_json::Value {
         "last_conv_seq": c.last_conv_seq,
         "last_message": last_message,
         "unread": c.unread,
+        "mentions": c.mentions,
         "read_through": c.read_through,
+        "peer_read_through": c.peer_read_through,
         "member": c.member,
         "last_activity_ms": c.last_activity_ms,
     })

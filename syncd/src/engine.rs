@@ -37,7 +37,7 @@ pub use crate::history::{HistoryPage, HistoryQuery};
 pub use crate::inbox::SyncPage;
 pub use crate::membership::NewConversation;
 pub use crate::push::{Feed, PushNotice};
-pub use crate::read_state::{ConversationState, ListPage, ListQuery, MarkResult};
+pub use crate::read_state::{ConversationState, ListPage, ListQuery, MarkResult, ReadReceipts};
 pub use crate::retention::Retention;
 pub use crate::send::{SendCommand, SendOutcome};
 
@@ -82,6 +82,7 @@ pub struct Engine {
 #[derive(Clone, Debug, Default)]
 pub struct ReadStateSummary {
     pub total_unread: u64,
+    pub total_mentions: u64,
     pub as_of_seq: u64,
     pub conversations: Vec<ConversationState>,
 }
@@ -249,6 +250,17 @@ impl Engine {
         self.read_state.list(principal, query).await
     }
 
+    pub async fn read_receipts(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) -> Result<ReadReceipts> {
+        self.read_state
+            .receipts(principal, conversation_id, conv_seq)
+            .await
+    }
+
     /// The caller's unread total and the state of the conversations
     /// `page`'s entries touch (and of large groups with anything unread).
     pub async fn read_state_summary(
@@ -258,10 +270,11 @@ impl Engine {
     ) -> Result<ReadStateSummary> {
         let (user_id, _) = crate::access::device_user(principal)?;
         let touched = page.entries.iter().map(|e| e.conversation_id).collect();
-        let (as_of_seq, total_unread, conversations) =
+        let (as_of_seq, (total_unread, total_mentions), conversations) =
             self.read_state.summary(user_id, &touched).await?;
         Ok(ReadStateSummary {
             total_unread,
+            total_mentions,
             as_of_seq,
             conversations,
         })

@@ -17,6 +17,10 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
         members: e.members,
         read_through: e.read_through,
         unread: e.unread,
+        unread_mentions: e.unread_mentions,
+        mentions: e.mentions,
+        mention_all: e.mention_all,
+        read_fanout: e.read_fanout,
     }
 }
 
@@ -38,6 +42,8 @@ pub(crate) fn conversation_state(s: crate::engine::ConversationState) -> pb::Con
         member: s.member,
         last_activity_ms: s.last_activity_ms,
         read_fanout: s.read_fanout,
+        mentions: s.mentions,
+        peer_read_through: s.peer_read_through,
     }
 }
 

@@ -47,6 +47,10 @@ impl pb::timeline_server::Timeline for TimelineService {
             text: request.text,
             client_msg_id: parse_client_msg_id(&request.client_msg_id)?,
             sender_id: None,
+            mentions: crate::send::Mentions {
+                users: request.mentions,
+                everyone: request.mention_all,
+            },
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))
@@ -67,6 +71,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 let summary = self.engine.read_state_summary(&principal, &page).await?;
                 Some(pb::ReadStateSummary {
                     total_unread: summary.total_unread,
+                    total_mentions: summary.total_mentions,
                     as_of_seq: summary.as_of_seq,
                     conversations: summary
                         .conversations
@@ -234,6 +239,24 @@ impl pb::timeline_server::Timeline for TimelineService {
             read_through: marked.read_through,
             unread: marked.unread,
             seq: marked.seq,
+            mentions: marked.mentions,
+        }))
+    }
+
+    async fn get_read_receipts(
+        &self,
+        request: Request<pb::GetReadReceiptsRequest>,
+    ) -> Result<Response<pb::GetReadReceiptsReply>, Status> {
+        let principal = authenticate(&self.auth, &request)?;
+        let request = request.into_inner();
+        let receipts = self
+            .engine
+            .read_receipts(&principal, request.conversation_id, request.conv_seq)
+            .await?;
+        Ok(Response::new(pb::GetReadReceiptsReply {
+            read_count: receipts.read_by.len() as u64,
+            member_count: receipts.member_count,
+            read_by: receipts.read_by,
         }))
     }
 
@@ -256,6 +279,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 .map(convert::conversation_state)
                 .collect(),
             total_unread: page.total_unread,
+            total_mentions: page.total_mentions,
             cursor: page.cursor,
             version: page.version,
             not_modified: page.not_modified,

@@ -16,6 +16,11 @@ pub const MAX_COUNTED_ENTRIES: usize = 100_000;
 pub struct Count {
     /// Messages from others in the range.
     pub count: u64,
+    /// Of those, the ones that mention the user (by name or everyone).
+    pub mentions: u64,
+    /// Of those, the ones that mention everyone and not the user by name
+    /// (in a large group the named ones reach the user's inbox instead).
+    pub mentions_of_everyone_only: u64,
     /// The newest message of the range (from anyone).
     pub last_message: Option<MessagePreview>,
     /// The range held more than [`MAX_COUNTED_ENTRIES`] entries: `count`
@@ -59,6 +64,12 @@ pub async fn messages_from_others(
         for entry in entries.iter().filter(|e| e.kind == EntryKind::Message) {
             if entry.sender_id != user_id {
                 count.count += 1;
+                if entry.mentions_user(user_id) {
+                    count.mentions += 1;
+                    if !entry.mentions.contains(&user_id) {
+                        count.mentions_of_everyone_only += 1;
+                    }
+                }
             }
             count.last_message = Some(preview(entry));
         }

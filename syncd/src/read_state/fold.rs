@@ -11,7 +11,14 @@
 //! - the user's own message reads everything up to it (in a write-fanout
 //!   conversation every earlier event of it is earlier in the inbox);
 //! - a read marker above the current one raises it, and what stays unread
-//!   is the count it carries; one at or below it changes nothing.
+//!   (and unread mentions) is the count it carries; one at or below it
+//!   changes nothing;
+//! - a message from someone else that mentions the user (by name or
+//!   everyone), after the marker, while a member, is an unread mention;
+//! - a large group's message in the inbox is a named mention's copy: it
+//!   counts as a mention only (its unread is counted from the timeline);
+//! - another member's marker (direct conversations) is a read receipt: how
+//!   far the peer has read.
 //!
 //! An entry at or below a row's `last_seq` is already in it (a save that
 //! was cut short): folding it again changes nothing.
@@ -26,6 +33,21 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
     }
     row.conversation_id = entry.conversation_id;
     row.last_seq = entry.seq;
+    let unread_from_other =
+        entry.sender_id != user_id && row.member && entry.conv_seq > row.read_through;
+    match entry.kind {
+        EntryKind::Message if entry.read_fanout => {
+            if unread_from_other && entry.mentions_user(user_id) {
+                row.mentions += 1;
+            }
+            return;
+        }
+        EntryKind::ReadMarker if entry.sender_id != user_id => {
+            row.peer_read_through = row.peer_read_through.max(entry.read_through);
+            return;
+        }
+        _ => {}
+    }
     row.counted_through = row.counted_through.max(entry.conv_seq);
     match entry.kind {
         EntryKind::Message => {
@@ -34,8 +56,12 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
             if entry.sender_id == user_id {
                 row.read_through = row.read_through.max(entry.conv_seq);
                 row.unread = 0;
-            } else if row.member && entry.conv_seq > row.read_through {
+                row.mentions = 0;
+            } else if unread_from_other {
                 row.unread += 1;
+                if entry.mentions_user(user_id) {
+                    row.mentions += 1;
+                }
             }
         }
         EntryKind::ConversationCreated | EntryKind::MembersAdded => {
@@ -45,6 +71,7 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
                 row.joined_conv_seq = entry.conv_seq;
                 row.read_through = row.read_through.max(entry.conv_seq);
                 row.unread = 0;
+                row.mentions = 0;
             }
         }
         EntryKind::MembersRemoved => {
@@ -52,12 +79,17 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
             if entry.members.contains(&user_id) {
                 row.member = false;
                 row.unread = 0;
+                row.mentions = 0;
             }
         }
         EntryKind::ReadMarker => {
             if entry.read_through > row.read_through {
                 row.read_through = entry.read_through;
-                row.unread = if row.member { entry.unread } else { 0 };
+                (row.unread, row.mentions) = if row.member {
+                    (entry.unread, entry.unread_mentions)
+                } else {
+                    (0, 0)
+                };
             }
         }
     }

@@ -23,6 +23,10 @@ pub struct ConversationState {
     pub member: bool,
     pub read_through: u64,
     pub unread: u64,
+    /// Of `unread`, the messages that mention the user.
+    pub mentions: u64,
+    /// Direct conversations: how far the other member has read.
+    pub peer_read_through: u64,
     /// The newest `conv_seq` the user may read.
     pub last_conv_seq: u64,
     pub last_message: Option<MessagePreview>,
@@ -40,6 +44,7 @@ pub struct ListQuery {
 pub struct ListPage {
     pub conversations: Vec<ConversationState>,
     pub total_unread: u64,
+    pub total_mentions: u64,
     /// Empty on the last page.
     pub cursor: String,
     pub version: String,
@@ -106,6 +111,8 @@ impl ReadState {
                 member: row.member,
                 read_through: row.read_through,
                 unread: if row.member { row.unread } else { 0 },
+                mentions: if row.member { row.mentions } else { 0 },
+                peer_read_through: row.peer_read_through,
                 last_conv_seq,
                 last_message: row.last_message,
                 last_activity_ms: row.last_activity_ms,
@@ -137,6 +144,8 @@ impl ReadState {
         let count = self.count_cached(user_id, id, from, to).await?;
         if row.member && membership.left.is_none() {
             row.unread += count.count;
+            // Named mentions reached the inbox and are in the row already.
+            row.mentions += count.mentions_of_everyone_only;
         }
         let last = match count.last_message {
             Some(last) => Some(last),
@@ -165,6 +174,8 @@ impl ReadState {
         };
         let more = messages_from_others(self.store.as_ref(), id, user_id, start, to).await?;
         total.count += more.count;
+        total.mentions += more.mentions;
+        total.mentions_of_everyone_only += more.mentions_of_everyone_only;
         total.saturated |= more.saturated;
         if more.last_message.is_some() {
             total.last_message = more.last_message;
@@ -181,7 +192,12 @@ impl ReadState {
     }
 
     /// One conversation's read marker and unread count for the user.
-    pub(super) async fn state_of(&self, user_id: u64, conversation_id: u64) -> Result<(u64, u64)> {
+    /// (read through, unread, mentions).
+    pub(super) async fn state_of(
+        &self,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> Result<(u64, u64, u64)> {
         let snapshot = self.fold(user_id).await?;
         let mut row = snapshot
             .rows
@@ -202,8 +218,9 @@ impl ReadState {
             });
             self.complete_large_group(user_id, membership, row).await?;
         }
-        Ok(row.map_or((0, 0), |row| {
-            (row.read_through, if row.member { row.unread } else { 0 })
+        Ok(row.map_or((0, 0, 0), |row| match row.member {
+            true => (row.read_through, row.unread, row.mentions),
+            false => (row.read_through, 0, 0),
         }))
     }
 
@@ -213,7 +230,7 @@ impl ReadState {
         let limit = clamp_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT);
         let after = parse_cursor(&query.cursor)?;
         let (as_of_seq, mut states) = self.states(user_id).await?;
-        let total_unread = states.iter().filter(|s| s.member).map(|s| s.unread).sum();
+        let (total_unread, total_mentions) = totals(&states);
         let version = version_of(as_of_seq, &states);
         if !query.known_version.is_empty() && query.known_version == version {
             return Ok(ListPage {
@@ -221,6 +238,7 @@ impl ReadState {
                 not_modified: true,
                 as_of_seq,
                 total_unread,
+                total_mentions,
                 ..ListPage::default()
             });
         }
@@ -244,6 +262,7 @@ impl ReadState {
         Ok(ListPage {
             conversations: page,
             total_unread,
+            total_mentions,
             cursor,
             version,
             not_modified: false,
@@ -257,15 +276,25 @@ impl ReadState {
         &self,
         user_id: u64,
         touched: &HashSet<u64>,
-    ) -> Result<(u64, u64, Vec<ConversationState>)> {
+    ) -> Result<(u64, (u64, u64), Vec<ConversationState>)> {
         let (as_of_seq, states) = self.states(user_id).await?;
-        let total = states.iter().filter(|s| s.member).map(|s| s.unread).sum();
+        let total = totals(&states);
         let shown = states
             .into_iter()
             .filter(|s| touched.contains(&s.conversation_id) || (s.read_fanout && s.unread > 0))
             .collect();
         Ok((as_of_seq, total, shown))
     }
+}
+
+/// Unread messages and mentions over the conversations the user is in.
+fn totals(states: &[ConversationState]) -> (u64, u64) {
+    states
+        .iter()
+        .filter(|s| s.member)
+        .fold((0, 0), |(unread, mentions), s| {
+            (unread + s.unread, mentions + s.mentions)
+        })
 }
 
 /// Changes whenever anything a list shows changes.
@@ -280,6 +309,8 @@ fn version_of(as_of_seq: u64, states: &[ConversationState]) -> String {
             state.member,
             state.read_through,
             state.unread,
+            state.mentions,
+            state.peer_read_through,
             state.last_conv_seq,
             state.last_activity_ms,
             &state.title,

@@ -64,9 +64,30 @@ pub struct MarkResult {
     pub conversation_id: u64,
     pub read_through: u64,
     pub unread: u64,
+    pub mentions: u64,
     /// The marker's inbox seq (0: the mark was at or below the current
     /// marker and changed nothing).
     pub seq: u64,
+}
+
+/// The other member of a direct conversation, who learns the marker as a
+/// read receipt.
+fn peer_of(conversation: &timeline_store::Conversation, user_id: u64) -> Option<u64> {
+    match conversation.kind {
+        timeline_store::ConversationKind::Direct => {
+            conversation.members.iter().copied().find(|&m| m != user_id)
+        }
+        timeline_store::ConversationKind::Group => None,
+    }
+}
+
+/// Who has read a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadReceipts {
+    /// Current members other than the sender.
+    pub member_count: u64,
+    /// Those of them whose marker is at or past the message, ascending.
+    pub read_by: Vec<u64>,
 }
 
 /// A large-group count already made: messages from others in `(from, to]`.
@@ -213,20 +234,26 @@ impl ReadState {
             // limit is the allocator's reserved step, past any entry.
             None => self.newest_entry(conversation_id, top).await?,
         };
-        let (read_through, unread) = self.state_of(user_id, conversation_id).await?;
+        let (read_through, unread, mentions) = self.state_of(user_id, conversation_id).await?;
         if through <= read_through {
             return Ok(MarkResult {
                 conversation_id,
                 read_through,
                 unread,
+                mentions,
                 seq: 0,
             });
         }
         let outcome = self
             .writer
-            .commit_marker(user_id, conversation_id, through)
+            .commit_marker(
+                user_id,
+                conversation_id,
+                through,
+                peer_of(&conversation, user_id),
+            )
             .await?;
-        let mut unread = outcome.unread;
+        let (mut unread, mut mentions) = (outcome.unread, outcome.unread_mentions);
         if conversation.read_fanout {
             // What arrived after the marker's position, counted as a list
             // would count it.
@@ -239,12 +266,66 @@ impl ReadState {
             )
             .await?;
             unread += later.count;
+            mentions += later.mentions;
         }
         Ok(MarkResult {
             conversation_id,
             read_through: outcome.read_through,
             unread,
+            mentions,
             seq: outcome.seq,
+        })
+    }
+
+    /// How many and which members have read the message at `conv_seq`:
+    /// one read of the conversation's reader index, whatever the size.
+    pub async fn receipts(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) -> Result<ReadReceipts> {
+        let conversation = self
+            .directory
+            .peek(conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
+        access::may_read(principal, &conversation)?;
+        let range = timeline_store::ConversationRange::oldest_first(
+            conv_seq.saturating_sub(1),
+            conv_seq.saturating_add(1),
+            1,
+        );
+        let entries = self.store.read_conversation(conversation_id, range).await?;
+        let message = entries
+            .first()
+            .filter(|e| e.conv_seq == conv_seq && e.kind == timeline_store::EntryKind::Message)
+            .ok_or_else(|| {
+                SyncdError::NotFound(format!(
+                    "conversation {conversation_id} has no message at conv_seq {conv_seq}"
+                ))
+            })?;
+        let readers = self.store.readers(conversation_id).await?;
+        let read: std::collections::HashSet<u64> = readers
+            .iter()
+            .filter(|r| r.read_through >= conv_seq)
+            .map(|r| r.user_id)
+            .collect();
+        let others = conversation
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != message.sender_id);
+        let (mut member_count, mut read_by) = (0, Vec::new());
+        for member in others {
+            member_count += 1;
+            if read.contains(&member) {
+                read_by.push(member);
+            }
+        }
+        Ok(ReadReceipts {
+            member_count,
+            read_by,
         })
     }
 
@@ -274,7 +355,7 @@ impl ReadState {
         }
         if let Err(error) = self
             .writer
-            .commit_marker(sender_id, conversation_id, conv_seq)
+            .commit_marker(sender_id, conversation_id, conv_seq, None)
             .await
         {
             tracing::warn!(%error, sender_id, conversation_id, "could not mark the sender's own message read");

@@ -19,7 +19,7 @@ use crate::limits::COMMIT_BYTES_PER_COPY;
 use crate::read_state::count::messages_from_others;
 use seqsvc::Namespace;
 use std::time::Duration;
-use timeline_store::{Entry, EntryKind, EventCommit, InboxWrite};
+use timeline_store::{Entry, EntryKind, EventCommit, InboxWrite, ReaderMark};
 
 /// What a committed marker says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct MarkOutcome {
     pub read_through: u64,
     /// Messages from others in `(read_through, conv_seq]`.
     pub unread: u64,
+    /// Of those, the ones that mention the user.
+    pub unread_mentions: u64,
     /// The marker's position in the conversation's order.
     pub conv_seq: u64,
 }
@@ -38,59 +40,77 @@ const SETTLE_POLL: Duration = Duration::from_millis(1);
 
 impl EventWriter {
     /// Writes a marker "`user_id` read `conversation_id` through
-    /// `read_through`" into the user's inbox (`read_through` above the
-    /// conversation's last allocated `conv_seq` is lowered to it).
+    /// `read_through`" into the user's inbox, and into `peer`'s (the other
+    /// member of a direct conversation: the sender's read receipt);
+    /// `read_through` above the conversation's last allocated `conv_seq` is
+    /// lowered to it.
     pub async fn commit_marker(
         &self,
         user_id: u64,
         conversation_id: u64,
         read_through: u64,
+        peer: Option<u64>,
     ) -> Result<MarkOutcome> {
         if let Some(reason) = self.lifecycle.failure() {
             return Err(SyncdError::Unavailable(format!(
                 "the node is stopping: {reason}"
             )));
         }
-        let bytes = self.take_budget((1, COMMIT_BYTES_PER_COPY)).await?;
-        let key = (Scope::Inbox, user_id);
-        self.prime(&[key]).await?;
-        let reservation = self.horizon.reserve(vec![key]);
-        let (position, seq) = {
+        let mut recipients = vec![user_id];
+        recipients.extend(peer.filter(|&p| p != user_id));
+        let copies = recipients.len();
+        let bytes = self
+            .take_budget((copies, copies * COMMIT_BYTES_PER_COPY))
+            .await?;
+        let keys: Vec<_> = recipients.iter().map(|&u| (Scope::Inbox, u)).collect();
+        self.prime(&keys).await?;
+        let reservation = self.horizon.reserve(keys);
+        let (position, seqs) = {
             let _in_order = self.allocation_locks.write(conversation_id).await;
             let position = self
                 .seqs
                 .current(Namespace::Conversation, conversation_id)
                 .await?;
-            let seq = self.seqs.next(Namespace::Inbox, user_id).await?;
-            (position, seq)
+            let seqs = self.seqs.next_batch(Namespace::Inbox, &recipients).await?;
+            (position, seqs)
         };
-        let assignment = reservation.assign(vec![seq]);
+        let seq = seqs[0];
+        let inbox = recipients
+            .iter()
+            .zip(&seqs)
+            .map(|(&user_id, &seq)| InboxWrite { user_id, seq })
+            .collect();
+        let assignment = reservation.assign(seqs);
         let read_through = read_through.min(position);
         self.wait_settled(conversation_id, position).await?;
-        let unread = messages_from_others(
+        let counted = messages_from_others(
             self.store.as_ref(),
             conversation_id,
             user_id,
             read_through,
             position,
         )
-        .await?
-        .count;
+        .await?;
+        let (unread, unread_mentions) = (counted.count, counted.mentions);
         let entry = Entry {
             conv_seq: position,
             sender_id: user_id,
             sent_at_ms: now_ms(),
             read_through,
             unread,
+            unread_mentions,
             ..Entry::new(EntryKind::ReadMarker, conversation_id)
         };
         let commit = EventCommit {
             entry,
-            inbox: vec![InboxWrite { user_id, seq }],
+            inbox,
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
-            readers: Vec::new(),
+            readers: vec![ReaderMark {
+                user_id,
+                read_through,
+            }],
         };
         let held: Vec<Guard> = Vec::new();
         self.land(commit, assignment, held, bytes).await?;
@@ -98,6 +118,7 @@ impl EventWriter {
             seq,
             read_through,
             unread,
+            unread_mentions,
             conv_seq: position,
         })
     }

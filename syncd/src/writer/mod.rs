@@ -204,13 +204,14 @@ impl EventWriter {
             .zip(inbox_seqs)
             .map(|(&user_id, seq)| InboxWrite { user_id, seq })
             .collect();
+        let readers = Event::reader_marks(&entry);
         let commit = EventCommit {
             entry,
             inbox,
             receipt: receipt_key.map(|key| (key, receipt.clone())),
             conversation: record,
             large_group_index: fanout.index,
-            readers: Vec::new(),
+            readers,
         };
         self.land(commit, assignment, until_complete, bytes).await?;
         Ok(receipt)

@@ -24,9 +24,8 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadStateRow,
-    ReadReceipts, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, Result,
-    StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadReceipts,
+    ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -510,7 +509,8 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
 #[async_trait]
 impl<S: ReadReceipts> ReadReceipts for FaultyStore<S> {
     async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
-        self.run(Op::Read, self.inner.readers(conversation_id)).await
+        self.run(Op::Read, self.inner.readers(conversation_id))
+            .await
     }
 }
 
