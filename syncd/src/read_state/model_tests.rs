@@ -28,8 +28,8 @@ fn env(name: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct ConversationModel {
     members: BTreeSet<u64>,
-    /// (conv_seq, sender) of every message.
-    messages: Vec<(u64, u64)>,
+    /// Every message: (conv_seq, sender, mentioned by name, everyone).
+    messages: Vec<(u64, u64, BTreeSet<u64>, bool)>,
     top: u64,
 }
 
@@ -44,6 +44,9 @@ struct Reader {
 struct Model {
     conversations: BTreeMap<u64, ConversationModel>,
     readers: BTreeMap<(u64, u64), Reader>,
+    /// The reader index: per (conversation, user) the highest mark or own
+    /// message.
+    index: BTreeMap<(u64, u64), u64>,
 }
 
 impl Model {
@@ -54,19 +57,46 @@ impl Model {
         reader.read_through = reader.read_through.max(at);
     }
 
-    fn unread(&self, user: u64, conversation: u64) -> u64 {
+    /// (unread, unread mentions).
+    fn unread(&self, user: u64, conversation: u64) -> (u64, u64) {
         let Some(reader) = self.readers.get(&(user, conversation)) else {
-            return 0;
+            return (0, 0);
         };
         if !reader.member {
-            return 0;
+            return (0, 0);
         }
         let from = reader.read_through.max(reader.joined);
-        self.conversations[&conversation]
+        let unread: Vec<_> = self.conversations[&conversation]
             .messages
             .iter()
-            .filter(|&&(seq, sender)| seq > from && sender != user)
-            .count() as u64
+            .filter(|(seq, sender, _, _)| *seq > from && *sender != user)
+            .collect();
+        let mentions = unread
+            .iter()
+            .filter(|(_, _, named, everyone)| *everyone || named.contains(&user))
+            .count();
+        (unread.len() as u64, mentions as u64)
+    }
+
+    fn raise_index(&mut self, conversation: u64, user: u64, through: u64) {
+        let stored = self.index.entry((conversation, user)).or_default();
+        *stored = (*stored).max(through);
+    }
+
+    /// Who has read the message at `conv_seq`: current members other than
+    /// its sender whose index entry reaches it.
+    fn read_by(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
+        self.conversations[&conversation]
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != sender)
+            .filter(|&m| {
+                self.index
+                    .get(&(conversation, m))
+                    .is_some_and(|&r| r >= conv_seq)
+            })
+            .collect()
     }
 }
 
@@ -77,6 +107,7 @@ struct DeviceRow {
     member: bool,
     read_through: u64,
     unread: u64,
+    mentions: u64,
 }
 
 fn replay(rows: &mut BTreeMap<u64, DeviceRow>, entry: &Entry, user: u64) {
@@ -88,20 +119,32 @@ fn replay(rows: &mut BTreeMap<u64, DeviceRow>, entry: &Entry, user: u64) {
                 member: true,
                 read_through: row.read_through.max(entry.conv_seq),
                 unread: 0,
+                mentions: 0,
             };
         }
         EntryKind::MembersRemoved if mine => {
             row.member = false;
             row.unread = 0;
+            row.mentions = 0;
         }
         EntryKind::Message if entry.sender_id == user => {
             row.read_through = row.read_through.max(entry.conv_seq);
             row.unread = 0;
+            row.mentions = 0;
         }
-        EntryKind::Message if row.member && entry.conv_seq > row.read_through => row.unread += 1,
-        EntryKind::ReadMarker if entry.read_through > row.read_through => {
+        EntryKind::Message if row.member && entry.conv_seq > row.read_through => {
+            row.unread += 1;
+            if entry.mention_all || entry.mentions.contains(&user) {
+                row.mentions += 1;
+            }
+        }
+        EntryKind::ReadMarker
+            if entry.sender_id == user && entry.read_through > row.read_through =>
+        {
             row.read_through = entry.read_through;
-            row.unread = if row.member { entry.unread } else { 0 };
+            if row.member {
+                (row.unread, row.mentions) = (entry.unread, entry.unread_mentions);
+            }
         }
         _ => {}
     }
@@ -216,18 +259,41 @@ impl<S: TimelineStore> Run<S> {
                 let Some(sender) = self.member_of(id) else {
                     return "no member to send".into();
                 };
+                let members: Vec<u64> = self.model.conversations[&id]
+                    .members
+                    .iter()
+                    .copied()
+                    .collect();
+                let named: BTreeSet<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.next_u64() % 4 == 0)
+                    .collect();
+                let everyone = self.pick(6) == 0;
+                let command = crate::engine::SendCommand {
+                    mentions: crate::send::Mentions {
+                        users: named.iter().copied().collect(),
+                        everyone,
+                    },
+                    ..message(id, "m", None)
+                };
                 let sent = self
                     .engine
-                    .send(device(sender, "d"), message(id, "m", None))
+                    .send(device(sender, "d"), command)
                     .await
                     .unwrap();
                 let at = sent.receipt.conv_seq;
+                let mut named = named;
+                named.remove(&sender);
                 let conversation = self.model.conversations.get_mut(&id).unwrap();
-                conversation.messages.push((at, sender));
+                conversation
+                    .messages
+                    .push((at, sender, named.clone(), everyone));
                 conversation.top = at;
                 let reader = self.model.readers.get_mut(&(sender, id)).unwrap();
                 reader.read_through = reader.read_through.max(at);
-                format!("send {id} from {sender} at {at}")
+                self.model.raise_index(id, sender, at);
+                format!("send {id} from {sender} at {at} mentioning {named:?} everyone {everyone}")
             }
             (55..80, Some(id)) => {
                 let Some(user) = self.member_of(id) else {
@@ -245,12 +311,23 @@ impl<S: TimelineStore> Run<S> {
                     .await
                     .unwrap();
                 let reader = self.model.readers.get_mut(&(user, id)).unwrap();
-                reader.read_through = reader.read_through.max(through.unwrap_or(top));
+                let wanted = through.unwrap_or(top);
+                let raised = wanted > reader.read_through;
+                reader.read_through = reader.read_through.max(wanted);
                 assert_eq!(
                     marked.read_through, reader.read_through,
                     "seed {}",
                     self.seed
                 );
+                assert_eq!(
+                    marked.seq != 0,
+                    raised,
+                    "seed {}: only a raise writes",
+                    self.seed
+                );
+                if raised {
+                    self.model.raise_index(id, user, wanted);
+                }
                 format!("mark {id} by {user} through {through:?}")
             }
             (80..88, Some(id)) => {
@@ -321,10 +398,14 @@ impl<S: TimelineStore> Run<S> {
             let mut expected_total = 0;
             for state in &states {
                 let id = state.conversation_id;
-                let expected = self.model.unread(user, id);
+                let (expected, mentions) = self.model.unread(user, id);
                 assert_eq!(
                     state.unread, expected,
                     "seed {seed}, after {step}: user {user} conversation {id}"
+                );
+                assert_eq!(
+                    state.mentions, mentions,
+                    "seed {seed}, after {step}: mentions of {user} in {id}"
                 );
                 expected_total += expected;
                 let reader = self.model.readers[&(user, id)];
@@ -345,6 +426,41 @@ impl<S: TimelineStore> Run<S> {
             );
             self.check_replay(user, as_of, &states, step).await;
         }
+        self.check_receipts(step).await;
+    }
+
+    /// Receipts of one message per conversation equal the model's.
+    async fn check_receipts(&mut self, step: &str) {
+        let picks: Vec<(u64, u64, u64)> = self
+            .model
+            .conversations
+            .iter()
+            .filter(|(_, c)| !c.messages.is_empty())
+            .map(|(&id, c)| {
+                let (seq, sender, _, _) =
+                    &c.messages[(id as usize * 7 + c.messages.len()) % c.messages.len()];
+                (id, *seq, *sender)
+            })
+            .collect();
+        for (id, conv_seq, sender) in picks {
+            let receipts = self
+                .engine
+                .read_receipts(&service(), id, conv_seq)
+                .await
+                .unwrap();
+            let expected = self.model.read_by(id, conv_seq, sender);
+            assert_eq!(
+                receipts.read_by, expected,
+                "members {:?} index {:?} sender {sender} seed {}, after {step}: receipts of {id}/{conv_seq}",
+                self.model.conversations[&id].members, self.model.index, self.seed
+            );
+            let others = self.model.conversations[&id]
+                .members
+                .iter()
+                .filter(|&&m| m != sender)
+                .count();
+            assert_eq!(receipts.member_count, others as u64);
+        }
     }
 
     /// A device that took the list earlier replays its inbox from there
@@ -363,6 +479,7 @@ impl<S: TimelineStore> Run<S> {
                     member: s.member,
                     read_through: s.read_through,
                     unread: s.unread,
+                    mentions: s.mentions,
                 };
                 (s.conversation_id, row)
             })
@@ -429,12 +546,12 @@ fn seeds(default: u64) -> Vec<u64> {
 
 #[tokio::test]
 async fn read_state_matches_the_model_on_the_memory_store() {
-    for seed in seeds(30) {
+    for seed in seeds(50) {
         eprintln!("read-state seed {seed} (replay with READ_STATE_SEED={seed})");
         run_seed(
             Arc::new(MemoryStore::new()),
             seed,
-            env("READ_STATE_STEPS", 80),
+            env("READ_STATE_STEPS", 100),
         )
         .await;
     }
@@ -442,10 +559,10 @@ async fn read_state_matches_the_model_on_the_memory_store() {
 
 #[tokio::test]
 async fn read_state_matches_the_model_on_the_embedded_store() {
-    for seed in seeds(4) {
+    for seed in seeds(6) {
         eprintln!("read-state seed {seed} (replay with READ_STATE_SEED={seed})");
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), false);
-        run_seed(store, 1_000 + seed, env("READ_STATE_STEPS", 80)).await;
+        run_seed(store, 1_000 + seed, env("READ_STATE_STEPS", 100)).await;
     }
 }
