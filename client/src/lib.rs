@@ -441,6 +441,13 @@ impl Client {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
                 }
+                // A large group's copy (a mention, or the user's own send
+                // from another device): read the group now, not at the
+                // next poll.
+                if fresh.iter().any(|e| e.read_fanout) {
+                    in_large_groups =
+                        self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+                }
             } else if notice.up_to_seq > checkpoint.seq() {
                 in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
             }
@@ -555,8 +562,16 @@ fn deliver_inbox(
     entries: &[pb::Entry],
     deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
 ) -> Result<usize> {
+    let mut delivered = 0;
     for entry in entries {
+        // A large group's message in the inbox is a copy for its sender or
+        // a member it mentions: the message itself is delivered with the
+        // group's timeline, once.
+        if entry.read_fanout && entry.kind == pb::EntryKind::Message as i32 {
+            continue;
+        }
         deliver(entry).map_err(ClientError::Deliver)?;
+        delivered += 1;
         let joins = entry.kind == pb::EntryKind::ConversationCreated as i32
             || entry.kind == pb::EntryKind::MembersAdded as i32;
         // Where reading the conversation's timeline starts. Others joining
@@ -575,7 +590,7 @@ fn deliver_inbox(
             checkpoint.save_conversation(entry.conversation_id, start)?;
         }
     }
-    Ok(entries.len())
+    Ok(delivered)
 }
 
 /// Whether a pushed notice carries every entry since the previous notice

@@ -213,21 +213,7 @@ impl Engine {
 
     pub async fn send(&self, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
         let sender = Arc::clone(&self.sender);
-        let read_state = Arc::clone(&self.read_state);
-        let sender_id = match &principal {
-            Principal::Device { user_id, .. } => *user_id,
-            _ => command.sender_id.unwrap_or(0),
-        };
-        let work = async move {
-            let outcome = sender.send(principal, command).await?;
-            if !outcome.duplicate {
-                let receipt = &outcome.receipt;
-                read_state
-                    .after_large_group_send(sender_id, receipt.conversation_id, receipt.conv_seq)
-                    .await;
-            }
-            Ok(outcome)
-        };
+        let work = async move { sender.send(principal, command).await };
         self.lifecycle.to_completion("send", work).await
     }
 

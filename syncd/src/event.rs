@@ -29,8 +29,9 @@ pub enum MembershipChange {
 impl Event {
     /// A message from `sender_id` (0: the system) into `conversation`.
     /// In a large group, the members it mentions by name get an inbox
-    /// copy (so a mention is never missed); the others read it from the
-    /// conversation timeline.
+    /// copy (so a mention is never missed), and so does its sender (their
+    /// read marker moves past it in the same commit); the others read it
+    /// from the conversation timeline.
     pub fn message(
         conversation: &Conversation,
         sender_id: u64,
@@ -40,7 +41,13 @@ impl Event {
     ) -> Self {
         let mut fanout = fanout(Change::Message, conversation, conversation);
         if conversation.read_fanout {
-            fanout.recipients = mentions.users.clone();
+            let mut copies = mentions.users.clone();
+            if sender_id != 0 {
+                copies.push(sender_id);
+            }
+            copies.sort_unstable();
+            copies.dedup();
+            fanout.recipients = copies;
         }
         Self {
             entry: Entry {

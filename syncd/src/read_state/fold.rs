@@ -15,8 +15,9 @@
 //!   changes nothing;
 //! - a message from someone else that mentions the user (by name or
 //!   everyone), after the marker, while a member, is an unread mention;
-//! - a large group's message in the inbox is a named mention's copy: it
-//!   counts as a mention only (its unread is counted from the timeline);
+//! - a large group's message in the inbox is a copy for a member it names
+//!   (it counts as a mention only: its unread is counted from the
+//!   timeline) or for its sender (it reads everything up to it);
 //! - another member's marker (direct conversations) is a read receipt: how
 //!   far the peer has read.
 //!
@@ -37,7 +38,12 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         entry.sender_id != user_id && row.member && entry.conv_seq > row.read_through;
     match entry.kind {
         EntryKind::Message if entry.read_fanout => {
-            if unread_from_other && entry.mentions_user(user_id) {
+            if entry.sender_id == user_id {
+                row.read_through = row.read_through.max(entry.conv_seq);
+                row.counted_through = row.counted_through.max(entry.conv_seq);
+                row.unread = 0;
+                row.mentions = 0;
+            } else if unread_from_other && entry.mentions_user(user_id) {
                 row.mentions += 1;
             }
             return;

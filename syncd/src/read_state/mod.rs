@@ -14,8 +14,9 @@
 //! timeline only, so their rows count up to the last marker or join, and
 //! the rest is counted at read time from the timeline ([`count`]), up to
 //! the newest readable message (or the removal, for a former member). A
-//! sender's own message in a large group is followed by a marker of the
-//! sender through it.
+//! large group's message is copied into the inbox of its sender and of the
+//! members it names: the sender's copy moves their marker past it, in the
+//! same commit; a named member's copy is their mention, never missed.
 //!
 //! # Bounds
 //! Folds read the inbox a page at a time. A count reads at most
@@ -334,32 +335,6 @@ impl ReadState {
         let range = timeline_store::ConversationRange::newest_first(0, top.saturating_add(1), 1);
         let entries = self.store.read_conversation(conversation_id, range).await?;
         Ok(entries.first().map_or(0, |e| e.conv_seq))
-    }
-
-    /// After a send into a large group: the sender has read through their
-    /// own message (in a write-fanout conversation their inbox copy says
-    /// so; a large group gives them none). Best effort: a failure leaves
-    /// the marker where it was, which the next mark raises.
-    pub async fn after_large_group_send(
-        &self,
-        sender_id: u64,
-        conversation_id: u64,
-        conv_seq: u64,
-    ) {
-        if sender_id == 0 {
-            return;
-        }
-        match self.directory.peek(conversation_id).await {
-            Ok(conversation) if conversation.read_fanout && conversation.is_member(sender_id) => {}
-            _ => return,
-        }
-        if let Err(error) = self
-            .writer
-            .commit_marker(sender_id, conversation_id, conv_seq, None)
-            .await
-        {
-            tracing::warn!(%error, sender_id, conversation_id, "could not mark the sender's own message read");
-        }
     }
 }
 
