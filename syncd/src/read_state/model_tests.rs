@@ -267,7 +267,7 @@ impl<S: TimelineStore> Run<S> {
                 let named: BTreeSet<u64> = members
                     .iter()
                     .copied()
-                    .filter(|_| self.rng.next_u64() % 4 == 0)
+                    .filter(|_| self.rng.next_u64().is_multiple_of(4))
                     .collect();
                 let everyone = self.pick(6) == 0;
                 let command = crate::engine::SendCommand {
