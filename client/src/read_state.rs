@@ -35,6 +35,21 @@ impl Client {
         reply(self.timeline().get_read_receipts(with_deadline(request))).await
     }
 
+    /// One page of inbox entries after `after_seq`, with the unread counts
+    /// of the conversations they touch when the page is complete.
+    pub async fn sync_with_read_state(
+        &self,
+        after_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<pb::SyncReply> {
+        let request = pb::SyncRequest {
+            after_seq,
+            limit,
+            include_read_state: true,
+        };
+        reply(self.timeline().sync(with_deadline(request))).await
+    }
+
     /// One page of the conversation list (`cursor` empty: the first).
     pub async fn list_conversations(
         &self,
