@@ -111,8 +111,21 @@ pub struct ReadState {
     snapshots: moka::sync::Cache<u64, Arc<ReadStateSnapshot>>,
 }
 
-/// Rows of folded snapshots kept in memory (about 150 bytes each).
-const CACHED_SNAPSHOT_ROWS: u64 = 1_000_000;
+/// Bytes of folded snapshots kept in memory.
+const CACHED_SNAPSHOT_BYTES: u64 = 64 << 20;
+
+/// About what a snapshot takes in memory.
+fn snapshot_bytes(snapshot: &ReadStateSnapshot) -> u32 {
+    let bytes: usize = snapshot
+        .rows
+        .iter()
+        .map(|row| {
+            std::mem::size_of::<ReadStateRow>()
+                + row.last_message.as_ref().map_or(0, |m| m.text.len())
+        })
+        .sum();
+    u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+}
 
 impl ReadState {
     pub fn new(
@@ -129,10 +142,8 @@ impl ReadState {
             folds: Arc::default(),
             counts: moka::sync::Cache::new(CACHED_COUNTS),
             snapshots: moka::sync::Cache::builder()
-                .weigher(|_, snapshot: &Arc<ReadStateSnapshot>| {
-                    u32::try_from(snapshot.rows.len() + 1).unwrap_or(u32::MAX)
-                })
-                .max_capacity(CACHED_SNAPSHOT_ROWS)
+                .weigher(|_, snapshot: &Arc<ReadStateSnapshot>| snapshot_bytes(snapshot))
+                .max_capacity(CACHED_SNAPSHOT_BYTES)
                 .build(),
         }
     }
