@@ -37,7 +37,9 @@ pub use crate::history::{HistoryPage, HistoryQuery};
 pub use crate::inbox::SyncPage;
 pub use crate::membership::NewConversation;
 pub use crate::push::{Feed, PushNotice};
-pub use crate::read_state::{ConversationState, ListPage, ListQuery, MarkResult, ReadReceipts};
+pub use crate::read_state::{
+    ConversationState, ListPage, ListQuery, MarkResult, ReadReceipts, ReadStateSummary,
+};
 pub use crate::retention::Retention;
 pub use crate::send::{SendCommand, SendOutcome};
 
@@ -76,15 +78,6 @@ pub struct Engine {
     push: Push,
     retainer: Arc<Retainer>,
     read_state: Arc<ReadState>,
-}
-
-/// The read state a sync reply carries (see [`Engine::read_state_summary`]).
-#[derive(Clone, Debug, Default)]
-pub struct ReadStateSummary {
-    pub total_unread: u64,
-    pub total_mentions: u64,
-    pub as_of_seq: u64,
-    pub conversations: Vec<ConversationState>,
 }
 
 impl Engine {
@@ -247,25 +240,22 @@ impl Engine {
             .await
     }
 
-    /// The caller's unread total and the state of the conversations
-    /// `page`'s entries touch (and of large groups with anything unread).
+    /// The caller's unread totals and the state of the conversations that
+    /// changed after the page's starting checkpoint (and of large groups
+    /// with anything unread), at most
+    /// [`crate::read_state::MAX_SUMMARY_CONVERSATIONS`].
     pub async fn read_state_summary(
         &self,
         principal: &Principal,
         page: &SyncPage,
     ) -> Result<ReadStateSummary> {
         let (user_id, _) = crate::access::device_user(principal)?;
-        let touched = page.entries.iter().map(|e| e.conversation_id).collect();
-        let (as_of_seq, (total_unread, total_mentions), conversations) =
-            self.read_state.summary(user_id, &touched).await?;
-        Ok(ReadStateSummary {
-            total_unread,
-            total_mentions,
-            as_of_seq,
-            conversations,
-        })
+        let summary = self.read_state.summary(user_id, page.after).await?;
+        Ok(summary)
     }
+}
 
+impl Engine {
     pub async fn create_conversation(
         &self,
         principal: Principal,

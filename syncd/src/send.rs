@@ -49,28 +49,36 @@ impl Mentions {
     /// The mentions a message into `conversation` from `sender_id` keeps:
     /// sorted, without duplicates or the sender. A non-member, too many
     /// names, or "everyone" in a direct conversation is refused.
-    fn checked(mut self, conversation: &Conversation, sender_id: u64) -> Result<Self> {
-        if self.users.len() > MAX_MENTIONS {
+    /// Sorted, without duplicates or the sender: a retry naming the same
+    /// members in another order is the same request.
+    fn normalized(mut self, sender_id: u64) -> Self {
+        self.users.sort_unstable();
+        self.users.dedup();
+        self.users.retain(|&user| user != sender_id);
+        self
+    }
+
+    fn checked(self, conversation: &Conversation, sender_id: u64) -> Result<Self> {
+        let mut checked = self.normalized(sender_id);
+        if checked.users.len() > MAX_MENTIONS {
             return Err(SyncdError::InvalidArgument(format!(
                 "{} mentions, at most {MAX_MENTIONS}",
-                self.users.len()
+                checked.users.len()
             )));
         }
-        if self.everyone && conversation.kind == ConversationKind::Direct {
+        if checked.everyone && conversation.kind == ConversationKind::Direct {
             return Err(SyncdError::InvalidArgument(
                 "mention_all is for groups; a direct conversation has one other member".into(),
             ));
         }
-        self.users.sort_unstable();
-        self.users.dedup();
-        self.users.retain(|&user| user != sender_id);
-        if let Some(stranger) = self.users.iter().find(|&&u| !conversation.is_member(u)) {
+        if let Some(stranger) = checked.users.iter().find(|&&u| !conversation.is_member(u)) {
             return Err(SyncdError::InvalidArgument(format!(
                 "user {stranger} is not a member of conversation {}: only members can be mentioned",
                 conversation.conversation_id
             )));
         }
-        Ok(self)
+        checked.users.shrink_to_fit();
+        Ok(checked)
     }
 }
 
@@ -110,6 +118,8 @@ impl Sender {
             .acquire()
             .await
             .map_err(|_| SyncdError::Internal("the send slots were closed".into()))?;
+        let mut command = command;
+        command.mentions = command.mentions.normalized(sender_id);
         let mut fingerprint = Fingerprint::new("send")
             .u64(command.conversation_id)
             .u64(sender_id)

@@ -112,7 +112,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
-    "CREATE TABLE IF NOT EXISTS {ks}.readers (conversation_id bigint, user_id bigint, read_through bigint, PRIMARY KEY (conversation_id, user_id, read_through)) WITH CLUSTERING ORDER BY (user_id ASC, read_through DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, PRIMARY KEY (conversation_id, user_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -261,8 +261,10 @@ struct Statements {
     select_read_states: PreparedStatement,
     insert_read_state_applied: PreparedStatement,
     select_read_state_applied: PreparedStatement,
+    /// Written with the marker as the write timestamp: last-write-wins
+    /// then keeps the highest marker, in any order, with no read and no
+    /// tombstone (nothing else writes the table).
     insert_reader: PreparedStatement,
-    delete_older_reader: PreparedStatement,
     select_readers: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
@@ -384,15 +386,11 @@ impl ScyllaTimelineStore {
             )
             .await?,
             insert_reader: prepare(
-                "INSERT INTO {ks}.readers (conversation_id, user_id, read_through) VALUES (?, ?, ?)",
-            )
-            .await?,
-            delete_older_reader: prepare(
-                "DELETE FROM {ks}.readers WHERE conversation_id = ? AND user_id = ? AND read_through < ?",
+                "INSERT INTO {ks}.conversation_readers (conversation_id, user_id, read_through) VALUES (?, ?, ?) USING TIMESTAMP ?",
             )
             .await?,
             select_readers: prepare(
-                "SELECT user_id, read_through FROM {ks}.readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
+                "SELECT user_id, read_through FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
             )
             .await?,
             insert_read_state: prepare(
@@ -550,17 +548,16 @@ impl ScyllaTimelineStore {
 }
 
 impl ScyllaTimelineStore {
-    /// A row per (user, marker): the highest is the first of the user's
-    /// rows; older ones are deleted after (a range delete, idempotent).
+    /// One row per (conversation, user), the marker as its write
+    /// timestamp (see `insert_reader`).
     async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
         let values = (
             big(conversation_id),
             big(mark.user_id),
             big(mark.read_through),
+            big(mark.read_through),
         );
         self.execute(&self.statements.insert_reader, values).await?;
-        self.execute(&self.statements.delete_older_reader, values)
-            .await?;
         Ok(())
     }
 
@@ -747,24 +744,26 @@ impl ReadReceipts for ScyllaTimelineStore {
             }
         };
         let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
-        let mut readers: Vec<crate::ReaderMark> = Vec::with_capacity(rows.len());
-        for (user_id, read_through) in rows {
-            // The first row of a user is its highest marker.
-            if readers.last().is_some_and(|r| r.user_id == user_id as u64) {
-                continue;
-            }
-            readers.push(crate::ReaderMark {
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, read_through)| crate::ReaderMark {
                 user_id: user_id as u64,
                 read_through: read_through as u64,
-            });
-        }
-        Ok(readers)
+            })
+            .collect())
     }
 }
 
 #[async_trait]
 impl EventLog for ScyllaTimelineStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        if commit.entry.msg_id == 0 {
+            // Two such events would share one recovery record: one's
+            // cleanup would delete the other's, and a crash lose it.
+            return Err(StoreError::InvalidArgument(
+                "an event must have its own msg_id (its recovery record is keyed by it)".into(),
+            ));
+        }
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
         self.execute(&self.statements.insert_pending, (shard, event_id, intent))

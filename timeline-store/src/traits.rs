@@ -50,7 +50,9 @@ pub trait EventLog: Send + Sync {
     /// inbox copies (each `InboxWrite` becomes `entry` with `seq` set), the
     /// optional receipt, the optional conversation record and the
     /// large-group index changes. An existing key is overwritten with the
-    /// same content (retries are idempotent).
+    /// same content (retries are idempotent). Every event has its own
+    /// non-zero `entry.msg_id` (a backend may key its own record of an
+    /// unfinished event by it).
     ///
     /// `Ok` means all of it is durable. `Err` means "not acknowledged": none
     /// of it, or (on a backend that cannot be atomic, or an I/O error after

@@ -44,6 +44,7 @@ pub(crate) fn conversation_state(s: crate::engine::ConversationState) -> pb::Con
         read_fanout: s.read_fanout,
         mentions: s.mentions,
         peer_read_through: s.peer_read_through,
+        counting: s.counting,
     }
 }
 

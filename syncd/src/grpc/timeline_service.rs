@@ -72,6 +72,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 Some(pb::ReadStateSummary {
                     total_unread: summary.total_unread,
                     total_mentions: summary.total_mentions,
+                    truncated: summary.truncated,
                     as_of_seq: summary.as_of_seq,
                     conversations: summary
                         .conversations

@@ -24,8 +24,10 @@ pub struct Count {
     /// The newest message of the range (from anyone).
     pub last_message: Option<MessagePreview>,
     /// The range held more than [`MAX_COUNTED_ENTRIES`] entries: `count`
-    /// is a lower bound.
+    /// covers `(after, reached]` only, a lower bound.
     pub saturated: bool,
+    /// How far the count got (`through` when not saturated).
+    pub reached: u64,
 }
 
 /// The preview of a message entry.
@@ -54,7 +56,8 @@ pub async fn messages_from_others(
     while from < through {
         if read >= MAX_COUNTED_ENTRIES {
             count.saturated = true;
-            break;
+            count.reached = from;
+            return Ok(count);
         }
         let range = ConversationRange::oldest_first(from, through.saturating_add(1), COUNT_PAGE);
         let entries = store.read_conversation(conversation_id, range).await?;
@@ -77,6 +80,7 @@ pub async fn messages_from_others(
             break;
         }
     }
+    count.reached = through.max(after);
     Ok(count)
 }
 

@@ -27,6 +27,9 @@ pub struct ConversationState {
     pub mentions: u64,
     /// Direct conversations: how far the other member has read.
     pub peer_read_through: u64,
+    /// A large group more than [`count::MAX_COUNTED_ENTRIES`] entries
+    /// behind: `unread` is what is counted so far, and each call counts on.
+    pub counting: bool,
     /// The newest `conv_seq` the user may read.
     pub last_conv_seq: u64,
     pub last_message: Option<MessagePreview>,
@@ -70,7 +73,24 @@ impl ReadState {
     /// The user's conversations: folded rows, large groups completed from
     /// their timelines, records from the directory.
     async fn states(&self, user_id: u64) -> Result<(u64, Vec<ConversationState>)> {
+        let (as_of_seq, states, _) = self.states_with_changes(user_id, u64::MAX).await?;
+        Ok((as_of_seq, states))
+    }
+
+    /// [`states`](Self::states), and the conversations whose rows folded
+    /// an inbox entry after `after`.
+    async fn states_with_changes(
+        &self,
+        user_id: u64,
+        after: u64,
+    ) -> Result<(u64, Vec<ConversationState>, HashSet<u64>)> {
         let snapshot = self.fold(user_id).await?;
+        let changed: HashSet<u64> = snapshot
+            .rows
+            .iter()
+            .filter(|row| row.last_seq > after)
+            .map(|row| row.conversation_id)
+            .collect();
         let mut rows: BTreeMap<u64, ReadStateRow> = snapshot
             .rows
             .into_iter()
@@ -78,6 +98,7 @@ impl ReadState {
             .collect();
         let memberships = self.store.large_group_memberships(user_id).await?;
         let mut large: HashSet<u64> = HashSet::new();
+        let mut counting: HashSet<u64> = HashSet::new();
         for membership in memberships
             .iter()
             .filter(|m| m.joined.inbox_seq <= snapshot.applied_seq)
@@ -93,7 +114,9 @@ impl ReadState {
                     counted_through: membership.joined.conv_seq,
                     ..ReadStateRow::default()
                 });
-            self.complete_large_group(user_id, membership, row).await?;
+            if self.complete_large_group(user_id, membership, row).await? {
+                counting.insert(membership.conversation_id);
+            }
         }
         let mut states = Vec::with_capacity(rows.len());
         for row in rows.into_values() {
@@ -104,6 +127,7 @@ impl ReadState {
                 kind: ConversationKind::Group,
                 title: String::new(),
                 read_fanout: large.contains(&row.conversation_id),
+                counting: counting.contains(&row.conversation_id),
                 member: row.member,
                 read_through: row.read_through,
                 unread: if row.member { row.unread } else { 0 },
@@ -114,7 +138,7 @@ impl ReadState {
                 last_activity_ms: row.last_activity_ms,
             });
         }
-        Ok((snapshot.applied_seq, states))
+        Ok((snapshot.applied_seq, states, changed))
     }
 
     /// Fills in kind and title from the conversation records: only for the
@@ -138,12 +162,13 @@ impl ReadState {
 
     /// Adds to a large group's row what its timeline holds past the row:
     /// messages from others up to the newest readable one (or the removal).
+    /// True when the count stopped short (see [`count::MAX_COUNTED_ENTRIES`]).
     async fn complete_large_group(
         &self,
         user_id: u64,
         membership: &LargeGroupMembership,
         row: &mut ReadStateRow,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let id = membership.conversation_id;
         let mut to = self
             .visibility
@@ -166,24 +191,28 @@ impl ReadState {
             Some(last) => Some(last),
             None => count::last_message(self.store.as_ref(), id, to).await?,
         };
+        // Shown as the newest message, not the count's end (after a restart
+        // the readable limit is the allocator's reserved step).
         if let Some(last) = last {
             row.last_activity_ms = row.last_activity_ms.max(last.sent_at_ms);
+            row.counted_through = row.counted_through.max(last.conv_seq);
             row.last_message = Some(last);
         }
-        row.counted_through = row.counted_through.max(to);
-        Ok(())
+        Ok(count.saturated)
     }
 
     /// Messages from others in `(from, to]`, extending the last count of
-    /// the same start instead of reading it all again.
+    /// the same start instead of reading it all again (also a count that
+    /// stopped at [`count::MAX_COUNTED_ENTRIES`]: each call goes on from
+    /// where the last one stopped).
     async fn count_cached(&self, user_id: u64, id: u64, from: u64, to: u64) -> Result<Count> {
         if from >= to {
             return Ok(Count::default());
         }
         let key = (user_id, id);
         let (start, mut total) = match self.counts.get(&key) {
-            Some(cached) if cached.from == from && cached.to <= to && !cached.count.saturated => {
-                (cached.to, cached.count)
+            Some(cached) if cached.from == from && cached.count.reached <= to => {
+                (cached.count.reached, cached.count)
             }
             _ => (from, Count::default()),
         };
@@ -191,7 +220,8 @@ impl ReadState {
         total.count += more.count;
         total.mentions += more.mentions;
         total.mentions_of_everyone_only += more.mentions_of_everyone_only;
-        total.saturated |= more.saturated;
+        total.saturated = more.saturated;
+        total.reached = more.reached;
         if more.last_message.is_some() {
             total.last_message = more.last_message;
         }
@@ -199,14 +229,12 @@ impl ReadState {
             key,
             CachedCount {
                 from,
-                to,
                 count: total.clone(),
             },
         );
         Ok(total)
     }
 
-    /// One conversation's read marker and unread count for the user.
     /// (read through, unread, mentions).
     pub(super) async fn state_of(
         &self,
@@ -287,23 +315,47 @@ impl ReadState {
         })
     }
 
-    /// The counts a sync reply carries: the total, and the conversations
-    /// named in `touched` or with anything unread in a large group.
-    pub async fn summary(
-        &self,
-        user_id: u64,
-        touched: &HashSet<u64>,
-    ) -> Result<(u64, (u64, u64), Vec<ConversationState>)> {
-        let (as_of_seq, states) = self.states(user_id).await?;
-        let total = totals(&states);
+    /// The counts a sync reply carries: the totals, and the conversations
+    /// that changed after the inbox seq `after` (their rows folded an entry
+    /// past it) or are large groups with anything unread; newest activity
+    /// first, at most [`MAX_SUMMARY_CONVERSATIONS`].
+    pub async fn summary(&self, user_id: u64, after: u64) -> Result<ReadStateSummary> {
+        let (as_of_seq, states, changed) = self.states_with_changes(user_id, after).await?;
+        let (total_unread, total_mentions) = totals(&states);
         let mut shown: Vec<ConversationState> = states
             .into_iter()
-            .filter(|s| touched.contains(&s.conversation_id) || (s.read_fanout && s.unread > 0))
+            .filter(|s| changed.contains(&s.conversation_id) || (s.read_fanout && s.unread > 0))
             .collect();
+        shown.sort_by(|a, b| {
+            (b.last_activity_ms, b.conversation_id).cmp(&(a.last_activity_ms, a.conversation_id))
+        });
+        let truncated = shown.len() > MAX_SUMMARY_CONVERSATIONS;
+        shown.truncate(MAX_SUMMARY_CONVERSATIONS);
         self.describe(&mut shown).await?;
-        Ok((as_of_seq, total, shown))
+        Ok(ReadStateSummary {
+            total_unread,
+            total_mentions,
+            as_of_seq,
+            conversations: shown,
+            truncated,
+        })
     }
 }
+
+/// The read state a sync reply carries.
+#[derive(Clone, Debug, Default)]
+pub struct ReadStateSummary {
+    pub total_unread: u64,
+    pub total_mentions: u64,
+    /// The counts are those after every inbox entry up to this seq.
+    pub as_of_seq: u64,
+    pub conversations: Vec<ConversationState>,
+    /// More conversations changed than a reply lists: ask for the list.
+    pub truncated: bool,
+}
+
+/// Most conversations a sync reply's read state lists.
+pub const MAX_SUMMARY_CONVERSATIONS: usize = 200;
 
 /// Unread messages and mentions over the conversations the user is in.
 fn totals(states: &[ConversationState]) -> (u64, u64) {

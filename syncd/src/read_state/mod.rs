@@ -46,7 +46,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use timeline_store::{InboxRange, ReadStateRow, ReadStateSnapshot, TimelineStore};
 
-pub use list::{ConversationState, ListPage, ListQuery};
+pub use list::{
+    ConversationState, ListPage, ListQuery, MAX_SUMMARY_CONVERSATIONS, ReadStateSummary,
+};
 
 /// Inbox entries one fold reads per store call.
 const FOLD_PAGE: usize = 128;
@@ -91,11 +93,11 @@ pub struct ReadReceipts {
     pub read_by: Vec<u64>,
 }
 
-/// A large-group count already made: messages from others in `(from, to]`.
+/// A large-group count already made: messages from others in
+/// `(from, count.reached]`.
 #[derive(Clone, Debug)]
 struct CachedCount {
     from: u64,
-    to: u64,
     count: Count,
 }
 
@@ -107,6 +109,11 @@ pub struct ReadState {
     /// One fold per user at a time (two would save the same rows twice).
     folds: Arc<KeyedLocks<u64>>,
     counts: moka::sync::Cache<(u64, u64), CachedCount>,
+    /// One mark per (user, conversation) at a time.
+    marks: Arc<KeyedLocks<(u64, u64)>>,
+    /// The last marker each (user, conversation) raised here: a floor for
+    /// the next mark until the fold has it.
+    raised: moka::sync::Cache<(u64, u64), MarkResult>,
     /// Folded snapshots, so a fold reads only the new inbox entries.
     snapshots: moka::sync::Cache<u64, Arc<ReadStateSnapshot>>,
 }
@@ -141,6 +148,8 @@ impl ReadState {
             writer,
             folds: Arc::default(),
             counts: moka::sync::Cache::new(CACHED_COUNTS),
+            marks: Arc::default(),
+            raised: moka::sync::Cache::new(CACHED_COUNTS),
             snapshots: moka::sync::Cache::builder()
                 .weigher(|_, snapshot: &Arc<ReadStateSnapshot>| snapshot_bytes(snapshot))
                 .max_capacity(CACHED_SNAPSHOT_BYTES)
@@ -230,31 +239,40 @@ impl ReadState {
             .visibility
             .readable_through(Scope::Conversation, conversation_id)
             .await?;
+        // The newest entry, not the readable limit: after a restart the
+        // limit is the allocator's reserved step, past any entry.
+        let newest = self.newest_entry(conversation_id, top).await?;
         let through = match through {
             Some(0) => {
                 return Err(SyncdError::InvalidArgument(
                     "through must be a conv_seq (1 or more); leave it unset for the newest".into(),
                 ));
             }
-            Some(seq) if seq > top => {
+            Some(seq) if seq > newest => {
                 return Err(SyncdError::InvalidArgument(format!(
-                    "through {seq} is past the newest entry of conversation {conversation_id} ({top})"
+                    "through {seq} is past the newest entry of conversation {conversation_id} ({newest})"
                 )));
             }
             Some(seq) => seq,
-            // The newest entry, not the readable limit: after a restart the
-            // limit is the allocator's reserved step, past any entry.
-            None => self.newest_entry(conversation_id, top).await?,
+            None => newest,
         };
-        let (read_through, unread, mentions) = self.state_of(user_id, conversation_id).await?;
-        if through <= read_through {
-            return Ok(MarkResult {
+        // One mark of a user's conversation at a time, so that a second
+        // one sees the first (its marker may not be readable yet) and
+        // neither answers a marker below the other's.
+        let _one_mark = self.marks.write((user_id, conversation_id)).await;
+        let (folded, unread, mentions) = self.state_of(user_id, conversation_id).await?;
+        let current = match self.raised.get(&(user_id, conversation_id)) {
+            Some(raised) if raised.read_through > folded => raised,
+            _ => MarkResult {
                 conversation_id,
-                read_through,
+                read_through: folded,
                 unread,
                 mentions,
                 seq: 0,
-            });
+            },
+        };
+        if through <= current.read_through {
+            return Ok(MarkResult { seq: 0, ..current });
         }
         let outcome = self
             .writer
@@ -280,13 +298,15 @@ impl ReadState {
             unread += later.count;
             mentions += later.mentions;
         }
-        Ok(MarkResult {
+        let marked = MarkResult {
             conversation_id,
             read_through: outcome.read_through,
             unread,
             mentions,
             seq: outcome.seq,
-        })
+        };
+        self.raised.insert((user_id, conversation_id), marked);
+        Ok(marked)
     }
 
     /// How many and which members have read the message at `conv_seq`:

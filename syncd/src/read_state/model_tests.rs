@@ -27,6 +27,9 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[derive(Default)]
 struct ConversationModel {
+    /// A direct conversation (two members for life; markers are read
+    /// receipts for the other).
+    direct: bool,
     members: BTreeSet<u64>,
     /// Every message: (conv_seq, sender, mentioned by name, everyone).
     messages: Vec<(u64, u64, BTreeSet<u64>, bool)>,
@@ -47,6 +50,9 @@ struct Model {
     /// The reader index: per (conversation, user) the highest mark or own
     /// message.
     index: BTreeMap<(u64, u64), u64>,
+    /// Per (conversation, user): the highest marker the user raised (what
+    /// the other member of a direct conversation is told).
+    marked: BTreeMap<(u64, u64), u64>,
 }
 
 impl Model {
@@ -222,12 +228,17 @@ impl<S: TimelineStore> Run<S> {
                 let mut members: BTreeSet<u64> =
                     (0..self.pick(4)).map(|_| 1 + self.pick(USERS)).collect();
                 members.insert(creator);
+                let direct = members.len() == 2 && self.pick(2) == 0;
+                let kind = match direct {
+                    true => ConversationKind::Direct,
+                    false => ConversationKind::Group,
+                };
                 let created = self
                     .engine
                     .create_conversation(
                         device(creator, "d"),
                         NewConversation {
-                            kind: ConversationKind::Group,
+                            kind,
                             members: members.iter().copied().collect(),
                             title: String::new(),
                             client_request_id: None,
@@ -245,6 +256,7 @@ impl<S: TimelineStore> Run<S> {
                 self.model.conversations.insert(
                     id,
                     ConversationModel {
+                        direct,
                         members: members.clone(),
                         messages: Vec::new(),
                         top: at,
@@ -269,7 +281,7 @@ impl<S: TimelineStore> Run<S> {
                     .copied()
                     .filter(|_| self.rng.next_u64().is_multiple_of(4))
                     .collect();
-                let everyone = self.pick(6) == 0;
+                let everyone = !self.model.conversations[&id].direct && self.pick(6) == 0;
                 let command = crate::engine::SendCommand {
                     mentions: crate::send::Mentions {
                         users: named.iter().copied().collect(),
@@ -305,30 +317,50 @@ impl<S: TimelineStore> Run<S> {
                     _ => Some(1 + self.pick(top)),
                 };
                 let device_id = if self.pick(2) == 0 { "phone" } else { "laptop" };
-                let marked = self
-                    .engine
-                    .mark_read(device(user, device_id), id, through)
-                    .await
-                    .unwrap();
+                let ask = through.unwrap_or(top);
+                let before = self.model.readers[&(user, id)].read_through;
+                // Sometimes another device marks at the same time, through
+                // somewhere else: the marker ends at the higher one.
+                let other = (self.pick(3) == 0).then(|| 1 + self.pick(top));
+                let highest = ask.max(other.unwrap_or(0));
+                match other {
+                    None => {
+                        let marked = self
+                            .engine
+                            .mark_read(device(user, device_id), id, through)
+                            .await
+                            .unwrap();
+                        assert_eq!(marked.read_through, before.max(ask), "seed {}", self.seed);
+                        assert_eq!(
+                            marked.seq != 0,
+                            ask > before,
+                            "seed {}: only a raise writes",
+                            self.seed
+                        );
+                    }
+                    Some(other) => {
+                        let (a, b) = tokio::join!(
+                            self.engine.mark_read(device(user, device_id), id, through),
+                            self.engine
+                                .mark_read(device(user, "tablet"), id, Some(other)),
+                        );
+                        let (a, b) = (a.unwrap(), b.unwrap());
+                        assert!(a.read_through >= before.max(ask), "seed {}", self.seed);
+                        assert!(b.read_through >= before.max(other), "seed {}", self.seed);
+                        assert_eq!(a.read_through.max(b.read_through), before.max(highest));
+                    }
+                }
                 let reader = self.model.readers.get_mut(&(user, id)).unwrap();
-                let wanted = through.unwrap_or(top);
-                let raised = wanted > reader.read_through;
-                reader.read_through = reader.read_through.max(wanted);
-                assert_eq!(
-                    marked.read_through, reader.read_through,
-                    "seed {}",
-                    self.seed
-                );
-                assert_eq!(
-                    marked.seq != 0,
-                    raised,
-                    "seed {}: only a raise writes",
-                    self.seed
-                );
-                if raised {
-                    self.model.raise_index(id, user, wanted);
+                reader.read_through = before.max(highest);
+                if highest > before {
+                    self.model.raise_index(id, user, highest);
+                    let marked = self.model.marked.entry((id, user)).or_default();
+                    *marked = (*marked).max(highest);
                 }
                 format!("mark {id} by {user} through {through:?}")
+            }
+            (80..96, Some(id)) if self.model.conversations[&id].direct => {
+                "a direct conversation keeps its members".into()
             }
             (80..88, Some(id)) => {
                 let user = self.user();
@@ -396,7 +428,32 @@ impl<S: TimelineStore> Run<S> {
         for user in 1..=USERS {
             let (as_of, total, states) = self.list(user).await;
             let mut expected_total = 0;
+            let listed: BTreeSet<u64> = states.iter().map(|s| s.conversation_id).collect();
+            let known: BTreeSet<u64> = self
+                .model
+                .readers
+                .keys()
+                .filter(|(u, _)| *u == user)
+                .map(|&(_, c)| c)
+                .collect();
+            assert_eq!(
+                listed, known,
+                "seed {seed}, after {step}: the conversations of {user}"
+            );
             for state in &states {
+                let conversation = &self.model.conversations[&state.conversation_id];
+                if conversation.direct {
+                    let peer = conversation.members.iter().find(|&&m| m != user).copied();
+                    let peer_marked = peer
+                        .and_then(|p| self.model.marked.get(&(state.conversation_id, p)))
+                        .copied()
+                        .unwrap_or(0);
+                    assert_eq!(
+                        state.peer_read_through, peer_marked,
+                        "seed {seed}, after {step}: receipt of {user} in {}",
+                        state.conversation_id
+                    );
+                }
                 let id = state.conversation_id;
                 let (expected, mentions) = self.model.unread(user, id);
                 assert_eq!(

@@ -16,7 +16,7 @@ use crate::event::now_ms;
 use crate::horizon::Scope;
 use crate::lifecycle::within_admission_wait;
 use crate::limits::COMMIT_BYTES_PER_COPY;
-use crate::read_state::count::messages_from_others;
+use crate::read_state::count::{MAX_COUNTED_ENTRIES, messages_from_others};
 use seqsvc::Namespace;
 use std::time::Duration;
 use timeline_store::{Entry, EntryKind, EventCommit, InboxWrite, ReaderMark};
@@ -51,11 +51,7 @@ impl EventWriter {
         read_through: u64,
         peer: Option<u64>,
     ) -> Result<MarkOutcome> {
-        if let Some(reason) = self.lifecycle.failure() {
-            return Err(SyncdError::Unavailable(format!(
-                "the node is stopping: {reason}"
-            )));
-        }
+        self.admit()?;
         let mut recipients = vec![user_id];
         recipients.extend(peer.filter(|&p| p != user_id));
         let copies = recipients.len();
@@ -75,6 +71,9 @@ impl EventWriter {
             (position, seqs)
         };
         let seq = seqs[0];
+        // Every event has its own id (the ScyllaDB store keys its recovery
+        // record by it).
+        let msg_id = self.ids.next_id().await?;
         let inbox = recipients
             .iter()
             .zip(&seqs)
@@ -91,8 +90,16 @@ impl EventWriter {
             position,
         )
         .await?;
+        if counted.saturated {
+            // Refused (the seq becomes a gap) rather than stored inexact.
+            return Err(SyncdError::InvalidArgument(format!(
+                "through {read_through} is more than {MAX_COUNTED_ENTRIES} entries behind the \
+                 newest of conversation {conversation_id}; mark a later message"
+            )));
+        }
         let (unread, unread_mentions) = (counted.count, counted.mentions);
         let entry = Entry {
+            msg_id,
             conv_seq: position,
             sender_id: user_id,
             sent_at_ms: now_ms(),

@@ -54,7 +54,7 @@ use seqsvc::client::SeqSource;
 use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use timeline_store::{EventCommit, InboxWrite, Receipt, StoreError, TimelineStore};
+use timeline_store::{EntryKind, EventCommit, InboxWrite, Receipt, StoreError, TimelineStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A lock or guard a caller hands to the writer.
@@ -139,17 +139,7 @@ impl EventWriter {
     /// Allocates and durably writes one event, then announces it. `held`
     /// are the caller's locks (idempotency key, membership).
     pub async fn commit(&self, event: Event, held: Held) -> Result<Receipt> {
-        if let Some(reason) = self.lifecycle.failure() {
-            return Err(SyncdError::Unavailable(format!(
-                "the node is stopping: {reason}"
-            )));
-        }
-        if self.finishers.available_permits() == 0 {
-            return Err(SyncdError::Unavailable(format!(
-                "{MAX_BACKGROUND_FINISHERS} events are still being finished in the background \
-                 while the store fails; retry later"
-            )));
-        }
+        self.admit()?;
         let bytes = self.take_budget(cost_of(&event)).await?;
         let Held {
             until_allocated,
@@ -217,6 +207,23 @@ impl EventWriter {
         Ok(receipt)
     }
 
+    /// Refuses a new event while the node is failing or every background
+    /// finisher is busy: one more failure could then not be finished.
+    fn admit(&self) -> Result<()> {
+        if let Some(reason) = self.lifecycle.failure() {
+            return Err(SyncdError::Unavailable(format!(
+                "the node is stopping: {reason}"
+            )));
+        }
+        if self.finishers.available_permits() == 0 {
+            return Err(SyncdError::Unavailable(format!(
+                "{MAX_BACKGROUND_FINISHERS} events are still being finished in the background \
+                 while the store fails; retry later"
+            )));
+        }
+        Ok(())
+    }
+
     /// Commits an allocated event and announces it; on a store failure
     /// keeps what protects its promises (see the module doc).
     async fn land(
@@ -255,10 +262,13 @@ impl EventWriter {
                     return Err(full.into());
                 };
                 tracing::warn!(%error, conversation_id, msg_id, "event failed; finishing it in the background");
+                let kind = commit.entry.kind;
                 self.finish_in_background(commit, unfinished(assignment), finisher);
-                Err(SyncdError::Unavailable(format!(
-                    "{error}; the message will be stored, retry with the same client_msg_id"
-                )))
+                let retry = match kind {
+                    EntryKind::ReadMarker => "the mark will be stored; marking again is harmless",
+                    _ => "the event will be stored; retry with the same client id",
+                };
+                Err(SyncdError::Unavailable(format!("{error}; {retry}")))
             }
             // Refused before anything was written: the seqs become gaps.
             Err(error) => Err(error.into()),

@@ -380,6 +380,7 @@ async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store
     let heavy = message(conv, 1, users[0], &text);
     let members: Vec<u64> = (1..=2_000).collect();
     let created = Entry {
+        msg_id: 77_002,
         conv_seq: 2,
         members: members.clone(),
         ..Entry::new(EntryKind::ConversationCreated, conv)

@@ -67,6 +67,7 @@ pub(super) async fn read_markers_stay_out_of_the_conversation_timeline<S: Timeli
 ) {
     let (conv, user) = (BASE + 310, BASE + 311);
     let marker = Entry {
+        msg_id: 31_001,
         conv_seq: 4,
         read_through: 3,
         unread: 1,
@@ -106,6 +107,7 @@ pub(super) async fn readers_keep_each_members_highest_marker<S: TimelineStore>(s
     ] {
         let mut commit = fanout(
             Entry {
+                msg_id: 32_000 + seq,
                 conv_seq: seq,
                 ..Entry::new(EntryKind::ReadMarker, conv)
             },
