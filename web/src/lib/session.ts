@@ -1,0 +1,106 @@
+// One signed-in device: its client, checkpoint, cached inbox, outbox and
+// sync loop, stored under a key of its own (server, user, device), so two
+// tokens for different devices never share a checkpoint.
+
+import { Checkpoint } from "./checkpoint.js";
+import { codeOf } from "./errors.js";
+import { InboxCache, itemOf } from "./inbox.js";
+import { Outbox } from "./outbox.js";
+import type { KeyValue } from "./storage.js";
+import { SyncEngine, type SyncStatus } from "./sync.js";
+import { parseToken, type TokenInfo } from "./token.js";
+import { CALL_TIMEOUT_MS, connect, type TimelineClient } from "./transport.js";
+import { Code } from "@connectrpc/connect";
+
+/** History page size when the user pages back through a conversation. */
+export const HISTORY_PAGE = 50;
+
+export class Session {
+  readonly info: TokenInfo;
+  readonly client: TimelineClient;
+  readonly checkpoint: Checkpoint;
+  readonly cache: InboxCache;
+  readonly outbox: Outbox;
+  readonly engine: SyncEngine;
+  status: SyncStatus = { kind: "connecting" };
+  readonly #abort = new AbortController();
+  readonly #records = new Map<bigint, Promise<void>>();
+  readonly #statusListeners = new Set<(status: SyncStatus) => void>();
+
+  constructor(
+    readonly baseUrl: string,
+    readonly token: string,
+    storage: KeyValue,
+  ) {
+    this.info = parseToken(token);
+    const prefix = `timeline:v1:${baseUrl}:${this.info.userId}:${this.info.deviceId}:`;
+    this.client = connect(baseUrl, token);
+    this.checkpoint = Checkpoint.open(storage, `${prefix}checkpoint`);
+    this.cache = new InboxCache(storage, `${prefix}inbox`, this.info.userId);
+    if (this.cache.dropped) {
+      // What was applied is gone: read the inbox again from the start
+      // (applying is idempotent, so nothing shows twice).
+      this.checkpoint.restartAt(0n);
+    }
+    this.outbox = new Outbox(this.client, storage, `${prefix}outbox`);
+    this.engine = new SyncEngine(this.client, this.checkpoint, this.cache, {
+      status: (status) => {
+        this.status = status;
+        for (const listener of this.#statusListeners) listener(status);
+      },
+      applied: (entry) => {
+        if (entry.senderId === this.info.userId && entry.clientMsgId) {
+          this.outbox.confirmed(entry.clientMsgId);
+        }
+      },
+    });
+  }
+
+  onStatus(listener: (status: SyncStatus) => void): () => void {
+    this.#statusListeners.add(listener);
+    return () => this.#statusListeners.delete(listener);
+  }
+
+  start(): void {
+    void this.engine.run(this.#abort.signal);
+    this.outbox.resumeAll();
+  }
+
+  stop(): void {
+    this.#abort.abort();
+  }
+
+  /** The conversation's record (title, members), fetched once per session. */
+  fetchRecord(conversationId: bigint): Promise<void> {
+    let fetching = this.#records.get(conversationId);
+    if (!fetching) {
+      fetching = this.client
+        .getConversation({ conversationId }, { timeoutMs: CALL_TIMEOUT_MS, signal: this.#abort.signal })
+        .then((reply) => {
+          if (reply.conversation) this.cache.setRecord(reply.conversation);
+          this.cache.save();
+        })
+        .catch((error) => {
+          // A transient failure is tried again on the next look; a refusal
+          // (not a member any more) is not.
+          if (codeOf(error) !== Code.PermissionDenied) this.#records.delete(conversationId);
+          throw error;
+        });
+      this.#records.set(conversationId, fetching);
+    }
+    return fetching;
+  }
+
+  /**
+   * A page of history: the newest (no `before`) or the one below `before`.
+   * Merged into the cache; the cache's `hasEarlier` says whether more exist.
+   */
+  async loadHistory(conversationId: bigint, before?: bigint): Promise<void> {
+    const reply = await this.client.history(
+      { conversationId, before: before ?? 0n, limit: HISTORY_PAGE },
+      { timeoutMs: CALL_TIMEOUT_MS, signal: this.#abort.signal },
+    );
+    this.cache.applyHistory(conversationId, reply.entries.map(itemOf), reply.hasMore);
+    this.cache.save();
+  }
+}
