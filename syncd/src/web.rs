@@ -21,9 +21,12 @@
 //!   else (tower-http's `ServeDir` refuses `..` and absolute paths).
 
 use crate::server::StartupError;
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::codegen::http::{HeaderName, HeaderValue, Method};
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tonic::codegen::{BoxFuture, Context, Poll, Service};
 use tonic::service::Routes;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
@@ -90,15 +93,61 @@ impl WebOptions {
             .max_age(PREFLIGHT_MAX_AGE)
     }
 
-    /// The routes with the static files as the fallback for paths no gRPC
-    /// service claims (without a web root: tonic's UNIMPLEMENTED).
+    /// The routes with the static files as the fallback for GETs of paths
+    /// no gRPC service claims. Without a web root, and for every other
+    /// method, the fallback stays UNIMPLEMENTED, so a gRPC client calling an
+    /// unknown method is told so rather than given an HTTP error.
     pub fn with_static_files(&self, routes: Routes) -> Routes {
         match &self.web_root {
             Some(dir) => routes
                 .into_axum_router()
-                .fallback_service(ServeDir::new(dir))
+                .fallback_service(StaticFiles {
+                    files: ServeDir::new(dir),
+                })
                 .into(),
             None => routes,
+        }
+    }
+}
+
+/// GET and HEAD from the web root; anything else is a gRPC call of a
+/// method that does not exist.
+#[derive(Clone)]
+struct StaticFiles {
+    files: ServeDir,
+}
+
+impl<B> Service<Request<B>> for StaticFiles
+where
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if request.method() == Method::GET || request.method() == Method::HEAD {
+            let served = self.files.try_call(request);
+            Box::pin(async move {
+                Ok(match served.await {
+                    Ok(response) => response.map(Body::new),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading a file of the web root");
+                        let mut response = Response::new(Body::empty());
+                        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        response
+                    }
+                })
+            })
+        } else {
+            let (parts, ()) = tonic::Status::unimplemented("")
+                .into_http::<()>()
+                .into_parts();
+            Box::pin(async move { Ok(Response::from_parts(parts, Body::empty())) })
         }
     }
 }
