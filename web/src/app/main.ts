@@ -36,10 +36,10 @@ function savedSignIn(): Saved | null {
 
 // ---- sign in ---------------------------------------------------------------
 
-function showSignIn(error?: string): void {
+function showSignIn(error?: string, tried?: Saved): void {
   session?.stop();
   session = null;
-  const saved = savedSignIn();
+  const saved = tried ?? savedSignIn();
   const token = h("textarea", { name: "token", placeholder: "tl1.…", spellcheck: "false" });
   token.value = saved?.token ?? "";
   const server = h("input", { name: "server", value: saved?.server ?? location.origin });
@@ -77,7 +77,10 @@ function signIn(server: string, token: string): void {
   next.onStatus((status) => {
     if (status.kind === "stopped" && status.code === Code.Unauthenticated) {
       storage.remove(TOKEN_KEY);
-      showSignIn(`The server refused the token (${status.error}). Sign in with a valid device token.`);
+      showSignIn(`The server refused the token (${status.error}). Sign in with a valid device token.`, {
+        server,
+        token,
+      });
     }
   });
   next.start();

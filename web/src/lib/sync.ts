@@ -107,6 +107,11 @@ export class SyncEngine {
       { afterSeq: this.checkpoint.seq, includeEntries: true },
       { signal },
     );
+    // Caught up and subscribed: the first notice comes only once there is
+    // something new, so this is as live as the page can tell. A failure of
+    // the stream turns it offline again.
+    connected();
+    this.hooks.status({ kind: "live" });
     const poller = new AbortController();
     signal.addEventListener("abort", () => poller.abort());
     const poll = (async () => {
@@ -116,15 +121,8 @@ export class SyncEngine {
         largeGroups = await this.syncAll(poller.signal);
       }
     })();
-    let live = false;
     try {
       for await (const notice of stream) {
-        if (!live) {
-          // The server answered: reconnects start from a short delay again.
-          live = true;
-          connected();
-          this.hooks.status({ kind: "live" });
-        }
         await this.serially(async () => {
           if (noticeIsComplete(notice)) {
             const fresh = notice.entries.filter((e) => e.seq > this.checkpoint.seq);
