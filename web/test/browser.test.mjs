@@ -5,6 +5,7 @@
 // target/web-test/.
 
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -18,9 +19,7 @@ const PUSH_DEADLINE_MS = 1_000;
 /** Generous bound for things that involve reconnecting. */
 const RECOVERY_MS = 20_000;
 
-function uuid() {
-  return crypto.randomUUID();
-}
+const uuid = randomUUID;
 
 describe("the web inbox in a browser", () => {
   let server;
