@@ -83,7 +83,11 @@ export class SyncEngine {
           // Sync says checkpoint_expired and restarts from the floor.
           continue;
         }
-        if (!retryable(error)) {
+        // A stream the server dropped because the page stopped reading (a
+        // throttled background tab) or the user's subscription cap: sync,
+        // then subscribe again, after the backoff.
+        const dropped = codeOf(error) === Code.ResourceExhausted;
+        if (!retryable(error) && !dropped) {
           this.hooks.status({ kind: "stopped", code: codeOf(error), error: describe(error) });
           return;
         }
