@@ -123,18 +123,33 @@ describe("the web inbox in a browser", () => {
   });
 
   test("a reload resumes from the stored checkpoint: nothing missing, nothing twice", async () => {
-    const sends = 40;
-    const texts = Array.from({ length: sends }, (_, i) => `burst ${i}`);
+    // At least enough for more than one History page (50) in the next test,
+    // and on until the reloads are over: messages keep arriving throughout.
+    const sends = 60;
+    // Below what the page keeps per conversation (200), so all of it shows.
+    const cap = 150;
+    const texts = [];
+    let sent = 0;
+    let reloading = true;
     const sender = (async () => {
-      for (const text of texts) {
+      while ((sent < sends || reloading) && sent < cap) {
+        const text = `burst ${sent}`;
         await server.tlAsync(bob, ["send", "--conversation", conversation, "--text", text]);
+        texts.push(text);
+        sent++;
       }
     })();
-    for (let reloads = 0; reloads < 3; reloads++) {
-      await sleep(300);
+    // Reloads while the sender keeps going: after 10, 25 and 40 sends.
+    for (const after of [10, 25, 40]) {
+      while (sent < after) await sleep(20);
+      const seen = BigInt((await snapshot()).checkpoint);
       await page.reload();
       await waitForStatus("live");
+      // The page started from what it had stored, not from the beginning.
+      const resumedFrom = BigInt((await snapshot()).resumedFrom);
+      assert.ok(resumedFrom >= seen && resumedFrom > 0n, `resumed from ${resumedFrom}, had ${seen}`);
     }
+    reloading = false;
     await sender;
     const truth = server.tlJson(server.deviceToken(1, "truth"), ["sync", "--state", join(server.dataDir, "truth.json")]);
     const lastSeq = String(truth.at(-1).seq);
@@ -143,7 +158,7 @@ describe("the web inbox in a browser", () => {
     // Every inbox entry applied exactly once, in order, across the reloads.
     assert.deepEqual(journal, truth.map((e) => String(e.seq)));
     // And the conversation shows each entry once, in conv_seq order.
-    const history = server.tlJson(bob, ["history", "--conversation", conversation, "--limit", "200"]);
+    const history = server.tlJson(bob, ["history", "--conversation", conversation, "--limit", "500"]);
     const shown = await shownConvSeqs();
     assert.deepEqual(shown, history.map((e) => String(e.conv_seq)));
     for (const text of texts) {
@@ -155,6 +170,37 @@ describe("the web inbox in a browser", () => {
       assert.equal(count, 1, text);
     }
     aliceSeen.push(...journal);
+  });
+
+  test("a member who joined later pages back through the history", async () => {
+    server.tl(server.serviceToken("ops"), ["conversation", "add-members", "--conversation", conversation, "--members", "3"]);
+    const context = await browser.createBrowserContext();
+    const carol = await context.newPage();
+    await carol.setViewport({ width: 1100, height: 720 });
+    await signIn(carol, server.deviceToken(3, "browser"));
+    await carol.waitForSelector(`#conversations li[data-conversation-id="${conversation}"]`, { timeout: RECOVERY_MS });
+    await carol.click(`#conversations li[data-conversation-id="${conversation}"]`);
+    const history = server.tlJson(bob, ["history", "--conversation", conversation, "--limit", "500"]);
+    const all = history.map((e) => String(e.conv_seq));
+    const shown = () => carol.$$eval("#messages .msg[data-conv-seq]", (list) => list.map((e) => e.dataset.convSeq));
+    // The newest page first: one page of 50 does not hold everything.
+    await carol.waitForFunction((n) => document.querySelectorAll("#messages .msg[data-conv-seq]").length >= n, {}, 50);
+    assert.ok((await shown()).length < all.length, `${(await shown()).length} of ${all.length} at first`);
+    let pages = 0;
+    while (await carol.$("#load-earlier:not([disabled])")) {
+      const before = (await shown()).length;
+      await carol.click("#load-earlier");
+      await carol.waitForFunction(
+        (n) =>
+          document.querySelectorAll("#messages .msg[data-conv-seq]").length > n ||
+          !document.querySelector("#load-earlier"),
+        { timeout: RECOVERY_MS },
+        before,
+      );
+      assert.ok(++pages < 10, "paging does not end");
+    }
+    assert.deepEqual(await shown(), all);
+    await context.close();
   });
 
   test("a server restart while the page is open is ridden through", async () => {

@@ -344,6 +344,7 @@ window.addEventListener("hashchange", () => session && openFromHash(session));
     session && {
       userId: session.info.userId.toString(),
       checkpoint: session.checkpoint.seq.toString(),
+      resumedFrom: session.resumedFrom.toString(),
       journal: session.checkpoint.journal.map(String),
       status: session.status.kind,
     },

@@ -89,6 +89,7 @@ export class InboxCache {
   readonly conversations = new Map<bigint, ConversationSummary>();
   readonly #entries = new Map<bigint, Map<bigint, Item>>();
   readonly #listeners = new Set<Listener>();
+  readonly #changed = new Set<bigint | null>();
   #dirty = false;
   /** The stored cache did not parse and was dropped. */
   dropped = false;
@@ -276,7 +277,20 @@ export class InboxCache {
     }
   }
 
+  /**
+   * Tells listeners once per batch (a sync page applies many entries in one
+   * go): drawing a conversation per entry made a catch-up quadratic.
+   */
   private notify(conversationId: bigint | null): void {
-    for (const listener of this.#listeners) listener(conversationId);
+    const first = this.#changed.size === 0;
+    this.#changed.add(conversationId);
+    if (!first) return;
+    queueMicrotask(() => {
+      const changed = this.#changed.has(null) ? [null] : [...this.#changed];
+      this.#changed.clear();
+      for (const id of changed) {
+        for (const listener of this.#listeners) listener(id);
+      }
+    });
   }
 }

@@ -23,6 +23,8 @@ export class Session {
   readonly outbox: Outbox;
   readonly engine: SyncEngine;
   status: SyncStatus = { kind: "connecting" };
+  /** The checkpoint this page started from (what storage held). */
+  readonly resumedFrom: bigint;
   readonly #abort = new AbortController();
   readonly #records = new Map<bigint, Promise<void>>();
   readonly #statusListeners = new Set<(status: SyncStatus) => void>();
@@ -36,6 +38,7 @@ export class Session {
     const prefix = `timeline:v1:${baseUrl}:${this.info.userId}:${this.info.deviceId}:`;
     this.client = connect(baseUrl, token);
     this.checkpoint = Checkpoint.open(storage, `${prefix}checkpoint`);
+    this.resumedFrom = this.checkpoint.seq;
     this.cache = new InboxCache(storage, `${prefix}inbox`, this.info.userId);
     if (this.cache.dropped) {
       // What was applied is gone: read the inbox again from the start
