@@ -295,7 +295,7 @@ describe("gRPC-Web on syncd's port", () => {
     assert.equal(script.status, 200);
     assert.equal((await fetch(`${server.url}/missing.js`)).status, 404);
     assert.equal((await fetch(`${server.url}/..%2f..%2fetc%2fpasswd`)).status, 404);
-    const unknown = await call(server.url, "/timeline.v1.Timeline/Nope", pb.SyncRequestSchema, create(pb.SyncRequestSchema, {}), {
+    const unknown = await call(server.url, "/timeline.v1.Nowhere/Call", pb.SyncRequestSchema, create(pb.SyncRequestSchema, {}), {
       token: alice,
     });
     assert.equal(unknown.status.code, Code.Unimplemented);
