@@ -85,13 +85,14 @@ struct ServeArgs {
     /// same-origin and needs none.
     #[arg(
         long = "cors-origin",
+        value_name = "URL",
         env = "SYNCD_CORS_ORIGINS",
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
     /// Serve the static files of this directory (the built web app, web/dist)
     /// at / on the API's port. Off by default.
-    #[arg(long, env = "SYNCD_WEB_ROOT")]
+    #[arg(long, value_name = "DIR", env = "SYNCD_WEB_ROOT")]
     web_root: Option<PathBuf>,
 }
 

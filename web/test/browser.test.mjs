@@ -42,6 +42,8 @@ describe("the web inbox in a browser", () => {
     bob = server.deviceToken(2, "cli");
     conversation = server.tl(bob, ["conversation", "create", "--members", "1", "--title", "Design review"]).trim();
     server.tl(bob, ["send", "--conversation", conversation, "--text", "Welcome to the review"]);
+    const direct = server.tl(bob, ["conversation", "create", "--kind", "direct", "--members", "1"]).trim();
+    server.tl(bob, ["send", "--conversation", direct, "--text", "Lunch at noon?"]);
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -107,14 +109,19 @@ describe("the web inbox in a browser", () => {
   test("the page sends a message that tl sync receives", async () => {
     await page.type("input[name=text]", "typed in the browser");
     await page.keyboard.press("Enter");
-    // It shows at once as pending, then in its place from the inbox.
-    const clientMsgId = await page.$eval(
-      "#messages .msg.pending",
-      (e) => e.dataset.clientMsgId,
+    // It shows at once (pending), then in its place from the inbox, once.
+    const delivered = await page.waitForFunction(
+      (text) => {
+        const shown = [...document.querySelectorAll("#messages .msg")].filter(
+          (e) => e.querySelector(".bubble")?.textContent === text,
+        );
+        return shown.length === 1 && shown[0].dataset.seq ? shown[0].dataset.clientMsgId : null;
+      },
+      { timeout: RECOVERY_MS },
+      "typed in the browser",
     );
-    await page.waitForSelector(`#messages .msg[data-client-msg-id="${clientMsgId}"][data-seq]`, {
-      timeout: RECOVERY_MS,
-    });
+    const clientMsgId = await delivered.jsonValue();
+    assert.match(clientMsgId, /^[0-9a-f-]{36}$/);
     const received = server.tlJson(bob, ["sync", "--state", join(server.dataDir, "bob.json")]);
     const copies = received.filter((e) => e.client_msg_id === clientMsgId);
     assert.equal(copies.length, 1, JSON.stringify(received));
@@ -206,7 +213,8 @@ describe("the web inbox in a browser", () => {
   test("a server restart while the page is open is ridden through", async () => {
     await server.stop();
     await waitForStatus("offline");
-    assert.match(await statusText(), /Offline/);
+    assert.match(await statusText(), /Offline: unavailable/);
+    await page.screenshot({ path: join(outputDir(), "offline.png") });
     // Sent while the server is down: retried with the same client message id.
     await page.type("input[name=text]", "sent while the server was down");
     await page.keyboard.press("Enter");
@@ -225,6 +233,18 @@ describe("the web inbox in a browser", () => {
     const { journal } = await snapshot();
     assert.equal(new Set(journal).size, journal.length, "no inbox entry applied twice");
     await page.screenshot({ path: join(outputDir(), "inbox.png") });
+  });
+
+  test("a server killed with SIGKILL mid-stream is ridden through too", async () => {
+    server.kill9();
+    await waitForStatus("offline");
+    await server.startAgain();
+    await waitForStatus("live");
+    const id = uuid();
+    server.tl(bob, ["send", "--conversation", conversation, "--text", "after SIGKILL", "--client-msg-id", id]);
+    await page.waitForSelector(`#messages .msg[data-client-msg-id="${id}"]`, { timeout: RECOVERY_MS });
+    const { journal } = await snapshot();
+    assert.equal(new Set(journal).size, journal.length, "no inbox entry applied twice");
   });
 
   test("a conversation the user is not in shows why", async () => {

@@ -3,20 +3,25 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-/** Failures worth retrying: the server or the network, not the request. */
-export function retryable(error: unknown): boolean {
-  const code = ConnectError.from(error).code;
-  return (
-    code === Code.Unavailable ||
-    code === Code.DeadlineExceeded ||
-    code === Code.Unknown ||
-    code === Code.Aborted ||
-    (code === Code.Internal && isNetworkFailure(error))
-  );
+/**
+ * The error as a status. fetch reports an unreachable server as a
+ * TypeError, which the transport passes on as UNKNOWN; it is told as what it
+ * is, UNAVAILABLE, like a refused connection over native gRPC.
+ */
+export function statusOf(error: unknown): ConnectError {
+  const e = ConnectError.from(error);
+  if ((e.code === Code.Unknown || e.code === Code.Internal) && e.cause instanceof TypeError) {
+    return new ConnectError(`cannot reach the server (${e.rawMessage})`, Code.Unavailable, undefined, undefined, e.cause);
+  }
+  return e;
 }
 
-function isNetworkFailure(error: unknown): boolean {
-  return error instanceof TypeError || ConnectError.from(error).cause instanceof TypeError;
+/** Failures worth retrying: the server or the network, not the request. */
+export function retryable(error: unknown): boolean {
+  const code = statusOf(error).code;
+  return (
+    code === Code.Unavailable || code === Code.DeadlineExceeded || code === Code.Unknown || code === Code.Aborted
+  );
 }
 
 const CODE_NAMES: Record<number, string> = {
@@ -40,13 +45,13 @@ const CODE_NAMES: Record<number, string> = {
 
 /** `code: message`, the status code always named (as `tl` prints it). */
 export function describe(error: unknown): string {
-  const e = ConnectError.from(error);
+  const e = statusOf(error);
   const name = CODE_NAMES[e.code] ?? `code ${e.code}`;
   return e.rawMessage ? `${name}: ${e.rawMessage}` : name;
 }
 
 export function codeOf(error: unknown): Code {
-  return ConnectError.from(error).code;
+  return statusOf(error).code;
 }
 
 /** A sentence for the screen: what happened and what the user can do. */

@@ -11,6 +11,7 @@ import { SyncEngine, type SyncStatus } from "./sync.js";
 import { parseToken, type TokenInfo } from "./token.js";
 import { CALL_TIMEOUT_MS, connect, type TimelineClient } from "./transport.js";
 import { Code } from "@connectrpc/connect";
+import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 
 /** History page size when the user pages back through a conversation. */
 export const HISTORY_PAGE = 50;
@@ -54,6 +55,11 @@ export class Session {
       applied: (entry) => {
         if (entry.senderId === this.info.userId && entry.clientMsgId) {
           this.outbox.confirmed(entry.clientMsgId);
+        }
+        if (entry.kind === EntryKind.MEMBERS_ADDED || entry.kind === EntryKind.MEMBERS_REMOVED) {
+          // The record's member list changed: fetch it again when shown.
+          this.#records.delete(entry.conversationId);
+          this.fetchRecord(entry.conversationId).catch(() => undefined);
         }
       },
     });
