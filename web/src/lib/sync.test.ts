@@ -3,6 +3,7 @@
 // checkpoint and large groups.
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as pb from "../gen/timeline/v1/timeline_pb.js";
@@ -167,4 +168,29 @@ test("a notice is complete only when its entries reach up_to_seq", () => {
   assert.equal(noticeIsComplete(notice(5n, [4n, 5n])), true);
   assert.equal(noticeIsComplete(notice(6n, [4n, 5n])), false);
   assert.equal(noticeIsComplete(notice(6n, [])), false);
+});
+
+test("the loop retries what is transient and stops at a refused token", async () => {
+  const statuses: string[] = [];
+  let syncs = 0;
+  const client = {
+    sync: async () => {
+      if (++syncs === 1) throw new ConnectError("connection refused", Code.Unavailable);
+      return create(pb.SyncReplySchema, { userId: 1n });
+    },
+    ack: async () => create(pb.AckReplySchema, {}),
+    subscribe: () => ({
+      [Symbol.asyncIterator]: () => ({
+        next: async () => {
+          throw new ConnectError("token expired", Code.Unauthenticated);
+        },
+      }),
+    }),
+  } as unknown as TimelineClient;
+  const storage = loggedStorage([]);
+  const engine = new SyncEngine(client, Checkpoint.open(storage, "cp"), new InboxCache(storage, "inbox", 1n), {
+    status: (status) => statuses.push(status.kind === "stopped" ? `stopped ${Code[status.code]}` : status.kind),
+  });
+  await engine.run(new AbortController().signal);
+  assert.deepEqual(statuses, ["connecting", "offline", "connecting", "live", "stopped Unauthenticated"]);
 });

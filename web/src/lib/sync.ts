@@ -78,16 +78,14 @@ export class SyncEngine {
         });
       } catch (error) {
         if (signal.aborted) return;
-        if (codeOf(error) === Code.FailedPrecondition) {
-          // Subscribe from a checkpoint retention has passed: the next
-          // Sync says checkpoint_expired and restarts from the floor.
-          continue;
-        }
+        // Subscribe from a checkpoint retention has passed: the next Sync
+        // says checkpoint_expired and restarts from the floor.
+        const expired = codeOf(error) === Code.FailedPrecondition;
         // A stream the server dropped because the page stopped reading (a
         // throttled background tab) or the user's subscription cap: sync,
         // then subscribe again, after the backoff.
         const dropped = codeOf(error) === Code.ResourceExhausted;
-        if (!retryable(error) && !dropped) {
+        if (!retryable(error) && !dropped && !expired) {
           this.hooks.status({ kind: "stopped", code: codeOf(error), error: describe(error) });
           return;
         }
