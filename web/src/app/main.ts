@@ -7,7 +7,7 @@ import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 import { codeOf, describe, explain } from "../lib/errors.js";
 import type { ConversationSummary, Item } from "../lib/inbox.js";
 import type { Pending } from "../lib/outbox.js";
-import { Session } from "../lib/session.js";
+import { Device } from "../lib/device.js";
 import { browserStorage } from "../lib/storage.js";
 import type { SyncStatus } from "../lib/sync.js";
 import { TokenError } from "../lib/token.js";
@@ -17,7 +17,7 @@ const TOKEN_KEY = "timeline:v1:signed-in";
 const storage = browserStorage();
 const root = document.getElementById("app")!;
 
-let session: Session | null = null;
+let device: Device | null = null;
 let openId: bigint | null = null;
 let conversationError: string | null = null;
 
@@ -37,8 +37,8 @@ function savedSignIn(): Saved | null {
 // ---- sign in ---------------------------------------------------------------
 
 function showSignIn(error?: string, tried?: Saved): void {
-  session?.stop();
-  session = null;
+  device?.stop();
+  device = null;
   const saved = tried ?? savedSignIn();
   const token = h("textarea", { name: "token", placeholder: "tl1.…", spellcheck: "false" });
   token.value = saved?.token ?? "";
@@ -70,9 +70,9 @@ function showSignIn(error?: string, tried?: Saved): void {
 }
 
 function signIn(server: string, token: string): void {
-  const next = new Session(server, token, storage);
+  const next = new Device(server, token, storage);
   storage.set(TOKEN_KEY, JSON.stringify({ server, token } satisfies Saved));
-  session = next;
+  device = next;
   showInbox(next);
   next.onStatus((status) => {
     if (status.kind === "stopped" && status.code === Code.Unauthenticated) {
@@ -105,7 +105,7 @@ const parts = {
   compose: h("input", { name: "text", placeholder: "Write a message", autocomplete: "off" }),
 };
 
-function showInbox(current: Session): void {
+function showInbox(current: Device): void {
   const openForm = h(
     "form",
     {
@@ -184,7 +184,7 @@ function titleOf(summary: ConversationSummary | undefined, id: bigint, me: bigin
   return `Conversation ${id}`;
 }
 
-function drawList(current: Session): void {
+function drawList(current: Device): void {
   const items = current.cache.list().map((summary) => {
     if (!summary.record) current.fetchRecord(summary.id).catch(() => undefined);
     return h(
@@ -212,7 +212,7 @@ function showConversationError(message: string | null): void {
   parts.banner.hidden = message === null;
 }
 
-function openFromHash(current: Session): void {
+function openFromHash(current: Device): void {
   const match = /^#\/c\/(\d+)$/.exec(location.hash);
   openId = match ? BigInt(match[1]) : null;
   showConversationError(null);
@@ -260,7 +260,7 @@ function entryView(item: Item, me: bigint): HTMLElement {
   );
 }
 
-function pendingView(current: Session, pending: Pending): HTMLElement {
+function pendingView(current: Device, pending: Pending): HTMLElement {
   const state = {
     sending: "Sending…",
     sent: "Sent",
@@ -285,7 +285,7 @@ function pendingView(current: Session, pending: Pending): HTMLElement {
   );
 }
 
-function drawConversation(current: Session, scrollToEnd = false): void {
+function drawConversation(current: Device, scrollToEnd = false): void {
   if (openId === null) {
     parts.title.textContent = "";
     parts.members.textContent = "";
@@ -336,17 +336,17 @@ function drawConversation(current: Session, scrollToEnd = false): void {
   if (atEnd) box.scrollTop = box.scrollHeight;
 }
 
-window.addEventListener("hashchange", () => session && openFromHash(session));
+window.addEventListener("hashchange", () => device && openFromHash(device));
 
 // For the tests and the curious: what the sync loop has done.
 (window as any).timeline = {
   snapshot: () =>
-    session && {
-      userId: session.info.userId.toString(),
-      checkpoint: session.checkpoint.seq.toString(),
-      resumedFrom: session.resumedFrom.toString(),
-      journal: session.checkpoint.journal.map(String),
-      status: session.status.kind,
+    device && {
+      userId: device.info.userId.toString(),
+      checkpoint: device.checkpoint.seq.toString(),
+      resumedFrom: device.resumedFrom.toString(),
+      journal: device.checkpoint.journal.map(String),
+      status: device.status.kind,
     },
 };
 

@@ -16,7 +16,7 @@ import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 /** History page size when the user pages back through a conversation. */
 export const HISTORY_PAGE = 50;
 
-export class Session {
+export class Device {
   readonly info: TokenInfo;
   readonly client: TimelineClient;
   readonly checkpoint: Checkpoint;
@@ -79,7 +79,7 @@ export class Session {
     this.#abort.abort();
   }
 
-  /** The conversation's record (title, members), fetched once per session. */
+  /** The conversation's record (title, members), fetched once per sign-in. */
   fetchRecord(conversationId: bigint): Promise<void> {
     let fetching = this.#records.get(conversationId);
     if (!fetching) {
