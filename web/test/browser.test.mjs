@@ -247,6 +247,26 @@ describe("the web inbox in a browser", () => {
     assert.equal(new Set(journal).size, journal.length, "no inbox entry applied twice");
   });
 
+  test("a second tab of the device waits for the first, then takes over", async () => {
+    const second = await browser.newPage();
+    await second.setViewport({ width: 1100, height: 720 });
+    await second.goto(`${server.url}/#/c/${conversation}`);
+    await second.waitForSelector("#status.waiting", { timeout: RECOVERY_MS });
+    assert.match(await second.$eval("#status", (e) => e.textContent), /open in another tab/);
+    // The first tab goes on syncing while the second waits.
+    const id = uuid();
+    server.tl(bob, ["send", "--conversation", conversation, "--text", "while the second tab waited", "--client-msg-id", id]);
+    await page.waitForSelector(`#messages .msg[data-client-msg-id="${id}"]`, { timeout: RECOVERY_MS });
+    const first = await snapshot();
+    await page.close();
+    page = second;
+    await waitForStatus("live");
+    const taken = await snapshot();
+    assert.equal(taken.resumedFrom, first.checkpoint, "the second tab started where the first stopped");
+    await page.waitForSelector(`#messages .msg[data-client-msg-id="${id}"]`, { timeout: RECOVERY_MS });
+    assert.equal(new Set(taken.journal).size, taken.journal.length, "no inbox entry applied twice");
+  });
+
   test("a conversation the user is not in shows why", async () => {
     const other = server.tl(bob, ["conversation", "create", "--members", "3"]).trim();
     await page.evaluate((id) => (location.hash = `#/c/${id}`), other);

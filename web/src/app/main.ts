@@ -7,9 +7,8 @@ import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 import { codeOf, describe, explain } from "../lib/errors.js";
 import type { ConversationSummary, Item } from "../lib/inbox.js";
 import type { Pending } from "../lib/outbox.js";
-import { Device } from "../lib/device.js";
+import { Device, type DeviceStatus } from "../lib/device.js";
 import { browserStorage } from "../lib/storage.js";
-import type { SyncStatus } from "../lib/sync.js";
 import { TokenError } from "../lib/token.js";
 import { h, timeOf } from "./dom.js";
 
@@ -163,8 +162,9 @@ function showInbox(current: Device): void {
   openFromHash(current);
 }
 
-function drawStatus(status: SyncStatus): void {
+function drawStatus(status: DeviceStatus): void {
   const text = {
+    waiting: status.kind === "waiting" ? `Paused: ${status.reason}` : "",
     connecting: "Connecting",
     live: "Live",
     offline: status.kind === "offline" ? `Offline: ${status.error}. Retrying` : "",

@@ -27,18 +27,21 @@ export class Checkpoint {
   private constructor(
     private readonly storage: KeyValue,
     private readonly key: string,
-    stored: Stored | null,
   ) {
-    this.#seq = BigInt(stored?.checkpoint ?? "0");
-    this.#conversations = new Map(
-      Object.entries(stored?.conversations ?? {}).map(([id, convSeq]) => [BigInt(id), BigInt(convSeq)]),
-    );
-    this.#journal = (stored?.journal ?? []).map((seq) => BigInt(seq));
+    this.#seq = 0n;
+    this.#conversations = new Map();
+    this.#journal = [];
+    this.reload();
   }
 
   /** Loads the saved state, or starts at 0. A corrupt value starts over. */
   static open(storage: KeyValue, key: string): Checkpoint {
-    const text = storage.get(key);
+    return new Checkpoint(storage, key);
+  }
+
+  /** Reads the saved state again (another tab of the device wrote it). */
+  reload(): void {
+    const text = this.storage.get(this.key);
     let stored: Stored | null = null;
     if (text !== null) {
       try {
@@ -48,7 +51,11 @@ export class Checkpoint {
         stored = null;
       }
     }
-    return new Checkpoint(storage, key, stored);
+    this.#seq = BigInt(stored?.checkpoint ?? "0");
+    this.#conversations = new Map(
+      Object.entries(stored?.conversations ?? {}).map(([id, convSeq]) => [BigInt(id), BigInt(convSeq)]),
+    );
+    this.#journal = (stored?.journal ?? []).map((seq) => BigInt(seq));
   }
 
   get seq(): bigint {

@@ -13,6 +13,9 @@ import { CALL_TIMEOUT_MS, connect, type TimelineClient } from "./transport.js";
 import { Code } from "@connectrpc/connect";
 import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 
+/** The sync loop's status, or waiting for another tab of the device. */
+export type DeviceStatus = SyncStatus | { kind: "waiting"; reason: string };
+
 /** History page size when the user pages back through a conversation. */
 export const HISTORY_PAGE = 50;
 
@@ -23,12 +26,13 @@ export class Device {
   readonly cache: InboxCache;
   readonly outbox: Outbox;
   readonly engine: SyncEngine;
-  status: SyncStatus = { kind: "connecting" };
+  status: DeviceStatus = { kind: "connecting" };
   /** The checkpoint this page started from (what storage held). */
-  readonly resumedFrom: bigint;
+  resumedFrom: bigint;
   readonly #abort = new AbortController();
   readonly #records = new Map<bigint, Promise<void>>();
-  readonly #statusListeners = new Set<(status: SyncStatus) => void>();
+  readonly #statusListeners = new Set<(status: DeviceStatus) => void>();
+  readonly #prefix: string;
 
   constructor(
     readonly baseUrl: string,
@@ -37,6 +41,7 @@ export class Device {
   ) {
     this.info = parseToken(token);
     const prefix = `timeline:v1:${baseUrl}:${this.info.userId}:${this.info.deviceId}:`;
+    this.#prefix = prefix;
     this.client = connect(baseUrl, token);
     this.checkpoint = Checkpoint.open(storage, `${prefix}checkpoint`);
     this.resumedFrom = this.checkpoint.seq;
@@ -48,10 +53,7 @@ export class Device {
     }
     this.outbox = new Outbox(this.client, storage, `${prefix}outbox`);
     this.engine = new SyncEngine(this.client, this.checkpoint, this.cache, {
-      status: (status) => {
-        this.status = status;
-        for (const listener of this.#statusListeners) listener(status);
-      },
+      status: (status) => this.#setStatus(status),
       applied: (entry) => {
         if (entry.senderId === this.info.userId && entry.clientMsgId) {
           this.outbox.confirmed(entry.clientMsgId);
@@ -65,14 +67,52 @@ export class Device {
     });
   }
 
-  onStatus(listener: (status: SyncStatus) => void): () => void {
+  #setStatus(status: DeviceStatus): void {
+    this.status = status;
+    for (const listener of this.#statusListeners) listener(status);
+  }
+
+  onStatus(listener: (status: DeviceStatus) => void): () => void {
     this.#statusListeners.add(listener);
     return () => this.#statusListeners.delete(listener);
   }
 
+  /**
+   * Starts syncing. Two tabs of one device would write one checkpoint and
+   * cache from two memories (each overwriting what the other applied), so
+   * the device's sync runs under a Web Lock: a second tab waits, saying why,
+   * until the first closes (a reload releases it as the old page unloads).
+   * Where Web Locks do not exist (pages that are not a secure context) the
+   * tab syncs without one.
+   */
   start(): void {
-    void this.engine.run(this.#abort.signal);
-    this.outbox.resumeAll();
+    const run = async () => {
+      this.outbox.resumeAll();
+      await this.engine.run(this.#abort.signal);
+    };
+    const locks = typeof navigator === "undefined" ? undefined : navigator.locks;
+    if (!locks) {
+      void run();
+      return;
+    }
+    const name = `${this.#prefix}sync`;
+    const signal = this.#abort.signal;
+    void locks.request(name, { ifAvailable: true }, async (lock) => {
+      if (lock) return run();
+      this.#setStatus({ kind: "waiting", reason: "this device is open in another tab" });
+      this.cache.writable = false;
+      await locks
+        .request(name, { signal }, () => {
+          // The other tab synced meanwhile: start from what it stored.
+          this.checkpoint.reload();
+          this.cache.reload();
+          this.cache.writable = true;
+          this.outbox.reload();
+          this.resumedFrom = this.checkpoint.seq;
+          return run();
+        })
+        .catch(() => undefined);
+    });
   }
 
   stop(): void {

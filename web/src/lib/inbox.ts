@@ -184,9 +184,15 @@ export class InboxCache {
     this.notify(null);
   }
 
+  /**
+   * Whether save() writes: a tab waiting for another tab of the device
+   * shows what it has but leaves the stored cache to the tab that syncs.
+   */
+  writable = true;
+
   /** Writes what changed (called before the checkpoint moves past it). */
   save(): void {
-    if (!this.#dirty) return;
+    if (!this.#dirty || !this.writable) return;
     this.trim();
     const conversations = this.list().map((s) => ({
       id: s.id.toString(),
@@ -233,6 +239,15 @@ export class InboxCache {
       this.conversations.set(id, summary);
     }
     return summary;
+  }
+
+  /** Reads the stored cache again (another tab of the device wrote it). */
+  reload(): void {
+    this.conversations.clear();
+    this.#entries.clear();
+    this.#dirty = false;
+    this.load();
+    this.notify(null);
   }
 
   private load(): void {

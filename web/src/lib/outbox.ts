@@ -44,14 +44,21 @@ export class Outbox {
     private readonly storage: KeyValue,
     private readonly key: string,
   ) {
+    this.reload();
+  }
+
+  /** Reads the stored outbox again (another tab of the device wrote it). */
+  reload(): void {
     try {
-      const stored = JSON.parse(storage.get(key) ?? "[]") as any[];
+      const stored = JSON.parse(this.storage.get(this.key) ?? "[]") as any[];
       for (const p of stored) {
+        if (this.#pending.has(p.clientMsgId)) continue;
         this.#pending.set(p.clientMsgId, { ...p, conversationId: BigInt(p.conversationId), state: "failed" });
       }
     } catch {
       // Nothing to resend.
     }
+    for (const listener of this.#listeners) listener();
   }
 
   onChange(listener: () => void): () => void {
