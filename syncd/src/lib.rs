@@ -54,7 +54,7 @@
 //!   locks; [`limits`]: named bounds.
 //! - [`auth`]: tokens. [`grpc`]: one file per gRPC service; [`error`]: the
 //!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
-//!   listener, shutdown.
+//!   listener, shutdown; [`web`]: gRPC-Web, CORS and the web app's files.
 
 pub mod access;
 pub mod auth;
@@ -80,6 +80,7 @@ pub mod retention;
 pub mod send;
 pub mod server;
 pub mod visibility;
+pub mod web;
 pub mod writer;
 
 #[cfg(test)]
