@@ -115,7 +115,18 @@ impl Event {
             EntryKind::Message if entry.sender_id != 0 => vec![ReaderMark {
                 user_id: entry.sender_id,
                 read_through: entry.conv_seq,
+                joined: 0,
             }],
+            // Joins: a message before them was never the member's to read.
+            EntryKind::ConversationCreated | EntryKind::MembersAdded => entry
+                .members
+                .iter()
+                .map(|&user_id| ReaderMark {
+                    user_id,
+                    read_through: 0,
+                    joined: entry.conv_seq,
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }

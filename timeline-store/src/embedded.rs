@@ -18,7 +18,7 @@
 //!   left positions; empty in indexes written before positions were kept)
 //! - `inbox_floors`: user_id                 -> u64
 //! - `read_states`:  user_id | conversation_id -> ReadStateRow
-//! - `readers`:      conversation_id | user_id -> u64 (highest marker)
+//! - `readers`:      conversation_id | user_id -> highest marker | latest join
 //! - `read_state_applied`: user_id           -> u64 (the seq the rows were
 //!   folded through; saved in the same batch as the rows)
 //!
@@ -183,6 +183,22 @@ fn checkpoint_key(user_id: u64, device_id: &str) -> Vec<u8> {
     key
 }
 
+/// A reader index value: the marker then the join, big-endian.
+fn encode_reader(mark: &ReaderMark) -> [u8; 16] {
+    key2(mark.read_through, mark.joined)
+}
+
+fn decode_reader(user_id: u64, bytes: &[u8]) -> Result<ReaderMark> {
+    if bytes.len() != 16 {
+        return Err(corrupt("reader index value is not 16 bytes"));
+    }
+    Ok(ReaderMark {
+        user_id,
+        read_through: decode_u64(&bytes[..8])?,
+        joined: decode_u64(&bytes[8..])?,
+    })
+}
+
 fn decode_u64(bytes: &[u8]) -> Result<u64> {
     let raw: [u8; 8] = bytes
         .try_into()
@@ -326,7 +342,7 @@ fn apply_group(
     // reads the store without them and must not delete them.
     let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
     // Reader marks raised earlier in this group, not yet in the store.
-    let mut readers: HashMap<[u8; 16], u64> = HashMap::new();
+    let mut readers: HashMap<[u8; 16], ReaderMark> = HashMap::new();
     // Read-state saves earlier in this group, not yet in the store.
     let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
     for request in group {
@@ -349,13 +365,17 @@ fn apply_group(
                     let stored = match readers.get(&key) {
                         Some(&v) => v,
                         None => match ks.readers.get(key).map_err(io)? {
-                            Some(v) => decode_u64(&v)?,
-                            None => 0,
+                            Some(v) => decode_reader(mark.user_id, &v)?,
+                            None => ReaderMark {
+                                user_id: mark.user_id,
+                                ..ReaderMark::default()
+                            },
                         },
                     };
-                    if mark.read_through > stored {
-                        batch.insert(&ks.readers, key, mark.read_through.to_be_bytes());
-                        readers.insert(key, mark.read_through);
+                    let raised = stored.raised(mark);
+                    if raised != stored {
+                        batch.insert(&ks.readers, key, encode_reader(&raised));
+                        readers.insert(key, raised);
                     }
                 }
                 if let Some((key, receipt)) = &commit.receipt {
@@ -539,10 +559,7 @@ impl ReadReceipts for EmbeddedStore {
                 let user: [u8; 8] = key[8..]
                     .try_into()
                     .map_err(|_| corrupt("reader key is not 16 bytes"))?;
-                readers.push(ReaderMark {
-                    user_id: u64::from_be_bytes(user),
-                    read_through: decode_u64(&value)?,
-                });
+                readers.push(decode_reader(u64::from_be_bytes(user), &value)?);
             }
             Ok(readers)
         })

@@ -241,12 +241,27 @@ pub struct EventCommit {
     pub readers: Vec<ReaderMark>,
 }
 
-/// "`user_id` has read the conversation through `read_through`", as the
-/// conversation's reader index keeps it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// "`user_id` has read the conversation through `read_through`" and
+/// "joined it at `joined`", as the conversation's reader index keeps them
+/// (each only ever raised; 0 leaves a value as it is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderMark {
     pub user_id: u64,
     pub read_through: u64,
+    /// The `conv_seq` of the user's latest join: a message before it was
+    /// never theirs to read.
+    pub joined: u64,
+}
+
+impl ReaderMark {
+    /// Both values raised to `other`'s where higher.
+    pub fn raised(self, other: &ReaderMark) -> Self {
+        Self {
+            user_id: self.user_id,
+            read_through: self.read_through.max(other.read_through),
+            joined: self.joined.max(other.joined),
+        }
+    }
 }
 
 impl EventCommit {

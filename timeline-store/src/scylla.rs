@@ -112,7 +112,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
-    "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, PRIMARY KEY (conversation_id, user_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, joined bigint, PRIMARY KEY (conversation_id, user_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -139,6 +139,8 @@ struct PendingEvent {
     reader_users: Vec<u64>,
     #[prost(uint64, repeated, tag = "10")]
     reader_marks: Vec<u64>,
+    #[prost(uint64, repeated, tag = "11")]
+    reader_joins: Vec<u64>,
 }
 
 impl PendingEvent {
@@ -166,6 +168,7 @@ impl PendingEvent {
                 .collect(),
             reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
             reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
+            reader_joins: commit.readers.iter().map(|r| r.joined).collect(),
         }
     }
 
@@ -205,11 +208,14 @@ impl PendingEvent {
             large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
             readers: self
                 .reader_users
-                .into_iter()
-                .zip(self.reader_marks)
-                .map(|(user_id, read_through)| crate::ReaderMark {
+                .iter()
+                .zip(&self.reader_marks)
+                .enumerate()
+                .map(|(i, (&user_id, &read_through))| crate::ReaderMark {
                     user_id,
                     read_through,
+                    // Intents written before joins were kept have none.
+                    joined: self.reader_joins.get(i).copied().unwrap_or(0),
                 })
                 .collect(),
         })
@@ -265,6 +271,8 @@ struct Statements {
     /// then keeps the highest marker, in any order, with no read and no
     /// tombstone (nothing else writes the table).
     insert_reader: PreparedStatement,
+    /// The same for the latest join (its own cell, its own timestamp).
+    insert_reader_join: PreparedStatement,
     select_readers: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
@@ -386,11 +394,15 @@ impl ScyllaTimelineStore {
             )
             .await?,
             insert_reader: prepare(
-                "INSERT INTO {ks}.conversation_readers (conversation_id, user_id, read_through) VALUES (?, ?, ?) USING TIMESTAMP ?",
+                "UPDATE {ks}.conversation_readers USING TIMESTAMP ? SET read_through = ? WHERE conversation_id = ? AND user_id = ?",
+            )
+            .await?,
+            insert_reader_join: prepare(
+                "UPDATE {ks}.conversation_readers USING TIMESTAMP ? SET joined = ? WHERE conversation_id = ? AND user_id = ?",
             )
             .await?,
             select_readers: prepare(
-                "SELECT user_id, read_through FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
+                "SELECT user_id, read_through, joined FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
             )
             .await?,
             insert_read_state: prepare(
@@ -551,13 +563,16 @@ impl ScyllaTimelineStore {
     /// One row per (conversation, user), the marker as its write
     /// timestamp (see `insert_reader`).
     async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
-        let values = (
-            big(conversation_id),
-            big(mark.user_id),
-            big(mark.read_through),
-            big(mark.read_through),
-        );
-        self.execute(&self.statements.insert_reader, values).await?;
+        let key = (big(conversation_id), big(mark.user_id));
+        if mark.read_through > 0 {
+            let values = (big(mark.read_through), big(mark.read_through), key.0, key.1);
+            self.execute(&self.statements.insert_reader, values).await?;
+        }
+        if mark.joined > 0 {
+            let values = (big(mark.joined), big(mark.joined), key.0, key.1);
+            self.execute(&self.statements.insert_reader_join, values)
+                .await?;
+        }
         Ok(())
     }
 
@@ -726,7 +741,7 @@ impl ReadStates for ScyllaTimelineStore {
 #[async_trait]
 impl ReadReceipts for ScyllaTimelineStore {
     async fn readers(&self, conversation_id: u64) -> Result<Vec<crate::ReaderMark>> {
-        type Row = (i64, i64);
+        type Row = (i64, Option<i64>, Option<i64>);
         let page = |(), after: Option<i64>, wanted: usize| {
             let values = (
                 big(conversation_id),
@@ -746,9 +761,10 @@ impl ReadReceipts for ScyllaTimelineStore {
         let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
         Ok(rows
             .into_iter()
-            .map(|(user_id, read_through)| crate::ReaderMark {
+            .map(|(user_id, read_through, joined)| crate::ReaderMark {
                 user_id: user_id as u64,
-                read_through: read_through as u64,
+                read_through: read_through.unwrap_or(0) as u64,
+                joined: joined.unwrap_or(0) as u64,
             })
             .collect())
     }

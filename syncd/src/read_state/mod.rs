@@ -337,17 +337,25 @@ impl ReadState {
                     "conversation {conversation_id} has no message at conv_seq {conv_seq}"
                 ))
             })?;
-        let readers = self.store.readers(conversation_id).await?;
+        let readers: std::collections::HashMap<u64, timeline_store::ReaderMark> = self
+            .store
+            .readers(conversation_id)
+            .await?
+            .into_iter()
+            .map(|r| (r.user_id, r))
+            .collect();
         let read: std::collections::HashSet<u64> = readers
-            .iter()
+            .values()
             .filter(|r| r.read_through >= conv_seq)
             .map(|r| r.user_id)
             .collect();
+        // Members who joined after the message never had it to read.
         let others = conversation
             .members
             .iter()
             .copied()
-            .filter(|&m| m != message.sender_id);
+            .filter(|&m| m != message.sender_id)
+            .filter(|m| readers.get(m).is_none_or(|r| r.joined < conv_seq));
         let (mut member_count, mut read_by) = (0, Vec::new());
         for member in others {
             member_count += 1;

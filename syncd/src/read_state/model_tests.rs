@@ -91,12 +91,20 @@ impl Model {
 
     /// Who has read the message at `conv_seq`: current members other than
     /// its sender whose index entry reaches it.
-    fn read_by(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
+    /// Current members other than the sender who were members when it was
+    /// sent (their latest join is before it).
+    fn receivers(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
         self.conversations[&conversation]
             .members
             .iter()
             .copied()
-            .filter(|&m| m != sender)
+            .filter(|&m| m != sender && self.readers[&(m, conversation)].joined < conv_seq)
+            .collect()
+    }
+
+    fn read_by(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
+        self.receivers(conversation, conv_seq, sender)
+            .into_iter()
             .filter(|&m| {
                 self.index
                     .get(&(conversation, m))
@@ -511,12 +519,8 @@ impl<S: TimelineStore> Run<S> {
                 "members {:?} index {:?} sender {sender} seed {}, after {step}: receipts of {id}/{conv_seq}",
                 self.model.conversations[&id].members, self.model.index, self.seed
             );
-            let others = self.model.conversations[&id]
-                .members
-                .iter()
-                .filter(|&&m| m != sender)
-                .count();
-            assert_eq!(receipts.member_count, others as u64);
+            let others = self.model.receivers(id, conv_seq, sender).len();
+            assert_eq!(receipts.member_count, others as u64, "seed {}", self.seed);
         }
     }
 

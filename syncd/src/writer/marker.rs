@@ -117,6 +117,7 @@ impl EventWriter {
             readers: vec![ReaderMark {
                 user_id,
                 read_through,
+                joined: 0,
             }],
         };
         let held: Vec<Guard> = Vec::new();

@@ -31,7 +31,7 @@ struct State {
     large_groups: BTreeMap<(u64, u64), LargeGroupMembership>,
     inbox_floors: HashMap<u64, u64>,
     read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
-    readers: BTreeMap<(u64, u64), u64>,
+    readers: BTreeMap<(u64, u64), ReaderMark>,
 }
 
 impl MemoryStore {
@@ -77,8 +77,11 @@ impl EventLog for MemoryStore {
             let stored = state
                 .readers
                 .entry((entry.conversation_id, mark.user_id))
-                .or_default();
-            *stored = (*stored).max(mark.read_through);
+                .or_insert(ReaderMark {
+                    user_id: mark.user_id,
+                    ..ReaderMark::default()
+                });
+            *stored = stored.raised(mark);
         }
         if let Some((key, receipt)) = commit.receipt {
             state.receipts.insert(key, receipt);
@@ -214,10 +217,7 @@ impl ReadReceipts for MemoryStore {
         Ok(state
             .readers
             .range((conversation_id, 0)..=(conversation_id, u64::MAX))
-            .map(|(&(_, user_id), &read_through)| ReaderMark {
-                user_id,
-                read_through,
-            })
+            .map(|(_, &mark)| mark)
             .collect())
     }
 }

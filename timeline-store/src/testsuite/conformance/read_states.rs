@@ -96,14 +96,16 @@ pub(super) async fn read_states_survive_reopen<S: TimelineStore>(store: &S) {
 pub(super) async fn readers_keep_each_members_highest_marker<S: TimelineStore>(store: &S) {
     use crate::ReaderMark;
     let conv = BASE + 320;
-    let mark = |user_id, read_through| ReaderMark {
+    let mark = |user_id, read_through, joined| ReaderMark {
         user_id,
         read_through,
+        joined,
     };
     for (seq, marks) in [
-        (1, vec![mark(2, 5), mark(3, 1)]),
-        (2, vec![mark(2, 3)]),
-        (3, vec![mark(3, 7), mark(4, 2)]),
+        (1, vec![mark(2, 5, 0), mark(3, 1, 1)]),
+        (2, vec![mark(2, 3, 0), mark(4, 0, 2)]),
+        (3, vec![mark(3, 7, 0), mark(4, 2, 0)]),
+        (4, vec![mark(3, 0, 0)]),
     ] {
         let mut commit = fanout(
             Entry {
@@ -118,8 +120,8 @@ pub(super) async fn readers_keep_each_members_highest_marker<S: TimelineStore>(s
     }
     assert_eq!(
         store.readers(conv).await.unwrap(),
-        vec![mark(2, 5), mark(3, 7), mark(4, 2)],
-        "a lower marker never replaces a higher one"
+        vec![mark(2, 5, 0), mark(3, 7, 1), mark(4, 2, 2)],
+        "a lower marker or join never replaces a higher one"
     );
     assert!(store.readers(conv + 1).await.unwrap().is_empty());
 }
