@@ -99,10 +99,7 @@ impl ReadState {
         let memberships = self.store.large_group_memberships(user_id).await?;
         let mut large: HashSet<u64> = HashSet::new();
         let mut counting: HashSet<u64> = HashSet::new();
-        for membership in memberships
-            .iter()
-            .filter(|m| m.joined.inbox_seq <= snapshot.applied_seq)
-        {
+        for membership in as_folded(&memberships, snapshot.applied_seq).iter() {
             large.insert(membership.conversation_id);
             let row = rows
                 .entry(membership.conversation_id)
@@ -248,9 +245,10 @@ impl ReadState {
             .find(|r| r.conversation_id == conversation_id)
             .cloned();
         let memberships = self.store.large_group_memberships(user_id).await?;
-        if let Some(membership) = memberships.iter().find(|m| {
-            m.conversation_id == conversation_id && m.joined.inbox_seq <= snapshot.applied_seq
-        }) {
+        if let Some(membership) = as_folded(&memberships, snapshot.applied_seq)
+            .iter()
+            .find(|m| m.conversation_id == conversation_id)
+        {
             let row = row.get_or_insert_with(|| ReadStateRow {
                 conversation_id,
                 member: membership.left.is_none(),
@@ -356,6 +354,21 @@ pub struct ReadStateSummary {
 
 /// Most conversations a sync reply's read state lists.
 pub const MAX_SUMMARY_CONVERSATIONS: usize = 200;
+
+/// The large-group memberships as of the folded inbox: a join not folded
+/// yet is left out, a removal not folded yet is not applied (the index is
+/// written with the event, before the fold sees it), so the rows and the
+/// memberships they are completed with describe one moment.
+fn as_folded(memberships: &[LargeGroupMembership], applied_seq: u64) -> Vec<LargeGroupMembership> {
+    memberships
+        .iter()
+        .filter(|m| m.joined.inbox_seq <= applied_seq)
+        .map(|m| LargeGroupMembership {
+            left: m.left.filter(|left| left.inbox_seq <= applied_seq),
+            ..*m
+        })
+        .collect()
+}
 
 /// Unread messages and mentions over the conversations the user is in.
 fn totals(states: &[ConversationState]) -> (u64, u64) {
