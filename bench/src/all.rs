@@ -29,6 +29,19 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         vec![
             ("seq", vec!["seq", "--duration-secs", "1"]),
             (
+                "readstate",
+                vec![
+                    "readstate",
+                    "--conversations",
+                    "200",
+                    "--large-group-members",
+                    "1500",
+                    "--repeats",
+                    "20",
+                    "--redis-peer",
+                ],
+            ),
+            (
                 "catchup",
                 vec!["catchup", "--entries", "10000", "--redis-peer"],
             ),
@@ -62,6 +75,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         vec![
             ("seq", vec!["seq"]),
             ("catchup", vec!["catchup", "--redis-peer"]),
+            ("readstate", vec!["readstate", "--redis-peer"]),
             ("fanout", vec!["fanout", "--redis-peer"]),
             (
                 "fanout open loop",

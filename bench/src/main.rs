@@ -8,7 +8,9 @@
 //! the same kind of rows with a bare prepared-statement loop at the same
 //! concurrency, for the ratio. `bench catchup` times a device pulling a long
 //! backlog with Sync. `bench burst` measures the server's peak memory while
-//! the members of one large group all send large messages at once. Setup (server start, conversation creation, schema,
+//! the members of one large group all send large messages at once. `bench
+//! readstate` times the conversation list, incremental updates and marks
+//! (in a small conversation and a 10,000-member group). Setup (server start, conversation creation, schema,
 //! filling a backlog) is excluded from every measured window. `bench seq`
 //! compares sequence allocation with Redis INCR; `bench all` runs them all.
 
@@ -22,6 +24,7 @@ mod node;
 mod open_loop;
 mod plot;
 mod procs;
+mod read_state;
 mod redis_peer;
 mod report;
 mod seq;
@@ -51,6 +54,8 @@ enum Command {
     /// Members of one large group all sending large messages at once:
     /// the server's peak memory and bytes written.
     Burst(burst::BurstArgs),
+    /// Read state: the conversation list, incremental updates and marks.
+    Readstate(read_state::ReadStateArgs),
     /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
     All(all::AllArgs),
 }
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Catchup(args) => runtime.block_on(catchup::run(args)),
         Command::Seq(args) => runtime.block_on(seq::run(args)),
         Command::Burst(args) => runtime.block_on(burst::run(args)),
+        Command::Readstate(args) => runtime.block_on(read_state::run(args)),
         Command::All(args) => all::run(args),
     }
 }

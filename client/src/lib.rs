@@ -15,9 +15,11 @@
 //! The `tl` binary (src/main.rs) is a thin CLI over this library.
 
 pub mod checkpoint;
+mod read_state;
 
 pub use checkpoint::CheckpointFile;
 pub use proto::timeline::v1 as pb;
+pub use read_state::conversation_state_json;
 
 use pb::admin_client::AdminClient;
 use pb::timeline_client::TimelineClient;
@@ -263,11 +265,27 @@ impl Client {
         text: &str,
         client_msg_id: Option<uuid::Uuid>,
     ) -> Result<pb::SendReply> {
+        self.send_mentioning(conversation_id, text, client_msg_id, &[], false)
+            .await
+    }
+
+    /// [`send`](Self::send), mentioning `mentions` (and everyone, with
+    /// `mention_all`).
+    pub async fn send_mentioning(
+        &self,
+        conversation_id: u64,
+        text: &str,
+        client_msg_id: Option<uuid::Uuid>,
+        mentions: &[u64],
+        mention_all: bool,
+    ) -> Result<pb::SendReply> {
         let client_msg_id = client_msg_id.unwrap_or_else(uuid::Uuid::new_v4).to_string();
         let request = pb::SendRequest {
             conversation_id,
             text: text.to_owned(),
             client_msg_id,
+            mentions: mentions.to_vec(),
+            mention_all,
         };
         with_retries("send", || {
             let (mut timeline, request) = (self.timeline(), request.clone());
@@ -289,6 +307,8 @@ impl Client {
             sender_id,
             text: text.to_owned(),
             client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
+            mentions: Vec::new(),
+            mention_all: false,
         };
         reply(self.admin().append_message(with_deadline(request))).await
     }
@@ -296,7 +316,11 @@ impl Client {
     /// One page of inbox entries after `after_seq` (the device's stored
     /// checkpoint when `None`).
     pub async fn sync_page(&self, after_seq: Option<u64>, limit: u32) -> Result<pb::SyncReply> {
-        let request = pb::SyncRequest { after_seq, limit };
+        let request = pb::SyncRequest {
+            after_seq,
+            limit,
+            include_read_state: false,
+        };
         reply(self.timeline().sync(with_deadline(request))).await
     }
 
@@ -444,6 +468,13 @@ impl Client {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
                 }
+                // A large group's copy (a mention, or the user's own send
+                // from another device): read the group now, not at the
+                // next poll.
+                if fresh.iter().any(|e| e.read_fanout) {
+                    in_large_groups =
+                        self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+                }
             } else if notice.up_to_seq > checkpoint.seq() {
                 in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
             }
@@ -574,8 +605,16 @@ fn deliver_inbox(
     entries: &[pb::Entry],
     deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
 ) -> Result<usize> {
+    let mut delivered = 0;
     for entry in entries {
+        // A large group's message in the inbox is a copy for its sender or
+        // a member it mentions: the message itself is delivered with the
+        // group's timeline, once.
+        if entry.read_fanout && entry.kind == pb::EntryKind::Message as i32 {
+            continue;
+        }
         deliver(entry).map_err(ClientError::Deliver)?;
+        delivered += 1;
         let joins = entry.kind == pb::EntryKind::ConversationCreated as i32
             || entry.kind == pb::EntryKind::MembersAdded as i32;
         // Where reading the conversation's timeline starts. Others joining
@@ -594,7 +633,7 @@ fn deliver_inbox(
             checkpoint.save_conversation(entry.conversation_id, start)?;
         }
     }
-    Ok(entries.len())
+    Ok(delivered)
 }
 
 /// Whether a pushed notice carries every entry since the previous notice
@@ -621,12 +660,29 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 /// The JSON form of an entry printed by `tl` (one object per line).
 pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
     let kind = match pb::EntryKind::try_from(entry.kind) {
+        // A large group's message in an inbox: the copy a mentioned member
+        // gets (the message itself comes from the group's history).
+        Ok(pb::EntryKind::Message) if entry.read_fanout && entry.seq > 0 => "mention",
         Ok(pb::EntryKind::Message) => "message",
         Ok(pb::EntryKind::ConversationCreated) => "conversation_created",
         Ok(pb::EntryKind::MembersAdded) => "members_added",
         Ok(pb::EntryKind::MembersRemoved) => "members_removed",
+        Ok(pb::EntryKind::ReadMarker) => "read_marker",
         _ => "unknown",
     };
+    if entry.kind == pb::EntryKind::ReadMarker as i32 {
+        return serde_json::json!({
+            "seq": entry.seq,
+            "kind": kind,
+            "conversation_id": entry.conversation_id,
+            "conv_seq": entry.conv_seq,
+            "sender_id": entry.sender_id,
+            "read_through": entry.read_through,
+            "unread": entry.unread,
+            "unread_mentions": entry.unread_mentions,
+            "sent_at_ms": entry.sent_at_ms,
+        });
+    }
     serde_json::json!({
         "seq": entry.seq,
         "kind": kind,
@@ -638,6 +694,8 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         "text": entry.text,
         "sent_at_ms": entry.sent_at_ms,
         "members": entry.members,
+        "mentions": entry.mentions,
+        "mention_all": entry.mention_all,
     })
 }
 

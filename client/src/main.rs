@@ -50,6 +50,39 @@ enum Command {
     /// Manage users' devices (service token).
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Mark a conversation read (through the newest entry by default).
+    Read(ReadArgs),
+    /// Print the conversation list, most recent activity first (JSON lines,
+    /// then a line with the totals and the next page's cursor).
+    Conversations(ConversationsArgs),
+    /// Print how many and which members have read a message.
+    Receipts(ReceiptsArgs),
+}
+
+#[derive(Args)]
+struct ReceiptsArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long)]
+    conv_seq: u64,
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    #[arg(long)]
+    conversation: u64,
+    /// Read through this conv_seq (default: the newest).
+    #[arg(long)]
+    through: Option<u64>,
+}
+
+#[derive(Args)]
+struct ConversationsArgs {
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// The cursor printed by the previous page.
+    #[arg(long, default_value = "")]
+    cursor: String,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +158,12 @@ struct SendArgs {
     /// UUID making the send idempotent (generated when omitted).
     #[arg(long)]
     client_msg_id: Option<uuid::Uuid>,
+    /// Comma-separated user ids to mention.
+    #[arg(long, value_delimiter = ',')]
+    mention: Vec<u64>,
+    /// Mention every member (groups only).
+    #[arg(long)]
+    mention_all: bool,
 }
 
 #[derive(Args)]
@@ -275,7 +314,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => {
             let reply = client
-                .send(args.conversation, &args.text, args.client_msg_id)
+                .send_mentioning(
+                    args.conversation,
+                    &args.text,
+                    args.client_msg_id,
+                    &args.mention,
+                    args.mention_all,
+                )
                 .await?;
             print_json(&send_json(&reply))?;
         }
@@ -329,6 +374,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "user_id": reply.user_id,
                 "device_id": (!reply.device_id.is_empty()).then_some(&reply.device_id),
                 "revoked_before": reply.revoked_before,
+            }))?;
+        }
+        Command::Read(args) => {
+            let marked = client.mark_read(args.conversation, args.through).await?;
+            print_json(&serde_json::json!({
+                "conversation_id": marked.conversation_id,
+                "read_through": marked.read_through,
+                "unread": marked.unread,
+                "mentions": marked.mentions,
+                "seq": marked.seq,
+            }))?;
+        }
+        Command::Receipts(args) => {
+            let receipts = client
+                .read_receipts(args.conversation, args.conv_seq)
+                .await?;
+            print_json(&serde_json::json!({
+                "read_count": receipts.read_count,
+                "member_count": receipts.member_count,
+                "read_by": receipts.read_by,
+            }))?;
+        }
+        Command::Conversations(args) => {
+            let page = client
+                .list_conversations(args.limit, &args.cursor, "")
+                .await?;
+            for conversation in &page.conversations {
+                print_json(&client::conversation_state_json(conversation))?;
+            }
+            print_json(&serde_json::json!({
+                "total_unread": page.total_unread,
+                "total_mentions": page.total_mentions,
+                "cursor": page.cursor,
+                "as_of_seq": page.as_of_seq,
             }))?;
         }
         Command::History(args) => {

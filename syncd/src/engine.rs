@@ -21,6 +21,7 @@ use crate::limits::{
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
 use crate::push::{Hub, Push};
+use crate::read_state::ReadState;
 use crate::retention::{Retainer, RetentionQueue};
 use crate::send::Sender;
 use crate::visibility::Visibility;
@@ -36,6 +37,9 @@ pub use crate::history::{HistoryPage, HistoryQuery};
 pub use crate::inbox::SyncPage;
 pub use crate::membership::NewConversation;
 pub use crate::push::{Feed, PushNotice};
+pub use crate::read_state::{
+    ConversationState, ListPage, ListQuery, MarkResult, ReadReceipts, ReadStateSummary,
+};
 pub use crate::retention::Retention;
 pub use crate::send::{SendCommand, SendOutcome};
 
@@ -73,6 +77,7 @@ pub struct Engine {
     history: History,
     push: Push,
     retainer: Arc<Retainer>,
+    read_state: Arc<ReadState>,
 }
 
 impl Engine {
@@ -109,7 +114,14 @@ impl Engine {
             Arc::clone(&lifecycle),
             config.commit_budget_bytes,
         ));
+        let read_state = Arc::new(ReadState::new(
+            Arc::clone(&store),
+            Arc::clone(&visibility),
+            Arc::clone(&directory),
+            Arc::clone(&writer),
+        ));
         Arc::new(Self {
+            read_state: Arc::clone(&read_state),
             sender: Arc::new(Sender::new(
                 Arc::clone(&directory),
                 Arc::clone(&writer),
@@ -135,6 +147,7 @@ impl Engine {
                 store,
                 visibility,
                 retention_queue,
+                read_state,
             )),
             lifecycle,
             config,
@@ -203,6 +216,52 @@ impl Engine {
         self.lifecycle.to_completion("send", work).await
     }
 
+    pub async fn mark_read(
+        &self,
+        principal: Principal,
+        conversation_id: u64,
+        through: Option<u64>,
+    ) -> Result<MarkResult> {
+        let read_state = Arc::clone(&self.read_state);
+        let work = async move { read_state.mark(&principal, conversation_id, through).await };
+        self.lifecycle.to_completion("mark", work).await
+    }
+
+    pub async fn list_conversations(
+        &self,
+        principal: &Principal,
+        query: ListQuery,
+    ) -> Result<ListPage> {
+        self.read_state.list(principal, query).await
+    }
+
+    pub async fn read_receipts(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) -> Result<ReadReceipts> {
+        self.read_state
+            .receipts(principal, conversation_id, conv_seq)
+            .await
+    }
+
+    /// The caller's unread totals and the state of the conversations that
+    /// changed after the page's starting checkpoint (and of large groups
+    /// with anything unread), at most
+    /// [`crate::read_state::MAX_SUMMARY_CONVERSATIONS`].
+    pub async fn read_state_summary(
+        &self,
+        principal: &Principal,
+        page: &SyncPage,
+    ) -> Result<ReadStateSummary> {
+        let (user_id, _) = crate::access::device_user(principal)?;
+        let summary = self.read_state.summary(user_id, page.after).await?;
+        Ok(summary)
+    }
+}
+
+impl Engine {
     pub async fn create_conversation(
         &self,
         principal: Principal,
@@ -415,6 +474,30 @@ mod growth_tests {
                 limit: usize,
             ) -> Result<Vec<RecordedRevocation>> {
                 self.inner.revocations_since(since_ms, limit).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ReadReceipts for SlowConversationReads {
+            async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+                self.inner.readers(conversation_id).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ReadStates for SlowConversationReads {
+            async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+                self.inner.read_states(user_id).await
+            }
+            async fn save_read_states(
+                &self,
+                user_id: u64,
+                applied_seq: u64,
+                rows: Vec<ReadStateRow>,
+            ) -> Result<()> {
+                self.inner
+                    .save_read_states(user_id, applied_seq, rows)
+                    .await
             }
         }
     }

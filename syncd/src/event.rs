@@ -3,7 +3,7 @@
 //! assembles an event from positional options.
 
 use crate::fanout::{Change, Fanout, fanout};
-use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey};
+use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey, ReaderMark};
 use uuid::Uuid;
 
 /// One event before it is written: the conversation entry (seqs, id and
@@ -28,22 +28,39 @@ pub enum MembershipChange {
 
 impl Event {
     /// A message from `sender_id` (0: the system) into `conversation`.
+    /// In a large group, the members it mentions by name get an inbox
+    /// copy (so a mention is never missed), and so does its sender (their
+    /// read marker moves past it in the same commit); the others read it
+    /// from the conversation timeline.
     pub fn message(
         conversation: &Conversation,
         sender_id: u64,
         client_msg_id: Uuid,
         text: String,
-        receipt_key: Option<IdempotencyKey>,
+        mentions: crate::send::Mentions,
     ) -> Self {
+        let mut fanout = fanout(Change::Message, conversation, conversation);
+        if conversation.read_fanout {
+            let mut copies = mentions.users.clone();
+            if sender_id != 0 {
+                copies.push(sender_id);
+            }
+            copies.sort_unstable();
+            copies.dedup();
+            fanout.recipients = copies;
+        }
         Self {
             entry: Entry {
                 sender_id,
                 client_msg_id: client_msg_id.to_string(),
                 text,
+                mentions: mentions.users,
+                mention_all: mentions.everyone,
+                read_fanout: conversation.read_fanout,
                 ..Entry::new(EntryKind::Message, conversation.conversation_id)
             },
-            fanout: fanout(Change::Message, conversation, conversation),
-            receipt_key,
+            fanout,
+            receipt_key: None,
             fingerprint: 0,
             record: None,
         }
@@ -88,6 +105,29 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: Some(after),
+        }
+    }
+
+    /// The reader-index marks this event raises once it has a `conv_seq`:
+    /// a message's sender has read through it.
+    pub fn reader_marks(entry: &Entry) -> Vec<ReaderMark> {
+        match entry.kind {
+            EntryKind::Message if entry.sender_id != 0 => vec![ReaderMark {
+                user_id: entry.sender_id,
+                read_through: entry.conv_seq,
+                joined: 0,
+            }],
+            // Joins: a message before them was never the member's to read.
+            EntryKind::ConversationCreated | EntryKind::MembersAdded => entry
+                .members
+                .iter()
+                .map(|&user_id| ReaderMark {
+                    user_id,
+                    read_through: 0,
+                    joined: entry.conv_seq,
+                })
+                .collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@ use timeline_store::{ConversationRange, Entry, TimelineStore};
 
 #[derive(Clone, Debug)]
 pub struct SyncPage {
+    /// The checkpoint the page starts after.
+    pub after: u64,
     pub entries: Vec<Entry>,
     pub has_more: bool,
     pub checkpoint: u64,
@@ -90,6 +92,7 @@ impl Inbox {
         let floor = self.store.inbox_floor(user_id).await?;
         if after.saturating_add(1) < floor {
             return Ok(SyncPage {
+                after,
                 entries: Vec::new(),
                 has_more: false,
                 checkpoint: after,
@@ -101,6 +104,7 @@ impl Inbox {
         let checkpoint = page.entries.last().map_or(after, |e| e.seq);
         let (large_groups, left_large_groups) = self.large_group_tops(user_id, through).await?;
         Ok(SyncPage {
+            after,
             entries: page.entries,
             has_more: page.has_more,
             checkpoint,
@@ -292,6 +296,7 @@ mod trim_tests {
                 receipt: None,
                 conversation: None,
                 large_group_index: Vec::new(),
+                readers: Vec::new(),
             })
             .await
             .unwrap();

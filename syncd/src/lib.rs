@@ -57,7 +57,7 @@
 //!   locks; [`limits`]: named bounds.
 //! - [`auth`]: tokens (`tl1` and JWTs) and their revocation. [`grpc`]: one file per gRPC service; [`error`]: the
 //!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
-//!   listener, shutdown.
+//!   listener, shutdown; [`web`]: gRPC-Web, CORS and the web app's files.
 
 pub mod access;
 pub mod auth;
@@ -78,10 +78,12 @@ pub mod membership;
 pub mod observer;
 pub mod paging;
 pub mod push;
+pub mod read_state;
 pub mod retention;
 pub mod send;
 pub mod server;
 pub mod visibility;
+pub mod web;
 pub mod writer;
 
 #[cfg(test)]

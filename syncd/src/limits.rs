@@ -6,6 +6,10 @@
 pub const MAX_USER_ID: u64 = i64::MAX as u64;
 /// Largest message text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Most members one message may mention by name. In a large group each
+/// one gets an inbox copy, so this bounds what one message writes there.
+pub const MAX_MENTIONS: usize = 100;
 /// Largest conversation title, in bytes.
 pub const MAX_TITLE_BYTES: usize = 256;
 /// Largest encoded gRPC request the server decodes.

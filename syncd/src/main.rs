@@ -109,6 +109,21 @@ struct ServeArgs {
     /// CA signed (its servers run with --tls-cert/--tls-key).
     #[arg(long, env = "SYNCD_SEQSVC_CA_CERT", requires = "seqsvc")]
     seqsvc_ca_cert: Option<PathBuf>,
+    /// A browser origin (http[s]://host[:port]) whose pages may call the API
+    /// over gRPC-Web; repeat for several (comma separated in the
+    /// environment). None by default: a page served by --web-root is
+    /// same-origin and needs none.
+    #[arg(
+        long = "cors-origin",
+        value_name = "URL",
+        env = "SYNCD_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+    /// Serve the static files of this directory (the built web app, web/dist)
+    /// at / on the API's port. Off by default.
+    #[arg(long, value_name = "DIR", env = "SYNCD_WEB_ROOT")]
+    web_root: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -212,6 +227,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls: args.tls(),
             seqsvc_ca_cert: args.seqsvc_ca_cert.clone(),
         };
+        let web = syncd::web::WebOptions::new(&args.cors_origins, args.web_root.as_deref())?;
         let node = server::open_node(&config)
             .await
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
@@ -231,7 +247,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopping_tx.send(());
         };
         let engine = std::sync::Arc::clone(&node.engine);
-        let served = server::serve(listener, node, shutdown);
+        let served = server::serve(listener, node, web, shutdown);
         tokio::pin!(served);
         tokio::select! {
             result = &mut served => result?,

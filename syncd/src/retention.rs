@@ -16,6 +16,7 @@ use crate::limits::{
     RETENTION_SCAN_PAGE, RETENTION_TRIM_BATCH,
 };
 use crate::observer::{CommitObserver, Committed};
+use crate::read_state::ReadState;
 use crate::visibility::Visibility;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,9 @@ pub struct Retainer {
     store: Arc<dyn TimelineStore>,
     visibility: Arc<Visibility>,
     queue: Arc<RetentionQueue>,
+    /// Folded before a trim: the read state is folded from the inbox, so
+    /// nothing may leave the inbox before it is folded.
+    read_state: Arc<ReadState>,
 }
 
 impl Retainer {
@@ -108,12 +112,14 @@ impl Retainer {
         store: Arc<dyn TimelineStore>,
         visibility: Arc<Visibility>,
         queue: Arc<RetentionQueue>,
+        read_state: Arc<ReadState>,
     ) -> Self {
         Self {
             policy,
             store,
             visibility,
             queue,
+            read_state,
         }
     }
 
@@ -183,6 +189,8 @@ impl Retainer {
             .visibility
             .readable_through(Scope::Inbox, user_id)
             .await?;
+        // Folds at least through `through` (readable only grows).
+        self.read_state.fold(user_id).await?;
         // (seq, sent_at_ms) of the kept entries, oldest first.
         let mut kept: Vec<(u64, i64)> = Vec::new();
         let mut after = floor.saturating_sub(1);

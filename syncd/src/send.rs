@@ -19,10 +19,10 @@ use crate::event::Event;
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
 #[cfg(doc)]
 use crate::limits::MAX_ADMISSION_WAIT;
-use crate::limits::{MAX_INFLIGHT_SENDS, MAX_TEXT_BYTES};
+use crate::limits::{MAX_INFLIGHT_SENDS, MAX_MENTIONS, MAX_TEXT_BYTES};
 use crate::writer::{EventWriter, Held};
 use std::sync::Arc;
-use timeline_store::{IdempotencyKey, Receipt};
+use timeline_store::{Conversation, ConversationKind, IdempotencyKey, Receipt};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -33,6 +33,53 @@ pub struct SendCommand {
     pub client_msg_id: Option<Uuid>,
     /// Services name the sender (0 = system); devices send as themselves.
     pub sender_id: Option<u64>,
+    pub mentions: Mentions,
+}
+
+/// Whom a message mentions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mentions {
+    /// Members mentioned by name (at most [`MAX_MENTIONS`]).
+    pub users: Vec<u64>,
+    /// Every member (groups only).
+    pub everyone: bool,
+}
+
+impl Mentions {
+    /// The mentions a message into `conversation` from `sender_id` keeps:
+    /// sorted, without duplicates or the sender. A non-member, too many
+    /// names, or "everyone" in a direct conversation is refused.
+    /// Sorted, without duplicates or the sender: a retry naming the same
+    /// members in another order is the same request.
+    fn normalized(mut self, sender_id: u64) -> Self {
+        self.users.sort_unstable();
+        self.users.dedup();
+        self.users.retain(|&user| user != sender_id);
+        self
+    }
+
+    fn checked(self, conversation: &Conversation, sender_id: u64) -> Result<Self> {
+        let mut checked = self.normalized(sender_id);
+        if checked.users.len() > MAX_MENTIONS {
+            return Err(SyncdError::InvalidArgument(format!(
+                "{} mentions, at most {MAX_MENTIONS}",
+                checked.users.len()
+            )));
+        }
+        if checked.everyone && conversation.kind == ConversationKind::Direct {
+            return Err(SyncdError::InvalidArgument(
+                "mention_all is for groups; a direct conversation has one other member".into(),
+            ));
+        }
+        if let Some(stranger) = checked.users.iter().find(|&&u| !conversation.is_member(u)) {
+            return Err(SyncdError::InvalidArgument(format!(
+                "user {stranger} is not a member of conversation {}: only members can be mentioned",
+                conversation.conversation_id
+            )));
+        }
+        checked.users.shrink_to_fit();
+        Ok(checked)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -71,11 +118,21 @@ impl Sender {
             .acquire()
             .await
             .map_err(|_| SyncdError::Internal("the send slots were closed".into()))?;
-        let fingerprint = Fingerprint::new("send")
+        let mut command = command;
+        command.mentions = command.mentions.normalized(sender_id);
+        let mut fingerprint = Fingerprint::new("send")
             .u64(command.conversation_id)
             .u64(sender_id)
-            .bytes(command.text.as_bytes())
-            .finish();
+            .bytes(command.text.as_bytes());
+        // Only when there are mentions: a receipt written before they
+        // existed still matches a retry without them.
+        if !command.mentions.users.is_empty() || command.mentions.everyone {
+            fingerprint = fingerprint.u64(u64::from(command.mentions.everyone));
+            for &user in &command.mentions.users {
+                fingerprint = fingerprint.u64(user);
+            }
+        }
+        let fingerprint = fingerprint.finish();
         let (client_msg_id, claim) = match command.client_msg_id {
             Some(id) => {
                 let key = IdempotencyKey {
@@ -112,12 +169,13 @@ impl Sender {
             .await
             .map_err(|e| access::conceal_missing(&principal, command.conversation_id, e))?;
         access::may_send(sender_id, &membership.record)?;
+        let mentions = command.mentions.checked(&membership.record, sender_id)?;
         let mut event = Event::message(
             &membership.record,
             sender_id,
             client_msg_id,
             command.text,
-            None,
+            mentions,
         );
         let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
         if let Some(claim) = claim {
@@ -229,6 +287,7 @@ mod tests {
         // A service names the sender: another sender is another message.
         let ops = Principal::Service { name: "ops".into() };
         let as_user = |sender_id| SendCommand {
+            mentions: Mentions::default(),
             sender_id: Some(sender_id),
             ..message(conversation, "from ops", Some(id))
         };
@@ -274,6 +333,7 @@ mod tests {
                 receipt: Some((old_key.clone(), old)),
                 conversation: None,
                 large_group_index: Vec::new(),
+                readers: Vec::new(),
             })
             .await
             .unwrap();

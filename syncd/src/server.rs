@@ -1,5 +1,6 @@
-//! Opening a node (store, allocator, ids, auth) and serving it over gRPC with
-//! bounded connections, health, reflection and graceful shutdown.
+//! Opening a node (store, allocator, ids, auth) and serving it over gRPC (and
+//! gRPC-Web, [`crate::web`]) with bounded connections, health, reflection and
+//! graceful shutdown.
 
 use crate::auth::jwt::{JwtConfig, JwtKeyError, JwtVerifier};
 use crate::auth::revocation::RevocationGuard;
@@ -9,6 +10,7 @@ use crate::grpc::{AdminService, TimelineService};
 use crate::limits::{
     MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
 };
+use crate::web::{WebOptions, grpc_web};
 use proto::timeline::v1 as pb;
 use seqsvc::client::{DEFAULT_RETRY_FOR, NodeIdLease, RoutingClient, SeqSource};
 use seqsvc::{Allocator, AllocatorConfig, FjallMaxSeqStore, MsgIdGenerator};
@@ -37,6 +39,9 @@ pub enum StartupError {
     Jwt(#[from] JwtKeyError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// A serve option that cannot work (the message names the flag).
+    #[error("{0}")]
+    InvalidOption(String),
     /// The node failed for good while serving (its store is poisoned); a
     /// restart recovers.
     #[error("the node failed: {0}")]
@@ -241,6 +246,7 @@ pub fn token_authority(data_dir: &Path) -> Result<TokenAuthority, StartupError> 
 pub async fn serve(
     listener: TcpListener,
     node: Node,
+    web: WebOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -299,6 +305,13 @@ pub async fn serve(
         engine.begin_shutdown();
     };
     let incoming = seqsvc::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(grpc_web(health_service))
+        .add_service(reflection)
+        .add_service(grpc_web(timeline))
+        .add_service(grpc_web(admin));
+    let routes = web.with_static_files(routes.routes());
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = node.tls.clone() {
         builder = builder
@@ -306,14 +319,14 @@ pub async fn serve(
             .map_err(|e| StartupError::Tls(e.to_string()))?;
     }
     builder
+        // gRPC-Web from browsers comes over HTTP/1.1 as well as HTTP/2.
+        .accept_http1(true)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(timeline)
-        .add_service(admin)
+        .layer(web.cors_layer())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
         .map_err(|e| StartupError::Transport(e.to_string()))?;

@@ -182,6 +182,7 @@ pub fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendComman
         text: text.into(),
         client_msg_id: id,
         sender_id: None,
+        mentions: Default::default(),
     }
 }
 

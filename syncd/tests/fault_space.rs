@@ -246,6 +246,7 @@ async fn op_send(
         text: send.text.clone(),
         client_msg_id: keyed.then_some(send.id),
         sender_id: None,
+        mentions: Default::default(),
     };
     let result = engine.send(device(send.user, "s"), command).await;
     let mut state = world.state();

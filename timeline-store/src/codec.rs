@@ -8,7 +8,7 @@
 
 use crate::{
     Conversation, ConversationKind, Entry, EntryKind, EventPosition, LargeGroupIndexChange,
-    LargeGroupMembership, Receipt, Result, StoreError,
+    LargeGroupMembership, MessagePreview, ReadStateRow, Receipt, Result, StoreError,
 };
 use prost::Message;
 
@@ -39,6 +39,18 @@ pub(crate) struct EntryRecord {
     /// the conversation entry (see [`INBOX_INLINE_PAYLOAD_BYTES`]).
     #[prost(bool, tag = "11")]
     pub payload_in_conversation: bool,
+    #[prost(uint64, tag = "12")]
+    pub read_through: u64,
+    #[prost(uint64, tag = "13")]
+    pub unread: u64,
+    #[prost(uint64, tag = "14")]
+    pub unread_mentions: u64,
+    #[prost(uint64, repeated, tag = "15")]
+    pub mentions: Vec<u64>,
+    #[prost(bool, tag = "16")]
+    pub mention_all: bool,
+    #[prost(bool, tag = "17")]
+    pub read_fanout: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -93,6 +105,7 @@ fn entry_kind_code(kind: EntryKind) -> i32 {
         EntryKind::ConversationCreated => 2,
         EntryKind::MembersAdded => 3,
         EntryKind::MembersRemoved => 4,
+        EntryKind::ReadMarker => 5,
     }
 }
 
@@ -102,6 +115,7 @@ fn entry_kind(code: i32) -> Result<EntryKind> {
         2 => EntryKind::ConversationCreated,
         3 => EntryKind::MembersAdded,
         4 => EntryKind::MembersRemoved,
+        5 => EntryKind::ReadMarker,
         other => return Err(unknown("entry kind", other)),
     })
 }
@@ -145,6 +159,12 @@ impl From<&Entry> for EntryRecord {
             sent_at_ms: entry.sent_at_ms,
             members: entry.members.clone(),
             payload_in_conversation: false,
+            read_through: entry.read_through,
+            unread: entry.unread,
+            unread_mentions: entry.unread_mentions,
+            mentions: entry.mentions.clone(),
+            mention_all: entry.mention_all,
+            read_fanout: entry.read_fanout,
         }
     }
 }
@@ -164,6 +184,12 @@ impl TryFrom<EntryRecord> for Entry {
             text: record.text,
             sent_at_ms: record.sent_at_ms,
             members: record.members,
+            read_through: record.read_through,
+            unread: record.unread,
+            unread_mentions: record.unread_mentions,
+            mentions: record.mentions,
+            mention_all: record.mention_all,
+            read_fanout: record.read_fanout,
         })
     }
 }
@@ -415,6 +441,92 @@ pub(crate) fn decode_stored_receipt(bytes: &[u8], now_ms: u64) -> Result<(Receip
     Ok((record.into(), expired))
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadStateRecord {
+    #[prost(uint64, tag = "1")]
+    pub conversation_id: u64,
+    #[prost(bool, tag = "2")]
+    pub member: bool,
+    #[prost(uint64, tag = "3")]
+    pub read_through: u64,
+    #[prost(uint64, tag = "4")]
+    pub unread: u64,
+    #[prost(uint64, tag = "5")]
+    pub counted_through: u64,
+    #[prost(uint64, tag = "6")]
+    pub joined_conv_seq: u64,
+    #[prost(uint64, tag = "7")]
+    pub last_seq: u64,
+    #[prost(int64, tag = "8")]
+    pub last_activity_ms: i64,
+    #[prost(message, optional, tag = "9")]
+    pub last_message: Option<MessagePreviewRecord>,
+    #[prost(uint64, tag = "10")]
+    pub mentions: u64,
+    #[prost(uint64, tag = "11")]
+    pub peer_read_through: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MessagePreviewRecord {
+    #[prost(uint64, tag = "1")]
+    pub conv_seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub msg_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub sender_id: u64,
+    #[prost(string, tag = "4")]
+    pub text: String,
+    #[prost(int64, tag = "5")]
+    pub sent_at_ms: i64,
+}
+
+pub(crate) fn encode_read_state(row: &ReadStateRow) -> Vec<u8> {
+    ReadStateRecord {
+        conversation_id: row.conversation_id,
+        member: row.member,
+        read_through: row.read_through,
+        unread: row.unread,
+        counted_through: row.counted_through,
+        joined_conv_seq: row.joined_conv_seq,
+        last_seq: row.last_seq,
+        last_activity_ms: row.last_activity_ms,
+        last_message: row.last_message.as_ref().map(|m| MessagePreviewRecord {
+            conv_seq: m.conv_seq,
+            msg_id: m.msg_id,
+            sender_id: m.sender_id,
+            text: m.text.clone(),
+            sent_at_ms: m.sent_at_ms,
+        }),
+        mentions: row.mentions,
+        peer_read_through: row.peer_read_through,
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn decode_read_state(bytes: &[u8]) -> Result<ReadStateRow> {
+    let record = ReadStateRecord::decode(bytes).map_err(corrupt)?;
+    Ok(ReadStateRow {
+        conversation_id: record.conversation_id,
+        member: record.member,
+        read_through: record.read_through,
+        unread: record.unread,
+        counted_through: record.counted_through,
+        joined_conv_seq: record.joined_conv_seq,
+        last_seq: record.last_seq,
+        last_activity_ms: record.last_activity_ms,
+        last_message: record.last_message.map(|m| MessagePreview {
+            conv_seq: m.conv_seq,
+            msg_id: m.msg_id,
+            sender_id: m.sender_id,
+            text: m.text,
+            sent_at_ms: m.sent_at_ms,
+        }),
+        mentions: record.mentions,
+        peer_read_through: record.peer_read_through,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +563,7 @@ mod tests {
             (EntryKind::ConversationCreated, 2),
             (EntryKind::MembersAdded, 3),
             (EntryKind::MembersRemoved, 4),
+            (EntryKind::ReadMarker, 5),
         ];
         for (kind, code) in codes {
             assert_eq!(entry_kind_code(kind), code);
@@ -464,7 +577,7 @@ mod tests {
 
     #[test]
     fn unknown_codes_are_corrupt_not_a_panic() {
-        for code in [0, 5, -1] {
+        for code in [0, 6, -1] {
             let record = EntryRecord {
                 kind: code,
                 ..Default::default()

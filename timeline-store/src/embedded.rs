@@ -20,6 +20,10 @@
 //! - `revocations`:  user_id | device_id (empty: every device) -> u64
 //! - `revocation_feed`: recorded_at_ms | user_id | device_id -> u64
 //!   (see `revocations`)
+//! - `read_states`:  user_id | conversation_id -> ReadStateRow
+//! - `readers`:      conversation_id | user_id -> highest marker | latest join
+//! - `read_state_applied`: user_id           -> u64 (the seq the rows were
+//!   folded through; saved in the same batch as the rows)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -27,11 +31,7 @@
 //! recovers from the journal.
 
 use crate::codec::{self, EntryEncoder};
-use crate::{
-    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
-    Receipts, Result, StoreError,
-};
+use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, Result, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;
@@ -96,6 +96,11 @@ enum WriteOp {
         revocation: crate::Revocation,
         recorded_at_ms: u64,
     },
+    ReadStates {
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    },
 }
 
 /// Receipts one sweep step deletes in one write.
@@ -130,6 +135,9 @@ struct Keyspaces {
     inbox_floors: fjall::Keyspace,
     revocations: fjall::Keyspace,
     revocation_feed: fjall::Keyspace,
+    read_states: fjall::Keyspace,
+    read_state_applied: fjall::Keyspace,
+    readers: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -180,6 +188,22 @@ fn checkpoint_key(user_id: u64, device_id: &str) -> Vec<u8> {
     key
 }
 
+/// A reader index value: the marker then the join, big-endian.
+fn encode_reader(mark: &ReaderMark) -> [u8; 16] {
+    key2(mark.read_through, mark.joined)
+}
+
+fn decode_reader(user_id: u64, bytes: &[u8]) -> Result<ReaderMark> {
+    if bytes.len() != 16 {
+        return Err(corrupt("reader index value is not 16 bytes"));
+    }
+    Ok(ReaderMark {
+        user_id,
+        read_through: decode_u64(&bytes[..8])?,
+        joined: decode_u64(&bytes[8..])?,
+    })
+}
+
 fn decode_u64(bytes: &[u8]) -> Result<u64> {
     let raw: [u8; 8] = bytes
         .try_into()
@@ -211,6 +235,9 @@ impl EmbeddedStore {
             inbox_floors: open("inbox_floors")?,
             revocations: open("revocations")?,
             revocation_feed: open("revocation_feed")?,
+            read_states: open("read_states")?,
+            read_state_applied: open("read_state_applied")?,
+            readers: open("readers")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -327,18 +354,42 @@ fn apply_group(
     let mut receipts_written: std::collections::HashSet<Vec<u8>> = Default::default();
     // Revocation cutoffs raised earlier in this group.
     let mut revoked: HashMap<Vec<u8>, u64> = HashMap::new();
+    // Reader marks raised earlier in this group, not yet in the store.
+    let mut readers: HashMap<[u8; 16], ReaderMark> = HashMap::new();
+    // Read-state saves earlier in this group, not yet in the store.
+    let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
     for request in group {
         match &request.op {
             WriteOp::Event(commit) => {
                 let conversation_id = commit.entry.conversation_id;
                 let mut encoder = EntryEncoder::new(&commit.entry);
-                batch.insert(
-                    &ks.conv,
-                    key2(conversation_id, commit.entry.conv_seq),
-                    encoder.conversation(),
-                );
+                if commit.entry.kind.in_conversation_timeline() {
+                    batch.insert(
+                        &ks.conv,
+                        key2(conversation_id, commit.entry.conv_seq),
+                        encoder.conversation(),
+                    );
+                }
                 for write in &commit.inbox {
                     inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                }
+                for mark in &commit.readers {
+                    let key = key2(conversation_id, mark.user_id);
+                    let stored = match readers.get(&key) {
+                        Some(&v) => v,
+                        None => match ks.readers.get(key).map_err(io)? {
+                            Some(v) => decode_reader(mark.user_id, &v)?,
+                            None => ReaderMark {
+                                user_id: mark.user_id,
+                                ..ReaderMark::default()
+                            },
+                        },
+                    };
+                    let raised = stored.raised(mark);
+                    if raised != stored {
+                        batch.insert(&ks.readers, key, encode_reader(&raised));
+                        readers.insert(key, raised);
+                    }
                 }
                 if let Some((key, receipt)) = &commit.receipt {
                     let key = key.to_bytes();
@@ -413,6 +464,39 @@ fn apply_group(
                 }
                 outcomes.push(WriteOutcome::Checkpoint(value));
             }
+            WriteOp::ReadStates {
+                user_id,
+                applied_seq,
+                rows,
+            } => {
+                let stored = match read_states_applied.get(user_id) {
+                    Some(&seq) => seq,
+                    None => match ks
+                        .read_state_applied
+                        .get(user_id.to_be_bytes())
+                        .map_err(io)?
+                    {
+                        Some(v) => decode_u64(&v)?,
+                        None => 0,
+                    },
+                };
+                if *applied_seq >= stored {
+                    batch.insert(
+                        &ks.read_state_applied,
+                        user_id.to_be_bytes(),
+                        applied_seq.to_be_bytes(),
+                    );
+                    for row in rows {
+                        batch.insert(
+                            &ks.read_states,
+                            key2(*user_id, row.conversation_id),
+                            codec::encode_read_state(row),
+                        );
+                    }
+                    read_states_applied.insert(*user_id, *applied_seq);
+                }
+                outcomes.push(WriteOutcome::Done);
+            }
             WriteOp::ExpireReceipts { rows } => {
                 for (key, expired) in rows {
                     if receipts_written.contains(key) {
@@ -483,6 +567,62 @@ impl EventLog for EmbeddedStore {
     /// whole or absent.
     async fn recover(&self) -> Result<usize> {
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for EmbeddedStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        self.read(move |ks| {
+            let mut readers = Vec::new();
+            for guard in ks.readers.prefix(conversation_id.to_be_bytes()) {
+                let (key, value) = guard.into_inner().map_err(io)?;
+                let user: [u8; 8] = key[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("reader key is not 16 bytes"))?;
+                readers.push(decode_reader(u64::from_be_bytes(user), &value)?);
+            }
+            Ok(readers)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ReadStates for EmbeddedStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        self.read(move |ks| {
+            let applied_seq = match ks
+                .read_state_applied
+                .get(user_id.to_be_bytes())
+                .map_err(io)?
+            {
+                Some(v) => decode_u64(&v)?,
+                None => 0,
+            };
+            let mut rows = Vec::new();
+            for guard in ks.read_states.prefix(user_id.to_be_bytes()) {
+                let value = guard.value().map_err(io)?;
+                rows.push(codec::decode_read_state(value.as_ref())?);
+            }
+            Ok(ReadStateSnapshot { applied_seq, rows })
+        })
+        .await
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        self.write(WriteOp::ReadStates {
+            user_id,
+            applied_seq,
+            rows,
+        })
+        .await
+        .map(|_| ())
     }
 }
 

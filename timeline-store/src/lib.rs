@@ -18,6 +18,7 @@
 //! | [`Checkpoints`] | `save_checkpoint`, `checkpoint` | per device, never lowered |
 //! | [`Receipts`] | `receipt` | the first send's result, per principal and client id |
 //! | [`Revocations`] | `revoke`, `revoked_before`, `revocations_since` | token cutoffs per device and per user that only rise, and a feed of recent ones for other nodes |
+//! | [`ReadStates`] | `read_states`, `save_read_states` | a user's folded read state, saved atomically, never behind |
 //!
 //! A new capability is a new trait with its own conformance checks, added
 //! to [`TimelineStore`]'s bounds.
@@ -35,6 +36,10 @@
 //!   seconds` before which tokens are refused, never lowered, plus a feed of
 //!   the recent ones (kept [`REVOCATION_FEED_RETENTION`]) that other nodes
 //!   poll.
+//! - **Read states**: `(user_id, conversation_id) -> ReadStateRow`, plus
+//!   the inbox seq they were folded through (per user, never lowered).
+//!   A read marker is an inbox-only entry: it never enters the
+//!   conversation timeline.
 //! - **Large-group index**: `(user_id, conversation_id)` for every large
 //!   (read-fanout) group a user belongs to; such groups get no inbox copies.
 //!
@@ -79,6 +84,7 @@ pub mod embedded;
 mod error;
 mod model;
 mod revocation;
+mod read_state;
 pub mod scylla;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -89,5 +95,6 @@ pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::{Result, StoreError};
 pub use model::*;
 pub use revocation::*;
+pub use read_state::*;
 pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 pub use traits::*;

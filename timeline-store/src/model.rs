@@ -10,6 +10,23 @@ pub enum EntryKind {
     ConversationCreated,
     MembersAdded,
     MembersRemoved,
+    /// The user read the conversation through `read_through` (an inbox
+    /// event of that user only, never in the conversation timeline).
+    ReadMarker,
+}
+
+impl EntryKind {
+    /// Whether the event is part of the conversation's timeline (History),
+    /// or only of the inbox it is written to.
+    pub fn in_conversation_timeline(self) -> bool {
+        match self {
+            Self::Message
+            | Self::ConversationCreated
+            | Self::MembersAdded
+            | Self::MembersRemoved => true,
+            Self::ReadMarker => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,6 +38,12 @@ pub enum ConversationKind {
 
 /// One event in a conversation timeline (`seq == 0`) or a copy of it in an
 /// inbox (`seq` = the owner's inbox seq).
+///
+/// A read marker has `conv_seq` = the conversation's last allocated
+/// `conv_seq` when it was written (where it sits in the conversation's
+/// order: every event up to there comes before it in the user's inbox),
+/// `read_through` = what the user read, and `unread` = the messages from
+/// others in `(read_through, conv_seq]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -35,6 +58,20 @@ pub struct Entry {
     pub sent_at_ms: i64,
     /// Members named by a membership event.
     pub members: Vec<u64>,
+    /// A read marker's `conv_seq` read through (0 for other kinds).
+    pub read_through: u64,
+    /// A read marker's count of what stays unread (0 for other kinds).
+    pub unread: u64,
+    /// A read marker's count of unread messages that mention the user.
+    pub unread_mentions: u64,
+    /// The users a message mentions.
+    pub mentions: Vec<u64>,
+    /// A message that mentions every member.
+    pub mention_all: bool,
+    /// A message of a large (read-fanout) group: in an inbox it is a
+    /// mentioned member's copy (the message itself is read from the
+    /// conversation timeline).
+    pub read_fanout: bool,
 }
 
 impl Entry {
@@ -52,7 +89,18 @@ impl Entry {
             text: String::new(),
             sent_at_ms: 0,
             members: Vec::new(),
+            read_through: 0,
+            unread: 0,
+            unread_mentions: 0,
+            mentions: Vec::new(),
+            mention_all: false,
+            read_fanout: false,
         }
+    }
+
+    /// Whether this message mentions `user_id` (by name or as everyone).
+    pub fn mentions_user(&self, user_id: u64) -> bool {
+        self.kind == EntryKind::Message && (self.mention_all || self.mentions.contains(&user_id))
     }
 }
 
@@ -188,6 +236,32 @@ pub struct EventCommit {
     pub conversation: Option<Conversation>,
     /// Users joining or leaving large groups with this event.
     pub large_group_index: Vec<LargeGroupIndexChange>,
+    /// Read markers this event raises in the conversation's reader index
+    /// (for read receipts): only ever raised.
+    pub readers: Vec<ReaderMark>,
+}
+
+/// "`user_id` has read the conversation through `read_through`" and
+/// "joined it at `joined`", as the conversation's reader index keeps them
+/// (each only ever raised; 0 leaves a value as it is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderMark {
+    pub user_id: u64,
+    pub read_through: u64,
+    /// The `conv_seq` of the user's latest join: a message before it was
+    /// never theirs to read.
+    pub joined: u64,
+}
+
+impl ReaderMark {
+    /// Both values raised to `other`'s where higher.
+    pub fn raised(self, other: &ReaderMark) -> Self {
+        Self {
+            user_id: self.user_id,
+            read_through: self.read_through.max(other.read_through),
+            joined: self.joined.max(other.joined),
+        }
+    }
 }
 
 impl EventCommit {

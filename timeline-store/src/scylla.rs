@@ -47,7 +47,8 @@ use crate::codec::{
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
     EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership,
-    Order, Receipt, Receipts, Result, StoreError,
+    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
+    StoreError,
 };
 use async_trait::async_trait;
 use cql_kit::read_pages;
@@ -111,6 +112,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.large_group_members (user_id bigint, conversation_id bigint, joined_seq bigint, joined_conv_seq bigint, left_seq bigint, left_conv_seq bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, joined bigint, PRIMARY KEY (conversation_id, user_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.revocations (user_id bigint, device_id text, before bigint, PRIMARY KEY (user_id, device_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.revocation_feed (hour bigint, recorded_at_ms bigint, user_id bigint, device_id text, before bigint, PRIMARY KEY ((hour), recorded_at_ms, user_id, device_id))",
@@ -135,6 +139,12 @@ struct PendingEvent {
     conversation: Option<ConversationRecord>,
     #[prost(message, repeated, tag = "8")]
     large_group_index: Vec<LargeGroupIndexChangeRecord>,
+    #[prost(uint64, repeated, tag = "9")]
+    reader_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "10")]
+    reader_marks: Vec<u64>,
+    #[prost(uint64, repeated, tag = "11")]
+    reader_joins: Vec<u64>,
 }
 
 impl PendingEvent {
@@ -160,6 +170,9 @@ impl PendingEvent {
                 .iter()
                 .map(|&change| change.into())
                 .collect(),
+            reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
+            reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
+            reader_joins: commit.readers.iter().map(|r| r.joined).collect(),
         }
     }
 
@@ -170,6 +183,9 @@ impl PendingEvent {
             .try_into()?;
         if self.inbox_users.len() != self.inbox_seqs.len() {
             return Err(corrupt("pending event inbox lists differ in length"));
+        }
+        if self.reader_users.len() != self.reader_marks.len() {
+            return Err(corrupt("pending event reader lists differ in length"));
         }
         let receipt = match self.receipt {
             Some(receipt) => {
@@ -194,6 +210,18 @@ impl PendingEvent {
             receipt,
             conversation: self.conversation.map(TryInto::try_into).transpose()?,
             large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
+            readers: self
+                .reader_users
+                .iter()
+                .zip(&self.reader_marks)
+                .enumerate()
+                .map(|(i, (&user_id, &read_through))| crate::ReaderMark {
+                    user_id,
+                    read_through,
+                    // Intents written before joins were kept have none.
+                    joined: self.reader_joins.get(i).copied().unwrap_or(0),
+                })
+                .collect(),
         })
     }
 }
@@ -239,6 +267,17 @@ struct Statements {
     select_trimmable: PreparedStatement,
     delete_inbox_through: PreparedStatement,
     delete_inbox_bucket: PreparedStatement,
+    insert_read_state: PreparedStatement,
+    select_read_states: PreparedStatement,
+    insert_read_state_applied: PreparedStatement,
+    select_read_state_applied: PreparedStatement,
+    /// Written with the marker as the write timestamp: last-write-wins
+    /// then keeps the highest marker, in any order, with no read and no
+    /// tombstone (nothing else writes the table).
+    insert_reader: PreparedStatement,
+    /// The same for the latest join (its own cell, its own timestamp).
+    insert_reader_join: PreparedStatement,
+    select_readers: PreparedStatement,
     insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
@@ -357,6 +396,34 @@ impl ScyllaTimelineStore {
             .await?,
             delete_inbox_bucket: prepare(
                 "DELETE FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket = ?",
+            )
+            .await?,
+            insert_reader: prepare(
+                "UPDATE {ks}.conversation_readers USING TIMESTAMP ? SET read_through = ? WHERE conversation_id = ? AND user_id = ?",
+            )
+            .await?,
+            insert_reader_join: prepare(
+                "UPDATE {ks}.conversation_readers USING TIMESTAMP ? SET joined = ? WHERE conversation_id = ? AND user_id = ?",
+            )
+            .await?,
+            select_readers: prepare(
+                "SELECT user_id, read_through, joined FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
+            )
+            .await?,
+            insert_read_state: prepare(
+                "INSERT INTO {ks}.read_states (user_id, conversation_id, state) VALUES (?, ?, ?)",
+            )
+            .await?,
+            select_read_states: prepare(
+                "SELECT conversation_id, state FROM {ks}.read_states WHERE user_id = ? AND conversation_id > ? LIMIT ?",
+            )
+            .await?,
+            insert_read_state_applied: prepare(
+                "INSERT INTO {ks}.read_state_applied (user_id, applied_seq) VALUES (?, ?)",
+            )
+            .await?,
+            select_read_state_applied: prepare(
+                "SELECT applied_seq FROM {ks}.read_state_applied WHERE user_id = ?",
             )
             .await?,
             insert_pending: prepare(
@@ -500,6 +567,28 @@ impl ScyllaTimelineStore {
 }
 
 impl ScyllaTimelineStore {
+    /// One row per (conversation, user), the marker as its write
+    /// timestamp (see `insert_reader`).
+    async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
+        let key = (big(conversation_id), big(mark.user_id));
+        if mark.read_through > 0 {
+            let values = (big(mark.read_through), big(mark.read_through), key.0, key.1);
+            self.execute(&self.statements.insert_reader, values).await?;
+        }
+        if mark.joined > 0 {
+            let values = (big(mark.joined), big(mark.joined), key.0, key.1);
+            self.execute(&self.statements.insert_reader_join, values)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn write_read_state(&self, values: (i64, i64, Vec<u8>)) -> Result<()> {
+        self.execute(&self.statements.insert_read_state, values)
+            .await
+            .map(|_| ())
+    }
+
     /// Writes every row of an event (idempotent: applying it twice stores
     /// the same rows).
     async fn apply(&self, commit: &EventCommit) -> Result<()> {
@@ -513,7 +602,11 @@ impl ScyllaTimelineStore {
             .map(|w| (w.user_id, w.seq, encoder.inbox(w.seq)))
             .collect();
 
+        let in_timeline = commit.entry.kind.in_conversation_timeline();
         let conv_write = async {
+            if !in_timeline {
+                return Ok(());
+            }
             self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
                 .await?;
             let values = (
@@ -542,7 +635,16 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<_>>();
-        futures_util::try_join!(conv_write, inbox_writes, index_writes)?;
+        let reader_writes = stream::iter(
+            commit
+                .readers
+                .clone()
+                .into_iter()
+                .map(|mark| self.write_reader(conversation_id, mark)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>();
+        futures_util::try_join!(conv_write, inbox_writes, index_writes, reader_writes)?;
 
         // Only once every entry exists: the record, then the receipt.
         if let Some(conversation) = &commit.conversation {
@@ -566,9 +668,125 @@ impl ScyllaTimelineStore {
     }
 }
 
+/// Each row of a save is written on its own (a partition's rows can exceed
+/// a batch's size limit), then the applied seq: a save cut short leaves
+/// rows ahead of the stored seq, which a fold from that seq skips, since a
+/// row records the newest inbox seq folded into it (`last_seq`).
+#[async_trait]
+impl ReadStates for ScyllaTimelineStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        let applied: Vec<i64> = self
+            .column(&self.statements.select_read_state_applied, (big(user_id),))
+            .await?;
+        type Row = (i64, Vec<u8>);
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(user_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self
+                    .execute(&self.statements.select_read_states, values)
+                    .await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<Row>, _> =
+                    rows.rows::<Row>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let rows = rows
+            .iter()
+            .map(|(_, state)| codec::decode_read_state(state))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReadStateSnapshot {
+            applied_seq: applied.first().map_or(0, |&seq| seq as u64),
+            rows,
+        })
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let stored: Vec<i64> = self
+            .column(&self.statements.select_read_state_applied, (big(user_id),))
+            .await?;
+        if stored.first().is_some_and(|&seq| seq as u64 > applied_seq) {
+            return Ok(());
+        }
+        let encoded: Vec<(i64, i64, Vec<u8>)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    big(user_id),
+                    big(row.conversation_id),
+                    codec::encode_read_state(row),
+                )
+            })
+            .collect();
+        stream::iter(
+            encoded
+                .into_iter()
+                .map(|values| self.write_read_state(values)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+        self.execute(
+            &self.statements.insert_read_state_applied,
+            (big(user_id), big(applied_seq)),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for ScyllaTimelineStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<crate::ReaderMark>> {
+        type Row = (i64, Option<i64>, Option<i64>);
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(conversation_id),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self
+                    .execute(&self.statements.select_readers, values)
+                    .await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<Row>, _> =
+                    rows.rows::<Row>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, read_through, joined)| crate::ReaderMark {
+                user_id: user_id as u64,
+                read_through: read_through.unwrap_or(0) as u64,
+                joined: joined.unwrap_or(0) as u64,
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl EventLog for ScyllaTimelineStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        if commit.entry.msg_id == 0 {
+            // Two such events would share one recovery record: one's
+            // cleanup would delete the other's, and a crash lose it.
+            return Err(StoreError::InvalidArgument(
+                "an event must have its own msg_id (its recovery record is keyed by it)".into(),
+            ));
+        }
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
         self.execute(&self.statements.insert_pending, (shard, event_id, intent))

@@ -8,10 +8,7 @@
 //! here with its own contract and conformance checks, added to the bounds
 //! of [`TimelineStore`], not a wider existing trait.
 
-use crate::{
-    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
-    LargeGroupMembership, Receipt, RecordedRevocation, Result, Revocation, RevokedBefore,
-};
+use crate::{Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, LargeGroupMembership, Receipt, RecordedRevocation, Result, Revocation, RevokedBefore, ReadStateRow, ReadStateSnapshot, ReaderMark};
 use async_trait::async_trait;
 
 /// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.
@@ -24,6 +21,8 @@ pub trait TimelineStore:
     + Checkpoints
     + Receipts
     + Revocations
+    + ReadStates
+    + ReadReceipts
     + 'static
 {
 }
@@ -36,6 +35,8 @@ impl<T> TimelineStore for T where
         + Checkpoints
         + Receipts
         + Revocations
+        + ReadStates
+        + ReadReceipts
         + 'static
         + ?Sized
 {
@@ -48,7 +49,9 @@ pub trait EventLog: Send + Sync {
     /// inbox copies (each `InboxWrite` becomes `entry` with `seq` set), the
     /// optional receipt, the optional conversation record and the
     /// large-group index changes. An existing key is overwritten with the
-    /// same content (retries are idempotent).
+    /// same content (retries are idempotent). Every event has its own
+    /// non-zero `entry.msg_id` (a backend may key its own record of an
+    /// unfinished event by it).
     ///
     /// `Ok` means all of it is durable. `Err` means "not acknowledged": none
     /// of it, or (on a backend that cannot be atomic, or an I/O error after
@@ -179,4 +182,34 @@ pub trait Revocations: Send + Sync {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<RecordedRevocation>>;
+}
+
+/// Each user's read state, folded from their inbox by the caller (see
+/// [`crate::ReadStateSnapshot`]). One writer per user at a time (the node
+/// that folds it); a save is atomic for the user.
+#[async_trait]
+pub trait ReadStates: Send + Sync {
+    /// Every row of the user and the seq they were folded through (an
+    /// empty snapshot at seq 0 for a user never saved).
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot>;
+
+    /// Stores `rows` (replacing the rows of the same conversations; others
+    /// stay) and `applied_seq`, atomically. A save whose `applied_seq` is
+    /// below the stored one changes nothing (a late save of an older fold).
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()>;
+}
+
+/// Per conversation, how far each member has read (raised by the events
+/// that carry [`EventCommit::readers`], never lowered): read receipts
+/// answered by one read of the conversation, no fanout per read.
+#[async_trait]
+pub trait ReadReceipts: Send + Sync {
+    /// Every reader of the conversation with their highest marker, by user
+    /// id ascending.
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>>;
 }

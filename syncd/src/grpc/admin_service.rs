@@ -70,6 +70,10 @@ impl pb::admin_server::Admin for AdminService {
             text: request.text,
             client_msg_id: parse_client_msg_id(&request.client_msg_id)?,
             sender_id: Some(request.sender_id),
+            mentions: crate::send::Mentions {
+                users: request.mentions,
+                everyone: request.mention_all,
+            },
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))

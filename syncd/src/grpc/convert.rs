@@ -15,6 +15,36 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
         text: e.text,
         sent_at_ms: e.sent_at_ms,
         members: e.members,
+        read_through: e.read_through,
+        unread: e.unread,
+        unread_mentions: e.unread_mentions,
+        mentions: e.mentions,
+        mention_all: e.mention_all,
+        read_fanout: e.read_fanout,
+    }
+}
+
+pub(crate) fn conversation_state(s: crate::engine::ConversationState) -> pb::ConversationState {
+    pb::ConversationState {
+        conversation_id: s.conversation_id,
+        kind: wire_conversation_kind(s.kind) as i32,
+        title: s.title,
+        last_conv_seq: s.last_conv_seq,
+        last_message: s.last_message.map(|m| pb::MessagePreview {
+            conv_seq: m.conv_seq,
+            msg_id: m.msg_id,
+            sender_id: m.sender_id,
+            text: m.text,
+            sent_at_ms: m.sent_at_ms,
+        }),
+        unread: s.unread,
+        read_through: s.read_through,
+        member: s.member,
+        last_activity_ms: s.last_activity_ms,
+        read_fanout: s.read_fanout,
+        mentions: s.mentions,
+        peer_read_through: s.peer_read_through,
+        counting: s.counting,
     }
 }
 
@@ -43,6 +73,7 @@ pub(crate) fn entry_kind(kind: EntryKind) -> pb::EntryKind {
         EntryKind::ConversationCreated => pb::EntryKind::ConversationCreated,
         EntryKind::MembersAdded => pb::EntryKind::MembersAdded,
         EntryKind::MembersRemoved => pb::EntryKind::MembersRemoved,
+        EntryKind::ReadMarker => pb::EntryKind::ReadMarker,
     }
 }
 

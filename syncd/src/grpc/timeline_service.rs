@@ -47,6 +47,10 @@ impl pb::timeline_server::Timeline for TimelineService {
             text: request.text,
             client_msg_id: parse_client_msg_id(&request.client_msg_id)?,
             sender_id: None,
+            mentions: crate::send::Mentions {
+                users: request.mentions,
+                everyone: request.mention_all,
+            },
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))
@@ -62,7 +66,25 @@ impl pb::timeline_server::Timeline for TimelineService {
             .engine
             .sync(&principal, request.after_seq, request.limit as usize)
             .await?;
+        let read_state =
+            if request.include_read_state && !page.has_more && page.expired_below.is_none() {
+                let summary = self.engine.read_state_summary(&principal, &page).await?;
+                Some(pb::ReadStateSummary {
+                    total_unread: summary.total_unread,
+                    total_mentions: summary.total_mentions,
+                    truncated: summary.truncated,
+                    as_of_seq: summary.as_of_seq,
+                    conversations: summary
+                        .conversations
+                        .into_iter()
+                        .map(convert::conversation_state)
+                        .collect(),
+                })
+            } else {
+                None
+            };
         Ok(Response::new(pb::SyncReply {
+            read_state,
             entries: page.entries.into_iter().map(convert::entry).collect(),
             has_more: page.has_more,
             checkpoint: page.checkpoint,
@@ -209,6 +231,69 @@ impl pb::timeline_server::Timeline for TimelineService {
             .await?;
         Ok(Response::new(pb::CreateConversationReply {
             conversation: Some(convert::conversation(conversation)),
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let marked = self
+            .engine
+            .mark_read(principal, request.conversation_id, request.through)
+            .await?;
+        Ok(Response::new(pb::MarkReadReply {
+            conversation_id: marked.conversation_id,
+            read_through: marked.read_through,
+            unread: marked.unread,
+            seq: marked.seq,
+            mentions: marked.mentions,
+        }))
+    }
+
+    async fn get_read_receipts(
+        &self,
+        request: Request<pb::GetReadReceiptsRequest>,
+    ) -> Result<Response<pb::GetReadReceiptsReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let receipts = self
+            .engine
+            .read_receipts(&principal, request.conversation_id, request.conv_seq)
+            .await?;
+        Ok(Response::new(pb::GetReadReceiptsReply {
+            read_count: receipts.read_by.len() as u64,
+            member_count: receipts.member_count,
+            read_by: receipts.read_by,
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let query = crate::engine::ListQuery {
+            limit: request.limit as usize,
+            cursor: request.cursor,
+            known_version: request.known_version,
+        };
+        let page = self.engine.list_conversations(&principal, query).await?;
+        Ok(Response::new(pb::ListConversationsReply {
+            conversations: page
+                .conversations
+                .into_iter()
+                .map(convert::conversation_state)
+                .collect(),
+            total_unread: page.total_unread,
+            total_mentions: page.total_mentions,
+            cursor: page.cursor,
+            version: page.version,
+            not_modified: page.not_modified,
+            as_of_seq: page.as_of_seq,
         }))
     }
 

@@ -54,7 +54,7 @@ use seqsvc::client::SeqSource;
 use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use timeline_store::{EventCommit, InboxWrite, Receipt, StoreError, TimelineStore};
+use timeline_store::{EntryKind, EventCommit, InboxWrite, Receipt, StoreError, TimelineStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A lock or guard a caller hands to the writer.
@@ -139,18 +139,8 @@ impl EventWriter {
     /// Allocates and durably writes one event, then announces it. `held`
     /// are the caller's locks (idempotency key, membership).
     pub async fn commit(&self, event: Event, held: Held) -> Result<Receipt> {
-        if let Some(reason) = self.lifecycle.failure() {
-            return Err(SyncdError::Unavailable(format!(
-                "the node is stopping: {reason}"
-            )));
-        }
-        if self.finishers.available_permits() == 0 {
-            return Err(SyncdError::Unavailable(format!(
-                "{MAX_BACKGROUND_FINISHERS} events are still being finished in the background \
-                 while the store fails; retry later"
-            )));
-        }
-        let bytes = self.take_budget(&event).await?;
+        self.admit()?;
+        let bytes = self.take_budget(cost_of(&event)).await?;
         let Held {
             until_allocated,
             until_complete,
@@ -204,13 +194,47 @@ impl EventWriter {
             .zip(inbox_seqs)
             .map(|(&user_id, seq)| InboxWrite { user_id, seq })
             .collect();
+        let readers = Event::reader_marks(&entry);
         let commit = EventCommit {
             entry,
             inbox,
             receipt: receipt_key.map(|key| (key, receipt.clone())),
             conversation: record,
             large_group_index: fanout.index,
+            readers,
         };
+        self.land(commit, assignment, until_complete, bytes).await?;
+        Ok(receipt)
+    }
+
+    /// Refuses a new event while the node is failing or every background
+    /// finisher is busy: one more failure could then not be finished.
+    fn admit(&self) -> Result<()> {
+        if let Some(reason) = self.lifecycle.failure() {
+            return Err(SyncdError::Unavailable(format!(
+                "the node is stopping: {reason}"
+            )));
+        }
+        if self.finishers.available_permits() == 0 {
+            return Err(SyncdError::Unavailable(format!(
+                "{MAX_BACKGROUND_FINISHERS} events are still being finished in the background \
+                 while the store fails; retry later"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits an allocated event and announces it; on a store failure
+    /// keeps what protects its promises (see the module doc).
+    async fn land(
+        &self,
+        commit: EventCommit,
+        assignment: Assignment,
+        until_complete: Vec<Guard>,
+        bytes: OwnedSemaphorePermit,
+    ) -> Result<()> {
+        let msg_id = commit.entry.msg_id;
+        let conversation_id = commit.entry.conversation_id;
         let unfinished = |assignment| Unfinished {
             assignment,
             held: until_complete,
@@ -219,7 +243,7 @@ impl EventWriter {
         match self.store.commit_event(commit.clone()).await {
             Ok(()) => {
                 self.observers.announce(&commit, assignment);
-                Ok(receipt)
+                Ok(())
             }
             Err(error) if error.is_fatal() => {
                 self.fail(&error, msg_id, unfinished(assignment));
@@ -238,10 +262,13 @@ impl EventWriter {
                     return Err(full.into());
                 };
                 tracing::warn!(%error, conversation_id, msg_id, "event failed; finishing it in the background");
+                let kind = commit.entry.kind;
                 self.finish_in_background(commit, unfinished(assignment), finisher);
-                Err(SyncdError::Unavailable(format!(
-                    "{error}; the message will be stored, retry with the same client_msg_id"
-                )))
+                let retry = match kind {
+                    EntryKind::ReadMarker => "the mark will be stored; marking again is harmless",
+                    _ => "the event will be stored; retry with the same client id",
+                };
+                Err(SyncdError::Unavailable(format!("{error}; {retry}")))
             }
             // Refused before anything was written: the seqs become gaps.
             Err(error) => Err(error.into()),
@@ -251,18 +278,7 @@ impl EventWriter {
     /// Takes the event's cost from the commit budget, waiting at most
     /// [`crate::limits::MAX_ADMISSION_WAIT`]; refuses an event whose cost
     /// exceeds [`MAX_EVENT_COMMIT_BYTES`].
-    async fn take_budget(&self, event: &Event) -> Result<OwnedSemaphorePermit> {
-        let copies = event.fanout.recipients.len();
-        // The conversation entry holds the payload once; an inbox copy
-        // holds it too only when it is light (heavy ones refer to it).
-        let payload = timeline_store::payload_bytes(&event.entry);
-        let per_copy =
-            COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
-        let members = event.record.as_ref().map_or(0, |r| r.members.len());
-        let cost = per_copy
-            .saturating_mul(copies)
-            .saturating_add(payload)
-            .saturating_add(members * 8);
+    async fn take_budget(&self, (copies, cost): (usize, usize)) -> Result<OwnedSemaphorePermit> {
         if cost > MAX_EVENT_COMMIT_BYTES {
             return Err(SyncdError::InvalidArgument(format!(
                 "an event with {copies} inbox copies is {cost} bytes to commit, at most \
@@ -375,6 +391,22 @@ impl EventWriter {
     }
 }
 
+/// How many inbox copies an event writes and the bytes it takes from the
+/// commit budget.
+fn cost_of(event: &Event) -> (usize, usize) {
+    let copies = event.fanout.recipients.len();
+    // The conversation entry holds the payload once; an inbox copy holds it
+    // too only when it is light (heavy ones refer to it).
+    let payload = timeline_store::payload_bytes(&event.entry);
+    let per_copy = COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
+    let members = event.record.as_ref().map_or(0, |r| r.members.len());
+    let cost = per_copy
+        .saturating_mul(copies)
+        .saturating_add(payload)
+        .saturating_add(members * 8);
+    (copies, cost)
+}
+
 fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
     // A std mutex: pushed to, never held across an await.
     parked
@@ -382,6 +414,9 @@ fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
         .unwrap_or_else(|p| p.into_inner())
         .push(unfinished);
 }
+
+mod marker;
+pub use marker::MarkOutcome;
 
 #[cfg(test)]
 mod tests;

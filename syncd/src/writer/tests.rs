@@ -40,7 +40,15 @@ async fn events_finished_in_the_background_take_the_same_announce_path() {
         crate::limits::MAX_INFLIGHT_COMMIT_BYTES,
     );
     let conversation = record(5, &[1, 2], false);
-    let message = |text: &str| Event::message(&conversation, 1, Uuid::new_v4(), text.into(), None);
+    let message = |text: &str| {
+        Event::message(
+            &conversation,
+            1,
+            Uuid::new_v4(),
+            text.into(),
+            Default::default(),
+        )
+    };
     let expected = vec![
         (Scope::Conversation, 5),
         (Scope::Inbox, 1),

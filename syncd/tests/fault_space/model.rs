@@ -217,7 +217,10 @@ impl Replayed<'_> {
     pub fn recipients(&self) -> BTreeSet<u64> {
         let changed: BTreeSet<u64> = self.entry.members.iter().copied().collect();
         match self.entry.kind {
-            EntryKind::Message if self.large_after => BTreeSet::new(),
+            // Its sender's copy (read state); the test sends no mentions.
+            EntryKind::Message if self.large_after => {
+                BTreeSet::from_iter((self.entry.sender_id != 0).then_some(self.entry.sender_id))
+            }
             EntryKind::Message => self.members_after.clone(),
             EntryKind::ConversationCreated => self.members_after.clone(),
             EntryKind::MembersAdded if !self.large_after || !self.large_before => {
@@ -226,6 +229,8 @@ impl Replayed<'_> {
             EntryKind::MembersAdded => changed,
             EntryKind::MembersRemoved if !self.large_after => self.members_before.clone(),
             EntryKind::MembersRemoved => changed,
+            // Never in a conversation timeline.
+            EntryKind::ReadMarker => BTreeSet::new(),
         }
     }
 }
@@ -246,7 +251,7 @@ pub fn replay(timeline: &[Entry]) -> Vec<Replayed<'_>> {
                     members.remove(m);
                 }
             }
-            EntryKind::Message => {}
+            EntryKind::Message | EntryKind::ReadMarker => {}
         }
         large = large || members.len() > LARGE_GROUP_THRESHOLD;
         out.push(Replayed {

@@ -86,6 +86,7 @@ async fn interrupted_events_are_finished_by_recover() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     };
     // A crash after the intent and the first inbox copy, before the rest.
     let (shard, event_id) = pending_key(&commit);
@@ -144,6 +145,7 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
     let seqs = [5u64, 65_535, 65_536, 70_000, 40 << BUCKET_BITS];
     for (i, &seq) in seqs.iter().enumerate() {
         let entry = Entry {
+            msg_id: 900 + i as u64,
             conv_seq: seq,
             text: format!("e{i}"),
             ..Entry::new(crate::EntryKind::Message, 9)
@@ -154,6 +156,7 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            readers: Vec::new(),
         };
         store.commit_event(commit).await.unwrap();
     }
@@ -272,6 +275,7 @@ async fn receipts_expire_after_the_retention_window() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     };
     store.commit_event(commit).await.unwrap();
     assert_eq!(store.receipt(&key).await.unwrap(), Some(receipt));
@@ -288,4 +292,34 @@ async fn receipts_expire_after_the_retention_window() {
     let ttl = ttl.expect("the receipt row has no TTL");
     assert!(ttl > window - 60 && ttl <= window, "TTL {ttl}");
     drop_keyspace(&session, &keyspace).await;
+}
+
+/// Two events without ids would share one recovery record, and one's
+/// cleanup would delete the other's: refused before anything is written.
+#[tokio::test]
+async fn an_event_without_an_id_is_refused() {
+    let keyspace = unique_keyspace("no_id");
+    let (_session, store) = open_store(&keyspace).await;
+    let commit = EventCommit {
+        entry: Entry {
+            conv_seq: 1,
+            ..Entry::new(crate::EntryKind::ReadMarker, 4)
+        },
+        inbox: vec![crate::InboxWrite { user_id: 1, seq: 1 }],
+        receipt: None,
+        conversation: None,
+        large_group_index: Vec::new(),
+        readers: Vec::new(),
+    };
+    let refused = store.commit_event(commit).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    let range = InboxRange {
+        after: 0,
+        through: 10,
+        limit: 10,
+    };
+    assert!(store.read_inbox(1, range).await.unwrap().is_empty());
 }

@@ -8,6 +8,8 @@
 
 use futures_util::future::join_all;
 
+mod read_states;
+
 use crate::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
     IdempotencyKey, InboxRange, InboxWrite, Receipt, Revocation, RevokedBefore, TimelineStore,
@@ -38,6 +40,7 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        readers: Vec::new(),
     }
 }
 
@@ -111,6 +114,9 @@ where
     every_entry_kind_round_trips(&store).await;
     heavy_payloads_read_back_whole_from_every_inbox(&store).await;
     revocations_only_rise_and_the_feed_lists_them(&store).await;
+    read_states::read_states_round_trip_and_never_go_behind(&store).await;
+    read_states::read_markers_stay_out_of_the_conversation_timeline(&store).await;
+    read_states::readers_keep_each_members_highest_marker(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -119,6 +125,7 @@ where
     drop(store);
     let reopened = open().await;
     everything_survives_reopen(&reopened).await;
+    read_states::read_states_survive_reopen(&reopened).await;
 }
 
 async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(store: &S) {
@@ -374,6 +381,7 @@ async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store
     let heavy = message(conv, 1, users[0], &text);
     let members: Vec<u64> = (1..=2_000).collect();
     let created = Entry {
+        msg_id: 77_002,
         conv_seq: 2,
         members: members.clone(),
         ..Entry::new(EntryKind::ConversationCreated, conv)

@@ -22,11 +22,7 @@
 //! same seed and the same order of calls (a current-thread runtime with a
 //! paused clock) make the same decisions.
 
-use crate::{
-    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt,
-    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, StoreError,
-};
+use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, StoreError, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark};
 use async_trait::async_trait;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -528,6 +524,31 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
     }
 }
 
+#[async_trait]
+impl<S: ReadReceipts> ReadReceipts for FaultyStore<S> {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        self.run(Op::Read, self.inner.readers(conversation_id))
+            .await
+    }
+}
+
+#[async_trait]
+impl<S: ReadStates> ReadStates for FaultyStore<S> {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        self.run(Op::Read, self.inner.read_states(user_id)).await
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let save = self.inner.save_read_states(user_id, applied_seq, rows);
+        self.run(Op::Write, save).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +579,7 @@ mod tests {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            readers: Vec::new(),
         }
     }
 

@@ -1,11 +1,7 @@
 //! Every capability over maps in memory, with the semantics the conformance
 //! suite checks: the model a randomized test can run thousands of times.
 
-use crate::{
-    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt,
-    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
-};
+use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +29,8 @@ struct State {
     revocations: HashMap<(u64, Option<String>), u64>,
     /// `(recorded_at_ms, insertion number)` -> revocation.
     revocation_feed: BTreeMap<(u64, u64), Revocation>,
+    read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
+    readers: BTreeMap<(u64, u64), ReaderMark>,
 }
 
 impl MemoryStore {
@@ -51,13 +49,15 @@ impl EventLog for MemoryStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
         let mut state = self.state();
         let entry = &commit.entry;
-        let conv_entry = Entry {
-            seq: 0,
-            ..entry.clone()
-        };
-        state
-            .conv
-            .insert((entry.conversation_id, entry.conv_seq), conv_entry);
+        if entry.kind.in_conversation_timeline() {
+            let conv_entry = Entry {
+                seq: 0,
+                ..entry.clone()
+            };
+            state
+                .conv
+                .insert((entry.conversation_id, entry.conv_seq), conv_entry);
+        }
         for write in &commit.inbox {
             let copy = Entry {
                 seq: write.seq,
@@ -71,6 +71,16 @@ impl EventLog for MemoryStore {
             let previous = state.large_groups.get(&key).copied();
             let membership = LargeGroupMembership::changed(previous, change, position);
             state.large_groups.insert(key, membership);
+        }
+        for mark in &commit.readers {
+            let stored = state
+                .readers
+                .entry((entry.conversation_id, mark.user_id))
+                .or_insert(ReaderMark {
+                    user_id: mark.user_id,
+                    ..ReaderMark::default()
+                });
+            *stored = stored.raised(mark);
         }
         if let Some((key, receipt)) = commit.receipt {
             state.receipts.insert(key, receipt);
@@ -244,6 +254,51 @@ impl Revocations for MemoryStore {
                 recorded_at_ms,
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl ReadReceipts for MemoryStore {
+    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+        let state = self.state();
+        Ok(state
+            .readers
+            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+            .map(|(_, &mark)| mark)
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ReadStates for MemoryStore {
+    async fn read_states(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+        let state = self.state();
+        Ok(state
+            .read_states
+            .get(&user_id)
+            .map(|(applied_seq, rows)| ReadStateSnapshot {
+                applied_seq: *applied_seq,
+                rows: rows.values().cloned().collect(),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn save_read_states(
+        &self,
+        user_id: u64,
+        applied_seq: u64,
+        rows: Vec<ReadStateRow>,
+    ) -> Result<()> {
+        let mut state = self.state();
+        let (stored, stored_rows) = state.read_states.entry(user_id).or_default();
+        if applied_seq < *stored {
+            return Ok(());
+        }
+        *stored = applied_seq;
+        for row in rows {
+            stored_rows.insert(row.conversation_id, row);
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,100 @@
+//! Counting what a user has not read in a fixed stretch of a conversation.
+
+use crate::error::Result;
+use timeline_store::{ConversationRange, Entry, EntryKind, MessagePreview, TimelineStore};
+
+/// Entries one count reads per store call.
+const COUNT_PAGE: usize = 128;
+
+/// Most entries one count reads: a count over more stops there and is
+/// reported as [`Count::saturated`]. A user far behind in a busy large
+/// group (or marking "read through" a message far back) costs at most this
+/// many entry reads per call.
+pub const MAX_COUNTED_ENTRIES: usize = 100_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Messages from others in the range.
+    pub count: u64,
+    /// Of those, the ones that mention the user (by name or everyone).
+    pub mentions: u64,
+    /// Of those, the ones that mention everyone and not the user by name
+    /// (in a large group the named ones reach the user's inbox instead).
+    pub mentions_of_everyone_only: u64,
+    /// The newest message of the range (from anyone).
+    pub last_message: Option<MessagePreview>,
+    /// The range held more than [`MAX_COUNTED_ENTRIES`] entries: `count`
+    /// covers `(after, reached]` only, a lower bound.
+    pub saturated: bool,
+    /// How far the count got (`through` when not saturated).
+    pub reached: u64,
+}
+
+/// The preview of a message entry.
+pub fn preview(entry: &Entry) -> MessagePreview {
+    MessagePreview {
+        conv_seq: entry.conv_seq,
+        msg_id: entry.msg_id,
+        sender_id: entry.sender_id,
+        text: MessagePreview::preview_text(&entry.text),
+        sent_at_ms: entry.sent_at_ms,
+    }
+}
+
+/// Messages of senders other than `user_id` with `after < conv_seq <=
+/// through` (membership events do not count).
+pub async fn messages_from_others(
+    store: &dyn TimelineStore,
+    conversation_id: u64,
+    user_id: u64,
+    after: u64,
+    through: u64,
+) -> Result<Count> {
+    let mut count = Count::default();
+    let mut from = after;
+    let mut read = 0usize;
+    while from < through {
+        if read >= MAX_COUNTED_ENTRIES {
+            count.saturated = true;
+            count.reached = from;
+            return Ok(count);
+        }
+        let range = ConversationRange::oldest_first(from, through.saturating_add(1), COUNT_PAGE);
+        let entries = store.read_conversation(conversation_id, range).await?;
+        let Some(last) = entries.last() else { break };
+        from = last.conv_seq;
+        read += entries.len();
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::Message) {
+            if entry.sender_id != user_id {
+                count.count += 1;
+                if entry.mentions_user(user_id) {
+                    count.mentions += 1;
+                    if !entry.mentions.contains(&user_id) {
+                        count.mentions_of_everyone_only += 1;
+                    }
+                }
+            }
+            count.last_message = Some(preview(entry));
+        }
+        if entries.len() < COUNT_PAGE {
+            break;
+        }
+    }
+    count.reached = through.max(after);
+    Ok(count)
+}
+
+/// The newest message at or below `through` (looking back at most one
+/// page of entries: membership events between are few).
+pub async fn last_message(
+    store: &dyn TimelineStore,
+    conversation_id: u64,
+    through: u64,
+) -> Result<Option<MessagePreview>> {
+    let range = ConversationRange::newest_first(0, through.saturating_add(1), COUNT_PAGE);
+    let entries = store.read_conversation(conversation_id, range).await?;
+    Ok(entries
+        .iter()
+        .find(|e| e.kind == EntryKind::Message)
+        .map(preview))
+}

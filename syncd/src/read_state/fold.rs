@@ -1,0 +1,230 @@
+//! The fold: one user's inbox entries, in seq order, into one read-state
+//! row per conversation. Pure and deterministic: a device replaying its
+//! inbox with the same rules gets the same counts (docs/PROTOCOL.md).
+//!
+//! The rules, per conversation:
+//! - the user's own join (creation, being added) makes them a member and
+//!   starts counting there: everything up to the join is read;
+//! - the user's own removal ends membership: nothing is unread;
+//! - a message from someone else after the marker, while a member, is
+//!   unread; membership events never are;
+//! - the user's own message reads everything up to it (in a write-fanout
+//!   conversation every earlier event of it is earlier in the inbox);
+//! - a read marker above the current one raises it, and what stays unread
+//!   (and unread mentions) is the count it carries; one at or below it
+//!   changes nothing;
+//! - a message from someone else that mentions the user (by name or
+//!   everyone), after the marker, while a member, is an unread mention;
+//! - a large group's message in the inbox is a copy for a member it names
+//!   (it counts as a mention only: its unread is counted from the
+//!   timeline) or for its sender (it reads everything up to it);
+//! - another member's marker (direct conversations) is a read receipt: how
+//!   far the peer has read.
+//!
+//! An entry at or below a row's `last_seq` is already in it (a save that
+//! was cut short): folding it again changes nothing.
+
+use super::count::preview;
+use timeline_store::{Entry, EntryKind, ReadStateRow};
+
+/// Folds `entry` (of `user_id`'s inbox) into `row` (its conversation's).
+pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
+    if entry.seq <= row.last_seq {
+        return;
+    }
+    row.conversation_id = entry.conversation_id;
+    row.last_seq = entry.seq;
+    let unread_from_other =
+        entry.sender_id != user_id && row.member && entry.conv_seq > row.read_through;
+    match entry.kind {
+        EntryKind::Message if entry.read_fanout => {
+            if entry.sender_id == user_id {
+                row.read_through = row.read_through.max(entry.conv_seq);
+                row.counted_through = row.counted_through.max(entry.conv_seq);
+                row.unread = 0;
+                row.mentions = 0;
+            } else if unread_from_other && entry.mentions_user(user_id) {
+                row.mentions += 1;
+            }
+            return;
+        }
+        EntryKind::ReadMarker if entry.sender_id != user_id => {
+            row.peer_read_through = row.peer_read_through.max(entry.read_through);
+            return;
+        }
+        _ => {}
+    }
+    row.counted_through = row.counted_through.max(entry.conv_seq);
+    match entry.kind {
+        EntryKind::Message => {
+            row.last_activity_ms = entry.sent_at_ms;
+            row.last_message = Some(preview(entry));
+            if entry.sender_id == user_id {
+                row.read_through = row.read_through.max(entry.conv_seq);
+                row.unread = 0;
+                row.mentions = 0;
+            } else if unread_from_other {
+                row.unread += 1;
+                if entry.mentions_user(user_id) {
+                    row.mentions += 1;
+                }
+            }
+        }
+        EntryKind::ConversationCreated | EntryKind::MembersAdded => {
+            row.last_activity_ms = entry.sent_at_ms;
+            if entry.members.contains(&user_id) {
+                row.member = true;
+                row.joined_conv_seq = entry.conv_seq;
+                row.read_through = row.read_through.max(entry.conv_seq);
+                row.unread = 0;
+                row.mentions = 0;
+            }
+        }
+        EntryKind::MembersRemoved => {
+            row.last_activity_ms = entry.sent_at_ms;
+            if entry.members.contains(&user_id) {
+                row.member = false;
+                row.unread = 0;
+                row.mentions = 0;
+            }
+        }
+        EntryKind::ReadMarker => {
+            if entry.read_through > row.read_through {
+                row.read_through = entry.read_through;
+                (row.unread, row.mentions) = if row.member {
+                    (entry.unread, entry.unread_mentions)
+                } else {
+                    (0, 0)
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: u64 = 1;
+    const BOB: u64 = 2;
+    const CONV: u64 = 10;
+
+    fn at(seq: u64, conv_seq: u64, kind: EntryKind) -> Entry {
+        Entry {
+            seq,
+            conv_seq,
+            sent_at_ms: 1_000 + seq as i64,
+            ..Entry::new(kind, CONV)
+        }
+    }
+
+    fn message(seq: u64, conv_seq: u64, sender_id: u64) -> Entry {
+        Entry {
+            sender_id,
+            text: format!("m{conv_seq}"),
+            ..at(seq, conv_seq, EntryKind::Message)
+        }
+    }
+
+    fn members(seq: u64, conv_seq: u64, kind: EntryKind, who: &[u64]) -> Entry {
+        Entry {
+            members: who.to_vec(),
+            ..at(seq, conv_seq, kind)
+        }
+    }
+
+    fn marker(seq: u64, conv_seq: u64, read_through: u64, unread: u64) -> Entry {
+        Entry {
+            read_through,
+            unread,
+            sender_id: ME,
+            ..at(seq, conv_seq, EntryKind::ReadMarker)
+        }
+    }
+
+    fn fold(entries: &[Entry]) -> ReadStateRow {
+        let mut row = ReadStateRow::default();
+        for entry in entries {
+            apply(&mut row, entry, ME);
+        }
+        row
+    }
+
+    #[test]
+    fn only_messages_from_others_after_the_join_count() {
+        let row = fold(&[
+            members(1, 1, EntryKind::ConversationCreated, &[ME, BOB]),
+            message(2, 2, BOB),
+            members(3, 3, EntryKind::MembersAdded, &[7]),
+            message(4, 4, BOB),
+        ]);
+        assert_eq!((row.member, row.read_through, row.unread), (true, 1, 2));
+        assert_eq!(row.last_message.unwrap().conv_seq, 4);
+    }
+
+    #[test]
+    fn own_messages_never_count_and_read_everything_before() {
+        let row = fold(&[
+            members(1, 1, EntryKind::ConversationCreated, &[ME, BOB]),
+            message(2, 2, BOB),
+            message(3, 3, ME),
+        ]);
+        assert_eq!((row.read_through, row.unread), (3, 0));
+        let row = fold(&[
+            members(1, 1, EntryKind::ConversationCreated, &[ME, BOB]),
+            message(3, 3, ME),
+            message(4, 4, BOB),
+        ]);
+        assert_eq!(row.unread, 1);
+    }
+
+    #[test]
+    fn leaving_clears_and_a_rejoin_counts_from_the_rejoin() {
+        let row = fold(&[
+            members(1, 1, EntryKind::MembersAdded, &[ME]),
+            message(2, 2, BOB),
+            members(3, 3, EntryKind::MembersRemoved, &[ME]),
+        ]);
+        assert_eq!((row.member, row.unread), (false, 0));
+        let row = fold(&[
+            members(1, 1, EntryKind::MembersAdded, &[ME]),
+            message(2, 2, BOB),
+            members(3, 3, EntryKind::MembersRemoved, &[ME]),
+            members(4, 9, EntryKind::MembersAdded, &[ME]),
+            message(5, 10, BOB),
+        ]);
+        assert_eq!((row.member, row.read_through, row.unread), (true, 9, 1));
+    }
+
+    #[test]
+    fn markers_only_raise() {
+        let base = [
+            members(1, 1, EntryKind::ConversationCreated, &[ME, BOB]),
+            message(2, 2, BOB),
+            message(3, 3, BOB),
+            message(4, 4, BOB),
+        ];
+        let mut entries = base.to_vec();
+        entries.push(marker(5, 4, 3, 1));
+        entries.push(marker(6, 4, 2, 2));
+        let row = fold(&entries);
+        assert_eq!(
+            (row.read_through, row.unread),
+            (3, 1),
+            "the stale marker changes nothing"
+        );
+        assert_eq!(row.last_activity_ms, 1_004, "a marker is not activity");
+    }
+
+    #[test]
+    fn folding_an_entry_again_changes_nothing() {
+        let entries = [
+            members(1, 1, EntryKind::ConversationCreated, &[ME, BOB]),
+            message(2, 2, BOB),
+        ];
+        let mut row = fold(&entries);
+        let once = row.clone();
+        apply(&mut row, &entries[1], ME);
+        assert_eq!(row, once);
+    }
+}

@@ -1,0 +1,362 @@
+// The web inbox: sign in with a device token, the conversation list, a
+// conversation's history with paging, live entries, sending. All protocol
+// logic lives in ../lib; this file only draws it.
+
+import { Code } from "@connectrpc/connect";
+import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
+import { codeOf, describe, explain } from "../lib/errors.js";
+import type { ConversationSummary, Item } from "../lib/inbox.js";
+import type { Pending } from "../lib/outbox.js";
+import { Device, type DeviceStatus } from "../lib/device.js";
+import { browserStorage } from "../lib/storage.js";
+import { TokenError } from "../lib/token.js";
+import { h, timeOf } from "./dom.js";
+
+const TOKEN_KEY = "timeline:v1:signed-in";
+const storage = browserStorage();
+const root = document.getElementById("app")!;
+
+let device: Device | null = null;
+let openId: bigint | null = null;
+let conversationError: string | null = null;
+
+interface Saved {
+  server: string;
+  token: string;
+}
+
+function savedSignIn(): Saved | null {
+  try {
+    return JSON.parse(storage.get(TOKEN_KEY) ?? "null") as Saved | null;
+  } catch {
+    return null;
+  }
+}
+
+// ---- sign in ---------------------------------------------------------------
+
+function showSignIn(error?: string, tried?: Saved): void {
+  device?.stop();
+  device = null;
+  const saved = tried ?? savedSignIn();
+  const token = h("textarea", { name: "token", placeholder: "tl1.…", spellcheck: "false" });
+  token.value = saved?.token ?? "";
+  const server = h("input", { name: "server", value: saved?.server ?? location.origin });
+  const problem = h("div", { class: "error", role: "alert", id: "signin-error" }, error ?? "");
+  problem.hidden = !error;
+  const form = h(
+    "form",
+    {
+      class: "signin",
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        try {
+          signIn(server.value.trim().replace(/\/+$/, ""), token.value.trim());
+        } catch (e) {
+          problem.textContent = e instanceof TokenError ? `Not a device token: ${e.message}` : String(e);
+          problem.hidden = false;
+        }
+      },
+    },
+    h("h1", {}, "Timeline"),
+    h("p", {}, "Sign in with a device token (syncd token --user N --device NAME)."),
+    h("label", {}, "Device token", token),
+    h("label", {}, "Server", server),
+    problem,
+    h("button", { type: "submit" }, "Sign in"),
+  );
+  root.replaceChildren(form);
+}
+
+function signIn(server: string, token: string): void {
+  const next = new Device(server, token, storage);
+  storage.set(TOKEN_KEY, JSON.stringify({ server, token } satisfies Saved));
+  device = next;
+  showInbox(next);
+  next.onStatus((status) => {
+    if (status.kind === "stopped" && status.code === Code.Unauthenticated) {
+      storage.remove(TOKEN_KEY);
+      showSignIn(`The server refused the token (${status.error}). Sign in with a valid device token.`, {
+        server,
+        token,
+      });
+    }
+  });
+  next.start();
+}
+
+function signOut(): void {
+  storage.remove(TOKEN_KEY);
+  location.hash = "";
+  showSignIn();
+}
+
+// ---- the inbox -------------------------------------------------------------
+
+const parts = {
+  status: h("span", { class: "status connecting", id: "status" }, "Connecting"),
+  list: h("ul", { id: "conversations" }),
+  pane: h("section", { class: "conversation" }),
+  messages: h("div", { class: "messages", id: "messages" }),
+  banner: h("div", { class: "error banner", role: "alert", id: "conversation-error" }),
+  title: h("h2", {}),
+  members: h("div", { class: "members" }),
+  compose: h("input", { name: "text", placeholder: "Write a message", autocomplete: "off" }),
+};
+
+function showInbox(current: Device): void {
+  const openForm = h(
+    "form",
+    {
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        const input = (event.target as HTMLFormElement).elements.namedItem("id") as HTMLInputElement;
+        if (/^\d+$/.test(input.value.trim())) {
+          location.hash = `#/c/${input.value.trim()}`;
+          input.value = "";
+        }
+      },
+    },
+    h("input", { name: "id", placeholder: "Open conversation by id", inputmode: "numeric" }),
+    h("button", { type: "submit", class: "ghost" }, "Open"),
+  );
+  const composeForm = h(
+    "form",
+    {
+      class: "compose",
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        const text = parts.compose.value;
+        if (!text.trim() || openId === null) return;
+        parts.compose.value = "";
+        current.outbox.send(openId, text).catch((e) => showConversationError(String(e)));
+      },
+    },
+    parts.compose,
+    h("button", { type: "submit" }, "Send"),
+  );
+  parts.pane.replaceChildren(
+    h("header", {}, parts.title, parts.members),
+    parts.banner,
+    parts.messages,
+    composeForm,
+  );
+  root.replaceChildren(
+    h(
+      "header",
+      { class: "top" },
+      h("span", { class: "brand" }, "Timeline"),
+      parts.status,
+      h("span", { class: "who", id: "who" }, `User ${current.info.userId} · ${current.info.deviceId}`),
+      h("button", { class: "ghost", onclick: signOut }, "Sign out"),
+    ),
+    h("main", { class: "inbox" }, h("aside", { class: "list" }, openForm, parts.list), parts.pane),
+  );
+  current.onStatus(drawStatus);
+  current.cache.onChange((id) => {
+    drawList(current);
+    if (id === null || id === openId) drawConversation(current);
+  });
+  current.outbox.onChange(() => drawConversation(current));
+  drawStatus(current.status);
+  openFromHash(current);
+}
+
+function drawStatus(status: DeviceStatus): void {
+  const text = {
+    waiting: status.kind === "waiting" ? `Paused: ${status.reason}` : "",
+    connecting: "Connecting",
+    live: "Live",
+    offline: status.kind === "offline" ? `Offline: ${status.error}. Retrying` : "",
+    stopped: status.kind === "stopped" ? `Stopped: ${status.error}` : "",
+  }[status.kind];
+  parts.status.className = `status ${status.kind}`;
+  parts.status.textContent = text;
+}
+
+function titleOf(summary: ConversationSummary | undefined, id: bigint, me: bigint): string {
+  const record = summary?.record;
+  if (record?.title) return record.title;
+  if (record?.direct) {
+    const other = record.members.find((m) => m !== me);
+    return other === undefined ? "Direct" : `User ${other}`;
+  }
+  return `Conversation ${id}`;
+}
+
+function drawList(current: Device): void {
+  const items = current.cache.list().map((summary) => {
+    if (!summary.record) current.fetchRecord(summary.id).catch(() => undefined);
+    return h(
+      "li",
+      {
+        class: summary.id === openId ? "open" : "",
+        "data-conversation-id": summary.id.toString(),
+        onclick: () => (location.hash = `#/c/${summary.id}`),
+      },
+      h("span", { class: "title" }, titleOf(summary, summary.id, current.info.userId)),
+      h("span", { class: "time" }, timeOf(summary.lastActivityMs)),
+      h("span", { class: "preview" }, summary.preview),
+      summary.unread ? h("span", { class: "badge" }, String(summary.unread)) : null,
+    );
+  });
+  if (items.length === 0) {
+    items.push(h("li", { class: "empty" }, "No conversations yet."));
+  }
+  parts.list.replaceChildren(...items);
+}
+
+function showConversationError(message: string | null): void {
+  conversationError = message;
+  parts.banner.textContent = message ?? "";
+  parts.banner.hidden = message === null;
+}
+
+function openFromHash(current: Device): void {
+  const match = /^#\/c\/(\d+)$/.exec(location.hash);
+  openId = match ? BigInt(match[1]) : null;
+  showConversationError(null);
+  drawList(current);
+  drawConversation(current, true);
+  if (openId === null) return;
+  const id = openId;
+  current.fetchRecord(id).catch((error) => {
+    if (openId === id) showConversationError(explainHere(error));
+  });
+  current.loadHistory(id).then(
+    () => openId === id && conversationError === null && drawConversation(current, true),
+    (error) => openId === id && showConversationError(explainHere(error)),
+  );
+}
+
+function explainHere(error: unknown): string {
+  return codeOf(error) === Code.PermissionDenied
+    ? `You are not a member of this conversation (${describe(error)}).`
+    : explain(error);
+}
+
+function entryView(item: Item, me: bigint): HTMLElement {
+  const attrs = {
+    "data-conv-seq": item.convSeq.toString(),
+    "data-seq": item.seq.toString(),
+    "data-client-msg-id": item.clientMsgId,
+  };
+  if (item.kind !== EntryKind.MESSAGE) {
+    const names = item.members.map((m) => (m === me ? "you" : `user ${m}`)).join(", ");
+    const what = {
+      [EntryKind.CONVERSATION_CREATED]: `Conversation created with ${names}`,
+      [EntryKind.MEMBERS_ADDED]: `${names} joined`,
+      [EntryKind.MEMBERS_REMOVED]: `${names} left`,
+    }[item.kind as number] ?? "";
+    return h("div", { class: "msg event", ...attrs }, h("div", { class: "bubble" }, what));
+  }
+  const mine = item.senderId === me;
+  const who = item.senderId === 0n ? "System" : mine ? "You" : `User ${item.senderId}`;
+  return h(
+    "div",
+    { class: `msg message${mine ? " mine" : ""}${item.senderId === 0n ? " system" : ""}`, ...attrs },
+    h("div", { class: "bubble" }, item.text),
+    h("div", { class: "meta" }, `${who} · ${timeOf(item.sentAtMs)}`),
+  );
+}
+
+function pendingView(current: Device, pending: Pending): HTMLElement {
+  const state = {
+    sending: "Sending…",
+    sent: "Sent",
+    failed: `Not sent: ${pending.error ?? "will retry"}`,
+  }[pending.state];
+  return h(
+    "div",
+    {
+      class: `msg mine pending ${pending.state}`,
+      "data-client-msg-id": pending.clientMsgId,
+      "data-pending": pending.state,
+    },
+    h("div", { class: "bubble" }, pending.text),
+    h(
+      "div",
+      { class: "meta" },
+      state,
+      pending.state === "failed"
+        ? h("button", { class: "ghost", onclick: () => void current.outbox.retry(pending.clientMsgId) }, "Retry")
+        : null,
+    ),
+  );
+}
+
+function drawConversation(current: Device, scrollToEnd = false): void {
+  if (openId === null) {
+    parts.title.textContent = "";
+    parts.members.textContent = "";
+    parts.messages.replaceChildren(h("div", { class: "placeholder" }, "Choose a conversation"));
+    parts.compose.disabled = true;
+    return;
+  }
+  const id = openId;
+  const summary = current.cache.conversations.get(id);
+  const me = current.info.userId;
+  parts.title.textContent = titleOf(summary, id, me);
+  parts.members.textContent = summary?.record
+    ? `${summary.record.members.length} members${summary.record.readFanout ? " · large group" : ""}`
+    : "";
+  parts.compose.disabled = false;
+  const box = parts.messages;
+  const atEnd = scrollToEnd || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const items = current.cache.entries(id);
+  const shown = new Set(items.map((i) => i.clientMsgId).filter(Boolean));
+  const earlier =
+    summary?.hasEarlier !== false && items.length > 0
+      ? h(
+          "button",
+          {
+            class: "ghost earlier",
+            id: "load-earlier",
+            onclick: (event: Event) => {
+              const button = event.target as HTMLButtonElement;
+              button.disabled = true;
+              const height = box.scrollHeight;
+              current.loadHistory(id, items[0].convSeq).then(
+                () => (box.scrollTop = box.scrollHeight - height),
+                (error) => showConversationError(explainHere(error)),
+              );
+            },
+          },
+          "Load earlier messages",
+        )
+      : null;
+  box.replaceChildren(
+    ...[earlier].filter((e): e is HTMLButtonElement => e !== null),
+    ...items.map((item) => entryView(item, me)),
+    ...current.outbox
+      .pending(id)
+      .filter((p) => !shown.has(p.clientMsgId))
+      .map((p) => pendingView(current, p)),
+  );
+  if (atEnd) box.scrollTop = box.scrollHeight;
+}
+
+window.addEventListener("hashchange", () => device && openFromHash(device));
+
+// For the tests and the curious: what the sync loop has done.
+(window as any).timeline = {
+  snapshot: () =>
+    device && {
+      userId: device.info.userId.toString(),
+      checkpoint: device.checkpoint.seq.toString(),
+      resumedFrom: device.resumedFrom.toString(),
+      journal: device.checkpoint.journal.map(String),
+      status: device.status.kind,
+    },
+};
+
+const saved = savedSignIn();
+if (saved) {
+  try {
+    signIn(saved.server, saved.token);
+  } catch {
+    showSignIn();
+  }
+} else {
+  showSignIn();
+}

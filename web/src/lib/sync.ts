@@ -1,0 +1,232 @@
+// The sync loop: catch up with Sync from the stored checkpoint, then follow
+// the Subscribe stream, pulling whenever a notice does not carry every entry,
+// and reading large groups (read fanout, never pushed) from their
+// conversation timelines. Mirrors `Client::sync_all` and `Client::watch` in
+// client/src/lib.rs; docs/PROTOCOL.md is the contract both follow.
+//
+// Invariants: entries are applied in seq order and saved before the
+// checkpoint moves past them; the checkpoint is saved before it is
+// acknowledged; a transient failure (server restart, network) reconnects
+// with backoff and resumes from the saved checkpoint, so nothing is skipped
+// and a repeat is absorbed by the idempotent cache.
+
+import { Code } from "@connectrpc/connect";
+import { EntryKind, type Entry, type Notice, type SyncReply } from "../gen/timeline/v1/timeline_pb.js";
+import type { Checkpoint } from "./checkpoint.js";
+import { codeOf, describe, retryable } from "./errors.js";
+import { itemOf, type InboxCache } from "./inbox.js";
+import { CALL_TIMEOUT_MS, type TimelineClient } from "./transport.js";
+
+/** History page size when reading a large group (LARGE_GROUP_PAGE). */
+export const LARGE_GROUP_PAGE = 500;
+/** How often large groups are read while live (LARGE_GROUP_POLL). */
+export const LARGE_GROUP_POLL_MS = 2_000;
+/** First reconnect delay; doubles up to MAX_RECONNECT_DELAY_MS. */
+export const RECONNECT_BASE_DELAY_MS = 250;
+export const MAX_RECONNECT_DELAY_MS = 5_000;
+
+export type SyncStatus =
+  | { kind: "connecting" }
+  | { kind: "live" }
+  | { kind: "offline"; error: string; retryInMs: number }
+  /** Not retried: the user must act (a refused token, say). */
+  | { kind: "stopped"; code: Code; error: string };
+
+export interface SyncHooks {
+  status(status: SyncStatus): void;
+  /** An entry was applied for the first time (outbox confirmation). */
+  applied?(entry: Entry): void;
+  /** The checkpoint had expired: the device restarted from oldest_seq - 1. */
+  expired?(oldestSeq: bigint): void;
+}
+
+/** Whether a notice carries every entry since the previous one. */
+export function noticeIsComplete(notice: Notice): boolean {
+  const last = notice.entries.at(-1);
+  return last !== undefined && last.seq === notice.upToSeq;
+}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+
+export class SyncEngine {
+  /** Sync passes and notice handling run one at a time. */
+  #serial: Promise<unknown> = Promise.resolve();
+  #userId = 0n;
+
+  constructor(
+    private readonly client: TimelineClient,
+    private readonly checkpoint: Checkpoint,
+    private readonly cache: InboxCache,
+    private readonly hooks: SyncHooks,
+  ) {}
+
+  /** Follows the inbox until `signal` aborts or a non-transient error. */
+  async run(signal: AbortSignal): Promise<void> {
+    let delay = RECONNECT_BASE_DELAY_MS;
+    while (!signal.aborted) {
+      this.hooks.status({ kind: "connecting" });
+      try {
+        await this.watchOnce(signal, () => {
+          delay = RECONNECT_BASE_DELAY_MS;
+        });
+      } catch (error) {
+        if (signal.aborted) return;
+        // Subscribe from a checkpoint retention has passed: the next Sync
+        // says checkpoint_expired and restarts from the floor.
+        const expired = codeOf(error) === Code.FailedPrecondition;
+        // A stream the server dropped because the page stopped reading (a
+        // throttled background tab) or the user's subscription cap: sync,
+        // then subscribe again, after the backoff.
+        const dropped = codeOf(error) === Code.ResourceExhausted;
+        if (!retryable(error) && !dropped && !expired) {
+          this.hooks.status({ kind: "stopped", code: codeOf(error), error: describe(error) });
+          return;
+        }
+        this.hooks.status({ kind: "offline", error: describe(error), retryInMs: delay });
+      }
+      if (signal.aborted) return;
+      // The stream ended (a server shutdown) or failed: reconnect.
+      await sleep(delay, signal);
+      delay = Math.min(delay * 2, MAX_RECONNECT_DELAY_MS);
+    }
+  }
+
+  /** Pulls everything after the checkpoint, then what is new in large groups. */
+  syncAll(signal?: AbortSignal): Promise<number> {
+    return this.serially(() => this.pull(signal));
+  }
+
+  private async watchOnce(signal: AbortSignal, connected: () => void): Promise<void> {
+    let largeGroups = await this.syncAll(signal);
+    const stream = this.client.subscribe(
+      { afterSeq: this.checkpoint.seq, includeEntries: true },
+      { signal },
+    );
+    // Caught up and subscribed: the first notice comes only once there is
+    // something new, so this is as live as the page can tell. A failure of
+    // the stream turns it offline again.
+    connected();
+    this.hooks.status({ kind: "live" });
+    const poller = new AbortController();
+    signal.addEventListener("abort", () => poller.abort());
+    const poll = (async () => {
+      while (!poller.signal.aborted) {
+        await sleep(LARGE_GROUP_POLL_MS, poller.signal);
+        if (poller.signal.aborted || largeGroups === 0) continue;
+        largeGroups = await this.syncAll(poller.signal);
+      }
+    })();
+    try {
+      for await (const notice of stream) {
+        await this.serially(async () => {
+          if (noticeIsComplete(notice)) {
+            const fresh = notice.entries.filter((e) => e.seq > this.checkpoint.seq);
+            await this.deliverInbox(fresh, notice.upToSeq, signal);
+          } else if (notice.upToSeq > this.checkpoint.seq) {
+            largeGroups = await this.pull(signal);
+          }
+        });
+      }
+    } finally {
+      poller.abort();
+      // A failed poll surfaces through the stream's own failure or the
+      // next pass; it must not go unhandled.
+      await poll.catch(() => undefined);
+    }
+  }
+
+  private serially<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.#serial.then(task, task);
+    this.#serial = run.catch(() => undefined);
+    return run;
+  }
+
+  /** One catch-up pass; returns how many large groups the user is in. */
+  private async pull(signal?: AbortSignal): Promise<number> {
+    let page: SyncReply;
+    for (;;) {
+      page = await this.client.sync(
+        { afterSeq: this.checkpoint.seq, limit: 0 },
+        { timeoutMs: CALL_TIMEOUT_MS, signal },
+      );
+      if (page.checkpointExpired) {
+        // Entries after the checkpoint were trimmed: what the device shows
+        // may have holes, so it is dropped (History refills it) and the
+        // inbox is read on from the retention floor.
+        this.cache.forgetEntries();
+        this.cache.save();
+        this.checkpoint.restartAt(page.oldestSeq > 0n ? page.oldestSeq - 1n : 0n);
+        this.hooks.expired?.(page.oldestSeq);
+        continue;
+      }
+      this.#userId = page.userId;
+      await this.deliverInbox(page.entries, page.checkpoint, signal);
+      if (!page.hasMore) break;
+    }
+    // Groups the user left are read up to the last message sent while a
+    // member, like the others.
+    for (const top of [...page.largeGroups, ...page.leftLargeGroups]) {
+      // From the saved position, never before the membership began.
+      const saved = this.checkpoint.conversation(top.conversationId) ?? 0n;
+      let read = saved > top.joinedConvSeq ? saved : top.joinedConvSeq;
+      while (read < top.convSeq) {
+        const history = await this.client.history(
+          { conversationId: top.conversationId, after: read, limit: LARGE_GROUP_PAGE },
+          { timeoutMs: CALL_TIMEOUT_MS, signal },
+        );
+        const last = history.entries.at(-1);
+        if (!last) break;
+        for (const entry of history.entries) this.applyEntry(entry);
+        this.cache.save();
+        read = last.convSeq;
+        this.checkpoint.saveConversation(top.conversationId, read);
+        if (!history.hasMore) break;
+      }
+    }
+    return page.largeGroups.length;
+  }
+
+  /**
+   * Applies inbox entries in order, saves them, then the checkpoint, then
+   * acknowledges it. A membership event marks where reading that
+   * conversation's timeline starts, should it be (or become) a large group
+   * (the rule of `deliver_inbox` in the Rust client).
+   */
+  private async deliverInbox(entries: Entry[], upTo: bigint, signal?: AbortSignal): Promise<void> {
+    for (const entry of entries) {
+      this.applyEntry(entry);
+      const joins = entry.kind === EntryKind.CONVERSATION_CREATED || entry.kind === EntryKind.MEMBERS_ADDED;
+      if (!joins) continue;
+      const saved = this.checkpoint.conversation(entry.conversationId);
+      const own = entry.members.includes(this.#userId);
+      if (saved === undefined) {
+        this.checkpoint.saveConversation(entry.conversationId, entry.convSeq);
+      } else if (!own && entry.convSeq > saved) {
+        this.checkpoint.saveConversation(entry.conversationId, entry.convSeq);
+      }
+    }
+    this.cache.save();
+    if (upTo > this.checkpoint.seq || entries.length > 0) {
+      const before = this.checkpoint.seq;
+      this.checkpoint.advance(
+        upTo,
+        entries.map((e) => e.seq),
+      );
+      if (this.checkpoint.seq > before) {
+        await this.client.ack({ seq: this.checkpoint.seq }, { timeoutMs: CALL_TIMEOUT_MS, signal });
+      }
+    }
+  }
+
+  private applyEntry(entry: Entry): void {
+    if (this.cache.apply(itemOf(entry))) this.hooks.applied?.(entry);
+  }
+}
+
