@@ -251,12 +251,19 @@ async fn acknowledged_sends_survive_repeated_kill9_exactly_once(
                 copies, 1,
                 "large-group message {client_msg_id} from {sender}: {copies} copies"
             );
-            for member in &large[0].members {
+            // Only its sender has an inbox copy (the sender's read marker
+            // moves with it).
+            for member in large[0].members.iter().filter(|&m| m != sender) {
                 assert!(
                     !copies_of.contains_key(&(*member, reply.msg_id)),
                     "a large-group message was fanned out"
                 );
             }
+            assert_eq!(
+                copies_of.get(&(*sender, reply.msg_id)),
+                Some(&1),
+                "the sender's own copy of {client_msg_id}"
+            );
             continue;
         }
         for member in &members[&reply.conversation_id] {

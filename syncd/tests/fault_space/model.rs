@@ -115,6 +115,14 @@ impl Device {
     /// Notes one entry seen through the inbox or History; returns an error
     /// if it was seen before.
     pub fn see_conversation_entry(&mut self, entry: &Entry, via: &str) -> Result<(), String> {
+        // Like the client library: a large group's message in the inbox is
+        // its sender's (or a mentioned member's) copy, delivered from
+        // History; a read marker is no conversation entry.
+        if (entry.read_fanout && entry.kind == EntryKind::Message && via == "in the inbox")
+            || entry.kind == EntryKind::ReadMarker
+        {
+            return Ok(());
+        }
         let id = entry.conversation_id;
         self.conv_start.entry(id).or_insert(entry.conv_seq);
         // Like the client library: the read position of a conversation
