@@ -31,7 +31,12 @@
 //! recovers from the journal.
 
 use crate::codec::{self, EntryEncoder};
-use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, Result, StoreError};
+use crate::{
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
+    Result, StoreError,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;

@@ -83,8 +83,8 @@ pub const RECEIPT_RETENTION: std::time::Duration = std::time::Duration::from_sec
 pub mod embedded;
 mod error;
 mod model;
-mod revocation;
 mod read_state;
+mod revocation;
 pub mod scylla;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -94,7 +94,7 @@ pub use codec::{INBOX_INLINE_PAYLOAD_BYTES, inbox_copy_payload_bytes, payload_by
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::{Result, StoreError};
 pub use model::*;
-pub use revocation::*;
 pub use read_state::*;
+pub use revocation::*;
 pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 pub use traits::*;

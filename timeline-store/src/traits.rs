@@ -8,7 +8,11 @@
 //! here with its own contract and conformance checks, added to the bounds
 //! of [`TimelineStore`], not a wider existing trait.
 
-use crate::{Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, LargeGroupMembership, Receipt, RecordedRevocation, Result, Revocation, RevokedBefore, ReadStateRow, ReadStateSnapshot, ReaderMark};
+use crate::{
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
+    LargeGroupMembership, ReadStateRow, ReadStateSnapshot, ReaderMark, Receipt, RecordedRevocation,
+    Result, Revocation, RevokedBefore,
+};
 use async_trait::async_trait;
 
 /// Every capability a Timeline node needs, for `Arc<dyn TimelineStore>`.

@@ -22,7 +22,12 @@
 //! same seed and the same order of calls (a current-thread runtime with a
 //! paused clock) make the same decisions.
 
-use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, StoreError, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark};
+use crate::{
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadReceipts,
+    ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, RecordedRevocation,
+    Result, Revocation, Revocations, RevokedBefore, StoreError,
+};
 use async_trait::async_trait;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,12 @@
 //! Every capability over maps in memory, with the semantics the conformance
 //! suite checks: the model a randomized test can run thousands of times.
 
-use crate::{Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark};
+use crate::{
+    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
+    RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
