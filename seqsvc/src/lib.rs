@@ -38,7 +38,9 @@
 //!   `alloc_service` with the heartbeats), the store client
 //!   (`remote_store`) and the `--store` URL opener (`store_url`).
 //! - [`incoming`]: accepted connections, bounded and with TCP_NODELAY;
-//!   [`logging`]: the log setup of every server binary (syncd uses both).
+//!   [`logging`]: the log setup of every server binary (syncd uses both);
+//!   [`telemetry`]: their Prometheus metrics (the recorder, the `/metrics`
+//!   listener, the per-RPC layer, process metrics).
 //! - [`client`]: the routing client (batches split per owner, "moved"
 //!   followed, retries); `client/node_id.rs`: snowflake node-id leases
 //!   ([`client::NodeIdLease`]); `client/seq_source.rs`:
@@ -92,6 +94,7 @@ pub mod routing;
 mod simulation;
 pub mod snowflake;
 pub mod store;
+pub mod telemetry;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
