@@ -163,6 +163,17 @@ pub enum SeqError {
 }
 
 impl SeqError {
+    /// The variant's name, for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SeqError::Store(_) => "store",
+            SeqError::InvalidArgument(_) => "invalid_argument",
+            SeqError::Exhausted { .. } => "exhausted",
+            SeqError::NotServing(_) => "not_serving",
+            SeqError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(

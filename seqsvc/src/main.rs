@@ -44,8 +44,31 @@ enum Command {
     Routes(RoutesArgs),
 }
 
+/// Where a server role serves its Prometheus metrics.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics (GET /metrics) on this address; port 0
+    /// picks a free port (printed on start).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Before the gRPC listener: its address line comes first, and tests
+    /// read both up to the gRPC one.
+    async fn start(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let local = seqsvc::telemetry::start(addr).await?;
+            println!("metrics listening on {local}");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 struct StoreArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Directory of the store's database (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -67,6 +90,8 @@ struct StoreUrl {
 
 #[derive(Args)]
 struct ArbiterArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     #[command(flatten)]
     store: StoreUrl,
     #[arg(long, default_value = "127.0.0.1:7411")]
@@ -93,6 +118,8 @@ struct ArbiterArgs {
 
 #[derive(Args)]
 struct AllocArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     #[command(flatten)]
     store: StoreUrl,
     /// Arbiter addresses (host:port), comma separated; heartbeats go to all.
@@ -203,6 +230,7 @@ async fn serve(listener: TcpListener, routes: tonic::service::Routes) -> anyhow:
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FjallMaxSeqStore::open(&dir))
         .await?
@@ -220,6 +248,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let config = ArbiterConfig {
         section_size: args.section_size,
         lease: LeaseConfig {
@@ -251,6 +280,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let store = seqsvc::grpc::open_store(&args.store.store).await?;
     let (listener, local) = bind(args.listen).await?;
     let advertise = args.advertise.unwrap_or_else(|| local.to_string());

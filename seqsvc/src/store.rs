@@ -250,8 +250,12 @@ impl FjallMaxSeqStore {
 
     /// Syncs everything written so far; call with the write lock held.
     fn persist(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let result = self.sync_all();
+        metrics::histogram!("seqsvc_store_fsync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         if result.is_err() {
+            metrics::counter!("seqsvc_store_fsync_errors_total").increment(1);
             self.inner
                 .poisoned
                 .store(true, std::sync::atomic::Ordering::SeqCst);

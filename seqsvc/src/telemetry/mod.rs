@@ -42,6 +42,23 @@ pub const COUNT_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0,
 pub enum TelemetryError {
     #[error("metrics recorder: {0}")]
     Recorder(String),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Installs the recorder, binds `addr` (port 0: the system picks one) and
+/// serves `/metrics` there for the rest of the process. Returns the bound
+/// address, which binaries announce as `metrics listening on ADDR`.
+pub async fn start(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, TelemetryError> {
+    let metrics = install()?;
+    let bind_error = |source| TelemetryError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    tokio::spawn(serve_metrics(listener, metrics, std::future::pending()));
+    Ok(local)
 }
 
 /// The installed recorder: renders what a scrape returns.
