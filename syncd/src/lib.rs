@@ -52,12 +52,14 @@
 //! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
 //! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
 //!   locks; [`limits`]: named bounds.
-//! - [`auth`]: tokens. [`grpc`]: one file per gRPC service; [`error`]: the
+//! - [`config`]: the config file of `syncd serve`, whose keys are its
+//!   flags. [`auth`]: tokens. [`grpc`]: one file per gRPC service; [`error`]: the
 //!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
 //!   listener, shutdown.
 
 pub mod access;
 pub mod auth;
+pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod error;

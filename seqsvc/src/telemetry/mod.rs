@@ -55,7 +55,9 @@ pub enum TelemetryError {
 pub async fn start(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, TelemetryError> {
     let metrics = install()?;
     let bind_error = |source| TelemetryError::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     tokio::spawn(serve_metrics(listener, metrics, std::future::pending()));
     Ok(local)
