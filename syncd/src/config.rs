@@ -69,12 +69,14 @@ pub struct Layered {
 /// Merges the file named by `config_arg` (a flag of `command`, also read
 /// from its environment variable) into `argv` under flags and environment.
 /// `command` is the (sub)command whose flags are the keys, and `argv` its
-/// own arguments, first element the command name. Without a file, `argv`
-/// comes back as it is.
+/// own arguments, first element the command name; `not_keys` are flags of
+/// it that are actions rather than settings. Without a file, `argv` comes
+/// back as it is.
 pub fn layer(
     command: &Command,
     argv: Vec<OsString>,
     config_arg: &str,
+    not_keys: &[&str],
 ) -> Result<Layered, Vec<ConfigError>> {
     let relaxed = relaxed(command);
     // Errors of this first parse (a bad flag, --help) are left to the real
@@ -96,7 +98,9 @@ pub fn layer(
     let mut from_file = BTreeSet::new();
     let mut errors = Vec::new();
     for (key, value) in &table {
-        let Some(arg) = key_arg(command, key).filter(|a| a.get_id() != config_arg) else {
+        let Some(arg) = key_arg(command, key)
+            .filter(|a| a.get_id() != config_arg && !not_keys.contains(&a.get_id().as_str()))
+        else {
             errors.push(unknown_key(command, &path, key, config_arg));
             continue;
         };
@@ -317,8 +321,8 @@ fn validate(arg: &Arg, args: &[OsString]) -> Result<(), String> {
     }
 }
 
-/// `command` with nothing required, for the first parse.
-fn relaxed(command: &Command) -> Command {
+/// `command` with nothing required (the first parse; `syncd config`).
+pub fn relaxed(command: &Command) -> Command {
     command
         .clone()
         .mut_args(|a| a.required(false))
@@ -367,7 +371,7 @@ mod tests {
             .chain(args.iter().copied())
             .map(OsString::from)
             .collect();
-        let layered = layer(&command(), argv, "config")?;
+        let layered = layer(&command(), argv, "config", &[])?;
         let matches = command()
             .try_get_matches_from(layered.argv.clone())
             .unwrap();

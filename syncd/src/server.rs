@@ -231,6 +231,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outside the services, so calls refused by auth, limits or as
+        // unimplemented are counted too.
+        .layer(seqsvc::telemetry::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(timeline)
