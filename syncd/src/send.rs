@@ -100,6 +100,7 @@ impl Sender {
                 "client_msg_id",
                 client_msg_id,
             )?;
+            metrics::counter!("syncd_sends_total", "outcome" => "duplicate").increment(1);
             return Ok(SendOutcome {
                 receipt,
                 client_msg_id,
@@ -129,6 +130,7 @@ impl Sender {
             until_complete,
         };
         let receipt = self.writer.commit(event, held).await?;
+        metrics::counter!("syncd_sends_total", "outcome" => "stored").increment(1);
         Ok(SendOutcome {
             receipt,
             client_msg_id,

@@ -377,7 +377,11 @@ impl ScyllaTimelineStore {
         self.session
             .execute_unpaged(statement, values)
             .await
-            .map_err(cql)
+            .map_err(|error| {
+                metrics::counter!("timeline_store_errors_total", "backend" => "scylla", "kind" => "cql")
+                    .increment(1);
+                cql(error)
+            })
     }
 
     /// Runs a single-column query and decodes every row's value.
@@ -562,6 +566,7 @@ impl ScyllaTimelineStore {
 #[async_trait]
 impl EventLog for ScyllaTimelineStore {
     async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        let started = std::time::Instant::now();
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
         self.execute(&self.statements.insert_pending, (shard, event_id, intent))
@@ -569,6 +574,8 @@ impl EventLog for ScyllaTimelineStore {
         self.apply(&commit).await?;
         self.execute(&self.statements.delete_pending, (shard, event_id))
             .await?;
+        metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

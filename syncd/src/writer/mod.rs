@@ -222,10 +222,12 @@ impl EventWriter {
                 Ok(receipt)
             }
             Err(error) if error.is_fatal() => {
+                commit_failed("fatal");
                 self.fail(&error, msg_id, unfinished(assignment));
                 Err(error.into())
             }
             Err(error) if error.is_retryable() => {
+                commit_failed("retryable");
                 let Ok(finisher) = Arc::clone(&self.finishers).try_acquire_owned() else {
                     // Admitted while a slot was free, failed after the last
                     // one was taken: neither finishing it here nor giving it
@@ -244,7 +246,10 @@ impl EventWriter {
                 )))
             }
             // Refused before anything was written: the seqs become gaps.
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                commit_failed("refused");
+                Err(error.into())
+            }
         }
     }
 
@@ -360,6 +365,7 @@ impl EventWriter {
                         return;
                     }
                     Err(error) => {
+                        metrics::counter!("syncd_background_finish_retries_total").increment(1);
                         tracing::warn!(%error, msg_id, "still cannot finish event");
                         delay = (delay * 2).min(MAX_FINISH_RETRY_DELAY);
                     }
@@ -373,6 +379,13 @@ impl EventWriter {
             drop(held);
         });
     }
+}
+
+/// Counts a failed commit by what follows: the node stops (`fatal`), the
+/// event is finished in the background (`retryable`), or nothing was
+/// written (`refused`).
+fn commit_failed(kind: &'static str) {
+    metrics::counter!("syncd_commit_failures_total", "kind" => kind).increment(1);
 }
 
 fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
