@@ -196,6 +196,12 @@ impl Allocator {
         })
     }
 
+    /// Why the allocator's store can take no more raises, if so (see
+    /// [`MaxSeqStore::poisoned`]).
+    pub fn store_poisoned(&self) -> Option<String> {
+        self.inner.store.poisoned()
+    }
+
     /// Sections loaded now.
     pub fn loaded_sections(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)

@@ -32,6 +32,13 @@ pub trait MaxSeqStore: Send + Sync + 'static {
         }
         Ok(stored)
     }
+
+    /// Why the store can take no raise for the rest of the process (an
+    /// fsync failed), if so: health reports it instead of waiting for the
+    /// next step to run out.
+    fn poisoned(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Durable storage of the routing table, written only by compare-and-set so
@@ -383,6 +390,13 @@ impl RouteStore for FjallMaxSeqStore {
 
 #[async_trait]
 impl MaxSeqStore for FjallMaxSeqStore {
+    fn poisoned(&self) -> Option<String> {
+        self.inner
+            .poisoned
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| "an fsync of the sequence store failed; restart to recover".to_owned())
+    }
+
     async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.load_blocking(namespace, section))

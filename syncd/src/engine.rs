@@ -73,6 +73,9 @@ pub struct Engine {
     history: History,
     push: Push,
     retainer: Arc<Retainer>,
+    /// For health: the writer knows how the store and the allocator fare.
+    writer: Arc<EventWriter>,
+    seqs: SeqSource,
 }
 
 impl Engine {
@@ -117,11 +120,13 @@ impl Engine {
             )),
             membership: Arc::new(Membership::new(
                 Arc::clone(&directory),
-                writer,
+                Arc::clone(&writer),
                 idempotency,
-                seqs,
+                seqs.clone(),
                 config.large_group_threshold,
             )),
+            writer,
+            seqs,
             inbox: Inbox::new(Arc::clone(&store), Arc::clone(&visibility)),
             history: History::new(Arc::clone(&store), directory, Arc::clone(&visibility)),
             push: Push::new(
@@ -166,6 +171,17 @@ impl Engine {
     /// Why the node failed for good (its store is poisoned), if it has.
     pub fn failure(&self) -> Option<String> {
         self.lifecycle.failure()
+    }
+
+    /// A receiver that turns `true` once shutdown begins.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lifecycle.stopping()
+    }
+
+    /// Whether the node can serve now, and if not why (see
+    /// [`crate::health`]).
+    pub async fn health(&self) -> crate::health::Health {
+        crate::health::check(&self.lifecycle, &self.writer, &self.seqs).await
     }
 
     /// Resolves with the reason once the node has failed for good.

@@ -50,6 +50,7 @@
 //! - [`event`]: events as values. [`writer`]: reserve, allocate, commit,
 //!   announce. [`observer`]: the one path after a commit.
 //! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
+//! - [`health`]: whether the node can serve now (gRPC health, `syncd_ready`).
 //! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
 //!   locks; [`limits`]: named bounds.
 //! - [`config`]: the config file of `syncd serve`, whose keys are its
@@ -66,6 +67,7 @@ pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod grpc;
+pub mod health;
 pub mod history;
 pub mod horizon;
 pub mod idempotency;

@@ -242,6 +242,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Scripts and tests read this line (before the API's) to learn the port.
             println!("metrics listening on {local}");
         }
+        metrics::gauge!("syncd_ready").set(0.0);
         let config = NodeConfig {
             data_dir: args.data_dir.clone(),
             store: server::StoreLocation::parse(&args.store)?,

@@ -4,6 +4,7 @@
 use crate::auth::TokenAuthority;
 use crate::engine::Engine;
 use crate::grpc::{AdminService, TimelineService};
+use crate::health::Health;
 use crate::limits::{
     MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
 };
@@ -109,7 +110,11 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     };
     seqsvc::claim_layout(seq_store.as_ref(), layout).await?;
     // Events a crash interrupted are finished before anyone can read.
-    let finished = store.recover().await?;
+    metrics::gauge!("syncd_recovering").set(1.0);
+    let finished = store.recover().await;
+    metrics::gauge!("syncd_recovering").set(0.0);
+    let finished = finished?;
+    metrics::counter!("syncd_recovered_events_total").increment(finished as u64);
     if finished > 0 {
         tracing::info!(finished, "finished events interrupted by the last shutdown");
     }
@@ -174,12 +179,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
-        .await;
-    health
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
+    // Checked before the first call can come, so a client never sees a
+    // starting node as NOT_SERVING; then re-checked while it serves.
+    let initial = node.engine.health().await;
+    publish_health(&health, &initial).await;
+    let (status, mut status_changes) = tokio::sync::watch::channel(initial);
+    let checked = Arc::clone(&node.engine);
+    node.engine.spawn(crate::health::watch_health(
+        move || {
+            let engine = Arc::clone(&checked);
+            async move { engine.health().await }
+        },
+        status,
+        node.engine.stopping(),
+    ));
+    let reporter = health.clone();
+    node.engine.spawn(async move {
+        // Ends when the checking loop does (shutdown).
+        while status_changes.changed().await.is_ok() {
+            let now = status_changes.borrow_and_update().clone();
+            publish_health(&reporter, &now).await;
+        }
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -201,7 +222,7 @@ pub async fn serve(
     node.engine.start();
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reporter = health.clone();
+    let failed_reporter = health.clone();
     let signal = async move {
         tokio::select! {
             () = shutdown => {
@@ -211,15 +232,7 @@ pub async fn serve(
                 // Load balancers and supervisors see it at once; the exit
                 // code after the drain tells the supervisor to restart.
                 tracing::error!(%reason, "the store failed for good: NOT_SERVING, stopping so that a restart recovers from the journal");
-                reporter
-                    .set_not_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
-                    .await;
-                reporter
-                    .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
-                    .await;
-                reporter
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                publish_health(&failed_reporter, &Health::NotServing(reason)).await;
             }
         }
         let _ = stop_accepting.send(());
@@ -248,6 +261,24 @@ pub async fn serve(
         Some(reason) => Err(StartupError::Failed(reason)),
         None => Ok(()),
     }
+}
+
+/// The names health answers for: the overall one and each API service.
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    <pb::timeline_server::TimelineServer<TimelineService> as tonic::server::NamedService>::NAME,
+    <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+];
+
+async fn publish_health(reporter: &tonic_health::server::HealthReporter, health: &Health) {
+    let (status, ready) = match health {
+        Health::Serving => (tonic_health::ServingStatus::Serving, 1.0),
+        Health::NotServing(_) => (tonic_health::ServingStatus::NotServing, 0.0),
+    };
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+    metrics::gauge!("syncd_ready").set(ready);
 }
 
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).

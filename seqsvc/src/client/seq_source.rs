@@ -67,6 +67,15 @@ impl SeqSource {
         .await
     }
 
+    /// Why seqs can no longer be allocated in this process, if that is
+    /// known without a call (the in-process allocator's store is poisoned).
+    pub fn poisoned(&self) -> Option<String> {
+        match self {
+            SeqSource::Local(a) => a.store_poisoned(),
+            SeqSource::Remote(_) => None,
+        }
+    }
+
     /// Times a call and counts its failures by kind: the allocator's share
     /// of a send's latency, and its refusals, as the caller sees them
     /// (retries and failovers of the routing client included).

@@ -106,6 +106,9 @@ pub struct EventWriter {
     finishers: Arc<Semaphore>,
     /// Unfinished events of a failed node, kept until it exits.
     parked: Arc<Mutex<Vec<Unfinished>>>,
+    /// The last allocator error of a call that has not been followed by a
+    /// successful one (health reports it).
+    allocator_error: Mutex<Option<String>>,
 }
 
 impl EventWriter {
@@ -133,7 +136,39 @@ impl EventWriter {
             budget_bytes,
             finishers: Arc::new(Semaphore::new(MAX_BACKGROUND_FINISHERS)),
             parked: Arc::default(),
+            allocator_error: Mutex::default(),
         }
+    }
+
+    /// Events the store failed that are still being retried: while there
+    /// are any, the store is failing writes.
+    pub fn unfinished_events(&self) -> usize {
+        MAX_BACKGROUND_FINISHERS - self.finishers.available_permits()
+    }
+
+    /// The allocator's last failure, if no call has succeeded since.
+    pub fn allocator_error(&self) -> Option<String> {
+        lock(&self.allocator_error).clone()
+    }
+
+    /// Records how an allocator call went, for health: a retryable error
+    /// means the allocator cannot serve now; a success that it can again.
+    /// Refusals of the request itself (bad ids) say nothing about it.
+    pub fn note_allocation<T>(
+        &self,
+        result: std::result::Result<T, seqsvc::SeqError>,
+    ) -> std::result::Result<T, seqsvc::SeqError> {
+        match &result {
+            Ok(_) => {
+                let mut error = lock(&self.allocator_error);
+                if error.is_some() {
+                    *error = None;
+                }
+            }
+            Err(e) if e.is_retryable() => *lock(&self.allocator_error) = Some(e.to_string()),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Allocates and durably writes one event, then announces it. `held`
@@ -172,11 +207,13 @@ impl EventWriter {
         let (conv_seq, inbox_seqs) = {
             // Allocation is short; writes run outside this lock.
             let _in_order = self.allocation_locks.write(conversation_id).await;
-            let conv_seq = self
-                .seqs
-                .next(Namespace::Conversation, conversation_id)
-                .await?;
-            let inbox_seqs = self.seqs.next_batch(Namespace::Inbox, &recipients).await?;
+            let conv_seq = self.note_allocation(
+                self.seqs
+                    .next(Namespace::Conversation, conversation_id)
+                    .await,
+            )?;
+            let inbox_seqs =
+                self.note_allocation(self.seqs.next_batch(Namespace::Inbox, &recipients).await)?;
             (conv_seq, inbox_seqs)
         };
         // The event's place among the conversation's events is fixed.
@@ -312,7 +349,7 @@ impl EventWriter {
                 Scope::Inbox => Namespace::Inbox,
                 Scope::Conversation => Namespace::Conversation,
             };
-            let current = self.seqs.current_batch(namespace, &ids).await?;
+            let current = self.note_allocation(self.seqs.current_batch(namespace, &ids).await)?;
             for (id, seq) in ids.into_iter().zip(current) {
                 self.horizon.prime((scope, id), seq);
             }
@@ -390,10 +427,11 @@ fn commit_failed(kind: &'static str) {
 
 fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
     // A std mutex: pushed to, never held across an await.
-    parked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(unfinished);
+    lock(parked).push(unfinished);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
