@@ -84,7 +84,10 @@ where
         let result = ready!(this.inner.poll(cx));
         let mut call = this.call.take();
         Poll::Ready(result.map(|response| {
-            if let (Some(code), Some(call)) = (status_code(response.headers()), call.take()) {
+            // A status in the headers: the call is over ("trailers only").
+            if let Some(code) = status_code(response.headers())
+                && let Some(call) = call.take()
+            {
                 call.finish(code);
             }
             response.map(|body| CountedBody {
