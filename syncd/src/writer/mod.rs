@@ -107,8 +107,8 @@ pub struct EventWriter {
     /// Unfinished events of a failed node, kept until it exits.
     parked: Arc<Mutex<Vec<Unfinished>>>,
     /// The last allocator error of a call that has not been followed by a
-    /// successful one (health reports it).
-    allocator_error: Mutex<Option<String>>,
+    /// successful one, and when it came (health reports it).
+    allocator_error: Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl EventWriter {
@@ -146,8 +146,9 @@ impl EventWriter {
         MAX_BACKGROUND_FINISHERS - self.finishers.available_permits()
     }
 
-    /// The allocator's last failure, if no call has succeeded since.
-    pub fn allocator_error(&self) -> Option<String> {
+    /// The allocator's last failure and when it came, if no call has
+    /// succeeded since.
+    pub fn allocator_error(&self) -> Option<(String, tokio::time::Instant)> {
         lock(&self.allocator_error).clone()
     }
 
@@ -165,7 +166,9 @@ impl EventWriter {
                     *error = None;
                 }
             }
-            Err(e) if e.is_retryable() => *lock(&self.allocator_error) = Some(e.to_string()),
+            Err(e) if e.is_retryable() => {
+                *lock(&self.allocator_error) = Some((e.to_string(), tokio::time::Instant::now()));
+            }
             Err(_) => {}
         }
         result
