@@ -27,10 +27,17 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// One scrape: every sample line as (name, labels, value).
+/// One sample line: name, labels, value.
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// One scrape: every sample line.
 pub struct Scrape {
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Scrape {
@@ -59,7 +66,11 @@ impl Scrape {
                 Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
                 None => (series, Vec::new()),
             };
-            samples.push((name.to_owned(), labels, value));
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
         }
         Ok(Self { text, samples })
     }
@@ -69,19 +80,19 @@ impl Scrape {
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
-            .filter(|(n, have, _)| {
-                n == name
+            .filter(|s| {
+                s.name == name
                     && labels
                         .iter()
-                        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+                        .all(|(k, v)| s.labels.iter().any(|(hk, hv)| hk == k && hv == v))
             })
-            .map(|(_, _, value)| value)
+            .map(|s| s.value)
             .sum()
     }
 
     /// Whether any series of `name` exists.
     pub fn has(&self, name: &str) -> bool {
-        self.samples.iter().any(|(n, _, _)| n == name)
+        self.samples.iter().any(|s| s.name == name)
     }
 }
 

@@ -155,7 +155,7 @@ async fn seqsvc_roles_serve_their_own_metrics() -> anyhow::Result<()> {
     let alloc = Process::start(&seqsvc_bin(), &alloc_args)?;
 
     let client = seqsvc::client::RoutingClient::new(
-        &[arbiter.addr.clone()],
+        std::slice::from_ref(&arbiter.addr),
         std::time::Duration::from_secs(30),
     )?;
     const CALLS: usize = 3;
