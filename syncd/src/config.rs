@@ -323,11 +323,16 @@ fn validate(arg: &Arg, args: &[OsString]) -> Result<(), String> {
 
 /// `command` with nothing required (the first parse; `syncd config`).
 pub fn relaxed(command: &Command) -> Command {
-    command
+    let groups: Vec<_> = command.get_groups().map(|g| g.get_id().clone()).collect();
+    let mut relaxed = command
         .clone()
         .mut_args(|a| a.required(false))
         .subcommand_required(false)
-        .arg_required_else_help(false)
+        .arg_required_else_help(false);
+    for id in groups {
+        relaxed = relaxed.mut_group(id, |g| g.required(false));
+    }
+    relaxed
 }
 
 #[cfg(test)]
@@ -392,6 +397,34 @@ mod tests {
         let (demo, _, _) = parse(&["--config", path, "--step", "9", "--peers", "c:3"]).unwrap();
         assert_eq!(demo.step, 9, "a flag beats the file");
         assert_eq!(demo.peers, ["c:3"], "a list flag replaces the file's list");
+    }
+
+    /// A group that must have one member (say, one way to verify tokens)
+    /// may get it from the file.
+    #[test]
+    fn a_required_group_may_be_satisfied_by_the_file() {
+        let command = || {
+            Command::new("demo")
+                .arg(
+                    Arg::new("config")
+                        .long("config")
+                        .value_parser(clap::value_parser!(PathBuf)),
+                )
+                .arg(Arg::new("secret-file").long("secret-file"))
+                .arg(Arg::new("key-file").long("key-file"))
+                .group(
+                    clap::ArgGroup::new("verify")
+                        .required(true)
+                        .args(["secret-file", "key-file"]),
+                )
+        };
+        let f = file("key-file = \"/k.pem\"\n");
+        let argv = ["demo", "--config", f.path().to_str().unwrap()]
+            .map(OsString::from)
+            .to_vec();
+        let layered = layer(&command(), argv, "config", &[]).unwrap();
+        let matches = command().try_get_matches_from(layered.argv).unwrap();
+        assert_eq!(matches.get_one::<String>("key-file").unwrap(), "/k.pem");
     }
 
     #[test]
