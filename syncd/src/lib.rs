@@ -50,6 +50,8 @@
 //! - [`event`]: events as values. [`writer`]: reserve, allocate, commit,
 //!   announce. [`observer`]: the one path after a commit.
 //! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
+//! - [`telemetry`]: the descriptions of syncd's metrics (recorded where
+//!   the work happens, through the `metrics` facade).
 //! - [`health`]: whether the node can serve now (gRPC health, `syncd_ready`).
 //! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
 //!   locks; [`limits`]: named bounds.
@@ -82,6 +84,7 @@ pub mod push;
 pub mod retention;
 pub mod send;
 pub mod server;
+pub mod telemetry;
 pub mod visibility;
 pub mod writer;
 

@@ -240,6 +240,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(addr) = args.metrics_listen {
             let local = seqsvc::telemetry::start(addr).await?;
             // Scripts and tests read this line (before the API's) to learn the port.
+            timeline_store::describe_metrics();
+            syncd::telemetry::describe_metrics();
             println!("metrics listening on {local}");
         }
         metrics::gauge!("syncd_ready").set(0.0);

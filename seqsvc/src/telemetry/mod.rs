@@ -92,7 +92,75 @@ pub fn install() -> Result<Metrics, TelemetryError> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+    describe_metrics();
     Ok(Metrics { handle })
+}
+
+/// The `# HELP` lines of this crate's metrics (docs/OPERATIONS.md has the
+/// full table).
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_server_handled_total",
+        "gRPC calls finished, by method and status code."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Time from a gRPC request to its status."
+    );
+    describe_gauge!("grpc_server_connections_open", "TCP connections held now.");
+    describe_counter!(
+        "grpc_server_connections_accepted_total",
+        "TCP connections accepted."
+    );
+    describe_counter!(
+        "grpc_server_connections_closed_total",
+        "TCP connections the server closed, by reason."
+    );
+    describe_counter!(
+        "seqsvc_max_seq_raises_total",
+        "Durable max_seq writes, by result."
+    );
+    describe_histogram!(
+        "seqsvc_max_seq_raise_duration_seconds",
+        Unit::Seconds,
+        "Latency of durable max_seq writes."
+    );
+    describe_histogram!(
+        "seqsvc_store_fsync_duration_seconds",
+        Unit::Seconds,
+        "Fsync latency of the embedded sequence store."
+    );
+    describe_counter!(
+        "seqsvc_store_fsync_errors_total",
+        "Failed fsyncs of the embedded sequence store (poisoned until a restart)."
+    );
+    describe_counter!(
+        "seqsvc_alloc_refusals_total",
+        "Requests an AllocSvr did not serve, by reason."
+    );
+    describe_gauge!(
+        "seqsvc_arbiter_live_alloc_servers",
+        "AllocSvrs the arbiter heard from recently."
+    );
+    describe_gauge!(
+        "seqsvc_routing_table_version",
+        "The routing table version the arbiter knows."
+    );
+    describe_counter!(
+        "seqsvc_arbiter_table_writes_total",
+        "Routing tables the arbiter wrote."
+    );
+    describe_histogram!(
+        "seqsvc_client_call_duration_seconds",
+        Unit::Seconds,
+        "Allocator calls as their caller sees them, retries included."
+    );
+    describe_counter!(
+        "seqsvc_client_errors_total",
+        "Allocator calls that failed, by kind."
+    );
 }
 
 #[cfg(test)]
