@@ -5,6 +5,7 @@
 
 use client::Client;
 use client::pb::ConversationKind;
+use std::time::{Duration, Instant};
 use tests::metrics::{Scrape, http_get};
 use tests::{Process, Server, seq_cluster, seqsvc_bin};
 
@@ -36,10 +37,12 @@ async fn metrics_count_the_traffic_by_method_and_code() -> anyhow::Result<()> {
     let alice = Client::connect(&server.url(), &server.device_token(1, "phone")?).await?;
     let carol = Client::connect(&server.url(), &server.device_token(3, "phone")?).await?;
     let forged = Client::connect(&server.url(), "tl1.forged.token").await?;
+    let bob = Client::connect(&server.url(), &server.device_token(2, "phone")?).await?;
     let conversation = alice
         .create_conversation(ConversationKind::Group, vec![1, 2], "ops")
         .await?
         .conversation_id;
+    let mut notices = bob.subscribe(0, true).await?;
     const SENDS: u64 = 5;
     let retried = uuid::Uuid::new_v4();
     for i in 0..SENDS {
@@ -119,6 +122,35 @@ async fn metrics_count_the_traffic_by_method_and_code() -> anyhow::Result<()> {
     assert!(after.value("process_resident_memory_bytes", &[]) > 0.0);
     assert!(after.value("process_open_fds", &[]) > 0.0);
     assert!(after.value("process_start_time_seconds", &[]) > 1.6e9);
+
+    // Push: bob's stream took notices with the entries inline, and ends
+    // counted by why once he goes away.
+    let first = tokio::time::timeout(Duration::from_secs(10), notices.message())
+        .await??
+        .expect("a notice");
+    assert!(!first.entries.is_empty());
+    assert_eq!(after.value("syncd_push_subscribers", &[]), 1.0);
+    assert!(after.value("syncd_push_notices_total", &[("entries", "inline")]) >= 1.0);
+    drop(notices);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = loop {
+        let scrape = Scrape::take(&metrics)?;
+        let gone = scrape.value("syncd_push_disconnects_total", &[("reason", "client_gone")]);
+        if gone >= 1.0 || Instant::now() > deadline {
+            assert_eq!(
+                scrape.value("syncd_push_subscribers", &[]),
+                0.0,
+                "{}",
+                scrape.text
+            );
+            break gone;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        gone, 1.0,
+        "the stream's end is counted once, as client_gone"
+    );
 
     let (status, _) = http_get(&metrics, "/other")?;
     assert_eq!(status, 404);
