@@ -224,6 +224,8 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
 }
 
 async fn serve(listener: TcpListener, routes: tonic::service::Routes) -> anyhow::Result<()> {
+    // The role has opened what it needs (store, routing table): /readyz.
+    seqsvc::telemetry::set_ready(true);
     seqsvc::grpc::serve(listener, routes, wait_for_signal()).await?;
     Ok(())
 }

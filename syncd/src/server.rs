@@ -279,6 +279,7 @@ async fn publish_health(reporter: &tonic_health::server::HealthReporter, health:
         reporter.set_service_status(name, status).await;
     }
     metrics::gauge!("syncd_ready").set(ready);
+    seqsvc::telemetry::set_ready(ready > 0.0);
 }
 
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).

@@ -152,6 +152,8 @@ async fn metrics_count_the_traffic_by_method_and_code() -> anyhow::Result<()> {
         "the stream's end is counted once, as client_gone"
     );
 
+    assert_eq!(http_get(&metrics, "/readyz")?.0, 200);
+    assert_eq!(http_get(&metrics, "/livez")?.0, 200);
     let (status, _) = http_get(&metrics, "/other")?;
     assert_eq!(status, 404);
     Ok(())

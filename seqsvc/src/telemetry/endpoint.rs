@@ -1,6 +1,9 @@
 //! The `/metrics` listener: plain HTTP/1.1 on an address of its own, so a
 //! scraper needs no gRPC and metrics stay reachable when the API port is
-//! saturated (or not open yet: syncd binds it before recovery).
+//! saturated (or not open yet: syncd binds it before recovery). It also
+//! answers HTTP probes: `/livez` (200 while the process runs) and
+//! `/readyz` (200 when [`super::is_ready`], else 503), so a supervisor
+//! can tell a node that is still recovering from one that is gone.
 //!
 //! Bounded like every server here: at most [`MAX_METRICS_CONNECTIONS`] at
 //! once (further ones wait in the kernel's backlog), each closed after one
@@ -78,6 +81,7 @@ fn respond<B>(request: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> 
         );
         response
     };
+    const SERVED: &str = "served: GET /metrics, /livez, /readyz\n";
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
             // Rendering reads /proc and walks every series: not for the
@@ -85,13 +89,44 @@ fn respond<B>(request: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> 
             // microseconds, less than a spawn_blocking hop.
             reply(StatusCode::OK, metrics.render())
         }
-        (_, "/metrics") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics is served\n".into(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "only GET /metrics is served\n".into(),
-        ),
+        (&Method::GET, "/livez") => reply(StatusCode::OK, "alive\n".into()),
+        (&Method::GET, "/readyz") if super::is_ready() => reply(StatusCode::OK, "ready\n".into()),
+        (&Method::GET, "/readyz") => reply(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        (_, "/metrics" | "/livez" | "/readyz") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, SERVED.into())
+        }
+        _ => reply(StatusCode::NOT_FOUND, SERVED.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn probes_answer_by_readiness_and_other_paths_are_not_found() {
+        let metrics = Metrics {
+            handle: PrometheusBuilder::new().build_recorder().handle(),
+        };
+        let get = |method: Method, path: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            respond(&request, &metrics).status()
+        };
+        super::super::set_ready(false);
+        assert_eq!(get(Method::GET, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(Method::GET, "/livez"), StatusCode::OK);
+        super::super::set_ready(true);
+        assert_eq!(get(Method::GET, "/readyz"), StatusCode::OK);
+        assert_eq!(get(Method::GET, "/metrics"), StatusCode::OK);
+        assert_eq!(
+            get(Method::POST, "/metrics"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(get(Method::GET, "/"), StatusCode::NOT_FOUND);
     }
 }

@@ -16,8 +16,9 @@
 //! knows, gRPC code names, fixed reasons), so no caller can grow the
 //! number of series.
 //!
-//! Layout: this file installs the recorder and renders a scrape;
-//! [`endpoint`] serves it over HTTP, [`rpc`] counts and times every gRPC
+//! Layout: this file installs the recorder, renders a scrape and holds the
+//! readiness flag; [`endpoint`] serves them over HTTP (`/metrics`,
+//! `/livez`, `/readyz`), [`rpc`] counts and times every gRPC
 //! call, [`process`] reads RSS, CPU, open fds and start time from /proc.
 
 pub mod endpoint;
@@ -27,6 +28,18 @@ pub mod rpc;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use endpoint::serve_metrics;
+
+/// Whether this process is ready for traffic, as `/readyz` reports it: the
+/// binary sets it (syncd from its health, the seqsvc roles once serving).
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_ready(ready: bool) {
+    READY.store(ready, std::sync::atomic::Ordering::Release);
+}
+
+pub fn is_ready() -> bool {
+    READY.load(std::sync::atomic::Ordering::Acquire)
+}
 pub use rpc::RpcMetricsLayer;
 
 /// Latency buckets: 0.5 ms (an fsync on a fast disk) to 10 s (the longest
