@@ -84,6 +84,16 @@ pub async fn check(lifecycle: &Lifecycle, writer: &EventWriter, seqs: &SeqSource
     Health::Serving
 }
 
+/// Shows `health` on the metrics listener: the `syncd_ready` gauge and
+/// `/readyz`. The gRPC health service is set with it (`server`); the binary
+/// also calls it before announcing its port, so a scrape right after the
+/// announcement already sees the node's state.
+pub fn mark(health: &Health) {
+    let ready = *health == Health::Serving;
+    metrics::gauge!("syncd_ready").set(if ready { 1.0 } else { 0.0 });
+    seqsvc::telemetry::set_ready(ready);
+}
+
 /// Publishes every change of `health()` into `status` until shutdown.
 pub async fn watch_health<F, Fut>(
     health: F,

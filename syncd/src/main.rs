@@ -276,6 +276,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Handlers first: a SIGTERM sent as soon as the port is announced
         // must stop the server cleanly, not kill it by the default action.
         let signals = Signals::install()?;
+        syncd::health::mark(&node.engine.health().await);
         // Scripts and tests read this line to learn the port.
         println!("listening on {local}");
         tracing::info!(%local, data_dir = %args.data_dir.display(), "syncd serving");

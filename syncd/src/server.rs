@@ -271,15 +271,14 @@ const HEALTH_NAMES: [&str; 3] = [
 ];
 
 async fn publish_health(reporter: &tonic_health::server::HealthReporter, health: &Health) {
-    let (status, ready) = match health {
-        Health::Serving => (tonic_health::ServingStatus::Serving, 1.0),
-        Health::NotServing(_) => (tonic_health::ServingStatus::NotServing, 0.0),
+    let status = match health {
+        Health::Serving => tonic_health::ServingStatus::Serving,
+        Health::NotServing(_) => tonic_health::ServingStatus::NotServing,
     };
     for name in HEALTH_NAMES {
         reporter.set_service_status(name, status).await;
     }
-    metrics::gauge!("syncd_ready").set(ready);
-    seqsvc::telemetry::set_ready(ready > 0.0);
+    crate::health::mark(health);
 }
 
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).

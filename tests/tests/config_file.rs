@@ -115,18 +115,27 @@ fn serve_runs_with_the_file_alone() -> anyhow::Result<()> {
             data.to_str().unwrap()
         ),
     );
-    let (mut child, announced) =
+    let (child, announced) =
         tests::spawn_announced(&syncd_bin(), ["serve", "--config", file.to_str().unwrap()])?;
+    let _server = KillOnDrop(child);
     let metrics = announced.metrics.expect("metrics-listen from the file");
     let scrape = Scrape::take(&metrics)?;
-    assert_eq!(scrape.value("syncd_ready", &[]), 1.0);
+    assert_eq!(scrape.value("syncd_ready", &[]), 1.0, "{}", scrape.text);
     assert!(
         data.join("auth.key").exists(),
         "the file's data directory is used"
     );
-    child.kill()?;
-    child.wait()?;
     Ok(())
+}
+
+/// Kills the child when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
