@@ -193,6 +193,7 @@ impl AllocServer {
         self.catch_up(client_version).await;
         let fence = lock(&self.inner.fence);
         let Some(table) = fence.table().cloned() else {
+            refused("no_table");
             return Err(not_serving(0, NotServing::NoTable));
         };
         let now = Instant::now();
@@ -203,11 +204,18 @@ impl AllocServer {
                 continue;
             }
             if table.owner_of_slot(slot) != Some(self.inner.me.as_str()) {
+                refused("moved");
                 return Ok(Routed::Moved(table));
             }
-            let state = fence
-                .serving(slot, now)
-                .map_err(|why| not_serving(slot, why))?;
+            let state = fence.serving(slot, now).map_err(|why| {
+                refused(match why {
+                    NotServing::NoTable => "no_table",
+                    NotServing::NotOwner => "not_owner",
+                    NotServing::Activating { .. } => "activating",
+                    NotServing::LeaseExpired => "lease_expired",
+                });
+                not_serving(slot, why)
+            })?;
             states.insert(slot, state);
         }
         Ok(Routed::Served(Grant { table, states }))
@@ -218,6 +226,7 @@ impl AllocServer {
         let now = Instant::now();
         for (&slot, state) in states {
             if !fence.still_serving(slot, state, now) {
+                refused("lost_while_allocating");
                 return Err(SeqError::NotServing(format!(
                     "slot {slot} was lost while allocating; nothing was handed out"
                 )));
@@ -387,6 +396,11 @@ impl AllocServer {
         })
         .await
     }
+}
+
+/// Counts a request this AllocSvr did not serve, by why (a closed set).
+fn refused(reason: &'static str) {
+    metrics::counter!("seqsvc_alloc_refusals_total", "reason" => reason).increment(1);
 }
 
 fn not_serving(slot: u32, why: NotServing) -> SeqError {

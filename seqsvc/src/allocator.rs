@@ -196,6 +196,12 @@ impl Allocator {
         })
     }
 
+    /// Why the allocator's store can take no more raises, if so (see
+    /// [`MaxSeqStore::poisoned`]).
+    pub fn store_poisoned(&self) -> Option<String> {
+        self.inner.store.poisoned()
+    }
+
     /// Sections loaded now.
     pub fn loaded_sections(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)
@@ -341,7 +347,7 @@ impl Allocator {
             return Ok(());
         }
         let namespace = held[0].1.namespace;
-        let stored = self.inner.store.raise_many(namespace, &raises).await?;
+        let stored = timed_raise(self.inner.store.raise_many(namespace, &raises)).await?;
         for ((_, section), stored) in held.iter().zip(stored) {
             let mut state = lock(&section.state);
             state.max_seq = state.max_seq.max(stored);
@@ -421,11 +427,12 @@ impl Allocator {
         let step = self.inner.config.step;
         let steps = (needed - current).div_ceil(step);
         let target = exact.unwrap_or_else(|| current.saturating_add(steps.saturating_mul(step)));
-        let stored = self
-            .inner
-            .store
-            .raise(section.namespace, section.index, target)
-            .await?;
+        let stored = timed_raise(
+            self.inner
+                .store
+                .raise(section.namespace, section.index, target),
+        )
+        .await?;
         let mut state = lock(&section.state);
         state.max_seq = state.max_seq.max(stored);
         Ok(())
@@ -594,6 +601,18 @@ impl Section {
             self.last_used.store(now, Ordering::Relaxed);
         }
     }
+}
+
+/// A durable `max_seq` write, timed and counted: its latency is the stall
+/// an allocation sees when its step runs out, its failures are refusals.
+async fn timed_raise<T>(raise: impl Future<Output = Result<T>>) -> Result<T> {
+    let started = std::time::Instant::now();
+    let result = raise.await;
+    metrics::histogram!("seqsvc_max_seq_raise_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("seqsvc_max_seq_raises_total", "result" => outcome).increment(1);
+    result
 }
 
 #[cfg(test)]

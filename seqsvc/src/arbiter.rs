@@ -135,10 +135,13 @@ impl Arbiter {
             .ok_or_else(|| SeqError::Store("routing table missing from the store".into()))?;
         *lock(&self.inner.table) = Arc::new(stored.clone());
         let now = Instant::now();
+        let live = self.live(now);
+        metrics::gauge!("seqsvc_arbiter_live_alloc_servers").set(live.len() as f64);
+        metrics::gauge!("seqsvc_routing_table_version").set(stored.version as f64);
         if now.duration_since(self.inner.started) < self.inner.config.dead_after {
             return Ok(None);
         }
-        let Some(owners) = rebalance(&stored, &self.live(now)) else {
+        let Some(owners) = rebalance(&stored, &live) else {
             return Ok(None);
         };
         let next = RoutingTable {
@@ -151,6 +154,8 @@ impl Arbiter {
             *lock(&self.inner.table) = Arc::new(current);
         }
         if applied {
+            metrics::counter!("seqsvc_arbiter_table_writes_total").increment(1);
+            metrics::gauge!("seqsvc_routing_table_version").set(next.version as f64);
             tracing::info!(version = next.version, load = ?next.load(), "routing table written");
             Ok(Some(next.version))
         } else {

@@ -82,6 +82,28 @@ fn is_localhost(ip: IpAddr) -> bool {
 /// Open connections per peer address; an entry lives while its peer has one.
 type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
+/// Counts a connection the server closed, by why (a closed set).
+fn closed(reason: &'static str) {
+    metrics::counter!("grpc_server_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Keeps `grpc_server_connections_open` while the connection lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::counter!("grpc_server_connections_accepted_total").increment(1);
+        metrics::gauge!("grpc_server_connections_open").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("grpc_server_connections_open").decrement(1.0);
+    }
+}
+
 /// One of a peer's connections; dropping it frees the place.
 struct PeerSlot {
     peers: PeerCounts,
@@ -119,6 +141,7 @@ impl Drop for PeerSlot {
 /// of its peer's), closed by a read error once it stays quiet too long.
 pub struct LimitedConn {
     stream: TcpStream,
+    _open: OpenConnection,
     _slot: OwnedSemaphorePermit,
     _peer: Option<PeerSlot>,
     /// Fires at the handshake deadline, later at most once per idle
@@ -137,6 +160,7 @@ impl LimitedConn {
                 return Poll::Pending;
             }
             let Some(last_read) = self.last_read else {
+                closed("handshake_timeout");
                 return Poll::Ready(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "no handshake",
@@ -144,6 +168,7 @@ impl LimitedConn {
             };
             let deadline = last_read + self.idle_timeout;
             if deadline <= Instant::now() {
+                closed("idle_timeout");
                 return Poll::Ready(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "idle connection",
@@ -255,6 +280,7 @@ pub fn limited_incoming_with(
                     } else {
                         // Debug only: a peer at its cap may retry in a loop.
                         tracing::debug!(%ip, "peer at its connection cap; closing");
+                        closed("peer_cap");
                         continue;
                     };
                     if let Err(error) = stream.set_nodelay(true) {
@@ -262,6 +288,7 @@ pub fn limited_incoming_with(
                     }
                     let conn = LimitedConn {
                         stream,
+                        _open: OpenConnection::new(),
                         _slot: slot,
                         _peer: peer_slot,
                         quiet: Box::pin(tokio::time::sleep(limits.handshake_timeout)),

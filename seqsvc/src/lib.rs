@@ -38,7 +38,9 @@
 //!   `alloc_service` with the heartbeats), the store client
 //!   (`remote_store`) and the `--store` URL opener (`store_url`).
 //! - [`incoming`]: accepted connections, bounded and with TCP_NODELAY;
-//!   [`logging`]: the log setup of every server binary (syncd uses both).
+//!   [`logging`]: the log setup of every server binary (syncd uses both);
+//!   [`telemetry`]: their Prometheus metrics (the recorder, the `/metrics`
+//!   listener, the per-RPC layer, process metrics).
 //! - [`client`]: the routing client (batches split per owner, "moved"
 //!   followed, retries); `client/node_id.rs`: snowflake node-id leases
 //!   ([`client::NodeIdLease`]); `client/seq_source.rs`:
@@ -92,6 +94,7 @@ pub mod routing;
 mod simulation;
 pub mod snowflake;
 pub mod store;
+pub mod telemetry;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
@@ -160,6 +163,17 @@ pub enum SeqError {
 }
 
 impl SeqError {
+    /// The variant's name, for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SeqError::Store(_) => "store",
+            SeqError::InvalidArgument(_) => "invalid_argument",
+            SeqError::Exhausted { .. } => "exhausted",
+            SeqError::NotServing(_) => "not_serving",
+            SeqError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(

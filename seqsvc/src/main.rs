@@ -78,6 +78,27 @@ impl ClientTlsArgs {
     }
 }
 
+/// Where a server role serves its Prometheus metrics.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics (GET /metrics) on this address; port 0
+    /// picks a free port (printed on start).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Before the gRPC listener: its address line comes first, and tests
+    /// read both up to the gRPC one.
+    async fn start(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let local = seqsvc::telemetry::start(addr).await?;
+            println!("metrics listening on {local}");
+        }
+        Ok(())
+    }
+}
+
 impl TlsArgs {
     /// Sets up client TLS; returns the server identity, if any.
     fn apply(&self) -> anyhow::Result<Option<tonic::transport::Identity>> {
@@ -105,6 +126,8 @@ impl TlsArgs {
 struct StoreArgs {
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Directory of the store's database (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -128,6 +151,8 @@ struct StoreUrl {
 struct ArbiterArgs {
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     #[command(flatten)]
     store: StoreUrl,
     #[arg(long, default_value = "127.0.0.1:7411")]
@@ -156,6 +181,8 @@ struct ArbiterArgs {
 struct AllocArgs {
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     #[command(flatten)]
     store: StoreUrl,
     /// Arbiter addresses (host:port), comma separated; heartbeats go to all.
@@ -268,12 +295,15 @@ async fn serve(
     routes: tonic::service::Routes,
     tls: Option<tonic::transport::Identity>,
 ) -> anyhow::Result<()> {
+    // The role has opened what it needs (store, routing table): /readyz.
+    seqsvc::telemetry::set_ready(true);
     seqsvc::grpc::serve(listener, routes, tls, wait_for_signal()).await?;
     Ok(())
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let tls = args.tls.apply()?;
     let dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FjallMaxSeqStore::open(&dir))
@@ -292,6 +322,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let tls = args.tls.apply()?;
     let config = ArbiterConfig {
         section_size: args.section_size,
@@ -324,6 +355,7 @@ async fn arbiter(args: ArbiterArgs) -> anyhow::Result<()> {
 
 async fn alloc(args: AllocArgs) -> anyhow::Result<()> {
     init_logging(DEFAULT_LOG_FILTER);
+    args.metrics.start().await?;
     let tls = args.tls.apply()?;
     let store = seqsvc::grpc::open_store(&args.store.store).await?;
     let (listener, local) = bind(args.listen).await?;

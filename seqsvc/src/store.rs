@@ -32,6 +32,13 @@ pub trait MaxSeqStore: Send + Sync + 'static {
         }
         Ok(stored)
     }
+
+    /// Why the store can take no raise for the rest of the process (an
+    /// fsync failed), if so: health reports it instead of waiting for the
+    /// next step to run out.
+    fn poisoned(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Durable storage of the routing table, written only by compare-and-set so
@@ -250,8 +257,12 @@ impl FjallMaxSeqStore {
 
     /// Syncs everything written so far; call with the write lock held.
     fn persist(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let result = self.sync_all();
+        metrics::histogram!("seqsvc_store_fsync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         if result.is_err() {
+            metrics::counter!("seqsvc_store_fsync_errors_total").increment(1);
             self.inner
                 .poisoned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -379,6 +390,13 @@ impl RouteStore for FjallMaxSeqStore {
 
 #[async_trait]
 impl MaxSeqStore for FjallMaxSeqStore {
+    fn poisoned(&self) -> Option<String> {
+        self.inner
+            .poisoned
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| "an fsync of the sequence store failed; restart to recover".to_owned())
+    }
+
     async fn load(&self, namespace: Namespace, section: u64) -> Result<u64> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.load_blocking(namespace, section))

@@ -78,6 +78,9 @@ pub struct Engine {
     push: Push,
     retainer: Arc<Retainer>,
     read_state: Arc<ReadState>,
+    /// For health: the writer knows how the store and the allocator fare.
+    writer: Arc<EventWriter>,
+    seqs: SeqSource,
 }
 
 impl Engine {
@@ -129,11 +132,13 @@ impl Engine {
             )),
             membership: Arc::new(Membership::new(
                 Arc::clone(&directory),
-                writer,
+                Arc::clone(&writer),
                 idempotency,
-                seqs,
+                seqs.clone(),
                 config.large_group_threshold,
             )),
+            writer,
+            seqs,
             inbox: Inbox::new(Arc::clone(&store), Arc::clone(&visibility)),
             history: History::new(Arc::clone(&store), directory, Arc::clone(&visibility)),
             push: Push::new(
@@ -179,6 +184,12 @@ impl Engine {
     /// Why the node failed for good (its store is poisoned), if it has.
     pub fn failure(&self) -> Option<String> {
         self.lifecycle.failure()
+    }
+
+    /// Whether the node can serve now, and if not why (see
+    /// [`crate::health`]).
+    pub async fn health(&self) -> crate::health::Health {
+        crate::health::check(&self.lifecycle, &self.writer, &self.seqs).await
     }
 
     /// Resolves with the reason once the node has failed for good.

@@ -213,7 +213,36 @@ impl Horizon {
             horizon: Arc::clone(self),
             keys,
             floors,
+            in_flight: Some(InFlightEvent::new()),
         }
+    }
+}
+
+/// One event between its reservation and its completion (or release):
+/// `syncd_horizon_inflight_events` while it lives, and its age at
+/// completion in `syncd_horizon_lag_seconds` (how long the horizon kept
+/// its seqs, and every later one of its keys, from readers).
+struct InFlightEvent {
+    reserved_at: std::time::Instant,
+}
+
+impl InFlightEvent {
+    fn new() -> Self {
+        metrics::gauge!("syncd_horizon_inflight_events").increment(1.0);
+        Self {
+            reserved_at: std::time::Instant::now(),
+        }
+    }
+
+    fn completed(&self) {
+        metrics::histogram!("syncd_horizon_lag_seconds")
+            .record(self.reserved_at.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for InFlightEvent {
+    fn drop(&mut self) {
+        metrics::gauge!("syncd_horizon_inflight_events").decrement(1.0);
     }
 }
 
@@ -228,6 +257,8 @@ pub struct Reservation {
     horizon: Arc<Horizon>,
     keys: Vec<Key>,
     floors: Vec<u64>,
+    /// Moves to the assignment (`Reservation` has a `Drop`).
+    in_flight: Option<InFlightEvent>,
 }
 
 impl Reservation {
@@ -249,6 +280,10 @@ impl Reservation {
             horizon: Arc::clone(&self.horizon),
             keys,
             seqs,
+            in_flight: self
+                .in_flight
+                .take()
+                .expect("a reservation is assigned at most once"),
         }
     }
 }
@@ -270,6 +305,7 @@ pub struct Assignment {
     horizon: Arc<Horizon>,
     keys: Vec<Key>,
     seqs: Vec<u64>,
+    in_flight: InFlightEvent,
 }
 
 impl Assignment {
@@ -277,6 +313,7 @@ impl Assignment {
     /// to announce to subscribers (it may be below this write's seq while an
     /// earlier write to the same key is still in flight).
     pub fn complete(mut self) -> Vec<(Key, u64)> {
+        self.in_flight.completed();
         let keys = std::mem::take(&mut self.keys);
         let seqs = std::mem::take(&mut self.seqs);
         keys.into_iter()

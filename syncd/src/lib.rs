@@ -53,20 +53,27 @@
 //! - [`event`]: events as values. [`writer`]: reserve, allocate, commit,
 //!   announce. [`observer`]: the one path after a commit.
 //! - [`horizon`]: in-flight seqs; [`visibility`]: what is safe to read now.
+//! - [`telemetry`]: the descriptions of syncd's metrics (recorded where
+//!   the work happens, through the `metrics` facade).
+//! - [`health`]: whether the node can serve now (gRPC health, `syncd_ready`).
 //! - [`lifecycle`]: shutdown and tracked tasks; [`keyed`]: per-key async
 //!   locks; [`limits`]: named bounds.
-//! - [`auth`]: tokens (`tl1` and JWTs) and their revocation. [`grpc`]: one file per gRPC service; [`error`]: the
+//! - [`config`]: the config file of `syncd serve`, whose keys are its
+//!   flags. [`auth`]: tokens (`tl1` and JWTs) and their revocation.
+//!   [`grpc`]: one file per gRPC service; [`error`]: the
 //!   one mapping from domain errors to gRPC statuses; [`server`]: wiring,
 //!   listener, shutdown; [`web`]: gRPC-Web, CORS and the web app's files.
 
 pub mod access;
 pub mod auth;
+pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod grpc;
+pub mod health;
 pub mod history;
 pub mod horizon;
 pub mod idempotency;
@@ -82,6 +89,7 @@ pub mod read_state;
 pub mod retention;
 pub mod send;
 pub mod server;
+pub mod telemetry;
 pub mod visibility;
 pub mod web;
 pub mod writer;

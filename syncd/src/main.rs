@@ -1,7 +1,9 @@
 //! `syncd`: run the Timeline server, or mint tokens for it.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,11 +34,34 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a token signed with the data directory's key.
     Token(TokenArgs),
+    /// Show the configuration `syncd serve` would run with (same flags,
+    /// environment and --config file), as TOML with secrets redacted.
+    Config(ConfigArgs),
 }
 
 #[derive(Args)]
+struct ConfigArgs {
+    /// Print the effective configuration.
+    #[arg(long, required = true)]
+    print: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The flag of `syncd serve` that names its config file.
+const CONFIG_ARG: &str = "config";
+
+/// Every flag is also a key of the `--config` file (its long name without
+/// the dashes): see `syncd::config`.
+#[derive(Args)]
 #[command(group(clap::ArgGroup::new("jwt_key").multiple(false).args(["jwt_hs256_secret_file", "jwt_public_key_file", "jwt_jwks_file"])))]
 struct ServeArgs {
+    /// A TOML file of settings: its keys are this command's long flags
+    /// (`data-dir = "/var/lib/timeline"`, `metrics-listen = "0.0.0.0:9400"`).
+    /// Flags and environment variables override it; unknown keys and bad
+    /// values stop the start.
+    #[arg(long, env = "SYNCD_CONFIG")]
+    config: Option<PathBuf>,
     /// Directory for the store, sequence state and auth key (created if missing).
     #[arg(long, env = "SYNCD_DATA_DIR")]
     data_dir: PathBuf,
@@ -47,6 +72,11 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed on start).
     #[arg(long, env = "SYNCD_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics (GET /metrics) on this address, from before
+    /// recovery on; port 0 picks a free port (printed on start, before the
+    /// API's line). Off without it.
+    #[arg(long, env = "SYNCD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Snowflake node id (0-1023), unique among processes sharing a store.
     #[arg(long, default_value_t = 0)]
     node_id: u16,
@@ -171,16 +201,88 @@ struct TokenArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(*args),
-        Command::Token(args) => token(args),
+    let (cli, matches, from_file) = match parse_command_line(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = match cli {
+        Some(Command::Serve(args)) => serve(*args),
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Config(_)) | None => {
+            print_config(&matches, &from_file);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line with the `--config` file merged in (see
+/// `syncd::config`). `syncd config` is parsed with nothing required, so it
+/// shows an incomplete configuration too; it returns no command, only its
+/// matches. Clap's own errors (and --help) exit here as clap does.
+fn parse_command_line(
+    argv: Vec<OsString>,
+) -> Result<(Option<Command>, clap::ArgMatches, BTreeSet<String>), Vec<syncd::config::ConfigError>>
+{
+    let sub = argv
+        .get(1)
+        .and_then(|a| a.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let (argv, from_file) = if sub == "serve" || sub == "config" {
+        let command = serve_command(&sub);
+        let layered = syncd::config::layer(&command, argv[1..].to_vec(), CONFIG_ARG, &["print"])?;
+        let mut full = vec![argv[0].clone()];
+        full.extend(layered.argv);
+        (full, layered.from_file)
+    } else {
+        (argv, BTreeSet::new())
+    };
+    if sub == "config" {
+        let command = syncd::config::relaxed(&serve_command(&sub));
+        let matches = command
+            .try_get_matches_from(&argv[1..])
+            .unwrap_or_else(|e| e.exit());
+        return Ok((None, matches, from_file));
+    }
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    Ok((Some(cli.command), matches, from_file))
+}
+
+/// The `serve` or `config` subcommand's definition, named as typed.
+fn serve_command(name: &str) -> clap::Command {
+    Cli::command()
+        .find_subcommand(name)
+        .expect("serve and config are subcommands")
+        .clone()
+}
+
+fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>) {
+    let command = serve_command("serve");
+    print!(
+        "{}",
+        syncd::config::render_effective(&command, matches, from_file)
+    );
+    for arg in command.get_arguments().filter(|a| a.is_required_set()) {
+        if matches.value_source(arg.get_id().as_str()).is_none() {
+            eprintln!(
+                "warning: {} is required by `syncd serve` and not set",
+                arg.get_long().unwrap_or_default()
+            );
         }
     }
 }
@@ -203,6 +305,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Before recovery: the endpoint tells a node that is recovering
+        // (`syncd_ready 0`) from one that is not running at all.
+        if let Some(addr) = args.metrics_listen {
+            let local = seqsvc::telemetry::start(addr).await?;
+            // Scripts and tests read this line (before the API's) to learn the port.
+            timeline_store::describe_metrics();
+            syncd::telemetry::describe_metrics();
+            println!("metrics listening on {local}");
+        }
+        metrics::gauge!("syncd_ready").set(0.0);
         let config = NodeConfig {
             data_dir: args.data_dir.clone(),
             store: server::StoreLocation::parse(&args.store)?,
@@ -238,6 +350,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Handlers first: a SIGTERM sent as soon as the port is announced
         // must stop the server cleanly, not kill it by the default action.
         let signals = Signals::install()?;
+        syncd::health::mark(&node.engine.health().await);
         // Scripts and tests read this line to learn the port.
         println!("listening on {local}");
         tracing::info!(%local, data_dir = %args.data_dir.display(), "syncd serving");

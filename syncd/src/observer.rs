@@ -42,6 +42,13 @@ impl Observers {
     /// marks its seqs durable in the horizon, then tells every observer
     /// that it is visible, in registration order.
     pub fn announce(&self, commit: &EventCommit, assignment: Assignment) {
+        // Counted here, on the one path every committed event takes (at
+        // once or finished in the background), so each counts once.
+        // The kind's name (`Message`, `MembersAdded`, ...): a closed set.
+        let kind = format!("{:?}", commit.entry.kind);
+        metrics::counter!("syncd_events_committed_total", "kind" => kind).increment(1);
+        metrics::counter!("syncd_inbox_entries_written_total").increment(commit.inbox.len() as u64);
+        metrics::histogram!("syncd_fanout_recipients").record(commit.inbox.len() as f64);
         for observer in self.0.iter() {
             observer.before_visible(commit);
         }

@@ -237,12 +237,17 @@ impl Retainer {
         };
         let below = newest_trimmed + 1;
         if below > floor {
-            while self
-                .store
-                .trim_inbox(user_id, below, RETENTION_TRIM_BATCH)
-                .await?
-                == RETENTION_TRIM_BATCH
-            {}
+            loop {
+                let removed = self
+                    .store
+                    .trim_inbox(user_id, below, RETENTION_TRIM_BATCH)
+                    .await?;
+                metrics::counter!("syncd_retention_trimmed_entries_total")
+                    .increment(removed as u64);
+                if removed != RETENTION_TRIM_BATCH {
+                    break;
+                }
+            }
         }
         Ok(below.max(floor))
     }

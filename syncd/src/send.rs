@@ -157,6 +157,7 @@ impl Sender {
                 "client_msg_id",
                 client_msg_id,
             )?;
+            metrics::counter!("syncd_sends_total", "outcome" => "duplicate").increment(1);
             return Ok(SendOutcome {
                 receipt,
                 client_msg_id,
@@ -187,6 +188,7 @@ impl Sender {
             until_complete,
         };
         let receipt = self.writer.commit(event, held).await?;
+        metrics::counter!("syncd_sends_total", "outcome" => "stored").increment(1);
         Ok(SendOutcome {
             receipt,
             client_msg_id,

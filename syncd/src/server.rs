@@ -7,6 +7,7 @@ use crate::auth::revocation::RevocationGuard;
 use crate::auth::{Authenticator, TokenAuthority};
 use crate::engine::Engine;
 use crate::grpc::{AdminService, TimelineService};
+use crate::health::Health;
 use crate::limits::{
     MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
 };
@@ -178,7 +179,11 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     };
     seqsvc::claim_layout(seq_store.as_ref(), layout).await?;
     // Events a crash interrupted are finished before anyone can read.
-    let finished = store.recover().await?;
+    metrics::gauge!("syncd_recovering").set(1.0);
+    let finished = store.recover().await;
+    metrics::gauge!("syncd_recovering").set(0.0);
+    let finished = finished?;
+    metrics::counter!("syncd_recovered_events_total").increment(finished as u64);
     if finished > 0 {
         tracing::info!(finished, "finished events interrupted by the last shutdown");
     }
@@ -250,12 +255,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
-        .await;
-    health
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
+    // Checked before the first call can come, so a client never sees a
+    // starting node as NOT_SERVING; then re-checked while it serves.
+    let initial = node.engine.health().await;
+    publish_health(&health, &initial).await;
+    let (status, mut status_changes) = tokio::sync::watch::channel(initial);
+    let checked = Arc::clone(&node.engine);
+    node.engine.spawn(crate::health::watch_health(
+        move || {
+            let engine = Arc::clone(&checked);
+            async move { engine.health().await }
+        },
+        status,
+        node.engine.stopping(),
+    ));
+    let reporter = health.clone();
+    node.engine.spawn(async move {
+        // Ends when the checking loop does (shutdown).
+        while status_changes.changed().await.is_ok() {
+            let now = status_changes.borrow_and_update().clone();
+            publish_health(&reporter, &now).await;
+        }
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -280,7 +301,7 @@ pub async fn serve(
         .spawn(revocations.poll_feed(node.engine.stopping()));
     let engine = Arc::clone(&node.engine);
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reporter = health.clone();
+    let failed_reporter = health.clone();
     let signal = async move {
         tokio::select! {
             () = shutdown => {
@@ -290,15 +311,7 @@ pub async fn serve(
                 // Load balancers and supervisors see it at once; the exit
                 // code after the drain tells the supervisor to restart.
                 tracing::error!(%reason, "the store failed for good: NOT_SERVING, stopping so that a restart recovers from the journal");
-                reporter
-                    .set_not_serving::<pb::timeline_server::TimelineServer<TimelineService>>()
-                    .await;
-                reporter
-                    .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
-                    .await;
-                reporter
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                publish_health(&failed_reporter, &Health::NotServing(reason)).await;
             }
         }
         let _ = stop_accepting.send(());
@@ -325,6 +338,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outside the services, so calls refused by auth, limits or as
+        // unimplemented are counted too.
+        .layer(seqsvc::telemetry::RpcMetricsLayer)
         .layer(web.cors_layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
@@ -337,6 +353,24 @@ pub async fn serve(
         Some(reason) => Err(StartupError::Failed(reason)),
         None => Ok(()),
     }
+}
+
+/// The names health answers for: the overall one and each API service.
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    <pb::timeline_server::TimelineServer<TimelineService> as tonic::server::NamedService>::NAME,
+    <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+];
+
+async fn publish_health(reporter: &tonic_health::server::HealthReporter, health: &Health) {
+    let status = match health {
+        Health::Serving => tonic_health::ServingStatus::Serving,
+        Health::NotServing(_) => tonic_health::ServingStatus::NotServing,
+    };
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+    crate::health::mark(health);
 }
 
 /// Binds a listener (port 0: the system picks one; `local_addr` tells).

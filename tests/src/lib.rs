@@ -9,6 +9,7 @@
 //! keeps the pipe drained.
 
 pub mod jwt;
+pub mod metrics;
 pub mod seq_cluster;
 pub mod tls;
 
@@ -63,10 +64,31 @@ pub fn seqsvc_bin() -> PathBuf {
     bin_dir().join("seqsvc")
 }
 
+/// What a server printed when it started.
+#[derive(Clone, Debug)]
+pub struct Announced {
+    /// From its `listening on ADDR` line (the gRPC API).
+    pub addr: String,
+    /// From its `metrics listening on ADDR` line, printed before the API's
+    /// when it runs with `--metrics-listen`.
+    pub metrics: Option<String>,
+}
+
 /// Spawns `bin args` and waits for its `listening on ADDR` line (every
-/// Timeline server prints it first, once bound); returns the child and ADDR.
-/// Its stderr is inherited, its stdout drained for as long as it runs.
+/// Timeline server prints it once bound, after its metrics address if it
+/// has one); returns the child and ADDR. Its stderr is inherited, its
+/// stdout drained for as long as it runs.
 pub fn spawn_listening<I, S>(bin: &Path, args: I) -> Result<(Child, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let (child, announced) = spawn_announced(bin, args)?;
+    Ok((child, announced.addr))
+}
+
+/// [`spawn_listening`], also returning the metrics address.
+pub fn spawn_announced<I, S>(bin: &Path, args: I) -> Result<(Child, Announced)>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -85,25 +107,37 @@ where
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
+        // The metrics line (if any), then the API's.
+        for line in lines.by_ref().take(2).map_while(|l| l.ok()) {
+            let last = !line.starts_with("metrics listening on ");
             let _ = tx.send(line);
+            if last {
+                break;
+            }
         }
         // Keep draining so the server never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{name} did not report its address within {STARTUP_TIMEOUT:?}");
+    let mut metrics = None;
+    loop {
+        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{name} did not report its address within {STARTUP_TIMEOUT:?}");
+            }
+        };
+        if let Some(addr) = line.strip_prefix("metrics listening on ") {
+            metrics = Some(addr.to_owned());
+            continue;
         }
-    };
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from {name}: {line:?}"))?
-        .to_owned();
-    Ok((child, addr))
+        let addr = line
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected line from {name}: {line:?}"))?
+            .to_owned();
+        return Ok((child, Announced { addr, metrics }));
+    }
 }
 
 /// Retries `start` for up to [`STARTUP_TIMEOUT`]: the port a killed process
@@ -148,6 +182,8 @@ pub struct Process {
     child: Option<Child>,
     /// Where it listens; kept across restarts.
     pub addr: String,
+    /// Its metrics endpoint, when started with `--metrics-listen`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Process {
@@ -156,12 +192,13 @@ impl Process {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut with_listen = args.clone();
         with_listen.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
-        let (child, addr) = spawn_listening(bin, &with_listen)?;
+        let (child, announced) = spawn_announced(bin, &with_listen)?;
         Ok(Self {
             bin: bin.to_path_buf(),
             args,
             child: Some(child),
-            addr,
+            addr: announced.addr,
+            metrics_addr: announced.metrics,
         })
     }
 
@@ -209,6 +246,8 @@ impl Drop for Process {
 pub struct Server {
     child: Option<Child>,
     pub addr: String,
+    /// The metrics endpoint, when started with `--metrics-listen`.
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
 }
@@ -232,10 +271,11 @@ impl Server {
         args.push(data_dir.to_string_lossy().into_owned());
         args.extend(["--listen".to_owned(), listen.to_owned()]);
         args.extend(extra_args.iter().cloned());
-        let (child, addr) = spawn_listening(&syncd_bin(), &args)?;
+        let (child, announced) = spawn_announced(&syncd_bin(), &args)?;
         Ok(Self {
             child: Some(child),
-            addr,
+            addr: announced.addr,
+            metrics_addr: announced.metrics,
             data_dir: data_dir.to_path_buf(),
             extra_args,
         })

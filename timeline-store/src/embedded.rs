@@ -313,6 +313,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        metrics::histogram!("timeline_store_group_commit_batches").record(group.len() as f64);
         let outcomes = apply_group(&keyspaces, &group, &poisoned);
         match outcomes {
             Ok(outcomes) => {
@@ -324,6 +325,9 @@ fn writer_loop(
                 let message = error.to_string();
                 tracing::error!(%message, "group commit failed");
                 let fatal = error.is_fatal();
+                let kind = if fatal { "fatal" } else { "io" };
+                metrics::counter!("timeline_store_errors_total", "backend" => "embedded", "kind" => kind)
+                    .increment(1);
                 for request in group.drain(..) {
                     let error = if fatal {
                         StoreError::Poisoned(message.clone())
@@ -532,6 +536,7 @@ fn apply_group(
     let fsync_started = std::time::Instant::now();
     let persisted = ks.db.persist(fjall::PersistMode::SyncAll);
     let fsync = fsync_started.elapsed();
+    metrics::histogram!("timeline_store_fsync_duration_seconds").record(fsync.as_secs_f64());
     if fsync > SLOW_FSYNC {
         // Every write in the group waited this long: the usual cause of a
         // latency tail, and a disk problem worth seeing in the logs.

@@ -98,3 +98,27 @@ pub use read_state::*;
 pub use revocation::*;
 pub use scylla::{ScyllaConfig, ScyllaTimelineStore};
 pub use traits::*;
+
+/// The `# HELP` lines of this crate's metrics; a binary that installs a
+/// recorder calls it once.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_histogram!(
+        "timeline_store_group_commit_batches",
+        "Events applied per group commit of the embedded store (one fsync each)."
+    );
+    describe_histogram!(
+        "timeline_store_fsync_duration_seconds",
+        Unit::Seconds,
+        "Fsync latency of the embedded store's group commit."
+    );
+    describe_histogram!(
+        "timeline_store_scylla_commit_duration_seconds",
+        Unit::Seconds,
+        "Time to commit one event on ScyllaDB."
+    );
+    describe_counter!(
+        "timeline_store_errors_total",
+        "Store failures, by backend and kind."
+    );
+}

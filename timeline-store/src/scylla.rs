@@ -451,7 +451,11 @@ impl ScyllaTimelineStore {
         self.session
             .execute_unpaged(statement, values)
             .await
-            .map_err(cql)
+            .map_err(|error| {
+                metrics::counter!("timeline_store_errors_total", "backend" => "scylla", "kind" => "cql")
+                    .increment(1);
+                cql(error)
+            })
     }
 
     /// Runs a single-column query and decodes every row's value.
@@ -787,6 +791,7 @@ impl EventLog for ScyllaTimelineStore {
                 "an event must have its own msg_id (its recovery record is keyed by it)".into(),
             ));
         }
+        let started = std::time::Instant::now();
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
         self.execute(&self.statements.insert_pending, (shard, event_id, intent))
@@ -794,6 +799,8 @@ impl EventLog for ScyllaTimelineStore {
         self.apply(&commit).await?;
         self.execute(&self.statements.delete_pending, (shard, event_id))
             .await?;
+        metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

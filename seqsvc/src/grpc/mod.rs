@@ -171,6 +171,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(crate::incoming::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(crate::incoming::KEEPALIVE_TIMEOUT))
+        .layer(crate::telemetry::RpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             crate::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped),

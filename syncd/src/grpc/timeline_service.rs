@@ -134,17 +134,17 @@ impl pb::timeline_server::Timeline for TimelineService {
         self.engine.spawn(async move {
             let revoked = revocations.until_revoked(&verified);
             tokio::pin!(revoked);
-            loop {
+            let reason = loop {
                 let notice = tokio::select! {
                     notice = feed.next() => match notice.transpose() {
                         Some(notice) => notice,
-                        None => break,
+                        None => break "shutdown",
                     },
-                    () = tx.closed() => break,
+                    () = tx.closed() => break "client_gone",
                     refusal = &mut revoked => {
                         // The stream ends as a call with the token would.
                         let _ = tx.send(Err(Status::from(refusal))).await;
-                        break;
+                        break "revoked";
                     }
                 };
                 let message = notice
@@ -154,12 +154,18 @@ impl pb::timeline_server::Timeline for TimelineService {
                     })
                     .map_err(Status::from);
                 let failed = message.is_err();
+                let inline = message.as_ref().is_ok_and(|n| !n.entries.is_empty());
                 // Waits while the subscriber's queue is full; the feed
                 // coalesces meanwhile, so a stuck reader holds at most
                 // SUBSCRIBER_QUEUE notices, and only for so long.
                 match tokio::time::timeout(stall_limit, tx.send(message)).await {
-                    Ok(Ok(())) if !failed => {}
-                    Ok(_) => break,
+                    Ok(Ok(())) if !failed => {
+                        let entries = if inline { "inline" } else { "none" };
+                        metrics::counter!("syncd_push_notices_total", "entries" => entries)
+                            .increment(1);
+                    }
+                    Ok(Ok(())) => break "error",
+                    Ok(Err(_)) => break "client_gone",
                     Err(_) => {
                         tracing::warn!(
                             ?stall_limit,
@@ -169,10 +175,11 @@ impl pb::timeline_server::Timeline for TimelineService {
                             "subscriber read nothing for {} s: disconnected; sync, then subscribe again",
                             stall_limit.as_secs_f32()
                         )));
-                        break;
+                        break "stalled";
                     }
                 }
-            }
+            };
+            metrics::counter!("syncd_push_disconnects_total", "reason" => reason).increment(1);
         });
         // After the queued notices: the stall error, if the task sent one.
         let stalled = futures_util::stream::once(stalled_rx)

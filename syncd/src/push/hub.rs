@@ -78,6 +78,7 @@ impl Hub {
                 "server has {MAX_SUBSCRIPTIONS} open subscriptions"
             )));
         }
+        metrics::gauge!("syncd_push_subscribers").increment(1.0);
         let sender = shard.entry(user_id).or_insert_with(|| watch::channel(0).0);
         let receiver = sender.subscribe();
         Ok(Subscription {
@@ -126,6 +127,7 @@ impl Drop for Subscription {
             shard.remove(&self.user_id);
         }
         self.hub.subscriptions.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("syncd_push_subscribers").decrement(1.0);
     }
 }
 

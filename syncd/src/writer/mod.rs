@@ -106,6 +106,9 @@ pub struct EventWriter {
     finishers: Arc<Semaphore>,
     /// Unfinished events of a failed node, kept until it exits.
     parked: Arc<Mutex<Vec<Unfinished>>>,
+    /// The last allocator error of a call that has not been followed by a
+    /// successful one, and when it came (health reports it).
+    allocator_error: Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl EventWriter {
@@ -133,7 +136,42 @@ impl EventWriter {
             budget_bytes,
             finishers: Arc::new(Semaphore::new(MAX_BACKGROUND_FINISHERS)),
             parked: Arc::default(),
+            allocator_error: Mutex::default(),
         }
+    }
+
+    /// Events the store failed that are still being retried: while there
+    /// are any, the store is failing writes.
+    pub fn unfinished_events(&self) -> usize {
+        MAX_BACKGROUND_FINISHERS - self.finishers.available_permits()
+    }
+
+    /// The allocator's last failure and when it came, if no call has
+    /// succeeded since.
+    pub fn allocator_error(&self) -> Option<(String, tokio::time::Instant)> {
+        lock(&self.allocator_error).clone()
+    }
+
+    /// Records how an allocator call went, for health: a retryable error
+    /// means the allocator cannot serve now; a success that it can again.
+    /// Refusals of the request itself (bad ids) say nothing about it.
+    pub fn note_allocation<T>(
+        &self,
+        result: std::result::Result<T, seqsvc::SeqError>,
+    ) -> std::result::Result<T, seqsvc::SeqError> {
+        match &result {
+            Ok(_) => {
+                let mut error = lock(&self.allocator_error);
+                if error.is_some() {
+                    *error = None;
+                }
+            }
+            Err(e) if e.is_retryable() => {
+                *lock(&self.allocator_error) = Some((e.to_string(), tokio::time::Instant::now()));
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Allocates and durably writes one event, then announces it. `held`
@@ -162,11 +200,13 @@ impl EventWriter {
         let (conv_seq, inbox_seqs) = {
             // Allocation is short; writes run outside this lock.
             let _in_order = self.allocation_locks.write(conversation_id).await;
-            let conv_seq = self
-                .seqs
-                .next(Namespace::Conversation, conversation_id)
-                .await?;
-            let inbox_seqs = self.seqs.next_batch(Namespace::Inbox, &recipients).await?;
+            let conv_seq = self.note_allocation(
+                self.seqs
+                    .next(Namespace::Conversation, conversation_id)
+                    .await,
+            )?;
+            let inbox_seqs =
+                self.note_allocation(self.seqs.next_batch(Namespace::Inbox, &recipients).await)?;
             (conv_seq, inbox_seqs)
         };
         // The event's place among the conversation's events is fixed.
@@ -246,10 +286,12 @@ impl EventWriter {
                 Ok(())
             }
             Err(error) if error.is_fatal() => {
+                commit_failed("fatal");
                 self.fail(&error, msg_id, unfinished(assignment));
                 Err(error.into())
             }
             Err(error) if error.is_retryable() => {
+                commit_failed("retryable");
                 let Ok(finisher) = Arc::clone(&self.finishers).try_acquire_owned() else {
                     // Admitted while a slot was free, failed after the last
                     // one was taken: neither finishing it here nor giving it
@@ -271,7 +313,10 @@ impl EventWriter {
                 Err(SyncdError::Unavailable(format!("{error}; {retry}")))
             }
             // Refused before anything was written: the seqs become gaps.
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                commit_failed("refused");
+                Err(error.into())
+            }
         }
     }
 
@@ -323,7 +368,7 @@ impl EventWriter {
                 Scope::Inbox => Namespace::Inbox,
                 Scope::Conversation => Namespace::Conversation,
             };
-            let current = self.seqs.current_batch(namespace, &ids).await?;
+            let current = self.note_allocation(self.seqs.current_batch(namespace, &ids).await)?;
             for (id, seq) in ids.into_iter().zip(current) {
                 self.horizon.prime((scope, id), seq);
             }
@@ -376,6 +421,7 @@ impl EventWriter {
                         return;
                     }
                     Err(error) => {
+                        metrics::counter!("syncd_background_finish_retries_total").increment(1);
                         tracing::warn!(%error, msg_id, "still cannot finish event");
                         delay = (delay * 2).min(MAX_FINISH_RETRY_DELAY);
                     }
@@ -407,12 +453,20 @@ fn cost_of(event: &Event) -> (usize, usize) {
     (copies, cost)
 }
 
+/// Counts a failed commit by what follows: the node stops (`fatal`), the
+/// event is finished in the background (`retryable`), or nothing was
+/// written (`refused`).
+fn commit_failed(kind: &'static str) {
+    metrics::counter!("syncd_commit_failures_total", "kind" => kind).increment(1);
+}
+
 fn park(parked: &Mutex<Vec<Unfinished>>, unfinished: Unfinished) {
     // A std mutex: pushed to, never held across an await.
-    parked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(unfinished);
+    lock(parked).push(unfinished);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 mod marker;
