@@ -36,7 +36,7 @@ enum Command {
     Token(TokenArgs),
     /// Show the configuration `syncd serve` would run with (same flags,
     /// environment and --config file), as TOML with secrets redacted.
-    Config(ConfigArgs),
+    Config(Box<ConfigArgs>),
 }
 
 #[derive(Args)]
