@@ -221,4 +221,38 @@ describe("read state in the web inbox", () => {
     assert.equal(await page.title(), `(${totals.total_unread}) Timeline`);
     await page.screenshot({ path: join(outputDir(), "read-state-reloaded.png") });
   });
+
+  test("a long list is paged: more conversations come by the cursor, in the server's order", async () => {
+    // One page (LIST_PAGE, 50) and a bit: the page shows the first page only.
+    for (let i = 0; i < 52; i++) {
+      server.tl(bob, ["conversation", "create", "--members", "1", "--title", `Topic ${i}`]);
+    }
+    const all = server
+      .tlJson(alicePhone, ["conversations", "--limit", "500"])
+      .slice(0, -1)
+      .map((l) => String(l.conversation_id));
+    assert.equal(all.length, 55);
+    // A new device of the user: nothing stored, the list starts at its first page.
+    const context = await browser.createBrowserContext();
+    const tablet = await context.newPage();
+    await tablet.setViewport({ width: 1100, height: 720 });
+    await tablet.goto(server.url);
+    await tablet.waitForSelector("textarea[name=token]");
+    await tablet.$eval("textarea[name=token]", (e, value) => (e.value = value), server.deviceToken(1, "tablet"));
+    await tablet.click("button[type=submit]");
+    await tablet.waitForSelector("#status.live", { timeout: SETTLE_MS });
+    const shown = () =>
+      tablet.$$eval("#conversations li[data-conversation-id]", (l) => l.map((e) => e.dataset.conversationId));
+    await until("the first page shows", async () => (await shown()).length > 0);
+    assert.deepEqual(await shown(), all.slice(0, 50));
+    await tablet.click("#more-conversations");
+    await until("the second page shows", async () => (await shown()).length === all.length);
+    assert.deepEqual(await shown(), all);
+    assert.equal(await tablet.$eval("#more-conversations", (e) => e.hidden), true, "no more pages");
+    // The counts are the same on every device of the user.
+    const tabletBadge = await tablet.$eval(badgeOf(direct), (e) => e.textContent);
+    assert.equal(tabletBadge, "3");
+    assert.equal(await tablet.title(), await page.title());
+    await context.close();
+  });
 });

@@ -9,7 +9,8 @@
 // at, so nothing counts twice), and the first page is fetched again with
 // `known_version` (one call at a time; a request while one is in flight
 // runs once after it). The server's rows replace folded ones unless the
-// device has folded past them; the totals are always the server's.
+// device has folded past them. The totals are the server's, moved by what
+// the fold changes after the seq the server counted them at.
 //
 // Counts are never made up on the device from its cached entries: a row
 // shows what the server said, moved on only by the rules of the fold.
@@ -50,6 +51,11 @@ export function rowOf(state: ConversationState, asOfSeq: bigint): ConversationRo
   };
 }
 
+/** What a row adds to the totals: a left conversation counts nothing. */
+function counted(row: ConversationRow): [number, number] {
+  return row.member ? [row.unread, row.mentions] : [0, 0];
+}
+
 /** The list's order: newest activity first, ties by id, highest first (the server's). */
 function newestFirst(a: ConversationRow, b: ConversationRow): number {
   return b.lastActivityMs - a.lastActivityMs || (b.id > a.id ? 1 : b.id < a.id ? -1 : 0);
@@ -61,6 +67,7 @@ interface Stored {
   pages: number;
   totalUnread: number;
   totalMentions: number;
+  asOfSeq?: string;
   rows: Record<string, string | number | boolean | undefined | object>[];
 }
 
@@ -76,6 +83,8 @@ export class ConversationList {
   #pages = 0;
   totalUnread = 0;
   totalMentions = 0;
+  /** The inbox seq the totals were counted at by the server. */
+  #asOfSeq = 0n;
   /** A first-page fetch in flight, and whether another was asked for meanwhile. */
   #refreshing: Promise<void> | null = null;
   #again = false;
@@ -166,7 +175,11 @@ export class ConversationList {
     let changed = false;
     for (const entry of entries) {
       const row = this.#rows.get(entry.conversationId);
-      if (row && foldEntry(row, entry, this.me)) changed = true;
+      if (!row) continue;
+      const before = counted(row);
+      if (!foldEntry(row, entry, this.me)) continue;
+      changed = true;
+      if (entry.seq > this.#asOfSeq) this.addToTotals(counted(row), before);
     }
     if (changed) this.changed();
   }
@@ -183,9 +196,11 @@ export class ConversationList {
     );
     const row = this.#rows.get(conversationId);
     if (row && reply.readThrough >= row.readThrough) {
+      const before = counted(row);
       row.readThrough = reply.readThrough;
       row.unread = Number(reply.unread);
       row.mentions = Number(reply.mentions);
+      this.addToTotals(counted(row), before);
       this.changed();
     }
     // The totals are the server's: ask for them (not modified when the
@@ -194,6 +209,9 @@ export class ConversationList {
   }
 
   private merge(reply: ListConversationsReply): void {
+    this.totalUnread = Number(reply.totalUnread);
+    this.totalMentions = Number(reply.totalMentions);
+    this.#asOfSeq = reply.asOfSeq;
     for (const state of reply.conversations) {
       const known = this.#rows.get(state.conversationId);
       // The device may have folded entries the reply does not count yet
@@ -203,14 +221,23 @@ export class ConversationList {
         known.title = state.title;
         known.direct = state.kind === ConversationKind.DIRECT;
         known.readFanout = state.readFanout;
+        this.addToTotals(counted(known), counted(rowOf(state, reply.asOfSeq)));
         continue;
       }
       this.#rows.set(state.conversationId, rowOf(state, reply.asOfSeq));
     }
-    this.totalUnread = Number(reply.totalUnread);
-    this.totalMentions = Number(reply.totalMentions);
+    // Conversations that were on the first page once stay listed; past
+    // the bound the least recent go (they come back with their activity).
+    if (this.#rows.size > MAX_LISTED) {
+      for (const row of this.rows().slice(MAX_LISTED)) this.#rows.delete(row.id);
+    }
     this.loaded = true;
     this.changed();
+  }
+
+  private addToTotals(now: [number, number], before: [number, number]): void {
+    this.totalUnread = Math.max(0, this.totalUnread + now[0] - before[0]);
+    this.totalMentions = Math.max(0, this.totalMentions + now[1] - before[1]);
   }
 
   /** Reads the stored list again (another tab of the device wrote it). */
@@ -219,6 +246,7 @@ export class ConversationList {
     this.#version = "";
     this.#cursor = "";
     this.#pages = 0;
+    this.#asOfSeq = 0n;
     this.loaded = false;
     const text = this.storage.get(this.key);
     if (text !== null) {
@@ -235,6 +263,7 @@ export class ConversationList {
         this.#pages = stored.pages;
         this.totalUnread = stored.totalUnread;
         this.totalMentions = stored.totalMentions;
+        this.#asOfSeq = BigInt(stored.asOfSeq ?? "0");
         this.loaded = true;
       } catch {
         // A stored list that does not parse is fetched again.
@@ -259,6 +288,7 @@ export class ConversationList {
       pages: this.#pages,
       totalUnread: this.totalUnread,
       totalMentions: this.totalMentions,
+      asOfSeq: this.#asOfSeq.toString(),
       rows: rows.map((row) => {
         const out: Record<string, any> = { ...row };
         for (const field of BIGINT_FIELDS) out[field] = row[field].toString();

@@ -258,7 +258,9 @@ export class InboxCache {
         this.#entries.set(
           id,
           new Map(
-            (s.entries as any[]).map((e) => {
+            // Read markers were stored by earlier versions of the page: they
+            // are read state, never shown.
+            (s.entries as any[]).filter((e) => e.kind !== EntryKind.READ_MARKER).map((e) => {
               const item: Item = {
                 ...e,
                 conversationId: id,
