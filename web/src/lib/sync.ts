@@ -8,7 +8,10 @@
 // checkpoint moves past them; the checkpoint is saved before it is
 // acknowledged; a transient failure (server restart, network) reconnects
 // with backoff and resumes from the saved checkpoint, so nothing is skipped
-// and a repeat is absorbed by the idempotent cache.
+// and a repeat is absorbed by the idempotent cache. Read markers and large
+// groups' inbox copies are handed to the read state (the `inbox` hook), not
+// to the cached conversations: a marker is no message, and a copy's message
+// is shown once, from the group's timeline (read at once when one arrives).
 
 import { Code } from "@connectrpc/connect";
 import { EntryKind, type Entry, type Notice, type SyncReply } from "../gen/timeline/v1/timeline_pb.js";
