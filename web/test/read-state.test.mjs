@@ -171,6 +171,7 @@ describe("read state in the web inbox", () => {
     assert.equal(await page.$(`${mine}[data-read]`), null, "not read yet");
     server.tl(bob, ["read", "--conversation", direct]);
     await page.waitForSelector(`${mine}[data-read] .read`, { timeout: SETTLE_MS });
+    await page.screenshot({ path: join(outputDir(), "read-receipt.png") });
   });
 
   test("a large group's message that mentions the user is shown once and counted", async () => {
@@ -197,6 +198,27 @@ describe("read state in the web inbox", () => {
     assert.deepEqual(lines.mentions, [2]);
     const bobList = server.tlJson(bob, ["conversations"]);
     assert.equal(bobList.find((l) => String(l.conversation_id) === group).mentions, 1);
+  });
+
+  test("a hidden page marks nothing; coming back to it marks what it shows", async () => {
+    await open(group);
+    const setHidden = (hidden) =>
+      page.evaluate((h) => {
+        Object.defineProperty(document, "visibilityState", { value: h ? "hidden" : "visible", configurable: true });
+        document.dispatchEvent(new Event("visibilitychange"));
+      }, hidden);
+    await setHidden(true);
+    const id = randomUUID();
+    server.tl(bob, ["send", "--conversation", group, "--text", "while you were away", "--client-msg-id", id]);
+    await page.waitForSelector(`#messages .msg[data-client-msg-id="${id}"]`, { timeout: SETTLE_MS });
+    await waitForBadge(group, "1");
+    // Long enough for a mark to have been made and answered, were one made.
+    await sleep(500);
+    assert.equal(serverCounts().rows[group].unread, 1);
+    assert.equal((await badges())[group].unread, 1);
+    await setHidden(false);
+    await page.waitForFunction((sel) => !document.querySelector(sel), { timeout: SETTLE_MS }, badgeOf(group));
+    assert.equal(serverCounts().rows[group].unread, 0);
   });
 
   test("a reload keeps the counts right", async () => {
