@@ -82,6 +82,9 @@ export class Device {
 
   #setStatus(status: DeviceStatus): void {
     this.status = status;
+    // Back online: a list call that failed meanwhile is made now (not
+    // modified when nothing changed).
+    if (status.kind === "live") this.list.refresh().catch(() => undefined);
     for (const listener of this.#statusListeners) listener(status);
   }
 
