@@ -107,6 +107,42 @@ describe("gRPC-Web on syncd's port", () => {
       synced.entries.map((e) => e.convSeq),
     );
 
+    const [marked] = await ok(
+      `${T}MarkRead`,
+      pb.MarkReadRequestSchema,
+      create(pb.MarkReadRequestSchema, { conversationId: id }),
+      pb.MarkReadReplySchema,
+      alice,
+    );
+    assert.equal(marked.readThrough, sent.convSeq, "the sender's own message read the conversation");
+    const [listed] = await ok(
+      `${T}ListConversations`,
+      pb.ListConversationsRequestSchema,
+      create(pb.ListConversationsRequestSchema, {}),
+      pb.ListConversationsReplySchema,
+      alice,
+    );
+    assert.deepEqual(
+      listed.conversations.map((c) => [c.conversationId, c.title, c.unread]),
+      [[id, "over the web", 0n]],
+    );
+    const [unchanged] = await ok(
+      `${T}ListConversations`,
+      pb.ListConversationsRequestSchema,
+      create(pb.ListConversationsRequestSchema, { knownVersion: listed.version }),
+      pb.ListConversationsReplySchema,
+      alice,
+    );
+    assert.equal(unchanged.notModified, true);
+    const [receipts] = await ok(
+      `${T}GetReadReceipts`,
+      pb.GetReadReceiptsRequestSchema,
+      create(pb.GetReadReceiptsRequestSchema, { conversationId: id, convSeq: sent.convSeq }),
+      pb.GetReadReceiptsReplySchema,
+      alice,
+    );
+    assert.deepEqual([receipts.readCount, receipts.memberCount], [0n, 1n]);
+
     const [added] = await ok(
       `${A}AddMembers`,
       pb.ChangeMembersRequestSchema,
@@ -250,6 +286,22 @@ describe("gRPC-Web on syncd's port", () => {
       { token: alice },
     );
     assert.equal(badId.status.code, Code.InvalidArgument);
+    const markDenied = await call(
+      server.url,
+      `${T}MarkRead`,
+      pb.MarkReadRequestSchema,
+      create(pb.MarkReadRequestSchema, { conversationId: BigInt(conversation) }),
+      { token: bob },
+    );
+    assert.equal(markDenied.status.code, Code.PermissionDenied);
+    const markPast = await call(
+      server.url,
+      `${T}MarkRead`,
+      pb.MarkReadRequestSchema,
+      create(pb.MarkReadRequestSchema, { conversationId: BigInt(conversation), through: 99n }),
+      { token: alice },
+    );
+    assert.equal(markPast.status.code, Code.InvalidArgument, markPast.status.message);
     const history = server.tlJson(alice, ["history", "--conversation", conversation]);
     assert.deepEqual(
       history.map((e) => e.kind),

@@ -1,12 +1,15 @@
-// The web inbox: sign in with a device token, the conversation list, a
-// conversation's history with paging, live entries, sending. All protocol
-// logic lives in ../lib; this file only draws it.
+// The web inbox: sign in with a device token, the conversation list with
+// unread counts, a conversation's history with paging, live entries,
+// sending (with mentions), read markers and receipts. All protocol logic
+// lives in ../lib; this file only draws it and decides when the user has
+// seen a conversation (open, and the page visible).
 
 import { Code } from "@connectrpc/connect";
 import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 import { codeOf, describe, explain } from "../lib/errors.js";
-import type { ConversationSummary, Item } from "../lib/inbox.js";
-import type { Pending } from "../lib/outbox.js";
+import type { ConversationRow } from "../lib/conversations.js";
+import type { Item } from "../lib/inbox.js";
+import { mentionsIn, type Pending } from "../lib/outbox.js";
 import { Device, type DeviceStatus } from "../lib/device.js";
 import { browserStorage } from "../lib/storage.js";
 import { TokenError } from "../lib/token.js";
@@ -96,6 +99,7 @@ function signOut(): void {
 const parts = {
   status: h("span", { class: "status connecting", id: "status" }, "Connecting"),
   list: h("ul", { id: "conversations" }),
+  more: h("button", { class: "ghost more", id: "more-conversations" }, "More conversations"),
   pane: h("section", { class: "conversation" }),
   messages: h("div", { class: "messages", id: "messages" }),
   banner: h("div", { class: "error banner", role: "alert", id: "conversation-error" }),
@@ -129,7 +133,14 @@ function showInbox(current: Device): void {
         const text = parts.compose.value;
         if (!text.trim() || openId === null) return;
         parts.compose.value = "";
-        current.outbox.send(openId, text).catch((e) => showConversationError(String(e)));
+        const record = current.cache.conversations.get(openId)?.record;
+        const { mentions, mentionAll } = mentionsIn(
+          text,
+          record?.members ?? [],
+          current.info.userId,
+          record !== undefined && !record.direct,
+        );
+        current.outbox.send(openId, text, mentions, mentionAll).catch((e) => showConversationError(String(e)));
       },
     },
     parts.compose,
@@ -150,12 +161,31 @@ function showInbox(current: Device): void {
       h("span", { class: "who", id: "who" }, `User ${current.info.userId} · ${current.info.deviceId}`),
       h("button", { class: "ghost", onclick: signOut }, "Sign out"),
     ),
-    h("main", { class: "inbox" }, h("aside", { class: "list" }, openForm, parts.list), parts.pane),
+    h("main", { class: "inbox" }, h("aside", { class: "list" }, openForm, parts.list, parts.more), parts.pane),
   );
+  parts.more.onclick = () => {
+    parts.more.disabled = true;
+    current.list.loadMore().then(
+      () => (parts.more.disabled = false),
+      (error) => {
+        parts.more.disabled = false;
+        showConversationError(explain(error));
+      },
+    );
+  };
   current.onStatus(drawStatus);
   current.cache.onChange((id) => {
     drawList(current);
-    if (id === null || id === openId) drawConversation(current);
+    if (id === null || id === openId) {
+      drawConversation(current);
+      markIfSeen(current);
+    }
+  });
+  current.list.onChange(() => {
+    drawList(current);
+    // Receipts (the peer's marker) and the open conversation's counts.
+    drawConversation(current);
+    markIfSeen(current);
   });
   current.outbox.onChange(() => drawConversation(current));
   drawStatus(current.status);
@@ -174,36 +204,73 @@ function drawStatus(status: DeviceStatus): void {
   parts.status.textContent = text;
 }
 
-function titleOf(summary: ConversationSummary | undefined, id: bigint, me: bigint): string {
-  const record = summary?.record;
+function titleOf(current: Device, id: bigint): string {
+  const row = current.list.row(id);
+  if (row?.title) return row.title;
+  const record = current.cache.conversations.get(id)?.record;
   if (record?.title) return record.title;
-  if (record?.direct) {
-    const other = record.members.find((m) => m !== me);
+  if (record?.direct || row?.direct) {
+    const other = record?.members.find((m) => m !== current.info.userId);
     return other === undefined ? "Direct" : `User ${other}`;
   }
   return `Conversation ${id}`;
 }
 
+function previewOf(row: ConversationRow, me: bigint): string {
+  const last = row.last;
+  if (!last) return row.member ? "No messages yet" : "You left";
+  if (last.senderId === 0n) return last.text;
+  return `${last.senderId === me ? "You" : `User ${last.senderId}`}: ${last.text}`;
+}
+
 function drawList(current: Device): void {
-  const items = current.cache.list().map((summary) => {
-    if (!summary.record) current.fetchRecord(summary.id).catch(() => undefined);
+  const rows = current.list.rows();
+  const items = rows.map((row) => {
+    // A direct conversation is named after the other member (its record).
+    if (!row.title && !current.cache.conversations.get(row.id)?.record) {
+      current.fetchRecord(row.id).catch(() => undefined);
+    }
     return h(
       "li",
       {
-        class: summary.id === openId ? "open" : "",
-        "data-conversation-id": summary.id.toString(),
-        onclick: () => (location.hash = `#/c/${summary.id}`),
+        class: [row.id === openId ? "open" : "", row.member ? "" : "left", row.unread ? "unread" : ""].join(" ").trim(),
+        "data-conversation-id": row.id.toString(),
+        "data-unread": String(row.unread),
+        "data-mentions": String(row.mentions),
+        onclick: () => (location.hash = `#/c/${row.id}`),
       },
-      h("span", { class: "title" }, titleOf(summary, summary.id, current.info.userId)),
-      h("span", { class: "time" }, timeOf(summary.lastActivityMs)),
-      h("span", { class: "preview" }, summary.preview),
-      summary.unread ? h("span", { class: "badge" }, String(summary.unread)) : null,
+      h("span", { class: "title" }, titleOf(current, row.id)),
+      h("span", { class: "time" }, timeOf(row.lastActivityMs)),
+      h("span", { class: "preview" }, previewOf(row, current.info.userId)),
+      h(
+        "span",
+        { class: "counts" },
+        row.mentions ? h("span", { class: "mention", title: `${row.mentions} unread mentions` }, "@") : null,
+        row.unread ? h("span", { class: "badge", title: `${row.unread} unread` }, String(row.unread)) : null,
+      ),
     );
   });
   if (items.length === 0) {
-    items.push(h("li", { class: "empty" }, "No conversations yet."));
+    items.push(h("li", { class: "empty" }, current.list.loaded ? "No conversations yet." : "Loading conversations…"));
   }
   parts.list.replaceChildren(...items);
+  parts.more.hidden = !current.list.hasMore;
+  const total = current.list.totalUnread;
+  document.title = total > 0 ? `(${total}) Timeline` : "Timeline";
+}
+
+/** The user sees the open conversation: the page is visible and this tab syncs. */
+function seeing(id: bigint): boolean {
+  return openId === id && document.visibilityState === "visible";
+}
+
+/** Marks the open conversation read through what it shows, if the user sees it. */
+function markIfSeen(current: Device): void {
+  const id = openId;
+  if (id === null || !seeing(id) || !current.syncing) return;
+  current.markSeen(id, () => seeing(id)).catch((error) => {
+    if (openId === id) showConversationError(explainHere(error));
+  });
 }
 
 function showConversationError(message: string | null): void {
@@ -224,7 +291,10 @@ function openFromHash(current: Device): void {
     if (openId === id) showConversationError(explainHere(error));
   });
   current.loadHistory(id).then(
-    () => openId === id && conversationError === null && drawConversation(current, true),
+    () => {
+      if (openId === id && conversationError === null) drawConversation(current, true);
+      markIfSeen(current);
+    },
     (error) => openId === id && showConversationError(explainHere(error)),
   );
 }
@@ -235,7 +305,8 @@ function explainHere(error: unknown): string {
     : explain(error);
 }
 
-function entryView(item: Item, me: bigint): HTMLElement {
+/** `peerRead`: in a direct conversation, how far the other member has read. */
+function entryView(item: Item, me: bigint, peerRead: bigint): HTMLElement {
   const attrs = {
     "data-conv-seq": item.convSeq.toString(),
     "data-seq": item.seq.toString(),
@@ -252,11 +323,17 @@ function entryView(item: Item, me: bigint): HTMLElement {
   }
   const mine = item.senderId === me;
   const who = item.senderId === 0n ? "System" : mine ? "You" : `User ${item.senderId}`;
+  const read = mine && item.convSeq <= peerRead;
   return h(
     "div",
-    { class: `msg message${mine ? " mine" : ""}${item.senderId === 0n ? " system" : ""}`, ...attrs },
+    { class: `msg message${mine ? " mine" : ""}${item.senderId === 0n ? " system" : ""}`, ...attrs, "data-read": read },
     h("div", { class: "bubble" }, item.text),
-    h("div", { class: "meta" }, `${who} · ${timeOf(item.sentAtMs)}`),
+    h(
+      "div",
+      { class: "meta" },
+      `${who} · ${timeOf(item.sentAtMs)}`,
+      read ? h("span", { class: "read" }, " · Read") : null,
+    ),
   );
 }
 
@@ -296,11 +373,15 @@ function drawConversation(current: Device, scrollToEnd = false): void {
   const id = openId;
   const summary = current.cache.conversations.get(id);
   const me = current.info.userId;
-  parts.title.textContent = titleOf(summary, id, me);
+  const row = current.list.row(id);
+  parts.title.textContent = titleOf(current, id);
   parts.members.textContent = summary?.record
     ? `${summary.record.members.length} members${summary.record.readFanout ? " · large group" : ""}`
     : "";
   parts.compose.disabled = false;
+  parts.compose.placeholder =
+    summary?.record && !summary.record.direct ? "Write a message (@2 mentions user 2, @all everyone)" : "Write a message";
+  const peerRead = summary?.record?.direct || row?.direct ? (row?.peerReadThrough ?? 0n) : 0n;
   const box = parts.messages;
   const atEnd = scrollToEnd || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const items = current.cache.entries(id);
@@ -327,7 +408,7 @@ function drawConversation(current: Device, scrollToEnd = false): void {
       : null;
   box.replaceChildren(
     ...[earlier].filter((e): e is HTMLButtonElement => e !== null),
-    ...items.map((item) => entryView(item, me)),
+    ...items.map((item) => entryView(item, me, peerRead)),
     ...current.outbox
       .pending(id)
       .filter((p) => !shown.has(p.clientMsgId))
@@ -337,6 +418,8 @@ function drawConversation(current: Device, scrollToEnd = false): void {
 }
 
 window.addEventListener("hashchange", () => device && openFromHash(device));
+// Back to the tab: what arrived while it was hidden is seen now.
+document.addEventListener("visibilitychange", () => device && markIfSeen(device));
 
 // For the tests and the curious: what the sync loop has done.
 (window as any).timeline = {
@@ -347,6 +430,7 @@ window.addEventListener("hashchange", () => device && openFromHash(device));
       resumedFrom: device.resumedFrom.toString(),
       journal: device.checkpoint.journal.map(String),
       status: device.status.kind,
+      totalUnread: device.list.totalUnread,
     },
 };
 

@@ -3,6 +3,7 @@
 // tokens for different devices never share a checkpoint.
 
 import { Checkpoint } from "./checkpoint.js";
+import { ConversationList } from "./conversations.js";
 import { codeOf } from "./errors.js";
 import { InboxCache, itemOf } from "./inbox.js";
 import { Outbox } from "./outbox.js";
@@ -25,12 +26,15 @@ export class Device {
   readonly checkpoint: Checkpoint;
   readonly cache: InboxCache;
   readonly outbox: Outbox;
+  readonly list: ConversationList;
   readonly engine: SyncEngine;
   status: DeviceStatus = { kind: "connecting" };
   /** The checkpoint this page started from (what storage held). */
   resumedFrom: bigint;
   readonly #abort = new AbortController();
   readonly #records = new Map<bigint, Promise<void>>();
+  /** A MarkRead in flight per conversation (one at a time each). */
+  readonly #marking = new Map<bigint, Promise<void>>();
   readonly #statusListeners = new Set<(status: DeviceStatus) => void>();
   readonly #prefix: string;
 
@@ -52,6 +56,8 @@ export class Device {
       this.checkpoint.restartAt(0n);
     }
     this.outbox = new Outbox(this.client, storage, `${prefix}outbox`);
+    this.list = new ConversationList(this.client, storage, `${prefix}list`, this.info.userId, this.#abort.signal);
+    const refreshList = () => void this.list.refresh().catch(() => undefined);
     this.engine = new SyncEngine(this.client, this.checkpoint, this.cache, {
       status: (status) => this.#setStatus(status),
       applied: (entry) => {
@@ -64,11 +70,21 @@ export class Device {
           this.fetchRecord(entry.conversationId).catch(() => undefined);
         }
       },
+      // The list moves on by the fold at once, and the server's first page
+      // (its totals, large groups, conversations new to the list) follows.
+      inbox: (entries) => {
+        this.list.apply(entries);
+        refreshList();
+      },
+      largeGroupsRead: refreshList,
     });
   }
 
   #setStatus(status: DeviceStatus): void {
     this.status = status;
+    // Back online: a list call that failed meanwhile is made now (not
+    // modified when nothing changed).
+    if (status.kind === "live") this.list.refresh().catch(() => undefined);
     for (const listener of this.#statusListeners) listener(status);
   }
 
@@ -88,6 +104,7 @@ export class Device {
   start(): void {
     const run = async () => {
       this.outbox.resumeAll();
+      this.list.refresh().catch(() => undefined);
       await this.engine.run(this.#abort.signal);
     };
     const locks = typeof navigator === "undefined" ? undefined : navigator.locks;
@@ -101,18 +118,58 @@ export class Device {
       if (lock) return run();
       this.#setStatus({ kind: "waiting", reason: "this device is open in another tab" });
       this.cache.writable = false;
+      this.list.writable = false;
+      // What the other tab stored is shown; the server's list is read
+      // (a read changes nothing) but not stored.
+      this.list.refresh().catch(() => undefined);
       await locks
         .request(name, { signal }, () => {
           // The other tab synced meanwhile: start from what it stored.
           this.checkpoint.reload();
           this.cache.reload();
           this.cache.writable = true;
+          this.list.reload();
+          this.list.writable = true;
           this.outbox.reload();
           this.resumedFrom = this.checkpoint.seq;
           return run();
         })
         .catch(() => undefined);
     });
+  }
+
+  /** Whether this tab syncs the device (not waiting for another tab). */
+  get syncing(): boolean {
+    return this.status.kind !== "waiting";
+  }
+
+  /**
+   * Marks a conversation read through the newest entry the page holds for
+   * it (what the user is looking at, never something not shown yet), while
+   * that is past the read marker and `looking()` says the user still sees
+   * it. One call at a time per conversation; entries that arrive meanwhile
+   * are marked by the next round. A failure ends it (the badge stays; the
+   * next look tries again).
+   */
+  markSeen(conversationId: bigint, looking: () => boolean): Promise<void> {
+    const running = this.#marking.get(conversationId);
+    if (running) return running;
+    const marking = (async () => {
+      // Registered below before anything here runs (and deletes it).
+      await null;
+      try {
+        for (;;) {
+          const newest = this.cache.entries(conversationId).at(-1)?.convSeq;
+          const row = this.list.row(conversationId);
+          if (newest === undefined || !row?.member || newest <= row.readThrough || !looking()) return;
+          await this.list.markRead(conversationId, newest);
+        }
+      } finally {
+        this.#marking.delete(conversationId);
+      }
+    })();
+    this.#marking.set(conversationId, marking);
+    return marking;
   }
 
   stop(): void {

@@ -6,9 +6,9 @@
 // overlapping the inbox, is shown once.
 //
 // Unread counts are not derived here: counting on the device from a partial
-// cache is how other systems' badges go wrong. A summary's `unread` stays
-// undefined until the server supplies it (setServerSummary), and the list
-// shows a badge only then.
+// cache is how other systems' badges go wrong. The list and its counts come
+// from the server (./conversations.ts); read markers and large groups'
+// inbox copies never enter this cache (sync.ts, shownFromInbox).
 
 import { EntryKind, type Conversation, type Entry } from "../gen/timeline/v1/timeline_pb.js";
 import type { KeyValue } from "./storage.js";
@@ -44,8 +44,6 @@ export interface ConversationSummary {
   lastConvSeq: bigint;
   lastActivityMs: number;
   preview: string;
-  /** Set by the server's read state; undefined: not known, no badge. */
-  unread?: number;
   /** Older entries exist than the ones cached (page back with History). */
   hasEarlier: boolean;
 }
@@ -169,13 +167,6 @@ export class InboxCache {
     this.notify(conversation.conversationId);
   }
 
-  /** What a server read-state call reports (the hook for unread counts). */
-  setServerSummary(conversationId: bigint, unread: number): void {
-    this.summary(conversationId).unread = unread;
-    this.#dirty = true;
-    this.notify(conversationId);
-  }
-
   /** After an expired checkpoint: what the device cached may have gaps. */
   forgetEntries(): void {
     this.#entries.clear();
@@ -203,7 +194,6 @@ export class InboxCache {
       lastConvSeq: s.lastConvSeq.toString(),
       lastActivityMs: s.lastActivityMs,
       preview: s.preview,
-      unread: s.unread,
       hasEarlier: s.hasEarlier,
       entries: this.entries(s.id).map((e) => ({
         ...e,
@@ -263,13 +253,14 @@ export class InboxCache {
           lastConvSeq: BigInt(s.lastConvSeq),
           lastActivityMs: s.lastActivityMs,
           preview: s.preview,
-          unread: s.unread,
           hasEarlier: s.hasEarlier,
         });
         this.#entries.set(
           id,
           new Map(
-            (s.entries as any[]).map((e) => {
+            // Read markers were stored by earlier versions of the page: they
+            // are read state, never shown.
+            (s.entries as any[]).filter((e) => e.kind !== EntryKind.READ_MARKER).map((e) => {
               const item: Item = {
                 ...e,
                 conversationId: id,

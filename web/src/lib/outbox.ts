@@ -19,6 +19,9 @@ export interface Pending {
   clientMsgId: string;
   conversationId: bigint;
   text: string;
+  /** Members the message mentions, and whether it mentions everyone. */
+  mentions: bigint[];
+  mentionAll: boolean;
   /** "sent": stored, waiting for the inbox to bring it (in order). */
   state: "sending" | "sent" | "failed";
   error?: string;
@@ -53,7 +56,13 @@ export class Outbox {
       const stored = JSON.parse(this.storage.get(this.key) ?? "[]") as any[];
       for (const p of stored) {
         if (this.#pending.has(p.clientMsgId)) continue;
-        this.#pending.set(p.clientMsgId, { ...p, conversationId: BigInt(p.conversationId), state: "failed" });
+        this.#pending.set(p.clientMsgId, {
+          ...p,
+          conversationId: BigInt(p.conversationId),
+          mentions: ((p.mentions ?? []) as string[]).map(BigInt),
+          mentionAll: p.mentionAll === true,
+          state: "failed",
+        });
       }
     } catch {
       // Nothing to resend.
@@ -70,12 +79,22 @@ export class Outbox {
     return [...this.#pending.values()].filter((p) => p.conversationId === conversationId);
   }
 
-  /** Sends a new message (a fresh client message id). */
-  send(conversationId: bigint, text: string): Promise<void> {
+  /**
+   * Sends a new message (a fresh client message id), mentioning `mentions`
+   * (members) and everyone with `mentionAll`. A retry sends the same.
+   */
+  send(conversationId: bigint, text: string, mentions: bigint[] = [], mentionAll = false): Promise<void> {
     if (this.#pending.size >= MAX_PENDING) {
       return Promise.reject(new Error(`${MAX_PENDING} messages are still unsent: wait for the server`));
     }
-    const pending: Pending = { clientMsgId: newClientMsgId(), conversationId, text, state: "sending" };
+    const pending: Pending = {
+      clientMsgId: newClientMsgId(),
+      conversationId,
+      text,
+      mentions,
+      mentionAll,
+      state: "sending",
+    };
     this.#pending.set(pending.clientMsgId, pending);
     this.changed();
     return this.attempt(pending);
@@ -106,7 +125,13 @@ export class Outbox {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.client.send(
-          { conversationId: pending.conversationId, text: pending.text, clientMsgId: pending.clientMsgId },
+          {
+            conversationId: pending.conversationId,
+            text: pending.text,
+            clientMsgId: pending.clientMsgId,
+            mentions: pending.mentions,
+            mentionAll: pending.mentionAll,
+          },
           { timeoutMs: CALL_TIMEOUT_MS },
         );
         // Stored: it stays here until the inbox brings it in its place,
@@ -135,8 +160,29 @@ export class Outbox {
       clientMsgId: p.clientMsgId,
       conversationId: p.conversationId.toString(),
       text: p.text,
+      mentions: p.mentions.map(String),
+      mentionAll: p.mentionAll,
     }));
     this.storage.set(this.key, JSON.stringify(stored));
     for (const listener of this.#listeners) listener();
   }
+}
+
+/**
+ * The mentions a typed message makes: `@<user id>` of a member (not the
+ * sender), and `@all` for everyone in a group. Other `@` words are text.
+ */
+export function mentionsIn(
+  text: string,
+  members: readonly bigint[],
+  me: bigint,
+  group: boolean,
+): { mentions: bigint[]; mentionAll: boolean } {
+  const mentions: bigint[] = [];
+  for (const match of text.matchAll(/(?:^|[^\w@])@(\d{1,20})\b/g)) {
+    const id = BigInt(match[1]);
+    if (id !== me && members.includes(id) && !mentions.includes(id)) mentions.push(id);
+  }
+  const mentionAll = group && /(?:^|[^\w@])@all\b/.test(text);
+  return { mentions, mentionAll };
 }

@@ -8,7 +8,10 @@
 // checkpoint moves past them; the checkpoint is saved before it is
 // acknowledged; a transient failure (server restart, network) reconnects
 // with backoff and resumes from the saved checkpoint, so nothing is skipped
-// and a repeat is absorbed by the idempotent cache.
+// and a repeat is absorbed by the idempotent cache. Read markers and large
+// groups' inbox copies are handed to the read state (the `inbox` hook), not
+// to the cached conversations: a marker is no message, and a copy's message
+// is shown once, from the group's timeline (read at once when one arrives).
 
 import { Code } from "@connectrpc/connect";
 import { EntryKind, type Entry, type Notice, type SyncReply } from "../gen/timeline/v1/timeline_pb.js";
@@ -38,6 +41,20 @@ export interface SyncHooks {
   applied?(entry: Entry): void;
   /** The checkpoint had expired: the device restarted from oldest_seq - 1. */
   expired?(oldestSeq: bigint): void;
+  /** A batch of inbox entries was applied and saved (all of them, in seq order). */
+  inbox?(entries: readonly Entry[]): void;
+  /** New entries of large groups were read from their timelines. */
+  largeGroupsRead?(): void;
+}
+
+/**
+ * Whether an inbox entry goes into the shown conversation: a read marker
+ * is read state, not a message, and a large group's copy (for its sender
+ * or a member it mentions) is shown once, from the group's timeline.
+ */
+export function shownFromInbox(entry: Entry): boolean {
+  if (entry.kind === EntryKind.READ_MARKER) return false;
+  return !(entry.kind === EntryKind.MESSAGE && entry.readFanout && entry.seq > 0n);
 }
 
 /** Whether a notice carries every entry since the previous one. */
@@ -129,6 +146,9 @@ export class SyncEngine {
           if (noticeIsComplete(notice)) {
             const fresh = notice.entries.filter((e) => e.seq > this.checkpoint.seq);
             await this.deliverInbox(fresh, notice.upToSeq, signal);
+            // A large group's copy (a mention, or the user's own send from
+            // another device): read the group now, not at the next poll.
+            if (fresh.some((e) => e.readFanout)) largeGroups = await this.pull(signal);
           } else if (notice.upToSeq > this.checkpoint.seq) {
             largeGroups = await this.pull(signal);
           }
@@ -172,6 +192,7 @@ export class SyncEngine {
     }
     // Groups the user left are read up to the last message sent while a
     // member, like the others.
+    let readAny = false;
     for (const top of [...page.largeGroups, ...page.leftLargeGroups]) {
       // From the saved position, never before the membership began.
       const saved = this.checkpoint.conversation(top.conversationId) ?? 0n;
@@ -185,11 +206,13 @@ export class SyncEngine {
         if (!last) break;
         for (const entry of history.entries) this.applyEntry(entry);
         this.cache.save();
+        readAny = true;
         read = last.convSeq;
         this.checkpoint.saveConversation(top.conversationId, read);
         if (!history.hasMore) break;
       }
     }
+    if (readAny) this.hooks.largeGroupsRead?.();
     return page.largeGroups.length;
   }
 
@@ -201,7 +224,7 @@ export class SyncEngine {
    */
   private async deliverInbox(entries: Entry[], upTo: bigint, signal?: AbortSignal): Promise<void> {
     for (const entry of entries) {
-      this.applyEntry(entry);
+      if (shownFromInbox(entry)) this.applyEntry(entry);
       const joins = entry.kind === EntryKind.CONVERSATION_CREATED || entry.kind === EntryKind.MEMBERS_ADDED;
       if (!joins) continue;
       const saved = this.checkpoint.conversation(entry.conversationId);
@@ -213,6 +236,7 @@ export class SyncEngine {
       }
     }
     this.cache.save();
+    if (entries.length > 0) this.hooks.inbox?.(entries);
     if (upTo > this.checkpoint.seq || entries.length > 0) {
       const before = this.checkpoint.seq;
       this.checkpoint.advance(
