@@ -13,6 +13,9 @@
 //!   failed: no section can be raised until a restart);
 //! - events the store failed are still being retried in the background
 //!   (the store is failing writes now; cleared once they land);
+//! - the store answers no read (one cheap read per check, at most
+//!   [`STORE_PROBE_TIMEOUT`]: a store that is down fails every call before
+//!   any commit, so no failed event shows it);
 //! - the last allocator call failed (seqsvc unreachable, a section not
 //!   served, the `max_seq` store down): cleared by the next successful
 //!   call, or, at least [`ALLOCATOR_ERROR_HOLD`] after the failure, by a
@@ -41,6 +44,9 @@ pub const ALLOCATOR_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// may clear it: long enough for a health checker polling every few
 /// seconds to see it.
 pub const ALLOCATOR_ERROR_HOLD: Duration = Duration::from_secs(10);
+
+/// How long the store may take to answer the health probe's read.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The outcome of [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +86,11 @@ pub async fn check(lifecycle: &Lifecycle, writer: &EventWriter, seqs: &SeqSource
         if writer.note_allocation(probe).is_err() {
             return Health::NotServing(format!("the allocator cannot serve: {error}"));
         }
+    }
+    // A store that answers no read fails every call before any commit, so
+    // nothing above notices it: ask it.
+    if let Err(error) = writer.probe_store(STORE_PROBE_TIMEOUT).await {
+        return Health::NotServing(format!("the store cannot serve: {error}"));
     }
     Health::Serving
 }
@@ -167,6 +178,20 @@ mod tests {
         let health = engine.health().await;
         assert!(not_serving(&health, "being retried"), "{health:?}");
         store.clear_aimed_fault();
+        until_serving(&engine).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_failing_reads_is_not_serving_while_it_fails() {
+        let (engine, store) = memory_engine(EngineConfig::default()).await;
+        assert_eq!(engine.health().await, Health::Serving);
+        store.fail_next(
+            timeline_store::testsuite::Op::Read,
+            1,
+            timeline_store::testsuite::Failure::Lost,
+        );
+        let health = engine.health().await;
+        assert!(not_serving(&health, "the store cannot serve"), "{health:?}");
         until_serving(&engine).await;
     }
 

@@ -12,10 +12,15 @@
 //! The status is read where gRPC puts it: in the response headers for an
 //! error answered at once ("trailers only"), else in the trailers at the end
 //! of the body. A body dropped before its trailers (the client went away)
-//! counts as `CANCELLED`. A call to a method the server does not know
-//! counts under `grpc_service="unknown"`: paths come from clients, and
-//! labels must come from a closed set.
+//! counts as `CANCELLED`. For gRPC-Web the status travels in a trailer
+//! frame inside the body (tonic-web encodes the trailers there), which is
+//! read the same way. Requests that are not gRPC (a browser's CORS
+//! preflight, the web app's files) are not counted here. A call to a
+//! method the server does not know, or to a service outside the project's
+//! packages, counts under `grpc_service="unknown"`: paths come from
+//! clients, and labels must come from a closed set.
 
+use bytes::Buf;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -57,10 +62,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let call = Call::start(request.uri().path());
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let call = content_type.starts_with("application/grpc").then(|| {
+            Call::start(
+                request.uri().path(),
+                content_type.starts_with("application/grpc-web"),
+            )
+        });
         RpcFuture {
             inner: self.inner.call(request),
-            call: Some(call),
+            call,
         }
     }
 }
@@ -71,6 +86,20 @@ pin_project_lite::pin_project! {
         inner: F,
         call: Option<Call>,
     }
+}
+
+/// The status of a gRPC-Web trailer frame (flag 0x80, a length, then
+/// `name:value` lines), if `chunk` is one.
+fn web_trailer_status(chunk: &[u8]) -> Option<i32> {
+    let (&flag, rest) = chunk.split_first()?;
+    if flag != 0x80 || rest.len() < 4 {
+        return None;
+    }
+    let length = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let text = std::str::from_utf8(rest.get(4..4 + length)?).ok()?;
+    text.split("\r\n")
+        .find_map(|line| line.strip_prefix("grpc-status:"))
+        .and_then(|code| code.trim().parse().ok())
 }
 
 impl<F, ResBody, E> Future for RpcFuture<F>
@@ -122,6 +151,10 @@ impl<B: Body> Body for CountedBody<B> {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(status_code) {
                     this.pending.finish(code);
+                } else if this.pending.is_web()
+                    && let Some(code) = frame.data_ref().and_then(|d| web_trailer_status(d.chunk()))
+                {
+                    this.pending.finish(code);
                 }
             }
             // A body that ends or breaks without a status: the client sees
@@ -147,6 +180,10 @@ const CANCELLED: i32 = 1;
 struct Pending(Option<Call>);
 
 impl Pending {
+    fn is_web(&self) -> bool {
+        self.0.as_ref().is_some_and(|call| call.web)
+    }
+
     fn finish(&mut self, code: i32) {
         if let Some(call) = self.0.take() {
             call.finish(code);
@@ -164,15 +201,32 @@ struct Call {
     service: String,
     method: String,
     started: Instant,
+    /// gRPC-Web: the status comes in a trailer frame of the body.
+    web: bool,
 }
 
+/// The packages whose services a label may name; any other path counts as
+/// `unknown`, whatever it answered.
+const KNOWN_PACKAGES: &[&str] = &[
+    "timeline.v1.",
+    "seqsvc.v1.",
+    "grpc.health.v1.",
+    "grpc.reflection.",
+];
+
 impl Call {
-    fn start(path: &str) -> Self {
-        let (service, method) = split_path(path);
+    fn start(path: &str, web: bool) -> Self {
+        let (service, method) = match split_path(path) {
+            (service, method) if KNOWN_PACKAGES.iter().any(|p| service.starts_with(p)) => {
+                (service, method)
+            }
+            _ => ("unknown", "unknown"),
+        };
         Self {
             service: service.to_owned(),
             method: method.to_owned(),
             started: Instant::now(),
+            web,
         }
     }
 
@@ -232,5 +286,38 @@ pub fn code_name(code: i32) -> &'static str {
         15 => "DATA_LOSS",
         16 => "UNAUTHENTICATED",
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_web_trailer_frame_gives_its_status() {
+        let text = b"grpc-status:5\r\ngrpc-message:no such thing\r\n";
+        let mut frame = vec![0x80];
+        frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        frame.extend_from_slice(text);
+        assert_eq!(web_trailer_status(&frame), Some(5));
+        // A message frame (flag 0) is not a trailer frame.
+        frame[0] = 0;
+        assert_eq!(web_trailer_status(&frame), None);
+        assert_eq!(web_trailer_status(&[0x80, 0, 0]), None);
+    }
+
+    #[test]
+    fn labels_name_only_the_projects_services() {
+        let known = Call::start("/timeline.v1.Timeline/Sync", false);
+        assert_eq!(
+            (known.service.as_str(), known.method.as_str()),
+            ("timeline.v1.Timeline", "Sync")
+        );
+        let random = Call::start("/x7d9/abc", true);
+        assert_eq!(
+            (random.service.as_str(), random.method.as_str()),
+            ("unknown", "unknown")
+        );
+        assert!(random.web);
     }
 }

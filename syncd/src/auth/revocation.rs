@@ -159,6 +159,9 @@ impl RevocationGuard {
     /// service): an open push stream ends with it.
     pub async fn until_revoked(&self, verified: &Verified) -> SyncdError {
         let mut raised = self.raised.subscribe();
+        // Check once at once: a revocation between the call's own check and
+        // this subscription raised the counter before it could be seen.
+        raised.mark_changed();
         loop {
             if raised.changed().await.is_err() {
                 return std::future::pending().await;

@@ -247,6 +247,16 @@ impl EventWriter {
         Ok(receipt)
     }
 
+    /// One cheap read of the store (an inbox floor), at most `timeout`:
+    /// whether the store answers reads at all (health).
+    pub async fn probe_store(&self, timeout: Duration) -> std::result::Result<(), String> {
+        match tokio::time::timeout(timeout, self.store.inbox_floor(0)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// Refuses a new event while the node is failing or every background
     /// finisher is busy: one more failure could then not be finished.
     fn admit(&self) -> Result<()> {

@@ -122,9 +122,16 @@ export class SyncEngine {
 
   private async watchOnce(signal: AbortSignal, connected: () => void): Promise<void> {
     let largeGroups = await this.syncAll(signal);
+    // The stream ends with the page's signal, or when a large-group poll
+    // fails: then this pass fails with the poll's error and the caller
+    // reconnects with backoff (as the Rust client's watch does), instead
+    // of staying "live" with large groups no longer read.
+    const session = new AbortController();
+    signal.addEventListener("abort", () => session.abort(), { once: true });
+    let pollError: unknown = undefined;
     const stream = this.client.subscribe(
       { afterSeq: this.checkpoint.seq, includeEntries: true },
-      { signal },
+      { signal: session.signal },
     );
     // Caught up and subscribed: the first notice comes only once there is
     // something new, so this is as live as the page can tell. A failure of
@@ -137,7 +144,14 @@ export class SyncEngine {
       while (!poller.signal.aborted) {
         await sleep(LARGE_GROUP_POLL_MS, poller.signal);
         if (poller.signal.aborted || largeGroups === 0) continue;
-        largeGroups = await this.syncAll(poller.signal);
+        try {
+          largeGroups = await this.syncAll(poller.signal);
+        } catch (error) {
+          if (poller.signal.aborted) return;
+          pollError = error;
+          session.abort();
+          return;
+        }
       }
     })();
     try {
@@ -154,12 +168,15 @@ export class SyncEngine {
           }
         });
       }
+    } catch (error) {
+      if (pollError === undefined) throw error;
     } finally {
       poller.abort();
       // A failed poll surfaces through the stream's own failure or the
       // next pass; it must not go unhandled.
       await poll.catch(() => undefined);
     }
+    if (pollError !== undefined) throw pollError;
   }
 
   private serially<T>(task: () => Promise<T>): Promise<T> {
