@@ -72,6 +72,12 @@ test("device tokens name their user and device; others are refused before any ca
   const service = btoa("s|ops|1900000000").replace(/=+$/, "");
   assert.throws(() => parseToken(`tl1.${service}.mac`), /service token/);
   assert.throws(() => parseToken("Bearer abc"), TokenError);
+  // Tokens minted with their issue time (a fifth field).
+  const issued = btoa("d|42|laptop|1900000000|1800000000").replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+  assert.deepEqual(parseToken(`tl1.${issued}.mac`), { userId: 42n, deviceId: "laptop", expiresAt: 1900000000 });
+  // A JWT device token.
+  const claims = btoa(JSON.stringify({ sub: "7", device: "web", exp: 1900000000 })).replace(/=+$/, "");
+  assert.deepEqual(parseToken(`eyJhbGciOiJIUzI1NiJ9.${claims}.sig`), { userId: 7n, deviceId: "web", expiresAt: 1900000000 });
 });
 
 test("client message ids are version 4 UUIDs in the hyphenated form", () => {
