@@ -571,6 +571,35 @@ impl ScyllaTimelineStore {
 }
 
 impl ScyllaTimelineStore {
+    /// Every row of one partition, read a page at a time (a partition has
+    /// no bound of its own, so never in one unpaged response).
+    /// `statement` takes (partition key, after, limit) and selects rows
+    /// ordered by the bigint clustering column `cursor_of` returns.
+    async fn partition_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        partition: u64,
+        cursor_of: impl Fn(&R) -> i64,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let page = |(), after: Option<i64>, wanted: usize| {
+            let values = (
+                big(partition),
+                after.unwrap_or(i64::MIN),
+                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
+            );
+            async move {
+                let result = self.execute(statement, values).await?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let rows: std::result::Result<Vec<R>, _> = rows.rows::<R>().map_err(cql)?.collect();
+                rows.map_err(corrupt)
+            }
+        };
+        read_pages([()], usize::MAX, PAGE_ROWS as usize, cursor_of, page).await
+    }
+
     /// One row per (conversation, user), the marker as its write
     /// timestamp (see `insert_reader`).
     async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
@@ -683,23 +712,9 @@ impl ReadStates for ScyllaTimelineStore {
             .column(&self.statements.select_read_state_applied, (big(user_id),))
             .await?;
         type Row = (i64, Vec<u8>);
-        let page = |(), after: Option<i64>, wanted: usize| {
-            let values = (
-                big(user_id),
-                after.unwrap_or(i64::MIN),
-                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
-            );
-            async move {
-                let result = self
-                    .execute(&self.statements.select_read_states, values)
-                    .await?;
-                let rows = result.into_rows_result().map_err(cql)?;
-                let rows: std::result::Result<Vec<Row>, _> =
-                    rows.rows::<Row>().map_err(cql)?.collect();
-                rows.map_err(corrupt)
-            }
-        };
-        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let rows: Vec<Row> = self
+            .partition_rows(&self.statements.select_read_states, user_id, |r: &Row| r.0)
+            .await?;
         let rows = rows
             .iter()
             .map(|(_, state)| codec::decode_read_state(state))
@@ -753,23 +768,13 @@ impl ReadStates for ScyllaTimelineStore {
 impl ReadReceipts for ScyllaTimelineStore {
     async fn readers(&self, conversation_id: u64) -> Result<Vec<crate::ReaderMark>> {
         type Row = (i64, Option<i64>, Option<i64>);
-        let page = |(), after: Option<i64>, wanted: usize| {
-            let values = (
-                big(conversation_id),
-                after.unwrap_or(i64::MIN),
-                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
-            );
-            async move {
-                let result = self
-                    .execute(&self.statements.select_readers, values)
-                    .await?;
-                let rows = result.into_rows_result().map_err(cql)?;
-                let rows: std::result::Result<Vec<Row>, _> =
-                    rows.rows::<Row>().map_err(cql)?.collect();
-                rows.map_err(corrupt)
-            }
-        };
-        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let rows: Vec<Row> = self
+            .partition_rows(
+                &self.statements.select_readers,
+                conversation_id,
+                |r: &Row| r.0,
+            )
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(user_id, read_through, joined)| crate::ReaderMark {
@@ -1014,23 +1019,13 @@ impl ConversationReads for ScyllaTimelineStore {
         // A user's index partition has no bound of its own, so it is read a
         // page at a time instead of in one unpaged response.
         type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-        let page = |(), after: Option<i64>, wanted: usize| {
-            let values = (
-                big(user_id),
-                after.unwrap_or(i64::MIN),
-                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
-            );
-            async move {
-                let result = self
-                    .execute(&self.statements.select_large_group_members, values)
-                    .await?;
-                let rows = result.into_rows_result().map_err(cql)?;
-                let rows: std::result::Result<Vec<Row>, _> =
-                    rows.rows::<Row>().map_err(cql)?.collect();
-                rows.map_err(corrupt)
-            }
-        };
-        let rows = read_pages([()], usize::MAX, PAGE_ROWS as usize, |r: &Row| r.0, page).await?;
+        let rows: Vec<Row> = self
+            .partition_rows(
+                &self.statements.select_large_group_members,
+                user_id,
+                |r: &Row| r.0,
+            )
+            .await?;
         let mut groups = std::collections::BTreeMap::new();
         for (id, joined_seq, joined_conv_seq, left_seq, left_conv_seq) in rows {
             let position = |seq: Option<i64>, conv_seq: Option<i64>| EventPosition {
