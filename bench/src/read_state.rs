@@ -195,19 +195,7 @@ pub async fn run(args: ReadStateArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    println!(
-        "{:<44} {:>10} {:>10}",
-        "operation (syncd)", "p50 ms", "p99 ms"
-    );
-    for t in syncd {
-        let h = &t.histogram;
-        println!(
-            "{:<44} {:>10.3} {:>10.3}",
-            t.name,
-            report::ms(h, 0.5),
-            report::ms(h, 0.99)
-        );
-    }
+    print_table("operation (syncd)", syncd.iter().copied());
     let kib = |b: Option<f64>| b.map_or("unknown".into(), |b| format!("{:.1}", b / 1024.0));
     println!(
         "server KiB written per mark: small {}, large group {}",
@@ -215,19 +203,7 @@ pub async fn run(args: ReadStateArgs) -> anyhow::Result<()> {
         kib(large_bytes)
     );
     if let Some(peer) = &peer {
-        println!(
-            "{:<44} {:>10} {:>10}",
-            "operation (Redis everysec)", "p50 ms", "p99 ms"
-        );
-        for t in peer {
-            let h = &t.histogram;
-            println!(
-                "{:<44} {:>10.3} {:>10.3}",
-                t.name,
-                report::ms(h, 0.5),
-                report::ms(h, 0.99)
-            );
-        }
+        print_table("operation (Redis everysec)", peer.iter());
     }
     let as_json = |ts: &[&Timings]| -> serde_json::Value {
         ts.iter()
@@ -282,6 +258,20 @@ async fn marks(
         );
     }
     Ok((timings, per_op(written, node.bytes_written(), repeats)))
+}
+
+/// One line per operation: its p50 and p99.
+fn print_table<'a>(title: &str, timings: impl IntoIterator<Item = &'a Timings>) {
+    println!("{title:<44} {:>10} {:>10}", "p50 ms", "p99 ms");
+    for t in timings {
+        let h = &t.histogram;
+        println!(
+            "{:<44} {:>10.3} {:>10.3}",
+            t.name,
+            report::ms(h, 0.5),
+            report::ms(h, 0.99)
+        );
+    }
 }
 
 fn per_op(before: Option<u64>, after: Option<u64>, ops: usize) -> Option<f64> {
