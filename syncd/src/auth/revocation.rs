@@ -266,6 +266,22 @@ mod tests {
 
     /// Another node's revocation reaches this one through the feed, and an
     /// open stream's wait ends with it.
+    /// A revocation between a stream's token check and the start of its
+    /// wait raised the counter before the wait subscribed to it: the wait
+    /// must still end.
+    #[tokio::test]
+    async fn a_revocation_just_before_the_wait_still_ends_it() {
+        let store = Arc::new(MemoryStore::new());
+        let guard = RevocationGuard::new(store);
+        let token = device_token(7, "phone", Some(now_unix_s()));
+        guard.check(&token).await.unwrap();
+        guard.revoke(7, None).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(1), guard.until_revoked(&token))
+            .await
+            .expect("the wait ends at once");
+        assert!(matches!(ended, SyncdError::Unauthenticated(_)), "{ended}");
+    }
+
     #[tokio::test]
     async fn revocations_by_another_node_arrive_through_the_feed() {
         let store = Arc::new(MemoryStore::new());
