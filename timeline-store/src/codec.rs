@@ -7,8 +7,9 @@
 //! know decodes to [`StoreError::Corrupt`], never to a guess.
 
 use crate::{
-    Conversation, ConversationKind, Entry, EntryKind, EventPosition, LargeGroupIndexChange,
-    LargeGroupMembership, MessagePreview, ReadStateRow, Receipt, Result, StoreError,
+    Conversation, ConversationKind, Entry, EntryKind, EventPosition, InboxWrite,
+    LargeGroupIndexChange, LargeGroupMembership, MessagePreview, MessageState, PreviousVersion,
+    ReadStateRow, Receipt, Removal, RemovalKind, Result, StoreError, Target,
 };
 use prost::Message;
 
@@ -51,6 +52,180 @@ pub(crate) struct EntryRecord {
     pub mention_all: bool,
     #[prost(bool, tag = "17")]
     pub read_fanout: bool,
+    #[prost(message, optional, tag = "18")]
+    pub target: Option<TargetRecord>,
+    #[prost(message, optional, tag = "19")]
+    pub state: Option<MessageStateRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TargetRecord {
+    #[prost(uint64, tag = "1")]
+    pub conv_seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub msg_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub sender_id: u64,
+    #[prost(uint64, repeated, tag = "4")]
+    pub mentions: Vec<u64>,
+    #[prost(bool, tag = "5")]
+    pub mention_all: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MessageStateRecord {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(int64, tag = "2")]
+    pub edited_at_ms: i64,
+    #[prost(uint64, repeated, tag = "3")]
+    pub edits: Vec<u64>,
+    #[prost(message, repeated, tag = "4")]
+    pub previous: Vec<PreviousVersionRecord>,
+    /// See [`removal_kind_code`]; 0: not removed.
+    #[prost(int32, tag = "5")]
+    pub removal_kind: i32,
+    #[prost(uint64, tag = "6")]
+    pub removed_by: u64,
+    #[prost(int64, tag = "7")]
+    pub removed_at_ms: i64,
+    #[prost(uint64, tag = "8")]
+    pub removed_conv_seq: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct PreviousVersionRecord {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(string, tag = "2")]
+    pub text: String,
+    #[prost(int64, tag = "3")]
+    pub at_ms: i64,
+}
+
+/// Where one event's inbox copies went (for rewriting them later).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct InboxCopiesRecord {
+    #[prost(uint64, repeated, tag = "1")]
+    pub users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "2")]
+    pub seqs: Vec<u64>,
+}
+
+pub(crate) fn encode_inbox_copies(inbox: &[InboxWrite]) -> Vec<u8> {
+    InboxCopiesRecord {
+        users: inbox.iter().map(|w| w.user_id).collect(),
+        seqs: inbox.iter().map(|w| w.seq).collect(),
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn decode_inbox_copies(bytes: &[u8]) -> Result<Vec<InboxWrite>> {
+    let record = InboxCopiesRecord::decode(bytes).map_err(corrupt)?;
+    if record.users.len() != record.seqs.len() {
+        return Err(StoreError::Corrupt("inbox copies lists differ in length".into()));
+    }
+    Ok(record
+        .users
+        .into_iter()
+        .zip(record.seqs)
+        .map(|(user_id, seq)| InboxWrite { user_id, seq })
+        .collect())
+}
+
+/// Stored codes of [`RemovalKind`] (0: not removed).
+fn removal_kind_code(kind: RemovalKind) -> i32 {
+    match kind {
+        RemovalKind::Recalled => 1,
+        RemovalKind::Deleted => 2,
+    }
+}
+
+fn removal_kind(code: i32) -> Result<Option<RemovalKind>> {
+    Ok(match code {
+        0 => None,
+        1 => Some(RemovalKind::Recalled),
+        2 => Some(RemovalKind::Deleted),
+        other => return Err(unknown("removal kind", other)),
+    })
+}
+
+impl From<&Target> for Option<TargetRecord> {
+    fn from(target: &Target) -> Self {
+        (*target != Target::default()).then(|| TargetRecord {
+            conv_seq: target.conv_seq,
+            msg_id: target.msg_id,
+            sender_id: target.sender_id,
+            mentions: target.mentions.clone(),
+            mention_all: target.mention_all,
+        })
+    }
+}
+
+impl From<Option<TargetRecord>> for Target {
+    fn from(record: Option<TargetRecord>) -> Self {
+        record.map_or_else(Target::default, |r| Target {
+            conv_seq: r.conv_seq,
+            msg_id: r.msg_id,
+            sender_id: r.sender_id,
+            mentions: r.mentions,
+            mention_all: r.mention_all,
+        })
+    }
+}
+
+impl From<&MessageState> for Option<MessageStateRecord> {
+    fn from(state: &MessageState) -> Self {
+        if *state == MessageState::default() {
+            return None;
+        }
+        let removal = state.removed;
+        Some(MessageStateRecord {
+            version: state.version,
+            edited_at_ms: state.edited_at_ms,
+            edits: state.edits.clone(),
+            previous: state
+                .previous
+                .iter()
+                .map(|p| PreviousVersionRecord {
+                    version: p.version,
+                    text: p.text.clone(),
+                    at_ms: p.at_ms,
+                })
+                .collect(),
+            removal_kind: removal.map_or(0, |r| removal_kind_code(r.kind)),
+            removed_by: removal.map_or(0, |r| r.by),
+            removed_at_ms: removal.map_or(0, |r| r.at_ms),
+            removed_conv_seq: removal.map_or(0, |r| r.conv_seq),
+        })
+    }
+}
+
+fn message_state(record: Option<MessageStateRecord>) -> Result<MessageState> {
+    let Some(record) = record else {
+        return Ok(MessageState::default());
+    };
+    let removed = removal_kind(record.removal_kind)?.map(|kind| Removal {
+        kind,
+        by: record.removed_by,
+        at_ms: record.removed_at_ms,
+        conv_seq: record.removed_conv_seq,
+    });
+    Ok(MessageState {
+        version: record.version,
+        edited_at_ms: record.edited_at_ms,
+        edits: record.edits,
+        previous: record
+            .previous
+            .into_iter()
+            .map(|p| PreviousVersion {
+                version: p.version,
+                text: p.text,
+                at_ms: p.at_ms,
+            })
+            .collect(),
+        removed,
+    })
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -106,6 +281,11 @@ fn entry_kind_code(kind: EntryKind) -> i32 {
         EntryKind::MembersAdded => 3,
         EntryKind::MembersRemoved => 4,
         EntryKind::ReadMarker => 5,
+        EntryKind::Edit => 6,
+        EntryKind::Recall => 7,
+        EntryKind::Delete => 8,
+        EntryKind::DeleteForMe => 9,
+        EntryKind::ClearHistory => 10,
     }
 }
 
@@ -116,6 +296,11 @@ fn entry_kind(code: i32) -> Result<EntryKind> {
         3 => EntryKind::MembersAdded,
         4 => EntryKind::MembersRemoved,
         5 => EntryKind::ReadMarker,
+        6 => EntryKind::Edit,
+        7 => EntryKind::Recall,
+        8 => EntryKind::Delete,
+        9 => EntryKind::DeleteForMe,
+        10 => EntryKind::ClearHistory,
         other => return Err(unknown("entry kind", other)),
     })
 }
@@ -165,6 +350,8 @@ impl From<&Entry> for EntryRecord {
             mentions: entry.mentions.clone(),
             mention_all: entry.mention_all,
             read_fanout: entry.read_fanout,
+            target: (&entry.target).into(),
+            state: (&entry.state).into(),
         }
     }
 }
@@ -190,6 +377,8 @@ impl TryFrom<EntryRecord> for Entry {
             mentions: record.mentions,
             mention_all: record.mention_all,
             read_fanout: record.read_fanout,
+            target: record.target.into(),
+            state: message_state(record.state)?,
         })
     }
 }
@@ -346,6 +535,12 @@ pub(crate) fn fill_payload(entry: &mut Entry, conversation_entry: Option<&[u8]>)
     let full = decode_entry(bytes)?;
     entry.text = full.text;
     entry.members = full.members;
+    // The conversation entry holds the message's current state (an edit
+    // rewrites it, not the inbox copies); its text is what the copy shows.
+    entry.state = MessageState {
+        previous: Vec::new(),
+        ..full.state
+    };
     Ok(())
 }
 
@@ -577,7 +772,7 @@ mod tests {
 
     #[test]
     fn unknown_codes_are_corrupt_not_a_panic() {
-        for code in [0, 6, -1] {
+        for code in [0, 11, -1] {
             let record = EntryRecord {
                 kind: code,
                 ..Default::default()

@@ -24,6 +24,8 @@
 //! - `readers`:      conversation_id | user_id -> highest marker | latest join
 //! - `read_state_applied`: user_id           -> u64 (the seq the rows were
 //!   folded through; saved in the same batch as the rows)
+//! - `copies`:       conversation_id | conv_seq -> where the event's inbox
+//!   copies went (messages and edits: a recall rewrites them)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -33,7 +35,7 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership, Order,
     ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
     Result, StoreError,
 };
@@ -143,6 +145,7 @@ struct Keyspaces {
     read_states: fjall::Keyspace,
     read_state_applied: fjall::Keyspace,
     readers: fjall::Keyspace,
+    copies: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -243,6 +246,7 @@ impl EmbeddedStore {
             read_states: open("read_states")?,
             read_state_applied: open("read_state_applied")?,
             readers: open("readers")?,
+            copies: open("copies")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -381,6 +385,28 @@ fn apply_group(
                 }
                 for write in &commit.inbox {
                     inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                }
+                if commit.keep_copies {
+                    batch.insert(
+                        &ks.copies,
+                        key2(conversation_id, commit.entry.conv_seq),
+                        codec::encode_inbox_copies(&commit.inbox),
+                    );
+                }
+                for rewrite in &commit.rewrites {
+                    let target = &rewrite.entry;
+                    let mut encoder = EntryEncoder::new(target);
+                    if target.kind.in_conversation_timeline() {
+                        batch.insert(
+                            &ks.conv,
+                            key2(target.conversation_id, target.conv_seq),
+                            encoder.conversation(),
+                        );
+                    }
+                    for write in &rewrite.inbox {
+                        inbox_rows
+                            .push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                    }
                 }
                 for mark in &commit.readers {
                     let key = key2(conversation_id, mark.user_id);
@@ -528,7 +554,9 @@ fn apply_group(
             }
         }
     }
-    inbox_rows.sort_unstable_by_key(|(key, _)| *key);
+    // Stable: a row written twice in one group (a rewrite after its
+    // original) keeps the later value.
+    inbox_rows.sort_by_key(|(key, _)| *key);
     for (key, row) in inbox_rows {
         batch.insert(&ks.inbox, key, row);
     }
@@ -660,6 +688,16 @@ impl ConversationReads for EmbeddedStore {
                 Order::NewestFirst => decode_entries(iter.rev(), range.limit),
                 Order::OldestFirst => decode_entries(iter, range.limit),
             }
+        })
+        .await
+    }
+
+    async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>> {
+        self.read(move |ks| {
+            ks.copies
+                .get(key2(conversation_id, conv_seq))
+                .map_err(io)?
+                .map_or(Ok(Vec::new()), |v| codec::decode_inbox_copies(v.as_ref()))
         })
         .await
     }

@@ -13,6 +13,19 @@ pub enum EntryKind {
     /// The user read the conversation through `read_through` (an inbox
     /// event of that user only, never in the conversation timeline).
     ReadMarker,
+    /// The sender replaced the text of the message at `target`; `text` is
+    /// the new text, and the edit's own `conv_seq` is its version.
+    Edit,
+    /// The sender withdrew the message at `target` (unsend).
+    Recall,
+    /// A service removed the message at `target` for everyone.
+    Delete,
+    /// The user hid the message at `target` from their own devices (an
+    /// inbox event of that user only).
+    DeleteForMe,
+    /// The user hid everything through `target.conv_seq` from their own
+    /// devices (an inbox event of that user only).
+    ClearHistory,
 }
 
 impl EntryKind {
@@ -23,10 +36,76 @@ impl EntryKind {
             Self::Message
             | Self::ConversationCreated
             | Self::MembersAdded
-            | Self::MembersRemoved => true,
-            Self::ReadMarker => false,
+            | Self::MembersRemoved
+            | Self::Edit
+            | Self::Recall
+            | Self::Delete => true,
+            Self::ReadMarker | Self::DeleteForMe | Self::ClearHistory => false,
         }
     }
+
+    /// Whether the event withdraws its target for everyone (its text is
+    /// gone from every stored timeline).
+    pub fn removes_target(self) -> bool {
+        matches!(self, Self::Recall | Self::Delete)
+    }
+}
+
+/// The message an edit, recall or delete acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    pub conv_seq: u64,
+    pub msg_id: u64,
+    /// Who sent it (the read state needs it: a message from the user
+    /// themselves never counted as unread).
+    pub sender_id: u64,
+    /// Whether it mentioned the user the event's copy is for: carried so
+    /// that a fold of one inbox knows what a recall takes away.
+    pub mentions: Vec<u64>,
+    pub mention_all: bool,
+}
+
+/// How a message was withdrawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalKind {
+    Recalled,
+    Deleted,
+}
+
+/// A withdrawn message's tombstone: who did it, when, by which event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub kind: RemovalKind,
+    /// The user who recalled it (0: a service).
+    pub by: u64,
+    pub at_ms: i64,
+    /// The `conv_seq` of the recall or delete event.
+    pub conv_seq: u64,
+}
+
+/// A message's text before an edit replaced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviousVersion {
+    /// 0 for the original text, else the `conv_seq` of the edit that wrote it.
+    pub version: u64,
+    pub text: String,
+    pub at_ms: i64,
+}
+
+/// A message's life after it was sent, as its stored entries record it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageState {
+    /// 0 while never edited, else the `conv_seq` of the latest edit: a
+    /// device applies an edit only if its version is higher.
+    pub version: u64,
+    pub edited_at_ms: i64,
+    /// The `conv_seq` of every edit event (a recall scrubs their text too).
+    pub edits: Vec<u64>,
+    /// The texts edits replaced, oldest first, bounded by the writer.
+    pub previous: Vec<PreviousVersion>,
+    /// Set once the message is recalled or deleted: its text, previous
+    /// versions and those of its edits are gone.
+    pub removed: Option<Removal>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +151,11 @@ pub struct Entry {
     /// mentioned member's copy (the message itself is read from the
     /// conversation timeline).
     pub read_fanout: bool,
+    /// The message an edit, recall or delete (of either kind) acts on;
+    /// for a clear, `target.conv_seq` is how far it clears.
+    pub target: Target,
+    /// A message's edits and removal (default for every other kind).
+    pub state: MessageState,
 }
 
 impl Entry {
@@ -95,7 +179,14 @@ impl Entry {
             mentions: Vec::new(),
             mention_all: false,
             read_fanout: false,
+            target: Target::default(),
+            state: MessageState::default(),
         }
+    }
+
+    /// Whether this is a message that was recalled or deleted.
+    pub fn is_removed(&self) -> bool {
+        self.state.removed.is_some()
     }
 
     /// Whether this message mentions `user_id` (by name or as everyone).
@@ -239,6 +330,23 @@ pub struct EventCommit {
     /// Read markers this event raises in the conversation's reader index
     /// (for read receipts): only ever raised.
     pub readers: Vec<ReaderMark>,
+    /// Keep the inbox copies' positions (see
+    /// [`ConversationReads::inbox_copies`](crate::ConversationReads::inbox_copies)),
+    /// so that a later recall can rewrite them: messages and edits.
+    pub keep_copies: bool,
+    /// Stored entries this event replaces in place (an edit's or a
+    /// recall's new state of its target), in the same atomic commit.
+    pub rewrites: Vec<Rewrite>,
+}
+
+/// One stored event rewritten in place: its conversation entry (at
+/// `entry.conv_seq`, when the kind is in the conversation timeline) and
+/// its inbox copies (each `entry` with `seq` set). Never a delete: the new
+/// state is a value, so no store pays for tombstones on reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    pub entry: Entry,
+    pub inbox: Vec<InboxWrite>,
 }
 
 /// "`user_id` has read the conversation through `read_through`" and

@@ -19,6 +19,7 @@
 //! large_group_members (user_id, conversation_id)       joined and left positions of a user's large (read-fanout) groups
 //! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
+//! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
@@ -46,7 +47,7 @@ use crate::codec::{
 };
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership,
+    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership,
     Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
     StoreError,
 };
@@ -115,6 +116,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, joined bigint, PRIMARY KEY (conversation_id, user_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.event_copies (conversation_id bigint, bucket bigint, conv_seq bigint, copies blob, PRIMARY KEY ((conversation_id, bucket), conv_seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_events (shard int, event_id bigint, event blob, PRIMARY KEY (shard, event_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.revocations (user_id bigint, device_id text, before bigint, PRIMARY KEY (user_id, device_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.revocation_feed (hour bigint, recorded_at_ms bigint, user_id bigint, device_id text, before bigint, PRIMARY KEY ((hour), recorded_at_ms, user_id, device_id))",
@@ -145,6 +147,32 @@ struct PendingEvent {
     reader_marks: Vec<u64>,
     #[prost(uint64, repeated, tag = "11")]
     reader_joins: Vec<u64>,
+    #[prost(bool, tag = "12")]
+    keep_copies: bool,
+    #[prost(message, repeated, tag = "13")]
+    rewrites: Vec<PendingRewrite>,
+}
+
+/// A [`crate::Rewrite`] inside an intent.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PendingRewrite {
+    #[prost(message, optional, tag = "1")]
+    entry: Option<EntryRecord>,
+    #[prost(uint64, repeated, tag = "2")]
+    inbox_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    inbox_seqs: Vec<u64>,
+}
+
+fn inbox_writes(users: Vec<u64>, seqs: Vec<u64>) -> Result<Vec<crate::InboxWrite>> {
+    if users.len() != seqs.len() {
+        return Err(corrupt("pending event inbox lists differ in length"));
+    }
+    Ok(users
+        .into_iter()
+        .zip(seqs)
+        .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
+        .collect())
 }
 
 impl PendingEvent {
@@ -173,6 +201,16 @@ impl PendingEvent {
             reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
             reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
             reader_joins: commit.readers.iter().map(|r| r.joined).collect(),
+            keep_copies: commit.keep_copies,
+            rewrites: commit
+                .rewrites
+                .iter()
+                .map(|rewrite| PendingRewrite {
+                    entry: Some(EntryRecord::from(&rewrite.entry)),
+                    inbox_users: rewrite.inbox.iter().map(|w| w.user_id).collect(),
+                    inbox_seqs: rewrite.inbox.iter().map(|w| w.seq).collect(),
+                })
+                .collect(),
         }
     }
 
@@ -181,9 +219,6 @@ impl PendingEvent {
             .entry
             .ok_or_else(|| corrupt("pending event without entry"))?
             .try_into()?;
-        if self.inbox_users.len() != self.inbox_seqs.len() {
-            return Err(corrupt("pending event inbox lists differ in length"));
-        }
         if self.reader_users.len() != self.reader_marks.len() {
             return Err(corrupt("pending event reader lists differ in length"));
         }
@@ -199,14 +234,24 @@ impl PendingEvent {
             }
             None => None,
         };
+        let rewrites = self
+            .rewrites
+            .into_iter()
+            .map(|rewrite| {
+                Ok(crate::Rewrite {
+                    entry: rewrite
+                        .entry
+                        .ok_or_else(|| corrupt("pending rewrite without entry"))?
+                        .try_into()?,
+                    inbox: inbox_writes(rewrite.inbox_users, rewrite.inbox_seqs)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(EventCommit {
             entry,
-            inbox: self
-                .inbox_users
-                .into_iter()
-                .zip(self.inbox_seqs)
-                .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
-                .collect(),
+            inbox: inbox_writes(self.inbox_users, self.inbox_seqs)?,
+            keep_copies: self.keep_copies,
+            rewrites,
             receipt,
             conversation: self.conversation.map(TryInto::try_into).transpose()?,
             large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
@@ -236,6 +281,8 @@ struct Statements {
     insert_inbox: PreparedStatement,
     insert_inbox_bucket: PreparedStatement,
     insert_conv: PreparedStatement,
+    insert_copies: PreparedStatement,
+    select_copies: PreparedStatement,
     insert_conv_bucket: PreparedStatement,
     insert_conversation: PreparedStatement,
     insert_receipt: PreparedStatement,
@@ -333,6 +380,8 @@ impl ScyllaTimelineStore {
             insert_inbox: prepare("INSERT INTO {ks}.inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?)").await?,
             insert_inbox_bucket: prepare("INSERT INTO {ks}.inbox_buckets (user_id, bucket) VALUES (?, ?)").await?,
             insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?)").await?,
+            insert_copies: prepare("INSERT INTO {ks}.event_copies (conversation_id, bucket, conv_seq, copies) VALUES (?, ?, ?, ?)").await?,
+            select_copies: prepare("SELECT copies FROM {ks}.event_copies WHERE conversation_id = ? AND bucket = ? AND conv_seq = ?").await?,
             insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?)").await?,
             insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?)").await?,
             // The row expires by itself after the retention window.
@@ -518,6 +567,20 @@ impl ScyllaTimelineStore {
         self.execute(statement, values).await.map(|_| ())
     }
 
+    async fn write_conv(&self, conversation_id: u64, conv_seq: u64, entry: Vec<u8>) -> Result<()> {
+        self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
+            .await?;
+        let values = (
+            big(conversation_id),
+            big(bucket_of(conv_seq)),
+            big(conv_seq),
+            entry,
+        );
+        self.execute(&self.statements.insert_conv, values)
+            .await
+            .map(|_| ())
+    }
+
     async fn write_inbox(&self, user_id: u64, seq: u64, entry: Vec<u8>) -> Result<()> {
         self.mark_bucket(Timeline::Inbox, user_id, bucket_of(seq))
             .await?;
@@ -637,21 +700,40 @@ impl ScyllaTimelineStore {
 
         let in_timeline = commit.entry.kind.in_conversation_timeline();
         let conv_write = async {
-            if !in_timeline {
-                return Ok(());
+            if in_timeline {
+                self.write_conv(conversation_id, conv_seq, conv_entry).await?;
             }
-            self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
-                .await?;
-            let values = (
-                big(conversation_id),
-                big(bucket_of(conv_seq)),
-                big(conv_seq),
-                conv_entry.as_slice(),
-            );
-            self.execute(&self.statements.insert_conv, values)
-                .await
-                .map(|_| ())
+            if commit.keep_copies {
+                let values = (
+                    big(conversation_id),
+                    big(bucket_of(conv_seq)),
+                    big(conv_seq),
+                    codec::encode_inbox_copies(&commit.inbox),
+                );
+                self.execute(&self.statements.insert_copies, values).await?;
+            }
+            Ok(())
         };
+        // Rewrites of earlier events: their new rows, written like the
+        // event's own (idempotent upserts, no delete).
+        let mut rewritten_conv = Vec::new();
+        let mut inbox_entries = inbox_entries;
+        for rewrite in &commit.rewrites {
+            let mut encoder = EntryEncoder::new(&rewrite.entry);
+            if rewrite.entry.kind.in_conversation_timeline() {
+                rewritten_conv.push((rewrite.entry.conv_seq, encoder.conversation()));
+            }
+            for write in &rewrite.inbox {
+                inbox_entries.push((write.user_id, write.seq, encoder.inbox(write.seq)));
+            }
+        }
+        let rewrite_conv_writes = stream::iter(
+            rewritten_conv
+                .into_iter()
+                .map(|(at, entry)| self.write_conv(conversation_id, at, entry)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<()>>();
         let inbox_writes = stream::iter(
             inbox_entries
                 .into_iter()
@@ -677,7 +759,13 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<()>>();
-        futures_util::try_join!(conv_write, inbox_writes, index_writes, reader_writes)?;
+        futures_util::try_join!(
+            conv_write,
+            rewrite_conv_writes,
+            inbox_writes,
+            index_writes,
+            reader_writes
+        )?;
 
         // Only once every entry exists: the record, then the receipt.
         if let Some(conversation) = &commit.conversation {
@@ -1068,6 +1156,18 @@ impl ConversationReads for ScyllaTimelineStore {
                 });
         }
         Ok(groups.into_values().collect())
+    }
+
+    async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>> {
+        let values = (
+            big(conversation_id),
+            big(bucket_of(conv_seq)),
+            big(conv_seq),
+        );
+        let blobs: Vec<Vec<u8>> = self.column(&self.statements.select_copies, values).await?;
+        blobs
+            .first()
+            .map_or(Ok(Vec::new()), |bytes| codec::decode_inbox_copies(bytes))
     }
 
     async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {

@@ -9,7 +9,7 @@
 //! of [`TimelineStore`], not a wider existing trait.
 
 use crate::{
-    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange,
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, InboxWrite,
     LargeGroupMembership, ReadStateRow, ReadStateSnapshot, ReaderMark, Receipt, RecordedRevocation,
     Result, Revocation, RevokedBefore,
 };
@@ -128,6 +128,11 @@ pub trait ConversationReads: Send + Sync {
     /// user ([`EventCommit::position_of`]) as `joined` (and clears `left`);
     /// one without records it as `left` and keeps `joined`.
     async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>>;
+
+    /// Where the event at `conv_seq` was copied to, as its commit kept
+    /// them ([`EventCommit::keep_copies`]): every inbox write, in commit
+    /// order. Empty when the commit kept none (or there is no such event).
+    async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>>;
 }
 
 /// Per-device sync positions.

@@ -26,6 +26,8 @@ async fn inbox_copies_of_heavy_messages_are_small_rows() {
         .map(|user_id| crate::InboxWrite { user_id, seq: 1 })
         .collect();
     let commit = EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry,
         inbox,
         receipt: None,
@@ -80,6 +82,8 @@ fn with_receipt(n: u128, sent_at_ms: i64) -> (IdempotencyKey, EventCommit) {
         fingerprint: 0,
     };
     let commit = EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry: Entry {
             conv_seq: n as u64,
             msg_id: n as u64,

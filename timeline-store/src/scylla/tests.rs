@@ -71,6 +71,8 @@ async fn interrupted_events_are_finished_by_recover() {
         fingerprint: 0,
     };
     let commit = EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry: Entry {
             conv_seq: 3,
             msg_id: 900,
@@ -151,6 +153,8 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
             ..Entry::new(crate::EntryKind::Message, 9)
         };
         let commit = EventCommit {
+            keep_copies: false,
+            rewrites: Vec::new(),
             entry,
             inbox: vec![crate::InboxWrite { user_id: 3, seq }],
             receipt: None,
@@ -266,6 +270,8 @@ async fn receipts_expire_after_the_retention_window() {
         fingerprint: 0,
     };
     let commit = EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry: Entry {
             conv_seq: 1,
             msg_id: 10,
@@ -301,6 +307,8 @@ async fn an_event_without_an_id_is_refused() {
     let keyspace = unique_keyspace("no_id");
     let (_session, store) = open_store(&keyspace).await;
     let commit = EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry: Entry {
             conv_seq: 1,
             ..Entry::new(crate::EntryKind::ReadMarker, 4)

@@ -8,6 +8,7 @@
 
 use futures_util::future::join_all;
 
+mod lifecycle;
 mod read_states;
 
 use crate::{
@@ -32,6 +33,8 @@ fn message(conversation_id: u64, conv_seq: u64, sender_id: u64, text: &str) -> E
 
 fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
     EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
         entry,
         inbox: members
             .iter()
@@ -117,6 +120,8 @@ where
     read_states::read_states_round_trip_and_never_go_behind(&store).await;
     read_states::read_markers_stay_out_of_the_conversation_timeline(&store).await;
     read_states::readers_keep_each_members_highest_marker(&store).await;
+    lifecycle::rewrites_replace_stored_entries_and_copies_are_kept(&store).await;
+    lifecycle::rewriting_a_heavy_message_reaches_every_copy(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -522,6 +527,9 @@ async fn every_entry_kind_round_trips<S: TimelineStore>(store: &S) {
         EntryKind::Message,
         EntryKind::MembersAdded,
         EntryKind::MembersRemoved,
+        EntryKind::Edit,
+        EntryKind::Recall,
+        EntryKind::Delete,
     ];
     for (i, kind) in (1u64..).zip(kinds) {
         let mut commit = fanout(message(conv, i, user, "k"), &[(user, i)]);

@@ -477,6 +477,15 @@ impl<S: ConversationReads> ConversationReads for FaultyStore<S> {
         self.run(Op::Read, read).await
     }
 
+    async fn inbox_copies(
+        &self,
+        conversation_id: u64,
+        conv_seq: u64,
+    ) -> Result<Vec<crate::InboxWrite>> {
+        self.run(Op::Read, self.inner.inbox_copies(conversation_id, conv_seq))
+            .await
+    }
+
     async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
         self.run(Op::Read, self.inner.large_group_memberships(user_id))
             .await
@@ -569,6 +578,8 @@ mod tests {
 
     fn commit(conv_seq: u64, users: &[u64]) -> EventCommit {
         EventCommit {
+            keep_copies: false,
+            rewrites: Vec::new(),
             entry: Entry {
                 conv_seq,
                 msg_id: conv_seq,

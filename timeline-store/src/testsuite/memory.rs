@@ -3,7 +3,7 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, Order,
+    IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership, Order,
     ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
     RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
 };
@@ -36,6 +36,7 @@ struct State {
     revocation_feed: BTreeMap<(u64, u64), Revocation>,
     read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
     readers: BTreeMap<(u64, u64), ReaderMark>,
+    copies: HashMap<(u64, u64), Vec<InboxWrite>>,
 }
 
 impl MemoryStore {
@@ -69,6 +70,31 @@ impl EventLog for MemoryStore {
                 ..entry.clone()
             };
             state.inbox.insert((write.user_id, write.seq), copy);
+        }
+        if commit.keep_copies {
+            state.copies.insert(
+                (entry.conversation_id, entry.conv_seq),
+                commit.inbox.clone(),
+            );
+        }
+        for rewrite in &commit.rewrites {
+            let target = &rewrite.entry;
+            if target.kind.in_conversation_timeline() {
+                state.conv.insert(
+                    (target.conversation_id, target.conv_seq),
+                    Entry {
+                        seq: 0,
+                        ..target.clone()
+                    },
+                );
+            }
+            for write in &rewrite.inbox {
+                let copy = Entry {
+                    seq: write.seq,
+                    ..target.clone()
+                };
+                state.inbox.insert((write.user_id, write.seq), copy);
+            }
         }
         for change in &commit.large_group_index {
             let key = (change.user_id, change.conversation_id);
@@ -186,6 +212,15 @@ impl ConversationReads for MemoryStore {
         let state = self.state();
         let range = (user_id, 0)..=(user_id, u64::MAX);
         Ok(state.large_groups.range(range).map(|(_, m)| *m).collect())
+    }
+
+    async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>> {
+        let state = self.state();
+        Ok(state
+            .copies
+            .get(&(conversation_id, conv_seq))
+            .cloned()
+            .unwrap_or_default())
     }
 }
 
