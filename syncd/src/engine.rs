@@ -7,6 +7,7 @@
 //! tracked task of their own ([`Lifecycle::to_completion`]), so a caller that
 //! disconnects cannot cancel a write halfway.
 
+use crate::amend::Amender;
 use crate::auth::Principal;
 use crate::directory::Directory;
 use crate::error::Result;
@@ -16,7 +17,8 @@ use crate::idempotency::Idempotency;
 use crate::inbox::Inbox;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{
-    DEFAULT_LARGE_GROUP_THRESHOLD, DEFAULT_SUBSCRIBER_STALL_LIMIT, MAX_INFLIGHT_COMMIT_BYTES,
+    DEFAULT_LARGE_GROUP_THRESHOLD, DEFAULT_SUBSCRIBER_STALL_LIMIT, MAX_HIDDEN_PER_CONVERSATION,
+    MAX_INFLIGHT_COMMIT_BYTES,
 };
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use timeline_store::{Conversation, TimelineStore};
 
+pub use crate::amend::{AmendCommand, AmendOutcome, HideCommand, Operation, Windows};
 pub use crate::event::{MembershipChange, now_ms};
 pub use crate::history::{HistoryPage, HistoryQuery};
 pub use crate::inbox::SyncPage;
@@ -55,6 +58,8 @@ pub struct EngineConfig {
     /// Bytes of events being committed at once (see
     /// [`MAX_INFLIGHT_COMMIT_BYTES`]).
     pub commit_budget_bytes: usize,
+    /// How long senders may recall and edit their messages.
+    pub windows: Windows,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +69,7 @@ impl Default for EngineConfig {
             subscriber_stall_limit: DEFAULT_SUBSCRIBER_STALL_LIMIT,
             retention: Retention::default(),
             commit_budget_bytes: MAX_INFLIGHT_COMMIT_BYTES,
+            windows: Windows::default(),
         }
     }
 }
@@ -72,6 +78,7 @@ pub struct Engine {
     config: EngineConfig,
     lifecycle: Arc<Lifecycle>,
     sender: Arc<Sender>,
+    amender: Arc<Amender>,
     membership: Arc<Membership>,
     inbox: Inbox,
     history: History,
@@ -130,6 +137,14 @@ impl Engine {
                 Arc::clone(&writer),
                 Arc::clone(&idempotency),
             )),
+            amender: Arc::new(Amender::new(
+                Arc::clone(&store),
+                Arc::clone(&directory),
+                Arc::clone(&writer),
+                Arc::clone(&idempotency),
+                Arc::clone(&visibility),
+                config.windows,
+            )),
             membership: Arc::new(Membership::new(
                 Arc::clone(&directory),
                 Arc::clone(&writer),
@@ -140,7 +155,12 @@ impl Engine {
             writer,
             seqs,
             inbox: Inbox::new(Arc::clone(&store), Arc::clone(&visibility)),
-            history: History::new(Arc::clone(&store), directory, Arc::clone(&visibility)),
+            history: History::new(
+                Arc::clone(&store),
+                directory,
+                Arc::clone(&visibility),
+                Arc::clone(&read_state),
+            ),
             push: Push::new(
                 Arc::clone(&store),
                 hub,
@@ -225,6 +245,65 @@ impl Engine {
         let sender = Arc::clone(&self.sender);
         let work = async move { sender.send(principal, command).await };
         self.lifecycle.to_completion("send", work).await
+    }
+
+    /// Edits, recalls or deletes (for everyone) a message.
+    pub async fn amend(
+        &self,
+        principal: Principal,
+        operation: Operation,
+        command: AmendCommand,
+    ) -> Result<AmendOutcome> {
+        let amender = Arc::clone(&self.amender);
+        let work = async move { amender.amend(principal, operation, command).await };
+        self.lifecycle.to_completion("amend", work).await
+    }
+
+    /// Deletes a message for the caller only
+    /// ([`EntryKind::DeleteForMe`](timeline_store::EntryKind)) or clears
+    /// their history through a point.
+    pub async fn hide(
+        &self,
+        principal: Principal,
+        kind: timeline_store::EntryKind,
+        command: HideCommand,
+    ) -> Result<AmendOutcome> {
+        let amender = Arc::clone(&self.amender);
+        let read_state = Arc::clone(&self.read_state);
+        let work = async move {
+            let conversation_id = command.conversation_id;
+            let requested = command.conv_seq;
+            if kind == timeline_store::EntryKind::DeleteForMe {
+                let (user_id, _) = crate::access::device_user(&principal)?;
+                let hidden = read_state
+                    .fold(user_id)
+                    .await?
+                    .rows
+                    .iter()
+                    .find(|row| row.conversation_id == conversation_id)
+                    .map_or(0, |row| row.hidden.len());
+                if hidden >= MAX_HIDDEN_PER_CONVERSATION {
+                    return Err(crate::error::SyncdError::ResourceExhausted(format!(
+                        "{hidden} messages of conversation {conversation_id} are deleted for you                          one by one, at most {MAX_HIDDEN_PER_CONVERSATION}: clear the history                          through a point instead"
+                    )));
+                }
+            }
+            let outcome = amender.hide(principal.clone(), kind, command).await?;
+            if kind == timeline_store::EntryKind::ClearHistory {
+                // What is cleared is read (a retry marks again: harmless).
+                let through = match outcome.target_conv_seq {
+                    0 => requested,
+                    cleared => Some(cleared),
+                };
+                if let Some(through) = through {
+                    read_state
+                        .mark(&principal, conversation_id, Some(through))
+                        .await?;
+                }
+            }
+            Ok(outcome)
+        };
+        self.lifecycle.to_completion("hide", work).await
     }
 
     pub async fn mark_read(
@@ -451,6 +530,13 @@ mod growth_tests {
                 user_id: u64,
             ) -> Result<Vec<timeline_store::LargeGroupMembership>> {
                 self.inner.large_group_memberships(user_id).await
+            }
+            async fn inbox_copies(
+                &self,
+                id: u64,
+                conv_seq: u64,
+            ) -> Result<Vec<timeline_store::InboxWrite>> {
+                self.inner.inbox_copies(id, conv_seq).await
             }
         }
 

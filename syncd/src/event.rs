@@ -2,8 +2,9 @@
 //! built by a named constructor per kind of event, so the write path never
 //! assembles an event from positional options.
 
+use crate::amend::Amendment;
 use crate::fanout::{Change, Fanout, fanout};
-use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey, ReaderMark};
+use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey, ReaderMark, Target};
 use uuid::Uuid;
 
 /// One event before it is written: the conversation entry (seqs, id and
@@ -17,6 +18,9 @@ pub struct Event {
     pub fingerprint: u64,
     /// The conversation record after the event, when it changes it.
     pub record: Option<Conversation>,
+    /// How the event rewrites an earlier message once it has its own
+    /// `conv_seq` and time (edits, recalls, deletes).
+    pub amendment: Option<Amendment>,
 }
 
 /// Which membership change an event records.
@@ -63,6 +67,65 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: None,
+            amendment: None,
+        }
+    }
+
+    /// An edit, recall or delete for everyone of `target` (the stored
+    /// conversation entry) by `actor` (0: a service), into `conversation`.
+    /// It reaches whoever a message would, and in a large group also
+    /// everyone who has an inbox copy of the target (sender, mentioned).
+    pub fn amending(
+        conversation: &Conversation,
+        kind: EntryKind,
+        actor: u64,
+        target: &Entry,
+        text: String,
+        amendment: Amendment,
+    ) -> Self {
+        let mut fanout = fanout(Change::Message, conversation, conversation);
+        if conversation.read_fanout {
+            let mut copies = target.mentions.clone();
+            copies.push(target.sender_id);
+            copies.push(actor);
+            copies.retain(|&user| user != 0 && conversation.is_member(user));
+            copies.sort_unstable();
+            copies.dedup();
+            fanout.recipients = copies;
+        }
+        Self {
+            entry: Entry {
+                sender_id: actor,
+                text,
+                target: target_of(target),
+                read_fanout: conversation.read_fanout,
+                ..Entry::new(kind, conversation.conversation_id)
+            },
+            fanout,
+            receipt_key: None,
+            fingerprint: 0,
+            record: None,
+            amendment: Some(amendment),
+        }
+    }
+
+    /// A delete for me (`target` set) or a clear through `through` by
+    /// `user_id`: an event of that user's inbox only.
+    pub fn hiding(conversation_id: u64, user_id: u64, kind: EntryKind, target: Target) -> Self {
+        Self {
+            entry: Entry {
+                sender_id: user_id,
+                target,
+                ..Entry::new(kind, conversation_id)
+            },
+            fanout: Fanout {
+                recipients: vec![user_id],
+                index: Vec::new(),
+            },
+            receipt_key: None,
+            fingerprint: 0,
+            record: None,
+            amendment: None,
         }
     }
 
@@ -80,6 +143,7 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: Some(record),
+            amendment: None,
         }
     }
 
@@ -105,6 +169,7 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: Some(after),
+            amendment: None,
         }
     }
 
@@ -141,6 +206,17 @@ impl Event {
 
     pub fn conversation_id(&self) -> u64 {
         self.entry.conversation_id
+    }
+}
+
+/// What an edit or removal event says about its target.
+pub fn target_of(target: &Entry) -> Target {
+    Target {
+        conv_seq: target.conv_seq,
+        msg_id: target.msg_id,
+        sender_id: target.sender_id,
+        mentions: target.mentions.clone(),
+        mention_all: target.mention_all,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, clamp_limit};
 use crate::paging;
+use crate::read_state::ReadState;
 use crate::visibility::Visibility;
 use std::sync::Arc;
 use timeline_store::{Conversation, Entry, Order, TimelineStore};
@@ -33,6 +34,22 @@ pub struct History {
     store: Arc<dyn TimelineStore>,
     directory: Arc<Directory>,
     visibility: Arc<Visibility>,
+    /// What a user hid from their own view (delete for me, clear).
+    read_state: Arc<ReadState>,
+}
+
+/// What one user hid in one conversation.
+#[derive(Default)]
+struct Hidden {
+    cleared_through: u64,
+    /// Ascending.
+    messages: Vec<u64>,
+}
+
+impl Hidden {
+    fn hides(&self, conv_seq: u64) -> bool {
+        conv_seq <= self.cleared_through || self.messages.binary_search(&conv_seq).is_ok()
+    }
 }
 
 impl History {
@@ -40,12 +57,29 @@ impl History {
         store: Arc<dyn TimelineStore>,
         directory: Arc<Directory>,
         visibility: Arc<Visibility>,
+        read_state: Arc<ReadState>,
     ) -> Self {
         Self {
             store,
             directory,
             visibility,
+            read_state,
         }
+    }
+
+    async fn hidden(&self, principal: &Principal, conversation_id: u64) -> Result<Hidden> {
+        let Principal::Device { user_id, .. } = principal else {
+            return Ok(Hidden::default());
+        };
+        let snapshot = self.read_state.fold(*user_id).await?;
+        Ok(snapshot
+            .rows
+            .into_iter()
+            .find(|row| row.conversation_id == conversation_id)
+            .map_or_else(Hidden::default, |row| Hidden {
+                cleared_through: row.cleared_through,
+                messages: row.hidden,
+            }))
     }
 
     /// A page of the conversation for a member or a service; a former
@@ -69,31 +103,66 @@ impl History {
             .saturating_add(1)
             .min(until);
         let store = self.store.as_ref();
+        let hidden = self.hidden(principal, id).await?;
         if let Some(after) = query.after {
             if query.before != 0 {
                 return Err(SyncdError::InvalidArgument(
                     "set before or after, not both".into(),
                 ));
             }
-            let page =
-                paging::conversation(store, id, (after, visible_end), Order::OldestFirst, limit)
-                    .await?;
-            return Ok(HistoryPage {
-                entries: page.entries,
-                has_more: page.has_more,
-            });
+            let mut after = after.max(hidden.cleared_through);
+            // Pages of entries the user hid are skipped, not answered
+            // empty: a client pages on from the entries it is given.
+            loop {
+                let page = paging::conversation(
+                    store,
+                    id,
+                    (after, visible_end),
+                    Order::OldestFirst,
+                    limit,
+                )
+                .await?;
+                after = page.entries.last().map_or(after, |e| e.conv_seq);
+                let entries: Vec<Entry> = page
+                    .entries
+                    .into_iter()
+                    .filter(|e| !hidden.hides(e.conv_seq))
+                    .collect();
+                if !entries.is_empty() || !page.has_more {
+                    return Ok(HistoryPage {
+                        entries,
+                        has_more: page.has_more,
+                    });
+                }
+            }
         }
-        let before = match query.before {
+        let mut before = match query.before {
             0 => visible_end,
             before => before.min(visible_end),
         };
-        let page = paging::conversation(store, id, (0, before), Order::NewestFirst, limit).await?;
-        let mut entries = page.entries;
-        entries.reverse();
-        Ok(HistoryPage {
-            entries,
-            has_more: page.has_more,
-        })
+        loop {
+            let page = paging::conversation(
+                store,
+                id,
+                (hidden.cleared_through, before),
+                Order::NewestFirst,
+                limit,
+            )
+            .await?;
+            before = page.entries.last().map_or(before, |e| e.conv_seq);
+            let mut entries: Vec<Entry> = page
+                .entries
+                .into_iter()
+                .filter(|e| !hidden.hides(e.conv_seq))
+                .collect();
+            if !entries.is_empty() || !page.has_more {
+                entries.reverse();
+                return Ok(HistoryPage {
+                    entries,
+                    has_more: page.has_more,
+                });
+            }
+        }
     }
 
     /// For a device whose user left this large group: the removal's

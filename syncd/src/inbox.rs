@@ -288,6 +288,8 @@ mod trim_tests {
         let late = before.entries[4].clone();
         fx.store
             .commit_event(EventCommit {
+                keep_copies: false,
+                rewrites: Vec::new(),
                 entry: late.clone(),
                 inbox: vec![InboxWrite {
                     user_id: 2,

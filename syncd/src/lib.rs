@@ -65,6 +65,7 @@
 //!   listener, shutdown; [`web`]: gRPC-Web, CORS and the web app's files.
 
 pub mod access;
+pub mod amend;
 pub mod auth;
 pub mod config;
 pub mod directory;

@@ -10,6 +10,15 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Most members one message may mention by name. In a large group each
 /// one gets an inbox copy, so this bounds what one message writes there.
 pub const MAX_MENTIONS: usize = 100;
+/// Edits one message may have; a recall rewrites every one of them, so
+/// this bounds what a recall writes too.
+pub const MAX_EDITS_PER_MESSAGE: usize = 20;
+/// Bytes of replaced texts a message keeps as its edit history (the
+/// oldest versions go first).
+pub const MAX_EDIT_HISTORY_BYTES: usize = 64 * 1024;
+/// Messages one user may hide in one conversation one by one (delete for
+/// me); clearing the history hides everything up to a point at once.
+pub const MAX_HIDDEN_PER_CONVERSATION: usize = 1_000;
 /// Largest conversation title, in bytes.
 pub const MAX_TITLE_BYTES: usize = 256;
 /// Largest encoded gRPC request the server decodes.

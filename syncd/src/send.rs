@@ -197,7 +197,7 @@ impl Sender {
     }
 }
 
-fn validate_text(text: &str) -> Result<()> {
+pub(crate) fn validate_text(text: &str) -> Result<()> {
     if text.is_empty() {
         return Err(SyncdError::InvalidArgument("text must not be empty".into()));
     }
@@ -327,6 +327,8 @@ mod tests {
         };
         fx.store
             .commit_event(timeline_store::EventCommit {
+                keep_copies: false,
+                rewrites: Vec::new(),
                 entry: timeline_store::Entry {
                     conv_seq: 1_000,
                     ..timeline_store::Entry::new(timeline_store::EntryKind::Message, conversation)

@@ -123,7 +123,9 @@ pub(crate) fn encode_inbox_copies(inbox: &[InboxWrite]) -> Vec<u8> {
 pub(crate) fn decode_inbox_copies(bytes: &[u8]) -> Result<Vec<InboxWrite>> {
     let record = InboxCopiesRecord::decode(bytes).map_err(corrupt)?;
     if record.users.len() != record.seqs.len() {
-        return Err(StoreError::Corrupt("inbox copies lists differ in length".into()));
+        return Err(StoreError::Corrupt(
+            "inbox copies lists differ in length".into(),
+        ));
     }
     Ok(record
         .users
@@ -660,6 +662,10 @@ pub(crate) struct ReadStateRecord {
     pub mentions: u64,
     #[prost(uint64, tag = "11")]
     pub peer_read_through: u64,
+    #[prost(uint64, tag = "12")]
+    pub cleared_through: u64,
+    #[prost(uint64, repeated, tag = "13")]
+    pub hidden: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -674,6 +680,10 @@ pub(crate) struct MessagePreviewRecord {
     pub text: String,
     #[prost(int64, tag = "5")]
     pub sent_at_ms: i64,
+    #[prost(bool, tag = "6")]
+    pub removed: bool,
+    #[prost(bool, tag = "7")]
+    pub edited: bool,
 }
 
 pub(crate) fn encode_read_state(row: &ReadStateRow) -> Vec<u8> {
@@ -692,9 +702,13 @@ pub(crate) fn encode_read_state(row: &ReadStateRow) -> Vec<u8> {
             sender_id: m.sender_id,
             text: m.text.clone(),
             sent_at_ms: m.sent_at_ms,
+            removed: m.removed,
+            edited: m.edited,
         }),
         mentions: row.mentions,
         peer_read_through: row.peer_read_through,
+        cleared_through: row.cleared_through,
+        hidden: row.hidden.clone(),
     }
     .encode_to_vec()
 }
@@ -716,9 +730,13 @@ pub(crate) fn decode_read_state(bytes: &[u8]) -> Result<ReadStateRow> {
             sender_id: m.sender_id,
             text: m.text,
             sent_at_ms: m.sent_at_ms,
+            removed: m.removed,
+            edited: m.edited,
         }),
         mentions: record.mentions,
         peer_read_through: record.peer_read_through,
+        cleared_through: record.cleared_through,
+        hidden: record.hidden,
     })
 }
 

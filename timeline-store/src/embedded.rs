@@ -35,9 +35,9 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership, Order,
-    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
-    Result, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite, LargeGroupMembership,
+    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt,
+    Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -404,8 +404,7 @@ fn apply_group(
                         );
                     }
                     for write in &rewrite.inbox {
-                        inbox_rows
-                            .push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                        inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
                     }
                 }
                 for mark in &commit.readers {

@@ -17,6 +17,10 @@ pub struct MessagePreview {
     /// At most [`PREVIEW_TEXT_BYTES`], cut at a character boundary.
     pub text: String,
     pub sent_at_ms: i64,
+    /// The message was recalled or deleted (`text` is empty).
+    pub removed: bool,
+    /// The text is an edit's (the message's version is above 0).
+    pub edited: bool,
 }
 
 /// Longest preview text kept per conversation: a list of 10,000
@@ -63,6 +67,12 @@ pub struct ReadStateRow {
     /// In a direct conversation: how far the other member has read (the
     /// sender's read receipts).
     pub peer_read_through: u64,
+    /// The user cleared their history through this `conv_seq` (their
+    /// devices and History view show nothing up to it).
+    pub cleared_through: u64,
+    /// Messages above `cleared_through` the user deleted for themselves,
+    /// ascending (bounded by the writer).
+    pub hidden: Vec<u64>,
 }
 
 /// A user's read state: every row, folded through `applied_seq`.

@@ -47,9 +47,9 @@ use crate::codec::{
 };
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership,
-    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, Receipt, Receipts, Result,
-    StoreError,
+    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
+    LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
+    Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use cql_kit::read_pages;
@@ -701,7 +701,8 @@ impl ScyllaTimelineStore {
         let in_timeline = commit.entry.kind.in_conversation_timeline();
         let conv_write = async {
             if in_timeline {
-                self.write_conv(conversation_id, conv_seq, conv_entry).await?;
+                self.write_conv(conversation_id, conv_seq, conv_entry)
+                    .await?;
             }
             if commit.keep_copies {
                 let values = (

@@ -1,7 +1,7 @@
 //! Wire <-> store type conversions.
 
 use proto::timeline::v1 as pb;
-use timeline_store::{Conversation, ConversationKind, Entry, EntryKind};
+use timeline_store::{Conversation, ConversationKind, Entry, EntryKind, RemovalKind, Target};
 
 pub(crate) fn entry(e: Entry) -> pb::Entry {
     pb::Entry {
@@ -21,6 +21,35 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
         mentions: e.mentions,
         mention_all: e.mention_all,
         read_fanout: e.read_fanout,
+        target: (e.target != Target::default()).then(|| pb::MessageTarget {
+            conv_seq: e.target.conv_seq,
+            msg_id: e.target.msg_id,
+            sender_id: e.target.sender_id,
+            mentions: e.target.mentions,
+            mention_all: e.target.mention_all,
+        }),
+        version: e.state.version,
+        edited: e.state.version > 0,
+        edited_at_ms: e.state.edited_at_ms,
+        previous_versions: e
+            .state
+            .previous
+            .into_iter()
+            .map(|p| pb::PreviousVersion {
+                version: p.version,
+                text: p.text,
+                at_ms: p.at_ms,
+            })
+            .collect(),
+        removed: e.state.removed.map(|r| pb::Removal {
+            kind: match r.kind {
+                RemovalKind::Recalled => pb::RemovalKind::Recalled,
+                RemovalKind::Deleted => pb::RemovalKind::Deleted,
+            } as i32,
+            by: r.by,
+            at_ms: r.at_ms,
+            conv_seq: r.conv_seq,
+        }),
     }
 }
 
@@ -36,6 +65,8 @@ pub(crate) fn conversation_state(s: crate::engine::ConversationState) -> pb::Con
             sender_id: m.sender_id,
             text: m.text,
             sent_at_ms: m.sent_at_ms,
+            removed: m.removed,
+            edited: m.edited,
         }),
         unread: s.unread,
         read_through: s.read_through,
@@ -74,6 +105,11 @@ pub(crate) fn entry_kind(kind: EntryKind) -> pb::EntryKind {
         EntryKind::MembersAdded => pb::EntryKind::MembersAdded,
         EntryKind::MembersRemoved => pb::EntryKind::MembersRemoved,
         EntryKind::ReadMarker => pb::EntryKind::ReadMarker,
+        EntryKind::Edit => pb::EntryKind::Edit,
+        EntryKind::Recall => pb::EntryKind::Recall,
+        EntryKind::Delete => pb::EntryKind::Delete,
+        EntryKind::DeleteForMe => pb::EntryKind::DeleteForMe,
+        EntryKind::ClearHistory => pb::EntryKind::ClearHistory,
     }
 }
 

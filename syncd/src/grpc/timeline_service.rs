@@ -2,12 +2,16 @@
 
 use super::{authenticate, authenticate_verified, convert, parse_client_id, parse_client_msg_id};
 use crate::auth::Authenticator;
-use crate::engine::{Engine, HistoryQuery, NewConversation, SendCommand};
+use crate::engine::{
+    AmendCommand, AmendOutcome, Engine, HideCommand, HistoryQuery, NewConversation, Operation,
+    SendCommand,
+};
 use crate::error::SyncdError;
 use crate::limits::SUBSCRIBER_QUEUE;
 use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
+use timeline_store::EntryKind;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +23,16 @@ pub struct TimelineService {
 impl TimelineService {
     pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
         Self { engine, auth }
+    }
+}
+
+fn change_reply(outcome: AmendOutcome) -> pb::MessageChangeReply {
+    pb::MessageChangeReply {
+        conversation_id: outcome.receipt.conversation_id,
+        conv_seq: outcome.receipt.conv_seq,
+        msg_id: outcome.receipt.msg_id,
+        sent_at_ms: outcome.receipt.sent_at_ms,
+        duplicate: outcome.duplicate,
     }
 }
 
@@ -258,6 +272,97 @@ impl pb::timeline_server::Timeline for TimelineService {
             seq: marked.seq,
             mentions: marked.mentions,
         }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::MessageChangeReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let command = AmendCommand {
+            conversation_id: request.conversation_id,
+            conv_seq: request.conv_seq,
+            msg_id: request.msg_id,
+            text: request.text,
+            client_op_id: parse_client_id("client_op_id", &request.client_op_id)?,
+        };
+        let outcome = self
+            .engine
+            .amend(principal, Operation::Edit, command)
+            .await?;
+        Ok(Response::new(change_reply(outcome)))
+    }
+
+    async fn recall_message(
+        &self,
+        request: Request<pb::MessageChangeRequest>,
+    ) -> Result<Response<pb::MessageChangeReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let command = AmendCommand {
+            conversation_id: request.conversation_id,
+            conv_seq: request.conv_seq,
+            msg_id: request.msg_id,
+            text: String::new(),
+            client_op_id: parse_client_id("client_op_id", &request.client_op_id)?,
+        };
+        let outcome = self
+            .engine
+            .amend(principal, Operation::Recall, command)
+            .await?;
+        Ok(Response::new(change_reply(outcome)))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::MessageChangeReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let client_op_id = parse_client_id("client_op_id", &request.client_op_id)?;
+        let outcome = if request.for_me {
+            let command = HideCommand {
+                conversation_id: request.conversation_id,
+                conv_seq: Some(request.conv_seq),
+                msg_id: request.msg_id,
+                client_op_id,
+            };
+            self.engine
+                .hide(principal, EntryKind::DeleteForMe, command)
+                .await?
+        } else {
+            let command = AmendCommand {
+                conversation_id: request.conversation_id,
+                conv_seq: request.conv_seq,
+                msg_id: request.msg_id,
+                text: String::new(),
+                client_op_id,
+            };
+            self.engine
+                .amend(principal, Operation::Delete, command)
+                .await?
+        };
+        Ok(Response::new(change_reply(outcome)))
+    }
+
+    async fn clear_history(
+        &self,
+        request: Request<pb::ClearHistoryRequest>,
+    ) -> Result<Response<pb::MessageChangeReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let command = HideCommand {
+            conversation_id: request.conversation_id,
+            conv_seq: request.through,
+            msg_id: 0,
+            client_op_id: parse_client_id("client_op_id", &request.client_op_id)?,
+        };
+        let outcome = self
+            .engine
+            .hide(principal, EntryKind::ClearHistory, command)
+            .await?;
+        Ok(Response::new(change_reply(outcome)))
     }
 
     async fn get_read_receipts(

@@ -21,6 +21,14 @@ pub struct Count {
     /// Of those, the ones that mention everyone and not the user by name
     /// (in a large group the named ones reach the user's inbox instead).
     pub mentions_of_everyone_only: u64,
+    /// Recalls and deletes in the range of messages from others after the
+    /// count's base: each takes one back from `count` (the message was
+    /// counted where it was sent, in this range or an earlier one).
+    pub removed: u64,
+    /// Of those, the ones that mentioned the user.
+    pub removed_mentions: u64,
+    /// Of those, the ones that mentioned everyone and not the user by name.
+    pub removed_everyone_only: u64,
     /// The newest message of the range (from anyone).
     pub last_message: Option<MessagePreview>,
     /// The range held more than [`MAX_COUNTED_ENTRIES`] entries: `count`
@@ -30,7 +38,40 @@ pub struct Count {
     pub reached: u64,
 }
 
-/// The preview of a message entry.
+impl Count {
+    /// What stays unread: the messages counted less the ones taken back.
+    pub fn unread(&self) -> u64 {
+        self.count.saturating_sub(self.removed)
+    }
+
+    pub fn unread_mentions(&self) -> u64 {
+        self.mentions.saturating_sub(self.removed_mentions)
+    }
+
+    pub fn unread_everyone_only(&self) -> u64 {
+        self.mentions_of_everyone_only
+            .saturating_sub(self.removed_everyone_only)
+    }
+
+    /// This count followed by `later` (a count of the next range with the
+    /// same base).
+    pub fn extend(&mut self, later: Count) {
+        self.count += later.count;
+        self.mentions += later.mentions;
+        self.mentions_of_everyone_only += later.mentions_of_everyone_only;
+        self.removed += later.removed;
+        self.removed_mentions += later.removed_mentions;
+        self.removed_everyone_only += later.removed_everyone_only;
+        self.saturated = later.saturated;
+        self.reached = later.reached;
+        if later.last_message.is_some() {
+            self.last_message = later.last_message;
+        }
+    }
+}
+
+/// The preview of a message entry (as it stands: edited text, or none
+/// once recalled).
 pub fn preview(entry: &Entry) -> MessagePreview {
     MessagePreview {
         conv_seq: entry.conv_seq,
@@ -38,15 +79,23 @@ pub fn preview(entry: &Entry) -> MessagePreview {
         sender_id: entry.sender_id,
         text: MessagePreview::preview_text(&entry.text),
         sent_at_ms: entry.sent_at_ms,
+        removed: entry.is_removed(),
+        edited: entry.state.version > 0,
     }
 }
 
 /// Messages of senders other than `user_id` with `after < conv_seq <=
-/// through` (membership events do not count).
+/// through` (membership events do not count), and the recalls and
+/// deletes in that range of such messages above `base` (`base <= after`:
+/// where the user's count starts, so a message counted in an earlier
+/// range and withdrawn in this one is taken back). Whether a message was
+/// withdrawn later does not change the count: the same range counts the
+/// same however late it is read.
 pub async fn messages_from_others(
     store: &dyn TimelineStore,
     conversation_id: u64,
     user_id: u64,
+    base: u64,
     after: u64,
     through: u64,
 ) -> Result<Count> {
@@ -64,6 +113,19 @@ pub async fn messages_from_others(
         let Some(last) = entries.last() else { break };
         from = last.conv_seq;
         read += entries.len();
+        for entry in entries.iter().filter(|e| e.kind.removes_target()) {
+            let target = &entry.target;
+            if target.sender_id != user_id && target.conv_seq > base {
+                count.removed += 1;
+                let named = target.mentions.contains(&user_id);
+                if named || target.mention_all {
+                    count.removed_mentions += 1;
+                    if !named {
+                        count.removed_everyone_only += 1;
+                    }
+                }
+            }
+        }
         for entry in entries.iter().filter(|e| e.kind == EntryKind::Message) {
             if entry.sender_id != user_id {
                 count.count += 1;

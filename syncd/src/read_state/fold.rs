@@ -19,7 +19,16 @@
 //!   (it counts as a mention only: its unread is counted from the
 //!   timeline) or for its sender (it reads everything up to it);
 //! - another member's marker (direct conversations) is a read receipt: how
-//!   far the peer has read.
+//!   far the peer has read;
+//! - a recall or delete of a message from someone else that is counted
+//!   (after the marker and the join, at or below what the row covers)
+//!   takes it back from the unread count (and from the mentions if it
+//!   mentioned the user); in a large group only a mention by name is in the
+//!   row (the rest is counted from the timeline, which takes back the same
+//!   way);
+//! - an edit or recall of the previewed message changes the preview;
+//! - delete for me and clear history hide messages from the user's own
+//!   view and change no count (clearing marks read separately).
 //!
 //! An entry at or below a row's `last_seq` is already in it (a save that
 //! was cut short): folding it again changes nothing.
@@ -51,6 +60,67 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         EntryKind::ReadMarker if entry.sender_id != user_id => {
             row.peer_read_through = row.peer_read_through.max(entry.read_through);
             return;
+        }
+        // The user's own view only: no count changes, and no position (in a
+        // large group the row's counts come from the timeline).
+        EntryKind::DeleteForMe => {
+            let conv_seq = entry.target.conv_seq;
+            if conv_seq > row.cleared_through {
+                if let Err(at) = row.hidden.binary_search(&conv_seq) {
+                    row.hidden.insert(at, conv_seq);
+                }
+            }
+            return;
+        }
+        EntryKind::ClearHistory => {
+            row.cleared_through = row.cleared_through.max(entry.target.conv_seq);
+            let cleared = row.cleared_through;
+            row.hidden.retain(|&conv_seq| conv_seq > cleared);
+            return;
+        }
+        EntryKind::Recall | EntryKind::Delete => {
+            let target = &entry.target;
+            let after_marker = target.sender_id != user_id
+                && row.member
+                && target.conv_seq > row.read_through
+                && target.conv_seq > row.joined_conv_seq;
+            let named = target.mentions.contains(&user_id);
+            if entry.read_fanout {
+                // Only the named mention is in the row (from its copy).
+                if after_marker && named {
+                    row.mentions = row.mentions.saturating_sub(1);
+                }
+            } else if after_marker && target.conv_seq <= row.counted_through {
+                row.unread = row.unread.saturating_sub(1);
+                if named || target.mention_all {
+                    row.mentions = row.mentions.saturating_sub(1);
+                }
+            }
+            if let Some(preview) = row
+                .last_message
+                .as_mut()
+                .filter(|p| p.conv_seq == target.conv_seq)
+            {
+                preview.text.clear();
+                preview.removed = true;
+            }
+            if entry.read_fanout {
+                return;
+            }
+        }
+        EntryKind::Edit => {
+            let target = &entry.target;
+            if let Some(preview) = row
+                .last_message
+                .as_mut()
+                .filter(|p| p.conv_seq == target.conv_seq)
+            {
+                preview.text = timeline_store::MessagePreview::preview_text(&entry.text);
+                preview.edited = true;
+            }
+            if entry.read_fanout {
+                return;
+            }
         }
         _ => {}
     }
@@ -88,6 +158,10 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
                 row.mentions = 0;
             }
         }
+        // Handled above; they are events of the conversation the row
+        // covers up to, like membership events, but never unread.
+        EntryKind::Edit | EntryKind::Recall | EntryKind::Delete => {}
+        EntryKind::DeleteForMe | EntryKind::ClearHistory => unreachable!("folded above"),
         EntryKind::ReadMarker => {
             if entry.read_through > row.read_through {
                 row.read_through = entry.read_through;

@@ -174,15 +174,15 @@ impl ReadState {
         if let Some(left) = membership.left {
             to = to.min(left.conv_seq.saturating_sub(1));
         }
-        let from = row
-            .read_through
-            .max(row.counted_through)
-            .max(membership.joined.conv_seq);
-        let count = self.count_cached(user_id, id, from, to).await?;
+        let base = row.read_through.max(membership.joined.conv_seq);
+        let from = base.max(row.counted_through);
+        let count = self.count_cached(user_id, id, base, from, to).await?;
         if row.member && membership.left.is_none() {
-            row.unread += count.count;
-            // Named mentions reached the inbox and are in the row already.
-            row.mentions += count.mentions_of_everyone_only;
+            row.unread = (row.unread + count.count).saturating_sub(count.removed);
+            // Named mentions reached the inbox and are in the row already
+            // (and so did the recalls of them).
+            row.mentions = (row.mentions + count.mentions_of_everyone_only)
+                .saturating_sub(count.removed_everyone_only);
         }
         let last = match count.last_message {
             Some(last) => Some(last),
@@ -202,29 +202,32 @@ impl ReadState {
     /// the same start instead of reading it all again (also a count that
     /// stopped at [`count::MAX_COUNTED_ENTRIES`]: each call goes on from
     /// where the last one stopped).
-    async fn count_cached(&self, user_id: u64, id: u64, from: u64, to: u64) -> Result<Count> {
+    async fn count_cached(
+        &self,
+        user_id: u64,
+        id: u64,
+        base: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Count> {
         if from >= to {
             return Ok(Count::default());
         }
         let key = (user_id, id);
         let (start, mut total) = match self.counts.get(&key) {
-            Some(cached) if cached.from == from && cached.count.reached <= to => {
+            Some(cached)
+                if cached.from == from && cached.base == base && cached.count.reached <= to =>
+            {
                 (cached.count.reached, cached.count)
             }
             _ => (from, Count::default()),
         };
-        let more = messages_from_others(self.store.as_ref(), id, user_id, start, to).await?;
-        total.count += more.count;
-        total.mentions += more.mentions;
-        total.mentions_of_everyone_only += more.mentions_of_everyone_only;
-        total.saturated = more.saturated;
-        total.reached = more.reached;
-        if more.last_message.is_some() {
-            total.last_message = more.last_message;
-        }
+        let more = messages_from_others(self.store.as_ref(), id, user_id, base, start, to).await?;
+        total.extend(more);
         self.counts.insert(
             key,
             CachedCount {
+                base,
                 from,
                 count: total.clone(),
             },

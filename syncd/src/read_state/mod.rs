@@ -97,6 +97,9 @@ pub struct ReadReceipts {
 /// `(from, count.reached]`.
 #[derive(Clone, Debug)]
 struct CachedCount {
+    /// Where the user's count starts (withdrawn messages above it are
+    /// taken back).
+    base: u64,
     from: u64,
     count: Count,
 }
@@ -291,12 +294,13 @@ impl ReadState {
                 self.store.as_ref(),
                 conversation_id,
                 user_id,
+                outcome.read_through,
                 outcome.conv_seq,
                 top,
             )
             .await?;
-            unread += later.count;
-            mentions += later.mentions;
+            unread = (unread + later.count).saturating_sub(later.removed);
+            mentions = (mentions + later.mentions).saturating_sub(later.removed_mentions);
         }
         let marked = MarkResult {
             conversation_id,

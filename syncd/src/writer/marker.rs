@@ -87,6 +87,7 @@ impl EventWriter {
             conversation_id,
             user_id,
             read_through,
+            read_through,
             position,
         )
         .await?;
@@ -97,7 +98,7 @@ impl EventWriter {
                  newest of conversation {conversation_id}; mark a later message"
             )));
         }
-        let (unread, unread_mentions) = (counted.count, counted.mentions);
+        let (unread, unread_mentions) = (counted.unread(), counted.unread_mentions());
         let entry = Entry {
             msg_id,
             conv_seq: position,
@@ -109,6 +110,8 @@ impl EventWriter {
             ..Entry::new(EntryKind::ReadMarker, conversation_id)
         };
         let commit = EventCommit {
+            keep_copies: false,
+            rewrites: Vec::new(),
             entry,
             inbox,
             receipt: None,

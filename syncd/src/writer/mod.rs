@@ -189,6 +189,7 @@ impl EventWriter {
             receipt_key,
             fingerprint,
             record,
+            amendment,
         } = event;
         let conversation_id = entry.conversation_id;
         let recipients = fanout.recipients;
@@ -235,7 +236,15 @@ impl EventWriter {
             .map(|(&user_id, seq)| InboxWrite { user_id, seq })
             .collect();
         let readers = Event::reader_marks(&entry);
+        let rewrites = amendment.map_or_else(Vec::new, |amendment| {
+            amendment.rewrites(conv_seq, entry.sent_at_ms, &entry.text)
+        });
+        // A later recall rewrites every copy of a message and of its edits.
+        let keep_copies =
+            matches!(entry.kind, EntryKind::Message | EntryKind::Edit) && !recipients.is_empty();
         let commit = EventCommit {
+            keep_copies,
+            rewrites,
             entry,
             inbox,
             receipt: receipt_key.map(|key| (key, receipt.clone())),
@@ -456,11 +465,16 @@ fn cost_of(event: &Event) -> (usize, usize) {
     let payload = timeline_store::payload_bytes(&event.entry);
     let per_copy = COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
     let members = event.record.as_ref().map_or(0, |r| r.members.len());
+    let (rewritten_copies, rewritten_bytes) = event
+        .amendment
+        .as_ref()
+        .map_or((0, 0), |amendment| amendment.cost());
     let cost = per_copy
         .saturating_mul(copies)
         .saturating_add(payload)
-        .saturating_add(members * 8);
-    (copies, cost)
+        .saturating_add(members * 8)
+        .saturating_add(rewritten_bytes);
+    (copies + rewritten_copies, cost)
 }
 
 /// Counts a failed commit by what follows: the node stops (`fatal`), the

@@ -3,9 +3,9 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxWrite, InboxRetention, LargeGroupMembership, Order,
-    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
-    RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite, LargeGroupMembership,
+    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt,
+    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};

@@ -4,8 +4,8 @@
 
 use super::{BASE, fanout, message, read_inbox};
 use crate::{
-    ConversationRange, Entry, EntryKind, InboxWrite, MessageState,
-    PreviousVersion, Removal, RemovalKind, Rewrite, Target, TimelineStore,
+    ConversationRange, Entry, EntryKind, InboxWrite, MessageState, PreviousVersion, Removal,
+    RemovalKind, Rewrite, Target, TimelineStore,
 };
 
 async fn conversation_entry<S: TimelineStore>(store: &S, conv: u64, conv_seq: u64) -> Entry {
@@ -130,8 +130,20 @@ pub(super) async fn rewrites_replace_stored_entries_and_copies_are_kept<S: Timel
             seqs,
             "rewrites add no rows"
         );
-        assert_eq!(inbox[0], Entry { seq: seqs[0], ..tombstone.clone() });
-        assert_eq!(inbox[1], Entry { seq: seqs[1], ..scrubbed_edit.clone() });
+        assert_eq!(
+            inbox[0],
+            Entry {
+                seq: seqs[0],
+                ..tombstone.clone()
+            }
+        );
+        assert_eq!(
+            inbox[1],
+            Entry {
+                seq: seqs[1],
+                ..scrubbed_edit.clone()
+            }
+        );
         assert_eq!(inbox[2].kind, EntryKind::Recall);
         for entry in &inbox {
             assert!(!entry.text.contains("secret"), "user {user}: {entry:?}");
@@ -177,6 +189,12 @@ pub(super) async fn rewriting_a_heavy_message_reaches_every_copy<S: TimelineStor
     store.commit_event(delete).await.unwrap();
     for user in [alice, bob] {
         let copy = &read_inbox(store, user, 0, 1, 1).await[0];
-        assert_eq!(copy, &Entry { seq: 1, ..tombstone.clone() });
+        assert_eq!(
+            copy,
+            &Entry {
+                seq: 1,
+                ..tombstone.clone()
+            }
+        );
     }
 }

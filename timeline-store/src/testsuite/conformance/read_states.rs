@@ -20,9 +20,13 @@ fn row(conversation_id: u64, last_seq: u64, unread: u64) -> ReadStateRow {
             sender_id: 5,
             text: "préview".into(),
             sent_at_ms: 1_700_000_000_009,
+            removed: false,
+            edited: true,
         }),
         mentions: unread / 2,
         peer_read_through: 2,
+        cleared_through: 1,
+        hidden: vec![3, 5],
     }
 }
 
