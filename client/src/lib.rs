@@ -15,7 +15,9 @@
 //! The `tl` binary (src/main.rs) is a thin CLI over this library.
 
 pub mod checkpoint;
+mod lifecycle;
 mod read_state;
+pub mod view;
 
 pub use checkpoint::CheckpointFile;
 pub use proto::timeline::v1 as pb;
@@ -668,6 +670,11 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         Ok(pb::EntryKind::MembersAdded) => "members_added",
         Ok(pb::EntryKind::MembersRemoved) => "members_removed",
         Ok(pb::EntryKind::ReadMarker) => "read_marker",
+        Ok(pb::EntryKind::Edit) => "edit",
+        Ok(pb::EntryKind::Recall) => "recall",
+        Ok(pb::EntryKind::Delete) => "delete",
+        Ok(pb::EntryKind::DeleteForMe) => "delete_for_me",
+        Ok(pb::EntryKind::ClearHistory) => "clear_history",
         _ => "unknown",
     };
     if entry.kind == pb::EntryKind::ReadMarker as i32 {
@@ -683,7 +690,7 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
             "sent_at_ms": entry.sent_at_ms,
         });
     }
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "seq": entry.seq,
         "kind": kind,
         "conversation_id": entry.conversation_id,
@@ -696,7 +703,34 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         "members": entry.members,
         "mentions": entry.mentions,
         "mention_all": entry.mention_all,
-    })
+    });
+    if let Some(target) = &entry.target {
+        json["target_conv_seq"] = target.conv_seq.into();
+        json["target_msg_id"] = target.msg_id.into();
+    }
+    if entry.kind == pb::EntryKind::Message as i32 {
+        json["edited"] = entry.edited.into();
+        json["version"] = entry.version.into();
+        json["recalled"] = entry.removed.is_some().into();
+        if let Some(removed) = &entry.removed {
+            json["removed_by"] = removed.by.into();
+            json["removed_at_ms"] = removed.at_ms.into();
+            json["removal"] = match pb::RemovalKind::try_from(removed.kind) {
+                Ok(pb::RemovalKind::Deleted) => "deleted",
+                _ => "recalled",
+            }
+            .into();
+        }
+        if !entry.previous_versions.is_empty() {
+            json["previous_versions"] = entry
+                .previous_versions
+                .iter()
+                .map(|p| serde_json::json!({"version": p.version, "text": p.text, "at_ms": p.at_ms}))
+                .collect::<Vec<_>>()
+                .into();
+        }
+    }
+    json
 }
 
 #[cfg(test)]

@@ -57,6 +57,57 @@ enum Command {
     Conversations(ConversationsArgs),
     /// Print how many and which members have read a message.
     Receipts(ReceiptsArgs),
+    /// Withdraw your message for everyone (within the server's recall
+    /// window; a service token: any message); prints the event as JSON.
+    Recall(TargetArgs),
+    /// Replace your message's text (within the edit window); prints the
+    /// event as JSON (its conv_seq is the new version).
+    Edit(EditArgs),
+    /// Delete a message: for your own devices only (--for-me), or for
+    /// everyone (a service token).
+    Delete(DeleteArgs),
+    /// Hide a conversation's history through a conv_seq (default: all of
+    /// it) from your own devices, and mark it read.
+    Clear(ClearArgs),
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long)]
+    conv_seq: u64,
+    /// A UUID naming this operation: repeating the command with it changes
+    /// nothing more (default: a new one).
+    #[arg(long)]
+    op_id: Option<uuid::Uuid>,
+}
+
+#[derive(Args)]
+struct EditArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[arg(long)]
+    text: String,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Hide it from your own devices only.
+    #[arg(long)]
+    for_me: bool,
+}
+
+#[derive(Args)]
+struct ClearArgs {
+    #[arg(long)]
+    conversation: u64,
+    #[arg(long)]
+    through: Option<u64>,
+    #[arg(long)]
+    op_id: Option<uuid::Uuid>,
 }
 
 #[derive(Args)]
@@ -386,6 +437,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "seq": marked.seq,
             }))?;
         }
+        Command::Recall(args) => {
+            let reply = client
+                .recall_message(args.conversation, args.conv_seq, args.op_id)
+                .await?;
+            print_json(&change_json(&reply))?;
+        }
+        Command::Edit(args) => {
+            let target = args.target;
+            let reply = client
+                .edit_message(target.conversation, target.conv_seq, &args.text, target.op_id)
+                .await?;
+            print_json(&change_json(&reply))?;
+        }
+        Command::Delete(args) => {
+            let target = args.target;
+            let reply = client
+                .delete_message(target.conversation, target.conv_seq, args.for_me, target.op_id)
+                .await?;
+            print_json(&change_json(&reply))?;
+        }
+        Command::Clear(args) => {
+            let reply = client
+                .clear_history(args.conversation, args.through, args.op_id)
+                .await?;
+            print_json(&change_json(&reply))?;
+        }
         Command::Receipts(args) => {
             let receipts = client
                 .read_receipts(args.conversation, args.conv_seq)
@@ -425,4 +502,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn change_json(reply: &client::pb::MessageChangeReply) -> serde_json::Value {
+    serde_json::json!({
+        "conversation_id": reply.conversation_id,
+        "conv_seq": reply.conv_seq,
+        "msg_id": reply.msg_id,
+        "sent_at_ms": reply.sent_at_ms,
+        "duplicate": reply.duplicate,
+    })
 }

@@ -100,6 +100,13 @@ struct ServeArgs {
     /// disconnected.
     #[arg(long, default_value_t = syncd::limits::DEFAULT_SUBSCRIBER_STALL_LIMIT.as_secs())]
     subscriber_stall_secs: u64,
+    /// Seconds after sending during which a device may recall its message
+    /// (services have no window).
+    #[arg(long, default_value_t = syncd::amend::rules::DEFAULT_RECALL_WINDOW.as_secs())]
+    recall_window_secs: u64,
+    /// Seconds after sending during which a device may edit its message.
+    #[arg(long, default_value_t = syncd::amend::rules::DEFAULT_EDIT_WINDOW.as_secs())]
+    edit_window_secs: u64,
     /// Keep at most this many of the newest seqs per inbox (0: keep all).
     /// History is kept regardless; devices whose checkpoint falls below are
     /// told their checkpoint expired.
@@ -332,6 +339,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     max_age: (args.inbox_retention_hours > 0)
                         .then(|| Duration::from_secs(args.inbox_retention_hours * 3600)),
                     interval: Duration::from_secs(args.retention_interval_secs.max(1)),
+                },
+                windows: syncd::engine::Windows {
+                    recall: Duration::from_secs(args.recall_window_secs),
+                    edit: Duration::from_secs(args.edit_window_secs),
                 },
                 ..syncd::engine::EngineConfig::default()
             },
