@@ -725,7 +725,9 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
             json["previous_versions"] = entry
                 .previous_versions
                 .iter()
-                .map(|p| serde_json::json!({"version": p.version, "text": p.text, "at_ms": p.at_ms}))
+                .map(
+                    |p| serde_json::json!({"version": p.version, "text": p.text, "at_ms": p.at_ms}),
+                )
                 .collect::<Vec<_>>()
                 .into();
         }

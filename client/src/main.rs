@@ -446,14 +446,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edit(args) => {
             let target = args.target;
             let reply = client
-                .edit_message(target.conversation, target.conv_seq, &args.text, target.op_id)
+                .edit_message(
+                    target.conversation,
+                    target.conv_seq,
+                    &args.text,
+                    target.op_id,
+                )
                 .await?;
             print_json(&change_json(&reply))?;
         }
         Command::Delete(args) => {
             let target = args.target;
             let reply = client
-                .delete_message(target.conversation, target.conv_seq, args.for_me, target.op_id)
+                .delete_message(
+                    target.conversation,
+                    target.conv_seq,
+                    args.for_me,
+                    target.op_id,
+                )
                 .await?;
             print_json(&change_json(&reply))?;
         }

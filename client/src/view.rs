@@ -50,7 +50,11 @@ impl ConversationView {
                 let removed = entry.removed.is_some() || self.removed.contains(&entry.conv_seq);
                 let mut shown = ShownMessage {
                     sender_id: entry.sender_id,
-                    text: if removed { String::new() } else { entry.text.clone() },
+                    text: if removed {
+                        String::new()
+                    } else {
+                        entry.text.clone()
+                    },
                     version: entry.version,
                     removed,
                 };

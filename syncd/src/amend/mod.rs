@@ -266,7 +266,12 @@ impl Amender {
                 target_of(&message)
             }
             _ => {
-                let through = command.conv_seq.unwrap_or(readable).min(readable);
+                // The newest entry of the timeline at or below the point
+                // asked for (inbox-only events take conv_seqs too).
+                let limit = command.conv_seq.unwrap_or(readable).min(readable);
+                let range = ConversationRange::newest_first(0, limit.saturating_add(1), 1);
+                let newest = self.store.read_conversation(id, range).await?;
+                let through = newest.first().map_or(0, |e| e.conv_seq);
                 if through == 0 {
                     return Err(SyncdError::InvalidArgument(format!(
                         "conversation {id} has nothing to clear"

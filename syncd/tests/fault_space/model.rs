@@ -237,8 +237,19 @@ impl Replayed<'_> {
             EntryKind::MembersAdded => changed,
             EntryKind::MembersRemoved if !self.large_after => self.members_before.clone(),
             EntryKind::MembersRemoved => changed,
+            // As a message, and in a large group whoever holds a copy of
+            // the target (its sender; the test sends no mentions).
+            EntryKind::Edit | EntryKind::Recall | EntryKind::Delete if self.large_after => {
+                [self.entry.sender_id, self.entry.target.sender_id]
+                    .into_iter()
+                    .filter(|&user| user != 0 && self.members_after.contains(&user))
+                    .collect()
+            }
+            EntryKind::Edit | EntryKind::Recall | EntryKind::Delete => self.members_after.clone(),
             // Never in a conversation timeline.
-            EntryKind::ReadMarker => BTreeSet::new(),
+            EntryKind::ReadMarker | EntryKind::DeleteForMe | EntryKind::ClearHistory => {
+                BTreeSet::new()
+            }
         }
     }
 }
@@ -259,7 +270,13 @@ pub fn replay(timeline: &[Entry]) -> Vec<Replayed<'_>> {
                     members.remove(m);
                 }
             }
-            EntryKind::Message | EntryKind::ReadMarker => {}
+            EntryKind::Message
+            | EntryKind::ReadMarker
+            | EntryKind::Edit
+            | EntryKind::Recall
+            | EntryKind::Delete
+            | EntryKind::DeleteForMe
+            | EntryKind::ClearHistory => {}
         }
         large = large || members.len() > LARGE_GROUP_THRESHOLD;
         out.push(Replayed {
