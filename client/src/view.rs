@@ -58,10 +58,11 @@ impl ConversationView {
                     version: entry.version,
                     removed,
                 };
-                if let Some((version, text)) = self.pending_edits.remove(&entry.conv_seq) {
-                    if version > shown.version && !removed {
-                        (shown.version, shown.text) = (version, text);
-                    }
+                if let Some((version, text)) = self.pending_edits.remove(&entry.conv_seq)
+                    && version > shown.version
+                    && !removed
+                {
+                    (shown.version, shown.text) = (version, text);
                 }
                 match self.messages.get(&entry.conv_seq) {
                     Some(held) if held.removed || held.version > shown.version => {}

@@ -30,10 +30,12 @@ struct Message {
     removed: bool,
 }
 
+/// Members, read fanout, messages by conv_seq.
+type ConversationModel = (Vec<u64>, bool, BTreeMap<u64, Message>);
+
 #[derive(Default)]
 struct Model {
-    /// Per conversation: members, read fanout, messages by conv_seq.
-    conversations: BTreeMap<u64, (Vec<u64>, bool, BTreeMap<u64, Message>)>,
+    conversations: BTreeMap<u64, ConversationModel>,
     read_through: BTreeMap<(u64, u64), u64>,
     hidden: BTreeMap<(u64, u64), BTreeSet<u64>>,
     cleared: BTreeMap<(u64, u64), u64>,
@@ -641,7 +643,7 @@ fn the_cli_recalls_edits_deletes_and_clears() -> anyhow::Result<()> {
     let at = |seq: &str| {
         lines
             .iter()
-            .find(|l| l["conv_seq"].to_string() == seq && l["kind"] == "message")
+            .find(|l| l["conv_seq"].to_string().as_str() == seq && l["kind"] == "message")
             .cloned()
             .unwrap()
     };

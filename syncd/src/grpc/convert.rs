@@ -21,7 +21,7 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
         mentions: e.mentions,
         mention_all: e.mention_all,
         read_fanout: e.read_fanout,
-        target: (e.target != Target::default()).then(|| pb::MessageTarget {
+        target: (e.target != Target::default()).then_some(pb::MessageTarget {
             conv_seq: e.target.conv_seq,
             msg_id: e.target.msg_id,
             sender_id: e.target.sender_id,

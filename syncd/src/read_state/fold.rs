@@ -65,10 +65,10 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         // large group the row's counts come from the timeline).
         EntryKind::DeleteForMe => {
             let conv_seq = entry.target.conv_seq;
-            if conv_seq > row.cleared_through {
-                if let Err(at) = row.hidden.binary_search(&conv_seq) {
-                    row.hidden.insert(at, conv_seq);
-                }
+            if conv_seq > row.cleared_through
+                && let Err(at) = row.hidden.binary_search(&conv_seq)
+            {
+                row.hidden.insert(at, conv_seq);
             }
             return;
         }
