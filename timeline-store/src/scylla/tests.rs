@@ -331,3 +331,112 @@ async fn an_event_without_an_id_is_refused() {
     };
     assert!(store.read_inbox(1, range).await.unwrap().is_empty());
 }
+
+/// A recall cut short after its intent (before any rewrite landed):
+/// `recover` rewrites the message and every inbox copy without text.
+#[tokio::test]
+async fn an_interrupted_recall_is_finished_by_recover() {
+    let keyspace = unique_keyspace("recall");
+    let (session, store) = open_store(&keyspace).await;
+    let copies: Vec<crate::InboxWrite> = (1..=5)
+        .map(|user_id| crate::InboxWrite {
+            user_id,
+            seq: 10 + user_id,
+        })
+        .collect();
+    let message = Entry {
+        conv_seq: 2,
+        msg_id: 700,
+        sender_id: 1,
+        text: "unsend me".into(),
+        ..Entry::new(crate::EntryKind::Message, 8)
+    };
+    store
+        .commit_event(EventCommit {
+            keep_copies: true,
+            rewrites: Vec::new(),
+            entry: message.clone(),
+            inbox: copies.clone(),
+            receipt: None,
+            conversation: None,
+            large_group_index: Vec::new(),
+            readers: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.inbox_copies(8, 2).await.unwrap(), copies);
+    let tombstone = Entry {
+        text: String::new(),
+        state: crate::MessageState {
+            removed: Some(crate::Removal {
+                kind: crate::RemovalKind::Recalled,
+                by: 1,
+                at_ms: 5,
+                conv_seq: 3,
+            }),
+            ..crate::MessageState::default()
+        },
+        ..message.clone()
+    };
+    let recall = EventCommit {
+        keep_copies: false,
+        rewrites: vec![crate::Rewrite {
+            entry: tombstone.clone(),
+            inbox: copies.clone(),
+        }],
+        entry: Entry {
+            conv_seq: 3,
+            msg_id: 701,
+            sender_id: 1,
+            ..Entry::new(crate::EntryKind::Recall, 8)
+        },
+        inbox: (1..=5)
+            .map(|user_id| crate::InboxWrite {
+                user_id,
+                seq: 20 + user_id,
+            })
+            .collect(),
+        receipt: None,
+        conversation: None,
+        large_group_index: Vec::new(),
+        readers: Vec::new(),
+    };
+    let (shard, event_id) = pending_key(&recall);
+    let intent = PendingEvent::from_commit(&recall).encode_to_vec();
+    store
+        .execute(&store.statements.insert_pending, (shard, event_id, intent))
+        .await
+        .unwrap();
+    let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
+        .await
+        .unwrap();
+    assert_eq!(reopened.recover().await.unwrap(), 1);
+    for user in 1..=5u64 {
+        let inbox = reopened
+            .read_inbox(
+                user,
+                InboxRange {
+                    after: 0,
+                    through: 1_000,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(inbox.len(), 2, "user {user}: the tombstone and the recall");
+        assert_eq!(
+            inbox[0],
+            Entry {
+                seq: 10 + user,
+                ..tombstone.clone()
+            }
+        );
+        assert_eq!(inbox[1].kind, crate::EntryKind::Recall);
+    }
+    let history = reopened
+        .read_conversation(8, ConversationRange::oldest_first(0, 100, 10))
+        .await
+        .unwrap();
+    assert_eq!(history[0], tombstone);
+    drop_keyspace(&session, &keyspace).await;
+}
