@@ -46,6 +46,22 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                 vec!["catchup", "--entries", "10000", "--redis-peer"],
             ),
             (
+                "devices",
+                vec![
+                    "devices",
+                    "--subscriptions",
+                    "2000",
+                    "--connections",
+                    "200",
+                    "--rate",
+                    "200",
+                    "--duration-secs",
+                    "3",
+                    "--settle-secs",
+                    "1",
+                ],
+            ),
+            (
                 "fanout",
                 [QUICK_W1, &["--duration-secs", "5", "--redis-peer"]].concat(),
             ),
@@ -75,6 +91,16 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         vec![
             ("seq", vec!["seq"]),
             ("catchup", vec!["catchup", "--redis-peer"]),
+            (
+                "devices",
+                vec![
+                    "devices",
+                    "--subscriptions",
+                    "100000",
+                    "--connections",
+                    "8000",
+                ],
+            ),
             ("readstate", vec!["readstate", "--redis-peer"]),
             ("fanout", vec!["fanout", "--redis-peer"]),
             (

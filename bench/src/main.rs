@@ -19,6 +19,7 @@ mod burst;
 mod catchup;
 mod closed_loop;
 mod delivery;
+mod devices;
 mod fanout;
 mod node;
 mod open_loop;
@@ -56,6 +57,10 @@ enum Command {
     Burst(burst::BurstArgs),
     /// Read state: the conversation list, incremental updates and marks.
     Readstate(read_state::ReadStateArgs),
+    /// Many push subscriptions held open over fewer connections: server
+    /// memory per subscription and per connection, idle and under a send
+    /// rate, and delivery latency.
+    Devices(devices::DevicesArgs),
     /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
     All(all::AllArgs),
 }
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Seq(args) => runtime.block_on(seq::run(args)),
         Command::Burst(args) => runtime.block_on(burst::run(args)),
         Command::Readstate(args) => runtime.block_on(read_state::run(args)),
+        Command::Devices(args) => runtime.block_on(devices::run(args)),
         Command::All(args) => all::run(args),
     }
 }

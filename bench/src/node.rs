@@ -104,6 +104,11 @@ impl Node {
         })
     }
 
+    /// The server's process id, when known.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// CPU seconds the server process has used, when its pid is known.
     pub fn cpu_seconds(&self) -> Option<f64> {
         self.pid.map(procs::cpu_seconds_of)
