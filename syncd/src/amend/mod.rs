@@ -18,9 +18,9 @@
 //! - **Delete for me** and **clear history** are events of the user's inbox
 //!   only; the read state folds them (History hides them for that user).
 //!
-//! Operations on one message run one at a time (a per-message lock held
-//! from reading the target until the event is complete, in the background
-//! too), so two edits racing are ordered by their `conv_seq` and a recall
+//! Operations on one message run one at a time (a per-message lock, taken
+//! before the membership lock and held from reading the target until the
+//! event is complete, in the background too), so two edits racing are ordered by their `conv_seq` and a recall
 //! never misses an edit. Devices apply an edit only if its version is
 //! above the one they hold.
 
@@ -34,6 +34,7 @@ use crate::event::{Event, now_ms, target_of};
 use crate::horizon::Scope;
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
 use crate::keyed::KeyedLocks;
+use crate::lifecycle::within_admission_wait;
 use crate::visibility::Visibility;
 use crate::writer::{EventWriter, Guard, Held};
 pub use rules::{Amendment, Operation, Windows};
@@ -148,13 +149,24 @@ impl Amender {
             return Ok(outcome);
         }
         let id = command.conversation_id;
+        // The message's lock first, waited for a bounded time and without
+        // the membership lock: a change stuck behind a failing store must
+        // not hold up the conversation's membership changes (and the sends
+        // queued behind them).
+        let target_lock = within_admission_wait(self.targets.write((id, command.conv_seq)), || {
+            format!(
+                "another change of conv_seq {} of conversation {id} is still being stored; \
+                 retry later",
+                command.conv_seq
+            )
+        })
+        .await?;
         let membership = self
             .directory
             .shared(id)
             .await
             .map_err(|e| access::conceal_missing(&principal, id, e))?;
         access::may_send(actor, &membership.record)?;
-        let target_lock = self.targets.write((id, command.conv_seq)).await;
         let target = self.target(id, command.conv_seq).await?;
         rules::check(
             operation,
