@@ -288,19 +288,22 @@ impl Engine {
                     )));
                 }
             }
-            let outcome = amender.hide(principal.clone(), kind, command).await?;
             if kind == timeline_store::EntryKind::ClearHistory {
-                // What is cleared is read (a retry marks again: harmless).
-                let through = match outcome.target_conv_seq {
-                    0 => requested,
-                    cleared => Some(cleared),
-                };
-                if let Some(through) = through {
-                    read_state
-                        .mark(&principal, conversation_id, Some(through))
-                        .await?;
-                }
+                // A read marker that also clears: one event.
+                let cleared = read_state
+                    .clear(&principal, conversation_id, requested)
+                    .await?;
+                return Ok(AmendOutcome {
+                    receipt: timeline_store::Receipt {
+                        conversation_id,
+                        conv_seq: cleared.read_through,
+                        ..timeline_store::Receipt::default()
+                    },
+                    duplicate: false,
+                    target_conv_seq: cleared.read_through,
+                });
             }
+            let outcome = amender.hide(principal, kind, command).await?;
             Ok(outcome)
         };
         self.lifecycle.to_completion("hide", work).await

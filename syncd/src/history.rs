@@ -47,8 +47,14 @@ struct Hidden {
 }
 
 impl Hidden {
-    fn hides(&self, conv_seq: u64) -> bool {
+    fn hides_position(&self, conv_seq: u64) -> bool {
         conv_seq <= self.cleared_through || self.messages.binary_search(&conv_seq).is_ok()
+    }
+
+    /// The entry, or the message an edit, recall or delete of it names.
+    fn hides(&self, entry: &Entry) -> bool {
+        self.hides_position(entry.conv_seq)
+            || (entry.target.conv_seq != 0 && self.hides_position(entry.target.conv_seq))
     }
 }
 
@@ -126,7 +132,7 @@ impl History {
                 let entries: Vec<Entry> = page
                     .entries
                     .into_iter()
-                    .filter(|e| !hidden.hides(e.conv_seq))
+                    .filter(|e| !hidden.hides(e))
                     .collect();
                 if !entries.is_empty() || !page.has_more {
                     return Ok(HistoryPage {
@@ -153,7 +159,7 @@ impl History {
             let mut entries: Vec<Entry> = page
                 .entries
                 .into_iter()
-                .filter(|e| !hidden.hides(e.conv_seq))
+                .filter(|e| !hidden.hides(e))
                 .collect();
             if !entries.is_empty() || !page.has_more {
                 entries.reverse();

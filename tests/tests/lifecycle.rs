@@ -479,13 +479,10 @@ async fn lifecycle_matches_the_model(
     let mut texts = Vec::new();
     for &conversation in &ids {
         let range = ConversationRange::oldest_first(0, u64::MAX, 100_000);
-        texts.extend(
-            store
-                .read_conversation(conversation, range)
-                .await?
-                .into_iter()
-                .map(|e| e.text),
-        );
+        for entry in store.read_conversation(conversation, range).await? {
+            texts.extend(entry.state.previous.into_iter().map(|p| p.text));
+            texts.push(entry.text);
+        }
     }
     for user in 1..=USERS {
         let range = InboxRange {

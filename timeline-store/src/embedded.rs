@@ -369,6 +369,8 @@ fn apply_group(
     let mut revoked: HashMap<Vec<u8>, u64> = HashMap::new();
     // Reader marks raised earlier in this group, not yet in the store.
     let mut readers: HashMap<[u8; 16], ReaderMark> = HashMap::new();
+    // Inbox floors read for rewrites in this group.
+    let mut floors: HashMap<u64, u64> = HashMap::new();
     // Read-state saves earlier in this group, not yet in the store.
     let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
     for request in group {
@@ -404,7 +406,23 @@ fn apply_group(
                         );
                     }
                     for write in &rewrite.inbox {
-                        inbox_rows.push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                        // A copy retention trimmed stays trimmed.
+                        let floor = match floors.get(&write.user_id) {
+                            Some(&floor) => floor,
+                            None => {
+                                let floor = ks
+                                    .inbox_floors
+                                    .get(write.user_id.to_be_bytes())
+                                    .map_err(io)?
+                                    .map_or(Ok(0), |v| decode_u64(v.as_ref()))?;
+                                floors.insert(write.user_id, floor);
+                                floor
+                            }
+                        };
+                        if write.seq >= floor {
+                            inbox_rows
+                                .push((key2(write.user_id, write.seq), encoder.inbox(write.seq)));
+                        }
                     }
                 }
                 for mark in &commit.readers {

@@ -719,13 +719,26 @@ impl ScyllaTimelineStore {
         // event's own (idempotent upserts, no delete).
         let mut rewritten_conv = Vec::new();
         let mut inbox_entries = inbox_entries;
+        let mut floors: std::collections::HashMap<u64, u64> = Default::default();
         for rewrite in &commit.rewrites {
             let mut encoder = EntryEncoder::new(&rewrite.entry);
             if rewrite.entry.kind.in_conversation_timeline() {
                 rewritten_conv.push((rewrite.entry.conv_seq, encoder.conversation()));
             }
             for write in &rewrite.inbox {
-                inbox_entries.push((write.user_id, write.seq, encoder.inbox(write.seq)));
+                // A copy retention trimmed stays trimmed (and its bucket,
+                // which the trim may have dropped from the index, too).
+                let floor = match floors.get(&write.user_id) {
+                    Some(&floor) => floor,
+                    None => {
+                        let floor = self.inbox_floor(write.user_id).await?;
+                        floors.insert(write.user_id, floor);
+                        floor
+                    }
+                };
+                if write.seq >= floor {
+                    inbox_entries.push((write.user_id, write.seq, encoder.inbox(write.seq)));
+                }
             }
         }
         let rewrite_conv_writes = stream::iter(

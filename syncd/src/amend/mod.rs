@@ -40,8 +40,7 @@ use crate::writer::{EventWriter, Guard, Held};
 pub use rules::{Amendment, Operation, Windows};
 use std::sync::Arc;
 use timeline_store::{
-    ConversationRange, Entry, EntryKind, IdempotencyKey, Receipt, RemovalKind, Target,
-    TimelineStore,
+    ConversationRange, Entry, EntryKind, IdempotencyKey, Receipt, RemovalKind, TimelineStore,
 };
 use uuid::Uuid;
 
@@ -61,8 +60,8 @@ pub struct AmendCommand {
 #[derive(Clone, Debug)]
 pub struct HideCommand {
     pub conversation_id: u64,
-    /// Delete for me: the message; clear: how far (`None`: everything
-    /// readable now).
+    /// Delete for me: the message; clear: how far (`None`: the newest
+    /// entry).
     pub conv_seq: Option<u64>,
     pub msg_id: u64,
     pub client_op_id: Option<Uuid>,
@@ -180,17 +179,29 @@ impl Amender {
             Operation::Edit => Amendment::Edit {
                 target: target.clone(),
             },
-            Operation::Recall | Operation::Delete => Amendment::Remove {
-                kind: if operation == Operation::Recall {
-                    RemovalKind::Recalled
-                } else {
-                    RemovalKind::Deleted
-                },
-                by: actor,
-                target_copies: self.store.inbox_copies(id, target.conv_seq).await?,
-                edits: self.edits_of(&target).await?,
-                target: target.clone(),
-            },
+            Operation::Recall | Operation::Delete => {
+                let target_copies = self.store.inbox_copies(id, target.conv_seq).await?;
+                if target_copies.is_empty() && !target.read_fanout {
+                    // Stored before commits kept their copies' positions:
+                    // its inbox copies cannot be found to rewrite.
+                    return Err(SyncdError::FailedPrecondition(format!(
+                        "message {} was stored before this server kept where its copies went; \
+                         it cannot be withdrawn from every inbox",
+                        target.msg_id
+                    )));
+                }
+                Amendment::Remove {
+                    kind: if operation == Operation::Recall {
+                        RemovalKind::Recalled
+                    } else {
+                        RemovalKind::Deleted
+                    },
+                    by: actor,
+                    target_copies,
+                    edits: self.edits_of(&target).await?,
+                    target: target.clone(),
+                }
+            }
         };
         let mut event = Event::amending(
             &membership.record,
@@ -223,9 +234,9 @@ impl Amender {
         })
     }
 
-    /// Hides one message (`kind` [`EntryKind::DeleteForMe`]) or everything
-    /// through a point ([`EntryKind::ClearHistory`]) from the caller's own
-    /// devices. Other members are not affected.
+    /// Hides one message ([`EntryKind::DeleteForMe`]) from the caller's
+    /// own devices. Other members are not affected. (Clearing the history
+    /// through a point is a read marker: [`crate::read_state::ReadState::clear`].)
     pub async fn hide(
         &self,
         principal: Principal,
@@ -234,14 +245,11 @@ impl Amender {
     ) -> Result<AmendOutcome> {
         let (user_id, _) = access::device_user(&principal)?;
         let id = command.conversation_id;
-        let fingerprint = Fingerprint::new(match kind {
-            EntryKind::DeleteForMe => "delete-for-me",
-            _ => "clear",
-        })
-        .u64(id)
-        .u64(command.conv_seq.unwrap_or(0))
-        .u64(command.msg_id)
-        .finish();
+        let fingerprint = Fingerprint::new("delete-for-me")
+            .u64(id)
+            .u64(command.conv_seq.unwrap_or(0))
+            .u64(command.msg_id)
+            .finish();
         let (claim, earlier) = self
             .claim(&principal, command.client_op_id, id, fingerprint)
             .await?;
@@ -254,47 +262,27 @@ impl Amender {
             .await
             .map_err(|e| access::conceal_missing(&principal, id, e))?;
         access::may_read(&principal, &membership.record)?;
-        let readable = self
-            .visibility
-            .readable_through(Scope::Conversation, id)
-            .await?;
-        let target = match kind {
-            EntryKind::DeleteForMe => {
-                let conv_seq = command.conv_seq.ok_or_else(|| {
-                    SyncdError::InvalidArgument("delete for me needs a conv_seq".into())
-                })?;
-                let message = self.target(id, conv_seq).await?;
-                if command.msg_id != 0 && message.msg_id != command.msg_id {
-                    return Err(SyncdError::InvalidArgument(format!(
-                        "conv_seq {conv_seq} of conversation {id} is message {}, not {}",
-                        message.msg_id, command.msg_id
-                    )));
-                }
-                if message.kind != EntryKind::Message {
-                    return Err(SyncdError::InvalidArgument(format!(
-                        "conv_seq {conv_seq} of conversation {id} is not a message"
-                    )));
-                }
-                target_of(&message)
-            }
-            _ => {
-                // The newest entry of the timeline at or below the point
-                // asked for (inbox-only events take conv_seqs too).
-                let limit = command.conv_seq.unwrap_or(readable).min(readable);
-                let range = ConversationRange::newest_first(0, limit.saturating_add(1), 1);
-                let newest = self.store.read_conversation(id, range).await?;
-                let through = newest.first().map_or(0, |e| e.conv_seq);
-                if through == 0 {
-                    return Err(SyncdError::InvalidArgument(format!(
-                        "conversation {id} has nothing to clear"
-                    )));
-                }
-                Target {
-                    conv_seq: through,
-                    ..Target::default()
-                }
-            }
-        };
+        if kind != EntryKind::DeleteForMe {
+            return Err(SyncdError::Internal(format!(
+                "{kind:?} is not a delete for me"
+            )));
+        }
+        let conv_seq = command
+            .conv_seq
+            .ok_or_else(|| SyncdError::InvalidArgument("delete for me needs a conv_seq".into()))?;
+        let message = self.target(id, conv_seq).await?;
+        if command.msg_id != 0 && message.msg_id != command.msg_id {
+            return Err(SyncdError::InvalidArgument(format!(
+                "conv_seq {conv_seq} of conversation {id} is message {}, not {}",
+                message.msg_id, command.msg_id
+            )));
+        }
+        if message.kind != EntryKind::Message {
+            return Err(SyncdError::InvalidArgument(format!(
+                "conv_seq {conv_seq} of conversation {id} is not a message"
+            )));
+        }
+        let target = target_of(&message);
         let target_conv_seq = target.conv_seq;
         let mut event = Event::hiding(id, user_id, kind, target);
         let mut until_complete: Vec<Guard> = Vec::new();

@@ -406,7 +406,20 @@ async fn delete_for_me_and_clear_hide_only_the_callers_view() {
         )
         .await
         .unwrap();
+    // An edit of the hidden message stays hidden with it.
+    engine
+        .amend(
+            device(2, "d"),
+            Operation::Edit,
+            change(conversation, sent[4], "m4 edited"),
+        )
+        .await
+        .unwrap();
     let mine = history(&engine, &device(1, "d"), conversation).await;
+    assert!(
+        mine.iter().all(|e| !e.text.contains("m4")),
+        "nothing of a hidden message shows: {mine:?}"
+    );
     let texts: Vec<&str> = mine
         .iter()
         .filter(|e| e.kind == EntryKind::Message)
@@ -427,6 +440,23 @@ async fn delete_for_me_and_clear_hide_only_the_callers_view() {
         3,
         "clearing reads what it clears"
     );
+    // The preview skips what the user hid: m5 is the newest.
+    assert_eq!(unread(&engine, 1, conversation).await.2, "m5");
+    engine
+        .hide(
+            device(1, "d"),
+            EntryKind::DeleteForMe,
+            HideCommand {
+                conversation_id: conversation,
+                conv_seq: Some(sent[5]),
+                msg_id: 0,
+                client_op_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(unread(&engine, 1, conversation).await.2, "m3");
+    assert_eq!(unread(&engine, 2, conversation).await.2, "m5");
     // Paging backwards past hidden entries goes on to the visible ones.
     let page = engine
         .history(
@@ -488,6 +518,7 @@ async fn a_large_group_recall_reaches_the_timeline_the_mentioned_and_the_counts(
         .conv_seq;
     assert_eq!(unread(&engine, 3, conversation).await.0, 2);
     assert_eq!(unread(&engine, 3, conversation).await.1, 1);
+    assert_eq!(unread(&engine, 4, conversation).await.2, "mention secret");
     for target in [plain, mention] {
         engine
             .amend(
@@ -502,8 +533,12 @@ async fn a_large_group_recall_reaches_the_timeline_the_mentioned_and_the_counts(
         assert!(!entry.text.contains("secret"), "{entry:?}");
     }
     for user in [1, 3, 4] {
-        let (count, mentions, _) = unread(&engine, user, conversation).await;
-        assert_eq!((count, mentions), (0, 0), "user {user}");
+        let (count, mentions, preview) = unread(&engine, user, conversation).await;
+        assert_eq!(
+            (count, mentions, preview.as_str()),
+            (0, 0, ""),
+            "user {user}"
+        );
     }
     let shown = history(&engine, &device(4, "d"), conversation).await;
     let removed: Vec<u64> = shown

@@ -28,13 +28,14 @@
 //!   way);
 //! - an edit or recall of the previewed message changes the preview;
 //! - delete for me and clear history hide messages from the user's own
-//!   view and change no count (clearing marks read separately).
+//!   view; delete for me changes no count, a clear is also the user's read
+//!   marker through what it clears (it carries the count like a marker).
 //!
 //! An entry at or below a row's `last_seq` is already in it (a save that
 //! was cut short): folding it again changes nothing.
 
 use super::count::preview;
-use timeline_store::{Entry, EntryKind, ReadStateRow};
+use timeline_store::{Entry, EntryKind, MessagePreview, ReadStateRow};
 
 /// Folds `entry` (of `user_id`'s inbox) into `row` (its conversation's).
 pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
@@ -76,7 +77,7 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
             row.cleared_through = row.cleared_through.max(entry.target.conv_seq);
             let cleared = row.cleared_through;
             row.hidden.retain(|&conv_seq| conv_seq > cleared);
-            return;
+            // It is also a read marker (of the user's own): below.
         }
         EntryKind::Recall | EntryKind::Delete => {
             let target = &entry.target;
@@ -128,7 +129,13 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
     match entry.kind {
         EntryKind::Message => {
             row.last_activity_ms = entry.sent_at_ms;
-            row.last_message = Some(preview(entry));
+            // Which message, not its text: the list reads the text from
+            // the conversation entry, so a recall or an edit shows at once
+            // and no stored row keeps a withdrawn text.
+            row.last_message = Some(MessagePreview {
+                text: String::new(),
+                ..preview(entry)
+            });
             if entry.sender_id == user_id {
                 row.read_through = row.read_through.max(entry.conv_seq);
                 row.unread = 0;
@@ -161,8 +168,8 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         // Handled above; they are events of the conversation the row
         // covers up to, like membership events, but never unread.
         EntryKind::Edit | EntryKind::Recall | EntryKind::Delete => {}
-        EntryKind::DeleteForMe | EntryKind::ClearHistory => unreachable!("folded above"),
-        EntryKind::ReadMarker => {
+        EntryKind::DeleteForMe => unreachable!("folded above"),
+        EntryKind::ReadMarker | EntryKind::ClearHistory => {
             if entry.read_through > row.read_through {
                 row.read_through = entry.read_through;
                 (row.unread, row.mentions) = if row.member {

@@ -34,6 +34,10 @@ pub struct ConversationState {
     pub last_conv_seq: u64,
     pub last_message: Option<MessagePreview>,
     pub last_activity_ms: i64,
+    /// What the user hid (clear history through, delete for me): the
+    /// preview skips it.
+    pub cleared_through: u64,
+    pub hidden: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -54,6 +58,10 @@ pub struct ListPage {
     pub not_modified: bool,
     pub as_of_seq: u64,
 }
+
+/// Entries a preview looks back past hidden ones and events that are not
+/// messages (edits, recalls, membership changes) before showing none.
+const PREVIEW_LOOKBACK: usize = 64;
 
 /// Where a list page starts: after this (activity, conversation) pair.
 fn parse_cursor(cursor: &str) -> Result<Option<(i64, u64)>> {
@@ -133,6 +141,8 @@ impl ReadState {
                 last_conv_seq,
                 last_message: row.last_message,
                 last_activity_ms: row.last_activity_ms,
+                cleared_through: row.cleared_through,
+                hidden: row.hidden,
             });
         }
         Ok((snapshot.applied_seq, states, changed))
@@ -142,6 +152,11 @@ impl ReadState {
     /// conversations a reply shows, so a list page reads its page's
     /// records, not every record of a user in 10,000 conversations.
     async fn describe(&self, states: &mut [ConversationState]) -> Result<()> {
+        for state in states.iter_mut() {
+            if let Some(newest) = state.last_message.as_ref().map(|m| m.conv_seq) {
+                state.last_message = self.preview(state, newest).await?;
+            }
+        }
         for state in states {
             match self.directory.peek(state.conversation_id).await {
                 Ok(conversation) => {
@@ -155,6 +170,32 @@ impl ReadState {
             }
         }
         Ok(())
+    }
+
+    /// The preview of the newest message at or below `newest` the user has
+    /// not hidden, as it is stored now (edited text, or none once
+    /// withdrawn): rows keep which message, never its text.
+    async fn preview(
+        &self,
+        state: &ConversationState,
+        newest: u64,
+    ) -> Result<Option<MessagePreview>> {
+        let range = timeline_store::ConversationRange::newest_first(
+            state.cleared_through,
+            newest.saturating_add(1),
+            PREVIEW_LOOKBACK,
+        );
+        let entries = self
+            .store
+            .read_conversation(state.conversation_id, range)
+            .await?;
+        Ok(entries
+            .iter()
+            .find(|e| {
+                e.kind == timeline_store::EntryKind::Message
+                    && state.hidden.binary_search(&e.conv_seq).is_err()
+            })
+            .map(count::preview))
     }
 
     /// Adds to a large group's row what its timeline holds past the row:

@@ -231,6 +231,30 @@ impl ReadState {
         conversation_id: u64,
         through: Option<u64>,
     ) -> Result<MarkResult> {
+        self.mark_or_clear(principal, conversation_id, through, false)
+            .await
+    }
+
+    /// Clears the user's history through `through` (unset: the newest
+    /// entry) and reads it, in one event: their devices and History show
+    /// nothing up to there. Repeating it changes nothing more.
+    pub async fn clear(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        through: Option<u64>,
+    ) -> Result<MarkResult> {
+        self.mark_or_clear(principal, conversation_id, through, true)
+            .await
+    }
+
+    async fn mark_or_clear(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        through: Option<u64>,
+        clear: bool,
+    ) -> Result<MarkResult> {
         let (user_id, _) = access::device_user(principal)?;
         let conversation = self
             .directory
@@ -274,7 +298,7 @@ impl ReadState {
                 seq: 0,
             },
         };
-        if through <= current.read_through {
+        if through <= current.read_through && !clear {
             return Ok(MarkResult { seq: 0, ..current });
         }
         let outcome = self
@@ -282,8 +306,15 @@ impl ReadState {
             .commit_marker(
                 user_id,
                 conversation_id,
-                through,
-                peer_of(&conversation, user_id),
+                through.max(current.read_through),
+                // A clear is the user's own business: the peer's receipt
+                // follows their next mark.
+                if clear {
+                    None
+                } else {
+                    peer_of(&conversation, user_id)
+                },
+                clear.then_some(through),
             )
             .await?;
         let (mut unread, mut mentions) = (outcome.unread, outcome.unread_mentions);

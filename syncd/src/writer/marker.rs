@@ -44,12 +44,17 @@ impl EventWriter {
     /// member of a direct conversation: the sender's read receipt);
     /// `read_through` above the conversation's last allocated `conv_seq` is
     /// lowered to it.
+    ///
+    /// With `cleared_through`, the marker is a clear of the user's history
+    /// through that `conv_seq` ([`EntryKind::ClearHistory`]): the hiding and
+    /// the read state it leaves are one event.
     pub async fn commit_marker(
         &self,
         user_id: u64,
         conversation_id: u64,
         read_through: u64,
         peer: Option<u64>,
+        cleared_through: Option<u64>,
     ) -> Result<MarkOutcome> {
         self.admit()?;
         let mut recipients = vec![user_id];
@@ -107,7 +112,18 @@ impl EventWriter {
             read_through,
             unread,
             unread_mentions,
-            ..Entry::new(EntryKind::ReadMarker, conversation_id)
+            target: timeline_store::Target {
+                conv_seq: cleared_through.unwrap_or(0),
+                ..timeline_store::Target::default()
+            },
+            ..Entry::new(
+                if cleared_through.is_some() {
+                    EntryKind::ClearHistory
+                } else {
+                    EntryKind::ReadMarker
+                },
+                conversation_id,
+            )
         };
         let commit = EventCommit {
             keep_copies: false,

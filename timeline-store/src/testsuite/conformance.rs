@@ -122,6 +122,7 @@ where
     read_states::readers_keep_each_members_highest_marker(&store).await;
     lifecycle::rewrites_replace_stored_entries_and_copies_are_kept(&store).await;
     lifecycle::rewriting_a_heavy_message_reaches_every_copy(&store).await;
+    lifecycle::rewrites_do_not_bring_back_trimmed_copies(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,

@@ -89,6 +89,10 @@ impl EventLog for MemoryStore {
                 );
             }
             for write in &rewrite.inbox {
+                // A trimmed copy stays trimmed.
+                if write.seq < state.inbox_floors.get(&write.user_id).copied().unwrap_or(0) {
+                    continue;
+                }
                 let copy = Entry {
                     seq: write.seq,
                     ..target.clone()

@@ -198,3 +198,33 @@ pub(super) async fn rewriting_a_heavy_message_reaches_every_copy<S: TimelineStor
         );
     }
 }
+
+/// A rewrite of an inbox copy retention already trimmed leaves it trimmed.
+pub(super) async fn rewrites_do_not_bring_back_trimmed_copies<S: TimelineStore>(store: &S) {
+    let (conv, user) = (BASE + 420, BASE + 421);
+    let mut original = fanout(message(conv, 1, user, "old secret"), &[(user, 1)]);
+    original.keep_copies = true;
+    store.commit_event(original.clone()).await.unwrap();
+    store
+        .commit_event(fanout(message(conv, 2, user, "newer"), &[(user, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(store.trim_inbox(user, 2, 10).await.unwrap(), 1);
+    let mut recall = fanout(message(conv, 3, user, ""), &[(user, 3)]);
+    recall.entry.kind = EntryKind::Recall;
+    recall.rewrites = vec![Rewrite {
+        entry: Entry {
+            text: String::new(),
+            ..original.entry.clone()
+        },
+        inbox: store.inbox_copies(conv, 1).await.unwrap(),
+    }];
+    store.commit_event(recall).await.unwrap();
+    let seqs: Vec<u64> = read_inbox(store, user, 0, u64::MAX, 10)
+        .await
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [2, 3], "the trimmed copy is not written again");
+    assert_eq!(conversation_entry(store, conv, 1).await.text, "");
+}
