@@ -42,6 +42,8 @@ export function rowOf(state: ConversationState, asOfSeq: bigint): ConversationRo
       senderId: last.senderId,
       text: last.text,
       sentAtMs: Number(last.sentAtMs),
+      removed: last.removed,
+      edited: last.edited,
     },
     unread: Number(state.unread),
     mentions: Number(state.mentions),
@@ -255,7 +257,16 @@ export class ConversationList {
         for (const s of stored.rows) {
           const row = { ...s } as any;
           for (const field of BIGINT_FIELDS) row[field] = BigInt(s[field] as string);
-          if (row.last) row.last = { ...row.last, convSeq: BigInt(row.last.convSeq), senderId: BigInt(row.last.senderId) };
+          if (row.last) {
+            // Rows stored before the lifecycle have no removed/edited.
+            row.last = {
+              removed: false,
+              edited: false,
+              ...row.last,
+              convSeq: BigInt(row.last.convSeq),
+              senderId: BigInt(row.last.senderId),
+            };
+          }
           this.#rows.set(row.id, row as ConversationRow);
         }
         this.#version = stored.version;
