@@ -59,7 +59,15 @@ export class Device {
     }
     this.outbox = new Outbox(this.client, storage, `${prefix}outbox`);
     this.lifecycle = new Lifecycle(this.client, this.#abort.signal);
-    this.list = new ConversationList(this.client, storage, `${prefix}list`, this.info.userId, this.#abort.signal);
+    this.list = new ConversationList(
+      this.client,
+      storage,
+      `${prefix}list`,
+      this.info.userId,
+      this.#abort.signal,
+      (conversationId, convSeq) => this.cache.withdrawn(conversationId, convSeq),
+    );
+    this.cache.onChange((conversationId) => this.list.scrub(conversationId));
     const refreshList = () => void this.list.refresh().catch(() => undefined);
     this.engine = new SyncEngine(this.client, this.checkpoint, this.cache, {
       status: (status) => this.#setStatus(status),

@@ -367,6 +367,12 @@ export class InboxCache {
     return life;
   }
 
+  /** Whether this device knows the message at a conv_seq was recalled or deleted. */
+  withdrawn(conversationId: bigint, convSeq: bigint): boolean {
+    if (this.#entries.get(conversationId)?.get(convSeq)?.removed) return true;
+    return this.#lifecycle.get(conversationId)?.removed.has(convSeq) ?? false;
+  }
+
   /** Whether the user hid a conv_seq of a conversation (delete for me, clear). */
   hidden(conversationId: bigint, convSeq: bigint): boolean {
     const life = this.#lifecycle.get(conversationId);

@@ -7,6 +7,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as pb from "../gen/timeline/v1/timeline_pb.js";
+import { ConversationList } from "./conversations.js";
 import { InboxCache, itemOf, MAX_REMEMBERED, type Item } from "./inbox.js";
 import { Lifecycle } from "./lifecycle.js";
 import { memoryStorage } from "./storage.js";
@@ -152,4 +153,32 @@ test("a change is one operation: retried with the same id, refusals passed on", 
   assert.equal(ids.length, 3);
   assert.equal(new Set(ids).size, 1, "one operation id across the retries");
   await assert.rejects(calls.edit(message(1n, "x"), "y"), /outside the edit window/);
+});
+
+test("a preview of a message the device knows was withdrawn shows no text, whatever the server's list says", async () => {
+  const storage = memoryStorage();
+  const cache = new InboxCache(storage, "inbox", ME);
+  // A large group's row as a server may serve it after the recall (the
+  // recall came through the group's timeline, not the inbox).
+  const reply = create(pb.ListConversationsReplySchema, {
+    conversations: [{ conversationId: CONV, member: true, readFanout: true, lastMessage: { convSeq: 3n, senderId: BOB, text: "large secret" } }],
+    version: "v1",
+    asOfSeq: 1n,
+  });
+  let replies = 0;
+  const client = {
+    listConversations: async () => (replies++ === 0 ? reply : create(pb.ListConversationsReplySchema, { notModified: true })),
+  } as unknown as TimelineClient;
+  const list = new ConversationList(client, storage, "list", ME, undefined, (id, convSeq) => cache.withdrawn(id, convSeq));
+  await list.refresh();
+  assert.equal(list.row(CONV)?.last?.text, "large secret", "nothing known yet");
+  cache.apply(message(3n, "large secret"));
+  cache.apply(recall(4n, 3n));
+  list.scrub(CONV);
+  assert.deepEqual([list.row(CONV)?.last?.text, list.row(CONV)?.last?.removed], ["", true]);
+  assert.doesNotMatch(storage.get("list")!, /large secret/);
+  // A reply that still carries the text changes nothing.
+  replies = 0;
+  await list.refresh();
+  assert.equal(list.row(CONV)?.last?.text, "");
 });
