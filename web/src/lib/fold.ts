@@ -9,7 +9,7 @@
 // others (they are in its timeline, not the inbox). Those rows take their
 // unread count from the server's list only.
 //
-// The message lifecycle (docs/PROTOCOL.md "Message lifecycle"): a recall or
+// The message lifecycle (docs/PROTOCOL.md "Changing sent messages"): a recall or
 // delete of a counted message from someone else takes it back from the
 // unread count (and the mentions when it mentioned the user); an edit or a
 // recall of the previewed message changes the preview; delete for me and

@@ -1,5 +1,5 @@
 // The user's changes to messages: edit, recall, delete for me, and clear
-// history (docs/PROTOCOL.md "Message lifecycle"). Each call names its
+// history (docs/PROTOCOL.md "Changing sent messages"). Each call names its
 // target by conv_seq and msg_id and carries a client operation id chosen
 // once per action, so a retry after a lost reply changes nothing twice.
 // The change shows when its event comes back through the inbox (or a
