@@ -106,7 +106,9 @@ describe("the web inbox in a browser", () => {
       conversation,
       "Design review",
     );
-    await page.click(`#conversations li[data-conversation-id="${conversation}"]`);
+    // Clicked in the page: the list is redrawn as rows arrive, so a handle
+    // taken before the click may be gone by the time it lands.
+    await page.$eval(`#conversations li[data-conversation-id="${conversation}"]`, (li) => li.click());
     await page.waitForFunction(
       () => document.querySelector("#messages")?.textContent.includes("Welcome to the review"),
     );
@@ -218,7 +220,7 @@ describe("the web inbox in a browser", () => {
     await carol.setViewport({ width: 1100, height: 720 });
     await signIn(carol, server.deviceToken(3, "browser"));
     await carol.waitForSelector(`#conversations li[data-conversation-id="${conversation}"]`, { timeout: RECOVERY_MS });
-    await carol.click(`#conversations li[data-conversation-id="${conversation}"]`);
+    await carol.$eval(`#conversations li[data-conversation-id="${conversation}"]`, (li) => li.click());
     const history = server.tlJson(bob, ["history", "--conversation", conversation, "--limit", "500"]);
     const all = history.map((e) => String(e.conv_seq));
     const shown = () => carol.$$eval("#messages .msg[data-conv-seq]", (list) => list.map((e) => e.dataset.convSeq));

@@ -1,7 +1,8 @@
-// gRPC-Web without a browser: every RPC of Timeline and Admin over plain
-// HTTP/1.1 requests (Node's fetch), CORS preflights from an allowed and a
-// disallowed origin, errors on the trailers-only path arriving as a status,
-// and the web root served next to the API.
+// gRPC-Web without a browser: every RPC of Timeline (the message lifecycle's
+// included) and Admin over plain HTTP/1.1 requests (Node's fetch), CORS
+// preflights from an allowed and a disallowed origin, errors on the
+// trailers-only path arriving as a status, and the web root served next to
+// the API.
 
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -142,6 +143,65 @@ describe("gRPC-Web on syncd's port", () => {
       alice,
     );
     assert.deepEqual([receipts.readCount, receipts.memberCount], [0n, 1n]);
+
+    // The message lifecycle: edit (twice with one operation id), recall,
+    // delete for me, clear history, each seen in History.
+    const historyNow = async () =>
+      (
+        await ok(
+          `${T}History`,
+          pb.HistoryRequestSchema,
+          create(pb.HistoryRequestSchema, { conversationId: id, limit: 50 }),
+          pb.HistoryReplySchema,
+          alice,
+        )
+      )[0].entries;
+    const editRequest = create(pb.EditMessageRequestSchema, {
+      conversationId: id,
+      convSeq: sent.convSeq,
+      msgId: sent.msgId,
+      text: "edited over gRPC-Web",
+      clientOpId: "3a0d5c52-7a4e-4d8e-9b1e-5f0c1a2b3c4d",
+    });
+    const [edited] = await ok(`${T}EditMessage`, pb.EditMessageRequestSchema, editRequest, pb.MessageChangeReplySchema, alice);
+    assert.ok(edited.convSeq > sent.convSeq);
+    const [editedAgain] = await ok(`${T}EditMessage`, pb.EditMessageRequestSchema, editRequest, pb.MessageChangeReplySchema, alice);
+    assert.deepEqual([editedAgain.duplicate, editedAgain.convSeq], [true, edited.convSeq]);
+    let shown = (await historyNow()).find((e) => e.convSeq === sent.convSeq);
+    assert.deepEqual([shown.text, shown.version, shown.edited], ["edited over gRPC-Web", edited.convSeq, true]);
+    const [recalled] = await ok(
+      `${T}RecallMessage`,
+      pb.MessageChangeRequestSchema,
+      create(pb.MessageChangeRequestSchema, { conversationId: id, convSeq: sent.convSeq, msgId: sent.msgId }),
+      pb.MessageChangeReplySchema,
+      alice,
+    );
+    assert.ok(recalled.convSeq > edited.convSeq);
+    shown = (await historyNow()).find((e) => e.convSeq === sent.convSeq);
+    assert.deepEqual([shown.text, shown.removed?.kind, shown.removed?.by], ["", pb.RemovalKind.RECALLED, 1n]);
+    const [hide] = await ok(
+      `${T}Send`,
+      pb.SendRequestSchema,
+      create(pb.SendRequestSchema, { conversationId: id, text: "hide me", clientMsgId: "5d2b8e1a-0c3f-4b6d-8e7a-9f1c2d3e4f50" }),
+      pb.SendReplySchema,
+      alice,
+    );
+    await ok(
+      `${T}DeleteMessage`,
+      pb.DeleteMessageRequestSchema,
+      create(pb.DeleteMessageRequestSchema, { conversationId: id, convSeq: hide.convSeq, forMe: true }),
+      pb.MessageChangeReplySchema,
+      alice,
+    );
+    assert.equal((await historyNow()).some((e) => e.convSeq === hide.convSeq), false, "hidden for the user");
+    await ok(
+      `${T}ClearHistory`,
+      pb.ClearHistoryRequestSchema,
+      create(pb.ClearHistoryRequestSchema, { conversationId: id }),
+      pb.MessageChangeReplySchema,
+      alice,
+    );
+    assert.deepEqual(await historyNow(), [], "cleared for the user");
 
     const [added] = await ok(
       `${A}AddMembers`,
@@ -302,10 +362,32 @@ describe("gRPC-Web on syncd's port", () => {
       { token: alice },
     );
     assert.equal(markPast.status.code, Code.InvalidArgument, markPast.status.message);
+    // Changes to messages: a device deletes for everyone never, an edit
+    // names an existing message.
+    const kept = BigInt(server.tlJson(alice, ["send", "--conversation", conversation, "--text", "kept"])[0].conv_seq);
+    const deleteForAll = await call(
+      server.url,
+      `${T}DeleteMessage`,
+      pb.DeleteMessageRequestSchema,
+      create(pb.DeleteMessageRequestSchema, { conversationId: BigInt(conversation), convSeq: kept }),
+      { token: alice },
+    );
+    assert.equal(deleteForAll.status.code, Code.PermissionDenied, deleteForAll.status.message);
+    const editNothing = await call(
+      server.url,
+      `${T}EditMessage`,
+      pb.EditMessageRequestSchema,
+      create(pb.EditMessageRequestSchema, { conversationId: BigInt(conversation), convSeq: 99n, text: "x" }),
+      { token: alice },
+    );
+    assert.equal(editNothing.status.code, Code.NotFound, editNothing.status.message);
     const history = server.tlJson(alice, ["history", "--conversation", conversation]);
     assert.deepEqual(
-      history.map((e) => e.kind),
-      ["conversation_created"],
+      history.map((e) => [e.kind, e.text]),
+      [
+        ["conversation_created", ""],
+        ["message", "kept"],
+      ],
     );
   });
 

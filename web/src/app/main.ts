@@ -1,6 +1,8 @@
 // The web inbox: sign in with a device token, the conversation list with
 // unread counts, a conversation's history with paging, live entries,
-// sending (with mentions), read markers and receipts. All protocol logic
+// sending (with mentions), read markers and receipts, and the user's
+// changes to messages (edit, recall, delete for me, clear history, with
+// tombstones and an "edited" marker). All protocol logic
 // lives in ../lib; this file only draws it and decides when the user has
 // seen a conversation (open, and the page visible).
 
@@ -8,7 +10,7 @@ import { Code } from "@connectrpc/connect";
 import { EntryKind } from "../gen/timeline/v1/timeline_pb.js";
 import { codeOf, describe, explain } from "../lib/errors.js";
 import type { ConversationRow } from "../lib/conversations.js";
-import type { Item } from "../lib/inbox.js";
+import { tombstoneOf, type Item } from "../lib/inbox.js";
 import { mentionsIn, type Pending } from "../lib/outbox.js";
 import { Device, type DeviceStatus } from "../lib/device.js";
 import { browserStorage } from "../lib/storage.js";
@@ -22,6 +24,8 @@ const root = document.getElementById("app")!;
 let device: Device | null = null;
 let openId: bigint | null = null;
 let conversationError: string | null = null;
+/** The user's message being edited in the compose box (its conv_seq names it). */
+let editing: Item | null = null;
 
 interface Saved {
   server: string;
@@ -106,6 +110,8 @@ const parts = {
   title: h("h2", {}),
   members: h("div", { class: "members" }),
   compose: h("input", { name: "text", placeholder: "Write a message", autocomplete: "off" }),
+  editing: h("div", { class: "editing", id: "editing" }),
+  clear: h("button", { class: "ghost", id: "clear-history", title: "Hide every message shown here from your devices" }, "Clear history"),
 };
 
 function showInbox(current: Device): void {
@@ -133,6 +139,13 @@ function showInbox(current: Device): void {
         const text = parts.compose.value;
         if (!text.trim() || openId === null) return;
         parts.compose.value = "";
+        if (editing) {
+          const message = editing;
+          stopEditing();
+          // The new text shows when the edit comes back through the inbox.
+          current.lifecycle.edit(message, text).catch((e) => showConversationError(explainHere(e)));
+          return;
+        }
         const record = current.cache.conversations.get(openId)?.record;
         const { mentions, mentionAll } = mentionsIn(
           text,
@@ -146,12 +159,21 @@ function showInbox(current: Device): void {
     parts.compose,
     h("button", { type: "submit" }, "Send"),
   );
+  parts.clear.onclick = () => {
+    const id = openId;
+    if (id === null || !confirm("Clear this conversation's history on all your devices?")) return;
+    // Through what the page shows: what arrives meanwhile stays.
+    const through = current.cache.entries(id).at(-1)?.convSeq;
+    current.lifecycle.clearHistory(id, through).catch((e) => showConversationError(explainHere(e)));
+  };
   parts.pane.replaceChildren(
-    h("header", {}, parts.title, parts.members),
+    h("header", {}, h("div", { class: "heading" }, parts.title, parts.clear), parts.members),
     parts.banner,
     parts.messages,
+    parts.editing,
     composeForm,
   );
+  stopEditing();
   root.replaceChildren(
     h(
       "header",
@@ -219,8 +241,9 @@ function titleOf(current: Device, id: bigint): string {
 function previewOf(row: ConversationRow, me: bigint): string {
   const last = row.last;
   if (!last) return row.member ? "No messages yet" : "You left";
-  if (last.senderId === 0n) return last.text;
-  return `${last.senderId === me ? "You" : `User ${last.senderId}`}: ${last.text}`;
+  const text = last.removed ? "message removed" : last.edited ? `${last.text} (edited)` : last.text;
+  if (last.senderId === 0n) return text;
+  return `${last.senderId === me ? "You" : `User ${last.senderId}`}: ${text}`;
 }
 
 function drawList(current: Device): void {
@@ -282,6 +305,7 @@ function showConversationError(message: string | null): void {
 function openFromHash(current: Device): void {
   const match = /^#\/c\/(\d+)$/.exec(location.hash);
   openId = match ? BigInt(match[1]) : null;
+  stopEditing();
   showConversationError(null);
   drawList(current);
   drawConversation(current, true);
@@ -305,8 +329,45 @@ function explainHere(error: unknown): string {
     : explain(error);
 }
 
+function startEditing(item: Item): void {
+  editing = item;
+  parts.compose.value = item.text;
+  parts.compose.focus();
+  parts.editing.replaceChildren(
+    `Editing your message`,
+    h("button", { type: "button", class: "ghost", id: "cancel-edit", onclick: () => stopEditing(true) }, "Cancel"),
+  );
+  parts.editing.hidden = false;
+}
+
+function stopEditing(clear = false): void {
+  editing = null;
+  if (clear) parts.compose.value = "";
+  parts.editing.replaceChildren();
+  parts.editing.hidden = true;
+}
+
+/** Runs a change to a message; a refusal (say, past the recall window) shows in the banner. */
+function change(action: Promise<unknown>): void {
+  showConversationError(null);
+  action.catch((error) => showConversationError(explainHere(error)));
+}
+
+/** What the user can do with a message: their own are edited and recalled; any is deleted for them. */
+function actionsOf(current: Device, item: Item, mine: boolean): HTMLElement {
+  const button = (action: string, label: string, run: () => void) =>
+    h("button", { type: "button", class: "ghost", "data-action": action, onclick: run }, label);
+  return h(
+    "span",
+    { class: "actions" },
+    mine && !item.removed ? button("edit", "Edit", () => startEditing(item)) : null,
+    mine && !item.removed ? button("recall", "Recall", () => change(current.lifecycle.recall(item))) : null,
+    button("delete-for-me", "Delete for me", () => change(current.lifecycle.deleteForMe(item))),
+  );
+}
+
 /** `peerRead`: in a direct conversation, how far the other member has read. */
-function entryView(item: Item, me: bigint, peerRead: bigint): HTMLElement {
+function entryView(current: Device, item: Item, me: bigint, peerRead: bigint): HTMLElement {
   const attrs = {
     "data-conv-seq": item.convSeq.toString(),
     "data-seq": item.seq.toString(),
@@ -324,15 +385,27 @@ function entryView(item: Item, me: bigint, peerRead: bigint): HTMLElement {
   const mine = item.senderId === me;
   const who = item.senderId === 0n ? "System" : mine ? "You" : `User ${item.senderId}`;
   const read = mine && item.convSeq <= peerRead;
+  const edited = item.version > 0n && !item.removed;
+  const removedAt = item.removed ? ` · ${timeOf(item.removed.atMs)}` : "";
   return h(
     "div",
-    { class: `msg message${mine ? " mine" : ""}${item.senderId === 0n ? " system" : ""}`, ...attrs, "data-read": read },
-    h("div", { class: "bubble" }, item.text),
+    {
+      class: `msg message${mine ? " mine" : ""}${item.senderId === 0n ? " system" : ""}${item.removed ? " removed" : ""}`,
+      ...attrs,
+      "data-read": read,
+      "data-removed": item.removed?.kind ?? false,
+      "data-edited": edited,
+    },
+    item.removed
+      ? h("div", { class: "bubble tombstone" }, `${tombstoneOf(item.removed, me)}${removedAt}`)
+      : h("div", { class: "bubble" }, item.text),
     h(
       "div",
       { class: "meta" },
       `${who} · ${timeOf(item.sentAtMs)}`,
+      edited ? h("span", { class: "edited", title: `version ${item.version}` }, " · edited") : null,
       read ? h("span", { class: "read" }, " · Read") : null,
+      actionsOf(current, item, mine),
     ),
   );
 }
@@ -368,8 +441,10 @@ function drawConversation(current: Device, scrollToEnd = false): void {
     parts.members.textContent = "";
     parts.messages.replaceChildren(h("div", { class: "placeholder" }, "Choose a conversation"));
     parts.compose.disabled = true;
+    parts.clear.hidden = true;
     return;
   }
+  parts.clear.hidden = false;
   const id = openId;
   const summary = current.cache.conversations.get(id);
   const me = current.info.userId;
@@ -408,7 +483,7 @@ function drawConversation(current: Device, scrollToEnd = false): void {
       : null;
   box.replaceChildren(
     ...[earlier].filter((e): e is HTMLButtonElement => e !== null),
-    ...items.map((item) => entryView(item, me, peerRead)),
+    ...items.map((item) => entryView(current, item, me, peerRead)),
     ...current.outbox
       .pending(id)
       .filter((p) => !shown.has(p.clientMsgId))

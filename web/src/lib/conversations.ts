@@ -14,6 +14,12 @@
 //
 // Counts are never made up on the device from its cached entries: a row
 // shows what the server said, moved on only by the rules of the fold.
+//
+// One thing the device's own view overrules: a preview of a message it
+// knows was recalled or deleted (`withdrawn`, from the cache) shows no
+// text, whatever a reply says; a withdrawal is final (client/src/view.rs),
+// and a large group's recall reaches the device through the timeline, not
+// the inbox the fold reads.
 
 import { ConversationKind, type ConversationState, type Entry, type ListConversationsReply } from "../gen/timeline/v1/timeline_pb.js";
 import { foldEntry, type ConversationRow } from "./fold.js";
@@ -42,6 +48,8 @@ export function rowOf(state: ConversationState, asOfSeq: bigint): ConversationRo
       senderId: last.senderId,
       text: last.text,
       sentAtMs: Number(last.sentAtMs),
+      removed: last.removed,
+      edited: last.edited,
     },
     unread: Number(state.unread),
     mentions: Number(state.mentions),
@@ -99,6 +107,7 @@ export class ConversationList {
     private readonly key: string,
     readonly me: bigint,
     private readonly signal?: AbortSignal,
+    private readonly withdrawn: (conversationId: bigint, convSeq: bigint) => boolean = () => false,
   ) {
     this.reload();
   }
@@ -224,7 +233,9 @@ export class ConversationList {
         this.addToTotals(counted(known), counted(rowOf(state, reply.asOfSeq)));
         continue;
       }
-      this.#rows.set(state.conversationId, rowOf(state, reply.asOfSeq));
+      const row = rowOf(state, reply.asOfSeq);
+      this.scrubbed(row);
+      this.#rows.set(state.conversationId, row);
     }
     // Conversations that were on the first page once stay listed; past
     // the bound the least recent go (they come back with their activity).
@@ -233,6 +244,23 @@ export class ConversationList {
     }
     this.loaded = true;
     this.changed();
+  }
+
+  /** Drops the preview's text when the device knows its message was withdrawn; true if it did. */
+  private scrubbed(row: ConversationRow): boolean {
+    const last = row.last;
+    if (!last || (last.removed && last.text === "") || !this.withdrawn(row.id, last.convSeq)) return false;
+    last.text = "";
+    last.removed = true;
+    return true;
+  }
+
+  /** The cache learned of a withdrawal (say, from a large group's timeline): apply it to the preview. */
+  scrub(conversationId: bigint | null): void {
+    const rows = conversationId === null ? [...this.#rows.values()] : [this.#rows.get(conversationId)];
+    let changed = false;
+    for (const row of rows) if (row && this.scrubbed(row)) changed = true;
+    if (changed) this.changed();
   }
 
   private addToTotals(now: [number, number], before: [number, number]): void {
@@ -255,7 +283,16 @@ export class ConversationList {
         for (const s of stored.rows) {
           const row = { ...s } as any;
           for (const field of BIGINT_FIELDS) row[field] = BigInt(s[field] as string);
-          if (row.last) row.last = { ...row.last, convSeq: BigInt(row.last.convSeq), senderId: BigInt(row.last.senderId) };
+          if (row.last) {
+            // Rows stored before the lifecycle have no removed/edited.
+            row.last = {
+              removed: false,
+              edited: false,
+              ...row.last,
+              convSeq: BigInt(row.last.convSeq),
+              senderId: BigInt(row.last.senderId),
+            };
+          }
           this.#rows.set(row.id, row as ConversationRow);
         }
         this.#version = stored.version;

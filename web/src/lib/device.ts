@@ -6,6 +6,7 @@ import { Checkpoint } from "./checkpoint.js";
 import { ConversationList } from "./conversations.js";
 import { codeOf } from "./errors.js";
 import { InboxCache, itemOf } from "./inbox.js";
+import { Lifecycle } from "./lifecycle.js";
 import { Outbox } from "./outbox.js";
 import type { KeyValue } from "./storage.js";
 import { SyncEngine, type SyncStatus } from "./sync.js";
@@ -27,6 +28,7 @@ export class Device {
   readonly cache: InboxCache;
   readonly outbox: Outbox;
   readonly list: ConversationList;
+  readonly lifecycle: Lifecycle;
   readonly engine: SyncEngine;
   status: DeviceStatus = { kind: "connecting" };
   /** The checkpoint this page started from (what storage held). */
@@ -56,7 +58,16 @@ export class Device {
       this.checkpoint.restartAt(0n);
     }
     this.outbox = new Outbox(this.client, storage, `${prefix}outbox`);
-    this.list = new ConversationList(this.client, storage, `${prefix}list`, this.info.userId, this.#abort.signal);
+    this.lifecycle = new Lifecycle(this.client, this.#abort.signal);
+    this.list = new ConversationList(
+      this.client,
+      storage,
+      `${prefix}list`,
+      this.info.userId,
+      this.#abort.signal,
+      (conversationId, convSeq) => this.cache.withdrawn(conversationId, convSeq),
+    );
+    this.cache.onChange((conversationId) => this.list.scrub(conversationId));
     const refreshList = () => void this.list.refresh().catch(() => undefined);
     this.engine = new SyncEngine(this.client, this.checkpoint, this.cache, {
       status: (status) => this.#setStatus(status),

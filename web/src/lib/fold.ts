@@ -8,6 +8,12 @@
 // What the device cannot count by itself: a large group's messages from
 // others (they are in its timeline, not the inbox). Those rows take their
 // unread count from the server's list only.
+//
+// The message lifecycle (docs/PROTOCOL.md "Changing sent messages"): a recall or
+// delete of a counted message from someone else takes it back from the
+// unread count (and the mentions when it mentioned the user); an edit or a
+// recall of the previewed message changes the preview; delete for me and
+// clear history change no count and move nothing (the cache hides them).
 
 import { EntryKind, type Entry } from "../gen/timeline/v1/timeline_pb.js";
 
@@ -18,10 +24,14 @@ export interface ConversationRow {
   title: string;
   member: boolean;
   readFanout: boolean;
-  lastConvSeq: bigint;
   lastActivityMs: number;
+  /**
+   * The newest event of the conversation folded: the server's
+   * counted_through (a recall of a message above it was never counted).
+   */
+  lastConvSeq: bigint;
   /** The newest message, or undefined when there is none yet. */
-  last?: { convSeq: bigint; senderId: bigint; text: string; sentAtMs: number };
+  last?: Preview;
   unread: number;
   mentions: number;
   readThrough: bigint;
@@ -29,6 +39,48 @@ export interface ConversationRow {
   peerReadThrough: bigint;
   /** The inbox seq the row is folded through (the server's as_of_seq, then the entries applied). */
   asOfSeq: bigint;
+}
+
+/** The list's preview of a message: its text cut like the server cuts it. */
+export interface Preview {
+  convSeq: bigint;
+  senderId: bigint;
+  text: string;
+  sentAtMs: number;
+  /** Recalled or deleted: `text` is empty. */
+  removed: boolean;
+  /** The text is an edit's. */
+  edited: boolean;
+}
+
+/** The most of a message's text a preview keeps (PREVIEW_TEXT_BYTES). */
+export const PREVIEW_TEXT_BYTES = 256;
+
+const utf8 = new TextEncoder();
+
+/** `text` cut to PREVIEW_TEXT_BYTES of UTF-8 on a character boundary. */
+export function previewText(text: string): string {
+  if (utf8.encode(text).length <= PREVIEW_TEXT_BYTES) return text;
+  let bytes = 0;
+  let end = 0;
+  for (const char of text) {
+    const size = utf8.encode(char).length;
+    if (bytes + size > PREVIEW_TEXT_BYTES) break;
+    bytes += size;
+    end += char.length;
+  }
+  return text.slice(0, end);
+}
+
+export function previewOfEntry(entry: Entry): Preview {
+  return {
+    convSeq: entry.convSeq,
+    senderId: entry.senderId,
+    text: previewText(entry.text),
+    sentAtMs: Number(entry.sentAtMs),
+    removed: entry.removed !== undefined,
+    edited: entry.version > 0n,
+  };
 }
 
 const max = (a: bigint, b: bigint) => (a > b ? a : b);
@@ -56,6 +108,7 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
         // counted from the group's timeline, by the server).
         if (!fromOther) {
           row.readThrough = max(row.readThrough, entry.convSeq);
+          row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
           row.unread = 0;
           row.mentions = 0;
         } else if (counts && mentionsUser(entry, me)) {
@@ -65,7 +118,7 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
       }
       row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
       row.lastActivityMs = Number(entry.sentAtMs);
-      row.last = { convSeq: entry.convSeq, senderId: entry.senderId, text: entry.text, sentAtMs: Number(entry.sentAtMs) };
+      row.last = previewOfEntry(entry);
       if (!fromOther) {
         row.readThrough = max(row.readThrough, entry.convSeq);
         row.unread = 0;
@@ -102,6 +155,9 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
         row.peerReadThrough = entry.readThrough;
         return true;
       }
+      // The row covers the conversation up to the marker's position, as
+      // the server's counted_through does, raised or not.
+      row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
       // Markers only raise; an older one (a mark from another device that
       // this one already passed) changes nothing.
       if (entry.readThrough <= row.readThrough) return false;
@@ -109,6 +165,44 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
       row.unread = row.member ? Number(entry.unread) : 0;
       row.mentions = row.member ? Number(entry.unreadMentions) : 0;
       return true;
+    case EntryKind.RECALL:
+    case EntryKind.DELETE: {
+      const target = entry.target;
+      if (!target) return false;
+      // readThrough is at or above the user's join (a join raises it), so
+      // this is the server's "after the marker and the join".
+      const counted = target.senderId !== me && row.member && target.convSeq > row.readThrough;
+      const named = target.mentions.includes(me);
+      if (entry.readFanout) {
+        // A large group's: only a mention by name is in the row (from its
+        // copy); the rest is counted from the timeline, by the server.
+        if (counted && named) row.mentions = Math.max(0, row.mentions - 1);
+      } else if (counted && target.convSeq <= row.lastConvSeq) {
+        row.unread = Math.max(0, row.unread - 1);
+        if (named || target.mentionAll) row.mentions = Math.max(0, row.mentions - 1);
+      }
+      if (row.last && row.last.convSeq === target.convSeq) {
+        row.last.text = "";
+        row.last.removed = true;
+      }
+      if (!entry.readFanout) row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
+      return true;
+    }
+    case EntryKind.EDIT: {
+      const target = entry.target;
+      if (!target) return false;
+      if (row.last && row.last.convSeq === target.convSeq) {
+        row.last.text = previewText(entry.text);
+        row.last.edited = true;
+      }
+      if (!entry.readFanout) row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
+      return true;
+    }
+    // The user's own view only (the cache hides them): no count, no
+    // position.
+    case EntryKind.DELETE_FOR_ME:
+    case EntryKind.CLEAR_HISTORY:
+      return false;
     default:
       return false;
   }

@@ -170,3 +170,127 @@ test("the list pages by cursor, answers not modified, keeps folds past the reply
   await reloaded.refresh();
   assert.deepEqual(calls, ["list  v2"], "the stored version is asked for");
 });
+
+// The message lifecycle in the fold (syncd/src/read_state/fold.rs).
+const target = (convSeq: bigint, senderId: bigint, extra = {}) =>
+  create(pb.MessageTargetSchema, { convSeq, senderId, ...extra });
+const change = (seq: bigint, convSeq: bigint, kind: pb.EntryKind, on: pb.MessageTarget, extra = {}) =>
+  entry(seq, { kind, convSeq, senderId: on.senderId, target: on, ...extra });
+
+test("a recall of an unread message takes it back, and of a mention the mention too", () => {
+  const row = fold([
+    members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]),
+    msg(2n, 2n, BOB),
+    msg(3n, 3n, BOB, { mentions: [ME] }),
+    msg(4n, 4n, BOB, { mentionAll: true }),
+  ]);
+  assert.deepEqual([row.unread, row.mentions], [3, 2]);
+  assert.equal(foldEntry(row, change(5n, 5n, pb.EntryKind.RECALL, target(2n, BOB)), ME), true);
+  assert.deepEqual([row.unread, row.mentions], [2, 2]);
+  foldEntry(row, change(6n, 6n, pb.EntryKind.RECALL, target(3n, BOB, { mentions: [ME] })), ME);
+  assert.deepEqual([row.unread, row.mentions], [1, 1]);
+  foldEntry(row, change(7n, 7n, pb.EntryKind.DELETE, target(4n, BOB, { mentionAll: true }), { senderId: 0n }), ME);
+  assert.deepEqual([row.unread, row.mentions], [0, 0], "a service's delete takes back the same way");
+  assert.equal(row.lastConvSeq, 7n, "the row covers the events");
+  assert.equal(row.lastActivityMs, 1004, "a recall is not activity");
+});
+
+test("a recall of a message already read, the user's own, or one never counted changes no count", () => {
+  const base = () =>
+    fold([
+      members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]),
+      msg(2n, 2n, BOB),
+      msg(3n, 3n, ME),
+      msg(4n, 4n, BOB),
+    ]);
+  let row = base();
+  assert.deepEqual([row.readThrough, row.unread], [3n, 1]);
+  foldEntry(row, change(5n, 5n, pb.EntryKind.RECALL, target(2n, BOB)), ME);
+  assert.equal(row.unread, 1, "read through 3 already");
+  foldEntry(row, change(6n, 6n, pb.EntryKind.RECALL, target(3n, ME)), ME);
+  assert.equal(row.unread, 1, "the user's own message never counted");
+  // A message above what the row covers was never counted (the server
+  // served the row before it).
+  row = base();
+  row.lastConvSeq = 4n;
+  foldEntry(row, change(5n, 9n, pb.EntryKind.RECALL, target(8n, BOB)), ME);
+  assert.equal(row.unread, 1);
+  // Before the user joined: read by the join.
+  row = fold([members(1n, 5n, pb.EntryKind.MEMBERS_ADDED, [ME]), msg(2n, 6n, BOB)]);
+  foldEntry(row, change(3n, 7n, pb.EntryKind.RECALL, target(4n, BOB)), ME);
+  assert.equal(row.unread, 1);
+  // Not a member any more: nothing counts.
+  row = fold([members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]), msg(2n, 2n, BOB)]);
+  foldEntry(row, members(3n, 3n, pb.EntryKind.MEMBERS_REMOVED, [ME]), ME);
+  foldEntry(row, change(4n, 4n, pb.EntryKind.RECALL, target(2n, BOB)), ME);
+  assert.equal(row.unread, 0);
+});
+
+test("in a large group a recall takes back only a mention by name", () => {
+  const row = fold([members(1n, 1n, pb.EntryKind.MEMBERS_ADDED, [ME])]);
+  row.unread = 4;
+  fold(
+    [
+      msg(2n, 5n, BOB, { readFanout: true, mentions: [ME] }),
+      change(3n, 6n, pb.EntryKind.RECALL, target(5n, BOB, { mentions: [ME] }), { readFanout: true }),
+    ],
+    row,
+  );
+  assert.deepEqual([row.unread, row.mentions], [4, 0], "the unread count is the server's (its timeline)");
+  row.mentions = 1;
+  foldEntry(row, change(4n, 8n, pb.EntryKind.RECALL, target(7n, BOB, { mentionAll: true }), { readFanout: true }), ME);
+  assert.equal(row.mentions, 1, "@all is counted from the timeline, not the row");
+  assert.equal(row.lastConvSeq, 1n, "a large group's events do not move the row");
+});
+
+test("an edit or recall of the previewed message changes the preview; of an older one, not", () => {
+  const row = fold([
+    members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]),
+    msg(2n, 2n, BOB),
+    msg(3n, 3n, BOB),
+  ]);
+  foldEntry(row, change(4n, 4n, pb.EntryKind.EDIT, target(2n, BOB), { text: "older, edited" }), ME);
+  assert.deepEqual([row.last?.convSeq, row.last?.text, row.last?.edited], [3n, "m3", false]);
+  foldEntry(row, change(5n, 5n, pb.EntryKind.EDIT, target(3n, BOB), { text: "é".repeat(200) }), ME);
+  assert.equal(row.last?.edited, true);
+  assert.equal(row.last?.text, "é".repeat(128), "cut to 256 bytes on a character boundary");
+  assert.equal(row.unread, 2, "an edit is not unread");
+  foldEntry(row, change(6n, 6n, pb.EntryKind.RECALL, target(3n, BOB)), ME);
+  assert.deepEqual([row.last?.text, row.last?.removed], ["", true]);
+  assert.equal(row.unread, 1);
+  // A large group's previewed message (the server's row) changes too.
+  const large = emptyRow();
+  large.last = { convSeq: 9n, senderId: BOB, text: "secret", sentAtMs: 1, removed: false, edited: false };
+  foldEntry(large, change(1n, 10n, pb.EntryKind.RECALL, target(9n, BOB), { readFanout: true }), ME);
+  assert.deepEqual([large.last.text, large.last.removed], ["", true]);
+});
+
+test("delete for me and clear history change no count and take no position", () => {
+  const row = fold([members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]), msg(2n, 2n, BOB), msg(3n, 3n, BOB)]);
+  assert.equal(foldEntry(row, change(4n, 4n, pb.EntryKind.DELETE_FOR_ME, target(2n, BOB), { senderId: ME }), ME), false);
+  assert.equal(foldEntry(row, change(5n, 5n, pb.EntryKind.CLEAR_HISTORY, target(3n, 0n), { senderId: ME }), ME), false);
+  assert.deepEqual([row.unread, row.lastConvSeq, row.last?.text, row.asOfSeq], [2, 3n, "m3", 5n]);
+});
+
+test("a preview's removed and edited come from the server's row and survive a reload", async () => {
+  const reply = create(pb.ListConversationsReplySchema, {
+    conversations: [
+      {
+        conversationId: 7n,
+        member: true,
+        lastMessage: { convSeq: 3n, senderId: BOB, text: "", removed: true },
+      },
+    ],
+    version: "v1",
+    asOfSeq: 1n,
+  });
+  const client = { listConversations: async () => reply } as unknown as TimelineClient;
+  const storage = memoryStorage();
+  const list = new ConversationList(client, storage, "list", ME);
+  await list.refresh();
+  assert.deepEqual([list.row(7n)?.last?.removed, list.row(7n)?.last?.edited], [true, false]);
+  list.apply([change(2n, 4n, pb.EntryKind.EDIT, target(3n, BOB), { text: "not back" })]);
+  const reloaded = new ConversationList(client, storage, "list", ME);
+  assert.deepEqual(reloaded.row(7n)?.last, list.row(7n)?.last);
+  assert.equal(reloaded.row(7n)?.last?.removed, true);
+});
