@@ -148,6 +148,9 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
         row.mentions = 0;
       }
       return true;
+    // A clear is also the user's read marker through what it clears (it
+    // carries the count like a marker; the cache hides what it clears).
+    case EntryKind.CLEAR_HISTORY:
     case EntryKind.READ_MARKER:
       if (fromOther) {
         // The other member's marker: a read receipt.
@@ -198,10 +201,9 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
       if (!entry.readFanout) row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
       return true;
     }
-    // The user's own view only (the cache hides them): no count, no
+    // The user's own view only (the cache hides it): no count, no
     // position.
     case EntryKind.DELETE_FOR_ME:
-    case EntryKind.CLEAR_HISTORY:
       return false;
     default:
       return false;

@@ -265,11 +265,14 @@ test("an edit or recall of the previewed message changes the preview; of an olde
   assert.deepEqual([large.last.text, large.last.removed], ["", true]);
 });
 
-test("delete for me and clear history change no count and take no position", () => {
-  const row = fold([members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]), msg(2n, 2n, BOB), msg(3n, 3n, BOB)]);
-  assert.equal(foldEntry(row, change(4n, 4n, pb.EntryKind.DELETE_FOR_ME, target(2n, BOB), { senderId: ME }), ME), false);
-  assert.equal(foldEntry(row, change(5n, 5n, pb.EntryKind.CLEAR_HISTORY, target(3n, 0n), { senderId: ME }), ME), false);
-  assert.deepEqual([row.unread, row.lastConvSeq, row.last?.text, row.asOfSeq], [2, 3n, "m3", 5n]);
+test("delete for me changes no count; a clear is the user's read marker through what it clears", () => {
+  const row = fold([members(1n, 1n, pb.EntryKind.CONVERSATION_CREATED, [ME, BOB]), msg(2n, 2n, BOB), msg(3n, 3n, BOB), msg(4n, 4n, BOB)]);
+  assert.equal(foldEntry(row, change(5n, 5n, pb.EntryKind.DELETE_FOR_ME, target(2n, BOB), { senderId: ME }), ME), false);
+  assert.deepEqual([row.unread, row.lastConvSeq, row.asOfSeq], [3, 4n, 5n]);
+  // Cleared through 3 at position 4: one message (4) stays unread.
+  const clear = change(6n, 4n, pb.EntryKind.CLEAR_HISTORY, target(3n, 0n), { senderId: ME, readThrough: 3n, unread: 1n });
+  assert.equal(foldEntry(row, clear, ME), true);
+  assert.deepEqual([row.unread, row.readThrough, row.asOfSeq], [1, 3n, 6n]);
 });
 
 test("a preview's removed and edited come from the server's row and survive a reload", async () => {
