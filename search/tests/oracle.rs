@@ -61,8 +61,8 @@ fn message_text(rng: &mut Rng) -> String {
     let n = 1 + rng.below(6);
     let mut text = String::new();
     for _ in 0..n {
-        text.push_str(*rng.pick(WORDS));
-        text.push_str(*rng.pick(PUNCT));
+        text.push_str(rng.pick(WORDS));
+        text.push_str(rng.pick(PUNCT));
     }
     text
 }
@@ -186,13 +186,11 @@ fn random_request(rng: &mut Rng, conversations: &[Conversation]) -> SearchReques
 }
 
 type Key = (u64, u64);
+/// Each page's hits: their keys and highlights.
+type Pages = Vec<Vec<(Key, Vec<(usize, usize)>)>>;
 
 /// Every page of the request, checked for fullness; the hits' keys.
-fn all_pages(
-    index: &dyn SearchIndex,
-    request: &SearchRequest,
-    seed: u64,
-) -> Vec<Vec<(Key, Vec<(usize, usize)>)>> {
+fn all_pages(index: &dyn SearchIndex, request: &SearchRequest, seed: u64) -> Pages {
     let mut request = request.clone();
     let mut pages = Vec::new();
     loop {
@@ -236,7 +234,7 @@ fn compare(
         SortOrder::Relevance => {
             // Scores differ from the oracle's; the set, each hit once, and
             // the highlights must not.
-            let flat = |pages: Vec<Vec<(Key, Vec<(usize, usize)>)>>| {
+            let flat = |pages: Pages| {
                 let all: Vec<_> = pages.into_iter().flatten().collect();
                 let set: BTreeSet<_> = all.iter().cloned().collect();
                 assert_eq!(
