@@ -61,8 +61,8 @@ fn message_text(rng: &mut Rng) -> String {
     let n = 1 + rng.below(6);
     let mut text = String::new();
     for _ in 0..n {
-        text.push_str(rng.pick(WORDS));
-        text.push_str(rng.pick(PUNCT));
+        text.push_str(rng.pick::<&str>(WORDS));
+        text.push_str(rng.pick::<&str>(PUNCT));
     }
     text
 }
