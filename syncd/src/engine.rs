@@ -430,6 +430,13 @@ mod growth_tests {
         }
 
         #[async_trait::async_trait]
+        impl timeline_store::ConversationScan for SlowConversationReads {
+            async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+                self.inner.conversation_ids(after, limit).await
+            }
+        }
+
+        #[async_trait::async_trait]
         impl ConversationReads for SlowConversationReads {
             async fn conversation(&self, id: u64) -> Result<Option<Conversation>> {
                 self.inner.conversation(id).await
