@@ -17,7 +17,7 @@ use crate::tokens;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use tantivy::collector::DocSetCollector;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::TermQuery;
@@ -98,14 +98,12 @@ fn pair_key(a: u64, b: u64) -> [u8; 16] {
 pub struct TantivyIndex {
     fields: Fields,
     reader: IndexReader,
-    /// The one writer, and the checkpoints as last committed (loaded at
-    /// open: one number per conversation).
-    writer: Mutex<Writer>,
-}
-
-struct Writer {
-    writer: IndexWriter<TantivyDocument>,
-    checkpoints: BTreeMap<u64, u64>,
+    /// The one writer.
+    writer: Mutex<IndexWriter<TantivyDocument>>,
+    /// The checkpoints as last committed (loaded at open: one number per
+    /// conversation), apart from the writer so that reading them never
+    /// waits for a commit.
+    checkpoints: RwLock<BTreeMap<u64, u64>>,
 }
 
 impl TantivyIndex {
@@ -134,18 +132,20 @@ impl TantivyIndex {
         let this = Self {
             fields,
             reader,
-            writer: Mutex::new(Writer {
-                writer,
-                checkpoints: BTreeMap::new(),
-            }),
+            writer: Mutex::new(writer),
+            checkpoints: RwLock::default(),
         };
         let checkpoints = this.load_checkpoints()?;
-        this.lock().checkpoints = checkpoints;
+        *this.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
         Ok(this)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Writer> {
+    fn lock(&self) -> MutexGuard<'_, IndexWriter<TantivyDocument>> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn committed_checkpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, u64>> {
+        self.checkpoints.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn load_checkpoints(&self) -> Result<BTreeMap<u64, u64>> {
@@ -244,7 +244,7 @@ impl TantivyIndex {
     /// Adds one batch's documents to the writer (not yet committed).
     fn stage(
         &self,
-        writer: &mut Writer,
+        writer: &mut IndexWriter<TantivyDocument>,
         updates: &[ConversationUpdate],
     ) -> Result<BTreeMap<u64, u64>> {
         let f = self.fields;
@@ -256,11 +256,14 @@ impl TantivyIndex {
         let mut members: HashMap<(u64, u64), Intervals> = HashMap::new();
         for update in updates {
             let conv = update.conversation_id;
-            let checkpoint = staged_checkpoints
-                .get(&conv)
-                .or(writer.checkpoints.get(&conv))
-                .copied()
-                .unwrap_or(0);
+            let checkpoint = match staged_checkpoints.get(&conv) {
+                Some(&staged) => staged,
+                None => self
+                    .committed_checkpoints()
+                    .get(&conv)
+                    .copied()
+                    .unwrap_or(0),
+            };
             if update.indexed_through <= checkpoint {
                 continue;
             }
@@ -268,10 +271,8 @@ impl TantivyIndex {
                 match op {
                     IndexOp::Upsert(doc) => {
                         let key = pair_key(conv, doc.conv_seq);
-                        writer
-                            .writer
-                            .delete_term(Term::from_field_bytes(f.key, &key));
-                        writer.writer.add_document(self.message_doc(doc))?;
+                        writer.delete_term(Term::from_field_bytes(f.key, &key));
+                        writer.add_document(self.message_doc(doc))?;
                         messages.insert((conv, doc.conv_seq), Some(doc.clone()));
                     }
                     IndexOp::ReplaceText { conv_seq, text } => {
@@ -285,18 +286,14 @@ impl TantivyIndex {
                         };
                         if let Some(mut doc) = current {
                             doc.text = text.clone();
-                            writer
-                                .writer
-                                .delete_term(Term::from_field_bytes(f.key, &key));
-                            writer.writer.add_document(self.message_doc(&doc))?;
+                            writer.delete_term(Term::from_field_bytes(f.key, &key));
+                            writer.add_document(self.message_doc(&doc))?;
                             messages.insert((conv, *conv_seq), Some(doc));
                         }
                     }
                     IndexOp::Remove { conv_seq } => {
                         let key = pair_key(conv, *conv_seq);
-                        writer
-                            .writer
-                            .delete_term(Term::from_field_bytes(f.key, &key));
+                        writer.delete_term(Term::from_field_bytes(f.key, &key));
                         messages.insert((conv, *conv_seq), None);
                     }
                     IndexOp::Joined { users, conv_seq } | IndexOp::Left { users, conv_seq } => {
@@ -316,31 +313,25 @@ impl TantivyIndex {
                             } else {
                                 intervals.leave(*conv_seq);
                             }
-                            writer
-                                .writer
-                                .delete_term(Term::from_field_bytes(f.member_key, &key));
-                            writer
-                                .writer
-                                .add_document(self.membership_doc(conv, user, &intervals))?;
+                            writer.delete_term(Term::from_field_bytes(f.member_key, &key));
+                            writer.add_document(self.membership_doc(conv, user, &intervals))?;
                             members.insert((conv, user), intervals);
                         }
                     }
                 }
             }
-            writer
-                .writer
-                .delete_term(Term::from_field_u64(f.checkpoint_conversation, conv));
+            writer.delete_term(Term::from_field_u64(f.checkpoint_conversation, conv));
             let mut doc = TantivyDocument::default();
             doc.add_u64(f.checkpoint_conversation, conv);
             doc.add_u64(f.checkpoint_through, update.indexed_through);
-            writer.writer.add_document(doc)?;
+            writer.add_document(doc)?;
             staged_checkpoints.insert(conv, update.indexed_through);
         }
         Ok(staged_checkpoints)
     }
 
-    fn commit(&self, writer: &mut Writer) -> Result<()> {
-        writer.writer.prepare_commit()?.commit()?;
+    fn commit(&self, writer: &mut IndexWriter<TantivyDocument>) -> Result<()> {
+        writer.prepare_commit()?.commit()?;
         self.reader.reload()?;
         Ok(())
     }
@@ -363,8 +354,7 @@ fn stored_intervals(doc: &TantivyDocument, field: Field) -> Result<Intervals> {
 impl crate::SearchIndex for TantivyIndex {
     fn checkpoints(&self) -> Result<Vec<(u64, u64)>> {
         Ok(self
-            .lock()
-            .checkpoints
+            .committed_checkpoints()
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect())
@@ -372,8 +362,7 @@ impl crate::SearchIndex for TantivyIndex {
 
     fn checkpoint(&self, conversation_id: u64) -> Result<u64> {
         Ok(self
-            .lock()
-            .checkpoints
+            .committed_checkpoints()
             .get(&conversation_id)
             .copied()
             .unwrap_or(0))
@@ -386,12 +375,15 @@ impl crate::SearchIndex for TantivyIndex {
             .and_then(|staged| self.commit(&mut writer).map(|()| staged));
         match staged {
             Ok(staged) => {
-                writer.checkpoints.extend(staged);
+                self.checkpoints
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(staged);
                 Ok(())
             }
             Err(error) => {
                 // Nothing of the batch may linger into the next commit.
-                writer.writer.rollback()?;
+                writer.rollback()?;
                 Err(error)
             }
         }
@@ -403,9 +395,12 @@ impl crate::SearchIndex for TantivyIndex {
 
     fn clear(&self) -> Result<()> {
         let mut writer = self.lock();
-        writer.writer.delete_all_documents()?;
+        writer.delete_all_documents()?;
         self.commit(&mut writer)?;
-        writer.checkpoints.clear();
+        self.checkpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 }
