@@ -16,6 +16,9 @@
 
 pub mod checkpoint;
 mod read_state;
+mod search;
+
+pub use search::search_hit_json;
 
 pub use checkpoint::CheckpointFile;
 pub use proto::timeline::v1 as pb;
