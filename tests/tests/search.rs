@@ -327,3 +327,68 @@ async fn index_survives_kill9_exactly(store_args: &[&str]) -> anyhow::Result<()>
     assert!(compared > 50, "the queries found too little to compare");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncd_reindex_rebuilds_the_index_from_the_timelines() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path())?;
+    let url = server.url();
+    let user = server.device_token(1, "a")?;
+    let client = Client::connect(&url, &user).await?;
+    let conv = client
+        .create_conversation(pb::ConversationKind::Group, vec![2], "")
+        .await?
+        .conversation_id;
+    for i in 0..30 {
+        client
+            .send(conv, &format!("rebuild 数据库 {i}"), None)
+            .await?;
+    }
+    caught_up(&client).await;
+    let reindex = || {
+        std::process::Command::new(tests::syncd_bin())
+            .args(["reindex", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("running syncd reindex")
+    };
+    // The running node holds the data directory: refused, nothing changed.
+    let busy = reindex();
+    assert!(!busy.status.success(), "reindex ran beside a live node");
+    assert!(!String::from_utf8_lossy(&busy.stderr).is_empty());
+    server.terminate(Duration::from_secs(20))?;
+    // Lose the index entirely: the rebuild has only the timelines.
+    std::fs::remove_dir_all(dir.path().join("search"))?;
+    let rebuilt = reindex();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&rebuilt.stdout).starts_with("reindexed 1 conversations"),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stdout)
+    );
+    // What the rebuild wrote, before any node could add to it.
+    {
+        let index = search::TantivyIndex::open(&dir.path().join("search"))?;
+        let mut request = SearchRequest::new(Searcher::User(2), "数据库");
+        request.limit = 100;
+        assert_eq!(index.search(&request)?.hits.len(), 30);
+    }
+    let server = Server::start(dir.path())?;
+    let client = Client::connect(&server.url(), &user).await?;
+    let mut total = 0;
+    let mut cursor = String::new();
+    loop {
+        let reply = client.search(search_request("数据库", 7, &cursor)).await?;
+        total += reply.hits.len();
+        if reply.next_cursor.is_empty() {
+            break;
+        }
+        cursor = reply.next_cursor;
+    }
+    assert_eq!(total, 30);
+    Ok(())
+}
