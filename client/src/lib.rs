@@ -18,6 +18,9 @@ pub mod checkpoint;
 mod lifecycle;
 mod read_state;
 pub mod view;
+mod search;
+
+pub use search::search_hit_json;
 
 pub use checkpoint::CheckpointFile;
 pub use proto::timeline::v1 as pb;

@@ -69,7 +69,11 @@ enum Command {
     /// Hide a conversation's history through a conv_seq (default: all of
     /// it) from your own devices, and mark it read.
     Clear(ClearArgs),
+    /// Search message history: hits as JSON lines, then a line with the
+    /// next page's cursor and how far the index lags.
+    Search(SearchArgs),
 }
+
 
 #[derive(Args)]
 struct TargetArgs {
@@ -108,6 +112,40 @@ struct ClearArgs {
     through: Option<u64>,
     #[arg(long)]
     op_id: Option<uuid::Uuid>,
+}
+
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SearchOrderArg {
+    Newest,
+    Relevance,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Words and "quoted phrases", all required.
+    #[arg(long)]
+    query: String,
+    /// Only this conversation.
+    #[arg(long)]
+    conversation: Option<u64>,
+    /// Only messages from this sender.
+    #[arg(long)]
+    sender: Option<u64>,
+    /// Only messages sent at or after this time (ms since the epoch).
+    #[arg(long)]
+    from_ms: Option<i64>,
+    /// Only messages sent before this time (ms since the epoch).
+    #[arg(long)]
+    before_ms: Option<i64>,
+    #[arg(long, value_enum, default_value = "newest")]
+    order: SearchOrderArg,
+    /// Hits per page (at most 100).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// The cursor a previous page printed.
+    #[arg(long, default_value = "")]
+    cursor: String,
 }
 
 #[derive(Args)]
@@ -481,6 +519,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "read_count": receipts.read_count,
                 "member_count": receipts.member_count,
                 "read_by": receipts.read_by,
+            }))?;
+        }
+        Command::Search(args) => {
+            let order = match args.order {
+                SearchOrderArg::Newest => pb::SearchOrder::NewestFirst,
+                SearchOrderArg::Relevance => pb::SearchOrder::Relevance,
+            };
+            let reply = client
+                .search(pb::SearchRequest {
+                    query: args.query,
+                    conversation_id: args.conversation,
+                    sender_id: args.sender,
+                    sent_from_ms: args.from_ms,
+                    sent_before_ms: args.before_ms,
+                    order: order as i32,
+                    limit: args.limit,
+                    cursor: args.cursor,
+                })
+                .await?;
+            for hit in &reply.hits {
+                print_json(&client::search_hit_json(hit))?;
+            }
+            print_json(&serde_json::json!({
+                "next_cursor": reply.next_cursor,
+                "timed_out": reply.timed_out,
+                "lagging_events": reply.lagging_events,
+                "catching_up": reply.catching_up,
             }))?;
         }
         Command::Conversations(args) => {

@@ -25,6 +25,7 @@ use crate::observer::{CommitObserver, Observers};
 use crate::push::{Hub, Push};
 use crate::read_state::ReadState;
 use crate::retention::{Retainer, RetentionQueue};
+use crate::search_index::SearchIndexing;
 use crate::send::Sender;
 use crate::visibility::Visibility;
 use crate::writer::EventWriter;
@@ -44,6 +45,7 @@ pub use crate::read_state::{
     ConversationState, ListPage, ListQuery, MarkResult, ReadReceipts, ReadStateSummary,
 };
 pub use crate::retention::Retention;
+pub use crate::search_index::{SearchQuery, SearchResult};
 pub use crate::send::{SendCommand, SendOutcome};
 
 /// Tunables of the engine.
@@ -88,6 +90,8 @@ pub struct Engine {
     /// For health: the writer knows how the store and the allocator fare.
     writer: Arc<EventWriter>,
     seqs: SeqSource,
+    /// History search, when the node keeps an index.
+    search: Option<Arc<SearchIndexing>>,
 }
 
 impl Engine {
@@ -98,7 +102,28 @@ impl Engine {
         ids: MsgIdGenerator,
         config: EngineConfig,
     ) -> Arc<Self> {
-        let seqs = seqs.into();
+        Self::build(store, seqs.into(), ids, config, None)
+    }
+
+    /// An engine that keeps `index` fed from its timelines and answers
+    /// searches from it.
+    pub fn with_search(
+        store: Arc<dyn TimelineStore>,
+        seqs: impl Into<SeqSource>,
+        ids: MsgIdGenerator,
+        config: EngineConfig,
+        index: Arc<dyn search::SearchIndex>,
+    ) -> Arc<Self> {
+        Self::build(store, seqs.into(), ids, config, Some(index))
+    }
+
+    fn build(
+        store: Arc<dyn TimelineStore>,
+        seqs: SeqSource,
+        ids: MsgIdGenerator,
+        config: EngineConfig,
+        index: Option<Arc<dyn search::SearchIndex>>,
+    ) -> Arc<Self> {
         let lifecycle = Arc::new(Lifecycle::default());
         let horizon = Horizon::new();
         let visibility = Arc::new(Visibility::new(
@@ -112,8 +137,14 @@ impl Engine {
         let hub = Hub::new();
         let retention_queue = Arc::new(RetentionQueue::new(&config.retention));
         // Order: the record is cached before subscribers hear of the event.
-        let observers: Vec<Arc<dyn CommitObserver>> =
+        let mut observers: Vec<Arc<dyn CommitObserver>> =
             vec![directory.clone(), hub.clone(), retention_queue.clone()];
+        let search = index.map(|index| {
+            SearchIndexing::new(Arc::clone(&store), Some(Arc::clone(&visibility)), index)
+        });
+        if let Some(search) = &search {
+            observers.push(search.feed());
+        }
         let observers = Observers::new(observers);
         let writer = Arc::new(EventWriter::new(
             Arc::clone(&store),
@@ -176,6 +207,7 @@ impl Engine {
             )),
             lifecycle,
             config,
+            search,
         })
     }
 
@@ -188,6 +220,23 @@ impl Engine {
     pub fn start(&self) {
         self.retainer.start(&self.lifecycle);
         self.retainer.start_receipt_sweep(&self.lifecycle);
+        if let Some(search) = &self.search {
+            search.start(&self.lifecycle);
+        }
+    }
+
+    /// The search indexing, when this engine keeps an index.
+    pub fn search_indexing(&self) -> Option<&Arc<SearchIndexing>> {
+        self.search.as_ref()
+    }
+
+    pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
+        match &self.search {
+            Some(search) => search.search(principal, query).await,
+            None => Err(crate::error::SyncdError::FailedPrecondition(
+                "this node keeps no search index".into(),
+            )),
+        }
     }
 
     /// Ends every push feed and loop (so graceful shutdown does not wait on
@@ -508,6 +557,13 @@ mod growth_tests {
             }
             async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
                 self.inner.inbox_floor(user_id).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl timeline_store::ConversationScan for SlowConversationReads {
+            async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+                self.inner.conversation_ids(after, limit).await
             }
         }
 

@@ -52,6 +52,18 @@ impl From<timeline_store::StoreError> for SyncdError {
     }
 }
 
+impl From<search::SearchError> for SyncdError {
+    fn from(error: search::SearchError) -> Self {
+        use search::SearchError as E;
+        match error {
+            E::InvalidQuery(m) => SyncdError::InvalidArgument(m),
+            e @ E::TooManyMemberships { .. } => SyncdError::FailedPrecondition(e.to_string()),
+            e @ E::Corrupt(_) => SyncdError::Internal(e.to_string()),
+            e @ E::Engine(_) => SyncdError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<seqsvc::SeqError> for SyncdError {
     fn from(error: seqsvc::SeqError) -> Self {
         match error {

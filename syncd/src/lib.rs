@@ -34,7 +34,8 @@
 //!              └▶ Event::message ─ fanout (who gets a copy)
 //!                  └▶ writer.commit: horizon.reserve ─▶ allocate conv_seq +
 //!                     inbox seqs (in conversation order) ─▶ store.commit_event
-//!                      └▶ observers: directory cache, push hub, retention queue
+//!                      └▶ observers: directory cache, push hub, retention queue,
+//!                         search feed (─▶ indexer reads the timeline ─▶ index)
 //! Sync ─▶ inbox.sync: visibility (allocator, then horizon) ─▶ store.read_inbox
 //! Subscribe ─▶ push: hub.subscribe ─▶ feed.next (entries or a bare notice)
 //! ```
@@ -47,6 +48,9 @@
 //! - [`inbox`]: sync and ack. [`history`]: conversation paging and records.
 //! - [`push`]: the hub of subscribed users and each subscriber's feed.
 //! - [`retention`]: the policy, its candidates and the trimming loop.
+//! - [`search_index`]: feeding the search index from the timelines (a
+//!   commit observer hints, the indexer reads the store from the index's
+//!   checkpoint) and authorised searches.
 //! - [`directory`]: conversation records, their cache and membership locks
 //!   (and who may fill the cache).
 //! - [`access`]: who may do what. [`fanout`]: who gets a copy of an event.
@@ -88,6 +92,7 @@ pub mod paging;
 pub mod push;
 pub mod read_state;
 pub mod retention;
+pub mod search_index;
 pub mod send;
 pub mod server;
 pub mod telemetry;

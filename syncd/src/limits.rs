@@ -124,3 +124,22 @@ pub fn clamp_limit(requested: usize, default: usize, max: usize) -> usize {
         requested.min(max)
     }
 }
+/// Conversations the search feed remembers as having news for the index;
+/// past this it forgets new ones and the indexer scans the store instead.
+pub const SEARCH_PENDING_CONVERSATIONS: usize = 100_000;
+/// Conversations the indexer brings up to date per round.
+pub const SEARCH_BATCH_CONVERSATIONS: usize = 64;
+/// Timeline entries read per conversation per index commit.
+pub const SEARCH_READ_ENTRIES: usize = 256;
+/// Message text bytes gathered for one index commit (one conversation's
+/// read more may go over it: 256 entries of at most `MAX_TEXT_BYTES`).
+pub const SEARCH_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Conversation ids per page of the indexer's scan of the store.
+pub const SEARCH_SCAN_PAGE: usize = 512;
+/// How often the indexer scans every conversation (to learn what other
+/// nodes sharing the store committed).
+pub const SEARCH_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Before the indexer tries again after a failure.
+pub const SEARCH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Pending conversations a search reply's lag counts at most.
+pub const SEARCH_LAG_CONVERSATIONS: usize = 1_000;

@@ -34,6 +34,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a token signed with the data directory's key.
     Token(TokenArgs),
+    /// Rebuild the search index of a data directory from the timelines,
+    /// with the node stopped.
+    Reindex(ReindexArgs),
     /// Show the configuration `syncd serve` would run with (same flags,
     /// environment and --config file), as TOML with secrets redacted.
     Config(Box<ConfigArgs>),
@@ -189,6 +192,16 @@ impl ServeArgs {
 }
 
 #[derive(Args)]
+struct ReindexArgs {
+    /// The node's data directory (its index is `search/` in it).
+    #[arg(long, env = "SYNCD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Where the timelines are, as for `syncd serve --store`.
+    #[arg(long, env = "SYNCD_STORE", default_value = "embedded")]
+    store: String,
+}
+
+#[derive(Args)]
 #[command(group(clap::ArgGroup::new("who").required(true).args(["user", "service"])))]
 struct TokenArgs {
     #[arg(long, env = "SYNCD_DATA_DIR")]
@@ -220,6 +233,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli {
         Some(Command::Serve(args)) => serve(*args),
         Some(Command::Token(args)) => token(args),
+        Some(Command::Reindex(args)) => reindex(args),
         Some(Command::Config(_)) | None => {
             print_config(&matches, &from_file);
             Ok(())
@@ -292,6 +306,22 @@ fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>) {
             );
         }
     }
+}
+
+fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
+    let location = server::StoreLocation::parse(&args.store)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    let conversations = runtime
+        .block_on(server::reindex(&args.data_dir, &location))
+        .with_context(|| format!("cannot reindex {}", args.data_dir.display()))?;
+    println!(
+        "reindexed {conversations} conversations in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

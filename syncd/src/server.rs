@@ -34,6 +34,8 @@ pub enum StartupError {
     Store(#[from] timeline_store::StoreError),
     #[error("sequence allocator: {0}")]
     Seq(#[from] seqsvc::SeqError),
+    #[error("search index: {0}")]
+    Search(#[from] search::SearchError),
     #[error("grpc: {0}")]
     Transport(String),
     #[error("JWT key {0}")]
@@ -137,7 +139,7 @@ pub struct Node {
 }
 
 /// The data directory layout: `store/` (timelines), `seq/` (max_seq and
-/// clock reservations), `auth.key`.
+/// clock reservations), `search/` (the search index), `auth.key`.
 pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     let dir = config.data_dir.clone();
     let data_dir_error = |source| StartupError::DataDir {
@@ -187,11 +189,12 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     if finished > 0 {
         tracing::info!(finished, "finished events interrupted by the last shutdown");
     }
+    let index = open_search_index(&dir).await?;
     let clock = seqsvc::snowflake::system_clock();
     let engine = if config.seqsvc.is_empty() {
         let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
         let ids = MsgIdGenerator::open(config.node_id, clock, seq_store).await?;
-        Engine::new(store, allocator, ids, config.engine.clone())
+        Engine::with_search(store, allocator, ids, config.engine.clone(), index)
     } else {
         if let Some(path) = &config.seqsvc_ca_cert {
             let pem = std::fs::read(path)
@@ -205,12 +208,43 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         lease.spawn_renewals();
         tracing::info!(node_id = lease.node_id(), arbiters = ?config.seqsvc, "using the seqsvc cluster");
         let ids = MsgIdGenerator::with_reservations(clock, lease)?;
-        Engine::new(store, SeqSource::Remote(client), ids, config.engine.clone())
+        Engine::with_search(
+            store,
+            SeqSource::Remote(client),
+            ids,
+            config.engine.clone(),
+            index,
+        )
     };
     Ok(Node { engine, auth, tls })
 }
 
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
+
+/// The embedded search index of the data directory (every node keeps its
+/// own, whichever store it uses).
+async fn open_search_index(data_dir: &Path) -> Result<Arc<dyn search::SearchIndex>, StartupError> {
+    let dir = data_dir.join("search");
+    let index = tokio::task::spawn_blocking(move || search::TantivyIndex::open(&dir))
+        .await
+        .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??;
+    Ok(Arc::new(index))
+}
+
+/// Rebuilds the data directory's search index from the timelines of
+/// `location`, with the node stopped; returns how many conversations it
+/// indexed.
+pub async fn reindex(data_dir: &Path, location: &StoreLocation) -> Result<usize, StartupError> {
+    let (store, _) = open_stores(location, data_dir).await?;
+    // Interrupted events first: the rebuild reads whole timelines.
+    store.recover().await?;
+    let index = open_search_index(data_dir).await?;
+    let indexing = crate::search_index::SearchIndexing::new(store, None, index);
+    indexing
+        .rebuild()
+        .await
+        .map_err(|e| StartupError::Failed(format!("reindex: {e}")))
+}
 
 async fn open_stores(location: &StoreLocation, data_dir: &Path) -> Result<Stores, StartupError> {
     match location {

@@ -34,10 +34,10 @@
 
 use crate::codec::{self, EntryEncoder};
 use crate::{
-    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite, LargeGroupMembership,
-    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt,
-    Receipts, Result, StoreError,
+    Checkpoints, Conversation, ConversationRange, ConversationReads, ConversationScan, Entry,
+    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
+    LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
+    ReaderMark, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -678,6 +678,28 @@ impl ReadStates for EmbeddedStore {
         })
         .await
         .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl ConversationScan for EmbeddedStore {
+    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+        let Some(start) = after.map_or(Some(0), |a| a.checked_add(1)) else {
+            return Ok(Vec::new());
+        };
+        self.read(move |ks| {
+            let mut ids = Vec::new();
+            for guard in ks.conversations.range(start.to_be_bytes()..).take(limit) {
+                let key = guard.key().map_err(io)?;
+                let id: [u8; 8] = key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("conversation key length"))?;
+                ids.push(u64::from_be_bytes(id));
+            }
+            Ok(ids)
+        })
+        .await
     }
 }
 

@@ -15,6 +15,7 @@
 //! | [`InboxReads`] | `read_inbox`, `last_inbox_seq` | ascending seq ranges, complete up to `limit` |
 //! | [`InboxRetention`] | `trim_inbox`, `inbox_floor` | deletes below a floor that never goes back |
 //! | [`ConversationReads`] | `conversation`, `read_conversation`, `large_groups` | records, timelines both ways, the large-group index |
+//! | [`ConversationScan`] | `conversation_ids` | every conversation once, a page at a time (for projections such as the search index) |
 //! | [`Checkpoints`] | `save_checkpoint`, `checkpoint` | per device, never lowered |
 //! | [`Receipts`] | `receipt` | the first send's result, per principal and client id |
 //! | [`Revocations`] | `revoke`, `revoked_before`, `revocations_since` | token cutoffs per device and per user that only rise, and a feed of recent ones for other nodes |

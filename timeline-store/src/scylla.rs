@@ -287,6 +287,8 @@ struct Statements {
     insert_conversation: PreparedStatement,
     insert_receipt: PreparedStatement,
     select_conversation: PreparedStatement,
+    scan_conversations_first: PreparedStatement,
+    scan_conversations_after: PreparedStatement,
     select_receipt: PreparedStatement,
     select_inbox_buckets: PreparedStatement,
     select_last_inbox_bucket: PreparedStatement,
@@ -391,6 +393,12 @@ impl ScyllaTimelineStore {
             ))
             .await?,
             select_conversation: prepare("SELECT record FROM {ks}.conversations WHERE conversation_id = ?").await?,
+            // Token order: the order a full scan of the table can page in.
+            scan_conversations_first: prepare("SELECT conversation_id FROM {ks}.conversations LIMIT ?").await?,
+            scan_conversations_after: prepare(
+                "SELECT conversation_id FROM {ks}.conversations WHERE token(conversation_id) > token(?) LIMIT ?",
+            )
+            .await?,
             select_receipt: prepare("SELECT receipt FROM {ks}.receipts WHERE principal = ? AND client_msg_id = ?").await?,
             select_inbox_buckets: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket >= ? AND bucket <= ?").await?,
             select_last_inbox_bucket: prepare("SELECT bucket FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket <= ? ORDER BY bucket DESC LIMIT 1").await?,
@@ -1099,6 +1107,27 @@ impl InboxRetention for ScyllaTimelineStore {
             .column(&self.statements.select_inbox_floor, (big(user_id),))
             .await?;
         Ok(floors.first().map_or(0, |&f| f as u64))
+    }
+}
+
+#[async_trait]
+impl crate::ConversationScan for ScyllaTimelineStore {
+    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let ids: Vec<i64> = match after {
+            None => {
+                self.column(&self.statements.scan_conversations_first, (limit,))
+                    .await?
+            }
+            Some(after) => {
+                self.column(
+                    &self.statements.scan_conversations_after,
+                    (big(after), limit),
+                )
+                .await?
+            }
+        };
+        Ok(ids.into_iter().map(|id| id as u64).collect())
     }
 }
 

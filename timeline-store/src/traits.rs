@@ -22,6 +22,7 @@ pub trait TimelineStore:
     + InboxReads
     + InboxRetention
     + ConversationReads
+    + ConversationScan
     + Checkpoints
     + Receipts
     + Revocations
@@ -36,6 +37,7 @@ impl<T> TimelineStore for T where
         + InboxReads
         + InboxRetention
         + ConversationReads
+        + ConversationScan
         + Checkpoints
         + Receipts
         + Revocations
@@ -133,6 +135,19 @@ pub trait ConversationReads: Send + Sync {
     /// them ([`EventCommit::keep_copies`]): every inbox write, in commit
     /// order. Empty when the commit kept none (or there is no such event).
     async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>>;
+}
+
+/// Every conversation, a page at a time: for projections of the
+/// timelines (the search index) that must find conversations they never
+/// heard of (after a crash, or a dropped notice).
+#[async_trait]
+pub trait ConversationScan: Send + Sync {
+    /// Up to `limit` ids of conversations that have a record, after `after`
+    /// (`None`: from the start), in an order of the backend's choosing that
+    /// is stable while paging: continue from the last id returned; a page
+    /// shorter than `limit` ends the scan. A complete scan lists every
+    /// conversation that existed when it began, once.
+    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>>;
 }
 
 /// Per-device sync positions.

@@ -131,6 +131,38 @@ pub(crate) fn conversation_kind(kind: i32) -> Option<ConversationKind> {
     }
 }
 
+pub(crate) fn search_reply(result: crate::engine::SearchResult) -> pb::SearchReply {
+    pb::SearchReply {
+        hits: result
+            .page
+            .hits
+            .into_iter()
+            .map(|hit| pb::SearchHit {
+                conversation_id: hit.conversation_id,
+                conv_seq: hit.conv_seq,
+                msg_id: hit.msg_id,
+                sender_id: hit.sender_id,
+                // Offsets fit: a text is at most `MAX_TEXT_BYTES`.
+                highlights: hit
+                    .highlights
+                    .iter()
+                    .map(|&(start, end)| pb::Highlight {
+                        start: start as u32,
+                        end: end as u32,
+                    })
+                    .collect(),
+                text: hit.text,
+                sent_at_ms: hit.sent_at_ms,
+                score: hit.score,
+            })
+            .collect(),
+        next_cursor: result.page.next_cursor.unwrap_or_default(),
+        timed_out: result.page.timed_out,
+        lagging_events: result.lagging_events,
+        catching_up: result.catching_up,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

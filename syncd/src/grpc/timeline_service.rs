@@ -382,6 +382,37 @@ impl pb::timeline_server::Timeline for TimelineService {
         }))
     }
 
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let order = match pb::SearchOrder::try_from(request.order) {
+            Ok(pb::SearchOrder::NewestFirst) => search::SortOrder::NewestFirst,
+            Ok(pb::SearchOrder::Relevance) => search::SortOrder::Relevance,
+            Err(_) => {
+                return Err(SyncdError::InvalidArgument(format!(
+                    "unknown search order {}",
+                    request.order
+                ))
+                .into());
+            }
+        };
+        let query = crate::engine::SearchQuery {
+            query: request.query,
+            conversation_id: request.conversation_id,
+            sender_id: request.sender_id,
+            sent_from_ms: request.sent_from_ms,
+            sent_before_ms: request.sent_before_ms,
+            order,
+            limit: request.limit as usize,
+            cursor: (!request.cursor.is_empty()).then_some(request.cursor),
+        };
+        let result = self.engine.search(&principal, query).await?;
+        Ok(Response::new(convert::search_reply(result)))
+    }
+
     async fn list_conversations(
         &self,
         request: Request<pb::ListConversationsRequest>,

@@ -123,6 +123,7 @@ where
     lifecycle::rewrites_replace_stored_entries_and_copies_are_kept(&store).await;
     lifecycle::rewriting_a_heavy_message_reaches_every_copy(&store).await;
     lifecycle::rewrites_do_not_bring_back_trimmed_copies(&store).await;
+    conversation_scan_lists_every_conversation_once(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -247,6 +248,44 @@ fn receipt_key(n: u128) -> IdempotencyKey {
     IdempotencyKey {
         principal: format!("u:{}", BASE + 30),
         client_msg_id: uuid::Uuid::from_u128(0xfeed_0000 + n),
+    }
+}
+
+/// ConversationScan: paging by the last id returned lists each
+/// conversation once, and only conversations with a record.
+async fn conversation_scan_lists_every_conversation_once<S: TimelineStore>(store: &S) {
+    let ids = [BASE + 901, BASE + 902, BASE + 903];
+    for &conv in &ids {
+        let mut created = fanout(message(conv, 1, BASE + 90, ""), &[(BASE + 90, 1)]);
+        created.entry.kind = EntryKind::ConversationCreated;
+        created.entry.members = vec![BASE + 90];
+        created.conversation = Some(conversation(conv, vec![BASE + 90]));
+        store.commit_event(created).await.unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = store.conversation_ids(after, 2).await.unwrap();
+        assert!(page.len() <= 2, "a scan page holds at most its limit");
+        for &id in &page {
+            assert!(seen.insert(id), "conversation {id} listed twice");
+        }
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().copied();
+    }
+    for id in ids {
+        assert!(
+            seen.contains(&id),
+            "conversation {id} missing from the scan"
+        );
+    }
+    for &id in seen.iter().take(20) {
+        assert!(
+            store.conversation(id).await.unwrap().is_some(),
+            "the scan lists only conversations with a record"
+        );
     }
 }
 

@@ -466,6 +466,14 @@ impl<S: InboxRetention> InboxRetention for FaultyStore<S> {
 }
 
 #[async_trait]
+impl<S: crate::ConversationScan> crate::ConversationScan for FaultyStore<S> {
+    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+        let scan = self.inner.conversation_ids(after, limit);
+        self.run(Op::Read, scan).await
+    }
+}
+
+#[async_trait]
 impl<S: ConversationReads> ConversationReads for FaultyStore<S> {
     async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
         self.run(Op::Read, self.inner.conversation(conversation_id))

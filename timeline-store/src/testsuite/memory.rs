@@ -190,6 +190,22 @@ impl InboxRetention for MemoryStore {
 }
 
 #[async_trait]
+impl crate::ConversationScan for MemoryStore {
+    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+        let mut ids: Vec<u64> = self
+            .state()
+            .conversations
+            .keys()
+            .copied()
+            .filter(|&id| after.is_none_or(|a| id > a))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+}
+
+#[async_trait]
 impl ConversationReads for MemoryStore {
     async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
         Ok(self.state().conversations.get(&conversation_id).cloned())

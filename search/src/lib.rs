@@ -1,0 +1,55 @@
+//! History search: the index of message text every search backend keeps,
+//! as one trait ([`SearchIndex`]), with one tokenisation ([`tokens`]) and
+//! one parse of requests ([`SearchRequest::parse`]) shared by all, and the
+//! embedded backend ([`TantivyIndex`]).
+//!
+//! The index is a projection of the conversation timelines, never a
+//! source of truth: per conversation it holds the messages, every user's
+//! membership intervals (by `conv_seq`) and an indexed-through checkpoint,
+//! all changed together by one [`ConversationUpdate`] and committed
+//! atomically, so a feeder that restarts from the checkpoint neither loses
+//! nor doubles anything.
+//!
+//! Authorisation is part of the query, before scoring and paging: a user's
+//! search matches only messages whose `conv_seq` lies in one of their
+//! intervals, so every page is full while more hits exist.
+//!
+//! The calls block (disk I/O, CPU-bound search): async callers run them on
+//! a blocking thread.
+
+pub mod error;
+#[cfg(feature = "testsuite")]
+pub mod memory;
+pub mod model;
+mod page;
+mod tantivy_index;
+pub mod tokens;
+
+pub use error::{Result, SearchError};
+pub use model::{
+    ConversationUpdate, IndexOp, Intervals, MessageDoc, SearchHit, SearchPage, SearchRequest,
+    Searcher, SortOrder,
+};
+pub use tantivy_index::{TantivyIndex, WRITER_MEMORY_BYTES};
+
+/// A search index backend. Updates come from one feeder at a time.
+pub trait SearchIndex: Send + Sync + 'static {
+    /// Every conversation's indexed-through `conv_seq`, by conversation id
+    /// ascending (conversations never indexed are absent).
+    fn checkpoints(&self) -> Result<Vec<(u64, u64)>>;
+
+    /// The conversation's indexed-through `conv_seq` (0: nothing yet).
+    fn checkpoint(&self, conversation_id: u64) -> Result<u64>;
+
+    /// Applies the updates and their checkpoints atomically and durably:
+    /// after `Ok` all of them survive a crash, after `Err` or a crash none
+    /// of them does. An update whose `indexed_through` is not above the
+    /// conversation's checkpoint is already applied and is skipped whole.
+    fn apply(&self, updates: &[ConversationUpdate]) -> Result<()>;
+
+    /// One page of hits, authorised before scoring.
+    fn search(&self, request: &SearchRequest) -> Result<SearchPage>;
+
+    /// Forgets everything (before a rebuild from the timelines).
+    fn clear(&self) -> Result<()>;
+}

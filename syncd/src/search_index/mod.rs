@@ -1,0 +1,295 @@
+//! History search in syncd: feeding the index from the conversation
+//! timelines, and answering searches with the caller's authorisation.
+//!
+//! The index ([`search::SearchIndex`]) is a projection of the timelines.
+//! [`feed::Feed`], an observer of committed events, only hints which
+//! conversations moved; the indexer reads each such conversation's
+//! timeline from the store, from the index's checkpoint up to what is
+//! readable now ([`Visibility`]: never past a lower `conv_seq` still in
+//! flight), and applies it with the new checkpoint in one commit. A dropped
+//! hint, a crash or a restart therefore loses nothing: a scan of every
+//! conversation ([`timeline_store::ConversationScan`]) at start, after a
+//! dropped hint and every [`SEARCH_SCAN_INTERVAL`] (the events other nodes
+//! commit) finds the timelines that are ahead of the index.
+//!
+//! Membership intervals live in the index itself, fed from the same
+//! timeline entries as the messages, so they are always at the same point
+//! of the conversation as its documents.
+
+pub mod apply;
+pub mod feed;
+
+use crate::auth::Principal;
+use crate::error::{Result, SyncdError};
+use crate::horizon::Scope;
+use crate::lifecycle::{Lifecycle, stopped};
+use crate::limits::{
+    SEARCH_BATCH_BYTES, SEARCH_BATCH_CONVERSATIONS, SEARCH_LAG_CONVERSATIONS, SEARCH_READ_ENTRIES,
+    SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
+};
+use crate::visibility::Visibility;
+use feed::Feed;
+use search::{SearchIndex, SearchPage, SearchRequest, Searcher, SortOrder};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use timeline_store::{ConversationRange, TimelineStore};
+
+/// A search as the API asks it (the engine adds who asks).
+#[derive(Clone, Debug, Default)]
+pub struct SearchQuery {
+    pub query: String,
+    pub conversation_id: Option<u64>,
+    pub sender_id: Option<u64>,
+    pub sent_from_ms: Option<i64>,
+    pub sent_before_ms: Option<i64>,
+    pub order: SortOrder,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// A page of hits, and how far the index is behind the timelines.
+#[derive(Clone, Debug)]
+pub struct SearchResult {
+    pub page: SearchPage,
+    /// Readable events (of the searched conversation, or of all) this node
+    /// knows of that the index does not hold yet.
+    pub lagging_events: u64,
+    /// The index is scanning for timelines ahead of it (after a start or a
+    /// dropped hint): more may be missing than `lagging_events` says.
+    pub catching_up: bool,
+}
+
+pub struct SearchIndexing {
+    store: Arc<dyn TimelineStore>,
+    /// What is readable now; `None` offline (a rebuild, with nothing in
+    /// flight): the whole stored timeline.
+    visibility: Option<Arc<Visibility>>,
+    index: Arc<dyn SearchIndex>,
+    feed: Arc<Feed>,
+    scanning: AtomicBool,
+}
+
+impl SearchIndexing {
+    pub fn new(
+        store: Arc<dyn TimelineStore>,
+        visibility: Option<Arc<Visibility>>,
+        index: Arc<dyn SearchIndex>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            visibility,
+            index,
+            feed: Arc::new(Feed::default()),
+            scanning: AtomicBool::new(true),
+        })
+    }
+
+    /// The observer to register on the commit path.
+    pub fn feed(&self) -> Arc<Feed> {
+        Arc::clone(&self.feed)
+    }
+
+    /// Starts the indexer as a tracked task: a scan first, then hints, a
+    /// scan again after a dropped hint and every [`SEARCH_SCAN_INTERVAL`].
+    pub fn start(self: &Arc<Self>, lifecycle: &Lifecycle) {
+        let this = Arc::clone(self);
+        let mut stopping = lifecycle.stopping();
+        lifecycle.spawn(async move {
+            let mut scan_due = true;
+            loop {
+                if scan_due {
+                    this.scanning.store(true, Ordering::SeqCst);
+                    match this.scan().await {
+                        Ok(()) => {
+                            scan_due = false;
+                            this.scanning.store(false, Ordering::SeqCst);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "search index scan failed; retrying");
+                            tokio::select! {
+                                () = tokio::time::sleep(SEARCH_RETRY_DELAY) => continue,
+                                () = stopped(&mut stopping) => return,
+                            }
+                        }
+                    }
+                }
+                let batch = this.feed.batch(SEARCH_BATCH_CONVERSATIONS);
+                if !batch.is_empty() {
+                    let conversations = batch.into_iter().map(|(c, _)| c).collect();
+                    if let Err(error) = this.catch_up(conversations).await {
+                        tracing::warn!(%error, "search indexing failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(SEARCH_RETRY_DELAY) => {}
+                            () = stopped(&mut stopping) => return,
+                        }
+                    }
+                    if *stopping.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+                if this.feed.take_overflow() {
+                    scan_due = true;
+                    continue;
+                }
+                tokio::select! {
+                    () = this.feed.notified() => {}
+                    () = tokio::time::sleep(SEARCH_SCAN_INTERVAL) => scan_due = true,
+                    () = stopped(&mut stopping) => return,
+                }
+            }
+        });
+    }
+
+    /// Indexes every conversation whose timeline is ahead of the index.
+    pub async fn scan(&self) -> Result<()> {
+        let mut after = None;
+        loop {
+            let ids = self.store.conversation_ids(after, SEARCH_SCAN_PAGE).await?;
+            let mut ahead = Vec::new();
+            for &id in &ids {
+                let checkpoint = self.index.checkpoint(id)?;
+                let readable = self.readable(id).await?;
+                if readable > checkpoint {
+                    ahead.push(id);
+                }
+            }
+            for chunk in ahead.chunks(SEARCH_BATCH_CONVERSATIONS) {
+                self.catch_up(chunk.to_vec()).await?;
+            }
+            if ids.len() < SEARCH_SCAN_PAGE {
+                return Ok(());
+            }
+            after = ids.last().copied();
+        }
+    }
+
+    /// The highest `conv_seq` of the conversation safe to index: every
+    /// lower one is stored or never will be.
+    async fn readable(&self, conversation: u64) -> Result<u64> {
+        match &self.visibility {
+            Some(visibility) => {
+                visibility
+                    .readable_through(Scope::Conversation, conversation)
+                    .await
+            }
+            None => {
+                let newest = ConversationRange::newest_first(0, u64::MAX, 1);
+                let last = self.store.read_conversation(conversation, newest).await?;
+                Ok(last.first().map_or(0, |e| e.conv_seq))
+            }
+        }
+    }
+
+    /// Brings each conversation up to what is readable now, a bounded
+    /// stretch of each per commit.
+    async fn catch_up(&self, mut conversations: Vec<u64>) -> Result<()> {
+        while !conversations.is_empty() {
+            let mut updates = Vec::new();
+            let mut unfinished = Vec::new();
+            let mut bytes = 0;
+            for (i, &conversation) in conversations.iter().enumerate() {
+                if bytes >= SEARCH_BATCH_BYTES {
+                    // The rest waits for the next commit of this round.
+                    unfinished.extend_from_slice(&conversations[i..]);
+                    break;
+                }
+                let from = self.index.checkpoint(conversation)?;
+                let readable = self.readable(conversation).await?;
+                if readable <= from {
+                    self.feed.settle(conversation, from);
+                    continue;
+                }
+                let range = ConversationRange::oldest_first(
+                    from,
+                    readable.saturating_add(1),
+                    SEARCH_READ_ENTRIES,
+                );
+                let entries = self.store.read_conversation(conversation, range).await?;
+                let full = entries.len() == SEARCH_READ_ENTRIES;
+                let through = match entries.last() {
+                    Some(last) if full => last.conv_seq,
+                    _ => readable,
+                };
+                bytes += entries.iter().map(|e| e.text.len()).sum::<usize>();
+                updates.push(apply::update(conversation, &entries, through));
+                if full {
+                    unfinished.push(conversation);
+                }
+            }
+            if !updates.is_empty() {
+                let index = Arc::clone(&self.index);
+                let applied = updates.clone();
+                let count: usize = updates.iter().map(|u| u.ops.len()).sum();
+                tokio::task::spawn_blocking(move || index.apply(&applied))
+                    .await
+                    .map_err(|e| SyncdError::Internal(format!("indexing task failed: {e}")))??;
+                metrics::counter!("syncd_search_indexed_ops_total").increment(count as u64);
+                for update in &updates {
+                    self.feed
+                        .settle(update.conversation_id, update.indexed_through);
+                }
+            }
+            conversations = unfinished;
+        }
+        Ok(())
+    }
+
+    /// Forgets the index and indexes every timeline again.
+    pub async fn rebuild(&self) -> Result<usize> {
+        let index = Arc::clone(&self.index);
+        tokio::task::spawn_blocking(move || index.clear())
+            .await
+            .map_err(|e| SyncdError::Internal(format!("indexing task failed: {e}")))??;
+        self.scan().await?;
+        Ok(self.index.checkpoints()?.len())
+    }
+
+    /// One page of `principal`'s search: a device finds what its user
+    /// could read while a member; a service finds everything.
+    pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
+        let searcher = match principal {
+            Principal::Device { user_id, .. } => Searcher::User(*user_id),
+            Principal::Service { .. } => Searcher::Service,
+        };
+        let request = SearchRequest {
+            searcher,
+            query: query.query,
+            conversation_id: query.conversation_id,
+            sender_id: query.sender_id,
+            sent_from_ms: query.sent_from_ms,
+            sent_before_ms: query.sent_before_ms,
+            order: query.order,
+            limit: query.limit,
+            cursor: query.cursor,
+            timeout: search::model::MAX_QUERY_TIME,
+        };
+        // Refused before a thread is taken for it.
+        request.parse()?;
+        let index = Arc::clone(&self.index);
+        let page = tokio::task::spawn_blocking(move || index.search(&request))
+            .await
+            .map_err(|e| SyncdError::Internal(format!("search task failed: {e}")))??;
+        Ok(SearchResult {
+            page,
+            lagging_events: self.lag(query.conversation_id)?,
+            catching_up: self.scanning.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Events known readable and not yet indexed.
+    fn lag(&self, conversation: Option<u64>) -> Result<u64> {
+        let heads = match conversation {
+            Some(c) => self.feed.head_of(c).map(|h| (c, h)).into_iter().collect(),
+            None => self.feed.heads(SEARCH_LAG_CONVERSATIONS),
+        };
+        let mut lag = 0u64;
+        for (conversation, head) in heads {
+            lag += head.saturating_sub(self.index.checkpoint(conversation)?);
+        }
+        Ok(lag)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use crate::engine::{Engine, EngineConfig, MembershipChange, SearchQuery};
+use crate::error::SyncdError;
+use crate::testkit::{self, device, group, message, service};
+use seqsvc::{AllocatorConfig, MemoryMaxSeqStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn query(text: &str) -> SearchQuery {
+    SearchQuery {
+        query: text.into(),
+        ..SearchQuery::default()
+    }
+}
+
+/// Waits until the index holds every readable event.
+async fn caught_up(engine: &Engine) {
+    for _ in 0..1_000 {
+        let result = engine.search(&service(), query("x")).await.unwrap();
+        if result.lagging_events == 0 && !result.catching_up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the search index never caught up");
+}
+
+async fn found(engine: &Engine, principal: crate::auth::Principal, text: &str) -> Vec<String> {
+    let result = engine.search(&principal, query(text)).await.unwrap();
+    result.page.hits.into_iter().map(|h| h.text).collect()
+}
+
+fn index(dir: &std::path::Path) -> Arc<dyn search::SearchIndex> {
+    Arc::new(search::TantivyIndex::open(&dir.join("search")).unwrap())
+}
+
+#[tokio::test]
+async fn members_find_what_they_could_read_while_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), true);
+    let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        index(dir.path()),
+    );
+    engine.start();
+    let conv = group(&engine, 1, vec![2]).await;
+    let say = |text: &'static str| engine.send(device(1, "d"), message(conv, text, None));
+    say("hello 数据库").await.unwrap();
+    say("数据很多，库存不足").await.unwrap();
+    engine
+        .change_members(service(), conv, vec![2], MembershipChange::Remove)
+        .await
+        .unwrap();
+    say("hello after 2 left").await.unwrap();
+    engine
+        .change_members(service(), conv, vec![3], MembershipChange::Add)
+        .await
+        .unwrap();
+    say("hello with 3").await.unwrap();
+    caught_up(&engine).await;
+
+    assert_eq!(
+        found(&engine, device(1, "d"), "hello").await,
+        ["hello with 3", "hello after 2 left", "hello 数据库"]
+    );
+    assert_eq!(
+        found(&engine, device(2, "d"), "hello").await,
+        ["hello 数据库"]
+    );
+    assert_eq!(
+        found(&engine, device(3, "d"), "hello").await,
+        ["hello with 3"]
+    );
+    assert_eq!(
+        found(&engine, device(4, "d"), "hello").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(found(&engine, service(), "数据库").await, ["hello 数据库"]);
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_missed_events_finds_them_in_the_timelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+    // An engine without an index: its events never reach one (as if the
+    // node crashed before indexing them).
+    let blind = testkit::engine_on(&store, Arc::clone(&seq_store), EngineConfig::default()).await;
+    let conv = group(&blind, 1, vec![2]).await;
+    for i in 0..300 {
+        blind
+            .send(device(2, "d"), message(conv, &format!("note {i}"), None))
+            .await
+            .unwrap();
+    }
+    drop(blind);
+    let (allocator, ids) = testkit::allocator_on(seq_store, AllocatorConfig::default()).await;
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        index(dir.path()),
+    );
+    engine.start();
+    caught_up(&engine).await;
+    let mut request = query("note");
+    request.limit = 100;
+    let mut total = 0;
+    loop {
+        let page = engine
+            .search(&device(1, "d"), request.clone())
+            .await
+            .unwrap()
+            .page;
+        total += page.hits.len();
+        match page.next_cursor {
+            Some(cursor) => request.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(total, 300);
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_searches_are_refused_and_a_node_without_an_index_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+    let engine = Engine::with_search(
+        store.clone(),
+        allocator,
+        ids,
+        EngineConfig::default(),
+        index(dir.path()),
+    );
+    for (bad, why) in [
+        (query(" ,, "), "no words"),
+        (query(&"x".repeat(600)), "600 bytes"),
+        (
+            SearchQuery {
+                limit: 101,
+                ..query("x")
+            },
+            "limit 101",
+        ),
+        (
+            SearchQuery {
+                cursor: Some("garbage".into()),
+                ..query("x")
+            },
+            "cursor",
+        ),
+    ] {
+        match engine.search(&service(), bad).await {
+            Err(SyncdError::InvalidArgument(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let plain = testkit::engine_on(
+        &store,
+        Arc::new(MemoryMaxSeqStore::new()),
+        EngineConfig::default(),
+    )
+    .await;
+    assert!(matches!(
+        plain.search(&service(), query("x")).await,
+        Err(SyncdError::FailedPrecondition(_))
+    ));
+}
