@@ -20,7 +20,7 @@ use crate::limits::{
 };
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
-use crate::push::{Hub, Push};
+use crate::push::{GroupHub, Hub, Push};
 use crate::read_state::ReadState;
 use crate::retention::{Retainer, RetentionQueue};
 use crate::send::Sender;
@@ -103,10 +103,15 @@ impl Engine {
         // Sends and creations share the client id locks (one key space).
         let idempotency = Arc::new(Idempotency::new(Arc::clone(&store)));
         let hub = Hub::new();
+        let groups = GroupHub::new();
         let retention_queue = Arc::new(RetentionQueue::new(&config.retention));
         // Order: the record is cached before subscribers hear of the event.
-        let observers: Vec<Arc<dyn CommitObserver>> =
-            vec![directory.clone(), hub.clone(), retention_queue.clone()];
+        let observers: Vec<Arc<dyn CommitObserver>> = vec![
+            directory.clone(),
+            hub.clone(),
+            groups.clone(),
+            retention_queue.clone(),
+        ];
         let observers = Observers::new(observers);
         let writer = Arc::new(EventWriter::new(
             Arc::clone(&store),
@@ -143,7 +148,7 @@ impl Engine {
             history: History::new(Arc::clone(&store), directory, Arc::clone(&visibility)),
             push: Push::new(
                 Arc::clone(&store),
-                hub,
+                (hub, groups),
                 Arc::clone(&visibility),
                 Arc::clone(&lifecycle),
             ),

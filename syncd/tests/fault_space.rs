@@ -247,6 +247,7 @@ async fn op_send(
         client_msg_id: keyed.then_some(send.id),
         sender_id: None,
         mentions: Default::default(),
+        priority: false,
     };
     let result = engine.send(device(send.user, "s"), command).await;
     let mut state = world.state();

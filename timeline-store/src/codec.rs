@@ -51,6 +51,8 @@ pub(crate) struct EntryRecord {
     pub mention_all: bool,
     #[prost(bool, tag = "17")]
     pub read_fanout: bool,
+    #[prost(bool, tag = "18")]
+    pub priority: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -165,6 +167,7 @@ impl From<&Entry> for EntryRecord {
             mentions: entry.mentions.clone(),
             mention_all: entry.mention_all,
             read_fanout: entry.read_fanout,
+            priority: entry.priority,
         }
     }
 }
@@ -190,6 +193,7 @@ impl TryFrom<EntryRecord> for Entry {
             mentions: record.mentions,
             mention_all: record.mention_all,
             read_fanout: record.read_fanout,
+            priority: record.priority,
         })
     }
 }
@@ -595,6 +599,30 @@ mod tests {
             decode_entry(&[0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// The priority mark is what the push lane orders by: it survives the
+    /// conversation entry and the inbox copies alike.
+    #[test]
+    fn priority_round_trips_in_both_forms() {
+        let entry = Entry {
+            conv_seq: 3,
+            text: "announcement".into(),
+            priority: true,
+            read_fanout: true,
+            ..Entry::new(EntryKind::Message, 7)
+        };
+        let mut encoder = EntryEncoder::new(&entry);
+        assert!(decode_entry(&encoder.conversation()).unwrap().priority);
+        let (copy, _) = decode_inbox_entry(&encoder.inbox(5)).unwrap();
+        assert!(copy.priority);
+        assert_eq!(copy.seq, 5);
+        let plain = Entry::new(EntryKind::Message, 7);
+        assert!(
+            !decode_entry(&EntryEncoder::new(&plain).conversation())
+                .unwrap()
+                .priority
+        );
     }
 
     #[test]

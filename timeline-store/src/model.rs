@@ -72,6 +72,9 @@ pub struct Entry {
     /// mentioned member's copy (the message itself is read from the
     /// conversation timeline).
     pub read_fanout: bool,
+    /// A message a service marked high priority: pushed ahead of ordinary
+    /// ones and never coalesced away.
+    pub priority: bool,
 }
 
 impl Entry {
@@ -95,6 +98,7 @@ impl Entry {
             mentions: Vec::new(),
             mention_all: false,
             read_fanout: false,
+            priority: false,
         }
     }
 

@@ -21,6 +21,15 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
         mentions: e.mentions,
         mention_all: e.mention_all,
         read_fanout: e.read_fanout,
+        priority: e.priority,
+    }
+}
+
+pub(crate) fn group_notice(n: crate::push::GroupNotice) -> pb::GroupNotice {
+    pb::GroupNotice {
+        conversation_id: n.conversation_id,
+        conv_seq: n.conv_seq,
+        priority: n.priority,
     }
 }
 
