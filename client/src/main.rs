@@ -177,6 +177,10 @@ struct AppendArgs {
     text: String,
     #[arg(long)]
     client_msg_id: Option<uuid::Uuid>,
+    /// High priority (announcements): pushed to a large group's watching
+    /// devices ahead of ordinary messages, never merged away.
+    #[arg(long)]
+    priority: bool,
 }
 
 #[derive(Args)]
@@ -326,11 +330,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Append(args) => {
             let reply = client
-                .append(
+                .append_with_priority(
                     args.conversation,
                     args.sender,
                     &args.text,
                     args.client_msg_id,
+                    args.priority,
                 )
                 .await?;
             print_json(&send_json(&reply))?;
