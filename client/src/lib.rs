@@ -17,8 +17,8 @@
 pub mod checkpoint;
 mod lifecycle;
 mod read_state;
-pub mod view;
 mod search;
+pub mod view;
 
 pub use search::search_hit_json;
 
@@ -46,8 +46,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// History page size when reading a large group's new messages.
 pub const LARGE_GROUP_PAGE: u32 = 500;
-/// How often a watch checks large groups (their messages are not pushed).
-pub const LARGE_GROUP_POLL: Duration = Duration::from_secs(2);
 /// Longest wait between reconnect attempts of a watch.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
@@ -291,6 +289,7 @@ impl Client {
             client_msg_id,
             mentions: mentions.to_vec(),
             mention_all,
+            priority: false,
         };
         with_retries("send", || {
             let (mut timeline, request) = (self.timeline(), request.clone());
@@ -307,6 +306,20 @@ impl Client {
         text: &str,
         client_msg_id: Option<uuid::Uuid>,
     ) -> Result<pb::SendReply> {
+        self.append_with_priority(conversation_id, sender_id, text, client_msg_id, false)
+            .await
+    }
+
+    /// [`append`](Self::append), marked high priority when `priority`:
+    /// pushed to a large group's subscribers ahead of ordinary messages.
+    pub async fn append_with_priority(
+        &self,
+        conversation_id: u64,
+        sender_id: u64,
+        text: &str,
+        client_msg_id: Option<uuid::Uuid>,
+        priority: bool,
+    ) -> Result<pb::SendReply> {
         let request = pb::AppendMessageRequest {
             conversation_id,
             sender_id,
@@ -314,6 +327,7 @@ impl Client {
             client_msg_id: client_msg_id.map(|id| id.to_string()).unwrap_or_default(),
             mentions: Vec::new(),
             mention_all: false,
+            priority,
         };
         reply(self.admin().append_message(with_deadline(request))).await
     }
@@ -443,24 +457,30 @@ impl Client {
         checkpoint: &mut CheckpointFile,
         deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<()> {
-        let synced = self.sync_all(checkpoint, &mut *deliver).await?;
-        let (mut in_large_groups, user_id) = (synced.large_groups > 0, synced.user_id);
+        // Subscribed before catching up: a large group's notice is never in
+        // the inbox, so one sent between the catch-up and the subscription
+        // would otherwise go unheard until the group's next message.
         let mut notices = self.subscribe(checkpoint.seq(), true).await?;
-        // Large-group messages are not pushed: poll for them while the user
-        // belongs to any.
-        let mut poll = tokio::time::interval(LARGE_GROUP_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let notice = tokio::select! {
-                notice = notices.message() => match notice? {
-                    Some(notice) => notice,
-                    None => return Ok(()),
-                },
-                _ = poll.tick(), if in_large_groups => {
-                    in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
-                    continue;
+        let user_id = self.sync_all(checkpoint, &mut *deliver).await?.user_id;
+        while let Some(notice) = notices.message().await? {
+            if notice.groups_resync {
+                // Large-group notices were dropped: the tops come with Sync.
+                self.sync_all(checkpoint, &mut *deliver).await?;
+                continue;
+            }
+            if !notice.groups.is_empty() {
+                for group in &notice.groups {
+                    let known = self
+                        .read_group(checkpoint, group.conversation_id, group.conv_seq, deliver)
+                        .await?;
+                    if !known {
+                        // No position saved yet (a group joined since the
+                        // last sync): Sync names where reading starts.
+                        self.sync_all(checkpoint, &mut *deliver).await?;
+                    }
                 }
-            };
+                continue;
+            }
             if notice_is_complete(&notice) {
                 // The notice carries every entry since the previous one.
                 let fresh: Vec<pb::Entry> = notice
@@ -473,17 +493,51 @@ impl Client {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
                 }
-                // A large group's copy (a mention, or the user's own send
-                // from another device): read the group now, not at the
-                // next poll.
-                if fresh.iter().any(|e| e.read_fanout) {
-                    in_large_groups =
-                        self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+                // A membership event may start a large group: Sync lists it
+                // with the position reading starts at.
+                if fresh.iter().any(|e| {
+                    e.kind == pb::EntryKind::MembersAdded as i32
+                        || e.kind == pb::EntryKind::ConversationCreated as i32
+                }) {
+                    self.sync_all(checkpoint, &mut *deliver).await?;
                 }
             } else if notice.up_to_seq > checkpoint.seq() {
-                in_large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups > 0;
+                self.sync_all(checkpoint, &mut *deliver).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Reads a large group from the saved position through `through`,
+    /// saving the position per page. `false` when no position is saved
+    /// for it (nothing read).
+    async fn read_group(
+        &self,
+        checkpoint: &mut CheckpointFile,
+        conversation_id: u64,
+        through: u64,
+        deliver: &mut impl FnMut(&pb::Entry) -> std::io::Result<()>,
+    ) -> Result<bool> {
+        let Some(mut read) = checkpoint.conversation(conversation_id) else {
+            return Ok(false);
+        };
+        while read < through {
+            let page = self
+                .history(conversation_id, 0, Some(read), LARGE_GROUP_PAGE)
+                .await?;
+            for entry in &page.entries {
+                deliver(entry).map_err(ClientError::Deliver)?;
+            }
+            let Some(last) = page.entries.last() else {
+                break;
+            };
+            read = last.conv_seq;
+            checkpoint.save_conversation(conversation_id, read)?;
+            if !page.has_more {
+                break;
+            }
+        }
+        Ok(true)
     }
 
     /// A page of history: backwards below `before` (0: newest) or forwards
@@ -706,6 +760,7 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
         "members": entry.members,
         "mentions": entry.mentions,
         "mention_all": entry.mention_all,
+        "priority": entry.priority,
     });
     if let Some(target) = &entry.target {
         json["target_conv_seq"] = target.conv_seq.into();

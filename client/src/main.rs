@@ -74,7 +74,6 @@ enum Command {
     Search(SearchArgs),
 }
 
-
 #[derive(Args)]
 struct TargetArgs {
     #[arg(long)]
@@ -113,7 +112,6 @@ struct ClearArgs {
     #[arg(long)]
     op_id: Option<uuid::Uuid>,
 }
-
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SearchOrderArg {
@@ -266,6 +264,10 @@ struct AppendArgs {
     text: String,
     #[arg(long)]
     client_msg_id: Option<uuid::Uuid>,
+    /// High priority (announcements): pushed to a large group's watching
+    /// devices ahead of ordinary messages, never merged away.
+    #[arg(long)]
+    priority: bool,
 }
 
 #[derive(Args)]
@@ -415,11 +417,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Append(args) => {
             let reply = client
-                .append(
+                .append_with_priority(
                     args.conversation,
                     args.sender,
                     &args.text,
                     args.client_msg_id,
+                    args.priority,
                 )
                 .await?;
             print_json(&send_json(&reply))?;

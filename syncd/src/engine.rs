@@ -22,7 +22,7 @@ use crate::limits::{
 };
 use crate::membership::Membership;
 use crate::observer::{CommitObserver, Observers};
-use crate::push::{Hub, Push};
+use crate::push::{GroupHub, Hub, Push};
 use crate::read_state::ReadState;
 use crate::retention::{Retainer, RetentionQueue};
 use crate::search_index::SearchIndexing;
@@ -135,10 +135,15 @@ impl Engine {
         // Sends and creations share the client id locks (one key space).
         let idempotency = Arc::new(Idempotency::new(Arc::clone(&store)));
         let hub = Hub::new();
+        let groups = GroupHub::new();
         let retention_queue = Arc::new(RetentionQueue::new(&config.retention));
         // Order: the record is cached before subscribers hear of the event.
-        let mut observers: Vec<Arc<dyn CommitObserver>> =
-            vec![directory.clone(), hub.clone(), retention_queue.clone()];
+        let mut observers: Vec<Arc<dyn CommitObserver>> = vec![
+            directory.clone(),
+            hub.clone(),
+            groups.clone(),
+            retention_queue.clone(),
+        ];
         let search = index.map(|index| {
             SearchIndexing::new(Arc::clone(&store), Some(Arc::clone(&visibility)), index)
         });
@@ -194,7 +199,7 @@ impl Engine {
             ),
             push: Push::new(
                 Arc::clone(&store),
-                hub,
+                (hub, groups),
                 Arc::clone(&visibility),
                 Arc::clone(&lifecycle),
             ),

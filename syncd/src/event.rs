@@ -204,6 +204,12 @@ impl Event {
         self
     }
 
+    /// A message marked high priority (see [`crate::push::groups`]).
+    pub fn with_priority(mut self, priority: bool) -> Self {
+        self.entry.priority = priority;
+        self
+    }
+
     pub fn conversation_id(&self) -> u64 {
         self.entry.conversation_id
     }

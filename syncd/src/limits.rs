@@ -81,6 +81,25 @@ pub const RETENTION_TRIM_BATCH: usize = 10_000;
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;
+/// Large-group notices per pushed notice (about 20 bytes each encoded).
+pub const MAX_GROUP_NOTICES: usize = 64;
+/// Large groups whose ordinary notices one stream holds while its device
+/// lags (merged per group); past it they are dropped for one
+/// `groups_resync` and the device pulls.
+pub const MAX_PENDING_GROUP_TOPS: usize = 256;
+/// Priority notices one stream holds while its device lags; they are never
+/// merged, and dropped (for `groups_resync`) only past this.
+pub const MAX_PENDING_PRIORITY: usize = 256;
+/// Priority messages of one group held until the group's safe top reaches
+/// them (an earlier event still in flight); past it the oldest is sent as
+/// an ordinary notice, which still names a conv_seq at or above it.
+pub const MAX_HELD_PRIORITY: usize = 1_024;
+/// Large groups one Subscribe stream is pushed notices for; a user in more
+/// is pushed the first ones (ascending ids) and reads the others on Sync.
+pub const MAX_PUSHED_GROUPS_PER_STREAM: usize = 1_000;
+/// Subscribers the pusher visits before yielding to other tasks, so a
+/// group with many online members never holds a worker thread for long.
+pub const GROUP_PUSH_YIELD_EVERY: usize = 1_024;
 /// Conversation records cached in memory, counted in member slots (8 bytes
 /// each): about 80 MB at the limit.
 pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;

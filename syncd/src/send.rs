@@ -34,6 +34,9 @@ pub struct SendCommand {
     /// Services name the sender (0 = system); devices send as themselves.
     pub sender_id: Option<u64>,
     pub mentions: Mentions,
+    /// High priority: pushed ahead of ordinary messages to a large group's
+    /// subscribers, never coalesced away. Services only.
+    pub priority: bool,
 }
 
 /// Whom a message mentions.
@@ -113,6 +116,12 @@ impl Sender {
     pub async fn send(&self, principal: Principal, command: SendCommand) -> Result<SendOutcome> {
         validate_text(&command.text)?;
         let sender_id = access::sender_of(&principal, command.sender_id)?;
+        if command.priority && !matches!(principal, Principal::Service { .. }) {
+            // A device could otherwise jump every large group's queue.
+            return Err(SyncdError::PermissionDenied(
+                "only services may send high-priority messages".into(),
+            ));
+        }
         let _slot = self
             .slots
             .acquire()
@@ -131,6 +140,10 @@ impl Sender {
             for &user in &command.mentions.users {
                 fingerprint = fingerprint.u64(user);
             }
+        }
+        // Likewise only when set: older receipts match a plain retry.
+        if command.priority {
+            fingerprint = fingerprint.bytes(b"priority");
         }
         let fingerprint = fingerprint.finish();
         let (client_msg_id, claim) = match command.client_msg_id {
@@ -177,7 +190,8 @@ impl Sender {
             client_msg_id,
             command.text,
             mentions,
-        );
+        )
+        .with_priority(command.priority);
         let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
         if let Some(claim) = claim {
             event = event.with_receipt(claim.key.clone(), fingerprint);

@@ -183,6 +183,7 @@ pub fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendComman
         client_msg_id: id,
         sender_id: None,
         mentions: Default::default(),
+        priority: false,
     }
 }
 

@@ -247,6 +247,7 @@ async fn op_send(
         client_msg_id: keyed.then_some(send.id),
         sender_id: None,
         mentions: Default::default(),
+        priority: false,
     };
     let result = engine.send(device(send.user, "s"), command).await;
     let mut state = world.state();
@@ -801,6 +802,26 @@ async fn op_subscribe(
                 return;
             }
         };
+        if !notice.groups.is_empty() || notice.groups_resync {
+            // A large group moved: such a notice repeats the inbox's
+            // up_to_seq by design (the group is read with History).
+            world.count("push groups");
+            world.trace(format!(
+                "#{step} push {user} groups {:?}",
+                notice
+                    .groups
+                    .iter()
+                    .map(|g| (g.conversation_id, g.conv_seq))
+                    .collect::<Vec<_>>()
+            ));
+            if notice.up_to_seq != last || !notice.entries.is_empty() {
+                world.violate(
+                    step,
+                    format!("a group notice of {user} moved the inbox: {notice:?}"),
+                );
+            }
+            continue;
+        }
         world.count(if notice.entries.is_empty() {
             "push bare"
         } else {

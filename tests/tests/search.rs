@@ -150,12 +150,12 @@ fn timeline_update(conversation_id: u64, entries: &[pb::Entry]) -> ConversationU
         .filter_map(|e| match pb::EntryKind::try_from(e.kind) {
             Ok(pb::EntryKind::Message) if !e.text.is_empty() && e.removed.is_none() => {
                 Some(IndexOp::Upsert(MessageDoc {
-                conversation_id,
-                conv_seq: e.conv_seq,
-                msg_id: e.msg_id,
-                sender_id: e.sender_id,
-                text: e.text.clone(),
-                sent_at_ms: e.sent_at_ms,
+                    conversation_id,
+                    conv_seq: e.conv_seq,
+                    msg_id: e.msg_id,
+                    sender_id: e.sender_id,
+                    text: e.text.clone(),
+                    sent_at_ms: e.sent_at_ms,
                 }))
             }
             Ok(pb::EntryKind::Edit) if !e.text.is_empty() => Some(IndexOp::ReplaceText {

@@ -56,6 +56,8 @@ pub(crate) struct EntryRecord {
     pub target: Option<TargetRecord>,
     #[prost(message, optional, tag = "19")]
     pub state: Option<MessageStateRecord>,
+    #[prost(bool, tag = "20")]
+    pub priority: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -354,6 +356,7 @@ impl From<&Entry> for EntryRecord {
             read_fanout: entry.read_fanout,
             target: (&entry.target).into(),
             state: (&entry.state).into(),
+            priority: entry.priority,
         }
     }
 }
@@ -381,6 +384,7 @@ impl TryFrom<EntryRecord> for Entry {
             read_fanout: record.read_fanout,
             target: record.target.into(),
             state: message_state(record.state)?,
+            priority: record.priority,
         })
     }
 }
@@ -808,6 +812,30 @@ mod tests {
             decode_entry(&[0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// The priority mark is what the push lane orders by: it survives the
+    /// conversation entry and the inbox copies alike.
+    #[test]
+    fn priority_round_trips_in_both_forms() {
+        let entry = Entry {
+            conv_seq: 3,
+            text: "announcement".into(),
+            priority: true,
+            read_fanout: true,
+            ..Entry::new(EntryKind::Message, 7)
+        };
+        let mut encoder = EntryEncoder::new(&entry);
+        assert!(decode_entry(&encoder.conversation()).unwrap().priority);
+        let (copy, _) = decode_inbox_entry(&encoder.inbox(5)).unwrap();
+        assert!(copy.priority);
+        assert_eq!(copy.seq, 5);
+        let plain = Entry::new(EntryKind::Message, 7);
+        assert!(
+            !decode_entry(&EntryEncoder::new(&plain).conversation())
+                .unwrap()
+                .priority
+        );
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub struct Entry {
     pub target: Target,
     /// A message's edits and removal (default for every other kind).
     pub state: MessageState,
+    /// A message a service marked high priority: pushed ahead of ordinary
+    /// ones and never coalesced away.
+    pub priority: bool,
 }
 
 impl Entry {
@@ -181,6 +184,7 @@ impl Entry {
             read_fanout: false,
             target: Target::default(),
             state: MessageState::default(),
+            priority: false,
         }
     }
 

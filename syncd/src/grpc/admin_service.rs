@@ -74,6 +74,7 @@ impl pb::admin_server::Admin for AdminService {
                 users: request.mentions,
                 everyone: request.mention_all,
             },
+            priority: request.priority,
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))

@@ -50,6 +50,15 @@ pub(crate) fn entry(e: Entry) -> pb::Entry {
             at_ms: r.at_ms,
             conv_seq: r.conv_seq,
         }),
+        priority: e.priority,
+    }
+}
+
+pub(crate) fn group_notice(n: crate::push::GroupNotice) -> pb::GroupNotice {
+    pb::GroupNotice {
+        conversation_id: n.conversation_id,
+        conv_seq: n.conv_seq,
+        priority: n.priority,
     }
 }
 

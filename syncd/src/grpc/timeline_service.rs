@@ -65,6 +65,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 users: request.mentions,
                 everyone: request.mention_all,
             },
+            priority: request.priority,
         };
         let outcome = self.engine.send(principal, command).await?;
         Ok(Response::new(send_reply(outcome)))
@@ -165,17 +166,22 @@ impl pb::timeline_server::Timeline for TimelineService {
                     .map(|n| pb::Notice {
                         up_to_seq: n.up_to_seq,
                         entries: n.entries.into_iter().map(convert::entry).collect(),
+                        groups: n.groups.into_iter().map(convert::group_notice).collect(),
+                        groups_resync: n.groups_resync,
                     })
                     .map_err(Status::from);
                 let failed = message.is_err();
-                let inline = message.as_ref().is_ok_and(|n| !n.entries.is_empty());
+                let kind = match &message {
+                    Ok(n) if !n.groups.is_empty() || n.groups_resync => "groups",
+                    Ok(n) if !n.entries.is_empty() => "inline",
+                    _ => "none",
+                };
                 // Waits while the subscriber's queue is full; the feed
                 // coalesces meanwhile, so a stuck reader holds at most
                 // SUBSCRIBER_QUEUE notices, and only for so long.
                 match tokio::time::timeout(stall_limit, tx.send(message)).await {
                     Ok(Ok(())) if !failed => {
-                        let entries = if inline { "inline" } else { "none" };
-                        metrics::counter!("syncd_push_notices_total", "entries" => entries)
+                        metrics::counter!("syncd_push_notices_total", "entries" => kind)
                             .increment(1);
                     }
                     Ok(Ok(())) => break "error",

@@ -5,6 +5,10 @@
 //! the subscriber asked for them and is at most [`MAX_PUSH_ENTRIES`] behind.
 //! Further behind, the notice is bare and the device pulls with Sync. Feeds
 //! end when shutdown begins (a stream never ends by itself).
+//!
+//! A feed also drains its stream's large-group mailbox ([`crate::push::groups`])
+//! in this order: the priority lane, then the inbox, then the ordinary lane,
+//! so what a lagging device is told first is what matters most.
 
 use crate::access;
 use crate::auth::Principal;
@@ -12,6 +16,7 @@ use crate::error::{Result, SyncdError};
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::MAX_PUSH_ENTRIES;
 use crate::paging::{self, MAX_PUSH_BYTES};
+use crate::push::groups::{GroupBatch, GroupHub, GroupNotice, GroupSubscription};
 use crate::push::hub::{Hub, Subscription};
 use crate::visibility::Visibility;
 use std::sync::Arc;
@@ -23,12 +28,18 @@ use timeline_store::{Entry, TimelineStore};
 pub struct PushNotice {
     pub up_to_seq: u64,
     pub entries: Vec<Entry>,
+    /// Large groups that moved (a notice with groups repeats the last
+    /// `up_to_seq` and has no entries).
+    pub groups: Vec<GroupNotice>,
+    /// Large-group notices were dropped: the device syncs for the tops.
+    pub groups_resync: bool,
 }
 
 /// Starts feeds.
 pub struct Push {
     store: Arc<dyn TimelineStore>,
     hub: Arc<Hub>,
+    groups: Arc<GroupHub>,
     visibility: Arc<Visibility>,
     lifecycle: Arc<Lifecycle>,
 }
@@ -36,13 +47,14 @@ pub struct Push {
 impl Push {
     pub fn new(
         store: Arc<dyn TimelineStore>,
-        hub: Arc<Hub>,
+        (hub, groups): (Arc<Hub>, Arc<GroupHub>),
         visibility: Arc<Visibility>,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             store,
             hub,
+            groups,
             visibility,
             lifecycle,
         }
@@ -66,9 +78,14 @@ impl Push {
         // Read the top only after subscribing, so nothing published in
         // between is missed.
         subscription.raise(self.visibility.inbox_top(user_id).await?);
+        // Likewise the large groups: registered first, then the index read,
+        // so a join committed in between reaches the stream either way.
+        let groups = self.groups.subscribe(user_id, &self.lifecycle);
+        groups.join(self.store.large_groups(user_id).await?);
         Ok(Feed {
             store: Arc::clone(&self.store),
             subscription,
+            groups,
             user_id,
             last_sent: after_seq,
             include_entries,
@@ -80,6 +97,7 @@ impl Push {
 pub struct Feed {
     store: Arc<dyn TimelineStore>,
     subscription: Subscription,
+    groups: GroupSubscription,
     user_id: u64,
     last_sent: u64,
     include_entries: bool,
@@ -90,10 +108,35 @@ impl Feed {
     /// Waits for the inbox to move past what this feed has announced;
     /// `None` once the server is shutting down.
     pub async fn next(&mut self) -> Result<Option<PushNotice>> {
-        let top = tokio::select! {
-            top = self.subscription.wait_above(self.last_sent) => top,
-            () = stopped(&mut self.stopping) => return Ok(None),
-        };
+        loop {
+            if let Some(batch) = self.groups.mailbox().take_priority() {
+                return Ok(Some(self.group_notice(batch)));
+            }
+            let top = self.subscription.current();
+            if top > self.last_sent {
+                return self.inbox_notice(top).await.map(Some);
+            }
+            if let Some(batch) = self.groups.mailbox().take_ordinary() {
+                return Ok(Some(self.group_notice(batch)));
+            }
+            tokio::select! {
+                _ = self.subscription.wait_above(self.last_sent) => {}
+                () = self.groups.mailbox().changed() => {}
+                () = stopped(&mut self.stopping) => return Ok(None),
+            }
+        }
+    }
+
+    fn group_notice(&self, batch: GroupBatch) -> PushNotice {
+        PushNotice {
+            up_to_seq: self.last_sent,
+            entries: Vec::new(),
+            groups: batch.notices,
+            groups_resync: batch.resync,
+        }
+    }
+
+    async fn inbox_notice(&mut self, top: u64) -> Result<PushNotice> {
         let behind = top - self.last_sent;
         let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
             let page = paging::inbox(
@@ -119,10 +162,12 @@ impl Feed {
             Vec::new()
         };
         self.last_sent = top;
-        Ok(Some(PushNotice {
+        Ok(PushNotice {
             up_to_seq: top,
             entries,
-        }))
+            groups: Vec::new(),
+            groups_resync: false,
+        })
     }
 }
 

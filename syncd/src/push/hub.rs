@@ -104,6 +104,15 @@ impl Subscription {
         self.hub.publish(self.user_id, seq);
     }
 
+    /// The announced seq now, without waiting.
+    pub fn current(&self) -> u64 {
+        *self
+            .receiver
+            .as_ref()
+            .expect("receiver lives until drop")
+            .borrow()
+    }
+
     /// Waits until the announced seq is above `seen` and returns it. Returns
     /// immediately when it already is.
     pub async fn wait_above(&mut self, seen: u64) -> u64 {

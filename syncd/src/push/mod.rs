@@ -3,15 +3,20 @@
 //! - [`hub`]: per subscribed user, the highest inbox seq safe to announce
 //!   (a `watch` value: publishing overwrites, never waits, so the send path
 //!   never slows down for a subscriber).
+//! - [`groups`]: per large (read-fanout) group, the streams subscribed now,
+//!   and per stream the groups that moved, in a priority and an ordinary
+//!   lane (a large group's message costs a visit per *online* member).
 //! - [`feed`]: one subscriber's stream of notices, with entries inline while
 //!   it keeps up and bare "up to N" notices when it is far behind.
 //!
-//! The hub is fed by the one announce path ([`crate::observer`]).
+//! Both hubs are fed by the one announce path ([`crate::observer`]).
 
 pub mod feed;
+pub mod groups;
 pub mod hub;
 
 pub use feed::{Feed, Push, PushNotice};
+pub use groups::{GroupHub, GroupNotice};
 pub use hub::{Hub, Subscription};
 
 use crate::horizon::Scope;
