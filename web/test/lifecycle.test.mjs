@@ -17,6 +17,11 @@ import { outputDir, sleep, Syncd, WEB_DIR } from "./harness.mjs";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 /** Generous bound for a change to reach a page (push, or a large group's poll). */
 const SETTLE_MS = 20_000;
+/**
+ * A large group's message must reach a live page by its push notice within
+ * this, far below the page's backstop poll (LARGE_GROUP_POLL_MS, 30 s).
+ */
+const PUSHED_MS = 10_000;
 /** The server's recall window in these tests: short, so its end can be waited for. */
 const RECALL_WINDOW_SECS = 4;
 /** Groups above this many members use read fanout on this server. */
@@ -123,6 +128,13 @@ describe("the message lifecycle in the web inbox", () => {
     page.waitForFunction(
       (selector, want) => document.querySelector(`${selector} .bubble`)?.textContent === want,
       { timeout: SETTLE_MS },
+      message(convSeq),
+      text,
+    );
+  const waitForTextWithin = (page, convSeq, text, timeout) =>
+    page.waitForFunction(
+      (selector, want) => document.querySelector(`${selector} .bubble`)?.textContent === want,
+      { timeout },
       message(convSeq),
       text,
     );
@@ -258,6 +270,16 @@ describe("the message lifecycle in the web inbox", () => {
     assert.equal(await pageA.$eval(`${message(seq)} .bubble`, (e) => e.textContent), "too late to take back");
     const history = server.tlJson(bob, ["history", "--conversation", group]);
     assert.equal(history.find((e) => String(e.conv_seq) === seq).text, "too late to take back");
+  });
+
+  test("a large group's message reaches a live page by push, well before the backstop poll", async () => {
+    await open(pageA, large);
+    // Let the stream settle in the group's registry.
+    await sleep(500);
+    const started = Date.now();
+    const seq = bobSends(large, "pushed to the group");
+    await waitForTextWithin(pageA, seq, "pushed to the group", PUSHED_MS);
+    assert.ok(Date.now() - started < PUSHED_MS, "arrived by push");
   });
 
   test("a large group's recall, read from its timeline, replaces the text", async () => {

@@ -1,6 +1,6 @@
 // The sync loop: catch up with Sync from the stored checkpoint, then follow
 // the Subscribe stream, pulling whenever a notice does not carry every entry,
-// and reading large groups (read fanout, never pushed) from their
+// and reading large groups (read fanout: pushed as group notices) from their
 // conversation timelines. Mirrors `Client::sync_all` and `Client::watch` in
 // client/src/lib.rs; docs/PROTOCOL.md is the contract both follow.
 //
@@ -22,8 +22,12 @@ import { CALL_TIMEOUT_MS, type TimelineClient } from "./transport.js";
 
 /** History page size when reading a large group (LARGE_GROUP_PAGE). */
 export const LARGE_GROUP_PAGE = 500;
-/** How often large groups are read while live (LARGE_GROUP_POLL). */
-export const LARGE_GROUP_POLL_MS = 2_000;
+/**
+ * How often large groups are read while live besides their push notices:
+ * a backstop for a notice sent between the catch-up and the stream's start
+ * (the server does not replay group notices).
+ */
+export const LARGE_GROUP_POLL_MS = 30_000;
 /** First reconnect delay; doubles up to MAX_RECONNECT_DELAY_MS. */
 export const RECONNECT_BASE_DELAY_MS = 250;
 export const MAX_RECONNECT_DELAY_MS = 5_000;
@@ -157,13 +161,24 @@ export class SyncEngine {
     try {
       for await (const notice of stream) {
         await this.serially(async () => {
+          let pulled = false;
           if (noticeIsComplete(notice)) {
             const fresh = notice.entries.filter((e) => e.seq > this.checkpoint.seq);
             await this.deliverInbox(fresh, notice.upToSeq, signal);
             // A large group's copy (a mention, or the user's own send from
-            // another device): read the group now, not at the next poll.
-            if (fresh.some((e) => e.readFanout)) largeGroups = await this.pull(signal);
+            // another device): read the group now.
+            if (fresh.some((e) => e.readFanout)) {
+              largeGroups = await this.pull(signal);
+              pulled = true;
+            }
           } else if (notice.upToSeq > this.checkpoint.seq) {
+            largeGroups = await this.pull(signal);
+            pulled = true;
+          }
+          // A large group became readable further (pushed to its online
+          // members), or the server dropped such notices for this device:
+          // read the groups from their saved positions now.
+          if (!pulled && (notice.groups.length > 0 || notice.groupsResync)) {
             largeGroups = await this.pull(signal);
           }
         });
