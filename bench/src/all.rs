@@ -46,6 +46,20 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                 vec!["catchup", "--entries", "10000", "--redis-peer"],
             ),
             (
+                "search",
+                vec![
+                    "search",
+                    "--messages",
+                    "20000",
+                    "--conversations",
+                    "500",
+                    "--users",
+                    "1000",
+                    "--queries",
+                    "20",
+                ],
+            ),
+            (
                 "devices",
                 vec![
                     "devices",
@@ -91,6 +105,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         vec![
             ("seq", vec!["seq"]),
             ("catchup", vec!["catchup", "--redis-peer"]),
+            ("search", vec!["search"]),
             (
                 "devices",
                 vec![

@@ -21,6 +21,7 @@ mod closed_loop;
 mod delivery;
 mod devices;
 mod fanout;
+mod history_search;
 mod node;
 mod open_loop;
 mod plot;
@@ -61,6 +62,9 @@ enum Command {
     /// memory per subscription and per connection, idle and under a send
     /// rate, and delivery latency.
     Devices(devices::DevicesArgs),
+    /// History search on the embedded index: indexing throughput and
+    /// query latency over a large history.
+    Search(history_search::SearchArgs),
     /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
     All(all::AllArgs),
 }
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Burst(args) => runtime.block_on(burst::run(args)),
         Command::Readstate(args) => runtime.block_on(read_state::run(args)),
         Command::Devices(args) => runtime.block_on(devices::run(args)),
+        Command::Search(args) => history_search::run(args),
         Command::All(args) => all::run(args),
     }
 }
