@@ -273,6 +273,8 @@ async fn lifecycle_matches_the_model(
     assert_eq!(large.len(), 1, "the 4-member group is a large group");
     let mut devices: BTreeMap<(u64, &str), Device> = BTreeMap::new();
     let mut kills = 0;
+    // Every call and its answer, printed when a check fails.
+    let mut log: Vec<String> = Vec::new();
     for step in 0..steps {
         let conversation = ids[rng.next(ids.len() as u64) as usize];
         let (members, _, messages) = &model.conversations[&conversation];
@@ -364,6 +366,7 @@ async fn lifecycle_matches_the_model(
         };
         let messages = &mut model.conversations.get_mut(&conversation).unwrap().2;
         for (call, conv_seq) in calls.iter().zip(outcomes) {
+            log.push(format!("step {step}: user {user} {call:?} -> {conv_seq}"));
             match call {
                 Call::Send(_, text, _) => {
                     messages.insert(
@@ -452,8 +455,11 @@ async fn lifecycle_matches_the_model(
             assert_eq!(
                 state.unread,
                 model.unread(user, state.conversation_id),
-                "seed {seed}: unread of user {user} in {}",
-                state.conversation_id
+                "seed {seed}: unread of user {user} in {} (read through {} by the server, {} by the model)\n{}",
+                state.conversation_id,
+                state.read_through,
+                model.read_through[&(user, state.conversation_id)],
+                log.join("\n")
             );
         }
     }

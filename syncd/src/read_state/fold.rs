@@ -11,8 +11,10 @@
 //! - the user's own message reads everything up to it (in a write-fanout
 //!   conversation every earlier event of it is earlier in the inbox);
 //! - a read marker above the current one raises it, and what stays unread
-//!   (and unread mentions) is the count it carries; one at or below it
-//!   changes nothing;
+//!   (and unread mentions) is the count it carries, up to its position; one
+//!   at or below it changes nothing (not even the position: a large
+//!   group's row counts on from there); a clear at the current marker
+//!   applies its count too;
 //! - a message from someone else that mentions the user (by name or
 //!   everyone), after the marker, while a member, is an unread mention;
 //! - a large group's message in the inbox is a copy for a member it names
@@ -125,7 +127,13 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         }
         _ => {}
     }
-    row.counted_through = row.counted_through.max(entry.conv_seq);
+    // A marker moves what the row covers only when it is applied: one
+    // that is not (stale, or a clear at the same marker) must not skip
+    // the range before its position, which a large group's row counts
+    // from its timeline.
+    if !matches!(entry.kind, EntryKind::ReadMarker | EntryKind::ClearHistory) {
+        row.counted_through = row.counted_through.max(entry.conv_seq);
+    }
     match entry.kind {
         EntryKind::Message => {
             row.last_activity_ms = entry.sent_at_ms;
@@ -170,7 +178,13 @@ pub fn apply(row: &mut ReadStateRow, entry: &Entry, user_id: u64) {
         EntryKind::Edit | EntryKind::Recall | EntryKind::Delete => {}
         EntryKind::DeleteForMe => unreachable!("folded above"),
         EntryKind::ReadMarker | EntryKind::ClearHistory => {
-            if entry.read_through > row.read_through {
+            // A clear carries a fresh count from the marker it keeps (its
+            // read_through may equal the row's): apply it then too.
+            let applies = entry.read_through > row.read_through
+                || (entry.kind == EntryKind::ClearHistory
+                    && entry.read_through == row.read_through);
+            if applies {
+                row.counted_through = row.counted_through.max(entry.conv_seq);
                 row.read_through = entry.read_through;
                 (row.unread, row.mentions) = if row.member {
                     (entry.unread, entry.unread_mentions)
@@ -307,5 +321,35 @@ mod tests {
         let once = row.clone();
         apply(&mut row, &entries[1], ME);
         assert_eq!(row, once);
+    }
+
+    #[test]
+    fn a_marker_not_applied_leaves_the_position_and_a_clear_at_the_marker_applies() {
+        let mut row = fold(&[members(1, 1, EntryKind::ConversationCreated, &[ME, BOB])]);
+        // A stale marker (below the current one) moves nothing.
+        apply(&mut row, &marker(2, 9, 1, 0), ME);
+        assert_eq!((row.read_through, row.counted_through), (1, 1));
+        // A clear at the current marker carries a fresh count to its
+        // position: applied, and the row covers up to it.
+        let clear = Entry {
+            target: timeline_store::Target {
+                conv_seq: 1,
+                ..Default::default()
+            },
+            ..Entry {
+                kind: EntryKind::ClearHistory,
+                ..marker(3, 9, 1, 4)
+            }
+        };
+        apply(&mut row, &clear, ME);
+        assert_eq!(
+            (
+                row.read_through,
+                row.unread,
+                row.counted_through,
+                row.cleared_through
+            ),
+            (1, 4, 9, 1)
+        );
     }
 }

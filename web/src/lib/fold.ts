@@ -158,12 +158,15 @@ export function foldEntry(row: ConversationRow, entry: Entry, me: bigint): boole
         row.peerReadThrough = entry.readThrough;
         return true;
       }
-      // The row covers the conversation up to the marker's position, as
-      // the server's counted_through does, raised or not.
-      row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
       // Markers only raise; an older one (a mark from another device that
-      // this one already passed) changes nothing.
-      if (entry.readThrough <= row.readThrough) return false;
+      // this one already passed) changes nothing, not even the position (a
+      // large group's row counts on from there). A clear at the current
+      // marker carries a fresh count of the same range: it applies.
+      if (entry.readThrough < row.readThrough) return false;
+      if (entry.readThrough === row.readThrough && entry.kind !== EntryKind.CLEAR_HISTORY) return false;
+      // The row covers the conversation up to the marker's position, as
+      // the server's counted_through does.
+      row.lastConvSeq = max(row.lastConvSeq, entry.convSeq);
       row.readThrough = entry.readThrough;
       row.unread = row.member ? Number(entry.unread) : 0;
       row.mentions = row.member ? Number(entry.unreadMentions) : 0;
