@@ -510,3 +510,29 @@ pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// A client of `url`, retried every 50 ms until the server answers (it may
+/// be restarting after a kill -9).
+pub async fn connect_retrying(url: &str, token: &str) -> client::Client {
+    loop {
+        match client::Client::connect(url, token).await {
+            Ok(client) => return client,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A tiny deterministic generator for seeded tests (splitmix64): the
+/// same seed replays the same run.
+pub struct SeededRng(pub u64);
+
+impl SeededRng {
+    /// A number below `n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}

@@ -8,20 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tests::Server;
+use tests::{Server, connect_retrying};
 
 const USERS: u64 = 6;
 const KILLS: usize = 20;
 const SENDERS: u64 = 6;
-
-async fn connect_retrying(url: &str, token: &str) -> Client {
-    loop {
-        match Client::connect(url, token).await {
-            Ok(client) => return client,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_torture_on_the_embedded_store() -> anyhow::Result<()> {

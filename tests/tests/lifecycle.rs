@@ -16,7 +16,7 @@ use client::{Client, pb};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::{Server, json_lines, tl};
+use tests::{SeededRng, Server, connect_retrying, json_lines, tl};
 use timeline_store::{ConversationRange, InboxRange};
 
 const USERS: u64 = 4;
@@ -81,27 +81,6 @@ impl Model {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
-async fn connect(url: &str, token: &str) -> Client {
-    loop {
-        match Client::connect(url, token).await {
-            Ok(client) => return client,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Call {
     Send(u64, String, uuid::Uuid),
@@ -115,7 +94,7 @@ enum Call {
 /// event's conv_seq.
 async fn complete(url: String, token: String, call: Call) -> u64 {
     loop {
-        let client = connect(&url, &token).await;
+        let client = connect_retrying(&url, &token).await;
         let outcome = match &call {
             Call::Send(conversation, text, id) => client
                 .send(*conversation, text, Some(*id))
@@ -223,7 +202,7 @@ async fn lifecycle_matches_the_model(
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| u64::from(std::process::id()) * 6151 + 7);
     eprintln!("lifecycle seed {seed} (replay with LIFECYCLE_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng(seed);
     let dir = tempfile::tempdir()?;
     let mut args = vec![
         "--seq-step",
@@ -251,7 +230,7 @@ async fn lifecycle_matches_the_model(
             2 => pb::ConversationKind::Direct,
             _ => pb::ConversationKind::Group,
         };
-        let creator = connect(&url, &tokens[&(members[0], "phone")]).await;
+        let creator = connect_retrying(&url, &tokens[&(members[0], "phone")]).await;
         let created = creator
             .create_conversation(kind, members.clone(), "")
             .await?;
@@ -292,7 +271,7 @@ async fn lifecycle_matches_the_model(
             .map(|(s, _)| *s)
             .collect();
         let any: Vec<u64> = messages.keys().copied().collect();
-        let pick = |rng: &mut Rng, from: &[u64]| from[rng.next(from.len() as u64) as usize];
+        let pick = |rng: &mut SeededRng, from: &[u64]| from[rng.next(from.len() as u64) as usize];
         let op = rng.next(10);
         let id = uuid::Uuid::new_v4();
         let (token, calls): (String, Vec<Call>) = match op {
@@ -338,7 +317,7 @@ async fn lifecycle_matches_the_model(
             ),
             7 => {
                 // A device comes online and catches up.
-                let client = connect(&url, &tokens[&(user, device)]).await;
+                let client = connect_retrying(&url, &tokens[&(user, device)]).await;
                 devices
                     .entry((user, device))
                     .or_default()
@@ -424,7 +403,7 @@ async fn lifecycle_matches_the_model(
 
     for user in 1..=USERS {
         for device in DEVICES {
-            let client = connect(&url, &tokens[&(user, device)]).await;
+            let client = connect_retrying(&url, &tokens[&(user, device)]).await;
             let state = devices.entry((user, device)).or_default();
             state.catch_up(&client, &large).await?;
             for (&conversation, (members, _, _)) in &model.conversations {
@@ -449,7 +428,7 @@ async fn lifecycle_matches_the_model(
                 );
             }
         }
-        let client = connect(&url, &tokens[&(user, "phone")]).await;
+        let client = connect_retrying(&url, &tokens[&(user, "phone")]).await;
         let page = client.list_conversations(50, "", "").await?;
         for state in &page.conversations {
             assert_eq!(

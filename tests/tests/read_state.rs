@@ -12,7 +12,7 @@
 use client::{Client, pb};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
-use tests::{Server, json_lines, tl};
+use tests::{SeededRng, Server, connect_retrying, json_lines, tl};
 
 const USERS: u64 = 4;
 
@@ -48,28 +48,6 @@ impl Model {
     }
 }
 
-/// A tiny deterministic generator (the seed is printed for a replay).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
-async fn connect(url: &str, token: &str) -> Client {
-    loop {
-        match Client::connect(url, token).await {
-            Ok(client) => return client,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 enum Call {
     Send {
         conversation: u64,
@@ -86,7 +64,7 @@ enum Call {
 /// One call, retried until it is answered (the server may be down).
 async fn complete(url: &str, token: &str, call: &Call) -> (u64, u64) {
     loop {
-        let client = connect(url, token).await;
+        let client = connect_retrying(url, token).await;
         let outcome = match call {
             Call::Send {
                 conversation,
@@ -145,7 +123,7 @@ async fn counts_match_the_model_across_kill9(
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| u64::from(std::process::id()) * 7919 + 13);
     eprintln!("read-state kill -9 seed {seed} (replay with READ_STATE_KILL_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng(seed);
     let dir = tempfile::tempdir()?;
     let mut args = vec!["--seq-step", "64", "--large-group-threshold", "3"];
     args.extend_from_slice(store_args);
@@ -161,7 +139,7 @@ async fn counts_match_the_model_across_kill9(
             2 => pb::ConversationKind::Direct,
             _ => pb::ConversationKind::Group,
         };
-        let creator = connect(&url, &tokens[&(members[0], "phone")]).await;
+        let creator = connect_retrying(&url, &tokens[&(members[0], "phone")]).await;
         let created = creator
             .create_conversation(kind, members.clone(), "")
             .await?;
@@ -258,7 +236,7 @@ async fn counts_match_the_model_across_kill9(
             }
         };
         for reader in 1..=USERS {
-            let client = connect(&url, &tokens[&(reader, "phone")]).await;
+            let client = connect_retrying(&url, &tokens[&(reader, "phone")]).await;
             let (total, total_mentions, states) = all_conversations(&client).await;
             let (mut want_total, mut want_mentions) = (0, 0);
             for state in &states {

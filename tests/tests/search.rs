@@ -9,16 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tests::{Server, json_lines, tl};
-
-async fn connect_retrying(url: &str, token: &str) -> Client {
-    loop {
-        match Client::connect(url, token).await {
-            Ok(client) => return client,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+use tests::{Server, connect_retrying, json_lines, tl};
 
 fn search_request(query: &str, limit: u32, cursor: &str) -> pb::SearchRequest {
     pb::SearchRequest {

@@ -26,6 +26,23 @@ impl TimelineService {
     }
 }
 
+/// A change of one message as the engine takes it (the operation id parsed).
+fn amend_command(
+    conversation_id: u64,
+    conv_seq: u64,
+    msg_id: u64,
+    text: String,
+    client_op_id: &str,
+) -> Result<AmendCommand, Status> {
+    Ok(AmendCommand {
+        conversation_id,
+        conv_seq,
+        msg_id,
+        text,
+        client_op_id: parse_client_id("client_op_id", client_op_id)?,
+    })
+}
+
 fn change_reply(outcome: AmendOutcome) -> pb::MessageChangeReply {
     pb::MessageChangeReply {
         conversation_id: outcome.receipt.conversation_id,
@@ -286,13 +303,13 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::MessageChangeReply>, Status> {
         let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
-        let command = AmendCommand {
-            conversation_id: request.conversation_id,
-            conv_seq: request.conv_seq,
-            msg_id: request.msg_id,
-            text: request.text,
-            client_op_id: parse_client_id("client_op_id", &request.client_op_id)?,
-        };
+        let command = amend_command(
+            request.conversation_id,
+            request.conv_seq,
+            request.msg_id,
+            request.text,
+            &request.client_op_id,
+        )?;
         let outcome = self
             .engine
             .amend(principal, Operation::Edit, command)
@@ -306,13 +323,13 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::MessageChangeReply>, Status> {
         let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
-        let command = AmendCommand {
-            conversation_id: request.conversation_id,
-            conv_seq: request.conv_seq,
-            msg_id: request.msg_id,
-            text: String::new(),
-            client_op_id: parse_client_id("client_op_id", &request.client_op_id)?,
-        };
+        let command = amend_command(
+            request.conversation_id,
+            request.conv_seq,
+            request.msg_id,
+            String::new(),
+            &request.client_op_id,
+        )?;
         let outcome = self
             .engine
             .amend(principal, Operation::Recall, command)
