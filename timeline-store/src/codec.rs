@@ -247,6 +247,10 @@ pub(crate) struct ConversationRecord {
     pub created_at_ms: i64,
     #[prost(bool, tag = "6")]
     pub read_fanout: bool,
+    /// 0 in records written before the count was kept: they list every
+    /// member, so the list's length is the count.
+    #[prost(uint64, tag = "7")]
+    pub member_count: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -398,6 +402,7 @@ impl From<&Conversation> for ConversationRecord {
             title: conversation.title.clone(),
             created_at_ms: conversation.created_at_ms,
             read_fanout: conversation.read_fanout,
+            member_count: conversation.member_count,
         }
     }
 }
@@ -409,6 +414,10 @@ impl TryFrom<ConversationRecord> for Conversation {
         Ok(Self {
             conversation_id: record.conversation_id,
             kind: conversation_kind(record.kind)?,
+            member_count: match record.member_count {
+                0 => record.members.len() as u64,
+                count => count,
+            },
             members: record.members,
             title: record.title,
             created_at_ms: record.created_at_ms,
@@ -844,6 +853,7 @@ mod tests {
             conversation_id: 4,
             kind: ConversationKind::Direct,
             members: vec![1, 2],
+            member_count: 2,
             title: "t".into(),
             created_at_ms: 8,
             read_fanout: true,

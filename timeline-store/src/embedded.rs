@@ -26,6 +26,8 @@
 //!   folded through; saved in the same batch as the rows)
 //! - `copies`:       conversation_id | conv_seq -> where the event's inbox
 //!   copies went (messages and edits: a recall rewrites them)
+//! - `members`:      conversation_id | user_id -> empty (the member table
+//!   of large groups: a row per current member, removed when they leave)
 //!
 //! If an fsync fails the store is poisoned: data that reached the page cache
 //! may not be durable and a later fsync may falsely succeed, so every later
@@ -146,6 +148,7 @@ struct Keyspaces {
     read_state_applied: fjall::Keyspace,
     readers: fjall::Keyspace,
     copies: fjall::Keyspace,
+    members: fjall::Keyspace,
 }
 
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
@@ -247,6 +250,7 @@ impl EmbeddedStore {
             read_state_applied: open("read_state_applied")?,
             readers: open("readers")?,
             copies: open("copies")?,
+            members: open("members")?,
             db,
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
@@ -465,6 +469,14 @@ fn apply_group(
                     let position = commit.position_of(change.user_id);
                     let membership = LargeGroupMembership::changed(previous, change, position);
                     batch.insert(&ks.large_groups, key, codec::encode_membership(&membership));
+                }
+                for change in &commit.members {
+                    let key = key2(conversation_id, change.user_id);
+                    if change.member {
+                        batch.insert(&ks.members, key, []);
+                    } else {
+                        batch.remove(&ks.members, key);
+                    }
                 }
                 if let Some(conversation) = &commit.conversation {
                     batch.insert(
@@ -698,6 +710,51 @@ impl ConversationScan for EmbeddedStore {
                 ids.push(u64::from_be_bytes(id));
             }
             Ok(ids)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl crate::ConversationMembers for EmbeddedStore {
+    async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>> {
+        let users = users.to_vec();
+        self.read(move |ks| {
+            let mut found = Vec::new();
+            for user_id in users {
+                if ks
+                    .members
+                    .contains_key(key2(conversation_id, user_id))
+                    .map_err(io)?
+                {
+                    found.push(user_id);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.read(move |ks| {
+            let keys = key2(conversation_id, start)..=key2(conversation_id, u64::MAX);
+            let mut members = Vec::new();
+            for guard in ks.members.range(keys).take(limit) {
+                let key = guard.key().map_err(io)?;
+                let user: [u8; 8] = key[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("member key length"))?;
+                members.push(u64::from_be_bytes(user));
+            }
+            Ok(members)
         })
         .await
     }

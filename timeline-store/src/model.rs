@@ -203,8 +203,13 @@ impl Entry {
 pub struct Conversation {
     pub conversation_id: u64,
     pub kind: ConversationKind,
-    /// Current members, sorted ascending, no duplicates.
+    /// Current members, sorted ascending, no duplicates, when the record
+    /// lists them ([`Conversation::lists_members`]); empty for a large
+    /// group, whose members are paged in the store's member table
+    /// ([`crate::ConversationMembers`]).
     pub members: Vec<u64>,
+    /// How many members there are now (listed or paged).
+    pub member_count: u64,
     pub title: String,
     pub created_at_ms: i64,
     /// A large group: messages go to the conversation timeline only (no
@@ -213,9 +218,38 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn is_member(&self, user_id: u64) -> bool {
-        self.members.binary_search(&user_id).is_ok()
+    /// Whether the record holds the whole member list: write-fanout
+    /// conversations (their sends need every member), and large groups
+    /// stored before members were paged (until their next change moves
+    /// them to the member table). A large group's record lists nobody,
+    /// so it stays small however many members it has.
+    pub fn lists_members(&self) -> bool {
+        !self.read_fanout || !self.members.is_empty()
     }
+
+    /// Whether `user_id` is a member, when the record can tell
+    /// (`None`: ask the store's member table).
+    pub fn listed_member(&self, user_id: u64) -> Option<bool> {
+        self.lists_members()
+            .then(|| self.members.binary_search(&user_id).is_ok())
+    }
+
+    /// The record as stored: a large group keeps its count, not its list.
+    pub fn stored(mut self) -> Self {
+        if self.read_fanout {
+            self.members = Vec::new();
+        }
+        self
+    }
+}
+
+/// One row of a conversation's member table, written by the event that
+/// changes it (see [`EventCommit::members`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    pub user_id: u64,
+    /// `true`: a member from this event on; `false`: no longer one.
+    pub member: bool,
 }
 
 /// The result of a first send, returned again to a retry.
@@ -331,6 +365,10 @@ pub struct EventCommit {
     pub conversation: Option<Conversation>,
     /// Users joining or leaving large groups with this event.
     pub large_group_index: Vec<LargeGroupIndexChange>,
+    /// Rows of the conversation's member table this event writes (large
+    /// groups: their records list nobody). At most one call's members,
+    /// or the whole list once, when a group switches to read fanout.
+    pub members: Vec<MemberChange>,
     /// Read markers this event raises in the conversation's reader index
     /// (for read receipts): only ever raised.
     pub readers: Vec<ReaderMark>,

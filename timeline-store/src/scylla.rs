@@ -19,6 +19,7 @@
 //! large_group_members (user_id, conversation_id)       joined and left positions of a user's large (read-fanout) groups
 //! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
+//! conversation_members (conversation_id, user_id)     member boolean, written USING TIMESTAMP of the event's conv_seq: the member table of large groups
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
@@ -113,6 +114,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.large_groups (user_id bigint, conversation_id bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.large_group_members (user_id bigint, conversation_id bigint, joined_seq bigint, joined_conv_seq bigint, left_seq bigint, left_conv_seq bigint, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.inbox_floors (user_id bigint PRIMARY KEY, floor bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.conversation_members (conversation_id bigint, user_id bigint, member boolean, PRIMARY KEY (conversation_id, user_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_states (user_id bigint, conversation_id bigint, state blob, PRIMARY KEY (user_id, conversation_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.read_state_applied (user_id bigint PRIMARY KEY, applied_seq bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.conversation_readers (conversation_id bigint, user_id bigint, read_through bigint, joined bigint, PRIMARY KEY (conversation_id, user_id))",
@@ -151,6 +153,11 @@ struct PendingEvent {
     keep_copies: bool,
     #[prost(message, repeated, tag = "13")]
     rewrites: Vec<PendingRewrite>,
+    /// [`EventCommit::members`]: user ids, and whether each is a member.
+    #[prost(uint64, repeated, tag = "14")]
+    member_users: Vec<u64>,
+    #[prost(bool, repeated, tag = "15")]
+    member_flags: Vec<bool>,
 }
 
 /// A [`crate::Rewrite`] inside an intent.
@@ -211,6 +218,8 @@ impl PendingEvent {
                     inbox_seqs: rewrite.inbox.iter().map(|w| w.seq).collect(),
                 })
                 .collect(),
+            member_users: commit.members.iter().map(|m| m.user_id).collect(),
+            member_flags: commit.members.iter().map(|m| m.member).collect(),
         }
     }
 
@@ -221,6 +230,9 @@ impl PendingEvent {
             .try_into()?;
         if self.reader_users.len() != self.reader_marks.len() {
             return Err(corrupt("pending event reader lists differ in length"));
+        }
+        if self.member_users.len() != self.member_flags.len() {
+            return Err(corrupt("pending event member lists differ in length"));
         }
         let receipt = match self.receipt {
             Some(receipt) => {
@@ -255,6 +267,12 @@ impl PendingEvent {
             receipt,
             conversation: self.conversation.map(TryInto::try_into).transpose()?,
             large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
+            members: self
+                .member_users
+                .iter()
+                .zip(&self.member_flags)
+                .map(|(&user_id, &member)| crate::MemberChange { user_id, member })
+                .collect(),
             readers: self
                 .reader_users
                 .iter()
@@ -307,6 +325,11 @@ struct Statements {
     select_large_group_member: PreparedStatement,
     leave_large_group: PreparedStatement,
     select_large_group_members: PreparedStatement,
+    /// A member-table row; a leave is `member = false`, not a delete, so
+    /// a walk of a churning group reads no tombstones.
+    upsert_member: PreparedStatement,
+    select_member: PreparedStatement,
+    select_members_page: PreparedStatement,
     /// Indexes written before positions were kept: read as memberships
     /// joined at position zero, deleted when the member leaves.
     delete_legacy_large_group: PreparedStatement,
@@ -429,6 +452,18 @@ impl ScyllaTimelineStore {
             .await?,
             select_large_group_members: prepare(
                 "SELECT conversation_id, joined_seq, joined_conv_seq, left_seq, left_conv_seq FROM {ks}.large_group_members WHERE user_id = ? AND conversation_id > ? LIMIT ?",
+            )
+            .await?,
+            upsert_member: prepare(
+                "INSERT INTO {ks}.conversation_members (conversation_id, user_id, member) VALUES (?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_member: prepare(
+                "SELECT member FROM {ks}.conversation_members WHERE conversation_id = ? AND user_id = ?",
+            )
+            .await?,
+            select_members_page: prepare(
+                "SELECT user_id, member FROM {ks}.conversation_members WHERE conversation_id = ? AND user_id > ? LIMIT ?",
             )
             .await?,
             delete_legacy_large_group: prepare(
@@ -671,6 +706,32 @@ impl ScyllaTimelineStore {
         read_pages([()], usize::MAX, PAGE_ROWS as usize, cursor_of, page).await
     }
 
+    /// The event's conv_seq is the row's write time: an older event
+    /// applied again (by `recover`) never undoes a later change.
+    async fn write_member(
+        &self,
+        conversation_id: u64,
+        conv_seq: u64,
+        change: crate::MemberChange,
+    ) -> Result<()> {
+        let values = (
+            big(conversation_id),
+            big(change.user_id),
+            change.member,
+            big(conv_seq),
+        );
+        self.execute(&self.statements.upsert_member, values)
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether the member table says `user_id` is a member.
+    async fn member_row(&self, conversation_id: u64, user_id: u64) -> Result<(u64, bool)> {
+        let values = (big(conversation_id), big(user_id));
+        let rows: Vec<Option<bool>> = self.column(&self.statements.select_member, values).await?;
+        Ok((user_id, rows.first().copied().flatten().unwrap_or(false)))
+    }
+
     /// One row per (conversation, user), the marker as its write
     /// timestamp (see `insert_reader`).
     async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
@@ -772,6 +833,14 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<_>>();
+        let member_writes =
+            stream::iter(
+                commit.members.clone().into_iter().map(|change| {
+                    self.write_member(conversation_id, commit.entry.conv_seq, change)
+                }),
+            )
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .try_collect::<Vec<()>>();
         let reader_writes = stream::iter(
             commit
                 .readers
@@ -786,6 +855,7 @@ impl ScyllaTimelineStore {
             rewrite_conv_writes,
             inbox_writes,
             index_writes,
+            member_writes,
             reader_writes
         )?;
 
@@ -871,6 +941,58 @@ impl ReadStates for ScyllaTimelineStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::ConversationMembers for ScyllaTimelineStore {
+    async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>> {
+        let mut found: Vec<u64> = stream::iter(
+            users
+                .to_vec()
+                .into_iter()
+                .map(|user_id| self.member_row(conversation_id, user_id)),
+        )
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .try_filter_map(|(user_id, member)| async move { Ok(member.then_some(user_id)) })
+        .try_collect()
+        .await?;
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let mut members = Vec::new();
+        let mut cursor = after;
+        // Rows of former members are skipped, so a page may take several
+        // reads; each asks for what is still missing (at most a page).
+        while members.len() < limit {
+            let wanted = (limit - members.len()).min(PAGE_ROWS as usize);
+            let values = (big(conversation_id), big(cursor), wanted as i32);
+            let result = self
+                .execute(&self.statements.select_members_page, values)
+                .await?;
+            let rows = result.into_rows_result().map_err(cql)?;
+            let rows: std::result::Result<Vec<(i64, Option<bool>)>, _> =
+                rows.rows::<(i64, Option<bool>)>().map_err(cql)?.collect();
+            let rows = rows.map_err(corrupt)?;
+            let read = rows.len();
+            for (user_id, member) in rows {
+                cursor = user_id as u64;
+                if member.unwrap_or(false) {
+                    members.push(cursor);
+                }
+            }
+            if read < wanted {
+                break;
+            }
+        }
+        Ok(members)
     }
 }
 

@@ -23,6 +23,7 @@ pub trait TimelineStore:
     + InboxRetention
     + ConversationReads
     + ConversationScan
+    + ConversationMembers
     + Checkpoints
     + Receipts
     + Revocations
@@ -38,6 +39,7 @@ impl<T> TimelineStore for T where
         + InboxRetention
         + ConversationReads
         + ConversationScan
+        + ConversationMembers
         + Checkpoints
         + Receipts
         + Revocations
@@ -148,6 +150,31 @@ pub trait ConversationScan: Send + Sync {
     /// shorter than `limit` ends the scan. A complete scan lists every
     /// conversation that existed when it began, once.
     async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>>;
+}
+
+/// The member table of conversations whose records do not list their
+/// members (large groups; see [`Conversation::lists_members`]): one row
+/// per (conversation, user), written by the events that carry
+/// [`EventCommit::members`] (a row with `member: false` ends a
+/// membership), so a group of any size is changed a call's worth at a
+/// time and read a page at a time.
+#[async_trait]
+pub trait ConversationMembers: Send + Sync {
+    /// Those of `users` (ascending, no duplicates, at most a call's worth)
+    /// who are members by the member table, ascending: point lookups.
+    async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>>;
+
+    /// Members with ids above `after` (0: from the start), ascending, at
+    /// most `limit`; a reply shorter than `limit` is the end. A member
+    /// present from the first call to the last is listed exactly once by
+    /// a walk that continues from the last id returned, however members
+    /// join and leave meanwhile.
+    async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>>;
 }
 
 /// Per-device sync positions.

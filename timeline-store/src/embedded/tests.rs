@@ -33,6 +33,7 @@ async fn inbox_copies_of_heavy_messages_are_small_rows() {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     store.commit_event(commit).await.unwrap();
@@ -96,6 +97,7 @@ fn with_receipt(n: u128, sent_at_ms: i64) -> (IdempotencyKey, EventCommit) {
         receipt: Some((key.clone(), receipt)),
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     (key, commit)

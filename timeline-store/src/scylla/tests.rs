@@ -1,4 +1,5 @@
 use super::*;
+use crate::ConversationMembers;
 
 /// The CQL server the README's test command starts; these tests fail
 /// (never skip) without one.
@@ -88,6 +89,7 @@ async fn interrupted_events_are_finished_by_recover() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     // A crash after the intent and the first inbox copy, before the rest.
@@ -139,6 +141,67 @@ async fn interrupted_events_are_finished_by_recover() {
     drop_keyspace(&session, &keyspace).await;
 }
 
+/// A membership event of a large group interrupted after its intent: its
+/// member-table rows are written by `recover`, and an older event applied
+/// again never undoes a later change of the same row.
+#[tokio::test]
+async fn an_interrupted_membership_change_is_finished_by_recover() {
+    let keyspace = unique_keyspace("members");
+    let (session, store) = open_store(&keyspace).await;
+    let event = |conv_seq: u64, users: std::ops::RangeInclusive<u64>, member: bool| EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
+        entry: Entry {
+            conv_seq,
+            msg_id: 700 + conv_seq,
+            ..Entry::new(crate::EntryKind::MembersAdded, 8)
+        },
+        inbox: Vec::new(),
+        receipt: None,
+        conversation: None,
+        large_group_index: Vec::new(),
+        members: users
+            .map(|user_id| crate::MemberChange { user_id, member })
+            .collect(),
+        readers: Vec::new(),
+    };
+    let joined = event(5, 1..=1_000, true);
+    let (shard, event_id) = pending_key(&joined);
+    let intent = PendingEvent::from_commit(&joined).encode_to_vec();
+    store
+        .execute(&store.statements.insert_pending, (shard, event_id, intent))
+        .await
+        .unwrap();
+    assert!(store.list_members(8, 0, 10).await.unwrap().is_empty());
+
+    let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
+        .await
+        .unwrap();
+    assert_eq!(reopened.recover().await.unwrap(), 1);
+    let all = reopened.list_members(8, 0, 2_000).await.unwrap();
+    assert_eq!(all, (1..=1_000).collect::<Vec<_>>());
+
+    reopened
+        .commit_event(event(6, 1..=10, false))
+        .await
+        .unwrap();
+    // The join applied once more, as a late retry would: still removed.
+    reopened.commit_event(joined).await.unwrap();
+    assert_eq!(
+        reopened.list_members(8, 0, 5).await.unwrap(),
+        vec![11, 12, 13, 14, 15],
+        "former members' rows are skipped"
+    );
+    assert_eq!(
+        reopened
+            .members_among(8, &[1, 10, 11, 2_000])
+            .await
+            .unwrap(),
+        vec![11]
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
 #[tokio::test]
 async fn reads_cross_buckets_and_skip_empty_ones() {
     let keyspace = unique_keyspace("buckets");
@@ -160,6 +223,7 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            members: Vec::new(),
             readers: Vec::new(),
         };
         store.commit_event(commit).await.unwrap();
@@ -281,6 +345,7 @@ async fn receipts_expire_after_the_retention_window() {
         receipt: Some((key.clone(), receipt.clone())),
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     store.commit_event(commit).await.unwrap();
@@ -317,6 +382,7 @@ async fn an_event_without_an_id_is_refused() {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     let refused = store.commit_event(commit).await;
@@ -360,6 +426,7 @@ async fn an_interrupted_recall_is_finished_by_recover() {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            members: Vec::new(),
             readers: Vec::new(),
         })
         .await
@@ -399,6 +466,7 @@ async fn an_interrupted_recall_is_finished_by_recover() {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     };
     let (shard, event_id) = pending_key(&recall);

@@ -9,6 +9,7 @@
 use futures_util::future::join_all;
 
 mod lifecycle;
+mod members;
 mod read_states;
 
 use crate::{
@@ -43,6 +44,7 @@ fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     }
 }
@@ -124,6 +126,8 @@ where
     lifecycle::rewriting_a_heavy_message_reaches_every_copy(&store).await;
     lifecycle::rewrites_do_not_bring_back_trimmed_copies(&store).await;
     conversation_scan_lists_every_conversation_once(&store).await;
+    members::member_table_is_changed_a_call_at_a_time_and_paged(&store).await;
+    members::member_pages_are_stable_under_joins_and_leaves(&store).await;
     assert_eq!(
         store.recover().await.unwrap(),
         0,
@@ -133,6 +137,7 @@ where
     let reopened = open().await;
     everything_survives_reopen(&reopened).await;
     read_states::read_states_survive_reopen(&reopened).await;
+    members::member_table_survives_reopen(&reopened).await;
 }
 
 async fn event_writes_conversation_entry_and_every_inbox_copy<S: TimelineStore>(store: &S) {
@@ -237,6 +242,7 @@ fn conversation(id: u64, members: Vec<u64>) -> Conversation {
     Conversation {
         conversation_id: id,
         kind: ConversationKind::Group,
+        member_count: members.len() as u64,
         members,
         title: "team".into(),
         created_at_ms: 1_700_000_000_000,
@@ -302,7 +308,28 @@ async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &
     store.commit_event(created).await.unwrap();
     let stored = store.conversation(conv).await.unwrap().expect("created");
     assert_eq!(stored.members, vec![BASE + 30, BASE + 31]);
-    assert!(stored.is_member(BASE + 31) && !stored.is_member(BASE + 32));
+    assert_eq!(stored.member_count, 2);
+    assert_eq!(
+        (
+            stored.listed_member(BASE + 31),
+            stored.listed_member(BASE + 32)
+        ),
+        (Some(true), Some(false))
+    );
+    // A large group's record keeps its count, not its list.
+    let mut large = conversation(BASE + 5, Vec::new());
+    (large.read_fanout, large.member_count) = (true, 100_000);
+    let mut created_large = fanout(message(BASE + 5, 1, 0, ""), &[]);
+    created_large.entry.kind = EntryKind::ConversationCreated;
+    created_large.conversation = Some(large.clone());
+    store.commit_event(created_large).await.unwrap();
+    let stored_large = store.conversation(BASE + 5).await.unwrap().unwrap();
+    assert_eq!(stored_large, large);
+    assert_eq!(
+        stored_large.listed_member(BASE + 30),
+        None,
+        "ask the member table"
+    );
 
     let mut send = fanout(
         message(conv, 2, BASE + 30, "once"),

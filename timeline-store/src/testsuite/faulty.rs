@@ -441,6 +441,27 @@ impl<S: EventLog> FaultyStore<S> {
 }
 
 #[async_trait]
+impl<S: crate::ConversationMembers> crate::ConversationMembers for FaultyStore<S> {
+    async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>> {
+        self.run(Op::Read, self.inner.members_among(conversation_id, users))
+            .await
+    }
+
+    async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        self.run(
+            Op::Read,
+            self.inner.list_members(conversation_id, after, limit),
+        )
+        .await
+    }
+}
+
+#[async_trait]
 impl<S: InboxReads> InboxReads for FaultyStore<S> {
     async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
         self.sleep_inbox_read().await;
@@ -603,6 +624,7 @@ mod tests {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            members: Vec::new(),
             readers: Vec::new(),
         }
     }

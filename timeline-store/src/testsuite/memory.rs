@@ -2,13 +2,14 @@
 //! suite checks: the model a randomized test can run thousands of times.
 
 use crate::{
-    Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite, LargeGroupMembership,
-    Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt,
-    Receipts, RecordedRevocation, Result, Revocation, Revocations, RevokedBefore,
+    Checkpoints, Conversation, ConversationMembers, ConversationRange, ConversationReads, Entry,
+    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
+    LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
+    ReaderMark, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations,
+    RevokedBefore,
 };
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A cheap-to-clone handle; clones share one store, so dropping a handle
@@ -37,6 +38,8 @@ struct State {
     read_states: HashMap<u64, (u64, BTreeMap<u64, ReadStateRow>)>,
     readers: BTreeMap<(u64, u64), ReaderMark>,
     copies: HashMap<(u64, u64), Vec<InboxWrite>>,
+    /// `(conversation_id, user_id)` of every current member-table row.
+    members: BTreeSet<(u64, u64)>,
 }
 
 impl MemoryStore {
@@ -106,6 +109,14 @@ impl EventLog for MemoryStore {
             let previous = state.large_groups.get(&key).copied();
             let membership = LargeGroupMembership::changed(previous, change, position);
             state.large_groups.insert(key, membership);
+        }
+        for change in &commit.members {
+            let key = (entry.conversation_id, change.user_id);
+            if change.member {
+                state.members.insert(key);
+            } else {
+                state.members.remove(&key);
+            }
         }
         for mark in &commit.readers {
             let stored = state
@@ -202,6 +213,36 @@ impl crate::ConversationScan for MemoryStore {
         ids.sort_unstable();
         ids.truncate(limit);
         Ok(ids)
+    }
+}
+
+#[async_trait]
+impl ConversationMembers for MemoryStore {
+    async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>> {
+        let state = self.state();
+        Ok(users
+            .iter()
+            .copied()
+            .filter(|&user| state.members.contains(&(conversation_id, user)))
+            .collect())
+    }
+
+    async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let state = self.state();
+        Ok(state
+            .members
+            .range((conversation_id, start)..=(conversation_id, u64::MAX))
+            .take(limit)
+            .map(|&(_, user)| user)
+            .collect())
     }
 }
 
