@@ -602,6 +602,22 @@ impl Client {
         carried(found.conversation)
     }
 
+    /// A page of the conversation's members with ids above `after`
+    /// (`next_after` 0: the last page).
+    pub async fn list_members(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<pb::ListMembersReply> {
+        let request = pb::ListMembersRequest {
+            conversation_id,
+            after,
+            limit,
+        };
+        reply(self.timeline().list_members(with_deadline(request))).await
+    }
+
     pub async fn add_members(
         &self,
         conversation_id: u64,

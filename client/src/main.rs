@@ -57,6 +57,9 @@ enum Command {
     Conversations(ConversationsArgs),
     /// Print how many and which members have read a message.
     Receipts(ReceiptsArgs),
+    /// Print a page of a conversation's members as JSON: the ids, the
+    /// member count and the next page's cursor (0: the last page).
+    Members(MembersArgs),
     /// Withdraw your message for everyone (within the server's recall
     /// window; a service token: any message); prints the event as JSON.
     Recall(TargetArgs),
@@ -152,6 +155,18 @@ struct ReceiptsArgs {
     conversation: u64,
     #[arg(long)]
     conv_seq: u64,
+}
+
+#[derive(Args)]
+struct MembersArgs {
+    #[arg(long)]
+    conversation: u64,
+    /// Members per page (the server caps it at 1,000; 0: its default, 500).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    /// The cursor printed by the previous page (0: the first page).
+    #[arg(long, default_value_t = 0)]
+    cursor: u64,
 }
 
 #[derive(Args)]
@@ -328,6 +343,8 @@ fn conversation_json(c: &pb::Conversation) -> serde_json::Value {
         "conversation_id": c.conversation_id,
         "kind": kind,
         "members": c.members,
+        "member_count": c.member_count,
+        "read_fanout": c.read_fanout,
         "title": c.title,
         "created_at_ms": c.created_at_ms,
     })
@@ -513,6 +530,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .clear_history(args.conversation, args.through, args.op_id)
                 .await?;
             print_json(&change_json(&reply))?;
+        }
+        Command::Members(args) => {
+            let page = client
+                .list_members(args.conversation, args.cursor, args.limit)
+                .await?;
+            print_json(&serde_json::json!({
+                "members": page.members,
+                "member_count": page.member_count,
+                "next_cursor": page.next_after,
+            }))?;
         }
         Command::Receipts(args) => {
             let receipts = client

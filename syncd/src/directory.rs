@@ -92,6 +92,51 @@ impl Directory {
         Ok(Locked { record, guard })
     }
 
+    /// Whether `user_id` belongs to the conversation: the record's list,
+    /// or one point lookup in the store's member table for a large group
+    /// (whose record lists nobody).
+    pub async fn is_member(&self, record: &Conversation, user_id: u64) -> Result<bool> {
+        Ok(self.members_among(record, &[user_id]).await?.len() == 1)
+    }
+
+    /// Those of `users` (ascending, no duplicates, at most a call's worth)
+    /// who are members, ascending.
+    pub async fn members_among(&self, record: &Conversation, users: &[u64]) -> Result<Vec<u64>> {
+        if record.lists_members() {
+            return Ok(users
+                .iter()
+                .copied()
+                .filter(|&user| record.listed_member(user) == Some(true))
+                .collect());
+        }
+        Ok(self
+            .store
+            .members_among(record.conversation_id, users)
+            .await?)
+    }
+
+    /// Up to `limit` members with ids above `after`, ascending (fewer:
+    /// the last page), from the record's list or the member table.
+    pub async fn member_page(
+        &self,
+        record: &Conversation,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        if record.lists_members() {
+            let start = record.members.partition_point(|&m| m <= after);
+            return Ok(record.members[start..]
+                .iter()
+                .take(limit)
+                .copied()
+                .collect());
+        }
+        Ok(self
+            .store
+            .list_members(record.conversation_id, after, limit)
+            .await?)
+    }
+
     /// A record written by a committed event. Its writer held the
     /// exclusive lock (or the conversation is new), so no reader can have
     /// cached an older one since.

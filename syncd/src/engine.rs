@@ -432,6 +432,19 @@ impl Engine {
         self.lifecycle.to_completion("membership", work).await
     }
 
+    /// A page of the conversation's members (see [`Membership::list`]).
+    pub async fn list_members(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<crate::membership::MemberPage> {
+        self.membership
+            .list(principal, conversation_id, after, limit)
+            .await
+    }
+
     pub async fn sync(
         &self,
         principal: &Principal,
@@ -562,6 +575,16 @@ mod growth_tests {
             }
             async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
                 self.inner.inbox_floor(user_id).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ConversationMembers for SlowConversationReads {
+            async fn members_among(&self, id: u64, users: &[u64]) -> Result<Vec<u64>> {
+                self.inner.members_among(id, users).await
+            }
+            async fn list_members(&self, id: u64, after: u64, limit: usize) -> Result<Vec<u64>> {
+                self.inner.list_members(id, after, limit).await
             }
         }
 

@@ -4,7 +4,9 @@
 
 use crate::amend::Amendment;
 use crate::fanout::{Change, Fanout, fanout};
-use timeline_store::{Conversation, Entry, EntryKind, IdempotencyKey, ReaderMark, Target};
+use timeline_store::{
+    Conversation, Entry, EntryKind, IdempotencyKey, MemberChange, ReaderMark, Target,
+};
 use uuid::Uuid;
 
 /// One event before it is written: the conversation entry (seqs, id and
@@ -16,8 +18,11 @@ pub struct Event {
     pub receipt_key: Option<IdempotencyKey>,
     /// What the receipt remembers of the request (0: nothing).
     pub fingerprint: u64,
-    /// The conversation record after the event, when it changes it.
+    /// The conversation record after the event, when it changes it (as
+    /// stored: a large group's lists nobody).
     pub record: Option<Conversation>,
+    /// Rows of the large group's member table the event writes.
+    pub member_rows: Vec<MemberChange>,
     /// How the event rewrites an earlier message once it has its own
     /// `conv_seq` and time (edits, recalls, deletes).
     pub amendment: Option<Amendment>,
@@ -67,14 +72,30 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: None,
+            member_rows: Vec::new(),
             amendment: None,
         }
     }
 
+    /// Who may hold an inbox copy of `target` in a large group (its
+    /// sender and the members it names) or get one of a change by
+    /// `actor`: ascending, no system. [`Event::amending`] takes those of
+    /// them who are members now.
+    pub fn copy_candidates(target: &Entry, actor: u64) -> Vec<u64> {
+        let mut copies = target.mentions.clone();
+        copies.push(target.sender_id);
+        copies.push(actor);
+        copies.retain(|&user| user != 0);
+        copies.sort_unstable();
+        copies.dedup();
+        copies
+    }
+
     /// An edit, recall or delete for everyone of `target` (the stored
     /// conversation entry) by `actor` (0: a service), into `conversation`.
-    /// It reaches whoever a message would, and in a large group also
-    /// everyone who has an inbox copy of the target (sender, mentioned).
+    /// It reaches whoever a message would, and in a large group also the
+    /// members who hold an inbox copy of the target (`copy_holders`: the
+    /// current members among [`Event::copy_candidates`]).
     pub fn amending(
         conversation: &Conversation,
         kind: EntryKind,
@@ -82,16 +103,11 @@ impl Event {
         target: &Entry,
         text: String,
         amendment: Amendment,
+        copy_holders: Vec<u64>,
     ) -> Self {
         let mut fanout = fanout(Change::Message, conversation, conversation);
         if conversation.read_fanout {
-            let mut copies = target.mentions.clone();
-            copies.push(target.sender_id);
-            copies.push(actor);
-            copies.retain(|&user| user != 0 && conversation.is_member(user));
-            copies.sort_unstable();
-            copies.dedup();
-            fanout.recipients = copies;
+            fanout.recipients = copy_holders;
         }
         Self {
             entry: Entry {
@@ -105,6 +121,7 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: None,
+            member_rows: Vec::new(),
             amendment: Some(amendment),
         }
     }
@@ -125,13 +142,20 @@ impl Event {
             receipt_key: None,
             fingerprint: 0,
             record: None,
+            member_rows: Vec::new(),
             amendment: None,
         }
     }
 
-    /// A new conversation, created by `creator` (0: a service). Every
-    /// member hears of it, in either fanout mode.
+    /// A new conversation, created by `creator` (0: a service), with its
+    /// whole member list (one call's worth). Every member hears of it, in
+    /// either fanout mode; a large group's members go to its member table.
     pub fn conversation_created(record: Conversation, creator: u64) -> Self {
+        let member_rows = if record.read_fanout {
+            rows(&record.members, true)
+        } else {
+            Vec::new()
+        };
         Self {
             entry: Entry {
                 sender_id: creator,
@@ -142,13 +166,21 @@ impl Event {
             fanout: fanout(Change::Created, &record, &record),
             receipt_key: None,
             fingerprint: 0,
-            record: Some(record),
+            record: Some(record.stored()),
+            member_rows,
             amendment: None,
         }
     }
 
     /// Members `changed` joined or left: `before` is the record the change
-    /// was decided on, `after` the record it leaves.
+    /// was decided on, `after` the record it leaves, listing every member
+    /// when `before` did (a group switching to read fanout lists them once
+    /// more, for the switch's fanout and its member table).
+    ///
+    /// The member table gets the changed members' rows, or, when the
+    /// record stops listing members (the switch, or a large group stored
+    /// before members were paged), a row for every member: at most the
+    /// large-group threshold plus one call's worth, once per group.
     pub fn members_changed(
         before: &Conversation,
         after: Conversation,
@@ -160,6 +192,13 @@ impl Event {
             MembershipChange::Remove => (EntryKind::MembersRemoved, Change::Removed(&changed)),
         };
         let fanout = fanout(shape, before, &after);
+        let member_rows = if !after.read_fanout {
+            Vec::new()
+        } else if before.lists_members() {
+            rows(&after.members, true)
+        } else {
+            rows(&changed, change == MembershipChange::Add)
+        };
         Self {
             entry: Entry {
                 members: changed,
@@ -168,7 +207,8 @@ impl Event {
             fanout,
             receipt_key: None,
             fingerprint: 0,
-            record: Some(after),
+            record: Some(after.stored()),
+            member_rows,
             amendment: None,
         }
     }
@@ -213,6 +253,13 @@ impl Event {
     pub fn conversation_id(&self) -> u64 {
         self.entry.conversation_id
     }
+}
+
+fn rows(users: &[u64], member: bool) -> Vec<MemberChange> {
+    users
+        .iter()
+        .map(|&user_id| MemberChange { user_id, member })
+        .collect()
 }
 
 /// What an edit or removal event says about its target.

@@ -196,7 +196,7 @@ impl History {
             .peek(conversation_id)
             .await
             .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
-        access::may_read(principal, &conversation)?;
+        access::may_read(&self.directory, principal, &conversation).await?;
         Ok((*conversation).clone())
     }
 }

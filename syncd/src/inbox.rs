@@ -298,6 +298,7 @@ mod trim_tests {
                 receipt: None,
                 conversation: None,
                 large_group_index: Vec::new(),
+                members: Vec::new(),
                 readers: Vec::new(),
             })
             .await

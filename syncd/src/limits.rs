@@ -25,11 +25,17 @@ pub const MAX_TITLE_BYTES: usize = 256;
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest encoded gRPC reply (a full sync page of maximal messages fits).
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
-/// Members of one conversation. Every member gets an inbox copy of every
-/// message (write fanout), so this bounds the cost of one send.
-pub const MAX_CONVERSATION_MEMBERS: usize = 10_000;
-/// Members named in one create/add/remove call.
+/// Members of one conversation. Past the large-group threshold a message
+/// costs nothing per member and the members are paged in the store's
+/// member table (the record keeps a count), so this bounds the table and
+/// a full listing, not the cost of a send or of a membership change.
+pub const MAX_CONVERSATION_MEMBERS: usize = 100_000;
+/// Members named in one create/add/remove call: what one membership event
+/// writes (inbox copies, index and member-table rows) and holds.
 pub const MAX_MEMBERS_PER_CALL: usize = 1_000;
+/// ListMembers page size when the request leaves it at 0, and the cap.
+pub const DEFAULT_MEMBERS_LIMIT: usize = 500;
+pub const MAX_MEMBERS_LIMIT: usize = 1_000;
 /// Sync page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 pub const MAX_SYNC_LIMIT: usize = 1_000;

@@ -14,7 +14,10 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::{Event, MembershipChange, now_ms};
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
-use crate::limits::{MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES};
+use crate::limits::{
+    DEFAULT_MEMBERS_LIMIT, MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_LIMIT, MAX_MEMBERS_PER_CALL,
+    MAX_TITLE_BYTES,
+};
 use crate::writer::{EventWriter, Held};
 use seqsvc::Namespace;
 use seqsvc::client::SeqSource;
@@ -145,11 +148,13 @@ impl Membership {
             conversation_id,
             kind,
             read_fanout: members.len() > self.large_group_threshold,
+            member_count: members.len() as u64,
             members,
             title: request.title,
             created_at_ms: now_ms(),
         };
-        let mut event = Event::conversation_created(record.clone(), creator);
+        let mut event = Event::conversation_created(record, creator);
+        let record = event.record.clone().expect("a creation carries its record");
         let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
         if let Some(claim) = claim {
             event = event.with_receipt(claim.key.clone(), fingerprint);
@@ -184,22 +189,39 @@ impl Membership {
                 "conversation {conversation_id} is direct: its members are fixed"
             )));
         }
-        let (changed, new_members) = apply(&before, &members, change);
+        let changed = self.changed(&before, &members, change).await?;
         if changed.is_empty() {
             return Ok(((*before).clone(), 0));
         }
-        if new_members.len() > MAX_CONVERSATION_MEMBERS {
+        let member_count = match change {
+            MembershipChange::Add => before.member_count + changed.len() as u64,
+            MembershipChange::Remove => before.member_count.saturating_sub(changed.len() as u64),
+        };
+        if member_count > MAX_CONVERSATION_MEMBERS as u64 {
             return Err(SyncdError::InvalidArgument(format!(
-                "conversation would have {} members, at most {MAX_CONVERSATION_MEMBERS}",
-                new_members.len()
+                "conversation would have {member_count} members, at most {MAX_CONVERSATION_MEMBERS}"
             )));
         }
+        let read_fanout = before.read_fanout || member_count > self.large_group_threshold as u64;
+        // Only a record that lists its members is rewritten with a list
+        // (and, crossing the threshold, lists them one last time for the
+        // switch): a large group's change costs the changed members alone.
+        let listed = if before.lists_members() {
+            listed_after(&before.members, &changed, change)
+        } else {
+            Vec::new()
+        };
         let after = Conversation {
-            read_fanout: before.read_fanout || new_members.len() > self.large_group_threshold,
-            members: new_members,
+            read_fanout,
+            members: listed,
+            member_count,
             ..(*before).clone()
         };
-        let event = Event::members_changed(&before, after.clone(), change, changed);
+        let event = Event::members_changed(&before, after, change, changed);
+        let stored = event
+            .record
+            .clone()
+            .expect("a membership event carries the record it leaves");
         let receipt = self
             .writer
             .commit(
@@ -207,38 +229,93 @@ impl Membership {
                 Held::until_complete(vec![Box::new(exclusive.into_guard())]),
             )
             .await?;
-        Ok((after, receipt.conv_seq))
+        Ok((stored, receipt.conv_seq))
+    }
+
+    /// The members of the request that really change: those not yet
+    /// members (add) or members now (remove). One lookup per named member
+    /// in a large group's member table, never a read of the whole list.
+    async fn changed(
+        &self,
+        before: &Conversation,
+        members: &[u64],
+        change: MembershipChange,
+    ) -> Result<Vec<u64>> {
+        let current = self.directory.members_among(before, members).await?;
+        Ok(match change {
+            MembershipChange::Add => members
+                .iter()
+                .copied()
+                .filter(|m| current.binary_search(m).is_err())
+                .collect(),
+            MembershipChange::Remove => current,
+        })
+    }
+
+    /// A page of the conversation's members after `after` (0: the first),
+    /// for a service or a member's device: ascending ids and the cursor
+    /// of the next page (0: this was the last). Read a page at a time
+    /// from the record's list or the member table, so a listing of any
+    /// size holds one page.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        conversation_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<MemberPage> {
+        let record = self
+            .directory
+            .peek(conversation_id)
+            .await
+            .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
+        access::may_read(&self.directory, principal, &record).await?;
+        let limit = crate::limits::clamp_limit(limit, DEFAULT_MEMBERS_LIMIT, MAX_MEMBERS_LIMIT);
+        // One more than asked says whether a next page exists.
+        let mut members = self
+            .directory
+            .member_page(&record, after, limit + 1)
+            .await?;
+        let next_after = if members.len() > limit {
+            members.truncate(limit);
+            members.last().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(MemberPage {
+            members,
+            member_count: record.member_count,
+            next_after,
+        })
     }
 }
 
-/// The members that really change, and the member list afterwards.
-fn apply(before: &Conversation, members: &[u64], change: MembershipChange) -> (Vec<u64>, Vec<u64>) {
+/// One page of a conversation's members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPage {
+    /// Ascending user ids.
+    pub members: Vec<u64>,
+    /// Members in the whole conversation now.
+    pub member_count: u64,
+    /// The cursor of the next page; 0 when this page is the last.
+    pub next_after: u64,
+}
+
+/// A listed member list after `changed` (all of them new members for an
+/// add, all of them members for a remove) changes it.
+fn listed_after(listed: &[u64], changed: &[u64], change: MembershipChange) -> Vec<u64> {
     match change {
         MembershipChange::Add => {
-            let joined: Vec<u64> = members
-                .iter()
-                .copied()
-                .filter(|m| !before.is_member(*m))
-                .collect();
-            let mut all = before.members.clone();
-            all.extend(&joined);
+            let mut all = listed.to_vec();
+            all.extend(changed);
             all.sort_unstable();
-            (joined, all)
+            all
         }
-        MembershipChange::Remove => {
-            let left: Vec<u64> = members
-                .iter()
-                .copied()
-                .filter(|m| before.is_member(*m))
-                .collect();
-            let rest = before
-                .members
-                .iter()
-                .copied()
-                .filter(|m| left.binary_search(m).is_err())
-                .collect();
-            (left, rest)
-        }
+        MembershipChange::Remove => listed
+            .iter()
+            .copied()
+            .filter(|m| changed.binary_search(m).is_err())
+            .collect(),
     }
 }
 
@@ -267,15 +344,46 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::MembershipChange;
+    use crate::engine::{Engine, MembershipChange};
     use crate::history::HistoryQuery;
+    use crate::limits::DEFAULT_LARGE_GROUP_THRESHOLD;
     use crate::testkit::*;
     use timeline_store::EntryKind;
 
+    /// Walks every member from the first page, `limit` at a time.
+    async fn walk(engine: &Engine, who: &Principal, conversation: u64, limit: usize) -> Vec<u64> {
+        let (mut all, mut after) = (Vec::new(), 0);
+        loop {
+            let page = engine
+                .list_members(who, conversation, after, limit)
+                .await
+                .unwrap();
+            assert!(page.members.len() <= limit);
+            all.extend(&page.members);
+            if page.next_after == 0 {
+                return all;
+            }
+            after = page.next_after;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_10000_member_group_costs_one_write_per_message() {
+    async fn a_100000_member_group_is_changed_in_pages_and_costs_one_write_per_message() {
         let fx = fixture().build().await;
         let (engine, store) = (Arc::clone(&fx.engine), Arc::clone(&fx.store));
+        // Every commit, seen on its way in: what one event holds.
+        let largest = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+        let seen = Arc::clone(&largest);
+        store.fail_commits_where(
+            move |commit| {
+                let mut seen = seen.lock().unwrap();
+                let listed = commit.conversation.as_ref().map_or(0, |c| c.members.len());
+                seen.0 = seen.0.max(commit.members.len());
+                seen.1 = seen.1.max(listed);
+                false
+            },
+            || unreachable!("no commit is failed"),
+        );
         let ops = Principal::Service { name: "ops".into() };
         let first: Vec<u64> = (1..=400).collect();
         let created = engine
@@ -292,7 +400,10 @@ mod tests {
             .unwrap();
         assert!(!created.read_fanout, "400 members: write fanout");
         let conversation = created.conversation_id;
-        for chunk in (401..=10_000u64).collect::<Vec<_>>().chunks(1_000) {
+        for chunk in (401..=MAX_CONVERSATION_MEMBERS as u64)
+            .collect::<Vec<_>>()
+            .chunks(MAX_MEMBERS_PER_CALL)
+        {
             engine
                 .change_members(
                     ops.clone(),
@@ -304,11 +415,61 @@ mod tests {
                 .unwrap();
         }
         let record = engine.get_conversation(&ops, conversation).await.unwrap();
-        assert_eq!(record.members.len(), 10_000);
+        assert_eq!(record.member_count, MAX_CONVERSATION_MEMBERS as u64);
         assert!(
-            record.read_fanout,
-            "switched to read fanout past 500 members"
+            record.read_fanout && record.members.is_empty(),
+            "switched to read fanout past 500 members; the record lists nobody"
         );
+        let (most_rows, most_listed) = *largest.lock().unwrap();
+        assert!(
+            most_rows <= DEFAULT_LARGE_GROUP_THRESHOLD + MAX_MEMBERS_PER_CALL,
+            "one event writes at most the switch's members, got {most_rows} rows"
+        );
+        assert!(
+            most_listed <= DEFAULT_LARGE_GROUP_THRESHOLD,
+            "no stored record lists more than a write-fanout group: {most_listed}"
+        );
+        // Point lookups: members read, others are refused; one more member
+        // is past the limit and changes nothing.
+        let query = || HistoryQuery {
+            conversation_id: conversation,
+            before: 0,
+            after: None,
+            limit: 1,
+        };
+        assert!(engine.history(&device(77_777, "d"), query()).await.is_ok());
+        assert!(matches!(
+            engine.history(&device(100_001, "d"), query()).await,
+            Err(SyncdError::PermissionDenied(_))
+        ));
+        let full = engine
+            .change_members(
+                ops.clone(),
+                conversation,
+                vec![100_001],
+                MembershipChange::Add,
+            )
+            .await;
+        assert!(
+            matches!(&full, Err(SyncdError::InvalidArgument(m)) if m.contains("at most 100000")),
+            "{full:?}"
+        );
+        let (_, unchanged) = engine
+            .change_members(
+                ops.clone(),
+                conversation,
+                vec![5, 77_777],
+                MembershipChange::Add,
+            )
+            .await
+            .unwrap();
+        assert_eq!(unchanged, 0, "adding members again is a no-op");
+        let everyone = walk(&engine, &ops, conversation, MAX_MEMBERS_LIMIT).await;
+        assert_eq!(
+            everyone,
+            (1..=MAX_CONVERSATION_MEMBERS as u64).collect::<Vec<_>>()
+        );
+        store.clear_aimed_fault();
 
         let before = store.counters().inbox_copies;
         let sent = engine
@@ -360,6 +521,109 @@ mod tests {
             .unwrap();
         assert!(page.large_groups.is_empty());
         assert_eq!(page.entries.last().unwrap().kind, EntryKind::MembersRemoved);
+    }
+
+    /// A walk of ListMembers pages continues from the last id it got:
+    /// members present throughout are listed once, in order, while others
+    /// join and leave between its pages; in a write-fanout group (the
+    /// record's list) and in a large group (the member table) alike. Only
+    /// members' devices and services may list.
+    #[tokio::test]
+    async fn member_pages_hold_under_joins_and_leaves() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let ops = Principal::Service { name: "ops".into() };
+        // Stayers are multiples of 10; churners join at +3 and +7.
+        for size in [40u64, 1_500] {
+            let stayers: Vec<u64> = (1..=size).map(|i| i * 10).collect();
+            let mut pages = stayers.chunks(MAX_MEMBERS_PER_CALL);
+            let created = engine
+                .create_conversation(
+                    ops.clone(),
+                    NewConversation {
+                        kind: ConversationKind::Group,
+                        members: pages.next().unwrap().to_vec(),
+                        title: String::new(),
+                        client_request_id: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let id = created.conversation_id;
+            for page in pages {
+                engine
+                    .change_members(ops.clone(), id, page.to_vec(), MembershipChange::Add)
+                    .await
+                    .unwrap();
+            }
+            let churn: Vec<u64> = stayers.iter().step_by(4).map(|s| s + 3).collect();
+            engine
+                .change_members(ops.clone(), id, churn.clone(), MembershipChange::Add)
+                .await
+                .unwrap();
+            let record = engine.get_conversation(&ops, id).await.unwrap();
+            assert_eq!(record.read_fanout, size > 500, "{size} members");
+
+            let limit = 7;
+            let (mut listed, mut after, mut round): (Vec<u64>, u64, u64) = (Vec::new(), 0, 0);
+            loop {
+                let page = engine.list_members(&ops, id, after, limit).await.unwrap();
+                listed.extend(&page.members);
+                if page.next_after == 0 {
+                    break;
+                }
+                after = page.next_after;
+                // Leaves behind and ahead of the cursor, joins on both sides.
+                let i = (round * 37 % churn.len() as u64) as usize;
+                let j = (i + churn.len() / 2) % churn.len();
+                engine
+                    .change_members(
+                        ops.clone(),
+                        id,
+                        vec![churn[i], churn[j]],
+                        MembershipChange::Remove,
+                    )
+                    .await
+                    .unwrap();
+                engine
+                    .change_members(
+                        ops.clone(),
+                        id,
+                        vec![churn[i] + 4, churn[j] + 4],
+                        MembershipChange::Add,
+                    )
+                    .await
+                    .unwrap();
+                round += 1;
+            }
+            assert!(
+                listed.windows(2).all(|w| w[0] < w[1]),
+                "ascending, once each"
+            );
+            let stayed = listed.iter().filter(|&&m| m % 10 == 0).count();
+            assert_eq!(stayed, stayers.len(), "{size}: every stayer listed once");
+
+            let member = device(stayers[3], "d");
+            let page = engine.list_members(&member, id, 0, 2).await.unwrap();
+            assert_eq!((page.members.len(), page.members[0]), (2, 10));
+            assert_eq!(page.next_after, page.members[1]);
+            assert_eq!(
+                page.member_count,
+                engine
+                    .get_conversation(&ops, id)
+                    .await
+                    .unwrap()
+                    .member_count
+            );
+            assert!(matches!(
+                engine.list_members(&device(11, "d"), id, 0, 2).await,
+                Err(SyncdError::PermissionDenied(_))
+            ));
+        }
+        assert!(matches!(
+            engine.list_members(&ops, 987_654, 0, 2).await,
+            Err(SyncdError::NotFound(_))
+        ));
     }
 
     #[tokio::test]

@@ -61,7 +61,12 @@ impl Mentions {
         self
     }
 
-    fn checked(self, conversation: &Conversation, sender_id: u64) -> Result<Self> {
+    async fn checked(
+        self,
+        directory: &Directory,
+        conversation: &Conversation,
+        sender_id: u64,
+    ) -> Result<Self> {
         let mut checked = self.normalized(sender_id);
         if checked.users.len() > MAX_MENTIONS {
             return Err(SyncdError::InvalidArgument(format!(
@@ -74,7 +79,10 @@ impl Mentions {
                 "mention_all is for groups; a direct conversation has one other member".into(),
             ));
         }
-        if let Some(stranger) = checked.users.iter().find(|&&u| !conversation.is_member(u)) {
+        let members = directory
+            .members_among(conversation, &checked.users)
+            .await?;
+        if let Some(stranger) = checked.users.iter().find(|u| !members.contains(u)) {
             return Err(SyncdError::InvalidArgument(format!(
                 "user {stranger} is not a member of conversation {}: only members can be mentioned",
                 conversation.conversation_id
@@ -182,8 +190,11 @@ impl Sender {
             .shared(command.conversation_id)
             .await
             .map_err(|e| access::conceal_missing(&principal, command.conversation_id, e))?;
-        access::may_send(sender_id, &membership.record)?;
-        let mentions = command.mentions.checked(&membership.record, sender_id)?;
+        access::may_send(&self.directory, sender_id, &membership.record).await?;
+        let mentions = command
+            .mentions
+            .checked(&self.directory, &membership.record, sender_id)
+            .await?;
         let mut event = Event::message(
             &membership.record,
             sender_id,
@@ -351,6 +362,7 @@ mod tests {
                 receipt: Some((old_key.clone(), old)),
                 conversation: None,
                 large_group_index: Vec::new(),
+                members: Vec::new(),
                 readers: Vec::new(),
             })
             .await

@@ -142,6 +142,7 @@ pub fn record(conversation_id: u64, members: &[u64], read_fanout: bool) -> Conve
         conversation_id,
         kind: ConversationKind::Group,
         members: members.to_vec(),
+        member_count: members.len() as u64,
         title: String::new(),
         created_at_ms: 0,
         read_fanout,

@@ -47,8 +47,8 @@ use syncd::engine::{
 };
 use timeline_store::testsuite::{Faults, FaultyStore, MemoryStore};
 use timeline_store::{
-    ConversationKind, ConversationRange, ConversationReads, Entry, EntryKind, InboxRange,
-    InboxReads, InboxRetention, TimelineStore,
+    Conversation, ConversationKind, ConversationRange, ConversationReads, Entry, EntryKind,
+    InboxRange, InboxReads, InboxRetention, TimelineStore,
 };
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -360,6 +360,7 @@ async fn op_create(
     let result = engine.create_conversation(principal, request).await;
     match result {
         Ok(record) => {
+            let record = with_members(world.store.inner(), record).await;
             world.trace(format!(
                 "#{step} created {} members {:?} read_fanout {}",
                 record.conversation_id, record.members, record.read_fanout
@@ -391,6 +392,7 @@ async fn op_change(
     let result = engine.change_members(service(), id, members, change).await;
     match result {
         Ok((record, conv_seq)) => {
+            let record = with_members(world.store.inner(), record).await;
             world.trace(format!(
                 "#{step} members of {id} now {:?} (conv_seq {conv_seq}, read_fanout {})",
                 record.members, record.read_fanout
@@ -945,6 +947,28 @@ async fn check_store(world: &World, step: usize) {
     }
 }
 
+/// The record with its member list: a large group's from its member
+/// table (its record lists nobody), walked a page at a time.
+async fn with_members(store: &MemoryStore, mut record: Conversation) -> Conversation {
+    use timeline_store::ConversationMembers;
+    if record.lists_members() {
+        return record;
+    }
+    let mut after = 0;
+    loop {
+        let page = store
+            .list_members(record.conversation_id, after, 100)
+            .await
+            .expect("memory read");
+        record.members.extend(&page);
+        match page.last() {
+            Some(&last) if page.len() == 100 => after = last,
+            _ => break,
+        }
+    }
+    record
+}
+
 async fn snapshot(world: &World) -> Snapshot {
     let inner = world.store.inner();
     let existing = world.state().model.existing.clone();
@@ -962,7 +986,9 @@ async fn snapshot(world: &World) -> Snapshot {
     for id in existing {
         snapshot.timelines.insert(id, timeline_of(inner, id).await);
         if let Some(record) = inner.conversation(id).await.expect("memory read") {
-            snapshot.records.insert(id, record);
+            snapshot
+                .records
+                .insert(id, with_members(inner, record).await);
         }
     }
     snapshot
@@ -1046,10 +1072,17 @@ fn final_check(world: &World, snapshot: &Snapshot, step: usize) {
             final_members.insert(id, (last.members_after.clone(), last.large_after));
             if let Some(record) = snapshot.records.get(&id) {
                 let members: BTreeSet<u64> = record.members.iter().copied().collect();
-                if members != last.members_after || record.read_fanout != last.large_after {
+                if members != last.members_after
+                    || record.read_fanout != last.large_after
+                    || record.members.len() as u64 != record.member_count
+                {
                     problems.push(format!(
-                        "record of {id} says {:?} (read fanout {}), its timeline {:?} ({})",
-                        record.members, record.read_fanout, last.members_after, last.large_after
+                        "record of {id} says {:?} (read fanout {}, {} members), its timeline {:?} ({})",
+                        record.members,
+                        record.read_fanout,
+                        record.member_count,
+                        last.members_after,
+                        last.large_after
                     ));
                 }
             }

@@ -165,7 +165,7 @@ impl Amender {
             .shared(id)
             .await
             .map_err(|e| access::conceal_missing(&principal, id, e))?;
-        access::may_send(actor, &membership.record)?;
+        access::may_send(&self.directory, actor, &membership.record).await?;
         let target = self.target(id, command.conv_seq).await?;
         rules::check(
             operation,
@@ -203,6 +203,14 @@ impl Amender {
                 }
             }
         };
+        let copy_holders = if membership.record.read_fanout {
+            let candidates = Event::copy_candidates(&target, actor);
+            self.directory
+                .members_among(&membership.record, &candidates)
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut event = Event::amending(
             &membership.record,
             operation.kind(),
@@ -210,6 +218,7 @@ impl Amender {
             &target,
             command.text,
             amendment,
+            copy_holders,
         );
         if let Some(key) = command.client_op_id {
             event.entry.client_msg_id = key.to_string();
@@ -261,7 +270,7 @@ impl Amender {
             .shared(id)
             .await
             .map_err(|e| access::conceal_missing(&principal, id, e))?;
-        access::may_read(&principal, &membership.record)?;
+        access::may_read(&self.directory, &principal, &membership.record).await?;
         if kind != EntryKind::DeleteForMe {
             return Err(SyncdError::Internal(format!(
                 "{kind:?} is not a delete for me"

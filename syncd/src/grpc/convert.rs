@@ -104,6 +104,7 @@ pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
         title: c.title,
         created_at_ms: c.created_at_ms,
         read_fanout: c.read_fanout,
+        member_count: c.member_count,
     }
 }
 

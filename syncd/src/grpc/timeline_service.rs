@@ -476,4 +476,21 @@ impl pb::timeline_server::Timeline for TimelineService {
             conversation: Some(convert::conversation(conversation)),
         }))
     }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersReply>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let r = request.get_ref();
+        let page = self
+            .engine
+            .list_members(&principal, r.conversation_id, r.after, r.limit as usize)
+            .await?;
+        Ok(Response::new(pb::ListMembersReply {
+            members: page.members,
+            member_count: page.member_count,
+            next_after: page.next_after,
+        }))
+    }
 }

@@ -311,6 +311,7 @@ fn commit(entry: Entry) -> EventCommit {
         receipt: None,
         conversation: None,
         large_group_index: Vec::new(),
+        members: Vec::new(),
         readers: Vec::new(),
     }
 }

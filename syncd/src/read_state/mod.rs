@@ -39,6 +39,7 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::keyed::KeyedLocks;
+use crate::limits::MAX_MEMBERS_LIMIT;
 use crate::visibility::Visibility;
 use crate::writer::EventWriter;
 use count::{Count, messages_from_others};
@@ -261,7 +262,7 @@ impl ReadState {
             .peek(conversation_id)
             .await
             .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
-        access::may_read(principal, &conversation)?;
+        access::may_read(&self.directory, principal, &conversation).await?;
         let top = self
             .visibility
             .readable_through(Scope::Conversation, conversation_id)
@@ -357,7 +358,7 @@ impl ReadState {
             .peek(conversation_id)
             .await
             .map_err(|e| access::conceal_missing(principal, conversation_id, e))?;
-        access::may_read(principal, &conversation)?;
+        access::may_read(&self.directory, principal, &conversation).await?;
         let range = timeline_store::ConversationRange::oldest_first(
             conv_seq.saturating_sub(1),
             conv_seq.saturating_add(1),
@@ -384,18 +385,29 @@ impl ReadState {
             .filter(|r| r.read_through >= conv_seq)
             .map(|r| r.user_id)
             .collect();
-        // Members who joined after the message never had it to read.
-        let others = conversation
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != message.sender_id)
-            .filter(|m| readers.get(m).is_none_or(|r| r.joined < conv_seq));
+        // Members who joined after the message never had it to read. A
+        // large group's members are walked a page at a time.
         let (mut member_count, mut read_by) = (0, Vec::new());
-        for member in others {
-            member_count += 1;
-            if read.contains(&member) {
-                read_by.push(member);
+        let mut after = 0;
+        loop {
+            let page = self
+                .directory
+                .member_page(&conversation, after, MAX_MEMBERS_LIMIT)
+                .await?;
+            let others = page
+                .iter()
+                .copied()
+                .filter(|&m| m != message.sender_id)
+                .filter(|m| readers.get(m).is_none_or(|r| r.joined < conv_seq));
+            for member in others {
+                member_count += 1;
+                if read.contains(&member) {
+                    read_by.push(member);
+                }
+            }
+            match page.last() {
+                Some(&last) if page.len() == MAX_MEMBERS_LIMIT => after = last,
+                _ => break,
             }
         }
         Ok(ReadReceipts {

@@ -133,6 +133,7 @@ impl EventWriter {
             receipt: None,
             conversation: None,
             large_group_index: Vec::new(),
+            members: Vec::new(),
             readers: vec![ReaderMark {
                 user_id,
                 read_through,

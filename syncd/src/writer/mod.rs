@@ -189,6 +189,7 @@ impl EventWriter {
             receipt_key,
             fingerprint,
             record,
+            member_rows,
             amendment,
         } = event;
         let conversation_id = entry.conversation_id;
@@ -250,6 +251,7 @@ impl EventWriter {
             receipt: receipt_key.map(|key| (key, receipt.clone())),
             conversation: record,
             large_group_index: fanout.index,
+            members: member_rows,
             readers,
         };
         self.land(commit, assignment, until_complete, bytes).await?;
@@ -464,7 +466,7 @@ fn cost_of(event: &Event) -> (usize, usize) {
     // too only when it is light (heavy ones refer to it).
     let payload = timeline_store::payload_bytes(&event.entry);
     let per_copy = COMMIT_BYTES_PER_COPY + timeline_store::inbox_copy_payload_bytes(&event.entry);
-    let members = event.record.as_ref().map_or(0, |r| r.members.len());
+    let members = event.record.as_ref().map_or(0, |r| r.members.len()) + event.member_rows.len();
     let (rewritten_copies, rewritten_bytes) = event
         .amendment
         .as_ref()
