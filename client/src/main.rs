@@ -59,7 +59,7 @@ enum Command {
     Receipts(ReceiptsArgs),
     /// Print a page of a conversation's members as JSON: the ids, the
     /// member count and the next page's cursor (0: the last page).
-    Members(MembersArgs),
+    Members(ListMembersArgs),
     /// Withdraw your message for everyone (within the server's recall
     /// window; a service token: any message); prints the event as JSON.
     Recall(TargetArgs),
@@ -158,7 +158,7 @@ struct ReceiptsArgs {
 }
 
 #[derive(Args)]
-struct MembersArgs {
+struct ListMembersArgs {
     #[arg(long)]
     conversation: u64,
     /// Members per page (the server caps it at 1,000; 0: its default, 500).
