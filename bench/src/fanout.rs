@@ -17,73 +17,84 @@ use syncd::server::StoreLocation;
 #[derive(clap::Args, Clone, Debug)]
 pub struct FanoutArgs {
     #[command(flatten)]
-    node: NodeArgs,
+    pub(crate) node: NodeArgs,
     #[arg(long, default_value_t = 10_000)]
-    users: u64,
+    pub(crate) users: u64,
     #[arg(long, default_value_t = 2_000)]
-    conversations: u64,
+    pub(crate) conversations: u64,
     /// Share of direct (2-member) conversations.
     #[arg(long, default_value_t = 0.70)]
-    direct_share: f64,
+    pub(crate) direct_share: f64,
     /// Share of small groups; the rest are large groups.
     #[arg(long, default_value_t = 0.25)]
-    small_group_share: f64,
+    pub(crate) small_group_share: f64,
     #[arg(long, default_value_t = 20)]
-    small_group_size: u64,
+    pub(crate) small_group_size: u64,
     #[arg(long, default_value_t = 200)]
-    large_group_size: u64,
+    pub(crate) large_group_size: u64,
     #[arg(long, default_value_t = 100)]
-    message_bytes: usize,
+    pub(crate) message_bytes: usize,
     /// Sends in flight at once (closed loop); ignored with --rate.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Open loop: start this many sends per second whatever the latency
     /// (latency counts from the scheduled start). 0: closed loop.
     #[arg(long, default_value_t = 0)]
-    rate: u64,
+    pub(crate) rate: u64,
     /// Measured seconds (after a warm-up of a tenth of it).
     #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    pub(crate) duration_secs: u64,
     /// Also insert the same rows with a bare prepared-statement loop at the
     /// same concurrency (CQL stores only).
     #[arg(long)]
-    bare_cql: bool,
+    pub(crate) bare_cql: bool,
     /// Each user has 1 to this many devices.
     #[arg(long, default_value_t = 3)]
-    max_devices: u64,
+    pub(crate) max_devices: u64,
     /// Share of all devices that hold a push stream, for delivery latency:
     /// from Send start until every subscribed recipient device has it. The
     /// default subscribes about 200 of W1's 20,000 devices.
     #[arg(long, default_value_t = 0.01)]
-    subscribed_share: f64,
+    pub(crate) subscribed_share: f64,
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// seqsvc step: sequence numbers per persisted max_seq write.
     #[arg(long, default_value_t = 10_000)]
-    seq_step: u64,
+    pub(crate) seq_step: u64,
     /// Sweep: run open loop at rising rates (from --sweep-start-rate, times
     /// --sweep-factor each step) until delivery p99 exceeds --sweep-p99-ms or
     /// the node falls behind the offered rate; reports the sustainable peak.
     #[arg(long)]
-    sweep: bool,
+    pub(crate) sweep: bool,
     #[arg(long, default_value_t = 500)]
-    sweep_start_rate: u64,
+    pub(crate) sweep_start_rate: u64,
     #[arg(long, default_value_t = 1.5)]
-    sweep_factor: f64,
+    pub(crate) sweep_factor: f64,
     #[arg(long, default_value_t = 100.0)]
     sweep_p99_ms: f64,
     /// Times a step that breaks the bound is run again before the sweep
     /// stops there (one disk stall should not decide the peak).
     #[arg(long, default_value_t = 1)]
-    sweep_retries: u32,
+    pub(crate) sweep_retries: u32,
     /// Also run the Redis Streams peer (redis-server from the system, run
     /// with appendfsync always and everysec) on the same conversations,
     /// concurrency and rate.
     #[arg(long)]
-    redis_peer: bool,
+    pub(crate) redis_peer: bool,
     /// Result file (default: bench/results/fanout-<unix time>.json).
     #[arg(long)]
-    out: Option<std::path::PathBuf>,
+    pub(crate) out: Option<std::path::PathBuf>,
+    /// The huge-group mix instead: a share of the sends go into one group
+    /// of this many members (created a call of 1,000 at a time), open loop
+    /// at --rate (200/s when 0). 0: the plain W1 mix.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) huge_group_members: u64,
+    /// Share of sends into the huge group.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) huge_group_share: f64,
+    /// Huge-group members holding a Subscribe stream.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) huge_group_online: u64,
 }
 
 struct Measured {
@@ -125,6 +136,9 @@ impl Measured {
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    if args.huge_group_members > 0 {
+        return crate::huge_group::run(&args).await;
+    }
     let node = Node::start(&args.node, args.seq_step).await?;
     let store_kind = node.store_kind();
     let location = node.location.clone();
@@ -444,7 +458,7 @@ fn print_sweep(
 
 /// Creates every conversation (setup, not measured). Returns member lists
 /// by conversation id.
-async fn create_all(
+pub(crate) async fn create_all(
     client: &Client,
     member_lists: &[Vec<u64>],
     concurrency: usize,

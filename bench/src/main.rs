@@ -22,6 +22,7 @@ mod delivery;
 mod devices;
 mod fanout;
 mod history_search;
+mod huge_group;
 mod node;
 mod open_loop;
 mod plot;

@@ -48,6 +48,7 @@ impl Observers {
         let kind = format!("{:?}", commit.entry.kind);
         metrics::counter!("syncd_events_committed_total", "kind" => kind).increment(1);
         metrics::counter!("syncd_inbox_entries_written_total").increment(commit.inbox.len() as u64);
+        metrics::counter!("syncd_member_rows_written_total").increment(commit.members.len() as u64);
         metrics::histogram!("syncd_fanout_recipients").record(commit.inbox.len() as f64);
         for observer in self.0.iter() {
             observer.before_visible(commit);

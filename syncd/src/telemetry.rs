@@ -27,6 +27,10 @@ pub fn describe_metrics() {
         "syncd_inbox_entries_written_total",
         "Inbox copies written (write fanout)."
     );
+    describe_counter!(
+        "syncd_member_rows_written_total",
+        "Rows of large groups' member tables written by membership events."
+    );
     describe_histogram!(
         "syncd_fanout_recipients",
         "Inbox copies per committed event."

@@ -15,6 +15,7 @@
 //! | [`InboxReads`] | `read_inbox`, `last_inbox_seq` | ascending seq ranges, complete up to `limit` |
 //! | [`InboxRetention`] | `trim_inbox`, `inbox_floor` | deletes below a floor that never goes back |
 //! | [`ConversationReads`] | `conversation`, `read_conversation`, `large_groups` | records, timelines both ways, the large-group index |
+//! | [`ConversationMembers`] | `members_among`, `list_members` | a large group's member table: point lookups and pages after a cursor |
 //! | [`ConversationScan`] | `conversation_ids` | every conversation once, a page at a time (for projections such as the search index) |
 //! | [`Checkpoints`] | `save_checkpoint`, `checkpoint` | per device, never lowered |
 //! | [`Receipts`] | `receipt` | the first send's result, per principal and client id |
@@ -25,7 +26,10 @@
 //! to [`TimelineStore`]'s bounds.
 //!
 //! # Data model
-//! - **Conversation record**: id, kind, title, members (the current set).
+//! - **Conversation record**: id, kind, title, member count, and the
+//!   members when it lists them (not a large group's).
+//! - **Member table**: `(conversation_id, user_id)` for every member of a
+//!   large group, written by its membership events a call at a time.
 //! - **Conversation timeline**: entries keyed by `(conversation_id, conv_seq)`.
 //! - **Inbox**: entries keyed by `(user_id, seq)`, a full copy of the
 //!   conversation entry per member (write fanout: one range read per sync).
