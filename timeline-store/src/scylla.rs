@@ -949,8 +949,8 @@ impl crate::ConversationMembers for ScyllaTimelineStore {
     async fn members_among(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<u64>> {
         let mut found: Vec<u64> = stream::iter(
             users
-                .to_vec()
-                .into_iter()
+                .iter()
+                .copied()
                 .map(|user_id| self.member_row(conversation_id, user_id)),
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
