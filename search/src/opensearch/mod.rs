@@ -1,0 +1,722 @@
+//! The distributed backend: one OpenSearch index, every document routed by
+//! its conversation (`routing=conversation_id`), so a conversation's
+//! messages, memberships and checkpoint share a shard, and a search within
+//! one conversation asks one shard.
+//!
+//! Three kinds of document, each with a deterministic id, so writing one
+//! again replaces it: messages (`m{conversation}.{conv_seq}`), memberships
+//! (`u{conversation}.{user}`: the intervals, and the highest `conv_seq`
+//! applied to them) and checkpoints (`c{conversation}`).
+//!
+//! OpenSearch has no transaction over several documents, so an update is
+//! made exact by its order: the documents first (bulk requests, each
+//! acknowledged only once durable in the translog and waiting for a refresh
+//! so that they are searchable), then the checkpoints. A crash between the
+//! two leaves documents above the checkpoint; the feeder then sends the
+//! same stretch again, and applying it twice gives the same index:
+//! upserts and removals set a document to one state, an edit of a message
+//! changes only its text, and membership changes at or below a membership's
+//! applied `conv_seq` are skipped. Nothing is lost (the checkpoint never
+//! passes what is durable) and nothing is doubled (ids are deterministic).
+//!
+//! Text is indexed with the shared tokeniser, spelled for OpenSearch's
+//! built-in analyzer ([`encode`]), so both backends match alike.
+
+mod client;
+mod encode;
+mod query;
+
+use crate::error::{Result, SearchError};
+use crate::model::{ConversationUpdate, IndexOp, Intervals, MessageDoc};
+use client::{Body, Http, reason};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+/// The layout of documents and mappings this version writes; an index
+/// with another is refused (rebuild it with `syncd reindex`).
+pub const SCHEMA_VERSION: u64 = 1;
+/// Largest bulk request sent, in bytes (a larger batch is sent as several).
+pub const MAX_BULK_BYTES: usize = 8 * 1024 * 1024;
+/// How long a bulk write may take (it waits for a refresh).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long creating, checking or dropping the index may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long after the query's own time limit its reply may take to come.
+const REPLY_SLACK: Duration = Duration::from_secs(3);
+/// How often the index makes writes searchable. A write returns once they
+/// are, so this bounds how long each commit of the indexer waits.
+pub const REFRESH_INTERVAL: &str = "200ms";
+/// Checkpoints read per request at open.
+const CHECKPOINT_PAGE: usize = 1000;
+/// Memberships fetched per request while applying.
+const MGET_CHUNK: usize = 1000;
+/// The index's analyzer: OpenSearch's standard one, with the gap word.
+const ANALYZER: &str = "timeline_tokens";
+/// Longest index name accepted (OpenSearch's limit is 255 bytes).
+const MAX_INDEX_NAME: usize = 100;
+
+/// Where the index lives and how it is laid out when created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSearchOptions {
+    /// `http://host:port` of a node of the cluster.
+    pub url: String,
+    /// The index name (lower-case letters, digits, `-` and `_`).
+    pub index: String,
+    /// Primary shards, when the index is created.
+    pub shards: u32,
+    /// Replicas of each shard, when the index is created.
+    pub replicas: u32,
+}
+
+impl OpenSearchOptions {
+    pub fn new(url: impl Into<String>, index: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            index: index.into(),
+            shards: 1,
+            replicas: 0,
+        }
+    }
+}
+
+pub struct OpenSearchIndex {
+    http: Http,
+    index: String,
+    /// The one writer at a time.
+    writer: Mutex<()>,
+    /// The checkpoints as last acknowledged (read at open).
+    checkpoints: RwLock<BTreeMap<u64, u64>>,
+}
+
+fn message_id(conversation: u64, conv_seq: u64) -> String {
+    format!("m{conversation}.{conv_seq}")
+}
+
+fn member_id(conversation: u64, user: u64) -> String {
+    format!("u{conversation}.{user}")
+}
+
+fn checkpoint_id(conversation: u64) -> String {
+    format!("c{conversation}")
+}
+
+fn check_index_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_INDEX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '_']);
+    if ok {
+        Ok(())
+    } else {
+        Err(SearchError::Config(format!(
+            "OpenSearch index name {name:?}: 1-{MAX_INDEX_NAME} of a-z 0-9 - _, \
+             not starting with - or _"
+        )))
+    }
+}
+
+/// A membership being changed: its intervals and the highest `conv_seq`
+/// applied to them.
+#[derive(Clone, Default)]
+struct Membership {
+    intervals: Intervals,
+    applied_through: u64,
+    changed: bool,
+}
+
+/// Bulk request lines, one item (action and source) at a time.
+#[derive(Default)]
+struct Bulk {
+    items: Vec<Vec<u8>>,
+}
+
+impl Bulk {
+    fn push(&mut self, action: Value, source: Option<Value>) {
+        let mut item = serde_json::to_vec(&action).expect("a JSON value serialises");
+        item.push(b'\n');
+        if let Some(source) = source {
+            serde_json::to_writer(&mut item, &source).expect("a JSON value serialises");
+            item.push(b'\n');
+        }
+        self.items.push(item);
+    }
+
+    fn index(&mut self, id: String, conversation: u64, source: Value) {
+        let action = json!({"index": {"_id": id, "routing": conversation.to_string()}});
+        self.push(action, Some(source));
+    }
+}
+
+impl OpenSearchIndex {
+    /// Connects to the node, creates the index if missing (or checks that
+    /// an existing one is this version's) and reads the checkpoints.
+    pub fn open(options: &OpenSearchOptions) -> Result<Self> {
+        check_index_name(&options.index)?;
+        if options.shards == 0 {
+            return Err(SearchError::Config(
+                "OpenSearch shards must be at least 1".into(),
+            ));
+        }
+        let http = Http::new(&options.url)?;
+        let (status, reply) = http.call(Method::GET, "/", Body::Empty, ADMIN_TIMEOUT)?;
+        let version = reply["version"]["number"].as_str();
+        if status != StatusCode::OK || version.is_none() {
+            return Err(SearchError::Engine(format!(
+                "{} does not answer as an OpenSearch node (status {status}): {}",
+                http.base(),
+                reason(&reply)
+            )));
+        }
+        let this = Self {
+            http,
+            index: options.index.clone(),
+            writer: Mutex::new(()),
+            checkpoints: RwLock::default(),
+        };
+        this.ensure_index(options)?;
+        // Everything acknowledged becomes visible to the checkpoint search.
+        this.expect_ok(Method::POST, "/_refresh", Body::Empty, ADMIN_TIMEOUT)?;
+        let checkpoints = this.load_checkpoints()?;
+        *this.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
+        Ok(this)
+    }
+
+    /// The index name.
+    pub fn name(&self) -> &str {
+        &self.index
+    }
+
+    /// Drops the whole index (tests and benchmarks clean up with it).
+    pub fn delete(self) -> Result<()> {
+        let path = format!("/{}", self.index);
+        let (status, reply) = self
+            .http
+            .call(Method::DELETE, &path, Body::Empty, ADMIN_TIMEOUT)?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(self.failed("delete the index", status, &reply))
+        }
+    }
+
+    fn failed(&self, what: &str, status: StatusCode, reply: &Value) -> SearchError {
+        SearchError::Engine(format!(
+            "OpenSearch {what} ({}, index {}): status {status}: {}",
+            self.http.base(),
+            self.index,
+            reason(reply)
+        ))
+    }
+
+    /// A call on the index (`path` after its name) that must succeed.
+    fn expect_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let full = format!("/{}{path}", self.index);
+        let (status, reply) = self.http.call(method, &full, body, timeout)?;
+        if status.is_success() {
+            Ok(reply)
+        } else {
+            Err(self.failed(path, status, &reply))
+        }
+    }
+
+    fn definition(options: &OpenSearchOptions) -> Value {
+        let id = || json!({"type": "unsigned_long"});
+        json!({
+            "settings": {
+                "number_of_shards": options.shards,
+                "number_of_replicas": options.replicas,
+                "refresh_interval": REFRESH_INTERVAL,
+                "analysis": {"analyzer": {ANALYZER: {
+                    "type": "standard",
+                    "stopwords": [encode::GAP],
+                    "max_token_length": 255,
+                }}},
+            },
+            "mappings": {
+                "dynamic": "strict",
+                "_meta": {"schema": SCHEMA_VERSION},
+                "_routing": {"required": true},
+                "properties": {
+                    "kind": {"type": "keyword"},
+                    "conversation_id": id(),
+                    "conv_seq": id(),
+                    "sender_id": id(),
+                    "user_id": id(),
+                    "sent_at_ms": {"type": "long"},
+                    "tokens": {"type": "text", "analyzer": ANALYZER, "index_options": "positions"},
+                    "text": {"type": "text", "index": false},
+                    // What is only read back: msg_id, intervals, checkpoints.
+                    "state": {"type": "object", "enabled": false},
+                },
+            },
+        })
+    }
+
+    fn ensure_index(&self, options: &OpenSearchOptions) -> Result<()> {
+        let path = format!("/{}/_mapping", self.index);
+        let (status, reply) = self
+            .http
+            .call(Method::GET, &path, Body::Empty, ADMIN_TIMEOUT)?;
+        match status {
+            StatusCode::OK => return self.check_mapping(&reply),
+            StatusCode::NOT_FOUND => {}
+            _ => return Err(self.failed("read the mapping", status, &reply)),
+        }
+        let create = format!("/{}", self.index);
+        let (status, reply) = self.http.call(
+            Method::PUT,
+            &create,
+            Body::Json(Self::definition(options)),
+            ADMIN_TIMEOUT,
+        )?;
+        if status.is_success() {
+            return Ok(());
+        }
+        if reply["error"]["type"] == "resource_already_exists_exception" {
+            // Created meanwhile by another process: check it instead.
+            let (status, reply) = self
+                .http
+                .call(Method::GET, &path, Body::Empty, ADMIN_TIMEOUT)?;
+            if status == StatusCode::OK {
+                return self.check_mapping(&reply);
+            }
+        }
+        Err(self.failed("create the index", status, &reply))
+    }
+
+    fn check_mapping(&self, reply: &Value) -> Result<()> {
+        let schema = reply
+            .as_object()
+            .and_then(|indices| indices.values().next())
+            .map(|index| &index["mappings"]["_meta"]["schema"]);
+        if schema.and_then(Value::as_u64) == Some(SCHEMA_VERSION) {
+            Ok(())
+        } else {
+            Err(SearchError::Corrupt(format!(
+                "OpenSearch index {} is not this version's search index \
+                 (schema {schema:?}, this version writes {SCHEMA_VERSION})",
+                self.index
+            )))
+        }
+    }
+
+    fn load_checkpoints(&self) -> Result<BTreeMap<u64, u64>> {
+        let mut checkpoints = BTreeMap::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let mut body = json!({
+                "size": CHECKPOINT_PAGE,
+                "query": {"term": {"kind": "c"}},
+                "sort": [{"conversation_id": "asc"}],
+                "_source": ["conversation_id", "state"],
+            });
+            if let Some(after) = after {
+                body["search_after"] = json!([after]);
+            }
+            let reply =
+                self.expect_ok(Method::POST, "/_search", Body::Json(body), ADMIN_TIMEOUT)?;
+            query::check_shards(&reply)?;
+            let hits = reply["hits"]["hits"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for hit in &hits {
+                let source = &hit["_source"];
+                let conversation = number(source, "conversation_id")?;
+                let through = number(&source["state"], "through")?;
+                checkpoints.insert(conversation, through);
+                after = Some(conversation);
+            }
+            if hits.len() < CHECKPOINT_PAGE {
+                return Ok(checkpoints);
+            }
+        }
+    }
+
+    fn committed(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, u64>> {
+        self.checkpoints.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current memberships of `pairs` (realtime reads: no refresh
+    /// needed); missing ones are empty.
+    fn memberships(
+        &self,
+        pairs: &BTreeSet<(u64, u64)>,
+    ) -> Result<BTreeMap<(u64, u64), Membership>> {
+        let mut found = BTreeMap::new();
+        let pairs: Vec<(u64, u64)> = pairs.iter().copied().collect();
+        for chunk in pairs.chunks(MGET_CHUNK) {
+            let docs: Vec<Value> = chunk
+                .iter()
+                .map(|&(c, u)| json!({"_id": member_id(c, u), "routing": c.to_string()}))
+                .collect();
+            let reply = self.expect_ok(
+                Method::POST,
+                "/_mget",
+                Body::Json(json!({"docs": docs})),
+                WRITE_TIMEOUT,
+            )?;
+            let results = reply["docs"].as_array().cloned().unwrap_or_default();
+            if results.len() != chunk.len() {
+                return Err(SearchError::Engine(format!(
+                    "OpenSearch answered {} of {} membership reads",
+                    results.len(),
+                    chunk.len()
+                )));
+            }
+            for (&pair, doc) in chunk.iter().zip(&results) {
+                if let Some(error) = doc.get("error") {
+                    return Err(SearchError::Engine(format!(
+                        "OpenSearch membership read: {error}"
+                    )));
+                }
+                let membership = if doc["found"] == true {
+                    let state = &doc["_source"]["state"];
+                    Membership {
+                        intervals: intervals_of(&state["intervals"])?,
+                        applied_through: number(state, "applied_through")?,
+                        changed: false,
+                    }
+                } else {
+                    Membership::default()
+                };
+                found.insert(pair, membership);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends the items as bulk requests of at most [`MAX_BULK_BYTES`], in
+    /// order, each acknowledged before the next is sent.
+    fn send(&self, bulk: Bulk, refresh: &str) -> Result<()> {
+        let mut items = bulk.items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut body = Vec::new();
+            let mut count = 0;
+            while let Some(item) = items.peek() {
+                if count > 0 && body.len() + item.len() > MAX_BULK_BYTES {
+                    break;
+                }
+                body.extend_from_slice(item);
+                count += 1;
+                items.next();
+            }
+            let path = format!("/_bulk?refresh={refresh}");
+            let reply = self.expect_ok(Method::POST, &path, Body::Lines(body), WRITE_TIMEOUT)?;
+            check_bulk(&reply, count)?;
+        }
+        Ok(())
+    }
+
+    /// The documents of the updates not yet applied, and the checkpoints
+    /// they reach.
+    fn stage(&self, updates: &[ConversationUpdate]) -> Result<(Bulk, BTreeMap<u64, u64>)> {
+        let mut staged: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut fresh = Vec::new();
+        {
+            let committed = self.committed();
+            for update in updates {
+                let conv = update.conversation_id;
+                let checkpoint = staged
+                    .get(&conv)
+                    .or_else(|| committed.get(&conv))
+                    .copied()
+                    .unwrap_or(0);
+                if update.indexed_through > checkpoint {
+                    staged.insert(conv, update.indexed_through);
+                    fresh.push(update);
+                }
+            }
+        }
+        let pairs: BTreeSet<(u64, u64)> = fresh
+            .iter()
+            .flat_map(|u| {
+                u.ops.iter().flat_map(move |op| match op {
+                    IndexOp::Joined { users, .. } | IndexOp::Left { users, .. } => users
+                        .iter()
+                        .map(|&user| (u.conversation_id, user))
+                        .collect(),
+                    _ => Vec::new(),
+                })
+            })
+            .collect();
+        let mut members = self.memberships(&pairs)?;
+        let mut bulk = Bulk::default();
+        for update in fresh {
+            let conv = update.conversation_id;
+            for op in &update.ops {
+                match op {
+                    IndexOp::Upsert(doc) => {
+                        bulk.index(message_id(conv, doc.conv_seq), conv, message_source(doc));
+                    }
+                    IndexOp::ReplaceText { conv_seq, text } => {
+                        // A partial update: nothing if the message is not
+                        // indexed (the reply's "missing" is expected).
+                        let action = json!({"update": {
+                            "_id": message_id(conv, *conv_seq),
+                            "routing": conv.to_string(),
+                        }});
+                        let doc = json!({"doc": {
+                            "text": text,
+                            "tokens": encode::index_text(text),
+                        }});
+                        bulk.push(action, Some(doc));
+                    }
+                    IndexOp::Remove { conv_seq } => {
+                        let action = json!({"delete": {
+                            "_id": message_id(conv, *conv_seq),
+                            "routing": conv.to_string(),
+                        }});
+                        bulk.push(action, None);
+                    }
+                    IndexOp::Joined { users, conv_seq } | IndexOp::Left { users, conv_seq } => {
+                        let joined = matches!(op, IndexOp::Joined { .. });
+                        for &user in users {
+                            let member = members.entry((conv, user)).or_default();
+                            // Applied before a crash that came before the
+                            // checkpoint: not again.
+                            if *conv_seq <= member.applied_through {
+                                continue;
+                            }
+                            if joined {
+                                member.intervals.join(*conv_seq);
+                            } else {
+                                member.intervals.leave(*conv_seq);
+                            }
+                            member.applied_through = *conv_seq;
+                            member.changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        for ((conv, user), member) in members.into_iter().filter(|(_, m)| m.changed) {
+            let flat: Vec<u64> = member
+                .intervals
+                .0
+                .iter()
+                .flat_map(|&(from, to)| [from, to])
+                .collect();
+            bulk.index(
+                member_id(conv, user),
+                conv,
+                json!({
+                    "kind": "u",
+                    "conversation_id": conv,
+                    "user_id": user,
+                    "state": {"intervals": flat, "applied_through": member.applied_through},
+                }),
+            );
+        }
+        Ok((bulk, staged))
+    }
+}
+
+#[cfg(feature = "testsuite")]
+impl OpenSearchIndex {
+    /// [`crate::SearchIndex::apply`] as a crash cuts it short: only the
+    /// first `keep(n)` of the batch's `n` documents reach the index, and
+    /// no checkpoint.
+    pub fn apply_interrupted(
+        &self,
+        updates: &[ConversationUpdate],
+        keep: impl FnOnce(usize) -> usize,
+    ) -> Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut documents, _) = self.stage(updates)?;
+        let kept = keep(documents.items.len());
+        documents.items.truncate(kept);
+        self.send(documents, "wait_for")
+    }
+}
+
+fn message_source(doc: &MessageDoc) -> Value {
+    json!({
+        "kind": "m",
+        "conversation_id": doc.conversation_id,
+        "conv_seq": doc.conv_seq,
+        "sender_id": doc.sender_id,
+        "sent_at_ms": doc.sent_at_ms,
+        "text": doc.text,
+        "tokens": encode::index_text(&doc.text),
+        "state": {"msg_id": doc.msg_id},
+    })
+}
+
+pub(crate) fn number(object: &Value, field: &str) -> Result<u64> {
+    object[field]
+        .as_u64()
+        .ok_or_else(|| SearchError::Corrupt(format!("OpenSearch document without {field}")))
+}
+
+fn intervals_of(value: &Value) -> Result<Intervals> {
+    let bad = || SearchError::Corrupt("OpenSearch membership intervals".into());
+    let flat: Vec<u64> = value
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| v.as_u64().ok_or_else(bad))
+        .collect::<Result<_>>()?;
+    if !flat.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    Ok(Intervals(flat.chunks(2).map(|p| (p[0], p[1])).collect()))
+}
+
+/// Every item of a bulk reply succeeded, or failed as expected (an edit
+/// of a message that is not indexed).
+fn check_bulk(reply: &Value, sent: usize) -> Result<()> {
+    let items = reply["items"].as_array().map_or(&[][..], Vec::as_slice);
+    if items.len() != sent {
+        return Err(SearchError::Engine(format!(
+            "OpenSearch bulk answered {} of {sent} items",
+            items.len()
+        )));
+    }
+    if reply["errors"] != true {
+        return Ok(());
+    }
+    for item in items {
+        let Some((action, result)) = item.as_object().and_then(|o| o.iter().next()) else {
+            return Err(SearchError::Engine("OpenSearch bulk: an empty item".into()));
+        };
+        let Some(error) = result.get("error") else {
+            continue;
+        };
+        let missing = action == "update" && error["type"] == "document_missing_exception";
+        if !missing {
+            return Err(SearchError::Engine(format!(
+                "OpenSearch bulk {action} {}: status {}: {}: {}",
+                result["_id"],
+                result["status"],
+                error["type"].as_str().unwrap_or("error"),
+                error["reason"].as_str().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl crate::SearchIndex for OpenSearchIndex {
+    fn checkpoints(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(self.committed().iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn checkpoint(&self, conversation_id: u64) -> Result<u64> {
+        Ok(self.committed().get(&conversation_id).copied().unwrap_or(0))
+    }
+
+    fn apply(&self, updates: &[ConversationUpdate]) -> Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (documents, staged) = self.stage(updates)?;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // Searchable before the checkpoint says they are indexed.
+        self.send(documents, "wait_for")?;
+        let mut checkpoints = Bulk::default();
+        for (&conv, &through) in &staged {
+            checkpoints.index(
+                checkpoint_id(conv),
+                conv,
+                json!({"kind": "c", "conversation_id": conv, "state": {"through": through}}),
+            );
+        }
+        self.send(checkpoints, "false")?;
+        self.checkpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(staged);
+        Ok(())
+    }
+
+    fn search(&self, request: &crate::SearchRequest) -> Result<crate::SearchPage> {
+        self.run_search(request)
+    }
+
+    fn clear(&self) -> Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Deleting every document would leave the old mapping; a new index
+        // also takes this version's.
+        let path = format!("/{}", self.index);
+        let (status, reply) = self.http.call(
+            Method::GET,
+            &format!("{path}/_settings"),
+            Body::Empty,
+            ADMIN_TIMEOUT,
+        )?;
+        if !status.is_success() {
+            return Err(self.failed("read the settings", status, &reply));
+        }
+        let settings = reply
+            .as_object()
+            .and_then(|indices| indices.values().next())
+            .map(|index| index["settings"]["index"].clone())
+            .unwrap_or_default();
+        let count = |key: &str, default: u32| {
+            settings[key]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default)
+        };
+        let mut options = OpenSearchOptions::new(self.http.base(), self.index.clone());
+        options.shards = count("number_of_shards", 1);
+        options.replicas = count("number_of_replicas", 0);
+        self.expect_ok(Method::DELETE, "", Body::Empty, ADMIN_TIMEOUT)?;
+        self.checkpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.ensure_index(&options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn index_names_are_checked() {
+        for bad in ["", "Upper", "-x", "_x", "a b", "a/b", &"a".repeat(101)] {
+            assert!(check_index_name(bad).is_err(), "{bad}");
+        }
+        check_index_name("timeline-search_2").unwrap();
+    }
+
+    #[test]
+    fn a_bulk_reply_fails_on_any_error_but_an_edit_of_a_missing_message() {
+        let missing = json!({"errors": true, "items": [
+            {"index": {"_id": "a", "status": 201}},
+            {"update": {"_id": "b", "status": 404,
+                "error": {"type": "document_missing_exception", "reason": "missing"}}},
+            {"delete": {"_id": "c", "status": 404, "result": "not_found"}},
+        ]});
+        check_bulk(&missing, 3).unwrap();
+        assert!(check_bulk(&missing, 4).is_err(), "an item unanswered");
+        let rejected = json!({"errors": true, "items": [
+            {"index": {"_id": "a", "status": 429,
+                "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}},
+        ]});
+        let error = check_bulk(&rejected, 1).unwrap_err().to_string();
+        assert!(error.contains("es_rejected_execution_exception"), "{error}");
+    }
+
+    #[test]
+    fn membership_intervals_round_trip_through_their_flat_form() {
+        let flat = json!([1, 5, 9, u64::MAX]);
+        assert_eq!(intervals_of(&flat).unwrap().0, [(1, 5), (9, u64::MAX)]);
+        assert!(intervals_of(&json!([1])).is_err());
+    }
+}
