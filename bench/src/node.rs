@@ -43,6 +43,16 @@ impl Node {
     /// Starts a node (`seq_step`: seqs per persisted max_seq write), or
     /// attaches to the running one the arguments name.
     pub async fn start(args: &NodeArgs, seq_step: u64) -> anyhow::Result<Self> {
+        Self::start_with(args, seq_step, &[]).await
+    }
+
+    /// [`start`](Self::start), with more `syncd serve` flags for a node
+    /// the bench starts.
+    pub async fn start_with(
+        args: &NodeArgs,
+        seq_step: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         if let (Some(url), Some(data_dir)) = (&args.server, &args.server_data_dir) {
             let auth = syncd::server::token_authority(data_dir)?;
             return Ok(Self {
@@ -60,20 +70,20 @@ impl Node {
             .path()
             .to_str()
             .context("temporary path is not UTF-8")?;
-        let process = procs::start_listening(
-            &procs::sibling_binary("syncd")?,
-            &[
-                "serve",
-                "--data-dir",
-                data_path,
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                &args.store,
-                "--seq-step",
-                &seq_step.to_string(),
-            ],
-        )?;
+        let seq_step = seq_step.to_string();
+        let mut serve = vec![
+            "serve",
+            "--data-dir",
+            data_path,
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &args.store,
+            "--seq-step",
+            &seq_step,
+        ];
+        serve.extend_from_slice(extra);
+        let process = procs::start_listening(&procs::sibling_binary("syncd")?, &serve)?;
         let auth = syncd::server::token_authority(data_dir.path())?;
         Ok(Self {
             url: format!("http://{}", process.addr),

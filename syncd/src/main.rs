@@ -149,6 +149,8 @@ struct ServeArgs {
     /// CA signed (its servers run with --tls-cert/--tls-key).
     #[arg(long, env = "SYNCD_SEQSVC_CA_CERT", requires = "seqsvc")]
     seqsvc_ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    search: SearchArgs,
     /// A browser origin (http[s]://host[:port]) whose pages may call the API
     /// over gRPC-Web; repeat for several (comma separated in the
     /// environment). None by default: a page served by --web-root is
@@ -193,12 +195,75 @@ impl ServeArgs {
 
 #[derive(Args)]
 struct ReindexArgs {
-    /// The node's data directory (its index is `search/` in it).
+    /// The node's data directory (its embedded index is `search/` in it).
     #[arg(long, env = "SYNCD_DATA_DIR")]
     data_dir: PathBuf,
     /// Where the timelines are, as for `syncd serve --store`.
     #[arg(long, env = "SYNCD_STORE", default_value = "embedded")]
     store: String,
+    #[command(flatten)]
+    search: SearchArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SearchBackendName {
+    /// tantivy in the data directory (`search/`).
+    Embedded,
+    /// An index in an OpenSearch cluster (--opensearch-url).
+    Opensearch,
+}
+
+/// Where the search index lives (the same flags for serve and reindex).
+#[derive(Args)]
+struct SearchArgs {
+    /// The search index backend.
+    #[arg(
+        long,
+        env = "SYNCD_SEARCH_BACKEND",
+        value_enum,
+        default_value = "embedded"
+    )]
+    search_backend: SearchBackendName,
+    /// A node of the OpenSearch cluster, http://host:port (with
+    /// --search-backend opensearch).
+    #[arg(
+        long,
+        env = "SYNCD_OPENSEARCH_URL",
+        required_if_eq("search_backend", "opensearch")
+    )]
+    opensearch_url: Option<String>,
+    /// The OpenSearch index (created if missing).
+    #[arg(
+        long,
+        env = "SYNCD_OPENSEARCH_INDEX",
+        default_value = "timeline-search"
+    )]
+    opensearch_index: String,
+    /// Primary shards of the index when syncd creates it.
+    #[arg(long, env = "SYNCD_OPENSEARCH_SHARDS", default_value_t = 1)]
+    opensearch_shards: u32,
+    /// Replicas of each shard when syncd creates the index.
+    #[arg(long, env = "SYNCD_OPENSEARCH_REPLICAS", default_value_t = 0)]
+    opensearch_replicas: u32,
+}
+
+impl SearchArgs {
+    fn backend(&self) -> anyhow::Result<server::SearchBackend> {
+        Ok(match self.search_backend {
+            SearchBackendName::Embedded => server::SearchBackend::Embedded,
+            SearchBackendName::Opensearch => {
+                let url = self.opensearch_url.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--search-backend opensearch needs --opensearch-url")
+                })?;
+                let mut options = search::OpenSearchOptions::new(url, &self.opensearch_index);
+                options.shards = self.opensearch_shards;
+                options.replicas = self.opensearch_replicas;
+                // Before the data directory is touched.
+                options.check()?;
+                server::SearchBackend::OpenSearch(options)
+            }
+        })
+    }
 }
 
 #[derive(Args)]
@@ -315,7 +380,11 @@ fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
         .build()?;
     let started = std::time::Instant::now();
     let conversations = runtime
-        .block_on(server::reindex(&args.data_dir, &location))
+        .block_on(server::reindex(
+            &args.data_dir,
+            &location,
+            &args.search.backend()?,
+        ))
         .with_context(|| format!("cannot reindex {}", args.data_dir.display()))?;
     println!(
         "reindexed {conversations} conversations in {:.1}s",
@@ -379,6 +448,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             jwt: args.jwt(),
             tls: args.tls(),
             seqsvc_ca_cert: args.seqsvc_ca_cert.clone(),
+            search: args.search.backend()?,
         };
         let web = syncd::web::WebOptions::new(&args.cors_origins, args.web_root.as_deref())?;
         let node = server::open_node(&config)

@@ -42,25 +42,7 @@ impl Http {
     /// A client of the node at `url` (`http://host:port`); nothing is
     /// sent yet.
     pub(crate) fn new(url: &str) -> Result<Self> {
-        let bad = |why: &str| SearchError::Config(format!("OpenSearch URL {url:?}: {why}"));
-        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https is not supported; reach the node over http on a private network",
-                ));
-            }
-            _ => return Err(bad("must start with http://")),
-        }
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad("credentials in the URL are not supported"));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad("must name only a host and port (no path or query)"));
-        }
-        let base = format!("http://{authority}");
+        let base = base_url(url)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("opensearch-client")
@@ -149,6 +131,29 @@ impl Http {
                 .map_err(|_| unreachable(&format!("no reply within {timeout:?}")))?
         })
     }
+}
+
+/// `http://host:port` of a node's URL, or why it is not one.
+pub(crate) fn base_url(url: &str) -> Result<String> {
+    let bad = |why: &str| SearchError::Config(format!("OpenSearch URL {url:?}: {why}"));
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported; reach the node over http on a private network",
+            ));
+        }
+        _ => return Err(bad("must start with http://")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must name only a host and port (no path or query)"));
+    }
+    Ok(format!("http://{authority}"))
 }
 
 /// The error with its causes ("connection refused" sits a few levels down).

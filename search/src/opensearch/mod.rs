@@ -80,6 +80,19 @@ impl OpenSearchOptions {
             replicas: 0,
         }
     }
+
+    /// Whether the options could name an index (nothing is contacted), so
+    /// that a node refuses them before it opens anything.
+    pub fn check(&self) -> Result<()> {
+        client::base_url(&self.url)?;
+        check_index_name(&self.index)?;
+        if self.shards == 0 {
+            return Err(SearchError::Config(
+                "OpenSearch shards must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub struct OpenSearchIndex {
@@ -156,12 +169,7 @@ impl OpenSearchIndex {
     /// Connects to the node, creates the index if missing (or checks that
     /// an existing one is this version's) and reads the checkpoints.
     pub fn open(options: &OpenSearchOptions) -> Result<Self> {
-        check_index_name(&options.index)?;
-        if options.shards == 0 {
-            return Err(SearchError::Config(
-                "OpenSearch shards must be at least 1".into(),
-            ));
-        }
+        options.check()?;
         let http = Http::new(&options.url)?;
         let (status, reply) = http.call(Method::GET, "/", Body::Empty, ADMIN_TIMEOUT)?;
         let version = reply["version"]["number"].as_str();
