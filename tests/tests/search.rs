@@ -419,7 +419,7 @@ async fn syncd_reindex_rebuilds_an_opensearch_index() -> anyhow::Result<()> {
     let search_args = index.args();
     let args: Vec<&str> = search_args.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir()?;
-    let server = Server::start_with(dir.path(), &args)?;
+    let mut server = Server::start_with(dir.path(), &args)?;
     let user = server.device_token(1, "a")?;
     let client = Client::connect(&server.url(), &user).await?;
     let conv = client
