@@ -3,7 +3,7 @@
 //! and continued with `search_after`, so authorisation and paging happen
 //! inside the engine, before anything is scored or cut.
 
-use super::{OpenSearchIndex, client::Body, encode, intervals_of, number};
+use super::{OpenSearchIndex, client::Body, encode, number, write::intervals_of};
 use crate::error::{Result, SearchError};
 use crate::model::{
     MAX_FILTER_INTERVALS, MessageDoc, ParsedQuery, Rank, SearchPage, SearchRequest, Searcher,
