@@ -16,6 +16,11 @@ pub enum StoreError {
     /// what was written.
     #[error("storage poisoned: {0}")]
     Poisoned(String),
+    /// A newer writer took over the keyspace (a cluster's writer lease):
+    /// this node's writes are refused from now on, and the newer writer
+    /// finishes whatever intent of this node was stored.
+    #[error("writer fenced: {0}")]
+    Fenced(String),
     /// The request exceeds a named limit of the store.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

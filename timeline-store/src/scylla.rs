@@ -21,6 +21,8 @@
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
+//! fenced_events ((shard), event_id)                    the same for a cluster's writer, fenced by its epoch
+//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
 //! ```
@@ -345,6 +347,9 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+    /// Set on a cluster's writer: its intents are written conditionally on
+    /// its epoch (see `fencing`).
+    fence: Option<Arc<fencing::Fence>>,
 }
 
 impl ScyllaTimelineStore {
@@ -497,6 +502,22 @@ impl ScyllaTimelineStore {
             statements: Arc::new(statements),
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
+            fence: None,
+        })
+    }
+
+    /// This store as the writer of `epoch` (a lease won in
+    /// [`WriterLeaseTable`]): seals every intent partition with the epoch,
+    /// so no intent of an earlier writer can be stored from now on, and
+    /// writes its own intents conditionally on it. Run
+    /// [`EventLog::recover`] on the result before serving: it finishes
+    /// whatever the earlier writers left.
+    pub async fn fenced(&self, keyspace: &str, epoch: u64) -> Result<Self> {
+        let fence = fencing::Fence::prepare(&self.session, keyspace, epoch).await?;
+        fence.seal(&self.session).await?;
+        Ok(Self {
+            fence: Some(Arc::new(fence)),
+            ..self.clone()
         })
     }
 
@@ -909,11 +930,22 @@ impl EventLog for ScyllaTimelineStore {
         let started = std::time::Instant::now();
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
-        self.execute(&self.statements.insert_pending, (shard, event_id, intent))
-            .await?;
-        self.apply(&commit).await?;
-        self.execute(&self.statements.delete_pending, (shard, event_id))
-            .await?;
+        match &self.fence {
+            Some(fence) => {
+                fence
+                    .write_intent(&self.session, shard, event_id, intent)
+                    .await?;
+                self.apply(&commit).await?;
+                fence.delete_intent(&self.session, shard, event_id).await?;
+            }
+            None => {
+                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+                    .await?;
+                self.apply(&commit).await?;
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await?;
+            }
+        }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -934,6 +966,20 @@ impl EventLog for ScyllaTimelineStore {
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
                 finished += 1;
+            }
+            if let Some(fence) = &self.fence {
+                // The partition's fence row has no event: skip it.
+                let intents: Vec<Option<Vec<u8>>> =
+                    self.column(&fence.select_intents, (shard,)).await?;
+                for intent in intents.into_iter().flatten() {
+                    let commit = PendingEvent::decode(intent.as_slice())
+                        .map_err(corrupt)?
+                        .into_commit()?;
+                    self.apply(&commit).await?;
+                    let (shard, event_id) = pending_key(&commit);
+                    fence.delete_intent(&self.session, shard, event_id).await?;
+                    finished += 1;
+                }
             }
         }
         if finished > 0 {
@@ -1294,6 +1340,9 @@ impl Checkpoints for ScyllaTimelineStore {
     }
 }
 
+mod fencing;
 mod revocations;
+
+pub use fencing::{LeaseRecord, WriterLeaseTable};
 #[cfg(test)]
 mod tests;
