@@ -36,6 +36,12 @@ impl StoreError {
         matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
     }
 
+    /// Whether a newer writer took over: this store takes no more writes,
+    /// and retrying is useless (the newer writer finishes what was stored).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced(_))
+    }
+
     /// Whether no call can succeed for the rest of this process (a
     /// poisoned store): retrying is useless, and the process should stop so
     /// that a restart recovers.
