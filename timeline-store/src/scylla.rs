@@ -314,7 +314,11 @@ struct Statements {
     delete_legacy_large_group: PreparedStatement,
     select_legacy_large_groups: PreparedStatement,
     select_inbox_floor: PreparedStatement,
+    /// Floors are raised by compare-and-set only, so a lower one written
+    /// late (by a trimmer that was frozen, or a retry) never lowers a
+    /// higher one: a lowered floor would hide a trimmed range.
     insert_inbox_floor: PreparedStatement,
+    raise_inbox_floor: PreparedStatement,
     select_trimmable: PreparedStatement,
     delete_inbox_through: PreparedStatement,
     delete_inbox_bucket: PreparedStatement,
@@ -446,8 +450,14 @@ impl ScyllaTimelineStore {
             )
                 .await?,
             select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
-            insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
-                .await?,
+            insert_inbox_floor: prepare(
+                "INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?) IF NOT EXISTS",
+            )
+            .await?,
+            raise_inbox_floor: prepare(
+                "UPDATE {ks}.inbox_floors SET floor = ? WHERE user_id = ? IF floor = ?",
+            )
+            .await?,
             select_trimmable: prepare(
                 "SELECT seq FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq < ? LIMIT ?",
             )
@@ -1093,13 +1103,7 @@ impl InboxRetention for ScyllaTimelineStore {
     /// misses a trimmed entry always sees a floor above it. One trimmer per
     /// keyspace (the floor is raised by a plain read-then-write).
     async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
-        if self.inbox_floor(user_id).await? < below_seq {
-            self.execute(
-                &self.statements.insert_inbox_floor,
-                (big(user_id), big(below_seq)),
-            )
-            .await?;
-        }
+        self.raise_inbox_floor(user_id, below_seq).await?;
         if below_seq == 0 || max_entries == 0 {
             return Ok(0);
         }
@@ -1149,10 +1153,46 @@ impl InboxRetention for ScyllaTimelineStore {
     }
 
     async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        Ok(self.stored_inbox_floor(user_id).await?.unwrap_or(0))
+    }
+}
+
+impl ScyllaTimelineStore {
+    async fn stored_inbox_floor(&self, user_id: u64) -> Result<Option<u64>> {
         let floors: Vec<i64> = self
             .column(&self.statements.select_inbox_floor, (big(user_id),))
             .await?;
-        Ok(floors.first().map_or(0, |&f| f as u64))
+        Ok(floors.first().map(|&f| f as u64))
+    }
+
+    /// Raises the inbox's floor to `floor` unless it is already as high.
+    async fn raise_inbox_floor(&self, user_id: u64, floor: u64) -> Result<()> {
+        loop {
+            let current = self.stored_inbox_floor(user_id).await?;
+            if current.is_some_and(|current| current >= floor) {
+                return Ok(());
+            }
+            let result = match current {
+                None => {
+                    self.execute(
+                        &self.statements.insert_inbox_floor,
+                        (big(user_id), big(floor)),
+                    )
+                    .await?
+                }
+                Some(current) => {
+                    self.execute(
+                        &self.statements.raise_inbox_floor,
+                        (big(floor), big(user_id), big(current)),
+                    )
+                    .await?
+                }
+            };
+            // Not applied: the floor moved in between; look again.
+            if cql_kit::lwt::applied(result)? {
+                return Ok(());
+            }
+        }
     }
 }
 
