@@ -1,7 +1,8 @@
 //! Several syncd nodes over one keyspace (docs/ARCHITECTURE.md, "Several
 //! nodes"): senders and devices use any node and switch nodes at random
 //! while the writer node is killed (-9), frozen past its lease (SIGSTOP,
-//! then SIGCONT) and another node is restarted on another port. An
+//! then SIGCONT), another node is restarted on another port and, with a
+//! seqsvc cluster, the AllocSvr serving the users' section is killed. An
 //! independent checker then reads every inbox: every acknowledged message
 //! is there exactly once for every member, and every device saw its inbox
 //! exactly, in order (no skip, no duplicate). Needs the CQL server (fails,
@@ -26,8 +27,8 @@ const CALL_DEADLINE: Duration = Duration::from_secs(3);
 /// A send must be acknowledged within this, whatever the faults.
 const SEND_DEADLINE: Duration = Duration::from_secs(40);
 
-fn node_args(store: &str) -> Vec<String> {
-    [
+fn node_args(store: &str, seqsvc: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--store",
         store,
         "--advertise",
@@ -41,7 +42,11 @@ fn node_args(store: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    if !seqsvc.is_empty() {
+        args.extend(["--seqsvc".to_owned(), seqsvc.join(",")]);
+    }
+    args
 }
 
 /// The nodes' URLs as callers see them now (a killed node leaves, a
@@ -62,21 +67,23 @@ impl Live {
 
 struct Cluster {
     store: String,
+    seqsvc: Vec<String>,
     keyspace: String,
-    dirs: Vec<tempfile::TempDir>,
+    // Before the directories: the processes stop before their data goes.
     nodes: Vec<Server>,
+    dirs: Vec<tempfile::TempDir>,
     live: Live,
 }
 
 impl Cluster {
-    fn start(keyspace: &CqlKeyspace) -> anyhow::Result<Self> {
+    fn start(keyspace: &CqlKeyspace, seqsvc: Vec<String>) -> anyhow::Result<Self> {
         let dirs: Vec<_> = (0..NODES)
             .map(|_| tempfile::tempdir())
             .collect::<Result<_, _>>()?;
         // One token key for the cluster: a token issued with any node's
         // data directory is accepted by every node.
         share_token_key(&dirs)?;
-        let args = node_args(&keyspace.url);
+        let args = node_args(&keyspace.url, &seqsvc);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let nodes = dirs
             .iter()
@@ -86,9 +93,10 @@ impl Cluster {
         live.set(nodes.iter().map(Server::url).collect());
         Ok(Self {
             store: keyspace.url.clone(),
+            seqsvc,
             keyspace: keyspace.name.clone(),
-            dirs,
             nodes,
+            dirs,
             live,
         })
     }
@@ -120,7 +128,7 @@ impl Cluster {
 
     fn restart_elsewhere(&mut self, i: usize) -> anyhow::Result<()> {
         self.nodes[i].kill9();
-        let args = node_args(&self.store);
+        let args = node_args(&self.store, &self.seqsvc);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Port 0 again: the node comes back on another port.
         self.nodes[i] = Server::start_with(self.dirs[i].path(), &args)?;
@@ -229,6 +237,17 @@ async fn unavailable_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow::Result<()> {
+    run(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_on_seqsvc_survives_the_loss_of_its_allocsvr_too() -> anyhow::Result<()> {
+    let mut seqs = tests::seq_cluster::Cluster::start(1, 2)?;
+    seqs.wait_balanced().await?;
+    run(Some(&mut seqs)).await
+}
+
+async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Result<()> {
     let seed = std::env::var("CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -236,7 +255,8 @@ async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow
     eprintln!("CLUSTER_SEED={seed}");
     let rng = Arc::new(Mutex::new(SeededRng(seed)));
     let keyspace = CqlKeyspace::new("cluster");
-    let mut cluster = Cluster::start(&keyspace)?;
+    let arbiters = seqs.as_ref().map_or(Vec::new(), |s| s.arbiter_addrs());
+    let mut cluster = Cluster::start(&keyspace, arbiters)?;
     let live = cluster.live.clone();
     let writer = cluster.writer().await?;
     eprintln!("writer: node {writer}");
@@ -309,12 +329,40 @@ async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow
     let mut devices = tokio::task::JoinSet::new();
     for user in 1..=USERS {
         let token = cluster.token(user, "phone")?;
-        let (live, rng, sending) = (live.clone(), Arc::clone(&rng), Arc::clone(&sending));
+        let (live, rng, sending, acked) = (
+            live.clone(),
+            Arc::clone(&rng),
+            Arc::clone(&sending),
+            Arc::clone(&acked),
+        );
+        let mine: HashSet<u64> = conversations
+            .iter()
+            .filter(|(_, members)| members.contains(&user))
+            .map(|(id, _)| *id)
+            .collect();
         devices.spawn(async move {
             let mut seen: Vec<pb::Entry> = Vec::new();
             let mut checkpoint = 0u64;
+            let mut finishing_since = None;
             loop {
-                let finishing = !sending.load(Ordering::Acquire);
+                // Once the senders are done, the device reads on until it
+                // holds every acknowledged message of its conversations (an
+                // event still finishing is not readable yet: that is the
+                // horizon at work, not a loss).
+                let finishing = !sending.load(Ordering::Acquire) && {
+                    let have: HashSet<u64> = seen.iter().map(|e| e.msg_id).collect();
+                    let acked = acked.lock().unwrap();
+                    let missing = acked
+                        .iter()
+                        .filter(|(c, m)| mine.contains(c) && !have.contains(m))
+                        .count();
+                    let since = *finishing_since.get_or_insert_with(Instant::now);
+                    ensure!(
+                        since.elapsed() < SEND_DEADLINE,
+                        "user {user}: {missing} acknowledged messages never readable"
+                    );
+                    missing == 0
+                };
                 let url = live.pick(&rng);
                 let page = async {
                     let client = with_deadline(Client::connect(&url, &token)).await?;
@@ -387,6 +435,16 @@ async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow
     let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
     windows.insert("3 follower restart", window);
     tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. kill -9 of the AllocSvr owning the users' section (slot 0: users
+    // 1..=6 are in section 0, and slot 0 also leases the node ids).
+    if let Some(seqs) = seqs.as_mut() {
+        let (_, victim, _) = seqs.kill_owner_of_slot(0).await?;
+        eprintln!("fault 4: kill -9 of AllocSvr {victim}");
+        let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
+        windows.insert("4 AllocSvr kill -9", window);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 
     eprintln!("faults done: {windows:?}; stopping the load");
     sending.store(false, Ordering::Release);

@@ -18,7 +18,6 @@ use crate::web::{WebOptions, grpc_web};
 use proto::timeline::v1 as pb;
 use seqsvc::client::{DEFAULT_RETRY_FOR, NodeIdLease, RoutingClient, SeqSource};
 use seqsvc::{Allocator, MsgIdGenerator};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,7 +269,9 @@ async fn run_generations(
     mut stopping: watch::Receiver<bool>,
 ) -> Option<String> {
     let mut current: Option<Generation> = None;
-    let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
+    // The writer's address and a channel to it (only the current one is
+    // kept: a restarted writer comes back under another address).
+    let mut channel: Option<(String, tonic::transport::Channel)> = None;
     loop {
         let role = roles.borrow_and_update().clone();
         let serving = match &role {
@@ -311,10 +312,20 @@ async fn run_generations(
             }
             Role::Follower { writer } => {
                 end(current.take()).await;
-                let channel = channels
-                    .entry(writer.clone())
-                    .or_insert_with(|| writer_channel(writer))
-                    .clone();
+                if channel.as_ref().is_none_or(|(to, _)| to != writer) {
+                    channel = writer_channel(writer).map(|c| (writer.clone(), c));
+                }
+                let Some((_, channel)) = channel.clone() else {
+                    let why = format!("the writer lease names {writer:?}, which is not HOST:PORT");
+                    timeline.set(Target::Unavailable(why.clone()));
+                    admin.set(Target::Unavailable(why));
+                    publish_health(&health, false).await;
+                    tokio::select! {
+                        changed = roles.changed() => if changed.is_err() { break },
+                        () = super::stopped(&mut stopping) => break,
+                    }
+                    continue;
+                };
                 timeline.set(Target::Remote {
                     writer: writer.clone(),
                     channel: channel.clone(),
@@ -378,16 +389,25 @@ impl Services {
     }
 }
 
-/// A lazily connected channel to the writer node; calls passed on are the
-/// device's own, so no per-call deadline is added here.
-fn writer_channel(writer: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{writer}"))
-        .expect("an advertised address is a valid authority")
+/// A lazily connected channel to the writer node. Calls passed on are the
+/// device's own, so no per-call deadline is added here; keepalives end the
+/// passed-on streams of a writer that froze or vanished within
+/// [`WRITER_KEEPALIVE`] twice, so its devices reconnect elsewhere.
+fn writer_channel(writer: &str) -> Option<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{writer}")).ok()?;
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy()
+        .http2_keep_alive_interval(WRITER_KEEPALIVE)
+        .keep_alive_timeout(WRITER_KEEPALIVE)
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Some(channel)
 }
+
+/// How often a follower pings the writer over the connection calls are
+/// passed on through, and how long it waits for the answer.
+const WRITER_KEEPALIVE: Duration = Duration::from_secs(5);
 
 const HEALTH_NAMES: [&str; 3] = [
     "",
