@@ -223,15 +223,18 @@ async fn send_acknowledged(
     }
 }
 
-/// How long until a send goes through again after a fault.
+/// How long until a send goes through again after a fault (the probe is
+/// an acknowledged message like any other).
 async fn unavailable_for(
     live: &Live,
     rng: &Mutex<SeededRng>,
     token: &str,
     conversation: u64,
+    acked: &Mutex<Vec<(u64, u64)>>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    send_acknowledged(live, rng, token, conversation, "probe").await?;
+    let reply = send_acknowledged(live, rng, token, conversation, "probe").await?;
+    acked.lock().unwrap().push((conversation, reply.msg_id));
     Ok(started.elapsed())
 }
 
@@ -399,7 +402,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     eprintln!("fault 1: kill -9 of the writer, node {writer}");
     cluster.nodes[writer].kill9();
     cluster.refresh_live(Some(writer));
-    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
     windows.insert("1 writer kill -9", window);
     let new_writer = cluster.writer().await?;
     ensure!(new_writer != writer, "a killed node still holds the lease");
@@ -413,7 +416,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     signal(pid, "-STOP")?;
     let frozen_at = Instant::now();
     cluster.refresh_live(Some(writer));
-    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
     windows.insert("2 writer SIGSTOP", window);
     let lease = Duration::from_millis(LEASE_MS * 3);
     if let Some(rest) = lease.checked_sub(frozen_at.elapsed()) {
@@ -432,7 +435,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     let follower = (writer + 1) % NODES;
     eprintln!("fault 3: restart of follower node {follower}");
     cluster.restart_elsewhere(follower)?;
-    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
     windows.insert("3 follower restart", window);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -441,7 +444,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     if let Some(seqs) = seqs.as_mut() {
         let (_, victim, _) = seqs.kill_owner_of_slot(0).await?;
         eprintln!("fault 4: kill -9 of AllocSvr {victim}");
-        let window = unavailable_for(&live, &rng, &probe_token, probe_conversation).await?;
+        let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
         windows.insert("4 AllocSvr kill -9", window);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -487,13 +490,26 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
         }
         let seen: Vec<u64> = seen_by[&user].iter().map(|e| e.seq).collect();
         let stored: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
-        ensure!(
-            seen == stored,
-            "user {user}: the device saw {} entries, the inbox holds {}; first difference at {:?}",
-            seen.len(),
-            stored.len(),
-            seen.iter().zip(&stored).position(|(a, b)| a != b)
-        );
+        if seen != stored {
+            let seen: HashSet<u64> = seen.into_iter().collect();
+            let unseen: Vec<String> = inbox
+                .iter()
+                .filter(|e| !seen.contains(&e.seq))
+                .map(|e| {
+                    format!(
+                        "seq {} kind {} msg {} {:?}",
+                        e.seq, e.kind, e.msg_id, e.text
+                    )
+                })
+                .collect();
+            bail!(
+                "user {user}: the device saw {} entries, the inbox holds {}; not seen: {unseen:?} \
+                 (device checkpoint {:?})",
+                seen.len(),
+                stored.len(),
+                seen_by[&user].last().map(|e| e.seq)
+            );
+        }
     }
 
     // Push across nodes: a stream held on one node hears of a message sent

@@ -71,8 +71,8 @@ pub enum Role {
 /// What to do after a read of the lease row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Raise the counter of this node's epoch to `renewals`.
-    Renew { epoch: u64, renewals: u64 },
+    /// Raise the counter of this node's epoch from `seen` (to `seen + 1`).
+    Renew { epoch: u64, seen: u64 },
     /// Claim the lease, naming the row as seen (`None`: no row yet).
     Claim { seen: Option<LeaseRecord> },
     /// Nothing to write.
@@ -131,7 +131,7 @@ impl WriterLease {
             if record.epoch == held.epoch && record.holder == self.me {
                 return Step::Renew {
                     epoch: held.epoch,
-                    renewals: record.renewals + 1,
+                    seen: record.renewals,
                 };
             }
             // Taken over: stop at once, whatever the lease said.
@@ -163,11 +163,6 @@ impl WriterLease {
             held.renewals = renewals;
             held.until = sent + self.timings.lease;
         }
-    }
-
-    /// A renewal did not apply: the epoch is someone else's now.
-    pub fn refused(&mut self) {
-        self.held = None;
     }
 
     /// A claim sent at `sent` won `epoch`.
@@ -236,10 +231,7 @@ mod tests {
         assert!(matches!(a.role(t0), Role::Writer { epoch: 1, .. }));
         assert_eq!(
             a.observe(row("a", 1, 0), t0 + ms(200)),
-            Step::Renew {
-                epoch: 1,
-                renewals: 1
-            }
+            Step::Renew { epoch: 1, seen: 0 }
         );
         a.renewed(1, 1, t0 + ms(200));
         // The lease runs from the renewal's send time.
@@ -288,12 +280,16 @@ mod tests {
         // Frozen, then it reads a row another node claimed.
         assert_eq!(a.observe(row("b", 2, 0), t0 + ms(300)), Step::Wait);
         assert_eq!(a.role(t0 + ms(300)), Role::Follower { writer: "b".into() });
-        // A refused renewal stops it too.
         let mut c = WriterLease::new("c".into(), TIMINGS);
         c.observe(None, t0);
         c.claimed(3, t0);
-        c.refused();
-        assert_eq!(c.role(t0), Role::Unknown);
+        // A renewal that does not apply changes nothing: the lease runs out
+        // when the last applied one says.
+        assert!(matches!(
+            c.role(t0 + ms(999)),
+            Role::Writer { epoch: 3, .. }
+        ));
+        assert_eq!(c.role(t0 + ms(1_000)), Role::Unknown);
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,14 +55,14 @@ async fn round(table: &WriterLeaseTable, lease: &mut WriterLease) {
     let seen_by = Instant::now();
     match lease.observe(record, seen_by) {
         Step::Wait => {}
-        Step::Renew { epoch, renewals } => {
+        Step::Renew { epoch, seen } => {
             let sent = Instant::now();
-            match table.renew(lease_holder(lease), epoch, renewals).await {
-                Ok(true) => lease.renewed(epoch, renewals, sent),
-                Ok(false) => {
-                    tracing::warn!(epoch, "the writer lease was taken over");
-                    lease.refused();
-                }
+            match table.renew(lease_holder(lease), epoch, seen).await {
+                Ok(true) => lease.renewed(epoch, seen + 1, sent),
+                // The row is not as read (taken over, or an earlier renewal
+                // that timed out applied late): the lease runs out when the
+                // last applied renewal says, and the next read tells which.
+                Ok(false) => tracing::warn!(epoch, "a renewal of the writer lease did not apply"),
                 Err(error) => {
                     metrics::counter!("syncd_cluster_lease_errors_total").increment(1);
                     tracing::warn!(%error, "cannot renew the writer lease");

@@ -5,7 +5,7 @@
 
 use super::lease::{LeaseTimings, Role, WriterLease};
 use super::member;
-use super::route::{Routed, Target};
+use super::route::{FORWARD_CONNECTIONS, Routed, Target, WriterChannels};
 use crate::auth::Authenticator;
 use crate::auth::revocation::RevocationGuard;
 use crate::engine::Engine;
@@ -165,6 +165,10 @@ impl ClusterNode {
     }
 }
 
+/// Attempts in a row to start a writer generation before the node gives
+/// up the lease by stopping (a supervisor restarts it).
+const MAX_WRITER_START_FAILURES: u32 = 10;
+
 /// The public services of one writer generation.
 struct Generation {
     epoch: u64,
@@ -204,6 +208,7 @@ pub async fn serve(
     ));
     let revocations = tokio::spawn(Arc::clone(node.auth.revocations()).poll_feed(stop_rx.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     let generations = tokio::spawn(run_generations(
         Arc::clone(&node),
         roles_rx,
@@ -211,6 +216,7 @@ pub async fn serve(
         admin.clone(),
         health,
         stop_rx.clone(),
+        failed_tx,
     ));
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -219,9 +225,18 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| StartupError::Transport(e.to_string()))?;
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop_tx = Arc::new(stop_tx);
+    let stop_on_failure = Arc::clone(&stop_tx);
     let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections");
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down: no new connections"),
+            Ok(reason) = failed_rx => {
+                // Stop renewing at once: another node takes over while this
+                // one drains, and its supervisor restarts it.
+                let _ = stop_on_failure.send(true);
+                tracing::error!(%reason, "the writer generation failed for good; stopping");
+            }
+        }
         let _ = stop_accepting.send(());
     };
     let incoming = seqsvc::incoming::limited_incoming(listener, MAX_CONNECTIONS, accept_stopped);
@@ -267,11 +282,13 @@ async fn run_generations(
     admin: Routed<AdminServer>,
     health: tonic_health::server::HealthReporter,
     mut stopping: watch::Receiver<bool>,
+    failed: tokio::sync::oneshot::Sender<String>,
 ) -> Option<String> {
     let mut current: Option<Generation> = None;
+    let mut start_failures = 0;
     // The writer's address and a channel to it (only the current one is
     // kept: a restarted writer comes back under another address).
-    let mut channel: Option<(String, tonic::transport::Channel)> = None;
+    let mut channel: Option<(String, Arc<WriterChannels>)> = None;
     loop {
         let role = roles.borrow_and_update().clone();
         let serving = match &role {
@@ -280,6 +297,7 @@ async fn run_generations(
                     end(current.take()).await;
                     match node.writer(*epoch).await {
                         Ok(engine) => {
+                            start_failures = 0;
                             let services = Services::new(&engine, &node.auth);
                             timeline.set(Target::Local {
                                 service: services.timeline,
@@ -296,7 +314,17 @@ async fn run_generations(
                                 engine,
                             });
                         }
+                        Err(error) if start_failures >= MAX_WRITER_START_FAILURES => {
+                            // Holding the lease without serving keeps the
+                            // whole cluster down: give it up.
+                            let reason = format!(
+                                "cannot start writing after {start_failures} attempts: {error}"
+                            );
+                            let _ = failed.send(reason.clone());
+                            return Some(reason);
+                        }
                         Err(error) => {
+                            start_failures += 1;
                             tracing::error!(%error, epoch, "cannot start writing; retrying");
                             let why = format!("this node cannot start writing: {error}; retry");
                             timeline.set(Target::Unavailable(why.clone()));
@@ -313,7 +341,7 @@ async fn run_generations(
             Role::Follower { writer } => {
                 end(current.take()).await;
                 if channel.as_ref().is_none_or(|(to, _)| to != writer) {
-                    channel = writer_channel(writer).map(|c| (writer.clone(), c));
+                    channel = writer_channels(writer).map(|c| (writer.clone(), Arc::new(c)));
                 }
                 let Some((_, channel)) = channel.clone() else {
                     let why = format!("the writer lease names {writer:?}, which is not HOST:PORT");
@@ -328,12 +356,12 @@ async fn run_generations(
                 };
                 timeline.set(Target::Remote {
                     writer: writer.clone(),
-                    channel: channel.clone(),
+                    channels: Arc::clone(&channel),
                     me: node.advertise.clone(),
                 });
                 admin.set(Target::Remote {
                     writer: writer.clone(),
-                    channel,
+                    channels: channel,
                     me: node.advertise.clone(),
                 });
                 true
@@ -348,7 +376,7 @@ async fn run_generations(
         };
         publish_health(&health, serving).await;
         let engine = current.as_ref().map(|g| Arc::clone(&g.engine));
-        let failed = async move {
+        let failed_engine = async move {
             match engine {
                 Some(engine) => engine.failed().await,
                 None => std::future::pending().await,
@@ -356,8 +384,11 @@ async fn run_generations(
         };
         tokio::select! {
             changed = roles.changed() => if changed.is_err() { break },
-            reason = failed => {
-                tracing::error!(%reason, "the writer generation failed for good; stopping");
+            reason = failed_engine => {
+                timeline.set(Target::Unavailable("this node failed; retry".into()));
+                admin.set(Target::Unavailable("this node failed; retry".into()));
+                publish_health(&health, false).await;
+                let _ = failed.send(reason.clone());
                 end(current.take()).await;
                 return Some(reason);
             }
@@ -389,20 +420,23 @@ impl Services {
     }
 }
 
-/// A lazily connected channel to the writer node. Calls passed on are the
+/// Lazily connected channels to the writer node. Calls passed on are the
 /// device's own, so no per-call deadline is added here; keepalives end the
 /// passed-on streams of a writer that froze or vanished within
 /// [`WRITER_KEEPALIVE`] twice, so its devices reconnect elsewhere.
-fn writer_channel(writer: &str) -> Option<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{writer}")).ok()?;
-    let channel = endpoint
+fn writer_channels(writer: &str) -> Option<WriterChannels> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{writer}"))
+        .ok()?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(WRITER_KEEPALIVE)
         .keep_alive_timeout(WRITER_KEEPALIVE)
-        .keep_alive_while_idle(true)
-        .connect_lazy();
-    Some(channel)
+        .keep_alive_while_idle(true);
+    // Each lazy channel connects on its first call.
+    let channels = (0..FORWARD_CONNECTIONS)
+        .map(|_| endpoint.connect_lazy())
+        .collect();
+    Some(WriterChannels::new(channels))
 }
 
 /// How often a follower pings the writer over the connection calls are

@@ -11,6 +11,7 @@
 
 use super::lease::Role;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,6 +19,31 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 use tonic::transport::Channel;
+
+/// Connections a follower keeps to the writer: every call passed on,
+/// Subscribe streams included, holds one HTTP/2 stream on one of them, and
+/// the writer takes at most `MAX_STREAMS_PER_CONNECTION` per connection.
+pub const FORWARD_CONNECTIONS: usize = 64;
+
+/// Lazily connected channels to one writer, used in turn.
+pub struct WriterChannels {
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl WriterChannels {
+    pub fn new(channels: Vec<Channel>) -> Self {
+        Self {
+            channels,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+}
 
 /// Marks a call another node passed on.
 pub const FORWARDED_HEADER: &str = "timeline-forwarded-by";
@@ -31,10 +57,10 @@ pub enum Target<S> {
         epoch: u64,
         roles: watch::Receiver<Role>,
     },
-    /// Passed on to the writer node.
+    /// Passed on to the writer node, over one of several connections.
     Remote {
         writer: String,
-        channel: Channel,
+        channels: Arc<WriterChannels>,
         me: String,
     },
     Unavailable(String),
@@ -127,10 +153,10 @@ where
             }
             Target::Remote {
                 writer,
-                channel,
+                channels,
                 me,
             } => {
-                let (writer, mut channel) = (writer.clone(), channel.clone());
+                let (writer, mut channel) = (writer.clone(), channels.pick());
                 if let Ok(me) = http::HeaderValue::from_str(me) {
                     request.headers_mut().insert(FORWARDED_HEADER, me);
                 }

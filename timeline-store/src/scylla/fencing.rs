@@ -119,7 +119,7 @@ impl WriterLeaseTable {
             renew: prepare(
                 &session,
                 keyspace,
-                "UPDATE {ks}.writer_lease SET renewals = ? WHERE name = ? IF epoch = ? AND holder = ?",
+                "UPDATE {ks}.writer_lease SET renewals = ? WHERE name = ? IF epoch = ? AND holder = ? AND renewals = ?",
             )
             .await?,
             session,
@@ -176,12 +176,16 @@ impl WriterLeaseTable {
         Ok(applied(result)?.then(|| seen.map_or(1, |seen| seen.epoch + 1)))
     }
 
-    /// Renews `holder`'s lease of `epoch`, recording `renewals`; false when
-    /// the epoch is no longer the holder's (it was taken over).
-    pub async fn renew(&self, holder: &str, epoch: u64, renewals: u64) -> Result<bool> {
+    /// Renews `holder`'s lease of `epoch` by raising the counter from
+    /// `seen` to `seen + 1`; false when the row is not as seen (taken over,
+    /// or an earlier renewal that timed out applied after all). A renewal
+    /// always changes the row, so a challenger watching it never mistakes a
+    /// live holder for a silent one.
+    pub async fn renew(&self, holder: &str, epoch: u64, seen: u64) -> Result<bool> {
+        let values = (big(seen + 1), LEASE_NAME, big(epoch), holder, big(seen));
         let result = self
             .session
-            .execute_unpaged(&self.renew, (big(renewals), LEASE_NAME, big(epoch), holder))
+            .execute_unpaged(&self.renew, values)
             .await
             .map_err(cql)?;
         applied(result)

@@ -498,14 +498,18 @@ async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
         (first.holder.as_str(), first.epoch, first.renewals),
         ("a:1", 1, 0)
     );
-    assert!(lease.renew("a:1", 1, 1).await.unwrap());
-    assert!(!lease.renew("b:1", 1, 2).await.unwrap(), "not the holder");
+    assert!(lease.renew("a:1", 1, 0).await.unwrap());
+    assert!(!lease.renew("b:1", 1, 1).await.unwrap(), "not the holder");
+    assert!(
+        !lease.renew("a:1", 1, 0).await.unwrap(),
+        "a renewal from a stale read (one that timed out and applied) leaves the row alone"
+    );
     // A takeover must name the row exactly as it is now.
     assert_eq!(lease.claim("b:1", Some(&first)).await.unwrap(), None);
     let renewed = lease.read().await.unwrap().unwrap();
     assert_eq!(renewed.renewals, 1);
     assert_eq!(lease.claim("b:1", Some(&renewed)).await.unwrap(), Some(2));
-    assert!(!lease.renew("a:1", 1, 2).await.unwrap(), "taken over");
+    assert!(!lease.renew("a:1", 1, 1).await.unwrap(), "taken over");
     let now = lease.read().await.unwrap().unwrap();
     assert_eq!(
         (now.holder.as_str(), now.epoch, now.renewals),
