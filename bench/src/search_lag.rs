@@ -98,6 +98,7 @@ async fn measure(
         server: None,
         server_data_dir: None,
         server_pid: None,
+        nodes: 1,
     };
     let node = Node::start_with(&node_args, 10_000, &extra).await?;
     let result = drive(args, &node, backend).await;

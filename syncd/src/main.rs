@@ -88,6 +88,20 @@ struct ServeArgs {
     /// runs in this process.
     #[arg(long, env = "SYNCD_SEQSVC", value_delimiter = ',')]
     seqsvc: Vec<String>,
+    /// Join a cluster of nodes sharing the --store keyspace, reachable by the
+    /// others and by clients at this HOST:PORT (port 0: the port this node
+    /// listens on). One node at a time writes; the others pass calls on to
+    /// it. Needs a scylla:// store.
+    #[arg(long, value_name = "HOST:PORT", env = "SYNCD_ADVERTISE")]
+    advertise: Option<String>,
+    /// The writer lease of a cluster, in milliseconds: a failed writer is
+    /// replaced after about this plus --cluster-renew-ms.
+    #[arg(long, default_value_t = syncd::cluster::LeaseTimings::DEFAULT.lease.as_millis() as u64, requires = "advertise")]
+    cluster_lease_ms: u64,
+    /// How often a cluster node reads (and the writer renews) the lease, in
+    /// milliseconds; at most a third of --cluster-lease-ms.
+    #[arg(long, default_value_t = syncd::cluster::LeaseTimings::DEFAULT.renew_every.as_millis() as u64, requires = "advertise")]
+    cluster_renew_ms: u64,
     /// Sequence numbers reserved per persisted max_seq write (in-process
     /// allocator only).
     #[arg(long, default_value_t = 10_000)]
@@ -451,6 +465,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             search: args.search.backend()?,
         };
         let web = syncd::web::WebOptions::new(&args.cors_origins, args.web_root.as_deref())?;
+        if let Some(advertise) = &args.advertise {
+            return serve_cluster(&args, advertise, &config, web).await;
+        }
         let node = server::open_node(&config)
             .await
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
@@ -489,6 +506,55 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("syncd stopped");
         Ok(())
     })
+}
+
+/// `syncd serve --advertise`: a node of a cluster.
+async fn serve_cluster(
+    args: &ServeArgs,
+    advertise: &str,
+    config: &NodeConfig,
+    web: syncd::web::WebOptions,
+) -> anyhow::Result<()> {
+    let timings = syncd::cluster::LeaseTimings {
+        lease: Duration::from_millis(args.cluster_lease_ms),
+        renew_every: Duration::from_millis(args.cluster_renew_ms),
+    };
+    let listener = server::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let advertise = advertised(advertise, local.port())?;
+    let node = syncd::cluster::ClusterNode::open(config, advertise.clone(), timings)
+        .await
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    let signals = Signals::install()?;
+    // Scripts and tests read this line to learn the port.
+    println!("listening on {local}");
+    tracing::info!(%local, %advertise, data_dir = %args.data_dir.display(), "syncd serving as a cluster node");
+    syncd::cluster::serve(listener, node, web, signals.wait()).await?;
+    tracing::info!("syncd stopped");
+    Ok(())
+}
+
+/// `--advertise` as other nodes dial it: HOST:PORT, port 0 standing for the
+/// port this node listens on.
+fn advertised(advertise: &str, listening_port: u16) -> anyhow::Result<String> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--advertise {advertise:?}: expected HOST:PORT (the address other nodes and clients reach this node on)"
+        )
+    };
+    let (host, port) = advertise.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    let port = if port == 0 { listening_port } else { port };
+    let address = format!("{host}:{port}");
+    address
+        .parse::<tonic::codegen::http::uri::Authority>()
+        .map_err(|_| bad())?;
+    Ok(address)
 }
 
 /// SIGINT and SIGTERM, listened for from the moment they are installed.

@@ -152,7 +152,15 @@ pub struct Node {
 
 /// The data directory layout: `store/` (timelines), `seq/` (max_seq and
 /// clock reservations), `search/` (the search index), `auth.key`.
-pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
+/// What a node loads from its data directory and key files before it opens
+/// any store: the `tl1` token authority, the JWT verifier, the TLS identity.
+pub(crate) struct Keys {
+    pub tl1: TokenAuthority,
+    pub jwt: Option<JwtVerifier>,
+    pub tls: Option<tonic::transport::Identity>,
+}
+
+pub(crate) async fn load_keys(config: &NodeConfig) -> Result<Keys, StartupError> {
     let dir = config.data_dir.clone();
     let data_dir_error = |source| StartupError::DataDir {
         path: dir.clone(),
@@ -176,6 +184,12 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         ),
         None => None,
     };
+    Ok(Keys { tl1, jwt, tls })
+}
+
+pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
+    let dir = config.data_dir.clone();
+    let Keys { tl1, jwt, tls } = load_keys(config).await?;
     let (store, seq_store) = open_stores(&config.store, &dir).await?;
     let auth = Arc::new(Authenticator::new(
         tl1,
@@ -235,7 +249,7 @@ type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
 
 /// The search index: the data directory's embedded one (every node keeps
 /// its own, whichever store it uses) or an OpenSearch index.
-async fn open_search_index(
+pub(crate) async fn open_search_index(
     data_dir: &Path,
     backend: &SearchBackend,
 ) -> Result<Arc<dyn search::SearchIndex>, StartupError> {
