@@ -301,6 +301,8 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     }
 
     let sending = Arc::new(AtomicBool::new(true));
+    // Set once every sender has finished its last send (and recorded it).
+    let senders_done = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let mut senders = tokio::task::JoinSet::new();
     for user in 1..=USERS {
@@ -332,10 +334,10 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     let mut devices = tokio::task::JoinSet::new();
     for user in 1..=USERS {
         let token = cluster.token(user, "phone")?;
-        let (live, rng, sending, acked) = (
+        let (live, rng, done, acked) = (
             live.clone(),
             Arc::clone(&rng),
-            Arc::clone(&sending),
+            Arc::clone(&senders_done),
             Arc::clone(&acked),
         );
         let mine: HashSet<u64> = conversations
@@ -352,7 +354,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                 // holds every acknowledged message of its conversations (an
                 // event still finishing is not readable yet: that is the
                 // horizon at work, not a loss).
-                let finishing = !sending.load(Ordering::Acquire) && {
+                let finishing = done.load(Ordering::Acquire) && {
                     let have: HashSet<u64> = seen.iter().map(|e| e.msg_id).collect();
                     let acked = acked.lock().unwrap();
                     let missing = acked
@@ -455,6 +457,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     while let Some(result) = senders.join_next().await {
         sent += result??;
     }
+    senders_done.store(true, Ordering::Release);
     let mut seen_by: HashMap<u64, Vec<pb::Entry>> = HashMap::new();
     while let Some(result) = devices.join_next().await {
         let (user, seen) = result??;
