@@ -57,6 +57,17 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                     "1000",
                     "--queries",
                     "20",
+                    // The smoke run needs no OpenSearch node.
+                    "--backends",
+                    "embedded",
+                    "--lag-secs",
+                    "3",
+                    "--lag-users",
+                    "1000",
+                    "--lag-conversations",
+                    "200",
+                    "--lag-concurrency",
+                    "8",
                 ],
             ),
             (

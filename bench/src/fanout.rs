@@ -162,6 +162,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     );
     let client = Client::connect(&url, &token).await?;
     let conversations = create_all(&client, &member_lists, args.concurrency).await?;
+    // Senders and devices spread over the nodes (one with a single node).
+    let mut senders = Vec::with_capacity(node.urls.len());
+    for url in &node.urls {
+        senders.push(Client::connect(url, &token).await?);
+    }
     let users: Vec<u64> = (1..=args.users).collect();
     let subscribed =
         workload::subscribed_devices(&users, args.max_devices, args.subscribed_share, &mut rng);
@@ -173,17 +178,18 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     eprintln!("setup: {} subscribed devices", subscribed.len());
     let tracker = Tracker::new(&subscribed);
     let mut followers = Vec::new();
-    for &(user_id, device) in &subscribed {
+    for (i, &(user_id, device)) in subscribed.iter().enumerate() {
         let token = node.token(&Principal::Device {
             user_id,
             device_id: format!("bench-{device}"),
         })?;
-        followers.push(tracker.follow(Client::connect(&url, &token).await?));
+        let url = &node.urls[i % node.urls.len()];
+        followers.push(tracker.follow(Client::connect(url, &token).await?));
     }
 
     let warmup = Duration::from_secs(args.duration_secs.max(1)).mul_f64(0.1);
     drive(
-        &client,
+        &senders,
         &conversations,
         &args,
         warmup,
@@ -205,7 +211,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         subscribed: &subscribed,
     };
     if args.sweep {
-        let steps = sweep(&client, &conversations, &args, &tracker).await?;
+        let steps = sweep(&senders, &conversations, &args, &tracker).await?;
         for follower in followers {
             follower.abort();
         }
@@ -227,7 +233,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let progress = report::Progress::start("fanout", Duration::from_secs(args.duration_secs));
     let server_cpu_before = node.cpu_seconds();
     let mut timeline = drive(
-        &client,
+        &senders,
         &conversations,
         &args,
         Duration::from_secs(args.duration_secs),
@@ -284,7 +290,7 @@ fn sweep_plan(args: &FanoutArgs) -> SweepPlan {
 }
 
 async fn sweep(
-    client: &Client,
+    clients: &[Client],
     conversations: &[(u64, Vec<u64>)],
     args: &FanoutArgs,
     tracker: &Arc<Tracker>,
@@ -295,7 +301,7 @@ async fn sweep(
         tracker.reset();
         let progress = report::Progress::start("sweep", Duration::from_secs(args.duration_secs));
         let measured = drive(
-            client,
+            clients,
             conversations,
             &step_args,
             Duration::from_secs(args.duration_secs),
@@ -485,8 +491,9 @@ pub(crate) async fn create_all(
     Ok(created)
 }
 
+/// Runs the load for `duration`, sends spread over `clients` (one per node).
 async fn drive(
-    client: &Client,
+    clients: &[Client],
     conversations: &[(u64, Vec<u64>)],
     args: &FanoutArgs,
     duration: Duration,
@@ -500,7 +507,7 @@ async fn drive(
         crate::open_loop::run(args.rate, duration, |issued| {
             let key = format!("s{seed}-o{issued}");
             append(
-                client,
+                &clients[issued as usize % clients.len()],
                 tracker.next_send(&mut rng, conversations, key, &text),
             )
         })
@@ -508,7 +515,7 @@ async fn drive(
     } else {
         let conversations = Arc::new(conversations.to_vec());
         crate::closed_loop::run(args.concurrency, duration, |worker| {
-            let client = client.clone();
+            let client = clients[worker % clients.len()].clone();
             let key_prefix = format!("s{seed}");
             tracker.worker_sends(
                 &conversations,
@@ -630,8 +637,8 @@ fn print_and_save(
         format!("closed loop, concurrency {}", args.concurrency)
     };
     println!(
-        "fanout on {store_kind} store, {load}, {:.1} s measured",
-        secs
+        "fanout on {store_kind} store, {} node(s), {load}, {:.1} s measured",
+        args.node.nodes, secs
     );
     println!("{:<34} {:>12}", "sends/s", format!("{sends_per_s:.0}"));
     println!(
@@ -695,7 +702,7 @@ fn print_and_save(
     let mut json = serde_json::json!({
         "benchmark": "fanout",
         "config": {
-            "store": store_kind, "users": args.users, "conversations": args.conversations,
+            "store": store_kind, "nodes": args.node.nodes, "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,

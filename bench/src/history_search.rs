@@ -1,18 +1,20 @@
-//! History search on the embedded index: how fast a history of N messages
-//! is indexed (in the batches the node's indexer commits), and query
-//! latency over it for a device user (authorisation part of the query) and
-//! for a service, in English, Chinese and a phrase, in both orders.
+//! History search on both index backends, side by side: how fast a
+//! history of N messages is indexed (in the batches the node's indexer
+//! commits), and query latency over it for a device user (authorisation
+//! part of the query) and for a service, in English, Chinese and a phrase,
+//! in both orders; then how far each backend's index trails the sends of a
+//! live node under W1 ([`crate::search_lag`]).
 //!
-//! The index is driven in-process (the `search` crate syncd embeds), so the
-//! numbers are the index's own, not gRPC's. The distributed backend is not
-//! built yet; when it is, it runs here side by side.
+//! The indexes are driven in-process (the `search` crate syncd uses), so
+//! those numbers are the index's own, not gRPC's. Each backend gets the
+//! same history and the same queries (one seed).
 
 use crate::report;
 use crate::workload::Rng;
 use hdrhistogram::Histogram;
 use search::{
-    ConversationUpdate, IndexOp, MessageDoc, SearchIndex, SearchRequest, Searcher, SortOrder,
-    TantivyIndex,
+    ConversationUpdate, IndexOp, MessageDoc, OpenSearchIndex, OpenSearchOptions, SearchIndex,
+    SearchRequest, Searcher, SortOrder, TantivyIndex,
 };
 use std::time::Instant;
 
@@ -37,8 +39,91 @@ pub struct SearchArgs {
     /// Queries timed per kind.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
+    /// The backends measured, side by side: embedded, opensearch.
+    #[arg(long, value_delimiter = ',', default_value = "embedded,opensearch")]
+    pub backends: Vec<Backend>,
+    /// The OpenSearch node (scripts/opensearch-server starts one there).
+    #[arg(
+        long,
+        env = "TIMELINE_OPENSEARCH_URL",
+        default_value = "http://127.0.0.1:9200"
+    )]
+    pub opensearch_url: String,
+    /// Messages of OpenSearch's history when smaller than --messages (0:
+    /// the same history).
+    #[arg(long, default_value_t = 0)]
+    pub opensearch_messages: u64,
+    #[command(flatten)]
+    pub lag: crate::search_lag::LagArgs,
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Embedded,
+    Opensearch,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Opensearch => "opensearch",
+        }
+    }
+}
+
+/// An index of the bench's own, dropped afterwards.
+enum BenchIndex {
+    Embedded(TantivyIndex, tempfile::TempDir),
+    OpenSearch(OpenSearchIndex),
+}
+
+impl BenchIndex {
+    fn open(backend: Backend, args: &SearchArgs) -> anyhow::Result<Self> {
+        Ok(match backend {
+            Backend::Embedded => {
+                let dir = tempfile::tempdir()?;
+                BenchIndex::Embedded(TantivyIndex::open(dir.path())?, dir)
+            }
+            Backend::Opensearch => {
+                let name = format!("bench-search-{}", std::process::id());
+                let options = OpenSearchOptions::new(&args.opensearch_url, name);
+                let index = OpenSearchIndex::open(&options).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} (start a node with scripts/opensearch-server start, or \
+                         measure only --backends embedded)"
+                    )
+                })?;
+                // A fresh index: one left by an interrupted run is dropped.
+                index.delete()?;
+                BenchIndex::OpenSearch(OpenSearchIndex::open(&options)?)
+            }
+        })
+    }
+
+    fn index(&self) -> &dyn SearchIndex {
+        match self {
+            BenchIndex::Embedded(index, _) => index,
+            BenchIndex::OpenSearch(index) => index,
+        }
+    }
+
+    /// Bytes on disk (the embedded index only: OpenSearch's are its own).
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            BenchIndex::Embedded(_, dir) => Some(dir_bytes(dir.path())),
+            BenchIndex::OpenSearch(_) => None,
+        }
+    }
+
+    fn drop_index(self) -> anyhow::Result<()> {
+        if let BenchIndex::OpenSearch(index) = self {
+            index.delete()?;
+        }
+        Ok(())
+    }
 }
 
 /// English and Chinese words the generated messages draw from.
@@ -74,7 +159,7 @@ const WORDS: &[&str] = &[
 /// Builds one query of a kind (picking its user at random).
 type MakeRequest<'a> = Box<dyn Fn(&mut Rng) -> SearchRequest + 'a>;
 
-fn message_text(rng: &mut Rng) -> String {
+pub fn message_text(rng: &mut Rng) -> String {
     let n = 4 + rng.below(8) as usize;
     let mut text = String::new();
     for i in 0..n {
@@ -92,8 +177,90 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         args.conversations > 0 && args.members > 0 && args.users >= args.members,
         "--conversations and --members must be above 0, --users at least --members"
     );
-    let dir = tempfile::tempdir()?;
-    let index = TantivyIndex::open(dir.path())?;
+    anyhow::ensure!(!args.backends.is_empty(), "--backends names none");
+    let mut results = Vec::new();
+    for &backend in &args.backends {
+        let messages = match backend {
+            Backend::Opensearch if args.opensearch_messages > 0 => {
+                args.opensearch_messages.min(args.messages)
+            }
+            _ => args.messages,
+        };
+        let bench = BenchIndex::open(backend, &args)?;
+        let measured = measure(bench.index(), &args, messages, backend);
+        let bytes = bench.bytes();
+        bench.drop_index()?;
+        let mut measured = measured?;
+        if let Some(bytes) = bytes {
+            measured["index_mib"] = serde_json::json!(bytes as f64 / (1024.0 * 1024.0));
+        }
+        results.push(measured);
+    }
+    print_side_by_side(&results);
+    let lag = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::search_lag::run(
+            &args.lag,
+            &args.backends,
+            &args.opensearch_url,
+        ))?;
+    let path = report::write_json(
+        "search",
+        args.out.clone(),
+        &serde_json::json!({
+            "conversations": args.conversations,
+            "members": args.members,
+            "users": args.users,
+            "batch": args.batch,
+            "backends": results,
+            "lag": lag,
+        }),
+    )?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+/// The backends' query latencies in one table, a column pair each.
+fn print_side_by_side(results: &[serde_json::Value]) {
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["backend"].as_str().unwrap_or("?"))
+        .collect();
+    println!();
+    print!("| query |");
+    for name in &names {
+        print!(" {name} p50 ms | {name} p99 ms |");
+    }
+    println!();
+    println!("|---|{}", "---:|---:|".repeat(names.len()));
+    let Some(first) = results.first() else { return };
+    for (i, row) in first["queries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        print!("| {} |", row["query"].as_str().unwrap_or("?"));
+        for result in results {
+            let q = &result["queries"][i];
+            print!(
+                " {:.2} | {:.2} |",
+                q["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                q["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        println!();
+    }
+}
+
+/// Indexes the history into `index` and times the queries over it.
+fn measure(
+    index: &dyn SearchIndex,
+    args: &SearchArgs,
+    messages: u64,
+    backend: Backend,
+) -> anyhow::Result<serde_json::Value> {
     let mut rng = Rng::new(11);
     // Members of each conversation, joined at conv_seq 1.
     let members: Vec<Vec<u64>> = (0..args.conversations)
@@ -127,14 +294,14 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let mut commits = 0u64;
     let mut commit_latency = report::histogram();
     let mut sent_at = 1_700_000_000_000i64;
-    while indexed < args.messages {
+    while indexed < messages {
         let mut updates = Vec::with_capacity(64);
         for _ in 0..64 {
-            if indexed >= args.messages {
+            if indexed >= messages {
                 break;
             }
             let c = rng.below(args.conversations) as usize;
-            let count = args.batch.min(args.messages - indexed);
+            let count = args.batch.min(messages - indexed);
             let mut ops = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let conv_seq = next_seq[c];
@@ -163,7 +330,6 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         commits += 1;
     }
     let index_secs = started.elapsed().as_secs_f64();
-    let index_bytes = dir_bytes(dir.path());
 
     let user_in = |rng: &mut Rng| members[rng.below(args.conversations) as usize][0];
     let kinds: Vec<(&str, MakeRequest)> = vec![
@@ -198,16 +364,16 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             }),
         ),
     ];
+    let backend = backend.name();
     println!(
-        "bench search: {} messages in {} conversations ({} members each, {} users), embedded index",
-        args.messages, args.conversations, args.members, args.users
+        "bench search ({backend}): {messages} messages in {} conversations ({} members each, {} users)",
+        args.conversations, args.members, args.users
     );
     println!(
-        "indexed in {index_secs:.1} s: {:.0} messages/s, {commits} commits (p50 {:.1} ms, p99 {:.1} ms), index {:.0} MiB",
-        args.messages as f64 / index_secs,
+        "indexed in {index_secs:.1} s: {:.0} messages/s, {commits} commits (p50 {:.1} ms, p99 {:.1} ms)",
+        messages as f64 / index_secs,
         report::ms(&commit_latency, 0.5),
         report::ms(&commit_latency, 0.99),
-        index_bytes as f64 / (1024.0 * 1024.0)
     );
     println!("| query | p50 ms | p99 ms | hits per page (mean) |");
     println!("|---|---:|---:|---:|");
@@ -236,25 +402,15 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             "mean_hits": mean_hits,
         }));
     }
-    let path = report::write_json(
-        "search",
-        args.out.clone(),
-        &serde_json::json!({
-            "messages": args.messages,
-            "conversations": args.conversations,
-            "members": args.members,
-            "users": args.users,
-            "batch": args.batch,
-            "index_secs": index_secs,
-            "messages_per_s": args.messages as f64 / index_secs,
-            "commits": commits,
-            "commit_ms": {"p50": report::ms(&commit_latency, 0.5), "p99": report::ms(&commit_latency, 0.99)},
-            "index_mib": index_bytes as f64 / (1024.0 * 1024.0),
-            "queries": rows,
-        }),
-    )?;
-    println!("results: {}", path.display());
-    Ok(())
+    Ok(serde_json::json!({
+        "backend": backend,
+        "messages": messages,
+        "index_secs": index_secs,
+        "messages_per_s": messages as f64 / index_secs,
+        "commits": commits,
+        "commit_ms": {"p50": report::ms(&commit_latency, 0.5), "p99": report::ms(&commit_latency, 0.99)},
+        "queries": rows,
+    }))
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {

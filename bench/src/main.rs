@@ -30,6 +30,7 @@ mod procs;
 mod read_state;
 mod redis_peer;
 mod report;
+mod search_lag;
 mod seq;
 mod sweep;
 mod workload;
@@ -63,8 +64,9 @@ enum Command {
     /// memory per subscription and per connection, idle and under a send
     /// rate, and delivery latency.
     Devices(devices::DevicesArgs),
-    /// History search on the embedded index: indexing throughput and
-    /// query latency over a large history.
+    /// History search, the embedded index and OpenSearch side by side:
+    /// indexing throughput and query latency over a large history, and the
+    /// index's lag behind a live node's sends under W1.
     Search(history_search::SearchArgs),
     /// Every benchmark in turn (`--quick`: a smoke run under three minutes).
     All(all::AllArgs),

@@ -165,6 +165,13 @@ impl ScyllaConfig {
         let session = SessionBuilder::new()
             .known_nodes(&self.nodes)
             .default_execution_profile_handle(profile)
+            // A write's timestamp is when it was issued, not when it reached
+            // a coordinator: a write that lands late (a frozen process
+            // resumed, a hint replayed) then never overwrites one issued
+            // after it, by this node or by the writer that took over.
+            .timestamp_generator(std::sync::Arc::new(
+                scylla::policies::timestamp_generator::MonotonicTimestampGenerator::new(),
+            ))
             .connection_timeout(CONNECTION_TIMEOUT)
             .build()
             .await

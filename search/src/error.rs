@@ -13,6 +13,9 @@ pub enum SearchError {
         "the searcher belongs to more than {limit} conversation memberships; filter by conversation"
     )]
     TooManyMemberships { limit: usize },
+    /// The backend's settings are unusable (a bad URL or index name).
+    #[error("search backend: {0}")]
+    Config(String),
     /// The index on disk is not one this version wrote, or is damaged.
     #[error("search index is corrupt: {0}")]
     Corrupt(String),

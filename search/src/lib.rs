@@ -1,7 +1,9 @@
 //! History search: the index of message text every search backend keeps,
 //! as one trait ([`SearchIndex`]), with one tokenisation ([`tokens`]) and
-//! one parse of requests ([`SearchRequest::parse`]) shared by all, and the
-//! embedded backend ([`TantivyIndex`]).
+//! one parse of requests ([`SearchRequest::parse`]) shared by all, and two
+//! backends: the embedded one ([`TantivyIndex`], in the node's data
+//! directory) and the distributed one ([`OpenSearchIndex`], an OpenSearch
+//! cluster shared by every node).
 //!
 //! The index is a projection of the conversation timelines, never a
 //! source of truth: per conversation it holds the messages, every user's
@@ -21,6 +23,7 @@ pub mod error;
 #[cfg(feature = "testsuite")]
 pub mod memory;
 pub mod model;
+pub mod opensearch;
 mod page;
 mod tantivy_index;
 pub mod tokens;
@@ -30,6 +33,7 @@ pub use model::{
     ConversationUpdate, IndexOp, Intervals, MessageDoc, SearchHit, SearchPage, SearchRequest,
     Searcher, SortOrder,
 };
+pub use opensearch::{OpenSearchIndex, OpenSearchOptions};
 pub use tantivy_index::{TantivyIndex, WRITER_MEMORY_BYTES};
 
 /// A search index backend. Updates come from one feeder at a time.
@@ -41,10 +45,13 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// The conversation's indexed-through `conv_seq` (0: nothing yet).
     fn checkpoint(&self, conversation_id: u64) -> Result<u64>;
 
-    /// Applies the updates and their checkpoints atomically and durably:
-    /// after `Ok` all of them survive a crash, after `Err` or a crash none
-    /// of them does. An update whose `indexed_through` is not above the
-    /// conversation's checkpoint is already applied and is skipped whole.
+    /// Applies the updates and their checkpoints durably: after `Ok` all
+    /// of them survive a crash and are searchable; after `Err` or a crash
+    /// no checkpoint has moved, and applying the same updates again gives
+    /// the index they would have given once (a backend without atomic
+    /// batches may hold some of their documents meanwhile). An update whose
+    /// `indexed_through` is not above the conversation's checkpoint is
+    /// already applied and is skipped whole.
     fn apply(&self, updates: &[ConversationUpdate]) -> Result<()>;
 
     /// One page of hits, authorised before scoring.

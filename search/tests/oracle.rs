@@ -1,12 +1,18 @@
-//! The embedded index against the brute-force one: seeded random
+//! Both index backends against the brute-force one: seeded random
 //! conversations (English, Chinese, mixed text; joins, leaves, rejoins;
-//! edits and removals), every query's pages compared. A failure prints
-//! the seed; `SEARCH_ORACLE_SEED=N` replays it.
+//! edits and removals), every query's pages compared, the backend reopened
+//! now and then (and, for OpenSearch, a batch cut short by a "crash" before
+//! it is applied again). A failure prints the seed; `SEARCH_ORACLE_SEED=N`
+//! replays it.
+//!
+//! The OpenSearch tests need a node: `TIMELINE_OPENSEARCH_URL` (default
+//! http://127.0.0.1:9200; `scripts/opensearch-server start` runs one, and
+//! scripts/test does). Without one they fail.
 
 use search::memory::MemoryIndex;
 use search::{
-    ConversationUpdate, IndexOp, MessageDoc, SearchIndex, SearchRequest, Searcher, SortOrder,
-    TantivyIndex,
+    ConversationUpdate, IndexOp, MessageDoc, OpenSearchIndex, OpenSearchOptions, SearchIndex,
+    SearchRequest, Searcher, SortOrder, TantivyIndex,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -250,11 +256,87 @@ fn compare(
     found
 }
 
-fn run(seed: u64) {
-    eprintln!("search oracle seed {seed} (SEARCH_ORACLE_SEED={seed} replays it)");
+fn opensearch_url() -> String {
+    std::env::var("TIMELINE_OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// Where a backend under test keeps its index between opens.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    OpenSearch(OpenSearchOptions),
+}
+
+enum Opened {
+    Embedded(TantivyIndex),
+    OpenSearch(OpenSearchIndex),
+}
+
+impl Opened {
+    fn index(&self) -> &dyn SearchIndex {
+        match self {
+            Opened::Embedded(index) => index,
+            Opened::OpenSearch(index) => index,
+        }
+    }
+}
+
+impl Backend {
+    fn embedded() -> Self {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh index of its own on the test node (two shards, so that
+    /// routing by conversation matters).
+    fn opensearch(name: &str) -> Self {
+        let mut options = OpenSearchOptions::new(
+            opensearch_url(),
+            format!("test-{name}-{}", std::process::id()),
+        );
+        options.shards = 2;
+        let backend = Backend::OpenSearch(options);
+        if let Opened::OpenSearch(index) = backend.open() {
+            index.delete().unwrap();
+        }
+        backend
+    }
+
+    fn open(&self) -> Opened {
+        match self {
+            Backend::Embedded(dir) => Opened::Embedded(TantivyIndex::open(dir.path()).unwrap()),
+            Backend::OpenSearch(options) => {
+                Opened::OpenSearch(OpenSearchIndex::open(options).unwrap_or_else(|e| {
+                    panic!(
+                        "no OpenSearch node at {} ({e}): start one with \
+                         scripts/opensearch-server start, or set TIMELINE_OPENSEARCH_URL",
+                        options.url
+                    )
+                }))
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded(_) => "embedded",
+            Backend::OpenSearch(_) => "opensearch",
+        }
+    }
+
+    /// Drops what the backend keeps outside the test's directories.
+    fn clean_up(self) {
+        if let Backend::OpenSearch(_) = &self
+            && let Opened::OpenSearch(index) = self.open()
+        {
+            index.delete().unwrap();
+        }
+    }
+}
+
+fn run(seed: u64, backend: &Backend) {
+    let name = backend.name();
+    eprintln!("search oracle ({name}) seed {seed} (SEARCH_ORACLE_SEED={seed} replays it)");
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let dir = tempfile::tempdir().unwrap();
-    let mut real = TantivyIndex::open(dir.path()).unwrap();
+    let mut real = backend.open();
     let oracle = MemoryIndex::new();
     let mut conversations: Vec<Conversation> = (1..=5)
         .map(|id| Conversation {
@@ -280,40 +362,66 @@ fn run(seed: u64) {
         if rng.below(3) == 0 {
             batch.push(batch[0].clone());
         }
-        real.apply(&batch).unwrap();
+        if let Opened::OpenSearch(index) = &real
+            && rng.below(3) == 0
+        {
+            // A crash while applying: some of the batch's documents are
+            // in, no checkpoint moved; the restarted feeder sends it again.
+            let cut = rng.next();
+            index
+                .apply_interrupted(&batch, |total| (cut % (total as u64 + 1)) as usize)
+                .unwrap();
+            drop(real);
+            real = backend.open();
+        }
+        real.index().apply(&batch).unwrap();
         oracle.apply(&batch).unwrap();
         if round % 5 == 4 {
             drop(real);
-            real = TantivyIndex::open(dir.path()).unwrap();
+            real = backend.open();
         }
         assert_eq!(
-            real.checkpoints().unwrap(),
+            real.index().checkpoints().unwrap(),
             oracle.checkpoints().unwrap(),
-            "seed {seed}"
+            "{name} seed {seed}"
         );
         for _ in 0..25 {
             let request = random_request(&mut rng, &conversations);
-            found += compare(&real, &oracle, &request, seed);
+            found += compare(real.index(), &oracle, &request, seed);
         }
     }
     // The queries must find things for the comparison to mean anything.
     assert!(found > 50, "seed {seed}: only {found} hits in all");
 }
 
-#[test]
-fn the_embedded_index_answers_as_the_brute_force_one() {
-    match std::env::var("SEARCH_ORACLE_SEED") {
-        Ok(seed) => run(seed.parse().expect("SEARCH_ORACLE_SEED is a number")),
+/// Runs the seeds (`SEARCH_ORACLE_SEED`, or `runs` from the clock), each
+/// on a fresh backend.
+fn run_seeds(runs: u64, backend: impl Fn() -> Backend) {
+    let seeds: Vec<u64> = match std::env::var("SEARCH_ORACLE_SEED") {
+        Ok(seed) => vec![seed.parse().expect("SEARCH_ORACLE_SEED is a number")],
         Err(_) => {
             let base = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64;
-            for i in 0..4 {
-                run(base.wrapping_add(i));
-            }
+            (0..runs).map(|i| base.wrapping_add(i)).collect()
         }
+    };
+    for seed in seeds {
+        let backend = backend();
+        run(seed, &backend);
+        backend.clean_up();
     }
+}
+
+#[test]
+fn the_embedded_index_answers_as_the_brute_force_one() {
+    run_seeds(4, Backend::embedded);
+}
+
+#[test]
+fn the_opensearch_index_answers_as_the_brute_force_one_across_crashes() {
+    run_seeds(2, || Backend::opensearch("oracle"));
 }
 
 fn message(conversation_id: u64, conv_seq: u64, text: &str) -> IndexOp {
@@ -337,10 +445,7 @@ fn keys(index: &dyn SearchIndex, request: SearchRequest) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn a_chinese_phrase_finds_the_messages_that_contain_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let index = TantivyIndex::open(dir.path()).unwrap();
+fn a_chinese_phrase_finds_the_messages_that_contain_it(index: &dyn SearchIndex) {
     index
         .apply(&[ConversationUpdate {
             conversation_id: 1,
@@ -363,19 +468,16 @@ fn a_chinese_phrase_finds_the_messages_that_contain_it() {
         .collect();
     assert_eq!(found, [(3, vec![(0, 9)]), (1, vec![(9, 18)])]);
     assert_eq!(
-        keys(&index, SearchRequest::new(Searcher::Service, "库")),
+        keys(index, SearchRequest::new(Searcher::Service, "库")),
         [4, 3, 2, 1]
     );
     assert_eq!(
-        keys(&index, SearchRequest::new(Searcher::Service, "database")),
+        keys(index, SearchRequest::new(Searcher::Service, "database")),
         [4]
     );
 }
 
-#[test]
-fn a_member_finds_only_what_was_sent_while_a_member() {
-    let dir = tempfile::tempdir().unwrap();
-    let index = TantivyIndex::open(dir.path()).unwrap();
+fn a_member_finds_only_what_was_sent_while_a_member(index: &dyn SearchIndex) {
     let ops = vec![
         IndexOp::Joined {
             users: vec![1, 2],
@@ -401,10 +503,31 @@ fn a_member_finds_only_what_was_sent_while_a_member() {
         }])
         .unwrap();
     let hello = |searcher| SearchRequest::new(searcher, "hello");
-    assert_eq!(keys(&index, hello(Searcher::User(1))), [6, 4, 2]);
-    assert_eq!(keys(&index, hello(Searcher::User(2))), [6, 2]);
-    assert_eq!(keys(&index, hello(Searcher::User(3))), Vec::<u64>::new());
-    assert_eq!(keys(&index, hello(Searcher::Service)), [6, 4, 2]);
+    assert_eq!(keys(index, hello(Searcher::User(1))), [6, 4, 2]);
+    assert_eq!(keys(index, hello(Searcher::User(2))), [6, 2]);
+    assert_eq!(keys(index, hello(Searcher::User(3))), Vec::<u64>::new());
+    assert_eq!(keys(index, hello(Searcher::Service)), [6, 4, 2]);
+}
+
+/// The same checks on both backends.
+fn on_both_backends(name: &str, check: fn(&dyn SearchIndex)) {
+    for backend in [Backend::embedded(), Backend::opensearch(name)] {
+        check(backend.open().index());
+        backend.clean_up();
+    }
+}
+
+#[test]
+fn a_chinese_phrase_finds_the_messages_that_contain_it_on_both_backends() {
+    on_both_backends(
+        "chinese",
+        a_chinese_phrase_finds_the_messages_that_contain_it,
+    );
+}
+
+#[test]
+fn a_member_finds_only_what_was_sent_while_a_member_on_both_backends() {
+    on_both_backends("members", a_member_finds_only_what_was_sent_while_a_member);
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl From<search::SearchError> for SyncdError {
         match error {
             E::InvalidQuery(m) => SyncdError::InvalidArgument(m),
             e @ E::TooManyMemberships { .. } => SyncdError::FailedPrecondition(e.to_string()),
-            e @ E::Corrupt(_) => SyncdError::Internal(e.to_string()),
+            e @ (E::Corrupt(_) | E::Config(_)) => SyncdError::Internal(e.to_string()),
             e @ E::Engine(_) => SyncdError::Unavailable(e.to_string()),
         }
     }

@@ -71,6 +71,7 @@
 pub mod access;
 pub mod amend;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod engine;

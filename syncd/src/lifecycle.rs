@@ -112,10 +112,16 @@ impl Lifecycle {
     /// Resolves with the reason once the node has failed.
     pub async fn failed(&self) -> String {
         let mut failure = self.failure.subscribe();
-        match failure.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
+        // The guard is dropped before any further await (the future stays
+        // Send).
+        let reason = match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
             // The sender lives as long as `self`.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 

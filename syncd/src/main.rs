@@ -88,6 +88,20 @@ struct ServeArgs {
     /// runs in this process.
     #[arg(long, env = "SYNCD_SEQSVC", value_delimiter = ',')]
     seqsvc: Vec<String>,
+    /// Join a cluster of nodes sharing the --store keyspace, reachable by the
+    /// others and by clients at this HOST:PORT (port 0: the port this node
+    /// listens on). One node at a time writes; the others pass calls on to
+    /// it. Needs a scylla:// store.
+    #[arg(long, value_name = "HOST:PORT", env = "SYNCD_ADVERTISE")]
+    advertise: Option<String>,
+    /// The writer lease of a cluster, in milliseconds: a failed writer is
+    /// replaced after about this plus --cluster-renew-ms.
+    #[arg(long, default_value_t = syncd::cluster::LeaseTimings::DEFAULT.lease.as_millis() as u64, requires = "advertise")]
+    cluster_lease_ms: u64,
+    /// How often a cluster node reads (and the writer renews) the lease, in
+    /// milliseconds; at most a third of --cluster-lease-ms.
+    #[arg(long, default_value_t = syncd::cluster::LeaseTimings::DEFAULT.renew_every.as_millis() as u64, requires = "advertise")]
+    cluster_renew_ms: u64,
     /// Sequence numbers reserved per persisted max_seq write (in-process
     /// allocator only).
     #[arg(long, default_value_t = 10_000)]
@@ -149,6 +163,8 @@ struct ServeArgs {
     /// CA signed (its servers run with --tls-cert/--tls-key).
     #[arg(long, env = "SYNCD_SEQSVC_CA_CERT", requires = "seqsvc")]
     seqsvc_ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    search: SearchArgs,
     /// A browser origin (http[s]://host[:port]) whose pages may call the API
     /// over gRPC-Web; repeat for several (comma separated in the
     /// environment). None by default: a page served by --web-root is
@@ -193,12 +209,75 @@ impl ServeArgs {
 
 #[derive(Args)]
 struct ReindexArgs {
-    /// The node's data directory (its index is `search/` in it).
+    /// The node's data directory (its embedded index is `search/` in it).
     #[arg(long, env = "SYNCD_DATA_DIR")]
     data_dir: PathBuf,
     /// Where the timelines are, as for `syncd serve --store`.
     #[arg(long, env = "SYNCD_STORE", default_value = "embedded")]
     store: String,
+    #[command(flatten)]
+    search: SearchArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SearchBackendName {
+    /// tantivy in the data directory (`search/`).
+    Embedded,
+    /// An index in an OpenSearch cluster (--opensearch-url).
+    Opensearch,
+}
+
+/// Where the search index lives (the same flags for serve and reindex).
+#[derive(Args)]
+struct SearchArgs {
+    /// The search index backend.
+    #[arg(
+        long,
+        env = "SYNCD_SEARCH_BACKEND",
+        value_enum,
+        default_value = "embedded"
+    )]
+    search_backend: SearchBackendName,
+    /// A node of the OpenSearch cluster, http://host:port (with
+    /// --search-backend opensearch).
+    #[arg(
+        long,
+        env = "SYNCD_OPENSEARCH_URL",
+        required_if_eq("search_backend", "opensearch")
+    )]
+    opensearch_url: Option<String>,
+    /// The OpenSearch index (created if missing).
+    #[arg(
+        long,
+        env = "SYNCD_OPENSEARCH_INDEX",
+        default_value = "timeline-search"
+    )]
+    opensearch_index: String,
+    /// Primary shards of the index when syncd creates it.
+    #[arg(long, env = "SYNCD_OPENSEARCH_SHARDS", default_value_t = 1)]
+    opensearch_shards: u32,
+    /// Replicas of each shard when syncd creates the index.
+    #[arg(long, env = "SYNCD_OPENSEARCH_REPLICAS", default_value_t = 0)]
+    opensearch_replicas: u32,
+}
+
+impl SearchArgs {
+    fn backend(&self) -> anyhow::Result<server::SearchBackend> {
+        Ok(match self.search_backend {
+            SearchBackendName::Embedded => server::SearchBackend::Embedded,
+            SearchBackendName::Opensearch => {
+                let url = self.opensearch_url.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--search-backend opensearch needs --opensearch-url")
+                })?;
+                let mut options = search::OpenSearchOptions::new(url, &self.opensearch_index);
+                options.shards = self.opensearch_shards;
+                options.replicas = self.opensearch_replicas;
+                // Before the data directory is touched.
+                options.check()?;
+                server::SearchBackend::OpenSearch(options)
+            }
+        })
+    }
 }
 
 #[derive(Args)]
@@ -315,7 +394,11 @@ fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
         .build()?;
     let started = std::time::Instant::now();
     let conversations = runtime
-        .block_on(server::reindex(&args.data_dir, &location))
+        .block_on(server::reindex(
+            &args.data_dir,
+            &location,
+            &args.search.backend()?,
+        ))
         .with_context(|| format!("cannot reindex {}", args.data_dir.display()))?;
     println!(
         "reindexed {conversations} conversations in {:.1}s",
@@ -379,8 +462,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             jwt: args.jwt(),
             tls: args.tls(),
             seqsvc_ca_cert: args.seqsvc_ca_cert.clone(),
+            search: args.search.backend()?,
         };
         let web = syncd::web::WebOptions::new(&args.cors_origins, args.web_root.as_deref())?;
+        if let Some(advertise) = &args.advertise {
+            return serve_cluster(&args, advertise, &config, web).await;
+        }
         let node = server::open_node(&config)
             .await
             .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
@@ -419,6 +506,55 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("syncd stopped");
         Ok(())
     })
+}
+
+/// `syncd serve --advertise`: a node of a cluster.
+async fn serve_cluster(
+    args: &ServeArgs,
+    advertise: &str,
+    config: &NodeConfig,
+    web: syncd::web::WebOptions,
+) -> anyhow::Result<()> {
+    let timings = syncd::cluster::LeaseTimings {
+        lease: Duration::from_millis(args.cluster_lease_ms),
+        renew_every: Duration::from_millis(args.cluster_renew_ms),
+    };
+    let listener = server::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let advertise = advertised(advertise, local.port())?;
+    let node = syncd::cluster::ClusterNode::open(config, advertise.clone(), timings)
+        .await
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    let signals = Signals::install()?;
+    // Scripts and tests read this line to learn the port.
+    println!("listening on {local}");
+    tracing::info!(%local, %advertise, data_dir = %args.data_dir.display(), "syncd serving as a cluster node");
+    syncd::cluster::serve(listener, node, web, signals.wait()).await?;
+    tracing::info!("syncd stopped");
+    Ok(())
+}
+
+/// `--advertise` as other nodes dial it: HOST:PORT, port 0 standing for the
+/// port this node listens on.
+fn advertised(advertise: &str, listening_port: u16) -> anyhow::Result<String> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--advertise {advertise:?}: expected HOST:PORT (the address other nodes and clients reach this node on)"
+        )
+    };
+    let (host, port) = advertise.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    let port = if port == 0 { listening_port } else { port };
+    let address = format!("{host}:{port}");
+    address
+        .parse::<tonic::codegen::http::uri::Authority>()
+        .map_err(|_| bad())?;
+    Ok(address)
 }
 
 /// SIGINT and SIGTERM, listened for from the moment they are installed.

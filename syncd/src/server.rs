@@ -99,6 +99,18 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// Call the seqsvc cluster over TLS, trusting this CA (a PEM file).
     pub seqsvc_ca_cert: Option<PathBuf>,
+    /// Where the search index lives.
+    pub search: SearchBackend,
+}
+
+/// Which search index a node keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SearchBackend {
+    /// tantivy in the data directory's `search/`: one index per node.
+    #[default]
+    Embedded,
+    /// An index in an OpenSearch cluster (one indexer per index).
+    OpenSearch(search::OpenSearchOptions),
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -140,7 +152,15 @@ pub struct Node {
 
 /// The data directory layout: `store/` (timelines), `seq/` (max_seq and
 /// clock reservations), `search/` (the search index), `auth.key`.
-pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
+/// What a node loads from its data directory and key files before it opens
+/// any store: the `tl1` token authority, the JWT verifier, the TLS identity.
+pub(crate) struct Keys {
+    pub tl1: TokenAuthority,
+    pub jwt: Option<JwtVerifier>,
+    pub tls: Option<tonic::transport::Identity>,
+}
+
+pub(crate) async fn load_keys(config: &NodeConfig) -> Result<Keys, StartupError> {
     let dir = config.data_dir.clone();
     let data_dir_error = |source| StartupError::DataDir {
         path: dir.clone(),
@@ -164,6 +184,12 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         ),
         None => None,
     };
+    Ok(Keys { tl1, jwt, tls })
+}
+
+pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
+    let dir = config.data_dir.clone();
+    let Keys { tl1, jwt, tls } = load_keys(config).await?;
     let (store, seq_store) = open_stores(&config.store, &dir).await?;
     let auth = Arc::new(Authenticator::new(
         tl1,
@@ -189,7 +215,7 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     if finished > 0 {
         tracing::info!(finished, "finished events interrupted by the last shutdown");
     }
-    let index = open_search_index(&dir).await?;
+    let index = open_search_index(&dir, &config.search).await?;
     let clock = seqsvc::snowflake::system_clock();
     let engine = if config.seqsvc.is_empty() {
         let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
@@ -221,24 +247,39 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
 
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
 
-/// The embedded search index of the data directory (every node keeps its
-/// own, whichever store it uses).
-async fn open_search_index(data_dir: &Path) -> Result<Arc<dyn search::SearchIndex>, StartupError> {
+/// The search index: the data directory's embedded one (every node keeps
+/// its own, whichever store it uses) or an OpenSearch index.
+pub(crate) async fn open_search_index(
+    data_dir: &Path,
+    backend: &SearchBackend,
+) -> Result<Arc<dyn search::SearchIndex>, StartupError> {
     let dir = data_dir.join("search");
-    let index = tokio::task::spawn_blocking(move || search::TantivyIndex::open(&dir))
+    let backend = backend.clone();
+    let open = move || -> Result<Arc<dyn search::SearchIndex>, search::SearchError> {
+        Ok(match backend {
+            SearchBackend::Embedded => Arc::new(search::TantivyIndex::open(&dir)?),
+            SearchBackend::OpenSearch(options) => {
+                Arc::new(search::OpenSearchIndex::open(&options)?)
+            }
+        })
+    };
+    Ok(tokio::task::spawn_blocking(open)
         .await
-        .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??;
-    Ok(Arc::new(index))
+        .map_err(|e| StartupError::Transport(format!("open task failed: {e}")))??)
 }
 
 /// Rebuilds the data directory's search index from the timelines of
 /// `location`, with the node stopped; returns how many conversations it
 /// indexed.
-pub async fn reindex(data_dir: &Path, location: &StoreLocation) -> Result<usize, StartupError> {
+pub async fn reindex(
+    data_dir: &Path,
+    location: &StoreLocation,
+    backend: &SearchBackend,
+) -> Result<usize, StartupError> {
     let (store, _) = open_stores(location, data_dir).await?;
     // Interrupted events first: the rebuild reads whole timelines.
     store.recover().await?;
-    let index = open_search_index(data_dir).await?;
+    let index = open_search_index(data_dir, backend).await?;
     let indexing = crate::search_index::SearchIndexing::new(store, None, index);
     indexing
         .rebuild()
@@ -430,6 +471,7 @@ mod tests {
             jwt: None,
             tls: None,
             seqsvc_ca_cert: None,
+            search: SearchBackend::Embedded,
         }
     }
 

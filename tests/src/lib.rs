@@ -412,6 +412,74 @@ impl Drop for CqlKeyspace {
     }
 }
 
+/// The OpenSearch node the README's test command starts
+/// (`TIMELINE_OPENSEARCH_URL`, default http://127.0.0.1:9200).
+pub fn opensearch_url() -> String {
+    std::env::var("TIMELINE_OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// A search index of one test's own on the test OpenSearch node, deleted
+/// when the value is dropped.
+pub struct OpenSearchTestIndex {
+    pub options: search::OpenSearchOptions,
+}
+
+impl OpenSearchTestIndex {
+    /// Panics (the test fails, it is never skipped) when no node answers.
+    pub fn new(test_name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("test-{test_name}-{}-{nanos}", std::process::id());
+        let options = search::OpenSearchOptions::new(opensearch_url(), name);
+        let checked = options.clone();
+        let reachable =
+            std::thread::spawn(move || search::OpenSearchIndex::open(&checked)?.delete())
+                .join()
+                .expect("the OpenSearch check does not panic");
+        if let Err(error) = reachable {
+            panic!(
+                "no OpenSearch node at {} ({error}): the OpenSearch tests need one. Start it with \
+                 `scripts/opensearch-server start` (scripts/test does this) or point \
+                 TIMELINE_OPENSEARCH_URL at one",
+                options.url
+            );
+        }
+        Self { options }
+    }
+
+    /// The `syncd serve` / `syncd reindex` flags that select this index.
+    pub fn args(&self) -> Vec<String> {
+        [
+            "--search-backend",
+            "opensearch",
+            "--opensearch-url",
+            &self.options.url,
+            "--opensearch-index",
+            &self.options.index,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for OpenSearchTestIndex {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        // Drop may run inside a test's runtime, where the index's blocking
+        // client may not wait: a thread of its own.
+        let dropped =
+            std::thread::spawn(move || search::OpenSearchIndex::open(&options)?.delete()).join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not delete test index {}: {dropped:?}",
+                self.options.index
+            );
+        }
+    }
+}
+
 /// A `--store` URL for a fresh keyspace of its own on the test CQL server.
 /// Panics (the test fails, it is never skipped) when no server answers.
 /// Prefer [`CqlKeyspace`], which also drops the keyspace afterwards.

@@ -36,8 +36,20 @@ async fn caught_up(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tl_search_finds_what_each_member_may_read() -> anyhow::Result<()> {
+    tl_search_finds_what_each_member_may_read_on(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tl_search_finds_what_each_member_may_read_on_opensearch() -> anyhow::Result<()> {
+    let index = tests::OpenSearchTestIndex::new("tl-search");
+    let args = index.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tl_search_finds_what_each_member_may_read_on(&args).await
+}
+
+async fn tl_search_finds_what_each_member_may_read_on(server_args: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path())?;
+    let server = Server::start_with(dir.path(), server_args)?;
     let url = server.url();
     let (alice, bob) = (server.device_token(1, "a")?, server.device_token(2, "b")?);
     let ops = server.service_token("ops")?;
@@ -232,6 +244,14 @@ async fn kill9_while_indexing_on_the_scylla_store() -> anyhow::Result<()> {
     index_survives_kill9_exactly(&["--store", &keyspace.url]).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_while_indexing_into_opensearch() -> anyhow::Result<()> {
+    let index = tests::OpenSearchTestIndex::new("kill9");
+    let args = index.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    index_survives_kill9_exactly(&args).await
+}
+
 async fn index_survives_kill9_exactly(store_args: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut server = Server::start_with(dir.path(), store_args)?;
@@ -391,4 +411,105 @@ async fn syncd_reindex_rebuilds_the_index_from_the_timelines() -> anyhow::Result
     }
     assert_eq!(total, 30);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncd_reindex_rebuilds_an_opensearch_index() -> anyhow::Result<()> {
+    let index = tests::OpenSearchTestIndex::new("reindex");
+    let search_args = index.args();
+    let args: Vec<&str> = search_args.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start_with(dir.path(), &args)?;
+    let user = server.device_token(1, "a")?;
+    let client = Client::connect(&server.url(), &user).await?;
+    let conv = client
+        .create_conversation(pb::ConversationKind::Group, vec![2], "")
+        .await?
+        .conversation_id;
+    for i in 0..12 {
+        client.send(conv, &format!("重建 数据库 {i}"), None).await?;
+    }
+    caught_up(&client).await;
+    server.terminate(Duration::from_secs(20))?;
+    let reindexed = std::process::Command::new(tests::syncd_bin())
+        .args(["reindex", "--data-dir"])
+        .arg(dir.path())
+        .args(&search_args)
+        .output()?;
+    assert!(
+        reindexed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reindexed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&reindexed.stdout).starts_with("reindexed 1 conversations"),
+        "{}",
+        String::from_utf8_lossy(&reindexed.stdout)
+    );
+    // The rebuilt index, read directly: every message once, for a member.
+    let options = index.options.clone();
+    let hits = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let rebuilt = search::OpenSearchIndex::open(&options)?;
+        let mut request = SearchRequest::new(Searcher::User(2), "数据库");
+        request.limit = 100;
+        Ok(rebuilt.search(&request)?.hits.len())
+    })
+    .await??;
+    assert_eq!(hits, 12);
+    Ok(())
+}
+
+#[test]
+fn syncd_refuses_an_unusable_opensearch_backend() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("http://127.0.0.1:{closed}");
+    for (flags, why) in [
+        (vec!["--search-backend", "opensearch"], "--opensearch-url"),
+        (
+            vec![
+                "--search-backend",
+                "opensearch",
+                "--opensearch-url",
+                &unreachable,
+            ],
+            "refused",
+        ),
+        (
+            vec![
+                "--search-backend",
+                "opensearch",
+                "--opensearch-url",
+                "127.0.0.1:9200",
+            ],
+            "http://",
+        ),
+        (
+            vec![
+                "--search-backend",
+                "opensearch",
+                "--opensearch-url",
+                "http://127.0.0.1:9200",
+                "--opensearch-index",
+                "Bad Name",
+            ],
+            "index name",
+        ),
+    ] {
+        for command in ["serve", "reindex"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut run = std::process::Command::new(tests::syncd_bin());
+            run.args([command, "--data-dir"]).arg(dir.path());
+            if command == "serve" {
+                run.args(["--listen", "127.0.0.1:0"]);
+            }
+            let output = run.args(&flags).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} {flags:?} started");
+            assert!(stderr.contains(why), "{command} {flags:?}: {stderr}");
+        }
+    }
 }

@@ -373,7 +373,8 @@ fn apply_group(
     let mut revoked: HashMap<Vec<u8>, u64> = HashMap::new();
     // Reader marks raised earlier in this group, not yet in the store.
     let mut readers: HashMap<[u8; 16], ReaderMark> = HashMap::new();
-    // Inbox floors read for rewrites in this group.
+    // Inbox floors as this group leaves them (read for rewrites, raised
+    // by trims).
     let mut floors: HashMap<u64, u64> = HashMap::new();
     // Read-state saves earlier in this group, not yet in the store.
     let mut read_states_applied: HashMap<u64, u64> = HashMap::new();
@@ -492,10 +493,17 @@ fn apply_group(
                 below_seq,
                 keys,
             } => {
-                let stored = match ks.inbox_floors.get(user_id.to_be_bytes()).map_err(io)? {
-                    Some(v) => decode_u64(&v)?,
-                    None => 0,
+                // The floor as this group left it so far: two trims of one
+                // inbox in one group must keep the higher floor, and a
+                // rewrite later in the group must see it.
+                let stored = match floors.get(user_id) {
+                    Some(&floor) => floor,
+                    None => match ks.inbox_floors.get(user_id.to_be_bytes()).map_err(io)? {
+                        Some(v) => decode_u64(&v)?,
+                        None => 0,
+                    },
                 };
+                floors.insert(*user_id, stored.max(*below_seq));
                 if *below_seq > stored {
                     batch.insert(
                         &ks.inbox_floors,

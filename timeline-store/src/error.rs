@@ -16,6 +16,11 @@ pub enum StoreError {
     /// what was written.
     #[error("storage poisoned: {0}")]
     Poisoned(String),
+    /// A newer writer took over the keyspace (a cluster's writer lease):
+    /// this node's writes are refused from now on, and the newer writer
+    /// finishes whatever intent of this node was stored.
+    #[error("writer fenced: {0}")]
+    Fenced(String),
     /// The request exceeds a named limit of the store.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -29,6 +34,12 @@ impl StoreError {
     /// fail the same way every time.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
+    }
+
+    /// Whether a newer writer took over: this store takes no more writes,
+    /// and retrying is useless (the newer writer finishes what was stored).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced(_))
     }
 
     /// Whether no call can succeed for the rest of this process (a

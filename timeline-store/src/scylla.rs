@@ -22,6 +22,8 @@
 //! conversation_members (conversation_id, user_id)     member boolean, written USING TIMESTAMP of the event's conv_seq: the member table of large groups
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
+//! fenced_events ((shard), event_id)                    the same for a cluster's writer, fenced by its epoch
+//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
 //! ```
@@ -335,7 +337,11 @@ struct Statements {
     delete_legacy_large_group: PreparedStatement,
     select_legacy_large_groups: PreparedStatement,
     select_inbox_floor: PreparedStatement,
+    /// Floors are raised by compare-and-set only, so a lower one written
+    /// late (by a trimmer that was frozen, or a retry) never lowers a
+    /// higher one: a lowered floor would hide a trimmed range.
     insert_inbox_floor: PreparedStatement,
+    raise_inbox_floor: PreparedStatement,
     select_trimmable: PreparedStatement,
     delete_inbox_through: PreparedStatement,
     delete_inbox_bucket: PreparedStatement,
@@ -368,6 +374,9 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+    /// Set on a cluster's writer: its intents are written conditionally on
+    /// its epoch (see `fencing`).
+    fence: Option<Arc<fencing::Fence>>,
 }
 
 impl ScyllaTimelineStore {
@@ -476,8 +485,14 @@ impl ScyllaTimelineStore {
             )
                 .await?,
             select_inbox_floor: prepare("SELECT floor FROM {ks}.inbox_floors WHERE user_id = ?").await?,
-            insert_inbox_floor: prepare("INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?)")
-                .await?,
+            insert_inbox_floor: prepare(
+                "INSERT INTO {ks}.inbox_floors (user_id, floor) VALUES (?, ?) IF NOT EXISTS",
+            )
+            .await?,
+            raise_inbox_floor: prepare(
+                "UPDATE {ks}.inbox_floors SET floor = ? WHERE user_id = ? IF floor = ?",
+            )
+            .await?,
             select_trimmable: prepare(
                 "SELECT seq FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq < ? LIMIT ?",
             )
@@ -532,6 +547,22 @@ impl ScyllaTimelineStore {
             statements: Arc::new(statements),
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
+            fence: None,
+        })
+    }
+
+    /// This store as the writer of `epoch` (a lease won in
+    /// [`WriterLeaseTable`]): seals every intent partition with the epoch,
+    /// so no intent of an earlier writer can be stored from now on, and
+    /// writes its own intents conditionally on it. Run
+    /// [`EventLog::recover`] on the result before serving: it finishes
+    /// whatever the earlier writers left.
+    pub async fn fenced(&self, keyspace: &str, epoch: u64) -> Result<Self> {
+        let fence = fencing::Fence::prepare(&self.session, keyspace, epoch).await?;
+        fence.seal(&self.session).await?;
+        Ok(Self {
+            fence: Some(Arc::new(fence)),
+            ..self.clone()
         })
     }
 
@@ -1031,11 +1062,22 @@ impl EventLog for ScyllaTimelineStore {
         let started = std::time::Instant::now();
         let (shard, event_id) = pending_key(&commit);
         let intent = PendingEvent::from_commit(&commit).encode_to_vec();
-        self.execute(&self.statements.insert_pending, (shard, event_id, intent))
-            .await?;
-        self.apply(&commit).await?;
-        self.execute(&self.statements.delete_pending, (shard, event_id))
-            .await?;
+        match &self.fence {
+            Some(fence) => {
+                fence
+                    .write_intent(&self.session, shard, event_id, intent)
+                    .await?;
+                self.apply(&commit).await?;
+                fence.delete_intent(&self.session, shard, event_id).await?;
+            }
+            None => {
+                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+                    .await?;
+                self.apply(&commit).await?;
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await?;
+            }
+        }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -1056,6 +1098,20 @@ impl EventLog for ScyllaTimelineStore {
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
                 finished += 1;
+            }
+            if let Some(fence) = &self.fence {
+                // The partition's fence row has no event: skip it.
+                let intents: Vec<Option<Vec<u8>>> =
+                    self.column(&fence.select_intents, (shard,)).await?;
+                for intent in intents.into_iter().flatten() {
+                    let commit = PendingEvent::decode(intent.as_slice())
+                        .map_err(corrupt)?
+                        .into_commit()?;
+                    self.apply(&commit).await?;
+                    let (shard, event_id) = pending_key(&commit);
+                    fence.delete_intent(&self.session, shard, event_id).await?;
+                    finished += 1;
+                }
             }
         }
         if finished > 0 {
@@ -1169,13 +1225,7 @@ impl InboxRetention for ScyllaTimelineStore {
     /// misses a trimmed entry always sees a floor above it. One trimmer per
     /// keyspace (the floor is raised by a plain read-then-write).
     async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
-        if self.inbox_floor(user_id).await? < below_seq {
-            self.execute(
-                &self.statements.insert_inbox_floor,
-                (big(user_id), big(below_seq)),
-            )
-            .await?;
-        }
+        self.raise_inbox_floor(user_id, below_seq).await?;
         if below_seq == 0 || max_entries == 0 {
             return Ok(0);
         }
@@ -1225,10 +1275,46 @@ impl InboxRetention for ScyllaTimelineStore {
     }
 
     async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
+        Ok(self.stored_inbox_floor(user_id).await?.unwrap_or(0))
+    }
+}
+
+impl ScyllaTimelineStore {
+    async fn stored_inbox_floor(&self, user_id: u64) -> Result<Option<u64>> {
         let floors: Vec<i64> = self
             .column(&self.statements.select_inbox_floor, (big(user_id),))
             .await?;
-        Ok(floors.first().map_or(0, |&f| f as u64))
+        Ok(floors.first().map(|&f| f as u64))
+    }
+
+    /// Raises the inbox's floor to `floor` unless it is already as high.
+    async fn raise_inbox_floor(&self, user_id: u64, floor: u64) -> Result<()> {
+        loop {
+            let current = self.stored_inbox_floor(user_id).await?;
+            if current.is_some_and(|current| current >= floor) {
+                return Ok(());
+            }
+            let result = match current {
+                None => {
+                    self.execute(
+                        &self.statements.insert_inbox_floor,
+                        (big(user_id), big(floor)),
+                    )
+                    .await?
+                }
+                Some(current) => {
+                    self.execute(
+                        &self.statements.raise_inbox_floor,
+                        (big(floor), big(user_id), big(current)),
+                    )
+                    .await?
+                }
+            };
+            // Not applied: the floor moved in between; look again.
+            if cql_kit::lwt::applied(result)? {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -1416,6 +1502,9 @@ impl Checkpoints for ScyllaTimelineStore {
     }
 }
 
+mod fencing;
 mod revocations;
+
+pub use fencing::{LeaseRecord, WriterLeaseTable};
 #[cfg(test)]
 mod tests;

@@ -441,6 +441,13 @@ impl EventWriter {
                         }
                         return;
                     }
+                    Err(error) if error.is_fenced() => {
+                        // A newer writer sealed the store: it finishes this
+                        // event from its intent if the intent was stored.
+                        tracing::warn!(%error, msg_id, "superseded; the new writer finishes the event");
+                        park(&parked, unfinished);
+                        return;
+                    }
                     Err(error) => {
                         metrics::counter!("syncd_background_finish_retries_total").increment(1);
                         tracing::warn!(%error, msg_id, "still cannot finish event");

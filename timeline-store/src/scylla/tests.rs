@@ -508,3 +508,129 @@ async fn an_interrupted_recall_is_finished_by_recover() {
     assert_eq!(history[0], tombstone);
     drop_keyspace(&session, &keyspace).await;
 }
+
+fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
+    EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
+        entry: Entry {
+            conv_seq,
+            msg_id,
+            text: format!("message {msg_id}"),
+            ..Entry::new(crate::EntryKind::Message, 5)
+        },
+        inbox: vec![crate::InboxWrite {
+            user_id: 1,
+            seq: inbox_seq,
+        }],
+        receipt: None,
+        conversation: None,
+        large_group_index: Vec::new(),
+        readers: Vec::new(),
+    }
+}
+
+async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
+    store
+        .read_inbox(
+            1,
+            InboxRange {
+                after: 0,
+                through: 1_000,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.text)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
+    let keyspace = unique_keyspace("lease");
+    let (config, session) = connect(&keyspace).await;
+    let lease = WriterLeaseTable::open(Arc::clone(&session), &config.keyspace)
+        .await
+        .unwrap();
+    assert_eq!(lease.read().await.unwrap(), None);
+    assert_eq!(lease.claim("a:1", None).await.unwrap(), Some(1));
+    assert_eq!(
+        lease.claim("b:1", None).await.unwrap(),
+        None,
+        "already claimed"
+    );
+    let first = lease.read().await.unwrap().unwrap();
+    assert_eq!(
+        (first.holder.as_str(), first.epoch, first.renewals),
+        ("a:1", 1, 0)
+    );
+    assert!(lease.renew("a:1", 1, 0).await.unwrap());
+    assert!(!lease.renew("b:1", 1, 1).await.unwrap(), "not the holder");
+    assert!(
+        !lease.renew("a:1", 1, 0).await.unwrap(),
+        "a renewal from a stale read (one that timed out and applied) leaves the row alone"
+    );
+    // A takeover must name the row exactly as it is now.
+    assert_eq!(lease.claim("b:1", Some(&first)).await.unwrap(), None);
+    let renewed = lease.read().await.unwrap().unwrap();
+    assert_eq!(renewed.renewals, 1);
+    assert_eq!(lease.claim("b:1", Some(&renewed)).await.unwrap(), Some(2));
+    assert!(!lease.renew("a:1", 1, 1).await.unwrap(), "taken over");
+    let now = lease.read().await.unwrap().unwrap();
+    assert_eq!(
+        (now.holder.as_str(), now.epoch, now.renewals),
+        ("b:1", 2, 0)
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+#[tokio::test]
+async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_by_the_next() {
+    let keyspace = unique_keyspace("fence");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    old.commit_event(message_commit(901, 1, 11)).await.unwrap();
+    // The old writer stored an intent and froze before writing its rows.
+    let frozen = message_commit(902, 2, 12);
+    let (shard, event_id) = pending_key(&frozen);
+    let fence = old.fence.as_ref().unwrap();
+    fence
+        .write_intent(
+            &session,
+            shard,
+            event_id,
+            PendingEvent::from_commit(&frozen).encode_to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inbox_texts(&store).await, ["message 901"]);
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    // Sealed: the old writer can store no further intent, so none of its
+    // rows can follow.
+    let late = old.commit_event(message_commit(903, 3, 13)).await;
+    assert!(
+        matches!(late, Err(StoreError::Fenced(_))),
+        "a superseded writer's commit must be refused: {late:?}"
+    );
+    assert_eq!(
+        new.recover().await.unwrap(),
+        1,
+        "the frozen intent is finished"
+    );
+    assert_eq!(inbox_texts(&new).await, ["message 901", "message 902"]);
+    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
+    new.commit_event(message_commit(904, 4, 14)).await.unwrap();
+    assert_eq!(
+        inbox_texts(&new).await,
+        ["message 901", "message 902", "message 904"]
+    );
+    // An older epoch can never seal again.
+    assert!(matches!(
+        store.fenced(&keyspace, 1).await,
+        Err(StoreError::Fenced(_))
+    ));
+    drop_keyspace(&session, &keyspace).await;
+}

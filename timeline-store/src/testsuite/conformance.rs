@@ -113,6 +113,7 @@ where
     large_group_index_tracks_members(&store).await;
     large_group_memberships_keep_their_positions(&store).await;
     trimming_deletes_below_the_floor_and_raises_it(&store).await;
+    racing_trims_keep_the_higher_floor(&store).await;
     large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
@@ -509,6 +510,35 @@ async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store:
         30,
         "history is kept"
     );
+}
+
+/// Two trimmers racing (a retry landing late, a writer that was frozen and
+/// one that took over): the floor ends at the higher of the two, never
+/// lowered by the one that lost the race.
+async fn racing_trims_keep_the_higher_floor<S: TimelineStore>(store: &S) {
+    let users: Vec<u64> = (0..40).map(|i| BASE + 70_000 + i).collect();
+    for &user in &users {
+        store
+            .commit_event(fanout(
+                message(BASE + 70_000, user, user, "t"),
+                &[(user, 30)],
+            ))
+            .await
+            .unwrap();
+    }
+    let trims = users
+        .iter()
+        .flat_map(|&user| [store.trim_inbox(user, 20, 0), store.trim_inbox(user, 10, 0)]);
+    for result in join_all(trims).await {
+        result.unwrap();
+    }
+    for &user in &users {
+        assert_eq!(
+            store.inbox_floor(user).await.unwrap(),
+            20,
+            "user {user}: a lower floor overwrote a higher one"
+        );
+    }
 }
 
 async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {

@@ -1,0 +1,211 @@
+//! Searching the OpenSearch index: the caller's membership intervals, the
+//! text clauses and the filters form one bool query, sorted in page order
+//! and continued with `search_after`, so authorisation and paging happen
+//! inside the engine, before anything is scored or cut.
+
+use super::{OpenSearchIndex, client::Body, encode, number, write::intervals_of};
+use crate::error::{Result, SearchError};
+use crate::model::{
+    MAX_FILTER_INTERVALS, MessageDoc, ParsedQuery, Rank, SearchPage, SearchRequest, Searcher,
+    SortOrder,
+};
+use crate::page;
+use http::Method;
+use serde_json::{Value, json};
+
+impl OpenSearchIndex {
+    pub(super) fn run_search(&self, request: &SearchRequest) -> Result<SearchPage> {
+        let parsed = request.parse()?;
+        let mut filter = vec![json!({"term": {"kind": "m"}})];
+        if let Searcher::User(user) = request.searcher {
+            match self.authorisation(user, request.conversation_id, &parsed)? {
+                Some(allowed) => filter.push(allowed),
+                None => return Ok(SearchPage::default()),
+            }
+        }
+        if let Some(conversation) = request.conversation_id {
+            filter.push(json!({"term": {"conversation_id": conversation}}));
+        }
+        if let Some(sender) = request.sender_id {
+            filter.push(json!({"term": {"sender_id": sender}}));
+        }
+        if request.sent_from_ms.is_some() || request.sent_before_ms.is_some() {
+            let mut range = serde_json::Map::new();
+            if let Some(from) = request.sent_from_ms {
+                range.insert("gte".into(), json!(from));
+            }
+            if let Some(before) = request.sent_before_ms {
+                range.insert("lt".into(), json!(before));
+            }
+            filter.push(json!({"range": {"sent_at_ms": range}}));
+        }
+        let clauses: Vec<Value> = parsed
+            .clauses
+            .iter()
+            .map(|clause| {
+                json!({"match_phrase": {"tokens": {
+                    "query": encode::query_phrase(clause),
+                    "slop": 0,
+                }}})
+            })
+            .collect();
+        let tail = [
+            json!({"sent_at_ms": "desc"}),
+            json!({"conversation_id": "desc"}),
+            json!({"conv_seq": "desc"}),
+        ];
+        let (bool_query, sort) = match request.order {
+            // Matching without scoring.
+            SortOrder::NewestFirst => {
+                filter.extend(clauses);
+                (json!({"filter": filter}), tail.to_vec())
+            }
+            SortOrder::Relevance => {
+                let mut sort = vec![json!({"_score": "desc"})];
+                sort.extend(tail);
+                (json!({"filter": filter, "must": clauses}), sort)
+            }
+        };
+        let mut body = json!({
+            "size": parsed.limit + 1,
+            "timeout": format!("{}ms", parsed.timeout.as_millis()),
+            "track_total_hits": false,
+            "query": {"bool": bool_query},
+            "sort": sort,
+            "_source": ["conversation_id", "conv_seq", "sender_id", "sent_at_ms", "text", "state"],
+        });
+        if let Some(after) = parsed.after {
+            let mut values = Vec::new();
+            if request.order == SortOrder::Relevance {
+                values.push(json!(after.score));
+            }
+            values.extend([
+                json!(after.sent_at_ms),
+                json!(after.conversation_id),
+                json!(after.conv_seq),
+            ]);
+            body["search_after"] = Value::Array(values);
+        }
+        let reply = self.query(request.conversation_id, body, &parsed)?;
+        let timed_out = reply["timed_out"] == true;
+        let mut ranked = Vec::new();
+        for hit in reply["hits"]["hits"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+        {
+            let source = &hit["_source"];
+            let doc = MessageDoc {
+                conversation_id: number(source, "conversation_id")?,
+                conv_seq: number(source, "conv_seq")?,
+                msg_id: number(&source["state"], "msg_id")?,
+                sender_id: number(source, "sender_id")?,
+                text: source["text"]
+                    .as_str()
+                    .ok_or_else(|| SearchError::Corrupt("OpenSearch message without text".into()))?
+                    .to_owned(),
+                sent_at_ms: source["sent_at_ms"].as_i64().ok_or_else(|| {
+                    SearchError::Corrupt("OpenSearch message without sent_at_ms".into())
+                })?,
+            };
+            let score = match request.order {
+                SortOrder::Relevance => hit["sort"][0].as_f64().unwrap_or_default() as f32,
+                SortOrder::NewestFirst => 0.0,
+            };
+            let rank = Rank {
+                order: request.order,
+                score,
+                sent_at_ms: doc.sent_at_ms,
+                conversation_id: doc.conversation_id,
+                conv_seq: doc.conv_seq,
+            };
+            ranked.push((rank, doc));
+        }
+        page::cut(ranked, &parsed, timed_out, |rank, doc| {
+            Ok(page::hit(doc, &parsed.clauses, rank.score))
+        })
+    }
+
+    /// One search request; a conversation's search asks only its shard.
+    fn query(&self, conversation: Option<u64>, body: Value, parsed: &ParsedQuery) -> Result<Value> {
+        let path = match conversation {
+            Some(c) => format!("/_search?routing={c}"),
+            None => "/_search".to_owned(),
+        };
+        let reply = self.expect_ok(
+            Method::POST,
+            &path,
+            Body::Json(body),
+            parsed.timeout + super::REPLY_SLACK,
+        )?;
+        check_shards(&reply)?;
+        Ok(reply)
+    }
+
+    /// The user's readable stretches as one filter (one `conv_seq` range
+    /// per membership interval), or `None` when there are none.
+    fn authorisation(
+        &self,
+        user: u64,
+        conversation: Option<u64>,
+        parsed: &ParsedQuery,
+    ) -> Result<Option<Value>> {
+        let mut filter = vec![
+            json!({"term": {"kind": "u"}}),
+            json!({"term": {"user_id": user}}),
+        ];
+        if let Some(c) = conversation {
+            filter.push(json!({"term": {"conversation_id": c}}));
+        }
+        let body = json!({
+            "size": MAX_FILTER_INTERVALS + 1,
+            "track_total_hits": false,
+            "query": {"bool": {"filter": filter}},
+            "_source": ["conversation_id", "state"],
+        });
+        let reply = self.query(conversation, body, parsed)?;
+        let memberships = reply["hits"]["hits"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        let too_many = || SearchError::TooManyMemberships {
+            limit: MAX_FILTER_INTERVALS,
+        };
+        if memberships.len() > MAX_FILTER_INTERVALS {
+            return Err(too_many());
+        }
+        let mut ranges = Vec::new();
+        for membership in memberships {
+            let source = &membership["_source"];
+            let conversation = number(source, "conversation_id")?;
+            for (from, to) in intervals_of(&source["state"]["intervals"])?.0 {
+                if from >= to {
+                    continue;
+                }
+                let mut range = json!({"gte": from});
+                if to != u64::MAX {
+                    range["lt"] = json!(to);
+                }
+                ranges.push(json!({"bool": {"filter": [
+                    {"term": {"conversation_id": conversation}},
+                    {"range": {"conv_seq": range}},
+                ]}}));
+            }
+        }
+        if ranges.len() > MAX_FILTER_INTERVALS {
+            return Err(too_many());
+        }
+        Ok((!ranges.is_empty())
+            .then(|| json!({"bool": {"should": ranges, "minimum_should_match": 1}})))
+    }
+}
+
+/// A reply from fewer shards than asked is an error, not a short page.
+pub(super) fn check_shards(reply: &Value) -> Result<()> {
+    let failed = reply["_shards"]["failed"].as_u64().unwrap_or(0);
+    if failed == 0 {
+        return Ok(());
+    }
+    Err(SearchError::Engine(format!(
+        "OpenSearch: {failed} shards failed: {}",
+        reply["_shards"]["failures"][0]["reason"]
+    )))
+}

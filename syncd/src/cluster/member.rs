@@ -1,0 +1,92 @@
+//! The loop that reads, renews and claims the writer lease, and publishes
+//! this node's [`Role`].
+
+use super::lease::{Role, Step, WriterLease};
+use timeline_store::scylla::WriterLeaseTable;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Runs until `stopping` turns true; every change of role goes to `roles`.
+pub async fn run(
+    table: WriterLeaseTable,
+    mut lease: WriterLease,
+    roles: watch::Sender<Role>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let every = lease.timings().renew_every;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = super::stopped(&mut stopping) => return,
+        }
+        // Bounded: a store that hangs must not keep an expired Writer role
+        // published (the router checks the deadline too).
+        let round = tokio::time::timeout(every * 2, round(&table, &mut lease));
+        if round.await.is_err() {
+            tracing::warn!("the writer lease's store did not answer in time");
+        }
+        let role = lease.role(Instant::now());
+        roles.send_if_modified(|current| {
+            let changed = match (&*current, &role) {
+                // A renewal only moves the deadline: not a change of role.
+                (Role::Writer { epoch: a, .. }, Role::Writer { epoch: b, .. }) => a != b,
+                (a, b) => a != b,
+            };
+            if changed {
+                tracing::info!(?role, "cluster role");
+            }
+            *current = role.clone();
+            changed
+        });
+    }
+}
+
+async fn round(table: &WriterLeaseTable, lease: &mut WriterLease) {
+    let record = match table.read().await {
+        Ok(record) => record,
+        Err(error) => {
+            metrics::counter!("syncd_cluster_lease_errors_total").increment(1);
+            tracing::warn!(%error, "cannot read the writer lease");
+            return;
+        }
+    };
+    let seen_by = Instant::now();
+    match lease.observe(record, seen_by) {
+        Step::Wait => {}
+        Step::Renew { epoch, seen } => {
+            let sent = Instant::now();
+            match table.renew(lease_holder(lease), epoch, seen).await {
+                Ok(true) => lease.renewed(epoch, seen + 1, sent),
+                // The row is not as read (taken over, or an earlier renewal
+                // that timed out applied late): the lease runs out when the
+                // last applied renewal says, and the next read tells which.
+                Ok(false) => tracing::warn!(epoch, "a renewal of the writer lease did not apply"),
+                Err(error) => {
+                    metrics::counter!("syncd_cluster_lease_errors_total").increment(1);
+                    tracing::warn!(%error, "cannot renew the writer lease");
+                }
+            }
+        }
+        Step::Claim { seen } => {
+            let sent = Instant::now();
+            match table.claim(lease_holder(lease), seen.as_ref()).await {
+                Ok(Some(epoch)) => {
+                    metrics::counter!("syncd_cluster_lease_claims_total").increment(1);
+                    tracing::info!(epoch, previous = ?seen, "claimed the writer lease");
+                    lease.claimed(epoch, sent);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    metrics::counter!("syncd_cluster_lease_errors_total").increment(1);
+                    tracing::warn!(%error, "cannot claim the writer lease");
+                }
+            }
+        }
+    }
+}
+
+fn lease_holder(lease: &WriterLease) -> &str {
+    lease.me()
+}

@@ -1,0 +1,564 @@
+//! Several syncd nodes over one keyspace (docs/ARCHITECTURE.md, "Several
+//! nodes"): senders and devices use any node and switch nodes at random
+//! while the writer node is killed (-9), frozen past its lease (SIGSTOP,
+//! then SIGCONT), another node is restarted on another port and, with a
+//! seqsvc cluster, the AllocSvr serving the users' section is killed. An
+//! independent checker then reads every inbox: every acknowledged message
+//! is there exactly once for every member, and every device saw its inbox
+//! exactly, in order (no skip, no duplicate). Needs the CQL server (fails,
+//! never skips, without one). `CLUSTER_SEED=N` replays the node choices.
+
+use anyhow::{Context, bail, ensure};
+use client::{Client, pb};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tests::{CqlKeyspace, SeededRng, Server};
+
+const NODES: usize = 3;
+const USERS: u64 = 6;
+const LEASE_MS: u64 = 1_500;
+const RENEW_MS: u64 = 300;
+/// A call through a node that is frozen, or passes it on to a frozen
+/// writer, waits for nothing: devices and senders give up and switch.
+const CALL_DEADLINE: Duration = Duration::from_secs(3);
+/// A send must be acknowledged within this, whatever the faults.
+const SEND_DEADLINE: Duration = Duration::from_secs(40);
+
+fn node_args(store: &str, seqsvc: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--store",
+        store,
+        "--advertise",
+        "127.0.0.1:0",
+        "--cluster-lease-ms",
+        &LEASE_MS.to_string(),
+        "--cluster-renew-ms",
+        &RENEW_MS.to_string(),
+        "--seq-step",
+        "64",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !seqsvc.is_empty() {
+        args.extend(["--seqsvc".to_owned(), seqsvc.join(",")]);
+    }
+    args
+}
+
+/// The nodes' URLs as callers see them now (a killed node leaves, a
+/// restarted one comes back under its new port).
+#[derive(Clone, Default)]
+struct Live(Arc<Mutex<Vec<String>>>);
+
+impl Live {
+    fn pick(&self, rng: &Mutex<SeededRng>) -> String {
+        let urls = self.0.lock().unwrap();
+        let i = rng.lock().unwrap().next(urls.len() as u64) as usize;
+        urls[i].clone()
+    }
+    fn set(&self, urls: Vec<String>) {
+        *self.0.lock().unwrap() = urls;
+    }
+}
+
+struct Cluster {
+    store: String,
+    seqsvc: Vec<String>,
+    keyspace: String,
+    // Before the directories: the processes stop before their data goes.
+    nodes: Vec<Server>,
+    dirs: Vec<tempfile::TempDir>,
+    live: Live,
+}
+
+impl Cluster {
+    fn start(keyspace: &CqlKeyspace, seqsvc: Vec<String>) -> anyhow::Result<Self> {
+        let dirs: Vec<_> = (0..NODES)
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<_, _>>()?;
+        // One token key for the cluster: a token issued with any node's
+        // data directory is accepted by every node.
+        share_token_key(&dirs)?;
+        let args = node_args(&keyspace.url, &seqsvc);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let nodes = dirs
+            .iter()
+            .map(|dir| Server::start_with(dir.path(), &args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let live = Live::default();
+        live.set(nodes.iter().map(Server::url).collect());
+        Ok(Self {
+            store: keyspace.url.clone(),
+            seqsvc,
+            keyspace: keyspace.name.clone(),
+            nodes,
+            dirs,
+            live,
+        })
+    }
+
+    fn refresh_live(&self, down: Option<usize>) {
+        self.live.set(
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != down)
+                .map(|(_, n)| n.url())
+                .collect(),
+        );
+    }
+
+    /// The node holding the writer lease now, by its advertised address.
+    async fn writer(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(holder) = lease_holder(&self.keyspace).await?
+                && let Some(i) = self.nodes.iter().position(|n| n.addr == holder)
+            {
+                return Ok(i);
+            }
+            ensure!(Instant::now() < deadline, "no writer elected in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn restart_elsewhere(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].kill9();
+        let args = node_args(&self.store, &self.seqsvc);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Port 0 again: the node comes back on another port.
+        self.nodes[i] = Server::start_with(self.dirs[i].path(), &args)?;
+        self.refresh_live(None);
+        Ok(())
+    }
+
+    fn token(&self, user: u64, device: &str) -> anyhow::Result<String> {
+        self.nodes[0].device_token(user, device)
+    }
+}
+
+fn share_token_key(dirs: &[tempfile::TempDir]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(tests::syncd_bin())
+        .args(["token", "--service", "setup", "--data-dir"])
+        .arg(dirs[0].path())
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    ensure!(status.success(), "syncd token failed");
+    let key = std::fs::read(dirs[0].path().join("auth.key")).context("the token key")?;
+    for dir in &dirs[1..] {
+        write_key(dir.path(), &key)?;
+    }
+    Ok(())
+}
+
+fn write_key(dir: &Path, key: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(dir.join("auth.key"), key)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("auth.key"), std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+async fn lease_holder(keyspace: &str) -> anyhow::Result<Option<String>> {
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(tests::cql_nodes().split(','))
+        .build()
+        .await?;
+    let result = session
+        .query_unpaged(
+            format!("SELECT holder FROM {keyspace}.writer_lease WHERE name = 'writer'"),
+            (),
+        )
+        .await;
+    let Ok(result) = result else {
+        // The table is created by the first node to start.
+        return Ok(None);
+    };
+    let rows = result.into_rows_result()?;
+    Ok(rows.maybe_first_row::<(String,)>()?.map(|(holder,)| holder))
+}
+
+async fn with_deadline<T>(
+    call: impl std::future::Future<Output = Result<T, client::ClientError>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!("no answer in {CALL_DEADLINE:?}"),
+    }
+}
+
+/// Sends once, through whichever node answers, retrying with the same
+/// client message id until acknowledged.
+async fn send_acknowledged(
+    live: &Live,
+    rng: &Mutex<SeededRng>,
+    token: &str,
+    conversation: u64,
+    text: &str,
+) -> anyhow::Result<pb::SendReply> {
+    let id = uuid::Uuid::new_v4();
+    let started = Instant::now();
+    loop {
+        let url = live.pick(rng);
+        let attempt = async {
+            let client = with_deadline(Client::connect(&url, token)).await?;
+            with_deadline(client.send(conversation, text, Some(id))).await
+        };
+        match attempt.await {
+            Ok(reply) => return Ok(reply),
+            Err(error) => {
+                ensure!(
+                    started.elapsed() < SEND_DEADLINE,
+                    "send not acknowledged in {SEND_DEADLINE:?}: {error:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// How long until a send goes through again after a fault (the probe is
+/// an acknowledged message like any other).
+async fn unavailable_for(
+    live: &Live,
+    rng: &Mutex<SeededRng>,
+    token: &str,
+    conversation: u64,
+    acked: &Mutex<Vec<(u64, u64)>>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let reply = send_acknowledged(live, rng, token, conversation, "probe").await?;
+    acked.lock().unwrap().push((conversation, reply.msg_id));
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow::Result<()> {
+    run(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_on_seqsvc_survives_the_loss_of_its_allocsvr_too() -> anyhow::Result<()> {
+    let mut seqs = tests::seq_cluster::Cluster::start(1, 2)?;
+    seqs.wait_balanced().await?;
+    run(Some(&mut seqs)).await
+}
+
+async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Result<()> {
+    let seed = std::env::var("CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    eprintln!("CLUSTER_SEED={seed}");
+    let rng = Arc::new(Mutex::new(SeededRng(seed)));
+    let keyspace = CqlKeyspace::new("cluster");
+    let arbiters = seqs.as_ref().map_or(Vec::new(), |s| s.arbiter_addrs());
+    let mut cluster = Cluster::start(&keyspace, arbiters)?;
+    let live = cluster.live.clone();
+    let writer = cluster.writer().await?;
+    eprintln!("writer: node {writer}");
+
+    // Conversations: everyone, and pairs around the ring.
+    let admin_token = cluster.nodes[0].service_token("setup")?;
+    let mut memberships: Vec<Vec<u64>> = vec![(1..=USERS).collect()];
+    memberships.extend((1..=USERS).map(|u| vec![u, u % USERS + 1]));
+    let mut conversations: Vec<(u64, Vec<u64>)> = Vec::new();
+    for members in &memberships {
+        let started = Instant::now();
+        let client_id = uuid::Uuid::new_v4();
+        let conversation = loop {
+            let url = live.pick(&rng);
+            let attempt = async {
+                let client = with_deadline(Client::connect(&url, &admin_token)).await?;
+                let kind = if members.len() == 2 {
+                    pb::ConversationKind::Direct
+                } else {
+                    pb::ConversationKind::Group
+                };
+                with_deadline(client.create_conversation_with_id(
+                    kind,
+                    members.clone(),
+                    "",
+                    Some(client_id),
+                ))
+                .await
+            };
+            match attempt.await {
+                Ok(conversation) => break conversation.conversation_id,
+                Err(error) => {
+                    ensure!(started.elapsed() < SEND_DEADLINE, "create: {error:#}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        conversations.push((conversation, members.clone()));
+    }
+
+    let sending = Arc::new(AtomicBool::new(true));
+    // Set once every sender has finished its last send (and recorded it).
+    let senders_done = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let mut senders = tokio::task::JoinSet::new();
+    for user in 1..=USERS {
+        let token = cluster.token(user, "sender")?;
+        let mine: Vec<u64> = conversations
+            .iter()
+            .filter(|(_, members)| members.contains(&user))
+            .map(|(id, _)| *id)
+            .collect();
+        let (live, rng, sending, acked) = (
+            live.clone(),
+            Arc::clone(&rng),
+            Arc::clone(&sending),
+            Arc::clone(&acked),
+        );
+        senders.spawn(async move {
+            let mut n = 0u64;
+            while sending.load(Ordering::Acquire) {
+                let conversation = mine[(n as usize) % mine.len()];
+                let text = format!("u{user} #{n}");
+                let reply = send_acknowledged(&live, &rng, &token, conversation, &text).await?;
+                acked.lock().unwrap().push((conversation, reply.msg_id));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut devices = tokio::task::JoinSet::new();
+    for user in 1..=USERS {
+        let token = cluster.token(user, "phone")?;
+        let (live, rng, done, acked) = (
+            live.clone(),
+            Arc::clone(&rng),
+            Arc::clone(&senders_done),
+            Arc::clone(&acked),
+        );
+        let mine: HashSet<u64> = conversations
+            .iter()
+            .filter(|(_, members)| members.contains(&user))
+            .map(|(id, _)| *id)
+            .collect();
+        devices.spawn(async move {
+            let mut seen: Vec<pb::Entry> = Vec::new();
+            let mut checkpoint = 0u64;
+            let mut finishing_since = None;
+            loop {
+                // Once the senders are done, the device reads on until it
+                // holds every acknowledged message of its conversations (an
+                // event still finishing is not readable yet: that is the
+                // horizon at work, not a loss).
+                let finishing = done.load(Ordering::Acquire) && {
+                    let have: HashSet<u64> = seen.iter().map(|e| e.msg_id).collect();
+                    let acked = acked.lock().unwrap();
+                    let missing = acked
+                        .iter()
+                        .filter(|(c, m)| mine.contains(c) && !have.contains(m))
+                        .count();
+                    let since = *finishing_since.get_or_insert_with(Instant::now);
+                    ensure!(
+                        since.elapsed() < SEND_DEADLINE,
+                        "user {user}: {missing} acknowledged messages never readable"
+                    );
+                    missing == 0
+                };
+                let url = live.pick(&rng);
+                let page = async {
+                    let client = with_deadline(Client::connect(&url, &token)).await?;
+                    with_deadline(client.sync_page(Some(checkpoint), 40)).await
+                };
+                let Ok(page) = page.await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for entry in &page.entries {
+                    ensure!(
+                        entry.seq > checkpoint,
+                        "user {user}: seq {} at checkpoint {checkpoint} (from {url})",
+                        entry.seq
+                    );
+                    checkpoint = entry.seq;
+                }
+                seen.extend(page.entries);
+                if finishing && !page.has_more {
+                    return anyhow::Ok((user, seen));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    let probe_token = cluster.token(1, "probe")?;
+    let probe_conversation = conversations[0].0;
+    let mut windows = BTreeMap::new();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. kill -9 of the writer.
+    let writer = cluster.writer().await?;
+    eprintln!("fault 1: kill -9 of the writer, node {writer}");
+    cluster.nodes[writer].kill9();
+    cluster.refresh_live(Some(writer));
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
+    windows.insert("1 writer kill -9", window);
+    let new_writer = cluster.writer().await?;
+    ensure!(new_writer != writer, "a killed node still holds the lease");
+    cluster.restart_elsewhere(writer)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 2. SIGSTOP of the writer past its lease, then SIGCONT.
+    let writer = cluster.writer().await?;
+    eprintln!("fault 2: SIGSTOP of the writer, node {writer}");
+    let pid = cluster.nodes[writer].pid();
+    signal(pid, "-STOP")?;
+    let frozen_at = Instant::now();
+    cluster.refresh_live(Some(writer));
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
+    windows.insert("2 writer SIGSTOP", window);
+    let lease = Duration::from_millis(LEASE_MS * 3);
+    if let Some(rest) = lease.checked_sub(frozen_at.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    signal(pid, "-CONT")?;
+    cluster.refresh_live(None);
+    ensure!(
+        cluster.writer().await? != writer,
+        "the frozen node kept the lease"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. A follower restarted on another port.
+    let writer = cluster.writer().await?;
+    let follower = (writer + 1) % NODES;
+    eprintln!("fault 3: restart of follower node {follower}");
+    cluster.restart_elsewhere(follower)?;
+    let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
+    windows.insert("3 follower restart", window);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. kill -9 of the AllocSvr owning the users' section (slot 0: users
+    // 1..=6 are in section 0, and slot 0 also leases the node ids).
+    if let Some(seqs) = seqs.as_mut() {
+        let (_, victim, _) = seqs.kill_owner_of_slot(0).await?;
+        eprintln!("fault 4: kill -9 of AllocSvr {victim}");
+        let window = unavailable_for(&live, &rng, &probe_token, probe_conversation, &acked).await?;
+        windows.insert("4 AllocSvr kill -9", window);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    eprintln!("faults done: {windows:?}; stopping the load");
+    sending.store(false, Ordering::Release);
+    let mut sent = 0;
+    while let Some(result) = senders.join_next().await {
+        sent += result??;
+    }
+    senders_done.store(true, Ordering::Release);
+    let mut seen_by: HashMap<u64, Vec<pb::Entry>> = HashMap::new();
+    while let Some(result) = devices.join_next().await {
+        let (user, seen) = result??;
+        seen_by.insert(user, seen);
+    }
+
+    // The checker: every inbox, read whole from one node.
+    let acked = acked.lock().unwrap().clone();
+    let url = cluster.live.pick(&rng);
+    for user in 1..=USERS {
+        let reader = Client::connect(&url, &cluster.token(user, "checker")?).await?;
+        let inbox = tests::read_whole_inbox(&reader).await?;
+        let mut ids = HashSet::new();
+        for entry in &inbox {
+            if entry.kind == pb::EntryKind::Message as i32 {
+                ensure!(
+                    ids.insert(entry.msg_id),
+                    "user {user}: msg {} twice",
+                    entry.msg_id
+                );
+            }
+        }
+        for (conversation, msg_id) in &acked {
+            let member = conversations
+                .iter()
+                .any(|(id, members)| id == conversation && members.contains(&user));
+            if member {
+                ensure!(
+                    ids.contains(msg_id),
+                    "user {user}: acknowledged msg {msg_id} of conversation {conversation} missing"
+                );
+            }
+        }
+        let seen: Vec<u64> = seen_by[&user].iter().map(|e| e.seq).collect();
+        let stored: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+        if seen != stored {
+            let seen: HashSet<u64> = seen.into_iter().collect();
+            let unseen: Vec<String> = inbox
+                .iter()
+                .filter(|e| !seen.contains(&e.seq))
+                .map(|e| {
+                    format!(
+                        "seq {} kind {} msg {} {:?}",
+                        e.seq, e.kind, e.msg_id, e.text
+                    )
+                })
+                .collect();
+            bail!(
+                "user {user}: the device saw {} entries, the inbox holds {}; not seen: {unseen:?} \
+                 (device checkpoint {:?})",
+                seen.len(),
+                stored.len(),
+                seen_by[&user].last().map(|e| e.seq)
+            );
+        }
+    }
+
+    // Push across nodes: a stream held on one node hears of a message sent
+    // through another.
+    let writer = cluster.writer().await?;
+    let (on, via) = ((writer + 1) % NODES, (writer + 2) % NODES);
+    let watcher = Client::connect(&cluster.nodes[on].url(), &cluster.token(2, "watch")?).await?;
+    let sender = Client::connect(&cluster.nodes[via].url(), &cluster.token(1, "push")?).await?;
+    let mut known = tests::read_whole_inbox(&watcher)
+        .await?
+        .last()
+        .map_or(0, |e| e.seq);
+    let mut stream = watcher.subscribe(known, false).await?;
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        sender
+            .send(probe_conversation, &format!("push {i}"), None)
+            .await?;
+        loop {
+            let notice = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .context("no notice in 5 s")??
+                .context("stream ended")?;
+            if notice.up_to_seq > known {
+                known = notice.up_to_seq;
+                break;
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "sent {sent} messages ({} acknowledged) over {NODES} nodes; unavailable: {windows:?}; \
+         notice through another node (send to notice): p50 {:?}, max {:?}",
+        acked.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    Ok(())
+}
+
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill {signal} {pid}");
+    Ok(())
+}

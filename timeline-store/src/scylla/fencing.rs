@@ -1,0 +1,337 @@
+//! One writer at a time over a keyspace: the writer lease and the fence.
+//!
+//! Several syncd nodes may share a keyspace; one of them at a time is its
+//! *writer*, the holder of the lease row in `writer_lease`. The row is
+//! changed only by lightweight transactions: a claim names the
+//! `(epoch, renewals)` it saw, so two challengers cannot both win, and each
+//! win raises the epoch. The timing rules (when a holder must stop, when a
+//! challenger may claim) live in syncd; this module only stores.
+//!
+//! A lease alone does not stop a writer that was frozen past it: a write
+//! already handed to the driver can land long after (a SIGSTOP, a slow
+//! socket, a hint replayed later). So a writer's intents go to
+//! `fenced_events`, whose partitions carry the writer's epoch as a static
+//! column, and each intent is written *conditionally on that epoch*. A new
+//! writer **seals** every partition with its own epoch before it recovers
+//! and serves: from then on an intent of the old writer cannot be stored,
+//! and any intent it stored before is read by the new writer's recovery and
+//! finished there. The old writer's entry rows are written only after its
+//! intent was stored, with the intent's fixed values, so a late one is a
+//! duplicate of a row the new writer also wrote (and carries the earlier
+//! client timestamp, so it never overwrites a later rewrite).
+//!
+//! ```text
+//! writer_lease   (name)                    holder text, epoch bigint, renewals bigint   LWT only
+//! fenced_events  ((shard), event_id)       event blob; fence bigint static              LWT only
+//! ```
+
+use super::{PENDING_SHARDS, big, cql};
+use crate::{Result, StoreError};
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use std::sync::Arc;
+
+/// The lease row's key: one writer lease per keyspace.
+const LEASE_NAME: &str = "writer";
+
+pub(super) const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.fenced_events (shard int, event_id bigint, event blob, fence bigint static, PRIMARY KEY (shard, event_id))",
+];
+
+/// The lease row as last written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The holder's advertised address.
+    pub holder: String,
+    /// Raised by every claim; the fence of the holder's writes.
+    pub epoch: u64,
+    /// Raised by every renewal within an epoch: a challenger that sees it
+    /// unchanged for a whole lease knows the holder stopped renewing.
+    pub renewals: u64,
+}
+
+/// The `writer_lease` table.
+#[derive(Clone)]
+pub struct WriterLeaseTable {
+    session: Arc<Session>,
+    read: PreparedStatement,
+    insert_first: PreparedStatement,
+    take_over: PreparedStatement,
+    renew: PreparedStatement,
+}
+
+async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(text.replace("{ks}", keyspace))
+        .await
+        .map_err(cql)?;
+    // Conditional statements with fixed values: a retry either finds its
+    // own write (and answers not applied, read as "someone else") or
+    // applies once.
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
+
+async fn create_tables(session: &Session, keyspace: &str) -> Result<()> {
+    for ddl in SCHEMA {
+        session
+            .query_unpaged(ddl.replace("{ks}", keyspace), ())
+            .await
+            .map_err(cql)?;
+    }
+    session.await_schema_agreement().await.map_err(cql)?;
+    Ok(())
+}
+
+fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+    cql_kit::lwt::applied(result).map_err(StoreError::from)
+}
+
+impl WriterLeaseTable {
+    /// Creates the tables if needed and prepares the statements.
+    pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Self> {
+        create_tables(&session, keyspace).await?;
+        let mut read = prepare(
+            &session,
+            keyspace,
+            "SELECT holder, epoch, renewals FROM {ks}.writer_lease WHERE name = ?",
+        )
+        .await?;
+        // A serial read also completes a claim still in flight, so what it
+        // answers is what the next conditional write will compare against.
+        read.set_consistency(Consistency::LocalSerial);
+        Ok(Self {
+            read,
+            insert_first: prepare(
+                &session,
+                keyspace,
+                "INSERT INTO {ks}.writer_lease (name, holder, epoch, renewals) VALUES (?, ?, 1, 0) IF NOT EXISTS",
+            )
+            .await?,
+            take_over: prepare(
+                &session,
+                keyspace,
+                "UPDATE {ks}.writer_lease SET holder = ?, epoch = ?, renewals = 0 WHERE name = ? IF epoch = ? AND renewals = ?",
+            )
+            .await?,
+            renew: prepare(
+                &session,
+                keyspace,
+                "UPDATE {ks}.writer_lease SET renewals = ? WHERE name = ? IF epoch = ? AND holder = ? AND renewals = ?",
+            )
+            .await?,
+            session,
+        })
+    }
+
+    /// The lease row, if any node ever claimed it.
+    pub async fn read(&self) -> Result<Option<LeaseRecord>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.read, (LEASE_NAME,))
+            .await
+            .map_err(cql)?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        let mut rows = rows.rows::<(String, i64, i64)>().map_err(cql)?;
+        match rows.next() {
+            None => Ok(None),
+            Some(row) => {
+                let (holder, epoch, renewals) = row.map_err(super::corrupt)?;
+                Ok(Some(LeaseRecord {
+                    holder,
+                    epoch: epoch as u64,
+                    renewals: renewals as u64,
+                }))
+            }
+        }
+    }
+
+    /// Claims the lease for `holder`: the first claim ever when `seen` is
+    /// `None`, else a takeover of the row exactly as seen. Answers the new
+    /// epoch, or `None` when the row had changed (someone else won).
+    pub async fn claim(&self, holder: &str, seen: Option<&LeaseRecord>) -> Result<Option<u64>> {
+        let result = match seen {
+            None => self
+                .session
+                .execute_unpaged(&self.insert_first, (LEASE_NAME, holder))
+                .await
+                .map_err(cql)?,
+            Some(seen) => self
+                .session
+                .execute_unpaged(
+                    &self.take_over,
+                    (
+                        holder,
+                        big(seen.epoch + 1),
+                        LEASE_NAME,
+                        big(seen.epoch),
+                        big(seen.renewals),
+                    ),
+                )
+                .await
+                .map_err(cql)?,
+        };
+        Ok(applied(result)?.then(|| seen.map_or(1, |seen| seen.epoch + 1)))
+    }
+
+    /// Renews `holder`'s lease of `epoch` by raising the counter from
+    /// `seen` to `seen + 1`; false when the row is not as seen (taken over,
+    /// or an earlier renewal that timed out applied after all). A renewal
+    /// always changes the row, so a challenger watching it never mistakes a
+    /// live holder for a silent one.
+    pub async fn renew(&self, holder: &str, epoch: u64, seen: u64) -> Result<bool> {
+        let values = (big(seen + 1), LEASE_NAME, big(epoch), holder, big(seen));
+        let result = self
+            .session
+            .execute_unpaged(&self.renew, values)
+            .await
+            .map_err(cql)?;
+        applied(result)
+    }
+}
+
+/// The intents of a writer holding `epoch`, written conditionally on it.
+pub(super) struct Fence {
+    pub(super) epoch: u64,
+    write_intent: PreparedStatement,
+    delete_intent: PreparedStatement,
+    read_fence: PreparedStatement,
+    seal_empty: PreparedStatement,
+    seal: PreparedStatement,
+    pub(super) select_intents: PreparedStatement,
+}
+
+fn fenced(epoch: u64) -> StoreError {
+    StoreError::Fenced(format!(
+        "this node's writer epoch {epoch} was superseded by a newer writer"
+    ))
+}
+
+impl Fence {
+    pub(super) async fn prepare(session: &Session, keyspace: &str, epoch: u64) -> Result<Self> {
+        create_tables(session, keyspace).await?;
+        let mut read_fence = prepare(
+            session,
+            keyspace,
+            "SELECT fence FROM {ks}.fenced_events WHERE shard = ? LIMIT 1",
+        )
+        .await?;
+        read_fence.set_consistency(Consistency::LocalSerial);
+        Ok(Self {
+            epoch,
+            write_intent: prepare(
+                session,
+                keyspace,
+                "UPDATE {ks}.fenced_events SET event = ? WHERE shard = ? AND event_id = ? IF fence = ?",
+            )
+            .await?,
+            delete_intent: prepare(
+                session,
+                keyspace,
+                "DELETE FROM {ks}.fenced_events WHERE shard = ? AND event_id = ? IF fence = ?",
+            )
+            .await?,
+            read_fence,
+            seal_empty: prepare(
+                session,
+                keyspace,
+                "UPDATE {ks}.fenced_events SET fence = ? WHERE shard = ? IF fence = null",
+            )
+            .await?,
+            seal: prepare(
+                session,
+                keyspace,
+                "UPDATE {ks}.fenced_events SET fence = ? WHERE shard = ? IF fence = ?",
+            )
+            .await?,
+            select_intents: prepare(
+                session,
+                keyspace,
+                "SELECT event FROM {ks}.fenced_events WHERE shard = ?",
+            )
+            .await?,
+        })
+    }
+
+    /// Raises every partition's fence to this epoch. Refuses if any
+    /// partition already carries a newer one (this node was superseded).
+    pub(super) async fn seal(&self, session: &Session) -> Result<()> {
+        for shard in 0..PENDING_SHARDS {
+            loop {
+                let result = session
+                    .execute_unpaged(&self.read_fence, (shard,))
+                    .await
+                    .map_err(cql)?;
+                let rows = result.into_rows_result().map_err(cql)?;
+                let current: Option<i64> = rows
+                    .maybe_first_row::<(Option<i64>,)>()
+                    .map_err(cql)?
+                    .and_then(|(fence,)| fence);
+                let attempt = match current {
+                    Some(current) if current as u64 == self.epoch => break,
+                    Some(current) if current as u64 > self.epoch => {
+                        return Err(fenced(self.epoch));
+                    }
+                    Some(current) => {
+                        session
+                            .execute_unpaged(&self.seal, (big(self.epoch), shard, current))
+                            .await
+                    }
+                    None => {
+                        session
+                            .execute_unpaged(&self.seal_empty, (big(self.epoch), shard))
+                            .await
+                    }
+                };
+                // Not applied: another writer moved the fence in between;
+                // read again and decide again.
+                if applied(attempt.map_err(cql)?)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn write_intent(
+        &self,
+        session: &Session,
+        shard: i32,
+        event_id: i64,
+        intent: Vec<u8>,
+    ) -> Result<()> {
+        let result = session
+            .execute_unpaged(
+                &self.write_intent,
+                (intent, shard, event_id, big(self.epoch)),
+            )
+            .await
+            .map_err(cql)?;
+        if applied(result)? {
+            Ok(())
+        } else {
+            Err(fenced(self.epoch))
+        }
+    }
+
+    pub(super) async fn delete_intent(
+        &self,
+        session: &Session,
+        shard: i32,
+        event_id: i64,
+    ) -> Result<()> {
+        let result = session
+            .execute_unpaged(&self.delete_intent, (shard, event_id, big(self.epoch)))
+            .await
+            .map_err(cql)?;
+        if applied(result)? {
+            Ok(())
+        } else {
+            // The rows are written; the newer writer finishes this intent
+            // again (the same values) before it serves.
+            Err(fenced(self.epoch))
+        }
+    }
+}
