@@ -527,6 +527,7 @@ fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
         conversation: None,
         large_group_index: Vec::new(),
         readers: Vec::new(),
+        members: Vec::new(),
     }
 }
 
