@@ -451,7 +451,7 @@ function drawConversation(current: Device, scrollToEnd = false): void {
   const row = current.list.row(id);
   parts.title.textContent = titleOf(current, id);
   parts.members.textContent = summary?.record
-    ? `${summary.record.members.length} members${summary.record.readFanout ? " · large group" : ""}`
+    ? `${summary.record.memberCount ?? summary.record.members.length} members${summary.record.readFanout ? " · large group" : ""}`
     : "";
   parts.compose.disabled = false;
   parts.compose.placeholder =

@@ -93,6 +93,8 @@ export interface ConversationSummary {
     title: string;
     direct: boolean;
     members: bigint[];
+    /** A large group's record lists nobody: its count says how many. */
+    memberCount?: number;
     readFanout: boolean;
   };
   lastConvSeq: bigint;
@@ -396,6 +398,7 @@ export class InboxCache {
       title: conversation.title,
       direct: conversation.kind === 1,
       members: [...conversation.members],
+      memberCount: Number(conversation.memberCount) || conversation.members.length,
       readFanout: conversation.readFanout,
     };
     if (summary.lastActivityMs === 0) summary.lastActivityMs = Number(conversation.createdAtMs);
