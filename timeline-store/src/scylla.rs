@@ -1222,8 +1222,8 @@ impl InboxReads for ScyllaTimelineStore {
 #[async_trait]
 impl InboxRetention for ScyllaTimelineStore {
     /// The floor is raised before anything is deleted, so a reader that
-    /// misses a trimmed entry always sees a floor above it. One trimmer per
-    /// keyspace (the floor is raised by a plain read-then-write).
+    /// misses a trimmed entry always sees a floor above it. The floor is
+    /// raised by compare-and-set, so racing trimmers keep the higher one.
     async fn trim_inbox(&self, user_id: u64, below_seq: u64, max_entries: usize) -> Result<usize> {
         self.raise_inbox_floor(user_id, below_seq).await?;
         if below_seq == 0 || max_entries == 0 {

@@ -333,7 +333,9 @@ impl EventWriter {
                 };
                 Err(SyncdError::Unavailable(format!("{error}; {retry}")))
             }
-            // Refused before anything was written: the seqs become gaps.
+            // Refused before anything was written (the seqs become gaps),
+            // or fenced: a newer writer took over and finishes whatever
+            // intent of this event was stored (a retry finds its receipt).
             Err(error) => {
                 commit_failed("refused");
                 Err(error.into())
