@@ -198,14 +198,7 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     ));
     // Before anything reads a max_seq: under another layout it would bound
     // other ids' seqs.
-    let layout = if config.seqsvc.is_empty() {
-        seqsvc::SeqLayout::InProcess {
-            section_size: config.allocator.section_size,
-        }
-    } else {
-        seqsvc::SeqLayout::Cluster
-    };
-    seqsvc::claim_layout(seq_store.as_ref(), layout).await?;
+    claim_seq_layout(config, seq_store.as_ref()).await?;
     // Events a crash interrupted are finished before anyone can read.
     metrics::gauge!("syncd_recovering").set(1.0);
     let finished = store.recover().await;
@@ -222,17 +215,7 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         let ids = MsgIdGenerator::open(config.node_id, clock, seq_store).await?;
         Engine::with_search(store, allocator, ids, config.engine.clone(), index)
     } else {
-        if let Some(path) = &config.seqsvc_ca_cert {
-            let pem = std::fs::read(path)
-                .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
-            seqsvc::grpc::use_client_tls(&pem)
-                .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
-        }
-        let client = RoutingClient::new(&config.seqsvc, DEFAULT_RETRY_FOR)?;
-        let holder = format!("syncd-{}", uuid::Uuid::new_v4());
-        let lease = NodeIdLease::acquire(client.clone(), holder, Some(config.node_id)).await?;
-        lease.spawn_renewals();
-        tracing::info!(node_id = lease.node_id(), arbiters = ?config.seqsvc, "using the seqsvc cluster");
+        let (client, lease) = join_seqsvc(config, "syncd").await?;
         let ids = MsgIdGenerator::with_reservations(clock, lease)?;
         Engine::with_search(
             store,
@@ -243,6 +226,44 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
         )
     };
     Ok(Node { engine, auth, tls })
+}
+
+/// Claims the sequence layout `config` implies (in-process sections of its
+/// size, or a seqsvc cluster): a store written under another layout is
+/// refused, since its max_seq values would bound other ids' seqs.
+pub(crate) async fn claim_seq_layout(
+    config: &NodeConfig,
+    seq_store: &dyn seqsvc::MaxSeqStore,
+) -> Result<(), StartupError> {
+    let layout = if config.seqsvc.is_empty() {
+        seqsvc::SeqLayout::InProcess {
+            section_size: config.allocator.section_size,
+        }
+    } else {
+        seqsvc::SeqLayout::Cluster
+    };
+    Ok(seqsvc::claim_layout(seq_store, layout).await?)
+}
+
+/// Connects to `config`'s seqsvc cluster (over TLS with its CA, if given)
+/// and leases a node id as `holder_prefix`-<uuid>, renewed in the
+/// background.
+pub(crate) async fn join_seqsvc(
+    config: &NodeConfig,
+    holder_prefix: &str,
+) -> Result<(RoutingClient, Arc<NodeIdLease>), StartupError> {
+    if let Some(path) = &config.seqsvc_ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
+        seqsvc::grpc::use_client_tls(&pem)
+            .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
+    }
+    let client = RoutingClient::new(&config.seqsvc, DEFAULT_RETRY_FOR)?;
+    let holder = format!("{holder_prefix}-{}", uuid::Uuid::new_v4());
+    let lease = NodeIdLease::acquire(client.clone(), holder, Some(config.node_id)).await?;
+    lease.spawn_renewals();
+    tracing::info!(node_id = lease.node_id(), arbiters = ?config.seqsvc, "using the seqsvc cluster");
+    Ok((client, lease))
 }
 
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);

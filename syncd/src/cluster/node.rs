@@ -16,7 +16,7 @@ use crate::limits::{
 use crate::server::{Keys, NodeConfig, StartupError, StoreLocation};
 use crate::web::{WebOptions, grpc_web};
 use proto::timeline::v1 as pb;
-use seqsvc::client::{DEFAULT_RETRY_FOR, NodeIdLease, RoutingClient, SeqSource};
+use seqsvc::client::{NodeIdLease, RoutingClient, SeqSource};
 use seqsvc::{Allocator, MsgIdGenerator};
 use std::future::Future;
 use std::sync::Arc;
@@ -82,27 +82,12 @@ impl ClusterNode {
         let base = ScyllaTimelineStore::open(Arc::clone(&session), &scylla.keyspace).await?;
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> =
             Arc::new(seqsvc::CqlMaxSeqStore::open(Arc::clone(&session), &scylla.keyspace).await?);
-        let layout = if config.seqsvc.is_empty() {
-            seqsvc::SeqLayout::InProcess {
-                section_size: config.allocator.section_size,
-            }
-        } else {
-            seqsvc::SeqLayout::Cluster
-        };
-        seqsvc::claim_layout(seq_store.as_ref(), layout).await?;
+        crate::server::claim_seq_layout(config, seq_store.as_ref()).await?;
         let seqs = if config.seqsvc.is_empty() {
             Seqs::InProcess
         } else {
-            if let Some(path) = &config.seqsvc_ca_cert {
-                let pem = std::fs::read(path)
-                    .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
-                seqsvc::grpc::use_client_tls(&pem)
-                    .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))?;
-            }
-            let client = RoutingClient::new(&config.seqsvc, DEFAULT_RETRY_FOR)?;
-            let holder = format!("syncd-{advertise}-{}", uuid::Uuid::new_v4());
-            let lease = NodeIdLease::acquire(client.clone(), holder, Some(config.node_id)).await?;
-            lease.spawn_renewals();
+            let prefix = format!("syncd-{advertise}");
+            let (client, lease) = crate::server::join_seqsvc(config, &prefix).await?;
             Seqs::Remote { client, lease }
         };
         let store: Arc<dyn timeline_store::TimelineStore> = Arc::new(base.clone());
