@@ -36,6 +36,10 @@ pub const MAX_MEMBERS_PER_CALL: usize = 1_000;
 /// ListMembers page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_MEMBERS_LIMIT: usize = 500;
 pub const MAX_MEMBERS_LIMIT: usize = 1_000;
+/// Members one GetReadReceipts page covers when the request leaves it at
+/// 0, and the cap: each costs one point lookup of a reader mark.
+pub const DEFAULT_RECEIPTS_LIMIT: usize = 1_000;
+pub const MAX_RECEIPTS_LIMIT: usize = 1_000;
 /// Sync page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 pub const MAX_SYNC_LIMIT: usize = 1_000;
