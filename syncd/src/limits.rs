@@ -97,15 +97,28 @@ pub const MAX_GROUP_NOTICES: usize = 64;
 /// lags (merged per group); past it they are dropped for one
 /// `groups_resync` and the device pulls.
 pub const MAX_PENDING_GROUP_TOPS: usize = 256;
-/// Priority notices one stream holds while its device lags; they are never
-/// merged, and dropped (for `groups_resync`) only past this.
+/// Priority notices of services one stream holds while its device lags;
+/// they are never merged, and dropped (for `groups_resync`) only past this.
 pub const MAX_PENDING_PRIORITY: usize = 256;
+/// Notices of named mentions one stream holds beside them: a share of its
+/// own, so mentions (which any member may send) never push a service's
+/// notice out. Past it the oldest becomes its group's ordinary notice,
+/// which names a conv_seq at or above it.
+pub const MAX_PENDING_MENTIONS: usize = 64;
+/// Priority messages (a service's, or naming members) queued per group for
+/// one pass of the pusher; past it the rest are not queued and the group's
+/// online subscribers are told to resync, so a pass costs at most this many
+/// messages per group however slow the passes get.
+pub const MAX_QUEUED_PRIORITY: usize = 256;
 /// Priority messages of one group held until the group's safe top reaches
-/// them (an earlier event still in flight); past it the oldest is sent as
-/// an ordinary notice, which still names a conv_seq at or above it.
+/// them (an earlier event still in flight); past it the oldest are dropped
+/// from the priority lane (counted as degraded): the group's ordinary
+/// notice, sent once it is readable through them, names a conv_seq at or
+/// above them.
 pub const MAX_HELD_PRIORITY: usize = 1_024;
-/// Large groups one Subscribe stream is pushed notices for; a user in more
-/// is pushed the first ones (ascending ids) and reads the others on Sync.
+/// Large groups one Subscribe stream is pushed notices for. A join past it
+/// is not pushed: the stream gets a `groups_resync`, and a device whose
+/// Sync lists more large groups than this polls Sync for them.
 pub const MAX_PUSHED_GROUPS_PER_STREAM: usize = 1_000;
 /// Subscribers the pusher visits before yielding to other tasks, so a
 /// group with many online members never holds a worker thread for long.

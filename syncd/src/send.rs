@@ -44,7 +44,9 @@ pub struct SendCommand {
 pub struct Mentions {
     /// Members mentioned by name (at most [`MAX_MENTIONS`]).
     pub users: Vec<u64>,
-    /// Every member (groups only).
+    /// Every member (groups only). Counted as a mention by read state; in a
+    /// large group it is pushed as an ordinary notice, not on the priority
+    /// lane, since any member may send it (see `push::groups`).
     pub everyone: bool,
 }
 

@@ -21,28 +21,38 @@
 //!
 //! # Lanes
 //! Each mailbox has two lanes:
-//! - **priority**: messages a service marked high priority and messages
-//!   that mention the user (by name or as everyone). One notice per
-//!   message, ahead of everything else the stream has pending, never
-//!   merged.
+//! - **priority**: messages a service marked high priority, then messages
+//!   that mention the user by name. One notice per message, ahead of
+//!   everything else the stream has pending, never merged.
 //! - **ordinary**: per group the newest readable conv_seq, merged, so a
 //!   lagging stream holds one value per group however busy the group is.
 //!
+//! Who may use the priority lane decides who can delay everyone else's
+//! notices, so only services can reach every member's lane. A mention of
+//! everyone is any member's to send: in a large group it is an ordinary
+//! notice (read state still counts it as a mention). A named mention
+//! reaches the lanes of the members it names only, and mentions have a
+//! share of the lane of their own ([`MAX_PENDING_MENTIONS`]): past it the
+//! oldest becomes an ordinary notice, so a flood of them never pushes a
+//! service's notice out.
+//!
 //! Under overload the ordinary lane degrades first: it is always merged,
 //! and past [`MAX_PENDING_GROUP_TOPS`] groups it is dropped for one
-//! `groups_resync` (pull only). The priority lane degrades last: only past
+//! `groups_resync` (pull only). Services' notices degrade last: only past
 //! [`MAX_PENDING_PRIORITY`] queued notices. A stream that stops reading is
 //! disconnected by the stall limit like any other.
 //!
 //! A priority message is announced once the group is readable through it:
 //! while an earlier event of the group is still in flight it waits in the
-//! pusher ([`MAX_HELD_PRIORITY`] per group).
+//! pusher ([`MAX_HELD_PRIORITY`] per group). The pusher takes at most
+//! [`MAX_QUEUED_PRIORITY`] priority messages per group per pass; a group
+//! with more tells its online subscribers to resync.
 
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
     GROUP_PUSH_YIELD_EVERY, MAX_GROUP_NOTICES, MAX_HELD_PRIORITY, MAX_PENDING_GROUP_TOPS,
-    MAX_PENDING_PRIORITY, MAX_PUSHED_GROUPS_PER_STREAM,
+    MAX_PENDING_MENTIONS, MAX_PENDING_PRIORITY, MAX_PUSHED_GROUPS_PER_STREAM, MAX_QUEUED_PRIORITY,
 };
 use crate::observer::{CommitObserver, Committed};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -58,7 +68,8 @@ const SHARDS: usize = 64;
 pub struct GroupNotice {
     pub conversation_id: u64,
     pub conv_seq: u64,
-    /// A priority message (or a mention of the user): `conv_seq` is its.
+    /// A service's priority message or a mention of the user by name:
+    /// `conv_seq` is its.
     pub priority: bool,
 }
 
@@ -86,43 +97,75 @@ pub struct Mailbox {
 
 #[derive(Default)]
 struct Pending {
+    /// Services' priority messages.
     priority: VecDeque<GroupNotice>,
+    /// Mentions of the user by name, sent after `priority`.
+    mentions: VecDeque<GroupNotice>,
     /// Group -> newest readable conv_seq.
     ordinary: BTreeMap<u64, u64>,
     resync: bool,
 }
 
+impl Pending {
+    /// Merges `conv_seq` into the group's ordinary notice; `true` when that
+    /// overflowed the lane (dropped for a resync).
+    fn merge_ordinary(&mut self, conversation_id: u64, conv_seq: u64) -> bool {
+        // A resync pending covers every group.
+        if self.resync {
+            return false;
+        }
+        let slot = self.ordinary.entry(conversation_id).or_insert(0);
+        *slot = (*slot).max(conv_seq);
+        if self.ordinary.len() > MAX_PENDING_GROUP_TOPS {
+            self.ordinary.clear();
+            self.resync = true;
+            return true;
+        }
+        false
+    }
+}
+
 impl Mailbox {
     /// Group `conversation_id` is readable through `top`; `priority` are
-    /// the conv_seqs (ascending, at most `top`) of messages for this
-    /// user's priority lane.
-    fn deliver(&self, conversation_id: u64, top: u64, priority: impl Iterator<Item = u64>) {
+    /// the conv_seqs (ascending, at most `top`) of services' priority
+    /// messages and `mentions` those of messages naming this user.
+    fn deliver(&self, conversation_id: u64, top: u64, priority: &[u64], mentions: &[u64]) {
+        let notice = |conv_seq| GroupNotice {
+            conversation_id,
+            conv_seq,
+            priority: true,
+        };
         let mut pending = lock(&self.pending);
-        let mut newest_priority = 0;
         let mut degraded = None;
-        for conv_seq in priority {
+        for &conv_seq in priority {
             if pending.priority.len() >= MAX_PENDING_PRIORITY {
                 pending.priority.clear();
                 pending.resync = true;
                 degraded = Some("priority");
             }
-            pending.priority.push_back(GroupNotice {
-                conversation_id,
-                conv_seq,
-                priority: true,
-            });
-            newest_priority = conv_seq;
+            pending.priority.push_back(notice(conv_seq));
         }
-        // A resync pending covers every group; a priority notice at the top
-        // already says all an ordinary one would.
-        if !pending.resync && top > newest_priority {
-            let slot = pending.ordinary.entry(conversation_id).or_insert(0);
-            *slot = (*slot).max(top);
-            if pending.ordinary.len() > MAX_PENDING_GROUP_TOPS {
-                pending.ordinary.clear();
-                pending.resync = true;
-                degraded = degraded.or(Some("ordinary"));
+        for &conv_seq in mentions {
+            if pending.mentions.len() >= MAX_PENDING_MENTIONS
+                && let Some(oldest) = pending.mentions.pop_front()
+            {
+                // Demoted, not lost: the group's ordinary notice names it.
+                if pending.merge_ordinary(oldest.conversation_id, oldest.conv_seq) {
+                    degraded = degraded.or(Some("ordinary"));
+                }
+                degraded = degraded.or(Some("mention"));
             }
+            pending.mentions.push_back(notice(conv_seq));
+        }
+        // A priority notice at the top already says all an ordinary one
+        // would.
+        let newest_priority = priority
+            .last()
+            .copied()
+            .max(mentions.last().copied())
+            .unwrap_or(0);
+        if top > newest_priority && pending.merge_ordinary(conversation_id, top) {
+            degraded = degraded.or(Some("ordinary"));
         }
         drop(pending);
         if let Some(lane) = degraded {
@@ -131,15 +174,28 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
+    /// Drops the ordinary lane for one `groups_resync`: the device pulls
+    /// every group's top with Sync.
+    fn resync(&self) {
+        let mut pending = lock(&self.pending);
+        pending.ordinary.clear();
+        pending.resync = true;
+        drop(pending);
+        self.wake.notify_one();
+    }
+
     /// The priority lane's next notices, oldest first.
     pub fn take_priority(&self) -> Option<GroupBatch> {
         let mut pending = lock(&self.pending);
-        if pending.priority.is_empty() {
+        if pending.priority.is_empty() && pending.mentions.is_empty() {
             return None;
         }
         let n = pending.priority.len().min(MAX_GROUP_NOTICES);
+        let mut notices: Vec<GroupNotice> = pending.priority.drain(..n).collect();
+        let m = pending.mentions.len().min(MAX_GROUP_NOTICES - n);
+        notices.extend(pending.mentions.drain(..m));
         Some(GroupBatch {
-            notices: pending.priority.drain(..n).collect(),
+            notices,
             resync: false,
         })
     }
@@ -182,7 +238,10 @@ impl Mailbox {
     #[cfg(test)]
     fn pending_len(&self) -> (usize, usize) {
         let pending = lock(&self.pending);
-        (pending.priority.len(), pending.ordinary.len())
+        (
+            pending.priority.len() + pending.mentions.len(),
+            pending.ordinary.len(),
+        )
     }
 }
 
@@ -190,26 +249,61 @@ impl Mailbox {
 #[derive(Clone, Debug)]
 struct PriorityMessage {
     conv_seq: u64,
-    /// Every member: a service's priority message, or a mention of all.
+    /// Every member: a service's priority message (only services may mark
+    /// one). A mention of everyone is not: any member may send it.
     everyone: bool,
-    /// Members mentioned by name, ascending.
+    /// Members mentioned by name.
     users: Vec<u64>,
 }
 
 impl PriorityMessage {
     fn of(entry: &Entry) -> Option<Self> {
-        let everyone = entry.priority || entry.mention_all;
+        let everyone = entry.priority;
         (entry.kind == EntryKind::Message && (everyone || !entry.mentions.is_empty())).then(|| {
             Self {
                 conv_seq: entry.conv_seq,
                 everyone,
-                users: entry.mentions.clone(),
+                users: if everyone {
+                    Vec::new()
+                } else {
+                    entry.mentions.clone()
+                },
             }
         })
     }
+}
 
-    fn for_user(&self, user_id: u64) -> bool {
-        self.everyone || self.users.binary_search(&user_id).is_ok()
+/// A pass's readable priority messages of one group, indexed so that a
+/// named mention costs its mentioned users, not every online subscriber.
+#[derive(Default)]
+struct Lanes {
+    /// conv_seqs of services' priority messages, ascending.
+    everyone: Vec<u64>,
+    /// User -> conv_seqs of messages naming them, ascending.
+    named: HashMap<u64, Vec<u64>>,
+}
+
+impl Lanes {
+    /// `messages` sorted by conv_seq.
+    fn of(messages: &[PriorityMessage]) -> Self {
+        let mut lanes = Self::default();
+        for message in messages {
+            if message.everyone {
+                lanes.everyone.push(message.conv_seq);
+            }
+            for &user in &message.users {
+                let seqs = lanes.named.entry(user).or_default();
+                // A name given twice is one mention.
+                if seqs.last() != Some(&message.conv_seq) {
+                    seqs.push(message.conv_seq);
+                }
+            }
+        }
+        lanes
+    }
+
+    fn named(&self, user_id: u64) -> &[u64] {
+        self.named.get(&user_id).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -217,7 +311,10 @@ impl PriorityMessage {
 #[derive(Default)]
 struct Moved {
     top: u64,
+    /// At most [`MAX_QUEUED_PRIORITY`].
     priority: Vec<PriorityMessage>,
+    /// Priority messages were not queued: the subscribers resync.
+    overflow: bool,
 }
 
 type Mailboxes = HashMap<u64, Arc<Mailbox>>;
@@ -289,7 +386,11 @@ impl GroupHub {
             return;
         }
         if groups.len() >= MAX_PUSHED_GROUPS_PER_STREAM {
+            drop(groups);
             metrics::counter!("syncd_group_push_unregistered_total").increment(1);
+            // Not silently: the device learns from Sync that it is in more
+            // large groups than a stream is pushed for, and polls.
+            mailbox.resync();
             return;
         }
         groups.insert(conversation_id);
@@ -365,13 +466,17 @@ impl GroupHub {
                 if !waiting.is_empty() && !mailboxes.is_empty() {
                     held.insert(conversation_id, waiting);
                 }
+                if moved.overflow {
+                    metrics::counter!("syncd_group_push_degraded_total", "lane" => "queued")
+                        .increment(1);
+                }
+                let lanes = Lanes::of(&messages);
                 for mailbox in &mailboxes {
-                    let user = mailbox.user_id;
-                    let lane = messages
-                        .iter()
-                        .filter(|m| m.for_user(user))
-                        .map(|m| m.conv_seq);
-                    mailbox.deliver(conversation_id, moved.top, lane);
+                    if moved.overflow {
+                        mailbox.resync();
+                    }
+                    let named = lanes.named(mailbox.user_id);
+                    mailbox.deliver(conversation_id, moved.top, &lanes.everyone, named);
                     visited += 1;
                     if visited.is_multiple_of(GROUP_PUSH_YIELD_EVERY) {
                         tokio::task::yield_now().await;
@@ -407,7 +512,11 @@ impl CommitObserver for GroupHub {
         let moved = outbox.entry(conversation_id).or_default();
         moved.top = moved.top.max(top);
         if let Some(message) = PriorityMessage::of(entry) {
-            moved.priority.push(message);
+            if moved.priority.len() < MAX_QUEUED_PRIORITY {
+                moved.priority.push(message);
+            } else {
+                moved.overflow = true;
+            }
         }
         drop(outbox);
         self.pusher_wake.notify_one();

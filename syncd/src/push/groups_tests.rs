@@ -402,15 +402,15 @@ async fn a_lagging_mailbox_is_bounded_and_degrades_ordinary_first() {
     let sub = hub.subscribe(1, &lifecycle);
     let mailbox = sub.mailbox();
     for seq in 1..=10_000 {
-        mailbox.deliver(5, seq, std::iter::empty());
+        mailbox.deliver(5, seq, &[], &[]);
     }
     assert_eq!(mailbox.pending_len(), (0, 1), "merged per group");
     for group in 0..MAX_PENDING_GROUP_TOPS as u64 {
-        mailbox.deliver(100 + group, 1, std::iter::empty());
+        mailbox.deliver(100 + group, 1, &[], &[]);
     }
     assert_eq!(mailbox.pending_len(), (0, 0), "past the bound: dropped");
     for seq in 1..=10u64 {
-        mailbox.deliver(7, seq, std::iter::once(seq));
+        mailbox.deliver(7, seq, &[seq], &[]);
     }
     assert_eq!(
         mailbox.pending_len(),
@@ -431,11 +431,132 @@ async fn a_lagging_mailbox_is_bounded_and_degrades_ordinary_first() {
     );
     assert_eq!(mailbox.take_ordinary(), None);
     for seq in 1..=(MAX_PENDING_PRIORITY as u64 * 3) {
-        mailbox.deliver(7, seq, std::iter::once(seq));
+        mailbox.deliver(7, seq, &[seq], &[]);
         assert!(mailbox.pending_len().0 <= MAX_PENDING_PRIORITY);
     }
     while let Some(batch) = mailbox.take_priority() {
         assert!(batch.notices.len() <= MAX_GROUP_NOTICES);
     }
     assert!(mailbox.take_ordinary().unwrap().resync);
+}
+
+/// A member's mention of everyone is an ordinary notice: with the priority
+/// lane any member of a 100,000-member group could put a notice ahead of
+/// everything else on every online member's stream, as often as it sends.
+#[tokio::test(start_paused = true)]
+async fn a_mention_of_everyone_takes_the_ordinary_lane() {
+    let hub = GroupHub::new();
+    let lifecycle = lifecycle();
+    let sub = hub.subscribe(1, &lifecycle);
+    sub.join([10]);
+    let everyone = Entry {
+        mention_all: true,
+        ..message_at(10, 1)
+    };
+    announce(&hub, &commit(everyone), 1);
+    settle().await;
+    assert_eq!(sub.mailbox().take_priority(), None);
+    assert_eq!(
+        sub.mailbox().take_ordinary().unwrap().notices,
+        [GroupNotice {
+            conversation_id: 10,
+            conv_seq: 1,
+            priority: false
+        }]
+    );
+}
+
+/// Named mentions keep the priority lane, but a flood of them never pushes
+/// a service's priority notice out of it and never costs the stream a
+/// resync: past their own share of the lane the oldest become the group's
+/// ordinary notice.
+#[tokio::test(start_paused = true)]
+async fn mentions_never_evict_a_services_priority_notice() {
+    let hub = GroupHub::new();
+    let lifecycle = lifecycle();
+    let sub = hub.subscribe(1, &lifecycle);
+    sub.join([10]);
+    let urgent = Entry {
+        priority: true,
+        ..message_at(10, 1)
+    };
+    announce(&hub, &commit(urgent), 1);
+    settle().await;
+    let flood = MAX_PENDING_PRIORITY as u64 * 2;
+    for conv_seq in 2..=flood + 1 {
+        let mention = Entry {
+            mentions: vec![1],
+            ..message_at(10, conv_seq)
+        };
+        announce(&hub, &commit(mention), conv_seq);
+        if conv_seq % 32 == 0 {
+            settle().await;
+        }
+    }
+    settle().await;
+    let mut priority = Vec::new();
+    while let Some(batch) = sub.mailbox().take_priority() {
+        assert!(!batch.resync);
+        priority.extend(batch.notices);
+    }
+    assert_eq!(
+        priority.first(),
+        Some(&GroupNotice {
+            conversation_id: 10,
+            conv_seq: 1,
+            priority: true
+        }),
+        "the service's notice is kept, first"
+    );
+    let mentions: Vec<u64> = priority[1..].iter().map(|n| n.conv_seq).collect();
+    assert!(mentions.len() < MAX_PENDING_PRIORITY, "{}", mentions.len());
+    assert_eq!(mentions.last(), Some(&(flood + 1)), "the newest are kept");
+    let ordinary = sub.mailbox().take_ordinary().unwrap();
+    assert!(!ordinary.resync, "no resync for a flood of mentions");
+    assert_eq!(ordinary.notices.len(), 1);
+    assert!(ordinary.notices[0].conv_seq >= mentions[0] - 1);
+}
+
+/// Priority messages queued for one pass of the pusher are bounded per
+/// group; past the bound the group's subscribers are told to resync.
+#[tokio::test(start_paused = true)]
+async fn queued_priority_messages_per_group_are_bounded() {
+    let hub = GroupHub::new();
+    let lifecycle = lifecycle();
+    let sub = hub.subscribe(1, &lifecycle);
+    sub.join([10]);
+    let burst = MAX_PENDING_PRIORITY as u64 * 4;
+    for conv_seq in 1..=burst {
+        let urgent = Entry {
+            priority: true,
+            ..message_at(10, conv_seq)
+        };
+        announce(&hub, &commit(urgent), conv_seq);
+    }
+    let queued = lock(&hub.outbox).get(&10).map_or(0, |m| m.priority.len());
+    assert!(queued <= MAX_PENDING_PRIORITY, "{queued} queued");
+    settle().await;
+    while sub.mailbox().take_priority().is_some() {}
+    assert!(
+        sub.mailbox().take_ordinary().unwrap().resync,
+        "what was not queued is pulled"
+    );
+}
+
+/// A stream pushed for as many large groups as it may be is told so when
+/// the user joins one more (at subscription or later): it resyncs instead of
+/// silently missing the group's notices.
+#[tokio::test(start_paused = true)]
+async fn a_stream_past_its_pushed_groups_is_told_to_resync() {
+    let hub = GroupHub::new();
+    let lifecycle = lifecycle();
+    let sub = hub.subscribe(1, &lifecycle);
+    sub.join(1..=MAX_PUSHED_GROUPS_PER_STREAM as u64);
+    assert_eq!(sub.mailbox().take_ordinary(), None, "all of them pushed");
+    announce(&hub, &index(1, 5_000, true), 1);
+    assert_eq!(hub.subscribers(5_000), 0);
+    assert!(sub.mailbox().take_ordinary().unwrap().resync);
+    let other = hub.subscribe(1, &lifecycle);
+    other.join(1..=MAX_PUSHED_GROUPS_PER_STREAM as u64 + 1);
+    assert!(other.mailbox().take_ordinary().unwrap().resync);
 }
