@@ -46,6 +46,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// History page size when reading a large group's new messages.
 pub const LARGE_GROUP_PAGE: u32 = 500;
+/// Large groups the server pushes one Subscribe stream's notices for; a
+/// watch whose Sync lists more polls Sync every
+/// [`UNPUSHED_GROUPS_POLL`] for the others.
+pub const PUSHED_LARGE_GROUPS_PER_STREAM: usize = 1_000;
+pub const UNPUSHED_GROUPS_POLL: Duration = Duration::from_secs(2);
 /// Longest wait between reconnect attempts of a watch.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
@@ -461,11 +466,33 @@ impl Client {
         // the inbox, so one sent between the catch-up and the subscription
         // would otherwise go unheard until the group's next message.
         let mut notices = self.subscribe(checkpoint.seq(), true).await?;
-        let user_id = self.sync_all(checkpoint, &mut *deliver).await?.user_id;
-        while let Some(notice) = notices.message().await? {
+        let synced = self.sync_all(checkpoint, &mut *deliver).await?;
+        let user_id = synced.user_id;
+        let mut large_groups = synced.large_groups;
+        let mut poll = tokio::time::interval_at(
+            tokio::time::Instant::now() + UNPUSHED_GROUPS_POLL,
+            UNPUSHED_GROUPS_POLL,
+        );
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // The stream is pushed for some of the user's large groups only:
+            // the others are polled.
+            let polling = large_groups > PUSHED_LARGE_GROUPS_PER_STREAM;
+            let notice = tokio::select! {
+                notice = notices.message() => match notice? {
+                    Some(notice) => notice,
+                    None => break,
+                },
+                _ = poll.tick(), if polling => {
+                    large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
+                    continue;
+                }
+            };
             if notice.groups_resync {
-                // Large-group notices were dropped: the tops come with Sync.
-                self.sync_all(checkpoint, &mut *deliver).await?;
+                // Large-group notices were dropped, or the user joined more
+                // large groups than the stream is pushed for: the tops come
+                // with Sync.
+                large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
                 continue;
             }
             if !notice.groups.is_empty() {
@@ -476,7 +503,8 @@ impl Client {
                     if !known {
                         // No position saved yet (a group joined since the
                         // last sync): Sync names where reading starts.
-                        self.sync_all(checkpoint, &mut *deliver).await?;
+                        large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
+                        break;
                     }
                 }
                 continue;
@@ -493,16 +521,22 @@ impl Client {
                     checkpoint.save(notice.up_to_seq)?;
                     self.ack(notice.up_to_seq).await?;
                 }
-                // A membership event may start a large group: Sync lists it
-                // with the position reading starts at.
-                if fresh.iter().any(|e| {
-                    e.kind == pb::EntryKind::MembersAdded as i32
-                        || e.kind == pb::EntryKind::ConversationCreated as i32
-                }) {
-                    self.sync_all(checkpoint, &mut *deliver).await?;
+                let next = follow_up(user_id, &fresh);
+                if next.sync {
+                    large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
+                    continue;
+                }
+                for (conversation_id, through) in next.read {
+                    let known = self
+                        .read_group(checkpoint, conversation_id, through, deliver)
+                        .await?;
+                    if !known {
+                        large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
+                        break;
+                    }
                 }
             } else if notice.up_to_seq > checkpoint.seq() {
-                self.sync_all(checkpoint, &mut *deliver).await?;
+                large_groups = self.sync_all(checkpoint, &mut *deliver).await?.large_groups;
             }
         }
         Ok(())
@@ -711,6 +745,40 @@ fn deliver_inbox(
     Ok(delivered)
 }
 
+/// What a watch does after delivering pushed inbox entries.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FollowUp {
+    /// Sync: a membership of the user's changed.
+    sync: bool,
+    /// Large groups to read at once, through the conv_seq.
+    read: Vec<(u64, u64)>,
+}
+
+fn follow_up(user_id: u64, entries: &[pb::Entry]) -> FollowUp {
+    // A membership event may start a large group (Sync lists it with the
+    // position reading starts at) or end the user's: Sync reads a left group
+    // up to the leave, while notices of what was sent just before it may
+    // never come (the stream stops being pushed for the group at the leave).
+    let sync = entries.iter().any(|e| {
+        e.kind == pb::EntryKind::MembersAdded as i32
+            || e.kind == pb::EntryKind::ConversationCreated as i32
+            || (e.kind == pb::EntryKind::MembersRemoved as i32 && e.members.contains(&user_id))
+    });
+    // A large group's message copy (a mention of the user, or the user's
+    // own message): the message itself is read from the group's timeline,
+    // now rather than when the group's notice comes.
+    let mut read: Vec<(u64, u64)> = Vec::new();
+    for e in entries {
+        if e.read_fanout && e.kind == pb::EntryKind::Message as i32 {
+            match read.iter_mut().find(|(c, _)| *c == e.conversation_id) {
+                Some((_, through)) => *through = (*through).max(e.conv_seq),
+                None => read.push((e.conversation_id, e.conv_seq)),
+            }
+        }
+    }
+    FollowUp { sync, read }
+}
+
 /// Whether a pushed notice carries every entry since the previous notice
 /// (it ends at its `up_to_seq`); when it does not, the device pulls the rest
 /// with Sync.
@@ -812,6 +880,47 @@ pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(kind: pb::EntryKind, conversation_id: u64, conv_seq: u64) -> pb::Entry {
+        pb::Entry {
+            kind: kind as i32,
+            conversation_id,
+            conv_seq,
+            ..pb::Entry::default()
+        }
+    }
+
+    /// A leave is followed by a Sync, which reads the group up to the
+    /// leave: notices of messages sent just before it may never come.
+    #[test]
+    fn the_users_own_leave_is_followed_by_a_sync() {
+        let removed = |members: Vec<u64>| pb::Entry {
+            members,
+            ..entry(pb::EntryKind::MembersRemoved, 5, 10)
+        };
+        assert!(follow_up(7, &[removed(vec![3, 7])]).sync);
+        assert!(!follow_up(7, &[removed(vec![3])]).sync, "someone else left");
+        assert!(follow_up(7, &[entry(pb::EntryKind::MembersAdded, 5, 10)]).sync);
+    }
+
+    /// A large group's message copy in the inbox (a mention, or the user's
+    /// own) has the group read at once, through the copy's conv_seq.
+    #[test]
+    fn a_large_group_copy_has_the_group_read_at_once() {
+        let copy = |conversation_id, conv_seq| pb::Entry {
+            read_fanout: true,
+            ..entry(pb::EntryKind::Message, conversation_id, conv_seq)
+        };
+        let small = entry(pb::EntryKind::Message, 9, 4);
+        let next = follow_up(7, &[copy(5, 10), small, copy(6, 3), copy(5, 12)]);
+        assert_eq!(
+            next,
+            FollowUp {
+                sync: false,
+                read: vec![(5, 12), (6, 3)]
+            }
+        );
+    }
 
     #[test]
     fn every_status_is_described_by_its_code_never_as_error() {
