@@ -335,10 +335,35 @@ pub fn relaxed(command: &Command) -> Command {
     relaxed
 }
 
+/// Parses `--large-group-threshold`: a member count of at most
+/// [`crate::limits::MAX_LARGE_GROUP_THRESHOLD`].
+pub fn large_group_threshold(value: &str) -> Result<usize, String> {
+    let max = crate::limits::MAX_LARGE_GROUP_THRESHOLD;
+    let threshold: usize = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a member count"))?;
+    if threshold > max {
+        return Err(format!(
+            "{threshold} is above the limit: at most {max} (a write-fanout group costs a write per member per message)"
+        ));
+    }
+    Ok(threshold)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{Args, FromArgMatches};
+
+    #[test]
+    fn the_large_group_threshold_is_bounded() {
+        assert_eq!(large_group_threshold("500"), Ok(500));
+        assert_eq!(large_group_threshold("10000"), Ok(10_000));
+        let refused = large_group_threshold("10001").unwrap_err();
+        assert!(refused.contains("at most 10000"), "{refused}");
+        assert!(large_group_threshold("-1").is_err());
+        assert!(large_group_threshold("many").is_err());
+    }
 
     /// A stand-in for `syncd serve`: one flag of each shape.
     #[derive(Args, Debug)]

@@ -156,6 +156,11 @@ pub const MAX_ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_se
 pub const MAX_BACKGROUND_FINISHERS: usize = 256;
 /// Groups larger than this switch to read fanout (configurable per node).
 pub const DEFAULT_LARGE_GROUP_THRESHOLD: usize = 500;
+/// The highest `--large-group-threshold` a node takes: a write-fanout
+/// group's record lists every member and each message writes a copy per
+/// member, so past this a group costs per message what read fanout exists
+/// to avoid (and the switch to read fanout writes that many rows at once).
+pub const MAX_LARGE_GROUP_THRESHOLD: usize = 10_000;
 
 /// A requested page size: 0 asks for the default, anything above `max` is
 /// cut to `max`.

@@ -110,8 +110,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 100_000)]
     seq_section_size: u64,
     /// Groups with more members than this use read fanout (one write per
-    /// message instead of one per member).
-    #[arg(long, default_value_t = syncd::limits::DEFAULT_LARGE_GROUP_THRESHOLD)]
+    /// message instead of one per member); at most 10000.
+    #[arg(long, default_value_t = syncd::limits::DEFAULT_LARGE_GROUP_THRESHOLD, value_parser = syncd::config::large_group_threshold)]
     large_group_threshold: usize,
     /// Seconds a push subscriber may leave its queue full before it is
     /// disconnected.
