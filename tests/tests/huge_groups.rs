@@ -200,6 +200,11 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The server's stall limit in the frozen test: long enough that, however
+/// slowly the machine commits, the stuck stream's priority lane passes its
+/// bound (256 notices) before the stream is cut off.
+const FROZEN_STALL: Duration = Duration::from_secs(10);
+
 /// What the server may grow by during the burst while one stream is stuck
 /// behind it. The stuck stream's mailbox is a few hundred notices (a few
 /// KiB); nearly all of the growth is the burst's own working set (the
@@ -220,7 +225,7 @@ async fn a_frozen_subscriber_of_a_busy_large_group_is_bounded_and_disconnected()
             "--large-group-threshold",
             THRESHOLD,
             "--subscriber-stall-secs",
-            "2",
+            &FROZEN_STALL.as_secs().to_string(),
             "--metrics-listen",
             "127.0.0.1:0",
         ],
@@ -264,10 +269,10 @@ async fn a_frozen_subscriber_of_a_busy_large_group_is_bounded_and_disconnected()
         senders.spawn(async move {
             let mut newest = 0;
             for i in (worker..BURST).step_by(8) {
-                // A quarter marked priority: more than the stuck stream's
+                // Half marked priority: far more than the stuck stream's
                 // priority lane holds, so that bound is reached too.
                 let reply = ops
-                    .append_with_priority(conversation, 1, &format!("b{i}"), None, i % 4 == 0)
+                    .append_with_priority(conversation, 1, &format!("b{i}"), None, i % 2 == 0)
                     .await?;
                 newest = newest.max(reply.conv_seq);
             }
@@ -280,7 +285,10 @@ async fn a_frozen_subscriber_of_a_busy_large_group_is_bounded_and_disconnected()
     }
     let rss = rss_mib(server.pid());
 
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(stalled_at.elapsed())).await;
+    tokio::time::sleep(
+        (FROZEN_STALL + Duration::from_secs(1)).saturating_sub(stalled_at.elapsed()),
+    )
+    .await;
     let mut buffered = 0;
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(20), stuck.message()).await? {
@@ -347,7 +355,17 @@ const LAG_PRIORITY_EVERY: usize = 25;
 async fn a_lagging_device_hears_every_priority_message_before_the_ordinary_ones()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Server::start_with(dir.path(), &["--large-group-threshold", THRESHOLD])?;
+    // The device reads nothing for as long as the burst takes to send,
+    // which on a loaded machine may pass the default stall limit.
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            "--large-group-threshold",
+            THRESHOLD,
+            "--subscriber-stall-secs",
+            "600",
+        ],
+    )?;
     let url = server.url();
     let ops = Client::connect(&url, &server.service_token("ops")?).await?;
     let conversation = large_group(&ops, 4).await?;
