@@ -126,8 +126,13 @@ impl SearchIndexing {
                                 this.feed.settle(stretch.conversation, stretch.through);
                             }
                             // Heads the store cannot serve yet (nothing
-                            // moved): wait for news rather than spin.
-                            if !stretches.iter().any(|s| s.moved()) {
+                            // moved, and they are still pending): wait for
+                            // news rather than spin on them.
+                            let stuck = !stretches.iter().any(|s| s.moved())
+                                && stretches
+                                    .iter()
+                                    .any(|s| this.feed.head_of(s.conversation).is_some());
+                            if stuck {
                                 tokio::select! {
                                     () = tokio::time::sleep(SEARCH_RETRY_DELAY) => {}
                                     () = this.feed.notified() => {}
