@@ -237,7 +237,12 @@ impl Engine {
 
     pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
         match &self.search {
-            Some(search) => search.search(principal, query).await,
+            Some(search) => {
+                let hidden =
+                    crate::search_index::hidden(&self.read_state, principal, query.conversation_id)
+                        .await?;
+                search.search(principal, query, hidden).await
+            }
             None => Err(crate::error::SyncdError::FailedPrecondition(
                 "this node keeps no search index".into(),
             )),

@@ -9,7 +9,9 @@
 //! with what it found), and waits at most [`REPLY_SLACK`] more for the
 //! reply; without one the page is empty and says it ran out of time.
 
-use super::{OpenSearchIndex, REPLY_SLACK, client::Body, encode, number, write::intervals_of};
+use super::{
+    OpenSearchIndex, REPLY_SLACK, client::Body, encode, message_id, number, write::intervals_of,
+};
 use crate::error::{Result, SearchError};
 use crate::model::{
     MAX_FILTER_INTERVALS, MessageDoc, Rank, SearchPage, SearchRequest, Searcher, SortOrder,
@@ -42,7 +44,7 @@ impl OpenSearchIndex {
         let mut filter = vec![json!({"term": {"kind": "m"}})];
         let mut timed_out = false;
         if let Searcher::User(user) = request.searcher {
-            let Some(allowed) = self.authorisation(user, request.conversation_id, deadline)? else {
+            let Some(allowed) = self.authorisation(user, request, deadline)? else {
                 return Ok(out_of_time());
             };
             timed_out = allowed.timed_out;
@@ -87,7 +89,7 @@ impl OpenSearchIndex {
             json!({"conversation_id": "desc"}),
             json!({"conv_seq": "desc"}),
         ];
-        let (bool_query, sort) = match request.order {
+        let (mut bool_query, sort) = match request.order {
             // Matching without scoring.
             SortOrder::NewestFirst => {
                 filter.extend(clauses);
@@ -99,6 +101,15 @@ impl OpenSearchIndex {
                 (json!({"filter": filter, "must": clauses}), sort)
             }
         };
+        if matches!(request.searcher, Searcher::User(_)) && !request.hidden.messages.is_empty() {
+            let ids: Vec<String> = request
+                .hidden
+                .messages
+                .iter()
+                .map(|&(c, seq)| message_id(c, seq))
+                .collect();
+            bool_query["must_not"] = json!([{"ids": {"values": ids}}]);
+        }
         let mut body = json!({
             "size": parsed.limit + 1,
             "track_total_hits": false,
@@ -190,9 +201,10 @@ impl OpenSearchIndex {
     fn authorisation(
         &self,
         user: u64,
-        conversation: Option<u64>,
+        request: &SearchRequest,
         deadline: Instant,
     ) -> Result<Option<Allowed>> {
+        let conversation = request.conversation_id;
         let mut filter = vec![
             json!({"term": {"kind": "u"}}),
             json!({"term": {"user_id": user}}),
@@ -225,7 +237,10 @@ impl OpenSearchIndex {
         for membership in memberships {
             let source = &membership["_source"];
             let conversation = number(source, "conversation_id")?;
+            let floor = request.hidden.floor(conversation);
             for (from, to) in intervals_of(&source["state"]["intervals"])?.0 {
+                // Above what the user cleared.
+                let from = from.max(floor);
                 if from >= to {
                     continue;
                 }

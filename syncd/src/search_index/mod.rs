@@ -239,7 +239,13 @@ impl SearchIndexing {
 
     /// One page of `principal`'s search: a device finds what its user
     /// could read while a member; a service finds everything.
-    pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
+    /// `hidden`: what a device's user deleted for themselves or cleared.
+    pub async fn search(
+        &self,
+        principal: &Principal,
+        query: SearchQuery,
+        hidden: search::Hidden,
+    ) -> Result<SearchResult> {
         let searcher = match principal {
             Principal::Device { user_id, .. } => Searcher::User(*user_id),
             Principal::Service { .. } => Searcher::Service,
@@ -255,6 +261,7 @@ impl SearchIndexing {
             limit: query.limit,
             cursor: query.cursor,
             timeout: search::model::MAX_QUERY_TIME,
+            hidden,
         };
         // Refused before a thread is taken for it.
         request.parse()?;
@@ -281,6 +288,34 @@ impl SearchIndexing {
         }
         Ok(lag)
     }
+}
+
+/// What a device's user deleted for themselves or cleared (of one
+/// conversation, or of all): their searches never find it. A service
+/// hides nothing.
+pub(crate) async fn hidden(
+    read_state: &crate::read_state::ReadState,
+    principal: &Principal,
+    conversation: Option<u64>,
+) -> Result<search::Hidden> {
+    let Principal::Device { user_id, .. } = principal else {
+        return Ok(search::Hidden::default());
+    };
+    let mut hidden = search::Hidden::default();
+    for row in read_state.fold(*user_id).await?.rows {
+        if conversation.is_some_and(|c| c != row.conversation_id) {
+            continue;
+        }
+        if row.cleared_through > 0 {
+            hidden
+                .cleared_through
+                .insert(row.conversation_id, row.cleared_through);
+        }
+        hidden
+            .messages
+            .extend(row.hidden.iter().map(|&seq| (row.conversation_id, seq)));
+    }
+    Ok(hidden)
 }
 
 #[cfg(test)]

@@ -276,3 +276,71 @@ async fn a_backlog_of_many_conversations_is_one_commit_sized_by_entries() {
     engine.begin_shutdown();
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn messages_deleted_for_a_user_or_cleared_are_not_found_by_them() {
+    use crate::engine::HideCommand;
+    use timeline_store::EntryKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        index(dir.path()),
+    );
+    engine.start();
+    let conv = group(&engine, 1, vec![2]).await;
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        let sent = engine
+            .send(device(2, "d"), message(conv, &format!("note {i}"), None))
+            .await
+            .unwrap();
+        seqs.push(sent.receipt.conv_seq);
+    }
+    let hide = |kind, conv_seq| {
+        engine.hide(
+            device(1, "d"),
+            kind,
+            HideCommand {
+                conversation_id: conv,
+                conv_seq: Some(conv_seq),
+                msg_id: 0,
+                client_op_id: None,
+            },
+        )
+    };
+    hide(EntryKind::DeleteForMe, seqs[4]).await.unwrap();
+    hide(EntryKind::ClearHistory, seqs[1]).await.unwrap();
+    caught_up(&engine).await;
+    let mut request = query("note");
+    request.limit = 2;
+    for conversation in [None, Some(conv)] {
+        request.conversation_id = conversation;
+        request.cursor = None;
+        let mut texts = Vec::new();
+        loop {
+            let page = engine
+                .search(&device(1, "d"), request.clone())
+                .await
+                .unwrap()
+                .page;
+            // Full pages: hiding is part of the query.
+            assert!(page.next_cursor.is_none() || page.hits.len() == 2);
+            texts.extend(page.hits.into_iter().map(|h| h.text));
+            match page.next_cursor {
+                Some(cursor) => request.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(texts, ["note 5", "note 3", "note 2"], "{conversation:?}");
+    }
+    // The other member and a service still find all six.
+    assert_eq!(found(&engine, device(2, "d"), "note").await.len(), 6);
+    assert_eq!(found(&engine, service(), "note").await.len(), 6);
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}
