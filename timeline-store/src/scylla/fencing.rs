@@ -215,7 +215,9 @@ impl Fence {
         let mut read_fence = prepare(
             session,
             keyspace,
-            "SELECT fence FROM {ks}.fenced_events WHERE shard = ? LIMIT 1",
+            // DISTINCT reads the static row only, not the intents (nor the
+            // tombstones of finished ones).
+            "SELECT DISTINCT shard, fence FROM {ks}.fenced_events WHERE shard = ?",
         )
         .await?;
         read_fence.set_consistency(Consistency::LocalSerial);
@@ -255,28 +257,44 @@ impl Fence {
         })
     }
 
+    /// The fence of `shard` as a serial read sees it (an LWT in flight
+    /// completed first).
+    async fn current(&self, session: &Session, shard: i32) -> Result<Option<u64>> {
+        let result = session
+            .execute_unpaged(&self.read_fence, (shard,))
+            .await
+            .map_err(cql)?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        Ok(rows
+            .maybe_first_row::<(i32, Option<i64>)>()
+            .map_err(cql)?
+            .and_then(|(_, fence)| fence)
+            .map(|fence| fence as u64))
+    }
+
+    /// Refuses once a newer writer has begun to seal: it seals partition 0
+    /// first, so a newer writer's every write comes after a seal this read
+    /// would have seen.
+    pub(super) async fn check(&self, session: &Session) -> Result<()> {
+        match self.current(session, 0).await? {
+            Some(current) if current > self.epoch => Err(fenced(self.epoch)),
+            _ => Ok(()),
+        }
+    }
+
     /// Raises every partition's fence to this epoch. Refuses if any
     /// partition already carries a newer one (this node was superseded).
     pub(super) async fn seal(&self, session: &Session) -> Result<()> {
         for shard in 0..PENDING_SHARDS {
             loop {
-                let result = session
-                    .execute_unpaged(&self.read_fence, (shard,))
-                    .await
-                    .map_err(cql)?;
-                let rows = result.into_rows_result().map_err(cql)?;
-                let current: Option<i64> = rows
-                    .maybe_first_row::<(Option<i64>,)>()
-                    .map_err(cql)?
-                    .and_then(|(fence,)| fence);
-                let attempt = match current {
-                    Some(current) if current as u64 == self.epoch => break,
-                    Some(current) if current as u64 > self.epoch => {
+                let attempt = match self.current(session, shard).await? {
+                    Some(current) if current == self.epoch => break,
+                    Some(current) if current > self.epoch => {
                         return Err(fenced(self.epoch));
                     }
                     Some(current) => {
                         session
-                            .execute_unpaged(&self.seal, (big(self.epoch), shard, current))
+                            .execute_unpaged(&self.seal, (big(self.epoch), shard, big(current)))
                             .await
                     }
                     None => {
