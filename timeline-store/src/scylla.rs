@@ -22,7 +22,8 @@
 //! conversation_members (conversation_id, user_id)     member boolean, written USING TIMESTAMP of the event's conv_seq: the member table of large groups
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
-//! fenced_events ((shard), event_id)                    the same for a cluster's writer, fenced by its epoch
+//! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
+//! fenced_events ((shard), event_id)                    the same before intents were numbered: only emptied by recovery
 //! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
@@ -816,7 +817,20 @@ impl EventLog for ScyllaTimelineStore {
         self.apply_stored(&stored).await?;
         let (shard, event_id) = pending_key(&commit);
         match &self.fence {
-            Some(fence) => fence.delete_intent(&self.session, shard, event_id).await?,
+            Some(fence) => {
+                let finished =
+                    fence
+                        .open
+                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
+                if let Some(below) = finished
+                    && let Err(error) = fence.clear_finished(&self.session, shard, below).await
+                {
+                    // The event is complete; its intent goes with a later
+                    // removal (or is finished again by the next writer).
+                    fence.open.clear_failed(shard);
+                    tracing::warn!(%error, shard, "could not remove finished intents");
+                }
+            }
             None => {
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
@@ -827,6 +841,10 @@ impl EventLog for ScyllaTimelineStore {
         Ok(())
     }
 
+    /// Finishes every event an earlier run (or writer) left unfinished. On
+    /// a cluster's writer this also applies again the finished intents its
+    /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
+    /// of them per partition), which changes nothing.
     async fn recover(&self) -> Result<usize> {
         let mut finished = 0;
         for shard in 0..PENDING_SHARDS {
@@ -842,16 +860,19 @@ impl EventLog for ScyllaTimelineStore {
                 finished += 1;
             }
             if let Some(fence) = &self.fence {
-                // The partition's fence row has no event: skip it.
-                let intents: Vec<Option<Vec<u8>>> =
-                    self.column(&fence.select_intents, (shard,)).await?;
-                for intent in intents.into_iter().flatten() {
-                    let stored = self.decode_intent(&intent)?;
+                let leftovers = fence.leftovers(&self.session, shard).await?;
+                let intents = leftovers
+                    .numbered
+                    .iter()
+                    .chain(leftovers.unnumbered.iter().map(|(_, intent)| intent));
+                for intent in intents {
+                    let stored = self.decode_intent(intent)?;
                     self.apply_stored(&stored).await?;
-                    let (shard, event_id) = pending_key(&stored.commit);
-                    fence.delete_intent(&self.session, shard, event_id).await?;
                     finished += 1;
                 }
+                fence
+                    .clear_leftovers(&self.session, shard, &leftovers)
+                    .await?;
             }
         }
         if finished > 0 {
@@ -881,20 +902,28 @@ impl ScyllaTimelineStore {
     /// Stores `commit`'s intent (conditionally on the fence, on a
     /// cluster's writer), its timestamp taken before.
     pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
-        let written_at = self.next_timestamp();
         let (shard, event_id) = pending_key(commit);
-        let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
-        match &self.fence {
+        let written_at = match &self.fence {
             Some(fence) => {
+                // A retry of an event that failed keeps its intent's number
+                // and timestamp: the same row, rows written the same way.
+                let open = fence
+                    .open
+                    .open(commit.entry.msg_id, || self.next_timestamp());
+                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
                 fence
-                    .write_intent(&self.session, shard, event_id, intent)
-                    .await?
+                    .write_intent(&self.session, shard, open.number, intent)
+                    .await?;
+                open.written_at
             }
             None => {
+                let written_at = self.next_timestamp();
+                let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
                 self.execute(&self.statements.insert_pending, (shard, event_id, intent))
                     .await?;
+                written_at
             }
-        }
+        };
         Ok(StoredIntent {
             commit: commit.clone(),
             written_at,
@@ -1298,6 +1327,7 @@ impl Checkpoints for ScyllaTimelineStore {
 }
 
 mod fencing;
+mod open_intents;
 mod revocations;
 mod writes;
 

@@ -280,3 +280,93 @@ async fn a_superseded_writer_cannot_set_read_states_back() {
     assert_eq!(snapshot.rows, vec![read_state(5, 20)]);
     drop_keyspace(&session, &keyspace).await;
 }
+
+/// The intent rows (not the fence) the partitions hold now.
+async fn stored_intents(session: &Session, keyspace: &str) -> usize {
+    let result = session
+        .query_unpaged(format!("SELECT event FROM {keyspace}.fenced_intents"), ())
+        .await
+        .unwrap();
+    let rows = result.into_rows_result().unwrap();
+    rows.rows::<(Option<Vec<u8>>,)>()
+        .unwrap()
+        .filter(|row| row.as_ref().unwrap().0.is_some())
+        .count()
+}
+
+/// A commit of one message per partition, to user 1 from `seq` up.
+async fn one_per_partition(store: &ScyllaTimelineStore, first_msg: u64, seq: u64) {
+    for i in 0..PENDING_SHARDS as u64 {
+        store
+            .commit_event(message_commit(first_msg + i, seq + i, seq + i))
+            .await
+            .unwrap();
+    }
+}
+
+/// Finished intents go by range deletions, below the lowest one still
+/// open; a takeover finds the open ones (and finished ones above them,
+/// which it applies again, changing nothing).
+#[tokio::test]
+async fn finished_intents_are_removed_below_the_lowest_open_one() {
+    let keyspace = unique_keyspace("clear");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    for i in 0..32 {
+        old.commit_event(message_commit(1_000 + i, 100 + i, 100 + i))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(open_intents::CLEAR_INTERVAL).await;
+    one_per_partition(&old, 2_000, 200).await;
+    assert_eq!(stored_intents(&session, &keyspace).await, 0);
+
+    let frozen = message_commit(3_000, 300, 300);
+    old.store_intent(&frozen).await.unwrap();
+    tokio::time::sleep(open_intents::CLEAR_INTERVAL).await;
+    one_per_partition(&old, 3_001, 301).await;
+    assert_eq!(
+        stored_intents(&session, &keyspace).await,
+        1 + PENDING_SHARDS as usize,
+        "nothing at or above the open intent goes"
+    );
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 1 + PENDING_SHARDS as usize);
+    assert_eq!(stored_intents(&session, &keyspace).await, 0);
+    assert_eq!(new.recover().await.unwrap(), 0);
+    let texts = inbox_texts(&new).await;
+    assert_eq!(texts.len(), 32 + 2 * PENDING_SHARDS as usize + 1);
+    assert!(texts.contains(&"message 3000".to_owned()));
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// Intents of a writer from before intents were numbered (one row per
+/// event in `fenced_events`) are finished and removed by the next writer.
+#[tokio::test]
+async fn intents_left_in_the_unnumbered_table_are_finished() {
+    let keyspace = unique_keyspace("legacy");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let left = message_commit(950, 1, 11);
+    let (shard, event_id) = pending_key(&left);
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {keyspace}.fenced_events (shard, event_id, event) VALUES (?, ?, ?)"
+            ),
+            (
+                shard,
+                event_id,
+                PendingEvent::from_commit(&left, 0).encode_to_vec(),
+            ),
+        )
+        .await
+        .unwrap();
+    drop(old);
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 1);
+    assert_eq!(inbox_texts(&new).await, ["message 950"]);
+    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
+    drop_keyspace(&session, &keyspace).await;
+}
