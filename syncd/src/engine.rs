@@ -387,9 +387,10 @@ impl Engine {
         principal: &Principal,
         conversation_id: u64,
         conv_seq: u64,
+        page: crate::read_state::ReceiptsPage,
     ) -> Result<ReadReceipts> {
         self.read_state
-            .receipts(principal, conversation_id, conv_seq)
+            .receipts(principal, conversation_id, conv_seq, page)
             .await
     }
 
@@ -663,8 +664,12 @@ mod growth_tests {
 
         #[async_trait::async_trait]
         impl ReadReceipts for SlowConversationReads {
-            async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
-                self.inner.readers(conversation_id).await
+            async fn reader_marks(
+                &self,
+                conversation_id: u64,
+                users: &[u64],
+            ) -> Result<Vec<ReaderMark>> {
+                self.inner.reader_marks(conversation_id, users).await
             }
         }
 

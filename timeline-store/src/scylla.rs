@@ -19,7 +19,7 @@
 //! large_group_members (user_id, conversation_id)       joined and left positions of a user's large (read-fanout) groups
 //! large_groups  (user_id, conversation_id)             -- the same before positions were kept (read, deleted on leave)
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
-//! conversation_members (conversation_id, user_id)     member boolean, written USING TIMESTAMP of the event's conv_seq: the member table of large groups
+//! conversation_members (conversation_id, user_id)     the member table of large groups: a join inserts, a leave deletes, both USING TIMESTAMP of the event's conv_seq (rows of older versions may say member = false)
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
@@ -78,6 +78,8 @@ pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
 pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
 const PAGE_ROWS: i32 = 1_000;
+/// Users per `IN` list when reading reader marks.
+const READER_LOOKUP_CHUNK: usize = 100;
 
 pub fn bucket_of(seq: u64) -> u64 {
     seq >> BUCKET_BITS
@@ -340,6 +342,7 @@ struct Statements {
     /// A member-table row; a leave is `member = false`, not a delete, so
     /// a walk of a churning group reads no tombstones.
     upsert_member: PreparedStatement,
+    delete_member: PreparedStatement,
     select_member: PreparedStatement,
     select_members_page: PreparedStatement,
     /// Indexes written before positions were kept: read as memberships
@@ -479,6 +482,10 @@ impl ScyllaTimelineStore {
                 "INSERT INTO {ks}.conversation_members (conversation_id, user_id, member) VALUES (?, ?, ?) USING TIMESTAMP ?",
             )
             .await?,
+            delete_member: prepare(
+                "DELETE FROM {ks}.conversation_members USING TIMESTAMP ? WHERE conversation_id = ? AND user_id = ?",
+            )
+            .await?,
             select_member: prepare(
                 "SELECT member FROM {ks}.conversation_members WHERE conversation_id = ? AND user_id = ?",
             )
@@ -526,7 +533,7 @@ impl ScyllaTimelineStore {
             )
             .await?,
             select_readers: prepare(
-                "SELECT user_id, read_through, joined FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id > ? LIMIT ?",
+                "SELECT user_id, read_through, joined FROM {ks}.conversation_readers WHERE conversation_id = ? AND user_id IN ?",
             )
             .await?,
             insert_read_state: prepare(
@@ -684,6 +691,24 @@ impl ScyllaTimelineStore {
         read_pages([()], usize::MAX, PAGE_ROWS as usize, cursor_of, page).await
     }
 
+    /// The reader rows of one `IN` list of users.
+    async fn reader_rows(
+        &self,
+        conversation_id: u64,
+        users: Vec<i64>,
+    ) -> Result<Vec<(i64, Option<i64>, Option<i64>)>> {
+        let values = (big(conversation_id), users);
+        let result = self
+            .execute(&self.statements.select_readers, values)
+            .await?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        let rows: std::result::Result<Vec<_>, _> = rows
+            .rows::<(i64, Option<i64>, Option<i64>)>()
+            .map_err(cql)?
+            .collect();
+        rows.map_err(corrupt)
+    }
+
     /// Whether the member table says `user_id` is a member.
     async fn member_row(&self, conversation_id: u64, user_id: u64) -> Result<(u64, bool)> {
         let values = (big(conversation_id), big(user_id));
@@ -782,23 +807,37 @@ impl crate::ConversationMembers for ScyllaTimelineStore {
 
 #[async_trait]
 impl ReadReceipts for ScyllaTimelineStore {
-    async fn readers(&self, conversation_id: u64) -> Result<Vec<crate::ReaderMark>> {
+    async fn reader_marks(
+        &self,
+        conversation_id: u64,
+        users: &[u64],
+    ) -> Result<Vec<crate::ReaderMark>> {
         type Row = (i64, Option<i64>, Option<i64>);
-        let rows: Vec<Row> = self
-            .partition_rows(
-                &self.statements.select_readers,
-                conversation_id,
-                |r: &Row| r.0,
-            )
+        let mut users: Vec<i64> = users.iter().map(|&u| big(u)).collect();
+        users.sort_unstable();
+        users.dedup();
+        // One single-partition read per chunk: the IN list stays small
+        // enough for the coordinator, and the chunks run side by side.
+        let lists: Vec<Vec<i64>> = users
+            .chunks(READER_LOOKUP_CHUNK)
+            .map(<[i64]>::to_vec)
+            .collect();
+        let chunks: Vec<Vec<Row>> = stream::iter(lists)
+            .map(|list| self.reader_rows(conversation_id, list))
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .try_collect()
             .await?;
-        Ok(rows
+        let mut marks: Vec<crate::ReaderMark> = chunks
             .into_iter()
+            .flatten()
             .map(|(user_id, read_through, joined)| crate::ReaderMark {
                 user_id: user_id as u64,
                 read_through: read_through.unwrap_or(0) as u64,
                 joined: joined.unwrap_or(0) as u64,
             })
-            .collect())
+            .collect();
+        marks.sort_unstable_by_key(|m| m.user_id);
+        Ok(marks)
     }
 }
 

@@ -513,3 +513,64 @@ async fn an_interrupted_recall_is_finished_by_recover() {
     assert_eq!(history[0], tombstone);
     drop_keyspace(&session, &keyspace).await;
 }
+
+/// A member who leaves has no row left in the member table (they stayed
+/// as `member = false` rows forever, and every page of a churning group
+/// read past them), and the deletion is ordered by `conv_seq` like the
+/// inserts: a late join of an earlier event stays deleted, a later
+/// rejoin comes back.
+#[tokio::test]
+async fn a_leave_deletes_the_member_row_in_conv_seq_order() {
+    use crate::MemberChange;
+    let keyspace = unique_keyspace("member_rows");
+    let (session, store) = open_store(&keyspace).await;
+    let group = 77;
+    let change = |user_id, member| MemberChange { user_id, member };
+    for user in 1..=5 {
+        store
+            .write_member(group, 1, change(user, true))
+            .await
+            .unwrap();
+    }
+    for user in [2, 4] {
+        store
+            .write_member(group, 2, change(user, false))
+            .await
+            .unwrap();
+    }
+    let rows = |session: Arc<Session>, keyspace: String| async move {
+        let result = session
+            .query_unpaged(
+                format!("SELECT user_id FROM {keyspace}.conversation_members WHERE conversation_id = {group}"),
+                (),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        result
+            .rows::<(i64,)>()
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect::<Vec<i64>>()
+    };
+    assert_eq!(
+        rows(Arc::clone(&session), keyspace.clone()).await,
+        vec![1, 3, 5]
+    );
+    assert_eq!(
+        store.list_members(group, 0, 10).await.unwrap(),
+        vec![1, 3, 5]
+    );
+
+    // The join of event 1 applied again late (a recovery) loses to the
+    // leave of event 2; a rejoin at event 3 wins.
+    store.write_member(group, 1, change(2, true)).await.unwrap();
+    store.write_member(group, 3, change(4, true)).await.unwrap();
+    assert_eq!(
+        store.list_members(group, 0, 10).await.unwrap(),
+        vec![1, 3, 4, 5]
+    );
+    assert_eq!(store.members_among(group, &[2, 4]).await.unwrap(), vec![4]);
+    drop_keyspace(&session, &keyspace).await;
+}

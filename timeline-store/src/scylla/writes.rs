@@ -136,16 +136,27 @@ impl ScyllaTimelineStore {
 
     /// The event's conv_seq is the row's write time: an older event
     /// applied again (by `recover`) never undoes a later change.
-    async fn write_member(
+    pub(super) async fn write_member(
         &self,
         conversation_id: u64,
         conv_seq: u64,
         change: crate::MemberChange,
     ) -> Result<()> {
+        // A former member leaves no row behind (a churning group would
+        // otherwise be read past its leavers on every page). The delete
+        // is timestamped like the insert, so the later event wins either
+        // way, whatever order recovery applies them in.
+        if !change.member {
+            let values = (big(conv_seq), big(conversation_id), big(change.user_id));
+            return self
+                .execute(&self.statements.delete_member, values)
+                .await
+                .map(|_| ());
+        }
         let values = (
             big(conversation_id),
             big(change.user_id),
-            change.member,
+            true,
             big(conv_seq),
         );
         self.execute(&self.statements.upsert_member, values)
