@@ -151,6 +151,7 @@ impl Engine {
             observers.push(search.feed());
         }
         let observers = Observers::new(observers);
+        horizon.on_release(observers.release_hook());
         let writer = Arc::new(EventWriter::new(
             Arc::clone(&store),
             seqs.clone(),

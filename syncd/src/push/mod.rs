@@ -52,7 +52,11 @@ impl CommitObserver for Hub {
     }
 
     fn committed(&self, event: &Committed<'_>) {
-        for &((scope, user_id), visible) in event.visible {
+        self.released(event.visible);
+    }
+
+    fn released(&self, visible: &[(crate::horizon::Key, u64)]) {
+        for &((scope, user_id), visible) in visible {
             if scope == Scope::Inbox {
                 self.publish(user_id, visible);
             }
