@@ -155,6 +155,14 @@ struct ReceiptsArgs {
     conversation: u64,
     #[arg(long)]
     conv_seq: u64,
+    /// One page only: the members after this user id (a previous page's
+    /// next_cursor). Without it or --limit, every page is summed.
+    #[arg(long)]
+    after_member: Option<u64>,
+    /// One page only, of at most this many members (the server caps it at
+    /// 1,000).
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 #[derive(Args)]
@@ -542,14 +550,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }))?;
         }
         Command::Receipts(args) => {
-            let receipts = client
-                .read_receipts(args.conversation, args.conv_seq)
-                .await?;
-            print_json(&serde_json::json!({
-                "read_count": receipts.read_count,
-                "member_count": receipts.member_count,
-                "read_by": receipts.read_by,
-            }))?;
+            if args.after_member.is_none() && args.limit.is_none() {
+                let receipts = client
+                    .read_receipts(args.conversation, args.conv_seq)
+                    .await?;
+                print_json(&serde_json::json!({
+                    "read_count": receipts.read_count,
+                    "member_count": receipts.member_count,
+                    "read_by": receipts.read_by,
+                }))?;
+            } else {
+                let page = client
+                    .read_receipts_page(
+                        args.conversation,
+                        args.conv_seq,
+                        args.after_member.unwrap_or(0),
+                        args.limit.unwrap_or(0),
+                    )
+                    .await?;
+                print_json(&serde_json::json!({
+                    "read_count": page.read_count,
+                    "member_count": page.member_count,
+                    "read_by": page.read_by,
+                    "next_cursor": page.next_after_member,
+                }))?;
+            }
         }
         Command::Search(args) => {
             let order = match args.order {

@@ -22,15 +22,44 @@ impl Client {
         .await
     }
 
-    /// How many and which members have read the message at `conv_seq`.
+    /// How many and which members have read the message at `conv_seq`,
+    /// summed over every page (one call per 1,000 members).
     pub async fn read_receipts(
         &self,
         conversation_id: u64,
         conv_seq: u64,
     ) -> Result<pb::GetReadReceiptsReply> {
+        let mut total = pb::GetReadReceiptsReply::default();
+        let mut after_member = 0;
+        loop {
+            let page = self
+                .read_receipts_page(conversation_id, conv_seq, after_member, 0)
+                .await?;
+            total.read_count += page.read_count;
+            total.member_count += page.member_count;
+            total.read_by.extend(page.read_by);
+            // A cursor that does not move on would loop forever.
+            if page.next_after_member <= after_member {
+                return Ok(total);
+            }
+            after_member = page.next_after_member;
+        }
+    }
+
+    /// One page of receipts: the members after `after_member`, at most
+    /// `limit` of them (0: the server's 1,000).
+    pub async fn read_receipts_page(
+        &self,
+        conversation_id: u64,
+        conv_seq: u64,
+        after_member: u64,
+        limit: u32,
+    ) -> Result<pb::GetReadReceiptsReply> {
         let request = pb::GetReadReceiptsRequest {
             conversation_id,
             conv_seq,
+            after_member,
+            limit,
         };
         reply(self.timeline().get_read_receipts(with_deadline(request))).await
     }

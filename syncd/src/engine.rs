@@ -151,6 +151,7 @@ impl Engine {
             observers.push(search.feed());
         }
         let observers = Observers::new(observers);
+        horizon.on_release(observers.release_hook());
         let writer = Arc::new(EventWriter::new(
             Arc::clone(&store),
             seqs.clone(),
@@ -392,9 +393,10 @@ impl Engine {
         principal: &Principal,
         conversation_id: u64,
         conv_seq: u64,
+        page: crate::read_state::ReceiptsPage,
     ) -> Result<ReadReceipts> {
         self.read_state
-            .receipts(principal, conversation_id, conv_seq)
+            .receipts(principal, conversation_id, conv_seq, page)
             .await
     }
 
@@ -668,8 +670,12 @@ mod growth_tests {
 
         #[async_trait::async_trait]
         impl ReadReceipts for SlowConversationReads {
-            async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
-                self.inner.readers(conversation_id).await
+            async fn reader_marks(
+                &self,
+                conversation_id: u64,
+                users: &[u64],
+            ) -> Result<Vec<ReaderMark>> {
+                self.inner.reader_marks(conversation_id, users).await
             }
         }
 

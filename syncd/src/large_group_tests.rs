@@ -174,3 +174,76 @@ async fn members_start_reading_at_the_switch_to_read_fanout() {
         "nothing twice"
     );
 }
+
+/// The biggest membership event there is: a listed group of 10,000 (the
+/// most a record listed before members moved to the member table, and
+/// what a group past the threshold lists one last time) takes 1,000 more
+/// and writes all 11,000 rows at once; from then on its record lists
+/// nobody and every read pages the member table.
+#[tokio::test]
+async fn a_listed_group_of_10000_moves_to_the_member_table_in_one_event() {
+    let config = EngineConfig {
+        large_group_threshold: 10_000,
+        ..EngineConfig::default()
+    };
+    let fx = fixture().config(config).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, (2..=1_000).collect()).await;
+    for chunk in (1_001..=11_000u64).collect::<Vec<_>>().chunks(1_000) {
+        let (record, _) = engine
+            .change_members(
+                service(),
+                conversation,
+                chunk.to_vec(),
+                MembershipChange::Add,
+            )
+            .await
+            .unwrap();
+        let listed = chunk[chunk.len() - 1] <= 10_000;
+        assert_eq!(
+            record.read_fanout, !listed,
+            "past 10,000 the group reads from its timeline"
+        );
+    }
+    let record = engine
+        .get_conversation(&service(), conversation)
+        .await
+        .unwrap();
+    assert_eq!((record.member_count, record.read_fanout), (11_000, true));
+    let mut everyone = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = engine
+            .list_members(&service(), conversation, after, 1_000)
+            .await
+            .unwrap();
+        everyone.extend(page.members.iter().copied());
+        if page.next_after == 0 {
+            break;
+        }
+        after = page.next_after;
+    }
+    assert_eq!(everyone, (1..=11_000).collect::<Vec<u64>>());
+    // Members from before the move and from the move itself can send,
+    // and their messages reach the others through the timeline.
+    for sender in [5, 10_500] {
+        engine
+            .send(
+                device(sender, "d"),
+                message(conversation, "still here", None),
+            )
+            .await
+            .unwrap();
+    }
+    let history = engine
+        .history(&device(11_000, "d"), history_after(conversation, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&history.entries)
+            .iter()
+            .filter(|t| **t == "still here")
+            .count(),
+        2
+    );
+}

@@ -36,6 +36,10 @@ pub const MAX_MEMBERS_PER_CALL: usize = 1_000;
 /// ListMembers page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_MEMBERS_LIMIT: usize = 500;
 pub const MAX_MEMBERS_LIMIT: usize = 1_000;
+/// Members one GetReadReceipts page covers when the request leaves it at
+/// 0, and the cap: each costs one point lookup of a reader mark.
+pub const DEFAULT_RECEIPTS_LIMIT: usize = 1_000;
+pub const MAX_RECEIPTS_LIMIT: usize = 1_000;
 /// Sync page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 pub const MAX_SYNC_LIMIT: usize = 1_000;
@@ -87,6 +91,13 @@ pub const RETENTION_TRIM_BATCH: usize = 10_000;
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;
+/// The newest inbox entries kept in memory per subscribed user, so a feed
+/// that keeps up pushes them without reading the store: at most this many
+/// and this many bytes per user, and [`RECENT_PUSH_BYTES`] for all users
+/// together (past it a user's are dropped and its feeds read the store).
+pub const RECENT_PUSH_ENTRIES_PER_USER: usize = 32;
+pub const RECENT_PUSH_BYTES_PER_USER: usize = 64 * 1024;
+pub const RECENT_PUSH_BYTES: usize = 64 * 1024 * 1024;
 /// Large-group notices per pushed notice (about 20 bytes each encoded).
 pub const MAX_GROUP_NOTICES: usize = 64;
 /// Large groups whose ordinary notices one stream holds while its device

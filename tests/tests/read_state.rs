@@ -348,6 +348,38 @@ fn the_cli_marks_lists_and_counts_receipts() -> anyhow::Result<()> {
         receipts[0],
         serde_json::json!({"read_count": 1, "member_count": 2, "read_by": [2]})
     );
+    // One member per page: the sender (alice, 1) is on the first page and
+    // not counted; the last member's page says no more follow.
+    let page = |after: &str| {
+        json_lines(&tl(
+            &url,
+            &carol,
+            &[
+                "receipts",
+                "--conversation",
+                &conversation,
+                "--conv-seq",
+                &conv_seq,
+                "--limit",
+                "1",
+                "--after-member",
+                after,
+            ],
+        ))[0]
+            .clone()
+    };
+    assert_eq!(
+        page("0"),
+        serde_json::json!({"read_count": 0, "member_count": 0, "read_by": [], "next_cursor": 1})
+    );
+    assert_eq!(
+        page("1"),
+        serde_json::json!({"read_count": 1, "member_count": 1, "read_by": [2], "next_cursor": 2})
+    );
+    assert_eq!(
+        page("2"),
+        serde_json::json!({"read_count": 0, "member_count": 1, "read_by": [], "next_cursor": 0})
+    );
 
     let state = dir.path().join("bob.json");
     let synced = json_lines(&tl(

@@ -647,17 +647,18 @@ impl EventLog for EmbeddedStore {
 
 #[async_trait]
 impl ReadReceipts for EmbeddedStore {
-    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+    async fn reader_marks(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<ReaderMark>> {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
         self.read(move |ks| {
-            let mut readers = Vec::new();
-            for guard in ks.readers.prefix(conversation_id.to_be_bytes()) {
-                let (key, value) = guard.into_inner().map_err(io)?;
-                let user: [u8; 8] = key[8..]
-                    .try_into()
-                    .map_err(|_| corrupt("reader key is not 16 bytes"))?;
-                readers.push(decode_reader(u64::from_be_bytes(user), &value)?);
+            let mut marks = Vec::new();
+            for user_id in users {
+                if let Some(value) = ks.readers.get(key2(conversation_id, user_id)).map_err(io)? {
+                    marks.push(decode_reader(user_id, &value)?);
+                }
             }
-            Ok(readers)
+            Ok(marks)
         })
         .await
     }

@@ -260,7 +260,9 @@ pub trait ReadStates: Send + Sync {
 /// answered by one read of the conversation, no fanout per read.
 #[async_trait]
 pub trait ReadReceipts: Send + Sync {
-    /// Every reader of the conversation with their highest marker, by user
-    /// id ascending.
-    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>>;
+    /// The marks of those of `users` who have one in the conversation, by
+    /// user id ascending: point lookups, so a caller asking about a page
+    /// of members never reads the rows of everyone else (a huge group has
+    /// 100,000 of them, and former members keep theirs).
+    async fn reader_marks(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<ReaderMark>>;
 }

@@ -394,14 +394,19 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::GetReadReceiptsReply>, Status> {
         let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
+        let page = crate::read_state::ReceiptsPage {
+            after_member: request.after_member,
+            limit: request.limit as usize,
+        };
         let receipts = self
             .engine
-            .read_receipts(&principal, request.conversation_id, request.conv_seq)
+            .read_receipts(&principal, request.conversation_id, request.conv_seq, page)
             .await?;
         Ok(Response::new(pb::GetReadReceiptsReply {
             read_count: receipts.read_by.len() as u64,
             member_count: receipts.member_count,
             read_by: receipts.read_by,
+            next_after_member: receipts.next_after_member,
         }))
     }
 

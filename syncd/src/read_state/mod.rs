@@ -39,7 +39,7 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::keyed::KeyedLocks;
-use crate::limits::MAX_MEMBERS_LIMIT;
+use crate::limits::{DEFAULT_RECEIPTS_LIMIT, MAX_RECEIPTS_LIMIT};
 use crate::visibility::Visibility;
 use crate::writer::EventWriter;
 use count::{Count, messages_from_others};
@@ -85,13 +85,24 @@ fn peer_of(conversation: &timeline_store::Conversation, user_id: u64) -> Option<
     }
 }
 
-/// Who has read a message.
+/// Which members a receipts call covers: those after `after_member`, at
+/// most `limit` of them (0: [`DEFAULT_RECEIPTS_LIMIT`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiptsPage {
+    pub after_member: u64,
+    pub limit: usize,
+}
+
+/// Who of a page of members has read a message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadReceipts {
-    /// Current members other than the sender.
+    /// Current members of the page other than the sender who were members
+    /// when it was sent.
     pub member_count: u64,
     /// Those of them whose marker is at or past the message, ascending.
     pub read_by: Vec<u64>,
+    /// Where the next page starts (0: this page reached the last member).
+    pub next_after_member: u64,
 }
 
 /// A large-group count already made: messages from others in
@@ -345,13 +356,15 @@ impl ReadState {
         Ok(marked)
     }
 
-    /// How many and which members have read the message at `conv_seq`:
-    /// one read of the conversation's reader index, whatever the size.
+    /// How many and which of a page of members have read the message at
+    /// `conv_seq`: one member page and one point lookup per member, so
+    /// the cost is the page's, never the conversation's.
     pub async fn receipts(
         &self,
         principal: &Principal,
         conversation_id: u64,
         conv_seq: u64,
+        page: ReceiptsPage,
     ) -> Result<ReadReceipts> {
         let conversation = self
             .directory
@@ -373,46 +386,46 @@ impl ReadState {
                     "conversation {conversation_id} has no message at conv_seq {conv_seq}"
                 ))
             })?;
-        let readers: std::collections::HashMap<u64, timeline_store::ReaderMark> = self
+        let limit =
+            crate::limits::clamp_limit(page.limit, DEFAULT_RECEIPTS_LIMIT, MAX_RECEIPTS_LIMIT);
+        // One more than the page says whether another follows.
+        let mut members = self
+            .directory
+            .member_page(&conversation, page.after_member, limit + 1)
+            .await?;
+        let next_after_member = if members.len() > limit {
+            members.truncate(limit);
+            members.last().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let marks: std::collections::HashMap<u64, timeline_store::ReaderMark> = self
             .store
-            .readers(conversation_id)
+            .reader_marks(conversation_id, &members)
             .await?
             .into_iter()
             .map(|r| (r.user_id, r))
             .collect();
-        let read: std::collections::HashSet<u64> = readers
-            .values()
-            .filter(|r| r.read_through >= conv_seq)
-            .map(|r| r.user_id)
-            .collect();
-        // Members who joined after the message never had it to read. A
-        // large group's members are walked a page at a time.
+        // Members who joined after the message never had it to read.
+        let counted = members
+            .iter()
+            .copied()
+            .filter(|&m| m != message.sender_id)
+            .filter(|m| marks.get(m).is_none_or(|r| r.joined < conv_seq));
         let (mut member_count, mut read_by) = (0, Vec::new());
-        let mut after = 0;
-        loop {
-            let page = self
-                .directory
-                .member_page(&conversation, after, MAX_MEMBERS_LIMIT)
-                .await?;
-            let others = page
-                .iter()
-                .copied()
-                .filter(|&m| m != message.sender_id)
-                .filter(|m| readers.get(m).is_none_or(|r| r.joined < conv_seq));
-            for member in others {
-                member_count += 1;
-                if read.contains(&member) {
-                    read_by.push(member);
-                }
-            }
-            match page.last() {
-                Some(&last) if page.len() == MAX_MEMBERS_LIMIT => after = last,
-                _ => break,
+        for member in counted {
+            member_count += 1;
+            if marks
+                .get(&member)
+                .is_some_and(|r| r.read_through >= conv_seq)
+            {
+                read_by.push(member);
             }
         }
         Ok(ReadReceipts {
             member_count,
             read_by,
+            next_after_member,
         })
     }
 

@@ -419,7 +419,7 @@ async fn group_receipts_name_who_read_a_message() {
         .unwrap();
     let at = sent.receipt.conv_seq;
     let nobody = engine
-        .read_receipts(&device(1, "d"), conversation, at)
+        .read_receipts(&device(1, "d"), conversation, at, Default::default())
         .await
         .unwrap();
     assert_eq!((nobody.member_count, nobody.read_by.len()), (3, 0));
@@ -432,7 +432,7 @@ async fn group_receipts_name_who_read_a_message() {
         .await
         .unwrap();
     let some = engine
-        .read_receipts(&service(), conversation, at)
+        .read_receipts(&service(), conversation, at, Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -441,14 +441,14 @@ async fn group_receipts_name_who_read_a_message() {
         "a mark, and a later message of one's own"
     );
     let missing = engine
-        .read_receipts(&device(1, "d"), conversation, at + 100)
+        .read_receipts(&device(1, "d"), conversation, at + 100, Default::default())
         .await;
     assert!(matches!(
         missing,
         Err(crate::error::SyncdError::NotFound(_))
     ));
     let outsider = engine
-        .read_receipts(&device(9, "d"), conversation, at)
+        .read_receipts(&device(9, "d"), conversation, at, Default::default())
         .await;
     assert!(matches!(
         outsider,
@@ -488,10 +488,66 @@ async fn a_mark_in_a_10000_member_group_writes_one_inbox_entry() {
         1,
         "the reader's own marker only"
     );
-    let receipts = engine
-        .read_receipts(&device(1, "d"), conversation, marked.read_through)
+    let first = engine
+        .read_receipts(
+            &device(1, "d"),
+            conversation,
+            marked.read_through,
+            Default::default(),
+        )
         .await
         .unwrap();
-    // The sender (2) is not counted among the readers of its own message.
-    assert_eq!((receipts.member_count, receipts.read_by), (9_999, vec![5]));
+    assert_eq!(
+        (first.member_count, first.next_after_member),
+        (999, 1_000),
+        "a page covers at most 1,000 members (the sender, 2, is among them but not counted)"
+    );
+    let (member_count, read_by, pages) =
+        all_receipts(&engine, conversation, marked.read_through, 0).await;
+    assert_eq!((member_count, read_by, pages), (9_999, vec![5], 10));
+    let (member_count, read_by, pages) =
+        all_receipts(&engine, conversation, marked.read_through, 3_333).await;
+    assert_eq!(
+        (member_count, read_by, pages),
+        (9_999, vec![5], 10),
+        "a limit above the cap is cut to it"
+    );
+}
+
+/// Receipts summed over every page of `limit` members, and how many pages
+/// it took.
+pub(super) async fn all_receipts(
+    engine: &crate::engine::Engine,
+    conversation: u64,
+    conv_seq: u64,
+    limit: usize,
+) -> (u64, Vec<u64>, usize) {
+    let (mut member_count, mut read_by, mut pages) = (0, Vec::new(), 0);
+    let mut after_member = 0;
+    loop {
+        let page = super::ReceiptsPage {
+            after_member,
+            limit,
+        };
+        let receipts = engine
+            .read_receipts(&service(), conversation, conv_seq, page)
+            .await
+            .unwrap();
+        pages += 1;
+        let cap = if limit == 0 { 1_000 } else { limit.min(1_000) };
+        assert!(
+            receipts.member_count as usize <= cap,
+            "a page covers at most its limit"
+        );
+        member_count += receipts.member_count;
+        read_by.extend(receipts.read_by);
+        if receipts.next_after_member == 0 {
+            return (member_count, read_by, pages);
+        }
+        assert!(
+            receipts.next_after_member > after_member,
+            "the cursor moves on"
+        );
+        after_member = receipts.next_after_member;
+    }
 }

@@ -569,8 +569,8 @@ impl<S: Receipts> Receipts for FaultyStore<S> {
 
 #[async_trait]
 impl<S: ReadReceipts> ReadReceipts for FaultyStore<S> {
-    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
-        self.run(Op::Read, self.inner.readers(conversation_id))
+    async fn reader_marks(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<ReaderMark>> {
+        self.run(Op::Read, self.inner.reader_marks(conversation_id, users))
             .await
     }
 }

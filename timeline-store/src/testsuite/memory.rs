@@ -360,13 +360,15 @@ impl Revocations for MemoryStore {
 
 #[async_trait]
 impl ReadReceipts for MemoryStore {
-    async fn readers(&self, conversation_id: u64) -> Result<Vec<ReaderMark>> {
+    async fn reader_marks(&self, conversation_id: u64, users: &[u64]) -> Result<Vec<ReaderMark>> {
         let state = self.state();
-        Ok(state
-            .readers
-            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
-            .map(|(_, &mark)| mark)
-            .collect())
+        let mut marks: Vec<ReaderMark> = users
+            .iter()
+            .filter_map(|&user| state.readers.get(&(conversation_id, user)).copied())
+            .collect();
+        marks.sort_unstable_by_key(|m| m.user_id);
+        marks.dedup_by_key(|m| m.user_id);
+        Ok(marks)
     }
 }
 

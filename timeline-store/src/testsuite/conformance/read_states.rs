@@ -123,9 +123,37 @@ pub(super) async fn readers_keep_each_members_highest_marker<S: TimelineStore>(s
         store.commit_event(commit).await.unwrap();
     }
     assert_eq!(
-        store.readers(conv).await.unwrap(),
+        store.reader_marks(conv, &[2, 3, 4]).await.unwrap(),
         vec![mark(2, 5, 0), mark(3, 7, 1), mark(4, 2, 2)],
         "a lower marker or join never replaces a higher one"
     );
-    assert!(store.readers(conv + 1).await.unwrap().is_empty());
+    assert_eq!(
+        store.reader_marks(conv, &[9, 4, 2, 4]).await.unwrap(),
+        vec![mark(2, 5, 0), mark(4, 2, 2)],
+        "only the users asked about, each once, ascending; users without a mark are left out"
+    );
+    assert!(store.reader_marks(conv, &[]).await.unwrap().is_empty());
+    assert!(
+        store
+            .reader_marks(conv + 1, &[2, 3, 4])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // More users than one lookup asks the backend for at once.
+    let big = conv + 2;
+    let mut commit = fanout(
+        Entry {
+            msg_id: 32_100,
+            conv_seq: 1,
+            ..Entry::new(EntryKind::ReadMarker, big)
+        },
+        &[(BASE + 322, 1)],
+    );
+    commit.readers = (1..=250).map(|u| mark(u * 2, u, 0)).collect();
+    store.commit_event(commit).await.unwrap();
+    let asked: Vec<u64> = (1..=500).rev().collect();
+    let expected: Vec<ReaderMark> = (1..=250).map(|u| mark(u * 2, u, 0)).collect();
+    assert_eq!(store.reader_marks(big, &asked).await.unwrap(), expected);
 }
