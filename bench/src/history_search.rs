@@ -287,8 +287,9 @@ fn measure(
         index.apply(chunk)?;
     }
 
-    // Index the history in the indexer's commit shape: up to 64
-    // conversations per commit, `batch` messages each.
+    // Index the history in the shape of a backlog the indexer catches up
+    // on: 64 conversations per commit, `batch` messages each (16,384 at
+    // the default: the indexer's SEARCH_BATCH_ENTRIES).
     let started = Instant::now();
     let mut indexed = 0u64;
     let mut commits = 0u64;

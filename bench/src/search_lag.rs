@@ -1,9 +1,18 @@
 //! How far a live node's search index trails its sends under W1: a syncd
 //! per backend, closed-loop senders appending to the W1 conversations, and
-//! beside them one probe at a time: a message with a word of its own,
-//! then searches for that word (every [`POLL_EVERY`]) until it is found.
-//! The lag is from the probe's send reply to the first search that finds
-//! it, so it includes up to one poll interval and one search.
+//! beside them a prober that sends a probe (a message with the run's probe
+//! word) into a random conversation every `--lag-probe-every-ms`, however
+//! many earlier probes are still unfound, while a poller searches for the
+//! probe word every [`POLL_EVERY`] (one service search, paged, over
+//! everything sent since the oldest unfound probe) and marks each probe
+//! found by its `msg_id`. A probe's lag is from its send reply to the
+//! first search that finds it, so it includes up to one poll interval and
+//! one search.
+//!
+//! Indexing throughput is the entries sent in the window (sends and
+//! probes) over the time from the window's start, with the index caught
+//! up, to the index holding them all again: while the index keeps up it is
+//! the send rate and the drain after the last send is short.
 
 use crate::history_search::Backend;
 use crate::node::{Node, NodeArgs};
@@ -11,15 +20,22 @@ use crate::report;
 use crate::workload::{self, Mix, Rng};
 use client::Client;
 use proto::timeline::v1 as pb;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often a probe searches for its word.
-const POLL_EVERY: Duration = Duration::from_millis(5);
+/// How often the poller searches for the unfound probes.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 /// A probe not found in this long means the index does not follow.
 const PROBE_GIVE_UP: Duration = Duration::from_secs(60);
-/// Pause between probes (so that probes are a small share of the sends).
-const PROBE_PAUSE: Duration = Duration::from_millis(20);
+/// Most probes unfound at once; the prober skips its turn past it.
+const MAX_PROBES_UNFOUND: usize = 2_000;
+/// How long the index may take to hold everything sent, before the
+/// window and after it.
+const CATCH_UP_GIVE_UP: Duration = Duration::from_secs(180);
+/// Hits per page of the poller's search (the API's most).
+const POLL_PAGE: u32 = 100;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LagArgs {
@@ -36,6 +52,10 @@ pub struct LagArgs {
     /// Senders, each with one send in flight (W1's fanout default).
     #[arg(long, default_value_t = 64)]
     pub lag_concurrency: usize,
+    /// A probe is sent this often (milliseconds), overlapping the ones not
+    /// found yet.
+    #[arg(long, default_value_t = 50)]
+    pub lag_probe_every_ms: u64,
 }
 
 /// Measures each backend in turn; the rows as JSON.
@@ -48,8 +68,12 @@ pub async fn run(
         return Ok(serde_json::Value::Null);
     }
     anyhow::ensure!(
-        args.lag_users >= 2 && args.lag_conversations > 0 && args.lag_concurrency > 0,
-        "--lag-users must be at least 2, --lag-conversations and --lag-concurrency above 0"
+        args.lag_users >= 2
+            && args.lag_conversations > 0
+            && args.lag_concurrency > 0
+            && args.lag_probe_every_ms > 0,
+        "--lag-users must be at least 2, --lag-conversations, --lag-concurrency and \
+         --lag-probe-every-ms above 0"
     );
     let mut rows = Vec::new();
     for &backend in backends {
@@ -57,16 +81,27 @@ pub async fn run(
     }
     println!();
     println!(
-        "index lag behind sends, W1 ({} users, {} conversations), {} closed-loop senders, {} s:",
-        args.lag_users, args.lag_conversations, args.lag_concurrency, args.lag_secs
+        "index lag behind sends, W1 ({} users, {} conversations), {} closed-loop senders, \
+         {} s, a probe every {} ms:",
+        args.lag_users,
+        args.lag_conversations,
+        args.lag_concurrency,
+        args.lag_secs,
+        args.lag_probe_every_ms
     );
-    println!("| backend | sends/s | probes | lag p50 ms | lag p99 ms | lag max ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| backend | sends/s | indexed entries/s | caught up after last send ms | \
+         backlog max events | probes | lag p50 ms | lag p99 ms | lag max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         println!(
-            "| {} | {:.0} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} |",
             row["backend"].as_str().unwrap_or("?"),
             row["sends_per_s"].as_f64().unwrap_or(f64::NAN),
+            row["indexed_entries_per_s"].as_f64().unwrap_or(f64::NAN),
+            row["drain_ms"].as_f64().unwrap_or(f64::NAN),
+            row["backlog_max_events"],
             row["probes"],
             row["lag_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
             row["lag_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
@@ -143,7 +178,10 @@ async fn drive(args: &LagArgs, node: &Node, backend: Backend) -> anyhow::Result<
         conversations.extend(created);
     }
     let conversations = Arc::new(conversations);
+    // The window starts with the setup (the creations) indexed.
+    caught_up(&client).await?;
     let duration = Duration::from_secs(args.lag_secs);
+    let started = Instant::now();
     let senders = crate::closed_loop::run(args.lag_concurrency, duration, |worker| {
         let client = client.clone();
         let conversations = Arc::clone(&conversations);
@@ -158,14 +196,28 @@ async fn drive(args: &LagArgs, node: &Node, backend: Backend) -> anyhow::Result<
             }
         }
     });
-    let prober = probe(&client, &conversations, duration);
-    let (sent, lag) = tokio::try_join!(senders, prober)?;
+    let senders = async {
+        let sent = senders.await?;
+        anyhow::Ok((sent, Instant::now()))
+    };
+    let probes = Probes::new(format!("lagprobe{}", std::process::id()));
+    let every = Duration::from_millis(args.lag_probe_every_ms);
+    let prober = probes.send(&client, &conversations, duration, every);
+    let poller = probes.poll(&client);
+    let ((sent, sends_ended), probes_sent, (lag, backlog_max)) =
+        tokio::try_join!(senders, prober, poller)?;
+    caught_up(&client).await?;
+    let drain = sends_ended.elapsed();
+    let indexed_secs = started.elapsed().as_secs_f64();
     let sends_per_s = sent.calls as f64 / sent.elapsed.as_secs_f64();
     Ok(serde_json::json!({
         "backend": backend.name(),
         "sends": sent.calls,
         "sends_per_s": sends_per_s,
         "send_ms": {"p50": report::ms(&sent.latency, 0.5), "p99": report::ms(&sent.latency, 0.99)},
+        "indexed_entries_per_s": (sent.calls + probes_sent) as f64 / indexed_secs,
+        "drain_ms": drain.as_secs_f64() * 1000.0,
+        "backlog_max_events": backlog_max,
         "probes": lag.len(),
         "lag_ms": {
             "p50": report::ms(&lag, 0.5),
@@ -175,45 +227,172 @@ async fn drive(args: &LagArgs, node: &Node, backend: Backend) -> anyhow::Result<
     }))
 }
 
-/// Probes one at a time until `duration` is over; the lags in µs.
-async fn probe(
-    client: &Client,
-    conversations: &[(u64, Vec<u64>)],
-    duration: Duration,
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    let mut lag = report::histogram();
-    let mut rng = Rng::new(7);
-    let deadline = Instant::now() + duration;
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        n += 1;
-        let (conversation, _, sender) = workload::pick(&mut rng, conversations);
-        let word = format!("lagprobe{n}");
-        client
-            .append(conversation, sender, &format!("{word} status"), None)
+/// Waits until the index holds every readable event.
+async fn caught_up(client: &Client) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let reply = client
+            .search(pb::SearchRequest {
+                query: "caughtupcheck".into(),
+                limit: 1,
+                ..Default::default()
+            })
             .await?;
-        let sent = Instant::now();
+        if reply.lagging_events == 0 && !reply.catching_up {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < CATCH_UP_GIVE_UP,
+            "the index still lags {} events after {CATCH_UP_GIVE_UP:?}",
+            reply.lagging_events
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// A probe sent and not found yet.
+struct Unfound {
+    replied: Instant,
+    sent_at_ms: i64,
+}
+
+/// The probes of one run, shared by the prober and the poller.
+#[derive(Clone)]
+struct Probes {
+    word: Arc<str>,
+    unfound: Arc<Mutex<HashMap<u64, Unfound>>>,
+    /// Every probe is sent and its reply noted.
+    all_sent: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Probes {
+    fn new(word: String) -> Self {
+        Self {
+            word: word.into(),
+            unfound: Arc::default(),
+            all_sent: Arc::default(),
+            sent: Arc::default(),
+        }
+    }
+
+    fn unfound(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Unfound>> {
+        self.unfound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a probe every `every` until `duration` is over, each on its
+    /// own task; the number sent.
+    async fn send(
+        &self,
+        client: &Client,
+        conversations: &Arc<Vec<(u64, Vec<u64>)>>,
+        duration: Duration,
+        every: Duration,
+    ) -> anyhow::Result<u64> {
+        let result = self.send_all(client, conversations, duration, every).await;
+        self.all_sent.store(true, Ordering::SeqCst);
+        result
+    }
+
+    async fn send_all(
+        &self,
+        client: &Client,
+        conversations: &Arc<Vec<(u64, Vec<u64>)>>,
+        duration: Duration,
+        every: Duration,
+    ) -> anyhow::Result<u64> {
+        let mut rng = Rng::new(7);
+        let deadline = Instant::now() + duration;
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tasks = Vec::new();
         loop {
-            let reply = client
-                .search(pb::SearchRequest {
-                    query: word.clone(),
-                    conversation_id: Some(conversation),
-                    limit: 1,
-                    ..Default::default()
-                })
-                .await?;
-            if !reply.hits.is_empty() {
-                lag.record(sent.elapsed().as_micros().max(1) as u64)?;
+            ticks.tick().await;
+            if Instant::now() >= deadline {
                 break;
             }
+            if self.unfound().len() >= MAX_PROBES_UNFOUND {
+                continue;
+            }
+            let (conversation, _, sender) = workload::pick(&mut rng, conversations);
+            let text = format!("{} status", self.word);
+            let client = client.clone();
+            let probes = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let reply = client.append(conversation, sender, &text, None).await?;
+                probes.unfound().insert(
+                    reply.msg_id,
+                    Unfound {
+                        replied: Instant::now(),
+                        sent_at_ms: reply.sent_at_ms,
+                    },
+                );
+                probes.sent.fetch_add(1, Ordering::SeqCst);
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(self.sent.load(Ordering::SeqCst))
+    }
+
+    /// Searches for the unfound probes until every probe is sent and
+    /// found; their lags in µs, and the most lagging events a search
+    /// reply reported.
+    async fn poll(&self, client: &Client) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+        let mut lag = report::histogram();
+        let mut backlog_max = 0u64;
+        loop {
+            // Read before the map: a probe noted after this is seen by the
+            // next round.
+            let all_sent = self.all_sent.load(Ordering::SeqCst);
+            let oldest = self
+                .unfound()
+                .values()
+                .map(|p| (p.sent_at_ms, p.replied))
+                .min();
+            let Some((oldest_ms, oldest_replied)) = oldest else {
+                if all_sent {
+                    break;
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
+            };
             anyhow::ensure!(
-                sent.elapsed() < PROBE_GIVE_UP,
-                "probe {word} not found in the index after {PROBE_GIVE_UP:?}"
+                oldest_replied.elapsed() < PROBE_GIVE_UP,
+                "a probe was not found in the index after {PROBE_GIVE_UP:?}"
             );
+            let mut cursor = String::new();
+            loop {
+                let reply = client
+                    .search(pb::SearchRequest {
+                        query: self.word.to_string(),
+                        sent_from_ms: Some(oldest_ms),
+                        limit: POLL_PAGE,
+                        cursor,
+                        ..Default::default()
+                    })
+                    .await?;
+                let found = Instant::now();
+                backlog_max = backlog_max.max(reply.lagging_events);
+                {
+                    let mut unfound = self.unfound();
+                    for hit in &reply.hits {
+                        if let Some(probe) = unfound.remove(&hit.msg_id) {
+                            let waited = found.duration_since(probe.replied);
+                            lag.record(waited.as_micros().max(1) as u64)?;
+                        }
+                    }
+                }
+                if reply.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = reply.next_cursor;
+            }
             tokio::time::sleep(POLL_EVERY).await;
         }
-        tokio::time::sleep(PROBE_PAUSE).await;
+        anyhow::ensure!(!lag.is_empty(), "no probe was sent");
+        Ok((lag, backlog_max))
     }
-    anyhow::ensure!(!lag.is_empty(), "no probe finished");
-    Ok(lag)
 }

@@ -13,6 +13,12 @@ pub enum SearchError {
         "the searcher belongs to more than {limit} conversation memberships; filter by conversation"
     )]
     TooManyMemberships { limit: usize },
+    /// The searcher deleted more messages for themselves one by one than
+    /// one query may exclude: it must name a conversation.
+    #[error(
+        "more than {limit} messages are deleted for the searcher one by one; filter by conversation"
+    )]
+    TooManyHidden { limit: usize },
     /// The backend's settings are unusable (a bad URL or index name).
     #[error("search backend: {0}")]
     Config(String),

@@ -30,8 +30,8 @@ pub mod tokens;
 
 pub use error::{Result, SearchError};
 pub use model::{
-    ConversationUpdate, IndexOp, Intervals, MessageDoc, SearchHit, SearchPage, SearchRequest,
-    Searcher, SortOrder,
+    ConversationUpdate, Hidden, IndexOp, Intervals, MessageDoc, SearchHit, SearchPage,
+    SearchRequest, Searcher, SortOrder,
 };
 pub use opensearch::{OpenSearchIndex, OpenSearchOptions};
 pub use tantivy_index::{TantivyIndex, WRITER_MEMORY_BYTES};

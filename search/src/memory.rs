@@ -147,7 +147,9 @@ impl SearchIndex for MemoryIndex {
                 && request.sender_id.is_none_or(|s| s == doc.sender_id)
                 && request.sent_from_ms.is_none_or(|t| doc.sent_at_ms >= t)
                 && request.sent_before_ms.is_none_or(|t| doc.sent_at_ms < t);
-            if !readable || !filtered {
+            let hidden = matches!(request.searcher, Searcher::User(_))
+                && request.hidden.hides(doc.conversation_id, doc.conv_seq);
+            if !readable || !filtered || hidden {
                 continue;
             }
             let text_tokens = tokens::index_tokens(&doc.text);

@@ -5,6 +5,7 @@
 use crate::error::{Result, SearchError};
 use crate::tokens::{self, Token};
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Longest query accepted, in bytes.
@@ -21,6 +22,9 @@ pub const MAX_QUERY_TIME: Duration = Duration::from_secs(5);
 pub const MAX_FILTER_INTERVALS: usize = 4096;
 /// Longest cursor accepted, in bytes.
 pub const MAX_CURSOR_BYTES: usize = 128;
+/// Most messages a user's search may exclude one by one (deleted for
+/// them); past it the search must name a conversation.
+pub const MAX_HIDDEN_MESSAGES: usize = 4096;
 
 /// One indexed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +115,33 @@ impl Intervals {
     }
 }
 
+/// What a user hid for themselves (deleted for them, their history
+/// cleared): never found by their searches. Applied inside the query, like
+/// the membership intervals, so pages stay full.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hidden {
+    /// Conversation → every `conv_seq` at or below this is cleared.
+    pub cleared_through: BTreeMap<u64, u64>,
+    /// Single messages, by (conversation, `conv_seq`).
+    pub messages: BTreeSet<(u64, u64)>,
+}
+
+impl Hidden {
+    pub fn hides(&self, conversation_id: u64, conv_seq: u64) -> bool {
+        self.cleared_through
+            .get(&conversation_id)
+            .is_some_and(|&through| conv_seq <= through)
+            || self.messages.contains(&(conversation_id, conv_seq))
+    }
+
+    /// The first `conv_seq` of the conversation not cleared.
+    pub fn floor(&self, conversation_id: u64) -> u64 {
+        self.cleared_through
+            .get(&conversation_id)
+            .map_or(0, |&through| through.saturating_add(1))
+    }
+}
+
 /// Who searches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Searcher {
@@ -149,6 +180,8 @@ pub struct SearchRequest {
     pub cursor: Option<String>,
     /// At most [`MAX_QUERY_TIME`] (longer is cut to it).
     pub timeout: Duration,
+    /// What a user searcher hid for themselves (ignored for a service).
+    pub hidden: Hidden,
 }
 
 impl SearchRequest {
@@ -165,6 +198,7 @@ impl SearchRequest {
             limit: 0,
             cursor: None,
             timeout: MAX_QUERY_TIME,
+            hidden: Hidden::default(),
         }
     }
 }
@@ -226,6 +260,11 @@ impl SearchRequest {
             return Err(SearchError::invalid(
                 "the time range is empty (sent_from_ms must be below sent_before_ms)",
             ));
+        }
+        if self.hidden.messages.len() > MAX_HIDDEN_MESSAGES {
+            return Err(SearchError::TooManyHidden {
+                limit: MAX_HIDDEN_MESSAGES,
+            });
         }
         let clauses = parse_clauses(&self.query)?;
         let after = self

@@ -187,6 +187,18 @@ fn random_request(rng: &mut Rng, conversations: &[Conversation]) -> SearchReques
     if rng.below(3) == 0 {
         request.order = SortOrder::Relevance;
     }
+    if rng.below(3) == 0 {
+        // What the searcher hid (a service ignores it).
+        for _ in 0..1 + rng.below(3) {
+            let conv = rng.pick(conversations);
+            let seq = rng.below(conv.next_seq.max(1) + 1);
+            if rng.below(2) == 0 {
+                request.hidden.cleared_through.insert(conv.id, seq);
+            } else {
+                request.hidden.messages.insert((conv.id, seq));
+            }
+        }
+    }
     request.limit = 1 + rng.below(7) as usize;
     request
 }
@@ -507,6 +519,59 @@ fn a_member_finds_only_what_was_sent_while_a_member(index: &dyn SearchIndex) {
     assert_eq!(keys(index, hello(Searcher::User(2))), [6, 2]);
     assert_eq!(keys(index, hello(Searcher::User(3))), Vec::<u64>::new());
     assert_eq!(keys(index, hello(Searcher::Service)), [6, 4, 2]);
+}
+
+fn what_a_user_hid_is_not_found_by_them(index: &dyn SearchIndex) {
+    let mut ops = vec![IndexOp::Joined {
+        users: vec![1, 2],
+        conv_seq: 1,
+    }];
+    ops.extend((2..=7).map(|seq| message(9, seq, "hello")));
+    index
+        .apply(&[ConversationUpdate {
+            conversation_id: 9,
+            ops,
+            indexed_through: 7,
+        }])
+        .unwrap();
+    let mut hidden = search::Hidden::default();
+    hidden.cleared_through.insert(9, 3);
+    hidden.messages.insert((9, 5));
+    let hello = |searcher| SearchRequest {
+        hidden: hidden.clone(),
+        limit: 2,
+        ..SearchRequest::new(searcher, "hello")
+    };
+    // Every page, each checked full: hiding is part of the query.
+    let seqs = |request: SearchRequest| -> Vec<u64> {
+        all_pages(index, &request, 0)
+            .into_iter()
+            .flatten()
+            .map(|((_, seq), _)| seq)
+            .collect()
+    };
+    assert_eq!(seqs(hello(Searcher::User(1))), [7, 6, 4]);
+    let mut one = hello(Searcher::User(1));
+    one.conversation_id = Some(9);
+    assert_eq!(seqs(one), [7, 6, 4]);
+    // The other member has hidden nothing; a service hides nothing.
+    let mut other = hello(Searcher::User(2));
+    other.hidden = search::Hidden::default();
+    assert_eq!(seqs(other), [7, 6, 5, 4, 3, 2]);
+    assert_eq!(seqs(hello(Searcher::Service)), [7, 6, 5, 4, 3, 2]);
+    let mut too_many = hello(Searcher::User(1));
+    too_many.hidden.messages = (0..=search::model::MAX_HIDDEN_MESSAGES as u64)
+        .map(|seq| (9, seq))
+        .collect();
+    assert!(matches!(
+        index.search(&too_many),
+        Err(search::SearchError::TooManyHidden { .. })
+    ));
+}
+
+#[test]
+fn what_a_user_hid_is_not_found_by_them_on_both_backends() {
+    on_both_backends("hidden", what_a_user_hid_is_not_found_by_them);
 }
 
 /// The same checks on both backends.

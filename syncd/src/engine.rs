@@ -151,6 +151,7 @@ impl Engine {
             observers.push(search.feed());
         }
         let observers = Observers::new(observers);
+        horizon.on_release(observers.release_hook());
         let writer = Arc::new(EventWriter::new(
             Arc::clone(&store),
             seqs.clone(),
@@ -237,7 +238,12 @@ impl Engine {
 
     pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
         match &self.search {
-            Some(search) => search.search(principal, query).await,
+            Some(search) => {
+                let hidden =
+                    crate::search_index::hidden(&self.read_state, principal, query.conversation_id)
+                        .await?;
+                search.search(principal, query, hidden).await
+            }
             None => Err(crate::error::SyncdError::FailedPrecondition(
                 "this node keeps no search index".into(),
             )),

@@ -57,7 +57,9 @@ impl From<search::SearchError> for SyncdError {
         use search::SearchError as E;
         match error {
             E::InvalidQuery(m) => SyncdError::InvalidArgument(m),
-            e @ E::TooManyMemberships { .. } => SyncdError::FailedPrecondition(e.to_string()),
+            e @ (E::TooManyMemberships { .. } | E::TooManyHidden { .. }) => {
+                SyncdError::FailedPrecondition(e.to_string())
+            }
             e @ (E::Corrupt(_) | E::Config(_)) => SyncdError::Internal(e.to_string()),
             e @ E::Engine(_) => SyncdError::Unavailable(e.to_string()),
         }

@@ -41,7 +41,11 @@
 //! does not provide.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Told of the keys whose safe limit a released write may have raised,
+/// with the limit now (see [`Horizon::on_release`]).
+pub type ReleaseHook = Box<dyn Fn(&[(Key, u64)]) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -63,6 +67,7 @@ pub struct Horizon {
     shards: [Mutex<HashMap<Key, KeyState>>; SHARDS],
     /// Keys per shard beyond which settled ones are forgotten.
     shard_limit: usize,
+    on_release: OnceLock<ReleaseHook>,
 }
 
 impl Default for Horizon {
@@ -129,6 +134,35 @@ impl Horizon {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
             shard_limit: limit.div_ceil(SHARDS).max(1),
+            on_release: OnceLock::new(),
+        }
+    }
+
+    /// Calls `hook` whenever a write is released without completing (it
+    /// failed: its seqs become gaps), with the safe limit of its keys
+    /// now. A later write that completed while this one was in flight was
+    /// announced only up to below it; without this, nothing would announce
+    /// it until the key's next write. Set once.
+    pub fn on_release(&self, hook: ReleaseHook) {
+        let _ = self.on_release.set(hook);
+    }
+
+    /// The limits of `keys` now (only those with something durable), for
+    /// the release hook; called with no shard held.
+    fn released(&self, keys: &[Key]) {
+        let Some(hook) = self.on_release.get() else {
+            return;
+        };
+        let visible: Vec<(Key, u64)> = keys
+            .iter()
+            .filter_map(|key| {
+                let shard = self.shard(key);
+                let state = shard.get(key)?;
+                (state.max_durable > 0).then(|| (*key, state.limit().min(state.max_durable)))
+            })
+            .collect();
+        if !visible.is_empty() {
+            hook(&visible);
         }
     }
 
@@ -297,6 +331,8 @@ impl Drop for Reservation {
                 state.settle();
             }
         }
+        // Empty once assigned: only a reservation released unallocated.
+        self.horizon.released(&self.keys);
     }
 }
 
@@ -339,6 +375,8 @@ impl Drop for Assignment {
                 state.settle();
             }
         }
+        // Empty once completed: only an assignment released unfinished.
+        self.horizon.released(&self.keys);
     }
 }
 
@@ -364,6 +402,36 @@ mod tests {
         assert_eq!(horizon.in_flight_limit(ALICE), 7);
         assert_eq!(first.complete(), vec![(ALICE, 9)]);
         assert_eq!(horizon.in_flight_limit(ALICE), u64::MAX);
+    }
+
+    /// A write that completed behind a failed one is announced when the
+    /// failed one is released, not only at the key's next write.
+    #[test]
+    fn releasing_a_failed_write_announces_what_it_held_back() {
+        let horizon = Horizon::new();
+        let told: Arc<Mutex<Vec<(Key, u64)>>> = Arc::default();
+        let sink = Arc::clone(&told);
+        horizon.on_release(Box::new(move |visible| {
+            sink.lock().unwrap().extend_from_slice(visible)
+        }));
+        let failing = horizon.reserve(vec![ALICE]).assign(vec![7]);
+        let unallocated = horizon.reserve(vec![ALICE]);
+        assert_eq!(
+            horizon.reserve(vec![ALICE]).assign(vec![8]).complete(),
+            vec![(ALICE, 6)]
+        );
+        assert!(
+            told.lock().unwrap().is_empty(),
+            "a completed write is no release"
+        );
+        drop(failing);
+        assert_eq!(
+            *told.lock().unwrap(),
+            vec![(ALICE, 7)],
+            "8 is still held by the unallocated reservation's floor"
+        );
+        drop(unallocated);
+        assert_eq!(told.lock().unwrap().last(), Some(&(ALICE, 8)));
     }
 
     #[test]

@@ -91,6 +91,13 @@ pub const RETENTION_TRIM_BATCH: usize = 10_000;
 /// Entries pushed inline per notice; a subscriber further behind than this
 /// gets a bare notice and pulls with Sync.
 pub const MAX_PUSH_ENTRIES: usize = 64;
+/// The newest inbox entries kept in memory per subscribed user, so a feed
+/// that keeps up pushes them without reading the store: at most this many
+/// and this many bytes per user, and [`RECENT_PUSH_BYTES`] for all users
+/// together (past it a user's are dropped and its feeds read the store).
+pub const RECENT_PUSH_ENTRIES_PER_USER: usize = 32;
+pub const RECENT_PUSH_BYTES_PER_USER: usize = 64 * 1024;
+pub const RECENT_PUSH_BYTES: usize = 64 * 1024 * 1024;
 /// Large-group notices per pushed notice (about 20 bytes each encoded).
 pub const MAX_GROUP_NOTICES: usize = 64;
 /// Large groups whose ordinary notices one stream holds while its device
@@ -174,12 +181,24 @@ pub fn clamp_limit(requested: usize, default: usize, max: usize) -> usize {
 /// Conversations the search feed remembers as having news for the index;
 /// past this it forgets new ones and the indexer scans the store instead.
 pub const SEARCH_PENDING_CONVERSATIONS: usize = 100_000;
-/// Conversations the indexer brings up to date per round.
-pub const SEARCH_BATCH_CONVERSATIONS: usize = 64;
-/// Timeline entries read per conversation per index commit.
+/// Conversations one index commit may touch (each adds a checkpoint to
+/// the commit); the indexer takes them in turn, the longest waiting first.
+pub const SEARCH_BATCH_CONVERSATIONS: usize = 4_096;
+/// Timeline entries gathered for one index commit: a commit's fixed cost
+/// is shared by up to this many, and under load the lag stays about one
+/// commit long.
+pub const SEARCH_BATCH_ENTRIES: usize = 16_384;
+/// Timeline entries read per conversation per store read; a conversation
+/// further behind is read again, after the others, in the same commit
+/// while the budget lasts.
 pub const SEARCH_READ_ENTRIES: usize = 256;
-/// Message text bytes gathered for one index commit (one conversation's
-/// read more may go over it: 256 entries of at most `MAX_TEXT_BYTES`).
+/// Store reads of one index commit in flight at once (a read is a round
+/// trip on a CQL store).
+pub const SEARCH_READ_CONCURRENCY: usize = 4;
+/// Message text bytes gathered for one index commit. The reads in flight
+/// when it is reached may add up to `SEARCH_READ_CONCURRENCY` reads of
+/// `SEARCH_READ_ENTRIES` entries of at most `MAX_TEXT_BYTES` each: 64 MiB
+/// more in the worst case, every text at the limit.
 pub const SEARCH_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Conversation ids per page of the indexer's scan of the store.
 pub const SEARCH_SCAN_PAGE: usize = 512;

@@ -27,6 +27,11 @@ pub trait CommitObserver: Send + Sync + 'static {
 
     /// Once the event's seqs are readable.
     fn committed(&self, _event: &Committed<'_>) {}
+
+    /// A failed write released its seqs (gaps): `visible` is how far each
+    /// of its keys is now safe to announce, which a write that completed
+    /// behind it could not announce itself.
+    fn released(&self, _visible: &[(Key, u64)]) {}
 }
 
 /// The registered observers, cheap to clone into a background task.
@@ -36,6 +41,26 @@ pub struct Observers(Arc<[Arc<dyn CommitObserver>]>);
 impl Observers {
     pub fn new(observers: Vec<Arc<dyn CommitObserver>>) -> Self {
         Self(observers.into())
+    }
+
+    /// Tells every observer how far the keys of a released write are safe
+    /// to announce now.
+    pub fn released(&self, visible: &[(Key, u64)]) {
+        for observer in self.0.iter() {
+            observer.released(visible);
+        }
+    }
+
+    /// A release hook for the horizon that does not keep the observers
+    /// alive (some of them hold the horizon: a strong one would be a cycle,
+    /// and a cluster node builds an engine per lease it wins).
+    pub fn release_hook(&self) -> crate::horizon::ReleaseHook {
+        let observers = Arc::downgrade(&self.0);
+        Box::new(move |visible| {
+            if let Some(observers) = observers.upgrade() {
+                Observers(observers).released(visible);
+            }
+        })
     }
 
     /// Tells every observer that must act before readers see the event,

@@ -5,8 +5,13 @@
 //! seqsvc cluster, the AllocSvr serving the users' section is killed. An
 //! independent checker then reads every inbox: every acknowledged message
 //! is there exactly once for every member, and every device saw its inbox
-//! exactly, in order (no skip, no duplicate). Needs the CQL server (fails,
-//! never skips, without one). `CLUSTER_SEED=N` replays the node choices.
+//! exactly, in order (no skip, no duplicate). A third run makes the
+//! everyone-group a large group (read fanout: devices read it from its
+//! timeline) and keeps only the newest inbox entries (retention trims the
+//! rest while the faults happen): what is kept is exactly what devices saw,
+//! and they saw every acknowledged message once. Needs the CQL server
+//! (fails, never skips, without one). `CLUSTER_SEED=N` replays the node
+//! choices.
 
 use anyhow::{Context, bail, ensure};
 use client::{Client, pb};
@@ -27,7 +32,18 @@ const CALL_DEADLINE: Duration = Duration::from_secs(3);
 /// A send must be acknowledged within this, whatever the faults.
 const SEND_DEADLINE: Duration = Duration::from_secs(40);
 
-fn node_args(store: &str, seqsvc: &[String]) -> Vec<String> {
+/// What a run's server settings exercise besides the faults.
+#[derive(Clone, Copy, Debug, Default)]
+struct Variant {
+    /// Groups of more than this many members are large (read fanout): the
+    /// everyone-group of `USERS` is, the pairs are not.
+    large_group_threshold: Option<u64>,
+    /// Inboxes keep this many entries; retention trims the rest every
+    /// second.
+    retention_entries: Option<u64>,
+}
+
+fn node_args(store: &str, seqsvc: &[String], variant: Variant) -> Vec<String> {
     let mut args: Vec<String> = [
         "--store",
         store,
@@ -45,6 +61,17 @@ fn node_args(store: &str, seqsvc: &[String]) -> Vec<String> {
     .collect();
     if !seqsvc.is_empty() {
         args.extend(["--seqsvc".to_owned(), seqsvc.join(",")]);
+    }
+    if let Some(threshold) = variant.large_group_threshold {
+        args.extend(["--large-group-threshold".to_owned(), threshold.to_string()]);
+    }
+    if let Some(entries) = variant.retention_entries {
+        args.extend([
+            "--inbox-retention-entries".to_owned(),
+            entries.to_string(),
+            "--retention-interval-secs".to_owned(),
+            "1".to_owned(),
+        ]);
     }
     args
 }
@@ -68,6 +95,7 @@ impl Live {
 struct Cluster {
     store: String,
     seqsvc: Vec<String>,
+    variant: Variant,
     keyspace: String,
     // Before the directories: the processes stop before their data goes.
     nodes: Vec<Server>,
@@ -76,14 +104,18 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(keyspace: &CqlKeyspace, seqsvc: Vec<String>) -> anyhow::Result<Self> {
+    fn start(
+        keyspace: &CqlKeyspace,
+        seqsvc: Vec<String>,
+        variant: Variant,
+    ) -> anyhow::Result<Self> {
         let dirs: Vec<_> = (0..NODES)
             .map(|_| tempfile::tempdir())
             .collect::<Result<_, _>>()?;
         // One token key for the cluster: a token issued with any node's
         // data directory is accepted by every node.
         share_token_key(&dirs)?;
-        let args = node_args(&keyspace.url, &seqsvc);
+        let args = node_args(&keyspace.url, &seqsvc, variant);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let nodes = dirs
             .iter()
@@ -94,6 +126,7 @@ impl Cluster {
         Ok(Self {
             store: keyspace.url.clone(),
             seqsvc,
+            variant,
             keyspace: keyspace.name.clone(),
             nodes,
             dirs,
@@ -128,7 +161,7 @@ impl Cluster {
 
     fn restart_elsewhere(&mut self, i: usize) -> anyhow::Result<()> {
         self.nodes[i].kill9();
-        let args = node_args(&self.store, &self.seqsvc);
+        let args = node_args(&self.store, &self.seqsvc, self.variant);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Port 0 again: the node comes back on another port.
         self.nodes[i] = Server::start_with(self.dirs[i].path(), &args)?;
@@ -240,17 +273,83 @@ async fn unavailable_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_node_serves_any_call_through_kills_freezes_and_restarts() -> anyhow::Result<()> {
-    run(None).await
+    run(None, Variant::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_and_a_large_group_keep_their_guarantees_through_the_faults() -> anyhow::Result<()>
+{
+    let variant = Variant {
+        large_group_threshold: Some(USERS - 2),
+        retention_entries: Some(RETAINED),
+    };
+    run(None, variant).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_on_seqsvc_survives_the_loss_of_its_allocsvr_too() -> anyhow::Result<()> {
     let mut seqs = tests::seq_cluster::Cluster::start(1, 2)?;
     seqs.wait_balanced().await?;
-    run(Some(&mut seqs)).await
+    run(Some(&mut seqs), Variant::default()).await
 }
 
-async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Result<()> {
+/// Inbox entries kept in the retention run: a few seconds of a user's
+/// share of the load, so trims happen all through the faults, while a
+/// device keeping up never falls below them.
+const RETAINED: u64 = 150;
+
+/// What one device read: its inbox entries, and per large group the
+/// position it started after and the entries it read from the timeline.
+struct DeviceRead {
+    inbox: Vec<pb::Entry>,
+    groups: BTreeMap<u64, (u64, Vec<pb::Entry>)>,
+}
+
+/// The inbox as kept now: from the oldest entry retention left.
+async fn read_kept_inbox(client: &Client) -> anyhow::Result<Vec<pb::Entry>> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.sync_page(Some(after), 1000).await?;
+        if page.checkpoint_expired {
+            ensure!(entries.is_empty(), "trimmed while being read");
+            after = page.oldest_seq.saturating_sub(1);
+            continue;
+        }
+        entries.extend(page.entries);
+        after = page.checkpoint;
+        if !page.has_more {
+            return Ok(entries);
+        }
+    }
+}
+
+/// A conversation's timeline after `after`, whole.
+async fn read_timeline(
+    client: &Client,
+    conversation: u64,
+    after: u64,
+) -> anyhow::Result<Vec<pb::Entry>> {
+    let mut entries: Vec<pb::Entry> = Vec::new();
+    let mut read = after;
+    loop {
+        let page = client.history(conversation, 0, Some(read), 200).await?;
+        let Some(last) = page.entries.last() else {
+            return Ok(entries);
+        };
+        read = last.conv_seq;
+        let more = page.has_more;
+        entries.extend(page.entries);
+        if !more {
+            return Ok(entries);
+        }
+    }
+}
+
+async fn run(
+    mut seqs: Option<&mut tests::seq_cluster::Cluster>,
+    variant: Variant,
+) -> anyhow::Result<()> {
     let seed = std::env::var("CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -259,7 +358,7 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     let rng = Arc::new(Mutex::new(SeededRng(seed)));
     let keyspace = CqlKeyspace::new("cluster");
     let arbiters = seqs.as_ref().map_or(Vec::new(), |s| s.arbiter_addrs());
-    let mut cluster = Cluster::start(&keyspace, arbiters)?;
+    let mut cluster = Cluster::start(&keyspace, arbiters, variant)?;
     let live = cluster.live.clone();
     let writer = cluster.writer().await?;
     eprintln!("writer: node {writer}");
@@ -347,6 +446,8 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
             .collect();
         devices.spawn(async move {
             let mut seen: Vec<pb::Entry> = Vec::new();
+            // Large groups: where reading started, what was read.
+            let mut groups: BTreeMap<u64, (u64, Vec<pb::Entry>)> = BTreeMap::new();
             let mut checkpoint = 0u64;
             let mut finishing_since = None;
             loop {
@@ -355,7 +456,11 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                 // event still finishing is not readable yet: that is the
                 // horizon at work, not a loss).
                 let finishing = done.load(Ordering::Acquire) && {
-                    let have: HashSet<u64> = seen.iter().map(|e| e.msg_id).collect();
+                    let have: HashSet<u64> = seen
+                        .iter()
+                        .chain(groups.values().flat_map(|(_, read)| read))
+                        .map(|e| e.msg_id)
+                        .collect();
                     let acked = acked.lock().unwrap();
                     let missing = acked
                         .iter()
@@ -369,14 +474,20 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                     missing == 0
                 };
                 let url = live.pick(&rng);
-                let page = async {
-                    let client = with_deadline(Client::connect(&url, &token)).await?;
-                    with_deadline(client.sync_page(Some(checkpoint), 40)).await
-                };
-                let Ok(page) = page.await else {
+                let Ok(client) = with_deadline(Client::connect(&url, &token)).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let Ok(page) = with_deadline(client.sync_page(Some(checkpoint), 40)).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                ensure!(
+                    !page.checkpoint_expired,
+                    "user {user}: checkpoint {checkpoint} expired (oldest kept {}, from {url}): \
+                     a device keeping up fell below retention",
+                    page.oldest_seq
+                );
                 for entry in &page.entries {
                     ensure!(
                         entry.seq > checkpoint,
@@ -386,8 +497,44 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                     checkpoint = entry.seq;
                 }
                 seen.extend(page.entries);
-                if finishing && !page.has_more {
-                    return anyhow::Ok((user, seen));
+                // Large groups, from the timeline: each entry once, in
+                // conv_seq order, from where the membership began.
+                let mut groups_read = true;
+                for top in &page.large_groups {
+                    let (start, read) = groups
+                        .entry(top.conversation_id)
+                        .or_insert_with(|| (top.joined_conv_seq, Vec::new()));
+                    let mut at = read.last().map_or(*start, |e| e.conv_seq);
+                    while at < top.conv_seq {
+                        let history = client.history(top.conversation_id, 0, Some(at), 40);
+                        let Ok(history) = with_deadline(history).await else {
+                            groups_read = false;
+                            break;
+                        };
+                        for entry in &history.entries {
+                            ensure!(
+                                entry.conv_seq > at,
+                                "user {user}: conv_seq {} of group {} after {at} (from {url})",
+                                entry.conv_seq,
+                                top.conversation_id
+                            );
+                            at = entry.conv_seq;
+                        }
+                        let more = history.has_more && !history.entries.is_empty();
+                        read.extend(history.entries);
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                if finishing && !page.has_more && groups_read {
+                    return anyhow::Ok((
+                        user,
+                        DeviceRead {
+                            inbox: seen,
+                            groups,
+                        },
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -458,25 +605,46 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
         sent += result??;
     }
     senders_done.store(true, Ordering::Release);
-    let mut seen_by: HashMap<u64, Vec<pb::Entry>> = HashMap::new();
+    let mut seen_by: HashMap<u64, DeviceRead> = HashMap::new();
     while let Some(result) = devices.join_next().await {
         let (user, seen) = result??;
         seen_by.insert(user, seen);
     }
 
-    // The checker: every inbox, read whole from one node.
+    // The checker: every inbox as kept now and every large group's
+    // timeline, read from one node.
     let acked = acked.lock().unwrap().clone();
     let url = cluster.live.pick(&rng);
+    let mut trimmed_users = 0;
+    let mut large_groups = HashSet::new();
     for user in 1..=USERS {
         let reader = Client::connect(&url, &cluster.token(user, "checker")?).await?;
-        let inbox = tests::read_whole_inbox(&reader).await?;
-        let mut ids = HashSet::new();
-        for entry in &inbox {
-            if entry.kind == pb::EntryKind::Message as i32 {
-                ensure!(
-                    ids.insert(entry.msg_id),
-                    "user {user}: msg {} twice",
-                    entry.msg_id
+        let device = &seen_by[&user];
+        let inbox = read_kept_inbox(&reader).await?;
+        let mut ids: HashMap<u64, &pb::Entry> = HashMap::new();
+        // A large group's message in an inbox is its sender's copy (or a
+        // mention's): the message itself is read from the group's timeline.
+        let delivered = device
+            .inbox
+            .iter()
+            .filter(|e| !(e.read_fanout && e.kind == pb::EntryKind::Message as i32))
+            .chain(device.groups.values().flat_map(|(_, read)| read));
+        for entry in delivered {
+            if entry.kind == pb::EntryKind::Message as i32
+                && let Some(first) = ids.insert(entry.msg_id, entry)
+            {
+                bail!(
+                    "user {user}: the device got msg {} twice: seq {} conv_seq {} of {} {:?}, then \
+                     seq {} conv_seq {} of {} {:?}",
+                    entry.msg_id,
+                    first.seq,
+                    first.conv_seq,
+                    first.conversation_id,
+                    first.text,
+                    entry.seq,
+                    entry.conv_seq,
+                    entry.conversation_id,
+                    entry.text
                 );
             }
         }
@@ -486,13 +654,28 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                 .any(|(id, members)| id == conversation && members.contains(&user));
             if member {
                 ensure!(
-                    ids.contains(msg_id),
-                    "user {user}: acknowledged msg {msg_id} of conversation {conversation} missing"
+                    ids.contains_key(msg_id),
+                    "user {user}: acknowledged msg {msg_id} of conversation {conversation} never \
+                     reached the device"
                 );
             }
         }
-        let seen: Vec<u64> = seen_by[&user].iter().map(|e| e.seq).collect();
+        // Within retention the inbox holds exactly what the device saw.
+        let kept_from = inbox.first().map_or(u64::MAX, |e| e.seq);
+        let seen: Vec<u64> = device
+            .inbox
+            .iter()
+            .map(|e| e.seq)
+            .filter(|&seq| seq >= kept_from)
+            .collect();
         let stored: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+        if seen.len() < device.inbox.len() {
+            ensure!(
+                variant.retention_entries.is_some(),
+                "user {user}: entries the device saw are gone without retention"
+            );
+            trimmed_users += 1;
+        }
         if seen != stored {
             let seen: HashSet<u64> = seen.into_iter().collect();
             let unseen: Vec<String> = inbox
@@ -506,14 +689,41 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
                 })
                 .collect();
             bail!(
-                "user {user}: the device saw {} entries, the inbox holds {}; not seen: {unseen:?} \
-                 (device checkpoint {:?})",
+                "user {user}: the device saw {} entries from seq {kept_from}, the inbox holds {}; \
+                 not seen: {unseen:?} (device checkpoint {:?})",
                 seen.len(),
                 stored.len(),
-                seen_by[&user].last().map(|e| e.seq)
+                device.inbox.last().map(|e| e.seq)
+            );
+        }
+        // A large group's timeline after the membership began is exactly
+        // what the device read of it.
+        for (conversation, (start, read)) in &device.groups {
+            large_groups.insert(*conversation);
+            let timeline = read_timeline(&reader, *conversation, *start).await?;
+            let stored: Vec<u64> = timeline.iter().map(|e| e.conv_seq).collect();
+            let read: Vec<u64> = read.iter().map(|e| e.conv_seq).collect();
+            ensure!(
+                read == stored,
+                "user {user}: read {} entries of large group {conversation}, its timeline holds {}",
+                read.len(),
+                stored.len()
             );
         }
     }
+    if let Some(entries) = variant.retention_entries {
+        ensure!(
+            trimmed_users > 0,
+            "no inbox was trimmed to {entries} entries: the run did not test retention"
+        );
+    }
+    if variant.large_group_threshold.is_some() {
+        ensure!(
+            large_groups.contains(&conversations[0].0),
+            "the everyone-group was not read as a large group"
+        );
+    }
+    eprintln!("inboxes trimmed by retention: {trimmed_users} of {USERS}");
 
     // Push across nodes: a stream held on one node hears of a message sent
     // through another.
@@ -521,16 +731,16 @@ async fn run(mut seqs: Option<&mut tests::seq_cluster::Cluster>) -> anyhow::Resu
     let (on, via) = ((writer + 1) % NODES, (writer + 2) % NODES);
     let watcher = Client::connect(&cluster.nodes[on].url(), &cluster.token(2, "watch")?).await?;
     let sender = Client::connect(&cluster.nodes[via].url(), &cluster.token(1, "push")?).await?;
-    let mut known = tests::read_whole_inbox(&watcher)
-        .await?
-        .last()
-        .map_or(0, |e| e.seq);
+    let mut known = read_kept_inbox(&watcher).await?.last().map_or(0, |e| e.seq);
     let mut stream = watcher.subscribe(known, false).await?;
+    // Users 1 and 2: inbox copies (a large group's notices are group
+    // notices, not inbox seqs).
+    let pair_conversation = conversations[1].0;
     let mut latencies = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
         sender
-            .send(probe_conversation, &format!("push {i}"), None)
+            .send(pair_conversation, &format!("push {i}"), None)
             .await?;
         loop {
             let notice = tokio::time::timeout(Duration::from_secs(5), stream.message())

@@ -22,7 +22,8 @@
 //! conversation_members (conversation_id, user_id)     the member table of large groups: a join inserts, a leave deletes, both USING TIMESTAMP of the event's conv_seq (rows of older versions may say member = false)
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
-//! fenced_events ((shard), event_id)                    the same for a cluster's writer, fenced by its epoch
+//! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
+//! fenced_events ((shard), event_id)                    the same before intents were numbered: only emptied by recovery
 //! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
@@ -44,6 +45,9 @@
 //! timeout) still has its intent; [`EventLog::recover`] re-applies it
 //! with the same seqs and ids (every write is an idempotent upsert) before the
 //! node serves again. Intents are spread over [`PENDING_SHARDS`] partitions.
+//! Every row of an event is written with one timestamp, taken when its
+//! intent was made and kept in it, so a statement that lands late never
+//! overwrites a newer write of its row (`writes`).
 
 use crate::codec::{
     self, ConversationRecord, EntryEncoder, EntryRecord, LargeGroupIndexChangeRecord, ReceiptRecord,
@@ -162,6 +166,11 @@ struct PendingEvent {
     member_users: Vec<u64>,
     #[prost(bool, repeated, tag = "15")]
     member_flags: Vec<bool>,
+    /// The write timestamp (microseconds) of every row the event writes,
+    /// taken when the intent was made (see `writes`); 0 in intents stored
+    /// before it was kept, which recovery writes with a fresh one.
+    #[prost(int64, tag = "16")]
+    written_at: i64,
 }
 
 /// A [`crate::Rewrite`] inside an intent.
@@ -187,7 +196,7 @@ fn inbox_writes(users: Vec<u64>, seqs: Vec<u64>) -> Result<Vec<crate::InboxWrite
 }
 
 impl PendingEvent {
-    fn from_commit(commit: &EventCommit) -> Self {
+    fn from_commit(commit: &EventCommit, written_at: i64) -> Self {
         let (receipt_principal, receipt_client_msg_id, receipt) = match &commit.receipt {
             Some((key, receipt)) => (
                 key.principal.clone(),
@@ -224,6 +233,7 @@ impl PendingEvent {
                 .collect(),
             member_users: commit.members.iter().map(|m| m.user_id).collect(),
             member_flags: commit.members.iter().map(|m| m.member).collect(),
+            written_at,
         }
     }
 
@@ -380,6 +390,8 @@ pub struct ScyllaTimelineStore {
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
+    /// Write timestamps of intents and read-state saves (see `writes`).
+    clock: Arc<scylla::policies::timestamp_generator::MonotonicTimestampGenerator>,
 }
 
 impl ScyllaTimelineStore {
@@ -414,16 +426,16 @@ impl ScyllaTimelineStore {
         .await?;
         insert_checkpoint_if_absent.set_is_idempotent(false);
         let statements = Statements {
-            insert_inbox: prepare("INSERT INTO {ks}.inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?)").await?,
-            insert_inbox_bucket: prepare("INSERT INTO {ks}.inbox_buckets (user_id, bucket) VALUES (?, ?)").await?,
-            insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?)").await?,
-            insert_copies: prepare("INSERT INTO {ks}.event_copies (conversation_id, bucket, conv_seq, copies) VALUES (?, ?, ?, ?)").await?,
+            insert_inbox: prepare("INSERT INTO {ks}.inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            insert_inbox_bucket: prepare("INSERT INTO {ks}.inbox_buckets (user_id, bucket) VALUES (?, ?) USING TIMESTAMP ?").await?,
+            insert_conv: prepare("INSERT INTO {ks}.conv (conversation_id, bucket, conv_seq, entry) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            insert_copies: prepare("INSERT INTO {ks}.event_copies (conversation_id, bucket, conv_seq, copies) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
             select_copies: prepare("SELECT copies FROM {ks}.event_copies WHERE conversation_id = ? AND bucket = ? AND conv_seq = ?").await?,
-            insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?)").await?,
-            insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?)").await?,
+            insert_conv_bucket: prepare("INSERT INTO {ks}.conv_buckets (conversation_id, bucket) VALUES (?, ?) USING TIMESTAMP ?").await?,
+            insert_conversation: prepare("INSERT INTO {ks}.conversations (conversation_id, record) VALUES (?, ?) USING TIMESTAMP ?").await?,
             // The row expires by itself after the retention window.
             insert_receipt: prepare(&format!(
-                "INSERT INTO {{ks}}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?) USING TTL {}",
+                "INSERT INTO {{ks}}.receipts (principal, client_msg_id, receipt) VALUES (?, ?, ?) USING TTL {} AND TIMESTAMP ?",
                 crate::RECEIPT_RETENTION.as_secs()
             ))
             .await?,
@@ -447,11 +459,11 @@ impl ScyllaTimelineStore {
             insert_checkpoint_if_absent,
             raise_checkpoint_if,
             join_large_group: prepare(
-                "UPDATE {ks}.large_group_members SET joined_seq = ?, joined_conv_seq = ?, left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
+                "UPDATE {ks}.large_group_members USING TIMESTAMP ? SET joined_seq = ?, joined_conv_seq = ?, left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
             rejoin_large_group: prepare(
-                "UPDATE {ks}.large_group_members SET left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
+                "UPDATE {ks}.large_group_members USING TIMESTAMP ? SET left_seq = null, left_conv_seq = null WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
             select_large_group_member: prepare(
@@ -459,7 +471,7 @@ impl ScyllaTimelineStore {
             )
             .await?,
             leave_large_group: prepare(
-                "UPDATE {ks}.large_group_members SET left_seq = ?, left_conv_seq = ? WHERE user_id = ? AND conversation_id = ?",
+                "UPDATE {ks}.large_group_members USING TIMESTAMP ? SET left_seq = ?, left_conv_seq = ? WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
             select_large_group_members: prepare(
@@ -483,7 +495,7 @@ impl ScyllaTimelineStore {
             )
             .await?,
             delete_legacy_large_group: prepare(
-                "DELETE FROM {ks}.large_groups WHERE user_id = ? AND conversation_id = ?",
+                "DELETE FROM {ks}.large_groups USING TIMESTAMP ? WHERE user_id = ? AND conversation_id = ?",
             )
             .await?,
             select_legacy_large_groups: prepare(
@@ -525,7 +537,7 @@ impl ScyllaTimelineStore {
             )
             .await?,
             insert_read_state: prepare(
-                "INSERT INTO {ks}.read_states (user_id, conversation_id, state) VALUES (?, ?, ?)",
+                "INSERT INTO {ks}.read_states (user_id, conversation_id, state) VALUES (?, ?, ?) USING TIMESTAMP ?",
             )
             .await?,
             select_read_states: prepare(
@@ -533,7 +545,7 @@ impl ScyllaTimelineStore {
             )
             .await?,
             insert_read_state_applied: prepare(
-                "INSERT INTO {ks}.read_state_applied (user_id, applied_seq) VALUES (?, ?)",
+                "INSERT INTO {ks}.read_state_applied (user_id, applied_seq) VALUES (?, ?) USING TIMESTAMP ?",
             )
             .await?,
             select_read_state_applied: prepare(
@@ -555,6 +567,9 @@ impl ScyllaTimelineStore {
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
             fence: None,
+            clock: Arc::new(
+                scylla::policies::timestamp_generator::MonotonicTimestampGenerator::new(),
+            ),
         })
     }
 
@@ -601,74 +616,6 @@ impl ScyllaTimelineStore {
         let rows = result.into_rows_result().map_err(cql)?;
         let values: std::result::Result<Vec<(T,)>, _> = rows.rows::<(T,)>().map_err(cql)?.collect();
         Ok(values.map_err(corrupt)?.into_iter().map(|(v,)| v).collect())
-    }
-
-    async fn mark_bucket(&self, timeline: Timeline, owner: u64, bucket: u64) -> Result<()> {
-        let key = (timeline, owner, bucket);
-        if self.known_buckets.contains_key(&key) {
-            return Ok(());
-        }
-        let statement = match timeline {
-            Timeline::Inbox => &self.statements.insert_inbox_bucket,
-            Timeline::Conversation => &self.statements.insert_conv_bucket,
-        };
-        self.execute(statement, (big(owner), big(bucket))).await?;
-        self.known_buckets.insert(key, ());
-        Ok(())
-    }
-
-    /// A first join sets `joined`; a rejoin only clears `left`; a removal
-    /// sets only `left` (an update keeps the other columns).
-    async fn write_index(
-        &self,
-        change: crate::LargeGroupIndexChange,
-        at: crate::EventPosition,
-    ) -> Result<()> {
-        let key = (big(change.user_id), big(change.conversation_id));
-        let statement = if change.member {
-            // A rejoin (or a join applied again by `recover`) keeps the
-            // first join, as every backend does: devices read on from
-            // where they stopped.
-            let existing: Vec<Option<i64>> = self
-                .column(&self.statements.select_large_group_member, key)
-                .await?;
-            if !existing.is_empty() {
-                return self
-                    .execute(&self.statements.rejoin_large_group, key)
-                    .await
-                    .map(|_| ());
-            }
-            &self.statements.join_large_group
-        } else {
-            self.execute(&self.statements.delete_legacy_large_group, key)
-                .await?;
-            &self.statements.leave_large_group
-        };
-        let values = (big(at.inbox_seq), big(at.conv_seq), key.0, key.1);
-        self.execute(statement, values).await.map(|_| ())
-    }
-
-    async fn write_conv(&self, conversation_id: u64, conv_seq: u64, entry: Vec<u8>) -> Result<()> {
-        self.mark_bucket(Timeline::Conversation, conversation_id, bucket_of(conv_seq))
-            .await?;
-        let values = (
-            big(conversation_id),
-            big(bucket_of(conv_seq)),
-            big(conv_seq),
-            entry,
-        );
-        self.execute(&self.statements.insert_conv, values)
-            .await
-            .map(|_| ())
-    }
-
-    async fn write_inbox(&self, user_id: u64, seq: u64, entry: Vec<u8>) -> Result<()> {
-        self.mark_bucket(Timeline::Inbox, user_id, bucket_of(seq))
-            .await?;
-        let values = (big(user_id), big(bucket_of(seq)), big(seq), entry);
-        self.execute(&self.statements.insert_inbox, values)
-            .await
-            .map(|_| ())
     }
 
     /// Buckets of a timeline between two seqs, ascending (or descending).
@@ -744,36 +691,6 @@ impl ScyllaTimelineStore {
         read_pages([()], usize::MAX, PAGE_ROWS as usize, cursor_of, page).await
     }
 
-    /// The event's conv_seq is the row's write time: an older event
-    /// applied again (by `recover`) never undoes a later change.
-    async fn write_member(
-        &self,
-        conversation_id: u64,
-        conv_seq: u64,
-        change: crate::MemberChange,
-    ) -> Result<()> {
-        // A former member leaves no row behind (a churning group would
-        // otherwise be read past its leavers on every page). The delete
-        // is timestamped like the insert, so the later event wins either
-        // way, whatever order recovery applies them in.
-        if !change.member {
-            let values = (big(conv_seq), big(conversation_id), big(change.user_id));
-            return self
-                .execute(&self.statements.delete_member, values)
-                .await
-                .map(|_| ());
-        }
-        let values = (
-            big(conversation_id),
-            big(change.user_id),
-            true,
-            big(conv_seq),
-        );
-        self.execute(&self.statements.upsert_member, values)
-            .await
-            .map(|_| ())
-    }
-
     /// The reader rows of one `IN` list of users.
     async fn reader_rows(
         &self,
@@ -797,154 +714,6 @@ impl ScyllaTimelineStore {
         let values = (big(conversation_id), big(user_id));
         let rows: Vec<Option<bool>> = self.column(&self.statements.select_member, values).await?;
         Ok((user_id, rows.first().copied().flatten().unwrap_or(false)))
-    }
-
-    /// One row per (conversation, user), the marker as its write
-    /// timestamp (see `insert_reader`).
-    async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
-        let key = (big(conversation_id), big(mark.user_id));
-        if mark.read_through > 0 {
-            let values = (big(mark.read_through), big(mark.read_through), key.0, key.1);
-            self.execute(&self.statements.insert_reader, values).await?;
-        }
-        if mark.joined > 0 {
-            let values = (big(mark.joined), big(mark.joined), key.0, key.1);
-            self.execute(&self.statements.insert_reader_join, values)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn write_read_state(&self, values: (i64, i64, Vec<u8>)) -> Result<()> {
-        self.execute(&self.statements.insert_read_state, values)
-            .await
-            .map(|_| ())
-    }
-
-    /// Writes every row of an event (idempotent: applying it twice stores
-    /// the same rows).
-    async fn apply(&self, commit: &EventCommit) -> Result<()> {
-        let conversation_id = commit.entry.conversation_id;
-        let conv_seq = commit.entry.conv_seq;
-        let mut encoder = EntryEncoder::new(&commit.entry);
-        let conv_entry = encoder.conversation();
-        let inbox_entries: Vec<(u64, u64, Vec<u8>)> = commit
-            .inbox
-            .iter()
-            .map(|w| (w.user_id, w.seq, encoder.inbox(w.seq)))
-            .collect();
-
-        let in_timeline = commit.entry.kind.in_conversation_timeline();
-        let conv_write = async {
-            if in_timeline {
-                self.write_conv(conversation_id, conv_seq, conv_entry)
-                    .await?;
-            }
-            if commit.keep_copies {
-                let values = (
-                    big(conversation_id),
-                    big(bucket_of(conv_seq)),
-                    big(conv_seq),
-                    codec::encode_inbox_copies(&commit.inbox),
-                );
-                self.execute(&self.statements.insert_copies, values).await?;
-            }
-            Ok(())
-        };
-        // Rewrites of earlier events: their new rows, written like the
-        // event's own (idempotent upserts, no delete).
-        let mut rewritten_conv = Vec::new();
-        let mut inbox_entries = inbox_entries;
-        let mut floors: std::collections::HashMap<u64, u64> = Default::default();
-        for rewrite in &commit.rewrites {
-            let mut encoder = EntryEncoder::new(&rewrite.entry);
-            if rewrite.entry.kind.in_conversation_timeline() {
-                rewritten_conv.push((rewrite.entry.conv_seq, encoder.conversation()));
-            }
-            for write in &rewrite.inbox {
-                // A copy retention trimmed stays trimmed (and its bucket,
-                // which the trim may have dropped from the index, too).
-                let floor = match floors.get(&write.user_id) {
-                    Some(&floor) => floor,
-                    None => {
-                        let floor = self.inbox_floor(write.user_id).await?;
-                        floors.insert(write.user_id, floor);
-                        floor
-                    }
-                };
-                if write.seq >= floor {
-                    inbox_entries.push((write.user_id, write.seq, encoder.inbox(write.seq)));
-                }
-            }
-        }
-        let rewrite_conv_writes = stream::iter(
-            rewritten_conv
-                .into_iter()
-                .map(|(at, entry)| self.write_conv(conversation_id, at, entry)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
-        let inbox_writes = stream::iter(
-            inbox_entries
-                .into_iter()
-                .map(|(user_id, seq, entry)| self.write_inbox(user_id, seq, entry)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
-        let index_writes = stream::iter(
-            commit
-                .large_group_index
-                .clone()
-                .into_iter()
-                .map(|change| self.write_index(change, commit.position_of(change.user_id))),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<_>>();
-        let member_writes =
-            stream::iter(
-                commit.members.clone().into_iter().map(|change| {
-                    self.write_member(conversation_id, commit.entry.conv_seq, change)
-                }),
-            )
-            .buffer_unordered(MAX_CONCURRENT_WRITES)
-            .try_collect::<Vec<()>>();
-        let reader_writes = stream::iter(
-            commit
-                .readers
-                .clone()
-                .into_iter()
-                .map(|mark| self.write_reader(conversation_id, mark)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
-        futures_util::try_join!(
-            conv_write,
-            rewrite_conv_writes,
-            inbox_writes,
-            index_writes,
-            member_writes,
-            reader_writes
-        )?;
-
-        // Only once every entry exists: the record, then the receipt.
-        if let Some(conversation) = &commit.conversation {
-            let values = (
-                big(conversation.conversation_id),
-                codec::encode_conversation(conversation),
-            );
-            self.execute(&self.statements.insert_conversation, values)
-                .await?;
-        }
-        if let Some((key, receipt)) = &commit.receipt {
-            let values = (
-                key.principal.as_str(),
-                key.client_msg_id.as_bytes().as_slice(),
-                codec::encode_receipt(receipt),
-            );
-            self.execute(&self.statements.insert_receipt, values)
-                .await?;
-        }
-        Ok(())
     }
 }
 
@@ -978,36 +747,9 @@ impl ReadStates for ScyllaTimelineStore {
         applied_seq: u64,
         rows: Vec<ReadStateRow>,
     ) -> Result<()> {
-        let stored: Vec<i64> = self
-            .column(&self.statements.select_read_state_applied, (big(user_id),))
-            .await?;
-        if stored.first().is_some_and(|&seq| seq as u64 > applied_seq) {
-            return Ok(());
-        }
-        let encoded: Vec<(i64, i64, Vec<u8>)> = rows
-            .iter()
-            .map(|row| {
-                (
-                    big(user_id),
-                    big(row.conversation_id),
-                    codec::encode_read_state(row),
-                )
-            })
-            .collect();
-        stream::iter(
-            encoded
-                .into_iter()
-                .map(|values| self.write_read_state(values)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>()
-        .await?;
-        self.execute(
-            &self.statements.insert_read_state_applied,
-            (big(user_id), big(applied_seq)),
-        )
-        .await?;
-        Ok(())
+        let started = self.read_state_save().await?;
+        self.write_read_states(started, user_id, applied_seq, rows)
+            .await
     }
 }
 
@@ -1110,20 +852,25 @@ impl EventLog for ScyllaTimelineStore {
             ));
         }
         let started = std::time::Instant::now();
+        let stored = self.store_intent(&commit).await?;
+        self.apply_stored(&stored).await?;
         let (shard, event_id) = pending_key(&commit);
-        let intent = PendingEvent::from_commit(&commit).encode_to_vec();
         match &self.fence {
             Some(fence) => {
-                fence
-                    .write_intent(&self.session, shard, event_id, intent)
-                    .await?;
-                self.apply(&commit).await?;
-                fence.delete_intent(&self.session, shard, event_id).await?;
+                let finished =
+                    fence
+                        .open
+                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
+                if let Some(below) = finished
+                    && let Err(error) = fence.clear_finished(&self.session, shard, below).await
+                {
+                    // The event is complete; its intent goes with a later
+                    // removal (or is finished again by the next writer).
+                    fence.open.clear_failed(shard);
+                    tracing::warn!(%error, shard, "could not remove finished intents");
+                }
             }
             None => {
-                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
-                    .await?;
-                self.apply(&commit).await?;
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
             }
@@ -1133,6 +880,10 @@ impl EventLog for ScyllaTimelineStore {
         Ok(())
     }
 
+    /// Finishes every event an earlier run (or writer) left unfinished. On
+    /// a cluster's writer this also applies again the finished intents its
+    /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
+    /// of them per partition), which changes nothing.
     async fn recover(&self) -> Result<usize> {
         let mut finished = 0;
         for shard in 0..PENDING_SHARDS {
@@ -1140,28 +891,27 @@ impl EventLog for ScyllaTimelineStore {
                 .column(&self.statements.select_pending, (shard,))
                 .await?;
             for intent in intents {
-                let commit = PendingEvent::decode(intent.as_slice())
-                    .map_err(corrupt)?
-                    .into_commit()?;
-                self.apply(&commit).await?;
-                let (shard, event_id) = pending_key(&commit);
+                let stored = self.decode_intent(&intent)?;
+                self.apply_stored(&stored).await?;
+                let (shard, event_id) = pending_key(&stored.commit);
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
                 finished += 1;
             }
             if let Some(fence) = &self.fence {
-                // The partition's fence row has no event: skip it.
-                let intents: Vec<Option<Vec<u8>>> =
-                    self.column(&fence.select_intents, (shard,)).await?;
-                for intent in intents.into_iter().flatten() {
-                    let commit = PendingEvent::decode(intent.as_slice())
-                        .map_err(corrupt)?
-                        .into_commit()?;
-                    self.apply(&commit).await?;
-                    let (shard, event_id) = pending_key(&commit);
-                    fence.delete_intent(&self.session, shard, event_id).await?;
+                let leftovers = fence.leftovers(&self.session, shard).await?;
+                let intents = leftovers
+                    .numbered
+                    .iter()
+                    .chain(leftovers.unnumbered.iter().map(|(_, intent)| intent));
+                for intent in intents {
+                    let stored = self.decode_intent(intent)?;
+                    self.apply_stored(&stored).await?;
                     finished += 1;
                 }
+                fence
+                    .clear_leftovers(&self.session, shard, &leftovers)
+                    .await?;
             }
         }
         if finished > 0 {
@@ -1171,6 +921,69 @@ impl EventLog for ScyllaTimelineStore {
             );
         }
         Ok(finished)
+    }
+}
+
+/// An event whose intent is stored, with the write timestamp of its rows.
+pub(super) struct StoredIntent {
+    commit: EventCommit,
+    written_at: i64,
+}
+
+impl ScyllaTimelineStore {
+    /// A write timestamp (microseconds), never the same twice in this
+    /// process.
+    fn next_timestamp(&self) -> i64 {
+        use scylla::policies::timestamp_generator::TimestampGenerator;
+        self.clock.next_timestamp()
+    }
+
+    /// Stores `commit`'s intent (conditionally on the fence, on a
+    /// cluster's writer), its timestamp taken before.
+    pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
+        let (shard, event_id) = pending_key(commit);
+        let written_at = match &self.fence {
+            Some(fence) => {
+                // A retry of an event that failed keeps its intent's number
+                // and timestamp: the same row, rows written the same way.
+                let open = fence
+                    .open
+                    .open(commit.entry.msg_id, || self.next_timestamp());
+                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
+                fence
+                    .write_intent(&self.session, shard, open.number, intent)
+                    .await?;
+                open.written_at
+            }
+            None => {
+                let written_at = self.next_timestamp();
+                let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
+                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+                    .await?;
+                written_at
+            }
+        };
+        Ok(StoredIntent {
+            commit: commit.clone(),
+            written_at,
+        })
+    }
+
+    /// Writes the rows of a stored intent, with its timestamp.
+    pub(super) async fn apply_stored(&self, stored: &StoredIntent) -> Result<()> {
+        self.apply(&stored.commit, stored.written_at).await
+    }
+
+    fn decode_intent(&self, intent: &[u8]) -> Result<StoredIntent> {
+        let pending = PendingEvent::decode(intent).map_err(corrupt)?;
+        let written_at = match pending.written_at {
+            0 => self.next_timestamp(),
+            at => at,
+        };
+        Ok(StoredIntent {
+            commit: pending.into_commit()?,
+            written_at,
+        })
     }
 }
 
@@ -1553,8 +1366,12 @@ impl Checkpoints for ScyllaTimelineStore {
 }
 
 mod fencing;
+mod open_intents;
 mod revocations;
+mod writes;
 
 pub use fencing::{LeaseRecord, WriterLeaseTable};
+#[cfg(test)]
+mod fencing_tests;
 #[cfg(test)]
 mod tests;

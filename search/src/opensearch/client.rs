@@ -80,6 +80,25 @@ impl Http {
         body: Body,
         timeout: Duration,
     ) -> Result<(StatusCode, Value)> {
+        let (m, p) = (method.clone(), path.to_owned());
+        self.call_within(method, path, body, timeout)?
+            .ok_or_else(|| {
+                SearchError::Engine(format!(
+                    "OpenSearch at {} ({m} {p}): no reply within {timeout:?}",
+                    self.base
+                ))
+            })
+    }
+
+    /// [`call`](Self::call), or `None` when no whole reply came within
+    /// `timeout` (the request is abandoned).
+    pub(crate) fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Option<(StatusCode, Value)>> {
         let (content_type, bytes) = match body {
             Body::Empty => (None, Bytes::new()),
             Body::Json(value) => (
@@ -126,9 +145,10 @@ impl Http {
                 };
                 Ok((status, value))
             };
-            tokio::time::timeout(timeout, exchange)
-                .await
-                .map_err(|_| unreachable(&format!("no reply within {timeout:?}")))?
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(reply) => reply.map(Some),
+                Err(_) => Ok(None),
+            }
         })
     }
 }

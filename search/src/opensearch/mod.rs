@@ -25,6 +25,8 @@
 mod client;
 mod encode;
 mod query;
+#[cfg(test)]
+mod timeout_tests;
 mod write;
 
 use crate::error::{Result, SearchError};
@@ -45,8 +47,10 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long creating, checking or dropping the index may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long after the query's own time limit its reply may take to come.
-const REPLY_SLACK: Duration = Duration::from_secs(3);
+/// How long after the query's own time limit its reply may take to come
+/// (OpenSearch stops collecting at the limit, then still has to answer);
+/// past it the search answers without that reply, as out of time.
+pub const REPLY_SLACK: Duration = Duration::from_secs(3);
 /// How often the index makes writes searchable. A write returns once they
 /// are, so this bounds how long each commit of the indexer waits.
 pub const REFRESH_INTERVAL: &str = "200ms";
@@ -202,6 +206,23 @@ impl OpenSearchIndex {
             Ok(reply)
         } else {
             Err(self.failed(path, status, &reply))
+        }
+    }
+
+    /// [`expect_ok`](Self::expect_ok), or `None` when no reply came
+    /// within `timeout`.
+    fn expect_ok_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Option<Value>> {
+        let full = format!("/{}{path}", self.index);
+        match self.http.call_within(method, &full, body, timeout)? {
+            Some((status, reply)) if status.is_success() => Ok(Some(reply)),
+            Some((status, reply)) => Err(self.failed(path, status, &reply)),
+            None => Ok(None),
         }
     }
 

@@ -2,25 +2,60 @@
 //! text clauses and the filters form one bool query, sorted in page order
 //! and continued with `search_after`, so authorisation and paging happen
 //! inside the engine, before anything is scored or cut.
+//!
+//! The request's time limit is one deadline for the whole search (a
+//! user's takes two requests): each request asks OpenSearch to stop
+//! collecting when the time left runs out (it then answers `timed_out`
+//! with what it found), and waits at most [`REPLY_SLACK`] more for the
+//! reply; without one the page is empty and says it ran out of time.
 
-use super::{OpenSearchIndex, client::Body, encode, number, write::intervals_of};
+use super::{
+    OpenSearchIndex, REPLY_SLACK, client::Body, encode, message_id, number, write::intervals_of,
+};
 use crate::error::{Result, SearchError};
 use crate::model::{
-    MAX_FILTER_INTERVALS, MessageDoc, ParsedQuery, Rank, SearchPage, SearchRequest, Searcher,
-    SortOrder,
+    MAX_FILTER_INTERVALS, MessageDoc, Rank, SearchPage, SearchRequest, Searcher, SortOrder,
 };
 use crate::page;
 use http::Method;
 use serde_json::{Value, json};
+use std::time::Instant;
+
+/// Who may be found, as far as the memberships read in time say.
+struct Allowed {
+    /// `None`: the searcher may find nothing.
+    filter: Option<Value>,
+    /// The memberships' search ran out of time: some may be missing.
+    timed_out: bool,
+}
+
+/// A page that ran out of time before anything was found.
+fn out_of_time() -> SearchPage {
+    SearchPage {
+        timed_out: true,
+        ..SearchPage::default()
+    }
+}
 
 impl OpenSearchIndex {
     pub(super) fn run_search(&self, request: &SearchRequest) -> Result<SearchPage> {
         let parsed = request.parse()?;
+        let deadline = Instant::now() + parsed.timeout;
         let mut filter = vec![json!({"term": {"kind": "m"}})];
+        let mut timed_out = false;
         if let Searcher::User(user) = request.searcher {
-            match self.authorisation(user, request.conversation_id, &parsed)? {
+            let Some(allowed) = self.authorisation(user, request, deadline)? else {
+                return Ok(out_of_time());
+            };
+            timed_out = allowed.timed_out;
+            match allowed.filter {
                 Some(allowed) => filter.push(allowed),
-                None => return Ok(SearchPage::default()),
+                None => {
+                    return Ok(SearchPage {
+                        timed_out,
+                        ..SearchPage::default()
+                    });
+                }
             }
         }
         if let Some(conversation) = request.conversation_id {
@@ -54,7 +89,7 @@ impl OpenSearchIndex {
             json!({"conversation_id": "desc"}),
             json!({"conv_seq": "desc"}),
         ];
-        let (bool_query, sort) = match request.order {
+        let (mut bool_query, sort) = match request.order {
             // Matching without scoring.
             SortOrder::NewestFirst => {
                 filter.extend(clauses);
@@ -66,9 +101,17 @@ impl OpenSearchIndex {
                 (json!({"filter": filter, "must": clauses}), sort)
             }
         };
+        if matches!(request.searcher, Searcher::User(_)) && !request.hidden.messages.is_empty() {
+            let ids: Vec<String> = request
+                .hidden
+                .messages
+                .iter()
+                .map(|&(c, seq)| message_id(c, seq))
+                .collect();
+            bool_query["must_not"] = json!([{"ids": {"values": ids}}]);
+        }
         let mut body = json!({
             "size": parsed.limit + 1,
-            "timeout": format!("{}ms", parsed.timeout.as_millis()),
             "track_total_hits": false,
             "query": {"bool": bool_query},
             "sort": sort,
@@ -86,8 +129,10 @@ impl OpenSearchIndex {
             ]);
             body["search_after"] = Value::Array(values);
         }
-        let reply = self.query(request.conversation_id, body, &parsed)?;
-        let timed_out = reply["timed_out"] == true;
+        let Some(reply) = self.query(request.conversation_id, body, deadline)? else {
+            return Ok(out_of_time());
+        };
+        let timed_out = timed_out || reply["timed_out"] == true;
         let mut ranked = Vec::new();
         for hit in reply["hits"]["hits"]
             .as_array()
@@ -125,30 +170,41 @@ impl OpenSearchIndex {
         })
     }
 
-    /// One search request; a conversation's search asks only its shard.
-    fn query(&self, conversation: Option<u64>, body: Value, parsed: &ParsedQuery) -> Result<Value> {
+    /// One search request, given the time left until `deadline`; `None`
+    /// when it is out of time. A conversation's search asks only its shard.
+    fn query(
+        &self,
+        conversation: Option<u64>,
+        mut body: Value,
+        deadline: Instant,
+    ) -> Result<Option<Value>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        body["timeout"] = json!(format!("{}ms", left.as_millis().max(1)));
         let path = match conversation {
             Some(c) => format!("/_search?routing={c}"),
             None => "/_search".to_owned(),
         };
-        let reply = self.expect_ok(
-            Method::POST,
-            &path,
-            Body::Json(body),
-            parsed.timeout + super::REPLY_SLACK,
-        )?;
-        check_shards(&reply)?;
+        let reply =
+            self.expect_ok_within(Method::POST, &path, Body::Json(body), left + REPLY_SLACK)?;
+        if let Some(reply) = &reply {
+            check_shards(reply)?;
+        }
         Ok(reply)
     }
 
     /// The user's readable stretches as one filter (one `conv_seq` range
     /// per membership interval), or `None` when there are none.
+    /// `None` when out of time before any membership was read.
     fn authorisation(
         &self,
         user: u64,
-        conversation: Option<u64>,
-        parsed: &ParsedQuery,
-    ) -> Result<Option<Value>> {
+        request: &SearchRequest,
+        deadline: Instant,
+    ) -> Result<Option<Allowed>> {
+        let conversation = request.conversation_id;
         let mut filter = vec![
             json!({"term": {"kind": "u"}}),
             json!({"term": {"user_id": user}}),
@@ -162,7 +218,12 @@ impl OpenSearchIndex {
             "query": {"bool": {"filter": filter}},
             "_source": ["conversation_id", "state"],
         });
-        let reply = self.query(conversation, body, parsed)?;
+        let Some(reply) = self.query(conversation, body, deadline)? else {
+            return Ok(None);
+        };
+        // Fewer memberships than the user has only narrow what they find;
+        // the page says so.
+        let timed_out = reply["timed_out"] == true;
         let memberships = reply["hits"]["hits"]
             .as_array()
             .map_or(&[][..], Vec::as_slice);
@@ -176,7 +237,10 @@ impl OpenSearchIndex {
         for membership in memberships {
             let source = &membership["_source"];
             let conversation = number(source, "conversation_id")?;
+            let floor = request.hidden.floor(conversation);
             for (from, to) in intervals_of(&source["state"]["intervals"])?.0 {
+                // Above what the user cleared.
+                let from = from.max(floor);
                 if from >= to {
                     continue;
                 }
@@ -193,8 +257,11 @@ impl OpenSearchIndex {
         if ranges.len() > MAX_FILTER_INTERVALS {
             return Err(too_many());
         }
-        Ok((!ranges.is_empty())
-            .then(|| json!({"bool": {"should": ranges, "minimum_should_match": 1}})))
+        Ok(Some(Allowed {
+            filter: (!ranges.is_empty())
+                .then(|| json!({"bool": {"should": ranges, "minimum_should_match": 1}})),
+            timed_out,
+        }))
     }
 }
 

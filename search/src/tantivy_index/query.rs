@@ -34,9 +34,18 @@ impl TantivyIndex {
             must.push((Occur::Must, text_clause(f, clause)));
         }
         if let Searcher::User(user) = request.searcher {
-            match self.authorisation(&searcher, user, request.conversation_id)? {
+            match self.authorisation(&searcher, user, request)? {
                 Some(filter) => must.push((Occur::Must, filter)),
                 None => return Ok(SearchPage::default()),
+            }
+            for &(conversation, conv_seq) in &request.hidden.messages {
+                must.push((
+                    Occur::MustNot,
+                    term(Term::from_field_bytes(
+                        f.key,
+                        &pair_key(conversation, conv_seq),
+                    )),
+                ));
             }
         }
         if let Some(conversation) = request.conversation_id {
@@ -78,14 +87,16 @@ impl TantivyIndex {
     }
 
     /// The user's readable stretches as one filter on message keys (one
-    /// key range per membership interval), or `None` when there are none.
+    /// key range per membership interval, above what they cleared), or
+    /// `None` when there are none.
     fn authorisation(
         &self,
         searcher: &tantivy::Searcher,
         user: u64,
-        conversation: Option<u64>,
+        request: &SearchRequest,
     ) -> Result<Option<Box<dyn Query>>> {
         let f = self.fields;
+        let conversation = request.conversation_id;
         let mut query: Vec<(Occur, Box<dyn Query>)> =
             vec![(Occur::Must, term(Term::from_field_u64(f.member_user, user)))];
         if let Some(conversation) = conversation {
@@ -105,7 +116,12 @@ impl TantivyIndex {
             let doc: TantivyDocument = searcher.doc(address)?;
             let conversation = stored_u64(&doc, f.member_conversation)?;
             let Intervals(intervals) = stored_intervals(&doc, f.intervals)?;
-            for (from, to) in intervals.into_iter().filter(|(from, to)| from < to) {
+            let floor = request.hidden.floor(conversation);
+            let visible = intervals
+                .into_iter()
+                .map(|(from, to)| (from.max(floor), to))
+                .filter(|(from, to)| from < to);
+            for (from, to) in visible {
                 let key = |seq| Term::from_field_bytes(f.key, &pair_key(conversation, seq));
                 ranges.push((
                     Occur::Should,

@@ -9,6 +9,10 @@
 //! A feed also drains its stream's large-group mailbox ([`crate::push::groups`])
 //! in this order: the priority lane, then the inbox, then the ordinary lane,
 //! so what a lagging device is told first is what matters most.
+//!
+//! A feed that keeps up takes its entries from the hub's memory
+//! ([`crate::push::recent`]) and reads the store only when some entry of
+//! its range is not held there.
 
 use crate::access;
 use crate::auth::Principal;
@@ -138,7 +142,18 @@ impl Feed {
 
     async fn inbox_notice(&mut self, top: u64) -> Result<PushNotice> {
         let behind = top - self.last_sent;
-        let entries = if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
+        let held = (self.include_entries && behind <= MAX_PUSH_ENTRIES as u64)
+            .then(|| {
+                self.subscription
+                    .recent((self.last_sent, top), MAX_PUSH_ENTRIES, MAX_PUSH_BYTES)
+            })
+            .flatten();
+        let entries = if let Some(entries) = held {
+            // Every entry of the range, as committed (or rewritten) and
+            // stored: nothing between the checkpoint and the top was
+            // missed, so even a range trimmed since needs no pull.
+            entries
+        } else if self.include_entries && behind <= MAX_PUSH_ENTRIES as u64 {
             let page = paging::inbox(
                 self.store.as_ref(),
                 self.user_id,
@@ -209,6 +224,84 @@ mod tests {
         assert!(
             feed.next().await.unwrap().is_none(),
             "feeds end on shutdown"
+        );
+    }
+
+    /// A feed that keeps up is served from memory: with every store read
+    /// failing, its notices still carry their entries, equal to what the
+    /// store holds.
+    #[tokio::test]
+    async fn a_feed_that_keeps_up_reads_no_store() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "w"), 0, true).await.unwrap();
+        feed.next().await.unwrap().unwrap();
+        fx.store.fail_next(
+            timeline_store::testsuite::Op::Read,
+            1_000,
+            Default::default(),
+        );
+        for text in ["one", "two"] {
+            engine
+                .send(device(1, "d"), message(conversation, text, None))
+                .await
+                .unwrap();
+        }
+        let mut pushed = Vec::new();
+        while pushed.len() < 2 {
+            pushed.extend(feed.next().await.unwrap().unwrap().entries);
+        }
+        fx.store
+            .fail_next(timeline_store::testsuite::Op::Read, 0, Default::default());
+        assert_eq!(texts(&pushed), ["one", "two"]);
+        let stored = engine.sync(&device(2, "d"), Some(0), 100).await.unwrap();
+        let tail = &stored.entries[stored.entries.len() - 2..];
+        assert_eq!(pushed, tail, "the entries as stored, seqs and all");
+    }
+
+    /// A recall that lands before a lagging feed pushes its message
+    /// leaves the feed the recalled state, never the text: the memory is
+    /// rewritten with the store.
+    #[tokio::test]
+    async fn a_recalled_message_is_pushed_without_its_text() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "w"), 0, true).await.unwrap();
+        feed.next().await.unwrap().unwrap();
+        let sent = engine
+            .send(
+                device(1, "d"),
+                message(conversation, "the code is 1234", None),
+            )
+            .await
+            .unwrap();
+        engine
+            .amend(
+                device(1, "d"),
+                crate::amend::Operation::Recall,
+                crate::amend::AmendCommand {
+                    conversation_id: conversation,
+                    conv_seq: sent.receipt.conv_seq,
+                    msg_id: sent.receipt.msg_id,
+                    text: String::new(),
+                    client_op_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut pushed = Vec::new();
+        while pushed.len() < 2 {
+            pushed.extend(feed.next().await.unwrap().unwrap().entries);
+        }
+        assert!(
+            pushed.iter().all(|e| !e.text.contains("1234")),
+            "{pushed:?}"
+        );
+        assert!(
+            pushed[0].state.removed.is_some(),
+            "the message as the recall left it"
         );
     }
 }

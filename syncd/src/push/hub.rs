@@ -5,19 +5,36 @@
 //! slow to read sees one coalesced "up to N" instead of a queue of notices:
 //! memory per subscriber is constant and a stuck subscriber never slows the
 //! send path (publishing never waits).
+//!
+//! Beside it, the user's newest entries ([`Recent`]), so feeds that keep
+//! up push them without a store read; bounded per user and across the
+//! hub ([`RECENT_PUSH_BYTES`]).
 
 use crate::error::{Result, SyncdError};
-use crate::limits::{MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_USER};
+use crate::limits::{
+    MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_USER, RECENT_PUSH_BYTES, RECENT_PUSH_BYTES_PER_USER,
+    RECENT_PUSH_ENTRIES_PER_USER,
+};
+use crate::push::recent::Recent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use timeline_store::Entry;
 use tokio::sync::watch;
 
 const SHARDS: usize = 64;
 
+/// One subscribed user: the announced top, and the newest entries.
+struct Channel {
+    top: watch::Sender<u64>,
+    recent: Recent,
+}
+
 pub struct Hub {
-    shards: [Mutex<HashMap<u64, watch::Sender<u64>>>; SHARDS],
+    shards: [Mutex<HashMap<u64, Channel>>; SHARDS],
     subscriptions: AtomicUsize,
+    /// Bytes held in every user's [`Recent`] together.
+    recent_bytes: AtomicUsize,
 }
 
 impl Default for Hub {
@@ -25,6 +42,7 @@ impl Default for Hub {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
             subscriptions: AtomicUsize::new(0),
+            recent_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -34,7 +52,7 @@ impl Hub {
         Arc::new(Self::default())
     }
 
-    fn shard(&self, user_id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, watch::Sender<u64>>> {
+    fn shard(&self, user_id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Channel>> {
         self.shards[(user_id as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -43,8 +61,8 @@ impl Hub {
     /// Announces that the user's inbox is complete up to `seq`. Never lowers
     /// the announced value; a no-op when nobody is subscribed.
     pub fn publish(&self, user_id: u64, seq: u64) {
-        if let Some(sender) = self.shard(user_id).get(&user_id) {
-            sender.send_if_modified(|current| {
+        if let Some(channel) = self.shard(user_id).get(&user_id) {
+            channel.top.send_if_modified(|current| {
                 let newer = seq > *current;
                 if newer {
                     *current = seq;
@@ -62,7 +80,7 @@ impl Hub {
         // Both caps are checked before the user's channel is created: a
         // refused subscriber must leave no entry behind (only a dropped
         // Subscription removes one).
-        let open = shard.get(&user_id).map_or(0, |s| s.receiver_count());
+        let open = shard.get(&user_id).map_or(0, |c| c.top.receiver_count());
         if open >= MAX_SUBSCRIPTIONS_PER_USER {
             return Err(SyncdError::ResourceExhausted(format!(
                 "user {user_id} already has {MAX_SUBSCRIPTIONS_PER_USER} open subscriptions"
@@ -79,8 +97,11 @@ impl Hub {
             )));
         }
         metrics::gauge!("syncd_push_subscribers").increment(1.0);
-        let sender = shard.entry(user_id).or_insert_with(|| watch::channel(0).0);
-        let receiver = sender.subscribe();
+        let channel = shard.entry(user_id).or_insert_with(|| Channel {
+            top: watch::channel(0).0,
+            recent: Recent::default(),
+        });
+        let receiver = channel.top.subscribe();
         Ok(Subscription {
             hub: Arc::clone(self),
             user_id,
@@ -90,6 +111,66 @@ impl Hub {
 
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.load(Ordering::Acquire)
+    }
+
+    /// Keeps a new inbox entry of `user_id` (its `seq` set) for the
+    /// user's feeds, when the user is subscribed and the hub's budget
+    /// allows. Past the budget the user's entries are dropped, and its
+    /// feeds read the store.
+    pub fn remember(&self, user_id: u64, entry: &Entry) {
+        let mut shard = self.shard(user_id);
+        let Some(channel) = shard.get_mut(&user_id) else {
+            return;
+        };
+        let size = crate::paging::wire_bytes(entry);
+        if self.recent_bytes.load(Ordering::Acquire) + size > RECENT_PUSH_BYTES {
+            let released = channel.recent.clear();
+            self.recent_bytes.fetch_sub(released, Ordering::AcqRel);
+            return;
+        }
+        let delta = channel.recent.remember(
+            entry.clone(),
+            RECENT_PUSH_ENTRIES_PER_USER,
+            RECENT_PUSH_BYTES_PER_USER,
+        );
+        self.account(delta);
+    }
+
+    /// The new state of a stored entry of `user_id`, rewritten in place.
+    pub fn rewrite(&self, user_id: u64, entry: &Entry) {
+        if let Some(channel) = self.shard(user_id).get_mut(&user_id) {
+            let delta = channel.recent.rewrite(entry.clone());
+            self.account(delta);
+        }
+    }
+
+    /// The user's entries in `(after, through]` from memory, when all of
+    /// them are held (see [`Recent::range`]).
+    pub fn recent(
+        &self,
+        user_id: u64,
+        range: (u64, u64),
+        limit: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Entry>> {
+        self.shard(user_id)
+            .get(&user_id)
+            .and_then(|c| c.recent.range(range, limit, max_bytes))
+    }
+
+    fn account(&self, delta: isize) {
+        if delta >= 0 {
+            self.recent_bytes
+                .fetch_add(delta as usize, Ordering::AcqRel);
+        } else {
+            self.recent_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes held for feeds across all users.
+    pub fn recent_bytes(&self) -> usize {
+        self.recent_bytes.load(Ordering::Acquire)
     }
 }
 
@@ -102,6 +183,12 @@ pub struct Subscription {
 impl Subscription {
     pub fn raise(&self, seq: u64) {
         self.hub.publish(self.user_id, seq);
+    }
+
+    /// The user's entries in `(after, through]` from the hub's memory, when
+    /// it holds all of them.
+    pub fn recent(&self, range: (u64, u64), limit: usize, max_bytes: usize) -> Option<Vec<Entry>> {
+        self.hub.recent(self.user_id, range, limit, max_bytes)
     }
 
     /// The announced seq now, without waiting.
@@ -131,9 +218,11 @@ impl Drop for Subscription {
         let mut shard = self.hub.shard(self.user_id);
         if shard
             .get(&self.user_id)
-            .is_some_and(|s| s.receiver_count() == 0)
+            .is_some_and(|c| c.top.receiver_count() == 0)
+            && let Some(mut channel) = shard.remove(&self.user_id)
         {
-            shard.remove(&self.user_id);
+            let released = channel.recent.clear();
+            self.hub.recent_bytes.fetch_sub(released, Ordering::AcqRel);
         }
         self.hub.subscriptions.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("syncd_push_subscribers").decrement(1.0);
@@ -162,6 +251,38 @@ mod tests {
         assert!(hub.shard(7).is_empty());
         hub.publish(7, 2000); // nobody listening: no state created
         assert!(hub.shard(7).is_empty());
+    }
+
+    /// What the hub keeps for feeds is counted across users, freed with
+    /// the last subscription, and never past the budget: a user whose
+    /// entry would cross it keeps nothing (its feeds read the store).
+    #[tokio::test]
+    async fn recent_entries_stay_within_the_budget_and_leave_with_the_user() {
+        let hub = Hub::new();
+        let big = |seq| Entry {
+            seq,
+            text: "x".repeat(60 * 1024),
+            ..Entry::new(timeline_store::EntryKind::Message, 1)
+        };
+        hub.remember(1, &big(1));
+        assert_eq!(hub.recent_bytes(), 0, "nobody subscribed: nothing kept");
+        let users = RECENT_PUSH_BYTES / (60 * 1024) + 10;
+        let subs: Vec<_> = (0..users as u64)
+            .map(|u| hub.subscribe(u).unwrap())
+            .collect();
+        for user in 0..users as u64 {
+            hub.remember(user, &big(1));
+            assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
+        }
+        assert!(hub.recent(0, (0, 1), 10, 1 << 20).is_some());
+        assert!(
+            hub.recent(users as u64 - 1, (0, 1), 10, 1 << 20).is_none(),
+            "past the budget"
+        );
+        let held = hub.recent_bytes();
+        drop(subs);
+        assert!(held > 0);
+        assert_eq!(hub.recent_bytes(), 0, "freed with the subscriptions");
     }
 
     #[tokio::test]

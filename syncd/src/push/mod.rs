@@ -8,12 +8,15 @@
 //!   lane (a large group's message costs a visit per *online* member).
 //! - [`feed`]: one subscriber's stream of notices, with entries inline while
 //!   it keeps up and bare "up to N" notices when it is far behind.
+//! - [`recent`]: the newest entries of a subscribed user, so a feed that
+//!   keeps up pushes them without a store read.
 //!
 //! Both hubs are fed by the one announce path ([`crate::observer`]).
 
 pub mod feed;
 pub mod groups;
 pub mod hub;
+pub mod recent;
 
 pub use feed::{Feed, Push, PushNotice};
 pub use groups::{GroupHub, GroupNotice};
@@ -23,8 +26,37 @@ use crate::horizon::Scope;
 use crate::observer::{CommitObserver, Committed};
 
 impl CommitObserver for Hub {
+    /// Before any of the event's seqs can be announced, so a feed woken by
+    /// one finds its entry in memory.
+    fn before_visible(&self, commit: &timeline_store::EventCommit) {
+        for write in &commit.inbox {
+            self.remember(
+                write.user_id,
+                &timeline_store::Entry {
+                    seq: write.seq,
+                    ..commit.entry.clone()
+                },
+            );
+        }
+        for rewrite in &commit.rewrites {
+            for write in &rewrite.inbox {
+                self.rewrite(
+                    write.user_id,
+                    &timeline_store::Entry {
+                        seq: write.seq,
+                        ..rewrite.entry.clone()
+                    },
+                );
+            }
+        }
+    }
+
     fn committed(&self, event: &Committed<'_>) {
-        for &((scope, user_id), visible) in event.visible {
+        self.released(event.visible);
+    }
+
+    fn released(&self, visible: &[(crate::horizon::Key, u64)]) {
+        for &((scope, user_id), visible) in visible {
             if scope == Scope::Inbox {
                 self.publish(user_id, visible);
             }

@@ -7,16 +7,39 @@
 use crate::horizon::Scope;
 use crate::limits::SEARCH_PENDING_CONVERSATIONS;
 use crate::observer::{CommitObserver, Committed};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
+/// A conversation with news for the index.
+struct Waiting {
+    /// The highest `conv_seq` known readable.
+    head: u64,
+    /// Its place in the queue.
+    turn: u64,
+}
+
 #[derive(Default)]
 struct Pending {
-    /// Conversation → the highest `conv_seq` known readable.
-    heads: HashMap<u64, u64>,
+    heads: HashMap<u64, Waiting>,
+    /// Turn → conversation: the pending conversations in the order they
+    /// are indexed. A conversation takes a turn when it is first noted and
+    /// a new one, behind every other, each time it is indexed and still
+    /// has news, so none waits for more than one pass over the others
+    /// however busy they are.
+    queue: BTreeMap<u64, u64>,
+    next_turn: u64,
     /// A notice was dropped since the last scan began.
     overflowed: bool,
+}
+
+impl Pending {
+    fn take_turn(&mut self, conversation: u64) -> u64 {
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        self.queue.insert(turn, conversation);
+        turn
+    }
 }
 
 #[derive(Default)]
@@ -36,39 +59,52 @@ impl Feed {
             let mut pending = self.lock();
             let full = pending.heads.len() >= SEARCH_PENDING_CONVERSATIONS;
             match pending.heads.get_mut(&conversation) {
-                Some(known) => *known = (*known).max(head),
+                // It keeps its turn: news does not send it to the back.
+                Some(known) => known.head = known.head.max(head),
                 None if full => {
                     pending.overflowed = true;
                     metrics::counter!("syncd_search_notices_dropped_total").increment(1);
                 }
                 None => {
-                    pending.heads.insert(conversation, head);
+                    let turn = pending.take_turn(conversation);
+                    pending.heads.insert(conversation, Waiting { head, turn });
                 }
             }
         }
         self.wake.notify_one();
     }
 
-    /// Up to `limit` conversations with news, and their heads.
+    /// Up to `limit` conversations with news and their heads, the one
+    /// waiting longest first.
     pub fn batch(&self, limit: usize) -> Vec<(u64, u64)> {
-        self.lock()
-            .heads
-            .iter()
+        let pending = self.lock();
+        pending
+            .queue
+            .values()
             .take(limit)
-            .map(|(c, h)| (*c, *h))
+            .map(|c| (*c, pending.heads[c].head))
             .collect()
     }
 
     /// The conversation is indexed through `indexed`: forgotten unless a
-    /// newer head came meanwhile.
+    /// newer head came meanwhile, in which case it goes to the back of
+    /// the queue (it had its turn).
     pub fn settle(&self, conversation: u64, indexed: u64) {
         let mut pending = self.lock();
-        if pending
-            .heads
-            .get(&conversation)
-            .is_some_and(|&head| head <= indexed)
-        {
+        let Some(waiting) = pending.heads.get(&conversation) else {
+            return;
+        };
+        let (head, old_turn) = (waiting.head, waiting.turn);
+        pending.queue.remove(&old_turn);
+        if head <= indexed {
             pending.heads.remove(&conversation);
+        } else {
+            let turn = pending.take_turn(conversation);
+            pending
+                .heads
+                .get_mut(&conversation)
+                .expect("present above")
+                .turn = turn;
         }
     }
 
@@ -84,7 +120,11 @@ impl Feed {
     }
 
     pub fn head_of(&self, conversation: u64) -> Option<u64> {
-        self.lock().heads.get(&conversation).copied()
+        self.lock().heads.get(&conversation).map(|w| w.head)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().heads.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,5 +183,60 @@ mod tests {
         assert_eq!(feed.head_of(1), Some(5));
         feed.settle(1, 5);
         assert!(feed.is_empty());
+    }
+
+    #[test]
+    fn the_conversation_waiting_longest_is_taken_first_however_many_arrive() {
+        // Each trial is a fresh map (a fresh hash order), and a stream of
+        // newer conversations, more per batch than a batch takes, arrives
+        // behind the first one noted.
+        for trial in 0..20u64 {
+            let feed = Feed::default();
+            let first = 1_000_000 + trial;
+            feed.note(first, 1);
+            let mut next = 0u64;
+            let mut taken_in = None;
+            for round in 0..50 {
+                for _ in 0..8 {
+                    feed.note(next, 1);
+                    next += 1;
+                }
+                let batch = feed.batch(4);
+                if batch.iter().any(|&(c, _)| c == first) {
+                    taken_in = Some(round);
+                    break;
+                }
+                for (c, head) in batch {
+                    feed.settle(c, head);
+                }
+            }
+            assert_eq!(
+                taken_in,
+                Some(0),
+                "trial {trial}: the first conversation noted waited behind newer ones"
+            );
+        }
+    }
+
+    #[test]
+    fn a_conversation_with_more_news_goes_behind_the_others_and_keeps_its_head() {
+        let feed = Feed::default();
+        feed.note(1, 9);
+        feed.note(2, 1);
+        feed.note(3, 1);
+        feed.note(1, 10);
+        assert_eq!(feed.batch(1), [(1, 10)], "news keeps a conversation's turn");
+        // Indexed only part of the way: its turn comes again after 2 and 3.
+        feed.settle(1, 5);
+        assert_eq!(feed.batch(3), [(2, 1), (3, 1), (1, 10)]);
+        feed.settle(2, 1);
+        feed.note(4, 1);
+        assert_eq!(feed.batch(3), [(3, 1), (1, 10), (4, 1)]);
+        feed.settle(7, 1);
+        assert_eq!(
+            feed.len(),
+            3,
+            "settling an unknown conversation changes nothing"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! conversations moved; the indexer reads each such conversation's
 //! timeline from the store, from the index's checkpoint up to what is
 //! readable now ([`Visibility`]: never past a lower `conv_seq` still in
-//! flight), and applies it with the new checkpoint in one commit. A dropped
+//! flight), and applies it with the new checkpoint in one commit
+//! ([`round`]: many conversations per commit, taken in turn, the one
+//! waiting longest first, up to a budget of entries and bytes). A dropped
 //! hint, a crash or a restart therefore loses nothing: a scan of every
 //! conversation ([`timeline_store::ConversationScan`]) at start, after a
 //! dropped hint and every [`SEARCH_SCAN_INTERVAL`] (the events other nodes
@@ -18,18 +20,20 @@
 
 pub mod apply;
 pub mod feed;
+mod round;
 
 use crate::auth::Principal;
 use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    SEARCH_BATCH_BYTES, SEARCH_BATCH_CONVERSATIONS, SEARCH_LAG_CONVERSATIONS, SEARCH_READ_ENTRIES,
-    SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
+    SEARCH_BATCH_CONVERSATIONS, SEARCH_LAG_CONVERSATIONS, SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL,
+    SEARCH_SCAN_PAGE,
 };
 use crate::visibility::Visibility;
 use feed::Feed;
 use search::{SearchIndex, SearchPage, SearchRequest, Searcher, SortOrder};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use timeline_store::{ConversationRange, TimelineStore};
@@ -115,12 +119,33 @@ impl SearchIndexing {
                 }
                 let batch = this.feed.batch(SEARCH_BATCH_CONVERSATIONS);
                 if !batch.is_empty() {
-                    let conversations = batch.into_iter().map(|(c, _)| c).collect();
-                    if let Err(error) = this.catch_up(conversations).await {
-                        tracing::warn!(%error, "search indexing failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(SEARCH_RETRY_DELAY) => {}
-                            () = stopped(&mut stopping) => return,
+                    let candidates: Vec<u64> = batch.iter().map(|&(c, _)| c).collect();
+                    match this.round(&candidates).await {
+                        Ok(stretches) => {
+                            for stretch in &stretches {
+                                this.feed.settle(stretch.conversation, stretch.through);
+                            }
+                            // Heads the store cannot serve yet (nothing
+                            // moved, and they are still pending): wait for
+                            // news rather than spin on them.
+                            let stuck = !stretches.iter().any(|s| s.moved())
+                                && stretches
+                                    .iter()
+                                    .any(|s| this.feed.head_of(s.conversation).is_some());
+                            if stuck {
+                                tokio::select! {
+                                    () = tokio::time::sleep(SEARCH_RETRY_DELAY) => {}
+                                    () = this.feed.notified() => {}
+                                    () = stopped(&mut stopping) => return,
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "search indexing failed; retrying");
+                            tokio::select! {
+                                () = tokio::time::sleep(SEARCH_RETRY_DELAY) => {}
+                                () = stopped(&mut stopping) => return,
+                            }
                         }
                     }
                     if *stopping.borrow() {
@@ -154,9 +179,7 @@ impl SearchIndexing {
                     ahead.push(id);
                 }
             }
-            for chunk in ahead.chunks(SEARCH_BATCH_CONVERSATIONS) {
-                self.catch_up(chunk.to_vec()).await?;
-            }
+            self.catch_up(ahead.into()).await?;
             if ids.len() < SEARCH_SCAN_PAGE {
                 return Ok(());
             }
@@ -181,56 +204,25 @@ impl SearchIndexing {
         }
     }
 
-    /// Brings each conversation up to what is readable now, a bounded
-    /// stretch of each per commit.
-    async fn catch_up(&self, mut conversations: Vec<u64>) -> Result<()> {
-        while !conversations.is_empty() {
-            let mut updates = Vec::new();
-            let mut unfinished = Vec::new();
-            let mut bytes = 0;
-            for (i, &conversation) in conversations.iter().enumerate() {
-                if bytes >= SEARCH_BATCH_BYTES {
-                    // The rest waits for the next commit of this round.
-                    unfinished.extend_from_slice(&conversations[i..]);
-                    break;
-                }
-                let from = self.index.checkpoint(conversation)?;
-                let readable = self.readable(conversation).await?;
-                if readable <= from {
-                    self.feed.settle(conversation, from);
-                    continue;
-                }
-                let range = ConversationRange::oldest_first(
-                    from,
-                    readable.saturating_add(1),
-                    SEARCH_READ_ENTRIES,
-                );
-                let entries = self.store.read_conversation(conversation, range).await?;
-                let full = entries.len() == SEARCH_READ_ENTRIES;
-                let through = match entries.last() {
-                    Some(last) if full => last.conv_seq,
-                    _ => readable,
-                };
-                bytes += entries.iter().map(|e| e.text.len()).sum::<usize>();
-                updates.push(apply::update(conversation, &entries, through));
-                if full {
-                    unfinished.push(conversation);
-                }
+    /// Brings each conversation up to what is readable now, in rounds
+    /// taking them in turn: one that is still behind after its stretch
+    /// goes behind the others.
+    async fn catch_up(&self, mut waiting: VecDeque<u64>) -> Result<()> {
+        while !waiting.is_empty() {
+            let candidates: Vec<u64> = waiting
+                .iter()
+                .take(SEARCH_BATCH_CONVERSATIONS)
+                .copied()
+                .collect();
+            let stretches = self.round(&candidates).await?;
+            let touched: HashMap<u64, bool> =
+                stretches.iter().map(|s| (s.conversation, s.done)).collect();
+            for stretch in &stretches {
+                self.feed.settle(stretch.conversation, stretch.through);
             }
-            if !updates.is_empty() {
-                let index = Arc::clone(&self.index);
-                let applied = updates.clone();
-                let count: usize = updates.iter().map(|u| u.ops.len()).sum();
-                tokio::task::spawn_blocking(move || index.apply(&applied))
-                    .await
-                    .map_err(|e| SyncdError::Internal(format!("indexing task failed: {e}")))??;
-                metrics::counter!("syncd_search_indexed_ops_total").increment(count as u64);
-                for update in &updates {
-                    self.feed
-                        .settle(update.conversation_id, update.indexed_through);
-                }
-            }
-            conversations = unfinished;
+            // Those the round did not reach keep their place in front.
+            waiting.retain(|c| !touched.contains_key(c));
+            waiting.extend(stretches.iter().filter(|s| !s.done).map(|s| s.conversation));
         }
         Ok(())
     }
@@ -247,7 +239,13 @@ impl SearchIndexing {
 
     /// One page of `principal`'s search: a device finds what its user
     /// could read while a member; a service finds everything.
-    pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
+    /// `hidden`: what a device's user deleted for themselves or cleared.
+    pub async fn search(
+        &self,
+        principal: &Principal,
+        query: SearchQuery,
+        hidden: search::Hidden,
+    ) -> Result<SearchResult> {
         let searcher = match principal {
             Principal::Device { user_id, .. } => Searcher::User(*user_id),
             Principal::Service { .. } => Searcher::Service,
@@ -263,6 +261,7 @@ impl SearchIndexing {
             limit: query.limit,
             cursor: query.cursor,
             timeout: search::model::MAX_QUERY_TIME,
+            hidden,
         };
         // Refused before a thread is taken for it.
         request.parse()?;
@@ -289,6 +288,34 @@ impl SearchIndexing {
         }
         Ok(lag)
     }
+}
+
+/// What a device's user deleted for themselves or cleared (of one
+/// conversation, or of all): their searches never find it. A service
+/// hides nothing.
+pub(crate) async fn hidden(
+    read_state: &crate::read_state::ReadState,
+    principal: &Principal,
+    conversation: Option<u64>,
+) -> Result<search::Hidden> {
+    let Principal::Device { user_id, .. } = principal else {
+        return Ok(search::Hidden::default());
+    };
+    let mut hidden = search::Hidden::default();
+    for row in read_state.fold(*user_id).await?.rows {
+        if conversation.is_some_and(|c| c != row.conversation_id) {
+            continue;
+        }
+        if row.cleared_through > 0 {
+            hidden
+                .cleared_through
+                .insert(row.conversation_id, row.cleared_through);
+        }
+        hidden
+            .messages
+            .extend(row.hidden.iter().map(|&seq| (row.conversation_id, seq)));
+    }
+    Ok(hidden)
 }
 
 #[cfg(test)]

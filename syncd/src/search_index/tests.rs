@@ -175,3 +175,172 @@ async fn bad_searches_are_refused_and_a_node_without_an_index_says_so() {
         Err(SyncdError::FailedPrecondition(_))
     ));
 }
+
+/// The embedded index, counting its commits.
+struct Counted {
+    inner: search::TantivyIndex,
+    commits: std::sync::atomic::AtomicUsize,
+}
+
+impl search::SearchIndex for Counted {
+    fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
+        self.inner.checkpoints()
+    }
+    fn checkpoint(&self, conversation_id: u64) -> search::Result<u64> {
+        self.inner.checkpoint(conversation_id)
+    }
+    fn apply(&self, updates: &[search::ConversationUpdate]) -> search::Result<()> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(updates)
+    }
+    fn search(&self, request: &search::SearchRequest) -> search::Result<search::SearchPage> {
+        self.inner.search(request)
+    }
+    fn clear(&self) -> search::Result<()> {
+        self.inner.clear()
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_of_many_conversations_is_one_commit_sized_by_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(MemoryMaxSeqStore::new());
+    // A node without an index leaves a backlog: one conversation far
+    // behind (more than one read of it) and a hundred a little behind
+    // (more than a commit took when commits were counted in
+    // conversations).
+    let blind = testkit::engine_on(&store, Arc::clone(&seq_store), EngineConfig::default()).await;
+    let busy = group(&blind, 1, vec![2]).await;
+    for i in 0..600 {
+        blind
+            .send(device(2, "d"), message(busy, &format!("busy {i}"), None))
+            .await
+            .unwrap();
+    }
+    let mut quiet = Vec::new();
+    for _ in 0..100 {
+        let conv = group(&blind, 1, vec![3]).await;
+        blind
+            .send(device(3, "d"), message(conv, "quiet word", None))
+            .await
+            .unwrap();
+        quiet.push(conv);
+    }
+    drop(blind);
+    let (allocator, ids) = testkit::allocator_on(seq_store, AllocatorConfig::default()).await;
+    let index = Arc::new(Counted {
+        inner: search::TantivyIndex::open(&dir.path().join("search")).unwrap(),
+        commits: Default::default(),
+    });
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        Arc::clone(&index) as Arc<dyn search::SearchIndex>,
+    );
+    engine.start();
+    caught_up(&engine).await;
+    assert_eq!(
+        index.commits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "701 messages of 101 conversations fit one commit"
+    );
+    let mut request = query("quiet");
+    request.limit = 100;
+    let page = engine.search(&device(3, "d"), request).await.unwrap().page;
+    assert_eq!(page.hits.len(), 100);
+    for conv in [busy].into_iter().chain(quiet) {
+        let through = search::SearchIndex::checkpoint(&index.inner, conv).unwrap();
+        assert!(through > 1, "conversation {conv} indexed through {through}");
+    }
+    let mut request = query("busy");
+    request.limit = 100;
+    request.conversation_id = Some(busy);
+    let mut total = 0;
+    loop {
+        let page = engine
+            .search(&device(1, "d"), request.clone())
+            .await
+            .unwrap()
+            .page;
+        total += page.hits.len();
+        match page.next_cursor {
+            Some(cursor) => request.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(total, 600);
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_deleted_for_a_user_or_cleared_are_not_found_by_them() {
+    use crate::engine::HideCommand;
+    use timeline_store::EntryKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        index(dir.path()),
+    );
+    engine.start();
+    let conv = group(&engine, 1, vec![2]).await;
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        let sent = engine
+            .send(device(2, "d"), message(conv, &format!("note {i}"), None))
+            .await
+            .unwrap();
+        seqs.push(sent.receipt.conv_seq);
+    }
+    let hide = |kind, conv_seq| {
+        engine.hide(
+            device(1, "d"),
+            kind,
+            HideCommand {
+                conversation_id: conv,
+                conv_seq: Some(conv_seq),
+                msg_id: 0,
+                client_op_id: None,
+            },
+        )
+    };
+    hide(EntryKind::DeleteForMe, seqs[4]).await.unwrap();
+    hide(EntryKind::ClearHistory, seqs[1]).await.unwrap();
+    caught_up(&engine).await;
+    let mut request = query("note");
+    request.limit = 2;
+    for conversation in [None, Some(conv)] {
+        request.conversation_id = conversation;
+        request.cursor = None;
+        let mut texts = Vec::new();
+        loop {
+            let page = engine
+                .search(&device(1, "d"), request.clone())
+                .await
+                .unwrap()
+                .page;
+            // Full pages: hiding is part of the query.
+            assert!(page.next_cursor.is_none() || page.hits.len() == 2);
+            texts.extend(page.hits.into_iter().map(|h| h.text));
+            match page.next_cursor {
+                Some(cursor) => request.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(texts, ["note 5", "note 3", "note 2"], "{conversation:?}");
+    }
+    // The other member and a service still find all six.
+    assert_eq!(found(&engine, device(2, "d"), "note").await.len(), 6);
+    assert_eq!(found(&engine, service(), "note").await.len(), 6);
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}

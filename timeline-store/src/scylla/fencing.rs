@@ -10,21 +10,32 @@
 //! A lease alone does not stop a writer that was frozen past it: a write
 //! already handed to the driver can land long after (a SIGSTOP, a slow
 //! socket, a hint replayed later). So a writer's intents go to
-//! `fenced_events`, whose partitions carry the writer's epoch as a static
+//! `fenced_intents`, whose partitions carry the writer's epoch as a static
 //! column, and each intent is written *conditionally on that epoch*. A new
 //! writer **seals** every partition with its own epoch before it recovers
 //! and serves: from then on an intent of the old writer cannot be stored,
 //! and any intent it stored before is read by the new writer's recovery and
 //! finished there. The old writer's entry rows are written only after its
-//! intent was stored, with the intent's fixed values, so a late one is a
-//! duplicate of a row the new writer also wrote (and carries the earlier
-//! client timestamp, so it never overwrites a later rewrite).
+//! intent was stored, with the intent's fixed values and timestamp, so a
+//! late one is a duplicate of a row the new writer also wrote, or older
+//! than a rewrite since (see `writes`).
+//!
+//! Finished intents are not deleted one by one (a tombstone each, which
+//! every conditional write's read of the partition walks through): a
+//! writer numbers its intents within its epoch and removes, with one range
+//! deletion, every intent below the lowest one still open
+//! (`open_intents`). The deletion needs no condition: it only ever covers
+//! this writer's own finished intents, and a late one is harmless. A new
+//! writer, once it has finished what it found in a partition, removes every
+//! older epoch's intents there the same way.
 //!
 //! ```text
-//! writer_lease   (name)                    holder text, epoch bigint, renewals bigint   LWT only
-//! fenced_events  ((shard), event_id)       event blob; fence bigint static              LWT only
+//! writer_lease   (name)                      holder text, epoch bigint, renewals bigint   LWT only
+//! fenced_intents ((shard), epoch, intent)    event blob; fence bigint static              stored by LWT, removed by range
+//! fenced_events  ((shard), event_id)         the same, one deletion per intent: read and emptied by recovery only
 //! ```
 
+use super::open_intents::OpenIntents;
 use super::{PENDING_SHARDS, big, cql};
 use crate::{Result, StoreError};
 use scylla::client::session::Session;
@@ -35,8 +46,11 @@ use std::sync::Arc;
 /// The lease row's key: one writer lease per keyspace.
 const LEASE_NAME: &str = "writer";
 
-pub(super) const SCHEMA: [&str; 2] = [
+pub(super) const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.fenced_intents (shard int, epoch bigint, intent bigint, event blob, fence bigint static, PRIMARY KEY (shard, epoch, intent))",
+    // Where writers before numbered intents kept them: recovery still
+    // finishes what one left there.
     "CREATE TABLE IF NOT EXISTS {ks}.fenced_events (shard int, event_id bigint, event blob, fence bigint static, PRIMARY KEY (shard, event_id))",
 ];
 
@@ -195,12 +209,16 @@ impl WriterLeaseTable {
 /// The intents of a writer holding `epoch`, written conditionally on it.
 pub(super) struct Fence {
     pub(super) epoch: u64,
+    pub(super) open: OpenIntents,
     write_intent: PreparedStatement,
-    delete_intent: PreparedStatement,
+    clear_finished: PreparedStatement,
+    clear_older: PreparedStatement,
     read_fence: PreparedStatement,
     seal_empty: PreparedStatement,
     seal: PreparedStatement,
-    pub(super) select_intents: PreparedStatement,
+    select_intents: PreparedStatement,
+    select_legacy: PreparedStatement,
+    delete_legacy: PreparedStatement,
 }
 
 fn fenced(epoch: u64) -> StoreError {
@@ -215,44 +233,90 @@ impl Fence {
         let mut read_fence = prepare(
             session,
             keyspace,
-            "SELECT fence FROM {ks}.fenced_events WHERE shard = ? LIMIT 1",
+            // DISTINCT reads the static row only, not the intents (nor
+            // what is left of removed ones).
+            "SELECT DISTINCT shard, fence FROM {ks}.fenced_intents WHERE shard = ?",
         )
         .await?;
         read_fence.set_consistency(Consistency::LocalSerial);
         Ok(Self {
             epoch,
+            open: OpenIntents::new(),
             write_intent: prepare(
                 session,
                 keyspace,
-                "UPDATE {ks}.fenced_events SET event = ? WHERE shard = ? AND event_id = ? IF fence = ?",
+                "UPDATE {ks}.fenced_intents SET event = ? WHERE shard = ? AND epoch = ? AND intent = ? IF fence = ?",
             )
             .await?,
-            delete_intent: prepare(
+            clear_finished: prepare(
                 session,
                 keyspace,
-                "DELETE FROM {ks}.fenced_events WHERE shard = ? AND event_id = ? IF fence = ?",
+                "DELETE FROM {ks}.fenced_intents WHERE shard = ? AND epoch = ? AND intent < ?",
+            )
+            .await?,
+            clear_older: prepare(
+                session,
+                keyspace,
+                "DELETE FROM {ks}.fenced_intents WHERE shard = ? AND epoch < ?",
             )
             .await?,
             read_fence,
             seal_empty: prepare(
                 session,
                 keyspace,
-                "UPDATE {ks}.fenced_events SET fence = ? WHERE shard = ? IF fence = null",
+                "UPDATE {ks}.fenced_intents SET fence = ? WHERE shard = ? IF fence = null",
             )
             .await?,
             seal: prepare(
                 session,
                 keyspace,
-                "UPDATE {ks}.fenced_events SET fence = ? WHERE shard = ? IF fence = ?",
+                "UPDATE {ks}.fenced_intents SET fence = ? WHERE shard = ? IF fence = ?",
             )
             .await?,
             select_intents: prepare(
                 session,
                 keyspace,
-                "SELECT event FROM {ks}.fenced_events WHERE shard = ?",
+                "SELECT epoch, event FROM {ks}.fenced_intents WHERE shard = ?",
+            )
+            .await?,
+            select_legacy: prepare(
+                session,
+                keyspace,
+                "SELECT event_id, event FROM {ks}.fenced_events WHERE shard = ?",
+            )
+            .await?,
+            delete_legacy: prepare(
+                session,
+                keyspace,
+                "DELETE FROM {ks}.fenced_events WHERE shard = ? AND event_id = ?",
             )
             .await?,
         })
+    }
+
+    /// The fence of `shard` as a serial read sees it (an LWT in flight
+    /// completed first).
+    async fn current(&self, session: &Session, shard: i32) -> Result<Option<u64>> {
+        let result = session
+            .execute_unpaged(&self.read_fence, (shard,))
+            .await
+            .map_err(cql)?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        Ok(rows
+            .maybe_first_row::<(i32, Option<i64>)>()
+            .map_err(cql)?
+            .and_then(|(_, fence)| fence)
+            .map(|fence| fence as u64))
+    }
+
+    /// Refuses once a newer writer has begun to seal: it seals partition 0
+    /// first, so a newer writer's every write comes after a seal this read
+    /// would have seen.
+    pub(super) async fn check(&self, session: &Session) -> Result<()> {
+        match self.current(session, 0).await? {
+            Some(current) if current > self.epoch => Err(fenced(self.epoch)),
+            _ => Ok(()),
+        }
     }
 
     /// Raises every partition's fence to this epoch. Refuses if any
@@ -260,23 +324,14 @@ impl Fence {
     pub(super) async fn seal(&self, session: &Session) -> Result<()> {
         for shard in 0..PENDING_SHARDS {
             loop {
-                let result = session
-                    .execute_unpaged(&self.read_fence, (shard,))
-                    .await
-                    .map_err(cql)?;
-                let rows = result.into_rows_result().map_err(cql)?;
-                let current: Option<i64> = rows
-                    .maybe_first_row::<(Option<i64>,)>()
-                    .map_err(cql)?
-                    .and_then(|(fence,)| fence);
-                let attempt = match current {
-                    Some(current) if current as u64 == self.epoch => break,
-                    Some(current) if current as u64 > self.epoch => {
+                let attempt = match self.current(session, shard).await? {
+                    Some(current) if current == self.epoch => break,
+                    Some(current) if current > self.epoch => {
                         return Err(fenced(self.epoch));
                     }
                     Some(current) => {
                         session
-                            .execute_unpaged(&self.seal, (big(self.epoch), shard, current))
+                            .execute_unpaged(&self.seal, (big(self.epoch), shard, big(current)))
                             .await
                     }
                     None => {
@@ -295,18 +350,18 @@ impl Fence {
         Ok(())
     }
 
+    /// Stores intent number `intent` of this epoch; refused once a newer
+    /// writer sealed the partition.
     pub(super) async fn write_intent(
         &self,
         session: &Session,
         shard: i32,
-        event_id: i64,
-        intent: Vec<u8>,
+        intent: u64,
+        event: Vec<u8>,
     ) -> Result<()> {
+        let values = (event, shard, big(self.epoch), big(intent), big(self.epoch));
         let result = session
-            .execute_unpaged(
-                &self.write_intent,
-                (intent, shard, event_id, big(self.epoch)),
-            )
+            .execute_unpaged(&self.write_intent, values)
             .await
             .map_err(cql)?;
         if applied(result)? {
@@ -316,22 +371,78 @@ impl Fence {
         }
     }
 
-    pub(super) async fn delete_intent(
+    /// Removes this epoch's intents of `shard` numbered below `below`
+    /// (every one of them finished).
+    pub(super) async fn clear_finished(
         &self,
         session: &Session,
         shard: i32,
-        event_id: i64,
+        below: u64,
     ) -> Result<()> {
-        let result = session
-            .execute_unpaged(&self.delete_intent, (shard, event_id, big(self.epoch)))
+        let values = (shard, big(self.epoch), big(below));
+        session
+            .execute_unpaged(&self.clear_finished, values)
             .await
             .map_err(cql)?;
-        if applied(result)? {
-            Ok(())
-        } else {
-            // The rows are written; the newer writer finishes this intent
-            // again (the same values) before it serves.
-            Err(fenced(self.epoch))
-        }
+        Ok(())
     }
+
+    /// The intents of `shard` that earlier epochs left (finished or not),
+    /// and what is left in the table of unnumbered intents.
+    pub(super) async fn leftovers(&self, session: &Session, shard: i32) -> Result<Leftovers> {
+        let mut leftovers = Leftovers::default();
+        let result = session
+            .execute_unpaged(&self.select_intents, (shard,))
+            .await
+            .map_err(cql)?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        // The partition's fence row has no event: skip it.
+        for row in rows.rows::<(Option<i64>, Option<Vec<u8>>)>().map_err(cql)? {
+            if let (Some(epoch), Some(event)) = row.map_err(super::corrupt)?
+                && (epoch as u64) < self.epoch
+            {
+                leftovers.numbered.push(event);
+            }
+        }
+        let result = session
+            .execute_unpaged(&self.select_legacy, (shard,))
+            .await
+            .map_err(cql)?;
+        let rows = result.into_rows_result().map_err(cql)?;
+        for row in rows.rows::<(Option<i64>, Option<Vec<u8>>)>().map_err(cql)? {
+            if let (Some(event_id), Some(event)) = row.map_err(super::corrupt)? {
+                leftovers.unnumbered.push((event_id, event));
+            }
+        }
+        Ok(leftovers)
+    }
+
+    /// Every leftover of `shard` is finished: removes them.
+    pub(super) async fn clear_leftovers(
+        &self,
+        session: &Session,
+        shard: i32,
+        leftovers: &Leftovers,
+    ) -> Result<()> {
+        if !leftovers.numbered.is_empty() {
+            session
+                .execute_unpaged(&self.clear_older, (shard, big(self.epoch)))
+                .await
+                .map_err(cql)?;
+        }
+        for (event_id, _) in &leftovers.unnumbered {
+            session
+                .execute_unpaged(&self.delete_legacy, (shard, *event_id))
+                .await
+                .map_err(cql)?;
+        }
+        Ok(())
+    }
+}
+
+/// What earlier writers left in one partition.
+#[derive(Default)]
+pub(super) struct Leftovers {
+    pub(super) numbered: Vec<Vec<u8>>,
+    pub(super) unnumbered: Vec<(i64, Vec<u8>)>,
 }

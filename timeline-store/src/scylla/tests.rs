@@ -3,11 +3,11 @@ use crate::ConversationMembers;
 
 /// The CQL server the README's test command starts; these tests fail
 /// (never skip) without one.
-fn cql_nodes() -> String {
+pub(super) fn cql_nodes() -> String {
     std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
 }
 
-fn unique_keyspace(name: &str) -> String {
+pub(super) fn unique_keyspace(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -15,14 +15,14 @@ fn unique_keyspace(name: &str) -> String {
     format!("tl_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
 
-async fn drop_keyspace(session: &Session, keyspace: &str) {
+pub(super) async fn drop_keyspace(session: &Session, keyspace: &str) {
     session
         .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
         .await
         .unwrap();
 }
 
-async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
+pub(super) async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
     let url = format!("scylla://{}/{keyspace}?replication=1", cql_nodes());
     let config = ScyllaConfig::parse(&url).unwrap();
     let session = config.connect().await.unwrap_or_else(|e| {
@@ -35,7 +35,7 @@ async fn connect(keyspace: &str) -> (ScyllaConfig, Arc<Session>) {
 }
 
 /// A store on a keyspace of its own, and the session to drop it with.
-async fn open_store(keyspace: &str) -> (Arc<Session>, ScyllaTimelineStore) {
+pub(super) async fn open_store(keyspace: &str) -> (Arc<Session>, ScyllaTimelineStore) {
     let (config, session) = connect(keyspace).await;
     let store = ScyllaTimelineStore::open(Arc::clone(&session), &config.keyspace)
         .await
@@ -94,13 +94,18 @@ async fn interrupted_events_are_finished_by_recover() {
     };
     // A crash after the intent and the first inbox copy, before the rest.
     let (shard, event_id) = pending_key(&commit);
-    let intent = PendingEvent::from_commit(&commit).encode_to_vec();
+    let intent = PendingEvent::from_commit(&commit, store.next_timestamp()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await
         .unwrap();
     store
-        .write_inbox(1, 41, EntryEncoder::new(&commit.entry).inbox(41))
+        .write_inbox(
+            1,
+            41,
+            EntryEncoder::new(&commit.entry).inbox(41),
+            store.next_timestamp(),
+        )
         .await
         .unwrap();
     assert!(store.receipt(&key).await.unwrap().is_none());
@@ -167,7 +172,7 @@ async fn an_interrupted_membership_change_is_finished_by_recover() {
     };
     let joined = event(5, 1..=1_000, true);
     let (shard, event_id) = pending_key(&joined);
-    let intent = PendingEvent::from_commit(&joined).encode_to_vec();
+    let intent = PendingEvent::from_commit(&joined, store.next_timestamp()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await
@@ -470,7 +475,7 @@ async fn an_interrupted_recall_is_finished_by_recover() {
         readers: Vec::new(),
     };
     let (shard, event_id) = pending_key(&recall);
-    let intent = PendingEvent::from_commit(&recall).encode_to_vec();
+    let intent = PendingEvent::from_commit(&recall, store.next_timestamp()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await
@@ -506,133 +511,6 @@ async fn an_interrupted_recall_is_finished_by_recover() {
         .await
         .unwrap();
     assert_eq!(history[0], tombstone);
-    drop_keyspace(&session, &keyspace).await;
-}
-
-fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
-    EventCommit {
-        keep_copies: false,
-        rewrites: Vec::new(),
-        entry: Entry {
-            conv_seq,
-            msg_id,
-            text: format!("message {msg_id}"),
-            ..Entry::new(crate::EntryKind::Message, 5)
-        },
-        inbox: vec![crate::InboxWrite {
-            user_id: 1,
-            seq: inbox_seq,
-        }],
-        receipt: None,
-        conversation: None,
-        large_group_index: Vec::new(),
-        readers: Vec::new(),
-        members: Vec::new(),
-    }
-}
-
-async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
-    store
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: 1_000,
-                limit: 100,
-            },
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|entry| entry.text)
-        .collect()
-}
-
-#[tokio::test]
-async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
-    let keyspace = unique_keyspace("lease");
-    let (config, session) = connect(&keyspace).await;
-    let lease = WriterLeaseTable::open(Arc::clone(&session), &config.keyspace)
-        .await
-        .unwrap();
-    assert_eq!(lease.read().await.unwrap(), None);
-    assert_eq!(lease.claim("a:1", None).await.unwrap(), Some(1));
-    assert_eq!(
-        lease.claim("b:1", None).await.unwrap(),
-        None,
-        "already claimed"
-    );
-    let first = lease.read().await.unwrap().unwrap();
-    assert_eq!(
-        (first.holder.as_str(), first.epoch, first.renewals),
-        ("a:1", 1, 0)
-    );
-    assert!(lease.renew("a:1", 1, 0).await.unwrap());
-    assert!(!lease.renew("b:1", 1, 1).await.unwrap(), "not the holder");
-    assert!(
-        !lease.renew("a:1", 1, 0).await.unwrap(),
-        "a renewal from a stale read (one that timed out and applied) leaves the row alone"
-    );
-    // A takeover must name the row exactly as it is now.
-    assert_eq!(lease.claim("b:1", Some(&first)).await.unwrap(), None);
-    let renewed = lease.read().await.unwrap().unwrap();
-    assert_eq!(renewed.renewals, 1);
-    assert_eq!(lease.claim("b:1", Some(&renewed)).await.unwrap(), Some(2));
-    assert!(!lease.renew("a:1", 1, 1).await.unwrap(), "taken over");
-    let now = lease.read().await.unwrap().unwrap();
-    assert_eq!(
-        (now.holder.as_str(), now.epoch, now.renewals),
-        ("b:1", 2, 0)
-    );
-    drop_keyspace(&session, &keyspace).await;
-}
-
-#[tokio::test]
-async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_by_the_next() {
-    let keyspace = unique_keyspace("fence");
-    let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
-    old.commit_event(message_commit(901, 1, 11)).await.unwrap();
-    // The old writer stored an intent and froze before writing its rows.
-    let frozen = message_commit(902, 2, 12);
-    let (shard, event_id) = pending_key(&frozen);
-    let fence = old.fence.as_ref().unwrap();
-    fence
-        .write_intent(
-            &session,
-            shard,
-            event_id,
-            PendingEvent::from_commit(&frozen).encode_to_vec(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(inbox_texts(&store).await, ["message 901"]);
-
-    let new = store.fenced(&keyspace, 2).await.unwrap();
-    // Sealed: the old writer can store no further intent, so none of its
-    // rows can follow.
-    let late = old.commit_event(message_commit(903, 3, 13)).await;
-    assert!(
-        matches!(late, Err(StoreError::Fenced(_))),
-        "a superseded writer's commit must be refused: {late:?}"
-    );
-    assert_eq!(
-        new.recover().await.unwrap(),
-        1,
-        "the frozen intent is finished"
-    );
-    assert_eq!(inbox_texts(&new).await, ["message 901", "message 902"]);
-    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
-    new.commit_event(message_commit(904, 4, 14)).await.unwrap();
-    assert_eq!(
-        inbox_texts(&new).await,
-        ["message 901", "message 902", "message 904"]
-    );
-    // An older epoch can never seal again.
-    assert!(matches!(
-        store.fenced(&keyspace, 1).await,
-        Err(StoreError::Fenced(_))
-    ));
     drop_keyspace(&session, &keyspace).await;
 }
 

@@ -1,0 +1,372 @@
+//! The writer lease and the fence against a real CQL server: what a
+//! superseded writer can still do, and what it can no longer change.
+
+use super::tests::{connect, drop_keyspace, open_store, unique_keyspace};
+use super::*;
+
+fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
+    EventCommit {
+        keep_copies: false,
+        rewrites: Vec::new(),
+        entry: Entry {
+            conv_seq,
+            msg_id,
+            text: format!("message {msg_id}"),
+            ..Entry::new(crate::EntryKind::Message, 5)
+        },
+        inbox: vec![crate::InboxWrite {
+            user_id: 1,
+            seq: inbox_seq,
+        }],
+        receipt: None,
+        conversation: None,
+        large_group_index: Vec::new(),
+        readers: Vec::new(),
+        members: Vec::new(),
+    }
+}
+
+async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
+    store
+        .read_inbox(
+            1,
+            InboxRange {
+                after: 0,
+                through: 1_000,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.text)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
+    let keyspace = unique_keyspace("lease");
+    let (config, session) = connect(&keyspace).await;
+    let lease = WriterLeaseTable::open(Arc::clone(&session), &config.keyspace)
+        .await
+        .unwrap();
+    assert_eq!(lease.read().await.unwrap(), None);
+    assert_eq!(lease.claim("a:1", None).await.unwrap(), Some(1));
+    assert_eq!(
+        lease.claim("b:1", None).await.unwrap(),
+        None,
+        "already claimed"
+    );
+    let first = lease.read().await.unwrap().unwrap();
+    assert_eq!(
+        (first.holder.as_str(), first.epoch, first.renewals),
+        ("a:1", 1, 0)
+    );
+    assert!(lease.renew("a:1", 1, 0).await.unwrap());
+    assert!(!lease.renew("b:1", 1, 1).await.unwrap(), "not the holder");
+    assert!(
+        !lease.renew("a:1", 1, 0).await.unwrap(),
+        "a renewal from a stale read (one that timed out and applied) leaves the row alone"
+    );
+    // A takeover must name the row exactly as it is now.
+    assert_eq!(lease.claim("b:1", Some(&first)).await.unwrap(), None);
+    let renewed = lease.read().await.unwrap().unwrap();
+    assert_eq!(renewed.renewals, 1);
+    assert_eq!(lease.claim("b:1", Some(&renewed)).await.unwrap(), Some(2));
+    assert!(!lease.renew("a:1", 1, 1).await.unwrap(), "taken over");
+    let now = lease.read().await.unwrap().unwrap();
+    assert_eq!(
+        (now.holder.as_str(), now.epoch, now.renewals),
+        ("b:1", 2, 0)
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+#[tokio::test]
+async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_by_the_next() {
+    let keyspace = unique_keyspace("fence");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    old.commit_event(message_commit(901, 1, 11)).await.unwrap();
+    // The old writer stored an intent and froze before writing its rows.
+    let frozen = message_commit(902, 2, 12);
+    old.store_intent(&frozen).await.unwrap();
+    assert_eq!(inbox_texts(&store).await, ["message 901"]);
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    // Sealed: the old writer can store no further intent, so none of its
+    // rows can follow.
+    let late = old.commit_event(message_commit(903, 3, 13)).await;
+    assert!(
+        matches!(late, Err(StoreError::Fenced(_))),
+        "a superseded writer's commit must be refused: {late:?}"
+    );
+    assert_eq!(
+        new.recover().await.unwrap(),
+        1,
+        "the frozen intent is finished"
+    );
+    assert_eq!(inbox_texts(&new).await, ["message 901", "message 902"]);
+    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
+    new.commit_event(message_commit(904, 4, 14)).await.unwrap();
+    assert_eq!(
+        inbox_texts(&new).await,
+        ["message 901", "message 902", "message 904"]
+    );
+    // An older epoch can never seal again.
+    assert!(matches!(
+        store.fenced(&keyspace, 1).await,
+        Err(StoreError::Fenced(_))
+    ));
+    drop_keyspace(&session, &keyspace).await;
+}
+
+fn conversation_record(members: Vec<u64>) -> Conversation {
+    Conversation {
+        conversation_id: 5,
+        kind: crate::ConversationKind::Group,
+        member_count: members.len() as u64,
+        members,
+        title: "fenced".into(),
+        created_at_ms: 1,
+        read_fanout: false,
+    }
+}
+
+/// A writer froze after storing two intents and before issuing their rows
+/// (a message and a membership change); the next writer finished both,
+/// then recalled the message and removed a member. The rows the frozen
+/// writer issues when it resumes must lose to those newer writes.
+#[tokio::test]
+async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
+    let keyspace = unique_keyspace("late");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let message = message_commit(902, 2, 12);
+    let added = EventCommit {
+        entry: Entry {
+            conv_seq: 3,
+            msg_id: 903,
+            ..Entry::new(crate::EntryKind::MembersAdded, 5)
+        },
+        inbox: vec![crate::InboxWrite {
+            user_id: 1,
+            seq: 13,
+        }],
+        conversation: Some(conversation_record(vec![1, 2, 3])),
+        ..message_commit(903, 3, 13)
+    };
+    let frozen = [message.clone(), added.clone()];
+    let mut stored = Vec::new();
+    for commit in &frozen {
+        stored.push(old.store_intent(commit).await.unwrap());
+    }
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 2);
+    let recalled = Entry {
+        text: String::new(),
+        state: crate::MessageState {
+            removed: Some(crate::Removal {
+                kind: crate::RemovalKind::Recalled,
+                by: 0,
+                at_ms: 5,
+                conv_seq: 4,
+            }),
+            ..crate::MessageState::default()
+        },
+        ..message.entry.clone()
+    };
+    new.commit_event(EventCommit {
+        rewrites: vec![crate::Rewrite {
+            entry: recalled.clone(),
+            inbox: message.inbox.clone(),
+        }],
+        entry: Entry {
+            conv_seq: 4,
+            msg_id: 904,
+            ..Entry::new(crate::EntryKind::Recall, 5)
+        },
+        ..message_commit(904, 4, 14)
+    })
+    .await
+    .unwrap();
+    new.commit_event(EventCommit {
+        entry: Entry {
+            conv_seq: 5,
+            msg_id: 905,
+            ..Entry::new(crate::EntryKind::MembersRemoved, 5)
+        },
+        conversation: Some(conversation_record(vec![1, 2])),
+        ..message_commit(905, 5, 15)
+    })
+    .await
+    .unwrap();
+
+    // The frozen writer resumes and issues the rows of its stored intents.
+    for intent in &stored {
+        old.apply_stored(intent).await.unwrap();
+    }
+    let inbox = new
+        .read_inbox(
+            1,
+            InboxRange {
+                after: 0,
+                through: 100,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox[0],
+        Entry {
+            seq: 12,
+            ..recalled.clone()
+        },
+        "the recalled copy stays recalled"
+    );
+    let history = new
+        .read_conversation(5, ConversationRange::oldest_first(0, 100, 10))
+        .await
+        .unwrap();
+    assert_eq!(history[0], recalled, "the recalled message stays recalled");
+    assert_eq!(
+        new.conversation(5).await.unwrap().unwrap().members,
+        vec![1, 2],
+        "the removed member stays removed"
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+fn read_state(conversation_id: u64, read_through: u64) -> ReadStateRow {
+    ReadStateRow {
+        conversation_id,
+        member: true,
+        read_through,
+        last_seq: read_through,
+        ..ReadStateRow::default()
+    }
+}
+
+/// Read states are no event (no intent): a superseded writer's save is
+/// refused, and one it had started before it froze loses to the next
+/// writer's.
+#[tokio::test]
+async fn a_superseded_writer_cannot_set_read_states_back() {
+    let keyspace = unique_keyspace("readstate");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    old.save_read_states(7, 10, vec![read_state(5, 10)])
+        .await
+        .unwrap();
+    let started = old.read_state_save().await.unwrap();
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    new.save_read_states(7, 20, vec![read_state(5, 20)])
+        .await
+        .unwrap();
+    let refused = old.save_read_states(7, 30, vec![read_state(5, 15)]).await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced(_))),
+        "a superseded writer's save must be refused: {refused:?}"
+    );
+    // A save the old writer began before it froze lands late.
+    old.write_read_states(started, 7, 30, vec![read_state(5, 15)])
+        .await
+        .unwrap();
+    let snapshot = new.read_states(7).await.unwrap();
+    assert_eq!(snapshot.applied_seq, 20);
+    assert_eq!(snapshot.rows, vec![read_state(5, 20)]);
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// The intent rows (not the fence) the partitions hold now.
+async fn stored_intents(session: &Session, keyspace: &str) -> usize {
+    let result = session
+        .query_unpaged(format!("SELECT event FROM {keyspace}.fenced_intents"), ())
+        .await
+        .unwrap();
+    let rows = result.into_rows_result().unwrap();
+    rows.rows::<(Option<Vec<u8>>,)>()
+        .unwrap()
+        .filter(|row| row.as_ref().unwrap().0.is_some())
+        .count()
+}
+
+/// A commit of one message per partition, to user 1 from `seq` up.
+async fn one_per_partition(store: &ScyllaTimelineStore, first_msg: u64, seq: u64) {
+    for i in 0..PENDING_SHARDS as u64 {
+        store
+            .commit_event(message_commit(first_msg + i, seq + i, seq + i))
+            .await
+            .unwrap();
+    }
+}
+
+/// Finished intents go by range deletions, below the lowest one still
+/// open; a takeover finds the open ones (and finished ones above them,
+/// which it applies again, changing nothing).
+#[tokio::test]
+async fn finished_intents_are_removed_below_the_lowest_open_one() {
+    let keyspace = unique_keyspace("clear");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    for i in 0..32 {
+        old.commit_event(message_commit(1_000 + i, 100 + i, 100 + i))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(open_intents::CLEAR_INTERVAL).await;
+    one_per_partition(&old, 2_000, 200).await;
+    assert_eq!(stored_intents(&session, &keyspace).await, 0);
+
+    let frozen = message_commit(3_000, 300, 300);
+    old.store_intent(&frozen).await.unwrap();
+    tokio::time::sleep(open_intents::CLEAR_INTERVAL).await;
+    one_per_partition(&old, 3_001, 301).await;
+    assert_eq!(
+        stored_intents(&session, &keyspace).await,
+        1 + PENDING_SHARDS as usize,
+        "nothing at or above the open intent goes"
+    );
+
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 1 + PENDING_SHARDS as usize);
+    assert_eq!(stored_intents(&session, &keyspace).await, 0);
+    assert_eq!(new.recover().await.unwrap(), 0);
+    let texts = inbox_texts(&new).await;
+    assert_eq!(texts.len(), 32 + 2 * PENDING_SHARDS as usize + 1);
+    assert!(texts.contains(&"message 3000".to_owned()));
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// Intents of a writer from before intents were numbered (one row per
+/// event in `fenced_events`) are finished and removed by the next writer.
+#[tokio::test]
+async fn intents_left_in_the_unnumbered_table_are_finished() {
+    let keyspace = unique_keyspace("legacy");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let left = message_commit(950, 1, 11);
+    let (shard, event_id) = pending_key(&left);
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {keyspace}.fenced_events (shard, event_id, event) VALUES (?, ?, ?)"
+            ),
+            (
+                shard,
+                event_id,
+                PendingEvent::from_commit(&left, 0).encode_to_vec(),
+            ),
+        )
+        .await
+        .unwrap();
+    drop(old);
+    let new = store.fenced(&keyspace, 2).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 1);
+    assert_eq!(inbox_texts(&new).await, ["message 950"]);
+    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
+    drop_keyspace(&session, &keyspace).await;
+}
