@@ -521,6 +521,25 @@ impl CommitObserver for GroupHub {
         drop(outbox);
         self.pusher_wake.notify_one();
     }
+
+    /// A failed write's gap no longer holds a group back: what completed
+    /// behind it (a held priority message among it) is pushed now, not at
+    /// the group's next message.
+    fn released(&self, visible: &[(crate::horizon::Key, u64)]) {
+        let mut moved_any = false;
+        for &((scope, conversation_id), top) in visible {
+            if scope != Scope::Conversation || self.subscribers(conversation_id) == 0 {
+                continue;
+            }
+            let mut outbox = lock(&self.outbox);
+            let moved = outbox.entry(conversation_id).or_default();
+            moved.top = moved.top.max(top);
+            moved_any = true;
+        }
+        if moved_any {
+            self.pusher_wake.notify_one();
+        }
+    }
 }
 
 /// One stream's registration; dropping it unregisters everywhere.

@@ -393,6 +393,32 @@ async fn a_priority_message_waits_until_readable() {
     );
 }
 
+/// The write holding a priority message back fails: the release of its
+/// gap pushes the message, without waiting for the group's next one.
+#[tokio::test]
+async fn a_priority_message_held_behind_a_failed_write_is_pushed_at_its_release() {
+    let hub = GroupHub::new();
+    let lifecycle = lifecycle();
+    let sub = hub.subscribe(1, &lifecycle);
+    sub.join([10]);
+    let urgent = Entry {
+        priority: true,
+        ..message_at(10, 8)
+    };
+    announce(&hub, &commit(urgent), 6);
+    settle().await;
+    assert_eq!(sub.mailbox().take_priority(), None);
+    sub.mailbox().take_ordinary();
+    // Seq 7 failed: released, the group is readable through 8.
+    hub.released(&[((Scope::Conversation, 10), 8)]);
+    settle().await;
+    let batch = sub
+        .mailbox()
+        .take_priority()
+        .expect("pushed at the release");
+    assert_eq!(batch.notices[0].conv_seq, 8);
+}
+
 /// A stream that reads nothing holds at most one value per group and a
 /// bounded priority queue; past either bound it is told to pull.
 #[tokio::test]
