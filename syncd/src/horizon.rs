@@ -105,6 +105,11 @@ impl KeyState {
         self.in_flight.get_or_insert_with(Box::default)
     }
 
+    /// The highest seq safe to announce, when anything is durable.
+    fn announceable(&self) -> Option<u64> {
+        (self.max_durable > 0).then(|| self.limit().min(self.max_durable))
+    }
+
     /// Frees the in-flight block once nothing is in flight.
     fn settle(&mut self) {
         if self
@@ -147,21 +152,14 @@ impl Horizon {
         let _ = self.on_release.set(hook);
     }
 
-    /// The limits of `keys` now (only those with something durable), for
-    /// the release hook; called with no shard held.
-    fn released(&self, keys: &[Key]) {
-        let Some(hook) = self.on_release.get() else {
-            return;
-        };
-        let visible: Vec<(Key, u64)> = keys
-            .iter()
-            .filter_map(|key| {
-                let shard = self.shard(key);
-                let state = shard.get(key)?;
-                (state.max_durable > 0).then(|| (*key, state.limit().min(state.max_durable)))
-            })
-            .collect();
-        if !visible.is_empty() {
+    /// Calls the release hook with `visible` (each key's limit taken under
+    /// its shard's lock, as the write let go of it: a key settled by the
+    /// release may be forgotten before the hook could look again); called
+    /// with no shard held.
+    fn released(&self, visible: Vec<(Key, u64)>) {
+        if let Some(hook) = self.on_release.get()
+            && !visible.is_empty()
+        {
             hook(&visible);
         }
     }
@@ -324,15 +322,18 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        // Empty once assigned: only a reservation released unallocated
+        // reports anything.
+        let mut visible = Vec::new();
         for (key, &floor) in self.keys.iter().zip(&self.floors) {
             let mut shard = self.horizon.shard(key);
             if let Some(state) = shard.get_mut(key) {
                 remove_one(&mut state.in_flight().floors, floor);
                 state.settle();
+                visible.extend(state.announceable().map(|top| (*key, top)));
             }
         }
-        // Empty once assigned: only a reservation released unallocated.
-        self.horizon.released(&self.keys);
+        self.horizon.released(visible);
     }
 }
 
@@ -368,15 +369,18 @@ impl Assignment {
 
 impl Drop for Assignment {
     fn drop(&mut self) {
+        // Empty once completed: only an assignment released unfinished
+        // reports anything.
+        let mut visible = Vec::new();
         for (key, &seq) in self.keys.iter().zip(&self.seqs) {
             let mut shard = self.horizon.shard(key);
             if let Some(state) = shard.get_mut(key) {
                 remove_one(&mut state.in_flight().pending, seq);
                 state.settle();
+                visible.extend(state.announceable().map(|top| (*key, top)));
             }
         }
-        // Empty once completed: only an assignment released unfinished.
-        self.horizon.released(&self.keys);
+        self.horizon.released(visible);
     }
 }
 

@@ -25,6 +25,11 @@ pub trait CommitObserver: Send + Sync + 'static {
     /// conversation record, for access checks).
     fn before_visible(&self, _commit: &EventCommit) {}
 
+    /// Before the store is asked to commit the event (it may be stored
+    /// long before it is announced, when it is finished in the
+    /// background): what must not outlive the stored state it replaces.
+    fn before_commit(&self, _commit: &EventCommit) {}
+
     /// Once the event's seqs are readable.
     fn committed(&self, _event: &Committed<'_>) {}
 
@@ -41,6 +46,13 @@ pub struct Observers(Arc<[Arc<dyn CommitObserver>]>);
 impl Observers {
     pub fn new(observers: Vec<Arc<dyn CommitObserver>>) -> Self {
         Self(observers.into())
+    }
+
+    /// Tells every observer that the store is about to commit `commit`.
+    pub fn before_commit(&self, commit: &EventCommit) {
+        for observer in self.0.iter() {
+            observer.before_commit(commit);
+        }
     }
 
     /// Tells every observer how far the keys of a released write are safe

@@ -260,6 +260,126 @@ mod tests {
         assert_eq!(pushed, tail, "the entries as stored, seqs and all");
     }
 
+    /// A fenced commit is not a gap: its intent may have landed before the
+    /// seal, and the newer writer would write it at its seqs. So nothing
+    /// after it is announced by this node (it used to be released, and the
+    /// next message pushed past the seq the newer writer then fills).
+    #[tokio::test]
+    async fn a_fenced_event_holds_back_what_follows_it() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "w"), 0, true).await.unwrap();
+        let first = feed.next().await.unwrap().unwrap();
+        fx.store.fail_commits_where(
+            |commit| commit.entry.text == "fenced",
+            || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
+        );
+        let fenced = engine
+            .send(device(1, "d"), message(conversation, "fenced", None))
+            .await;
+        assert!(fenced.is_err());
+        fx.store.clear_aimed_fault();
+        engine
+            .send(device(1, "d"), message(conversation, "after", None))
+            .await
+            .unwrap();
+        let page = engine
+            .sync(&device(2, "d"), Some(first.up_to_seq), 100)
+            .await
+            .unwrap();
+        assert!(
+            page.entries.is_empty(),
+            "held back: {:?}",
+            texts(&page.entries)
+        );
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), feed.next()).await;
+        assert!(waited.is_err(), "nothing announced past the fenced seq");
+    }
+
+    /// A heavy message's inbox copies refer to its conversation entry,
+    /// which an edit rewrites alone: such an entry is pushed from the
+    /// store, which has the edit, never from a copy kept before it.
+    #[tokio::test]
+    async fn a_heavy_message_edited_before_its_push_is_pushed_as_edited() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "w"), 0, true).await.unwrap();
+        feed.next().await.unwrap().unwrap();
+        let heavy = "h".repeat(timeline_store::INBOX_INLINE_PAYLOAD_BYTES + 1);
+        let sent = engine
+            .send(device(1, "d"), message(conversation, &heavy, None))
+            .await
+            .unwrap();
+        engine
+            .amend(
+                device(1, "d"),
+                crate::amend::Operation::Edit,
+                crate::amend::AmendCommand {
+                    conversation_id: conversation,
+                    conv_seq: sent.receipt.conv_seq,
+                    msg_id: sent.receipt.msg_id,
+                    text: "edited".into(),
+                    client_op_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut pushed = Vec::new();
+        while pushed.len() < 2 {
+            pushed.extend(feed.next().await.unwrap().unwrap().entries);
+        }
+        assert_eq!(pushed[0].text, "edited", "the message as stored now");
+    }
+
+    /// A recall whose commit failed after it landed is finished in the
+    /// background and announced only then; meanwhile a lagging feed must
+    /// not push the recalled text from memory (the store has the recall).
+    #[tokio::test]
+    async fn a_recall_finishing_in_the_background_already_hides_the_text() {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2]).await;
+        let mut feed = engine.subscribe(&device(2, "w"), 0, true).await.unwrap();
+        feed.next().await.unwrap().unwrap();
+        let sent = engine
+            .send(
+                device(1, "d"),
+                message(conversation, "the code is 1234", None),
+            )
+            .await
+            .unwrap();
+        fx.store.fail_next(
+            timeline_store::testsuite::Op::Commit,
+            3,
+            timeline_store::testsuite::Failure::Applied,
+        );
+        let recall = engine
+            .amend(
+                device(1, "d"),
+                crate::amend::Operation::Recall,
+                crate::amend::AmendCommand {
+                    conversation_id: conversation,
+                    conv_seq: sent.receipt.conv_seq,
+                    msg_id: sent.receipt.msg_id,
+                    text: String::new(),
+                    client_op_id: None,
+                },
+            )
+            .await;
+        assert!(
+            recall.is_err(),
+            "stored, then the call failed: finished in the background"
+        );
+        let notice = feed.next().await.unwrap().unwrap();
+        assert!(
+            notice.entries.iter().all(|e| !e.text.contains("1234")),
+            "{:?}",
+            notice.entries
+        );
+    }
+
     /// A recall that lands before a lagging feed pushes its message
     /// leaves the feed the recalled state, never the text: the memory is
     /// rewritten with the store.

@@ -136,6 +136,15 @@ impl Hub {
         self.account(delta);
     }
 
+    /// Drops the held entry at `seq` of `user_id` (feeds of a range with
+    /// it read the store).
+    pub fn forget(&self, user_id: u64, seq: u64) {
+        if let Some(channel) = self.shard(user_id).get_mut(&user_id) {
+            let released = channel.recent.forget(seq);
+            self.recent_bytes.fetch_sub(released, Ordering::AcqRel);
+        }
+    }
+
     /// The new state of a stored entry of `user_id`, rewritten in place.
     pub fn rewrite(&self, user_id: u64, entry: &Entry) {
         if let Some(channel) = self.shard(user_id).get_mut(&user_id) {

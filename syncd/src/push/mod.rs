@@ -25,19 +25,9 @@ pub use hub::{Hub, Subscription};
 use crate::horizon::Scope;
 use crate::observer::{CommitObserver, Committed};
 
-impl CommitObserver for Hub {
-    /// Before any of the event's seqs can be announced, so a feed woken by
-    /// one finds its entry in memory.
-    fn before_visible(&self, commit: &timeline_store::EventCommit) {
-        for write in &commit.inbox {
-            self.remember(
-                write.user_id,
-                &timeline_store::Entry {
-                    seq: write.seq,
-                    ..commit.entry.clone()
-                },
-            );
-        }
+impl Hub {
+    /// Replaces the held copies an event rewrites in place.
+    fn rewrite_all(&self, commit: &timeline_store::EventCommit) {
         for rewrite in &commit.rewrites {
             for write in &rewrite.inbox {
                 self.rewrite(
@@ -47,6 +37,41 @@ impl CommitObserver for Hub {
                         ..rewrite.entry.clone()
                     },
                 );
+            }
+        }
+    }
+}
+
+impl CommitObserver for Hub {
+    /// Before any of the event's seqs can be announced, so a feed woken by
+    /// one finds its entry in memory.
+    fn before_visible(&self, commit: &timeline_store::EventCommit) {
+        // A heavy entry's inbox copies refer to its conversation entry, which
+        // an edit rewrites alone: memory could not follow it, so such entries
+        // are read from the store.
+        if timeline_store::payload_bytes(&commit.entry) > timeline_store::INBOX_INLINE_PAYLOAD_BYTES
+        {
+            return self.rewrite_all(commit);
+        }
+        for write in &commit.inbox {
+            self.remember(
+                write.user_id,
+                &timeline_store::Entry {
+                    seq: write.seq,
+                    ..commit.entry.clone()
+                },
+            );
+        }
+        self.rewrite_all(commit);
+    }
+
+    /// A recall or edit being stored (perhaps finished in the background,
+    /// announced only later): the copies it replaces leave memory now, so
+    /// until the rewrite is announced their feeds read the store.
+    fn before_commit(&self, commit: &timeline_store::EventCommit) {
+        for rewrite in &commit.rewrites {
+            for write in &rewrite.inbox {
+                self.forget(write.user_id, write.seq);
             }
         }
     }

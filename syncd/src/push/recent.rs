@@ -74,6 +74,18 @@ impl Recent {
         }
     }
 
+    /// Drops the entry at `seq` if held; returns the bytes released.
+    pub fn forget(&mut self, seq: u64) -> usize {
+        let at = self.entries.partition_point(|e| e.seq < seq);
+        if self.entries.get(at).is_some_and(|e| e.seq == seq) {
+            let gone = self.entries.remove(at).expect("held");
+            let size = wire_bytes(&gone);
+            self.bytes -= size;
+            return size;
+        }
+        0
+    }
+
     /// Forgets everything (the hub's budget is spent); returns the bytes
     /// released.
     pub fn clear(&mut self) -> usize {
@@ -213,8 +225,19 @@ mod tests {
             0,
             "not held: nothing to do"
         );
+        recent.remember(entry(3, "third"), 10, 1 << 20);
+        let held = recent.bytes();
+        let released = recent.forget(2);
+        assert_eq!(released, held - recent.bytes());
+        assert!(released > 0);
+        assert!(
+            recent.range((1, 3), 10, 1 << 20).is_none(),
+            "2 is gone: to the store"
+        );
+        assert_eq!(recent.forget(2), 0);
+        let expected = recent.bytes();
         let released = recent.clear();
-        assert_eq!(released as isize, before as isize - 6);
+        assert_eq!(released, expected);
         assert_eq!(recent.bytes(), 0);
         assert!(recent.range((0, 1), 10, 1 << 20).is_none());
     }

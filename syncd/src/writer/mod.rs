@@ -301,6 +301,7 @@ impl EventWriter {
             held: until_complete,
             _bytes: bytes,
         };
+        self.observers.before_commit(&commit);
         match self.store.commit_event(commit.clone()).await {
             Ok(()) => {
                 self.observers.announce(&commit, assignment);
@@ -333,9 +334,18 @@ impl EventWriter {
                 };
                 Err(SyncdError::Unavailable(format!("{error}; {retry}")))
             }
-            // Refused before anything was written (the seqs become gaps),
-            // or fenced: a newer writer took over and finishes whatever
-            // intent of this event was stored (a retry finds its receipt).
+            // Fenced: a newer writer took over and finishes whatever intent
+            // of this event was stored (a retry finds its receipt). A fenced
+            // answer does not prove the intent absent (a timed-out attempt
+            // may have landed before the seal), so its seqs are not gaps
+            // this node may announce past: parked, they stay held back for
+            // the rest of this engine, as in the background finisher.
+            Err(error) if error.is_fenced() => {
+                commit_failed("fenced");
+                park(&self.parked, unfinished(assignment));
+                Err(error.into())
+            }
+            // Refused before anything was written: the seqs become gaps.
             Err(error) => {
                 commit_failed("refused");
                 Err(error.into())
