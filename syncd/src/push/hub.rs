@@ -117,11 +117,13 @@ impl Hub {
     /// user's feeds, when the user is subscribed and the hub's budget
     /// allows. Past the budget the user's entries are dropped, and its
     /// feeds read the store.
-    pub fn remember(&self, user_id: u64, entry: &Entry) {
+    pub fn remember(&self, user_id: u64, seq: u64, entry: &Entry) {
         let mut shard = self.shard(user_id);
         let Some(channel) = shard.get_mut(&user_id) else {
             return;
         };
+        // The copy is made only for a subscribed user: the observer calls
+        // this for every inbox write of the event.
         let size = crate::paging::wire_bytes(entry);
         if self.recent_bytes.load(Ordering::Acquire) + size > RECENT_PUSH_BYTES {
             let released = channel.recent.clear();
@@ -129,7 +131,10 @@ impl Hub {
             return;
         }
         let delta = channel.recent.remember(
-            entry.clone(),
+            Entry {
+                seq,
+                ..entry.clone()
+            },
             RECENT_PUSH_ENTRIES_PER_USER,
             RECENT_PUSH_BYTES_PER_USER,
         );
@@ -146,9 +151,12 @@ impl Hub {
     }
 
     /// The new state of a stored entry of `user_id`, rewritten in place.
-    pub fn rewrite(&self, user_id: u64, entry: &Entry) {
+    pub fn rewrite(&self, user_id: u64, seq: u64, entry: &Entry) {
         if let Some(channel) = self.shard(user_id).get_mut(&user_id) {
-            let delta = channel.recent.rewrite(entry.clone());
+            let delta = channel.recent.rewrite(Entry {
+                seq,
+                ..entry.clone()
+            });
             self.account(delta);
         }
     }
@@ -273,14 +281,14 @@ mod tests {
             text: "x".repeat(60 * 1024),
             ..Entry::new(timeline_store::EntryKind::Message, 1)
         };
-        hub.remember(1, &big(1));
+        hub.remember(1, 1, &big(1));
         assert_eq!(hub.recent_bytes(), 0, "nobody subscribed: nothing kept");
         let users = RECENT_PUSH_BYTES / (60 * 1024) + 10;
         let subs: Vec<_> = (0..users as u64)
             .map(|u| hub.subscribe(u).unwrap())
             .collect();
         for user in 0..users as u64 {
-            hub.remember(user, &big(1));
+            hub.remember(user, 1, &big(1));
             assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
         }
         assert!(hub.recent(0, (0, 1), 10, 1 << 20).is_some());

@@ -30,13 +30,7 @@ impl Hub {
     fn rewrite_all(&self, commit: &timeline_store::EventCommit) {
         for rewrite in &commit.rewrites {
             for write in &rewrite.inbox {
-                self.rewrite(
-                    write.user_id,
-                    &timeline_store::Entry {
-                        seq: write.seq,
-                        ..rewrite.entry.clone()
-                    },
-                );
+                self.rewrite(write.user_id, write.seq, &rewrite.entry);
             }
         }
     }
@@ -54,13 +48,7 @@ impl CommitObserver for Hub {
             return self.rewrite_all(commit);
         }
         for write in &commit.inbox {
-            self.remember(
-                write.user_id,
-                &timeline_store::Entry {
-                    seq: write.seq,
-                    ..commit.entry.clone()
-                },
-            );
+            self.remember(write.user_id, write.seq, &commit.entry);
         }
         self.rewrite_all(commit);
     }
