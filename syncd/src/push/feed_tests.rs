@@ -141,14 +141,9 @@ async fn a_heavy_message_edited_before_its_push_is_pushed_as_edited() {
         .send(device(1, "d"), message(conversation, &heavy, None))
         .await
         .unwrap();
-    amend_sent(
-        &engine,
-        crate::amend::Operation::Edit,
-        &sent,
-        "edited",
-    )
-    .await
-    .unwrap();
+    amend_sent(&engine, crate::amend::Operation::Edit, &sent, "edited")
+        .await
+        .unwrap();
     let mut pushed = Vec::new();
     while pushed.len() < 2 {
         pushed.extend(feed.next().await.unwrap().unwrap().entries);
