@@ -125,6 +125,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                     "100000",
                     "--connections",
                     "8000",
+                    "--centrifugo-peer",
                 ],
             ),
             ("readstate", vec!["readstate", "--redis-peer"]),

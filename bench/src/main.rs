@@ -12,11 +12,14 @@
 //! readstate` times the conversation list, incremental updates and marks
 //! (in a small conversation and a 10,000-member group). Setup (server start, conversation creation, schema,
 //! filling a backlog) is excluded from every measured window. `bench seq`
-//! compares sequence allocation with Redis INCR; `bench all` runs them all.
+//! compares sequence allocation with Redis INCR; `bench devices` holds many
+//! push subscriptions open (`--centrifugo-peer`: and the same against
+//! Centrifugo); `bench all` runs them all.
 
 mod all;
 mod burst;
 mod catchup;
+mod centrifugo;
 mod closed_loop;
 mod delivery;
 mod devices;

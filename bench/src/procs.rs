@@ -1,5 +1,5 @@
 //! Child processes a benchmark starts and stops: the seqsvc roles (from the
-//! binary next to this one) and redis-server.
+//! binary next to this one), redis-server and Centrifugo.
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,18 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Takes charge of `child`, which serves on `addr`.
+    pub fn new(child: Child, addr: String) -> Self {
+        Self { child, addr }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the child has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -45,7 +55,7 @@ pub fn start_listening(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
     Ok(Proc { child, addr })
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -113,6 +123,19 @@ pub async fn redis_connection(addr: &str) -> anyhow::Result<redis::aio::Multiple
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_seconds_of(pid: u32) -> f64 {
     crate::report::cpu_seconds_at(&format!("/proc/{pid}/stat"))
+}
+
+/// Resident memory of a process now, in MiB (0 when it cannot be read).
+pub fn rss_mib_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Peak resident memory of a process in MiB.
