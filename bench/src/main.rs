@@ -65,7 +65,8 @@ enum Command {
     Readstate(read_state::ReadStateArgs),
     /// Many push subscriptions held open over fewer connections: server
     /// memory per subscription and per connection, idle and under a send
-    /// rate, and delivery latency.
+    /// rate, and delivery latency (`--centrifugo-peer`: then the same
+    /// against Centrifugo, side by side).
     Devices(devices::DevicesArgs),
     /// History search, the embedded index and OpenSearch side by side:
     /// indexing throughput and query latency over a large history, and the
