@@ -173,6 +173,12 @@ fn print_table(args: &DevicesArgs, syncd: &Measured, peer: Option<&Measured>) {
     row("server CPU per second of load", &|m| {
         format!("{:.2}", m.server_cpu_per_s)
     });
+    row("load generator CPU per second of load", &|m| {
+        format!("{:.2}", m.bench_cpu_per_s)
+    });
+    row("machine load average (1 min) after the load", &|m| {
+        format!("{:.2}", m.load_average)
+    });
 }
 
 /// The syncd run: a node, its groups, then [`measure`]. Returns the store

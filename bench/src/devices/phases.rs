@@ -41,6 +41,12 @@ pub struct Measured {
     pub pending: usize,
     pub latency: Histogram<u64>,
     pub server_cpu_per_s: f64,
+    /// This process's CPU over the same window: the load generator shares
+    /// the machine with the server.
+    pub bench_cpu_per_s: f64,
+    /// The machine's 1-minute load average after the load: other work on
+    /// the machine shows here.
+    pub load_average: f64,
 }
 
 impl Measured {
@@ -60,6 +66,8 @@ impl Measured {
                             "p99": report::ms(&self.latency, 0.99),
                             "max": self.latency.max() as f64 / 1000.0},
             "server_cpu_per_s": self.server_cpu_per_s,
+            "bench_cpu_per_s": self.bench_cpu_per_s,
+            "load_average": self.load_average,
         })
     }
 }
@@ -126,11 +134,14 @@ where
     }
 
     let cpu_before = procs::cpu_seconds_of(pid);
+    let bench_cpu_before = report::cpu_seconds();
     let (sent, late_starts) =
         load(conversations, &tracker, args.rate, args.duration_secs, send).await?;
     // Let the last deliveries arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = procs::cpu_seconds_of(pid) - cpu_before;
+    let bench_cpu = report::cpu_seconds() - bench_cpu_before;
+    let load_average = load_average();
     let rss_loaded = procs::rss_mib_of(pid);
     let rss_peak = procs::peak_rss_mib_of(pid);
     let (delivered, pending) = tracker.counts();
@@ -158,6 +169,8 @@ where
         pending,
         latency: tracker.latency(),
         server_cpu_per_s: cpu / args.duration_secs as f64,
+        bench_cpu_per_s: bench_cpu / args.duration_secs as f64,
+        load_average,
     })
 }
 
@@ -255,4 +268,12 @@ where
         done??;
     }
     Ok((total, late))
+}
+
+/// The 1-minute load average (0 when /proc/loadavg cannot be read).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
