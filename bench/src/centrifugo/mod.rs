@@ -17,6 +17,7 @@ use crate::delivery::Tracker;
 use crate::devices::{self, DevicesArgs, Following, Measured, Opening, Sending};
 use anyhow::{Context, bail};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic_prost::ProstCodec;
@@ -47,7 +48,7 @@ pub async fn measure(
     binary: &Binary,
     args: &DevicesArgs,
     conversations: &Arc<Vec<(u64, Vec<u64>)>>,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<(Measured, Arc<Recovery>)> {
     let server = server::Server::start(&binary.path).await?;
     let uni_url = format!("http://127.0.0.1:{}", server.ports.uni_grpc);
     let api_url = format!("http://127.0.0.1:{}", server.ports.grpc_api);
@@ -55,14 +56,16 @@ pub async fn measure(
     let authorization: tonic::metadata::MetadataValue<_> =
         format!("apikey {}", server.api_key).parse()?;
     let secret = server.token_secret.clone();
-    devices::measure(
+    let recovery = Arc::new(Recovery::default());
+    let measured = devices::measure(
         args,
         server.pid(),
         conversations,
         || connect(&uni_url),
         |channel, user, device, tracker| {
             let token = server::token(&secret, user)?;
-            Ok(Box::pin(consume(channel, token, user, device, tracker)) as Opening)
+            let recovery = Arc::clone(&recovery);
+            Ok(Box::pin(consume(channel, token, user, device, tracker, recovery)) as Opening)
         },
         |n, next| {
             let request = wire::BroadcastRequest {
@@ -81,7 +84,8 @@ pub async fn measure(
             Ok(Box::pin(broadcast(channel, request)) as Sending)
         },
     )
-    .await
+    .await?;
+    Ok((measured, recovery))
 }
 
 async fn connect(url: &str) -> anyhow::Result<Channel> {
@@ -92,19 +96,108 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to Centrifugo at {url}"))
 }
 
+/// Reconnects with recovery of one run: Centrifugo disconnects a client
+/// whose channel position it finds broken (code 3010, insufficient state,
+/// when a publication arrives out of order under load), and a client then
+/// reconnects asking for what it missed from the history, as Centrifugo's
+/// client libraries do.
+#[derive(Default)]
+pub struct Recovery {
+    pub reconnects: AtomicU64,
+    /// Reconnects whose missed publications were no longer all in the
+    /// history.
+    pub unrecovered: AtomicU64,
+}
+
+/// Codes from here on forbid reconnecting (Centrifugo's protocol).
+const NO_RECONNECT_CODES: u32 = 3_500;
+
 /// One device: a Centrifugo client on `channel`, accepted once its Connect
-/// push shows the recoverable personal channel.
+/// push shows the recoverable personal channel; reconnects with recovery
+/// when Centrifugo disconnects it with a code that allows it. Each
+/// publication is reported once, by its offset in the channel.
 async fn consume(
     channel: Channel,
     token: String,
     user: u64,
     device: u64,
     tracker: Arc<Tracker>,
+    recovery: Arc<Recovery>,
 ) -> anyhow::Result<Following> {
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let personal = server::personal_channel(user);
+    let (mut pushes, position) = connect_client(&channel, &token, &personal, None).await?;
+    let (mut epoch, mut seen) = (position.epoch, position.offset);
+    Ok(Box::pin(async move {
+        loop {
+            let ended = loop {
+                let Some(push) = pushes.message().await? else {
+                    bail!("connection of user {user} device {device} ended");
+                };
+                if let Some(publication) = &push.publication {
+                    if publication.offset > seen {
+                        seen = publication.offset;
+                        tracker.arrived(std::str::from_utf8(&publication.data)?);
+                    }
+                } else if let Some(ended) = push.disconnect {
+                    break ended;
+                } else if let Some(ended) = &push.unsubscribe {
+                    bail!(
+                        "Centrifugo unsubscribed user {user} device {device} from {}: code {} {}",
+                        push.channel,
+                        ended.code,
+                        ended.reason
+                    );
+                }
+            };
+            if ended.code >= NO_RECONNECT_CODES {
+                bail!(
+                    "Centrifugo disconnected user {user} device {device}: code {} {}",
+                    ended.code,
+                    ended.reason
+                );
+            }
+            recovery.reconnects.fetch_add(1, Ordering::Relaxed);
+            let from = wire::SubscribeRequest {
+                recover: true,
+                epoch: epoch.clone(),
+                offset: seen,
+            };
+            let (again, position) = connect_client(&channel, &token, &personal, Some(from))
+                .await
+                .with_context(|| format!("reconnecting user {user} device {device}"))?;
+            pushes = again;
+            if !position.recovered {
+                recovery.unrecovered.fetch_add(1, Ordering::Relaxed);
+            }
+            for publication in &position.publications {
+                if publication.offset > seen {
+                    seen = publication.offset;
+                    tracker.arrived(std::str::from_utf8(&publication.data)?);
+                }
+            }
+            epoch = position.epoch;
+            seen = seen.max(position.offset);
+        }
+    }))
+}
+
+/// Opens one client's `Consume` stream (recovering `personal` from `from`
+/// on a reconnect) and reads its connect reply: the stream, and the
+/// personal channel's position with what was recovered.
+async fn connect_client(
+    channel: &Channel,
+    token: &str,
+    personal: &str,
+    from: Option<wire::SubscribeRequest>,
+) -> anyhow::Result<(tonic::Streaming<wire::Push>, wire::SubscribeResult)> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await?;
     let request = wire::ConnectRequest {
-        token,
+        token: token.to_owned(),
+        subs: from
+            .into_iter()
+            .map(|from| (personal.to_owned(), from))
+            .collect(),
         name: "bench".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -120,33 +213,13 @@ async fn consume(
         .message()
         .await?
         .context("Centrifugo ended the stream before its connect reply")?;
-    check_connected(&first, &server::personal_channel(user))?;
-    Ok(Box::pin(async move {
-        while let Some(push) = pushes.message().await? {
-            if let Some(publication) = &push.publication {
-                tracker.arrived(std::str::from_utf8(&publication.data)?);
-            } else if let Some(ended) = &push.disconnect {
-                bail!(
-                    "Centrifugo disconnected user {user} device {device}: code {} {}",
-                    ended.code,
-                    ended.reason
-                );
-            } else if let Some(ended) = &push.unsubscribe {
-                bail!(
-                    "Centrifugo unsubscribed user {user} device {device} from {}: code {} {}",
-                    push.channel,
-                    ended.code,
-                    ended.reason
-                );
-            }
-        }
-        bail!("connection of user {user} device {device} ended")
-    }))
+    let position = check_connected(first, personal)?;
+    Ok((pushes, position))
 }
 
 /// The first push of a stream must accept the connection with `personal`
-/// subscribed and recoverable (history and recovery on).
-fn check_connected(first: &wire::Push, personal: &str) -> anyhow::Result<()> {
+/// subscribed and recoverable (history and recovery on); its position.
+fn check_connected(first: wire::Push, personal: &str) -> anyhow::Result<wire::SubscribeResult> {
     if let Some(refused) = &first.disconnect {
         bail!(
             "Centrifugo refused the connection: code {} {}",
@@ -154,18 +227,17 @@ fn check_connected(first: &wire::Push, personal: &str) -> anyhow::Result<()> {
             refused.reason
         );
     }
-    let connect = first
+    let mut connect = first
         .connect
-        .as_ref()
         .context("Centrifugo's first push is not a connect reply")?;
     let subscribed = connect
         .subs
-        .get(personal)
+        .remove(personal)
         .with_context(|| format!("Centrifugo did not subscribe the connection to {personal}"))?;
     if !subscribed.recoverable {
         bail!("{personal} is not recoverable: history and recovery are off");
     }
-    Ok(())
+    Ok(subscribed)
 }
 
 async fn broadcast(
@@ -212,11 +284,11 @@ mod tests {
     #[test]
     fn a_connection_counts_once_its_recoverable_personal_channel_is_subscribed() {
         let personal = server::personal_channel(3);
-        check_connected(&connected(&personal, true), &personal).unwrap();
-        let error = check_connected(&connected(&personal, false), &personal).unwrap_err();
+        check_connected(connected(&personal, true), &personal).unwrap();
+        let error = check_connected(connected(&personal, false), &personal).unwrap_err();
         assert!(error.to_string().contains("not recoverable"), "{error}");
         let error =
-            check_connected(&connected(&server::personal_channel(4), true), &personal).unwrap_err();
+            check_connected(connected(&server::personal_channel(4), true), &personal).unwrap_err();
         assert!(error.to_string().contains("did not subscribe"), "{error}");
         let refused = wire::Push {
             disconnect: Some(wire::Disconnect {
@@ -225,9 +297,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let error = check_connected(&refused, &personal).unwrap_err();
+        let error = check_connected(refused, &personal).unwrap_err();
         assert!(error.to_string().contains("invalid token"), "{error}");
-        let error = check_connected(&wire::Push::default(), &personal).unwrap_err();
+        let error = check_connected(wire::Push::default(), &personal).unwrap_err();
         assert!(error.to_string().contains("not a connect reply"), "{error}");
     }
 

@@ -19,10 +19,24 @@ pub struct ConnectRequest {
     /// The connection JWT (HS256, `sub` the user).
     #[prost(string, tag = "1")]
     pub token: String,
+    /// Server-side subscriptions to recover, by channel (a reconnect).
+    #[prost(map = "string, message", tag = "3")]
+    pub subs: HashMap<String, SubscribeRequest>,
     #[prost(string, tag = "4")]
     pub name: String,
     #[prost(string, tag = "5")]
     pub version: String,
+}
+
+/// `unistream.SubscribeRequest`: where a reconnecting client stopped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubscribeRequest {
+    #[prost(bool, tag = "3")]
+    pub recover: bool,
+    #[prost(string, tag = "6")]
+    pub epoch: String,
+    #[prost(uint64, tag = "7")]
+    pub offset: u64,
 }
 
 /// `unistream.Push`: without a wrapper on unidirectional transports; the
@@ -78,6 +92,13 @@ pub struct SubscribeResult {
     pub recoverable: bool,
     #[prost(string, tag = "6")]
     pub epoch: String,
+    /// What a recovering subscription missed, from the history.
+    #[prost(message, repeated, tag = "7")]
+    pub publications: Vec<Publication>,
+    /// Everything missed was still in the history.
+    #[prost(bool, tag = "8")]
+    pub recovered: bool,
+    /// The channel's stream position.
     #[prost(uint64, tag = "9")]
     pub offset: u64,
 }
@@ -167,13 +188,32 @@ mod tests {
         let request = ConnectRequest {
             token: "t.k".into(),
             name: "bench".into(),
-            version: String::new(),
+            ..Default::default()
         };
         // token = 1 (0x0a), name = 4 (0x22); an empty version is left out.
         assert_eq!(
             request.encode_to_vec(),
             [
                 0x0a, 3, b't', b'.', b'k', 0x22, 5, b'b', b'e', b'n', b'c', b'h'
+            ]
+        );
+        let recovering = ConnectRequest {
+            subs: HashMap::from([(
+                "p".to_owned(),
+                SubscribeRequest {
+                    recover: true,
+                    epoch: "e".into(),
+                    offset: 5,
+                },
+            )]),
+            ..Default::default()
+        };
+        // subs = 3 (0x1a) { key = 1 "p", value = 2 { recover = 3 (0x18),
+        // epoch = 6 (0x32), offset = 7 (0x38) } }
+        assert_eq!(
+            recovering.encode_to_vec(),
+            [
+                0x1a, 12, 0x0a, 1, b'p', 0x12, 7, 0x18, 1, 0x32, 1, b'e', 0x38, 5
             ]
         );
     }
@@ -198,8 +238,11 @@ mod tests {
     #[test]
     fn connect_push_decodes_its_subscriptions() {
         // connect = 10 { client = 1 "c", subs = 4 { key "p", value {
-        // recoverable = 3 true, epoch = 6 "e", offset = 9 5 } } }
-        let result = [0x18, 1, 0x32, 1, b'e', 0x48, 5];
+        // recoverable = 3 true, epoch = 6 "e", publications = 7 [ { data
+        // "k", offset 5 } ], recovered = 8 true, offset = 9 5 } } }
+        let result = [
+            0x18, 1, 0x32, 1, b'e', 0x3a, 5, 0x22, 1, b'k', 0x30, 5, 0x40, 1, 0x48, 5,
+        ];
         let mut entry = vec![0x0a, 1, b'p', 0x12, result.len() as u8];
         entry.extend_from_slice(&result);
         let mut connect = vec![0x0a, 1, b'c', 0x22, entry.len() as u8];
@@ -214,6 +257,11 @@ mod tests {
             SubscribeResult {
                 recoverable: true,
                 epoch: "e".into(),
+                publications: vec![Publication {
+                    data: b"k".to_vec(),
+                    offset: 5
+                }],
+                recovered: true,
                 offset: 5
             }
         );

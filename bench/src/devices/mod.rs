@@ -19,6 +19,7 @@ use crate::report;
 use anyhow::{Context, bail};
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use syncd::auth::Principal;
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
@@ -84,10 +85,16 @@ pub async fn run(args: DevicesArgs) -> anyhow::Result<()> {
         "bench devices: {} subscriptions over {} connections ({} users, groups of {}), store {store}",
         args.subscriptions, args.connections, users, args.group_size,
     );
-    print_table(&args, &syncd, peer.as_ref());
+    print_table(&args, &syncd, peer.as_ref().map(|(measured, _)| measured));
     println!("syncd: {SYNCD_DURABILITY}");
-    if let Some(binary) = &centrifugo {
+    if let (Some(binary), Some((_, recovery))) = (&centrifugo, &peer) {
         println!("{}: {}", binary.version, centrifugo::DURABILITY);
+        println!(
+            "Centrifugo reconnects with recovery (after a disconnect such as 3010 insufficient \
+             state): {}, of which not fully recovered: {}",
+            recovery.reconnects.load(Ordering::Relaxed),
+            recovery.unrecovered.load(Ordering::Relaxed)
+        );
     }
     let mut result = serde_json::json!({
         "subscriptions": args.subscriptions,
@@ -100,9 +107,11 @@ pub async fn run(args: DevicesArgs) -> anyhow::Result<()> {
         "durability": SYNCD_DURABILITY,
     });
     merge(&mut result, syncd.json());
-    if let (Some(peer), Some(binary)) = (&peer, &centrifugo) {
+    if let (Some((peer, recovery)), Some(binary)) = (&peer, &centrifugo) {
         let mut json = peer.json();
         merge(&mut json, centrifugo::settings_json(binary));
+        json["reconnects"] = recovery.reconnects.load(Ordering::Relaxed).into();
+        json["unrecovered_reconnects"] = recovery.unrecovered.load(Ordering::Relaxed).into();
         result["centrifugo"] = json;
     }
     let path = report::write_json("devices", args.out.clone(), &result)?;
