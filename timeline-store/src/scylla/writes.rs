@@ -313,7 +313,7 @@ impl ScyllaTimelineStore {
     /// Takes a read-state save's timestamp, then checks that this writer
     /// was not superseded (see the module doc).
     pub(super) async fn read_state_save(&self) -> Result<ReadStateSave> {
-        let at = self.next_timestamp();
+        let at = self.next_timestamp()?;
         if let Some(fence) = &self.fence {
             fence.check(&self.session).await?;
         }
