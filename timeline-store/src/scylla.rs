@@ -24,7 +24,7 @@
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
 //! fenced_events ((shard), event_id)                    the same before intents were numbered: only emptied by recovery
-//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
+//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals, timestamp ceiling
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
 //! ```
