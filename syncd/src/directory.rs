@@ -20,13 +20,23 @@
 //! either is bounded ([`MAX_ADMISSION_WAIT`]): a membership change stuck in
 //! the background answers the sends behind it UNAVAILABLE instead of
 //! holding their send slots.
+//!
+//! # Large groups' members
+//! A large group's record lists nobody; whether a user belongs is a point
+//! lookup in the store's member table, made by every send and every device
+//! read of the group. Answers are cached by (conversation, user). Any
+//! reader may fill (reads hold no lock), so a fill could carry an answer
+//! read before a membership change committed: every committed change of a
+//! large group's members bumps one counter and drops the users it names,
+//! and a fill whose read began before a bump is dropped, both under one
+//! mutex, so a stale answer is either dropped by the change or never put.
 
 use crate::error::{Result, SyncdError};
 use crate::keyed::{KeyGuard, KeyedLocks};
 use crate::lifecycle::within_admission_wait;
-use crate::limits::CACHED_CONVERSATION_MEMBERS;
 #[cfg(doc)]
 use crate::limits::MAX_ADMISSION_WAIT;
+use crate::limits::{CACHED_CONVERSATION_MEMBERS, CACHED_MEMBER_ANSWERS};
 use crate::observer::CommitObserver;
 use std::sync::Arc;
 use timeline_store::{Conversation, EventCommit, TimelineStore};
@@ -36,6 +46,11 @@ pub struct Directory {
     /// Conversation records, weighed by member count.
     cache: moka::sync::Cache<u64, Arc<Conversation>>,
     locks: Arc<KeyedLocks<u64>>,
+    /// Large groups' member-table answers by (conversation, user).
+    member_answers: moka::sync::Cache<(u64, u64), bool>,
+    /// Committed changes of large groups' members so far (see the module
+    /// doc): guards fills against answers read before a change.
+    member_changes: std::sync::Mutex<u64>,
 }
 
 /// A conversation record read under its membership lock, with the lock.
@@ -63,6 +78,8 @@ impl Directory {
                 .max_capacity(CACHED_CONVERSATION_MEMBERS)
                 .build(),
             locks: Arc::default(),
+            member_answers: moka::sync::Cache::new(CACHED_MEMBER_ANSWERS),
+            member_changes: std::sync::Mutex::new(0),
         }
     }
 
@@ -109,10 +126,60 @@ impl Directory {
                 .filter(|&user| record.listed_member(user) == Some(true))
                 .collect());
         }
-        Ok(self
-            .store
-            .members_among(record.conversation_id, users)
-            .await?)
+        let conversation_id = record.conversation_id;
+        let mut members = Vec::with_capacity(users.len());
+        let mut unknown = Vec::new();
+        for &user in users {
+            match self.member_answers.get(&(conversation_id, user)) {
+                Some(true) => members.push(user),
+                Some(false) => {}
+                None => unknown.push(user),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(members);
+        }
+        let changes_before = *self.changes();
+        let found = self.store.members_among(conversation_id, &unknown).await?;
+        self.fill_answers(conversation_id, changes_before, &unknown, &found);
+        members.extend(found);
+        members.sort_unstable();
+        Ok(members)
+    }
+
+    /// Caches what the member table answered for `asked` (`found`: those
+    /// who are members), unless a change committed since `changes_before`.
+    fn fill_answers(
+        &self,
+        conversation_id: u64,
+        changes_before: u64,
+        asked: &[u64],
+        found: &[u64],
+    ) {
+        let changes = self.changes();
+        if *changes != changes_before {
+            return;
+        }
+        for &user in asked {
+            let member = found.binary_search(&user).is_ok();
+            self.member_answers.insert((conversation_id, user), member);
+        }
+    }
+
+    fn changes(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.member_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A committed event changed these members of a conversation: their
+    /// cached answers go, and fills read before now are refused.
+    fn members_changed(&self, conversation_id: u64, users: impl Iterator<Item = u64>) {
+        let mut changes = self.changes();
+        *changes += 1;
+        for user in users {
+            self.member_answers.invalidate(&(conversation_id, user));
+        }
     }
 
     /// Up to `limit` members with ids above `after`, ascending (fewer:
@@ -168,6 +235,12 @@ impl CommitObserver for Directory {
         if let Some(record) = &commit.conversation {
             self.committed(record);
         }
+        if !commit.members.is_empty() {
+            self.members_changed(
+                commit.entry.conversation_id,
+                commit.members.iter().map(|change| change.user_id),
+            );
+        }
     }
 }
 
@@ -184,4 +257,30 @@ fn check_id(conversation_id: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timeline_store::testsuite::MemoryStore;
+
+    /// An answer read before a membership change committed is never
+    /// cached, whichever way the two interleave.
+    #[test]
+    fn an_answer_read_across_a_change_is_not_cached() {
+        let directory = Directory::new(Arc::new(MemoryStore::default()));
+        let before = *directory.changes();
+        directory.members_changed(7, [2].into_iter());
+        directory.fill_answers(7, before, &[2, 3], &[2]);
+        assert_eq!(directory.member_answers.get(&(7, 2)), None);
+
+        let before = *directory.changes();
+        directory.fill_answers(7, before, &[2, 3], &[2]);
+        assert_eq!(directory.member_answers.get(&(7, 2)), Some(true));
+        assert_eq!(directory.member_answers.get(&(7, 3)), Some(false));
+        // Filled first, changed after: the change drops what it names.
+        directory.members_changed(7, [2].into_iter());
+        assert_eq!(directory.member_answers.get(&(7, 2)), None);
+        assert_eq!(directory.member_answers.get(&(7, 3)), Some(false));
+    }
 }

@@ -247,3 +247,48 @@ async fn a_listed_group_of_10000_moves_to_the_member_table_in_one_event() {
         2
     );
 }
+
+/// A large group's membership answers are cached: a member's second send
+/// reads no member row (a failing read would refuse it), and a removal or
+/// an addition takes effect at once all the same.
+#[tokio::test]
+async fn member_answers_are_cached_and_follow_membership_changes() {
+    let fx = fixture().config(small_threshold()).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3, 4]).await;
+    let send = |from: u64, text: &str| {
+        let engine = Arc::clone(&engine);
+        let command = message(conversation, text, None);
+        async move { engine.send(device(from, "d"), command).await }
+    };
+    send(2, "first").await.unwrap();
+    assert!(matches!(
+        send(5, "outsider").await,
+        Err(SyncdError::PermissionDenied(_))
+    ));
+
+    let injected = fx.store.counters().injected_failures;
+    fx.store.fail_next(Op::Read, 1, Failure::Lost);
+    send(2, "cached").await.unwrap();
+    assert_eq!(
+        fx.store.counters().injected_failures,
+        injected,
+        "no read was made"
+    );
+    fx.store.fail_next(Op::Read, 0, Failure::Lost);
+
+    engine
+        .change_members(service(), conversation, vec![2], MembershipChange::Remove)
+        .await
+        .unwrap();
+    engine
+        .change_members(service(), conversation, vec![5], MembershipChange::Add)
+        .await
+        .unwrap();
+    let removed = send(2, "removed").await;
+    assert!(
+        matches!(removed, Err(SyncdError::PermissionDenied(_))),
+        "{removed:?}"
+    );
+    send(5, "added").await.unwrap();
+}

@@ -133,6 +133,9 @@ pub const GROUP_PUSH_YIELD_EVERY: usize = 1_024;
 /// Conversation records cached in memory, counted in member slots (8 bytes
 /// each): about 80 MB at the limit.
 pub const CACHED_CONVERSATION_MEMBERS: u64 = 10_000_000;
+/// Large groups' member-table answers cached, (conversation, user) each:
+/// about 40 MB at the limit.
+pub const CACHED_MEMBER_ANSWERS: u64 = 262_144;
 /// Bytes of events being committed at once, counted as text bytes times
 /// (1 + inbox copies) plus [`COMMIT_BYTES_PER_COPY`] per copy: a store that
 /// keeps one whole entry per inbox row holds about that much for an event

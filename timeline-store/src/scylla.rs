@@ -24,7 +24,7 @@
 //! pending_events ((shard), event_id)                   event blob: intents of unfinished events
 //! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
 //! fenced_events ((shard), event_id)                    the same before intents were numbered: only emptied by recovery
-//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals
+//! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals, timestamp ceiling
 //! revocations   (user_id, device_id)                   before bigint ('' = every device), raised only
 //! revocation_feed ((hour), recorded_at_ms, user_id, device_id)  before bigint, TTL REVOCATION_FEED_RETENTION
 //! ```
@@ -390,8 +390,10 @@ pub struct ScyllaTimelineStore {
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
-    /// Write timestamps of intents and read-state saves (see `writes`).
-    clock: Arc<scylla::policies::timestamp_generator::MonotonicTimestampGenerator>,
+    /// Write timestamps of intents, read-state saves and trims (see
+    /// `writes`); on a cluster's writer, bounded by its lease (see
+    /// `timestamps`).
+    clock: Arc<timestamps::WriterClock>,
 }
 
 impl ScyllaTimelineStore {
@@ -517,11 +519,11 @@ impl ScyllaTimelineStore {
             )
             .await?,
             delete_inbox_through: prepare(
-                "DELETE FROM {ks}.inbox WHERE user_id = ? AND bucket = ? AND seq <= ?",
+                "DELETE FROM {ks}.inbox USING TIMESTAMP ? WHERE user_id = ? AND bucket = ? AND seq <= ?",
             )
             .await?,
             delete_inbox_bucket: prepare(
-                "DELETE FROM {ks}.inbox_buckets WHERE user_id = ? AND bucket = ?",
+                "DELETE FROM {ks}.inbox_buckets USING TIMESTAMP ? WHERE user_id = ? AND bucket = ?",
             )
             .await?,
             insert_reader: prepare(
@@ -567,23 +569,29 @@ impl ScyllaTimelineStore {
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
             fence: None,
-            clock: Arc::new(
-                scylla::policies::timestamp_generator::MonotonicTimestampGenerator::new(),
-            ),
+            clock: Arc::new(timestamps::WriterClock::unbounded()),
         })
     }
 
     /// This store as the writer of `epoch` (a lease won in
     /// [`WriterLeaseTable`]): seals every intent partition with the epoch,
     /// so no intent of an earlier writer can be stored from now on, and
-    /// writes its own intents conditionally on it. Run
-    /// [`EventLog::recover`] on the result before serving: it finishes
-    /// whatever the earlier writers left.
-    pub async fn fenced(&self, keyspace: &str, epoch: u64) -> Result<Self> {
+    /// writes its own intents conditionally on it. Its write timestamps
+    /// come from `clock`, which the claim of `epoch` began (above every
+    /// earlier writer's, see `timestamps`). Run [`EventLog::recover`] on
+    /// the result before serving: it finishes whatever the earlier writers
+    /// left.
+    pub async fn fenced(
+        &self,
+        keyspace: &str,
+        epoch: u64,
+        clock: Arc<timestamps::WriterClock>,
+    ) -> Result<Self> {
         let fence = fencing::Fence::prepare(&self.session, keyspace, epoch).await?;
         fence.seal(&self.session).await?;
         Ok(Self {
             fence: Some(Arc::new(fence)),
+            clock,
             ..self.clone()
         })
     }
@@ -932,10 +940,14 @@ pub(super) struct StoredIntent {
 
 impl ScyllaTimelineStore {
     /// A write timestamp (microseconds), never the same twice in this
-    /// process.
-    fn next_timestamp(&self) -> i64 {
-        use scylla::policies::timestamp_generator::TimestampGenerator;
-        self.clock.next_timestamp()
+    /// process; on a cluster's writer, within its lease's grant (refused
+    /// as fenced otherwise, before anything is written).
+    fn next_timestamp(&self) -> Result<i64> {
+        let epoch = self
+            .fence
+            .as_ref()
+            .map_or(timestamps::UNFENCED, |fence| fence.epoch);
+        self.clock.next(epoch)
     }
 
     /// Stores `commit`'s intent (conditionally on the fence, on a
@@ -948,7 +960,7 @@ impl ScyllaTimelineStore {
                 // and timestamp: the same row, rows written the same way.
                 let open = fence
                     .open
-                    .open(commit.entry.msg_id, || self.next_timestamp());
+                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
                 let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
                 fence
                     .write_intent(&self.session, shard, open.number, intent)
@@ -956,7 +968,7 @@ impl ScyllaTimelineStore {
                 open.written_at
             }
             None => {
-                let written_at = self.next_timestamp();
+                let written_at = self.next_timestamp()?;
                 let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
                 self.execute(&self.statements.insert_pending, (shard, event_id, intent))
                     .await?;
@@ -977,7 +989,7 @@ impl ScyllaTimelineStore {
     fn decode_intent(&self, intent: &[u8]) -> Result<StoredIntent> {
         let pending = PendingEvent::decode(intent).map_err(corrupt)?;
         let written_at = match pending.written_at {
-            0 => self.next_timestamp(),
+            0 => self.next_timestamp()?,
             at => at,
         };
         Ok(StoredIntent {
@@ -1110,7 +1122,7 @@ impl InboxRetention for ScyllaTimelineStore {
                 };
                 self.execute(
                     &self.statements.delete_inbox_through,
-                    (big(user_id), big(bucket), through),
+                    (self.next_timestamp()?, big(user_id), big(bucket), through),
                 )
                 .await?;
                 trimmed += seqs.len();
@@ -1120,7 +1132,7 @@ impl InboxRetention for ScyllaTimelineStore {
                     if bucket < bucket_of(last) {
                         self.execute(
                             &self.statements.delete_inbox_bucket,
-                            (big(user_id), big(bucket)),
+                            (self.next_timestamp()?, big(user_id), big(bucket)),
                         )
                         .await?;
                     }
@@ -1368,9 +1380,13 @@ impl Checkpoints for ScyllaTimelineStore {
 mod fencing;
 mod open_intents;
 mod revocations;
+mod timestamps;
 mod writes;
 
 pub use fencing::{LeaseRecord, WriterLeaseTable};
+pub use timestamps::WriterClock;
+#[cfg(test)]
+mod ceiling_tests;
 #[cfg(test)]
 mod fencing_tests;
 #[cfg(test)]

@@ -19,7 +19,10 @@
 //!   process cannot know what its predecessor still had in flight.
 //!
 //! A lease does not stop writes already handed to the store; the store's
-//! fence does (see `timeline_store::scylla` fencing).
+//! fence does (see `timeline_store::scylla` fencing). Nor does it order the
+//! writes of successive holders by itself: each claim and renewal also
+//! records a write timestamp ceiling, the next holder's floor
+//! (`timeline_store::scylla::WriterClock`, `LeaseTimings::ceiling_span`).
 
 use std::time::Duration;
 use timeline_store::scylla::LeaseRecord;
@@ -54,6 +57,14 @@ impl LeaseTimings {
     /// How long a challenger must see the same row before it may claim.
     pub fn takeover_after(&self) -> Duration {
         self.lease + self.renew_every
+    }
+
+    /// How far past its clock a claim or renewal sets the holder's write
+    /// timestamp ceiling: the lease, plus a lease of margin so a renewal
+    /// that comes late (but within the lease) never finds the ceiling used
+    /// up (`timeline_store::scylla::WriterClock`).
+    pub fn ceiling_span(&self) -> Duration {
+        self.lease * 2
     }
 }
 
@@ -215,6 +226,7 @@ mod tests {
             holder: holder.into(),
             epoch,
             renewals,
+            ceiling: None,
         })
     }
 

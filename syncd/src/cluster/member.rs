@@ -2,13 +2,17 @@
 //! this node's [`Role`].
 
 use super::lease::{Role, Step, WriterLease};
-use timeline_store::scylla::WriterLeaseTable;
+use std::sync::Arc;
+use timeline_store::scylla::{WriterClock, WriterLeaseTable};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Runs until `stopping` turns true; every change of role goes to `roles`.
+/// Claims and renewals that apply set `clock`'s grant, under which the
+/// writer generations take their write timestamps.
 pub async fn run(
     table: WriterLeaseTable,
+    clock: Arc<WriterClock>,
     mut lease: WriterLease,
     roles: watch::Sender<Role>,
     mut stopping: watch::Receiver<bool>,
@@ -23,7 +27,7 @@ pub async fn run(
         }
         // Bounded: a store that hangs must not keep an expired Writer role
         // published (the router checks the deadline too).
-        let round = tokio::time::timeout(every * 2, round(&table, &mut lease));
+        let round = tokio::time::timeout(every * 2, round(&table, &clock, &mut lease));
         if round.await.is_err() {
             tracing::warn!("the writer lease's store did not answer in time");
         }
@@ -43,7 +47,8 @@ pub async fn run(
     }
 }
 
-async fn round(table: &WriterLeaseTable, lease: &mut WriterLease) {
+async fn round(table: &WriterLeaseTable, clock: &WriterClock, lease: &mut WriterLease) {
+    let span = lease.timings().ceiling_span();
     let record = match table.read().await {
         Ok(record) => record,
         Err(error) => {
@@ -57,7 +62,10 @@ async fn round(table: &WriterLeaseTable, lease: &mut WriterLease) {
         Step::Wait => {}
         Step::Renew { epoch, seen } => {
             let sent = Instant::now();
-            match table.renew(lease_holder(lease), epoch, seen).await {
+            match table
+                .renew(lease_holder(lease), epoch, seen, clock, span)
+                .await
+            {
                 Ok(true) => lease.renewed(epoch, seen + 1, sent),
                 // The row is not as read (taken over, or an earlier renewal
                 // that timed out applied late): the lease runs out when the
@@ -71,7 +79,10 @@ async fn round(table: &WriterLeaseTable, lease: &mut WriterLease) {
         }
         Step::Claim { seen } => {
             let sent = Instant::now();
-            match table.claim(lease_holder(lease), seen.as_ref()).await {
+            match table
+                .claim(lease_holder(lease), seen.as_ref(), clock, span)
+                .await
+            {
                 Ok(Some(epoch)) => {
                     metrics::counter!("syncd_cluster_lease_claims_total").increment(1);
                     tracing::info!(epoch, previous = ?seen, "claimed the writer lease");

@@ -18,6 +18,10 @@
 //!   epoch, and the next writer seals every intent partition before it
 //!   recovers and serves (`timeline_store::scylla` fencing). Everything it
 //!   stored before is finished by the next writer.
+//! - A newer writer's rows supersede an older writer's late ones whatever
+//!   the clocks say: each claim and renewal records a write timestamp
+//!   ceiling, which bounds the holder's timestamps and is the floor of the
+//!   next holder's (`timeline_store::scylla::WriterClock`).
 //! - Never skip, exactly-once sends and the per-conversation order hold as
 //!   on one node: they are the writer's, and each generation starts with
 //!   empty caches and a horizon primed from the allocator.

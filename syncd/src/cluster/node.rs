@@ -21,7 +21,7 @@ use seqsvc::{Allocator, MsgIdGenerator};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use timeline_store::scylla::WriterLeaseTable;
+use timeline_store::scylla::{WriterClock, WriterLeaseTable};
 use timeline_store::{EventLog, ScyllaTimelineStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +52,9 @@ pub struct ClusterNode {
     seqs: Seqs,
     index: Arc<dyn search::SearchIndex>,
     lease_table: WriterLeaseTable,
+    /// Write timestamps of this node's writer generations, bounded by the
+    /// lease the loop holds.
+    clock: Arc<WriterClock>,
     auth: Arc<Authenticator>,
 }
 
@@ -95,6 +98,7 @@ impl ClusterNode {
         Ok(Self {
             index: crate::server::open_search_index(&config.data_dir, &config.search).await?,
             lease_table: WriterLeaseTable::open(session, &scylla.keyspace).await?,
+            clock: Arc::new(WriterClock::new()),
             keyspace: scylla.keyspace.clone(),
             config: config.clone(),
             advertise,
@@ -110,7 +114,10 @@ impl ClusterNode {
     /// earlier writers left finished, a fresh engine (caches, horizon and
     /// allocator start empty: nothing from an earlier ownership is reused).
     async fn writer(&self, epoch: u64) -> Result<Arc<Engine>, StartupError> {
-        let store = self.base.fenced(&self.keyspace, epoch).await?;
+        let store = self
+            .base
+            .fenced(&self.keyspace, epoch, Arc::clone(&self.clock))
+            .await?;
         metrics::gauge!("syncd_recovering").set(1.0);
         let finished = store.recover().await;
         metrics::gauge!("syncd_recovering").set(0.0);
@@ -187,6 +194,7 @@ pub async fn serve(
 
     let member = tokio::spawn(member::run(
         node.lease_table.clone(),
+        Arc::clone(&node.clock),
         WriterLease::new(node.advertise.clone(), node.timings),
         roles_tx,
         stop_rx.clone(),

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
 use timeline_store::EntryKind;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -166,6 +167,9 @@ impl pb::timeline_server::Timeline for TimelineService {
         self.engine.spawn(async move {
             let revoked = revocations.until_revoked(&verified);
             tokio::pin!(revoked);
+            // Resolved once per stream, not per notice (a registry lookup
+            // with label hashing each time otherwise).
+            let sent = NoticeCounters::new();
             let reason = loop {
                 let notice = tokio::select! {
                     notice = feed.next() => match notice.transpose() {
@@ -188,21 +192,28 @@ impl pb::timeline_server::Timeline for TimelineService {
                     })
                     .map_err(Status::from);
                 let failed = message.is_err();
-                let kind = match &message {
-                    Ok(n) if !n.groups.is_empty() || n.groups_resync => "groups",
-                    Ok(n) if !n.entries.is_empty() => "inline",
-                    _ => "none",
+                let counter = match &message {
+                    Ok(n) if !n.groups.is_empty() || n.groups_resync => &sent.groups,
+                    Ok(n) if !n.entries.is_empty() => &sent.inline,
+                    _ => &sent.none,
                 };
-                // Waits while the subscriber's queue is full; the feed
-                // coalesces meanwhile, so a stuck reader holds at most
+                // A subscriber that keeps up has room in its queue: no timer
+                // is armed for it. A full queue waits, while the feed
+                // coalesces, so a stuck reader holds at most
                 // SUBSCRIBER_QUEUE notices, and only for so long.
-                match tokio::time::timeout(stall_limit, tx.send(message)).await {
-                    Ok(Ok(())) if !failed => {
-                        metrics::counter!("syncd_push_notices_total", "entries" => kind)
-                            .increment(1);
+                let queued = match tx.try_send(message) {
+                    Ok(()) => Ok(Ok(())),
+                    Err(TrySendError::Closed(_)) => Ok(Err(())),
+                    Err(TrySendError::Full(message)) => {
+                        tokio::time::timeout(stall_limit, tx.send(message))
+                            .await
+                            .map(|sent| sent.map_err(|_| ()))
                     }
+                };
+                match queued {
+                    Ok(Ok(())) if !failed => counter.increment(1),
                     Ok(Ok(())) => break "error",
-                    Ok(Err(_)) => break "client_gone",
+                    Ok(Err(())) => break "client_gone",
                     Err(_) => {
                         tracing::warn!(
                             ?stall_limit,
@@ -497,5 +508,24 @@ impl pb::timeline_server::Timeline for TimelineService {
             member_count: page.member_count,
             next_after: page.next_after,
         }))
+    }
+}
+
+/// `syncd_push_notices_total` by what a notice carried.
+struct NoticeCounters {
+    groups: metrics::Counter,
+    inline: metrics::Counter,
+    none: metrics::Counter,
+}
+
+impl NoticeCounters {
+    fn new() -> Self {
+        let by =
+            |kind: &'static str| metrics::counter!("syncd_push_notices_total", "entries" => kind);
+        Self {
+            groups: by("groups"),
+            inline: by("inline"),
+            none: by("none"),
+        }
     }
 }

@@ -30,29 +30,40 @@
 //! older epoch's intents there the same way.
 //!
 //! ```text
-//! writer_lease   (name)                      holder text, epoch bigint, renewals bigint   LWT only
+//! writer_lease   (name)                      holder text, epoch bigint, renewals bigint, ceiling bigint   LWT only
 //! fenced_intents ((shard), epoch, intent)    event blob; fence bigint static              stored by LWT, removed by range
 //! fenced_events  ((shard), event_id)         the same, one deletion per intent: read and emptied by recovery only
 //! ```
+//!
+//! Each claim and renewal also records a timestamp ceiling: the highest
+//! write timestamp the holder may use until its next renewal, and the
+//! floor of the next holder's (see `timestamps`).
 
 use super::open_intents::OpenIntents;
+use super::timestamps::WriterClock;
 use super::{PENDING_SHARDS, big, cql};
 use crate::{Result, StoreError};
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The lease row's key: one writer lease per keyspace.
 const LEASE_NAME: &str = "writer";
 
 pub(super) const SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint, ceiling bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.fenced_intents (shard int, epoch bigint, intent bigint, event blob, fence bigint static, PRIMARY KEY (shard, epoch, intent))",
     // Where writers before numbered intents kept them: recovery still
     // finishes what one left there.
     "CREATE TABLE IF NOT EXISTS {ks}.fenced_events (shard int, event_id bigint, event blob, fence bigint static, PRIMARY KEY (shard, event_id))",
 ];
+
+/// `writer_lease` tables made before the ceiling was recorded lack its
+/// column; `CREATE TABLE IF NOT EXISTS` leaves them as they are.
+const ADD_CEILING: &str = "ALTER TABLE {ks}.writer_lease ADD ceiling bigint";
+const CEILING_COLUMN: &str = "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'writer_lease' AND column_name = 'ceiling'";
 
 /// The lease row as last written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +75,9 @@ pub struct LeaseRecord {
     /// Raised by every renewal within an epoch: a challenger that sees it
     /// unchanged for a whole lease knows the holder stopped renewing.
     pub renewals: u64,
+    /// The highest write timestamp (microseconds) the holder may use until
+    /// its next renewal; `None` in a row only earlier versions wrote.
+    pub ceiling: Option<i64>,
 }
 
 /// The `writer_lease` table.
@@ -96,7 +110,34 @@ async fn create_tables(session: &Session, keyspace: &str) -> Result<()> {
             .map_err(cql)?;
     }
     session.await_schema_agreement().await.map_err(cql)?;
-    Ok(())
+    add_ceiling(session, keyspace).await
+}
+
+async fn has_ceiling(session: &Session, keyspace: &str) -> Result<bool> {
+    let result = session
+        .query_unpaged(CEILING_COLUMN, (keyspace,))
+        .await
+        .map_err(cql)?;
+    let rows = result.into_rows_result().map_err(cql)?;
+    Ok(rows.rows::<(String,)>().map_err(cql)?.next().is_some())
+}
+
+/// Adds the ceiling column to a lease table an earlier version made. Two
+/// nodes may race to add it: the loser's error is fine once the column is
+/// there.
+async fn add_ceiling(session: &Session, keyspace: &str) -> Result<()> {
+    if has_ceiling(session, keyspace).await? {
+        return Ok(());
+    }
+    let added = session
+        .query_unpaged(ADD_CEILING.replace("{ks}", keyspace), ())
+        .await;
+    session.await_schema_agreement().await.map_err(cql)?;
+    match added {
+        Ok(_) => Ok(()),
+        Err(_) if has_ceiling(session, keyspace).await? => Ok(()),
+        Err(error) => Err(cql(error)),
+    }
 }
 
 fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
@@ -110,7 +151,7 @@ impl WriterLeaseTable {
         let mut read = prepare(
             &session,
             keyspace,
-            "SELECT holder, epoch, renewals FROM {ks}.writer_lease WHERE name = ?",
+            "SELECT holder, epoch, renewals, ceiling FROM {ks}.writer_lease WHERE name = ?",
         )
         .await?;
         // A serial read also completes a claim still in flight, so what it
@@ -121,19 +162,19 @@ impl WriterLeaseTable {
             insert_first: prepare(
                 &session,
                 keyspace,
-                "INSERT INTO {ks}.writer_lease (name, holder, epoch, renewals) VALUES (?, ?, 1, 0) IF NOT EXISTS",
+                "INSERT INTO {ks}.writer_lease (name, holder, epoch, renewals, ceiling) VALUES (?, ?, 1, 0, ?) IF NOT EXISTS",
             )
             .await?,
             take_over: prepare(
                 &session,
                 keyspace,
-                "UPDATE {ks}.writer_lease SET holder = ?, epoch = ?, renewals = 0 WHERE name = ? IF epoch = ? AND renewals = ?",
+                "UPDATE {ks}.writer_lease SET holder = ?, epoch = ?, renewals = 0, ceiling = ? WHERE name = ? IF epoch = ? AND renewals = ?",
             )
             .await?,
             renew: prepare(
                 &session,
                 keyspace,
-                "UPDATE {ks}.writer_lease SET renewals = ? WHERE name = ? IF epoch = ? AND holder = ? AND renewals = ?",
+                "UPDATE {ks}.writer_lease SET renewals = ?, ceiling = ? WHERE name = ? IF epoch = ? AND holder = ? AND renewals = ?",
             )
             .await?,
             session,
@@ -148,15 +189,18 @@ impl WriterLeaseTable {
             .await
             .map_err(cql)?;
         let rows = result.into_rows_result().map_err(cql)?;
-        let mut rows = rows.rows::<(String, i64, i64)>().map_err(cql)?;
+        let mut rows = rows
+            .rows::<(String, i64, i64, Option<i64>)>()
+            .map_err(cql)?;
         match rows.next() {
             None => Ok(None),
             Some(row) => {
-                let (holder, epoch, renewals) = row.map_err(super::corrupt)?;
+                let (holder, epoch, renewals, ceiling) = row.map_err(super::corrupt)?;
                 Ok(Some(LeaseRecord {
                     holder,
                     epoch: epoch as u64,
                     renewals: renewals as u64,
+                    ceiling,
                 }))
             }
         }
@@ -164,12 +208,22 @@ impl WriterLeaseTable {
 
     /// Claims the lease for `holder`: the first claim ever when `seen` is
     /// `None`, else a takeover of the row exactly as seen. Answers the new
-    /// epoch, or `None` when the row had changed (someone else won).
-    pub async fn claim(&self, holder: &str, seen: Option<&LeaseRecord>) -> Result<Option<u64>> {
+    /// epoch, or `None` when the row had changed (someone else won). The
+    /// claim records a ceiling `span` past `clock`'s time (or the floor);
+    /// once it applied, `clock` issues timestamps of the new epoch above
+    /// the seen row's ceiling and up to the new one.
+    pub async fn claim(
+        &self,
+        holder: &str,
+        seen: Option<&LeaseRecord>,
+        clock: &WriterClock,
+        span: Duration,
+    ) -> Result<Option<u64>> {
+        let (floor, ceiling) = clock.claim_grant(seen.and_then(|seen| seen.ceiling), span);
         let result = match seen {
             None => self
                 .session
-                .execute_unpaged(&self.insert_first, (LEASE_NAME, holder))
+                .execute_unpaged(&self.insert_first, (LEASE_NAME, holder, ceiling))
                 .await
                 .map_err(cql)?,
             Some(seen) => self
@@ -179,6 +233,7 @@ impl WriterLeaseTable {
                     (
                         holder,
                         big(seen.epoch + 1),
+                        ceiling,
                         LEASE_NAME,
                         big(seen.epoch),
                         big(seen.renewals),
@@ -187,22 +242,49 @@ impl WriterLeaseTable {
                 .await
                 .map_err(cql)?,
         };
-        Ok(applied(result)?.then(|| seen.map_or(1, |seen| seen.epoch + 1)))
+        if !applied(result)? {
+            return Ok(None);
+        }
+        let epoch = seen.map_or(1, |seen| seen.epoch + 1);
+        clock.begin(epoch, floor, ceiling);
+        Ok(Some(epoch))
     }
 
     /// Renews `holder`'s lease of `epoch` by raising the counter from
     /// `seen` to `seen + 1`; false when the row is not as seen (taken over,
     /// or an earlier renewal that timed out applied after all). A renewal
     /// always changes the row, so a challenger watching it never mistakes a
-    /// live holder for a silent one.
-    pub async fn renew(&self, holder: &str, epoch: u64, seen: u64) -> Result<bool> {
-        let values = (big(seen + 1), LEASE_NAME, big(epoch), holder, big(seen));
+    /// live holder for a silent one. It records a new ceiling (`span`
+    /// past `clock`'s time, never lower than before), which `clock` uses
+    /// once the renewal applied: one whose answer was lost may have applied,
+    /// but it only raised the row above what `clock` issues under.
+    pub async fn renew(
+        &self,
+        holder: &str,
+        epoch: u64,
+        seen: u64,
+        clock: &WriterClock,
+        span: Duration,
+    ) -> Result<bool> {
+        let ceiling = clock.renewal_ceiling(span);
+        let values = (
+            big(seen + 1),
+            ceiling,
+            LEASE_NAME,
+            big(epoch),
+            holder,
+            big(seen),
+        );
         let result = self
             .session
             .execute_unpaged(&self.renew, values)
             .await
             .map_err(cql)?;
-        applied(result)
+        let renewed = applied(result)?;
+        if renewed {
+            clock.renewed(epoch, ceiling);
+        }
+        Ok(renewed)
     }
 }
 

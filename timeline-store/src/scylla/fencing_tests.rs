@@ -3,8 +3,21 @@
 
 use super::tests::{connect, drop_keyspace, open_store, unique_keyspace};
 use super::*;
+use std::time::Duration;
 
-fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
+/// The ceiling span of these tests' leases.
+pub(super) const SPAN: Duration = Duration::from_secs(60);
+
+/// A clock holding `epoch` from now on, as a claim of a row without a
+/// ceiling would begin it.
+pub(super) fn clock(epoch: u64) -> Arc<WriterClock> {
+    let clock = WriterClock::new();
+    let (floor, ceiling) = clock.claim_grant(None, SPAN);
+    clock.begin(epoch, floor, ceiling);
+    Arc::new(clock)
+}
+
+pub(super) fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
     EventCommit {
         keep_copies: false,
         rewrites: Vec::new(),
@@ -26,7 +39,7 @@ fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> EventCommit {
     }
 }
 
-async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
+pub(super) async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
     store
         .read_inbox(
             1,
@@ -50,35 +63,58 @@ async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
     let lease = WriterLeaseTable::open(Arc::clone(&session), &config.keyspace)
         .await
         .unwrap();
+    let (a, b) = (WriterClock::new(), WriterClock::new());
     assert_eq!(lease.read().await.unwrap(), None);
-    assert_eq!(lease.claim("a:1", None).await.unwrap(), Some(1));
+    assert_eq!(lease.claim("a:1", None, &a, SPAN).await.unwrap(), Some(1));
     assert_eq!(
-        lease.claim("b:1", None).await.unwrap(),
+        lease.claim("b:1", None, &b, SPAN).await.unwrap(),
         None,
         "already claimed"
     );
+    assert_eq!(b.grant(), None, "a claim that did not apply grants nothing");
     let first = lease.read().await.unwrap().unwrap();
     assert_eq!(
         (first.holder.as_str(), first.epoch, first.renewals),
         ("a:1", 1, 0)
     );
-    assert!(lease.renew("a:1", 1, 0).await.unwrap());
-    assert!(!lease.renew("b:1", 1, 1).await.unwrap(), "not the holder");
+    assert_eq!(a.grant(), Some((1, first.ceiling.unwrap())));
+    assert!(lease.renew("a:1", 1, 0, &a, SPAN).await.unwrap());
     assert!(
-        !lease.renew("a:1", 1, 0).await.unwrap(),
+        !lease.renew("b:1", 1, 1, &b, SPAN).await.unwrap(),
+        "not the holder"
+    );
+    assert!(
+        !lease.renew("a:1", 1, 0, &a, SPAN).await.unwrap(),
         "a renewal from a stale read (one that timed out and applied) leaves the row alone"
     );
     // A takeover must name the row exactly as it is now.
-    assert_eq!(lease.claim("b:1", Some(&first)).await.unwrap(), None);
+    assert_eq!(
+        lease.claim("b:1", Some(&first), &b, SPAN).await.unwrap(),
+        None
+    );
     let renewed = lease.read().await.unwrap().unwrap();
     assert_eq!(renewed.renewals, 1);
-    assert_eq!(lease.claim("b:1", Some(&renewed)).await.unwrap(), Some(2));
-    assert!(!lease.renew("a:1", 1, 1).await.unwrap(), "taken over");
+    assert!(
+        renewed.ceiling >= first.ceiling,
+        "a renewal never lowers it"
+    );
+    assert_eq!(a.grant(), Some((1, renewed.ceiling.unwrap())));
+    assert_eq!(
+        lease.claim("b:1", Some(&renewed), &b, SPAN).await.unwrap(),
+        Some(2)
+    );
+    assert!(
+        !lease.renew("a:1", 1, 1, &a, SPAN).await.unwrap(),
+        "taken over"
+    );
     let now = lease.read().await.unwrap().unwrap();
     assert_eq!(
         (now.holder.as_str(), now.epoch, now.renewals),
         ("b:1", 2, 0)
     );
+    // The new holder issues above the ceiling the old one last had.
+    assert!(b.next(2).unwrap() > renewed.ceiling.unwrap());
+    assert!(now.ceiling.unwrap() > renewed.ceiling.unwrap());
     drop_keyspace(&session, &keyspace).await;
 }
 
@@ -86,14 +122,14 @@ async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
 async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_by_the_next() {
     let keyspace = unique_keyspace("fence");
     let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
     old.commit_event(message_commit(901, 1, 11)).await.unwrap();
     // The old writer stored an intent and froze before writing its rows.
     let frozen = message_commit(902, 2, 12);
     old.store_intent(&frozen).await.unwrap();
     assert_eq!(inbox_texts(&store).await, ["message 901"]);
 
-    let new = store.fenced(&keyspace, 2).await.unwrap();
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
     // Sealed: the old writer can store no further intent, so none of its
     // rows can follow.
     let late = old.commit_event(message_commit(903, 3, 13)).await;
@@ -115,13 +151,13 @@ async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_
     );
     // An older epoch can never seal again.
     assert!(matches!(
-        store.fenced(&keyspace, 1).await,
+        store.fenced(&keyspace, 1, clock(1)).await,
         Err(StoreError::Fenced(_))
     ));
     drop_keyspace(&session, &keyspace).await;
 }
 
-fn conversation_record(members: Vec<u64>) -> Conversation {
+pub(super) fn conversation_record(members: Vec<u64>) -> Conversation {
     Conversation {
         conversation_id: 5,
         kind: crate::ConversationKind::Group,
@@ -141,7 +177,7 @@ fn conversation_record(members: Vec<u64>) -> Conversation {
 async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
     let keyspace = unique_keyspace("late");
     let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
     let message = message_commit(902, 2, 12);
     let added = EventCommit {
         entry: Entry {
@@ -162,7 +198,7 @@ async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
         stored.push(old.store_intent(commit).await.unwrap());
     }
 
-    let new = store.fenced(&keyspace, 2).await.unwrap();
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
     assert_eq!(new.recover().await.unwrap(), 2);
     let recalled = Entry {
         text: String::new(),
@@ -239,7 +275,7 @@ async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
     drop_keyspace(&session, &keyspace).await;
 }
 
-fn read_state(conversation_id: u64, read_through: u64) -> ReadStateRow {
+pub(super) fn read_state(conversation_id: u64, read_through: u64) -> ReadStateRow {
     ReadStateRow {
         conversation_id,
         member: true,
@@ -256,13 +292,13 @@ fn read_state(conversation_id: u64, read_through: u64) -> ReadStateRow {
 async fn a_superseded_writer_cannot_set_read_states_back() {
     let keyspace = unique_keyspace("readstate");
     let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
     old.save_read_states(7, 10, vec![read_state(5, 10)])
         .await
         .unwrap();
     let started = old.read_state_save().await.unwrap();
 
-    let new = store.fenced(&keyspace, 2).await.unwrap();
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
     new.save_read_states(7, 20, vec![read_state(5, 20)])
         .await
         .unwrap();
@@ -282,7 +318,7 @@ async fn a_superseded_writer_cannot_set_read_states_back() {
 }
 
 /// The intent rows (not the fence) the partitions hold now.
-async fn stored_intents(session: &Session, keyspace: &str) -> usize {
+pub(super) async fn stored_intents(session: &Session, keyspace: &str) -> usize {
     let result = session
         .query_unpaged(format!("SELECT event FROM {keyspace}.fenced_intents"), ())
         .await
@@ -305,13 +341,14 @@ async fn one_per_partition(store: &ScyllaTimelineStore, first_msg: u64, seq: u64
 }
 
 /// Finished intents go by range deletions, below the lowest one still
-/// open; a takeover finds the open ones (and finished ones above them,
-/// which it applies again, changing nothing).
+/// open in their partition; a takeover finds the open ones (and finished
+/// ones above them in the same partition, which it applies again,
+/// changing nothing).
 #[tokio::test]
 async fn finished_intents_are_removed_below_the_lowest_open_one() {
     let keyspace = unique_keyspace("clear");
     let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
     for i in 0..32 {
         old.commit_event(message_commit(1_000 + i, 100 + i, 100 + i))
             .await
@@ -325,14 +362,16 @@ async fn finished_intents_are_removed_below_the_lowest_open_one() {
     old.store_intent(&frozen).await.unwrap();
     tokio::time::sleep(open_intents::CLEAR_INTERVAL).await;
     one_per_partition(&old, 3_001, 301).await;
+    // Only the open intent's own partition keeps what lies above it (its
+    // one later intent); the other partitions removed theirs.
     assert_eq!(
         stored_intents(&session, &keyspace).await,
-        1 + PENDING_SHARDS as usize,
-        "nothing at or above the open intent goes"
+        2,
+        "nothing at or above the open intent goes, and nothing else stays"
     );
 
-    let new = store.fenced(&keyspace, 2).await.unwrap();
-    assert_eq!(new.recover().await.unwrap(), 1 + PENDING_SHARDS as usize);
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 2);
     assert_eq!(stored_intents(&session, &keyspace).await, 0);
     assert_eq!(new.recover().await.unwrap(), 0);
     let texts = inbox_texts(&new).await;
@@ -347,7 +386,7 @@ async fn finished_intents_are_removed_below_the_lowest_open_one() {
 async fn intents_left_in_the_unnumbered_table_are_finished() {
     let keyspace = unique_keyspace("legacy");
     let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1).await.unwrap();
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
     let left = message_commit(950, 1, 11);
     let (shard, event_id) = pending_key(&left);
     session
@@ -364,7 +403,7 @@ async fn intents_left_in_the_unnumbered_table_are_finished() {
         .await
         .unwrap();
     drop(old);
-    let new = store.fenced(&keyspace, 2).await.unwrap();
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
     assert_eq!(new.recover().await.unwrap(), 1);
     assert_eq!(inbox_texts(&new).await, ["message 950"]);
     assert_eq!(new.recover().await.unwrap(), 0, "and removed");

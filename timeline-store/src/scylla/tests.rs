@@ -94,7 +94,8 @@ async fn interrupted_events_are_finished_by_recover() {
     };
     // A crash after the intent and the first inbox copy, before the rest.
     let (shard, event_id) = pending_key(&commit);
-    let intent = PendingEvent::from_commit(&commit, store.next_timestamp()).encode_to_vec();
+    let intent =
+        PendingEvent::from_commit(&commit, store.next_timestamp().unwrap()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await
@@ -104,7 +105,7 @@ async fn interrupted_events_are_finished_by_recover() {
             1,
             41,
             EntryEncoder::new(&commit.entry).inbox(41),
-            store.next_timestamp(),
+            store.next_timestamp().unwrap(),
         )
         .await
         .unwrap();
@@ -172,7 +173,8 @@ async fn an_interrupted_membership_change_is_finished_by_recover() {
     };
     let joined = event(5, 1..=1_000, true);
     let (shard, event_id) = pending_key(&joined);
-    let intent = PendingEvent::from_commit(&joined, store.next_timestamp()).encode_to_vec();
+    let intent =
+        PendingEvent::from_commit(&joined, store.next_timestamp().unwrap()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await
@@ -475,7 +477,8 @@ async fn an_interrupted_recall_is_finished_by_recover() {
         readers: Vec::new(),
     };
     let (shard, event_id) = pending_key(&recall);
-    let intent = PendingEvent::from_commit(&recall, store.next_timestamp()).encode_to_vec();
+    let intent =
+        PendingEvent::from_commit(&recall, store.next_timestamp().unwrap()).encode_to_vec();
     store
         .execute(&store.statements.insert_pending, (shard, event_id, intent))
         .await

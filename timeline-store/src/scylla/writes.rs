@@ -11,11 +11,14 @@
 //! index keep their own timestamps (the event's `conv_seq`, the marker),
 //! which order them the same way.
 //!
-//! A fenced writer stores its intent under its epoch after taking `at`, so
-//! every write of a newer writer (made after sealing, hence after the
-//! intent was stored) has a later timestamp. Read states have no intent: a
-//! save takes its timestamp, then checks the fence, so a newer writer
-//! sealed after that check and its saves supersede this one.
+//! A fenced writer takes `at` from its lease's grant (`timestamps`): at
+//! most the ceiling its last applied renewal recorded, which a newer
+//! writer's timestamps all lie above, whatever the nodes' clocks say. Read
+//! states have no intent: a save takes its timestamp, then checks the
+//! fence, so a save begun after a newer writer sealed is refused, and one
+//! begun before loses to the newer writer's saves. Trims take their
+//! deletions' timestamps from the same source, so they cover rows written
+//! with timestamps ahead of this node's clock.
 
 use super::{
     EntryEncoder, EventCommit, MAX_CONCURRENT_WRITES, ReadStateRow, Result, ScyllaTimelineStore,
@@ -313,7 +316,7 @@ impl ScyllaTimelineStore {
     /// Takes a read-state save's timestamp, then checks that this writer
     /// was not superseded (see the module doc).
     pub(super) async fn read_state_save(&self) -> Result<ReadStateSave> {
-        let at = self.next_timestamp();
+        let at = self.next_timestamp()?;
         if let Some(fence) = &self.fence {
             fence.check(&self.session).await?;
         }

@@ -194,3 +194,44 @@ test("the loop retries what is transient and stops at a refused token", async ()
   await engine.run(new AbortController().signal);
   assert.deepEqual(statuses, ["connecting", "offline", "connecting", "live", "stopped Unauthenticated"]);
 });
+
+/** A watch that hears one notice, then a refused token (which ends it). */
+async function syncsAfterNotice(entries: pb.Entry[]): Promise<number> {
+  let syncs = 0;
+  let notices = 0;
+  const upToSeq = entries.at(-1)!.seq;
+  const client = {
+    sync: async () => {
+      syncs += 1;
+      return create(pb.SyncReplySchema, { userId: 1n, checkpoint: syncs > 1 ? upToSeq : 0n });
+    },
+    ack: async () => create(pb.AckReplySchema, {}),
+    subscribe: () => ({
+      [Symbol.asyncIterator]: () => ({
+        next: async () => {
+          if (notices++ === 0) return { done: false, value: create(pb.NoticeSchema, { upToSeq, entries }) };
+          throw new ConnectError("token expired", Code.Unauthenticated);
+        },
+      }),
+    }),
+  } as unknown as TimelineClient;
+  const storage = loggedStorage([]);
+  const engine = new SyncEngine(client, Checkpoint.open(storage, "cp"), new InboxCache(storage, "inbox", 1n), {
+    status: () => undefined,
+  });
+  await engine.run(new AbortController().signal);
+  return syncs;
+}
+
+test("the user's own removal, a join or a large group's copy is followed by a pull", async () => {
+  const membership = (kind: pb.EntryKind, members: bigint[]) =>
+    create(pb.EntrySchema, { seq: 1n, kind, conversationId: 5n, convSeq: 10n, members });
+  assert.equal(await syncsAfterNotice([message(1n, 5n, 10n)]), 1, "an ordinary message: no pull");
+  assert.equal(await syncsAfterNotice([membership(pb.EntryKind.MEMBERS_REMOVED, [3n])]), 1, "someone else left");
+  // Sync reads the left group up to the leave: notices of what was sent
+  // just before it may never come.
+  assert.equal(await syncsAfterNotice([membership(pb.EntryKind.MEMBERS_REMOVED, [3n, 1n])]), 2);
+  assert.equal(await syncsAfterNotice([membership(pb.EntryKind.MEMBERS_ADDED, [3n])]), 2);
+  const copy = create(pb.EntrySchema, { ...message(1n, 5n, 10n), readFanout: true });
+  assert.equal(await syncsAfterNotice([copy]), 2, "a large group's copy has the group read");
+});

@@ -61,6 +61,24 @@ export function shownFromInbox(entry: Entry): boolean {
   return !(entry.kind === EntryKind.MESSAGE && entry.readFanout && entry.seq > 0n);
 }
 
+/**
+ * Whether pushed inbox entries call for a pull (the rule of `follow_up` in
+ * the Rust client): a membership event may start a large group (Sync lists
+ * it with the position reading starts at) or end the user's own (Sync reads
+ * a left group up to the leave, while notices of what was sent just before
+ * it may never come); a large group's copy (a mention, or the user's own
+ * send from another device) has the group read now.
+ */
+export function needsPull(entries: Entry[], me: bigint): boolean {
+  return entries.some(
+    (e) =>
+      e.readFanout ||
+      e.kind === EntryKind.MEMBERS_ADDED ||
+      e.kind === EntryKind.CONVERSATION_CREATED ||
+      (e.kind === EntryKind.MEMBERS_REMOVED && e.members.includes(me)),
+  );
+}
+
 /** Whether a notice carries every entry since the previous one. */
 export function noticeIsComplete(notice: Notice): boolean {
   const last = notice.entries.at(-1);
@@ -165,9 +183,7 @@ export class SyncEngine {
           if (noticeIsComplete(notice)) {
             const fresh = notice.entries.filter((e) => e.seq > this.checkpoint.seq);
             await this.deliverInbox(fresh, notice.upToSeq, signal);
-            // A large group's copy (a mention, or the user's own send from
-            // another device): read the group now.
-            if (fresh.some((e) => e.readFanout)) {
+            if (needsPull(fresh, this.#userId)) {
               largeGroups = await this.pull(signal);
               pulled = true;
             }
