@@ -74,6 +74,9 @@ pub const BUCKET_BITS: u32 = 16;
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// Bucket markers remembered as already written (saves one write per entry).
 pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
+/// Deletions of finished intents in flight after their events were
+/// acknowledged.
+pub const BACKGROUND_INTENT_DELETES: usize = 256;
 /// Partitions of the `pending_events` table (intents of unfinished events).
 pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
@@ -387,6 +390,9 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+    /// Permits for deletions of finished intents run after the event was
+    /// acknowledged ([`BACKGROUND_INTENT_DELETES`] at once).
+    intent_deletes: Arc<tokio::sync::Semaphore>,
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
@@ -568,6 +574,7 @@ impl ScyllaTimelineStore {
             statements: Arc::new(statements),
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
+            intent_deletes: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_INTENT_DELETES)),
             fence: None,
             clock: Arc::new(timestamps::WriterClock::unbounded()),
         })
@@ -878,10 +885,7 @@ impl EventLog for ScyllaTimelineStore {
                     tracing::warn!(%error, shard, "could not remove finished intents");
                 }
             }
-            None => {
-                self.execute(&self.statements.delete_pending, (shard, event_id))
-                    .await?;
-            }
+            None => self.delete_finished_intent(shard, event_id).await,
         }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -893,6 +897,13 @@ impl EventLog for ScyllaTimelineStore {
     /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
     /// of them per partition), which changes nothing.
     async fn recover(&self) -> Result<usize> {
+        // This store's own deletions of finished intents land first, so
+        // what is found below was really left unfinished.
+        let _settled = self
+            .intent_deletes
+            .acquire_many(BACKGROUND_INTENT_DELETES as u32)
+            .await
+            .map_err(|_| StoreError::Poisoned("intent deletions stopped".into()))?;
         let mut finished = 0;
         for shard in 0..PENDING_SHARDS {
             let intents: Vec<Vec<u8>> = self
@@ -939,6 +950,38 @@ pub(super) struct StoredIntent {
 }
 
 impl ScyllaTimelineStore {
+    /// Deletes a finished event's intent, off the path of its
+    /// acknowledgement: the event is complete and its receipt stored, so a
+    /// deletion that is lost (a crash, a timeout) only leaves an intent
+    /// that recovery applies again with its own timestamp, which changes
+    /// nothing. Past [`BACKGROUND_INTENT_DELETES`] in flight the commit
+    /// waits for its own.
+    async fn delete_finished_intent(&self, shard: i32, event_id: i64) {
+        let deleted = match Arc::clone(&self.intent_deletes).try_acquire_owned() {
+            Ok(permit) => {
+                let (session, statements) =
+                    (Arc::clone(&self.session), Arc::clone(&self.statements));
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(error) = session
+                        .execute_unpaged(&statements.delete_pending, (shard, event_id))
+                        .await
+                    {
+                        tracing::warn!(%error, shard, event_id, "could not delete a finished intent; recovery applies it again");
+                    }
+                });
+                return;
+            }
+            Err(_) => {
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await
+            }
+        };
+        if let Err(error) = deleted {
+            tracing::warn!(%error, shard, event_id, "could not delete a finished intent; recovery applies it again");
+        }
+    }
+
     /// A write timestamp (microseconds), never the same twice in this
     /// process; on a cluster's writer, within its lease's grant (refused
     /// as fenced otherwise, before anything is written).

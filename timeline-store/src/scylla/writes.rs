@@ -198,11 +198,16 @@ impl ScyllaTimelineStore {
             .collect();
 
         let in_timeline = commit.entry.kind.in_conversation_timeline();
-        let conv_write = async {
+        // The entry and its copies' positions are independent rows (both
+        // are read only once the event is complete): written side by side.
+        let conv_row = async {
             if in_timeline {
                 self.write_conv(conversation_id, conv_seq, conv_entry, at)
                     .await?;
             }
+            Ok::<(), crate::StoreError>(())
+        };
+        let copies_row = async {
             if commit.keep_copies {
                 let values = (
                     big(conversation_id),
@@ -215,6 +220,7 @@ impl ScyllaTimelineStore {
             }
             Ok(())
         };
+        let conv_write = async { futures_util::try_join!(conv_row, copies_row).map(|_| ()) };
         // Rewrites of earlier events: their new rows, written like the
         // event's own (idempotent upserts, no delete).
         let mut rewritten_conv = Vec::new();
