@@ -195,6 +195,9 @@ impl Event {
         let member_rows = if !after.read_fanout {
             Vec::new()
         } else if before.lists_members() {
+            // The removed are not named here: they have no row to delete,
+            // and the directory caches no member answers for a record that
+            // lists its members, so none of theirs needs dropping.
             rows(&after.members, true)
         } else {
             rows(&changed, change == MembershipChange::Add)
