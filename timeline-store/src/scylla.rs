@@ -74,13 +74,6 @@ pub const BUCKET_BITS: u32 = 16;
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// Bucket markers remembered as already written (saves one write per entry).
 pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
-/// Deletions of finished intents in flight after their events were
-/// acknowledged.
-pub const BACKGROUND_INTENT_DELETES: usize = 256;
-/// First wait before a failed background deletion is tried again; doubles
-/// up to [`MAX_INTENT_DELETE_RETRY_DELAY`].
-const INTENT_DELETE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-const MAX_INTENT_DELETE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Partitions of the `pending_events` table (intents of unfinished events).
 pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
@@ -394,9 +387,6 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
-    /// Permits for deletions of finished intents run after the event was
-    /// acknowledged ([`BACKGROUND_INTENT_DELETES`] at once).
-    intent_deletes: Arc<tokio::sync::Semaphore>,
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
@@ -578,7 +568,6 @@ impl ScyllaTimelineStore {
             statements: Arc::new(statements),
             revocations,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
-            intent_deletes: intent_deletes_of(keyspace),
             fence: None,
             clock: Arc::new(timestamps::WriterClock::unbounded()),
         })
@@ -889,7 +878,10 @@ impl EventLog for ScyllaTimelineStore {
                     tracing::warn!(%error, shard, "could not remove finished intents");
                 }
             }
-            None => self.delete_finished_intent(shard, event_id).await?,
+            None => {
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await?;
+            }
         }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -901,13 +893,6 @@ impl EventLog for ScyllaTimelineStore {
     /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
     /// of them per partition), which changes nothing.
     async fn recover(&self) -> Result<usize> {
-        // This store's own deletions of finished intents land first, so
-        // what is found below was really left unfinished.
-        let _settled = self
-            .intent_deletes
-            .acquire_many(BACKGROUND_INTENT_DELETES as u32)
-            .await
-            .map_err(|_| StoreError::Poisoned("intent deletions stopped".into()))?;
         let mut finished = 0;
         for shard in 0..PENDING_SHARDS {
             let intents: Vec<Vec<u8>> = self
@@ -947,24 +932,6 @@ impl EventLog for ScyllaTimelineStore {
     }
 }
 
-/// The permits of background intent deletions, one set per keyspace in
-/// this process: a store opened again over the keyspace (a writer's next
-/// generation, a test's reopen) waits in `recover` for the deletions its
-/// predecessor started, so it finishes only what is really unfinished.
-fn intent_deletes_of(keyspace: &str) -> Arc<tokio::sync::Semaphore> {
-    static BY_KEYSPACE: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let mut by_keyspace = BY_KEYSPACE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(
-        by_keyspace
-            .entry(keyspace.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(BACKGROUND_INTENT_DELETES))),
-    )
-}
-
 /// An event whose intent is stored, with the write timestamp of its rows.
 pub(super) struct StoredIntent {
     commit: EventCommit,
@@ -972,42 +939,6 @@ pub(super) struct StoredIntent {
 }
 
 impl ScyllaTimelineStore {
-    /// Deletes a finished event's intent, off the path of its
-    /// acknowledgement: the event is complete and its receipt stored, so a
-    /// deletion that is lost (a crash, a timeout) only leaves an intent
-    /// that recovery applies again with its own timestamp, which changes
-    /// nothing. Past [`BACKGROUND_INTENT_DELETES`] in flight the commit
-    /// waits for its own.
-    async fn delete_finished_intent(&self, shard: i32, event_id: i64) -> Result<()> {
-        let Ok(permit) = Arc::clone(&self.intent_deletes).try_acquire_owned() else {
-            // Too many in flight: this one is part of the commit again, and
-            // a failure fails it, so the engine finishes the event (and this
-            // deletion) in the background, as for any other write.
-            self.execute(&self.statements.delete_pending, (shard, event_id))
-                .await?;
-            return Ok(());
-        };
-        let (session, statements) = (Arc::clone(&self.session), Arc::clone(&self.statements));
-        tokio::spawn(async move {
-            let _permit = permit;
-            // Until it lands: a finished intent left stored would be
-            // applied again at the next start, however much later (after
-            // a tombstone it would have lost to may be gone).
-            let mut delay = INTENT_DELETE_RETRY_DELAY;
-            while let Err(error) = session
-                .execute_unpaged(&statements.delete_pending, (shard, event_id))
-                .await
-            {
-                metrics::counter!("timeline_store_errors_total", "backend" => "scylla", "kind" => "cql")
-                    .increment(1);
-                tracing::warn!(%error, shard, event_id, ?delay, "could not delete a finished intent; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_INTENT_DELETE_RETRY_DELAY);
-            }
-        });
-        Ok(())
-    }
-
     /// A write timestamp (microseconds), never the same twice in this
     /// process; on a cluster's writer, within its lease's grant (refused
     /// as fenced otherwise, before anything is written).
