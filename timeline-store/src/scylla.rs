@@ -48,6 +48,14 @@
 //! Every row of an event is written with one timestamp, taken when its
 //! intent was made and kept in it, so a statement that lands late never
 //! overwrites a newer write of its row (`writes`).
+//!
+//! # Layout
+//! This file: schema, prepared statements, the store handle, read states,
+//! members, receipts, retention and checkpoints. `intents`: the intent log
+//! of one node; `writes`: an event's rows; `reads`: inbox and conversation
+//! pages; `fencing`, `open_intents`, `timestamps`: a cluster's writer (the
+//! lease, the fence, intent numbering and its timestamp source);
+//! `revocations`: token cutoffs.
 
 use crate::codec::{
     self, ConversationRecord, EntryEncoder, EntryRecord, LargeGroupIndexChangeRecord, ReceiptRecord,
@@ -67,6 +75,9 @@ use scylla::statement::prepared::PreparedStatement;
 use std::sync::Arc;
 
 pub use cql_kit::ScyllaConfig;
+#[cfg(test)]
+use intents::PendingEvent;
+use intents::pending_key;
 
 /// log2 of the seqs one partition covers.
 pub const BUCKET_BITS: u32 = 16;
@@ -131,183 +142,6 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.revocations (user_id bigint, device_id text, before bigint, PRIMARY KEY (user_id, device_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.revocation_feed (hour bigint, recorded_at_ms bigint, user_id bigint, device_id text, before bigint, PRIMARY KEY ((hour), recorded_at_ms, user_id, device_id))",
 ];
-
-/// An [`EventCommit`] as stored in `pending_events`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct PendingEvent {
-    #[prost(message, optional, tag = "1")]
-    entry: Option<EntryRecord>,
-    #[prost(uint64, repeated, tag = "2")]
-    inbox_users: Vec<u64>,
-    #[prost(uint64, repeated, tag = "3")]
-    inbox_seqs: Vec<u64>,
-    #[prost(string, tag = "4")]
-    receipt_principal: String,
-    #[prost(bytes = "vec", tag = "5")]
-    receipt_client_msg_id: Vec<u8>,
-    #[prost(message, optional, tag = "6")]
-    receipt: Option<ReceiptRecord>,
-    #[prost(message, optional, tag = "7")]
-    conversation: Option<ConversationRecord>,
-    #[prost(message, repeated, tag = "8")]
-    large_group_index: Vec<LargeGroupIndexChangeRecord>,
-    #[prost(uint64, repeated, tag = "9")]
-    reader_users: Vec<u64>,
-    #[prost(uint64, repeated, tag = "10")]
-    reader_marks: Vec<u64>,
-    #[prost(uint64, repeated, tag = "11")]
-    reader_joins: Vec<u64>,
-    #[prost(bool, tag = "12")]
-    keep_copies: bool,
-    #[prost(message, repeated, tag = "13")]
-    rewrites: Vec<PendingRewrite>,
-    /// [`EventCommit::members`]: user ids, and whether each is a member.
-    #[prost(uint64, repeated, tag = "14")]
-    member_users: Vec<u64>,
-    #[prost(bool, repeated, tag = "15")]
-    member_flags: Vec<bool>,
-    /// The write timestamp (microseconds) of every row the event writes,
-    /// taken when the intent was made (see `writes`); 0 in intents stored
-    /// before it was kept, which recovery writes with a fresh one.
-    #[prost(int64, tag = "16")]
-    written_at: i64,
-}
-
-/// A [`crate::Rewrite`] inside an intent.
-#[derive(Clone, PartialEq, prost::Message)]
-struct PendingRewrite {
-    #[prost(message, optional, tag = "1")]
-    entry: Option<EntryRecord>,
-    #[prost(uint64, repeated, tag = "2")]
-    inbox_users: Vec<u64>,
-    #[prost(uint64, repeated, tag = "3")]
-    inbox_seqs: Vec<u64>,
-}
-
-fn inbox_writes(users: Vec<u64>, seqs: Vec<u64>) -> Result<Vec<crate::InboxWrite>> {
-    if users.len() != seqs.len() {
-        return Err(corrupt("pending event inbox lists differ in length"));
-    }
-    Ok(users
-        .into_iter()
-        .zip(seqs)
-        .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
-        .collect())
-}
-
-impl PendingEvent {
-    fn from_commit(commit: &EventCommit, written_at: i64) -> Self {
-        let (receipt_principal, receipt_client_msg_id, receipt) = match &commit.receipt {
-            Some((key, receipt)) => (
-                key.principal.clone(),
-                key.client_msg_id.as_bytes().to_vec(),
-                Some(ReceiptRecord::from(receipt)),
-            ),
-            None => (String::new(), Vec::new(), None),
-        };
-        Self {
-            entry: Some(EntryRecord::from(&commit.entry)),
-            inbox_users: commit.inbox.iter().map(|w| w.user_id).collect(),
-            inbox_seqs: commit.inbox.iter().map(|w| w.seq).collect(),
-            receipt_principal,
-            receipt_client_msg_id,
-            receipt,
-            conversation: commit.conversation.as_ref().map(ConversationRecord::from),
-            large_group_index: commit
-                .large_group_index
-                .iter()
-                .map(|&change| change.into())
-                .collect(),
-            reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
-            reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
-            reader_joins: commit.readers.iter().map(|r| r.joined).collect(),
-            keep_copies: commit.keep_copies,
-            rewrites: commit
-                .rewrites
-                .iter()
-                .map(|rewrite| PendingRewrite {
-                    entry: Some(EntryRecord::from(&rewrite.entry)),
-                    inbox_users: rewrite.inbox.iter().map(|w| w.user_id).collect(),
-                    inbox_seqs: rewrite.inbox.iter().map(|w| w.seq).collect(),
-                })
-                .collect(),
-            member_users: commit.members.iter().map(|m| m.user_id).collect(),
-            member_flags: commit.members.iter().map(|m| m.member).collect(),
-            written_at,
-        }
-    }
-
-    fn into_commit(self) -> Result<EventCommit> {
-        let entry = self
-            .entry
-            .ok_or_else(|| corrupt("pending event without entry"))?
-            .try_into()?;
-        if self.reader_users.len() != self.reader_marks.len() {
-            return Err(corrupt("pending event reader lists differ in length"));
-        }
-        if self.member_users.len() != self.member_flags.len() {
-            return Err(corrupt("pending event member lists differ in length"));
-        }
-        let receipt = match self.receipt {
-            Some(receipt) => {
-                let client_msg_id =
-                    uuid::Uuid::from_slice(&self.receipt_client_msg_id).map_err(corrupt)?;
-                let key = IdempotencyKey {
-                    principal: self.receipt_principal,
-                    client_msg_id,
-                };
-                Some((key, receipt.into()))
-            }
-            None => None,
-        };
-        let rewrites = self
-            .rewrites
-            .into_iter()
-            .map(|rewrite| {
-                Ok(crate::Rewrite {
-                    entry: rewrite
-                        .entry
-                        .ok_or_else(|| corrupt("pending rewrite without entry"))?
-                        .try_into()?,
-                    inbox: inbox_writes(rewrite.inbox_users, rewrite.inbox_seqs)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(EventCommit {
-            entry,
-            inbox: inbox_writes(self.inbox_users, self.inbox_seqs)?,
-            keep_copies: self.keep_copies,
-            rewrites,
-            receipt,
-            conversation: self.conversation.map(TryInto::try_into).transpose()?,
-            large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
-            members: self
-                .member_users
-                .iter()
-                .zip(&self.member_flags)
-                .map(|(&user_id, &member)| crate::MemberChange { user_id, member })
-                .collect(),
-            readers: self
-                .reader_users
-                .iter()
-                .zip(&self.reader_marks)
-                .enumerate()
-                .map(|(i, (&user_id, &read_through))| crate::ReaderMark {
-                    user_id,
-                    read_through,
-                    // Intents written before joins were kept have none.
-                    joined: self.reader_joins.get(i).copied().unwrap_or(0),
-                })
-                .collect(),
-        })
-    }
-}
-
-/// The intent's partition and key: the event's message id (unique).
-fn pending_key(commit: &EventCommit) -> (i32, i64) {
-    let event_id = commit.entry.msg_id;
-    ((event_id % PENDING_SHARDS as u64) as i32, big(event_id))
-}
 
 struct Statements {
     insert_inbox: PreparedStatement,
@@ -932,12 +766,6 @@ impl EventLog for ScyllaTimelineStore {
     }
 }
 
-/// An event whose intent is stored, with the write timestamp of its rows.
-pub(super) struct StoredIntent {
-    commit: EventCommit,
-    written_at: i64,
-}
-
 impl ScyllaTimelineStore {
     /// A write timestamp (microseconds), never the same twice in this
     /// process; on a cluster's writer, within its lease's grant (refused
@@ -948,54 +776,6 @@ impl ScyllaTimelineStore {
             .as_ref()
             .map_or(timestamps::UNFENCED, |fence| fence.epoch);
         self.clock.next(epoch)
-    }
-
-    /// Stores `commit`'s intent (conditionally on the fence, on a
-    /// cluster's writer), its timestamp taken before.
-    pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
-        let (shard, event_id) = pending_key(commit);
-        let written_at = match &self.fence {
-            Some(fence) => {
-                // A retry of an event that failed keeps its intent's number
-                // and timestamp: the same row, rows written the same way.
-                let open = fence
-                    .open
-                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
-                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
-                fence
-                    .write_intent(&self.session, shard, open.number, intent)
-                    .await?;
-                open.written_at
-            }
-            None => {
-                let written_at = self.next_timestamp()?;
-                let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
-                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
-                    .await?;
-                written_at
-            }
-        };
-        Ok(StoredIntent {
-            commit: commit.clone(),
-            written_at,
-        })
-    }
-
-    /// Writes the rows of a stored intent, with its timestamp.
-    pub(super) async fn apply_stored(&self, stored: &StoredIntent) -> Result<()> {
-        self.apply(&stored.commit, stored.written_at).await
-    }
-
-    fn decode_intent(&self, intent: &[u8]) -> Result<StoredIntent> {
-        let pending = PendingEvent::decode(intent).map_err(corrupt)?;
-        let written_at = match pending.written_at {
-            0 => self.next_timestamp()?,
-            at => at,
-        };
-        Ok(StoredIntent {
-            commit: pending.into_commit()?,
-            written_at,
-        })
     }
 }
 
@@ -1011,86 +791,6 @@ impl Receipts for ScyllaTimelineStore {
             .first()
             .map(|r| codec::decode_receipt(r))
             .transpose()
-    }
-}
-
-#[async_trait]
-impl InboxReads for ScyllaTimelineStore {
-    async fn read_inbox(&self, user_id: u64, range: InboxRange) -> Result<Vec<Entry>> {
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let InboxRange {
-            after: after_seq,
-            through: through_seq,
-            limit,
-        } = range;
-        let buckets = self
-            .buckets(
-                Timeline::Inbox,
-                user_id,
-                after_seq.saturating_add(1),
-                through_seq,
-                false,
-            )
-            .await?;
-        let page = |bucket, from: Option<u64>, wanted: usize| async move {
-            let values = (
-                big(user_id),
-                big(bucket),
-                big(from.unwrap_or(after_seq)),
-                big(through_seq),
-                wanted as i32,
-            );
-            let blobs: Vec<Vec<u8>> = self
-                .column(&self.statements.select_inbox_range, values)
-                .await?;
-            let copies = blobs
-                .iter()
-                .map(|b| codec::decode_inbox_entry(b))
-                .collect::<Result<Vec<_>>>()?;
-            stream::iter(copies.into_iter().map(|(entry, referenced)| async move {
-                if referenced {
-                    self.with_payload(entry).await
-                } else {
-                    Ok(entry)
-                }
-            }))
-            .buffered(MAX_CONCURRENT_WRITES)
-            .try_collect::<Vec<Entry>>()
-            .await
-        };
-        read_pages(buckets, limit, PAGE_ROWS as usize, |e: &Entry| e.seq, page).await
-    }
-
-    async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
-        let mut below = i64::MAX;
-        // Normally the first bucket found has entries; a marker without
-        // entries (an event that failed halfway) sends us one bucket lower.
-        loop {
-            let buckets: Vec<i64> = self
-                .column(
-                    &self.statements.select_last_inbox_bucket,
-                    (big(user_id), below),
-                )
-                .await?;
-            let Some(&bucket) = buckets.first() else {
-                return Ok(0);
-            };
-            let seqs: Vec<i64> = self
-                .column(
-                    &self.statements.select_last_inbox_seq,
-                    (big(user_id), bucket),
-                )
-                .await?;
-            if let Some(&seq) = seqs.first() {
-                return Ok(seq as u64);
-            }
-            if bucket == 0 {
-                return Ok(0);
-            }
-            below = bucket - 1;
-        }
     }
 }
 
@@ -1194,155 +894,6 @@ impl ScyllaTimelineStore {
 }
 
 #[async_trait]
-impl crate::ConversationScan for ScyllaTimelineStore {
-    async fn conversation_ids(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
-        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let ids: Vec<i64> = match after {
-            None => {
-                self.column(&self.statements.scan_conversations_first, (limit,))
-                    .await?
-            }
-            Some(after) => {
-                self.column(
-                    &self.statements.scan_conversations_after,
-                    (big(after), limit),
-                )
-                .await?
-            }
-        };
-        Ok(ids.into_iter().map(|id| id as u64).collect())
-    }
-}
-
-#[async_trait]
-impl ConversationReads for ScyllaTimelineStore {
-    async fn conversation(&self, conversation_id: u64) -> Result<Option<Conversation>> {
-        let records: Vec<Vec<u8>> = self
-            .column(
-                &self.statements.select_conversation,
-                (big(conversation_id),),
-            )
-            .await?;
-        records
-            .first()
-            .map(|r| codec::decode_conversation(r))
-            .transpose()
-    }
-
-    async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
-        // A user's index partition has no bound of its own, so it is read a
-        // page at a time instead of in one unpaged response.
-        type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-        let rows: Vec<Row> = self
-            .partition_rows(
-                &self.statements.select_large_group_members,
-                user_id,
-                |r: &Row| r.0,
-            )
-            .await?;
-        let mut groups = std::collections::BTreeMap::new();
-        for (id, joined_seq, joined_conv_seq, left_seq, left_conv_seq) in rows {
-            let position = |seq: Option<i64>, conv_seq: Option<i64>| EventPosition {
-                inbox_seq: seq.unwrap_or(0) as u64,
-                conv_seq: conv_seq.unwrap_or(0) as u64,
-            };
-            let membership = LargeGroupMembership {
-                conversation_id: id as u64,
-                joined: position(joined_seq, joined_conv_seq),
-                left: left_seq.map(|_| position(left_seq, left_conv_seq)),
-            };
-            groups.insert(id as u64, membership);
-        }
-        let legacy_page = |(), after: Option<i64>, wanted: usize| {
-            let values = (
-                big(user_id),
-                after.unwrap_or(i64::MIN),
-                i32::try_from(wanted).unwrap_or(PAGE_ROWS),
-            );
-            async move {
-                self.column::<i64>(&self.statements.select_legacy_large_groups, values)
-                    .await
-            }
-        };
-        let legacy = read_pages(
-            [()],
-            usize::MAX,
-            PAGE_ROWS as usize,
-            |g: &i64| *g,
-            legacy_page,
-        )
-        .await?;
-        for id in legacy {
-            groups
-                .entry(id as u64)
-                .or_insert_with(|| LargeGroupMembership {
-                    conversation_id: id as u64,
-                    joined: EventPosition::default(),
-                    left: None,
-                });
-        }
-        Ok(groups.into_values().collect())
-    }
-
-    async fn inbox_copies(&self, conversation_id: u64, conv_seq: u64) -> Result<Vec<InboxWrite>> {
-        let values = (
-            big(conversation_id),
-            big(bucket_of(conv_seq)),
-            big(conv_seq),
-        );
-        let blobs: Vec<Vec<u8>> = self.column(&self.statements.select_copies, values).await?;
-        blobs
-            .first()
-            .map_or(Ok(Vec::new()), |bytes| codec::decode_inbox_copies(bytes))
-    }
-
-    async fn read_conversation(&self, id: u64, range: ConversationRange) -> Result<Vec<Entry>> {
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ConversationRange {
-            after,
-            before,
-            order,
-            limit,
-        } = range;
-        let newest_first = order == Order::NewestFirst;
-        let statement = if newest_first {
-            &self.statements.select_conv_range_desc
-        } else {
-            &self.statements.select_conv_range
-        };
-        let buckets = self
-            .buckets(
-                Timeline::Conversation,
-                id,
-                after.saturating_add(1),
-                before - 1,
-                newest_first,
-            )
-            .await?;
-        // The cursor moves the bound on the side we read from.
-        let page = |bucket, cursor: Option<u64>, wanted: usize| async move {
-            let (low, high) = match (cursor, newest_first) {
-                (Some(last), true) => (after, last),
-                (Some(last), false) => (last, before),
-                (None, _) => (after, before),
-            };
-            let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
-            Self::decode_entries(self.column(statement, values).await?)
-        };
-        read_pages(
-            buckets,
-            limit,
-            PAGE_ROWS as usize,
-            |e: &Entry| e.conv_seq,
-            page,
-        )
-        .await
-    }
-}
-
-#[async_trait]
 impl Checkpoints for ScyllaTimelineStore {
     async fn save_checkpoint(&self, user_id: u64, device_id: &str, seq: u64) -> Result<u64> {
         // Compare-and-set until our value is stored or a higher one is.
@@ -1378,7 +929,9 @@ impl Checkpoints for ScyllaTimelineStore {
 }
 
 mod fencing;
+mod intents;
 mod open_intents;
+mod reads;
 mod revocations;
 mod timestamps;
 mod writes;

@@ -1,0 +1,240 @@
+//! The intent log of the single-node store: an event is stored whole in
+//! `pending_events` before any of its rows (`PendingEvent`, with the write
+//! timestamp its rows carry), so `recover` can finish it after a crash
+//! with exactly the same rows; on a cluster's writer the intent goes to the
+//! fenced tables instead (`fencing`).
+
+use super::*;
+
+/// An [`EventCommit`] as stored in `pending_events`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct PendingEvent {
+    #[prost(message, optional, tag = "1")]
+    entry: Option<EntryRecord>,
+    #[prost(uint64, repeated, tag = "2")]
+    inbox_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    inbox_seqs: Vec<u64>,
+    #[prost(string, tag = "4")]
+    receipt_principal: String,
+    #[prost(bytes = "vec", tag = "5")]
+    receipt_client_msg_id: Vec<u8>,
+    #[prost(message, optional, tag = "6")]
+    receipt: Option<ReceiptRecord>,
+    #[prost(message, optional, tag = "7")]
+    conversation: Option<ConversationRecord>,
+    #[prost(message, repeated, tag = "8")]
+    large_group_index: Vec<LargeGroupIndexChangeRecord>,
+    #[prost(uint64, repeated, tag = "9")]
+    reader_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "10")]
+    reader_marks: Vec<u64>,
+    #[prost(uint64, repeated, tag = "11")]
+    reader_joins: Vec<u64>,
+    #[prost(bool, tag = "12")]
+    keep_copies: bool,
+    #[prost(message, repeated, tag = "13")]
+    rewrites: Vec<PendingRewrite>,
+    /// [`EventCommit::members`]: user ids, and whether each is a member.
+    #[prost(uint64, repeated, tag = "14")]
+    member_users: Vec<u64>,
+    #[prost(bool, repeated, tag = "15")]
+    member_flags: Vec<bool>,
+    /// The write timestamp (microseconds) of every row the event writes,
+    /// taken when the intent was made (see `writes`); 0 in intents stored
+    /// before it was kept, which recovery writes with a fresh one.
+    #[prost(int64, tag = "16")]
+    pub(super) written_at: i64,
+}
+
+/// A [`crate::Rewrite`] inside an intent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct PendingRewrite {
+    #[prost(message, optional, tag = "1")]
+    entry: Option<EntryRecord>,
+    #[prost(uint64, repeated, tag = "2")]
+    inbox_users: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    inbox_seqs: Vec<u64>,
+}
+
+fn inbox_writes(users: Vec<u64>, seqs: Vec<u64>) -> Result<Vec<crate::InboxWrite>> {
+    if users.len() != seqs.len() {
+        return Err(corrupt("pending event inbox lists differ in length"));
+    }
+    Ok(users
+        .into_iter()
+        .zip(seqs)
+        .map(|(user_id, seq)| crate::InboxWrite { user_id, seq })
+        .collect())
+}
+
+impl PendingEvent {
+    pub(super) fn from_commit(commit: &EventCommit, written_at: i64) -> Self {
+        let (receipt_principal, receipt_client_msg_id, receipt) = match &commit.receipt {
+            Some((key, receipt)) => (
+                key.principal.clone(),
+                key.client_msg_id.as_bytes().to_vec(),
+                Some(ReceiptRecord::from(receipt)),
+            ),
+            None => (String::new(), Vec::new(), None),
+        };
+        Self {
+            entry: Some(EntryRecord::from(&commit.entry)),
+            inbox_users: commit.inbox.iter().map(|w| w.user_id).collect(),
+            inbox_seqs: commit.inbox.iter().map(|w| w.seq).collect(),
+            receipt_principal,
+            receipt_client_msg_id,
+            receipt,
+            conversation: commit.conversation.as_ref().map(ConversationRecord::from),
+            large_group_index: commit
+                .large_group_index
+                .iter()
+                .map(|&change| change.into())
+                .collect(),
+            reader_users: commit.readers.iter().map(|r| r.user_id).collect(),
+            reader_marks: commit.readers.iter().map(|r| r.read_through).collect(),
+            reader_joins: commit.readers.iter().map(|r| r.joined).collect(),
+            keep_copies: commit.keep_copies,
+            rewrites: commit
+                .rewrites
+                .iter()
+                .map(|rewrite| PendingRewrite {
+                    entry: Some(EntryRecord::from(&rewrite.entry)),
+                    inbox_users: rewrite.inbox.iter().map(|w| w.user_id).collect(),
+                    inbox_seqs: rewrite.inbox.iter().map(|w| w.seq).collect(),
+                })
+                .collect(),
+            member_users: commit.members.iter().map(|m| m.user_id).collect(),
+            member_flags: commit.members.iter().map(|m| m.member).collect(),
+            written_at,
+        }
+    }
+
+    pub(super) fn into_commit(self) -> Result<EventCommit> {
+        let entry = self
+            .entry
+            .ok_or_else(|| corrupt("pending event without entry"))?
+            .try_into()?;
+        if self.reader_users.len() != self.reader_marks.len() {
+            return Err(corrupt("pending event reader lists differ in length"));
+        }
+        if self.member_users.len() != self.member_flags.len() {
+            return Err(corrupt("pending event member lists differ in length"));
+        }
+        let receipt = match self.receipt {
+            Some(receipt) => {
+                let client_msg_id =
+                    uuid::Uuid::from_slice(&self.receipt_client_msg_id).map_err(corrupt)?;
+                let key = IdempotencyKey {
+                    principal: self.receipt_principal,
+                    client_msg_id,
+                };
+                Some((key, receipt.into()))
+            }
+            None => None,
+        };
+        let rewrites = self
+            .rewrites
+            .into_iter()
+            .map(|rewrite| {
+                Ok(crate::Rewrite {
+                    entry: rewrite
+                        .entry
+                        .ok_or_else(|| corrupt("pending rewrite without entry"))?
+                        .try_into()?,
+                    inbox: inbox_writes(rewrite.inbox_users, rewrite.inbox_seqs)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EventCommit {
+            entry,
+            inbox: inbox_writes(self.inbox_users, self.inbox_seqs)?,
+            keep_copies: self.keep_copies,
+            rewrites,
+            receipt,
+            conversation: self.conversation.map(TryInto::try_into).transpose()?,
+            large_group_index: self.large_group_index.into_iter().map(Into::into).collect(),
+            members: self
+                .member_users
+                .iter()
+                .zip(&self.member_flags)
+                .map(|(&user_id, &member)| crate::MemberChange { user_id, member })
+                .collect(),
+            readers: self
+                .reader_users
+                .iter()
+                .zip(&self.reader_marks)
+                .enumerate()
+                .map(|(i, (&user_id, &read_through))| crate::ReaderMark {
+                    user_id,
+                    read_through,
+                    // Intents written before joins were kept have none.
+                    joined: self.reader_joins.get(i).copied().unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The intent's partition and key: the event's message id (unique).
+pub(super) fn pending_key(commit: &EventCommit) -> (i32, i64) {
+    let event_id = commit.entry.msg_id;
+    ((event_id % PENDING_SHARDS as u64) as i32, big(event_id))
+}
+
+/// An event whose intent is stored, with the write timestamp of its rows.
+pub(super) struct StoredIntent {
+    pub(super) commit: EventCommit,
+    pub(super) written_at: i64,
+}
+
+impl ScyllaTimelineStore {
+    /// Stores `commit`'s intent (conditionally on the fence, on a
+    /// cluster's writer), its timestamp taken before.
+    pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
+        let (shard, event_id) = pending_key(commit);
+        let written_at = match &self.fence {
+            Some(fence) => {
+                // A retry of an event that failed keeps its intent's number
+                // and timestamp: the same row, rows written the same way.
+                let open = fence
+                    .open
+                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
+                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
+                fence
+                    .write_intent(&self.session, shard, open.number, intent)
+                    .await?;
+                open.written_at
+            }
+            None => {
+                let written_at = self.next_timestamp()?;
+                let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
+                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+                    .await?;
+                written_at
+            }
+        };
+        Ok(StoredIntent {
+            commit: commit.clone(),
+            written_at,
+        })
+    }
+
+    /// Writes the rows of a stored intent, with its timestamp.
+    pub(super) async fn apply_stored(&self, stored: &StoredIntent) -> Result<()> {
+        self.apply(&stored.commit, stored.written_at).await
+    }
+
+    pub(super) fn decode_intent(&self, intent: &[u8]) -> Result<StoredIntent> {
+        let pending = PendingEvent::decode(intent).map_err(corrupt)?;
+        let written_at = match pending.written_at {
+            0 => self.next_timestamp()?,
+            at => at,
+        };
+        Ok(StoredIntent {
+            commit: pending.into_commit()?,
+            written_at,
+        })
+    }
+}
