@@ -27,7 +27,8 @@
 //! read of the group. Answers are cached by (conversation, user). Any
 //! reader may fill (reads hold no lock), so a fill could carry an answer
 //! read before a membership change committed: every committed change of a
-//! large group's members bumps one counter and drops the users it names,
+//! large group's members bumps a counter (one of
+//! [`MEMBER_CHANGE_COUNTERS`], by conversation) and drops the users it names,
 //! and a fill whose read began before a bump is dropped, both under one
 //! mutex, so a stale answer is either dropped by the change or never put.
 
@@ -50,7 +51,9 @@ pub struct Directory {
     member_answers: moka::sync::Cache<(u64, u64), bool>,
     /// Committed changes of large groups' members so far (see the module
     /// doc): guards fills against answers read before a change.
-    member_changes: std::sync::Mutex<u64>,
+    /// By conversation id modulo their number, so churn in one group
+    /// spoils the fills of a few others only.
+    member_changes: Box<[std::sync::Mutex<u64>]>,
 }
 
 /// A conversation record read under its membership lock, with the lock.
@@ -79,7 +82,9 @@ impl Directory {
                 .build(),
             locks: Arc::default(),
             member_answers: moka::sync::Cache::new(CACHED_MEMBER_ANSWERS),
-            member_changes: std::sync::Mutex::new(0),
+            member_changes: (0..MEMBER_CHANGE_COUNTERS)
+                .map(|_| std::sync::Mutex::new(0))
+                .collect(),
         }
     }
 
@@ -139,7 +144,7 @@ impl Directory {
         if unknown.is_empty() {
             return Ok(members);
         }
-        let changes_before = *self.changes();
+        let changes_before = *self.changes(conversation_id);
         let found = self.store.members_among(conversation_id, &unknown).await?;
         self.fill_answers(conversation_id, changes_before, &unknown, &found);
         members.extend(found);
@@ -156,7 +161,7 @@ impl Directory {
         asked: &[u64],
         found: &[u64],
     ) {
-        let changes = self.changes();
+        let changes = self.changes(conversation_id);
         if *changes != changes_before {
             return;
         }
@@ -166,8 +171,8 @@ impl Directory {
         }
     }
 
-    fn changes(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.member_changes
+    fn changes(&self, conversation_id: u64) -> std::sync::MutexGuard<'_, u64> {
+        self.member_changes[(conversation_id % MEMBER_CHANGE_COUNTERS) as usize]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -175,7 +180,7 @@ impl Directory {
     /// A committed event changed these members of a conversation: their
     /// cached answers go, and fills read before now are refused.
     fn members_changed(&self, conversation_id: u64, users: impl Iterator<Item = u64>) {
-        let mut changes = self.changes();
+        let mut changes = self.changes(conversation_id);
         *changes += 1;
         for user in users {
             self.member_answers.invalidate(&(conversation_id, user));
@@ -244,6 +249,9 @@ impl CommitObserver for Directory {
     }
 }
 
+/// Counters of membership changes the member-answer fills check.
+const MEMBER_CHANGE_COUNTERS: u64 = 64;
+
 fn busy(conversation_id: u64) -> String {
     format!(
         "conversation {conversation_id} is busy: a membership change is still being stored; retry later"
@@ -269,12 +277,12 @@ mod tests {
     #[test]
     fn an_answer_read_across_a_change_is_not_cached() {
         let directory = Directory::new(Arc::new(MemoryStore::default()));
-        let before = *directory.changes();
+        let before = *directory.changes(7);
         directory.members_changed(7, [2].into_iter());
         directory.fill_answers(7, before, &[2, 3], &[2]);
         assert_eq!(directory.member_answers.get(&(7, 2)), None);
 
-        let before = *directory.changes();
+        let before = *directory.changes(7);
         directory.fill_answers(7, before, &[2, 3], &[2]);
         assert_eq!(directory.member_answers.get(&(7, 2)), Some(true));
         assert_eq!(directory.member_answers.get(&(7, 3)), Some(false));
@@ -282,5 +290,11 @@ mod tests {
         directory.members_changed(7, [2].into_iter());
         assert_eq!(directory.member_answers.get(&(7, 2)), None);
         assert_eq!(directory.member_answers.get(&(7, 3)), Some(false));
+
+        // A change in another conversation spoils nothing here.
+        let before = *directory.changes(7);
+        directory.members_changed(8, [2].into_iter());
+        directory.fill_answers(7, before, &[2], &[2]);
+        assert_eq!(directory.member_answers.get(&(7, 2)), Some(true));
     }
 }
