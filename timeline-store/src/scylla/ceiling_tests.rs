@@ -3,7 +3,8 @@
 //! new writer's rewrites above an old writer's late statements.
 
 use super::fencing_tests::{
-    SPAN, conversation_record, inbox_texts, message_commit, read_state, stored_intents,
+    SPAN, assert_rewrites_survived, inbox_texts, membership_commit, message_commit, read_state,
+    recall, stored_intents,
 };
 use super::tests::{connect, drop_keyspace, open_store, unique_keyspace};
 use super::*;
@@ -18,36 +19,6 @@ fn wall_micros() -> i64 {
 fn clock_ahead_by(ahead: Duration) -> Arc<WriterClock> {
     let ahead = ahead.as_micros() as i64;
     Arc::new(WriterClock::with_clock(move || wall_micros() + ahead))
-}
-
-/// A recall of `message`, made by event `msg_id` at `conv_seq`.
-fn recall(message: &EventCommit, msg_id: u64, conv_seq: u64) -> (EventCommit, Entry) {
-    let recalled = Entry {
-        text: String::new(),
-        state: crate::MessageState {
-            removed: Some(crate::Removal {
-                kind: crate::RemovalKind::Recalled,
-                by: 0,
-                at_ms: 5,
-                conv_seq,
-            }),
-            ..crate::MessageState::default()
-        },
-        ..message.entry.clone()
-    };
-    let commit = EventCommit {
-        rewrites: vec![crate::Rewrite {
-            entry: recalled.clone(),
-            inbox: message.inbox.clone(),
-        }],
-        entry: Entry {
-            conv_seq,
-            msg_id,
-            ..Entry::new(crate::EntryKind::Recall, 5)
-        },
-        ..message_commit(msg_id, conv_seq, conv_seq + 10)
-    };
-    (commit, recalled)
 }
 
 /// The old writer's clock runs ten seconds ahead of the new writer's. It
@@ -71,15 +42,7 @@ async fn a_new_writer_whose_clock_is_behind_still_supersedes_the_old_writers_lat
         .await
         .unwrap();
     let message = message_commit(902, 2, 12);
-    let added = EventCommit {
-        entry: Entry {
-            conv_seq: 3,
-            msg_id: 903,
-            ..Entry::new(crate::EntryKind::MembersAdded, 5)
-        },
-        conversation: Some(conversation_record(vec![1, 2, 3])),
-        ..message_commit(903, 3, 13)
-    };
+    let added = membership_commit(crate::EntryKind::MembersAdded, 903, 3, vec![1, 2, 3]);
     let stored = [
         old.store_intent(&message).await.unwrap(),
         old.store_intent(&added).await.unwrap(),
@@ -102,15 +65,12 @@ async fn a_new_writer_whose_clock_is_behind_still_supersedes_the_old_writers_lat
     assert_eq!(new.recover().await.unwrap(), 2);
     let (recall, recalled) = recall(&message, 904, 4);
     new.commit_event(recall).await.unwrap();
-    new.commit_event(EventCommit {
-        entry: Entry {
-            conv_seq: 5,
-            msg_id: 905,
-            ..Entry::new(crate::EntryKind::MembersRemoved, 5)
-        },
-        conversation: Some(conversation_record(vec![1, 2])),
-        ..message_commit(905, 5, 15)
-    })
+    new.commit_event(membership_commit(
+        crate::EntryKind::MembersRemoved,
+        905,
+        5,
+        vec![1, 2],
+    ))
     .await
     .unwrap();
     new.save_read_states(7, 20, vec![read_state(5, 20)])
@@ -125,35 +85,7 @@ async fn a_new_writer_whose_clock_is_behind_still_supersedes_the_old_writers_lat
         .await
         .unwrap();
 
-    let inbox = new
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: 100,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        inbox[0],
-        Entry {
-            seq: 12,
-            ..recalled.clone()
-        },
-        "the recalled copy stays recalled"
-    );
-    let history = new
-        .read_conversation(5, ConversationRange::oldest_first(0, 100, 10))
-        .await
-        .unwrap();
-    assert_eq!(history[0], recalled, "the recalled message stays recalled");
-    assert_eq!(
-        new.conversation(5).await.unwrap().unwrap().members,
-        vec![1, 2],
-        "the removed member stays removed"
-    );
+    assert_rewrites_survived(&new, &recalled).await;
     let states = new.read_states(7).await.unwrap();
     assert_eq!(
         (states.applied_seq, states.rows),

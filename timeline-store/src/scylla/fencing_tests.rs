@@ -169,37 +169,8 @@ pub(super) fn conversation_record(members: Vec<u64>) -> Conversation {
     }
 }
 
-/// A writer froze after storing two intents and before issuing their rows
-/// (a message and a membership change); the next writer finished both,
-/// then recalled the message and removed a member. The rows the frozen
-/// writer issues when it resumes must lose to those newer writes.
-#[tokio::test]
-async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
-    let keyspace = unique_keyspace("late");
-    let (session, store) = open_store(&keyspace).await;
-    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
-    let message = message_commit(902, 2, 12);
-    let added = EventCommit {
-        entry: Entry {
-            conv_seq: 3,
-            msg_id: 903,
-            ..Entry::new(crate::EntryKind::MembersAdded, 5)
-        },
-        inbox: vec![crate::InboxWrite {
-            user_id: 1,
-            seq: 13,
-        }],
-        conversation: Some(conversation_record(vec![1, 2, 3])),
-        ..message_commit(903, 3, 13)
-    };
-    let frozen = [message.clone(), added.clone()];
-    let mut stored = Vec::new();
-    for commit in &frozen {
-        stored.push(old.store_intent(commit).await.unwrap());
-    }
-
-    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
-    assert_eq!(new.recover().await.unwrap(), 2);
+/// A recall of `message`, made by event `msg_id` at `conv_seq`.
+pub(super) fn recall(message: &EventCommit, msg_id: u64, conv_seq: u64) -> (EventCommit, Entry) {
     let recalled = Entry {
         text: String::new(),
         state: crate::MessageState {
@@ -207,42 +178,47 @@ async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
                 kind: crate::RemovalKind::Recalled,
                 by: 0,
                 at_ms: 5,
-                conv_seq: 4,
+                conv_seq,
             }),
             ..crate::MessageState::default()
         },
         ..message.entry.clone()
     };
-    new.commit_event(EventCommit {
+    let commit = EventCommit {
         rewrites: vec![crate::Rewrite {
             entry: recalled.clone(),
             inbox: message.inbox.clone(),
         }],
         entry: Entry {
-            conv_seq: 4,
-            msg_id: 904,
+            conv_seq,
+            msg_id,
             ..Entry::new(crate::EntryKind::Recall, 5)
         },
-        ..message_commit(904, 4, 14)
-    })
-    .await
-    .unwrap();
-    new.commit_event(EventCommit {
+        ..message_commit(msg_id, conv_seq, conv_seq + 10)
+    };
+    (commit, recalled)
+}
+/// A membership change of conversation 5 leaving `members` in its record.
+pub(super) fn membership_commit(
+    kind: crate::EntryKind,
+    msg_id: u64,
+    conv_seq: u64,
+    members: Vec<u64>,
+) -> EventCommit {
+    EventCommit {
         entry: Entry {
-            conv_seq: 5,
-            msg_id: 905,
-            ..Entry::new(crate::EntryKind::MembersRemoved, 5)
+            conv_seq,
+            msg_id,
+            ..Entry::new(kind, 5)
         },
-        conversation: Some(conversation_record(vec![1, 2])),
-        ..message_commit(905, 5, 15)
-    })
-    .await
-    .unwrap();
-
-    // The frozen writer resumes and issues the rows of its stored intents.
-    for intent in &stored {
-        old.apply_stored(intent).await.unwrap();
+        conversation: Some(conversation_record(members)),
+        ..message_commit(msg_id, conv_seq, conv_seq + 10)
     }
+}
+
+/// The new writer's recall of message 902 (conv_seq 2, inbox seq 12) and
+/// its removal of member 3 survived the old writer's late rows.
+pub(super) async fn assert_rewrites_survived(new: &ScyllaTimelineStore, recalled: &Entry) {
     let inbox = new
         .read_inbox(
             1,
@@ -266,12 +242,49 @@ async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
         .read_conversation(5, ConversationRange::oldest_first(0, 100, 10))
         .await
         .unwrap();
-    assert_eq!(history[0], recalled, "the recalled message stays recalled");
+    assert_eq!(history[0], *recalled, "the recalled message stays recalled");
     assert_eq!(
         new.conversation(5).await.unwrap().unwrap().members,
         vec![1, 2],
         "the removed member stays removed"
     );
+}
+
+/// A writer froze after storing two intents and before issuing their rows
+/// (a message and a membership change); the next writer finished both,
+/// then recalled the message and removed a member. The rows the frozen
+/// writer issues when it resumes must lose to those newer writes.
+#[tokio::test]
+async fn a_frozen_writers_late_rows_lose_to_the_next_writers_rewrites() {
+    let keyspace = unique_keyspace("late");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
+    let message = message_commit(902, 2, 12);
+    let added = membership_commit(crate::EntryKind::MembersAdded, 903, 3, vec![1, 2, 3]);
+    let frozen = [message.clone(), added.clone()];
+    let mut stored = Vec::new();
+    for commit in &frozen {
+        stored.push(old.store_intent(commit).await.unwrap());
+    }
+
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), 2);
+    let (recall, recalled) = recall(&message, 904, 4);
+    new.commit_event(recall).await.unwrap();
+    new.commit_event(membership_commit(
+        crate::EntryKind::MembersRemoved,
+        905,
+        5,
+        vec![1, 2],
+    ))
+    .await
+    .unwrap();
+
+    // The frozen writer resumes and issues the rows of its stored intents.
+    for intent in &stored {
+        old.apply_stored(intent).await.unwrap();
+    }
+    assert_rewrites_survived(&new, &recalled).await;
     drop_keyspace(&session, &keyspace).await;
 }
 
