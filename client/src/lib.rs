@@ -147,10 +147,17 @@ pub struct Client {
     admin: AdminClient<Authed>,
 }
 
+/// Whether a failed call may be repeated. `Cancelled` is what a call gets
+/// when the server's connection drops under it (a server killed mid-call):
+/// every repeated call carries its client id, so a repeat is safe.
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Cancelled
     )
 }
 
