@@ -10,7 +10,7 @@ use client::Client;
 use futures_util::future::try_join_all;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use syncd::auth::Principal;
 use syncd::server::StoreLocation;
 
@@ -267,9 +267,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let bare = match (&location, args.bare_cql) {
-        (Some(StoreLocation::Scylla(config)), true) => {
-            Some(bare_cql(config, &args, timeline.inbox_entries, &conversations).await?)
-        }
+        (Some(StoreLocation::Scylla(config)), true) => Some(
+            crate::bare_cql::run(
+                config,
+                args.concurrency,
+                args.message_bytes,
+                timeline.inbox_entries,
+                &conversations,
+            )
+            .await?,
+        ),
         (_, true) => anyhow::bail!("--bare-cql needs a scylla:// store the bench starts"),
         _ => None,
     };
@@ -553,78 +560,11 @@ fn append(
     }
 }
 
-struct Bare {
-    rows: u64,
-    elapsed: Duration,
-}
-
-/// The peer: the same inbox rows (same sizes, same partitioning) inserted by
-/// a bare prepared-statement loop, same concurrency, as many rows as
-/// Timeline wrote inbox entries.
-async fn bare_cql(
-    config: &timeline_store::ScyllaConfig,
-    args: &FanoutArgs,
-    rows: u64,
-    conversations: &[(u64, Vec<u64>)],
-) -> anyhow::Result<Bare> {
-    let session = config.connect().await?;
-    let keyspace = &config.keyspace;
-    session
-        .query_unpaged(
-            format!("CREATE TABLE IF NOT EXISTS {keyspace}.bare_inbox (user_id bigint, bucket bigint, seq bigint, entry blob, PRIMARY KEY ((user_id, bucket), seq))"),
-            (),
-        )
-        .await?;
-    session.await_schema_agreement().await?;
-    let mut insert = session
-        .prepare(format!(
-            "INSERT INTO {keyspace}.bare_inbox (user_id, bucket, seq, entry) VALUES (?, ?, ?, ?)"
-        ))
-        .await?;
-    insert.set_is_idempotent(true);
-    // An encoded inbox entry of the same message size, as Timeline stores it.
-    let entry = vec![7u8; args.message_bytes + 60];
-    let users: Vec<u64> = conversations
-        .iter()
-        .flat_map(|(_, m)| m.iter().copied())
-        .collect();
-    let per_worker = rows.div_ceil(args.concurrency as u64);
-    eprintln!(
-        "peer: {rows} rows through a bare prepared-statement loop at concurrency {}",
-        args.concurrency
-    );
-    let started = Instant::now();
-    let workers = (0..args.concurrency as u64).map(|worker| {
-        let session = Arc::clone(&session);
-        let insert = insert.clone();
-        let entry = entry.clone();
-        let users = users.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(worker + 99);
-            for i in 0..per_worker {
-                let user = users[rng.below(users.len() as u64) as usize] as i64;
-                let seq = (worker << 32 | i) as i64;
-                session
-                    .execute_unpaged(&insert, (user, seq >> 16, seq, entry.as_slice()))
-                    .await?;
-            }
-            anyhow::Ok(())
-        })
-    });
-    for worker in try_join_all(workers).await? {
-        worker?;
-    }
-    Ok(Bare {
-        rows: per_worker * args.concurrency as u64,
-        elapsed: started.elapsed(),
-    })
-}
-
 fn print_and_save(
     args: &FanoutArgs,
     store_kind: &str,
     timeline: &Measured,
-    bare: Option<&Bare>,
+    bare: Option<&crate::bare_cql::Bare>,
     peers: &[crate::redis_peer::PeerMeasured],
 ) -> anyhow::Result<()> {
     let secs = timeline.elapsed.as_secs_f64();
@@ -722,20 +662,37 @@ fn print_and_save(
         },
     });
     if let Some(bare) = bare {
-        let bare_per_s = bare.rows as f64 / bare.elapsed.as_secs_f64();
+        let single = bare.single.rows_per_sec();
+        let batched = bare.batched.rows_per_sec();
+        let batch_rows = crate::bare_cql::BATCH_ROWS;
         println!(
             "{:<34} {:>12}",
             "bare driver rows/s (same conc.)",
-            format!("{bare_per_s:.0}")
+            format!("{single:.0}")
         );
         println!(
             "{:<34} {:>12}",
             "timeline / bare driver",
-            format!("{:.2}x", inbox_per_s / bare_per_s)
+            format!("{:.2}x", inbox_per_s / single)
+        );
+        println!(
+            "{:<34} {:>12}",
+            format!("bare rows/s, batches of {batch_rows}"),
+            format!("{batched:.0}")
+        );
+        println!(
+            "{:<34} {:>12}",
+            "timeline / bare batched",
+            format!("{:.2}x", inbox_per_s / batched)
         );
         json["bare_cql"] = serde_json::json!({
-            "rows": bare.rows, "elapsed_secs": bare.elapsed.as_secs_f64(), "rows_per_sec": bare_per_s,
-            "ratio_timeline_to_bare": inbox_per_s / bare_per_s,
+            "rows": bare.single.rows, "elapsed_secs": bare.single.elapsed.as_secs_f64(), "rows_per_sec": single,
+            "ratio_timeline_to_bare": inbox_per_s / single,
+            "batched": {
+                "rows_per_batch": batch_rows, "rows": bare.batched.rows,
+                "elapsed_secs": bare.batched.elapsed.as_secs_f64(), "rows_per_sec": batched,
+                "ratio_timeline_to_bare": inbox_per_s / batched,
+            },
         });
     }
     if !peers.is_empty() {

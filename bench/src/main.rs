@@ -17,6 +17,7 @@
 //! Centrifugo); `bench all` runs them all.
 
 mod all;
+mod bare_cql;
 mod burst;
 mod catchup;
 mod centrifugo;

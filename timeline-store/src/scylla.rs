@@ -34,8 +34,8 @@
 //! Every statement is prepared once, marked idempotent (retrying an upsert
 //! with the same values is harmless) and runs under one execution profile
 //! (LOCAL_QUORUM unless configured otherwise). An event writes its bucket
-//! markers and entries concurrently (at most [`MAX_CONCURRENT_WRITES`] in
-//! flight), then the conversation record and the receipt *last*, so a
+//! markers, then its entries concurrently (at most [`MAX_CONCURRENT_WRITES`]
+//! in flight; inbox rows in unlogged batches of a few), then the conversation record and the receipt *last*, so a
 //! receipt only exists once every entry does.
 //!
 //! CQL has no atomic multi-partition write of this size (a logged batch of a
@@ -52,7 +52,8 @@
 //! # Layout
 //! This file: schema, prepared statements, the store handle, read states,
 //! members, receipts, retention and checkpoints. `intents`: the intent log
-//! of one node; `writes`: an event's rows; `reads`: inbox and conversation
+//! of one node; `writes`: an event's rows (`inbox_batches`: its inbox
+//! rows, in unlogged batches); `reads`: inbox and conversation
 //! pages; `fencing`, `open_intents`, `timestamps`: a cluster's writer (the
 //! lease, the fence, intent numbering and its timestamp source);
 //! `revocations`: token cutoffs.
@@ -221,6 +222,8 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+    /// Unlogged batches of inbox inserts, by size (see `inbox_batches`).
+    inbox_batches: Arc<Vec<scylla::statement::batch::Batch>>,
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
@@ -397,10 +400,12 @@ impl ScyllaTimelineStore {
             select_pending: prepare("SELECT event FROM {ks}.pending_events WHERE shard = ?").await?,
         };
         let revocations = Arc::new(revocations::Statements::prepare(&session, keyspace).await?);
+        let inbox_batches = Arc::new(inbox_batches::inbox_batches(&statements.insert_inbox));
         Ok(Self {
             session,
             statements: Arc::new(statements),
             revocations,
+            inbox_batches,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
             fence: None,
             clock: Arc::new(timestamps::WriterClock::unbounded()),
@@ -929,6 +934,7 @@ impl Checkpoints for ScyllaTimelineStore {
 }
 
 mod fencing;
+mod inbox_batches;
 mod intents;
 mod open_intents;
 mod reads;

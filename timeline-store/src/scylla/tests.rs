@@ -101,10 +101,8 @@ async fn interrupted_events_are_finished_by_recover() {
         .await
         .unwrap();
     store
-        .write_inbox(
-            1,
-            41,
-            EntryEncoder::new(&commit.entry).inbox(41),
+        .write_inbox_rows(
+            vec![(1, 41, EntryEncoder::new(&commit.entry).inbox(41))],
             store.next_timestamp().unwrap(),
         )
         .await

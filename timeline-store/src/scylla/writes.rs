@@ -34,7 +34,7 @@ pub(super) struct ReadStateSave {
 }
 
 impl ScyllaTimelineStore {
-    async fn mark_bucket(
+    pub(super) async fn mark_bucket(
         &self,
         timeline: Timeline,
         owner: u64,
@@ -118,21 +118,6 @@ impl ScyllaTimelineStore {
             at,
         );
         self.execute(&self.statements.insert_conv, values)
-            .await
-            .map(|_| ())
-    }
-
-    pub(super) async fn write_inbox(
-        &self,
-        user_id: u64,
-        seq: u64,
-        entry: Vec<u8>,
-        at: i64,
-    ) -> Result<()> {
-        self.mark_bucket(Timeline::Inbox, user_id, bucket_of(seq), at)
-            .await?;
-        let values = (big(user_id), big(bucket_of(seq)), big(seq), entry, at);
-        self.execute(&self.statements.insert_inbox, values)
             .await
             .map(|_| ())
     }
@@ -254,13 +239,7 @@ impl ScyllaTimelineStore {
         )
         .buffer_unordered(MAX_CONCURRENT_WRITES)
         .try_collect::<Vec<()>>();
-        let inbox_writes = stream::iter(
-            inbox_entries
-                .into_iter()
-                .map(|(user_id, seq, entry)| self.write_inbox(user_id, seq, entry, at)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
+        let inbox_writes = self.write_inbox_rows(inbox_entries, at);
         let index_writes = stream::iter(
             commit
                 .large_group_index
