@@ -206,7 +206,10 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     let finished = finished?;
     metrics::counter!("syncd_recovered_events_total").increment(finished as u64);
     if finished > 0 {
-        tracing::info!(finished, "finished events interrupted by the last shutdown");
+        tracing::info!(
+            finished,
+            "finished the events the last run left (interrupted ones, and on ScyllaDB complete ones not removed yet)"
+        );
     }
     let index = open_search_index(&dir, &config.search).await?;
     let clock = seqsvc::snowflake::system_clock();

@@ -35,7 +35,7 @@
 //! with the same values is harmless) and runs under one execution profile
 //! (LOCAL_QUORUM unless configured otherwise). An event writes its bucket
 //! markers, then its entries concurrently (at most [`MAX_CONCURRENT_WRITES`]
-//! in flight; inbox rows in unlogged batches of a few), then the conversation record and the receipt *last*, so a
+//! in flight; most rows in unlogged batches of a few, see `row_batches`), then the conversation record and the receipt *last*, so a
 //! receipt only exists once every entry does.
 //!
 //! CQL has no atomic multi-partition write of this size (a logged batch of a
@@ -52,8 +52,8 @@
 //! # Layout
 //! This file: schema, prepared statements, the store handle, read states,
 //! members, receipts, retention and checkpoints. `intents`: the intent log
-//! of one node; `writes`: an event's rows (`inbox_batches`: its inbox
-//! rows, in unlogged batches); `reads`: inbox and conversation
+//! of one node; `writes`: an event's rows (`row_batches`: most of them
+//! in unlogged batches); `reads`: inbox and conversation
 //! pages; `fencing`, `open_intents`, `timestamps`: a cluster's writer (the
 //! lease, the fence, intent numbering and its timestamp source);
 //! `revocations`: token cutoffs.
@@ -204,12 +204,11 @@ struct Statements {
     /// The same for the latest join (its own cell, its own timestamp).
     insert_reader_join: PreparedStatement,
     select_readers: PreparedStatement,
-    insert_pending: PreparedStatement,
     delete_pending: PreparedStatement,
     select_pending: PreparedStatement,
 }
 
-#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+#[derive(Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
 enum Timeline {
     Inbox,
     Conversation,
@@ -222,11 +221,11 @@ pub struct ScyllaTimelineStore {
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
     known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
-    /// Unlogged batches of inbox inserts, by size (see `inbox_batches`).
-    inbox_batches: Arc<Vec<scylla::statement::batch::Batch>>,
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
+    /// The intent log used without a fence (one node), see `node_intents`.
+    node: Arc<node_intents::NodeIntents>,
     /// Write timestamps of intents, read-state saves and trims (see
     /// `writes`); on a cluster's writer, bounded by its lease (see
     /// `timestamps`).
@@ -236,7 +235,7 @@ pub struct ScyllaTimelineStore {
 impl ScyllaTimelineStore {
     /// Creates the tables if needed and prepares every statement.
     pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Self> {
-        for ddl in SCHEMA {
+        for ddl in SCHEMA.iter().chain(node_intents::SCHEMA) {
             session
                 .query_unpaged(ddl.replace("{ks}", keyspace), ())
                 .await
@@ -391,21 +390,17 @@ impl ScyllaTimelineStore {
                 "SELECT applied_seq FROM {ks}.read_state_applied WHERE user_id = ?",
             )
             .await?,
-            insert_pending: prepare(
-                "INSERT INTO {ks}.pending_events (shard, event_id, event) VALUES (?, ?, ?)",
-            )
-            .await?,
             delete_pending: prepare("DELETE FROM {ks}.pending_events WHERE shard = ? AND event_id = ?")
                 .await?,
             select_pending: prepare("SELECT event FROM {ks}.pending_events WHERE shard = ?").await?,
         };
         let revocations = Arc::new(revocations::Statements::prepare(&session, keyspace).await?);
-        let inbox_batches = Arc::new(inbox_batches::inbox_batches(&statements.insert_inbox));
+        let node = Arc::new(node_intents::NodeIntents::open(&session, keyspace).await?);
         Ok(Self {
+            node,
             session,
             statements: Arc::new(statements),
             revocations,
-            inbox_batches,
             known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
             fence: None,
             clock: Arc::new(timestamps::WriterClock::unbounded()),
@@ -701,7 +696,7 @@ impl EventLog for ScyllaTimelineStore {
         let started = std::time::Instant::now();
         let stored = self.store_intent(&commit).await?;
         self.apply_stored(&stored).await?;
-        let (shard, event_id) = pending_key(&commit);
+        let (shard, _) = pending_key(&commit);
         match &self.fence {
             Some(fence) => {
                 let finished =
@@ -718,8 +713,18 @@ impl EventLog for ScyllaTimelineStore {
                 }
             }
             None => {
-                self.execute(&self.statements.delete_pending, (shard, event_id))
-                    .await?;
+                let node = &self.node;
+                let finished =
+                    node.open
+                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
+                if let Some(below) = finished
+                    && let Err(error) = node.clear_finished(&self.session, shard, below).await
+                {
+                    // The event is complete; its intent goes with a later
+                    // removal (or is finished again at the next start).
+                    node.open.clear_failed(shard);
+                    tracing::warn!(%error, shard, "could not remove finished intents");
+                }
             }
         }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
@@ -737,6 +742,7 @@ impl EventLog for ScyllaTimelineStore {
             let intents: Vec<Vec<u8>> = self
                 .column(&self.statements.select_pending, (shard,))
                 .await?;
+            // Left by versions that deleted each intent on its own.
             for intent in intents {
                 let stored = self.decode_intent(&intent)?;
                 self.apply_stored(&stored).await?;
@@ -744,6 +750,15 @@ impl EventLog for ScyllaTimelineStore {
                 self.execute(&self.statements.delete_pending, (shard, event_id))
                     .await?;
                 finished += 1;
+            }
+            let leftovers = self.node.leftovers(&self.session, shard).await?;
+            for intent in &leftovers {
+                let stored = self.decode_intent(intent)?;
+                self.apply_stored(&stored).await?;
+                finished += 1;
+            }
+            if !leftovers.is_empty() {
+                self.node.clear_older(&self.session, shard).await?;
             }
             if let Some(fence) = &self.fence {
                 let leftovers = fence.leftovers(&self.session, shard).await?;
@@ -764,7 +779,7 @@ impl EventLog for ScyllaTimelineStore {
         if finished > 0 {
             tracing::warn!(
                 finished,
-                "finished events interrupted by a crash or an error"
+                "finished the events intents were left for (interrupted, or complete and not removed yet)"
             );
         }
         Ok(finished)
@@ -934,11 +949,12 @@ impl Checkpoints for ScyllaTimelineStore {
 }
 
 mod fencing;
-mod inbox_batches;
 mod intents;
+mod node_intents;
 mod open_intents;
 mod reads;
 mod revocations;
+mod row_batches;
 mod timestamps;
 mod writes;
 
@@ -948,5 +964,7 @@ pub use timestamps::WriterClock;
 mod ceiling_tests;
 #[cfg(test)]
 mod fencing_tests;
+#[cfg(test)]
+mod intent_log_tests;
 #[cfg(test)]
 mod tests;

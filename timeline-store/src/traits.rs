@@ -70,7 +70,10 @@ pub trait EventLog: Send + Sync {
     /// Finishes every event whose [`commit_event`](Self::commit_event) was
     /// interrupted (a crash, or an error after part of it was written), so
     /// that each event is either complete or absent. Call before serving.
-    /// Returns how many events it finished (0 after successful commits).
+    /// Returns how many events it finished; a backend may also count events
+    /// that were complete but whose record was not removed yet (the
+    /// ScyllaDB backend removes them in batches), applied again, which
+    /// changes nothing.
     async fn recover(&self) -> Result<usize>;
 }
 

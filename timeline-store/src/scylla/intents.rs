@@ -193,7 +193,7 @@ impl ScyllaTimelineStore {
     /// Stores `commit`'s intent (conditionally on the fence, on a
     /// cluster's writer), its timestamp taken before.
     pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
-        let (shard, event_id) = pending_key(commit);
+        let (shard, _) = pending_key(commit);
         let written_at = match &self.fence {
             Some(fence) => {
                 // A retry of an event that failed keeps its intent's number
@@ -208,11 +208,14 @@ impl ScyllaTimelineStore {
                 open.written_at
             }
             None => {
-                let written_at = self.next_timestamp()?;
-                let intent = PendingEvent::from_commit(commit, written_at).encode_to_vec();
-                self.execute(&self.statements.insert_pending, (shard, event_id, intent))
+                let node = &self.node;
+                let open = node
+                    .open
+                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
+                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
+                node.write(&self.session, shard, open.number, intent)
                     .await?;
-                written_at
+                open.written_at
             }
         };
         Ok(StoredIntent {

@@ -1,3 +1,5 @@
+use super::row_batches::{Row, RowKind};
+use super::writes::entry_values;
 use super::*;
 use crate::ConversationMembers;
 
@@ -93,18 +95,15 @@ async fn interrupted_events_are_finished_by_recover() {
         readers: Vec::new(),
     };
     // A crash after the intent and the first inbox copy, before the rest.
-    let (shard, event_id) = pending_key(&commit);
-    let intent =
-        PendingEvent::from_commit(&commit, store.next_timestamp().unwrap()).encode_to_vec();
+    // Only the intent, as a crash right after it leaves it.
+    store.store_intent(&commit).await.unwrap();
+    let at = store.next_timestamp().unwrap();
+    let copy = Row {
+        kind: RowKind::Inbox,
+        values: entry_values(1, 41, EntryEncoder::new(&commit.entry).inbox(41), at),
+    };
     store
-        .execute(&store.statements.insert_pending, (shard, event_id, intent))
-        .await
-        .unwrap();
-    store
-        .write_inbox_rows(
-            vec![(1, 41, EntryEncoder::new(&commit.entry).inbox(41))],
-            store.next_timestamp().unwrap(),
-        )
+        .write_rows(vec![(Timeline::Inbox, 1, bucket_of(41))], vec![copy], at)
         .await
         .unwrap();
     assert!(store.receipt(&key).await.unwrap().is_none());
@@ -170,13 +169,8 @@ async fn an_interrupted_membership_change_is_finished_by_recover() {
         readers: Vec::new(),
     };
     let joined = event(5, 1..=1_000, true);
-    let (shard, event_id) = pending_key(&joined);
-    let intent =
-        PendingEvent::from_commit(&joined, store.next_timestamp().unwrap()).encode_to_vec();
-    store
-        .execute(&store.statements.insert_pending, (shard, event_id, intent))
-        .await
-        .unwrap();
+    // Only the intent, as a crash right after it leaves it.
+    store.store_intent(&joined).await.unwrap();
     assert!(store.list_members(8, 0, 10).await.unwrap().is_empty());
 
     let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
@@ -474,13 +468,8 @@ async fn an_interrupted_recall_is_finished_by_recover() {
         members: Vec::new(),
         readers: Vec::new(),
     };
-    let (shard, event_id) = pending_key(&recall);
-    let intent =
-        PendingEvent::from_commit(&recall, store.next_timestamp().unwrap()).encode_to_vec();
-    store
-        .execute(&store.statements.insert_pending, (shard, event_id, intent))
-        .await
-        .unwrap();
+    // Only the intent, as a crash right after it leaves it.
+    store.store_intent(&recall).await.unwrap();
     let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
         .await
         .unwrap();

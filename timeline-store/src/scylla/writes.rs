@@ -20,6 +20,7 @@
 //! deletions' timestamps from the same source, so they cover rows written
 //! with timestamps ahead of this node's clock.
 
+use super::row_batches::{Row, RowKind, RowValues};
 use super::{
     EntryEncoder, EventCommit, MAX_CONCURRENT_WRITES, ReadStateRow, Result, ScyllaTimelineStore,
     Timeline, big, bucket_of, codec,
@@ -96,32 +97,6 @@ impl ScyllaTimelineStore {
         self.execute(statement, values).await.map(|_| ())
     }
 
-    async fn write_conv(
-        &self,
-        conversation_id: u64,
-        conv_seq: u64,
-        entry: Vec<u8>,
-        at: i64,
-    ) -> Result<()> {
-        self.mark_bucket(
-            Timeline::Conversation,
-            conversation_id,
-            bucket_of(conv_seq),
-            at,
-        )
-        .await?;
-        let values = (
-            big(conversation_id),
-            big(bucket_of(conv_seq)),
-            big(conv_seq),
-            entry,
-            at,
-        );
-        self.execute(&self.statements.insert_conv, values)
-            .await
-            .map(|_| ())
-    }
-
     /// The event's conv_seq is the row's write time: an older event
     /// applied again (by `recover`) never undoes a later change.
     pub(super) async fn write_member(
@@ -152,69 +127,61 @@ impl ScyllaTimelineStore {
             .map(|_| ())
     }
 
-    /// One row per (conversation, user), the marker as its write
-    /// timestamp (see `insert_reader`).
-    async fn write_reader(&self, conversation_id: u64, mark: crate::ReaderMark) -> Result<()> {
-        let key = (big(conversation_id), big(mark.user_id));
-        if mark.read_through > 0 {
-            let values = (big(mark.read_through), big(mark.read_through), key.0, key.1);
-            self.execute(&self.statements.insert_reader, values).await?;
-        }
-        if mark.joined > 0 {
-            let values = (big(mark.joined), big(mark.joined), key.0, key.1);
-            self.execute(&self.statements.insert_reader_join, values)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Writes every row of an event, each with the write timestamp `at`
     /// (idempotent: applying it twice stores the same rows, and a late
     /// application loses to any newer write of the same rows).
     pub(super) async fn apply(&self, commit: &EventCommit, at: i64) -> Result<()> {
         let conversation_id = commit.entry.conversation_id;
         let conv_seq = commit.entry.conv_seq;
-        let mut encoder = EntryEncoder::new(&commit.entry);
-        let conv_entry = encoder.conversation();
-        let inbox_entries: Vec<(u64, u64, Vec<u8>)> = commit
-            .inbox
-            .iter()
-            .map(|w| (w.user_id, w.seq, encoder.inbox(w.seq)))
-            .collect();
-
-        let in_timeline = commit.entry.kind.in_conversation_timeline();
-        // The entry and its copies' positions are independent rows (both
-        // are read only once the event is complete): written side by side.
-        let conv_row = async {
-            if in_timeline {
-                self.write_conv(conversation_id, conv_seq, conv_entry, at)
-                    .await?;
-            }
-            Ok::<(), crate::StoreError>(())
+        let mut buckets = Vec::new();
+        let mut rows = Vec::new();
+        let conv_row = |seq: u64, entry: Vec<u8>, buckets: &mut Vec<_>, rows: &mut Vec<_>| {
+            buckets.push((Timeline::Conversation, conversation_id, bucket_of(seq)));
+            rows.push(Row {
+                kind: RowKind::Conversation,
+                values: entry_values(conversation_id, seq, entry, at),
+            });
         };
-        let copies_row = async {
-            if commit.keep_copies {
-                let values = (
-                    big(conversation_id),
-                    big(bucket_of(conv_seq)),
-                    big(conv_seq),
+        let mut encoder = EntryEncoder::new(&commit.entry);
+        // The entry, its copies' positions, the sender's mark and the
+        // copies are independent rows (none is read before the event is
+        // complete): all written side by side, in batches.
+        if commit.entry.kind.in_conversation_timeline() {
+            conv_row(conv_seq, encoder.conversation(), &mut buckets, &mut rows);
+        }
+        if commit.keep_copies {
+            rows.push(Row {
+                kind: RowKind::Copies,
+                values: entry_values(
+                    conversation_id,
+                    conv_seq,
                     codec::encode_inbox_copies(&commit.inbox),
                     at,
-                );
-                self.execute(&self.statements.insert_copies, values).await?;
-            }
-            Ok(())
-        };
-        let conv_write = async { futures_util::try_join!(conv_row, copies_row).map(|_| ()) };
+                ),
+            });
+        }
+        for mark in &commit.readers {
+            rows.extend(reader_rows(conversation_id, *mark));
+        }
+        for write in &commit.inbox {
+            buckets.push((Timeline::Inbox, write.user_id, bucket_of(write.seq)));
+            rows.push(Row {
+                kind: RowKind::Inbox,
+                values: entry_values(write.user_id, write.seq, encoder.inbox(write.seq), at),
+            });
+        }
         // Rewrites of earlier events: their new rows, written like the
         // event's own (idempotent upserts, no delete).
-        let mut rewritten_conv = Vec::new();
-        let mut inbox_entries = inbox_entries;
         let mut floors: std::collections::HashMap<u64, u64> = Default::default();
         for rewrite in &commit.rewrites {
             let mut encoder = EntryEncoder::new(&rewrite.entry);
             if rewrite.entry.kind.in_conversation_timeline() {
-                rewritten_conv.push((rewrite.entry.conv_seq, encoder.conversation()));
+                conv_row(
+                    rewrite.entry.conv_seq,
+                    encoder.conversation(),
+                    &mut buckets,
+                    &mut rows,
+                );
             }
             for write in &rewrite.inbox {
                 // A copy retention trimmed stays trimmed (and its bucket,
@@ -228,18 +195,20 @@ impl ScyllaTimelineStore {
                     }
                 };
                 if write.seq >= floor {
-                    inbox_entries.push((write.user_id, write.seq, encoder.inbox(write.seq)));
+                    buckets.push((Timeline::Inbox, write.user_id, bucket_of(write.seq)));
+                    rows.push(Row {
+                        kind: RowKind::Inbox,
+                        values: entry_values(
+                            write.user_id,
+                            write.seq,
+                            encoder.inbox(write.seq),
+                            at,
+                        ),
+                    });
                 }
             }
         }
-        let rewrite_conv_writes = stream::iter(
-            rewritten_conv
-                .into_iter()
-                .map(|(rewritten, entry)| self.write_conv(conversation_id, rewritten, entry, at)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
-        let inbox_writes = self.write_inbox_rows(inbox_entries, at);
+        let row_writes = self.write_rows(buckets, rows, at);
         let index_writes = stream::iter(
             commit
                 .large_group_index
@@ -257,23 +226,7 @@ impl ScyllaTimelineStore {
             )
             .buffer_unordered(MAX_CONCURRENT_WRITES)
             .try_collect::<Vec<()>>();
-        let reader_writes = stream::iter(
-            commit
-                .readers
-                .clone()
-                .into_iter()
-                .map(|mark| self.write_reader(conversation_id, mark)),
-        )
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .try_collect::<Vec<()>>();
-        futures_util::try_join!(
-            conv_write,
-            rewrite_conv_writes,
-            inbox_writes,
-            index_writes,
-            member_writes,
-            reader_writes
-        )?;
+        futures_util::try_join!(row_writes, index_writes, member_writes)?;
 
         // Only once every entry exists: the record, then the receipt.
         if let Some(conversation) = &commit.conversation {
@@ -353,4 +306,31 @@ impl ScyllaTimelineStore {
         .await?;
         Ok(())
     }
+}
+
+/// The values of an entry-shaped row (inbox, conversation or copies).
+pub(super) fn entry_values(owner: u64, seq: u64, blob: Vec<u8>, at: i64) -> RowValues {
+    RowValues::Entry(big(owner), big(bucket_of(seq)), big(seq), blob, at)
+}
+
+/// A reader mark's rows: one row per (conversation, user), each cell with
+/// the marker as its write timestamp (see `insert_reader`).
+fn reader_rows(conversation_id: u64, mark: crate::ReaderMark) -> Vec<Row> {
+    let (conversation, user) = (big(conversation_id), big(mark.user_id));
+    let mut rows = Vec::new();
+    if mark.read_through > 0 {
+        let marker = big(mark.read_through);
+        rows.push(Row {
+            kind: RowKind::ReadThrough,
+            values: RowValues::Reader(marker, marker, conversation, user),
+        });
+    }
+    if mark.joined > 0 {
+        let marker = big(mark.joined);
+        rows.push(Row {
+            kind: RowKind::Joined,
+            values: RowValues::Reader(marker, marker, conversation, user),
+        });
+    }
+    rows
 }
