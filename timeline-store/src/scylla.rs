@@ -85,7 +85,7 @@ pub const BUCKET_BITS: u32 = 16;
 /// Writes of one event in flight at once.
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// Bucket markers remembered as already written (saves one write per entry).
-pub const KNOWN_BUCKETS_CACHE: u64 = 1_000_000;
+pub const KNOWN_BUCKETS_CACHE: usize = 1_000_000;
 /// Partitions of the `pending_events` table (intents of unfinished events).
 pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
@@ -220,7 +220,7 @@ pub struct ScyllaTimelineStore {
     session: Arc<Session>,
     statements: Arc<Statements>,
     revocations: Arc<revocations::Statements>,
-    known_buckets: moka::sync::Cache<(Timeline, u64, u64), ()>,
+    known_buckets: Arc<known_buckets::KnownBuckets>,
     /// Set on a cluster's writer: its intents are written conditionally on
     /// its epoch (see `fencing`).
     fence: Option<Arc<fencing::Fence>>,
@@ -401,7 +401,7 @@ impl ScyllaTimelineStore {
             session,
             statements: Arc::new(statements),
             revocations,
-            known_buckets: moka::sync::Cache::new(KNOWN_BUCKETS_CACHE),
+            known_buckets: Arc::new(known_buckets::KnownBuckets::new(KNOWN_BUCKETS_CACHE)),
             fence: None,
             clock: Arc::new(timestamps::WriterClock::unbounded()),
         })
@@ -950,6 +950,7 @@ impl Checkpoints for ScyllaTimelineStore {
 
 mod fencing;
 mod intents;
+mod known_buckets;
 mod node_intents;
 mod open_intents;
 mod reads;

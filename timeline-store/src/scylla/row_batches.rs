@@ -130,7 +130,7 @@ impl ScyllaTimelineStore {
     ) -> Result<()> {
         let mut unknown: Vec<(Timeline, u64, u64)> = buckets
             .into_iter()
-            .filter(|key| !self.known_buckets.contains_key(key))
+            .filter(|key| !self.known_buckets.contains(key))
             .collect();
         unknown.sort_unstable();
         unknown.dedup();

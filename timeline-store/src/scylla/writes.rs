@@ -43,7 +43,7 @@ impl ScyllaTimelineStore {
         at: i64,
     ) -> Result<()> {
         let key = (timeline, owner, bucket);
-        if self.known_buckets.contains_key(&key) {
+        if self.known_buckets.contains(&key) {
             return Ok(());
         }
         let statement = match timeline {
@@ -52,7 +52,7 @@ impl ScyllaTimelineStore {
         };
         self.execute(statement, (big(owner), big(bucket), at))
             .await?;
-        self.known_buckets.insert(key, ());
+        self.known_buckets.insert(key);
         Ok(())
     }
 
