@@ -21,7 +21,9 @@
 //! inbox_floors  (user_id)                              floor bigint, below it entries are trimmed
 //! conversation_members (conversation_id, user_id)     the member table of large groups: a join inserts, a leave deletes, both USING TIMESTAMP of the event's conv_seq (rows of older versions may say member = false)
 //! event_copies  ((conversation_id, bucket), conv_seq) where an event's inbox copies went (messages, edits)
-//! pending_events ((shard), event_id)                   event blob: intents of unfinished events
+//! node_intents  ((shard), run, intent)                event blob: intents of unfinished events (one node), removed by range
+//! node_runs     (name)                                 the last run of the node intent log
+//! pending_events ((shard), event_id)                   the same as written by earlier versions: only read and emptied by recovery
 //! fenced_intents ((shard), epoch, intent)             the same for a cluster's writer, fenced by its epoch, removed by range
 //! fenced_events ((shard), event_id)                    the same before intents were numbered: only emptied by recovery
 //! writer_lease  (name)                                 the cluster's writer: holder, epoch, renewals, timestamp ceiling
@@ -40,8 +42,9 @@
 //!
 //! CQL has no atomic multi-partition write of this size (a logged batch of a
 //! 500-member fanout exceeds batch size limits), so every event is first
-//! recorded whole in `pending_events` (an intent), then written, then the
-//! intent is deleted. An event interrupted anywhere in between (a crash, a
+//! recorded whole in `node_intents` (an intent; `fenced_intents` on a
+//! cluster's writer), then written; finished intents are removed by range
+//! deletions (`node_intents`, `open_intents`). An event interrupted anywhere in between (a crash, a
 //! timeout) still has its intent; [`EventLog::recover`] re-applies it
 //! with the same seqs and ids (every write is an idempotent upsert) before the
 //! node serves again. Intents are spread over [`PENDING_SHARDS`] partitions.
@@ -52,7 +55,7 @@
 //! # Layout
 //! This file: schema, prepared statements, the store handle, read states,
 //! members, receipts, retention and checkpoints. `intents`: the intent log
-//! of one node; `writes`: an event's rows (`row_batches`: most of them
+//! of one node (`node_intents`: its table); `writes`: an event's rows (`row_batches`: most of them
 //! in unlogged batches); `reads`: inbox and conversation
 //! pages; `fencing`, `open_intents`, `timestamps`: a cluster's writer (the
 //! lease, the fence, intent numbering and its timestamp source);
@@ -86,7 +89,7 @@ pub const BUCKET_BITS: u32 = 16;
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// Bucket markers remembered as already written (saves one write per entry).
 pub const KNOWN_BUCKETS_CACHE: usize = 1_000_000;
-/// Partitions of the `pending_events` table (intents of unfinished events).
+/// Partitions of the intent tables (intents of unfinished events).
 pub const PENDING_SHARDS: i32 = 16;
 /// Rows fetched per page when a read must scan.
 const PAGE_ROWS: i32 = 1_000;
