@@ -2,7 +2,7 @@
 //! partitioning, as many as Timeline wrote) inserted by a bare
 //! prepared-statement loop at the same concurrency, the way the issue's
 //! goal defines it (one row per statement), and then once more in unlogged
-//! batches of [`BATCH_ROWS`] rows, the cheapest way a client can hand the
+//! batches of at most [`BATCH_ROWS`] rows and [`BATCH_BYTES`], the cheapest way a client can hand the
 //! node the same rows (so a ratio against it shows what Timeline's own
 //! statements cost, apart from the batching both can use).
 
@@ -12,9 +12,12 @@ use scylla::statement::batch::{Batch, BatchType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Rows per batch in the batched pass (Timeline's own bound, under
+/// Rows per batch in the batched pass at most (Timeline's own bound, under
 /// Cassandra's warning for unlogged batches across partitions).
 pub const BATCH_ROWS: usize = 10;
+/// Entry bytes per batch at most (Timeline's own bound, under Cassandra's
+/// 5 KiB warning): larger messages give smaller batches.
+pub const BATCH_BYTES: usize = 4 * 1024;
 
 /// One pass of the loop.
 pub struct Pass {
@@ -32,6 +35,8 @@ impl Pass {
 pub struct Bare {
     pub single: Pass,
     pub batched: Pass,
+    /// Rows per batch in the batched pass.
+    pub batch_rows: usize,
 }
 
 pub async fn run(
@@ -56,13 +61,14 @@ pub async fn run(
         ))
         .await?;
     insert.set_is_idempotent(true);
+    // An encoded inbox entry of the same message size, as Timeline stores it.
+    let entry = vec![7u8; message_bytes + 60];
+    let batch_rows = (BATCH_BYTES / entry.len()).clamp(1, BATCH_ROWS);
     let mut batch = Batch::new(BatchType::Unlogged);
-    for _ in 0..BATCH_ROWS {
+    for _ in 0..batch_rows {
         batch.append_statement(insert.clone());
     }
     batch.set_is_idempotent(true);
-    // An encoded inbox entry of the same message size, as Timeline stores it.
-    let entry = vec![7u8; message_bytes + 60];
     let users: Arc<Vec<u64>> = Arc::new(
         conversations
             .iter()
@@ -71,7 +77,7 @@ pub async fn run(
     );
     let per_worker = rows.div_ceil(concurrency as u64);
     eprintln!(
-        "peer: {rows} rows through a bare prepared-statement loop at concurrency {concurrency}, one row per statement, then in batches of {BATCH_ROWS}"
+        "peer: {rows} rows through a bare prepared-statement loop at concurrency {concurrency}, one row per statement, then in batches of {batch_rows}"
     );
     let mut passes = Vec::new();
     for batched in [false, true] {
@@ -88,10 +94,10 @@ pub async fn run(
                 };
                 let mut i = 0;
                 while i < per_worker {
-                    if batched && per_worker - i >= BATCH_ROWS as u64 {
-                        let values: Vec<_> = (i..i + BATCH_ROWS as u64).map(&mut row).collect();
+                    if batched && batch_rows > 1 && per_worker - i >= batch_rows as u64 {
+                        let values: Vec<_> = (i..i + batch_rows as u64).map(&mut row).collect();
                         session.batch(&batch, values).await?;
-                        i += BATCH_ROWS as u64;
+                        i += batch_rows as u64;
                     } else {
                         session.execute_unpaged(&insert, row(i)).await?;
                         i += 1;
@@ -110,5 +116,9 @@ pub async fn run(
     }
     let batched = passes.pop().expect("two passes");
     let single = passes.pop().expect("two passes");
-    Ok(Bare { single, batched })
+    Ok(Bare {
+        single,
+        batched,
+        batch_rows,
+    })
 }

@@ -664,7 +664,7 @@ fn print_and_save(
     if let Some(bare) = bare {
         let single = bare.single.rows_per_sec();
         let batched = bare.batched.rows_per_sec();
-        let batch_rows = crate::bare_cql::BATCH_ROWS;
+        let batch_rows = bare.batch_rows;
         println!(
             "{:<34} {:>12}",
             "bare driver rows/s (same conc.)",

@@ -35,9 +35,10 @@
 //! # Writes
 //! Every statement is prepared once, marked idempotent (retrying an upsert
 //! with the same values is harmless) and runs under one execution profile
-//! (LOCAL_QUORUM unless configured otherwise). An event writes its bucket
-//! markers, then its entries concurrently (at most [`MAX_CONCURRENT_WRITES`]
-//! in flight; most rows in unlogged batches of a few, see `row_batches`), then the conversation record and the receipt *last*, so a
+//! (LOCAL_QUORUM unless configured otherwise). An event writes the bucket
+//! markers it needs, then its rows in unlogged batches of a few (at most
+//! 16 batches in flight, see `row_batches`), then the conversation record
+//! and the receipt *last*, so a
 //! receipt only exists once every entry does.
 //!
 //! CQL has no atomic multi-partition write of this size (a logged batch of a
@@ -81,6 +82,7 @@ use std::sync::Arc;
 pub use cql_kit::ScyllaConfig;
 #[cfg(test)]
 use intents::PendingEvent;
+#[cfg(test)]
 use intents::pending_key;
 
 /// log2 of the seqs one partition covers.
@@ -683,109 +685,6 @@ impl ReadReceipts for ScyllaTimelineStore {
             .collect();
         marks.sort_unstable_by_key(|m| m.user_id);
         Ok(marks)
-    }
-}
-
-#[async_trait]
-impl EventLog for ScyllaTimelineStore {
-    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
-        if commit.entry.msg_id == 0 {
-            // Two such events would share one recovery record: one's
-            // cleanup would delete the other's, and a crash lose it.
-            return Err(StoreError::InvalidArgument(
-                "an event must have its own msg_id (its recovery record is keyed by it)".into(),
-            ));
-        }
-        let started = std::time::Instant::now();
-        let stored = self.store_intent(&commit).await?;
-        self.apply_stored(&stored).await?;
-        let (shard, _) = pending_key(&commit);
-        match &self.fence {
-            Some(fence) => {
-                let finished =
-                    fence
-                        .open
-                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
-                if let Some(below) = finished
-                    && let Err(error) = fence.clear_finished(&self.session, shard, below).await
-                {
-                    // The event is complete; its intent goes with a later
-                    // removal (or is finished again by the next writer).
-                    fence.open.clear_failed(shard);
-                    tracing::warn!(%error, shard, "could not remove finished intents");
-                }
-            }
-            None => {
-                let node = &self.node;
-                let finished =
-                    node.open
-                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
-                if let Some(below) = finished
-                    && let Err(error) = node.clear_finished(&self.session, shard, below).await
-                {
-                    // The event is complete; its intent goes with a later
-                    // removal (or is finished again at the next start).
-                    node.open.clear_failed(shard);
-                    tracing::warn!(%error, shard, "could not remove finished intents");
-                }
-            }
-        }
-        metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    /// Finishes every event an earlier run (or writer) left unfinished. On
-    /// a cluster's writer this also applies again the finished intents its
-    /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
-    /// of them per partition), which changes nothing.
-    async fn recover(&self) -> Result<usize> {
-        let mut finished = 0;
-        for shard in 0..PENDING_SHARDS {
-            let intents: Vec<Vec<u8>> = self
-                .column(&self.statements.select_pending, (shard,))
-                .await?;
-            // Left by versions that deleted each intent on its own.
-            for intent in intents {
-                let stored = self.decode_intent(&intent)?;
-                self.apply_stored(&stored).await?;
-                let (shard, event_id) = pending_key(&stored.commit);
-                self.execute(&self.statements.delete_pending, (shard, event_id))
-                    .await?;
-                finished += 1;
-            }
-            let leftovers = self.node.leftovers(&self.session, shard).await?;
-            for intent in &leftovers {
-                let stored = self.decode_intent(intent)?;
-                self.apply_stored(&stored).await?;
-                finished += 1;
-            }
-            if !leftovers.is_empty() {
-                self.node.clear_older(&self.session, shard).await?;
-            }
-            if let Some(fence) = &self.fence {
-                let leftovers = fence.leftovers(&self.session, shard).await?;
-                let intents = leftovers
-                    .numbered
-                    .iter()
-                    .chain(leftovers.unnumbered.iter().map(|(_, intent)| intent));
-                for intent in intents {
-                    let stored = self.decode_intent(intent)?;
-                    self.apply_stored(&stored).await?;
-                    finished += 1;
-                }
-                fence
-                    .clear_leftovers(&self.session, shard, &leftovers)
-                    .await?;
-            }
-        }
-        if finished > 0 {
-            tracing::warn!(
-                finished,
-                "finished the events intents were left for (interrupted, or complete and not removed yet)"
-            );
-        }
-        Ok(finished)
     }
 }
 

@@ -68,17 +68,34 @@ async fn finished_intents_leave_no_tombstone_per_event() {
         warnings.is_empty(),
         "recovery's read of the intents of {events} finished events: {warnings:?}"
     );
-    // A reopened store applies again what was finished but not yet removed
-    // (the last moments of the run), which changes nothing, then removes
-    // it: the next opening finds nothing.
+    // One more event once the removal interval has passed: everything
+    // below it is finished, so the partition holds no intent any more.
+    tokio::time::sleep(open_intents::CLEAR_INTERVAL + std::time::Duration::from_millis(50)).await;
+    store
+        .commit_event(event((events + 1) * PENDING_SHARDS as u64))
+        .await
+        .unwrap();
+    let left: Vec<i64> = store
+        .column(
+            &session
+                .prepare(format!(
+                    "SELECT count(*) FROM {keyspace}.node_intents WHERE shard = 0"
+                ))
+                .await
+                .unwrap(),
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![0],
+        "intents left stored after every event finished"
+    );
     let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
         .await
         .unwrap();
-    assert!(reopened.recover().await.unwrap() <= events as usize);
-    let again = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
-        .await
-        .unwrap();
-    assert_eq!(again.recover().await.unwrap(), 0);
+    assert_eq!(reopened.recover().await.unwrap(), 0);
     let inbox = reopened
         .read_inbox(
             1,
@@ -90,7 +107,7 @@ async fn finished_intents_leave_no_tombstone_per_event() {
         )
         .await
         .unwrap();
-    assert_eq!(inbox.len() as u64, events);
+    assert_eq!(inbox.len() as u64, events + 1);
     drop_keyspace(&session, &keyspace).await;
 }
 
@@ -155,5 +172,59 @@ async fn every_opening_takes_a_later_run() {
         .await
         .unwrap();
     assert_eq!(third.recover().await.unwrap(), 0);
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// Openings at the same moment still take runs of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openings_at_once_take_distinct_runs() {
+    let keyspace = unique_keyspace("intent_runs_at_once");
+    let (session, first) = open_store(&keyspace).await;
+    let opened = futures_util::future::try_join_all(
+        (0..6).map(|_| ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)),
+    )
+    .await
+    .unwrap();
+    let mut runs: Vec<u64> = opened.iter().map(|store| store.node.run).collect();
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        (first.node.run + 1..=first.node.run + 6).collect::<Vec<_>>()
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
+/// More unfinished intents in one partition than a page of the recovery:
+/// every one is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recovery_reads_leftovers_page_by_page() {
+    let keyspace = unique_keyspace("intent_pages");
+    let (session, store) = open_store(&keyspace).await;
+    let events = node_intents::LEFTOVER_PAGE as u64 * 2 + 7;
+    let msg_ids = (1..=events).map(|i| i * PENDING_SHARDS as u64);
+    // Only the intents, as a crash right after them leaves them.
+    futures_util::stream::iter(msg_ids.map(|msg_id| {
+        let store = store.clone();
+        async move { store.store_intent(&event(msg_id)).await.map(|_| ()) }
+    }))
+    .buffer_unordered(32)
+    .for_each(|stored| async move { stored.unwrap() })
+    .await;
+    let reopened = ScyllaTimelineStore::open(Arc::clone(&session), &keyspace)
+        .await
+        .unwrap();
+    assert_eq!(reopened.recover().await.unwrap(), events as usize);
+    let inbox = reopened
+        .read_inbox(
+            1,
+            InboxRange {
+                after: 0,
+                through: u64::MAX,
+                limit: 5_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(inbox.len() as u64, events);
     drop_keyspace(&session, &keyspace).await;
 }

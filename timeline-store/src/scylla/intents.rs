@@ -1,8 +1,11 @@
-//! The intent log of the single-node store: an event is stored whole in
-//! `pending_events` before any of its rows (`PendingEvent`, with the write
-//! timestamp its rows carry), so `recover` can finish it after a crash
-//! with exactly the same rows; on a cluster's writer the intent goes to the
-//! fenced tables instead (`fencing`).
+//! The intent log (`EventLog`): an event is stored whole as an intent
+//! before any of its rows (`PendingEvent`, with the write timestamp its
+//! rows carry), so `recover` can finish it after a crash with exactly the
+//! same rows. On one node the intent goes to `node_intents`, on a
+//! cluster's writer to the fenced tables (`fencing`); both remove finished
+//! intents by range (`open_intents`). `pending_events`, where earlier
+//! versions kept one row per intent, is only read and emptied by
+//! `recover`.
 
 use super::*;
 
@@ -239,5 +242,117 @@ impl ScyllaTimelineStore {
             commit: pending.into_commit()?,
             written_at,
         })
+    }
+}
+
+#[async_trait]
+impl EventLog for ScyllaTimelineStore {
+    async fn commit_event(&self, commit: EventCommit) -> Result<()> {
+        if commit.entry.msg_id == 0 {
+            // Two such events would share one recovery record: one's
+            // cleanup would delete the other's, and a crash lose it.
+            return Err(StoreError::InvalidArgument(
+                "an event must have its own msg_id (its recovery record is keyed by it)".into(),
+            ));
+        }
+        let started = std::time::Instant::now();
+        let stored = self.store_intent(&commit).await?;
+        self.apply_stored(&stored).await?;
+        let (shard, _) = pending_key(&commit);
+        match &self.fence {
+            Some(fence) => {
+                let finished =
+                    fence
+                        .open
+                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
+                if let Some(below) = finished
+                    && let Err(error) = fence.clear_finished(&self.session, shard, below).await
+                {
+                    // The event is complete; its intent goes with a later
+                    // removal (or is finished again by the next writer).
+                    fence.open.clear_failed(shard);
+                    tracing::warn!(%error, shard, "could not remove finished intents");
+                }
+            }
+            None => {
+                let node = &self.node;
+                let finished =
+                    node.open
+                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
+                if let Some(below) = finished
+                    && let Err(error) = node.clear_finished(&self.session, shard, below).await
+                {
+                    // The event is complete; its intent goes with a later
+                    // removal (or is finished again at the next start).
+                    node.open.clear_failed(shard);
+                    tracing::warn!(%error, shard, "could not remove finished intents");
+                }
+            }
+        }
+        metrics::histogram!("timeline_store_scylla_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Finishes every event an earlier run (or writer) left unfinished. On
+    /// a cluster's writer this also applies again the finished intents its
+    /// predecessor had not removed yet (at most `open_intents::CLEAR_INTERVAL`
+    /// of them per partition), which changes nothing.
+    async fn recover(&self) -> Result<usize> {
+        let mut finished = 0;
+        for shard in 0..PENDING_SHARDS {
+            let intents: Vec<Vec<u8>> = self
+                .column(&self.statements.select_pending, (shard,))
+                .await?;
+            // Left by versions that deleted each intent on its own.
+            for intent in intents {
+                let stored = self.decode_intent(&intent)?;
+                self.apply_stored(&stored).await?;
+                let (shard, event_id) = pending_key(&stored.commit);
+                self.execute(&self.statements.delete_pending, (shard, event_id))
+                    .await?;
+                finished += 1;
+            }
+            let mut cursor = None;
+            let mut any = false;
+            loop {
+                let (page, next) = self.node.leftovers(&self.session, shard, cursor).await?;
+                for intent in &page {
+                    let stored = self.decode_intent(intent)?;
+                    self.apply_stored(&stored).await?;
+                    finished += 1;
+                }
+                any |= !page.is_empty();
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if any {
+                self.node.clear_older(&self.session, shard).await?;
+            }
+            if let Some(fence) = &self.fence {
+                let leftovers = fence.leftovers(&self.session, shard).await?;
+                let intents = leftovers
+                    .numbered
+                    .iter()
+                    .chain(leftovers.unnumbered.iter().map(|(_, intent)| intent));
+                for intent in intents {
+                    let stored = self.decode_intent(intent)?;
+                    self.apply_stored(&stored).await?;
+                    finished += 1;
+                }
+                fence
+                    .clear_leftovers(&self.session, shard, &leftovers)
+                    .await?;
+            }
+        }
+        if finished > 0 {
+            tracing::warn!(
+                finished,
+                "finished the events intents were left for (interrupted, or complete and not removed yet)"
+            );
+        }
+        Ok(finished)
     }
 }

@@ -14,9 +14,10 @@
 //! still open.
 //!
 //! A run's number comes from `node_runs`, raised by one at every opening
-//! (one writer: no condition needed), so a later run's intents never fall
-//! under an earlier run's range deletions, whatever the clocks say. The
-//! recovery finishes every intent of earlier runs, then removes them all.
+//! by compare-and-set, so no two openings share a run and a later run's
+//! intents never fall under an earlier run's range deletions, whatever the
+//! clocks say. The recovery finishes every intent of earlier runs, page by
+//! page, then removes them all.
 
 use super::open_intents::OpenIntents;
 use super::{Result, big, cql};
@@ -39,8 +40,17 @@ pub(super) struct NodeIntents {
     insert: PreparedStatement,
     clear_finished: PreparedStatement,
     clear_older: PreparedStatement,
-    select: PreparedStatement,
+    select_first: PreparedStatement,
+    select_after: PreparedStatement,
 }
+
+/// Intents read per page by the recovery (each page is finished before
+/// the next is read, so a partition whose removals were held back for a
+/// long run is read in bounded pieces).
+pub(super) const LEFTOVER_PAGE: i32 = 256;
+
+/// Where a page of leftovers ends: the last (run, intent) read.
+pub(super) type LeftoverCursor = (i64, i64);
 
 async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<PreparedStatement> {
     let mut statement = session
@@ -52,36 +62,59 @@ async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<Prepar
 }
 
 impl NodeIntents {
-    /// Takes the next run (the tables exist: `SCHEMA` ran).
+    /// Takes the next run (the tables exist: `SCHEMA` ran). The counter is
+    /// raised by compare-and-set, so two openings never take the same run
+    /// and a run never goes back, whatever the hosts' clocks say (a plain
+    /// write could be hidden by an earlier one carrying a later timestamp,
+    /// and the next opening would take the same run again, numbering its
+    /// intents over another run's).
     pub(super) async fn open(session: &Session, keyspace: &str) -> Result<Self> {
-        let read_run = prepare(
+        let mut read_run = prepare(
             session,
             keyspace,
             "SELECT run FROM {ks}.node_runs WHERE name = ?",
         )
         .await?;
-        let rows = session
-            .execute_unpaged(&read_run, (RUNS_ROW,))
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
-        let last = rows
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(cql)?
-            .and_then(|(run,)| run)
-            .unwrap_or(0);
-        let run = last as u64 + 1;
-        let write_run = prepare(
+        read_run.set_consistency(scylla::statement::Consistency::LocalSerial);
+        let mut first_run = prepare(
             session,
             keyspace,
-            "INSERT INTO {ks}.node_runs (name, run) VALUES (?, ?)",
+            "INSERT INTO {ks}.node_runs (name, run) VALUES (?, ?) IF NOT EXISTS",
         )
         .await?;
-        session
-            .execute_unpaged(&write_run, (RUNS_ROW, big(run)))
-            .await
-            .map_err(cql)?;
+        let mut next_run = prepare(
+            session,
+            keyspace,
+            "UPDATE {ks}.node_runs SET run = ? WHERE name = ? IF run = ?",
+        )
+        .await?;
+        // A retry after a lost answer would see its own write and report
+        // "not applied": read again and take the next one then.
+        first_run.set_is_idempotent(false);
+        next_run.set_is_idempotent(false);
+        let run = loop {
+            let rows = session
+                .execute_unpaged(&read_run, (RUNS_ROW,))
+                .await
+                .map_err(cql)?
+                .into_rows_result()
+                .map_err(cql)?;
+            let last = rows
+                .maybe_first_row::<(Option<i64>,)>()
+                .map_err(cql)?
+                .map(|(run,)| run.unwrap_or(0));
+            let attempt = match last {
+                None => session.execute_unpaged(&first_run, (RUNS_ROW, 1i64)).await,
+                Some(last) => {
+                    session
+                        .execute_unpaged(&next_run, (last + 1, RUNS_ROW, last))
+                        .await
+                }
+            };
+            if cql_kit::lwt::applied(attempt.map_err(cql)?)? {
+                break last.unwrap_or(0) as u64 + 1;
+            }
+        };
         Ok(Self {
             run,
             open: OpenIntents::new(),
@@ -103,10 +136,16 @@ impl NodeIntents {
                 "DELETE FROM {ks}.node_intents WHERE shard = ? AND run < ?",
             )
             .await?,
-            select: prepare(
+            select_first: prepare(
                 session,
                 keyspace,
-                "SELECT run, event FROM {ks}.node_intents WHERE shard = ?",
+                "SELECT run, intent, event FROM {ks}.node_intents WHERE shard = ? LIMIT ?",
+            )
+            .await?,
+            select_after: prepare(
+                session,
+                keyspace,
+                "SELECT run, intent, event FROM {ks}.node_intents WHERE shard = ? AND (run, intent) > (?, ?) LIMIT ?",
             )
             .await?,
         })
@@ -144,22 +183,43 @@ impl NodeIntents {
         Ok(())
     }
 
-    /// The intents of `shard` that earlier runs left (finished or not).
-    pub(super) async fn leftovers(&self, session: &Session, shard: i32) -> Result<Vec<Vec<u8>>> {
-        let rows = session
-            .execute_unpaged(&self.select, (shard,))
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
-        let mut leftovers = Vec::new();
-        for row in rows.rows::<(i64, Vec<u8>)>().map_err(cql)? {
-            let (run, event) = row.map_err(super::corrupt)?;
-            if (run as u64) < self.run {
-                leftovers.push(event);
+    /// A page of the intents of `shard` that earlier runs left (finished
+    /// or not), after `cursor`, with the cursor of the next page (`None`
+    /// once there is none).
+    pub(super) async fn leftovers(
+        &self,
+        session: &Session,
+        shard: i32,
+        cursor: Option<LeftoverCursor>,
+    ) -> Result<(Vec<Vec<u8>>, Option<LeftoverCursor>)> {
+        let result = match cursor {
+            None => {
+                session
+                    .execute_unpaged(&self.select_first, (shard, LEFTOVER_PAGE))
+                    .await
             }
+            Some((run, intent)) => {
+                session
+                    .execute_unpaged(&self.select_after, (shard, run, intent, LEFTOVER_PAGE))
+                    .await
+            }
+        };
+        let rows = result.map_err(cql)?.into_rows_result().map_err(cql)?;
+        let mut leftovers = Vec::new();
+        let mut last = None;
+        let mut read = 0;
+        for row in rows.rows::<(i64, i64, Vec<u8>)>().map_err(cql)? {
+            let (run, intent, event) = row.map_err(super::corrupt)?;
+            read += 1;
+            // Rows come in (run, intent) order: this run's own come last.
+            if run as u64 >= self.run {
+                return Ok((leftovers, None));
+            }
+            leftovers.push(event);
+            last = Some((run, intent));
         }
-        Ok(leftovers)
+        let next = if read < LEFTOVER_PAGE { None } else { last };
+        Ok((leftovers, next))
     }
 
     /// Every leftover of `shard` is finished: removes them.

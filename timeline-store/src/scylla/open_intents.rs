@@ -1,5 +1,6 @@
-//! Which of a fenced writer's intents are still open, and below which
-//! number every one is finished.
+//! Which of a writer's intents are still open, and below which number
+//! every one is finished: a cluster writer's within its epoch (`fencing`),
+//! a single node's within its run (`node_intents`).
 //!
 //! A writer numbers its intents in the order it makes them (within its
 //! epoch), so "every intent below the lowest open one is finished" is a
@@ -60,7 +61,7 @@ struct Book {
     partitions: Vec<Partition>,
 }
 
-/// The open intents of one writer's epoch.
+/// The open intents of one writer's epoch (or one node's run).
 pub(super) struct OpenIntents {
     book: std::sync::Mutex<Book>,
 }

@@ -95,9 +95,7 @@ async fn interrupted_events_are_finished_by_recover() {
         readers: Vec::new(),
     };
     // A crash after the intent and the first inbox copy, before the rest.
-    // Only the intent, as a crash right after it leaves it.
-    store.store_intent(&commit).await.unwrap();
-    let at = store.next_timestamp().unwrap();
+    let at = store.store_intent(&commit).await.unwrap().written_at;
     let copy = Row {
         kind: RowKind::Inbox,
         values: entry_values(1, 41, EntryEncoder::new(&commit.entry).inbox(41), at),
