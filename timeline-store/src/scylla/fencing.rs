@@ -90,14 +90,18 @@ pub struct WriterLeaseTable {
     renew: PreparedStatement,
 }
 
-async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<PreparedStatement> {
+pub(super) async fn prepare(
+    session: &Session,
+    keyspace: &str,
+    text: &str,
+) -> Result<PreparedStatement> {
     let mut statement = session
         .prepare(text.replace("{ks}", keyspace))
         .await
         .map_err(cql)?;
-    // Conditional statements with fixed values: a retry either finds its
-    // own write (and answers not applied, read as "someone else") or
-    // applies once.
+    // Statements with fixed values: an upsert or a range deletion applies
+    // the same cells again; a conditional one either finds its own write
+    // (and answers not applied, read as "someone else") or applies once.
     statement.set_is_idempotent(true);
     Ok(statement)
 }

@@ -34,6 +34,16 @@ fn event(msg_id: u64) -> EventCommit {
     }
 }
 
+/// How many entries user 1's inbox holds (every test event copies into it).
+async fn entries_of_user_1(store: &ScyllaTimelineStore) -> u64 {
+    let range = InboxRange {
+        after: 0,
+        through: u64::MAX,
+        limit: 10_000,
+    };
+    store.read_inbox(1, range).await.unwrap().len() as u64
+}
+
 /// The warnings each intent table's partition 0 answers a full read with,
 /// as recovery reads it.
 async fn intent_read_warnings(session: &Session, keyspace: &str) -> Vec<String> {
@@ -96,18 +106,7 @@ async fn finished_intents_leave_no_tombstone_per_event() {
         .await
         .unwrap();
     assert_eq!(reopened.recover().await.unwrap(), 0);
-    let inbox = reopened
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: u64::MAX,
-                limit: 5_000,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(inbox.len() as u64, events + 1);
+    assert_eq!(entries_of_user_1(&reopened).await, events + 1);
     drop_keyspace(&session, &keyspace).await;
 }
 
@@ -139,18 +138,7 @@ async fn an_intent_left_in_the_old_table_is_finished() {
         0,
         "removed once finished"
     );
-    let inbox = reopened
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: u64::MAX,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(inbox.len(), 1);
+    assert_eq!(entries_of_user_1(&reopened).await, 1);
     drop_keyspace(&session, &keyspace).await;
 }
 
@@ -214,17 +202,6 @@ async fn the_recovery_reads_leftovers_page_by_page() {
         .await
         .unwrap();
     assert_eq!(reopened.recover().await.unwrap(), events as usize);
-    let inbox = reopened
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: u64::MAX,
-                limit: 5_000,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(inbox.len() as u64, events);
+    assert_eq!(entries_of_user_1(&reopened).await, events);
     drop_keyspace(&session, &keyspace).await;
 }

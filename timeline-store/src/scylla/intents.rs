@@ -197,34 +197,38 @@ impl ScyllaTimelineStore {
     /// cluster's writer), its timestamp taken before.
     pub(super) async fn store_intent(&self, commit: &EventCommit) -> Result<StoredIntent> {
         let (shard, _) = pending_key(commit);
-        let written_at = match &self.fence {
+        // A retry of an event that failed keeps its intent's number and
+        // timestamp: the same row, rows written the same way.
+        let open = self
+            .open_intents()
+            .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
+        let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
+        match &self.fence {
             Some(fence) => {
-                // A retry of an event that failed keeps its intent's number
-                // and timestamp: the same row, rows written the same way.
-                let open = fence
-                    .open
-                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
-                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
                 fence
                     .write_intent(&self.session, shard, open.number, intent)
-                    .await?;
-                open.written_at
+                    .await?
             }
             None => {
-                let node = &self.node;
-                let open = node
-                    .open
-                    .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
-                let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
-                node.write(&self.session, shard, open.number, intent)
-                    .await?;
-                open.written_at
+                self.node
+                    .write(&self.session, shard, open.number, intent)
+                    .await?
             }
-        };
+        }
+        let written_at = open.written_at;
         Ok(StoredIntent {
             commit: commit.clone(),
             written_at,
         })
+    }
+
+    /// The book of this writer's open intents: its epoch's on a cluster's
+    /// writer, its run's on one node.
+    fn open_intents(&self) -> &super::open_intents::OpenIntents {
+        match &self.fence {
+            Some(fence) => &fence.open,
+            None => &self.node.open,
+        }
     }
 
     /// Writes the rows of a stored intent, with its timestamp.
@@ -259,34 +263,19 @@ impl EventLog for ScyllaTimelineStore {
         let stored = self.store_intent(&commit).await?;
         self.apply_stored(&stored).await?;
         let (shard, _) = pending_key(&commit);
-        match &self.fence {
-            Some(fence) => {
-                let finished =
-                    fence
-                        .open
-                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
-                if let Some(below) = finished
-                    && let Err(error) = fence.clear_finished(&self.session, shard, below).await
-                {
-                    // The event is complete; its intent goes with a later
-                    // removal (or is finished again by the next writer).
-                    fence.open.clear_failed(shard);
-                    tracing::warn!(%error, shard, "could not remove finished intents");
-                }
-            }
-            None => {
-                let node = &self.node;
-                let finished =
-                    node.open
-                        .finish(commit.entry.msg_id, shard, std::time::Instant::now());
-                if let Some(below) = finished
-                    && let Err(error) = node.clear_finished(&self.session, shard, below).await
-                {
-                    // The event is complete; its intent goes with a later
-                    // removal (or is finished again at the next start).
-                    node.open.clear_failed(shard);
-                    tracing::warn!(%error, shard, "could not remove finished intents");
-                }
+        let book = self.open_intents();
+        let finished = book.finish(commit.entry.msg_id, shard, std::time::Instant::now());
+        if let Some(below) = finished {
+            let cleared = match &self.fence {
+                Some(fence) => fence.clear_finished(&self.session, shard, below).await,
+                None => self.node.clear_finished(&self.session, shard, below).await,
+            };
+            if let Err(error) = cleared {
+                // The event is complete; its intent goes with a later
+                // removal (or is finished again by the next start or
+                // writer).
+                book.clear_failed(shard);
+                tracing::warn!(%error, shard, "could not remove finished intents");
             }
         }
         metrics::histogram!("timeline_store_scylla_commit_duration_seconds")

@@ -19,6 +19,7 @@
 //! clocks say. The recovery finishes every intent of earlier runs, page by
 //! page, then removes them all.
 
+use super::fencing::prepare;
 use super::open_intents::OpenIntents;
 use super::{Result, big, cql};
 use scylla::client::session::Session;
@@ -51,15 +52,6 @@ pub(super) const LEFTOVER_PAGE: i32 = 256;
 
 /// Where a page of leftovers ends: the last (run, intent) read.
 pub(super) type LeftoverCursor = (i64, i64);
-
-async fn prepare(session: &Session, keyspace: &str, text: &str) -> Result<PreparedStatement> {
-    let mut statement = session
-        .prepare(text.replace("{ks}", keyspace))
-        .await
-        .map_err(cql)?;
-    statement.set_is_idempotent(true);
-    Ok(statement)
-}
 
 impl NodeIntents {
     /// Takes the next run (the tables exist: `SCHEMA` ran). The counter is
