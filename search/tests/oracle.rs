@@ -360,15 +360,25 @@ fn run(seed: u64, backend: &Backend) {
         .collect();
     let mut sent_at = 0;
     let mut found = 0;
+    // Each conversation's stretch applied last.
+    let mut applied: std::collections::HashMap<usize, ConversationUpdate> = Default::default();
     for round in 0..12 {
         let mut batch = Vec::new();
         for _ in 0..1 + rng.below(4) {
             let i = rng.below(conversations.len() as u64) as usize;
-            batch.push(timeline_stretch(
-                &mut rng,
-                &mut conversations[i],
-                &mut sent_at,
-            ));
+            let mut update = timeline_stretch(&mut rng, &mut conversations[i], &mut sent_at);
+            // Now and then a stretch that starts again below the
+            // checkpoint (a feeder that read from an older one): what the
+            // index holds already is replaced, not doubled.
+            if let Some(previous) = applied.get(&i)
+                && rng.below(4) == 0
+            {
+                let mut ops = previous.ops.clone();
+                ops.extend(update.ops);
+                update.ops = ops;
+            }
+            applied.insert(i, update.clone());
+            batch.push(update);
         }
         // Now and then a stale update again: applied already, skipped.
         if rng.below(3) == 0 {

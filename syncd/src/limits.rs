@@ -187,6 +187,11 @@ pub const SEARCH_PENDING_CONVERSATIONS: usize = 100_000;
 /// Conversations one index commit may touch (each adds a checkpoint to
 /// the commit); the indexer takes them in turn, the longest waiting first.
 pub const SEARCH_BATCH_CONVERSATIONS: usize = 4_096;
+/// The shortest time between two index commits fed by hints (like a
+/// search engine's refresh interval): under load, what is sent meanwhile
+/// is indexed by the next commit, whose fixed cost it shares. A message
+/// becomes searchable at most about this much later than without it.
+pub const SEARCH_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Timeline entries gathered for one index commit: a commit's fixed cost
 /// is shared by up to this many, and under load the lag stays about one
 /// commit long.

@@ -271,7 +271,17 @@ impl TantivyIndex {
                 match op {
                     IndexOp::Upsert(doc) => {
                         let key = pair_key(conv, doc.conv_seq);
-                        writer.delete_term(Term::from_field_bytes(f.key, &key));
+                        // Every committed document is at or below its
+                        // conversation's committed checkpoint (both land in
+                        // one commit), so a message above it can only be in
+                        // this batch. Deletes are what a commit pays for
+                        // per segment: a new message, nearly every upsert,
+                        // adds none.
+                        if doc.conv_seq <= checkpoint
+                            || messages.contains_key(&(conv, doc.conv_seq))
+                        {
+                            writer.delete_term(Term::from_field_bytes(f.key, &key));
+                        }
                         writer.add_document(self.message_doc(doc))?;
                         messages.insert((conv, doc.conv_seq), Some(doc.clone()));
                     }
@@ -320,7 +330,10 @@ impl TantivyIndex {
                     }
                 }
             }
-            writer.delete_term(Term::from_field_u64(f.checkpoint_conversation, conv));
+            // A conversation without a checkpoint has no checkpoint document.
+            if checkpoint > 0 {
+                writer.delete_term(Term::from_field_u64(f.checkpoint_conversation, conv));
+            }
             let mut doc = TantivyDocument::default();
             doc.add_u64(f.checkpoint_conversation, conv);
             doc.add_u64(f.checkpoint_through, update.indexed_through);

@@ -12,7 +12,8 @@
 //! hint, a crash or a restart therefore loses nothing: a scan of every
 //! conversation ([`timeline_store::ConversationScan`]) at start, after a
 //! dropped hint and every [`SEARCH_SCAN_INTERVAL`] (the events other nodes
-//! commit) finds the timelines that are ahead of the index.
+//! commit) finds the timelines that are ahead of the index. Rounds fed by
+//! hints commit at most once per [`SEARCH_COMMIT_INTERVAL`].
 //!
 //! Membership intervals live in the index itself, fed from the same
 //! timeline entries as the messages, so they are always at the same point
@@ -27,8 +28,8 @@ use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    SEARCH_BATCH_CONVERSATIONS, SEARCH_LAG_CONVERSATIONS, SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL,
-    SEARCH_SCAN_PAGE,
+    SEARCH_BATCH_CONVERSATIONS, SEARCH_COMMIT_INTERVAL, SEARCH_LAG_CONVERSATIONS,
+    SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
 };
 use crate::visibility::Visibility;
 use feed::Feed;
@@ -119,6 +120,7 @@ impl SearchIndexing {
                 }
                 let batch = this.feed.batch(SEARCH_BATCH_CONVERSATIONS);
                 if !batch.is_empty() {
+                    let round_started = tokio::time::Instant::now();
                     let candidates: Vec<u64> = batch.iter().map(|&(c, _)| c).collect();
                     match this.round(&candidates).await {
                         Ok(stretches) => {
@@ -148,8 +150,13 @@ impl SearchIndexing {
                             }
                         }
                     }
-                    if *stopping.borrow() {
-                        return;
+                    // At most one commit per interval: the hints of what
+                    // is sent meanwhile gather into the next round, so a
+                    // commit's fixed cost (a segment, its files, the
+                    // deletes it applies) is shared by more entries.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(round_started + SEARCH_COMMIT_INTERVAL) => {}
+                        () = stopped(&mut stopping) => return,
                     }
                     continue;
                 }

@@ -344,3 +344,71 @@ async fn messages_deleted_for_a_user_or_cleared_are_not_found_by_them() {
     engine.begin_shutdown();
     engine.shutdown().await;
 }
+
+/// Counts the index's commits (each `apply` is one).
+struct CountingIndex {
+    inner: search::memory::MemoryIndex,
+    commits: std::sync::atomic::AtomicUsize,
+}
+
+impl search::SearchIndex for CountingIndex {
+    fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
+        self.inner.checkpoints()
+    }
+    fn checkpoint(&self, conversation_id: u64) -> search::Result<u64> {
+        self.inner.checkpoint(conversation_id)
+    }
+    fn apply(&self, updates: &[search::ConversationUpdate]) -> search::Result<()> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(updates)
+    }
+    fn search(&self, request: &search::SearchRequest) -> search::Result<search::SearchPage> {
+        self.inner.search(request)
+    }
+    fn clear(&self) -> search::Result<()> {
+        self.inner.clear()
+    }
+}
+
+#[tokio::test]
+async fn sends_in_a_stream_share_index_commits() {
+    use crate::limits::SEARCH_COMMIT_INTERVAL;
+    let dir = tempfile::tempdir().unwrap();
+    let store = testkit::test_store(&dir.path().join("store"), false);
+    let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+    let index = Arc::new(CountingIndex {
+        inner: search::memory::MemoryIndex::new(),
+        commits: Default::default(),
+    });
+    let engine = Engine::with_search(
+        store,
+        allocator,
+        ids,
+        EngineConfig::default(),
+        Arc::clone(&index) as Arc<dyn search::SearchIndex>,
+    );
+    engine.start();
+    let conv = group(&engine, 1, vec![2]).await;
+    caught_up(&engine).await;
+    let before = index.commits.load(std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    // One message every few milliseconds: each would have its own commit
+    // if rounds ran back to back.
+    for i in 0..40 {
+        engine
+            .send(device(1, "d"), message(conv, &format!("note{i}"), None))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    caught_up(&engine).await;
+    let commits = index.commits.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let allowed = (started.elapsed().as_millis() / SEARCH_COMMIT_INTERVAL.as_millis()) as usize + 2;
+    assert!(
+        commits <= allowed,
+        "{commits} index commits in {:?}: at most one per {SEARCH_COMMIT_INTERVAL:?} ({allowed})",
+        started.elapsed()
+    );
+    assert_eq!(found(&engine, service(), "note39").await, ["note39"]);
+}
