@@ -32,6 +32,10 @@ pub struct NodeArgs {
     /// --store keyspace (scylla:// only); clients are spread over them.
     #[arg(long, default_value_t = 1, conflicts_with = "server")]
     pub nodes: usize,
+    /// Start the nodes with history search off (`--search-backend none`):
+    /// the timelines' own cost, without indexing.
+    #[arg(long, conflicts_with = "server")]
+    pub no_search: bool,
 }
 
 pub struct Node {
@@ -108,6 +112,9 @@ impl Node {
             ];
             if args.nodes > 1 {
                 serve.extend(["--advertise", "127.0.0.1:0"]);
+            }
+            if args.no_search {
+                serve.extend(["--search-backend", "none"]);
             }
             serve.extend_from_slice(extra);
             processes.push(procs::start_listening(

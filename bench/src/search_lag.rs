@@ -134,6 +134,7 @@ async fn measure(
         server_data_dir: None,
         server_pid: None,
         nodes: 1,
+        no_search: false,
     };
     let node = Node::start_with(&node_args, 10_000, &extra).await?;
     let result = drive(args, &node, backend).await;

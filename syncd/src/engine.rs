@@ -117,6 +117,18 @@ impl Engine {
         Self::build(store, seqs.into(), ids, config, Some(index))
     }
 
+    /// [`with_search`](Self::with_search) when the node keeps an index,
+    /// [`new`](Self::new) when search is off.
+    pub fn with_optional_search(
+        store: Arc<dyn TimelineStore>,
+        seqs: impl Into<SeqSource>,
+        ids: MsgIdGenerator,
+        config: EngineConfig,
+        index: Option<Arc<dyn search::SearchIndex>>,
+    ) -> Arc<Self> {
+        Self::build(store, seqs.into(), ids, config, index)
+    }
+
     fn build(
         store: Arc<dyn TimelineStore>,
         seqs: SeqSource,
@@ -245,7 +257,8 @@ impl Engine {
                 search.search(principal, query, hidden).await
             }
             None => Err(crate::error::SyncdError::FailedPrecondition(
-                "this node keeps no search index".into(),
+                "history search is off on this node (it was started with --search-backend none)"
+                    .into(),
             )),
         }
     }

@@ -225,6 +225,8 @@ enum SearchBackendName {
     Embedded,
     /// An index in an OpenSearch cluster (--opensearch-url).
     Opensearch,
+    /// No history search: nothing is indexed and searches are refused.
+    None,
 }
 
 /// Where the search index lives (the same flags for serve and reindex).
@@ -276,6 +278,7 @@ impl SearchArgs {
                 options.check()?;
                 server::SearchBackend::OpenSearch(options)
             }
+            SearchBackendName::None => server::SearchBackend::Off,
         })
     }
 }

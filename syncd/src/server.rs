@@ -111,6 +111,9 @@ pub enum SearchBackend {
     Embedded,
     /// An index in an OpenSearch cluster (one indexer per index).
     OpenSearch(search::OpenSearchOptions),
+    /// No history search: nothing is indexed (no indexing work on the
+    /// commit path) and searches are refused with FAILED_PRECONDITION.
+    Off,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -216,11 +219,11 @@ pub async fn open_node(config: &NodeConfig) -> Result<Node, StartupError> {
     let engine = if config.seqsvc.is_empty() {
         let allocator = Allocator::new(config.allocator.clone(), Arc::clone(&seq_store))?;
         let ids = MsgIdGenerator::open(config.node_id, clock, seq_store).await?;
-        Engine::with_search(store, allocator, ids, config.engine.clone(), index)
+        Engine::with_optional_search(store, allocator, ids, config.engine.clone(), index)
     } else {
         let (client, lease) = join_seqsvc(config, "syncd").await?;
         let ids = MsgIdGenerator::with_reservations(clock, lease)?;
-        Engine::with_search(
+        Engine::with_optional_search(
             store,
             SeqSource::Remote(client),
             ids,
@@ -272,19 +275,20 @@ pub(crate) async fn join_seqsvc(
 type Stores = (Arc<dyn TimelineStore>, Arc<dyn seqsvc::MaxSeqStore>);
 
 /// The search index: the data directory's embedded one (every node keeps
-/// its own, whichever store it uses) or an OpenSearch index.
+/// its own, whichever store it uses), an OpenSearch index, or none.
 pub(crate) async fn open_search_index(
     data_dir: &Path,
     backend: &SearchBackend,
-) -> Result<Arc<dyn search::SearchIndex>, StartupError> {
+) -> Result<Option<Arc<dyn search::SearchIndex>>, StartupError> {
     let dir = data_dir.join("search");
     let backend = backend.clone();
-    let open = move || -> Result<Arc<dyn search::SearchIndex>, search::SearchError> {
+    let open = move || -> Result<Option<Arc<dyn search::SearchIndex>>, search::SearchError> {
         Ok(match backend {
-            SearchBackend::Embedded => Arc::new(search::TantivyIndex::open(&dir)?),
+            SearchBackend::Embedded => Some(Arc::new(search::TantivyIndex::open(&dir)?)),
             SearchBackend::OpenSearch(options) => {
-                Arc::new(search::OpenSearchIndex::open(&options)?)
+                Some(Arc::new(search::OpenSearchIndex::open(&options)?))
             }
+            SearchBackend::Off => None,
         })
     };
     Ok(tokio::task::spawn_blocking(open)
@@ -300,10 +304,18 @@ pub async fn reindex(
     location: &StoreLocation,
     backend: &SearchBackend,
 ) -> Result<usize, StartupError> {
+    // Before the store is opened: nothing is touched.
+    if *backend == SearchBackend::Off {
+        return Err(StartupError::Failed(
+            "reindex: search is off (--search-backend none): there is no index to rebuild".into(),
+        ));
+    }
     let (store, _) = open_stores(location, data_dir).await?;
     // Interrupted events first: the rebuild reads whole timelines.
     store.recover().await?;
-    let index = open_search_index(data_dir, backend).await?;
+    let index = open_search_index(data_dir, backend)
+        .await?
+        .expect("search is on: checked above");
     let indexing = crate::search_index::SearchIndexing::new(store, None, index);
     indexing
         .rebuild()

@@ -513,3 +513,41 @@ fn syncd_refuses_an_unusable_opensearch_backend() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_search_off_stores_messages_and_refuses_searches() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start_with(dir.path(), &["--search-backend", "none"])?;
+    let client = Client::connect(&server.url(), &server.device_token(1, "a")?).await?;
+    let conv = client
+        .create_conversation(pb::ConversationKind::Group, vec![2], "")
+        .await?
+        .conversation_id;
+    let sent = client.send(conv, "nobody will search this", None).await?;
+    match client.search(search_request("search", 10, "")).await {
+        Err(client::ClientError::Rpc(status)) => {
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            assert!(status.message().contains("search is off"), "{status:?}");
+        }
+        other => panic!("a search on a node without an index answered {other:?}"),
+    }
+    // The message is stored all the same, and nothing was indexed.
+    let bob = Client::connect(&server.url(), &server.device_token(2, "b")?).await?;
+    let inbox = tests::read_whole_inbox(&bob).await?;
+    assert!(inbox.iter().any(|e| e.msg_id == sent.msg_id), "{inbox:?}");
+    assert!(!dir.path().join("search").exists());
+    server.terminate(Duration::from_secs(20))?;
+    // Nothing to rebuild: refused, with the reason, and nothing created.
+    let reindex = std::process::Command::new(tests::syncd_bin())
+        .args(["reindex", "--search-backend", "none", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!reindex.status.success());
+    assert!(
+        String::from_utf8_lossy(&reindex.stderr).contains("search is off"),
+        "{}",
+        String::from_utf8_lossy(&reindex.stderr)
+    );
+    assert!(!dir.path().join("search").exists());
+    Ok(())
+}

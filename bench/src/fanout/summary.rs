@@ -20,8 +20,13 @@ pub(super) fn print_and_save(
     } else {
         format!("closed loop, concurrency {}", args.concurrency)
     };
+    let search = if args.node.no_search {
+        "search off"
+    } else {
+        "search on"
+    };
     println!(
-        "fanout on {store_kind} store, {} node(s), {load}, {:.1} s measured",
+        "fanout on {store_kind} store, {} node(s), {search}, {load}, {:.1} s measured",
         args.node.nodes, secs
     );
     println!("{:<34} {:>12}", "sends/s", format!("{sends_per_s:.0}"));
@@ -86,7 +91,7 @@ pub(super) fn print_and_save(
     let mut json = serde_json::json!({
         "benchmark": "fanout",
         "config": {
-            "store": store_kind, "nodes": args.node.nodes, "users": args.users, "conversations": args.conversations,
+            "store": store_kind, "nodes": args.node.nodes, "search": !args.node.no_search, "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,
@@ -157,7 +162,7 @@ pub(super) fn print_and_save(
         println!("|{}|", ["---"; 10].join("|"));
         println!(
             "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
-            format!("syncd, {store_kind} store"),
+            format!("syncd, {store_kind} store, {search}"),
             sends_per_s,
             inbox_per_s,
             ms(&timeline.latency, 0.5),

@@ -50,7 +50,7 @@ pub struct ClusterNode {
     base: ScyllaTimelineStore,
     seq_store: Arc<dyn seqsvc::MaxSeqStore>,
     seqs: Seqs,
-    index: Arc<dyn search::SearchIndex>,
+    index: Option<Arc<dyn search::SearchIndex>>,
     lease_table: WriterLeaseTable,
     /// Write timestamps of this node's writer generations, bounded by the
     /// lease the loop holds.
@@ -131,7 +131,7 @@ impl ClusterNode {
         let store: Arc<dyn timeline_store::TimelineStore> = Arc::new(store);
         let clock = seqsvc::snowflake::system_clock();
         let engine_config = self.config.engine.clone();
-        let index = Arc::clone(&self.index);
+        let index = self.index.clone();
         let engine = match &self.seqs {
             Seqs::InProcess => {
                 let allocator =
@@ -139,11 +139,11 @@ impl ClusterNode {
                 let ids =
                     MsgIdGenerator::open(self.config.node_id, clock, Arc::clone(&self.seq_store))
                         .await?;
-                Engine::with_search(store, allocator, ids, engine_config, index)
+                Engine::with_optional_search(store, allocator, ids, engine_config, index)
             }
             Seqs::Remote { client, lease } => {
                 let ids = MsgIdGenerator::with_reservations(clock, Arc::clone(lease) as _)?;
-                Engine::with_search(
+                Engine::with_optional_search(
                     store,
                     SeqSource::Remote(client.clone()),
                     ids,
