@@ -40,10 +40,7 @@
 //! same user need a shared horizon (or per-user write ordering), which this
 //! does not provide.
 
-// foldhash: the horizon and hub maps are looked up for every recipient of
-// every event (SipHash was about 3% of the server under W1); keys are
-// seeded per process.
-use foldhash::HashMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Told of the keys whose safe limit a released write may have raised,

@@ -16,10 +16,7 @@ use crate::limits::{
     RECENT_PUSH_ENTRIES_PER_USER,
 };
 use crate::push::recent::Recent;
-// foldhash: the horizon and hub maps are looked up for every recipient of
-// every event (SipHash was about 3% of the server under W1); keys are
-// seeded per process.
-use foldhash::HashMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use timeline_store::Entry;
