@@ -19,6 +19,10 @@ pub enum SearchError {
         "more than {limit} messages are deleted for the searcher one by one; filter by conversation"
     )]
     TooManyHidden { limit: usize },
+    /// An update breaks the rules of `ConversationUpdate` (a feeder's
+    /// bug): refused, nothing applied.
+    #[error("invalid index update: {0}")]
+    InvalidUpdate(String),
     /// The backend's settings are unusable (a bad URL or index name).
     #[error("search backend: {0}")]
     Config(String),

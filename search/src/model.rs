@@ -55,12 +55,27 @@ pub enum IndexOp {
     Left { users: Vec<u64>, conv_seq: u64 },
 }
 
+impl IndexOp {
+    /// The timeline entry the operation comes from or is about.
+    pub fn conv_seq(&self) -> u64 {
+        match self {
+            IndexOp::Upsert(doc) => doc.conv_seq,
+            IndexOp::ReplaceText { conv_seq, .. }
+            | IndexOp::Remove { conv_seq }
+            | IndexOp::Joined { conv_seq, .. }
+            | IndexOp::Left { conv_seq, .. } => *conv_seq,
+        }
+    }
+}
+
 /// Everything the index learns from one stretch of a conversation's
 /// timeline, applied atomically with the new checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConversationUpdate {
     pub conversation_id: u64,
-    /// In `conv_seq` order.
+    /// In `conv_seq` order, none past `indexed_through` (the embedded
+    /// index refuses such an update: it relies on every document being at
+    /// or below its conversation's checkpoint).
     pub ops: Vec<IndexOp>,
     /// The timeline is indexed through this `conv_seq` once applied.
     pub indexed_through: u64,

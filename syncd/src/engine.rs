@@ -257,8 +257,7 @@ impl Engine {
                 search.search(principal, query, hidden).await
             }
             None => Err(crate::error::SyncdError::FailedPrecondition(
-                "history search is off on this node (it was started with --search-backend none)"
-                    .into(),
+                "history search is off on this node: it keeps no search index".into(),
             )),
         }
     }

@@ -60,7 +60,9 @@ impl From<search::SearchError> for SyncdError {
             e @ (E::TooManyMemberships { .. } | E::TooManyHidden { .. }) => {
                 SyncdError::FailedPrecondition(e.to_string())
             }
-            e @ (E::Corrupt(_) | E::Config(_)) => SyncdError::Internal(e.to_string()),
+            e @ (E::Corrupt(_) | E::Config(_) | E::InvalidUpdate(_)) => {
+                SyncdError::Internal(e.to_string())
+            }
             e @ E::Engine(_) => SyncdError::Unavailable(e.to_string()),
         }
     }

@@ -194,7 +194,7 @@ pub const SEARCH_BATCH_CONVERSATIONS: usize = 4_096;
 pub const SEARCH_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Timeline entries gathered for one index commit: a commit's fixed cost
 /// is shared by up to this many, and under load the lag stays about one
-/// commit long.
+/// commit (or one `SEARCH_COMMIT_INTERVAL`) long.
 pub const SEARCH_BATCH_ENTRIES: usize = 16_384;
 /// Timeline entries read per conversation per store read; a conversation
 /// further behind is read again, after the others, in the same commit

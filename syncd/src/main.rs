@@ -278,7 +278,13 @@ impl SearchArgs {
                 options.check()?;
                 server::SearchBackend::OpenSearch(options)
             }
-            SearchBackendName::None => server::SearchBackend::Off,
+            SearchBackendName::None => {
+                anyhow::ensure!(
+                    self.opensearch_url.is_none(),
+                    "--opensearch-url is for --search-backend opensearch; search is off (none)"
+                );
+                server::SearchBackend::Off
+            }
         })
     }
 }

@@ -306,8 +306,8 @@ pub async fn reindex(
 ) -> Result<usize, StartupError> {
     // Before the store is opened: nothing is touched.
     if *backend == SearchBackend::Off {
-        return Err(StartupError::Failed(
-            "reindex: search is off (--search-backend none): there is no index to rebuild".into(),
+        return Err(StartupError::InvalidOption(
+            "search is off (--search-backend none): there is no index to rebuild".into(),
         ));
     }
     let (store, _) = open_stores(location, data_dir).await?;

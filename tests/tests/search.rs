@@ -549,5 +549,13 @@ async fn a_node_with_search_off_stores_messages_and_refuses_searches() -> anyhow
         String::from_utf8_lossy(&reindex.stderr)
     );
     assert!(!dir.path().join("search").exists());
+    // Refused before anything is opened: an empty directory stays empty.
+    let empty = tempfile::tempdir()?;
+    let reindex = std::process::Command::new(tests::syncd_bin())
+        .args(["reindex", "--search-backend", "none", "--data-dir"])
+        .arg(empty.path())
+        .output()?;
+    assert!(!reindex.status.success());
+    assert_eq!(std::fs::read_dir(empty.path())?.count(), 0);
     Ok(())
 }

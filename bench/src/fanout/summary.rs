@@ -20,10 +20,13 @@ pub(super) fn print_and_save(
     } else {
         format!("closed loop, concurrency {}", args.concurrency)
     };
-    let search = if args.node.no_search {
-        "search off"
+    // A running server (--server) was started by someone else: unknown.
+    let (search, search_on) = if args.node.server.is_some() {
+        ("search as the server runs", None)
+    } else if args.node.no_search {
+        ("search off", Some(false))
     } else {
-        "search on"
+        ("search on", Some(true))
     };
     println!(
         "fanout on {store_kind} store, {} node(s), {search}, {load}, {:.1} s measured",
@@ -91,7 +94,7 @@ pub(super) fn print_and_save(
     let mut json = serde_json::json!({
         "benchmark": "fanout",
         "config": {
-            "store": store_kind, "nodes": args.node.nodes, "search": !args.node.no_search, "users": args.users, "conversations": args.conversations,
+            "store": store_kind, "nodes": args.node.nodes, "search": search_on, "users": args.users, "conversations": args.conversations,
             "direct_share": args.direct_share, "small_group_share": args.small_group_share,
             "small_group_size": args.small_group_size, "large_group_size": args.large_group_size,
             "message_bytes": args.message_bytes, "concurrency": args.concurrency, "rate": args.rate,

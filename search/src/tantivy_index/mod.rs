@@ -17,6 +17,7 @@ use crate::tokens;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use tantivy::collector::DocSetCollector;
 use tantivy::directory::MmapDirectory;
@@ -104,6 +105,14 @@ pub struct TantivyIndex {
     /// conversation), apart from the writer so that reading them never
     /// waits for a commit.
     checkpoints: RwLock<BTreeMap<u64, u64>>,
+    /// The checkpoints above may be behind what is committed (a commit
+    /// that failed after it was durable, a writer that panicked): until
+    /// they are read again, every document is deleted before it is added,
+    /// since one above a checkpoint may already be in the index.
+    stale: AtomicBool,
+    /// Fails the next commit after it is durable (tests of that path).
+    #[cfg(test)]
+    fail_after_commit: AtomicBool,
 }
 
 impl TantivyIndex {
@@ -134,6 +143,9 @@ impl TantivyIndex {
             reader,
             writer: Mutex::new(writer),
             checkpoints: RwLock::default(),
+            stale: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_after_commit: AtomicBool::new(false),
         };
         let checkpoints = this.load_checkpoints()?;
         *this.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
@@ -141,7 +153,31 @@ impl TantivyIndex {
     }
 
     fn lock(&self) -> MutexGuard<'_, IndexWriter<TantivyDocument>> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A writer that panicked mid-batch: what it staged must not
+            // reach the next commit, and what it committed may be past the
+            // checkpoints held here.
+            let mut writer = poisoned.into_inner();
+            let _ = writer.rollback();
+            self.stale.store(true, Ordering::SeqCst);
+            writer
+        })
+    }
+
+    /// Reads the checkpoints again from what is committed; while that
+    /// fails, the index stays stale (every upsert deletes first).
+    fn resync(&self) {
+        let reloaded = self.reader.reload().map_err(SearchError::from);
+        match reloaded.and_then(|()| self.load_checkpoints()) {
+            Ok(checkpoints) => {
+                *self.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
+                self.stale.store(false, Ordering::SeqCst);
+            }
+            Err(error) => {
+                self.stale.store(true, Ordering::SeqCst);
+                tracing::warn!(%error, "search index: cannot read the checkpoints again; every upsert deletes first until it can");
+            }
+        }
     }
 
     fn committed_checkpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, u64>> {
@@ -249,6 +285,7 @@ impl TantivyIndex {
     ) -> Result<BTreeMap<u64, u64>> {
         let f = self.fields;
         let searcher = self.reader.searcher();
+        let stale = self.stale.load(Ordering::SeqCst);
         let mut staged_checkpoints = BTreeMap::new();
         // What this batch wrote so far: the searcher shows only what was
         // committed before it.
@@ -267,6 +304,17 @@ impl TantivyIndex {
             if update.indexed_through <= checkpoint {
                 continue;
             }
+            if let Some(op) = update
+                .ops
+                .iter()
+                .find(|op| op.conv_seq() > update.indexed_through)
+            {
+                return Err(SearchError::InvalidUpdate(format!(
+                    "conversation {conv}: an operation at conv_seq {} is past indexed_through {}",
+                    op.conv_seq(),
+                    update.indexed_through
+                )));
+            }
             for op in &update.ops {
                 match op {
                     IndexOp::Upsert(doc) => {
@@ -277,7 +325,8 @@ impl TantivyIndex {
                         // this batch. Deletes are what a commit pays for
                         // per segment: a new message, nearly every upsert,
                         // adds none.
-                        if doc.conv_seq <= checkpoint
+                        if stale
+                            || doc.conv_seq <= checkpoint
                             || messages.contains_key(&(conv, doc.conv_seq))
                         {
                             writer.delete_term(Term::from_field_bytes(f.key, &key));
@@ -331,7 +380,7 @@ impl TantivyIndex {
                 }
             }
             // A conversation without a checkpoint has no checkpoint document.
-            if checkpoint > 0 {
+            if stale || checkpoint > 0 {
                 writer.delete_term(Term::from_field_u64(f.checkpoint_conversation, conv));
             }
             let mut doc = TantivyDocument::default();
@@ -345,6 +394,10 @@ impl TantivyIndex {
 
     fn commit(&self, writer: &mut IndexWriter<TantivyDocument>) -> Result<()> {
         writer.prepare_commit()?.commit()?;
+        #[cfg(test)]
+        if self.fail_after_commit.swap(false, Ordering::SeqCst) {
+            return Err(SearchError::Engine("failed after the commit".into()));
+        }
         self.reader.reload()?;
         Ok(())
     }
@@ -383,6 +436,9 @@ impl crate::SearchIndex for TantivyIndex {
 
     fn apply(&self, updates: &[ConversationUpdate]) -> Result<()> {
         let mut writer = self.lock();
+        if self.stale.load(Ordering::SeqCst) {
+            self.resync();
+        }
         let staged = self
             .stage(&mut writer, updates)
             .and_then(|staged| self.commit(&mut writer).map(|()| staged));
@@ -397,6 +453,9 @@ impl crate::SearchIndex for TantivyIndex {
             Err(error) => {
                 // Nothing of the batch may linger into the next commit.
                 writer.rollback()?;
+                // The commit may have been durable before it failed: the
+                // checkpoints held here would then be behind the index.
+                self.resync();
                 Err(error)
             }
         }
@@ -415,5 +474,75 @@ impl crate::SearchIndex for TantivyIndex {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SearchIndex, SearchRequest, Searcher};
+
+    fn stretch(conversation_id: u64, from: u64, through: u64) -> ConversationUpdate {
+        let ops = (from..=through)
+            .map(|conv_seq| {
+                IndexOp::Upsert(MessageDoc {
+                    conversation_id,
+                    conv_seq,
+                    msg_id: conv_seq,
+                    sender_id: 1,
+                    text: format!("stretch note {conv_seq}"),
+                    sent_at_ms: conv_seq as i64,
+                })
+            })
+            .collect();
+        ConversationUpdate {
+            conversation_id,
+            ops,
+            indexed_through: through,
+        }
+    }
+
+    fn hits(index: &TantivyIndex) -> Vec<u64> {
+        let mut request = SearchRequest::new(Searcher::Service, "stretch");
+        request.limit = 100;
+        let mut seqs: Vec<u64> = index
+            .search(&request)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.conv_seq)
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
+    #[test]
+    fn a_commit_that_failed_after_it_was_durable_doubles_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        index.apply(&[stretch(7, 1, 3)]).unwrap();
+        index.fail_after_commit.store(true, Ordering::SeqCst);
+        assert!(index.apply(&[stretch(7, 4, 5)]).is_err());
+        // The feeder does not know the stretch landed and sends it again,
+        // and the next one, from the checkpoint it last saw.
+        let _ = index.apply(&[stretch(7, 4, 5)]);
+        index.apply(&[stretch(7, 6, 6)]).unwrap();
+        assert_eq!(hits(&index), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(index.checkpoint(7).unwrap(), 6);
+    }
+
+    #[test]
+    fn an_operation_past_indexed_through_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        let mut update = stretch(7, 1, 3);
+        update.indexed_through = 2;
+        let refused = index.apply(&[update]).unwrap_err();
+        assert!(
+            matches!(refused, SearchError::InvalidUpdate(_)),
+            "{refused}"
+        );
+        assert_eq!(hits(&index), Vec::<u64>::new());
+        assert_eq!(index.checkpoint(7).unwrap(), 0);
     }
 }

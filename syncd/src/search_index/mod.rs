@@ -13,7 +13,8 @@
 //! conversation ([`timeline_store::ConversationScan`]) at start, after a
 //! dropped hint and every [`SEARCH_SCAN_INTERVAL`] (the events other nodes
 //! commit) finds the timelines that are ahead of the index. Rounds fed by
-//! hints commit at most once per [`SEARCH_COMMIT_INTERVAL`].
+//! hints commit at most once per [`SEARCH_COMMIT_INTERVAL`] unless the
+//! last one filled its budget; the scans' catch-up rounds run back to back.
 //!
 //! Membership intervals live in the index itself, fed from the same
 //! timeline entries as the messages, so they are always at the same point
@@ -122,8 +123,14 @@ impl SearchIndexing {
                 if !batch.is_empty() {
                     let round_started = tokio::time::Instant::now();
                     let candidates: Vec<u64> = batch.iter().map(|&(c, _)| c).collect();
+                    // A round that filled its budget leaves work behind:
+                    // the next one starts at once (a backlog is indexed at
+                    // the rate commits allow, not one budget per interval).
+                    let mut full = false;
                     match this.round(&candidates).await {
                         Ok(stretches) => {
+                            full = stretches.len() < candidates.len()
+                                || stretches.iter().any(|s| !s.done);
                             for stretch in &stretches {
                                 this.feed.settle(stretch.conversation, stretch.through);
                             }
@@ -150,13 +157,20 @@ impl SearchIndexing {
                             }
                         }
                     }
-                    // At most one commit per interval: the hints of what
-                    // is sent meanwhile gather into the next round, so a
-                    // commit's fixed cost (a segment, its files, the
+                    // Otherwise at most one commit per interval: the hints
+                    // of what is sent meanwhile gather into the next round,
+                    // so a commit's fixed cost (a segment, its files, the
                     // deletes it applies) is shared by more entries.
+                    let next_round = if full {
+                        tokio::time::Instant::now()
+                    } else {
+                        round_started + SEARCH_COMMIT_INTERVAL
+                    };
                     tokio::select! {
-                        () = tokio::time::sleep_until(round_started + SEARCH_COMMIT_INTERVAL) => {}
+                        // Stopping wins over a round that is due as well.
+                        biased;
                         () = stopped(&mut stopping) => return,
+                        () = tokio::time::sleep_until(next_round) => {}
                     }
                     continue;
                 }

@@ -2,7 +2,8 @@
 //! what it carries (timeline entries and text bytes) rather than by how
 //! many conversations it touches, so that a commit's fixed cost (a tantivy
 //! commit and reader reload, an OpenSearch refresh) is shared by as much
-//! as the bounds allow, and the lag under load stays about one commit.
+//! as the bounds allow, and the lag under load stays about one commit (or
+//! one `SEARCH_COMMIT_INTERVAL`, when that is longer).
 //!
 //! The candidates come in turn order (the one waiting longest first).
 //! Each is read from the index's checkpoint a bounded stretch at a time,

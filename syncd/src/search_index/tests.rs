@@ -411,4 +411,6 @@ async fn sends_in_a_stream_share_index_commits() {
         started.elapsed()
     );
     assert_eq!(found(&engine, service(), "note39").await, ["note39"]);
+    engine.begin_shutdown();
+    engine.shutdown().await;
 }
