@@ -113,6 +113,9 @@ pub struct TantivyIndex {
     /// Fails the next commit after it is durable (tests of that path).
     #[cfg(test)]
     fail_after_commit: AtomicBool,
+    /// Fails this many re-reads of the checkpoints (tests of that path).
+    #[cfg(test)]
+    failing_resyncs: std::sync::atomic::AtomicUsize,
 }
 
 impl TantivyIndex {
@@ -146,6 +149,8 @@ impl TantivyIndex {
             stale: AtomicBool::new(false),
             #[cfg(test)]
             fail_after_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            failing_resyncs: Default::default(),
         };
         let checkpoints = this.load_checkpoints()?;
         *this.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
@@ -167,6 +172,15 @@ impl TantivyIndex {
     /// Reads the checkpoints again from what is committed; while that
     /// fails, the index stays stale (every upsert deletes first).
     fn resync(&self) {
+        #[cfg(test)]
+        if self
+            .failing_resyncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.stale.store(true, Ordering::SeqCst);
+            return;
+        }
         let reloaded = self.reader.reload().map_err(SearchError::from);
         match reloaded.and_then(|()| self.load_checkpoints()) {
             Ok(checkpoints) => {
@@ -527,6 +541,28 @@ mod tests {
         // and the next one, from the checkpoint it last saw.
         let _ = index.apply(&[stretch(7, 4, 5)]);
         index.apply(&[stretch(7, 6, 6)]).unwrap();
+        assert_eq!(hits(&index), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(index.checkpoint(7).unwrap(), 6);
+    }
+
+    #[test]
+    fn while_the_checkpoints_cannot_be_read_again_every_upsert_deletes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        index.apply(&[stretch(7, 1, 3)]).unwrap();
+        index.fail_after_commit.store(true, Ordering::SeqCst);
+        // The re-read after the failure fails, and so does the next one.
+        index.failing_resyncs.store(2, Ordering::SeqCst);
+        assert!(index.apply(&[stretch(7, 4, 5)]).is_err());
+        assert!(index.stale.load(Ordering::SeqCst));
+        // Still stale: the stretch that landed comes again from the
+        // checkpoint held here (3), and must replace, not double.
+        index.apply(&[stretch(7, 4, 5)]).unwrap();
+        assert!(index.stale.load(Ordering::SeqCst));
+        assert_eq!(hits(&index), [1, 2, 3, 4, 5]);
+        // The next re-read succeeds and the index is itself again.
+        index.apply(&[stretch(7, 6, 6)]).unwrap();
+        assert!(!index.stale.load(Ordering::SeqCst));
         assert_eq!(hits(&index), [1, 2, 3, 4, 5, 6]);
         assert_eq!(index.checkpoint(7).unwrap(), 6);
     }
