@@ -176,13 +176,13 @@ async fn bad_searches_are_refused_and_a_node_without_an_index_says_so() {
     ));
 }
 
-/// The embedded index, counting its commits.
-struct Counted {
-    inner: search::TantivyIndex,
+/// An index, counting its commits (each `apply` is one).
+struct Counted<I> {
+    inner: I,
     commits: std::sync::atomic::AtomicUsize,
 }
 
-impl search::SearchIndex for Counted {
+impl<I: search::SearchIndex> search::SearchIndex for Counted<I> {
     fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
         self.inner.checkpoints()
     }
@@ -345,39 +345,13 @@ async fn messages_deleted_for_a_user_or_cleared_are_not_found_by_them() {
     engine.shutdown().await;
 }
 
-/// Counts the index's commits (each `apply` is one).
-struct CountingIndex {
-    inner: search::memory::MemoryIndex,
-    commits: std::sync::atomic::AtomicUsize,
-}
-
-impl search::SearchIndex for CountingIndex {
-    fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
-        self.inner.checkpoints()
-    }
-    fn checkpoint(&self, conversation_id: u64) -> search::Result<u64> {
-        self.inner.checkpoint(conversation_id)
-    }
-    fn apply(&self, updates: &[search::ConversationUpdate]) -> search::Result<()> {
-        self.commits
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.apply(updates)
-    }
-    fn search(&self, request: &search::SearchRequest) -> search::Result<search::SearchPage> {
-        self.inner.search(request)
-    }
-    fn clear(&self) -> search::Result<()> {
-        self.inner.clear()
-    }
-}
-
 #[tokio::test]
 async fn sends_in_a_stream_share_index_commits() {
     use crate::limits::SEARCH_COMMIT_INTERVAL;
     let dir = tempfile::tempdir().unwrap();
     let store = testkit::test_store(&dir.path().join("store"), false);
     let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
-    let index = Arc::new(CountingIndex {
+    let index = Arc::new(Counted {
         inner: search::memory::MemoryIndex::new(),
         commits: Default::default(),
     });
