@@ -530,12 +530,19 @@ mod tests {
         seqs
     }
 
+    /// An index holding conversation 7 through 3, whose next commit fails
+    /// once it is durable.
+    fn about_to_fail_after_a_commit(dir: &Path) -> TantivyIndex {
+        let index = TantivyIndex::open(dir).unwrap();
+        index.apply(&[stretch(7, 1, 3)]).unwrap();
+        index.fail_after_commit.store(true, Ordering::SeqCst);
+        index
+    }
+
     #[test]
     fn a_commit_that_failed_after_it_was_durable_doubles_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let index = TantivyIndex::open(dir.path()).unwrap();
-        index.apply(&[stretch(7, 1, 3)]).unwrap();
-        index.fail_after_commit.store(true, Ordering::SeqCst);
+        let index = about_to_fail_after_a_commit(dir.path());
         assert!(index.apply(&[stretch(7, 4, 5)]).is_err());
         // The feeder does not know the stretch landed and sends it again,
         // and the next one, from the checkpoint it last saw.
@@ -548,9 +555,7 @@ mod tests {
     #[test]
     fn while_the_checkpoints_cannot_be_read_again_every_upsert_deletes_first() {
         let dir = tempfile::tempdir().unwrap();
-        let index = TantivyIndex::open(dir.path()).unwrap();
-        index.apply(&[stretch(7, 1, 3)]).unwrap();
-        index.fail_after_commit.store(true, Ordering::SeqCst);
+        let index = about_to_fail_after_a_commit(dir.path());
         // The re-read after the failure fails, and so does the next one.
         index.failing_resyncs.store(2, Ordering::SeqCst);
         assert!(index.apply(&[stretch(7, 4, 5)]).is_err());
