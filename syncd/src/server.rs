@@ -304,18 +304,21 @@ pub async fn reindex(
     location: &StoreLocation,
     backend: &SearchBackend,
 ) -> Result<usize, StartupError> {
+    let search_off = || {
+        StartupError::InvalidOption(
+            "search is off (--search-backend none): there is no index to rebuild".into(),
+        )
+    };
     // Before the store is opened: nothing is touched.
     if *backend == SearchBackend::Off {
-        return Err(StartupError::InvalidOption(
-            "search is off (--search-backend none): there is no index to rebuild".into(),
-        ));
+        return Err(search_off());
     }
     let (store, _) = open_stores(location, data_dir).await?;
     // Interrupted events first: the rebuild reads whole timelines.
     store.recover().await?;
     let index = open_search_index(data_dir, backend)
         .await?
-        .expect("search is on: checked above");
+        .ok_or_else(search_off)?;
     let indexing = crate::search_index::SearchIndexing::new(store, None, index);
     indexing
         .rebuild()

@@ -163,35 +163,23 @@ pub(super) fn print_and_save(
             "syncd ratio"
         );
         println!("|{}|", ["---"; 10].join("|"));
-        println!(
-            "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
-            format!("syncd, {store_kind} store, {search}"),
-            sends_per_s,
-            inbox_per_s,
-            ms(&timeline.latency, 0.5),
-            ms(&timeline.latency, 0.99),
-            ms(&timeline.latency, 0.999),
-            ms(&timeline.delivery, 0.5),
-            ms(&timeline.delivery, 0.99),
-            or_unknown(server_cpu_percent, "%"),
-            "1.00x"
+        print_peer_row(
+            &format!("syncd, {store_kind} store, {search}"),
+            (sends_per_s, inbox_per_s),
+            (&timeline.latency, &timeline.delivery),
+            &or_unknown(server_cpu_percent, "%"),
+            "1.00x",
         );
         let mut json_peers = Vec::new();
         for peer in peers {
             let secs = peer.elapsed.as_secs_f64();
             let peer_inbox_per_s = peer.inbox_entries as f64 / secs;
-            println!(
-                "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
-                format!("Redis Streams, fsync {}", peer.fsync),
-                peer.sends as f64 / secs,
-                peer_inbox_per_s,
-                ms(&peer.latency, 0.5),
-                ms(&peer.latency, 0.99),
-                ms(&peer.latency, 0.999),
-                ms(&peer.delivery, 0.5),
-                ms(&peer.delivery, 0.99),
-                format!("{:.0}%", 100.0 * peer.server_cpu_seconds / secs),
-                format!("{:.2}x", inbox_per_s / peer_inbox_per_s)
+            print_peer_row(
+                &format!("Redis Streams, fsync {}", peer.fsync),
+                (peer.sends as f64 / secs, peer_inbox_per_s),
+                (&peer.latency, &peer.delivery),
+                &format!("{:.0}%", 100.0 * peer.server_cpu_seconds / secs),
+                &format!("{:.2}x", inbox_per_s / peer_inbox_per_s),
             );
             json_peers.push(serde_json::json!({
                 "system": "redis-streams", "appendfsync": peer.fsync,
@@ -230,4 +218,28 @@ pub(super) fn print_and_save(
     )?;
     println!("plot: {}", cdf_path.display());
     Ok(())
+}
+
+/// One row of the side-by-side table: (sends/s, inbox entries/s), then
+/// the (ack, delivery) latencies.
+fn print_peer_row(
+    system: &str,
+    (sends_per_s, inbox_per_s): (f64, f64),
+    (ack, delivery): (&Histogram<u64>, &Histogram<u64>),
+    cpu: &str,
+    ratio: &str,
+) {
+    println!(
+        "| {:<30} | {:>9.0} | {:>14.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12.2} | {:>12.2} | {:>10} | {:>12} |",
+        system,
+        sends_per_s,
+        inbox_per_s,
+        ms(ack, 0.5),
+        ms(ack, 0.99),
+        ms(ack, 0.999),
+        ms(delivery, 0.5),
+        ms(delivery, 0.99),
+        cpu,
+        ratio
+    );
 }
