@@ -102,6 +102,8 @@ pub mod web;
 pub mod writer;
 
 #[cfg(test)]
+mod growth_tests;
+#[cfg(test)]
 mod large_group_tests;
 #[cfg(test)]
 mod testkit;
