@@ -2,7 +2,9 @@
 //! arrived syncs them all, page by page, as the client library does.
 
 use crate::node::{Node, NodeArgs};
+use crate::redis_peer::CatchUpRound;
 use crate::report;
+use anyhow::Context;
 use client::{Client, pb};
 use futures_util::future::try_join_all;
 use std::time::Instant;
@@ -20,6 +22,10 @@ pub struct CatchupArgs {
     /// Sync page size (the server caps it at 1,000).
     #[arg(long, default_value_t = 1_000)]
     page: u32,
+    /// Catch-ups of the whole backlog timed on each side; the median
+    /// round is reported, so one stall does not make the figure.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Also catch up the same backlog from a Redis stream (XRANGE pages
     /// from a checkpoint id), redis-server started by the bench.
     #[arg(long)]
@@ -63,13 +69,90 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         })?,
     )
     .await?;
+    // The conversation-created event is in the inbox too.
+    let expected = backlog + 1;
+    let mut timed = Vec::with_capacity(args.rounds as usize);
+    for _ in 0..args.rounds {
+        let round = sync_all(&device, args.page).await?;
+        anyhow::ensure!(
+            round.received == expected,
+            "received {} of {expected} entries",
+            round.received
+        );
+        timed.push(round);
+    }
+    let store_kind = node.store_kind();
+    drop(node);
+    let peer = if args.redis_peer {
+        eprintln!("Redis Streams peer: the same backlog in one stream");
+        let peer = crate::redis_peer::catch_up(
+            expected,
+            args.message_bytes,
+            args.page as usize,
+            args.rounds as usize,
+        )
+        .await?;
+        if let Some(short) = peer.iter().find(|r| r.received != expected) {
+            anyhow::bail!(
+                "the Redis peer read {} of {expected} entries",
+                short.received
+            );
+        }
+        Some(peer)
+    } else {
+        None
+    };
+    println!();
+    println!(
+        "catch-up of {expected} entries by one device, pages of {}, {} rounds each \
+         (the median round)",
+        args.page, args.rounds
+    );
+    println!(
+        "| {:<28} | {:>8} | {:>9} | {:>12} | {:>13} | {:>13} |",
+        "system", "pages", "total s", "entries/s", "page p50 ms", "page p99 ms"
+    );
+    println!("|{}|", ["---"; 6].join("|"));
+    let syncd = Summary::of(&timed)?;
+    syncd.print_row(&format!("syncd, {store_kind} store"));
+    let mut json = serde_json::json!({
+        "benchmark": "catchup",
+        "config": {
+            "store": store_kind, "entries": args.entries, "message_bytes": args.message_bytes,
+            "page": args.page, "rounds": args.rounds, "search_on": args.node.search_on(),
+        },
+        "received": expected,
+    });
+    json.as_object_mut()
+        .expect("an object")
+        .extend(syncd.json().as_object().expect("an object").clone());
+    if let Some(peer) = peer {
+        let peer = Summary::of(&peer)?;
+        peer.print_row("Redis Streams (XRANGE)");
+        let ratio = peer.median_secs / syncd.median_secs;
+        println!(
+            "syncd: {ratio:.2}x the peer's entries/s, median round against median round \
+             (syncd pages carry seqs, conversation ids and message ids over gRPC; the \
+             peer's are raw stream entries)"
+        );
+        json["redis_peer"] = peer.json();
+        json["ratio_syncd_to_peer"] = serde_json::json!(ratio);
+    }
+    let path = report::write_json("catchup", args.out, &json)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+/// One catch-up from the start of the inbox, page by page, as the client
+/// library pulls.
+async fn sync_all(device: &Client, page_size: u32) -> anyhow::Result<CatchUpRound> {
     let started = Instant::now();
-    let mut latency = report::histogram();
+    let mut page_latency = report::histogram();
     let (mut after, mut received, mut pages) = (0u64, 0u64, 0u64);
     loop {
         let asked = Instant::now();
-        let page = device.sync_page(Some(after), args.page).await?;
-        latency.record(asked.elapsed().as_micros().max(1) as u64)?;
+        let page = device.sync_page(Some(after), page_size).await?;
+        page_latency.record(asked.elapsed().as_micros().max(1) as u64)?;
         received += page.entries.len() as u64;
         pages += 1;
         after = page.checkpoint;
@@ -77,76 +160,68 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let store_kind = node.store_kind();
-    drop(node);
-    // The conversation-created event is in the inbox too.
-    anyhow::ensure!(
-        received == backlog + 1,
-        "received {received} of {} entries",
-        backlog + 1
-    );
-    let peer = if args.redis_peer {
-        eprintln!("Redis Streams peer: the same backlog in one stream");
-        Some(crate::redis_peer::catch_up(received, args.message_bytes, args.page as usize).await?)
-    } else {
-        None
-    };
-    println!();
-    println!(
-        "catch-up of {received} entries by one device, pages of {}",
-        args.page
-    );
-    println!(
-        "| {:<28} | {:>8} | {:>9} | {:>12} | {:>13} | {:>13} |",
-        "system", "pages", "total s", "entries/s", "page p50 ms", "page p99 ms"
-    );
-    println!("|{}|", ["---"; 6].join("|"));
-    println!(
-        "| {:<28} | {:>8} | {:>9.3} | {:>12.0} | {:>13.2} | {:>13.2} |",
-        format!("syncd, {store_kind} store"),
+    Ok(CatchUpRound {
+        received,
         pages,
-        elapsed,
-        received as f64 / elapsed,
-        report::ms(&latency, 0.5),
-        report::ms(&latency, 0.99)
-    );
-    let mut json = serde_json::json!({
-        "benchmark": "catchup",
-        "config": { "store": store_kind, "entries": args.entries, "message_bytes": args.message_bytes, "page": args.page },
-        "received": received, "pages": pages, "elapsed_secs": elapsed,
-        "entries_per_sec": received as f64 / elapsed,
-        "page_ms": { "p50": report::ms(&latency, 0.5), "p99": report::ms(&latency, 0.99) },
-    });
-    if let Some(peer) = peer {
-        anyhow::ensure!(
-            peer.received == received,
-            "the Redis peer read {} of {received} entries",
-            peer.received
-        );
-        let peer_secs = peer.elapsed.as_secs_f64();
+        elapsed: started.elapsed(),
+        page_latency,
+    })
+}
+
+/// The rounds of one system: the median round's time, and page latency
+/// over all rounds.
+struct Summary {
+    received: u64,
+    pages: u64,
+    median_secs: f64,
+    round_secs: Vec<f64>,
+    page_latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Summary {
+    fn of(rounds: &[CatchUpRound]) -> anyhow::Result<Self> {
+        let first = rounds.first().context("no rounds")?;
+        let round_secs: Vec<f64> = rounds.iter().map(|r| r.elapsed.as_secs_f64()).collect();
+        let mut sorted = round_secs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mut page_latency = report::histogram();
+        for round in rounds {
+            page_latency.add(&round.page_latency)?;
+        }
+        Ok(Self {
+            received: first.received,
+            pages: first.pages,
+            median_secs: sorted[sorted.len() / 2],
+            round_secs,
+            page_latency,
+        })
+    }
+
+    fn entries_per_sec(&self) -> f64 {
+        self.received as f64 / self.median_secs
+    }
+
+    fn print_row(&self, system: &str) {
         println!(
             "| {:<28} | {:>8} | {:>9.3} | {:>12.0} | {:>13.2} | {:>13.2} |",
-            "Redis Streams (XRANGE)",
-            peer.pages,
-            peer_secs,
-            peer.received as f64 / peer_secs,
-            report::ms(&peer.page_latency, 0.5),
-            report::ms(&peer.page_latency, 0.99)
+            system,
+            self.pages,
+            self.median_secs,
+            self.entries_per_sec(),
+            report::ms(&self.page_latency, 0.5),
+            report::ms(&self.page_latency, 0.99)
         );
-        println!(
-            "syncd takes {:.2}x the peer's time (syncd pages carry seqs, conversation ids and \
-             message ids over gRPC; the peer's are raw stream entries)",
-            elapsed / peer_secs
-        );
-        json["redis_peer"] = serde_json::json!({
-            "received": peer.received, "pages": peer.pages, "elapsed_secs": peer_secs,
-            "entries_per_sec": peer.received as f64 / peer_secs,
-            "page_ms": { "p50": report::ms(&peer.page_latency, 0.5), "p99": report::ms(&peer.page_latency, 0.99) },
-            "ratio_syncd_time_to_peer": elapsed / peer_secs,
-        });
     }
-    let path = report::write_json("catchup", args.out, &json)?;
-    println!("results: {}", path.display());
-    Ok(())
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "received": self.received, "pages": self.pages,
+            "elapsed_secs": self.median_secs, "round_secs": self.round_secs,
+            "entries_per_sec": self.entries_per_sec(),
+            "page_ms": {
+                "p50": report::ms(&self.page_latency, 0.5),
+                "p99": report::ms(&self.page_latency, 0.99),
+            },
+        })
+    }
 }

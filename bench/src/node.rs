@@ -38,6 +38,26 @@ pub struct NodeArgs {
     pub no_search: bool,
 }
 
+impl NodeArgs {
+    /// Whether the measured syncd indexes for search: `None` for a running
+    /// server (`--server`), which someone else started.
+    pub fn search_on(&self) -> Option<bool> {
+        match (self.server.is_some(), self.no_search) {
+            (true, _) => None,
+            (false, no_search) => Some(!no_search),
+        }
+    }
+
+    /// How reports name [`Self::search_on`].
+    pub fn search_label(&self) -> &'static str {
+        match self.search_on() {
+            None => "search as the server runs",
+            Some(false) => "search off",
+            Some(true) => "search on",
+        }
+    }
+}
+
 pub struct Node {
     /// The first node's URL (the only one, unless `--nodes`).
     pub url: String,

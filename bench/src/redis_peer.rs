@@ -337,7 +337,8 @@ fn send(
     }
 }
 
-pub struct PeerCatchUp {
+/// One timed catch-up: what was read, in how many pages, how long it took.
+pub struct CatchUpRound {
     pub received: u64,
     pub pages: u64,
     pub elapsed: Duration,
@@ -345,13 +346,15 @@ pub struct PeerCatchUp {
 }
 
 /// The peer of a device's catch-up: `entries` XADDs to one inbox stream
-/// (setup, pipelined), then XRANGE pages of `page` entries from the
-/// checkpoint id after the last one read, as a Redis-based client would.
+/// (setup, pipelined), then `rounds` catch-ups of the whole stream in
+/// XRANGE pages of `page` entries from the checkpoint id after the last
+/// one read, as a Redis-based client would.
 pub async fn catch_up(
     entries: u64,
     message_bytes: usize,
     page: usize,
-) -> anyhow::Result<PeerCatchUp> {
+    rounds: usize,
+) -> anyhow::Result<Vec<CatchUpRound>> {
     let dir = tempfile::tempdir()?;
     let redis = procs::start_redis(
         dir.path(),
@@ -379,6 +382,17 @@ pub async fn catch_up(
         pipe.query_async::<()>(&mut conn).await?;
         written += batch;
     }
+    let mut timed = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        timed.push(xrange_all(&mut conn, page).await?);
+    }
+    Ok(timed)
+}
+
+async fn xrange_all(
+    conn: &mut redis::aio::MultiplexedConnection,
+    page: usize,
+) -> anyhow::Result<CatchUpRound> {
     let started = Instant::now();
     let mut page_latency = report::histogram();
     let (mut received, mut pages) = (0u64, 0u64);
@@ -391,7 +405,7 @@ pub async fn catch_up(
             .arg("+")
             .arg("COUNT")
             .arg(page)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         let got = stream_entries(&reply)?;
         page_latency.record(asked.elapsed().as_micros().max(1) as u64)?;
@@ -403,7 +417,7 @@ pub async fn catch_up(
             _ => break,
         }
     }
-    Ok(PeerCatchUp {
+    Ok(CatchUpRound {
         received,
         pages,
         elapsed: started.elapsed(),

@@ -28,7 +28,7 @@ pub mod paging;
 
 pub use config::{Consistency, ScyllaConfig};
 pub use lwt::applied;
-pub use paging::read_pages;
+pub use paging::{read_pages, read_pages_until};
 
 /// Errors by kind; each using crate maps them onto its own error kinds.
 #[derive(Debug, thiserror::Error)]

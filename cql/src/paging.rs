@@ -19,6 +19,26 @@ pub async fn read_pages<P, T, C, E, F, Fut>(
     limit: usize,
     page_rows: usize,
     cursor_of: impl Fn(&T) -> C,
+    page: F,
+) -> Result<Vec<T>, E>
+where
+    P: Copy,
+    F: FnMut(P, Option<C>, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, E>>,
+{
+    read_pages_until(partitions, limit, page_rows, cursor_of, |_| false, page).await
+}
+
+/// [`read_pages`] that also stops after the first row for which
+/// `stop_after` (called on each row, in order) says so, keeping that row:
+/// for a budget other than a row count, such as bytes. No query is made
+/// after it; the rows a query returned past it are dropped.
+pub async fn read_pages_until<P, T, C, E, F, Fut>(
+    partitions: impl IntoIterator<Item = P>,
+    limit: usize,
+    page_rows: usize,
+    cursor_of: impl Fn(&T) -> C,
+    mut stop_after: impl FnMut(&T) -> bool,
     mut page: F,
 ) -> Result<Vec<T>, E>
 where
@@ -37,7 +57,13 @@ where
             let got = page(partition, cursor.take(), wanted).await?;
             let exhausted = got.len() < wanted;
             cursor = got.last().map(&cursor_of);
-            rows.extend(got);
+            for row in got {
+                let stop = stop_after(&row);
+                rows.push(row);
+                if stop {
+                    return Ok(rows);
+                }
+            }
             if exhausted || rows.len() >= limit {
                 break;
             }
@@ -57,12 +83,22 @@ mod tests {
 
     /// Partition `p` holds keys `p*100 .. p*100 + len(p)`.
     async fn read(partitions: &[(u64, u64)], limit: usize, page_rows: usize) -> (Vec<u64>, usize) {
+        read_until(partitions, limit, page_rows, |_| false).await
+    }
+
+    async fn read_until(
+        partitions: &[(u64, u64)],
+        limit: usize,
+        page_rows: usize,
+        stop_after: impl FnMut(&u64) -> bool,
+    ) -> (Vec<u64>, usize) {
         let queries = RefCell::new(0);
-        let rows = read_pages(
+        let rows = read_pages_until(
             partitions.iter().copied(),
             limit,
             page_rows,
             |&key: &u64| key,
+            stop_after,
             |(partition, len): (u64, u64), after: Option<u64>, wanted: usize| {
                 *queries.borrow_mut() += 1;
                 let start = after.map_or(partition * 100, |a| a + 1);
@@ -86,5 +122,18 @@ mod tests {
         let (rows, _) = read(&partitions, 6, 1_000).await;
         assert_eq!(rows, [0, 1, 2, 3, 4, 200]);
         assert!(read(&partitions, 0, 2).await.0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stops_after_the_row_the_predicate_names_without_another_query() {
+        let partitions = [(0, 5), (1, 0), (2, 3)];
+        let (rows, queries) = read_until(&partitions, 100, 2, |&key| key == 3).await;
+        assert_eq!(rows, [0, 1, 2, 3], "the row it stops after is kept");
+        assert_eq!(queries, 2);
+        let (rows, queries) = read_until(&partitions, 100, 2, |&key| key == 200).await;
+        assert_eq!(rows, [0, 1, 2, 3, 4, 200], "across partitions");
+        assert_eq!(queries, 5);
+        let (rows, _) = read_until(&partitions, 2, 2, |&key| key == 3).await;
+        assert_eq!(rows, [0, 1], "the limit still holds");
     }
 }

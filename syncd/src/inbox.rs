@@ -238,14 +238,7 @@ mod tests {
         let seen = reader.await.unwrap();
         let entries = fx
             .store
-            .read_inbox(
-                1,
-                InboxRange {
-                    after: 0,
-                    through: u64::MAX,
-                    limit: 10_000,
-                },
-            )
+            .read_inbox(1, InboxRange::new(0, u64::MAX, 10_000))
             .await
             .unwrap();
         let all: Vec<u64> = entries.iter().map(|e| e.seq).collect();

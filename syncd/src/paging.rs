@@ -4,9 +4,11 @@
 //! so a count-only page fails the same way on every retry, forever. Pages
 //! therefore stop before [`MAX_PAGE_BYTES`] of entries (always taking at
 //! least one, so every entry is reachable) and say `has_more`; push notices
-//! inline at most [`MAX_PUSH_BYTES`]. The store is read in chunks of at most
-//! [`READ_CHUNK`] entries, so what one request holds in memory is bounded
-//! too, not only what it sends.
+//! inline at most [`MAX_PUSH_BYTES`]. What one request holds in memory is
+//! bounded too, not only what it sends: an inbox page is one store read
+//! that stops past the page's byte budget ([`InboxRange::max_bytes`]), and
+//! a conversation page reads the store in chunks of at most [`READ_CHUNK`]
+//! entries.
 
 use crate::error::Result;
 use std::future::Future;
@@ -18,21 +20,53 @@ pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Entry bytes inlined in one push notice; a device further behind gets
 /// the entries that fit and pulls the rest with Sync.
 pub const MAX_PUSH_BYTES: usize = 256 * 1024;
-/// Entries read from the store per call while a page fills.
+/// Entries read from the store per call while a conversation page fills.
 pub const READ_CHUNK: usize = 128;
-
-/// What an entry costs on the wire, close enough to budget a page: its
-/// variable-length fields plus a bound on the fixed ones.
-pub fn wire_bytes(entry: &Entry) -> usize {
-    const FIXED: usize = 80;
-    FIXED + entry.text.len() + entry.client_msg_id.len() + entry.members.len() * 10
-}
 
 /// A page: at most `limit` entries and `max_bytes` of them.
 #[derive(Debug)]
 pub struct Page {
     pub entries: Vec<Entry>,
     pub has_more: bool,
+}
+
+/// A page as it fills, entry by entry in page order.
+struct Filling {
+    entries: Vec<Entry>,
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
+}
+
+impl Filling {
+    fn new(limit: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            bytes: 0,
+            limit,
+            max_bytes,
+        }
+    }
+
+    /// Adds `entry` if it fits (the first always does); `false` when it
+    /// does not, and the page is full with more to come.
+    fn offer(&mut self, entry: Entry) -> bool {
+        let size = entry.wire_bytes();
+        let fits = self.entries.len() < self.limit
+            && (self.entries.is_empty() || self.bytes + size <= self.max_bytes);
+        if fits {
+            self.bytes += size;
+            self.entries.push(entry);
+        }
+        fits
+    }
+
+    fn done(self, has_more: bool) -> Page {
+        Page {
+            entries: self.entries,
+            has_more,
+        }
+    }
 }
 
 /// Fills a page from `read(cursor, n)`, which returns up to `n` entries
@@ -50,37 +84,29 @@ where
     F: FnMut(u64, usize) -> Fut,
     Fut: Future<Output = Result<Vec<Entry>>>,
 {
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut bytes = 0;
+    let mut page = Filling::new(limit, max_bytes);
     let mut cursor = start;
     loop {
         // One more than fits, to learn whether there is more.
-        let want = (limit - entries.len()).min(READ_CHUNK) + 1;
+        let want = (limit - page.entries.len()).min(READ_CHUNK) + 1;
         let chunk = read(cursor, want).await?;
         let exhausted = chunk.len() < want;
         for entry in chunk {
-            let size = wire_bytes(&entry);
-            let fits = entries.len() < limit && (entries.is_empty() || bytes + size <= max_bytes);
-            if !fits {
-                return Ok(Page {
-                    entries,
-                    has_more: true,
-                });
+            let next_cursor = cursor_of(&entry);
+            if !page.offer(entry) {
+                return Ok(page.done(true));
             }
-            cursor = cursor_of(&entry);
-            bytes += size;
-            entries.push(entry);
+            cursor = next_cursor;
         }
         if exhausted {
-            return Ok(Page {
-                entries,
-                has_more: false,
-            });
+            return Ok(page.done(false));
         }
     }
 }
 
-/// A page of the user's inbox after `after`, through `through`.
+/// A page of the user's inbox after `after`, through `through`: one store
+/// read of one entry more than the page holds, stopping past its byte
+/// budget, so the read shows whether there is more either way.
 pub async fn inbox(
     store: &dyn TimelineStore,
     user_id: u64,
@@ -88,21 +114,16 @@ pub async fn inbox(
     limit: usize,
     max_bytes: usize,
 ) -> Result<Page> {
-    fill(
-        limit,
-        max_bytes,
-        after,
-        |e| e.seq,
-        |cursor, n| async move {
-            let range = InboxRange {
-                after: cursor,
-                through,
-                limit: n,
-            };
-            Ok(store.read_inbox(user_id, range).await?)
-        },
-    )
-    .await
+    let range = InboxRange::new(after, through, limit.saturating_add(1)).with_max_bytes(max_bytes);
+    let read = store.read_inbox(user_id, range).await?;
+    let mut page = Filling::new(limit, max_bytes);
+    page.entries.reserve(read.len().min(limit));
+    for entry in read {
+        if !page.offer(entry) {
+            return Ok(page.done(true));
+        }
+    }
+    Ok(page.done(false))
 }
 
 /// A page of a conversation strictly between `after` and `before`: the
@@ -211,5 +232,94 @@ mod tests {
         let huge = timeline(&[10, MAX_PAGE_BYTES, 10]);
         assert_eq!(page(&huge, 0, 10, MAX_PAGE_BYTES).await, (vec![1], true));
         assert_eq!(page(&huge, 1, 10, MAX_PAGE_BYTES).await, (vec![2], true));
+    }
+
+    /// A store whose user 1 has one inbox entry per size, seqs from 1.
+    async fn inbox_of(sizes: &[usize]) -> timeline_store::testsuite::MemoryStore {
+        use timeline_store::{EventCommit, EventLog, InboxWrite};
+        let store = timeline_store::testsuite::MemoryStore::new();
+        for entry in timeline(sizes) {
+            let commit = EventCommit {
+                keep_copies: false,
+                rewrites: Vec::new(),
+                inbox: vec![InboxWrite {
+                    user_id: 1,
+                    seq: entry.seq,
+                }],
+                entry: Entry {
+                    conv_seq: entry.seq,
+                    seq: 0,
+                    ..entry
+                },
+                receipt: None,
+                conversation: None,
+                large_group_index: Vec::new(),
+                members: Vec::new(),
+                readers: Vec::new(),
+            };
+            store.commit_event(commit).await.unwrap();
+        }
+        store
+    }
+
+    async fn inbox_page(
+        store: &dyn TimelineStore,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<u64>, bool) {
+        let page = inbox(store, 1, (after, u64::MAX), limit, max_bytes)
+            .await
+            .unwrap();
+        (page.entries.iter().map(|e| e.seq).collect(), page.has_more)
+    }
+
+    #[tokio::test]
+    async fn inbox_pages_are_one_budgeted_read_that_still_tells_whether_there_is_more() {
+        let small = inbox_of(&[10; 300]).await;
+        assert_eq!(
+            inbox_page(&small, 0, 5, MAX_PAGE_BYTES).await,
+            (vec![1, 2, 3, 4, 5], true)
+        );
+        let (seqs, more) = inbox_page(&small, 0, 1_000, MAX_PAGE_BYTES).await;
+        assert_eq!((seqs.len(), more), (300, false), "to the end");
+        let (seqs, more) = inbox_page(&small, 290, 10, MAX_PAGE_BYTES).await;
+        assert_eq!((seqs.len(), more), (10, false), "exactly the rest");
+
+        let large = inbox_of(&[64 * 1024; 300]).await;
+        let (mut after, mut seen) = (0, Vec::new());
+        loop {
+            let (seqs, more) = inbox_page(&large, after, 1_000, MAX_PAGE_BYTES).await;
+            let bytes: usize = seqs.len() * (64 * 1024 + 80);
+            assert!(bytes <= MAX_PAGE_BYTES, "{bytes} bytes in a page");
+            assert!(seqs.len() > 1, "a budget holds more than one of them");
+            after = *seqs.last().unwrap();
+            seen.extend(seqs);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=300).collect::<Vec<u64>>());
+
+        // An entry larger than the whole budget still goes, alone, and the
+        // page knows there is more behind it, or that there is not.
+        let huge = inbox_of(&[10, MAX_PAGE_BYTES, 10]).await;
+        assert_eq!(
+            inbox_page(&huge, 0, 10, MAX_PAGE_BYTES).await,
+            (vec![1], true)
+        );
+        assert_eq!(
+            inbox_page(&huge, 1, 10, MAX_PAGE_BYTES).await,
+            (vec![2], true)
+        );
+        assert_eq!(
+            inbox_page(&huge, 2, 10, MAX_PAGE_BYTES).await,
+            (vec![3], false)
+        );
+        let last_is_huge = inbox_of(&[10, MAX_PAGE_BYTES]).await;
+        assert_eq!(
+            inbox_page(&last_is_huge, 1, 10, MAX_PAGE_BYTES).await,
+            (vec![2], false)
+        );
     }
 }

@@ -200,11 +200,7 @@ impl Retainer {
                 .store
                 .read_inbox(
                     user_id,
-                    InboxRange {
-                        after,
-                        through,
-                        limit: RETENTION_SCAN_PAGE,
-                    },
+                    InboxRange::new(after, through, RETENTION_SCAN_PAGE),
                 )
                 .await?;
             kept.extend(page.iter().map(|e| (e.seq, e.sent_at_ms)));

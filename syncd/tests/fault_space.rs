@@ -219,11 +219,7 @@ fn seqs(entries: &[Entry]) -> Vec<u64> {
 
 /// The whole inbox of a user, straight from the store.
 async fn inbox_of(store: &MemoryStore, user: u64) -> Vec<Entry> {
-    let all = InboxRange {
-        after: 0,
-        through: u64::MAX,
-        limit: usize::MAX,
-    };
+    let all = InboxRange::new(0, u64::MAX, usize::MAX);
     store.read_inbox(user, all).await.expect("memory read")
 }
 

@@ -470,11 +470,7 @@ async fn lifecycle_matches_the_model(
         }
     }
     for user in 1..=USERS {
-        let range = InboxRange {
-            after: 0,
-            through: u64::MAX,
-            limit: 100_000,
-        };
+        let range = InboxRange::new(0, u64::MAX, 100_000);
         texts.extend(
             store
                 .read_inbox(user, range)

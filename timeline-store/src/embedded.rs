@@ -298,6 +298,11 @@ impl EmbeddedStore {
     }
 }
 
+/// Entries an inbox read makes room for at once: a page's worth (the reply
+/// limit is 1,000), so a page is not copied as its vector grows, while a
+/// read with a huge limit grows as entries arrive.
+const INBOX_READ_CAPACITY: usize = 1_024;
+
 fn wrong_outcome() -> StoreError {
     StoreError::Io("writer answered the wrong request".into())
 }
@@ -593,7 +598,8 @@ impl InboxReads for EmbeddedStore {
         }
         self.read(move |ks| {
             let keys = key2(user_id, range.after + 1)..=key2(user_id, range.through);
-            let mut entries = Vec::new();
+            let mut entries = Vec::with_capacity(range.limit.min(INBOX_READ_CAPACITY));
+            let mut budget = range.budget();
             for guard in ks.inbox.range(keys).take(range.limit) {
                 let value = guard.value().map_err(io)?;
                 let (mut entry, referenced) = codec::decode_inbox_entry(value.as_ref())?;
@@ -604,7 +610,11 @@ impl InboxReads for EmbeddedStore {
                         .map_err(io)?;
                     codec::fill_payload(&mut entry, conversation_entry.as_deref())?;
                 }
+                let past_budget = budget.spend(&entry);
                 entries.push(entry);
+                if past_budget {
+                    break;
+                }
             }
             Ok(entries)
         })

@@ -162,6 +162,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the entry costs on the wire, close enough to budget a page or
+    /// a buffer: its variable-length fields plus a bound on the fixed ones.
+    pub fn wire_bytes(&self) -> usize {
+        const FIXED: usize = 80;
+        const PER_ID: usize = 10;
+        const PER_PREVIOUS_VERSION: usize = 24;
+        let previous: usize = self
+            .state
+            .previous
+            .iter()
+            .map(|version| version.text.len() + PER_PREVIOUS_VERSION)
+            .sum();
+        FIXED
+            + self.text.len()
+            + self.client_msg_id.len()
+            + (self.members.len() + self.mentions.len() + self.target.mentions.len()) * PER_ID
+            + previous
+    }
+
     /// An entry of `kind` in the conversation with every other field zero or
     /// empty; the kind has no default, so it is always chosen.
     pub fn new(kind: EntryKind, conversation_id: u64) -> Self {
@@ -430,20 +449,75 @@ impl EventCommit {
 }
 
 /// The inbox entries a read returns: `after < seq <= through`, ascending,
-/// at most `limit`. `through` is inclusive because a reader asks for
-/// everything up to the last seq it may see.
+/// at most `limit`, and no more past `max_bytes` of them
+/// ([`Entry::wire_bytes`]). The first entry is always returned, whatever its
+/// size; after it, the read stops after the first entry that brings the
+/// total above `max_bytes`, so the reader sees that one too and knows the
+/// budget, not the range, ended the read. `through` is inclusive because a
+/// reader asks for everything up to the last seq it may see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InboxRange {
     pub after: u64,
     pub through: u64,
     pub limit: usize,
+    pub max_bytes: usize,
 }
 
 impl InboxRange {
+    /// At most `limit` entries after `after` through `through`, with no
+    /// byte budget.
+    pub const fn new(after: u64, through: u64, limit: usize) -> Self {
+        Self {
+            after,
+            through,
+            limit,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    /// The same range, stopping past `max_bytes` of entries.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
+    }
+
     /// Whether the range holds no entry at all: backends answer it without
     /// a read.
     pub fn is_empty(&self) -> bool {
         self.after >= self.through || self.limit == 0
+    }
+
+    /// Counts entries against `max_bytes` as a backend reads them in order.
+    pub fn budget(&self) -> ByteBudget {
+        ByteBudget {
+            left: self.max_bytes,
+            first: true,
+        }
+    }
+}
+
+/// What is left of a read's byte budget ([`InboxRange::budget`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ByteBudget {
+    left: usize,
+    first: bool,
+}
+
+impl ByteBudget {
+    /// Takes `entry`, the next one read, into the read; `true` when it went
+    /// past the budget and the read must stop (keeping `entry`).
+    pub fn spend(&mut self, entry: &Entry) -> bool {
+        let size = entry.wire_bytes();
+        if std::mem::take(&mut self.first) {
+            self.left = self.left.saturating_sub(size);
+            return false;
+        }
+        match self.left.checked_sub(size) {
+            Some(left) => {
+                self.left = left;
+                false
+            }
+            None => true,
+        }
     }
 }
 

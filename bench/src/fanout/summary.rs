@@ -20,14 +20,7 @@ pub(super) fn print_and_save(
     } else {
         format!("closed loop, concurrency {}", args.concurrency)
     };
-    // A running server (--server) was started by someone else: unknown.
-    let (search, search_on) = if args.node.server.is_some() {
-        ("search as the server runs", None)
-    } else if args.node.no_search {
-        ("search off", Some(false))
-    } else {
-        ("search on", Some(true))
-    };
+    let (search, search_on) = (args.node.search_label(), args.node.search_on());
     println!(
         "fanout on {store_kind} store, {} node(s), {search}, {load}, {:.1} s measured",
         args.node.nodes, secs

@@ -68,11 +68,7 @@ async fn stored(store: &dyn TimelineStore, conversation_id: u64, members: &[u64]
         .await
         .unwrap();
     for &user in members {
-        let range = InboxRange {
-            after: 0,
-            through: u64::MAX,
-            limit: 10_000,
-        };
+        let range = InboxRange::new(0, u64::MAX, 10_000);
         all.extend(store.read_inbox(user, range).await.unwrap());
     }
     all

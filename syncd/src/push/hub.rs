@@ -124,7 +124,7 @@ impl Hub {
         };
         // The copy is made only for a subscribed user: the observer calls
         // this for every inbox write of the event.
-        let size = crate::paging::wire_bytes(entry);
+        let size = entry.wire_bytes();
         if self.recent_bytes.load(Ordering::Acquire) + size > RECENT_PUSH_BYTES {
             let released = channel.recent.clear();
             self.recent_bytes.fetch_sub(released, Ordering::AcqRel);

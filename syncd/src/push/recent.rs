@@ -12,7 +12,6 @@
 //! present; a gap (an evicted entry, a seq skipped by a failed send, a
 //! range from before the subscription) sends it to the store, as before.
 
-use crate::paging::wire_bytes;
 use std::collections::VecDeque;
 use timeline_store::Entry;
 
@@ -36,14 +35,14 @@ impl Recent {
     /// `max_bytes` alone is not kept.
     pub fn remember(&mut self, entry: Entry, max_entries: usize, max_bytes: usize) -> BytesDelta {
         let before = self.bytes as isize;
-        let size = wire_bytes(&entry);
+        let size = entry.wire_bytes();
         if size > max_bytes || max_entries == 0 {
             return 0;
         }
         // Events finish out of order: usually this appends.
         let at = self.entries.partition_point(|e| e.seq < entry.seq);
         if self.entries.get(at).is_some_and(|e| e.seq == entry.seq) {
-            self.bytes -= wire_bytes(&self.entries[at]);
+            self.bytes -= self.entries[at].wire_bytes();
             self.entries[at] = entry;
         } else {
             self.entries.insert(at, entry);
@@ -54,7 +53,7 @@ impl Recent {
                 .entries
                 .pop_front()
                 .expect("over a bound means not empty");
-            self.bytes -= wire_bytes(&oldest);
+            self.bytes -= oldest.wire_bytes();
         }
         self.bytes as isize - before
     }
@@ -65,7 +64,7 @@ impl Recent {
         let at = self.entries.partition_point(|e| e.seq < entry.seq);
         match self.entries.get_mut(at) {
             Some(held) if held.seq == entry.seq => {
-                let delta = wire_bytes(&entry) as isize - wire_bytes(held) as isize;
+                let delta = entry.wire_bytes() as isize - held.wire_bytes() as isize;
                 *held = entry;
                 self.bytes = (self.bytes as isize + delta) as usize;
                 delta
@@ -79,7 +78,7 @@ impl Recent {
         let at = self.entries.partition_point(|e| e.seq < seq);
         if self.entries.get(at).is_some_and(|e| e.seq == seq) {
             let gone = self.entries.remove(at).expect("held");
-            let size = wire_bytes(&gone);
+            let size = gone.wire_bytes();
             self.bytes -= size;
             return size;
         }
@@ -118,7 +117,7 @@ impl Recent {
         let mut page = Vec::new();
         let mut bytes = 0;
         for entry in held {
-            let size = wire_bytes(entry);
+            let size = entry.wire_bytes();
             if page.len() == limit || (!page.is_empty() && bytes + size > max_bytes) {
                 break;
             }
@@ -182,7 +181,7 @@ mod tests {
             recent.range((5, 10), 10, 1 << 20).is_none(),
             "6 was dropped"
         );
-        let size = wire_bytes(&entry(1, "x"));
+        let size = entry(1, "x").wire_bytes();
         let mut tight = Recent::default();
         for seq in 1..=5 {
             tight.remember(entry(seq, "x"), 100, 2 * size);

@@ -203,11 +203,7 @@ impl ReadState {
         }
         let mut pages = 0;
         loop {
-            let range = InboxRange {
-                after,
-                through,
-                limit: FOLD_PAGE,
-            };
+            let range = InboxRange::new(after, through, FOLD_PAGE);
             let entries = self.store.read_inbox(user_id, range).await?;
             for entry in &entries {
                 let row = rows.entry(entry.conversation_id).or_default();

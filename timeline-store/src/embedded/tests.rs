@@ -50,14 +50,7 @@ async fn inbox_copies_of_heavy_messages_are_small_rows() {
         .unwrap();
     assert!(sizes.iter().all(|&len| len < 256), "{sizes:?}");
     let read = store
-        .read_inbox(
-            42,
-            InboxRange {
-                after: 0,
-                through: 1,
-                limit: 1,
-            },
-        )
+        .read_inbox(42, InboxRange::new(0, 1, 1))
         .await
         .unwrap();
     assert_eq!(read[0].text.len(), 64 * 1024);

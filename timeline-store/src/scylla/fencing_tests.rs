@@ -41,14 +41,7 @@ pub(super) fn message_commit(msg_id: u64, conv_seq: u64, inbox_seq: u64) -> Even
 
 pub(super) async fn inbox_texts(store: &ScyllaTimelineStore) -> Vec<String> {
     store
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: 1_000,
-                limit: 100,
-            },
-        )
+        .read_inbox(1, InboxRange::new(0, 1_000, 100))
         .await
         .unwrap()
         .into_iter()
@@ -220,14 +213,7 @@ pub(super) fn membership_commit(
 /// its removal of member 3 survived the old writer's late rows.
 pub(super) async fn assert_rewrites_survived(new: &ScyllaTimelineStore, recalled: &Entry) {
     let inbox = new
-        .read_inbox(
-            1,
-            InboxRange {
-                after: 0,
-                through: 100,
-                limit: 10,
-            },
-        )
+        .read_inbox(1, InboxRange::new(0, 100, 10))
         .await
         .unwrap();
     assert_eq!(

@@ -36,11 +36,7 @@ fn event(msg_id: u64) -> EventCommit {
 
 /// How many entries user 1's inbox holds (every test event copies into it).
 async fn entries_of_user_1(store: &ScyllaTimelineStore) -> u64 {
-    let range = InboxRange {
-        after: 0,
-        through: u64::MAX,
-        limit: 10_000,
-    };
+    let range = InboxRange::new(0, u64::MAX, 10_000);
     store.read_inbox(1, range).await.unwrap().len() as u64
 }
 

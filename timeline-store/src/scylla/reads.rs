@@ -3,6 +3,10 @@
 //! conversation ids.
 
 use super::*;
+use cql_kit::read_pages_until;
+
+/// Rows per query of an inbox read with a byte budget.
+const BUDGETED_QUERY_ROWS: usize = 128;
 
 #[async_trait]
 impl InboxReads for ScyllaTimelineStore {
@@ -14,6 +18,7 @@ impl InboxReads for ScyllaTimelineStore {
             after: after_seq,
             through: through_seq,
             limit,
+            ..
         } = range;
         let buckets = self
             .buckets(
@@ -50,7 +55,22 @@ impl InboxReads for ScyllaTimelineStore {
             .try_collect::<Vec<Entry>>()
             .await
         };
-        read_pages(buckets, limit, PAGE_ROWS as usize, |e: &Entry| e.seq, page).await
+        // A budgeted read (a page of Sync) queries a few rows at a time, so
+        // what it holds past the budget is a few entries, not a page of them.
+        let query_rows = match range.max_bytes {
+            usize::MAX => PAGE_ROWS as usize,
+            _ => BUDGETED_QUERY_ROWS,
+        };
+        let mut budget = range.budget();
+        read_pages_until(
+            buckets,
+            limit,
+            query_rows,
+            |e: &Entry| e.seq,
+            |e| budget.spend(e),
+            page,
+        )
+        .await
     }
 
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {

@@ -112,14 +112,7 @@ async fn interrupted_events_are_finished_by_recover() {
     assert_eq!(reopened.recover().await.unwrap(), 1);
     for user in 1..=20u64 {
         let inbox = reopened
-            .read_inbox(
-                user,
-                InboxRange {
-                    after: 0,
-                    through: 1_000,
-                    limit: 10,
-                },
-            )
+            .read_inbox(user, InboxRange::new(0, 1_000, 10))
             .await
             .unwrap();
         assert_eq!(inbox.len(), 1, "user {user} has the entry exactly once");
@@ -226,26 +219,12 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
         store.commit_event(commit).await.unwrap();
     }
     let all = store
-        .read_inbox(
-            3,
-            InboxRange {
-                after: 0,
-                through: u64::MAX >> 1,
-                limit: 100,
-            },
-        )
+        .read_inbox(3, InboxRange::new(0, u64::MAX >> 1, 100))
         .await
         .unwrap();
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
     let middle = store
-        .read_inbox(
-            3,
-            InboxRange {
-                after: 65_535,
-                through: 70_000,
-                limit: 100,
-            },
-        )
+        .read_inbox(3, InboxRange::new(65_535, 70_000, 100))
         .await
         .unwrap();
     assert_eq!(
@@ -253,14 +232,7 @@ async fn reads_cross_buckets_and_skip_empty_ones() {
         [65_536, 70_000]
     );
     let limited = store
-        .read_inbox(
-            3,
-            InboxRange {
-                after: 0,
-                through: u64::MAX >> 1,
-                limit: 2,
-            },
-        )
+        .read_inbox(3, InboxRange::new(0, u64::MAX >> 1, 2))
         .await
         .unwrap();
     assert_eq!(limited.len(), 2);
@@ -387,11 +359,7 @@ async fn an_event_without_an_id_is_refused() {
         matches!(refused, Err(StoreError::InvalidArgument(_))),
         "{refused:?}"
     );
-    let range = InboxRange {
-        after: 0,
-        through: 10,
-        limit: 10,
-    };
+    let range = InboxRange::new(0, 10, 10);
     assert!(store.read_inbox(1, range).await.unwrap().is_empty());
 }
 
@@ -474,14 +442,7 @@ async fn an_interrupted_recall_is_finished_by_recover() {
     assert_eq!(reopened.recover().await.unwrap(), 1);
     for user in 1..=5u64 {
         let inbox = reopened
-            .read_inbox(
-                user,
-                InboxRange {
-                    after: 0,
-                    through: 1_000,
-                    limit: 10,
-                },
-            )
+            .read_inbox(user, InboxRange::new(0, 1_000, 10))
             .await
             .unwrap();
         assert_eq!(inbox.len(), 2, "user {user}: the tombstone and the recall");

@@ -58,11 +58,7 @@ async fn read_inbox<S: TimelineStore>(
     through: u64,
     limit: usize,
 ) -> Vec<Entry> {
-    let range = InboxRange {
-        after,
-        through,
-        limit,
-    };
+    let range = InboxRange::new(after, through, limit);
     store.read_inbox(user, range).await.unwrap()
 }
 
@@ -107,6 +103,7 @@ where
     let store = open().await;
     event_writes_conversation_entry_and_every_inbox_copy(&store).await;
     inbox_reads_respect_bounds_limits_and_owners(&store).await;
+    inbox_reads_stop_past_their_byte_budget(&store).await;
     conversation_reads_page_both_ways(&store).await;
     conversation_records_and_receipts_round_trip(&store).await;
     checkpoints_never_go_back(&store).await;
@@ -448,6 +445,74 @@ async fn large_group_memberships_keep_their_positions<S: TimelineStore>(store: &
 /// A backend may store inbox copies of a heavy entry (a long text, a long
 /// member list) by reference to the conversation entry; readers always get
 /// the entry whole, from every inbox and the timeline.
+async fn inbox_reads_stop_past_their_byte_budget<S: TimelineStore>(store: &S) {
+    let (conv, user) = (BASE + 14, BASE + 77);
+    // A heavy payload among them: its copy refers to the conversation
+    // entry, and its bytes count once the payload is read back.
+    let texts = ["a", "bb", &"h".repeat(5_000), "ccc", &"d".repeat(300), "e"];
+    for (i, text) in texts.iter().enumerate() {
+        let conv_seq = i as u64 + 1;
+        let entry = message(conv, conv_seq, user, text);
+        store
+            .commit_event(fanout(entry, &[(user, conv_seq)]))
+            .await
+            .unwrap();
+    }
+    let all = read_inbox(store, user, 0, u64::MAX, 100).await;
+    assert_eq!(all.len(), texts.len());
+    let sizes: Vec<usize> = all.iter().map(Entry::wire_bytes).collect();
+    // The rule, stated apart from every backend: the first entry always,
+    // then through the first entry that takes the total past the budget.
+    let expected = |limit: usize, max_bytes: usize| -> Vec<u64> {
+        let mut total = 0usize;
+        let mut seqs = Vec::new();
+        for (entry, &size) in all.iter().zip(&sizes).take(limit) {
+            total = total.saturating_add(size);
+            seqs.push(entry.seq);
+            if seqs.len() > 1 && total > max_bytes {
+                break;
+            }
+        }
+        seqs
+    };
+    let prefix = |n: usize| sizes[..n].iter().sum::<usize>();
+    let budgets = [
+        0,
+        sizes[0] - 1,
+        prefix(1),
+        prefix(2) - 1,
+        prefix(2),
+        prefix(3) - 1,
+        prefix(3),
+        prefix(4) + 1,
+        prefix(6),
+        usize::MAX,
+    ];
+    for max_bytes in budgets {
+        for limit in [1, 2, 4, 100] {
+            let range = InboxRange::new(0, u64::MAX, limit).with_max_bytes(max_bytes);
+            let got = store.read_inbox(user, range).await.unwrap();
+            let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+            assert_eq!(
+                seqs,
+                expected(limit, max_bytes),
+                "limit {limit}, max_bytes {max_bytes}, sizes {sizes:?}"
+            );
+            for (read, whole) in got.iter().zip(&all) {
+                assert_eq!(read.text, whole.text, "the payload comes with its entry");
+            }
+        }
+    }
+    // From the middle of the range, the first entry read is the one that
+    // always goes.
+    let range = InboxRange::new(2, u64::MAX, 100).with_max_bytes(1);
+    let seqs: Vec<u64> = (store.read_inbox(user, range).await.unwrap())
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+}
+
 async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store: &S) {
     let (conv, users) = (BASE + 13, [BASE + 74, BASE + 75, BASE + 76]);
     let text = "長".repeat(30_000);

@@ -599,11 +599,7 @@ mod tests {
     use crate::{EntryKind, InboxWrite};
     use std::sync::Arc;
 
-    const FIRST_TEN: InboxRange = InboxRange {
-        after: 0,
-        through: 10,
-        limit: 10,
-    };
+    const FIRST_TEN: InboxRange = InboxRange::new(0, 10, 10);
 
     fn commit(conv_seq: u64, users: &[u64]) -> EventCommit {
         EventCommit {

@@ -153,12 +153,15 @@ impl InboxReads for MemoryStore {
         }
         let state = self.state();
         let keys = (user_id, range.after + 1)..=(user_id, range.through);
-        Ok(state
-            .inbox
-            .range(keys)
-            .take(range.limit)
-            .map(|(_, e)| e.clone())
-            .collect())
+        let mut budget = range.budget();
+        let mut entries = Vec::new();
+        for (_, entry) in state.inbox.range(keys).take(range.limit) {
+            entries.push(entry.clone());
+            if budget.spend(entry) {
+                break;
+            }
+        }
+        Ok(entries)
     }
 
     async fn last_inbox_seq(&self, user_id: u64) -> Result<u64> {
