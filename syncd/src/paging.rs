@@ -30,42 +30,35 @@ pub struct Page {
     pub has_more: bool,
 }
 
-/// A page as it fills, entry by entry in page order.
-struct Filling {
-    entries: Vec<Entry>,
+/// What a page has taken so far, entry by entry in page order.
+struct PageBudget {
+    entries: usize,
     bytes: usize,
     limit: usize,
     max_bytes: usize,
 }
 
-impl Filling {
+impl PageBudget {
     fn new(limit: usize, max_bytes: usize) -> Self {
         Self {
-            entries: Vec::new(),
+            entries: 0,
             bytes: 0,
             limit,
             max_bytes,
         }
     }
 
-    /// Adds `entry` if it fits (the first always does); `false` when it
+    /// Takes `entry` if it fits (the first always does); `false` when it
     /// does not, and the page is full with more to come.
-    fn offer(&mut self, entry: Entry) -> bool {
+    fn admits(&mut self, entry: &Entry) -> bool {
         let size = entry.wire_bytes();
-        let fits = self.entries.len() < self.limit
-            && (self.entries.is_empty() || self.bytes + size <= self.max_bytes);
+        let fits =
+            self.entries < self.limit && (self.entries == 0 || self.bytes + size <= self.max_bytes);
         if fits {
+            self.entries += 1;
             self.bytes += size;
-            self.entries.push(entry);
         }
         fits
-    }
-
-    fn done(self, has_more: bool) -> Page {
-        Page {
-            entries: self.entries,
-            has_more,
-        }
     }
 }
 
@@ -84,22 +77,29 @@ where
     F: FnMut(u64, usize) -> Fut,
     Fut: Future<Output = Result<Vec<Entry>>>,
 {
-    let mut page = Filling::new(limit, max_bytes);
+    let mut budget = PageBudget::new(limit, max_bytes);
+    let mut entries = Vec::new();
     let mut cursor = start;
     loop {
         // One more than fits, to learn whether there is more.
-        let want = (limit - page.entries.len()).min(READ_CHUNK) + 1;
+        let want = (limit - entries.len()).min(READ_CHUNK) + 1;
         let chunk = read(cursor, want).await?;
         let exhausted = chunk.len() < want;
         for entry in chunk {
-            let next_cursor = cursor_of(&entry);
-            if !page.offer(entry) {
-                return Ok(page.done(true));
+            if !budget.admits(&entry) {
+                return Ok(Page {
+                    entries,
+                    has_more: true,
+                });
             }
-            cursor = next_cursor;
+            cursor = cursor_of(&entry);
+            entries.push(entry);
         }
         if exhausted {
-            return Ok(page.done(false));
+            return Ok(Page {
+                entries,
+                has_more: false,
+            });
         }
     }
 }
@@ -115,15 +115,17 @@ pub async fn inbox(
     max_bytes: usize,
 ) -> Result<Page> {
     let range = InboxRange::new(after, through, limit.saturating_add(1)).with_max_bytes(max_bytes);
-    let read = store.read_inbox(user_id, range).await?;
-    let mut page = Filling::new(limit, max_bytes);
-    page.entries.reserve(read.len().min(limit));
-    for entry in read {
-        if !page.offer(entry) {
-            return Ok(page.done(true));
+    let mut entries = store.read_inbox(user_id, range).await?;
+    let mut budget = PageBudget::new(limit, max_bytes);
+    // Cut in place: the read is the page, less what does not fit.
+    let has_more = match entries.iter().position(|entry| !budget.admits(entry)) {
+        Some(full) => {
+            entries.truncate(full);
+            true
         }
-    }
-    Ok(page.done(false))
+        None => false,
+    };
+    Ok(Page { entries, has_more })
 }
 
 /// A page of a conversation strictly between `after` and `before`: the
@@ -236,27 +238,16 @@ mod tests {
 
     /// A store whose user 1 has one inbox entry per size, seqs from 1.
     async fn inbox_of(sizes: &[usize]) -> timeline_store::testsuite::MemoryStore {
-        use timeline_store::{EventCommit, EventLog, InboxWrite};
+        use timeline_store::EventLog;
         let store = timeline_store::testsuite::MemoryStore::new();
         for entry in timeline(sizes) {
-            let commit = EventCommit {
-                keep_copies: false,
-                rewrites: Vec::new(),
-                inbox: vec![InboxWrite {
-                    user_id: 1,
-                    seq: entry.seq,
-                }],
-                entry: Entry {
-                    conv_seq: entry.seq,
-                    seq: 0,
-                    ..entry
-                },
-                receipt: None,
-                conversation: None,
-                large_group_index: Vec::new(),
-                members: Vec::new(),
-                readers: Vec::new(),
+            let seq = entry.seq;
+            let entry = Entry {
+                conv_seq: seq,
+                seq: 0,
+                ..entry
             };
+            let commit = timeline_store::testsuite::conformance::fanout(entry, &[(1, seq)]);
             store.commit_event(commit).await.unwrap();
         }
         store

@@ -32,7 +32,9 @@ fn message(conversation_id: u64, conv_seq: u64, sender_id: u64, text: &str) -> E
     }
 }
 
-fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
+/// A commit of `entry` with one inbox copy per `(user_id, seq)` and nothing
+/// else: the plain event most store tests start from.
+pub fn fanout(entry: Entry, members: &[(u64, u64)]) -> EventCommit {
     EventCommit {
         keep_copies: false,
         rewrites: Vec::new(),
