@@ -7,7 +7,7 @@
 //! caller, and is acknowledged to the server only after it was saved.
 
 use crate::{
-    CheckpointFile, Client, ClientError, LARGE_GROUP_PAGE, MAX_RECONNECT_DELAY,
+    CALL_TIMEOUT, CheckpointFile, Client, ClientError, LARGE_GROUP_PAGE, MAX_RECONNECT_DELAY,
     PUSHED_LARGE_GROUPS_PER_STREAM, RETRY_BASE_DELAY, Result, UNPUSHED_GROUPS_POLL, pb, reply,
     retryable, with_deadline,
 };
@@ -24,8 +24,46 @@ impl Client {
         reply(self.timeline().sync(with_deadline(request))).await
     }
 
-    /// Pulls every entry after the checkpoint, page by page: for each page,
-    /// hands the entries to `deliver`, saves the checkpoint, then acks it.
+    /// The inbox after `after_seq` as one stream of the pages Sync would
+    /// give (CatchUp), up to a complete one.
+    pub async fn catch_up(
+        &self,
+        after_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<tonic::Streaming<pb::SyncReply>> {
+        let request = pb::SyncRequest {
+            after_seq,
+            limit,
+            include_read_state: false,
+        };
+        reply(self.timeline().catch_up(request)).await
+    }
+
+    /// [`Client::catch_up`], or `None` when the node cannot stream (an
+    /// older node, or one with too many catch-ups open): the caller pages
+    /// with Sync.
+    async fn catch_up_if_streamed(
+        &self,
+        after_seq: u64,
+    ) -> Result<Option<tonic::Streaming<pb::SyncReply>>> {
+        match self.catch_up(Some(after_seq), 0).await {
+            Ok(replies) => Ok(Some(replies)),
+            Err(ClientError::Rpc(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unimplemented | tonic::Code::ResourceExhausted
+                ) =>
+            {
+                tracing::debug!(code = ?status.code(), "catching up page by page");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Pulls every entry after the checkpoint (streamed by CatchUp, or page
+    /// by page with Sync): for each page, hands the entries to `deliver`,
+    /// saves the checkpoint, then acks it.
     /// Then reads what is new in the user's large groups (read fanout) from
     /// their conversation timelines, in conv_seq order, saving a checkpoint
     /// per conversation. A `deliver` error stops before any checkpoint
@@ -36,23 +74,43 @@ impl Client {
         mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<SyncOutcome> {
         let mut outcome = SyncOutcome::default();
-        let (large_groups, left_large_groups) = loop {
-            let page = self.sync_page(Some(checkpoint.seq()), 0).await?;
-            if page.checkpoint_expired {
-                return Err(ClientError::CheckpointExpired {
-                    checkpoint: checkpoint.seq(),
-                    oldest_seq: page.oldest_seq,
-                });
-            }
-            outcome.user_id = page.user_id;
-            outcome.delivered +=
-                deliver_inbox(checkpoint, page.user_id, &page.entries, &mut deliver)?;
-            if page.checkpoint > checkpoint.seq() {
-                checkpoint.save(page.checkpoint)?;
-                self.ack(page.checkpoint).await?;
-            }
-            if !page.has_more {
-                break (page.large_groups, page.left_large_groups);
+        let (large_groups, left_large_groups) = 'pull: loop {
+            let mut replies = self.catch_up_if_streamed(checkpoint.seq()).await?;
+            loop {
+                let page = match &mut replies {
+                    Some(replies) => {
+                        match tokio::time::timeout(CALL_TIMEOUT, replies.message()).await {
+                            Ok(Ok(Some(page))) => page,
+                            // The stream ended before a complete page (its
+                            // reply cap): call again from the checkpoint.
+                            Ok(Ok(None)) => continue 'pull,
+                            Ok(Err(status)) => return Err(status.into()),
+                            Err(_) => {
+                                return Err(tonic::Status::deadline_exceeded(
+                                    "no catch-up page within the call timeout",
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                    None => self.sync_page(Some(checkpoint.seq()), 0).await?,
+                };
+                if page.checkpoint_expired {
+                    return Err(ClientError::CheckpointExpired {
+                        checkpoint: checkpoint.seq(),
+                        oldest_seq: page.oldest_seq,
+                    });
+                }
+                outcome.user_id = page.user_id;
+                outcome.delivered +=
+                    deliver_inbox(checkpoint, page.user_id, &page.entries, &mut deliver)?;
+                if page.checkpoint > checkpoint.seq() {
+                    checkpoint.save(page.checkpoint)?;
+                    self.ack(page.checkpoint).await?;
+                }
+                if !page.has_more {
+                    break 'pull (page.large_groups, page.left_large_groups);
+                }
             }
         };
         outcome.large_groups = large_groups.len();

@@ -72,6 +72,40 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
         })
     };
 
+    // Another device of the same user catches up with streams of pages
+    // (CatchUp), each read ahead of the device, while the sends land.
+    let streamer = Client::connect(&url, &server.device_token(1, "streamed")?).await?;
+    let catcher = {
+        let sending = Arc::clone(&sending);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut checkpoint = 0;
+            loop {
+                let still_sending = sending.load(Ordering::Acquire);
+                let mut replies = streamer.catch_up(Some(checkpoint), 5).await?;
+                let mut complete = false;
+                while let Some(page) = replies.message().await? {
+                    anyhow::ensure!(!complete, "a reply after the complete one");
+                    for entry in &page.entries {
+                        anyhow::ensure!(
+                            entry.seq > checkpoint,
+                            "streamed seq {} at checkpoint {checkpoint}",
+                            entry.seq
+                        );
+                        checkpoint = entry.seq;
+                    }
+                    anyhow::ensure!(page.checkpoint == checkpoint, "reply checkpoint disagrees");
+                    seen.extend(page.entries);
+                    complete = !page.has_more;
+                }
+                anyhow::ensure!(complete, "the stream ended before a complete reply");
+                if !still_sending {
+                    return anyhow::Ok(seen);
+                }
+            }
+        })
+    };
+
     let mut sends = tokio::task::JoinSet::new();
     for user in 1..=USERS {
         for sender in 0..SENDERS_PER_USER {
@@ -96,6 +130,7 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
     }
     sending.store(false, Ordering::Release);
     let (seen, rounds) = syncer.await??;
+    let streamed = catcher.await??;
 
     // The tight loop saw exactly what a fresh full read sees, in seq order.
     let fresh = Client::connect(&url, &server.device_token(1, "fresh")?).await?;
@@ -105,6 +140,11 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
         seqs(&seen),
         seqs(&full),
         "tight-loop device skipped or repeated entries"
+    );
+    assert_eq!(
+        seqs(&streamed),
+        seqs(&full),
+        "the device catching up by streams skipped or repeated entries"
     );
     assert!(seqs(&full).windows(2).all(|w| w[0] < w[1]));
 

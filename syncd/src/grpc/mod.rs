@@ -2,6 +2,7 @@
 //! engine's plain types and back. No business rules live here.
 
 mod admin_service;
+mod catch_up;
 mod convert;
 mod timeline_service;
 

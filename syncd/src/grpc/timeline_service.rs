@@ -1,7 +1,8 @@
 //! `timeline.v1.Timeline`: calls made by devices (and services where noted).
 
+use super::catch_up::{self, CatchUps};
 use super::{authenticate, authenticate_verified, convert, parse_client_id, parse_client_msg_id};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::engine::{
     AmendCommand, AmendOutcome, Engine, HideCommand, HistoryQuery, NewConversation, Operation,
     SendCommand,
@@ -19,11 +20,16 @@ use tonic::{Request, Response, Status};
 pub struct TimelineService {
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
+    catch_ups: CatchUps,
 }
 
 impl TimelineService {
     pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
-        Self { engine, auth }
+        Self {
+            engine,
+            auth,
+            catch_ups: CatchUps::new(),
+        }
     }
 }
 
@@ -95,46 +101,22 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::SyncReply>, Status> {
         let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
-        let page = self
-            .engine
-            .sync(&principal, request.after_seq, request.limit as usize)
+        let reply = sync_reply(&self.engine, &principal, &request).await?;
+        Ok(Response::new(reply))
+    }
+
+    type CatchUpStream = catch_up::Replies;
+
+    async fn catch_up(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<Self::CatchUpStream>, Status> {
+        let principal = authenticate(&self.auth, &request).await?;
+        let replies = self
+            .catch_ups
+            .start(&self.engine, principal, request.into_inner())
             .await?;
-        let read_state =
-            if request.include_read_state && !page.has_more && page.expired_below.is_none() {
-                let summary = self.engine.read_state_summary(&principal, &page).await?;
-                Some(pb::ReadStateSummary {
-                    total_unread: summary.total_unread,
-                    total_mentions: summary.total_mentions,
-                    truncated: summary.truncated,
-                    as_of_seq: summary.as_of_seq,
-                    conversations: summary
-                        .conversations
-                        .into_iter()
-                        .map(convert::conversation_state)
-                        .collect(),
-                })
-            } else {
-                None
-            };
-        Ok(Response::new(pb::SyncReply {
-            read_state,
-            entries: page.entries.into_iter().map(convert::entry).collect(),
-            has_more: page.has_more,
-            checkpoint: page.checkpoint,
-            large_groups: page
-                .large_groups
-                .into_iter()
-                .map(convert::group_top)
-                .collect(),
-            left_large_groups: page
-                .left_large_groups
-                .into_iter()
-                .map(convert::group_top)
-                .collect(),
-            user_id: crate::access::device_user(&principal)?.0,
-            checkpoint_expired: page.expired_below.is_some(),
-            oldest_seq: page.expired_below.unwrap_or(0),
-        }))
+        Ok(Response::new(replies))
     }
 
     async fn ack(
@@ -528,4 +510,52 @@ impl NoticeCounters {
             none: by("none"),
         }
     }
+}
+
+/// What Sync answers from `request.after_seq` (one of the pages CatchUp
+/// streams).
+pub(super) async fn sync_reply(
+    engine: &Engine,
+    principal: &Principal,
+    request: &pb::SyncRequest,
+) -> Result<pb::SyncReply, Status> {
+    let page = engine
+        .sync(principal, request.after_seq, request.limit as usize)
+        .await?;
+    let read_state = if request.include_read_state && !page.has_more && page.expired_below.is_none()
+    {
+        let summary = engine.read_state_summary(principal, &page).await?;
+        Some(pb::ReadStateSummary {
+            total_unread: summary.total_unread,
+            total_mentions: summary.total_mentions,
+            truncated: summary.truncated,
+            as_of_seq: summary.as_of_seq,
+            conversations: summary
+                .conversations
+                .into_iter()
+                .map(convert::conversation_state)
+                .collect(),
+        })
+    } else {
+        None
+    };
+    Ok(pb::SyncReply {
+        read_state,
+        entries: page.entries.into_iter().map(convert::entry).collect(),
+        has_more: page.has_more,
+        checkpoint: page.checkpoint,
+        large_groups: page
+            .large_groups
+            .into_iter()
+            .map(convert::group_top)
+            .collect(),
+        left_large_groups: page
+            .left_large_groups
+            .into_iter()
+            .map(convert::group_top)
+            .collect(),
+        user_id: crate::access::device_user(principal)?.0,
+        checkpoint_expired: page.expired_below.is_some(),
+        oldest_seq: page.expired_below.unwrap_or(0),
+    })
 }
