@@ -226,6 +226,25 @@ async fn with_deadline<T>(
     }
 }
 
+/// The inbox after `checkpoint`: one Sync page, or every reply of a CatchUp
+/// stream (an error anywhere drops the whole read, so nothing past the
+/// checkpoint counts as seen).
+async fn read_inbox(
+    client: &Client,
+    checkpoint: u64,
+    streamed: bool,
+) -> Result<Vec<pb::SyncReply>, client::ClientError> {
+    if !streamed {
+        return Ok(vec![client.sync_page(Some(checkpoint), 40).await?]);
+    }
+    let mut replies = client.catch_up(Some(checkpoint), 40).await?;
+    let mut pages = Vec::new();
+    while let Some(page) = replies.message().await? {
+        pages.push(page);
+    }
+    Ok(pages)
+}
+
 /// Sends once, through whichever node answers, retrying with the same
 /// client message id until acknowledged.
 async fn send_acknowledged(
@@ -478,25 +497,35 @@ async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Ok(page) = with_deadline(client.sync_page(Some(checkpoint), 40)).await else {
+                // Half the reads are CatchUp streams, passed on by
+                // followers like any call.
+                let streamed = rng.lock().unwrap().next(2) == 0;
+                let Ok(pages) = with_deadline(read_inbox(&client, checkpoint, streamed)).await
+                else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                ensure!(
-                    !page.checkpoint_expired,
-                    "user {user}: checkpoint {checkpoint} expired (oldest kept {}, from {url}): \
-                     a device keeping up fell below retention",
-                    page.oldest_seq
-                );
-                for entry in &page.entries {
+                for page in &pages {
                     ensure!(
-                        entry.seq > checkpoint,
-                        "user {user}: seq {} at checkpoint {checkpoint} (from {url})",
-                        entry.seq
+                        !page.checkpoint_expired,
+                        "user {user}: checkpoint {checkpoint} expired (oldest kept {}, from {url}): \
+                         a device keeping up fell below retention",
+                        page.oldest_seq
                     );
-                    checkpoint = entry.seq;
+                    for entry in &page.entries {
+                        ensure!(
+                            entry.seq > checkpoint,
+                            "user {user}: seq {} at checkpoint {checkpoint} (from {url}, {})",
+                            entry.seq,
+                            if streamed { "CatchUp" } else { "Sync" }
+                        );
+                        checkpoint = entry.seq;
+                    }
+                    seen.extend(page.entries.iter().cloned());
                 }
-                seen.extend(page.entries);
+                let Some(page) = pages.last() else {
+                    bail!("user {user}: a CatchUp from {url} ended without a reply");
+                };
                 // Large groups, from the timeline: each entry once, in
                 // conv_seq order, from where the membership began.
                 let mut groups_read = true;
