@@ -617,7 +617,7 @@ mod row_batches;
 mod timestamps;
 mod writes;
 
-pub use fencing::{LeaseRecord, WriterLeaseTable};
+pub use fencing::{CLUSTER_PROTOCOL, LeaseRecord, WriterLeaseTable};
 pub use timestamps::WriterClock;
 #[cfg(test)]
 mod ceiling_tests;

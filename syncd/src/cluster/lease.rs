@@ -18,6 +18,15 @@
 //!   with the same address) is treated like anyone else's: a restarted
 //!   process cannot know what its predecessor still had in flight.
 //!
+//! - **Versions are not mixed.** Every claim records the claimant's
+//!   `CLUSTER_PROTOCOL` with its epoch. A row of another protocol (or of a
+//!   version that records none) that moves while this node watches it, or
+//!   that takes the lease from this node, is a writer of another version at
+//!   work: this node refuses to go on ([`Role::Refused`]) rather than follow
+//!   it or take over from it. One that stands still for a takeover's wait
+//!   is claimed as usual: that is the upgrade (stop every node of the old
+//!   version, then start the new one).
+//!
 //! A lease does not stop writes already handed to the store; the store's
 //! fence does (see `timeline_store::scylla` fencing). Nor does it order the
 //! writes of successive holders by itself: each claim and renewal also
@@ -25,7 +34,7 @@
 //! (`timeline_store::scylla::WriterClock`, `LeaseTimings::ceiling_span`).
 
 use std::time::Duration;
-use timeline_store::scylla::LeaseRecord;
+use timeline_store::scylla::{CLUSTER_PROTOCOL, LeaseRecord};
 use tokio::time::Instant;
 
 /// How long a lease lasts and how often it is read.
@@ -77,6 +86,8 @@ pub enum Role {
     Follower { writer: String },
     /// No writer known (none yet, or the holder may have stopped).
     Unknown,
+    /// A writer of another version is at work: this node must stop.
+    Refused { reason: String },
 }
 
 /// What to do after a read of the lease row.
@@ -88,6 +99,8 @@ pub enum Step {
     Claim { seen: Option<LeaseRecord> },
     /// Nothing to write.
     Wait,
+    /// Stop: a writer of another version is at work ([`Role::Refused`]).
+    Refuse { reason: String },
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +123,20 @@ pub struct WriterLease {
     timings: LeaseTimings,
     held: Option<Held>,
     watched: Option<Watched>,
+    refused: Option<String>,
+}
+
+/// Why a node stops on seeing `record` at work.
+fn foreign_writer(record: &LeaseRecord) -> String {
+    let theirs = match record.protocol {
+        Some(protocol) => format!("cluster protocol {protocol}"),
+        None => "an earlier version's cluster protocol".into(),
+    };
+    format!(
+        "the writer {} (epoch {}) runs {theirs}, this node runs cluster protocol {CLUSTER_PROTOCOL}: \
+         versions must not be mixed; stop every node of one version before starting the other",
+        record.holder, record.epoch
+    )
 }
 
 impl WriterLease {
@@ -119,6 +146,7 @@ impl WriterLease {
             timings,
             held: None,
             watched: None,
+            refused: None,
         }
     }
 
@@ -133,6 +161,11 @@ impl WriterLease {
 
     /// A read of the row arrived at `received`.
     pub fn observe(&mut self, record: Option<LeaseRecord>, received: Instant) -> Step {
+        if let Some(reason) = &self.refused {
+            return Step::Refuse {
+                reason: reason.clone(),
+            };
+        }
         let Some(record) = record else {
             self.held = None;
             self.watched = None;
@@ -147,6 +180,17 @@ impl WriterLease {
             }
             // Taken over: stop at once, whatever the lease said.
             self.held = None;
+            if record.protocol != Some(CLUSTER_PROTOCOL) {
+                return self.refuse(&record);
+            }
+        }
+        if record.protocol != Some(CLUSTER_PROTOCOL)
+            && self
+                .watched
+                .as_ref()
+                .is_some_and(|watched| watched.record != record)
+        {
+            return self.refuse(&record);
         }
         match &self.watched {
             Some(watched) if watched.record == record => {
@@ -164,6 +208,12 @@ impl WriterLease {
                 Step::Wait
             }
         }
+    }
+
+    fn refuse(&mut self, record: &LeaseRecord) -> Step {
+        let reason = foreign_writer(record);
+        self.refused = Some(reason.clone());
+        Step::Refuse { reason }
     }
 
     /// A renewal sent at `sent` applied.
@@ -188,6 +238,11 @@ impl WriterLease {
 
     /// What this node is at `now`, given the last row read.
     pub fn role(&self, now: Instant) -> Role {
+        if let Some(reason) = &self.refused {
+            return Role::Refused {
+                reason: reason.clone(),
+            };
+        }
         if let Some(held) = &self.held
             && now < held.until
         {
@@ -199,8 +254,11 @@ impl WriterLease {
         match &self.watched {
             // A row unchanged for a whole lease may name a stopped holder:
             // calls sent there would wait for nothing.
+            // Nor is one of another version: it may be claimed once it
+            // stands still, never joined.
             Some(watched)
                 if watched.record.holder != self.me
+                    && watched.record.protocol == Some(CLUSTER_PROTOCOL)
                     && now.duration_since(watched.since) < self.timings.takeover_after() =>
             {
                 Role::Follower {
@@ -227,6 +285,19 @@ mod tests {
             epoch,
             renewals,
             ceiling: None,
+            protocol: Some(CLUSTER_PROTOCOL),
+        })
+    }
+
+    fn foreign(
+        holder: &str,
+        epoch: u64,
+        renewals: u64,
+        protocol: Option<u32>,
+    ) -> Option<LeaseRecord> {
+        Some(LeaseRecord {
+            protocol,
+            ..row(holder, epoch, renewals).unwrap()
         })
     }
 
@@ -343,6 +414,60 @@ mod tests {
                 "renewal at {renew_at} ms: the holder still writes at the claim"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_writer_of_another_version_is_refused_never_followed() {
+        for protocol in [None, Some(CLUSTER_PROTOCOL + 1)] {
+            let mut b = WriterLease::new("b".into(), TIMINGS);
+            let t0 = Instant::now();
+            assert_eq!(b.observe(foreign("old", 3, 7, protocol), t0), Step::Wait);
+            assert_eq!(b.role(t0), Role::Unknown, "calls are not passed on to it");
+            // It renews: a writer of another version is at work.
+            let Step::Refuse { reason } = b.observe(foreign("old", 3, 8, protocol), t0 + ms(200))
+            else {
+                panic!("{protocol:?}: a live foreign writer must be refused");
+            };
+            assert!(reason.contains("versions must not be mixed"), "{reason}");
+            assert!(matches!(b.role(t0 + ms(200)), Role::Refused { .. }));
+            // For good: not even a row of this version brings it back.
+            assert!(matches!(
+                b.observe(row("c", 4, 0), t0 + ms(400)),
+                Step::Refuse { .. }
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_writer_of_another_version_is_taken_over_after_the_wait() {
+        let mut b = WriterLease::new("b".into(), TIMINGS);
+        let t0 = Instant::now();
+        let old = foreign("old", 3, 7, None);
+        assert_eq!(b.observe(old.clone(), t0), Step::Wait);
+        assert_eq!(b.observe(old.clone(), t0 + ms(1_000)), Step::Wait);
+        assert_eq!(
+            b.observe(old.clone(), t0 + TIMINGS.takeover_after()),
+            Step::Claim { seen: old }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_taken_over_by_another_version_refuses() {
+        let mut a = WriterLease::new("a".into(), TIMINGS);
+        let t0 = Instant::now();
+        a.observe(None, t0);
+        a.claimed(1, t0);
+        assert!(matches!(
+            a.observe(foreign("old", 2, 0, None), t0 + ms(200)),
+            Step::Refuse { .. }
+        ));
+        assert!(matches!(a.role(t0 + ms(200)), Role::Refused { .. }));
+        // Taken over by this version: it follows, as before.
+        let mut c = WriterLease::new("c".into(), TIMINGS);
+        c.observe(None, t0);
+        c.claimed(1, t0);
+        assert_eq!(c.observe(row("d", 2, 0), t0 + ms(200)), Step::Wait);
+        assert_eq!(c.role(t0 + ms(200)), Role::Follower { writer: "d".into() });
     }
 
     #[test]

@@ -59,7 +59,8 @@ async fn round(table: &WriterLeaseTable, clock: &WriterClock, lease: &mut Writer
     };
     let seen_by = Instant::now();
     match lease.observe(record, seen_by) {
-        Step::Wait => {}
+        // The role says so; the node stops on it.
+        Step::Wait | Step::Refuse { .. } => {}
         Step::Renew { epoch, seen } => {
             let sent = Instant::now();
             match table

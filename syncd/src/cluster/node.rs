@@ -227,7 +227,7 @@ pub async fn serve(
                 // Stop renewing at once: another node takes over while this
                 // one drains, and its supervisor restarts it.
                 let _ = stop_on_failure.send(true);
-                tracing::error!(%reason, "the writer generation failed for good; stopping");
+                tracing::error!(%reason, "this node cannot go on; stopping");
             }
         }
         let _ = stop_accepting.send(());
@@ -358,6 +358,14 @@ async fn run_generations(
                     me: node.advertise.clone(),
                 });
                 true
+            }
+            Role::Refused { reason } => {
+                end(current.take()).await;
+                timeline.set(Target::Unavailable(reason.clone()));
+                admin.set(Target::Unavailable(reason.clone()));
+                publish_health(&health, false).await;
+                let _ = failed.send(reason.clone());
+                return Some(reason.clone());
             }
             Role::Unknown => {
                 end(current.take()).await;

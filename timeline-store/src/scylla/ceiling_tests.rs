@@ -140,9 +140,9 @@ async fn a_writer_past_its_ceiling_stores_nothing() {
 }
 
 /// A keyspace whose `writer_lease` an earlier version made has no ceiling
-/// column: opening the table adds it (twice is fine), the old row reads
-/// without a ceiling, and a claim of it starts from this node's clock and
-/// records one.
+/// or protocol columns: opening the table adds them (twice is fine), the
+/// old row reads without either, and a claim of it starts from this node's
+/// clock and records both.
 #[tokio::test]
 async fn a_lease_table_from_an_earlier_version_gains_the_ceiling() {
     let keyspace = unique_keyspace("upgrade");
@@ -171,6 +171,7 @@ async fn a_lease_table_from_an_earlier_version_gains_the_ceiling() {
             epoch: 3,
             renewals: 7,
             ceiling: None,
+            protocol: None,
         }
     );
     let clock = WriterClock::new();
@@ -183,6 +184,7 @@ async fn a_lease_table_from_an_earlier_version_gains_the_ceiling() {
         Some(4)
     );
     let claimed = lease.read().await.unwrap().unwrap();
+    assert_eq!(claimed.protocol, Some(CLUSTER_PROTOCOL));
     let ceiling = claimed.ceiling.expect("the claim records a ceiling");
     assert!(ceiling >= before + SPAN.as_micros() as i64);
     assert_eq!(clock.grant(), Some((4, ceiling)));

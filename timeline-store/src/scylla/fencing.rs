@@ -52,18 +52,29 @@ use std::time::Duration;
 /// The lease row's key: one writer lease per keyspace.
 const LEASE_NAME: &str = "writer";
 
+/// What this version's writers do with the keyspace (the fence, the
+/// intent tables, the timestamp ceiling). Every claim records it with its
+/// epoch; a node finding a writer of another protocol at work refuses to
+/// join it (versions must not be mixed). Raise it with any change that a
+/// writer and a node taking over from it must agree on.
+pub const CLUSTER_PROTOCOL: u32 = 1;
+
 pub(super) const SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint, ceiling bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.writer_lease (name text PRIMARY KEY, holder text, epoch bigint, renewals bigint, ceiling bigint, protocol int, protocol_epoch bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.fenced_intents (shard int, epoch bigint, intent bigint, event blob, fence bigint static, PRIMARY KEY (shard, epoch, intent))",
     // Where writers before numbered intents kept them: recovery still
     // finishes what one left there.
     "CREATE TABLE IF NOT EXISTS {ks}.fenced_events (shard int, event_id bigint, event blob, fence bigint static, PRIMARY KEY (shard, event_id))",
 ];
 
-/// `writer_lease` tables made before the ceiling was recorded lack its
-/// column; `CREATE TABLE IF NOT EXISTS` leaves them as they are.
-const ADD_CEILING: &str = "ALTER TABLE {ks}.writer_lease ADD ceiling bigint";
-const CEILING_COLUMN: &str = "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'writer_lease' AND column_name = 'ceiling'";
+/// Columns `writer_lease` tables made by earlier versions lack;
+/// `CREATE TABLE IF NOT EXISTS` leaves such tables as they are.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("ceiling", "bigint"),
+    ("protocol", "int"),
+    ("protocol_epoch", "bigint"),
+];
+const LEASE_COLUMN: &str = "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'writer_lease' AND column_name = ?";
 
 /// The lease row as last written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +89,10 @@ pub struct LeaseRecord {
     /// The highest write timestamp (microseconds) the holder may use until
     /// its next renewal; `None` in a row only earlier versions wrote.
     pub ceiling: Option<i64>,
+    /// The [`CLUSTER_PROTOCOL`] of the node that claimed this epoch; `None`
+    /// when it did not record one (a version before the protocol was
+    /// recorded, even if a later one claimed an earlier epoch).
+    pub protocol: Option<u32>,
 }
 
 /// The `writer_lease` table.
@@ -114,32 +129,37 @@ async fn create_tables(session: &Session, keyspace: &str) -> Result<()> {
             .map_err(cql)?;
     }
     session.await_schema_agreement().await.map_err(cql)?;
-    add_ceiling(session, keyspace).await
+    for (column, kind) in ADDED_COLUMNS {
+        add_column(session, keyspace, column, kind).await?;
+    }
+    Ok(())
 }
 
-async fn has_ceiling(session: &Session, keyspace: &str) -> Result<bool> {
+async fn has_column(session: &Session, keyspace: &str, column: &str) -> Result<bool> {
     let result = session
-        .query_unpaged(CEILING_COLUMN, (keyspace,))
+        .query_unpaged(LEASE_COLUMN, (keyspace, column))
         .await
         .map_err(cql)?;
     let rows = result.into_rows_result().map_err(cql)?;
     Ok(rows.rows::<(String,)>().map_err(cql)?.next().is_some())
 }
 
-/// Adds the ceiling column to a lease table an earlier version made. Two
-/// nodes may race to add it: the loser's error is fine once the column is
-/// there.
-async fn add_ceiling(session: &Session, keyspace: &str) -> Result<()> {
-    if has_ceiling(session, keyspace).await? {
+/// Adds a column to a lease table an earlier version made. Two nodes may
+/// race to add it: the loser's error is fine once the column is there.
+async fn add_column(session: &Session, keyspace: &str, column: &str, kind: &str) -> Result<()> {
+    if has_column(session, keyspace, column).await? {
         return Ok(());
     }
     let added = session
-        .query_unpaged(ADD_CEILING.replace("{ks}", keyspace), ())
+        .query_unpaged(
+            format!("ALTER TABLE {keyspace}.writer_lease ADD {column} {kind}"),
+            (),
+        )
         .await;
     session.await_schema_agreement().await.map_err(cql)?;
     match added {
         Ok(_) => Ok(()),
-        Err(_) if has_ceiling(session, keyspace).await? => Ok(()),
+        Err(_) if has_column(session, keyspace, column).await? => Ok(()),
         Err(error) => Err(cql(error)),
     }
 }
@@ -155,7 +175,7 @@ impl WriterLeaseTable {
         let mut read = prepare(
             &session,
             keyspace,
-            "SELECT holder, epoch, renewals, ceiling FROM {ks}.writer_lease WHERE name = ?",
+            "SELECT holder, epoch, renewals, ceiling, protocol, protocol_epoch FROM {ks}.writer_lease WHERE name = ?",
         )
         .await?;
         // A serial read also completes a claim still in flight, so what it
@@ -166,13 +186,13 @@ impl WriterLeaseTable {
             insert_first: prepare(
                 &session,
                 keyspace,
-                "INSERT INTO {ks}.writer_lease (name, holder, epoch, renewals, ceiling) VALUES (?, ?, 1, 0, ?) IF NOT EXISTS",
+                "INSERT INTO {ks}.writer_lease (name, holder, epoch, renewals, ceiling, protocol, protocol_epoch) VALUES (?, ?, 1, 0, ?, ?, 1) IF NOT EXISTS",
             )
             .await?,
             take_over: prepare(
                 &session,
                 keyspace,
-                "UPDATE {ks}.writer_lease SET holder = ?, epoch = ?, renewals = 0, ceiling = ? WHERE name = ? IF epoch = ? AND renewals = ?",
+                "UPDATE {ks}.writer_lease SET holder = ?, epoch = ?, renewals = 0, ceiling = ?, protocol = ?, protocol_epoch = ? WHERE name = ? IF epoch = ? AND renewals = ?",
             )
             .await?,
             renew: prepare(
@@ -194,17 +214,23 @@ impl WriterLeaseTable {
             .map_err(cql)?;
         let rows = result.into_rows_result().map_err(cql)?;
         let mut rows = rows
-            .rows::<(String, i64, i64, Option<i64>)>()
+            .rows::<(String, i64, i64, Option<i64>, Option<i32>, Option<i64>)>()
             .map_err(cql)?;
         match rows.next() {
             None => Ok(None),
             Some(row) => {
-                let (holder, epoch, renewals, ceiling) = row.map_err(super::corrupt)?;
+                let (holder, epoch, renewals, ceiling, protocol, protocol_epoch) =
+                    row.map_err(super::corrupt)?;
                 Ok(Some(LeaseRecord {
                     holder,
                     epoch: epoch as u64,
                     renewals: renewals as u64,
                     ceiling,
+                    // A claim by a version that does not record its
+                    // protocol leaves an earlier claim's in the row.
+                    protocol: protocol
+                        .filter(|_| protocol_epoch == Some(epoch))
+                        .map(|p| p as u32),
                 }))
             }
         }
@@ -227,7 +253,10 @@ impl WriterLeaseTable {
         let result = match seen {
             None => self
                 .session
-                .execute_unpaged(&self.insert_first, (LEASE_NAME, holder, ceiling))
+                .execute_unpaged(
+                    &self.insert_first,
+                    (LEASE_NAME, holder, ceiling, CLUSTER_PROTOCOL as i32),
+                )
                 .await
                 .map_err(cql)?,
             Some(seen) => self
@@ -238,6 +267,8 @@ impl WriterLeaseTable {
                         holder,
                         big(seen.epoch + 1),
                         ceiling,
+                        CLUSTER_PROTOCOL as i32,
+                        big(seen.epoch + 1),
                         LEASE_NAME,
                         big(seen.epoch),
                         big(seen.renewals),

@@ -111,6 +111,51 @@ async fn the_writer_lease_is_won_by_one_claim_and_renewed_only_by_its_holder() {
     drop_keyspace(&session, &keyspace).await;
 }
 
+/// Every claim records this version's protocol with its epoch; an epoch
+/// claimed by a version that does not record one reads as `None`, even
+/// though the row keeps the protocol an earlier claim wrote.
+#[tokio::test]
+async fn a_claim_records_its_protocol_for_its_epoch_only() {
+    let keyspace = unique_keyspace("protocol");
+    let (config, session) = connect(&keyspace).await;
+    let lease = WriterLeaseTable::open(Arc::clone(&session), &config.keyspace)
+        .await
+        .unwrap();
+    let clock = WriterClock::new();
+    lease.claim("a:1", None, &clock, SPAN).await.unwrap();
+    let first = lease.read().await.unwrap().unwrap();
+    assert_eq!(first.protocol, Some(CLUSTER_PROTOCOL));
+    assert!(lease.renew("a:1", 1, 0, &clock, SPAN).await.unwrap());
+    assert_eq!(
+        lease.read().await.unwrap().unwrap().protocol,
+        Some(CLUSTER_PROTOCOL),
+        "a renewal keeps the epoch's protocol"
+    );
+    // What an earlier version's takeover writes: holder, epoch, counter.
+    session
+        .query_unpaged(
+            format!(
+                "UPDATE {keyspace}.writer_lease SET holder = 'old:1', epoch = 2, renewals = 0 WHERE name = 'writer' IF epoch = 1"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+    let old = lease.read().await.unwrap().unwrap();
+    assert_eq!((old.holder.as_str(), old.epoch), ("old:1", 2));
+    assert_eq!(old.protocol, None, "epoch 2 was claimed without a protocol");
+    let other = WriterClock::new();
+    assert_eq!(
+        lease.claim("b:1", Some(&old), &other, SPAN).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        lease.read().await.unwrap().unwrap().protocol,
+        Some(CLUSTER_PROTOCOL)
+    );
+    drop_keyspace(&session, &keyspace).await;
+}
+
 #[tokio::test]
 async fn a_superseded_writer_stores_nothing_and_its_stored_intents_are_finished_by_the_next() {
     let keyspace = unique_keyspace("fence");
