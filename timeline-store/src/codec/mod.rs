@@ -5,11 +5,13 @@
 //! compatible encoding (new fields get new tags; old readers skip them).
 //! Tags and codes are persisted: never renumber. A code this build does not
 //! know decodes to [`StoreError::Corrupt`], never to a guess.
+//!
+//! Layout: entries, conversations, receipts and inbox copies here;
+//! `memberships` (large-group memberships), `read_state` (read-state rows).
 
 use crate::{
-    Conversation, ConversationKind, Entry, EntryKind, EventPosition, InboxWrite,
-    LargeGroupIndexChange, LargeGroupMembership, MessagePreview, MessageState, PreviousVersion,
-    ReadStateRow, Receipt, Removal, RemovalKind, Result, StoreError, Target,
+    Conversation, ConversationKind, Entry, EntryKind, InboxWrite, LargeGroupIndexChange,
+    MessageState, PreviousVersion, Receipt, Removal, RemovalKind, Result, StoreError, Target,
 };
 use prost::Message;
 
@@ -573,53 +575,6 @@ pub(crate) fn decode_conversation(bytes: &[u8]) -> Result<Conversation> {
         .try_into()
 }
 
-/// A large-group membership as the embedded index stores it. An empty
-/// value (indexes written before positions were kept) decodes as a
-/// membership joined at position zero.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub(crate) struct LargeGroupMembershipRecord {
-    #[prost(uint64, tag = "1")]
-    pub joined_inbox_seq: u64,
-    #[prost(uint64, tag = "2")]
-    pub joined_conv_seq: u64,
-    #[prost(bool, tag = "3")]
-    pub left: bool,
-    #[prost(uint64, tag = "4")]
-    pub left_inbox_seq: u64,
-    #[prost(uint64, tag = "5")]
-    pub left_conv_seq: u64,
-}
-
-pub(crate) fn encode_membership(membership: &LargeGroupMembership) -> Vec<u8> {
-    let left = membership.left.unwrap_or_default();
-    LargeGroupMembershipRecord {
-        joined_inbox_seq: membership.joined.inbox_seq,
-        joined_conv_seq: membership.joined.conv_seq,
-        left: membership.left.is_some(),
-        left_inbox_seq: left.inbox_seq,
-        left_conv_seq: left.conv_seq,
-    }
-    .encode_to_vec()
-}
-
-pub(crate) fn decode_membership(
-    conversation_id: u64,
-    bytes: &[u8],
-) -> Result<LargeGroupMembership> {
-    let record = LargeGroupMembershipRecord::decode(bytes).map_err(corrupt)?;
-    Ok(LargeGroupMembership {
-        conversation_id,
-        joined: EventPosition {
-            inbox_seq: record.joined_inbox_seq,
-            conv_seq: record.joined_conv_seq,
-        },
-        left: record.left.then_some(EventPosition {
-            inbox_seq: record.left_inbox_seq,
-            conv_seq: record.left_conv_seq,
-        }),
-    })
-}
-
 pub(crate) fn encode_receipt(receipt: &Receipt) -> Vec<u8> {
     ReceiptRecord::from(receipt).encode_to_vec()
 }
@@ -651,242 +606,10 @@ pub(crate) fn decode_stored_receipt(bytes: &[u8], now_ms: u64) -> Result<(Receip
     Ok((record.into(), expired))
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ReadStateRecord {
-    #[prost(uint64, tag = "1")]
-    pub conversation_id: u64,
-    #[prost(bool, tag = "2")]
-    pub member: bool,
-    #[prost(uint64, tag = "3")]
-    pub read_through: u64,
-    #[prost(uint64, tag = "4")]
-    pub unread: u64,
-    #[prost(uint64, tag = "5")]
-    pub counted_through: u64,
-    #[prost(uint64, tag = "6")]
-    pub joined_conv_seq: u64,
-    #[prost(uint64, tag = "7")]
-    pub last_seq: u64,
-    #[prost(int64, tag = "8")]
-    pub last_activity_ms: i64,
-    #[prost(message, optional, tag = "9")]
-    pub last_message: Option<MessagePreviewRecord>,
-    #[prost(uint64, tag = "10")]
-    pub mentions: u64,
-    #[prost(uint64, tag = "11")]
-    pub peer_read_through: u64,
-    #[prost(uint64, tag = "12")]
-    pub cleared_through: u64,
-    #[prost(uint64, repeated, tag = "13")]
-    pub hidden: Vec<u64>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct MessagePreviewRecord {
-    #[prost(uint64, tag = "1")]
-    pub conv_seq: u64,
-    #[prost(uint64, tag = "2")]
-    pub msg_id: u64,
-    #[prost(uint64, tag = "3")]
-    pub sender_id: u64,
-    #[prost(string, tag = "4")]
-    pub text: String,
-    #[prost(int64, tag = "5")]
-    pub sent_at_ms: i64,
-    #[prost(bool, tag = "6")]
-    pub removed: bool,
-    #[prost(bool, tag = "7")]
-    pub edited: bool,
-}
-
-pub(crate) fn encode_read_state(row: &ReadStateRow) -> Vec<u8> {
-    ReadStateRecord {
-        conversation_id: row.conversation_id,
-        member: row.member,
-        read_through: row.read_through,
-        unread: row.unread,
-        counted_through: row.counted_through,
-        joined_conv_seq: row.joined_conv_seq,
-        last_seq: row.last_seq,
-        last_activity_ms: row.last_activity_ms,
-        last_message: row.last_message.as_ref().map(|m| MessagePreviewRecord {
-            conv_seq: m.conv_seq,
-            msg_id: m.msg_id,
-            sender_id: m.sender_id,
-            text: m.text.clone(),
-            sent_at_ms: m.sent_at_ms,
-            removed: m.removed,
-            edited: m.edited,
-        }),
-        mentions: row.mentions,
-        peer_read_through: row.peer_read_through,
-        cleared_through: row.cleared_through,
-        hidden: row.hidden.clone(),
-    }
-    .encode_to_vec()
-}
-
-pub(crate) fn decode_read_state(bytes: &[u8]) -> Result<ReadStateRow> {
-    let record = ReadStateRecord::decode(bytes).map_err(corrupt)?;
-    Ok(ReadStateRow {
-        conversation_id: record.conversation_id,
-        member: record.member,
-        read_through: record.read_through,
-        unread: record.unread,
-        counted_through: record.counted_through,
-        joined_conv_seq: record.joined_conv_seq,
-        last_seq: record.last_seq,
-        last_activity_ms: record.last_activity_ms,
-        last_message: record.last_message.map(|m| MessagePreview {
-            conv_seq: m.conv_seq,
-            msg_id: m.msg_id,
-            sender_id: m.sender_id,
-            text: m.text,
-            sent_at_ms: m.sent_at_ms,
-            removed: m.removed,
-            edited: m.edited,
-        }),
-        mentions: record.mentions,
-        peer_read_through: record.peer_read_through,
-        cleared_through: record.cleared_through,
-        hidden: record.hidden,
-    })
-}
-
+mod memberships;
+mod read_state;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn entry(kind: EntryKind) -> Entry {
-        Entry {
-            seq: 7,
-            conv_seq: 3,
-            msg_id: 99,
-            sender_id: 5,
-            client_msg_id: "c".into(),
-            text: "hi".into(),
-            sent_at_ms: -1,
-            members: vec![1, 2],
-            ..Entry::new(kind, 11)
-        }
-    }
-
-    /// Bytes written by the earlier encoding (a prost enum field), kept
-    /// here so a change to the records cannot pass unnoticed.
-    #[test]
-    fn records_keep_their_tags_and_codes() {
-        let bytes = EntryEncoder::new(&entry(EntryKind::MembersAdded)).inbox(7);
-        assert_eq!(
-            bytes,
-            [
-                0x08, 7, 0x10, 3, 0x18, 11, 0x20, 3, 0x28, 99, 0x30, 5, 0x3a, 1, b'c', 0x42, 2,
-                b'h', b'i', 0x48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x52,
-                2, 1, 2
-            ]
-        );
-        let codes = [
-            (EntryKind::Message, 1),
-            (EntryKind::ConversationCreated, 2),
-            (EntryKind::MembersAdded, 3),
-            (EntryKind::MembersRemoved, 4),
-            (EntryKind::ReadMarker, 5),
-        ];
-        for (kind, code) in codes {
-            assert_eq!(entry_kind_code(kind), code);
-            let decoded = decode_entry(&EntryEncoder::new(&entry(kind)).inbox(7)).unwrap();
-            assert_eq!(decoded, entry(kind));
-        }
-        for (kind, code) in [(ConversationKind::Direct, 1), (ConversationKind::Group, 2)] {
-            assert_eq!(conversation_kind_code(kind), code);
-        }
-    }
-
-    #[test]
-    fn unknown_codes_are_corrupt_not_a_panic() {
-        for code in [0, 11, -1] {
-            let record = EntryRecord {
-                kind: code,
-                ..Default::default()
-            };
-            let decoded = decode_entry(&record.encode_to_vec());
-            assert!(matches!(decoded, Err(StoreError::Corrupt(_))), "{code}");
-            let record = ConversationRecord {
-                kind: code,
-                ..Default::default()
-            };
-            let decoded = decode_conversation(&record.encode_to_vec());
-            assert!(matches!(decoded, Err(StoreError::Corrupt(_))), "{code}");
-        }
-        assert!(matches!(
-            decode_entry(&[0xff, 0xff]),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
-
-    /// The priority mark is what the push lane orders by: it survives the
-    /// conversation entry and the inbox copies alike.
-    #[test]
-    fn priority_round_trips_in_both_forms() {
-        let entry = Entry {
-            conv_seq: 3,
-            text: "announcement".into(),
-            priority: true,
-            read_fanout: true,
-            ..Entry::new(EntryKind::Message, 7)
-        };
-        let mut encoder = EntryEncoder::new(&entry);
-        assert!(decode_entry(&encoder.conversation()).unwrap().priority);
-        let (copy, _) = decode_inbox_entry(&encoder.inbox(5)).unwrap();
-        assert!(copy.priority);
-        assert_eq!(copy.seq, 5);
-        let plain = Entry::new(EntryKind::Message, 7);
-        assert!(
-            !decode_entry(&EntryEncoder::new(&plain).conversation())
-                .unwrap()
-                .priority
-        );
-    }
-
-    #[test]
-    fn conversations_and_receipts_round_trip() {
-        let conversation = Conversation {
-            conversation_id: 4,
-            kind: ConversationKind::Direct,
-            members: vec![1, 2],
-            member_count: 2,
-            title: "t".into(),
-            created_at_ms: 8,
-            read_fanout: true,
-        };
-        let bytes = encode_conversation(&conversation);
-        assert_eq!(decode_conversation(&bytes).unwrap(), conversation);
-        let receipt = Receipt {
-            conversation_id: 1,
-            conv_seq: 2,
-            msg_id: 3,
-            sent_at_ms: 4,
-            fingerprint: 5,
-        };
-        assert_eq!(decode_receipt(&encode_receipt(&receipt)).unwrap(), receipt);
-        let left = LargeGroupMembership {
-            conversation_id: 9,
-            joined: EventPosition {
-                inbox_seq: 1,
-                conv_seq: 2,
-            },
-            left: Some(EventPosition {
-                inbox_seq: 3,
-                conv_seq: 4,
-            }),
-        };
-        assert_eq!(
-            decode_membership(9, &encode_membership(&left)).unwrap(),
-            left
-        );
-        let legacy = decode_membership(9, &[]).unwrap();
-        assert_eq!(
-            (legacy.joined, legacy.left),
-            (EventPosition::default(), None)
-        );
-    }
-}
+pub(crate) use memberships::{decode_membership, encode_membership};
+pub(crate) use read_state::{decode_read_state, encode_read_state};
