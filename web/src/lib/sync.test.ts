@@ -38,8 +38,12 @@ function message(seq: bigint, conversationId: bigint, convSeq: bigint, text = `m
   });
 }
 
+type Page = MessageInitShape<typeof pb.SyncReplySchema>;
+
 interface Scripted {
   sync: (request: { afterSeq?: bigint }) => MessageInitShape<typeof pb.SyncReplySchema>;
+  /** The pages one CatchUp call streams, or the error it fails with; unset: UNIMPLEMENTED (an older server). */
+  catchUp?: (request: { afterSeq?: bigint }) => Page[] | ConnectError;
   history?: (request: { conversationId: bigint; after?: bigint; limit: number }) => MessageInitShape<typeof pb.HistoryReplySchema>;
 }
 
@@ -50,6 +54,15 @@ function setup(script: Scripted) {
     sync: async (request: { afterSeq?: bigint }) => {
       log.push(`sync after ${request.afterSeq}`);
       return create(pb.SyncReplySchema, { userId: 1n, ...script.sync(request) });
+    },
+    catchUp: (request: { afterSeq?: bigint }) => {
+      const scripted = script.catchUp
+        ? (log.push(`catch up after ${request.afterSeq}`), script.catchUp(request))
+        : new ConnectError("no CatchUp here", Code.Unimplemented);
+      return (async function* () {
+        if (scripted instanceof ConnectError) throw scripted;
+        for (const page of scripted) yield create(pb.SyncReplySchema, { userId: 1n, ...page });
+      })();
     },
     ack: async (request: { seq: bigint }) => {
       log.push(`ack ${request.seq}`);
@@ -89,6 +102,92 @@ test("each page is saved, then its checkpoint, then acknowledged; has_more pages
     cache.entries(7n).map((e) => e.text),
     ["m1", "m3", "m4"],
   );
+});
+
+test("a CatchUp stream's pages are each saved, then their checkpoint, then acknowledged", async () => {
+  const streams: Record<string, Page[]> = {
+    "0": [
+      { entries: [message(1n, 7n, 1n), message(3n, 7n, 2n)], checkpoint: 3n, hasMore: true },
+      { entries: [message(4n, 7n, 3n)], checkpoint: 4n, hasMore: false },
+    ],
+  };
+  const { log, checkpoint, cache, engine } = setup({
+    sync: () => assert.fail("no Sync when the server streams"),
+    catchUp: (r) => streams[String(r.afterSeq)],
+  });
+  await engine.syncAll();
+  assert.deepEqual(log, [
+    "catch up after 0",
+    "save inbox",
+    "save cp",
+    "ack 3",
+    "save inbox",
+    "save cp",
+    "ack 4",
+  ]);
+  assert.equal(checkpoint.seq, 4n);
+  assert.deepEqual(
+    cache.entries(7n).map((e) => e.text),
+    ["m1", "m3", "m4"],
+  );
+});
+
+test("a CatchUp stream that ends before a complete page is called again from the checkpoint", async () => {
+  const streams: Record<string, Page[]> = {
+    "0": [{ entries: [message(1n, 7n, 1n)], checkpoint: 1n, hasMore: true }],
+    "1": [{ entries: [message(2n, 7n, 2n)], checkpoint: 2n, hasMore: false }],
+  };
+  const { log, checkpoint, engine } = setup({
+    sync: () => assert.fail("no Sync when the server streams"),
+    catchUp: (r) => streams[String(r.afterSeq)],
+  });
+  await engine.syncAll();
+  assert.deepEqual(
+    log.filter((l) => l.startsWith("catch up")),
+    ["catch up after 0", "catch up after 1"],
+  );
+  assert.equal(checkpoint.seq, 2n);
+});
+
+test("a server without CatchUp is paged with Sync from then on; a busy one for that pass only", async () => {
+  const pages: Record<string, Page> = {
+    "0": { entries: [message(1n, 7n, 1n)], checkpoint: 1n, hasMore: false },
+    "1": { entries: [message(2n, 7n, 2n)], checkpoint: 2n, hasMore: false },
+    "2": { entries: [], checkpoint: 2n, hasMore: false },
+  };
+  let refusal = new ConnectError("too many catch-ups open", Code.ResourceExhausted);
+  const { log, checkpoint, engine } = setup({
+    sync: (r) => pages[String(r.afterSeq)],
+    catchUp: () => refusal,
+  });
+  await engine.syncAll();
+  refusal = new ConnectError("no such method", Code.Unimplemented);
+  await engine.syncAll();
+  await engine.syncAll();
+  assert.deepEqual(log.filter((l) => l.startsWith("catch up") || l.startsWith("sync")), [
+    "catch up after 0",
+    "sync after 0",
+    "catch up after 1",
+    "sync after 1",
+    "sync after 2",
+  ]);
+  assert.equal(checkpoint.seq, 2n);
+});
+
+test("a CatchUp that says the checkpoint expired restarts below the retention floor", async () => {
+  const { log, checkpoint, engine } = setup({
+    sync: () => assert.fail("no Sync when the server streams"),
+    catchUp: (r) =>
+      r.afterSeq === 0n
+        ? [{ checkpointExpired: true, oldestSeq: 40n }]
+        : [{ entries: [message(40n, 7n, 9n)], checkpoint: 40n, hasMore: false }],
+  });
+  await engine.syncAll();
+  assert.deepEqual(
+    log.filter((l) => l.startsWith("catch up")),
+    ["catch up after 0", "catch up after 39"],
+  );
+  assert.equal(checkpoint.seq, 40n);
 });
 
 test("a checkpoint that expired restarts below the retention floor with the cache dropped", async () => {
@@ -170,6 +269,11 @@ test("a notice is complete only when its entries reach up_to_seq", () => {
   assert.equal(noticeIsComplete(notice(6n, [])), false);
 });
 
+/** CatchUp on a server that predates it. */
+function unimplemented(): never {
+  throw new ConnectError("no CatchUp here", Code.Unimplemented);
+}
+
 test("the loop retries what is transient and stops at a refused token", async () => {
   const statuses: string[] = [];
   let syncs = 0;
@@ -178,6 +282,7 @@ test("the loop retries what is transient and stops at a refused token", async ()
       if (++syncs === 1) throw new ConnectError("connection refused", Code.Unavailable);
       return create(pb.SyncReplySchema, { userId: 1n });
     },
+    catchUp: unimplemented,
     ack: async () => create(pb.AckReplySchema, {}),
     subscribe: () => ({
       [Symbol.asyncIterator]: () => ({
@@ -205,6 +310,7 @@ async function syncsAfterNotice(entries: pb.Entry[]): Promise<number> {
       syncs += 1;
       return create(pb.SyncReplySchema, { userId: 1n, checkpoint: syncs > 1 ? upToSeq : 0n });
     },
+    catchUp: unimplemented,
     ack: async () => create(pb.AckReplySchema, {}),
     subscribe: () => ({
       [Symbol.asyncIterator]: () => ({

@@ -1,4 +1,5 @@
-// The sync loop: catch up with Sync from the stored checkpoint, then follow
+// The sync loop: catch up from the stored checkpoint (one CatchUp stream of
+// Sync's pages; Sync page by page from a server that cannot stream), then follow
 // the Subscribe stream, pulling whenever a notice does not carry every entry,
 // and reading large groups (read fanout: pushed as group notices) from their
 // conversation timelines. Mirrors `Client::sync_all` and `Client::watch` in
@@ -13,7 +14,7 @@
 // to the cached conversations: a marker is no message, and a copy's message
 // is shown once, from the group's timeline (read at once when one arrives).
 
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { EntryKind, type Entry, type Notice, type SyncReply } from "../gen/timeline/v1/timeline_pb.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { codeOf, describe, retryable } from "./errors.js";
@@ -98,6 +99,8 @@ export class SyncEngine {
   /** Sync passes and notice handling run one at a time. */
   #serial: Promise<unknown> = Promise.resolve();
   #userId = 0n;
+  /** False once the server answered CatchUp with UNIMPLEMENTED (an older node). */
+  #streams = true;
 
   constructor(
     private readonly client: TimelineClient,
@@ -220,10 +223,7 @@ export class SyncEngine {
   private async pull(signal?: AbortSignal): Promise<number> {
     let page: SyncReply;
     for (;;) {
-      page = await this.client.sync(
-        { afterSeq: this.checkpoint.seq, limit: 0 },
-        { timeoutMs: CALL_TIMEOUT_MS, signal },
-      );
+      page = await this.readInbox(signal);
       if (page.checkpointExpired) {
         // Entries after the checkpoint were trimmed: what the device shows
         // may have holes, so it is dropped (History refills it) and the
@@ -234,9 +234,7 @@ export class SyncEngine {
         this.hooks.expired?.(page.oldestSeq);
         continue;
       }
-      this.#userId = page.userId;
-      await this.deliverInbox(page.entries, page.checkpoint, signal);
-      if (!page.hasMore) break;
+      break;
     }
     // Groups the user left are read up to the last message sent while a
     // member, like the others.
@@ -262,6 +260,79 @@ export class SyncEngine {
     }
     if (readAny) this.hooks.largeGroupsRead?.();
     return page.largeGroups.length;
+  }
+
+  /**
+   * Delivers the inbox from the checkpoint on, up to a complete page (or
+   * one saying the checkpoint expired), which it returns: streamed by
+   * CatchUp, or page by page with Sync when the server cannot stream (an
+   * older node: UNIMPLEMENTED; one with too many catch-ups open:
+   * RESOURCE_EXHAUSTED). Every page is applied, saved and acknowledged
+   * before the next is taken, so a stream that breaks off resumes from the
+   * saved checkpoint.
+   */
+  private async readInbox(signal?: AbortSignal): Promise<SyncReply> {
+    while (this.#streams) {
+      const page = await this.catchUp(signal);
+      if (page === "fall back") break;
+      if (page !== "ended early") return page;
+    }
+    for (;;) {
+      const page = await this.client.sync(
+        { afterSeq: this.checkpoint.seq, limit: 0 },
+        { timeoutMs: CALL_TIMEOUT_MS, signal },
+      );
+      if (page.checkpointExpired) return page;
+      await this.deliverPage(page, signal);
+      if (!page.hasMore) return page;
+    }
+  }
+
+  /**
+   * One CatchUp call. Each page must come within CALL_TIMEOUT_MS of the
+   * previous one (the call as a whole has no deadline: a long absence is
+   * many pages).
+   */
+  private async catchUp(signal?: AbortSignal): Promise<SyncReply | "ended early" | "fall back"> {
+    const call = new AbortController();
+    const cancel = () => call.abort();
+    signal?.addEventListener("abort", cancel);
+    let stalled = false;
+    let timer = setTimeout(() => {
+      stalled = true;
+      call.abort();
+    }, CALL_TIMEOUT_MS);
+    try {
+      const pages = this.client.catchUp({ afterSeq: this.checkpoint.seq, limit: 0 }, { signal: call.signal });
+      for await (const page of pages) {
+        clearTimeout(timer);
+        if (page.checkpointExpired) return page;
+        await this.deliverPage(page, signal);
+        if (!page.hasMore) return page;
+        timer = setTimeout(() => {
+          stalled = true;
+          call.abort();
+        }, CALL_TIMEOUT_MS);
+      }
+      // The server ends a stream after its reply cap: call again.
+      return "ended early";
+    } catch (error) {
+      if (stalled && !signal?.aborted) {
+        throw new ConnectError("no catch-up page within the call timeout", Code.DeadlineExceeded);
+      }
+      const code = codeOf(error);
+      if (code === Code.Unimplemented) this.#streams = false;
+      if (code === Code.Unimplemented || code === Code.ResourceExhausted) return "fall back";
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", cancel);
+    }
+  }
+
+  private async deliverPage(page: SyncReply, signal?: AbortSignal): Promise<void> {
+    this.#userId = page.userId;
+    await this.deliverInbox(page.entries, page.checkpoint, signal);
   }
 
   /**
