@@ -36,7 +36,15 @@ impl Client {
             limit,
             include_read_state: false,
         };
-        reply(self.timeline().catch_up(request)).await
+        // The call answers once the first page is read; the stream then
+        // has no deadline (a long absence is many pages), its pages are
+        // timed by the caller.
+        match tokio::time::timeout(CALL_TIMEOUT, self.timeline().catch_up(request)).await {
+            Ok(replies) => Ok(replies?.into_inner()),
+            Err(_) => {
+                Err(tonic::Status::deadline_exceeded("CatchUp did not answer in time").into())
+            }
+        }
     }
 
     /// [`Client::catch_up`], or `None` when the node cannot stream (an
@@ -62,8 +70,11 @@ impl Client {
     }
 
     /// Pulls every entry after the checkpoint (streamed by CatchUp, or page
-    /// by page with Sync): for each page, hands the entries to `deliver`,
-    /// saves the checkpoint, then acks it.
+    /// by page with Sync): for each page, hands the entries to `deliver`
+    /// and saves the checkpoint; acks it after each Sync page, and once at
+    /// the end of a stream (an ack is never lowered, so acking less often
+    /// only delays the server's copy: the saved checkpoint is what the
+    /// device reads from).
     /// Then reads what is new in the user's large groups (read fanout) from
     /// their conversation timelines, in conv_seq order, saving a checkpoint
     /// per conversation. A `deliver` error stops before any checkpoint
@@ -74,43 +85,59 @@ impl Client {
         mut deliver: impl FnMut(&pb::Entry) -> std::io::Result<()>,
     ) -> Result<SyncOutcome> {
         let mut outcome = SyncOutcome::default();
-        let (large_groups, left_large_groups) = 'pull: loop {
-            let mut replies = self.catch_up_if_streamed(checkpoint.seq()).await?;
-            loop {
-                let page = match &mut replies {
-                    Some(replies) => {
-                        match tokio::time::timeout(CALL_TIMEOUT, replies.message()).await {
-                            Ok(Ok(Some(page))) => page,
-                            // The stream ended before a complete page (its
-                            // reply cap): call again from the checkpoint.
-                            Ok(Ok(None)) => continue 'pull,
-                            Ok(Err(status)) => return Err(status.into()),
-                            Err(_) => {
-                                return Err(tonic::Status::deadline_exceeded(
-                                    "no catch-up page within the call timeout",
-                                )
-                                .into());
-                            }
-                        }
+        let mut replies = self.catch_up_if_streamed(checkpoint.seq()).await?;
+        let mut acked = checkpoint.seq();
+        let (large_groups, left_large_groups) = loop {
+            let page = match &mut replies {
+                Some(stream) => match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
+                    Ok(Ok(Some(page))) => page,
+                    // The stream ended before a complete page (its reply
+                    // cap, a stall): call again from the checkpoint; page
+                    // with Sync when it brought nothing.
+                    Ok(Ok(None)) => {
+                        let moved = checkpoint.seq() > acked;
+                        self.ack_if_moved(checkpoint, &mut acked).await?;
+                        replies = if moved {
+                            self.catch_up_if_streamed(checkpoint.seq()).await?
+                        } else {
+                            None
+                        };
+                        continue;
                     }
-                    None => self.sync_page(Some(checkpoint.seq()), 0).await?,
-                };
-                if page.checkpoint_expired {
-                    return Err(ClientError::CheckpointExpired {
-                        checkpoint: checkpoint.seq(),
-                        oldest_seq: page.oldest_seq,
-                    });
-                }
-                outcome.user_id = page.user_id;
-                outcome.delivered +=
-                    deliver_inbox(checkpoint, page.user_id, &page.entries, &mut deliver)?;
-                if page.checkpoint > checkpoint.seq() {
-                    checkpoint.save(page.checkpoint)?;
-                    self.ack(page.checkpoint).await?;
-                }
-                if !page.has_more {
-                    break 'pull (page.large_groups, page.left_large_groups);
-                }
+                    // The node took too long over a page of this device,
+                    // or has no room: page with Sync.
+                    Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                        self.ack_if_moved(checkpoint, &mut acked).await?;
+                        replies = None;
+                        continue;
+                    }
+                    Ok(Err(status)) => return Err(status.into()),
+                    Err(_) => {
+                        return Err(tonic::Status::deadline_exceeded(
+                            "no catch-up page within the call timeout",
+                        )
+                        .into());
+                    }
+                },
+                None => self.sync_page(Some(checkpoint.seq()), 0).await?,
+            };
+            if page.checkpoint_expired {
+                return Err(ClientError::CheckpointExpired {
+                    checkpoint: checkpoint.seq(),
+                    oldest_seq: page.oldest_seq,
+                });
+            }
+            outcome.user_id = page.user_id;
+            outcome.delivered +=
+                deliver_inbox(checkpoint, page.user_id, &page.entries, &mut deliver)?;
+            if page.checkpoint > checkpoint.seq() {
+                checkpoint.save(page.checkpoint)?;
+            }
+            if replies.is_none() || !page.has_more {
+                self.ack_if_moved(checkpoint, &mut acked).await?;
+            }
+            if !page.has_more {
+                break (page.large_groups, page.left_large_groups);
             }
         };
         outcome.large_groups = large_groups.len();
@@ -144,6 +171,15 @@ impl Client {
             }
         }
         Ok(outcome)
+    }
+
+    /// Acks the saved checkpoint when it moved past what was acked.
+    async fn ack_if_moved(&self, checkpoint: &CheckpointFile, acked: &mut u64) -> Result<()> {
+        if checkpoint.seq() > *acked {
+            self.ack(checkpoint.seq()).await?;
+            *acked = checkpoint.seq();
+        }
+        Ok(())
     }
 
     pub async fn ack(&self, seq: u64) -> Result<u64> {

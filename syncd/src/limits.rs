@@ -43,10 +43,13 @@ pub const MAX_RECEIPTS_LIMIT: usize = 1_000;
 /// Sync page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 pub const MAX_SYNC_LIMIT: usize = 1_000;
-/// CatchUp streams open at once per node; each holds at most
-/// `CATCH_UP_READ_AHEAD` pages (of at most `paging::MAX_PAGE_BYTES`) beyond
-/// the one being sent, so their read-ahead stays under 1 GiB.
-pub const MAX_CATCH_UPS: usize = 256;
+/// CatchUp streams open at once per node (in a cluster, at the writer, so
+/// for the whole cluster). Each holds at most three pages of at most
+/// `paging::MAX_PAGE_BYTES`: the one being sent, `CATCH_UP_READ_AHEAD`
+/// queued, and one read and waiting for room; so at most about 1.1 GiB
+/// for all of them with the largest pages (pages of small messages are a
+/// few hundred KiB).
+pub const MAX_CATCH_UPS: usize = 128;
 pub const CATCH_UP_READ_AHEAD: usize = 1;
 /// Replies of one CatchUp call (a million entries at the largest pages);
 /// the last then says has_more and the device calls again.

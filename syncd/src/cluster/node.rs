@@ -5,11 +5,11 @@
 
 use super::lease::{LeaseTimings, Role, WriterLease};
 use super::member;
-use super::route::{FORWARD_CONNECTIONS, Routed, Target, WriterChannels};
+use super::route::{self, FORWARD_CONNECTIONS, Routed, Target, WriterChannels};
 use crate::auth::Authenticator;
 use crate::auth::revocation::RevocationGuard;
 use crate::engine::Engine;
-use crate::grpc::{AdminService, TimelineService};
+use crate::grpc::{AdminService, Tenure, TimelineService};
 use crate::limits::{
     MAX_CONNECTIONS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
 };
@@ -291,7 +291,11 @@ async fn run_generations(
                     match node.writer(*epoch).await {
                         Ok(engine) => {
                             start_failures = 0;
-                            let services = Services::new(&engine, &node.auth);
+                            let tenure = {
+                                let (roles, epoch) = (roles.clone(), *epoch);
+                                Tenure::while_holding(move || route::writes(&roles.borrow(), epoch))
+                            };
+                            let services = Services::new(&engine, &node.auth, tenure);
                             timeline.set(Target::Local {
                                 service: services.timeline,
                                 epoch: *epoch,
@@ -406,12 +410,11 @@ struct Services {
 }
 
 impl Services {
-    fn new(engine: &Arc<Engine>, auth: &Arc<Authenticator>) -> Self {
+    fn new(engine: &Arc<Engine>, auth: &Arc<Authenticator>, tenure: Tenure) -> Self {
         Self {
-            timeline: TimelineServer::new(TimelineService::new(
-                Arc::clone(engine),
-                Arc::clone(auth),
-            ))
+            timeline: TimelineServer::new(
+                TimelineService::new(Arc::clone(engine), Arc::clone(auth)).with_tenure(tenure),
+            )
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_REPLY_BYTES),
             admin: AdminServer::new(AdminService::new(Arc::clone(engine), Arc::clone(auth)))
@@ -432,13 +435,26 @@ fn writer_channels(writer: &str) -> Option<WriterChannels> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(WRITER_KEEPALIVE)
         .keep_alive_timeout(WRITER_KEEPALIVE)
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(FORWARD_STREAM_WINDOW)
+        .initial_connection_window_size(FORWARD_STREAM_WINDOW * MAX_STREAMS_PER_CONNECTION);
     // Each lazy channel connects on its first call.
     let channels = (0..FORWARD_CONNECTIONS)
         .map(|_| endpoint.connect_lazy())
         .collect();
     Some(WriterChannels::new(channels))
 }
+
+/// What the writer may send ahead on one passed-on stream before its device
+/// reads. The connection's window is this for every stream it may carry,
+/// so devices that stop reading (each holding up to this much unread at
+/// the follower) can never use up the window of the connection they share
+/// with others. With hyper's defaults (2 MiB a stream, 5 MiB a
+/// connection) three stalled CatchUps of 3 MiB pages could take a whole
+/// connection's window, and every call passed on over it would wait. At
+/// most 64 connections x 32 MiB are held unread, and only with every
+/// stream stalled.
+const FORWARD_STREAM_WINDOW: u32 = 128 * 1024;
 
 /// How often a follower pings the writer over the connection calls are
 /// passed on through, and how long it waits for the answer.

@@ -96,7 +96,8 @@ impl<S> Routed<S> {
     }
 }
 
-fn writes(role: &Role, epoch: u64) -> bool {
+/// Whether `role` is still the writer of `epoch` now.
+pub(super) fn writes(role: &Role, epoch: u64) -> bool {
     matches!(role, Role::Writer { epoch: held, until } if *held == epoch && Instant::now() < *until)
 }
 

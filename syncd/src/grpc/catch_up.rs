@@ -12,24 +12,44 @@
 //! refused with RESOURCE_EXHAUSTED: the device pages with Sync), each
 //! holding at most [`CATCH_UP_READ_AHEAD`] pages beyond the one being sent,
 //! and at most [`MAX_CATCH_UP_REPLIES`] replies per call. A device that
-//! stops reading for the node's subscriber stall limit is dropped, so a
-//! stalled reader does not keep its pages or its slot.
+//! stops reading for the node's subscriber stall limit is dropped
+//! (RESOURCE_EXHAUSTED after its queued replies), so a stalled reader does
+//! not keep its pages or its slot.
+//!
+//! Between pages a stream also ends at once, with the status the device
+//! needs, when shutdown begins (UNAVAILABLE: shutdown never waits on a
+//! device), when its token is revoked (as a call with it would be), and
+//! when this node no longer answers as the writer (`Tenure`, checked after
+//! every page's reads: in a cluster a node that lost its lease reads from
+//! a horizon that no longer knows every write).
 
+use super::Tenure;
 use super::timeline_service::sync_reply;
-use crate::auth::Principal;
+use crate::auth::Verified;
+use crate::auth::revocation::RevocationGuard;
 use crate::engine::Engine;
 use crate::limits::{CATCH_UP_READ_AHEAD, MAX_CATCH_UP_REPLIES, MAX_CATCH_UPS};
+use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-pub(super) type Replies = ReceiverStream<Result<pb::SyncReply, Status>>;
+pub(super) type Replies =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncReply, Status>> + Send>>;
 
 /// The node's open catch-up streams.
 pub(super) struct CatchUps {
     slots: Arc<Semaphore>,
+}
+
+/// What a catch-up checks between its pages besides the device: the token
+/// (revoked mid-stream ends it as a call with the token would) and whether
+/// this node still answers as the writer.
+pub(super) struct Guards {
+    pub(super) revocations: Arc<RevocationGuard>,
+    pub(super) tenure: Tenure,
 }
 
 impl CatchUps {
@@ -45,11 +65,13 @@ impl CatchUps {
 
     /// Reads the first page before answering, so a bad request or an
     /// expired checkpoint is the call's status or first reply, then streams
-    /// the rest from a task of the engine (shutdown waits for it).
+    /// the rest from a task of the engine (shutdown waits for it, and it
+    /// ends at once when shutdown begins).
     pub(super) async fn start(
         &self,
         engine: &Arc<Engine>,
-        principal: Principal,
+        verified: Verified,
+        guards: Guards,
         request: pb::SyncRequest,
     ) -> Result<Replies, Status> {
         let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
@@ -57,11 +79,26 @@ impl CatchUps {
                 "{MAX_CATCH_UPS} catch-ups are open on this node: page with Sync instead"
             ))
         })?;
-        let first = sync_reply(engine, &principal, &request).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(CATCH_UP_READ_AHEAD);
-        let task = stream_pages(Arc::clone(engine), principal, request, first, tx, slot);
+        let first = sync_reply(engine, &verified.principal, &request, &guards.tenure).await?;
+        let (tx, rx) = mpsc::channel(CATCH_UP_READ_AHEAD);
+        // The status a stream ends with, after the replies queued before it.
+        let (ended_tx, ended_rx) = oneshot::channel::<Status>();
+        let task = stream_pages(
+            Pages {
+                engine: Arc::clone(engine),
+                verified,
+                guards,
+                request,
+                tx,
+                ended: ended_tx,
+                _slot: slot,
+            },
+            first,
+        );
         engine.spawn(task);
-        Ok(ReceiverStream::new(rx))
+        let ended = futures_util::stream::once(ended_rx)
+            .filter_map(|status| std::future::ready(status.ok().map(Err)));
+        Ok(Box::pin(ReceiverStream::new(rx).chain(ended)))
     }
 }
 
@@ -71,50 +108,121 @@ fn last_reply(reply: &pb::SyncReply, after: Option<u64>) -> bool {
     !reply.has_more || reply.checkpoint_expired || after.is_some_and(|a| reply.checkpoint <= a)
 }
 
-async fn stream_pages(
+/// One catch-up stream's task and what it holds.
+struct Pages {
     engine: Arc<Engine>,
-    principal: Principal,
-    mut request: pb::SyncRequest,
-    first: pb::SyncReply,
-    tx: tokio::sync::mpsc::Sender<Result<pb::SyncReply, Status>>,
+    verified: Verified,
+    guards: Guards,
+    request: pb::SyncRequest,
+    tx: mpsc::Sender<Result<pb::SyncReply, Status>>,
+    ended: oneshot::Sender<Status>,
     _slot: OwnedSemaphorePermit,
-) {
+}
+
+/// Why a stream stopped before its last reply, as the device hears it.
+enum Cut {
+    HungUp,
+    Stalled,
+    ShuttingDown,
+    Revoked(Status),
+}
+
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await.is_ok();
+}
+
+async fn stream_pages(pages: Pages, first: pb::SyncReply) {
+    let Pages {
+        engine,
+        verified,
+        guards,
+        mut request,
+        tx,
+        ended,
+        _slot,
+    } = pages;
     let stall_limit = engine.config().subscriber_stall_limit;
     let mut stopping = engine.stopping();
+    let revoked = guards.revocations.until_revoked(&verified);
+    tokio::pin!(revoked);
     let mut reply = Ok(first);
-    for sent in 1..=MAX_CATCH_UP_REPLIES {
-        let next_after = match &reply {
-            Ok(page) if !last_reply(page, request.after_seq) && sent < MAX_CATCH_UP_REPLIES => {
-                Some(page.checkpoint)
+    let cut = 'pages: {
+        for sent in 1..=MAX_CATCH_UP_REPLIES {
+            let next_after = match &reply {
+                Ok(page) if !last_reply(page, request.after_seq) && sent < MAX_CATCH_UP_REPLIES => {
+                    Some(page.checkpoint)
+                }
+                _ => None,
+            };
+            // A refusal first; then a reply read is queued rather than
+            // thrown away, even when shutdown began meanwhile.
+            let queued = tokio::select! {
+                biased;
+                refusal = &mut revoked => break 'pages Cut::Revoked(Status::from(refusal)),
+                queued = tx.send(reply) => queued.is_ok(),
+                () = stopped(&mut stopping) => break 'pages Cut::ShuttingDown,
+                () = tokio::time::sleep(stall_limit) => break 'pages Cut::Stalled,
+            };
+            if !queued {
+                break 'pages Cut::HungUp;
             }
-            _ => None,
-        };
-        match tokio::time::timeout(stall_limit, tx.send(reply)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return, // the device hung up
-            Err(_) => {
-                tracing::warn!(?stall_limit, "ending a catch-up that stopped reading");
-                return;
-            }
+            let Some(after) = next_after else { return };
+            request.after_seq = Some(after);
+            reply = tokio::select! {
+                biased;
+                refusal = &mut revoked => break 'pages Cut::Revoked(Status::from(refusal)),
+                () = stopped(&mut stopping) => break 'pages Cut::ShuttingDown,
+                page = sync_reply(&engine, &verified.principal, &request, &guards.tenure) => page,
+            };
         }
-        let Some(after) = next_after else { return };
-        if *stopping.borrow_and_update() {
-            let _ = tx.try_send(Err(Status::unavailable(
-                "node shutting down: continue from the last checkpoint on another node",
-            )));
-            return;
+        return;
+    };
+    let status = match cut {
+        Cut::HungUp => return,
+        Cut::Stalled => {
+            tracing::warn!(?stall_limit, "ending a catch-up that stopped reading");
+            Status::resource_exhausted(format!(
+                "catch-up read nothing for {} s: ended; continue from the last checkpoint",
+                stall_limit.as_secs_f32()
+            ))
         }
-        request.after_seq = Some(after);
-        reply = sync_reply(&engine, &principal, &request).await;
-    }
+        Cut::ShuttingDown => Status::unavailable(
+            "node shutting down: continue from the last checkpoint on another node",
+        ),
+        Cut::Revoked(status) => status,
+    };
+    let _ = ended.send(status);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Principal;
     use crate::testkit::*;
-    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
+    use timeline_store::TimelineStore;
+
+    /// Opens a catch-up as the gRPC service does, with a revocation guard
+    /// over `store` and the given tenure.
+    async fn open(
+        catch_ups: &CatchUps,
+        engine: &Arc<Engine>,
+        store: Arc<dyn TimelineStore>,
+        who: &Principal,
+        request: pb::SyncRequest,
+        tenure: Tenure,
+    ) -> Result<Replies, Status> {
+        let verified = Verified {
+            principal: who.clone(),
+            issued_at_s: Some(1),
+        };
+        let guards = Guards {
+            revocations: RevocationGuard::new(store),
+            tenure,
+        };
+        catch_ups.start(engine, verified, guards, request).await
+    }
 
     fn reply(checkpoint: u64, has_more: bool, expired: bool) -> pb::SyncReply {
         pb::SyncReply {
@@ -147,9 +255,14 @@ mod tests {
         let mut replies = Vec::new();
         let mut after = Some(0);
         loop {
-            let page = sync_reply(engine, principal, &request(after, limit, true))
-                .await
-                .unwrap();
+            let page = sync_reply(
+                engine,
+                principal,
+                &request(after, limit, true),
+                &Tenure::always(),
+            )
+            .await
+            .unwrap();
             after = Some(page.checkpoint);
             let done = !page.has_more;
             replies.push(page);
@@ -157,6 +270,21 @@ mod tests {
                 return replies;
             }
         }
+    }
+
+    /// The replies up to the first error, and that error.
+    async fn until_error(replies: &mut Replies) -> (Vec<pb::SyncReply>, Option<Status>) {
+        let mut got = Vec::new();
+        while let Some(reply) = replies.next().await {
+            match reply {
+                Ok(reply) => got.push(reply),
+                Err(status) => {
+                    assert!(replies.next().await.is_none(), "a reply after {status:?}");
+                    return (got, Some(status));
+                }
+            }
+        }
+        (got, None)
     }
 
     async fn streamed(mut replies: Replies) -> Vec<pb::SyncReply> {
@@ -177,10 +305,16 @@ mod tests {
         assert_eq!(expected.len(), 3, "251 entries in pages of 100");
         let catch_ups = CatchUps::new();
         let got = streamed(
-            catch_ups
-                .start(&fx.engine, reader.clone(), request(Some(0), 100, true))
-                .await
-                .unwrap(),
+            open(
+                &catch_ups,
+                &fx.engine,
+                fx.store.clone(),
+                &reader,
+                request(Some(0), 100, true),
+                Tenure::always(),
+            )
+            .await
+            .unwrap(),
         )
         .await;
         assert_eq!(got, expected);
@@ -196,10 +330,16 @@ mod tests {
             .await
             .unwrap();
         let from_stored = streamed(
-            catch_ups
-                .start(&fx.engine, reader, request(None, 100, true))
-                .await
-                .unwrap(),
+            open(
+                &catch_ups,
+                &fx.engine,
+                fx.store.clone(),
+                &reader,
+                request(None, 100, true),
+                Tenure::always(),
+            )
+            .await
+            .unwrap(),
         )
         .await;
         assert_eq!(from_stored, expected[1..]);
@@ -212,10 +352,16 @@ mod tests {
         send_numbered(&fx.engine, 1, conversation, 120).await;
         assert!(fx.engine.trim_user(2).await.unwrap() > 0);
         let got = streamed(
-            CatchUps::new()
-                .start(&fx.engine, device(2, "phone"), request(Some(0), 10, false))
-                .await
-                .unwrap(),
+            open(
+                &CatchUps::new(),
+                &fx.engine,
+                fx.store.clone(),
+                &device(2, "phone"),
+                request(Some(0), 10, false),
+                Tenure::always(),
+            )
+            .await
+            .unwrap(),
         )
         .await;
         assert_eq!(got.len(), 1);
@@ -226,17 +372,24 @@ mod tests {
     #[tokio::test]
     async fn a_bad_request_is_the_calls_status() {
         let fx = fixture().build().await;
-        let refused = CatchUps::new()
-            .start(&fx.engine, service(), request(Some(0), 10, false))
-            .await
-            .unwrap_err();
+        let refused = open(
+            &CatchUps::new(),
+            &fx.engine,
+            fx.store.clone(),
+            &service(),
+            request(Some(0), 10, false),
+            Tenure::always(),
+        )
+        .await
+        .err()
+        .expect("refused");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn streams_past_the_slots_are_refused_and_a_stalled_reader_gives_its_slot_back() {
         let stall_limit = Duration::from_secs(5);
-        let (engine, _store) = memory_engine(crate::engine::EngineConfig {
+        let (engine, store) = memory_engine(crate::engine::EngineConfig {
             subscriber_stall_limit: stall_limit,
             ..crate::engine::EngineConfig::default()
         })
@@ -245,36 +398,34 @@ mod tests {
         send_numbered(&engine, 1, conversation, 100).await;
         let catch_ups = CatchUps::with_slots(1);
         let reader = device(2, "phone");
-        let mut stalled = catch_ups
-            .start(&engine, reader.clone(), request(Some(0), 10, false))
-            .await
-            .unwrap();
-        let refused = catch_ups
-            .start(&engine, reader.clone(), request(Some(0), 10, false))
-            .await
-            .unwrap_err();
+        let start = |after| {
+            open(
+                &catch_ups,
+                &engine,
+                store.clone(),
+                &reader,
+                request(Some(after), 10, false),
+                Tenure::always(),
+            )
+        };
+        let mut stalled = start(0).await.unwrap();
+        let Err(refused) = start(0).await else {
+            panic!("a second catch-up past the slots");
+        };
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("Sync"), "{refused:?}");
         // The reader takes nothing for longer than the stall limit: the
-        // stream ends after what it had queued, and its slot is free.
+        // stream ends after what it had queued, saying why, and its slot is
+        // free.
         tokio::time::sleep(stall_limit * 2).await;
-        let mut queued = Vec::new();
-        while let Some(reply) = stalled.next().await {
-            queued.push(reply.unwrap());
-        }
+        let (queued, ended) = until_error(&mut stalled).await;
+        assert_eq!(
+            ended.map(|s| s.code()),
+            Some(tonic::Code::ResourceExhausted)
+        );
         assert!(!queued.is_empty() && queued.len() <= 1 + CATCH_UP_READ_AHEAD);
         assert!(queued.last().unwrap().has_more, "ended before the end");
-        let resumed = streamed(
-            catch_ups
-                .start(
-                    &engine,
-                    reader.clone(),
-                    request(Some(queued.last().unwrap().checkpoint), 10, false),
-                )
-                .await
-                .unwrap(),
-        )
-        .await;
+        let resumed = streamed(start(queued.last().unwrap().checkpoint).await.unwrap()).await;
         assert!(!resumed.last().unwrap().has_more);
         let seqs: Vec<u64> = queued
             .iter()
@@ -318,10 +469,16 @@ mod tests {
         loop {
             let done = finished(&senders);
             let replies = streamed(
-                catch_ups
-                    .start(&engine, reader.clone(), request(Some(checkpoint), 7, false))
-                    .await
-                    .unwrap(),
+                open(
+                    &catch_ups,
+                    &engine,
+                    fx.store.clone(),
+                    &reader,
+                    request(Some(checkpoint), 7, false),
+                    Tenure::always(),
+                )
+                .await
+                .unwrap(),
             )
             .await;
             multi_page_streams += usize::from(replies.len() > 1);
@@ -348,5 +505,105 @@ mod tests {
             .flat_map(|r| r.entries.iter().map(|e| e.seq))
             .collect();
         assert_eq!(seen, all, "the catch-ups skipped or repeated a seq");
+    }
+
+    /// The pages of a catch-up that blocks on a reader that has not read yet.
+    async fn backlog() -> (Fixture, Principal) {
+        let fx = fixture().build().await;
+        let conversation = group(&fx.engine, 1, vec![1, 2]).await;
+        send_numbered(&fx.engine, 1, conversation, 60).await;
+        (fx, device(2, "phone"))
+    }
+
+    #[tokio::test]
+    async fn a_node_that_stops_being_the_writer_ends_its_catch_ups_unavailable() {
+        let (fx, reader) = backlog().await;
+        let holds = Arc::new(AtomicBool::new(true));
+        let tenure = {
+            let holds = Arc::clone(&holds);
+            Tenure::while_holding(move || holds.load(Ordering::Acquire))
+        };
+        let catch_ups = CatchUps::new();
+        let mut replies = open(
+            &catch_ups,
+            &fx.engine,
+            fx.store.clone(),
+            &reader,
+            request(Some(0), 10, false),
+            tenure.clone(),
+        )
+        .await
+        .unwrap();
+        let first = replies.next().await.unwrap().unwrap();
+        assert!(first.has_more);
+        // The lease ends mid-stream: no page read after it is shown.
+        holds.store(false, Ordering::Release);
+        let (more, ended) = until_error(&mut replies).await;
+        assert!(
+            more.len() <= 1 + CATCH_UP_READ_AHEAD,
+            "{} pages after the lease",
+            more.len()
+        );
+        let ended = ended.expect("the stream says why it ended");
+        assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+        // Nor is a new one (or a Sync) answered.
+        let refused = open(
+            &catch_ups,
+            &fx.engine,
+            fx.store.clone(),
+            &reader,
+            request(Some(0), 10, false),
+            tenure,
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_catch_up_at_once_unavailable() {
+        let (fx, reader) = backlog().await;
+        let mut replies = open(
+            &CatchUps::new(),
+            &fx.engine,
+            fx.store.clone(),
+            &reader,
+            request(Some(0), 10, false),
+            Tenure::always(),
+        )
+        .await
+        .unwrap();
+        // The reader has not read; the task waits on it, not the stall limit.
+        fx.engine.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(5), fx.engine.shutdown())
+            .await
+            .expect("shutdown waited for a catch-up nobody reads");
+        let (queued, ended) = until_error(&mut replies).await;
+        assert!(queued.last().is_some_and(|r| r.has_more));
+        assert_eq!(ended.map(|s| s.code()), Some(tonic::Code::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_ends_its_catch_up() {
+        let (fx, reader) = backlog().await;
+        let store: Arc<dyn TimelineStore> = fx.store.clone();
+        let revocations = RevocationGuard::new(Arc::clone(&store));
+        let verified = Verified {
+            principal: reader.clone(),
+            issued_at_s: Some(1),
+        };
+        let guards = Guards {
+            revocations: Arc::clone(&revocations),
+            tenure: Tenure::always(),
+        };
+        let mut replies = CatchUps::new()
+            .start(&fx.engine, verified, guards, request(Some(0), 10, false))
+            .await
+            .unwrap();
+        revocations.revoke(2, None).await.unwrap();
+        let (_, ended) = until_error(&mut replies).await;
+        let ended = ended.expect("the stream ends with the refusal");
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
     }
 }

@@ -11,7 +11,39 @@ pub use timeline_service::TimelineService;
 
 use crate::auth::{Authenticator, Principal, Verified};
 use crate::error::{SyncdError, quoted};
+use std::sync::Arc;
 use tonic::Status;
+
+/// Whether this node may still answer as the writer it was when a call
+/// arrived: always on one node; in a cluster, while it holds the lease of
+/// the generation the service belongs to. The router checks at a call's
+/// arrival; a call that reads checks again after its reads (a node frozen
+/// between the two, or a CatchUp streaming for seconds, must not answer
+/// from a horizon that no longer knows every write: another writer may
+/// have written below what it would show).
+#[derive(Clone)]
+pub struct Tenure(Option<Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Tenure {
+    /// A node that is the only writer of its store.
+    pub fn always() -> Self {
+        Self(None)
+    }
+
+    /// A node that writes while `holds` says so.
+    pub fn while_holding(holds: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(holds)))
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Status> {
+        match &self.0 {
+            Some(holds) if !holds() => Err(Status::unavailable(
+                "this node stopped being the writer during the call; retry (any node)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Reads `authorization: Bearer <token>` and verifies it.
 pub(crate) async fn authenticate<T>(

@@ -1,6 +1,7 @@
 //! `timeline.v1.Timeline`: calls made by devices (and services where noted).
 
-use super::catch_up::{self, CatchUps};
+use super::Tenure;
+use super::catch_up::{self, CatchUps, Guards};
 use super::{authenticate, authenticate_verified, convert, parse_client_id, parse_client_msg_id};
 use crate::auth::{Authenticator, Principal};
 use crate::engine::{
@@ -21,6 +22,7 @@ pub struct TimelineService {
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
     catch_ups: CatchUps,
+    tenure: Tenure,
 }
 
 impl TimelineService {
@@ -29,7 +31,13 @@ impl TimelineService {
             engine,
             auth,
             catch_ups: CatchUps::new(),
+            tenure: Tenure::always(),
         }
+    }
+
+    /// Reads answer only while `tenure` holds (a cluster's writer).
+    pub fn with_tenure(self, tenure: Tenure) -> Self {
+        Self { tenure, ..self }
     }
 }
 
@@ -101,7 +109,7 @@ impl pb::timeline_server::Timeline for TimelineService {
     ) -> Result<Response<pb::SyncReply>, Status> {
         let principal = authenticate(&self.auth, &request).await?;
         let request = request.into_inner();
-        let reply = sync_reply(&self.engine, &principal, &request).await?;
+        let reply = sync_reply(&self.engine, &principal, &request, &self.tenure).await?;
         Ok(Response::new(reply))
     }
 
@@ -111,10 +119,14 @@ impl pb::timeline_server::Timeline for TimelineService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::CatchUpStream>, Status> {
-        let principal = authenticate(&self.auth, &request).await?;
+        let verified = authenticate_verified(&self.auth, &request).await?;
+        let guards = Guards {
+            revocations: Arc::clone(self.auth.revocations()),
+            tenure: self.tenure.clone(),
+        };
         let replies = self
             .catch_ups
-            .start(&self.engine, principal, request.into_inner())
+            .start(&self.engine, verified, guards, request.into_inner())
             .await?;
         Ok(Response::new(replies))
     }
@@ -513,11 +525,12 @@ impl NoticeCounters {
 }
 
 /// What Sync answers from `request.after_seq` (one of the pages CatchUp
-/// streams).
+/// streams), once `tenure` still holds after the reads.
 pub(super) async fn sync_reply(
     engine: &Engine,
     principal: &Principal,
     request: &pb::SyncRequest,
+    tenure: &Tenure,
 ) -> Result<pb::SyncReply, Status> {
     let page = engine
         .sync(principal, request.after_seq, request.limit as usize)
@@ -539,6 +552,7 @@ pub(super) async fn sync_reply(
     } else {
         None
     };
+    tenure.check()?;
     Ok(pb::SyncReply {
         read_state,
         entries: page.entries.into_iter().map(convert::entry).collect(),

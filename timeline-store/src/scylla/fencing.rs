@@ -148,6 +148,9 @@ async fn has_column(session: &Session, keyspace: &str, column: &str) -> Result<b
 /// race to add it: the loser's error is fine once the column is there.
 async fn add_column(session: &Session, keyspace: &str, column: &str, kind: &str) -> Result<()> {
     if has_column(session, keyspace, column).await? {
+        // Another node may have just added it: every node must know it
+        // before statements naming it are prepared.
+        session.await_schema_agreement().await.map_err(cql)?;
         return Ok(());
     }
     let added = session
