@@ -1,0 +1,133 @@
+//! CatchUp against a real server (docs/PROTOCOL.md, "Catching up in one
+//! call"): with every catch-up slot taken, the call is refused and the
+//! client's full sync pages with Sync instead, reading everything; a
+//! device that stops reading is cut off after the stall limit with
+//! RESOURCE_EXHAUSTED, having lost nothing, and its slot comes back.
+
+use client::{CheckpointFile, Client, pb};
+use std::time::{Duration, Instant};
+use tests::Server;
+
+/// The node's `MAX_CATCH_UPS`.
+const SLOTS: usize = 128;
+
+async fn backlog(server: &Server, messages: usize, text: &str) -> anyhow::Result<Client> {
+    let service = Client::connect(&server.url(), &server.service_token("setup")?).await?;
+    let conversation = service
+        .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")
+        .await?
+        .conversation_id;
+    for _ in 0..messages {
+        service.append(conversation, 1, text, None).await?;
+    }
+    Ok(Client::connect(&server.url(), &server.device_token(2, "laptop")?).await?)
+}
+
+/// Opens catch-ups until one is refused; returns those opened.
+async fn take_every_slot(device: &Client) -> anyhow::Result<Vec<tonic::Streaming<pb::SyncReply>>> {
+    let mut held = Vec::new();
+    loop {
+        match device.catch_up(Some(0), 1).await {
+            Ok(stream) => held.push(stream),
+            Err(client::ClientError::Rpc(status))
+                if status.code() == tonic::Code::ResourceExhausted =>
+            {
+                return Ok(held);
+            }
+            Err(error) => return Err(error.into()),
+        }
+        anyhow::ensure!(held.len() <= SLOTS, "more than {SLOTS} catch-ups open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_every_catch_up_taken_is_paged_with_sync() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    let device = backlog(&server, 300, "backlog").await?;
+    let held = take_every_slot(&device).await?;
+    assert_eq!(held.len(), SLOTS, "the node's limit");
+
+    // The full sync still reads everything, by Sync pages.
+    let inbox = tests::read_whole_inbox(&device).await?;
+    let mut checkpoint = CheckpointFile::open(&dir.path().join("laptop.json"))?;
+    let mut seqs = Vec::new();
+    device
+        .sync_all(&mut checkpoint, |e| {
+            seqs.push(e.seq);
+            Ok(())
+        })
+        .await?;
+    assert_eq!(seqs, inbox.iter().map(|e| e.seq).collect::<Vec<_>>());
+    assert_eq!(checkpoint.seq(), inbox.last().unwrap().seq);
+
+    // Hung up, the streams give their slots back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match device.catch_up(Some(0), 1).await {
+            Ok(_) => break,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("slots not back yet: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_that_stops_reading_is_cut_off_and_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with(dir.path(), &["--subscriber-stall-secs", "1"])?;
+    // Pages of one 60 KB message: the transport's windows fill after a few
+    // dozen, then the server waits on the device.
+    let device = backlog(&server, 200, &"x".repeat(60_000)).await?;
+    let mut stream = device.catch_up(Some(0), 1).await?;
+    let first = stream.message().await?.expect("a first page");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut checkpoint = first.checkpoint;
+    let mut pages = 1;
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(page)) => {
+                for entry in &page.entries {
+                    assert!(
+                        entry.seq > checkpoint,
+                        "seq {} after {checkpoint}",
+                        entry.seq
+                    );
+                }
+                checkpoint = page.checkpoint;
+                pages += 1;
+                assert!(
+                    page.has_more,
+                    "the stall must cut the stream before its end"
+                );
+            }
+            Ok(None) => panic!("ended after {pages} pages without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
+    assert!(pages < 200, "{pages} pages: nothing was cut off");
+    // From its checkpoint it reads on to the end, nothing skipped.
+    let mut rest = device.catch_up(Some(checkpoint), 1_000).await?;
+    let mut last = None;
+    while let Some(page) = rest.message().await? {
+        for entry in &page.entries {
+            assert!(
+                entry.seq > checkpoint,
+                "seq {} after {checkpoint}",
+                entry.seq
+            );
+            checkpoint = entry.seq;
+        }
+        last = Some(page);
+    }
+    assert!(last.is_some_and(|page| !page.has_more));
+    let inbox = tests::read_whole_inbox(&device).await?;
+    assert_eq!(checkpoint, inbox.last().unwrap().seq);
+    Ok(())
+}
