@@ -86,7 +86,9 @@ impl Client {
     ) -> Result<SyncOutcome> {
         let mut outcome = SyncOutcome::default();
         let mut replies = self.catch_up_if_streamed(checkpoint.seq()).await?;
-        let mut acked = checkpoint.seq();
+        // Acked at least once a pass: a pass that failed after saving pages
+        // left the server's copy behind.
+        let mut acked = 0;
         let (large_groups, left_large_groups) = loop {
             let page = match &mut replies {
                 Some(stream) => match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {

@@ -14,7 +14,8 @@
 //! and at most [`MAX_CATCH_UP_REPLIES`] replies per call. A device that
 //! stops reading for the node's subscriber stall limit is dropped
 //! (RESOURCE_EXHAUSTED after its queued replies), so a stalled reader does
-//! not keep its pages or its slot.
+//! not keep its slot (the pages already queued stay with the connection
+//! until it reads them or goes).
 //!
 //! Between pages a stream also ends at once, with the status the device
 //! needs, when shutdown begins (UNAVAILABLE: shutdown never waits on a

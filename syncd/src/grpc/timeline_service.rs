@@ -35,7 +35,9 @@ impl TimelineService {
         }
     }
 
-    /// Reads answer only while `tenure` holds (a cluster's writer).
+    /// Sync, CatchUp and History answer only while `tenure` holds after
+    /// their reads (a cluster's writer): they read up to what the horizon
+    /// says is safe, which only the writer knows.
     pub fn with_tenure(self, tenure: Tenure) -> Self {
         Self { tenure, ..self }
     }
@@ -248,6 +250,7 @@ impl pb::timeline_server::Timeline for TimelineService {
                 },
             )
             .await?;
+        self.tenure.check()?;
         Ok(Response::new(pb::HistoryReply {
             entries: page.entries.into_iter().map(convert::entry).collect(),
             has_more: page.has_more,

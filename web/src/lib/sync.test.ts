@@ -45,6 +45,8 @@ interface Scripted {
   /** The pages one CatchUp call streams, or the error it fails with; unset: UNIMPLEMENTED (an older server). */
   catchUp?: (request: { afterSeq?: bigint }) => Page[] | ConnectError;
   history?: (request: { conversationId: bigint; after?: bigint; limit: number }) => MessageInitShape<typeof pb.HistoryReplySchema>;
+  /** An error every Ack fails with; unset: Acks succeed. */
+  ack?: () => ConnectError;
 }
 
 function setup(script: Scripted) {
@@ -66,6 +68,8 @@ function setup(script: Scripted) {
     },
     ack: async (request: { seq: bigint }) => {
       log.push(`ack ${request.seq}`);
+      const refused = script.ack?.();
+      if (refused) throw refused;
       return create(pb.AckReplySchema, { checkpoint: request.seq });
     },
     history: async (request: { conversationId: bigint; after?: bigint; limit: number }) => {
@@ -172,6 +176,29 @@ test("a server without CatchUp is paged with Sync from then on; a busy one for t
     "sync after 2",
   ]);
   assert.equal(checkpoint.seq, 2n);
+});
+
+test("a CatchUp stream that ends having brought nothing is not called again: Sync pages on", async () => {
+  const { log, checkpoint, engine } = setup({
+    sync: () => ({ entries: [message(1n, 7n, 1n)], checkpoint: 1n, hasMore: false }),
+    catchUp: () => [],
+  });
+  await engine.syncAll();
+  assert.deepEqual(
+    log.filter((l) => l.startsWith("catch up") || l.startsWith("sync")),
+    ["catch up after 0", "sync after 0"],
+  );
+  assert.equal(checkpoint.seq, 1n);
+});
+
+test("an ack refused while a streamed page is applied fails the pass, it is no reason to page with Sync", async () => {
+  const { log, engine } = setup({
+    sync: () => assert.fail("no Sync for a failed ack"),
+    catchUp: () => [{ entries: [message(1n, 7n, 1n)], checkpoint: 1n, hasMore: false }],
+    ack: () => new ConnectError("busy", Code.ResourceExhausted),
+  });
+  await assert.rejects(engine.syncAll(), (e: ConnectError) => e.code === Code.ResourceExhausted);
+  assert.ok(!log.some((l) => l.startsWith("sync")), log.join("\n"));
 });
 
 test("a CatchUp that says the checkpoint expired restarts below the retention floor", async () => {

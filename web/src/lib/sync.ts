@@ -273,9 +273,12 @@ export class SyncEngine {
    */
   private async readInbox(signal?: AbortSignal): Promise<SyncReply> {
     while (this.#streams) {
+      const before = this.checkpoint.seq;
       const page = await this.catchUp(signal);
       if (page === "fall back") break;
       if (page !== "ended early") return page;
+      // A stream that brought nothing is not called again at once.
+      if (this.checkpoint.seq === before) break;
     }
     for (;;) {
       const page = await this.client.sync(
@@ -294,10 +297,15 @@ export class SyncEngine {
    * many pages).
    */
   private async catchUp(signal?: AbortSignal): Promise<SyncReply | "ended early" | "fall back"> {
+    // An abort that came first is never heard by the listener below.
+    if (signal?.aborted) throw new ConnectError("the sync was stopped", Code.Canceled);
     const call = new AbortController();
     const cancel = () => call.abort();
     signal?.addEventListener("abort", cancel);
     let stalled = false;
+    // A failure while a page is applied (its ack) is that call's, not the
+    // stream's: it is never taken for a reason to page with Sync.
+    let applying = false;
     let timer = setTimeout(() => {
       stalled = true;
       call.abort();
@@ -307,7 +315,9 @@ export class SyncEngine {
       for await (const page of pages) {
         clearTimeout(timer);
         if (page.checkpointExpired) return page;
+        applying = true;
         await this.deliverPage(page, signal);
+        applying = false;
         if (!page.hasMore) return page;
         timer = setTimeout(() => {
           stalled = true;
@@ -317,6 +327,7 @@ export class SyncEngine {
       // The server ends a stream after its reply cap: call again.
       return "ended early";
     } catch (error) {
+      if (applying) throw error;
       if (stalled && !signal?.aborted) {
         throw new ConnectError("no catch-up page within the call timeout", Code.DeadlineExceeded);
       }
