@@ -93,6 +93,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    spawn_announced_to(bin, args, Stdio::inherit())
+}
+
+/// [`spawn_announced`] with the process's stderr going to `stderr` (a
+/// file a test reads back, say).
+pub fn spawn_announced_to<I, S>(bin: &Path, args: I, stderr: Stdio) -> Result<(Child, Announced)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let name = bin
         .file_name()
         .map_or("server".into(), |n| n.to_string_lossy());
@@ -100,7 +110,7 @@ where
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("spawning {name}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
@@ -266,12 +276,33 @@ impl Server {
         )
     }
 
+    /// [`Server::start_with`], its stderr written to `log` (created anew).
+    pub fn start_logged(data_dir: &Path, extra_args: &[&str], log: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Self::spawn_to(
+            data_dir,
+            "127.0.0.1:0",
+            extra_args.iter().map(|s| s.to_string()).collect(),
+            Stdio::from(file),
+        )
+    }
+
     fn spawn(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> Result<Self> {
+        Self::spawn_to(data_dir, listen, extra_args, Stdio::inherit())
+    }
+
+    fn spawn_to(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: Vec<String>,
+        stderr: Stdio,
+    ) -> Result<Self> {
         let mut args = vec!["serve".to_owned(), "--data-dir".to_owned()];
         args.push(data_dir.to_string_lossy().into_owned());
         args.extend(["--listen".to_owned(), listen.to_owned()]);
         args.extend(extra_args.iter().cloned());
-        let (child, announced) = spawn_announced(&syncd_bin(), &args)?;
+        let (child, announced) = spawn_announced_to(&syncd_bin(), &args, stderr)?;
         Ok(Self {
             child: Some(child),
             addr: announced.addr,

@@ -34,10 +34,23 @@ fn node_args(store: &str) -> Vec<String> {
     .collect()
 }
 
+/// A node whose stderr goes to `stderr.log` in its data directory.
 fn start_node(dir: &std::path::Path, store: &str) -> anyhow::Result<Server> {
     let args = node_args(store);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start_with(dir, &args)
+    Server::start_logged(dir, &args, &dir.join("stderr.log"))
+}
+
+/// A node exited non-zero, saying why.
+fn refused(node: &mut Server, what: &str) -> anyhow::Result<()> {
+    let status = node.wait_exit(Duration::from_secs(20))?;
+    ensure!(!status.success(), "{what}: exited {status}");
+    let log = std::fs::read_to_string(node.data_dir.join("stderr.log"))?;
+    ensure!(
+        log.contains("versions must not be mixed"),
+        "{what}: the log does not say why:\n{log}"
+    );
+    Ok(())
 }
 
 async fn session() -> anyhow::Result<Session> {
@@ -133,19 +146,14 @@ async fn a_node_refuses_a_writer_of_another_version_and_takes_over_once_it_stopp
         epoch,
         Arc::clone(&stop),
     ));
-    let status = first.wait_exit(Duration::from_secs(20))?;
-    ensure!(
-        !status.success(),
-        "the writer that lost its lease to another version exited {status}"
-    );
+    refused(
+        &mut first,
+        "the writer that lost its lease to another version",
+    )?;
 
     // A node started while the other version writes never joins it.
     let mut second = start_node(dirs[1].path(), &keyspace.url)?;
-    let status = second.wait_exit(Duration::from_secs(20))?;
-    ensure!(
-        !status.success(),
-        "a node joining another version's writer exited {status}"
-    );
+    refused(&mut second, "a node joining another version's writer")?;
 
     // The other version's nodes stop: the row stands still, and a node of
     // this version takes over after a lease and serves.
