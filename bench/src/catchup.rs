@@ -159,57 +159,74 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
 /// One catch-up from the start of the inbox, page by page, as the client
 /// library pulls.
 async fn sync_all(device: &Client, page_size: u32) -> anyhow::Result<CatchUpRound> {
-    let started = Instant::now();
-    let mut page_latency = report::histogram();
-    let (mut after, mut received, mut pages) = (0u64, 0u64, 0u64);
+    let mut round = Round::start();
     loop {
         let asked = Instant::now();
-        let page = device.sync_page(Some(after), page_size).await?;
-        page_latency.record(asked.elapsed().as_micros().max(1) as u64)?;
-        received += page.entries.len() as u64;
-        pages += 1;
-        after = page.checkpoint;
-        if !page.has_more {
-            break;
+        let page = device.sync_page(Some(round.after), page_size).await?;
+        if round.took(&page, asked)? {
+            return Ok(round.finish());
         }
     }
-    Ok(CatchUpRound {
-        received,
-        pages,
-        elapsed: started.elapsed(),
-        page_latency,
-    })
+}
+
+/// One round being timed: pages taken, entries, where the next read starts.
+struct Round {
+    started: Instant,
+    after: u64,
+    received: u64,
+    pages: u64,
+    page_latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Round {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            after: 0,
+            received: 0,
+            pages: 0,
+            page_latency: report::histogram(),
+        }
+    }
+
+    /// Counts a page asked for (or waited for) since `asked`; true once it
+    /// was the complete one.
+    fn took(&mut self, page: &pb::SyncReply, asked: Instant) -> anyhow::Result<bool> {
+        self.page_latency
+            .record(asked.elapsed().as_micros().max(1) as u64)?;
+        self.received += page.entries.len() as u64;
+        self.pages += 1;
+        self.after = page.checkpoint;
+        Ok(!page.has_more)
+    }
+
+    fn finish(self) -> CatchUpRound {
+        CatchUpRound {
+            received: self.received,
+            pages: self.pages,
+            elapsed: self.started.elapsed(),
+            page_latency: self.page_latency,
+        }
+    }
 }
 
 /// One catch-up from the start of the inbox as one CatchUp call (calling
 /// again should a stream end early, as the client library does). A page's
 /// latency is the time from the previous page (or the call) to its arrival.
 async fn catch_up(device: &Client, page_size: u32) -> anyhow::Result<CatchUpRound> {
-    let started = Instant::now();
-    let mut page_latency = report::histogram();
-    let (mut after, mut received, mut pages) = (0u64, 0u64, 0u64);
+    let mut round = Round::start();
     loop {
         let mut asked = Instant::now();
-        let mut replies = device.catch_up(Some(after), page_size).await?;
+        let mut replies = device.catch_up(Some(round.after), page_size).await?;
         let mut complete = false;
         while let Some(page) = replies.message().await? {
-            page_latency.record(asked.elapsed().as_micros().max(1) as u64)?;
+            complete = round.took(&page, asked)?;
             asked = Instant::now();
-            received += page.entries.len() as u64;
-            pages += 1;
-            after = page.checkpoint;
-            complete = !page.has_more;
         }
         if complete {
-            break;
+            return Ok(round.finish());
         }
     }
-    Ok(CatchUpRound {
-        received,
-        pages,
-        elapsed: started.elapsed(),
-        page_latency,
-    })
 }
 
 /// The rounds of one system: the median round's time, and page latency

@@ -252,6 +252,27 @@ impl Drop for Process {
     }
 }
 
+/// The exit status of `child` once it exits within `timeout`; else it is
+/// killed and the wait fails (`after` says after what).
+fn exit_within(
+    mut child: Child,
+    timeout: Duration,
+    after: &str,
+) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("syncd did not exit within {timeout:?} {after}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `syncd serve` process; killed (SIGKILL) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -336,41 +357,20 @@ impl Server {
     /// Waits for the process to exit on its own; fails (killing it) when it
     /// is still running after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("syncd still ran {timeout:?} later");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().context("not running")?;
+        exit_within(child, timeout, "on its own")
     }
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
+        let child = self.child.take().context("not running")?;
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("syncd did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_within(child, timeout, "of SIGTERM")
     }
 
     /// A device token for `user_id`/`device_id`.
@@ -411,6 +411,24 @@ fn token(data_dir: &Path, who: &[&str]) -> Result<String> {
 /// default 127.0.0.1:9042).
 pub fn cql_nodes() -> String {
     std::env::var("TIMELINE_CQL_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+/// The flags of a cluster node over `store` (it advertises the port it
+/// binds), with its writer lease's timings.
+pub fn cluster_node_args(store: &str, lease_ms: u64, renew_ms: u64) -> Vec<String> {
+    [
+        "--store",
+        store,
+        "--advertise",
+        "127.0.0.1:0",
+        "--cluster-lease-ms",
+        &lease_ms.to_string(),
+        "--cluster-renew-ms",
+        &renew_ms.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A keyspace of one test's own on the test CQL server, dropped when the

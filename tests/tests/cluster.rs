@@ -44,21 +44,8 @@ struct Variant {
 }
 
 fn node_args(store: &str, seqsvc: &[String], variant: Variant) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--store",
-        store,
-        "--advertise",
-        "127.0.0.1:0",
-        "--cluster-lease-ms",
-        &LEASE_MS.to_string(),
-        "--cluster-renew-ms",
-        &RENEW_MS.to_string(),
-        "--seq-step",
-        "64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = tests::cluster_node_args(store, LEASE_MS, RENEW_MS);
+    args.extend(["--seq-step".to_owned(), "64".to_owned()]);
     if !seqsvc.is_empty() {
         args.extend(["--seqsvc".to_owned(), seqsvc.join(",")]);
     }

@@ -18,25 +18,9 @@ use tests::{CqlKeyspace, Server};
 const LEASE_MS: u64 = 1_500;
 const RENEW_MS: u64 = 300;
 
-fn node_args(store: &str) -> Vec<String> {
-    [
-        "--store",
-        store,
-        "--advertise",
-        "127.0.0.1:0",
-        "--cluster-lease-ms",
-        &LEASE_MS.to_string(),
-        "--cluster-renew-ms",
-        &RENEW_MS.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// A node whose stderr goes to `stderr.log` in its data directory.
 fn start_node(dir: &std::path::Path, store: &str) -> anyhow::Result<Server> {
-    let args = node_args(store);
+    let args = tests::cluster_node_args(store, LEASE_MS, RENEW_MS);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_logged(dir, &args, &dir.join("stderr.log"))
 }

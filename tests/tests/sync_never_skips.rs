@@ -13,6 +13,26 @@ const USERS: u64 = 8;
 const SENDERS_PER_USER: usize = 3;
 const SENDS_PER_SENDER: usize = 40;
 
+/// Applies a page as a device does: each seq above the checkpoint, which
+/// moves to it, and the reply's checkpoint where the entries end.
+fn take_page(
+    page: pb::SyncReply,
+    checkpoint: &mut u64,
+    seen: &mut Vec<pb::Entry>,
+) -> anyhow::Result<()> {
+    for entry in &page.entries {
+        anyhow::ensure!(
+            entry.seq > *checkpoint,
+            "seq {} at checkpoint {checkpoint}",
+            entry.seq
+        );
+        *checkpoint = entry.seq;
+    }
+    anyhow::ensure!(page.checkpoint == *checkpoint, "reply checkpoint disagrees");
+    seen.extend(page.entries);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -54,18 +74,10 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
                 let still_sending = sending.load(Ordering::Acquire);
                 // Small pages make the device advance in many steps.
                 let page = watcher.sync_page(Some(checkpoint), 7).await?;
-                for entry in &page.entries {
-                    anyhow::ensure!(
-                        entry.seq > checkpoint,
-                        "seq {} at checkpoint {checkpoint}",
-                        entry.seq
-                    );
-                    checkpoint = entry.seq;
-                }
-                anyhow::ensure!(page.checkpoint == checkpoint, "reply checkpoint disagrees");
-                seen.extend(page.entries);
+                let more = page.has_more;
+                take_page(page, &mut checkpoint, &mut seen)?;
                 rounds += 1;
-                if !still_sending && !page.has_more {
+                if !still_sending && !more {
                     return anyhow::Ok((seen, rounds));
                 }
             }
@@ -86,17 +98,8 @@ async fn tight_loop_sync_sees_every_entry_exactly_once_in_order() -> anyhow::Res
                 let mut complete = false;
                 while let Some(page) = replies.message().await? {
                     anyhow::ensure!(!complete, "a reply after the complete one");
-                    for entry in &page.entries {
-                        anyhow::ensure!(
-                            entry.seq > checkpoint,
-                            "streamed seq {} at checkpoint {checkpoint}",
-                            entry.seq
-                        );
-                        checkpoint = entry.seq;
-                    }
-                    anyhow::ensure!(page.checkpoint == checkpoint, "reply checkpoint disagrees");
-                    seen.extend(page.entries);
                     complete = !page.has_more;
+                    take_page(page, &mut checkpoint, &mut seen)?;
                 }
                 anyhow::ensure!(complete, "the stream ended before a complete reply");
                 if !still_sending {
