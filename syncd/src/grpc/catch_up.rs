@@ -29,11 +29,12 @@ use super::timeline_service::sync_reply;
 use crate::auth::Verified;
 use crate::auth::revocation::RevocationGuard;
 use crate::engine::Engine;
+use crate::lifecycle::stopped;
 use crate::limits::{CATCH_UP_READ_AHEAD, MAX_CATCH_UP_REPLIES, MAX_CATCH_UPS};
 use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -126,10 +127,6 @@ enum Cut {
     Stalled,
     ShuttingDown,
     Revoked(Status),
-}
-
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await.is_ok();
 }
 
 async fn stream_pages(pages: Pages, first: pb::SyncReply) {
