@@ -1,5 +1,6 @@
 /// Errors by kind, so callers can choose between retrying and giving up.
-#[derive(Debug, thiserror::Error)]
+/// Cloneable: one failed batch is the error of every write it carried.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Disk or network I/O failed; the operation may or may not have applied.
     #[error("storage i/o failed: {0}")]

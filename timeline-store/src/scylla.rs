@@ -605,6 +605,7 @@ impl Receipts for ScyllaTimelineStore {
 }
 
 mod fencing;
+mod intent_batches;
 mod intents;
 mod known_buckets;
 mod members;

@@ -39,6 +39,7 @@
 //! write timestamp the holder may use until its next renewal, and the
 //! floor of the next holder's (see `timestamps`).
 
+use super::intent_batches::IntentBatches;
 use super::open_intents::OpenIntents;
 use super::timestamps::WriterClock;
 use super::{PENDING_SHARDS, big, cql};
@@ -330,7 +331,9 @@ impl WriterLeaseTable {
 pub(super) struct Fence {
     pub(super) epoch: u64,
     pub(super) open: OpenIntents,
-    write_intent: PreparedStatement,
+    /// Stores intents conditionally on the fence, a partition's waiting
+    /// ones in one batch.
+    intents: IntentBatches,
     clear_finished: PreparedStatement,
     clear_older: PreparedStatement,
     read_fence: PreparedStatement,
@@ -348,7 +351,11 @@ fn fenced(epoch: u64) -> StoreError {
 }
 
 impl Fence {
-    pub(super) async fn prepare(session: &Session, keyspace: &str, epoch: u64) -> Result<Self> {
+    pub(super) async fn prepare(
+        session: &Arc<Session>,
+        keyspace: &str,
+        epoch: u64,
+    ) -> Result<Self> {
         create_tables(session, keyspace).await?;
         let mut read_fence = prepare(
             session,
@@ -359,15 +366,16 @@ impl Fence {
         )
         .await?;
         read_fence.set_consistency(Consistency::LocalSerial);
+        let write_intent = prepare(
+            session,
+            keyspace,
+            "UPDATE {ks}.fenced_intents SET event = ? WHERE shard = ? AND epoch = ? AND intent = ? IF fence = ?",
+        )
+        .await?;
         Ok(Self {
             epoch,
             open: OpenIntents::new(),
-            write_intent: prepare(
-                session,
-                keyspace,
-                "UPDATE {ks}.fenced_intents SET event = ? WHERE shard = ? AND epoch = ? AND intent = ? IF fence = ?",
-            )
-            .await?,
+            intents: IntentBatches::start(session.clone(), write_intent, PENDING_SHARDS),
             clear_finished: prepare(
                 session,
                 keyspace,
@@ -470,25 +478,22 @@ impl Fence {
         Ok(())
     }
 
-    /// Stores intent number `intent` of this epoch; refused once a newer
-    /// writer sealed the partition.
-    pub(super) async fn write_intent(
-        &self,
-        session: &Session,
-        shard: i32,
-        intent: u64,
-        event: Vec<u8>,
-    ) -> Result<()> {
+    /// Stores intent number `intent` of this epoch (with whatever else of
+    /// its partition is waiting); refused once a newer writer sealed the
+    /// partition.
+    pub(super) async fn write_intent(&self, shard: i32, intent: u64, event: Vec<u8>) -> Result<()> {
         let values = (event, shard, big(self.epoch), big(intent), big(self.epoch));
-        let result = session
-            .execute_unpaged(&self.write_intent, values)
-            .await
-            .map_err(cql)?;
-        if applied(result)? {
+        if self.intents.store(values).await? {
             Ok(())
         } else {
             Err(fenced(self.epoch))
         }
+    }
+
+    /// Intent transactions issued so far (a batch is one).
+    #[cfg(test)]
+    pub(super) fn intent_transactions(&self) -> u64 {
+        self.intents.transactions()
     }
 
     /// Removes this epoch's intents of `shard` numbered below `below`

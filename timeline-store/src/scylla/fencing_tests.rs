@@ -424,6 +424,53 @@ async fn finished_intents_are_removed_below_the_lowest_open_one() {
     drop_keyspace(&session, &keyspace).await;
 }
 
+/// Intents of one partition waiting together are stored by one
+/// conditional batch: fewer transactions than intents, every one stored
+/// (one larger than a batch goes alone); once a newer writer sealed, every
+/// one of a batch is refused and none is stored.
+#[tokio::test]
+async fn intents_waiting_on_one_partition_are_stored_together_or_refused_together() {
+    let keyspace = unique_keyspace("batches");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
+    // Message ids that all fall in intent partition 0.
+    let partition_zero = |k: u64| (k + 1) * PENDING_SHARDS as u64;
+    let mut commits: Vec<EventCommit> = (0..64)
+        .map(|k| message_commit(partition_zero(k), 100 + k, 100 + k))
+        .collect();
+    commits[7].entry.text = "x".repeat(intent_batches::MAX_BATCH_BYTES + 1);
+    let before = old.fence.as_ref().unwrap().intent_transactions();
+    let stored =
+        futures_util::future::join_all(commits.iter().map(|commit| old.store_intent(commit))).await;
+    let errors: Vec<&StoreError> = stored.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let transactions = old.fence.as_ref().unwrap().intent_transactions() - before;
+    assert!(
+        transactions < 64,
+        "64 intents waiting on one partition took {transactions} transactions"
+    );
+    assert_eq!(stored_intents(&session, &keyspace).await, 64);
+
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    let late: Vec<EventCommit> = (64..128)
+        .map(|k| message_commit(partition_zero(k), 100 + k, 100 + k))
+        .collect();
+    let refused =
+        futures_util::future::join_all(late.iter().map(|commit| old.store_intent(commit))).await;
+    let not_fenced = refused
+        .iter()
+        .filter(|result| !matches!(result, Err(StoreError::Fenced(_))))
+        .count();
+    assert_eq!(
+        not_fenced, 0,
+        "a sealed partition refuses every intent of a batch"
+    );
+    assert_eq!(stored_intents(&session, &keyspace).await, 64);
+    assert_eq!(new.recover().await.unwrap(), 64);
+    assert_eq!(inbox_texts(&new).await.len(), 64);
+    drop_keyspace(&session, &keyspace).await;
+}
+
 /// Intents of a writer from before intents were numbered (one row per
 /// event in `fenced_events`) are finished and removed by the next writer.
 #[tokio::test]

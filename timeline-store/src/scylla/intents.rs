@@ -204,11 +204,7 @@ impl ScyllaTimelineStore {
             .open(commit.entry.msg_id, shard, || self.next_timestamp())?;
         let intent = PendingEvent::from_commit(commit, open.written_at).encode_to_vec();
         match &self.fence {
-            Some(fence) => {
-                fence
-                    .write_intent(&self.session, shard, open.number, intent)
-                    .await?
-            }
+            Some(fence) => fence.write_intent(shard, open.number, intent).await?,
             None => {
                 self.node
                     .write(&self.session, shard, open.number, intent)
