@@ -498,23 +498,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let engine = std::sync::Arc::clone(&node.engine);
         let served = server::serve(listener, node, web, shutdown);
-        tokio::pin!(served);
-        tokio::select! {
-            result = &mut served => result?,
-            () = async {
-                tokio::select! {
-                    _ = stopping_rx => {}
-                    _ = engine.failed() => {}
-                }
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => tracing::warn!("calls still running after the grace period; exiting"),
-        }
+        let grace_begins = async {
+            tokio::select! {
+                _ = stopping_rx => {}
+                _ = engine.failed() => {}
+            }
+        };
+        within_grace(served, grace_begins).await?;
         if let Some(reason) = engine.failure() {
             anyhow::bail!("the node failed: {reason}");
         }
         tracing::info!("syncd stopped");
         Ok(())
     })
+}
+
+/// Runs `served` to its end, or until [`SHUTDOWN_GRACE`] after
+/// `grace_begins`: a device that stopped reading keeps its stream's last
+/// bytes (and so its connection) from draining, and must not hold the
+/// process.
+async fn within_grace<E>(
+    served: impl std::future::Future<Output = Result<(), E>>,
+    grace_begins: impl std::future::Future<Output = ()>,
+) -> Result<(), E> {
+    tokio::pin!(served);
+    tokio::select! {
+        result = &mut served => result,
+        () = async {
+            grace_begins.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("calls still running after the grace period; exiting");
+            Ok(())
+        }
+    }
 }
 
 /// `syncd serve --advertise`: a node of a cluster.
@@ -540,7 +557,19 @@ async fn serve_cluster(
     // Scripts and tests read this line to learn the port.
     println!("listening on {local}");
     tracing::info!(%local, %advertise, data_dir = %args.data_dir.display(), "syncd serving as a cluster node");
-    syncd::cluster::serve(listener, node, web, signals.wait()).await?;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        signals.wait().await;
+        let _ = stopping_tx.send(());
+    };
+    let served = syncd::cluster::serve(listener, node, web, shutdown);
+    let grace_begins = async {
+        if stopping_rx.await.is_err() {
+            // Served to the end without a signal: the first branch wins.
+            std::future::pending::<()>().await;
+        }
+    };
+    within_grace(served, grace_begins).await?;
     tracing::info!("syncd stopped");
     Ok(())
 }

@@ -139,3 +139,32 @@ async fn a_device_that_stops_reading_is_cut_off_and_loses_nothing() -> anyhow::R
     assert_eq!(seen, inbox.iter().map(|e| e.seq).collect::<Vec<_>>());
     Ok(())
 }
+
+/// Shutdown does not wait on a device that stopped reading: its stream's
+/// last bytes cannot reach it (its window is full), so the node closes
+/// its connection after the drain deadline and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_does_not_wait_on_a_device_that_stopped_reading() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path())?;
+    backlog(&server, 40, &"z".repeat(60_000)).await?;
+    let stuck = Client::connect_with(
+        &server.url(),
+        &server.device_token(2, "stuck")?,
+        ConnectOptions {
+            receive_window: Some(16 * 1024),
+            ..ConnectOptions::default()
+        },
+    )
+    .await?;
+    let mut stream = stuck.catch_up(Some(0), 1).await?;
+    stream.message().await?.expect("a first page");
+    // The rest stays unread: the windows fill and the server waits.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    let status = server.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after SIGTERM", asked.elapsed());
+    drop(stream);
+    Ok(())
+}
