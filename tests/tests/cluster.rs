@@ -614,6 +614,15 @@ async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    if let Some(entries) = variant.retention_entries {
+        // Retention is tested only if some inbox outgrew what it keeps: on
+        // a slow machine the faults can be over before that.
+        let enough = (USERS * entries) as usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < enough && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     eprintln!("faults done: {windows:?}; stopping the load");
     sending.store(false, Ordering::Release);
     let mut sent = 0;
