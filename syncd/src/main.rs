@@ -557,19 +557,30 @@ async fn serve_cluster(
     // Scripts and tests read this line to learn the port.
     println!("listening on {local}");
     tracing::info!(%local, %advertise, data_dir = %args.data_dir.display(), "syncd serving as a cluster node");
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        signals.wait().await;
-        let _ = stopping_tx.send(());
-    };
-    let served = syncd::cluster::serve(listener, node, web, shutdown);
-    let grace_begins = async {
-        if stopping_rx.await.is_err() {
-            // Served to the end without a signal: the first branch wins.
-            std::future::pending::<()>().await;
+    use syncd::cluster::Stopping;
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(Stopping::Serving);
+    let shutdown = async move { signals.wait().await };
+    let served = syncd::cluster::serve(listener, node, web, shutdown, stopping_tx);
+    let grace_begins = {
+        let mut stopping_rx = stopping_rx.clone();
+        async move {
+            // Asked to stop, or failed: either way the drain is bounded.
+            if stopping_rx
+                .wait_for(|stopping| *stopping != Stopping::Serving)
+                .await
+                .is_err()
+            {
+                // Served to the end: the first branch wins.
+                std::future::pending::<()>().await;
+            }
         }
     };
-    within_grace(served, grace_begins).await?;
+    let served = within_grace(served, grace_begins).await;
+    // A failure is the exit's reason even when the grace cut the drain off.
+    if let Stopping::Failed(reason) = &*stopping_rx.borrow() {
+        anyhow::bail!("the node failed: {reason}");
+    }
+    served?;
     tracing::info!("syncd stopped");
     Ok(())
 }

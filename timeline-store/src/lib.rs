@@ -122,6 +122,10 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to commit one event on ScyllaDB."
     );
+    describe_histogram!(
+        "timeline_store_scylla_intent_batch_size",
+        "Intents stored by one conditional batch (one Paxos round) of a cluster writer's intent partition."
+    );
     describe_counter!(
         "timeline_store_errors_total",
         "Store failures, by backend and kind."

@@ -39,7 +39,7 @@ mod node;
 mod route;
 
 pub use lease::{LeaseTimings, Role};
-pub use node::{ClusterNode, serve};
+pub use node::{ClusterNode, Stopping, serve};
 pub use route::FORWARDED_HEADER;
 
 /// Resolves once `stopping` turns true (or its sender is gone).

@@ -178,12 +178,24 @@ async fn end(generation: Option<Generation>) {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Why a node began to stop, published the moment it does: the caller
+/// bounds the drain that follows, and must learn a failure even when the
+/// drain is cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopping {
+    Serving,
+    Asked,
+    Failed(String),
+}
+
+/// Serves until `shutdown` resolves, or this node fails; `stopping` says
+/// when and why it began to stop.
 pub async fn serve(
     listener: TcpListener,
     node: ClusterNode,
     web: WebOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: watch::Sender<Stopping>,
 ) -> Result<(), StartupError> {
     let node = Arc::new(node);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -222,12 +234,16 @@ pub async fn serve(
     let stop_on_failure = Arc::clone(&stop_tx);
     let signal = async move {
         tokio::select! {
-            () = shutdown => tracing::info!("shutting down: no new connections"),
+            () = shutdown => {
+                tracing::info!("shutting down: no new connections");
+                stopping.send_replace(Stopping::Asked);
+            }
             Ok(reason) = failed_rx => {
                 // Stop renewing at once: another node takes over while this
                 // one drains, and its supervisor restarts it.
                 let _ = stop_on_failure.send(true);
                 tracing::error!(%reason, "this node cannot go on; stopping");
+                stopping.send_replace(Stopping::Failed(reason));
             }
         }
         let _ = stop_accepting.send(());

@@ -33,8 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Intents per conditional batch.
 pub(super) const MAX_BATCH_INTENTS: usize = 32;
-/// Bytes of intents per conditional batch: well under Cassandra's default
-/// 50 KiB `batch_size_fail_threshold`.
+/// Bytes of intents per conditional batch. Cassandra does not apply its
+/// `batch_size_fail_threshold` to conditional batches, so this is what
+/// bounds a Paxos proposal (and the memory a batch pins) here.
 pub(super) const MAX_BATCH_BYTES: usize = 32 * 1024;
 /// Intents waiting per partition; more callers wait for room.
 const QUEUED_INTENTS: usize = 256;
@@ -168,6 +169,10 @@ async fn store_batch(
         session.execute_unpaged(statement, &alone.values).await
     } else {
         let mut statements = Batch::new(BatchType::Unlogged);
+        // The same intent rows under the same fence condition: a retry
+        // after a timeout stores the same rows, or is fenced, as the first
+        // attempt was.
+        statements.set_is_idempotent(true);
         for _ in batch {
             statements.append_statement(statement.clone());
         }
