@@ -445,9 +445,11 @@ async fn intents_waiting_on_one_partition_are_stored_together_or_refused_togethe
     let errors: Vec<&StoreError> = stored.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(errors.is_empty(), "{errors:?}");
     let transactions = old.fence.as_ref().unwrap().intent_transactions() - before;
+    // Queued before the partition's task runs: 0..7, the oversized one
+    // alone, then two batches cut by the count bound (7 + 1 + 32 + 24).
     assert!(
-        transactions < 64,
-        "64 intents waiting on one partition took {transactions} transactions"
+        transactions <= 4,
+        "64 intents waiting on one partition took {transactions} transactions, not 4"
     );
     assert_eq!(stored_intents(&session, &keyspace).await, 64);
 
