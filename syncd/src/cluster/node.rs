@@ -380,11 +380,13 @@ async fn run_generations(
                 true
             }
             Role::Refused { reason } => {
-                end(current.take()).await;
                 timeline.set(Target::Unavailable(reason.clone()));
                 admin.set(Target::Unavailable(reason.clone()));
                 publish_health(&health, false).await;
+                // Told before the generation ends: ending it waits on every
+                // call, and the caller bounds that wait only once told.
                 let _ = failed.send(reason.clone());
+                end(current.take()).await;
                 return Some(reason.clone());
             }
             Role::Unknown => {
