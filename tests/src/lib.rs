@@ -9,6 +9,7 @@
 //! keeps the pipe drained.
 
 pub mod jwt;
+pub mod lease_row;
 pub mod metrics;
 pub mod seq_cluster;
 pub mod tls;
@@ -363,14 +364,20 @@ impl Server {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.ask_to_stop()?;
         let child = self.child.take().context("not running")?;
+        exit_within(child, timeout, "of SIGTERM")
+    }
+
+    /// SIGTERM, without waiting: [`Server::wait_exit`] gets the status.
+    pub fn ask_to_stop(&self) -> Result<()> {
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        exit_within(child, timeout, "of SIGTERM")
+        Ok(())
     }
 
     /// A device token for `user_id`/`device_id`.

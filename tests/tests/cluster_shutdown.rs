@@ -1,19 +1,29 @@
 //! A cluster node's shutdown does not wait on a device that stopped
 //! reading (as a single node's does not, `catch_up.rs`): after the grace
-//! period it closes what could not drain and exits. Needs the CQL server
-//! (fails, never skips, without one).
+//! period it closes what could not drain and exits, non-zero when the node
+//! failed while it drained. Needs the CQL server (fails, never skips,
+//! without one).
 
 use client::{Client, ConnectOptions, pb};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tests::lease_row::{foreign_writer, session, wait_for_holder};
 use tests::{CqlKeyspace, Server};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_node_exits_despite_a_device_that_stopped_reading() -> anyhow::Result<()> {
-    let keyspace = CqlKeyspace::new("cluster_shutdown");
-    let dir = tempfile::tempdir()?;
-    let args = tests::cluster_node_args(&keyspace.url, 1_500, 300);
+const LEASE_MS: u64 = 1_500;
+const RENEW_MS: u64 = 300;
+
+/// A writer node (stderr in `stderr.log` of its data directory) holding a
+/// catch-up stream for a device that stopped reading: the stream cannot
+/// drain, so a shutdown takes the whole grace period.
+async fn writer_with_a_stuck_device(
+    dir: &std::path::Path,
+    keyspace: &CqlKeyspace,
+) -> anyhow::Result<(Server, Stuck)> {
+    let args = tests::cluster_node_args(&keyspace.url, LEASE_MS, RENEW_MS);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Server::start_with(dir.path(), &args)?;
+    let node = Server::start_logged(dir, &args, &dir.join("stderr.log"))?;
     let service = Client::connect(&node.url(), &node.service_token("setup")?).await?;
     // The node serves once it holds the writer lease.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -47,10 +57,66 @@ async fn a_cluster_node_exits_despite_a_device_that_stopped_reading() -> anyhow:
     stream.message().await?.expect("a first page");
     // The rest stays unread: the windows fill and the node waits.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((
+        node,
+        Stuck {
+            _client: stuck,
+            _stream: stream,
+        },
+    ))
+}
+
+/// The device that stopped reading: its connection and its unread stream.
+struct Stuck {
+    _client: Client,
+    _stream: tonic::Streaming<pb::SyncReply>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_node_exits_despite_a_device_that_stopped_reading() -> anyhow::Result<()> {
+    let keyspace = CqlKeyspace::new("cluster_shutdown");
+    let dir = tempfile::tempdir()?;
+    let (mut node, stream) = writer_with_a_stuck_device(dir.path(), &keyspace).await?;
     let asked = Instant::now();
     let status = node.terminate(Duration::from_secs(30))?;
     assert!(status.success(), "{status:?}");
     eprintln!("exited {:?} after SIGTERM", asked.elapsed());
     drop(stream);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_fails_while_it_drains_exits_non_zero() -> anyhow::Result<()> {
+    let keyspace = CqlKeyspace::new("cluster_shutdown_failed");
+    let dir = tempfile::tempdir()?;
+    let (mut node, stream) = writer_with_a_stuck_device(dir.path(), &keyspace).await?;
+    let session = Arc::new(session().await?);
+    let epoch = wait_for_holder(&session, &keyspace.name, &node.addr).await?;
+    node.ask_to_stop()?;
+    // While the stuck device holds the drain, a writer of another version
+    // takes the keyspace: the draining node loses its lease to it, which
+    // it must never follow, and fails.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let foreign = tokio::spawn(foreign_writer(
+        Arc::clone(&session),
+        keyspace.name.clone(),
+        epoch,
+        Duration::from_millis(RENEW_MS),
+        Arc::clone(&stop),
+    ));
+    let status = node.wait_exit(Duration::from_secs(30))?;
+    stop.store(true, Ordering::Release);
+    foreign.await??;
+    drop(stream);
+    let log = std::fs::read_to_string(dir.path().join("stderr.log"))?;
+    assert!(
+        !status.success(),
+        "the node failed while draining but exited {status:?}:\n{log}"
+    );
+    assert!(
+        log.contains("versions must not be mixed"),
+        "the log does not say why the node failed:\n{log}"
+    );
     Ok(())
 }

@@ -9,10 +9,10 @@
 
 use anyhow::ensure;
 use client::{Client, pb};
-use scylla::client::session::Session;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tests::lease_row::{foreign_writer, session, wait_for_holder};
 use tests::{CqlKeyspace, Server};
 
 const LEASE_MS: u64 = 1_500;
@@ -37,78 +37,6 @@ fn refused(node: &mut Server, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn session() -> anyhow::Result<Session> {
-    Ok(scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(tests::cql_nodes().split(','))
-        .build()
-        .await?)
-}
-
-/// The lease row's holder and epoch, once a node created it.
-async fn lease(session: &Session, keyspace: &str) -> anyhow::Result<Option<(String, i64)>> {
-    let result = session
-        .query_unpaged(
-            format!("SELECT holder, epoch FROM {keyspace}.writer_lease WHERE name = 'writer'"),
-            (),
-        )
-        .await;
-    let Ok(result) = result else {
-        return Ok(None);
-    };
-    Ok(result
-        .into_rows_result()?
-        .maybe_first_row::<(String, i64)>()?)
-}
-
-async fn wait_for_holder(session: &Session, keyspace: &str, holder: &str) -> anyhow::Result<i64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((now, epoch)) = lease(session, keyspace).await?
-            && now == holder
-        {
-            return Ok(epoch);
-        }
-        ensure!(Instant::now() < deadline, "{holder} never held the lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Takes the lease over the way a version that records no protocol does,
-/// then renews it every read interval until `stop` turns true.
-async fn foreign_writer(
-    session: Arc<Session>,
-    keyspace: String,
-    after_epoch: i64,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    session
-        .query_unpaged(
-            format!(
-                "UPDATE {keyspace}.writer_lease SET holder = '127.0.0.1:1', epoch = ?, renewals = 0 \
-                 WHERE name = 'writer' IF epoch = ?"
-            ),
-            (after_epoch + 1, after_epoch),
-        )
-        .await?;
-    let claimed = lease(&session, &keyspace).await?;
-    ensure!(
-        claimed == Some(("127.0.0.1:1".into(), after_epoch + 1)),
-        "the foreign claim did not apply: {claimed:?}"
-    );
-    let mut renewals = 0i64;
-    while !stop.load(Ordering::Acquire) {
-        tokio::time::sleep(Duration::from_millis(RENEW_MS)).await;
-        renewals += 1;
-        session
-            .query_unpaged(
-                format!("UPDATE {keyspace}.writer_lease SET renewals = ? WHERE name = 'writer'"),
-                (renewals,),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_refuses_a_writer_of_another_version_and_takes_over_once_it_stopped()
 -> anyhow::Result<()> {
@@ -128,6 +56,7 @@ async fn a_node_refuses_a_writer_of_another_version_and_takes_over_once_it_stopp
         Arc::clone(&session),
         keyspace.name.clone(),
         epoch,
+        Duration::from_millis(RENEW_MS),
         Arc::clone(&stop),
     ));
     refused(

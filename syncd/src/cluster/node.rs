@@ -232,19 +232,32 @@ pub async fn serve(
     let (stop_accepting, accept_stopped) = tokio::sync::oneshot::channel::<()>();
     let stop_tx = Arc::new(stop_tx);
     let stop_on_failure = Arc::clone(&stop_tx);
+    let stopping = Arc::new(stopping);
+    let on_failure = {
+        let stopping = Arc::clone(&stopping);
+        move |reason: String| {
+            // Stop renewing at once: another node takes over while this one
+            // drains, and its supervisor restarts it.
+            let _ = stop_on_failure.send(true);
+            tracing::error!(%reason, "this node cannot go on; stopping");
+            stopping.send_replace(Stopping::Failed(reason));
+        }
+    };
     let signal = async move {
+        let mut failed_rx = failed_rx;
         tokio::select! {
             () = shutdown => {
                 tracing::info!("shutting down: no new connections");
                 stopping.send_replace(Stopping::Asked);
+                // A failure during the drain is still the exit's reason,
+                // even when the grace cuts the drain off.
+                tokio::spawn(async move {
+                    if let Ok(reason) = failed_rx.await {
+                        on_failure(reason);
+                    }
+                });
             }
-            Ok(reason) = failed_rx => {
-                // Stop renewing at once: another node takes over while this
-                // one drains, and its supervisor restarts it.
-                let _ = stop_on_failure.send(true);
-                tracing::error!(%reason, "this node cannot go on; stopping");
-                stopping.send_replace(Stopping::Failed(reason));
-            }
+            Ok(reason) = &mut failed_rx => on_failure(reason),
         }
         let _ = stop_accepting.send(());
     };

@@ -100,11 +100,20 @@ impl IntentBatches {
     /// Stores one intent with the next batch of its partition. `Ok(true)`
     /// when stored, `Ok(false)` when the partition's fence refused it.
     pub(super) async fn store(&self, values: IntentValues) -> Result<bool> {
+        let values_partition = values.1;
         let partition = self.partitions.get(values.1 as usize).ok_or_else(|| {
             StoreError::InvalidArgument(format!("no intent partition {}", values.1))
         })?;
         let (stored, outcome) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the intent writer stopped".into());
+        // The task ends only when this is dropped, so a task gone while a
+        // caller holds this panicked: nothing of that partition can be
+        // stored by this writer again. Fatal, so the writer stops and the
+        // next one recovers, instead of answering a retry that never works.
+        let stopped = || {
+            StoreError::Poisoned(format!(
+                "the intent writer of partition {values_partition} stopped"
+            ))
+        };
         partition
             .send(Queued { values, stored })
             .await
@@ -185,4 +194,43 @@ async fn store_batch(
     } else {
         Outcome::Fenced
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_partition_whose_task_is_gone_fails_the_writer_instead_of_asking_for_retries() {
+        // A task that panicked: its queue's receiver is gone.
+        let (sender, receiver) = mpsc::channel(QUEUED_INTENTS);
+        drop(receiver);
+        let batches = IntentBatches {
+            partitions: vec![sender],
+            transactions: Arc::default(),
+        };
+        let error = batches
+            .store((vec![1], 0, 1, 1, 1))
+            .await
+            .expect_err("nothing can be stored on that partition");
+        assert!(error.is_fatal(), "{error:?}");
+        assert!(!error.is_retryable(), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_partition_task_that_drops_a_queued_intent_fails_the_writer() {
+        // A task that took the intent and panicked before answering.
+        let (sender, mut receiver) = mpsc::channel::<Queued>(QUEUED_INTENTS);
+        let task = tokio::spawn(async move {
+            let queued = receiver.recv().await;
+            drop(queued);
+        });
+        let batches = IntentBatches {
+            partitions: vec![sender],
+            transactions: Arc::default(),
+        };
+        let error = batches.store((vec![1], 0, 1, 1, 1)).await.unwrap_err();
+        task.await.unwrap();
+        assert!(error.is_fatal(), "{error:?}");
+    }
 }
