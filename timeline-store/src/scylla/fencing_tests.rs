@@ -473,6 +473,42 @@ async fn intents_waiting_on_one_partition_are_stored_together_or_refused_togethe
     drop_keyspace(&session, &keyspace).await;
 }
 
+/// A batch that fails (here: its table is gone) fails every intent it
+/// carries: no caller is left waiting, none is told its intent was stored
+/// or fenced.
+#[tokio::test]
+async fn a_failed_batch_is_the_error_of_every_intent_it_carried() {
+    let keyspace = unique_keyspace("batch_fails");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
+    session
+        .query_unpaged(format!("DROP TABLE {keyspace}.fenced_intents"), ())
+        .await
+        .unwrap();
+    let partition_zero = |k: u64| (k + 1) * PENDING_SHARDS as u64;
+    let commits: Vec<EventCommit> = (0..64)
+        .map(|k| message_commit(partition_zero(k), 100 + k, 100 + k))
+        .collect();
+    let before = old.fence.as_ref().unwrap().intent_transactions();
+    let stored =
+        futures_util::future::join_all(commits.iter().map(|commit| old.store_intent(commit))).await;
+    let transactions = old.fence.as_ref().unwrap().intent_transactions() - before;
+    assert!(
+        transactions < 64,
+        "the intents went one per transaction ({transactions}): no batch was tested"
+    );
+    for (k, result) in stored.iter().enumerate() {
+        match result {
+            Ok(_) => panic!("intent {k} of a failed batch was answered as stored"),
+            Err(error @ StoreError::Fenced(_)) => {
+                panic!("intent {k} of a failed batch was answered {error:?}")
+            }
+            Err(_) => {}
+        }
+    }
+    drop_keyspace(&session, &keyspace).await;
+}
+
 /// Intents of a writer from before intents were numbered (one row per
 /// event in `fenced_events`) are finished and removed by the next writer.
 #[tokio::test]
