@@ -8,9 +8,15 @@
 
 use futures_util::future::join_all;
 
+mod conversations;
 mod lifecycle;
 mod members;
 mod read_states;
+mod retention;
+mod revocations;
+
+use conversations::receipt_key;
+use retention::trim_all;
 
 use crate::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
@@ -81,19 +87,6 @@ async fn history_len<S: TimelineStore>(store: &S, conversation_id: u64, limit: u
         .len()
 }
 
-/// Trims everything below `below_seq` in steps of at most `step` entries,
-/// as a retention pass does; returns how many entries went.
-async fn trim_all<S: TimelineStore>(store: &S, user: u64, below_seq: u64, step: usize) -> usize {
-    let mut trimmed = 0;
-    loop {
-        let deleted = store.trim_inbox(user, below_seq, step).await.unwrap();
-        trimmed += deleted;
-        if deleted < step {
-            return trimmed;
-        }
-    }
-}
-
 /// Runs every check, reopening the store through `open` where durability
 /// is checked.
 pub async fn run_all<S, F, Fut>(open: F)
@@ -107,25 +100,25 @@ where
     inbox_reads_respect_bounds_limits_and_owners(&store).await;
     inbox_reads_stop_past_their_byte_budget(&store).await;
     conversation_reads_page_both_ways(&store).await;
-    conversation_records_and_receipts_round_trip(&store).await;
-    checkpoints_never_go_back(&store).await;
-    large_group_index_tracks_members(&store).await;
-    large_group_memberships_keep_their_positions(&store).await;
-    trimming_deletes_below_the_floor_and_raises_it(&store).await;
-    racing_trims_keep_the_higher_floor(&store).await;
+    conversations::conversation_records_and_receipts_round_trip(&store).await;
+    retention::checkpoints_never_go_back(&store).await;
+    conversations::large_group_index_tracks_members(&store).await;
+    conversations::large_group_memberships_keep_their_positions(&store).await;
+    retention::trimming_deletes_below_the_floor_and_raises_it(&store).await;
+    retention::racing_trims_keep_the_higher_floor(&store).await;
     large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;
     every_entry_kind_round_trips(&store).await;
     heavy_payloads_read_back_whole_from_every_inbox(&store).await;
-    revocations_only_rise_and_the_feed_lists_them(&store).await;
+    revocations::revocations_only_rise_and_the_feed_lists_them(&store).await;
     read_states::read_states_round_trip_and_never_go_behind(&store).await;
     read_states::read_markers_stay_out_of_the_conversation_timeline(&store).await;
     read_states::readers_keep_each_members_highest_marker(&store).await;
     lifecycle::rewrites_replace_stored_entries_and_copies_are_kept(&store).await;
     lifecycle::rewriting_a_heavy_message_reaches_every_copy(&store).await;
     lifecycle::rewrites_do_not_bring_back_trimmed_copies(&store).await;
-    conversation_scan_lists_every_conversation_once(&store).await;
+    conversations::conversation_scan_lists_every_conversation_once(&store).await;
     members::member_table_is_changed_a_call_at_a_time_and_paged(&store).await;
     members::member_pages_are_stable_under_joins_and_leaves(&store).await;
     assert_eq!(
@@ -238,212 +231,6 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
     );
 }
 
-fn conversation(id: u64, members: Vec<u64>) -> Conversation {
-    Conversation {
-        conversation_id: id,
-        kind: ConversationKind::Group,
-        member_count: members.len() as u64,
-        members,
-        title: "team".into(),
-        created_at_ms: 1_700_000_000_000,
-        read_fanout: false,
-    }
-}
-
-fn receipt_key(n: u128) -> IdempotencyKey {
-    IdempotencyKey {
-        principal: format!("u:{}", BASE + 30),
-        client_msg_id: uuid::Uuid::from_u128(0xfeed_0000 + n),
-    }
-}
-
-/// ConversationScan: paging by the last id returned lists each
-/// conversation once, and only conversations with a record.
-async fn conversation_scan_lists_every_conversation_once<S: TimelineStore>(store: &S) {
-    let ids = [BASE + 901, BASE + 902, BASE + 903];
-    for &conv in &ids {
-        let mut created = fanout(message(conv, 1, BASE + 90, ""), &[(BASE + 90, 1)]);
-        created.entry.kind = EntryKind::ConversationCreated;
-        created.entry.members = vec![BASE + 90];
-        created.conversation = Some(conversation(conv, vec![BASE + 90]));
-        store.commit_event(created).await.unwrap();
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut after = None;
-    loop {
-        let page = store.conversation_ids(after, 2).await.unwrap();
-        assert!(page.len() <= 2, "a scan page holds at most its limit");
-        for &id in &page {
-            assert!(seen.insert(id), "conversation {id} listed twice");
-        }
-        if page.len() < 2 {
-            break;
-        }
-        after = page.last().copied();
-    }
-    for id in ids {
-        assert!(
-            seen.contains(&id),
-            "conversation {id} missing from the scan"
-        );
-    }
-    for &id in seen.iter().take(20) {
-        assert!(
-            store.conversation(id).await.unwrap().is_some(),
-            "the scan lists only conversations with a record"
-        );
-    }
-}
-
-async fn conversation_records_and_receipts_round_trip<S: TimelineStore>(store: &S) {
-    let conv = BASE + 4;
-    assert!(store.conversation(conv).await.unwrap().is_none());
-    let mut created = fanout(
-        message(conv, 1, BASE + 30, ""),
-        &[(BASE + 30, 1), (BASE + 31, 1)],
-    );
-    created.entry.kind = EntryKind::ConversationCreated;
-    created.entry.members = vec![BASE + 30, BASE + 31];
-    created.conversation = Some(conversation(conv, vec![BASE + 30, BASE + 31]));
-    store.commit_event(created).await.unwrap();
-    let stored = store.conversation(conv).await.unwrap().expect("created");
-    assert_eq!(stored.members, vec![BASE + 30, BASE + 31]);
-    assert_eq!(stored.member_count, 2);
-    assert_eq!(
-        (
-            stored.listed_member(BASE + 31),
-            stored.listed_member(BASE + 32)
-        ),
-        (Some(true), Some(false))
-    );
-    // A large group's record keeps its count, not its list.
-    let mut large = conversation(BASE + 5, Vec::new());
-    (large.read_fanout, large.member_count) = (true, 100_000);
-    let mut created_large = fanout(message(BASE + 5, 1, 0, ""), &[]);
-    created_large.entry.kind = EntryKind::ConversationCreated;
-    created_large.conversation = Some(large.clone());
-    store.commit_event(created_large).await.unwrap();
-    let stored_large = store.conversation(BASE + 5).await.unwrap().unwrap();
-    assert_eq!(stored_large, large);
-    assert_eq!(
-        stored_large.listed_member(BASE + 30),
-        None,
-        "ask the member table"
-    );
-
-    let mut send = fanout(
-        message(conv, 2, BASE + 30, "once"),
-        &[(BASE + 30, 2), (BASE + 31, 2)],
-    );
-    let receipt = Receipt {
-        conversation_id: conv,
-        conv_seq: 2,
-        msg_id: 77,
-        sent_at_ms: 5,
-        fingerprint: 0xfeed_f00d_dead_beef,
-    };
-    send.receipt = Some((receipt_key(1), receipt.clone()));
-    assert!(store.receipt(&receipt_key(1)).await.unwrap().is_none());
-    store.commit_event(send).await.unwrap();
-    assert_eq!(store.receipt(&receipt_key(1)).await.unwrap(), Some(receipt));
-    assert!(store.receipt(&receipt_key(2)).await.unwrap().is_none());
-    let other_principal = IdempotencyKey {
-        principal: format!("u:{}", BASE + 31),
-        ..receipt_key(1)
-    };
-    assert!(
-        store.receipt(&other_principal).await.unwrap().is_none(),
-        "receipts are per principal"
-    );
-
-    let mut removed = fanout(message(conv, 3, 0, ""), &[(BASE + 30, 3), (BASE + 31, 3)]);
-    removed.entry.kind = EntryKind::MembersRemoved;
-    removed.conversation = Some(conversation(conv, vec![BASE + 30]));
-    store.commit_event(removed).await.unwrap();
-    assert_eq!(
-        store.conversation(conv).await.unwrap().unwrap().members,
-        vec![BASE + 30]
-    );
-}
-
-async fn large_group_index_tracks_members<S: TimelineStore>(store: &S) {
-    use crate::LargeGroupIndexChange;
-    let (user, other) = (BASE + 70, BASE + 71);
-    assert!(store.large_groups(user).await.unwrap().is_empty());
-    let change = |user_id, conversation_id, member| LargeGroupIndexChange {
-        user_id,
-        conversation_id,
-        member,
-    };
-    let mut joined = fanout(message(BASE + 8, 1, 0, ""), &[]);
-    joined.large_group_index = vec![change(user, BASE + 8, true), change(other, BASE + 8, true)];
-    store.commit_event(joined).await.unwrap();
-    let mut second = fanout(message(BASE + 9, 1, 0, ""), &[]);
-    second.large_group_index = vec![change(user, BASE + 9, true)];
-    store.commit_event(second).await.unwrap();
-    assert_eq!(
-        store.large_groups(user).await.unwrap(),
-        vec![BASE + 8, BASE + 9]
-    );
-    let mut left = fanout(message(BASE + 8, 2, 0, ""), &[]);
-    left.large_group_index = vec![change(user, BASE + 8, false)];
-    store.commit_event(left).await.unwrap();
-    assert_eq!(store.large_groups(user).await.unwrap(), vec![BASE + 9]);
-    assert_eq!(store.large_groups(other).await.unwrap(), vec![BASE + 8]);
-}
-
-/// The index records where a membership began and ended in the member's
-/// timelines (the event's inbox seq for them and its conv_seq); a removal
-/// keeps the join, a rejoin clears the removal and keeps the first join
-/// (devices read on from where they stopped, in the earlier membership).
-async fn large_group_memberships_keep_their_positions<S: TimelineStore>(store: &S) {
-    use crate::{EventPosition, LargeGroupIndexChange, LargeGroupMembership};
-    let (user, group) = (BASE + 72, BASE + 73);
-    let change = |member| LargeGroupIndexChange {
-        user_id: user,
-        conversation_id: group,
-        member,
-    };
-    let at = |inbox_seq, conv_seq| EventPosition {
-        inbox_seq,
-        conv_seq,
-    };
-    let mut joined = fanout(message(group, 5, 0, ""), &[(user, 40)]);
-    joined.large_group_index = vec![change(true)];
-    store.commit_event(joined).await.unwrap();
-    let membership = |left| LargeGroupMembership {
-        conversation_id: group,
-        joined: at(40, 5),
-        left,
-    };
-    assert_eq!(
-        store.large_group_memberships(user).await.unwrap(),
-        vec![membership(None)]
-    );
-    let mut left = fanout(message(group, 9, 0, ""), &[(user, 47)]);
-    left.large_group_index = vec![change(false)];
-    store.commit_event(left.clone()).await.unwrap();
-    assert_eq!(
-        store.large_group_memberships(user).await.unwrap(),
-        vec![membership(Some(at(47, 9)))],
-        "a former member keeps its interval"
-    );
-    assert!(store.large_groups(user).await.unwrap().is_empty());
-    // Re-applying the removal (a retry) changes nothing.
-    store.commit_event(left).await.unwrap();
-    assert_eq!(
-        store.large_group_memberships(user).await.unwrap(),
-        vec![membership(Some(at(47, 9)))]
-    );
-    let mut rejoined = fanout(message(group, 12, 0, ""), &[(user, 50)]);
-    rejoined.large_group_index = vec![change(true)];
-    store.commit_event(rejoined).await.unwrap();
-    let now = store.large_group_memberships(user).await.unwrap();
-    assert_eq!(now[0].joined, at(40, 5), "a rejoin keeps the first join");
-    assert_eq!(now[0].left, None);
-    assert_eq!(store.large_groups(user).await.unwrap(), vec![group]);
-}
-
 /// A backend may store inbox copies of a heavy entry (a long text, a long
 /// member list) by reference to the conversation entry; readers always get
 /// the entry whole, from every inbox and the timeline.
@@ -546,77 +333,6 @@ async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store
         .unwrap();
     assert_eq!(timeline[0].text, text);
     assert_eq!(timeline[1].members, members);
-}
-
-async fn trimming_deletes_below_the_floor_and_raises_it<S: TimelineStore>(store: &S) {
-    let user = BASE + 80;
-    for seq in 1..=30u64 {
-        store
-            .commit_event(fanout(message(BASE + 10, seq, user, "t"), &[(user, seq)]))
-            .await
-            .unwrap();
-    }
-    assert_eq!(store.inbox_floor(user).await.unwrap(), 0);
-    assert_eq!(trim_all(store, user, 21, 8).await, 20);
-    assert_eq!(store.inbox_floor(user).await.unwrap(), 21);
-    let left: Vec<u64> = read_inbox(store, user, 0, u64::MAX, 100)
-        .await
-        .iter()
-        .map(|e| e.seq)
-        .collect();
-    assert_eq!(left, (21..=30).collect::<Vec<_>>());
-    assert_eq!(store.trim_inbox(user, 5, 100).await.unwrap(), 0);
-    assert_eq!(
-        store.inbox_floor(user).await.unwrap(),
-        21,
-        "the floor never goes back"
-    );
-    assert_eq!(store.last_inbox_seq(user).await.unwrap(), 30);
-    assert_eq!(
-        history_len(store, BASE + 10, 100).await,
-        30,
-        "history is kept"
-    );
-}
-
-/// Two trimmers racing (a retry landing late, a writer that was frozen and
-/// one that took over): the floor ends at the higher of the two, never
-/// lowered by the one that lost the race.
-async fn racing_trims_keep_the_higher_floor<S: TimelineStore>(store: &S) {
-    let users: Vec<u64> = (0..40).map(|i| BASE + 70_000 + i).collect();
-    for &user in &users {
-        store
-            .commit_event(fanout(
-                message(BASE + 70_000, user, user, "t"),
-                &[(user, 30)],
-            ))
-            .await
-            .unwrap();
-    }
-    let trims = users
-        .iter()
-        .flat_map(|&user| [store.trim_inbox(user, 20, 0), store.trim_inbox(user, 10, 0)]);
-    for result in join_all(trims).await {
-        result.unwrap();
-    }
-    for &user in &users {
-        assert_eq!(
-            store.inbox_floor(user).await.unwrap(),
-            20,
-            "user {user}: a lower floor overwrote a higher one"
-        );
-    }
-}
-
-async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {
-    let user = BASE + 40;
-    assert_eq!(store.checkpoint(user, "phone").await.unwrap(), 0);
-    assert_eq!(store.save_checkpoint(user, "phone", 10).await.unwrap(), 10);
-    assert_eq!(store.save_checkpoint(user, "phone", 4).await.unwrap(), 10);
-    assert_eq!(store.save_checkpoint(user, "laptop", 3).await.unwrap(), 3);
-    assert_eq!(store.checkpoint(user, "phone").await.unwrap(), 10);
-    assert_eq!(store.checkpoint(user, "laptop").await.unwrap(), 3);
-    assert_eq!(store.checkpoint(user + 1, "phone").await.unwrap(), 0);
 }
 
 async fn recommitting_an_event_is_idempotent<S: TimelineStore>(store: &S) {
@@ -728,99 +444,5 @@ async fn everything_survives_reopen<S: TimelineStore>(store: &S) {
             user: 2_000,
             device: 1_000
         }
-    );
-}
-
-/// The feed is read by time, so the checks record at the current time:
-/// a shared store's feed then holds nothing of an earlier run at or after it.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// [`crate::Revocations`]: cutoffs per device and per user only rise (also
-/// under concurrent revocations), and the feed lists every revocation by
-/// the time it was recorded.
-async fn revocations_only_rise_and_the_feed_lists_them<S: TimelineStore>(store: &S) {
-    let user = BASE + 90;
-    let revocation = |device: Option<&str>, before_s| Revocation {
-        user_id: user,
-        device_id: device.map(str::to_owned),
-        before_s,
-    };
-    assert_eq!(
-        store.revoked_before(user, "phone").await.unwrap(),
-        RevokedBefore::default()
-    );
-    let t0 = now_ms();
-    let phone = revocation(Some("phone"), 1_000);
-    assert_eq!(store.revoke(&phone, t0).await.unwrap(), 1_000);
-    let lower = revocation(Some("phone"), 500);
-    assert_eq!(store.revoke(&lower, t0 + 1).await.unwrap(), 1_000);
-    let everywhere = revocation(None, 2_000);
-    assert_eq!(store.revoke(&everywhere, t0 + 2).await.unwrap(), 2_000);
-    let phone_cutoffs = store.revoked_before(user, "phone").await.unwrap();
-    assert_eq!(
-        phone_cutoffs,
-        RevokedBefore {
-            user: 2_000,
-            device: 1_000
-        }
-    );
-    assert_eq!(phone_cutoffs.cutoff(), 2_000);
-    assert_eq!(
-        store.revoked_before(user, "laptop").await.unwrap(),
-        RevokedBefore {
-            user: 2_000,
-            device: 0
-        }
-    );
-    assert_eq!(
-        store.revoked_before(user + 1, "phone").await.unwrap(),
-        RevokedBefore::default()
-    );
-
-    let ours = |since_ms, limit| async move {
-        let listed = store.revocations_since(since_ms, limit).await.unwrap();
-        let times: Vec<u64> = listed.iter().map(|r| r.recorded_at_ms).collect();
-        assert!(times.is_sorted(), "feed out of order: {times:?}");
-        assert!(times.iter().all(|&t| t >= since_ms), "{times:?}");
-        listed
-            .into_iter()
-            .filter(|r| r.revocation.user_id == user)
-            .map(|r| (r.recorded_at_ms, r.revocation))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        ours(t0, 100).await,
-        vec![(t0, phone), (t0 + 1, lower), (t0 + 2, everywhere.clone())]
-    );
-    assert_eq!(ours(t0 + 2, 100).await, vec![(t0 + 2, everywhere)]);
-    assert_eq!(
-        store.revocations_since(t0, 1).await.unwrap().len(),
-        1,
-        "the limit bounds a feed read"
-    );
-
-    let tablet = (1..=20u64).map(|before_s| async move {
-        let revocation = Revocation {
-            user_id: user + 2,
-            device_id: Some("tablet".into()),
-            before_s,
-        };
-        store.revoke(&revocation, t0 + 3).await.unwrap()
-    });
-    for stored in join_all(tablet).await {
-        assert!((1..=20).contains(&stored), "{stored}");
-    }
-    assert_eq!(
-        store
-            .revoked_before(user + 2, "tablet")
-            .await
-            .unwrap()
-            .device,
-        20
     );
 }
