@@ -24,8 +24,8 @@
 //! lengthens each run.
 //!
 //! Layout: this file drives the run (plans, epochs between restarts, the
-//! seeds); `fault_space/world.rs` holds the shared state and the fault
-//! generator, `writes.rs` and `reads.rs` the operations, `checks.rs` the
+//! seeds, the faults each seed draws); `fault_space/world.rs` holds the
+//! shared state and the seeded generator, `writes.rs` and `reads.rs` the operations, `checks.rs` the
 //! checks, and `model.rs` what the store must hold.
 
 #[path = "fault_space/checks.rs"]

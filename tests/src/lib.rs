@@ -374,8 +374,9 @@ impl Server {
 
     /// SIGTERM, without waiting: [`Server::wait_exit`] gets the status.
     pub fn ask_to_stop(&self) -> Result<()> {
+        let pid = self.child.as_ref().context("not running")?.id();
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()?;
         if !status.success() {
             bail!("kill -TERM failed");

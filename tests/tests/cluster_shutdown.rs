@@ -93,6 +93,7 @@ async fn a_node_that_fails_while_it_drains_exits_non_zero() -> anyhow::Result<()
     let session = Arc::new(session().await?);
     let epoch = wait_for_holder(&session, &keyspace.name, &node.addr).await?;
     node.ask_to_stop()?;
+    let asked = Instant::now();
     // While the stuck device holds the drain, a writer of another version
     // takes the keyspace: the draining node loses its lease to it, which
     // it must never follow, and fails.
@@ -106,6 +107,7 @@ async fn a_node_that_fails_while_it_drains_exits_non_zero() -> anyhow::Result<()
         Arc::clone(&stop),
     ));
     let status = node.wait_exit(Duration::from_secs(30))?;
+    let exited_after = asked.elapsed();
     stop.store(true, Ordering::Release);
     foreign.await??;
     drop(stream);
@@ -113,6 +115,12 @@ async fn a_node_that_fails_while_it_drains_exits_non_zero() -> anyhow::Result<()
     assert!(
         !status.success(),
         "the node failed while draining but exited {status:?}:\n{log}"
+    );
+    // The case this is about: the grace (10 s) cut the drain short. A
+    // drain that finished would report the failure anyway.
+    assert!(
+        exited_after >= Duration::from_secs(9),
+        "the node exited {exited_after:?} after SIGTERM: the stuck device did not hold the drain"
     );
     assert!(
         log.contains("versions must not be mixed"),
