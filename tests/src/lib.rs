@@ -44,6 +44,17 @@ pub fn bin_dir() -> &'static Path {
         // after it (a narrower build would unify features differently and
         // recompile dependencies).
         build.args(["build", "--workspace", "--all-targets"]);
+        // Without what cargo sets for this test process: build scripts
+        // that track them (ring's tracks CARGO_MANIFEST_DIR and
+        // CARGO_PKG_*) would otherwise see them change and rerun, and
+        // everything above them (TLS, tonic, every crate here) would be
+        // compiled again: minutes of a test run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if set_for_this_test(&name) {
+                build.env_remove(name.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -54,6 +65,21 @@ pub fn bin_dir() -> &'static Path {
         assert!(status.success(), "cargo build of syncd and tl failed");
         profile_dir
     })
+}
+
+/// Whether cargo set `name` for the test process it runs (or for the build
+/// script it ran), rather than for cargo itself.
+fn set_for_this_test(name: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_"];
+    const NAMES: [&str; 6] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix)) || NAMES.contains(&name)
 }
 
 pub fn syncd_bin() -> PathBuf {
