@@ -8,12 +8,15 @@
 //! `READ_STATE_SEED=N` replays one seed; `READ_STATE_SEEDS` and
 //! `READ_STATE_STEPS` size the run.
 
+mod model;
+
 use crate::engine::{Engine, EngineConfig, ListQuery, MembershipChange, NewConversation};
 use crate::testkit::*;
+use model::{ConversationModel, DeviceRow, Model, replay};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use timeline_store::testsuite::{MemoryStore, SplitMix64};
-use timeline_store::{ConversationKind, Entry, EntryKind, TimelineStore};
+use timeline_store::{ConversationKind, TimelineStore};
 
 const USERS: u64 = 5;
 const LARGE_GROUP_THRESHOLD: usize = 3;
@@ -23,145 +26,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-#[derive(Default)]
-struct ConversationModel {
-    /// A direct conversation (two members for life; markers are read
-    /// receipts for the other).
-    direct: bool,
-    members: BTreeSet<u64>,
-    /// Every message: (conv_seq, sender, mentioned by name, everyone).
-    messages: Vec<(u64, u64, BTreeSet<u64>, bool)>,
-    top: u64,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Reader {
-    member: bool,
-    joined: u64,
-    read_through: u64,
-}
-
-#[derive(Default)]
-struct Model {
-    conversations: BTreeMap<u64, ConversationModel>,
-    readers: BTreeMap<(u64, u64), Reader>,
-    /// The reader index: per (conversation, user) the highest mark or own
-    /// message.
-    index: BTreeMap<(u64, u64), u64>,
-    /// Per (conversation, user): the highest marker the user raised (what
-    /// the other member of a direct conversation is told).
-    marked: BTreeMap<(u64, u64), u64>,
-}
-
-impl Model {
-    fn join(&mut self, user: u64, conversation: u64, at: u64) {
-        let reader = self.readers.entry((user, conversation)).or_default();
-        reader.member = true;
-        reader.joined = at;
-        reader.read_through = reader.read_through.max(at);
-    }
-
-    /// (unread, unread mentions).
-    fn unread(&self, user: u64, conversation: u64) -> (u64, u64) {
-        let Some(reader) = self.readers.get(&(user, conversation)) else {
-            return (0, 0);
-        };
-        if !reader.member {
-            return (0, 0);
-        }
-        let from = reader.read_through.max(reader.joined);
-        let unread: Vec<_> = self.conversations[&conversation]
-            .messages
-            .iter()
-            .filter(|(seq, sender, _, _)| *seq > from && *sender != user)
-            .collect();
-        let mentions = unread
-            .iter()
-            .filter(|(_, _, named, everyone)| *everyone || named.contains(&user))
-            .count();
-        (unread.len() as u64, mentions as u64)
-    }
-
-    fn raise_index(&mut self, conversation: u64, user: u64, through: u64) {
-        let stored = self.index.entry((conversation, user)).or_default();
-        *stored = (*stored).max(through);
-    }
-
-    /// Who has read the message at `conv_seq`: current members other than
-    /// its sender whose index entry reaches it.
-    /// Current members other than the sender who were members when it was
-    /// sent (their latest join is before it).
-    fn receivers(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
-        self.conversations[&conversation]
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != sender && self.readers[&(m, conversation)].joined < conv_seq)
-            .collect()
-    }
-
-    fn read_by(&self, conversation: u64, conv_seq: u64, sender: u64) -> Vec<u64> {
-        self.receivers(conversation, conv_seq, sender)
-            .into_iter()
-            .filter(|&m| {
-                self.index
-                    .get(&(conversation, m))
-                    .is_some_and(|&r| r >= conv_seq)
-            })
-            .collect()
-    }
-}
-
-/// What a device keeps per conversation, by the rules of the protocol
-/// (written here again, apart from the server's fold).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct DeviceRow {
-    member: bool,
-    read_through: u64,
-    unread: u64,
-    mentions: u64,
-}
-
-fn replay(rows: &mut BTreeMap<u64, DeviceRow>, entry: &Entry, user: u64) {
-    let row = rows.entry(entry.conversation_id).or_default();
-    let mine = entry.members.contains(&user);
-    match entry.kind {
-        EntryKind::ConversationCreated | EntryKind::MembersAdded if mine => {
-            *row = DeviceRow {
-                member: true,
-                read_through: row.read_through.max(entry.conv_seq),
-                unread: 0,
-                mentions: 0,
-            };
-        }
-        EntryKind::MembersRemoved if mine => {
-            row.member = false;
-            row.unread = 0;
-            row.mentions = 0;
-        }
-        EntryKind::Message if entry.sender_id == user => {
-            row.read_through = row.read_through.max(entry.conv_seq);
-            row.unread = 0;
-            row.mentions = 0;
-        }
-        EntryKind::Message if row.member && entry.conv_seq > row.read_through => {
-            row.unread += 1;
-            if entry.mention_all || entry.mentions.contains(&user) {
-                row.mentions += 1;
-            }
-        }
-        EntryKind::ReadMarker
-            if entry.sender_id == user && entry.read_through > row.read_through =>
-        {
-            row.read_through = entry.read_through;
-            if row.member {
-                (row.unread, row.mentions) = (entry.unread, entry.unread_mentions);
-            }
-        }
-        _ => {}
-    }
 }
 
 struct Run<S: TimelineStore> {
