@@ -16,6 +16,9 @@ pub const MAX_QUERY_CLAUSES: usize = 16;
 pub const MAX_PAGE_SIZE: usize = 100;
 /// A page's size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
+/// Highlighted spans one hit carries at most, the first in the text: a
+/// long text of one repeated word would otherwise carry one per word.
+pub const MAX_HIGHLIGHTS_PER_HIT: usize = 64;
 /// Longest time one query may take; a slower one answers with what it has.
 pub const MAX_QUERY_TIME: Duration = Duration::from_secs(5);
 /// Most membership intervals a device's authorisation filter may hold.

@@ -1,7 +1,7 @@
 //! What every backend does the same way once it has its matches: the hit
 //! with its highlights, the page cut and its cursor.
 
-use crate::model::{MessageDoc, ParsedQuery, Rank, SearchHit, SearchPage};
+use crate::model::{MAX_HIGHLIGHTS_PER_HIT, MessageDoc, ParsedQuery, Rank, SearchHit, SearchPage};
 use crate::tokens::{self, Token};
 
 /// The hit for a matching message: its spans are found again in its text
@@ -12,6 +12,8 @@ pub(crate) fn hit(doc: MessageDoc, clauses: &[Vec<Token>], score: f32) -> Search
         .iter()
         .flat_map(|clause| tokens::phrase_spans(&text_tokens, clause))
         .collect();
+    let mut highlights = tokens::merge_spans(spans);
+    highlights.truncate(MAX_HIGHLIGHTS_PER_HIT);
     SearchHit {
         conversation_id: doc.conversation_id,
         conv_seq: doc.conv_seq,
@@ -19,7 +21,7 @@ pub(crate) fn hit(doc: MessageDoc, clauses: &[Vec<Token>], score: f32) -> Search
         sender_id: doc.sender_id,
         text: doc.text,
         sent_at_ms: doc.sent_at_ms,
-        highlights: tokens::merge_spans(spans),
+        highlights,
         score,
     }
 }
@@ -54,4 +56,28 @@ pub(crate) fn cut<T>(
 /// Whether a document's rank falls after the cursor.
 pub(crate) fn after_cursor(rank: &Rank, cursor: Option<Rank>) -> bool {
     cursor.is_none_or(|cursor| rank.cmp_order(&cursor).is_gt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_carries_the_first_highlights_only() {
+        let doc = MessageDoc {
+            conversation_id: 1,
+            conv_seq: 1,
+            msg_id: 1,
+            sender_id: 1,
+            text: "a b ".repeat(16_000),
+            sent_at_ms: 0,
+        };
+        let clauses = [tokens::query_tokens("a"), tokens::query_tokens("a")];
+        let hit = hit(doc, &clauses, 0.0);
+        // 16,000 separate matches, each found twice: the reply would carry
+        // every one of them.
+        assert_eq!(hit.highlights.len(), MAX_HIGHLIGHTS_PER_HIT);
+        assert_eq!(hit.highlights[0], (0, 1));
+        assert_eq!(hit.highlights[MAX_HIGHLIGHTS_PER_HIT - 1], (252, 253));
+    }
 }

@@ -251,10 +251,15 @@ impl Engine {
     pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
         match &self.search {
             Some(search) => {
-                let hidden =
-                    crate::search_index::hidden(&self.read_state, principal, query.conversation_id)
-                        .await?;
-                search.search(principal, query, hidden).await
+                // Checked before the read state is folded for it.
+                let request = search.request(principal, query)?;
+                let hidden = crate::search_index::hidden(
+                    &self.read_state,
+                    principal,
+                    request.conversation_id,
+                )
+                .await?;
+                search.search(request, hidden).await
             }
             None => Err(crate::error::SyncdError::FailedPrecondition(
                 "history search is off on this node: it keeps no search index".into(),

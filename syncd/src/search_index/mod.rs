@@ -29,8 +29,8 @@ use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    SEARCH_BATCH_CONVERSATIONS, SEARCH_COMMIT_INTERVAL, SEARCH_LAG_CONVERSATIONS,
-    SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
+    MAX_CONCURRENT_SEARCHES, SEARCH_BATCH_CONVERSATIONS, SEARCH_COMMIT_INTERVAL,
+    SEARCH_LAG_CONVERSATIONS, SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
 };
 use crate::visibility::Visibility;
 use feed::Feed;
@@ -73,6 +73,9 @@ pub struct SearchIndexing {
     index: Arc<dyn SearchIndex>,
     feed: Arc<Feed>,
     scanning: AtomicBool,
+    /// Searches running now: each holds a blocking thread for up to the
+    /// query deadline, and reads share that pool.
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 impl SearchIndexing {
@@ -87,6 +90,7 @@ impl SearchIndexing {
             index,
             feed: Arc::new(Feed::default()),
             scanning: AtomicBool::new(true),
+            searches: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SEARCHES)),
         })
     }
 
@@ -258,15 +262,10 @@ impl SearchIndexing {
         Ok(self.index.checkpoints()?.len())
     }
 
-    /// One page of `principal`'s search: a device finds what its user
-    /// could read while a member; a service finds everything.
-    /// `hidden`: what a device's user deleted for themselves or cleared.
-    pub async fn search(
-        &self,
-        principal: &Principal,
-        query: SearchQuery,
-        hidden: search::Hidden,
-    ) -> Result<SearchResult> {
+    /// `principal`'s search as the index takes it, checked before anything
+    /// else is done for it: a device finds what its user could read while
+    /// a member; a service finds everything.
+    pub fn request(&self, principal: &Principal, query: SearchQuery) -> Result<SearchRequest> {
         let searcher = match principal {
             Principal::Device { user_id, .. } => Searcher::User(*user_id),
             Principal::Service { .. } => Searcher::Service,
@@ -282,17 +281,38 @@ impl SearchIndexing {
             limit: query.limit,
             cursor: query.cursor,
             timeout: search::model::MAX_QUERY_TIME,
-            hidden,
+            hidden: search::Hidden::default(),
         };
-        // Refused before a thread is taken for it.
         request.parse()?;
+        Ok(request)
+    }
+
+    /// One page of a checked request. `hidden`: what a device's user
+    /// deleted for themselves or cleared.
+    pub async fn search(
+        &self,
+        mut request: SearchRequest,
+        hidden: search::Hidden,
+    ) -> Result<SearchResult> {
+        request.hidden = hidden;
+        let permit = Arc::clone(&self.searches)
+            .try_acquire_owned()
+            .map_err(|_| {
+                SyncdError::ResourceExhausted(format!(
+                    "{MAX_CONCURRENT_SEARCHES} searches are running on this node; retry shortly"
+                ))
+            })?;
+        let conversation = request.conversation_id;
         let index = Arc::clone(&self.index);
-        let page = tokio::task::spawn_blocking(move || index.search(&request))
-            .await
-            .map_err(|e| SyncdError::Internal(format!("search task failed: {e}")))??;
+        let page = tokio::task::spawn_blocking(move || {
+            let _running = permit;
+            index.search(&request)
+        })
+        .await
+        .map_err(|e| SyncdError::Internal(format!("search task failed: {e}")))??;
         Ok(SearchResult {
             page,
-            lagging_events: self.lag(query.conversation_id)?,
+            lagging_events: self.lag(conversation)?,
             catching_up: self.scanning.load(Ordering::SeqCst),
         })
     }

@@ -388,3 +388,101 @@ async fn sends_in_a_stream_share_index_commits() {
     engine.begin_shutdown();
     engine.shutdown().await;
 }
+
+/// An index whose searches wait until the test lets them go.
+struct HeldIndex {
+    inner: search::memory::MemoryIndex,
+    released: Arc<std::sync::atomic::AtomicBool>,
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl search::SearchIndex for HeldIndex {
+    fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
+        self.inner.checkpoints()
+    }
+    fn checkpoint(&self, conversation_id: u64) -> search::Result<u64> {
+        self.inner.checkpoint(conversation_id)
+    }
+    fn apply(&self, updates: &[search::ConversationUpdate]) -> search::Result<()> {
+        self.inner.apply(updates)
+    }
+    fn search(&self, request: &search::SearchRequest) -> search::Result<search::SearchPage> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.search(request)
+    }
+    fn clear(&self) -> search::Result<()> {
+        self.inner.clear()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_past_the_node_bound_are_refused_not_queued() {
+    use crate::limits::MAX_CONCURRENT_SEARCHES;
+    use std::sync::atomic::Ordering;
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let index = Arc::new(HeldIndex {
+        inner: search::memory::MemoryIndex::default(),
+        released: Arc::clone(&released),
+        entered: Arc::clone(&entered),
+    });
+    let store: Arc<dyn timeline_store::TimelineStore> =
+        Arc::new(timeline_store::testsuite::MemoryStore::new());
+    let indexing = super::SearchIndexing::new(store, None, index);
+    let running: Vec<_> = (0..MAX_CONCURRENT_SEARCHES)
+        .map(|_| {
+            let indexing = Arc::clone(&indexing);
+            tokio::spawn(async move {
+                let request = indexing.request(&service(), query("x")).unwrap();
+                indexing.search(request, search::Hidden::default()).await
+            })
+        })
+        .collect();
+    for _ in 0..1_000 {
+        if entered.load(Ordering::SeqCst) == MAX_CONCURRENT_SEARCHES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(entered.load(Ordering::SeqCst), MAX_CONCURRENT_SEARCHES);
+    let request = indexing.request(&service(), query("x")).unwrap();
+    let refused = indexing
+        .search(request, search::Hidden::default())
+        .await
+        .expect_err("a search past the bound");
+    assert!(
+        matches!(&refused, SyncdError::ResourceExhausted(m) if m.contains("searches are running")),
+        "{refused:?}"
+    );
+    released.store(true, Ordering::SeqCst);
+    for search in running {
+        search.await.unwrap().unwrap();
+    }
+    let request = indexing.request(&service(), query("x")).unwrap();
+    indexing
+        .search(request, search::Hidden::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_query_is_refused_when_the_request_is_made() {
+    let store: Arc<dyn timeline_store::TimelineStore> =
+        Arc::new(timeline_store::testsuite::MemoryStore::new());
+    let indexing = super::SearchIndexing::new(
+        store,
+        None,
+        Arc::new(search::memory::MemoryIndex::default()),
+    );
+    let refused = indexing
+        .request(&device(1, "phone"), query(""))
+        .expect_err("an empty query");
+    assert!(
+        matches!(refused, SyncdError::InvalidArgument(_)),
+        "{refused:?}"
+    );
+}
