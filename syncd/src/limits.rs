@@ -50,6 +50,10 @@ pub const MAX_SYNC_LIMIT: usize = 1_000;
 /// for all of them with the largest pages (pages of small messages are a
 /// few hundred KiB).
 pub const MAX_CATCH_UPS: usize = 128;
+/// Catch-up streams one user may hold open at once (a few devices coming
+/// back together); past it they page with Sync, and the node's slots stay
+/// for everyone else.
+pub const MAX_CATCH_UPS_PER_USER: usize = 4;
 pub const CATCH_UP_READ_AHEAD: usize = 1;
 /// Replies of one CatchUp call (a million entries at the largest pages);
 /// the last then says has_more and the device calls again.
@@ -228,3 +232,9 @@ pub const SEARCH_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_
 pub const SEARCH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Pending conversations a search reply's lag counts at most.
 pub const SEARCH_LAG_CONVERSATIONS: usize = 1_000;
+/// Searches one node runs at once. Each holds a blocking thread for up to
+/// the query deadline (5 s), and the embedded store's reads share that
+/// pool: without a bound, a flood of slow searches would stall every
+/// Sync and History behind them. Past it a search is refused with
+/// RESOURCE_EXHAUSTED at once (a user retries; nothing queues).
+pub const MAX_CONCURRENT_SEARCHES: usize = 16;

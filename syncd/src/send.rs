@@ -17,6 +17,7 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::Event;
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
+use crate::lifecycle::within_admission_wait;
 #[cfg(doc)]
 use crate::limits::MAX_ADMISSION_WAIT;
 use crate::limits::{MAX_INFLIGHT_SENDS, MAX_MENTIONS, MAX_TEXT_BYTES};
@@ -71,10 +72,7 @@ impl Mentions {
     ) -> Result<Self> {
         let mut checked = self.normalized(sender_id);
         if checked.users.len() > MAX_MENTIONS {
-            return Err(SyncdError::InvalidArgument(format!(
-                "{} mentions, at most {MAX_MENTIONS}",
-                checked.users.len()
-            )));
+            return Err(too_many_mentions(checked.users.len()));
         }
         if checked.everyone && conversation.kind == ConversationKind::Direct {
             return Err(SyncdError::InvalidArgument(
@@ -93,6 +91,10 @@ impl Mentions {
         checked.users.shrink_to_fit();
         Ok(checked)
     }
+}
+
+fn too_many_mentions(count: usize) -> SyncdError {
+    SyncdError::InvalidArgument(format!("{count} mentions, at most {MAX_MENTIONS}"))
 }
 
 #[derive(Clone, Debug)]
@@ -132,13 +134,21 @@ impl Sender {
                 "only services may send high-priority messages".into(),
             ));
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| SyncdError::Internal("the send slots were closed".into()))?;
+        // Checked before the send waits for anything: a list of a million
+        // repeated names must not be held (or sorted) while it waits.
         let mut command = command;
+        if command.mentions.users.len() > 2 * MAX_MENTIONS {
+            return Err(too_many_mentions(command.mentions.users.len()));
+        }
         command.mentions = command.mentions.normalized(sender_id);
+        if command.mentions.users.len() > MAX_MENTIONS {
+            return Err(too_many_mentions(command.mentions.users.len()));
+        }
+        let _slot = within_admission_wait(self.slots.acquire(), || {
+            format!("{MAX_INFLIGHT_SENDS} sends are in progress on this node; retry shortly")
+        })
+        .await?
+        .map_err(|_| SyncdError::Internal("the send slots were closed".into()))?;
         let mut fingerprint = Fingerprint::new("send")
             .u64(command.conversation_id)
             .u64(sender_id)

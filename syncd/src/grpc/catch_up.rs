@@ -8,8 +8,10 @@
 //! answer from the previous reply's checkpoint, so never-skip, the page
 //! bounds and retention's `checkpoint_expired` carry over unchanged.
 //!
-//! Bounds: at most [`MAX_CATCH_UPS`] streams open per node (more are
-//! refused with RESOURCE_EXHAUSTED: the device pages with Sync), each
+//! Bounds: at most [`MAX_CATCH_UPS`] streams open per node and
+//! [`MAX_CATCH_UPS_PER_USER`] per user (more are refused with
+//! RESOURCE_EXHAUSTED: the device pages with Sync; one user's devices
+//! cannot take every slot), each
 //! holding at most [`CATCH_UP_READ_AHEAD`] pages beyond the one being sent,
 //! and at most [`MAX_CATCH_UP_REPLIES`] replies per call. A device that
 //! stops reading for the node's subscriber stall limit is dropped
@@ -26,14 +28,19 @@
 
 use super::Tenure;
 use super::timeline_service::sync_reply;
+use crate::auth::Principal;
 use crate::auth::Verified;
 use crate::auth::revocation::RevocationGuard;
 use crate::engine::Engine;
 use crate::lifecycle::stopped;
-use crate::limits::{CATCH_UP_READ_AHEAD, MAX_CATCH_UP_REPLIES, MAX_CATCH_UPS};
+use crate::limits::{
+    CATCH_UP_READ_AHEAD, MAX_CATCH_UP_REPLIES, MAX_CATCH_UPS, MAX_CATCH_UPS_PER_USER,
+};
 use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -44,6 +51,47 @@ pub(super) type Replies =
 /// The node's open catch-up streams.
 pub(super) struct CatchUps {
     slots: Arc<Semaphore>,
+    per_user: Arc<UserSlots>,
+}
+
+/// Open catch-ups per user. Only users holding a node slot are in it, so
+/// it has at most [`MAX_CATCH_UPS`] keys.
+#[derive(Default)]
+struct UserSlots {
+    open: Mutex<HashMap<u64, usize>>,
+}
+
+/// One of a user's catch-up slots, given back when the stream's task ends.
+struct UserSlot {
+    slots: Arc<UserSlots>,
+    user: u64,
+}
+
+impl UserSlots {
+    fn take(self: &Arc<Self>, user: u64) -> Option<UserSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(user).or_default();
+        if *count >= MAX_CATCH_UPS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            slots: Arc::clone(self),
+            user,
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// What a catch-up checks between its pages besides the device: the token
@@ -62,6 +110,7 @@ impl CatchUps {
     fn with_slots(slots: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
+            per_user: Arc::default(),
         }
     }
 
@@ -81,6 +130,18 @@ impl CatchUps {
                 "{MAX_CATCH_UPS} catch-ups are open on this node: page with Sync instead"
             ))
         })?;
+        // A service has no inbox to catch up on: Sync refuses it below.
+        let user_slot = match &verified.principal {
+            Principal::Device { user_id, .. } => {
+                Some(self.per_user.take(*user_id).ok_or_else(|| {
+                    Status::resource_exhausted(format!(
+                        "{MAX_CATCH_UPS_PER_USER} catch-ups of this user are open: \
+                         page with Sync instead"
+                    ))
+                })?)
+            }
+            Principal::Service { .. } => None,
+        };
         let first = sync_reply(engine, &verified.principal, &request, &guards.tenure).await?;
         let (tx, rx) = mpsc::channel(CATCH_UP_READ_AHEAD);
         // The status a stream ends with, after the replies queued before it.
@@ -94,6 +155,7 @@ impl CatchUps {
                 tx,
                 ended: ended_tx,
                 _slot: slot,
+                _user_slot: user_slot,
             },
             first,
         );
@@ -118,6 +180,7 @@ struct Pages {
     request: pb::SyncRequest,
     tx: mpsc::Sender<Result<pb::SyncReply, Status>>,
     ended: oneshot::Sender<Status>,
+    _user_slot: Option<UserSlot>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -138,6 +201,7 @@ async fn stream_pages(pages: Pages, first: pb::SyncReply) {
         tx,
         ended,
         _slot,
+        _user_slot,
     } = pages;
     let stall_limit = engine.config().subscriber_stall_limit;
     let mut stopping = engine.stopping();
@@ -436,6 +500,49 @@ mod tests {
             .flat_map(|r| r.entries.iter().map(|e| e.seq))
             .collect();
         assert_eq!(seqs, all);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_user_cannot_take_every_catch_up_slot() {
+        let (engine, store) = memory_engine(crate::engine::EngineConfig::default()).await;
+        let conversation = group(&engine, 1, vec![1, 2, 3]).await;
+        send_numbered(&engine, 1, conversation, 100).await;
+        let catch_ups = CatchUps::with_slots(MAX_CATCH_UPS_PER_USER + 1);
+        let devices = [device(2, "phone"), device(3, "phone")];
+        let start = |user: u64| {
+            open(
+                &catch_ups,
+                &engine,
+                store.clone(),
+                &devices[user as usize - 2],
+                // Pages of 10 out of 100: every stream stays open.
+                request(Some(0), 10, false),
+                Tenure::always(),
+            )
+        };
+        let mut open_streams = Vec::new();
+        for _ in 0..MAX_CATCH_UPS_PER_USER {
+            open_streams.push(start(2).await.unwrap());
+        }
+        let Err(refused) = start(2).await else {
+            panic!("a catch-up past the user's share");
+        };
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("this user"), "{refused:?}");
+        // Another user still finds the node's last slot.
+        let other = start(3).await.unwrap();
+        drop(other);
+        // A stream that goes gives its user's slot back.
+        drop(open_streams.pop());
+        let mut again = None;
+        for _ in 0..100 {
+            if let Ok(stream) = start(2).await {
+                again = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(again.is_some(), "the user's slot never came back");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

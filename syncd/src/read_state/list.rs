@@ -6,7 +6,7 @@ use super::count::{self, Count, messages_from_others};
 use super::{CachedCount, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, ReadState};
 use crate::access;
 use crate::auth::Principal;
-use crate::error::{Result, SyncdError};
+use crate::error::{Result, SyncdError, quoted};
 use crate::horizon::Scope;
 use crate::limits::clamp_limit;
 use std::collections::{BTreeMap, HashSet};
@@ -68,8 +68,12 @@ fn parse_cursor(cursor: &str) -> Result<Option<(i64, u64)>> {
     if cursor.is_empty() {
         return Ok(None);
     }
-    let bad =
-        || SyncdError::InvalidArgument(format!("cursor {cursor:?} is not one this server gave"));
+    let bad = || {
+        SyncdError::InvalidArgument(format!(
+            "cursor {} is not one this server gave",
+            quoted(cursor)
+        ))
+    };
     let (ms, id) = cursor.split_once(':').ok_or_else(bad)?;
     Ok(Some((
         ms.parse().map_err(|_| bad())?,
@@ -444,4 +448,22 @@ fn version_of(as_of_seq: u64, states: &[ConversationState]) -> String {
             .hash(&mut hasher);
     }
     format!("{as_of_seq}.{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_not_given_here_is_refused_without_echoing_it_whole() {
+        assert_eq!(parse_cursor("").unwrap(), None);
+        assert_eq!(parse_cursor("17:4").unwrap(), Some((17, 4)));
+        let junk = "x".repeat(1 << 20);
+        let SyncdError::InvalidArgument(message) = parse_cursor(&junk).unwrap_err() else {
+            panic!("not an invalid argument");
+        };
+        // A grpc-message header of a megabyte would not reach the client.
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(message.contains("(1048576 bytes)"), "{message}");
+    }
 }

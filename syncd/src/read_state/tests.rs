@@ -551,3 +551,33 @@ pub(super) async fn all_receipts(
         after_member = receipts.next_after_member;
     }
 }
+
+#[tokio::test]
+async fn a_mention_list_past_the_bound_is_refused_however_many_repeats_it_holds() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3]).await;
+    let limit = crate::limits::MAX_MENTIONS;
+    // Repeats of one member: a list this long is refused before the send
+    // waits for a slot or sorts it.
+    let refused = engine
+        .send(
+            device(1, "d"),
+            mentioning(conversation, &vec![2; 2 * limit + 1], false),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&refused, crate::error::SyncdError::InvalidArgument(m) if m.contains("mentions, at most")),
+        "{refused:?}"
+    );
+    // Repeats within the bound are the one name they repeat.
+    engine
+        .send(
+            device(1, "d"),
+            mentioning(conversation, &vec![2; limit], false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state(&engine, 2, conversation).await.mentions, 1);
+}
