@@ -173,10 +173,23 @@ impl WriterLease {
         };
         if let Some(held) = &self.held {
             if record.epoch == held.epoch && record.holder == self.me {
-                return Step::Renew {
-                    epoch: held.epoch,
-                    seen: record.renewals,
-                };
+                if received < held.until {
+                    return Step::Renew {
+                        epoch: held.epoch,
+                        seen: record.renewals,
+                    };
+                }
+                // The lease ran out by this node's clock, so its role
+                // turned Unknown and the generation of this epoch ended,
+                // leaving what it had not finished to a recovery. Renewing
+                // now would bring the epoch back for a new generation
+                // that recovers nothing of its own epoch and numbers its
+                // intents from zero again, over the unfinished ones. So
+                // the row is claimed as read: a new epoch, sealed and
+                // recovered as after any takeover.
+                self.held = None;
+                self.watched = None;
+                return Step::Claim { seen: Some(record) };
             }
             // Taken over: stop at once, whatever the lease said.
             self.held = None;
@@ -320,6 +333,36 @@ mod tests {
         // The lease runs from the renewal's send time.
         assert!(matches!(a.role(t0 + ms(1_199)), Role::Writer { .. }));
         assert_eq!(a.role(t0 + ms(1_200)), Role::Unknown);
+    }
+
+    /// A renewal after the lease ran out would have given a second
+    /// generation the first one's epoch: its recovery skips that epoch's
+    /// unfinished intents and its numbering starts again at zero.
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_whose_lease_ran_out_claims_a_new_epoch_instead_of_renewing() {
+        let mut a = WriterLease::new("a".into(), TIMINGS);
+        let t0 = Instant::now();
+        a.observe(None, t0);
+        a.claimed(7, t0);
+        // The store stalled: no renewal applied, the lease ran out.
+        assert_eq!(a.role(t0 + ms(1_000)), Role::Unknown);
+        assert_eq!(
+            a.observe(row("a", 7, 0), t0 + ms(1_000)),
+            Step::Claim {
+                seen: row("a", 7, 0)
+            }
+        );
+        assert_eq!(a.role(t0 + ms(1_000)), Role::Unknown);
+        a.claimed(8, t0 + ms(1_001));
+        assert!(matches!(
+            a.role(t0 + ms(1_002)),
+            Role::Writer { epoch: 8, .. }
+        ));
+        // Just before the end it still renews.
+        assert_eq!(
+            a.observe(row("a", 8, 0), t0 + ms(2_000)),
+            Step::Renew { epoch: 8, seen: 0 }
+        );
     }
 
     #[tokio::test(start_paused = true)]

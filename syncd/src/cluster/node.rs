@@ -431,6 +431,18 @@ async fn run_generations(
             () = super::stopped(&mut stopping) => break,
         }
     }
+    if !*stopping.borrow() {
+        // The lease loop ended without a stop (it panicked): nothing says
+        // any longer whether this node may write or whom to pass calls on
+        // to, so it must not look healthy, nor exit as if asked to.
+        let reason = "the writer lease's loop stopped; this node cannot serve".to_string();
+        timeline.set(Target::Unavailable(reason.clone()));
+        admin.set(Target::Unavailable(reason.clone()));
+        publish_health(&health, false).await;
+        let _ = failed.send(reason.clone());
+        end(current.take()).await;
+        return Some(reason);
+    }
     end(current.take()).await;
     None
 }
