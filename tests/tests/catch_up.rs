@@ -1,5 +1,6 @@
 //! CatchUp against a real server (docs/PROTOCOL.md, "Catching up in one
-//! call"): with every catch-up slot taken, the call is refused and the
+//! call"): one user's devices hold at most their share of the node's
+//! catch-up slots; with every slot taken, the call is refused and the
 //! client's full sync pages with Sync instead, reading everything; a
 //! device that stops reading is cut off after the stall limit with
 //! RESOURCE_EXHAUSTED, having lost nothing, and its slot comes back.
@@ -10,23 +11,49 @@ use tests::Server;
 
 /// The node's `MAX_CATCH_UPS`.
 const SLOTS: usize = 128;
+/// `MAX_CATCH_UPS_PER_USER`.
+const SLOTS_PER_USER: usize = 4;
+/// The device whose full sync the test watches (users 2 and up, below it,
+/// take the slots).
+const READER: u64 = 2 + (SLOTS / SLOTS_PER_USER) as u64;
 
 async fn backlog(server: &Server, messages: usize, text: &str) -> anyhow::Result<Client> {
+    backlog_of(server, messages, text, 2, 2).await
+}
+
+/// `messages` into a conversation of user 1 (the sender) and users
+/// `first..=last`; the device of user `last`.
+async fn backlog_of(
+    server: &Server,
+    messages: usize,
+    text: &str,
+    first: u64,
+    last: u64,
+) -> anyhow::Result<Client> {
     let service = Client::connect(&server.url(), &server.service_token("setup")?).await?;
+    let kind = if first == last {
+        pb::ConversationKind::Direct
+    } else {
+        pb::ConversationKind::Group
+    };
+    let members = std::iter::once(1).chain(first..=last).collect();
     let conversation = service
-        .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")
+        .create_conversation(kind, members, "")
         .await?
         .conversation_id;
     for _ in 0..messages {
         service.append(conversation, 1, text, None).await?;
     }
-    Ok(Client::connect(&server.url(), &server.device_token(2, "laptop")?).await?)
+    Ok(Client::connect(&server.url(), &server.device_token(last, "laptop")?).await?)
 }
 
-/// Opens catch-ups until one is refused; returns those opened. `device`
-/// must read through a small receive window (its own connection), so its
-/// unread pages make the server wait and the streams stay open.
-async fn take_every_slot(device: &Client) -> anyhow::Result<Vec<tonic::Streaming<pb::SyncReply>>> {
+/// Opens catch-ups until one is refused; returns those opened and the
+/// refusal. `device` must read through a small receive window (its own
+/// connection), so its unread pages make the server wait and the streams
+/// stay open.
+async fn open_until_refused(
+    device: &Client,
+) -> anyhow::Result<(Vec<tonic::Streaming<pb::SyncReply>>, tonic::Status)> {
     let mut held = Vec::new();
     loop {
         match device.catch_up(Some(0), 1).await {
@@ -34,7 +61,7 @@ async fn take_every_slot(device: &Client) -> anyhow::Result<Vec<tonic::Streaming
             Err(client::ClientError::Rpc(status))
                 if status.code() == tonic::Code::ResourceExhausted =>
             {
-                return Ok(held);
+                return Ok((held, status));
             }
             Err(error) => return Err(error.into()),
         }
@@ -46,20 +73,38 @@ async fn take_every_slot(device: &Client) -> anyhow::Result<Vec<tonic::Streaming
 async fn a_node_with_every_catch_up_taken_is_paged_with_sync() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
-    // Pages of one 4 KB message, read by a device that never reads them
-    // through a 16 KiB window: every stream's task waits on it.
-    let device = backlog(&server, 100, &"y".repeat(4_000)).await?;
-    let stuck = Client::connect_with(
-        &server.url(),
-        &server.device_token(2, "stuck")?,
-        ConnectOptions {
-            receive_window: Some(16 * 1024),
-            ..ConnectOptions::default()
-        },
-    )
-    .await?;
-    let held = take_every_slot(&stuck).await?;
+    // Pages of one 4 KB message, read by devices that never read them
+    // through a 16 KiB window: every stream's task waits on them.
+    let device = backlog_of(&server, 100, &"y".repeat(4_000), 2, READER).await?;
+    let mut held = Vec::new();
+    for user in 2..READER {
+        let stuck = Client::connect_with(
+            &server.url(),
+            &server.device_token(user, "stuck")?,
+            ConnectOptions {
+                receive_window: Some(16 * 1024),
+                ..ConnectOptions::default()
+            },
+        )
+        .await?;
+        let (streams, refused) = open_until_refused(&stuck).await?;
+        assert_eq!(streams.len(), SLOTS_PER_USER, "user {user}'s share");
+        held.extend(streams);
+        // The node's slots are checked first: the last user's fifth finds
+        // them all taken.
+        let limit = if held.len() < SLOTS {
+            "this user"
+        } else {
+            "on this node"
+        };
+        assert!(refused.message().contains(limit), "{refused:?}");
+    }
     assert_eq!(held.len(), SLOTS, "the node's limit");
+    let refused = device.catch_up(Some(0), 1).await.err();
+    assert!(
+        matches!(&refused, Some(client::ClientError::Rpc(s)) if s.message().contains("on this node")),
+        "{refused:?}"
+    );
 
     // The full sync still reads everything, by Sync pages.
     let inbox = tests::read_whole_inbox(&device).await?;

@@ -50,6 +50,8 @@ use scylla::statement::prepared::PreparedStatement;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod leftovers;
+
 /// The lease row's key: one writer lease per keyspace.
 const LEASE_NAME: &str = "writer";
 
@@ -339,7 +341,8 @@ pub(super) struct Fence {
     read_fence: PreparedStatement,
     seal_empty: PreparedStatement,
     seal: PreparedStatement,
-    select_intents: PreparedStatement,
+    select_first: PreparedStatement,
+    select_after: PreparedStatement,
     select_legacy: PreparedStatement,
     delete_legacy: PreparedStatement,
 }
@@ -401,16 +404,22 @@ impl Fence {
                 "UPDATE {ks}.fenced_intents SET fence = ? WHERE shard = ? IF fence = ?",
             )
             .await?,
-            select_intents: prepare(
+            select_first: prepare(
                 session,
                 keyspace,
-                "SELECT epoch, event FROM {ks}.fenced_intents WHERE shard = ?",
+                "SELECT epoch, intent, event FROM {ks}.fenced_intents WHERE shard = ? LIMIT ?",
+            )
+            .await?,
+            select_after: prepare(
+                session,
+                keyspace,
+                "SELECT epoch, intent, event FROM {ks}.fenced_intents WHERE shard = ? AND (epoch, intent) > (?, ?) LIMIT ?",
             )
             .await?,
             select_legacy: prepare(
                 session,
                 keyspace,
-                "SELECT event_id, event FROM {ks}.fenced_events WHERE shard = ?",
+                "SELECT event_id, event FROM {ks}.fenced_events WHERE shard = ? AND event_id > ? LIMIT ?",
             )
             .await?,
             delete_legacy: prepare(
@@ -511,63 +520,4 @@ impl Fence {
             .map_err(cql)?;
         Ok(())
     }
-
-    /// The intents of `shard` that earlier epochs left (finished or not),
-    /// and what is left in the table of unnumbered intents.
-    pub(super) async fn leftovers(&self, session: &Session, shard: i32) -> Result<Leftovers> {
-        let mut leftovers = Leftovers::default();
-        let result = session
-            .execute_unpaged(&self.select_intents, (shard,))
-            .await
-            .map_err(cql)?;
-        let rows = result.into_rows_result().map_err(cql)?;
-        // The partition's fence row has no event: skip it.
-        for row in rows.rows::<(Option<i64>, Option<Vec<u8>>)>().map_err(cql)? {
-            if let (Some(epoch), Some(event)) = row.map_err(super::corrupt)?
-                && (epoch as u64) < self.epoch
-            {
-                leftovers.numbered.push(event);
-            }
-        }
-        let result = session
-            .execute_unpaged(&self.select_legacy, (shard,))
-            .await
-            .map_err(cql)?;
-        let rows = result.into_rows_result().map_err(cql)?;
-        for row in rows.rows::<(Option<i64>, Option<Vec<u8>>)>().map_err(cql)? {
-            if let (Some(event_id), Some(event)) = row.map_err(super::corrupt)? {
-                leftovers.unnumbered.push((event_id, event));
-            }
-        }
-        Ok(leftovers)
-    }
-
-    /// Every leftover of `shard` is finished: removes them.
-    pub(super) async fn clear_leftovers(
-        &self,
-        session: &Session,
-        shard: i32,
-        leftovers: &Leftovers,
-    ) -> Result<()> {
-        if !leftovers.numbered.is_empty() {
-            session
-                .execute_unpaged(&self.clear_older, (shard, big(self.epoch)))
-                .await
-                .map_err(cql)?;
-        }
-        for (event_id, _) in &leftovers.unnumbered {
-            session
-                .execute_unpaged(&self.delete_legacy, (shard, *event_id))
-                .await
-                .map_err(cql)?;
-        }
-        Ok(())
-    }
-}
-
-/// What earlier writers left in one partition.
-#[derive(Default)]
-pub(super) struct Leftovers {
-    pub(super) numbered: Vec<Vec<u8>>,
-    pub(super) unnumbered: Vec<(i64, Vec<u8>)>,
 }

@@ -538,3 +538,35 @@ async fn intents_left_in_the_unnumbered_table_are_finished() {
     assert_eq!(new.recover().await.unwrap(), 0, "and removed");
     drop_keyspace(&session, &keyspace).await;
 }
+
+/// More intents than a page in one partition, as a writer that froze
+/// under load leaves them: the next writer reads and finishes them page
+/// by page, then removes them.
+#[tokio::test]
+async fn a_takeover_finishes_a_partition_of_many_intents_page_by_page() {
+    use futures_util::StreamExt;
+    let keyspace = unique_keyspace("fence_pages");
+    let (session, store) = open_store(&keyspace).await;
+    let old = store.fenced(&keyspace, 1, clock(1)).await.unwrap();
+    let events = super::node_intents::LEFTOVER_PAGE as u64 * 2 + 7;
+    // Every intent in partition 0, none of its rows written.
+    futures_util::stream::iter((1..=events).map(|i| {
+        let old = &old;
+        async move {
+            let commit = message_commit(i * PENDING_SHARDS as u64, i, 10 + i);
+            old.store_intent(&commit).await.map(|_| ())
+        }
+    }))
+    .buffer_unordered(32)
+    .for_each(|stored| async move { stored.unwrap() })
+    .await;
+    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    assert_eq!(new.recover().await.unwrap(), events as usize);
+    let inbox = new
+        .read_inbox(1, InboxRange::new(0, u64::MAX, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(inbox.len() as u64, events);
+    assert_eq!(new.recover().await.unwrap(), 0, "and removed");
+    drop_keyspace(&session, &keyspace).await;
+}

@@ -317,19 +317,44 @@ impl EventLog for ScyllaTimelineStore {
                 self.node.clear_older(&self.session, shard).await?;
             }
             if let Some(fence) = &self.fence {
-                let leftovers = fence.leftovers(&self.session, shard).await?;
-                let intents = leftovers
-                    .numbered
-                    .iter()
-                    .chain(leftovers.unnumbered.iter().map(|(_, intent)| intent));
-                for intent in intents {
-                    let stored = self.decode_intent(intent)?;
-                    self.apply_stored(&stored).await?;
-                    finished += 1;
+                // Page by page, as above: removed by one range deletion
+                // once every page is finished.
+                let mut cursor = None;
+                let mut any = false;
+                loop {
+                    let (page, next) = fence.leftovers(&self.session, shard, cursor).await?;
+                    for intent in &page {
+                        let stored = self.decode_intent(intent)?;
+                        self.apply_stored(&stored).await?;
+                        finished += 1;
+                    }
+                    any |= !page.is_empty();
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
                 }
-                fence
-                    .clear_leftovers(&self.session, shard, &leftovers)
-                    .await?;
+                if any {
+                    fence.clear_older(&self.session, shard).await?;
+                }
+                let mut after = None;
+                loop {
+                    let (page, next) = fence
+                        .unnumbered_leftovers(&self.session, shard, after)
+                        .await?;
+                    for (event_id, intent) in &page {
+                        let stored = self.decode_intent(intent)?;
+                        self.apply_stored(&stored).await?;
+                        fence
+                            .clear_unnumbered(&self.session, shard, *event_id)
+                            .await?;
+                        finished += 1;
+                    }
+                    match next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
             }
         }
         if finished > 0 {
