@@ -350,8 +350,10 @@ impl Engine {
         let work = async move {
             let conversation_id = command.conversation_id;
             let requested = command.conv_seq;
+            let mut _one_hide = None;
             if kind == timeline_store::EntryKind::DeleteForMe {
                 let (user_id, _) = crate::access::device_user(&principal)?;
+                _one_hide = Some(read_state.one_hide(user_id, conversation_id).await);
                 let hidden = read_state
                     .fold(user_id)
                     .await?
@@ -361,7 +363,9 @@ impl Engine {
                     .map_or(0, |row| row.hidden.len());
                 if hidden >= MAX_HIDDEN_PER_CONVERSATION {
                     return Err(crate::error::SyncdError::ResourceExhausted(format!(
-                        "{hidden} messages of conversation {conversation_id} are deleted for you                          one by one, at most {MAX_HIDDEN_PER_CONVERSATION}: clear the history                          through a point instead"
+                        "{hidden} messages of conversation {conversation_id} are deleted for you \
+                         one by one, at most {MAX_HIDDEN_PER_CONVERSATION}: clear the history \
+                         through a point instead"
                     )));
                 }
             }

@@ -544,3 +544,48 @@ async fn a_large_group_recall_reaches_the_timeline_the_mentioned_and_the_counts(
         .collect();
     assert_eq!(removed, [plain, mention]);
 }
+
+/// The bound on messages deleted one by one holds for deletes that arrive
+/// together: each counts and commits under its own turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deletes_for_me_stop_at_the_bound() {
+    use crate::limits::MAX_HIDDEN_PER_CONVERSATION;
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    let together = 20;
+    let mut sent = Vec::new();
+    for i in 0..MAX_HIDDEN_PER_CONVERSATION + together {
+        sent.push(send(&engine, 2, conversation, &format!("m{i}")).await);
+    }
+    let hide = |conv_seq| {
+        let engine = Arc::clone(&engine);
+        async move {
+            engine
+                .hide(
+                    device(1, "d"),
+                    EntryKind::DeleteForMe,
+                    HideCommand {
+                        conversation_id: conversation,
+                        conv_seq: Some(conv_seq),
+                        msg_id: 0,
+                        client_op_id: None,
+                    },
+                )
+                .await
+        }
+    };
+    let first = MAX_HIDDEN_PER_CONVERSATION - together / 2;
+    for &conv_seq in &sent[..first] {
+        hide(conv_seq).await.unwrap();
+    }
+    let results = futures_util::future::join_all(sent[first..].iter().map(|&s| hide(s))).await;
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(first + stored, MAX_HIDDEN_PER_CONVERSATION, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(refused, SyncdError::ResourceExhausted(m) if m.contains("for you one by one")),
+            "{refused:?}"
+        );
+    }
+}

@@ -126,6 +126,10 @@ pub struct ReadState {
     counts: moka::sync::Cache<(u64, u64), CachedCount>,
     /// One mark per (user, conversation) at a time.
     marks: Arc<KeyedLocks<(u64, u64)>>,
+    /// One delete-for-me per (user, conversation) at a time, from its
+    /// count of hidden messages to its commit: concurrent ones would all
+    /// pass the bound on the count.
+    hides: Arc<KeyedLocks<(u64, u64)>>,
     /// The last marker each (user, conversation) raised here: a floor for
     /// the next mark until the fold has it.
     raised: moka::sync::Cache<(u64, u64), MarkResult>,
@@ -144,12 +148,24 @@ fn snapshot_bytes(snapshot: &ReadStateSnapshot) -> u32 {
         .map(|row| {
             std::mem::size_of::<ReadStateRow>()
                 + row.last_message.as_ref().map_or(0, |m| m.text.len())
+                // Up to `MAX_HIDDEN_PER_CONVERSATION` seqs a row.
+                + row.hidden.len() * std::mem::size_of::<u64>()
         })
         .sum();
     u32::try_from(bytes + 64).unwrap_or(u32::MAX)
 }
 
 impl ReadState {
+    /// Held by a delete-for-me of `user_id` in `conversation_id` while it
+    /// counts what is hidden and commits.
+    pub async fn one_hide(
+        &self,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> crate::keyed::KeyGuard<(u64, u64)> {
+        self.hides.write((user_id, conversation_id)).await
+    }
+
     pub fn new(
         store: Arc<dyn TimelineStore>,
         visibility: Arc<Visibility>,
@@ -164,6 +180,7 @@ impl ReadState {
             folds: Arc::default(),
             counts: moka::sync::Cache::new(CACHED_COUNTS),
             marks: Arc::default(),
+            hides: Arc::default(),
             raised: moka::sync::Cache::new(CACHED_COUNTS),
             snapshots: moka::sync::Cache::builder()
                 .weigher(|_, snapshot: &Arc<ReadStateSnapshot>| snapshot_bytes(snapshot))
