@@ -20,28 +20,82 @@ use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 use tonic::transport::Channel;
 
+use crate::limits::MAX_STREAMS_PER_CONNECTION;
+
 /// Connections a follower keeps to the writer: every call passed on,
 /// Subscribe streams included, holds one HTTP/2 stream on one of them, and
 /// the writer takes at most `MAX_STREAMS_PER_CONNECTION` per connection.
 pub const FORWARD_CONNECTIONS: usize = 64;
 
-/// Lazily connected channels to one writer, used in turn.
+/// Calls one follower passes on at once: a stream on each connection the
+/// writer allows. Past it a call is refused (RESOURCE_EXHAUSTED) instead
+/// of waiting, with no deadline, for a long-lived stream to end.
+pub const MAX_FORWARDED_CALLS: usize = FORWARD_CONNECTIONS * MAX_STREAMS_PER_CONNECTION as usize;
+
+/// Lazily connected channels to one writer, each with the calls passed on
+/// over it now.
 pub struct WriterChannels {
-    channels: Vec<Channel>,
+    channels: Vec<(Channel, Arc<AtomicUsize>)>,
     next: AtomicUsize,
 }
 
 impl WriterChannels {
     pub fn new(channels: Vec<Channel>) -> Self {
         Self {
-            channels,
+            channels: channels.into_iter().map(|c| (c, Arc::default())).collect(),
             next: AtomicUsize::new(0),
         }
     }
 
-    fn pick(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    /// A connection with a stream free (taken in turn), and the slot the
+    /// call holds until its reply ends; none when every one is full.
+    fn pick(&self) -> Option<(Channel, StreamSlot)> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.channels.len()).find_map(|k| {
+            let (channel, open) = &self.channels[(start + k) % self.channels.len()];
+            if open.fetch_add(1, Ordering::AcqRel) < MAX_STREAMS_PER_CONNECTION as usize {
+                Some((channel.clone(), StreamSlot(Arc::clone(open))))
+            } else {
+                open.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        })
+    }
+}
+
+/// One stream of a connection to the writer, given back when the reply
+/// passed on ends (or is dropped).
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A reply passed on, holding its stream's slot to its last frame.
+struct SlotBody {
+    inner: Body,
+    _slot: StreamSlot,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -101,6 +155,13 @@ pub(super) fn writes(role: &Role, epoch: u64) -> bool {
     matches!(role, Role::Writer { epoch: held, until } if *held == epoch && Instant::now() < *until)
 }
 
+fn refused(message: String) -> http::Response<Body> {
+    let (parts, ()) = tonic::Status::resource_exhausted(message)
+        .into_http::<()>()
+        .into_parts();
+    http::Response::from_parts(parts, Body::empty())
+}
+
 fn unavailable(message: String) -> http::Response<Body> {
     let (parts, ()) = tonic::Status::unavailable(message)
         .into_http::<()>()
@@ -157,7 +218,16 @@ where
                 channels,
                 me,
             } => {
-                let (writer, mut channel) = (writer.clone(), channels.pick());
+                let Some((mut channel, slot)) = channels.pick() else {
+                    metrics::counter!("syncd_cluster_forward_refused_total").increment(1);
+                    return Box::pin(async {
+                        Ok(refused(format!(
+                            "this node passes on at most {MAX_FORWARDED_CALLS} calls at once; \
+                             retry, or connect to another node"
+                        )))
+                    });
+                };
+                let writer = writer.clone();
                 if let Ok(me) = http::HeaderValue::from_str(me) {
                     request.headers_mut().insert(FORWARDED_HEADER, me);
                 }
@@ -168,7 +238,9 @@ where
                         channel.call(request).await
                     };
                     Ok(match passed.await {
-                        Ok(response) => response,
+                        Ok(response) => {
+                            response.map(|inner| Body::new(SlotBody { inner, _slot: slot }))
+                        }
                         Err(error) => {
                             unavailable(format!("the writer node {writer} is unreachable: {error}"))
                         }
@@ -185,4 +257,36 @@ where
 
 impl<S: NamedService> NamedService for Routed<S> {
     const NAME: &'static str = S::NAME;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_follower_passes_on_no_more_calls_than_its_connections_carry() {
+        let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:9");
+        let channels = WriterChannels::new((0..2).map(|_| endpoint.connect_lazy()).collect());
+        let per_connection = MAX_STREAMS_PER_CONNECTION as usize;
+        let mut held: Vec<_> = (0..2 * per_connection)
+            .map(|_| channels.pick().expect("a free stream"))
+            .collect();
+        assert!(
+            channels
+                .channels
+                .iter()
+                .all(|(_, open)| open.load(Ordering::SeqCst) == per_connection),
+            "each connection carries its share"
+        );
+        assert!(channels.pick().is_none(), "every stream is taken");
+        // A reply that ends gives its stream back.
+        let (_, slot) = held.pop().unwrap();
+        drop(SlotBody {
+            inner: Body::empty(),
+            _slot: slot,
+        });
+        let again = channels.pick();
+        assert!(again.is_some());
+        assert!(channels.pick().is_none());
+    }
 }
