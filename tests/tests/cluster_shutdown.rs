@@ -24,22 +24,7 @@ async fn writer_with_a_stuck_device(
     let args = tests::cluster_node_args(&keyspace.url, LEASE_MS, RENEW_MS);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = Server::start_logged(dir, &args, &dir.join("stderr.log"))?;
-    let service = Client::connect(&node.url(), &node.service_token("setup")?).await?;
-    // The node serves once it holds the writer lease.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let conversation = loop {
-        match service
-            .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")
-            .await
-        {
-            Ok(created) => break created.conversation_id,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("not serving yet: {error}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    let (service, conversation) = serving(&node).await?;
     let text = "w".repeat(60_000);
     for _ in 0..40 {
         service.append(conversation, 1, &text, None).await?;
@@ -64,6 +49,73 @@ async fn writer_with_a_stuck_device(
             _stream: stream,
         },
     ))
+}
+
+/// A service client of `node` once it serves (it holds the writer lease),
+/// and a direct conversation of users 1 and 2 it created.
+async fn serving(node: &Server) -> anyhow::Result<(Client, u64)> {
+    let service = Client::connect(&node.url(), &node.service_token("setup")?).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match service
+            .create_conversation(pb::ConversationKind::Direct, vec![1, 2], "")
+            .await
+        {
+            Ok(created) => return Ok((service, created.conversation_id)),
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("not serving yet: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// What `syncd serve` logs when the grace period cuts its drain off.
+const GRACE_CUT: &str = "calls still running after the grace period";
+
+/// A writer asked to stop ends its push streams at once, as a single node
+/// does: they never end by themselves, and before, every one of them (all
+/// the passed-on Subscribes of a cluster) held the drain for the whole
+/// grace period while the node kept the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_asked_to_stop_ends_its_push_streams_and_drains() -> anyhow::Result<()> {
+    let keyspace = CqlKeyspace::new("cluster_shutdown_push");
+    let dir = tempfile::tempdir()?;
+    let args = tests::cluster_node_args(&keyspace.url, LEASE_MS, RENEW_MS);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Server::start_logged(dir.path(), &args, &dir.path().join("stderr.log"))?;
+    let (service, conversation) = serving(&node).await?;
+    service.append(conversation, 1, "hello", None).await?;
+    let device = Client::connect(&node.url(), &node.device_token(2, "phone")?).await?;
+    let mut notices = device.subscribe(0, false).await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), notices.message()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(_)))),
+        "no first notice: {first:?}"
+    );
+    let asked = Instant::now();
+    let status = node.terminate(Duration::from_secs(30))?;
+    let exited_after = asked.elapsed();
+    let log = std::fs::read_to_string(dir.path().join("stderr.log"))?;
+    assert!(status.success(), "{status:?}:\n{log}");
+    assert!(
+        !log.contains(GRACE_CUT),
+        "the push stream held the drain until the grace cut it ({exited_after:?}):\n{log}"
+    );
+    // The stream ended; the device reconnects (elsewhere, in a cluster).
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match notices.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the push stream did not end");
+    eprintln!("exited {exited_after:?} after SIGTERM");
+    Ok(())
 }
 
 /// The device that stopped reading: its connection and its unread stream.

@@ -220,7 +220,10 @@ pub async fn serve(
         timeline.clone(),
         admin.clone(),
         health,
-        stop_rx.clone(),
+        Stops {
+            stopping: stop_rx.clone(),
+            asked: stopping.subscribe(),
+        },
         failed_tx,
     ));
 
@@ -294,6 +297,13 @@ pub async fn serve(
     }
 }
 
+/// What tells the generations' loop to stop: `stopping` once the node is
+/// done serving, `asked` as soon as it begins to drain.
+struct Stops {
+    stopping: watch::Receiver<bool>,
+    asked: watch::Receiver<Stopping>,
+}
+
 /// Follows the role: a writer generation per epoch won, the services
 /// pointed at it, at the writer node, or refusing. Answers the failure of
 /// a generation's engine, if one failed for good.
@@ -303,9 +313,18 @@ async fn run_generations(
     timeline: Routed<TimelineServer>,
     admin: Routed<AdminServer>,
     health: tonic_health::server::HealthReporter,
-    mut stopping: watch::Receiver<bool>,
+    stops: Stops,
     failed: tokio::sync::oneshot::Sender<String>,
 ) -> Option<String> {
+    let Stops {
+        mut stopping,
+        mut asked,
+    } = stops;
+    // Asked to stop (SIGTERM): the generation's push streams and loops end
+    // at once, as on a single node, so the drain waits only for calls
+    // that end by themselves; calls are still served until the drain is
+    // over and the lease is let go.
+    let mut draining = false;
     let mut current: Option<Generation> = None;
     let mut start_failures = 0;
     // The writer's address and a channel to it (only the current one is
@@ -335,6 +354,9 @@ async fn run_generations(
                                 epoch: *epoch,
                                 roles: roles.clone(),
                             });
+                            if draining {
+                                engine.begin_shutdown();
+                            }
                             current = Some(Generation {
                                 epoch: *epoch,
                                 engine,
@@ -420,6 +442,14 @@ async fn run_generations(
         };
         tokio::select! {
             changed = roles.changed() => if changed.is_err() { break },
+            changed = asked.changed(), if !draining => {
+                // A closed channel: the node is ending anyway.
+                draining = changed.is_err() || *asked.borrow() != Stopping::Serving;
+                if draining && let Some(generation) = &current {
+                    tracing::info!(epoch = generation.epoch, "draining: ending push streams");
+                    generation.engine.begin_shutdown();
+                }
+            }
             reason = failed_engine => {
                 timeline.set(Target::Unavailable("this node failed; retry".into()));
                 admin.set(Target::Unavailable("this node failed; retry".into()));
