@@ -251,15 +251,15 @@ impl Engine {
     pub async fn search(&self, principal: &Principal, query: SearchQuery) -> Result<SearchResult> {
         match &self.search {
             Some(search) => {
-                // Checked before the read state is folded for it.
-                let request = search.request(principal, query)?;
+                // Checked and admitted before the read state is folded.
+                let admitted = search.admit(principal, query)?;
                 let hidden = crate::search_index::hidden(
                     &self.read_state,
                     principal,
-                    request.conversation_id,
+                    admitted.conversation_id(),
                 )
                 .await?;
-                search.search(request, hidden).await
+                search.search(admitted, hidden).await
             }
             None => Err(crate::error::SyncdError::FailedPrecondition(
                 "history search is off on this node: it keeps no search index".into(),

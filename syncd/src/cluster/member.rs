@@ -1,6 +1,7 @@
 //! The loop that reads, renews and claims the writer lease, and publishes
 //! this node's [`Role`].
 
+use super::Stopping;
 use super::lease::{Role, Step, WriterLease};
 use std::sync::Arc;
 use timeline_store::scylla::{WriterClock, WriterLeaseTable};
@@ -9,13 +10,17 @@ use tokio::time::Instant;
 
 /// Runs until `stopping` turns true; every change of role goes to `roles`.
 /// Claims and renewals that apply set `clock`'s grant, under which the
-/// writer generations take their write timestamps.
+/// writer generations take their write timestamps. Once the node drains
+/// (`node` is no longer serving) it claims nothing: a lease won then would
+/// seal and recover for a generation that ends at once, and make the other
+/// nodes wait out one more lease after this one exits.
 pub async fn run(
     table: WriterLeaseTable,
     clock: Arc<WriterClock>,
     mut lease: WriterLease,
     roles: watch::Sender<Role>,
     mut stopping: watch::Receiver<bool>,
+    node: watch::Receiver<Stopping>,
 ) {
     let every = lease.timings().renew_every;
     let mut ticks = tokio::time::interval(every);
@@ -27,7 +32,8 @@ pub async fn run(
         }
         // Bounded: a store that hangs must not keep an expired Writer role
         // published (the router checks the deadline too).
-        let round = tokio::time::timeout(every * 2, round(&table, &clock, &mut lease));
+        let draining = *node.borrow() != Stopping::Serving;
+        let round = tokio::time::timeout(every * 2, round(&table, &clock, &mut lease, draining));
         if round.await.is_err() {
             tracing::warn!("the writer lease's store did not answer in time");
         }
@@ -47,7 +53,12 @@ pub async fn run(
     }
 }
 
-async fn round(table: &WriterLeaseTable, clock: &WriterClock, lease: &mut WriterLease) {
+async fn round(
+    table: &WriterLeaseTable,
+    clock: &WriterClock,
+    lease: &mut WriterLease,
+    draining: bool,
+) {
     let span = lease.timings().ceiling_span();
     let record = match table.read().await {
         Ok(record) => record,
@@ -78,6 +89,7 @@ async fn round(table: &WriterLeaseTable, clock: &WriterClock, lease: &mut Writer
                 }
             }
         }
+        Step::Claim { .. } if draining => {}
         Step::Claim { seen } => {
             let sent = Instant::now();
             match table

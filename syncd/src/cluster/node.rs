@@ -210,6 +210,7 @@ pub async fn serve(
         WriterLease::new(node.advertise.clone(), node.timings),
         roles_tx,
         stop_rx.clone(),
+        stopping.subscribe(),
     ));
     let revocations = tokio::spawn(Arc::clone(node.auth.revocations()).poll_feed(stop_rx.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -28,8 +28,9 @@ use crate::limits::MAX_STREAMS_PER_CONNECTION;
 pub const FORWARD_CONNECTIONS: usize = 64;
 
 /// Calls one follower passes on at once: a stream on each connection the
-/// writer allows. Past it a call is refused (RESOURCE_EXHAUSTED) instead
-/// of waiting, with no deadline, for a long-lived stream to end.
+/// writer allows. Past it a call is refused (UNAVAILABLE: retry, or go to
+/// another node) instead of waiting, with no deadline, for a long-lived
+/// stream to end.
 pub const MAX_FORWARDED_CALLS: usize = FORWARD_CONNECTIONS * MAX_STREAMS_PER_CONNECTION as usize;
 
 /// Lazily connected channels to one writer, each with the calls passed on
@@ -155,13 +156,6 @@ pub(super) fn writes(role: &Role, epoch: u64) -> bool {
     matches!(role, Role::Writer { epoch: held, until } if *held == epoch && Instant::now() < *until)
 }
 
-fn refused(message: String) -> http::Response<Body> {
-    let (parts, ()) = tonic::Status::resource_exhausted(message)
-        .into_http::<()>()
-        .into_parts();
-    http::Response::from_parts(parts, Body::empty())
-}
-
 fn unavailable(message: String) -> http::Response<Body> {
     let (parts, ()) = tonic::Status::unavailable(message)
         .into_http::<()>()
@@ -220,8 +214,10 @@ where
             } => {
                 let Some((mut channel, slot)) = channels.pick() else {
                     metrics::counter!("syncd_cluster_forward_refused_total").increment(1);
+                    // UNAVAILABLE, as every other refusal here: clients
+                    // retry it, elsewhere when they can.
                     return Box::pin(async {
-                        Ok(refused(format!(
+                        Ok(unavailable(format!(
                             "this node passes on at most {MAX_FORWARDED_CALLS} calls at once; \
                              retry, or connect to another node"
                         )))

@@ -78,6 +78,19 @@ pub struct SearchIndexing {
     searches: Arc<tokio::sync::Semaphore>,
 }
 
+/// A checked search holding one of the node's search slots.
+#[derive(Debug)]
+pub struct AdmittedSearch {
+    request: SearchRequest,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AdmittedSearch {
+    pub fn conversation_id(&self) -> Option<u64> {
+        self.request.conversation_id
+    }
+}
+
 impl SearchIndexing {
     pub fn new(
         store: Arc<dyn TimelineStore>,
@@ -262,10 +275,12 @@ impl SearchIndexing {
         Ok(self.index.checkpoints()?.len())
     }
 
-    /// `principal`'s search as the index takes it, checked before anything
-    /// else is done for it: a device finds what its user could read while
-    /// a member; a service finds everything.
-    pub fn request(&self, principal: &Principal, query: SearchQuery) -> Result<SearchRequest> {
+    /// `principal`'s search as the index takes it, checked and admitted
+    /// before anything else is done for it (the read-state fold for what
+    /// is hidden costs reads and writes): a device finds what its user
+    /// could read while a member; a service finds everything. Past
+    /// [`MAX_CONCURRENT_SEARCHES`] running, RESOURCE_EXHAUSTED at once.
+    pub fn admit(&self, principal: &Principal, query: SearchQuery) -> Result<AdmittedSearch> {
         let searcher = match principal {
             Principal::Device { user_id, .. } => Searcher::User(*user_id),
             Principal::Service { .. } => Searcher::Service,
@@ -284,17 +299,6 @@ impl SearchIndexing {
             hidden: search::Hidden::default(),
         };
         request.parse()?;
-        Ok(request)
-    }
-
-    /// One page of a checked request. `hidden`: what a device's user
-    /// deleted for themselves or cleared.
-    pub async fn search(
-        &self,
-        mut request: SearchRequest,
-        hidden: search::Hidden,
-    ) -> Result<SearchResult> {
-        request.hidden = hidden;
         let permit = Arc::clone(&self.searches)
             .try_acquire_owned()
             .map_err(|_| {
@@ -302,6 +306,21 @@ impl SearchIndexing {
                     "{MAX_CONCURRENT_SEARCHES} searches are running on this node; retry shortly"
                 ))
             })?;
+        Ok(AdmittedSearch { request, permit })
+    }
+
+    /// One page of an admitted search. `hidden`: what a device's user
+    /// deleted for themselves or cleared.
+    pub async fn search(
+        &self,
+        admitted: AdmittedSearch,
+        hidden: search::Hidden,
+    ) -> Result<SearchResult> {
+        let AdmittedSearch {
+            mut request,
+            permit,
+        } = admitted;
+        request.hidden = hidden;
         let conversation = request.conversation_id;
         let index = Arc::clone(&self.index);
         let page = tokio::task::spawn_blocking(move || {

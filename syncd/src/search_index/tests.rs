@@ -437,8 +437,8 @@ async fn searches_past_the_node_bound_are_refused_not_queued() {
         .map(|_| {
             let indexing = Arc::clone(&indexing);
             tokio::spawn(async move {
-                let request = indexing.request(&service(), query("x")).unwrap();
-                indexing.search(request, search::Hidden::default()).await
+                let admitted = indexing.admit(&service(), query("x")).unwrap();
+                indexing.search(admitted, search::Hidden::default()).await
             })
         })
         .collect();
@@ -449,10 +449,9 @@ async fn searches_past_the_node_bound_are_refused_not_queued() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(entered.load(Ordering::SeqCst), MAX_CONCURRENT_SEARCHES);
-    let request = indexing.request(&service(), query("x")).unwrap();
+    // Refused when admitted, before anything is done for it.
     let refused = indexing
-        .search(request, search::Hidden::default())
-        .await
+        .admit(&service(), query("x"))
         .expect_err("a search past the bound");
     assert!(
         matches!(&refused, SyncdError::ResourceExhausted(m) if m.contains("searches are running")),
@@ -462,15 +461,15 @@ async fn searches_past_the_node_bound_are_refused_not_queued() {
     for search in running {
         search.await.unwrap().unwrap();
     }
-    let request = indexing.request(&service(), query("x")).unwrap();
+    let admitted = indexing.admit(&service(), query("x")).unwrap();
     indexing
-        .search(request, search::Hidden::default())
+        .search(admitted, search::Hidden::default())
         .await
         .unwrap();
 }
 
 #[tokio::test]
-async fn an_empty_query_is_refused_when_the_request_is_made() {
+async fn an_empty_query_is_refused_when_it_is_admitted() {
     let store: Arc<dyn timeline_store::TimelineStore> =
         Arc::new(timeline_store::testsuite::MemoryStore::new());
     let indexing = super::SearchIndexing::new(
@@ -479,7 +478,7 @@ async fn an_empty_query_is_refused_when_the_request_is_made() {
         Arc::new(search::memory::MemoryIndex::default()),
     );
     let refused = indexing
-        .request(&device(1, "phone"), query(""))
+        .admit(&device(1, "phone"), query(""))
         .expect_err("an empty query");
     assert!(
         matches!(refused, SyncdError::InvalidArgument(_)),
