@@ -560,7 +560,16 @@ async fn a_takeover_finishes_a_partition_of_many_intents_page_by_page() {
     .buffer_unordered(32)
     .for_each(|stored| async move { stored.unwrap() })
     .await;
-    let new = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    // A second writer froze too, leaving intents of its own epoch: the
+    // pages run across both epochs.
+    let second = store.fenced(&keyspace, 2, clock(2)).await.unwrap();
+    let more = 10;
+    for i in events + 1..=events + more {
+        let commit = message_commit(i * PENDING_SHARDS as u64, i, 10 + i);
+        second.store_intent(&commit).await.unwrap();
+    }
+    let events = events + more;
+    let new = store.fenced(&keyspace, 3, clock(3)).await.unwrap();
     assert_eq!(new.recover().await.unwrap(), events as usize);
     let inbox = new
         .read_inbox(1, InboxRange::new(0, u64::MAX, 10_000))
