@@ -62,6 +62,9 @@ pub struct ListPage {
 /// Entries a preview looks back past hidden ones and events that are not
 /// messages (edits, recalls, membership changes) before showing none.
 const PREVIEW_LOOKBACK: usize = 64;
+/// Entries the first read of a preview takes (then 4 times as many each
+/// time, up to `PREVIEW_LOOKBACK` in all).
+const PREVIEW_FIRST_READ: usize = 4;
 
 /// Where a list page starts: after this (activity, conversation) pair.
 fn parse_cursor(cursor: &str) -> Result<Option<(i64, u64)>> {
@@ -184,22 +187,38 @@ impl ReadState {
         state: &ConversationState,
         newest: u64,
     ) -> Result<Option<MessagePreview>> {
-        let range = timeline_store::ConversationRange::newest_first(
-            state.cleared_through,
-            newest.saturating_add(1),
-            PREVIEW_LOOKBACK,
-        );
-        let entries = self
-            .store
-            .read_conversation(state.conversation_id, range)
-            .await?;
-        Ok(entries
-            .iter()
-            .find(|e| {
+        // Usually the newest entry is the message: read a few first, more
+        // only past events that are not messages (or hidden ones), so a
+        // list page does not read and decode 64 whole entries a row.
+        let mut before = newest.saturating_add(1);
+        let mut looked = 0;
+        let mut chunk = PREVIEW_FIRST_READ;
+        while looked < PREVIEW_LOOKBACK {
+            let want = chunk.min(PREVIEW_LOOKBACK - looked);
+            let range = timeline_store::ConversationRange::newest_first(
+                state.cleared_through,
+                before,
+                want,
+            );
+            let entries = self
+                .store
+                .read_conversation(state.conversation_id, range)
+                .await?;
+            if let Some(found) = entries.iter().find(|e| {
                 e.kind == timeline_store::EntryKind::Message
                     && state.hidden.binary_search(&e.conv_seq).is_err()
-            })
-            .map(count::preview))
+            }) {
+                return Ok(Some(count::preview(found)));
+            }
+            match entries.last() {
+                Some(oldest) if entries.len() == want => before = oldest.conv_seq,
+                // The timeline (after the clear) holds no more.
+                _ => return Ok(None),
+            }
+            looked += want;
+            chunk *= 4;
+        }
+        Ok(None)
     }
 
     /// Adds to a large group's row what its timeline holds past the row:

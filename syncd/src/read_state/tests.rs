@@ -581,3 +581,61 @@ async fn a_mention_list_past_the_bound_is_refused_however_many_repeats_it_holds(
         .unwrap();
     assert_eq!(state(&engine, 2, conversation).await.mentions, 1);
 }
+
+/// The preview reads a few entries first and more only when it must: past
+/// a hidden newest message and the membership changes before it, it finds
+/// the one before them.
+#[tokio::test]
+async fn the_preview_looks_back_past_hidden_messages_and_other_events() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2, 3]).await;
+    let text = |text| message(conversation, text, None);
+    engine.send(device(1, "d"), text("older")).await.unwrap();
+    for i in 0..30 {
+        let change = if i % 2 == 0 {
+            MembershipChange::Add
+        } else {
+            MembershipChange::Remove
+        };
+        engine
+            .change_members(service(), conversation, vec![9], change)
+            .await
+            .unwrap();
+    }
+    let newest = engine
+        .send(device(1, "d"), text("newest"))
+        .await
+        .unwrap()
+        .receipt
+        .conv_seq;
+    let preview = |user| {
+        let engine = Arc::clone(&engine);
+        async move {
+            let page = engine
+                .list_conversations(&device(user, "d"), ListQuery::default())
+                .await
+                .unwrap();
+            page.conversations[0]
+                .last_message
+                .as_ref()
+                .map(|m| m.text.clone())
+        }
+    };
+    assert_eq!(preview(2).await.as_deref(), Some("newest"));
+    engine
+        .hide(
+            device(2, "d"),
+            EntryKind::DeleteForMe,
+            crate::engine::HideCommand {
+                conversation_id: conversation,
+                conv_seq: Some(newest),
+                msg_id: 0,
+                client_op_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(preview(2).await.as_deref(), Some("older"));
+    assert_eq!(preview(3).await.as_deref(), Some("newest"));
+}
