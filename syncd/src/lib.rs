@@ -96,6 +96,7 @@ pub mod retention;
 pub mod search_index;
 pub mod send;
 pub mod server;
+pub mod shares;
 pub mod telemetry;
 pub mod visibility;
 pub mod web;

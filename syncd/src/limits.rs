@@ -238,3 +238,6 @@ pub const SEARCH_LAG_CONVERSATIONS: usize = 1_000;
 /// Sync and History behind them. Past it a search is refused with
 /// RESOURCE_EXHAUSTED at once (a user retries; nothing queues).
 pub const MAX_CONCURRENT_SEARCHES: usize = 16;
+/// Searches one user's devices run at once; past it RESOURCE_EXHAUSTED,
+/// and the node's others stay for everyone else.
+pub const MAX_SEARCHES_PER_USER: usize = 4;

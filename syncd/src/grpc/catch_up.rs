@@ -36,11 +36,10 @@ use crate::lifecycle::stopped;
 use crate::limits::{
     CATCH_UP_READ_AHEAD, MAX_CATCH_UP_REPLIES, MAX_CATCH_UPS, MAX_CATCH_UPS_PER_USER,
 };
+use crate::shares::{Share, Shares};
 use futures_util::StreamExt;
 use proto::timeline::v1 as pb;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -51,47 +50,8 @@ pub(super) type Replies =
 /// The node's open catch-up streams.
 pub(super) struct CatchUps {
     slots: Arc<Semaphore>,
-    per_user: Arc<UserSlots>,
-}
-
-/// Open catch-ups per user. Only users holding a node slot are in it, so
-/// it has at most [`MAX_CATCH_UPS`] keys.
-#[derive(Default)]
-struct UserSlots {
-    open: Mutex<HashMap<u64, usize>>,
-}
-
-/// One of a user's catch-up slots, given back when the stream's task ends.
-struct UserSlot {
-    slots: Arc<UserSlots>,
-    user: u64,
-}
-
-impl UserSlots {
-    fn take(self: &Arc<Self>, user: u64) -> Option<UserSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(user).or_default();
-        if *count >= MAX_CATCH_UPS_PER_USER {
-            return None;
-        }
-        *count += 1;
-        Some(UserSlot {
-            slots: Arc::clone(self),
-            user,
-        })
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.user);
-            }
-        }
-    }
+    /// Only users holding a node slot are in it.
+    per_user: Arc<Shares<u64>>,
 }
 
 /// What a catch-up checks between its pages besides the device: the token
@@ -110,7 +70,7 @@ impl CatchUps {
     fn with_slots(slots: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
-            per_user: Arc::default(),
+            per_user: Shares::new(MAX_CATCH_UPS_PER_USER),
         }
     }
 
@@ -180,7 +140,7 @@ struct Pages {
     request: pb::SyncRequest,
     tx: mpsc::Sender<Result<pb::SyncReply, Status>>,
     ended: oneshot::Sender<Status>,
-    _user_slot: Option<UserSlot>,
+    _user_slot: Option<Share<u64>>,
     _slot: OwnedSemaphorePermit,
 }
 

@@ -29,9 +29,11 @@ use crate::error::{Result, SyncdError};
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    MAX_CONCURRENT_SEARCHES, SEARCH_BATCH_CONVERSATIONS, SEARCH_COMMIT_INTERVAL,
-    SEARCH_LAG_CONVERSATIONS, SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL, SEARCH_SCAN_PAGE,
+    MAX_CONCURRENT_SEARCHES, MAX_SEARCHES_PER_USER, SEARCH_BATCH_CONVERSATIONS,
+    SEARCH_COMMIT_INTERVAL, SEARCH_LAG_CONVERSATIONS, SEARCH_RETRY_DELAY, SEARCH_SCAN_INTERVAL,
+    SEARCH_SCAN_PAGE,
 };
+use crate::shares::{Share, Shares};
 use crate::visibility::Visibility;
 use feed::Feed;
 use search::{SearchIndex, SearchPage, SearchRequest, Searcher, SortOrder};
@@ -76,6 +78,8 @@ pub struct SearchIndexing {
     /// Searches running now: each holds a blocking thread for up to the
     /// query deadline, and reads share that pool.
     searches: Arc<tokio::sync::Semaphore>,
+    /// Each user's share of them (only users holding a search are in it).
+    searches_per_user: Arc<Shares<u64>>,
 }
 
 /// A checked search holding one of the node's search slots.
@@ -83,6 +87,7 @@ pub struct SearchIndexing {
 pub struct AdmittedSearch {
     request: SearchRequest,
     permit: tokio::sync::OwnedSemaphorePermit,
+    _share: Option<Share<u64>>,
 }
 
 impl AdmittedSearch {
@@ -104,6 +109,7 @@ impl SearchIndexing {
             feed: Arc::new(Feed::default()),
             scanning: AtomicBool::new(true),
             searches: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SEARCHES)),
+            searches_per_user: Shares::new(MAX_SEARCHES_PER_USER),
         })
     }
 
@@ -306,7 +312,22 @@ impl SearchIndexing {
                     "{MAX_CONCURRENT_SEARCHES} searches are running on this node; retry shortly"
                 ))
             })?;
-        Ok(AdmittedSearch { request, permit })
+        // A service searches for many users: only devices have a share.
+        let share = match principal {
+            Principal::Device { user_id, .. } => {
+                Some(self.searches_per_user.take(*user_id).ok_or_else(|| {
+                    SyncdError::ResourceExhausted(format!(
+                        "{MAX_SEARCHES_PER_USER} searches of this user are running; retry shortly"
+                    ))
+                })?)
+            }
+            Principal::Service { .. } => None,
+        };
+        Ok(AdmittedSearch {
+            request,
+            permit,
+            _share: share,
+        })
     }
 
     /// One page of an admitted search. `hidden`: what a device's user
@@ -319,12 +340,13 @@ impl SearchIndexing {
         let AdmittedSearch {
             mut request,
             permit,
+            _share,
         } = admitted;
         request.hidden = hidden;
         let conversation = request.conversation_id;
         let index = Arc::clone(&self.index);
         let page = tokio::task::spawn_blocking(move || {
-            let _running = permit;
+            let _running = (permit, _share);
             index.search(&request)
         })
         .await

@@ -485,3 +485,30 @@ async fn an_empty_query_is_refused_when_it_is_admitted() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn one_user_runs_at_most_their_share_of_searches() {
+    use crate::limits::MAX_SEARCHES_PER_USER;
+    let store: Arc<dyn timeline_store::TimelineStore> =
+        Arc::new(timeline_store::testsuite::MemoryStore::new());
+    let indexing = super::SearchIndexing::new(
+        store,
+        None,
+        Arc::new(search::memory::MemoryIndex::default()),
+    );
+    let held: Vec<_> = (0..MAX_SEARCHES_PER_USER)
+        .map(|_| indexing.admit(&device(1, "phone"), query("x")).unwrap())
+        .collect();
+    let refused = indexing
+        .admit(&device(1, "laptop"), query("x"))
+        .expect_err("past the user's share");
+    assert!(
+        matches!(&refused, SyncdError::ResourceExhausted(m) if m.contains("this user")),
+        "{refused:?}"
+    );
+    // Others keep theirs; a service has no share to run out of.
+    let other = indexing.admit(&device(2, "phone"), query("x")).unwrap();
+    let by_service = indexing.admit(&service(), query("x")).unwrap();
+    drop((held, other, by_service));
+    indexing.admit(&device(1, "phone"), query("x")).unwrap();
+}
