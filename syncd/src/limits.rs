@@ -162,6 +162,12 @@ pub const CACHED_MEMBER_ANSWERS: u64 = 262_144;
 /// group at once were 8 GiB of copies in flight without this; with it,
 /// about 8 such events are and the rest wait.
 pub const MAX_INFLIGHT_COMMIT_BYTES: usize = 256 * 1024 * 1024;
+/// One user's events hold at most this fraction of the commit budget
+/// (32 MiB of 256 MiB) while not yet stored: past it their next event is
+/// refused at once (RESOURCE_EXHAUSTED), so one member's flood of heavy
+/// sends cannot make every other user's sends wait out the admission
+/// limit. A user with nothing in flight may always take one event.
+pub const COMMIT_BUDGET_SHARES_PER_USER: usize = 8;
 /// Bytes one event may cost by that count. A 64 KiB text to the largest
 /// write-fanout group of the default threshold (500 members) costs 32 MiB;
 /// larger texts to larger write-fanout groups (a node configured with a

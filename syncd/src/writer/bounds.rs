@@ -218,6 +218,53 @@ async fn inbox_copies_in_flight_stay_within_the_byte_budget() {
     assert_eq!(texts_of(&engine, 50).await.len(), 33, "every send landed");
 }
 
+/// One user's events in flight take at most their share of the commit
+/// budget: past it their next send is refused at once, and other users'
+/// sends are admitted as before.
+#[tokio::test(start_paused = true)]
+async fn one_users_events_in_flight_stay_within_their_share_of_the_budget() {
+    let config = EngineConfig {
+        commit_budget_bytes: 1024 * 1024,
+        ..EngineConfig::default()
+    };
+    let (engine, store) = memory_engine(config).await;
+    let conversation = group(&engine, 1, (2..=50).collect()).await;
+    store.set_faults(Faults {
+        commit_delay: Duration::from_millis(50),
+        ..Faults::default()
+    });
+    // About 106 KB to commit each (50 inbox copies of 2 KiB): a user's
+    // share of 128 KiB holds one at a time.
+    let text = "x".repeat(2 * 1024);
+    let send = |sender: u64| {
+        let (engine, text) = (Arc::clone(&engine), text.clone());
+        tokio::spawn(async move {
+            engine
+                .send(device(sender, "d"), message(conversation, &text, None))
+                .await
+        })
+    };
+    let flood: Vec<_> = (0..4).map(|_| send(1)).collect();
+    let other = send(2);
+    let mut stored = 0;
+    for sent in flood {
+        match sent.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(SyncdError::ResourceExhausted(message)) => {
+                assert!(message.contains("user 1's events"), "{message}")
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stored, 1, "one event of user 1 at a time");
+    other
+        .await
+        .unwrap()
+        .expect("another user's send is admitted");
+    // Stored, the share is free again.
+    send(1).await.unwrap().unwrap();
+}
+
 /// A heavy text to a large write-fanout group is stored once: its inbox
 /// copies refer to the conversation entry, so it costs the budget (and
 /// the store) its text once, not once per member.

@@ -61,7 +61,7 @@ impl EventWriter {
         recipients.extend(peer.filter(|&p| p != user_id));
         let copies = recipients.len();
         let bytes = self
-            .take_budget((copies, copies * COMMIT_BYTES_PER_COPY))
+            .take_budget(Some(user_id), (copies, copies * COMMIT_BYTES_PER_COPY))
             .await?;
         let keys: Vec<_> = recipients.iter().map(|&u| (Scope::Inbox, u)).collect();
         self.prime(&keys).await?;

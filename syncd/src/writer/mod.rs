@@ -48,8 +48,12 @@ use crate::event::{Event, now_ms};
 use crate::horizon::{Assignment, Horizon, Key, Scope};
 use crate::keyed::KeyedLocks;
 use crate::lifecycle::{Lifecycle, stopped, within_admission_wait};
-use crate::limits::{COMMIT_BYTES_PER_COPY, MAX_BACKGROUND_FINISHERS, MAX_EVENT_COMMIT_BYTES};
+use crate::limits::{
+    COMMIT_BUDGET_SHARES_PER_USER, COMMIT_BYTES_PER_COPY, MAX_BACKGROUND_FINISHERS,
+    MAX_EVENT_COMMIT_BYTES,
+};
 use crate::observer::Observers;
+use crate::shares::{ByteShare, ByteShares};
 use seqsvc::client::SeqSource;
 use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::{Arc, Mutex};
@@ -84,7 +88,13 @@ impl Held {
 struct Unfinished {
     assignment: Assignment,
     held: Vec<Guard>,
-    _bytes: OwnedSemaphorePermit,
+    _bytes: CommitBytes,
+}
+
+/// An event's bytes in the node's commit budget and in its user's share.
+struct CommitBytes {
+    _node: OwnedSemaphorePermit,
+    _user: Option<ByteShare<u64>>,
 }
 
 /// Longest wait between attempts to finish a failed event.
@@ -102,6 +112,8 @@ pub struct EventWriter {
     /// Bytes of events between admission and completion.
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    /// Each user's share of it (the sender's, or the reader's for marks).
+    user_bytes: Arc<ByteShares<u64>>,
     /// One permit per event finished in the background.
     finishers: Arc<Semaphore>,
     /// Unfinished events of a failed node, kept until it exits.
@@ -134,6 +146,7 @@ impl EventWriter {
             lifecycle,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
+            user_bytes: ByteShares::new(budget_bytes / COMMIT_BUDGET_SHARES_PER_USER),
             finishers: Arc::new(Semaphore::new(MAX_BACKGROUND_FINISHERS)),
             parked: Arc::default(),
             allocator_error: Mutex::default(),
@@ -178,7 +191,8 @@ impl EventWriter {
     /// are the caller's locks (idempotency key, membership).
     pub async fn commit(&self, event: Event, held: Held) -> Result<Receipt> {
         self.admit()?;
-        let bytes = self.take_budget(cost_of(&event)).await?;
+        let sender = Some(event.entry.sender_id).filter(|&id| id != 0);
+        let bytes = self.take_budget(sender, cost_of(&event)).await?;
         let Held {
             until_allocated,
             until_complete,
@@ -292,7 +306,7 @@ impl EventWriter {
         commit: EventCommit,
         assignment: Assignment,
         until_complete: Vec<Guard>,
-        bytes: OwnedSemaphorePermit,
+        bytes: CommitBytes,
     ) -> Result<()> {
         let msg_id = commit.entry.msg_id;
         let conversation_id = commit.entry.conversation_id;
@@ -353,24 +367,44 @@ impl EventWriter {
         }
     }
 
-    /// Takes the event's cost from the commit budget, waiting at most
+    /// Takes the event's cost from `user`'s share of the commit budget
+    /// (refused at once past it: one user's flood must not take every
+    /// other user's room) and from the budget, waiting at most
     /// [`crate::limits::MAX_ADMISSION_WAIT`]; refuses an event whose cost
     /// exceeds [`MAX_EVENT_COMMIT_BYTES`].
-    async fn take_budget(&self, (copies, cost): (usize, usize)) -> Result<OwnedSemaphorePermit> {
+    async fn take_budget(
+        &self,
+        user: Option<u64>,
+        (copies, cost): (usize, usize),
+    ) -> Result<CommitBytes> {
         if cost > MAX_EVENT_COMMIT_BYTES {
             return Err(SyncdError::InvalidArgument(format!(
                 "an event with {copies} inbox copies is {cost} bytes to commit, at most \
                  {MAX_EVENT_COMMIT_BYTES}"
             )));
         }
+        let user_share = match user {
+            Some(user) => Some(self.user_bytes.take(user, cost).map_err(|held| {
+                SyncdError::ResourceExhausted(format!(
+                    "user {user}'s events not yet stored hold {held} bytes, at most {} \
+                     (a share of the node's commit budget); retry when they are stored",
+                    self.budget_bytes / COMMIT_BUDGET_SHARES_PER_USER
+                ))
+            })?),
+            None => None,
+        };
         // An event larger than the whole budget waits for all of it.
         let permits = cost.clamp(1, self.budget_bytes) as u32;
         let acquire = Arc::clone(&self.budget).acquire_many_owned(permits);
-        within_admission_wait(acquire, || {
+        let node = within_admission_wait(acquire, || {
             "the commit memory budget is taken by other events; retry later".into()
         })
         .await?
-        .map_err(|_| SyncdError::Internal("the commit budget was closed".into()))
+        .map_err(|_| SyncdError::Internal("the commit budget was closed".into()))?;
+        Ok(CommitBytes {
+            _node: node,
+            _user: user_share,
+        })
     }
 
     /// Stops the node for good on a fatal store error, keeping the event's
