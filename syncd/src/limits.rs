@@ -164,7 +164,7 @@ pub const CACHED_MEMBER_ANSWERS: u64 = 262_144;
 pub const MAX_INFLIGHT_COMMIT_BYTES: usize = 256 * 1024 * 1024;
 /// One user's events hold at most this fraction of the commit budget
 /// (32 MiB of 256 MiB) while not yet stored: past it their next event is
-/// refused at once (RESOURCE_EXHAUSTED), so one member's flood of heavy
+/// refused at once (UNAVAILABLE, retried by clients), so one member's flood of heavy
 /// sends cannot make every other user's sends wait out the admission
 /// limit. A user with nothing in flight may always take one event.
 pub const COMMIT_BUDGET_SHARES_PER_USER: usize = 8;

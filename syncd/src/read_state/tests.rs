@@ -582,60 +582,77 @@ async fn a_mention_list_past_the_bound_is_refused_however_many_repeats_it_holds(
     assert_eq!(state(&engine, 2, conversation).await.mentions, 1);
 }
 
-/// The preview reads a few entries first and more only when it must: past
-/// a hidden newest message and the membership changes before it, it finds
-/// the one before them.
+/// The preview reads a few entries first (4, then 16, then the rest of 64)
+/// and more only when it must: past a hidden newest message and the
+/// membership changes before it, it finds the one before them, at each
+/// edge of those reads, and nothing past the 64th entry.
 #[tokio::test]
 async fn the_preview_looks_back_past_hidden_messages_and_other_events() {
-    let fx = fixture().build().await;
-    let engine = Arc::clone(&fx.engine);
-    let conversation = group(&engine, 1, vec![2, 3]).await;
-    let text = |text| message(conversation, text, None);
-    engine.send(device(1, "d"), text("older")).await.unwrap();
-    for i in 0..30 {
-        let change = if i % 2 == 0 {
-            MembershipChange::Add
-        } else {
-            MembershipChange::Remove
-        };
-        engine
-            .change_members(service(), conversation, vec![9], change)
-            .await
-            .unwrap();
-    }
-    let newest = engine
-        .send(device(1, "d"), text("newest"))
-        .await
-        .unwrap()
-        .receipt
-        .conv_seq;
-    let preview = |user| {
-        let engine = Arc::clone(&engine);
-        async move {
-            let page = engine
-                .list_conversations(&device(user, "d"), ListQuery::default())
+    // The wanted message's position, newest first: the hidden newest is
+    // the first, the membership changes come between.
+    for (position, found) in [
+        (2, true),
+        (5, true),
+        (6, true),
+        (21, true),
+        (64, true),
+        (65, false),
+    ] {
+        let fx = fixture().build().await;
+        let engine = Arc::clone(&fx.engine);
+        let conversation = group(&engine, 1, vec![2, 3]).await;
+        let text = |text| message(conversation, text, None);
+        engine.send(device(1, "d"), text("older")).await.unwrap();
+        for i in 0..position - 2 {
+            let change = if i % 2 == 0 {
+                MembershipChange::Add
+            } else {
+                MembershipChange::Remove
+            };
+            engine
+                .change_members(service(), conversation, vec![9], change)
                 .await
                 .unwrap();
-            page.conversations[0]
-                .last_message
-                .as_ref()
-                .map(|m| m.text.clone())
         }
-    };
-    assert_eq!(preview(2).await.as_deref(), Some("newest"));
-    engine
-        .hide(
-            device(2, "d"),
-            EntryKind::DeleteForMe,
-            crate::engine::HideCommand {
-                conversation_id: conversation,
-                conv_seq: Some(newest),
-                msg_id: 0,
-                client_op_id: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(preview(2).await.as_deref(), Some("older"));
-    assert_eq!(preview(3).await.as_deref(), Some("newest"));
+        let newest = engine
+            .send(device(1, "d"), text("newest"))
+            .await
+            .unwrap()
+            .receipt
+            .conv_seq;
+        let preview = |user| {
+            let engine = Arc::clone(&engine);
+            async move {
+                let page = engine
+                    .list_conversations(&device(user, "d"), ListQuery::default())
+                    .await
+                    .unwrap();
+                page.conversations[0]
+                    .last_message
+                    .as_ref()
+                    .map(|m| m.text.clone())
+            }
+        };
+        assert_eq!(preview(2).await.as_deref(), Some("newest"));
+        engine
+            .hide(
+                device(2, "d"),
+                EntryKind::DeleteForMe,
+                crate::engine::HideCommand {
+                    conversation_id: conversation,
+                    conv_seq: Some(newest),
+                    msg_id: 0,
+                    client_op_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        let expected = found.then_some("older");
+        assert_eq!(
+            preview(2).await.as_deref(),
+            expected,
+            "at position {position}"
+        );
+        assert_eq!(preview(3).await.as_deref(), Some("newest"));
+    }
 }

@@ -250,7 +250,7 @@ async fn one_users_events_in_flight_stay_within_their_share_of_the_budget() {
     for sent in flood {
         match sent.await.unwrap() {
             Ok(_) => stored += 1,
-            Err(SyncdError::ResourceExhausted(message)) => {
+            Err(SyncdError::Unavailable(message)) => {
                 assert!(message.contains("user 1's events"), "{message}")
             }
             Err(other) => panic!("{other:?}"),

@@ -368,8 +368,8 @@ impl EventWriter {
     }
 
     /// Takes the event's cost from `user`'s share of the commit budget
-    /// (refused at once past it: one user's flood must not take every
-    /// other user's room) and from the budget, waiting at most
+    /// (refused at once past it, UNAVAILABLE: one user's flood must not
+    /// take every other user's room) and from the budget, waiting at most
     /// [`crate::limits::MAX_ADMISSION_WAIT`]; refuses an event whose cost
     /// exceeds [`MAX_EVENT_COMMIT_BYTES`].
     async fn take_budget(
@@ -384,8 +384,10 @@ impl EventWriter {
             )));
         }
         let user_share = match user {
+            // UNAVAILABLE: it clears as soon as they are stored, and
+            // clients retry it (with the same id) after a backoff.
             Some(user) => Some(self.user_bytes.take(user, cost).map_err(|held| {
-                SyncdError::ResourceExhausted(format!(
+                SyncdError::Unavailable(format!(
                     "user {user}'s events not yet stored hold {held} bytes, at most {} \
                      (a share of the node's commit budget); retry when they are stored",
                     self.budget_bytes / COMMIT_BUDGET_SHARES_PER_USER
