@@ -451,6 +451,8 @@ impl ReadState {
 }
 
 #[cfg(test)]
+mod list_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]
