@@ -1,10 +1,12 @@
 //! Per-key shares of a bounded resource: one key (a user) holds at most
-//! `per_key` at once, so it cannot take everything a node-wide bound
-//! leaves for everyone. A share is given back when dropped.
+//! `per_key` at once (streams, searches, bytes), so it cannot take
+//! everything a node-wide bound leaves for everyone. A key holding nothing
+//! may always take one grant (a single large event of a user is bounded
+//! elsewhere). A share is given back when dropped.
 //!
-//! Callers take a share only while holding one of the node-wide permits
-//! (or, for bytes, only keys with bytes held stay in the map), so the map
-//! holds at most as many keys as there are grants outstanding.
+//! Only keys with something held stay in the map, and callers take shares
+//! alongside a node-wide permit, so the map holds at most as many keys as
+//! there are grants outstanding.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -15,10 +17,11 @@ pub struct Shares<K: Hash + Eq + Clone> {
     held: Mutex<HashMap<K, usize>>,
 }
 
-/// One share of a key, given back on drop.
+/// What one grant holds of a key's share, given back on drop.
 pub struct Share<K: Hash + Eq + Clone> {
     shares: Arc<Shares<K>>,
     key: K,
+    amount: usize,
 }
 
 impl<K: Hash + Eq + Clone> Shares<K> {
@@ -29,84 +32,37 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         })
     }
 
-    /// A share of `key`, or none when it holds all of its own.
-    pub fn take(self: &Arc<Self>, key: K) -> Option<Share<K>> {
+    /// `amount` for `key`, or, when that would take it past its share
+    /// (and it holds something already), the amount it holds now.
+    pub fn take(self: &Arc<Self>, key: K, amount: usize) -> Result<Share<K>, usize> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(key.clone()).or_default();
-        if *count >= self.per_key {
-            return None;
+        let now = held.entry(key.clone()).or_default();
+        if *now > 0 && now.saturating_add(amount) > self.per_key {
+            return Err(*now);
         }
-        *count += 1;
-        Some(Share {
+        *now += amount;
+        Ok(Share {
             shares: Arc::clone(self),
             key,
+            amount,
         })
     }
 }
 
 impl<K: Hash + Eq + Clone + std::fmt::Debug> std::fmt::Debug for Share<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Share").field(&self.key).finish()
+        f.debug_tuple("Share")
+            .field(&self.key)
+            .field(&self.amount)
+            .finish()
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for Share<K> {
     fn drop(&mut self) {
         let mut held = self.shares.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Per-key shares of a budget counted in bytes: a key may hold at most
-/// `per_key` bytes at once, but always one grant when it holds nothing
-/// (a single large event of a user is bounded elsewhere).
-pub struct ByteShares<K: Hash + Eq + Clone> {
-    per_key: usize,
-    held: Mutex<HashMap<K, usize>>,
-}
-
-/// Bytes granted to one key, given back on drop.
-pub struct ByteShare<K: Hash + Eq + Clone> {
-    shares: Arc<ByteShares<K>>,
-    key: K,
-    bytes: usize,
-}
-
-impl<K: Hash + Eq + Clone> ByteShares<K> {
-    pub fn new(per_key: usize) -> Arc<Self> {
-        Arc::new(Self {
-            per_key,
-            held: Mutex::default(),
-        })
-    }
-
-    /// `bytes` for `key`, or, when that would take it past its share, the
-    /// bytes it holds now.
-    pub fn take(self: &Arc<Self>, key: K, bytes: usize) -> Result<ByteShare<K>, usize> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let now = held.entry(key.clone()).or_default();
-        if *now > 0 && now.saturating_add(bytes) > self.per_key {
-            return Err(*now);
-        }
-        *now += bytes;
-        Ok(ByteShare {
-            shares: Arc::clone(self),
-            key,
-            bytes,
-        })
-    }
-}
-
-impl<K: Hash + Eq + Clone> Drop for ByteShare<K> {
-    fn drop(&mut self) {
-        let mut held = self.shares.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(now) = held.get_mut(&self.key) {
-            *now = now.saturating_sub(self.bytes);
+            *now = now.saturating_sub(self.amount);
             if *now == 0 {
                 held.remove(&self.key);
             }
@@ -121,22 +77,22 @@ mod tests {
     #[test]
     fn a_key_holds_its_share_and_gets_it_back() {
         let shares = Shares::new(2);
-        let a = [shares.take(1).unwrap(), shares.take(1).unwrap()];
-        assert!(shares.take(1).is_none());
-        let b = shares.take(2).unwrap();
+        let a = [shares.take(1, 1).unwrap(), shares.take(1, 1).unwrap()];
+        assert!(shares.take(1, 1).is_err());
+        let b = shares.take(2, 1).unwrap();
         drop(a);
         assert!(
             shares.held.lock().unwrap().get(&1).is_none(),
             "forgotten at zero"
         );
-        let _again = shares.take(1).unwrap();
+        let _again = shares.take(1, 1).unwrap();
         drop(b);
         assert_eq!(shares.held.lock().unwrap().len(), 1);
     }
 
     #[test]
     fn a_key_holds_at_most_its_bytes_but_always_one_grant() {
-        let shares = ByteShares::new(100);
+        let shares = Shares::new(100);
         // Alone, even a grant above the share is taken.
         let large = shares.take(1, 150).unwrap();
         assert_eq!(shares.take(1, 1).err(), Some(150));

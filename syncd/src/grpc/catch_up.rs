@@ -93,7 +93,7 @@ impl CatchUps {
         // A service has no inbox to catch up on: Sync refuses it below.
         let user_slot = match &verified.principal {
             Principal::Device { user_id, .. } => {
-                Some(self.per_user.take(*user_id).ok_or_else(|| {
+                Some(self.per_user.take(*user_id, 1).map_err(|_| {
                     Status::resource_exhausted(format!(
                         "{MAX_CATCH_UPS_PER_USER} catch-ups of this user are open: \
                          page with Sync instead"

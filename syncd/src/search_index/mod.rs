@@ -315,7 +315,7 @@ impl SearchIndexing {
         // A service searches for many users: only devices have a share.
         let share = match principal {
             Principal::Device { user_id, .. } => {
-                Some(self.searches_per_user.take(*user_id).ok_or_else(|| {
+                Some(self.searches_per_user.take(*user_id, 1).map_err(|_| {
                     SyncdError::ResourceExhausted(format!(
                         "{MAX_SEARCHES_PER_USER} searches of this user are running; retry shortly"
                     ))

@@ -53,7 +53,7 @@ use crate::limits::{
     MAX_EVENT_COMMIT_BYTES,
 };
 use crate::observer::Observers;
-use crate::shares::{ByteShare, ByteShares};
+use crate::shares::{Share, Shares};
 use seqsvc::client::SeqSource;
 use seqsvc::{MsgIdGenerator, Namespace};
 use std::sync::{Arc, Mutex};
@@ -94,7 +94,7 @@ struct Unfinished {
 /// An event's bytes in the node's commit budget and in its user's share.
 struct CommitBytes {
     _node: OwnedSemaphorePermit,
-    _user: Option<ByteShare<u64>>,
+    _user: Option<Share<u64>>,
 }
 
 /// Longest wait between attempts to finish a failed event.
@@ -113,7 +113,7 @@ pub struct EventWriter {
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     /// Each user's share of it (the sender's, or the reader's for marks).
-    user_bytes: Arc<ByteShares<u64>>,
+    user_bytes: Arc<Shares<u64>>,
     /// One permit per event finished in the background.
     finishers: Arc<Semaphore>,
     /// Unfinished events of a failed node, kept until it exits.
@@ -146,7 +146,7 @@ impl EventWriter {
             lifecycle,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
-            user_bytes: ByteShares::new(budget_bytes / COMMIT_BUDGET_SHARES_PER_USER),
+            user_bytes: Shares::new(budget_bytes / COMMIT_BUDGET_SHARES_PER_USER),
             finishers: Arc::new(Semaphore::new(MAX_BACKGROUND_FINISHERS)),
             parked: Arc::default(),
             allocator_error: Mutex::default(),
