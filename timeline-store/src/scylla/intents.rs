@@ -7,6 +7,7 @@
 //! versions kept one row per intent, is only read and emptied by
 //! `recover`.
 
+use super::node_intents::LeftoverCursor;
 use super::*;
 
 /// An [`EventCommit`] as stored in `pending_events`.
@@ -243,6 +244,32 @@ impl ScyllaTimelineStore {
             written_at,
         })
     }
+
+    /// Finishes every leftover a paged read gives (`page` reads the page
+    /// after a cursor), page after page; how many. The caller removes them
+    /// once all are finished, with one range deletion.
+    async fn finish_pages<Page>(
+        &self,
+        mut page: impl FnMut(Option<LeftoverCursor>) -> Page,
+    ) -> Result<usize>
+    where
+        Page: std::future::Future<Output = Result<(Vec<Vec<u8>>, Option<LeftoverCursor>)>>,
+    {
+        let mut finished = 0;
+        let mut cursor = None;
+        loop {
+            let (intents, next) = page(cursor).await?;
+            for intent in &intents {
+                let stored = self.decode_intent(intent)?;
+                self.apply_stored(&stored).await?;
+                finished += 1;
+            }
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(finished),
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -298,45 +325,21 @@ impl EventLog for ScyllaTimelineStore {
                     .await?;
                 finished += 1;
             }
-            let mut cursor = None;
-            let mut any = false;
-            loop {
-                let (page, next) = self.node.leftovers(&self.session, shard, cursor).await?;
-                for intent in &page {
-                    let stored = self.decode_intent(intent)?;
-                    self.apply_stored(&stored).await?;
-                    finished += 1;
-                }
-                any |= !page.is_empty();
-                match next {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-            if any {
+            let node = self
+                .finish_pages(|cursor| self.node.leftovers(&self.session, shard, cursor))
+                .await?;
+            if node > 0 {
                 self.node.clear_older(&self.session, shard).await?;
             }
+            finished += node;
             if let Some(fence) = &self.fence {
-                // Page by page, as above: removed by one range deletion
-                // once every page is finished.
-                let mut cursor = None;
-                let mut any = false;
-                loop {
-                    let (page, next) = fence.leftovers(&self.session, shard, cursor).await?;
-                    for intent in &page {
-                        let stored = self.decode_intent(intent)?;
-                        self.apply_stored(&stored).await?;
-                        finished += 1;
-                    }
-                    any |= !page.is_empty();
-                    match next {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
-                }
-                if any {
+                let fenced = self
+                    .finish_pages(|cursor| fence.leftovers(&self.session, shard, cursor))
+                    .await?;
+                if fenced > 0 {
                     fence.clear_older(&self.session, shard).await?;
                 }
+                finished += fenced;
                 let mut after = None;
                 loop {
                     let (page, next) = fence

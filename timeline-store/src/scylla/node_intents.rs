@@ -184,34 +184,8 @@ impl NodeIntents {
         shard: i32,
         cursor: Option<LeftoverCursor>,
     ) -> Result<(Vec<Vec<u8>>, Option<LeftoverCursor>)> {
-        let result = match cursor {
-            None => {
-                session
-                    .execute_unpaged(&self.select_first, (shard, LEFTOVER_PAGE))
-                    .await
-            }
-            Some((run, intent)) => {
-                session
-                    .execute_unpaged(&self.select_after, (shard, run, intent, LEFTOVER_PAGE))
-                    .await
-            }
-        };
-        let rows = result.map_err(cql)?.into_rows_result().map_err(cql)?;
-        let mut leftovers = Vec::new();
-        let mut last = None;
-        let mut read = 0;
-        for row in rows.rows::<(i64, i64, Vec<u8>)>().map_err(cql)? {
-            let (run, intent, event) = row.map_err(super::corrupt)?;
-            read += 1;
-            // Rows come in (run, intent) order: this run's own come last.
-            if run as u64 >= self.run {
-                return Ok((leftovers, None));
-            }
-            leftovers.push(event);
-            last = Some((run, intent));
-        }
-        let next = if read < LEFTOVER_PAGE { None } else { last };
-        Ok((leftovers, next))
+        let statements = (&self.select_first, &self.select_after);
+        leftover_page(session, statements, shard, self.run, cursor).await
     }
 
     /// Every leftover of `shard` is finished: removes them.
@@ -222,4 +196,51 @@ impl NodeIntents {
             .map_err(cql)?;
         Ok(())
     }
+}
+
+/// One page of a partition's numbered intents (`select_first` and
+/// `select_after` read `(generation, intent, event)` in that order, the
+/// second after a cursor): those of generations below `own` (a run, or a
+/// writer's epoch), and the cursor of the next page, `None` once there is
+/// none. A row without an intent (a fenced partition's static row alone)
+/// is skipped; this generation's own rows come last and end the read.
+pub(super) async fn leftover_page(
+    session: &Session,
+    (select_first, select_after): (&PreparedStatement, &PreparedStatement),
+    shard: i32,
+    own: u64,
+    cursor: Option<LeftoverCursor>,
+) -> Result<(Vec<Vec<u8>>, Option<LeftoverCursor>)> {
+    let result = match cursor {
+        None => {
+            session
+                .execute_unpaged(select_first, (shard, LEFTOVER_PAGE))
+                .await
+        }
+        Some((generation, intent)) => {
+            session
+                .execute_unpaged(select_after, (shard, generation, intent, LEFTOVER_PAGE))
+                .await
+        }
+    };
+    let rows = result.map_err(cql)?.into_rows_result().map_err(cql)?;
+    let mut leftovers = Vec::new();
+    let mut last = None;
+    let mut read = 0;
+    for row in rows
+        .rows::<(Option<i64>, Option<i64>, Option<Vec<u8>>)>()
+        .map_err(cql)?
+    {
+        read += 1;
+        let (Some(generation), Some(intent), Some(event)) = row.map_err(super::corrupt)? else {
+            continue;
+        };
+        if generation as u64 >= own {
+            return Ok((leftovers, None));
+        }
+        leftovers.push(event);
+        last = Some((generation, intent));
+    }
+    let next = if read < LEFTOVER_PAGE { None } else { last };
+    Ok((leftovers, next))
 }

@@ -3,15 +3,11 @@
 //! many, and a takeover must not need them all in one reply), and their
 //! removal once finished.
 
-use super::super::node_intents::LEFTOVER_PAGE;
+use super::super::node_intents::{LEFTOVER_PAGE, LeftoverCursor, leftover_page};
 use super::super::{big, cql};
 use super::Fence;
 use crate::Result;
 use scylla::client::session::Session;
-
-/// Where the next page of a partition's leftovers starts: after this
-/// (epoch, intent).
-pub(in crate::scylla) type LeftoverCursor = (i64, i64);
 
 impl Fence {
     /// A page of the intents of `shard` that earlier epochs left (finished
@@ -25,42 +21,8 @@ impl Fence {
         shard: i32,
         cursor: Option<LeftoverCursor>,
     ) -> Result<(Vec<Vec<u8>>, Option<LeftoverCursor>)> {
-        let result = match cursor {
-            None => {
-                session
-                    .execute_unpaged(&self.select_first, (shard, LEFTOVER_PAGE))
-                    .await
-            }
-            Some((epoch, intent)) => {
-                session
-                    .execute_unpaged(&self.select_after, (shard, epoch, intent, LEFTOVER_PAGE))
-                    .await
-            }
-        };
-        let rows = result.map_err(cql)?.into_rows_result().map_err(cql)?;
-        let mut leftovers = Vec::new();
-        let mut last = None;
-        let mut read = 0;
-        for row in rows
-            .rows::<(Option<i64>, Option<i64>, Option<Vec<u8>>)>()
-            .map_err(cql)?
-        {
-            read += 1;
-            // A partition with only its fence has one row without an
-            // intent: skip it.
-            let (Some(epoch), Some(intent), Some(event)) = row.map_err(super::super::corrupt)?
-            else {
-                continue;
-            };
-            // Rows come in (epoch, intent) order: this epoch's own last.
-            if epoch as u64 >= self.epoch {
-                return Ok((leftovers, None));
-            }
-            leftovers.push(event);
-            last = Some((epoch, intent));
-        }
-        let next = if read < LEFTOVER_PAGE { None } else { last };
-        Ok((leftovers, next))
+        let statements = (&self.select_first, &self.select_after);
+        leftover_page(session, statements, shard, self.epoch, cursor).await
     }
 
     /// Every leftover of `shard` from earlier epochs is finished: removes
