@@ -87,6 +87,9 @@ mod probe {
         async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
             self.inner.inbox_floor(user_id).await
         }
+        async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>> {
+            self.inner.inbox_times(user_id, range).await
+        }
     }
 
     #[async_trait::async_trait]

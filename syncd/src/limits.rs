@@ -95,11 +95,9 @@ pub const RECEIPT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::fro
 pub const MAX_TRIM_CANDIDATES: usize = 100_000;
 /// How often retention trims the inboxes written since the last pass.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-/// Entries read per store call while retention walks an inbox.
+/// Entries read per store call while retention walks an inbox (their
+/// seqs and times only, not their payloads).
 pub const RETENTION_SCAN_PAGE: usize = 1_000;
-/// Entry bytes one page of that walk reads at most (entries of large
-/// messages come back whole): about 8 MiB held per trimmed inbox.
-pub const RETENTION_SCAN_BYTES: usize = 8 * 1024 * 1024;
 /// Entries retention walks per inbox per pass; an inbox with more is
 /// trimmed conservatively (never below what the policy keeps) and walked
 /// again on the next pass.

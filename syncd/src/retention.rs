@@ -12,8 +12,8 @@ use crate::event::now_ms;
 use crate::horizon::Scope;
 use crate::lifecycle::{Lifecycle, stopped};
 use crate::limits::{
-    MAX_TRIM_CANDIDATES, RECEIPT_SWEEP_INTERVAL, RETENTION_INTERVAL, RETENTION_SCAN_BYTES,
-    RETENTION_SCAN_MAX, RETENTION_SCAN_PAGE, RETENTION_TRIM_BATCH,
+    MAX_TRIM_CANDIDATES, RECEIPT_SWEEP_INTERVAL, RETENTION_INTERVAL, RETENTION_SCAN_MAX,
+    RETENTION_SCAN_PAGE, RETENTION_TRIM_BATCH,
 };
 use crate::observer::{CommitObserver, Committed};
 use crate::read_state::ReadState;
@@ -196,16 +196,13 @@ impl Retainer {
         let mut after = floor.saturating_sub(1);
         let mut walked_all = true;
         loop {
-            // Bounded in bytes too: heavy copies come back whole.
-            let range = InboxRange::new(after, through, RETENTION_SCAN_PAGE)
-                .with_max_bytes(RETENTION_SCAN_BYTES);
-            let page = self.store.read_inbox(user_id, range).await?;
-            kept.extend(page.iter().map(|e| (e.seq, e.sent_at_ms)));
-            // A page the byte budget cut holds more than the budget (its
-            // last entry crossed it): the inbox goes on past it.
-            let cut = page.iter().map(|e| e.wire_bytes()).sum::<usize>() > RETENTION_SCAN_BYTES;
+            // Seqs and times only: no payload is read, so a page of heavy
+            // copies costs what a page of short ones does.
+            let range = InboxRange::new(after, through, RETENTION_SCAN_PAGE);
+            let page = self.store.inbox_times(user_id, range).await?;
+            kept.extend(page.iter().map(|row| (row.seq, row.sent_at_ms)));
             match page.last() {
-                Some(last) if page.len() == RETENTION_SCAN_PAGE || cut => after = last.seq,
+                Some(last) if page.len() == RETENTION_SCAN_PAGE => after = last.seq,
                 _ => break,
             }
             if kept.len() >= RETENTION_SCAN_MAX {
@@ -376,14 +373,14 @@ mod tests {
     /// short; the walk goes on past them, so the trim still keeps exactly
     /// the newest entries.
     #[tokio::test]
-    async fn an_inbox_of_large_messages_is_walked_past_pages_cut_by_bytes() {
+    async fn an_inbox_of_large_messages_is_walked_whole_and_trimmed_to_the_policy() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), false);
         let seq_store: Arc<dyn seqsvc::MaxSeqStore> = Arc::new(seqsvc::MemoryMaxSeqStore::new());
         let engine = engine_on(&store, seq_store, keeping(5)).await;
         let conversation = group(&engine, 1, vec![2]).await;
         let text = "L".repeat(60_000);
-        // About 12 MiB of entries: more than one page's budget of 8 MiB.
+        // About 12 MiB of heavy entries, walked without reading them.
         for _ in 0..200 {
             engine
                 .send(device(1, "d"), message(conversation, &text, None))

@@ -42,9 +42,9 @@
 use crate::codec::{self, EntryEncoder};
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, ConversationScan, Entry,
-    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
-    LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
-    ReaderMark, Receipt, Receipts, Result, StoreError,
+    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxTime,
+    InboxWrite, LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot,
+    ReadStates, ReaderMark, Receipt, Receipts, Result, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -419,6 +419,21 @@ impl InboxRetention for EmbeddedStore {
                 None => Ok(0),
             },
         )
+        .await
+    }
+
+    async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |ks| {
+            let keys = key2(user_id, range.after + 1)..=key2(user_id, range.through);
+            ks.inbox
+                .range(keys)
+                .take(range.limit)
+                .map(|guard| codec::decode_inbox_time(guard.value().map_err(io)?.as_ref()))
+                .collect()
+        })
         .await
     }
 }

@@ -521,6 +521,16 @@ impl ByteBudget {
     }
 }
 
+/// One inbox row as retention sees it: its seq and when its event was
+/// sent, read without the payload ([`InboxRetention::inbox_times`]).
+///
+/// [`InboxRetention::inbox_times`]: crate::InboxRetention::inbox_times
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxTime {
+    pub seq: u64,
+    pub sent_at_ms: i64,
+}
+
 /// Which way a conversation read walks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {

@@ -68,7 +68,7 @@ use crate::codec::{
 };
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
+    EventPosition, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxTime, InboxWrite,
     LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
     Receipt, Receipts, Result, StoreError,
 };

@@ -9,9 +9,9 @@
 //! of [`TimelineStore`], not a wider existing trait.
 
 use crate::{
-    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, InboxWrite,
-    LargeGroupMembership, ReadStateRow, ReadStateSnapshot, ReaderMark, Receipt, RecordedRevocation,
-    Result, Revocation, RevokedBefore,
+    Conversation, ConversationRange, Entry, EventCommit, IdempotencyKey, InboxRange, InboxTime,
+    InboxWrite, LargeGroupMembership, ReadStateRow, ReadStateSnapshot, ReaderMark, Receipt,
+    RecordedRevocation, Result, Revocation, RevokedBefore,
 };
 use async_trait::async_trait;
 
@@ -101,6 +101,13 @@ pub trait InboxRetention: Send + Sync {
 
     /// The inbox floor: entries below it may have been trimmed (0: none).
     async fn inbox_floor(&self, user_id: u64) -> Result<u64>;
+
+    /// The seq and sending time of each inbox row in `range`, ascending,
+    /// at most `range.limit`: what a retention policy needs, read without
+    /// completing heavy copies from their conversation entries, so a page
+    /// holds rows as stored (at most the inline payload and an edit
+    /// history each) and `range.max_bytes` does not apply.
+    async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>>;
 }
 
 /// Conversation records, timelines and the large-group index.

@@ -531,6 +531,25 @@ impl EntryEncoder {
     }
 }
 
+/// The two fields of an [`EntryRecord`] retention reads: prost skips the
+/// others (text, members, edit history) without allocating them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EntryTimeRecord {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(int64, tag = "9")]
+    sent_at_ms: i64,
+}
+
+/// An inbox row's seq and sending time (see [`crate::InboxTime`]).
+pub(crate) fn decode_inbox_time(bytes: &[u8]) -> Result<crate::InboxTime> {
+    let record = EntryTimeRecord::decode(bytes).map_err(corrupt)?;
+    Ok(crate::InboxTime {
+        seq: record.seq,
+        sent_at_ms: record.sent_at_ms,
+    })
+}
+
 /// An inbox copy, and whether its payload must be read from the
 /// conversation entry ([`fill_payload`]).
 pub(crate) fn decode_inbox_entry(bytes: &[u8]) -> Result<(Entry, bool)> {

@@ -62,7 +62,52 @@ impl InboxRetention for ScyllaTimelineStore {
     async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
         Ok(self.stored_inbox_floor(user_id).await?.unwrap_or(0))
     }
+
+    async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let buckets = self
+            .buckets(
+                Timeline::Inbox,
+                user_id,
+                range.after.saturating_add(1),
+                range.through,
+                false,
+            )
+            .await?;
+        let page = |bucket, from: Option<u64>, wanted: usize| async move {
+            let values = (
+                big(user_id),
+                big(bucket),
+                big(from.unwrap_or(range.after)),
+                big(range.through),
+                wanted as i32,
+            );
+            let blobs: Vec<Vec<u8>> = self
+                .column(&self.statements.select_inbox_range, values)
+                .await?;
+            blobs
+                .iter()
+                .map(|b| codec::decode_inbox_time(b))
+                .collect::<Result<Vec<_>>>()
+        };
+        read_pages(
+            buckets,
+            range.limit,
+            TIMES_QUERY_ROWS,
+            |t: &InboxTime| t.seq,
+            page,
+        )
+        .await
+    }
 }
+
+/// Rows per query of [`InboxRetention::inbox_times`]: each row is held
+/// only while it is decoded, and a stored copy is at most its inline
+/// payload (4 KiB) plus an edit history (64 KiB), so a query holds at
+/// most about 18 MiB however its entries are made.
+const TIMES_QUERY_ROWS: usize = 256;
 
 impl ScyllaTimelineStore {
     async fn stored_inbox_floor(&self, user_id: u64) -> Result<Option<u64>> {

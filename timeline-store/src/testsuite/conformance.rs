@@ -106,6 +106,7 @@ where
     conversations::large_group_memberships_keep_their_positions(&store).await;
     retention::trimming_deletes_below_the_floor_and_raises_it(&store).await;
     retention::racing_trims_keep_the_higher_floor(&store).await;
+    retention::inbox_times_list_each_row_without_its_payload(&store).await;
     large_reads_are_complete(&store).await;
     recommitting_an_event_is_idempotent(&store).await;
     concurrent_commits_all_land(&store).await;

@@ -24,9 +24,9 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationRange, ConversationReads, Entry, EventCommit, EventLog,
-    IdempotencyKey, InboxRange, InboxReads, InboxRetention, LargeGroupMembership, ReadReceipts,
-    ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts, RecordedRevocation,
-    Result, Revocation, Revocations, RevokedBefore, StoreError,
+    IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxTime, LargeGroupMembership,
+    ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates, ReaderMark, Receipt, Receipts,
+    RecordedRevocation, Result, Revocation, Revocations, RevokedBefore, StoreError,
 };
 use async_trait::async_trait;
 use std::future::Future;

@@ -3,9 +3,9 @@
 
 use crate::{
     Checkpoints, Conversation, ConversationMembers, ConversationRange, ConversationReads, Entry,
-    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxWrite,
-    LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot, ReadStates,
-    ReaderMark, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations,
+    EventCommit, EventLog, IdempotencyKey, InboxRange, InboxReads, InboxRetention, InboxTime,
+    InboxWrite, LargeGroupMembership, Order, ReadReceipts, ReadStateRow, ReadStateSnapshot,
+    ReadStates, ReaderMark, Receipt, Receipts, RecordedRevocation, Result, Revocation, Revocations,
     RevokedBefore,
 };
 use async_trait::async_trait;
@@ -200,6 +200,23 @@ impl InboxRetention for MemoryStore {
             .get(&user_id)
             .copied()
             .unwrap_or(0))
+    }
+
+    async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = (user_id, range.after + 1)..=(user_id, range.through);
+        Ok(self
+            .state()
+            .inbox
+            .range(keys)
+            .take(range.limit)
+            .map(|(&(_, seq), entry)| InboxTime {
+                seq,
+                sent_at_ms: entry.sent_at_ms,
+            })
+            .collect())
     }
 }
 

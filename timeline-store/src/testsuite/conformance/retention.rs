@@ -91,3 +91,49 @@ pub(super) async fn checkpoints_never_go_back<S: TimelineStore>(store: &S) {
     assert_eq!(store.checkpoint(user, "laptop").await.unwrap(), 3);
     assert_eq!(store.checkpoint(user + 1, "phone").await.unwrap(), 0);
 }
+
+/// Retention's walk reads each row's seq and sending time, heavy copies
+/// included (never completed from the conversation), within its range and
+/// limit, across the store's partitions of an inbox, and not below a trim.
+pub(super) async fn inbox_times_list_each_row_without_its_payload<S: TimelineStore>(store: &S) {
+    let (conv, user) = (BASE + 15, BASE + 81);
+    // Seqs on both sides of 65,536 and far above it: a backend that splits
+    // an inbox into partitions by seq must read across them.
+    let seqs = [3u64, 65_535, 65_536, 65_537, 200_000, 200_001];
+    let heavy = "h".repeat(20_000);
+    for (i, &seq) in seqs.iter().enumerate() {
+        let conv_seq = i as u64 + 1;
+        let text = if i % 2 == 0 { heavy.as_str() } else { "light" };
+        let entry = Entry {
+            sent_at_ms: 1_650_000_000_000 + (i as i64) * 1_000,
+            ..message(conv, conv_seq, BASE + 11, text)
+        };
+        store
+            .commit_event(fanout(entry, &[(user, seq)]))
+            .await
+            .unwrap();
+    }
+    let times = |after: u64, through: u64, limit: usize| async move {
+        store
+            .inbox_times(user, InboxRange::new(after, through, limit))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.seq, row.sent_at_ms))
+            .collect::<Vec<_>>()
+    };
+    let expected: Vec<(u64, i64)> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, &seq)| (seq, 1_650_000_000_000 + (i as i64) * 1_000))
+        .collect();
+    assert_eq!(times(0, u64::MAX, 100).await, expected);
+    assert_eq!(times(0, u64::MAX, 4).await, expected[..4]);
+    assert_eq!(times(3, 65_537, 100).await, expected[1..4]);
+    assert_eq!(times(65_535, 200_000, 1).await, expected[2..3]);
+    assert!(times(200_001, u64::MAX, 100).await.is_empty());
+    assert!(times(5, 5, 100).await.is_empty());
+    assert!(times(0, u64::MAX, 0).await.is_empty());
+    assert_eq!(trim_all(store, user, 65_537, 2).await, 3);
+    assert_eq!(times(0, u64::MAX, 100).await, expected[3..]);
+}

@@ -111,6 +111,11 @@ impl<S: InboxRetention> InboxRetention for FaultyStore<S> {
     async fn inbox_floor(&self, user_id: u64) -> Result<u64> {
         self.run(Op::Read, self.inner.inbox_floor(user_id)).await
     }
+
+    async fn inbox_times(&self, user_id: u64, range: InboxRange) -> Result<Vec<InboxTime>> {
+        self.run(Op::Read, self.inner.inbox_times(user_id, range))
+            .await
+    }
 }
 
 #[async_trait]
