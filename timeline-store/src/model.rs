@@ -540,33 +540,53 @@ pub enum Order {
 }
 
 /// The conversation entries a read returns: `after < conv_seq < before`
-/// (both bounds exclusive), at most `limit`, in `order`.
+/// (both bounds exclusive), at most `limit`, in `order`, and, like
+/// [`InboxRange`], stopping at the first entry that takes the total of
+/// [`Entry::wire_bytes`] above `max_bytes` (keeping it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConversationRange {
     pub after: u64,
     pub before: u64,
     pub order: Order,
     pub limit: usize,
+    pub max_bytes: usize,
 }
 
 impl ConversationRange {
-    /// At most `limit` entries between the bounds, oldest first.
+    /// At most `limit` entries between the bounds, oldest first, with no
+    /// byte budget.
     pub fn oldest_first(after: u64, before: u64, limit: usize) -> Self {
         Self {
             after,
             before,
             order: Order::OldestFirst,
             limit,
+            max_bytes: usize::MAX,
         }
     }
 
-    /// At most `limit` entries between the bounds, newest first.
+    /// At most `limit` entries between the bounds, newest first, with no
+    /// byte budget.
     pub fn newest_first(after: u64, before: u64, limit: usize) -> Self {
         Self {
             after,
             before,
             order: Order::NewestFirst,
             limit,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    /// The same range, stopping past `max_bytes` of entries.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
+    }
+
+    /// Counts entries against `max_bytes` as a backend reads them in order.
+    pub fn budget(&self) -> ByteBudget {
+        ByteBudget {
+            left: self.max_bytes,
+            first: true,
         }
     }
 

@@ -6,6 +6,12 @@ use timeline_store::{ConversationRange, Entry, EntryKind, MessagePreview, Timeli
 /// Entries one count reads per store call.
 const COUNT_PAGE: usize = 128;
 
+/// Entry bytes one count's store call reads at most (plus the entry that
+/// crosses it): a page of 128 whole entries could hold 128 texts and edit
+/// histories at their limits, about 17 MiB, for a count that needs none
+/// of their text.
+pub const COUNT_PAGE_BYTES: usize = 1024 * 1024;
+
 /// Most entries one count reads: a count over more stops there and is
 /// reported as [`Count::saturated`]. A user far behind in a busy large
 /// group (or marking "read through" a message far back) costs at most this
@@ -108,11 +114,15 @@ pub async fn messages_from_others(
             count.reached = from;
             return Ok(count);
         }
-        let range = ConversationRange::oldest_first(from, through.saturating_add(1), COUNT_PAGE);
+        let range = ConversationRange::oldest_first(from, through.saturating_add(1), COUNT_PAGE)
+            .with_max_bytes(COUNT_PAGE_BYTES);
         let entries = store.read_conversation(conversation_id, range).await?;
         let Some(last) = entries.last() else { break };
         from = last.conv_seq;
         read += entries.len();
+        // A page the budget cut holds more than the budget (its last entry
+        // crossed it): the range goes on past it.
+        let cut = entries.iter().map(Entry::wire_bytes).sum::<usize>() > COUNT_PAGE_BYTES;
         for entry in entries.iter().filter(|e| e.kind.removes_target()) {
             let target = &entry.target;
             if target.sender_id != user_id && target.conv_seq > base {
@@ -138,7 +148,7 @@ pub async fn messages_from_others(
             }
             count.last_message = Some(preview(entry));
         }
-        if entries.len() < COUNT_PAGE {
+        if entries.len() < COUNT_PAGE && !cut {
             break;
         }
     }
@@ -147,16 +157,62 @@ pub async fn messages_from_others(
 }
 
 /// The newest message at or below `through` (looking back at most one
-/// page of entries: membership events between are few).
+/// page of entries, cut by bytes too: membership events between are few).
 pub async fn last_message(
     store: &dyn TimelineStore,
     conversation_id: u64,
     through: u64,
 ) -> Result<Option<MessagePreview>> {
-    let range = ConversationRange::newest_first(0, through.saturating_add(1), COUNT_PAGE);
+    let range = ConversationRange::newest_first(0, through.saturating_add(1), COUNT_PAGE)
+        .with_max_bytes(COUNT_PAGE_BYTES);
     let entries = store.read_conversation(conversation_id, range).await?;
     Ok(entries
         .iter()
         .find(|e| e.kind == EntryKind::Message)
         .map(preview))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timeline_store::EventLog;
+    use timeline_store::testsuite::MemoryStore;
+    use timeline_store::testsuite::conformance::fanout;
+
+    /// A timeline of `n` messages of `text_bytes` each, from user 7.
+    async fn timeline(n: u64, text_bytes: usize) -> MemoryStore {
+        let store = MemoryStore::new();
+        for conv_seq in 1..=n {
+            let entry = Entry {
+                conv_seq,
+                msg_id: conv_seq,
+                sender_id: 7,
+                text: format!("{conv_seq}:{}", "x".repeat(text_bytes)),
+                ..Entry::new(EntryKind::Message, 1)
+            };
+            store.commit_event(fanout(entry, &[])).await.unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn a_count_over_more_than_a_page_of_bytes_counts_every_message() {
+        // 40 texts of 60 KB: about 2.4 MB, more than two pages' budget,
+        // each page cut well before its 128 entries.
+        let store = timeline(40, 60_000).await;
+        let count = messages_from_others(&store, 1, 2, 0, 0, 40).await.unwrap();
+        assert_eq!((count.count, count.reached), (40, 40));
+        assert!(!count.saturated);
+        let last = count.last_message.expect("a newest message");
+        assert_eq!(last.conv_seq, 40);
+        let from_the_middle = messages_from_others(&store, 1, 2, 0, 25, 40).await.unwrap();
+        assert_eq!(from_the_middle.count, 15);
+    }
+
+    #[tokio::test]
+    async fn the_newest_message_is_found_within_one_budgeted_read() {
+        let store = timeline(40, 60_000).await;
+        let last = last_message(&store, 1, 30).await.unwrap();
+        assert_eq!(last.map(|p| p.conv_seq), Some(30));
+    }
 }

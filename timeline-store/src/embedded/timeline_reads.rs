@@ -10,11 +10,20 @@ use super::*;
 /// read with a huge limit grows as entries arrive.
 const INBOX_READ_CAPACITY: usize = 1_024;
 
-fn decode_entries(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Result<Vec<Entry>> {
+fn decode_entries(
+    iter: impl Iterator<Item = fjall::Guard>,
+    range: ConversationRange,
+) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    for guard in iter.take(limit) {
+    let mut budget = range.budget();
+    for guard in iter.take(range.limit) {
         let value = guard.value().map_err(io)?;
-        entries.push(codec::decode_entry(value.as_ref())?);
+        let entry = codec::decode_entry(value.as_ref())?;
+        let past_budget = budget.spend(&entry);
+        entries.push(entry);
+        if past_budget {
+            break;
+        }
     }
     Ok(entries)
 }
@@ -107,8 +116,8 @@ impl ConversationReads for EmbeddedStore {
             let keys = key2(id, range.after + 1)..key2(id, range.before);
             let iter = ks.conv.range(keys);
             match range.order {
-                Order::NewestFirst => decode_entries(iter.rev(), range.limit),
-                Order::OldestFirst => decode_entries(iter, range.limit),
+                Order::NewestFirst => decode_entries(iter.rev(), range),
+                Order::OldestFirst => decode_entries(iter, range),
             }
         })
         .await

@@ -5,8 +5,14 @@
 use super::*;
 use cql_kit::read_pages_until;
 
-/// Rows per query of an inbox read with a byte budget.
+/// Rows per query of an inbox read with a byte budget (a stored copy of a
+/// heavy message is a reference, completed after the query).
 const BUDGETED_QUERY_ROWS: usize = 128;
+
+/// Rows per query of a conversation read with a byte budget: a stored
+/// entry is whole (up to 64 KiB of text and as much edit history), so a
+/// query holds at most about 4 MiB whatever the budget.
+const BUDGETED_CONVERSATION_QUERY_ROWS: usize = 32;
 
 #[async_trait]
 impl InboxReads for ScyllaTimelineStore {
@@ -216,6 +222,7 @@ impl ConversationReads for ScyllaTimelineStore {
             before,
             order,
             limit,
+            ..
         } = range;
         let newest_first = order == Order::NewestFirst;
         let statement = if newest_first {
@@ -242,11 +249,19 @@ impl ConversationReads for ScyllaTimelineStore {
             let values = (big(id), big(bucket), big(low), big(high), wanted as i32);
             Self::decode_entries(self.column(statement, values).await?)
         };
-        read_pages(
+        // As for the inbox: a budgeted read holds a few rows past its
+        // budget, never a whole page of them.
+        let query_rows = match range.max_bytes {
+            usize::MAX => PAGE_ROWS as usize,
+            _ => BUDGETED_CONVERSATION_QUERY_ROWS,
+        };
+        let mut budget = range.budget();
+        read_pages_until(
             buckets,
             limit,
-            PAGE_ROWS as usize,
+            query_rows,
             |e: &Entry| e.conv_seq,
+            |e| budget.spend(e),
             page,
         )
         .await

@@ -20,7 +20,8 @@ use retention::trim_all;
 
 use crate::{
     Conversation, ConversationKind, ConversationRange, Entry, EntryKind, EventCommit,
-    IdempotencyKey, InboxRange, InboxWrite, Receipt, Revocation, RevokedBefore, TimelineStore,
+    IdempotencyKey, InboxRange, InboxWrite, Order, Receipt, Revocation, RevokedBefore,
+    TimelineStore,
 };
 
 /// Ids are offset so that a shared (e.g. CQL) store never collides with
@@ -100,6 +101,7 @@ where
     inbox_reads_respect_bounds_limits_and_owners(&store).await;
     inbox_reads_stop_past_their_byte_budget(&store).await;
     conversation_reads_page_both_ways(&store).await;
+    conversation_reads_stop_past_their_byte_budget(&store).await;
     conversations::conversation_records_and_receipts_round_trip(&store).await;
     retention::checkpoints_never_go_back(&store).await;
     conversations::large_group_index_tracks_members(&store).await;
@@ -301,6 +303,61 @@ async fn inbox_reads_stop_past_their_byte_budget<S: TimelineStore>(store: &S) {
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, [3, 4]);
+}
+
+async fn conversation_reads_stop_past_their_byte_budget<S: TimelineStore>(store: &S) {
+    let conv = BASE + 16;
+    let texts = ["a", &"h".repeat(5_000), "bb", &"d".repeat(300), "ccc", "e"];
+    for (i, text) in texts.iter().enumerate() {
+        let conv_seq = i as u64 + 1;
+        let entry = message(conv, conv_seq, BASE + 12, text);
+        store.commit_event(fanout(entry, &[])).await.unwrap();
+    }
+    for order in [Order::OldestFirst, Order::NewestFirst] {
+        let whole = |limit| match order {
+            Order::OldestFirst => ConversationRange::oldest_first(0, u64::MAX, limit),
+            Order::NewestFirst => ConversationRange::newest_first(0, u64::MAX, limit),
+        };
+        let all = store.read_conversation(conv, whole(100)).await.unwrap();
+        assert_eq!(all.len(), texts.len());
+        let sizes: Vec<usize> = all.iter().map(Entry::wire_bytes).collect();
+        // The rule of the inbox's budget: the first entry always, then
+        // through the first that takes the total past the budget.
+        let expected = |limit: usize, max_bytes: usize| -> Vec<u64> {
+            let mut total = 0usize;
+            let mut seqs = Vec::new();
+            for (entry, &size) in all.iter().zip(&sizes).take(limit) {
+                total = total.saturating_add(size);
+                seqs.push(entry.conv_seq);
+                if seqs.len() > 1 && total > max_bytes {
+                    break;
+                }
+            }
+            seqs
+        };
+        let prefix = |n: usize| sizes[..n].iter().sum::<usize>();
+        let budgets = [
+            0,
+            prefix(1),
+            prefix(2) - 1,
+            prefix(2),
+            prefix(3),
+            prefix(4) + 1,
+            usize::MAX,
+        ];
+        for max_bytes in budgets {
+            for limit in [1, 2, 4, 100] {
+                let range = whole(limit).with_max_bytes(max_bytes);
+                let got = store.read_conversation(conv, range).await.unwrap();
+                let seqs: Vec<u64> = got.iter().map(|e| e.conv_seq).collect();
+                assert_eq!(
+                    seqs,
+                    expected(limit, max_bytes),
+                    "{order:?}, limit {limit}, max_bytes {max_bytes}, sizes {sizes:?}"
+                );
+            }
+        }
+    }
 }
 
 async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store: &S) {

@@ -278,15 +278,19 @@ impl ConversationReads for MemoryStore {
         }
         let state = self.state();
         let entries = state.conv.range((id, range.after + 1)..(id, range.before));
-        let entries: Vec<Entry> = match range.order {
-            Order::OldestFirst => entries.take(range.limit).map(|(_, e)| e.clone()).collect(),
-            Order::NewestFirst => entries
-                .rev()
-                .take(range.limit)
-                .map(|(_, e)| e.clone())
-                .collect(),
+        let in_order: Box<dyn Iterator<Item = &Entry>> = match range.order {
+            Order::OldestFirst => Box::new(entries.map(|(_, e)| e)),
+            Order::NewestFirst => Box::new(entries.rev().map(|(_, e)| e)),
         };
-        Ok(entries)
+        let mut budget = range.budget();
+        let mut read = Vec::new();
+        for entry in in_order.take(range.limit) {
+            read.push(entry.clone());
+            if budget.spend(entry) {
+                break;
+            }
+        }
+        Ok(read)
     }
 
     async fn large_group_memberships(&self, user_id: u64) -> Result<Vec<LargeGroupMembership>> {
