@@ -1,7 +1,8 @@
 //! Round trips of every record, and the stored codes that must never change.
 
+use super::entries::entry_kind_code;
 use super::*;
-use crate::{EventPosition, LargeGroupMembership};
+use crate::{Entry, EntryKind, EventPosition, LargeGroupMembership};
 
 fn entry(kind: EntryKind) -> Entry {
     Entry {
