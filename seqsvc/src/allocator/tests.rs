@@ -1,6 +1,7 @@
 use super::*;
 use crate::store::FjallMaxSeqStore;
 use crate::testsuite::MemoryMaxSeqStore;
+use std::collections::HashMap;
 
 fn small(step: u64, section_size: u64) -> AllocatorConfig {
     AllocatorConfig { step, section_size }
