@@ -109,7 +109,8 @@ pub enum SearchBackend {
     /// tantivy in the data directory's `search/`: one index per node.
     #[default]
     Embedded,
-    /// An index in an OpenSearch cluster (one indexer per index).
+    /// An index in an OpenSearch cluster, shared by the nodes (versioned
+    /// writes: an indexer that lost its lease cannot set it back).
     OpenSearch(search::OpenSearchOptions),
     /// No history search: nothing is indexed (no indexing work on the
     /// commit path) and searches are refused with FAILED_PRECONDITION.

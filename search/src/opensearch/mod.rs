@@ -8,6 +8,13 @@
 //! (`u{conversation}.{user}`: the intervals, and the highest `conv_seq`
 //! applied to them) and checkpoints (`c{conversation}`).
 //!
+//! Every document is written whole with an external version, the
+//! `indexed_through` of the update that wrote it (`external_gte`), and a
+//! removed message stays as a tombstone of kind `x`: a late write of an
+//! earlier stretch (the indexer of a writer that lost its lease, resumed)
+//! is refused by OpenSearch, so several indexers on one index never set a
+//! document, a membership or a checkpoint back.
+//!
 //! OpenSearch has no transaction over several documents, so an update is
 //! made exact by its order: the documents first (bulk requests, each
 //! acknowledged only once durable in the translog and waiting for a refresh
@@ -15,7 +22,7 @@
 //! two leaves documents above the checkpoint; the feeder then sends the
 //! same stretch again, and applying it twice gives the same index:
 //! upserts and removals set a document to one state, an edit of a message
-//! changes only its text, and membership changes at or below a membership's
+//! rewrites it with its new text, and membership changes at or below a membership's
 //! applied `conv_seq` are skipped. Nothing is lost (the checkpoint never
 //! passes what is durable) and nothing is doubled (ids are deterministic).
 //!
@@ -37,12 +44,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
-use write::Bulk;
 pub use write::MAX_BULK_BYTES;
 
 /// The layout of documents and mappings this version writes; an index
-/// with another is refused (rebuild it with `syncd reindex`).
-pub const SCHEMA_VERSION: u64 = 1;
+/// with another is refused (delete it, then `syncd reindex`). 2: every
+/// document written with an external version, removals as tombstones.
+pub const SCHEMA_VERSION: u64 = 2;
 /// How long a bulk write may take (it waits for a refresh).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long creating, checking or dropping the index may take.
@@ -301,8 +308,9 @@ impl OpenSearchIndex {
         } else {
             Err(SearchError::Corrupt(format!(
                 "OpenSearch index {} is not this version's search index \
-                 (schema {schema:?}, this version writes {SCHEMA_VERSION})",
-                self.index
+                 (schema {schema:?}, this version writes {SCHEMA_VERSION}): \
+                 delete it (DELETE /{}) and rebuild it with `syncd reindex`",
+                self.index, self.index
             )))
         }
     }
@@ -363,25 +371,7 @@ impl crate::SearchIndex for OpenSearchIndex {
     fn apply(&self, updates: &[ConversationUpdate]) -> Result<()> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let (documents, staged) = self.stage(updates)?;
-        if staged.is_empty() {
-            return Ok(());
-        }
-        // Searchable before the checkpoint says they are indexed.
-        self.send(documents, "wait_for")?;
-        let mut checkpoints = Bulk::default();
-        for (&conv, &through) in &staged {
-            checkpoints.index(
-                checkpoint_id(conv),
-                conv,
-                json!({"kind": "c", "conversation_id": conv, "state": {"through": through}}),
-            );
-        }
-        self.send(checkpoints, "false")?;
-        self.checkpoints
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(staged);
-        Ok(())
+        self.commit_staged(documents, staged)
     }
 
     fn search(&self, request: &crate::SearchRequest) -> Result<crate::SearchPage> {

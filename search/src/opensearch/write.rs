@@ -3,7 +3,7 @@
 //! bulk requests, and which bulk replies are failures.
 
 use super::client::Body;
-use super::{OpenSearchIndex, WRITE_TIMEOUT, encode, member_id, message_id, number};
+use super::{OpenSearchIndex, WRITE_TIMEOUT, checkpoint_id, encode, member_id, message_id, number};
 use crate::error::{Result, SearchError};
 use crate::model::{ConversationUpdate, IndexOp, Intervals, MessageDoc};
 use http::Method;
@@ -22,6 +22,9 @@ struct Membership {
     intervals: Intervals,
     applied_through: u64,
     changed: bool,
+    /// The `indexed_through` of the update that changed it last: the
+    /// document's version.
+    version: u64,
 }
 
 /// Bulk request lines, one item (action and source) at a time.
@@ -41,25 +44,30 @@ impl Bulk {
         self.items.push(item);
     }
 
-    pub(super) fn index(&mut self, id: String, conversation: u64, source: Value) {
-        let action = json!({"index": {"_id": id, "routing": conversation.to_string()}});
+    /// Writes the document whole as of `version`: OpenSearch keeps it only
+    /// if no write of a higher version came first (`external_gte`: the
+    /// same version again is a replay, and writes the same document).
+    pub(super) fn index(&mut self, id: String, conversation: u64, source: Value, version: u64) {
+        let action = json!({"index": {
+            "_id": id,
+            "routing": conversation.to_string(),
+            "version": version,
+            "version_type": "external_gte",
+        }});
         self.push(action, Some(source));
     }
 }
 
 impl OpenSearchIndex {
-    /// The current memberships of `pairs` (realtime reads: no refresh
-    /// needed); missing ones are empty.
-    fn memberships(
-        &self,
-        pairs: &BTreeSet<(u64, u64)>,
-    ) -> Result<BTreeMap<(u64, u64), Membership>> {
-        let mut found = BTreeMap::new();
-        let pairs: Vec<(u64, u64)> = pairs.iter().copied().collect();
-        for chunk in pairs.chunks(MGET_CHUNK) {
+    /// The stored sources of `ids` (each with its conversation, for
+    /// routing), in order; `None` for a missing one. Realtime reads: no
+    /// refresh is needed to see what was acknowledged.
+    fn sources(&self, ids: &[(u64, String)]) -> Result<Vec<Option<Value>>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MGET_CHUNK) {
             let docs: Vec<Value> = chunk
                 .iter()
-                .map(|&(c, u)| json!({"_id": member_id(c, u), "routing": c.to_string()}))
+                .map(|(c, id)| json!({"_id": id, "routing": c.to_string()}))
                 .collect();
             let reply = self.expect_ok(
                 Method::POST,
@@ -70,31 +78,80 @@ impl OpenSearchIndex {
             let results = reply["docs"].as_array().cloned().unwrap_or_default();
             if results.len() != chunk.len() {
                 return Err(SearchError::Engine(format!(
-                    "OpenSearch answered {} of {} membership reads",
+                    "OpenSearch answered {} of {} document reads",
                     results.len(),
                     chunk.len()
                 )));
             }
-            for (&pair, doc) in chunk.iter().zip(&results) {
+            for mut doc in results {
                 if let Some(error) = doc.get("error") {
                     return Err(SearchError::Engine(format!(
-                        "OpenSearch membership read: {error}"
+                        "OpenSearch document read: {error}"
                     )));
                 }
-                let membership = if doc["found"] == true {
-                    let state = &doc["_source"]["state"];
+                found.push((doc["found"] == true).then(|| doc["_source"].take()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The current memberships of `pairs`; missing ones are empty.
+    fn memberships(
+        &self,
+        pairs: &BTreeSet<(u64, u64)>,
+    ) -> Result<BTreeMap<(u64, u64), Membership>> {
+        let ids: Vec<(u64, String)> = pairs.iter().map(|&(c, u)| (c, member_id(c, u))).collect();
+        let mut found = BTreeMap::new();
+        for (&pair, source) in pairs.iter().zip(self.sources(&ids)?) {
+            let membership = match source {
+                Some(source) => {
+                    let state = &source["state"];
                     Membership {
                         intervals: intervals_of(&state["intervals"])?,
                         applied_through: number(state, "applied_through")?,
                         changed: false,
+                        version: 0,
                     }
-                } else {
-                    Membership::default()
-                };
-                found.insert(pair, membership);
-            }
+                }
+                None => Membership::default(),
+            };
+            found.insert(pair, membership);
         }
         Ok(found)
+    }
+
+    /// The indexed messages that edits of this batch change and that the
+    /// batch does not write first: by (conversation, `conv_seq`), `None`
+    /// when not indexed (never, or removed).
+    fn edited_messages(
+        &self,
+        fresh: &[&ConversationUpdate],
+    ) -> Result<BTreeMap<(u64, u64), Option<Value>>> {
+        let mut written = BTreeSet::new();
+        let mut wanted = BTreeSet::new();
+        for update in fresh {
+            let conv = update.conversation_id;
+            for op in &update.ops {
+                match op {
+                    IndexOp::Upsert(doc) => {
+                        written.insert((conv, doc.conv_seq));
+                    }
+                    IndexOp::ReplaceText { conv_seq, .. }
+                        if !written.contains(&(conv, *conv_seq)) =>
+                    {
+                        wanted.insert((conv, *conv_seq));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let ids: Vec<(u64, String)> = wanted.iter().map(|&(c, s)| (c, message_id(c, s))).collect();
+        let sources = self.sources(&ids)?;
+        Ok(wanted
+            .into_iter()
+            .zip(sources)
+            .map(|(key, source)| (key, source.filter(|s| s["kind"] == "m")))
+            .collect())
     }
 
     /// Sends the items as bulk requests of at most [`MAX_BULK_BYTES`], in
@@ -155,33 +212,48 @@ impl OpenSearchIndex {
             })
             .collect();
         let mut members = self.memberships(&pairs)?;
+        // Every message this batch writes, as it leaves it (`None`:
+        // removed), so an edit rewrites the document whole.
+        let mut messages = self.edited_messages(&fresh)?;
         let mut bulk = Bulk::default();
         for update in fresh {
             let conv = update.conversation_id;
+            // Every document this update writes is versioned by how far it
+            // indexes: a later update of the conversation writes a higher
+            // version, so a late write of an earlier stretch (an indexer
+            // that lost its lease and resumed) changes nothing.
+            let version = update.indexed_through;
             for op in &update.ops {
                 match op {
                     IndexOp::Upsert(doc) => {
-                        bulk.index(message_id(conv, doc.conv_seq), conv, message_source(doc));
+                        let source = message_source(doc);
+                        let id = message_id(conv, doc.conv_seq);
+                        bulk.index(id, conv, source.clone(), version);
+                        messages.insert((conv, doc.conv_seq), Some(source));
                     }
                     IndexOp::ReplaceText { conv_seq, text } => {
-                        // A partial update: nothing if the message is not
-                        // indexed (the reply's "missing" is expected).
-                        let action = json!({"update": {
-                            "_id": message_id(conv, *conv_seq),
-                            "routing": conv.to_string(),
-                        }});
-                        let doc = json!({"doc": {
-                            "text": text,
-                            "tokens": encode::index_text(text),
-                        }});
-                        bulk.push(action, Some(doc));
+                        // Nothing if the message is not indexed.
+                        let Some(Some(source)) = messages.get_mut(&(conv, *conv_seq)) else {
+                            continue;
+                        };
+                        source["text"] = json!(text);
+                        source["tokens"] = json!(encode::index_text(text));
+                        let id = message_id(conv, *conv_seq);
+                        bulk.index(id, conv, source.clone(), version);
                     }
                     IndexOp::Remove { conv_seq } => {
-                        let action = json!({"delete": {
-                            "_id": message_id(conv, *conv_seq),
-                            "routing": conv.to_string(),
-                        }});
-                        bulk.push(action, None);
+                        // Kept as a versioned tombstone, not deleted: a
+                        // deletion's version is forgotten after a minute
+                        // (`index.gc_deletes`), and a late write of the
+                        // message would then bring it back. No query
+                        // matches kind "x".
+                        let tombstone = json!({
+                            "kind": "x",
+                            "conversation_id": conv,
+                            "conv_seq": conv_seq,
+                        });
+                        bulk.index(message_id(conv, *conv_seq), conv, tombstone, version);
+                        messages.insert((conv, *conv_seq), None);
                     }
                     IndexOp::Joined { users, conv_seq } | IndexOp::Left { users, conv_seq } => {
                         let joined = matches!(op, IndexOp::Joined { .. });
@@ -199,6 +271,7 @@ impl OpenSearchIndex {
                             }
                             member.applied_through = *conv_seq;
                             member.changed = true;
+                            member.version = version;
                         }
                     }
                 }
@@ -220,14 +293,56 @@ impl OpenSearchIndex {
                     "user_id": user,
                     "state": {"intervals": flat, "applied_through": member.applied_through},
                 }),
+                member.version,
             );
         }
         Ok((bulk, staged))
     }
 }
 
+impl OpenSearchIndex {
+    /// Sends staged documents, then the checkpoints they reach.
+    pub(super) fn commit_staged(&self, documents: Bulk, staged: BTreeMap<u64, u64>) -> Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // Searchable before the checkpoint says they are indexed.
+        self.send(documents, "wait_for")?;
+        let mut checkpoints = Bulk::default();
+        for (&conv, &through) in &staged {
+            checkpoints.index(
+                checkpoint_id(conv),
+                conv,
+                json!({"kind": "c", "conversation_id": conv, "state": {"through": through}}),
+                through,
+            );
+        }
+        self.send(checkpoints, "false")?;
+        let mut committed = self.checkpoints.write().unwrap_or_else(|e| e.into_inner());
+        for (conv, through) in staged {
+            let checkpoint = committed.entry(conv).or_default();
+            *checkpoint = (*checkpoint).max(through);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(feature = "testsuite")]
 impl OpenSearchIndex {
+    /// [`crate::SearchIndex::apply`] by an indexer that stalls between
+    /// reading what it changes and writing it (a node frozen mid-round,
+    /// resumed after another node took over): `meanwhile` runs between.
+    pub fn apply_after(
+        &self,
+        updates: &[ConversationUpdate],
+        meanwhile: impl FnOnce(),
+    ) -> Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (documents, staged) = self.stage(updates)?;
+        meanwhile();
+        self.commit_staged(documents, staged)
+    }
+
     /// [`crate::SearchIndex::apply`] as a crash cuts it short: only the
     /// first `keep(n)` of the batch's `n` documents reach the index, and
     /// no checkpoint.
@@ -271,8 +386,9 @@ pub(super) fn intervals_of(value: &Value) -> Result<Intervals> {
     Ok(Intervals(flat.chunks(2).map(|p| (p[0], p[1])).collect()))
 }
 
-/// Every item of a bulk reply succeeded, or failed as expected (an edit
-/// of a message that is not indexed).
+/// Every item of a bulk reply succeeded, or was refused because the index
+/// holds a higher version of its document (written by a later update: a
+/// newer state, kept).
 fn check_bulk(reply: &Value, sent: usize) -> Result<()> {
     let items = reply["items"].as_array().map_or(&[][..], Vec::as_slice);
     if items.len() != sent {
@@ -291,8 +407,8 @@ fn check_bulk(reply: &Value, sent: usize) -> Result<()> {
         let Some(error) = result.get("error") else {
             continue;
         };
-        let missing = action == "update" && error["type"] == "document_missing_exception";
-        if !missing {
+        let superseded = error["type"] == "version_conflict_engine_exception";
+        if !superseded {
             return Err(SearchError::Engine(format!(
                 "OpenSearch bulk {action} {}: status {}: {}: {}",
                 result["_id"],
@@ -310,15 +426,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bulk_reply_fails_on_any_error_but_an_edit_of_a_missing_message() {
-        let missing = json!({"errors": true, "items": [
+    fn a_bulk_reply_fails_on_any_error_but_a_newer_version_kept() {
+        let superseded = json!({"errors": true, "items": [
             {"index": {"_id": "a", "status": 201}},
+            {"index": {"_id": "b", "status": 409,
+                "error": {"type": "version_conflict_engine_exception", "reason": "newer"}}},
+        ]});
+        check_bulk(&superseded, 2).unwrap();
+        assert!(check_bulk(&superseded, 3).is_err(), "an item unanswered");
+        let missing = json!({"errors": true, "items": [
             {"update": {"_id": "b", "status": 404,
                 "error": {"type": "document_missing_exception", "reason": "missing"}}},
-            {"delete": {"_id": "c", "status": 404, "result": "not_found"}},
         ]});
-        check_bulk(&missing, 3).unwrap();
-        assert!(check_bulk(&missing, 4).is_err(), "an item unanswered");
+        assert!(
+            check_bulk(&missing, 1).is_err(),
+            "no partial update is sent"
+        );
         let rejected = json!({"errors": true, "items": [
             {"index": {"_id": "a", "status": 429,
                 "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}},

@@ -2,7 +2,7 @@
 //! intervals, what a user hid, a query out of time, a second writer.
 
 use super::all_pages;
-use super::backends::Backend;
+use super::backends::{Backend, Opened};
 use search::{
     ConversationUpdate, IndexOp, MessageDoc, SearchIndex, SearchRequest, Searcher, TantivyIndex,
 };
@@ -196,4 +196,86 @@ fn a_second_writer_on_the_same_directory_is_refused() {
         .err()
         .expect("a second open fails");
     assert!(matches!(error, search::SearchError::Engine(_)), "{error}");
+}
+
+/// Two indexers on one OpenSearch index, as after a takeover: the old
+/// writer's indexer, frozen between reading what it changes and writing
+/// it, resumes after the new writer indexed further. Its late writes must
+/// not set anything back: not a recalled message, not a membership that
+/// ended since, not the checkpoint.
+#[test]
+fn a_stale_indexers_late_writes_never_set_the_index_back() {
+    let backend = Backend::opensearch("stale");
+    let first = ConversationUpdate {
+        conversation_id: 5,
+        ops: vec![message(5, 2, "apple")],
+        indexed_through: 2,
+    };
+    let Opened::OpenSearch(old) = backend.open() else {
+        unreachable!()
+    };
+    old.apply(std::slice::from_ref(&first)).unwrap();
+    let Opened::OpenSearch(new) = backend.open() else {
+        unreachable!()
+    };
+    // The old writer's stretch: user 7 joins, then a message.
+    let stale = ConversationUpdate {
+        conversation_id: 5,
+        ops: vec![
+            IndexOp::Joined {
+                users: vec![7],
+                conv_seq: 3,
+            },
+            message(5, 4, "banana"),
+        ],
+        indexed_through: 4,
+    };
+    // The new writer's: the same, then the message recalled, user 7
+    // removed, and a message sent after.
+    let newer = ConversationUpdate {
+        conversation_id: 5,
+        ops: vec![
+            IndexOp::Joined {
+                users: vec![7],
+                conv_seq: 3,
+            },
+            message(5, 4, "banana"),
+            IndexOp::Remove { conv_seq: 4 },
+            IndexOp::Left {
+                users: vec![7],
+                conv_seq: 6,
+            },
+            message(5, 7, "cherry"),
+        ],
+        indexed_through: 7,
+    };
+    old.apply_after(std::slice::from_ref(&stale), || {
+        new.apply(std::slice::from_ref(&newer)).unwrap();
+    })
+    .unwrap();
+    let find = |searcher, text| keys(&new, SearchRequest::new(searcher, text));
+    assert_eq!(
+        find(Searcher::User(7), "banana"),
+        Vec::<u64>::new(),
+        "recalled"
+    );
+    assert_eq!(
+        find(Searcher::Service, "banana"),
+        Vec::<u64>::new(),
+        "recalled"
+    );
+    assert_eq!(
+        find(Searcher::User(7), "cherry"),
+        Vec::<u64>::new(),
+        "sent after user 7 left"
+    );
+    assert_eq!(find(Searcher::Service, "cherry"), [7]);
+    assert_eq!(find(Searcher::Service, "apple"), [2]);
+    drop((old, new));
+    let Opened::OpenSearch(reopened) = backend.open() else {
+        unreachable!()
+    };
+    assert_eq!(reopened.checkpoint(5).unwrap(), 7, "the checkpoint stays");
+    drop(reopened);
+    backend.clean_up();
 }
