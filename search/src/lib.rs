@@ -59,4 +59,12 @@ pub trait SearchIndex: Send + Sync + 'static {
 
     /// Forgets everything (before a rebuild from the timelines).
     fn clear(&self) -> Result<()>;
+
+    /// Reads again what other processes may have indexed since this one
+    /// opened the index (the checkpoints of a shared index), before this
+    /// process starts indexing into it: a cluster node that becomes the
+    /// writer. An index only this process writes has nothing to read.
+    fn reload(&self) -> Result<()> {
+        Ok(())
+    }
 }

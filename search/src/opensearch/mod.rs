@@ -378,6 +378,18 @@ impl crate::SearchIndex for OpenSearchIndex {
         self.run_search(request)
     }
 
+    fn reload(&self) -> Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.expect_ok(Method::POST, "/_refresh", Body::Empty, ADMIN_TIMEOUT)?;
+        let stored = self.load_checkpoints()?;
+        let mut committed = self.checkpoints.write().unwrap_or_else(|e| e.into_inner());
+        for (conv, through) in stored {
+            let checkpoint = committed.entry(conv).or_default();
+            *checkpoint = (*checkpoint).max(through);
+        }
+        Ok(())
+    }
+
     fn clear(&self) -> Result<()> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Deleting every document would leave the old mapping; a new index
