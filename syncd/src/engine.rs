@@ -354,13 +354,7 @@ impl Engine {
             if kind == timeline_store::EntryKind::DeleteForMe {
                 let (user_id, _) = crate::access::device_user(&principal)?;
                 _one_hide = Some(read_state.one_hide(user_id, conversation_id).await);
-                let hidden = read_state
-                    .fold(user_id)
-                    .await?
-                    .rows
-                    .iter()
-                    .find(|row| row.conversation_id == conversation_id)
-                    .map_or(0, |row| row.hidden.len());
+                let hidden = read_state.hidden_count(user_id, conversation_id).await?;
                 if hidden >= MAX_HIDDEN_PER_CONVERSATION {
                     return Err(crate::error::SyncdError::ResourceExhausted(format!(
                         "{hidden} messages of conversation {conversation_id} are deleted for you \

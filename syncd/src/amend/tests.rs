@@ -545,6 +545,67 @@ async fn a_large_group_recall_reaches_the_timeline_the_mentioned_and_the_counts(
     assert_eq!(removed, [plain, mention]);
 }
 
+/// A user's delete for me, in `conversation`, of the message at `conv_seq`.
+async fn delete_for_me(
+    engine: &Arc<Engine>,
+    user: u64,
+    conversation: u64,
+    conv_seq: u64,
+) -> Result<AmendOutcome> {
+    engine
+        .hide(
+            device(user, "d"),
+            EntryKind::DeleteForMe,
+            HideCommand {
+                conversation_id: conversation,
+                conv_seq: Some(conv_seq),
+                msg_id: 0,
+                client_op_id: None,
+            },
+        )
+        .await
+}
+
+/// While an earlier inbox event of the user is held back (here fenced:
+/// held for the rest of the engine), the deletes they make are stored past
+/// what a fold reads. They count toward the bound all the same: before,
+/// each one counted as none, and the bound could be passed by as many.
+#[tokio::test]
+async fn deletes_for_me_past_a_held_back_event_count_toward_the_bound() {
+    use crate::limits::MAX_HIDDEN_PER_CONVERSATION;
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    let mut sent = Vec::new();
+    for i in 0..MAX_HIDDEN_PER_CONVERSATION + 5 {
+        sent.push(send(&engine, 2, conversation, &format!("m{i}")).await);
+    }
+    let first = MAX_HIDDEN_PER_CONVERSATION - 2;
+    for &conv_seq in &sent[..first] {
+        delete_for_me(&engine, 1, conversation, conv_seq)
+            .await
+            .unwrap();
+    }
+    fx.store.fail_commits_where(
+        |commit| commit.entry.text == "held",
+        || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
+    );
+    let held = engine
+        .send(device(2, "d"), message(conversation, "held", None))
+        .await;
+    assert!(held.is_err());
+    fx.store.clear_aimed_fault();
+    let mut stored = 0;
+    for &conv_seq in &sent[first..] {
+        match delete_for_me(&engine, 1, conversation, conv_seq).await {
+            Ok(_) => stored += 1,
+            Err(SyncdError::ResourceExhausted(m)) if m.contains("for you one by one") => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(first + stored, MAX_HIDDEN_PER_CONVERSATION);
+}
+
 /// The bound on messages deleted one by one holds for deletes that arrive
 /// together: each counts and commits under its own turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

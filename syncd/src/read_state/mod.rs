@@ -155,6 +155,14 @@ fn snapshot_bytes(snapshot: &ReadStateSnapshot) -> u32 {
     u32::try_from(bytes + 64).unwrap_or(u32::MAX)
 }
 
+/// Inbox entries past the readable horizon a delete-for-me count reads at
+/// most ([`ReadState::hidden_count`]): the tail an event still in flight
+/// holds back, usually empty.
+pub const MAX_UNFOLDED_SCAN: usize = 1_000;
+
+/// The same tail's bytes at most.
+pub const MAX_UNFOLDED_SCAN_BYTES: usize = 1024 * 1024;
+
 impl ReadState {
     /// Held by a delete-for-me of `user_id` in `conversation_id` while it
     /// counts what is hidden and commits.
@@ -246,6 +254,43 @@ impl ReadState {
         };
         self.snapshots.insert(user_id, Arc::new(snapshot.clone()));
         Ok(snapshot)
+    }
+
+    /// How many messages of the conversation the user has deleted for
+    /// themselves one by one, counting the deletes stored past what a
+    /// fold reads: while an earlier inbox event of the user is in flight
+    /// (a write being finished in the background), the readable horizon
+    /// stays below it, and every delete made meanwhile would count as none.
+    /// Past [`MAX_UNFOLDED_SCAN`] entries (or bytes) of such a tail, the
+    /// count is refused as UNAVAILABLE until the horizon moves on.
+    pub async fn hidden_count(&self, user_id: u64, conversation_id: u64) -> Result<usize> {
+        let snapshot = self.fold(user_id).await?;
+        let mut row = snapshot
+            .rows
+            .iter()
+            .find(|row| row.conversation_id == conversation_id)
+            .cloned()
+            .unwrap_or_else(|| ReadStateRow {
+                conversation_id,
+                ..ReadStateRow::default()
+            });
+        let stored_top = self.store.last_inbox_seq(user_id).await?;
+        if stored_top > snapshot.applied_seq {
+            let range = InboxRange::new(snapshot.applied_seq, stored_top, MAX_UNFOLDED_SCAN + 1)
+                .with_max_bytes(MAX_UNFOLDED_SCAN_BYTES);
+            let tail = self.store.read_inbox(user_id, range).await?;
+            let bytes: usize = tail.iter().map(timeline_store::Entry::wire_bytes).sum();
+            if tail.len() > MAX_UNFOLDED_SCAN || bytes > MAX_UNFOLDED_SCAN_BYTES {
+                return Err(SyncdError::Unavailable(format!(
+                    "earlier events of user {user_id} are still being stored: \
+                     delete for me again once they are"
+                )));
+            }
+            for entry in tail.iter().filter(|e| e.conversation_id == conversation_id) {
+                fold::apply(&mut row, entry, user_id);
+            }
+        }
+        Ok(row.hidden.len())
     }
 
     /// Raises the caller's read marker in a conversation to `through`
