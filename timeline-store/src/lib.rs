@@ -118,6 +118,11 @@ pub fn describe_metrics() {
         "Fsync latency of the embedded store's group commit."
     );
     describe_histogram!(
+        "timeline_store_group_apply_duration_seconds",
+        Unit::Seconds,
+        "Journal append and memtable inserts of the embedded store's group commit, including write halts while memtables wait to be flushed."
+    );
+    describe_histogram!(
         "timeline_store_scylla_commit_duration_seconds",
         Unit::Seconds,
         "Time to commit one event on ScyllaDB."

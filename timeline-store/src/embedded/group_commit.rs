@@ -8,7 +8,7 @@
 
 use super::*;
 
-/// Group commits whose fsync takes longer than this are logged.
+/// Group commits whose apply or fsync takes longer than this are logged.
 const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub(super) fn writer_loop(
@@ -302,7 +302,16 @@ fn apply_group(
     for (key, row) in inbox_rows {
         batch.insert(&ks.inbox, key, row);
     }
+    let apply_started = std::time::Instant::now();
     batch.commit().map_err(io)?;
+    let apply = apply_started.elapsed();
+    metrics::histogram!("timeline_store_group_apply_duration_seconds").record(apply.as_secs_f64());
+    if apply > SLOW_FSYNC {
+        // The journal append and memtable inserts, and the storage
+        // engine's own halts: it stops writes (100 ms at a time) while
+        // four sealed memtables wait to be flushed.
+        tracing::warn!(?apply, requests = group.len(), "slow apply in group commit");
+    }
     let fsync_started = std::time::Instant::now();
     let persisted = ks.db.persist(fjall::PersistMode::SyncAll);
     let fsync = fsync_started.elapsed();
