@@ -281,11 +281,24 @@ pub(crate) async fn open_search_index(
     data_dir: &Path,
     backend: &SearchBackend,
 ) -> Result<Option<Arc<dyn search::SearchIndex>>, StartupError> {
+    open_index(data_dir, backend, false).await
+}
+
+/// [`open_search_index`]; `to_rebuild`: an OpenSearch index an earlier
+/// version wrote is replaced rather than refused.
+async fn open_index(
+    data_dir: &Path,
+    backend: &SearchBackend,
+    to_rebuild: bool,
+) -> Result<Option<Arc<dyn search::SearchIndex>>, StartupError> {
     let dir = data_dir.join("search");
     let backend = backend.clone();
     let open = move || -> Result<Option<Arc<dyn search::SearchIndex>>, search::SearchError> {
         Ok(match backend {
             SearchBackend::Embedded => Some(Arc::new(search::TantivyIndex::open(&dir)?)),
+            SearchBackend::OpenSearch(options) if to_rebuild => Some(Arc::new(
+                search::OpenSearchIndex::open_to_rebuild(&options)?,
+            )),
             SearchBackend::OpenSearch(options) => {
                 Some(Arc::new(search::OpenSearchIndex::open(&options)?))
             }
@@ -317,7 +330,7 @@ pub async fn reindex(
     let (store, _) = open_stores(location, data_dir).await?;
     // Interrupted events first: the rebuild reads whole timelines.
     store.recover().await?;
-    let index = open_search_index(data_dir, backend)
+    let index = open_index(data_dir, backend, true)
         .await?
         .ok_or_else(search_off)?;
     let indexing = crate::search_index::SearchIndexing::new(store, None, index);

@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use write::MAX_BULK_BYTES;
 
 /// The layout of documents and mappings this version writes; an index
-/// with another is refused (delete it, then `syncd reindex`). 2: every
+/// with another is refused, and replaced by `syncd reindex`. 2: every
 /// document written with an external version, removals as tombstones.
 pub const SCHEMA_VERSION: u64 = 2;
 /// How long a bulk write may take (it waits for a refresh).
@@ -147,6 +147,17 @@ impl OpenSearchIndex {
     /// Connects to the node, creates the index if missing (or checks that
     /// an existing one is this version's) and reads the checkpoints.
     pub fn open(options: &OpenSearchOptions) -> Result<Self> {
+        Self::open_with(options, false)
+    }
+
+    /// [`open`](Self::open) for a rebuild from the timelines (`syncd
+    /// reindex`): an index an earlier version wrote, of another schema, is
+    /// deleted and created again, since the rebuild replaces all of it.
+    pub fn open_to_rebuild(options: &OpenSearchOptions) -> Result<Self> {
+        Self::open_with(options, true)
+    }
+
+    fn open_with(options: &OpenSearchOptions, replace_other_schema: bool) -> Result<Self> {
         options.check()?;
         let http = Http::new(&options.url)?;
         let (status, reply) = http.call(Method::GET, "/", Body::Empty, ADMIN_TIMEOUT)?;
@@ -164,7 +175,7 @@ impl OpenSearchIndex {
             writer: Mutex::new(()),
             checkpoints: RwLock::default(),
         };
-        this.ensure_index(options)?;
+        this.ensure_index(options, replace_other_schema)?;
         // Everything acknowledged becomes visible to the checkpoint search.
         this.expect_ok(Method::POST, "/_refresh", Body::Empty, ADMIN_TIMEOUT)?;
         let checkpoints = this.load_checkpoints()?;
@@ -266,13 +277,40 @@ impl OpenSearchIndex {
         })
     }
 
-    fn ensure_index(&self, options: &OpenSearchOptions) -> Result<()> {
+    /// Creates the index as a version of another schema would have (tests
+    /// of what this version makes of it).
+    #[cfg(feature = "testsuite")]
+    pub fn create_with_schema(options: &OpenSearchOptions, schema: u64) -> Result<()> {
+        let http = Http::new(&options.url)?;
+        let mut definition = Self::definition(options);
+        definition["mappings"]["_meta"]["schema"] = json!(schema);
+        let path = format!("/{}", options.index);
+        let (status, reply) =
+            http.call(Method::PUT, &path, Body::Json(definition), ADMIN_TIMEOUT)?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(SearchError::Engine(format!(
+                "create index {}: status {status}: {}",
+                options.index,
+                reason(&reply)
+            )))
+        }
+    }
+
+    fn ensure_index(&self, options: &OpenSearchOptions, replace_other_schema: bool) -> Result<()> {
         let path = format!("/{}/_mapping", self.index);
         let (status, reply) = self
             .http
             .call(Method::GET, &path, Body::Empty, ADMIN_TIMEOUT)?;
         match status {
-            StatusCode::OK => return self.check_mapping(&reply),
+            StatusCode::OK => match self.check_mapping(&reply) {
+                Err(SearchError::Corrupt(reason)) if replace_other_schema => {
+                    tracing::warn!(index = %self.index, %reason, "deleting the index to rebuild it");
+                    self.expect_ok(Method::DELETE, "", Body::Empty, ADMIN_TIMEOUT)?;
+                }
+                checked => return checked,
+            },
             StatusCode::NOT_FOUND => {}
             _ => return Err(self.failed("read the mapping", status, &reply)),
         }
@@ -309,8 +347,8 @@ impl OpenSearchIndex {
             Err(SearchError::Corrupt(format!(
                 "OpenSearch index {} is not this version's search index \
                  (schema {schema:?}, this version writes {SCHEMA_VERSION}): \
-                 delete it (DELETE /{}) and rebuild it with `syncd reindex`",
-                self.index, self.index
+                 rebuild it with `syncd reindex`",
+                self.index
             )))
         }
     }
@@ -423,7 +461,7 @@ impl crate::SearchIndex for OpenSearchIndex {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.ensure_index(&options)
+        self.ensure_index(&options, false)
     }
 }
 

@@ -283,3 +283,40 @@ fn a_stale_indexers_late_writes_never_set_the_index_back() {
     drop((old, new, third));
     backend.clean_up();
 }
+
+/// An index an earlier version wrote (another schema) stops a node's
+/// start with the reason, and a rebuild replaces it.
+#[test]
+fn an_index_of_another_schema_is_refused_and_replaced_by_a_rebuild() {
+    let backend = Backend::opensearch("schema");
+    let Backend::OpenSearch(options) = &backend else {
+        unreachable!()
+    };
+    // Schema 1: written before documents were versioned.
+    search::OpenSearchIndex::create_with_schema(options, 1).unwrap();
+    let refused = search::OpenSearchIndex::open(options)
+        .err()
+        .expect("an index of another schema is refused");
+    assert!(
+        matches!(&refused, search::SearchError::Corrupt(m) if m.contains("syncd reindex")),
+        "{refused}"
+    );
+    let rebuilt = search::OpenSearchIndex::open_to_rebuild(options).unwrap();
+    rebuilt
+        .apply(&[ConversationUpdate {
+            conversation_id: 3,
+            ops: vec![message(3, 1, "kept")],
+            indexed_through: 1,
+        }])
+        .unwrap();
+    drop(rebuilt);
+    let Opened::OpenSearch(reopened) = backend.open() else {
+        unreachable!()
+    };
+    assert_eq!(
+        keys(&reopened, SearchRequest::new(Searcher::Service, "kept")),
+        [1]
+    );
+    drop(reopened);
+    backend.clean_up();
+}
