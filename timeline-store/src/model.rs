@@ -461,6 +461,10 @@ pub struct InboxRange {
     pub through: u64,
     pub limit: usize,
     pub max_bytes: usize,
+    /// Whether a heavy copy comes back with its payload, read from its
+    /// conversation entry (the default), or as stored, without its text
+    /// and members ([`InboxRange::without_payloads`]).
+    pub payloads: bool,
 }
 
 impl InboxRange {
@@ -472,12 +476,25 @@ impl InboxRange {
             through,
             limit,
             max_bytes: usize::MAX,
+            payloads: true,
         }
     }
 
     /// The same range, stopping past `max_bytes` of entries.
     pub fn with_max_bytes(self, max_bytes: usize) -> Self {
         Self { max_bytes, ..self }
+    }
+
+    /// The same range, heavy copies as stored: without their text and
+    /// members, which live in the conversation entry. For a reader that
+    /// looks at what an entry is, not at what it says, and may read past
+    /// the readable horizon, where an event's conversation entry may not
+    /// be written yet.
+    pub fn without_payloads(self) -> Self {
+        Self {
+            payloads: false,
+            ..self
+        }
     }
 
     /// Whether the range holds no entry at all: backends answer it without

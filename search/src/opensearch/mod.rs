@@ -126,6 +126,15 @@ fn checkpoint_id(conversation: u64) -> String {
     format!("c{conversation}")
 }
 
+/// The schema version a mapping reply names (`None`: not a search index
+/// of any version).
+fn schema_of(mapping: &Value) -> Option<u64> {
+    mapping
+        .as_object()
+        .and_then(|indices| indices.values().next())
+        .and_then(|index| index["mappings"]["_meta"]["schema"].as_u64())
+}
+
 fn check_index_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_INDEX_NAME
@@ -277,13 +286,17 @@ impl OpenSearchIndex {
         })
     }
 
-    /// Creates the index as a version of another schema would have (tests
-    /// of what this version makes of it).
+    /// Creates the index as a version of another schema would have, or
+    /// (`None`) as an index that is none of ours (tests of what this
+    /// version makes of them).
     #[cfg(feature = "testsuite")]
-    pub fn create_with_schema(options: &OpenSearchOptions, schema: u64) -> Result<()> {
+    pub fn create_with_schema(options: &OpenSearchOptions, schema: Option<u64>) -> Result<()> {
         let http = Http::new(&options.url)?;
         let mut definition = Self::definition(options);
-        definition["mappings"]["_meta"]["schema"] = json!(schema);
+        definition["mappings"]["_meta"] = match schema {
+            Some(schema) => json!({"schema": schema}),
+            None => json!({}),
+        };
         let path = format!("/{}", options.index);
         let (status, reply) =
             http.call(Method::PUT, &path, Body::Json(definition), ADMIN_TIMEOUT)?;
@@ -298,6 +311,23 @@ impl OpenSearchIndex {
         }
     }
 
+    /// Drops the index whatever it holds (tests clean up with it).
+    #[cfg(feature = "testsuite")]
+    pub fn drop_index(options: &OpenSearchOptions) -> Result<()> {
+        let http = Http::new(&options.url)?;
+        let path = format!("/{}", options.index);
+        let (status, reply) = http.call(Method::DELETE, &path, Body::Empty, ADMIN_TIMEOUT)?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(SearchError::Engine(format!(
+                "delete index {}: status {status}: {}",
+                options.index,
+                reason(&reply)
+            )))
+        }
+    }
+
     fn ensure_index(&self, options: &OpenSearchOptions, replace_other_schema: bool) -> Result<()> {
         let path = format!("/{}/_mapping", self.index);
         let (status, reply) = self
@@ -305,7 +335,11 @@ impl OpenSearchIndex {
             .call(Method::GET, &path, Body::Empty, ADMIN_TIMEOUT)?;
         match status {
             StatusCode::OK => match self.check_mapping(&reply) {
-                Err(SearchError::Corrupt(reason)) if replace_other_schema => {
+                // Only a search index of another version: never an index
+                // that is not one (a name given by mistake).
+                Err(SearchError::Corrupt(reason))
+                    if replace_other_schema && schema_of(&reply).is_some() =>
+                {
                     tracing::warn!(index = %self.index, %reason, "deleting the index to rebuild it");
                     self.expect_ok(Method::DELETE, "", Body::Empty, ADMIN_TIMEOUT)?;
                 }
@@ -337,19 +371,19 @@ impl OpenSearchIndex {
     }
 
     fn check_mapping(&self, reply: &Value) -> Result<()> {
-        let schema = reply
-            .as_object()
-            .and_then(|indices| indices.values().next())
-            .map(|index| &index["mappings"]["_meta"]["schema"]);
-        if schema.and_then(Value::as_u64) == Some(SCHEMA_VERSION) {
-            Ok(())
-        } else {
-            Err(SearchError::Corrupt(format!(
-                "OpenSearch index {} is not this version's search index \
-                 (schema {schema:?}, this version writes {SCHEMA_VERSION}): \
+        match schema_of(reply) {
+            Some(SCHEMA_VERSION) => Ok(()),
+            Some(schema) => Err(SearchError::Corrupt(format!(
+                "OpenSearch index {} is an earlier version's search index \
+                 (schema {schema}, this version writes {SCHEMA_VERSION}): \
                  rebuild it with `syncd reindex`",
                 self.index
-            )))
+            ))),
+            None => Err(SearchError::Corrupt(format!(
+                "OpenSearch index {} is not a Timeline search index: \
+                 name another with --opensearch-index",
+                self.index
+            ))),
         }
     }
 

@@ -120,15 +120,17 @@ impl OpenSearchIndex {
         Ok(found)
     }
 
-    /// The indexed messages that edits of this batch change and that the
-    /// batch does not write first: by (conversation, `conv_seq`), `None`
-    /// when not indexed (never, or removed).
+    /// The messages that edits of this batch change, by (conversation,
+    /// `conv_seq`): as indexed for those the batch does not write first
+    /// (`None`: not indexed, never or no longer), and `None` for the rest
+    /// until the batch writes them.
     fn edited_messages(
         &self,
         fresh: &[&ConversationUpdate],
     ) -> Result<BTreeMap<(u64, u64), Option<Value>>> {
         let mut written = BTreeSet::new();
         let mut wanted = BTreeSet::new();
+        let mut edited = BTreeMap::new();
         for update in fresh {
             let conv = update.conversation_id;
             for op in &update.ops {
@@ -136,10 +138,11 @@ impl OpenSearchIndex {
                     IndexOp::Upsert(doc) => {
                         written.insert((conv, doc.conv_seq));
                     }
-                    IndexOp::ReplaceText { conv_seq, .. }
-                        if !written.contains(&(conv, *conv_seq)) =>
-                    {
-                        wanted.insert((conv, *conv_seq));
+                    IndexOp::ReplaceText { conv_seq, .. } => {
+                        edited.insert((conv, *conv_seq), None);
+                        if !written.contains(&(conv, *conv_seq)) {
+                            wanted.insert((conv, *conv_seq));
+                        }
                     }
                     _ => {}
                 }
@@ -147,11 +150,10 @@ impl OpenSearchIndex {
         }
         let ids: Vec<(u64, String)> = wanted.iter().map(|&(c, s)| (c, message_id(c, s))).collect();
         let sources = self.sources(&ids)?;
-        Ok(wanted
-            .into_iter()
-            .zip(sources)
-            .map(|(key, source)| (key, source.filter(|s| s["kind"] == "m")))
-            .collect())
+        for (key, source) in wanted.into_iter().zip(sources) {
+            edited.insert(key, source.filter(|s| s["kind"] == "m"));
+        }
+        Ok(edited)
     }
 
     /// Sends the items as bulk requests of at most [`MAX_BULK_BYTES`], in
@@ -212,8 +214,9 @@ impl OpenSearchIndex {
             })
             .collect();
         let mut members = self.memberships(&pairs)?;
-        // Every message this batch writes, as it leaves it (`None`:
-        // removed), so an edit rewrites the document whole.
+        // The messages this batch edits, as it leaves them (`None`: not
+        // indexed), so an edit rewrites the document whole; only those,
+        // so a batch holds no second copy of every text it writes.
         let mut messages = self.edited_messages(&fresh)?;
         let mut bulk = Bulk::default();
         for update in fresh {
@@ -228,8 +231,10 @@ impl OpenSearchIndex {
                     IndexOp::Upsert(doc) => {
                         let source = message_source(doc);
                         let id = message_id(conv, doc.conv_seq);
-                        bulk.index(id, conv, source.clone(), version);
-                        messages.insert((conv, doc.conv_seq), Some(source));
+                        if let Some(edited) = messages.get_mut(&(conv, doc.conv_seq)) {
+                            *edited = Some(source.clone());
+                        }
+                        bulk.index(id, conv, source, version);
                     }
                     IndexOp::ReplaceText { conv_seq, text } => {
                         // Nothing if the message is not indexed.
@@ -253,7 +258,9 @@ impl OpenSearchIndex {
                             "conv_seq": conv_seq,
                         });
                         bulk.index(message_id(conv, *conv_seq), conv, tombstone, version);
-                        messages.insert((conv, *conv_seq), None);
+                        if let Some(edited) = messages.get_mut(&(conv, *conv_seq)) {
+                            *edited = None;
+                        }
                     }
                     IndexOp::Joined { users, conv_seq } | IndexOp::Left { users, conv_seq } => {
                         let joined = matches!(op, IndexOp::Joined { .. });

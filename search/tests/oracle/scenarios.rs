@@ -292,8 +292,22 @@ fn an_index_of_another_schema_is_refused_and_replaced_by_a_rebuild() {
     let Backend::OpenSearch(options) = &backend else {
         unreachable!()
     };
+    // Not a search index at all (a name given by mistake): refused, and a
+    // rebuild does not delete it either.
+    search::OpenSearchIndex::create_with_schema(options, None).unwrap();
+    for open in [
+        search::OpenSearchIndex::open,
+        search::OpenSearchIndex::open_to_rebuild,
+    ] {
+        let refused = open(options).err().expect("not a search index");
+        assert!(
+            matches!(&refused, search::SearchError::Corrupt(m) if m.contains("not a Timeline search index")),
+            "{refused}"
+        );
+    }
+    search::OpenSearchIndex::drop_index(options).unwrap();
     // Schema 1: written before documents were versioned.
-    search::OpenSearchIndex::create_with_schema(options, 1).unwrap();
+    search::OpenSearchIndex::create_with_schema(options, Some(1)).unwrap();
     let refused = search::OpenSearchIndex::open(options)
         .err()
         .expect("an index of another schema is refused");

@@ -6,7 +6,7 @@ use crate::engine::{Engine, EngineConfig, HistoryQuery, ListQuery, SendCommand};
 use crate::send::Mentions;
 use crate::testkit::*;
 use std::time::Duration;
-use timeline_store::{InboxRange, TimelineStore};
+use timeline_store::{InboxRange, InboxReads, TimelineStore};
 
 fn change(conversation_id: u64, conv_seq: u64, text: &str) -> AmendCommand {
     AmendCommand {
@@ -586,6 +586,7 @@ async fn deletes_for_me_past_a_held_back_event_count_toward_the_bound() {
             .await
             .unwrap();
     }
+    let before_held = fx.store.last_inbox_seq(1).await.unwrap();
     fx.store.fail_commits_where(
         |commit| commit.entry.text == "held",
         || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
@@ -604,6 +605,13 @@ async fn deletes_for_me_past_a_held_back_event_count_toward_the_bound() {
         }
     }
     assert_eq!(first + stored, MAX_HIDDEN_PER_CONVERSATION);
+    // The deletes were stored past a held-back seq, where no fold reads.
+    assert!(fx.store.last_inbox_seq(1).await.unwrap() > before_held + 1);
+    let readable = engine
+        .sync(&device(1, "d"), Some(before_held), 100)
+        .await
+        .unwrap();
+    assert!(readable.entries.is_empty(), "{:?}", readable.entries);
 }
 
 /// The bound on messages deleted one by one holds for deletes that arrive

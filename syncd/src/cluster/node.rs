@@ -132,21 +132,6 @@ impl ClusterNode {
         let clock = seqsvc::snowflake::system_clock();
         let engine_config = self.config.engine.clone();
         let index = self.index.clone();
-        if let Some(index) = &index {
-            // A shared index (OpenSearch) was indexed by the earlier writers
-            // since this node opened it: start from where they got, not
-            // from what this node read at its start. On failure it starts
-            // lower and sends stretches again, which the index refuses or
-            // rewrites the same.
-            let index = Arc::clone(index);
-            match tokio::task::spawn_blocking(move || index.reload()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "search index: checkpoints not read again")
-                }
-                Err(error) => tracing::warn!(%error, "search index: checkpoints not read again"),
-            }
-        }
         let engine = match &self.seqs {
             Seqs::InProcess => {
                 let allocator =

@@ -156,20 +156,40 @@ pub async fn messages_from_others(
     Ok(count)
 }
 
-/// The newest message at or below `through` (looking back at most one
-/// page of entries, cut by bytes too: membership events between are few).
+/// The newest message at or below `through`, looking back at most
+/// [`COUNT_PAGE`] entries (membership events between are few), in reads
+/// of at most [`COUNT_PAGE_BYTES`] each.
 pub async fn last_message(
     store: &dyn TimelineStore,
     conversation_id: u64,
     through: u64,
 ) -> Result<Option<MessagePreview>> {
-    let range = ConversationRange::newest_first(0, through.saturating_add(1), COUNT_PAGE)
-        .with_max_bytes(COUNT_PAGE_BYTES);
-    let entries = store.read_conversation(conversation_id, range).await?;
-    Ok(entries
-        .iter()
-        .find(|e| e.kind == EntryKind::Message)
-        .map(preview))
+    let mut before = through.saturating_add(1);
+    let mut looked = 0;
+    while looked < COUNT_PAGE {
+        let want = COUNT_PAGE - looked;
+        let range =
+            ConversationRange::newest_first(0, before, want).with_max_bytes(COUNT_PAGE_BYTES);
+        let entries = store.read_conversation(conversation_id, range).await?;
+        if let Some(message) = entries.iter().find(|e| e.kind == EntryKind::Message) {
+            return Ok(Some(preview(message)));
+        }
+        match entries.last() {
+            // Cut by the budget (a full read would have `want`): go on
+            // before its oldest entry.
+            Some(oldest) if entries.len() < want => {
+                let cut = entries.iter().map(Entry::wire_bytes).sum::<usize>() > COUNT_PAGE_BYTES;
+                if !cut {
+                    break;
+                }
+                before = oldest.conv_seq;
+            }
+            Some(oldest) => before = oldest.conv_seq,
+            None => break,
+        }
+        looked += entries.len();
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -210,9 +230,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_newest_message_is_found_within_one_budgeted_read() {
-        let store = timeline(40, 60_000).await;
-        let last = last_message(&store, 1, 30).await.unwrap();
-        assert_eq!(last.map(|p| p.conv_seq), Some(30));
+    async fn the_newest_message_is_found_past_reads_cut_by_bytes() {
+        // Ten messages, then 30 edits of 60 KB (not messages): about
+        // 1.8 MB to look back through, more than one read's budget.
+        let store = timeline(10, 10).await;
+        for conv_seq in 11..=40 {
+            let edit = Entry {
+                conv_seq,
+                msg_id: conv_seq,
+                sender_id: 7,
+                text: "e".repeat(60_000),
+                ..Entry::new(EntryKind::Edit, 1)
+            };
+            store.commit_event(fanout(edit, &[])).await.unwrap();
+        }
+        let last = last_message(&store, 1, 40).await.unwrap();
+        assert_eq!(last.map(|p| p.conv_seq), Some(10));
+        assert_eq!(
+            last_message(&store, 1, 5)
+                .await
+                .unwrap()
+                .map(|p| p.conv_seq),
+            Some(5)
+        );
     }
 }

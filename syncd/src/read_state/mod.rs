@@ -160,7 +160,8 @@ fn snapshot_bytes(snapshot: &ReadStateSnapshot) -> u32 {
 /// holds back, usually empty.
 pub const MAX_UNFOLDED_SCAN: usize = 1_000;
 
-/// The same tail's bytes at most.
+/// The same tail's bytes at most (entries as stored: a heavy copy without
+/// its payload).
 pub const MAX_UNFOLDED_SCAN_BYTES: usize = 1024 * 1024;
 
 impl ReadState {
@@ -276,8 +277,12 @@ impl ReadState {
             });
         let stored_top = self.store.last_inbox_seq(user_id).await?;
         if stored_top > snapshot.applied_seq {
+            // Past the readable horizon an event's conversation entry may
+            // not be written yet, so heavy copies are read as stored (the
+            // deletes and clears counted here are never heavy).
             let range = InboxRange::new(snapshot.applied_seq, stored_top, MAX_UNFOLDED_SCAN + 1)
-                .with_max_bytes(MAX_UNFOLDED_SCAN_BYTES);
+                .with_max_bytes(MAX_UNFOLDED_SCAN_BYTES)
+                .without_payloads();
             let tail = self.store.read_inbox(user_id, range).await?;
             let bytes: usize = tail.iter().map(timeline_store::Entry::wire_bytes).sum();
             if tail.len() > MAX_UNFOLDED_SCAN || bytes > MAX_UNFOLDED_SCAN_BYTES {

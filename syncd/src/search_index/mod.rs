@@ -124,6 +124,27 @@ impl SearchIndexing {
         let this = Arc::clone(self);
         let mut stopping = lifecycle.stopping();
         lifecycle.spawn(async move {
+            // A shared index (OpenSearch) may have been indexed by other
+            // nodes since this one opened it: a cluster node that becomes
+            // the writer goes on from where the earlier writers got, not
+            // from what it read at its start. Here, off the takeover's
+            // path; on failure the index is read from lower checkpoints,
+            // and stretches sent again are refused or rewritten the same.
+            let index = Arc::clone(&this.index);
+            tokio::select! {
+                reloaded = tokio::task::spawn_blocking(move || index.reload()) => {
+                    match reloaded {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "search index: checkpoints not read again");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "search index: checkpoints not read again");
+                        }
+                    }
+                }
+                () = stopped(&mut stopping) => return,
+            }
             let mut scan_due = true;
             loop {
                 if scan_due {

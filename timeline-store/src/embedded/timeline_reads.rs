@@ -165,7 +165,7 @@ impl InboxReads for EmbeddedStore {
             for guard in ks.inbox.range(keys).take(range.limit) {
                 let value = guard.value().map_err(io)?;
                 let (mut entry, referenced) = codec::decode_inbox_entry(value.as_ref())?;
-                if referenced {
+                if referenced && range.payloads {
                     let conversation_entry = ks
                         .conv
                         .get(key2(entry.conversation_id, entry.conv_seq))

@@ -51,7 +51,7 @@ impl InboxReads for ScyllaTimelineStore {
                 .map(|b| codec::decode_inbox_entry(b))
                 .collect::<Result<Vec<_>>>()?;
             stream::iter(copies.into_iter().map(|(entry, referenced)| async move {
-                if referenced {
+                if referenced && range.payloads {
                     self.with_payload(entry).await
                 } else {
                     Ok(entry)

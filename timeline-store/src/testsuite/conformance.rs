@@ -391,6 +391,14 @@ async fn heavy_payloads_read_back_whole_from_every_inbox<S: TimelineStore>(store
         .unwrap();
     assert_eq!(timeline[0].text, text);
     assert_eq!(timeline[1].members, members);
+    // Without payloads: heavy copies as stored, everything else whole.
+    let range = InboxRange::new(0, u64::MAX, 10).without_payloads();
+    let stubs = store.read_inbox(users[0], range).await.unwrap();
+    let seen: Vec<(u64, usize, usize, u64)> = stubs
+        .iter()
+        .map(|e| (e.seq, e.text.len(), e.members.len(), e.conv_seq))
+        .collect();
+    assert_eq!(seen, [(10, 0, 0, 1), (11, 0, 0, 2), (12, 5, 0, 3)]);
 }
 
 async fn recommitting_an_event_is_idempotent<S: TimelineStore>(store: &S) {

@@ -156,8 +156,15 @@ impl InboxReads for MemoryStore {
         let mut budget = range.budget();
         let mut entries = Vec::new();
         for (_, entry) in state.inbox.range(keys).take(range.limit) {
-            entries.push(entry.clone());
-            if budget.spend(entry) {
+            let mut entry = entry.clone();
+            if !range.payloads && crate::payload_bytes(&entry) > crate::INBOX_INLINE_PAYLOAD_BYTES {
+                // As the other backends store a heavy copy.
+                entry.text.clear();
+                entry.members.clear();
+            }
+            let past_budget = budget.spend(&entry);
+            entries.push(entry);
+            if past_budget {
                 break;
             }
         }
