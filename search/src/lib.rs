@@ -61,9 +61,11 @@ pub trait SearchIndex: Send + Sync + 'static {
     fn clear(&self) -> Result<()>;
 
     /// Reads again what other processes may have indexed since this one
-    /// opened the index (the checkpoints of a shared index), before this
-    /// process starts indexing into it: a cluster node that becomes the
-    /// writer. An index only this process writes has nothing to read.
+    /// opened the index (the checkpoints of a shared index). The indexer
+    /// calls it before each start of indexing: on a cluster node that
+    /// becomes the writer, the earlier writers indexed meanwhile (a
+    /// single node pays one read at its start). An index only this process
+    /// writes has nothing to read.
     fn reload(&self) -> Result<()> {
         Ok(())
     }

@@ -47,7 +47,8 @@ use std::time::Duration;
 pub use write::MAX_BULK_BYTES;
 
 /// The layout of documents and mappings this version writes; an index
-/// with another is refused, and replaced by `syncd reindex`. 2: every
+/// with another is refused, and one of an earlier schema is replaced by
+/// `syncd reindex`. 2: every
 /// document written with an external version, removals as tombstones.
 pub const SCHEMA_VERSION: u64 = 2;
 /// How long a bulk write may take (it waits for a refresh).
@@ -335,10 +336,12 @@ impl OpenSearchIndex {
             .call(Method::GET, &path, Body::Empty, ADMIN_TIMEOUT)?;
         match status {
             StatusCode::OK => match self.check_mapping(&reply) {
-                // Only a search index of another version: never an index
-                // that is not one (a name given by mistake).
+                // Only an earlier version's search index: never a later
+                // version's (a rollback) or an index that is none of ours
+                // (a name given by mistake).
                 Err(SearchError::Corrupt(reason))
-                    if replace_other_schema && schema_of(&reply).is_some() =>
+                    if replace_other_schema
+                        && schema_of(&reply).is_some_and(|s| s < SCHEMA_VERSION) =>
                 {
                     tracing::warn!(index = %self.index, %reason, "deleting the index to rebuild it");
                     self.expect_ok(Method::DELETE, "", Body::Empty, ADMIN_TIMEOUT)?;
@@ -373,10 +376,16 @@ impl OpenSearchIndex {
     fn check_mapping(&self, reply: &Value) -> Result<()> {
         match schema_of(reply) {
             Some(SCHEMA_VERSION) => Ok(()),
-            Some(schema) => Err(SearchError::Corrupt(format!(
+            Some(schema) if schema < SCHEMA_VERSION => Err(SearchError::Corrupt(format!(
                 "OpenSearch index {} is an earlier version's search index \
                  (schema {schema}, this version writes {SCHEMA_VERSION}): \
                  rebuild it with `syncd reindex`",
+                self.index
+            ))),
+            Some(schema) => Err(SearchError::Corrupt(format!(
+                "OpenSearch index {} was written by a later version \
+                 (schema {schema}, this version writes {SCHEMA_VERSION}): \
+                 run that version, or name another index with --opensearch-index",
                 self.index
             ))),
             None => Err(SearchError::Corrupt(format!(

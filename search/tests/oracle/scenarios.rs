@@ -306,6 +306,19 @@ fn an_index_of_another_schema_is_refused_and_replaced_by_a_rebuild() {
         );
     }
     search::OpenSearchIndex::drop_index(options).unwrap();
+    // A later version's (a rollback): refused, and kept by a rebuild.
+    search::OpenSearchIndex::create_with_schema(options, Some(3)).unwrap();
+    for open in [
+        search::OpenSearchIndex::open,
+        search::OpenSearchIndex::open_to_rebuild,
+    ] {
+        let refused = open(options).err().expect("a later version's index");
+        assert!(
+            matches!(&refused, search::SearchError::Corrupt(m) if m.contains("a later version")),
+            "{refused}"
+        );
+    }
+    search::OpenSearchIndex::drop_index(options).unwrap();
     // Schema 1: written before documents were versioned.
     search::OpenSearchIndex::create_with_schema(options, Some(1)).unwrap();
     let refused = search::OpenSearchIndex::open(options)

@@ -158,7 +158,10 @@ pub async fn messages_from_others(
 
 /// The newest message at or below `through`, looking back at most
 /// [`COUNT_PAGE`] entries (membership events between are few), in reads
-/// of at most [`COUNT_PAGE_BYTES`] each.
+/// of [`COUNT_PAGE_BYTES`] each (and the entry that crosses it): a
+/// conversation whose newest entries are heavy non-messages (large edits,
+/// long member lists) costs up to 128 entries read in several calls, one
+/// at a time in memory.
 pub async fn last_message(
     store: &dyn TimelineStore,
     conversation_id: u64,

@@ -512,3 +512,115 @@ async fn one_user_runs_at_most_their_share_of_searches() {
     drop((held, other, by_service));
     indexing.admit(&device(1, "phone"), query("x")).unwrap();
 }
+
+/// An index that logs which calls the indexer makes, and whose reload
+/// waits until the test lets it go.
+struct Reloading {
+    inner: search::memory::MemoryIndex,
+    calls: std::sync::Mutex<Vec<&'static str>>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Reloading {
+    fn log(&self, call: &'static str) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl search::SearchIndex for Reloading {
+    fn checkpoints(&self) -> search::Result<Vec<(u64, u64)>> {
+        self.log("checkpoints");
+        self.inner.checkpoints()
+    }
+    fn checkpoint(&self, conversation_id: u64) -> search::Result<u64> {
+        self.log("checkpoint");
+        self.inner.checkpoint(conversation_id)
+    }
+    fn apply(&self, updates: &[search::ConversationUpdate]) -> search::Result<()> {
+        self.log("apply");
+        self.inner.apply(updates)
+    }
+    fn search(&self, request: &search::SearchRequest) -> search::Result<search::SearchPage> {
+        self.inner.search(request)
+    }
+    fn clear(&self) -> search::Result<()> {
+        self.inner.clear()
+    }
+    fn reload(&self) -> search::Result<()> {
+        self.log("reload");
+        while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+/// The indexer reads a shared index's checkpoints again before anything
+/// else (a cluster node that becomes the writer goes on from where the
+/// earlier writers got), and a stop while that read waits still stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_reloads_before_it_reads_a_checkpoint_and_stops_meanwhile() {
+    let new_index = || {
+        Arc::new(Reloading {
+            inner: search::memory::MemoryIndex::default(),
+            calls: Default::default(),
+            released: Default::default(),
+        })
+    };
+    let engine_with = |index: &Arc<Reloading>| {
+        let index = Arc::clone(index);
+        async move {
+            let store: Arc<dyn timeline_store::TimelineStore> =
+                Arc::new(timeline_store::testsuite::MemoryStore::new());
+            let (allocator, ids) = testkit::allocator(AllocatorConfig::default()).await;
+            Engine::with_search(
+                store,
+                allocator,
+                ids,
+                EngineConfig::default(),
+                index as Arc<dyn search::SearchIndex>,
+            )
+        }
+    };
+    // Stopped while the reload waits: the indexer returns, and shutdown
+    // does not wait for the reload.
+    let held = new_index();
+    let engine = engine_with(&held).await;
+    engine.start();
+    for _ in 0..2_500 {
+        if !held.calls.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    engine.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), engine.shutdown())
+        .await
+        .expect("shutdown while the reload waits");
+    assert_eq!(*held.calls.lock().unwrap(), ["reload"], "nothing after it");
+    held.released
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Released: the reload comes first, then the scan reads checkpoints.
+    let index = new_index();
+    index
+        .released
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let engine = engine_with(&index).await;
+    engine.start();
+    let conversation = group(&engine, 1, vec![2]).await;
+    engine
+        .send(device(2, "d"), message(conversation, "after reload", None))
+        .await
+        .unwrap();
+    caught_up(&engine).await;
+    let calls = index.calls.lock().unwrap().clone();
+    assert_eq!(calls.first(), Some(&"reload"), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|&&c| c == "reload").count(),
+        1,
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"apply"), "{calls:?}");
+    engine.begin_shutdown();
+    engine.shutdown().await;
+}

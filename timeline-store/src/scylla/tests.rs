@@ -523,3 +523,41 @@ async fn a_leave_deletes_the_member_row_in_conv_seq_order() {
     assert_eq!(store.members_among(group, &[2, 4]).await.unwrap(), vec![4]);
     drop_keyspace(&session, &keyspace).await;
 }
+
+/// Past the readable horizon an event may be half written: a heavy
+/// message's inbox copy stored before its conversation entry. Read with
+/// payloads, that copy is an error (the entry is missing); read as stored,
+/// it is the copy without its text, which is what a reader past the
+/// horizon (the delete-for-me count) asks for.
+#[tokio::test]
+async fn a_heavy_copy_without_its_conversation_entry_reads_as_stored() {
+    let keyspace = unique_keyspace("stubs");
+    let (session, store) = open_store(&keyspace).await;
+    let entry = Entry {
+        conv_seq: 4,
+        msg_id: 901,
+        text: "h".repeat(crate::INBOX_INLINE_PAYLOAD_BYTES + 1),
+        ..Entry::new(crate::EntryKind::Message, 6)
+    };
+    let at = store.next_timestamp().unwrap();
+    let copy = Row {
+        kind: RowKind::Inbox,
+        values: entry_values(3, 12, EntryEncoder::new(&entry).inbox(12), at),
+    };
+    store
+        .write_rows(vec![(Timeline::Inbox, 3, bucket_of(12))], vec![copy], at)
+        .await
+        .unwrap();
+    let whole = store.read_inbox(3, InboxRange::new(0, 100, 10)).await;
+    assert!(matches!(whole, Err(StoreError::Corrupt(_))), "{whole:?}");
+    let stubs = store
+        .read_inbox(3, InboxRange::new(0, 100, 10).without_payloads())
+        .await
+        .unwrap();
+    let seen: Vec<(u64, u64, usize)> = stubs
+        .iter()
+        .map(|e| (e.seq, e.conv_seq, e.text.len()))
+        .collect();
+    assert_eq!(seen, [(12, 4, 0)]);
+    drop_keyspace(&session, &keyspace).await;
+}
