@@ -410,4 +410,6 @@ fn operation_label(operation: Operation) -> &'static str {
 }
 
 #[cfg(test)]
+mod hide_tests;
+#[cfg(test)]
 mod tests;
