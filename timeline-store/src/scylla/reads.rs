@@ -20,31 +20,10 @@ impl InboxReads for ScyllaTimelineStore {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        let InboxRange {
-            after: after_seq,
-            through: through_seq,
-            limit,
-            ..
-        } = range;
-        let buckets = self
-            .buckets(
-                Timeline::Inbox,
-                user_id,
-                after_seq.saturating_add(1),
-                through_seq,
-                false,
-            )
-            .await?;
+        let buckets = self.inbox_buckets(user_id, &range).await?;
         let page = |bucket, from: Option<u64>, wanted: usize| async move {
-            let values = (
-                big(user_id),
-                big(bucket),
-                big(from.unwrap_or(after_seq)),
-                big(through_seq),
-                wanted as i32,
-            );
-            let blobs: Vec<Vec<u8>> = self
-                .column(&self.statements.select_inbox_range, values)
+            let blobs = self
+                .inbox_rows(user_id, bucket, &range, from, wanted)
                 .await?;
             let copies = blobs
                 .iter()
@@ -70,7 +49,7 @@ impl InboxReads for ScyllaTimelineStore {
         let mut budget = range.budget();
         read_pages_until(
             buckets,
-            limit,
+            range.limit,
             query_rows,
             |e: &Entry| e.seq,
             |e| budget.spend(e),
@@ -265,5 +244,35 @@ impl ConversationReads for ScyllaTimelineStore {
             page,
         )
         .await
+    }
+}
+
+impl ScyllaTimelineStore {
+    /// The non-empty buckets of the user's inbox that `range` spans.
+    pub(super) async fn inbox_buckets(&self, user_id: u64, range: &InboxRange) -> Result<Vec<u64>> {
+        let from = range.after.saturating_add(1);
+        self.buckets(Timeline::Inbox, user_id, from, range.through, false)
+            .await
+    }
+
+    /// One query of `bucket`'s stored inbox rows in `range` (after `from`
+    /// when paging on), at most `wanted`, as stored.
+    pub(super) async fn inbox_rows(
+        &self,
+        user_id: u64,
+        bucket: u64,
+        range: &InboxRange,
+        from: Option<u64>,
+        wanted: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let values = (
+            big(user_id),
+            big(bucket),
+            big(from.unwrap_or(range.after)),
+            big(range.through),
+            wanted as i32,
+        );
+        self.column(&self.statements.select_inbox_range, values)
+            .await
     }
 }

@@ -67,25 +67,10 @@ impl InboxRetention for ScyllaTimelineStore {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        let buckets = self
-            .buckets(
-                Timeline::Inbox,
-                user_id,
-                range.after.saturating_add(1),
-                range.through,
-                false,
-            )
-            .await?;
+        let buckets = self.inbox_buckets(user_id, &range).await?;
         let page = |bucket, from: Option<u64>, wanted: usize| async move {
-            let values = (
-                big(user_id),
-                big(bucket),
-                big(from.unwrap_or(range.after)),
-                big(range.through),
-                wanted as i32,
-            );
-            let blobs: Vec<Vec<u8>> = self
-                .column(&self.statements.select_inbox_range, values)
+            let blobs = self
+                .inbox_rows(user_id, bucket, &range, from, wanted)
                 .await?;
             blobs
                 .iter()
