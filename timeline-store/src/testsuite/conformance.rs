@@ -237,6 +237,22 @@ async fn conversation_reads_page_both_ways<S: TimelineStore>(store: &S) {
 /// A backend may store inbox copies of a heavy entry (a long text, a long
 /// member list) by reference to the conversation entry; readers always get
 /// the entry whole, from every inbox and the timeline.
+/// The keys a budgeted read returns of entries `(key, size)` in read
+/// order: the rule stated apart from every backend. The first entry
+/// always, then through the first that takes the total past the budget.
+fn within_budget(entries: &[(u64, usize)], limit: usize, max_bytes: usize) -> Vec<u64> {
+    let mut total = 0usize;
+    let mut keys = Vec::new();
+    for &(key, size) in entries.iter().take(limit) {
+        total = total.saturating_add(size);
+        keys.push(key);
+        if keys.len() > 1 && total > max_bytes {
+            break;
+        }
+    }
+    keys
+}
+
 async fn inbox_reads_stop_past_their_byte_budget<S: TimelineStore>(store: &S) {
     let (conv, user) = (BASE + 14, BASE + 77);
     // A heavy payload among them: its copy refers to the conversation
@@ -253,20 +269,12 @@ async fn inbox_reads_stop_past_their_byte_budget<S: TimelineStore>(store: &S) {
     let all = read_inbox(store, user, 0, u64::MAX, 100).await;
     assert_eq!(all.len(), texts.len());
     let sizes: Vec<usize> = all.iter().map(Entry::wire_bytes).collect();
-    // The rule, stated apart from every backend: the first entry always,
-    // then through the first entry that takes the total past the budget.
-    let expected = |limit: usize, max_bytes: usize| -> Vec<u64> {
-        let mut total = 0usize;
-        let mut seqs = Vec::new();
-        for (entry, &size) in all.iter().zip(&sizes).take(limit) {
-            total = total.saturating_add(size);
-            seqs.push(entry.seq);
-            if seqs.len() > 1 && total > max_bytes {
-                break;
-            }
-        }
-        seqs
-    };
+    let keyed: Vec<(u64, usize)> = all
+        .iter()
+        .map(|e| e.seq)
+        .zip(sizes.iter().copied())
+        .collect();
+    let expected = |limit: usize, max_bytes: usize| within_budget(&keyed, limit, max_bytes);
     let prefix = |n: usize| sizes[..n].iter().sum::<usize>();
     let budgets = [
         0,
@@ -321,20 +329,12 @@ async fn conversation_reads_stop_past_their_byte_budget<S: TimelineStore>(store:
         let all = store.read_conversation(conv, whole(100)).await.unwrap();
         assert_eq!(all.len(), texts.len());
         let sizes: Vec<usize> = all.iter().map(Entry::wire_bytes).collect();
-        // The rule of the inbox's budget: the first entry always, then
-        // through the first that takes the total past the budget.
-        let expected = |limit: usize, max_bytes: usize| -> Vec<u64> {
-            let mut total = 0usize;
-            let mut seqs = Vec::new();
-            for (entry, &size) in all.iter().zip(&sizes).take(limit) {
-                total = total.saturating_add(size);
-                seqs.push(entry.conv_seq);
-                if seqs.len() > 1 && total > max_bytes {
-                    break;
-                }
-            }
-            seqs
-        };
+        let keyed: Vec<(u64, usize)> = all
+            .iter()
+            .map(|e| e.conv_seq)
+            .zip(sizes.iter().copied())
+            .collect();
+        let expected = |limit: usize, max_bytes: usize| within_budget(&keyed, limit, max_bytes);
         let prefix = |n: usize| sizes[..n].iter().sum::<usize>();
         let budgets = [
             0,
