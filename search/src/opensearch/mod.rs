@@ -315,18 +315,13 @@ impl OpenSearchIndex {
     /// Drops the index whatever it holds (tests clean up with it).
     #[cfg(feature = "testsuite")]
     pub fn drop_index(options: &OpenSearchOptions) -> Result<()> {
-        let http = Http::new(&options.url)?;
-        let path = format!("/{}", options.index);
-        let (status, reply) = http.call(Method::DELETE, &path, Body::Empty, ADMIN_TIMEOUT)?;
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(SearchError::Engine(format!(
-                "delete index {}: status {status}: {}",
-                options.index,
-                reason(&reply)
-            )))
+        Self {
+            http: Http::new(&options.url)?,
+            index: options.index.clone(),
+            writer: Mutex::new(()),
+            checkpoints: RwLock::default(),
         }
+        .delete()
     }
 
     fn ensure_index(&self, options: &OpenSearchOptions, replace_other_schema: bool) -> Result<()> {

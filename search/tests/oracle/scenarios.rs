@@ -292,33 +292,25 @@ fn an_index_of_another_schema_is_refused_and_replaced_by_a_rebuild() {
     let Backend::OpenSearch(options) = &backend else {
         unreachable!()
     };
-    // Not a search index at all (a name given by mistake): refused, and a
-    // rebuild does not delete it either.
-    search::OpenSearchIndex::create_with_schema(options, None).unwrap();
-    for open in [
-        search::OpenSearchIndex::open,
-        search::OpenSearchIndex::open_to_rebuild,
+    // Not a search index at all (a name given by mistake), and a later
+    // version's (a rollback): refused, and kept by a rebuild as well.
+    for (schema, reason) in [
+        (None, "not a Timeline search index"),
+        (Some(3), "a later version"),
     ] {
-        let refused = open(options).err().expect("not a search index");
-        assert!(
-            matches!(&refused, search::SearchError::Corrupt(m) if m.contains("not a Timeline search index")),
-            "{refused}"
-        );
+        search::OpenSearchIndex::create_with_schema(options, schema).unwrap();
+        for open in [
+            search::OpenSearchIndex::open,
+            search::OpenSearchIndex::open_to_rebuild,
+        ] {
+            let refused = open(options).err().expect("refused");
+            assert!(
+                matches!(&refused, search::SearchError::Corrupt(m) if m.contains(reason)),
+                "{refused}"
+            );
+        }
+        search::OpenSearchIndex::drop_index(options).unwrap();
     }
-    search::OpenSearchIndex::drop_index(options).unwrap();
-    // A later version's (a rollback): refused, and kept by a rebuild.
-    search::OpenSearchIndex::create_with_schema(options, Some(3)).unwrap();
-    for open in [
-        search::OpenSearchIndex::open,
-        search::OpenSearchIndex::open_to_rebuild,
-    ] {
-        let refused = open(options).err().expect("a later version's index");
-        assert!(
-            matches!(&refused, search::SearchError::Corrupt(m) if m.contains("a later version")),
-            "{refused}"
-        );
-    }
-    search::OpenSearchIndex::drop_index(options).unwrap();
     // Schema 1: written before documents were versioned.
     search::OpenSearchIndex::create_with_schema(options, Some(1)).unwrap();
     let refused = search::OpenSearchIndex::open(options)
