@@ -369,9 +369,9 @@ mod tests {
         assert_eq!(kept.entries.len(), 5);
     }
 
-    /// An inbox of large messages is walked in pages the byte budget cuts
-    /// short; the walk goes on past them, so the trim still keeps exactly
-    /// the newest entries.
+    /// An inbox of large messages is walked by seqs and times, in full
+    /// pages whatever the messages weigh, so the trim keeps exactly the
+    /// newest entries.
     #[tokio::test]
     async fn an_inbox_of_large_messages_is_walked_whole_and_trimmed_to_the_policy() {
         let dir = tempfile::tempdir().unwrap();

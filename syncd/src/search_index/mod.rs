@@ -133,14 +133,12 @@ impl SearchIndexing {
             let index = Arc::clone(&this.index);
             tokio::select! {
                 reloaded = tokio::task::spawn_blocking(move || index.reload()) => {
-                    match reloaded {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "search index: checkpoints not read again");
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "search index: checkpoints not read again");
-                        }
+                    let failed = match reloaded {
+                        Ok(reloaded) => reloaded.err().map(|e| e.to_string()),
+                        Err(panicked) => Some(panicked.to_string()),
+                    };
+                    if let Some(error) = failed {
+                        tracing::warn!(%error, "search index: checkpoints not read again");
                     }
                 }
                 () = stopped(&mut stopping) => return,
