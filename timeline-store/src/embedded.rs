@@ -36,7 +36,8 @@
 //!
 //! Layout: keyspaces, the store handle, the event log, read states,
 //! retention and checkpoints here; the writer thread's group commit in
-//! `group_commit`; timeline reads in `timeline_reads`; idempotency
+//! `group_commit`; freeing flushed memtables off fjall's locks in
+//! `reaper`; timeline reads in `timeline_reads`; idempotency
 //! receipts in `receipts`; token cutoffs in `revocations`.
 
 use crate::codec::{self, EntryEncoder};
@@ -156,6 +157,27 @@ struct Keyspaces {
     members: fjall::Keyspace,
 }
 
+impl Keyspaces {
+    fn all(&self) -> Vec<fjall::Keyspace> {
+        vec![
+            self.inbox.clone(),
+            self.conv.clone(),
+            self.conversations.clone(),
+            self.receipts.clone(),
+            self.checkpoints.clone(),
+            self.large_groups.clone(),
+            self.inbox_floors.clone(),
+            self.revocations.clone(),
+            self.revocation_feed.clone(),
+            self.read_states.clone(),
+            self.read_state_applied.clone(),
+            self.readers.clone(),
+            self.copies.clone(),
+            self.members.clone(),
+        ]
+    }
+}
+
 /// A cheap-to-clone handle; the writer thread stops when the last handle is
 /// dropped (after finishing queued writes).
 #[derive(Clone)]
@@ -165,6 +187,7 @@ pub struct EmbeddedStore {
     poisoned: Arc<AtomicBool>,
     config: EmbeddedStoreConfig,
     _writer: Arc<WriterThread>,
+    _reaper: Arc<reaper::Reaper>,
 }
 
 struct WriterThread(Option<std::thread::JoinHandle<()>>);
@@ -266,12 +289,14 @@ impl EmbeddedStore {
                 .spawn(move || group_commit::writer_loop(keyspaces, queue, poisoned, max_group))
                 .map_err(io)?
         };
+        let reaper = reaper::Reaper::start(keyspaces.all()).map_err(io)?;
         Ok(Self {
             keyspaces,
             writes,
             poisoned,
             config,
             _writer: Arc::new(WriterThread(Some(writer))),
+            _reaper: Arc::new(reaper),
         })
     }
 
@@ -465,6 +490,7 @@ impl Checkpoints for EmbeddedStore {
 }
 
 mod group_commit;
+mod reaper;
 mod receipts;
 mod revocations;
 #[cfg(test)]
