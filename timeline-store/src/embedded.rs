@@ -159,22 +159,43 @@ struct Keyspaces {
 
 impl Keyspaces {
     fn all(&self) -> Vec<fjall::Keyspace> {
-        vec![
-            self.inbox.clone(),
-            self.conv.clone(),
-            self.conversations.clone(),
-            self.receipts.clone(),
-            self.checkpoints.clone(),
-            self.large_groups.clone(),
-            self.inbox_floors.clone(),
-            self.revocations.clone(),
-            self.revocation_feed.clone(),
-            self.read_states.clone(),
-            self.read_state_applied.clone(),
-            self.readers.clone(),
-            self.copies.clone(),
-            self.members.clone(),
+        // Destructured, so a keyspace added to the struct cannot be left out.
+        let Self {
+            db: _,
+            inbox,
+            conv,
+            conversations,
+            receipts,
+            checkpoints,
+            large_groups,
+            inbox_floors,
+            revocations,
+            revocation_feed,
+            read_states,
+            read_state_applied,
+            readers,
+            copies,
+            members,
+        } = self;
+        [
+            inbox,
+            conv,
+            conversations,
+            receipts,
+            checkpoints,
+            large_groups,
+            inbox_floors,
+            revocations,
+            revocation_feed,
+            read_states,
+            read_state_applied,
+            readers,
+            copies,
+            members,
         ]
+        .into_iter()
+        .cloned()
+        .collect()
     }
 }
 
@@ -280,6 +301,10 @@ impl EmbeddedStore {
         };
         let (writes, queue) = mpsc::channel(config.queue_capacity.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
+        // Before the writer: a writer thread dropped unjoined (had the
+        // reaper failed to start) would hold the database open past this
+        // call's error.
+        let reaper = reaper::Reaper::start(keyspaces.all()).map_err(io)?;
         let writer = {
             let keyspaces = keyspaces.clone();
             let poisoned = Arc::clone(&poisoned);
@@ -289,7 +314,6 @@ impl EmbeddedStore {
                 .spawn(move || group_commit::writer_loop(keyspaces, queue, poisoned, max_group))
                 .map_err(io)?
         };
-        let reaper = reaper::Reaper::start(keyspaces.all()).map_err(io)?;
         Ok(Self {
             keyspaces,
             writes,
