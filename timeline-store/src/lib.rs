@@ -123,6 +123,11 @@ pub fn describe_metrics() {
         "Journal append and memtable inserts of the embedded store's group commit, including write halts while memtables wait to be flushed."
     );
     describe_histogram!(
+        "timeline_store_memtable_free_duration_seconds",
+        Unit::Seconds,
+        "Time the embedded store's reaper thread took to free one flushed memtable (off the storage engine's insert lock)."
+    );
+    describe_histogram!(
         "timeline_store_scylla_commit_duration_seconds",
         Unit::Seconds,
         "Time to commit one event on ScyllaDB."

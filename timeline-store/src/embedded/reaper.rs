@@ -104,9 +104,21 @@ impl Held {
                 self.0.push(active);
             }
         }
-        // Nobody else holds these any longer: the skiplist is freed here,
-        // on this thread.
-        self.0.retain(|held| Arc::strong_count(held) > 1);
+        let mut next = 0;
+        while next < self.0.len() {
+            if Arc::strong_count(&self.0[next]) > 1 {
+                next += 1;
+                continue;
+            }
+            // Nobody else holds it any longer: the skiplist is freed here,
+            // on this thread, and timed, since this is the cost that used
+            // to stall writes.
+            let released = self.0.swap_remove(next);
+            let started = std::time::Instant::now();
+            drop(released);
+            metrics::histogram!("timeline_store_memtable_free_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
     }
 }
 
