@@ -203,7 +203,8 @@ mod tests {
     }
 
     /// Dropping the reaper stops its thread and lets go of the keyspaces
-    /// it held: the directory opens again at once.
+    /// it held, so the database closes and its directory opens again (a
+    /// reaper that never stopped would hold it locked).
     #[test]
     fn a_dropped_reaper_lets_the_database_close() {
         let dir = tempfile::tempdir().unwrap();
