@@ -18,11 +18,25 @@ pub struct NextSend<'a> {
     pub message: String,
 }
 
+/// Seconds of send starts that [`Tracker::p99_by_second`] keeps apart;
+/// sends after the last of them count in it.
+const MAX_SECONDS: usize = 3_600;
+
 #[derive(Default)]
 struct State {
     /// message key -> (send start, subscribed recipients still to receive it)
     pending: HashMap<String, (Instant, usize)>,
     delivered: u64,
+    /// The first send announced since the last reset: second 0.
+    first_send: Option<Instant>,
+    /// Delivery latencies by the second their send started in, so a tail
+    /// shows when it happened (a stall, a flush) and not only how long.
+    by_second: Vec<Histogram<u64>>,
+}
+
+/// The second since `first` that a send started at `started` counts in.
+fn second_of(first: Instant, started: Instant) -> usize {
+    (started.saturating_duration_since(first).as_secs() as usize).min(MAX_SECONDS - 1)
 }
 
 /// Shared between the senders (which announce messages) and the subscribed
@@ -52,10 +66,10 @@ impl Tracker {
     pub fn announce(&self, key: &str, members: &[u64]) {
         let waiting: usize = members.iter().filter_map(|m| self.subscribed.get(m)).sum();
         if waiting > 0 {
+            let now = Instant::now();
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state
-                .pending
-                .insert(key.to_owned(), (Instant::now(), waiting));
+            state.first_send.get_or_insert(now);
+            state.pending.insert(key.to_owned(), (now, waiting));
         }
     }
 
@@ -115,9 +129,15 @@ impl Tracker {
         };
         *waiting -= 1;
         if *waiting == 0 {
+            let started = *started;
             let micros = started.elapsed().as_micros().max(1) as u64;
             state.pending.remove(key);
             state.delivered += 1;
+            let second = second_of(state.first_send.unwrap_or(started), started);
+            if state.by_second.len() <= second {
+                state.by_second.resize_with(second + 1, report::histogram);
+            }
+            let _ = state.by_second[second].record(micros);
             let _ = self
                 .latency
                 .lock()
@@ -139,6 +159,17 @@ impl Tracker {
     pub fn counts(&self) -> (u64, usize) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         (state.delivered, state.pending.len())
+    }
+
+    /// Delivery p99 in ms of the sends started in each second since the
+    /// first (none: no send of that second was delivered to everyone).
+    pub fn p99_by_second(&self) -> Vec<Option<f64>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .by_second
+            .iter()
+            .map(|h| (!h.is_empty()).then(|| report::ms(h, 0.99)))
+            .collect()
     }
 
     pub fn latency(&self) -> Histogram<u64> {
@@ -174,5 +205,43 @@ impl Tracker {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sends_count_in_the_second_they_started() {
+        let first = Instant::now();
+        assert_eq!(second_of(first, first), 0);
+        assert_eq!(second_of(first, first + Duration::from_millis(999)), 0);
+        assert_eq!(second_of(first, first + Duration::from_millis(2_500)), 2);
+        assert_eq!(
+            second_of(first, first + Duration::from_secs(10 * MAX_SECONDS as u64)),
+            MAX_SECONDS - 1,
+            "a run longer than the bound counts in its last second"
+        );
+    }
+
+    #[test]
+    fn each_delivered_send_lands_in_one_second() {
+        let tracker = Tracker::new(&[(1, 0), (2, 0)]);
+        tracker.announce("a", &[1, 2]);
+        tracker.announce("b", &[1]);
+        tracker.arrived("a text");
+        assert!(
+            tracker.p99_by_second().is_empty(),
+            "a still waits for user 2"
+        );
+        tracker.arrived("a text");
+        tracker.arrived("b text");
+        let seconds = tracker.p99_by_second();
+        assert_eq!(seconds.len(), 1);
+        assert!(seconds[0].is_some());
+        tracker.reset();
+        assert!(tracker.p99_by_second().is_empty());
     }
 }

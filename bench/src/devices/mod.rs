@@ -179,6 +179,13 @@ fn print_table(args: &DevicesArgs, syncd: &Measured, peer: Option<&Measured>) {
             m.latency.max() as f64 / 1000.0
         )
     });
+    row(
+        "worst second of the load: delivery p99, ms (second)",
+        &|m| {
+            m.worst_second()
+                .map_or("-".into(), |(second, p99)| format!("{p99:.2} ({second})"))
+        },
+    );
     row("server CPU per second of load", &|m| {
         format!("{:.2}", m.server_cpu_per_s)
     });

@@ -40,6 +40,8 @@ pub struct Measured {
     pub delivered: u64,
     pub pending: usize,
     pub latency: Histogram<u64>,
+    /// Delivery p99 (ms) of the sends started in each second of the load.
+    pub p99_by_second: Vec<Option<f64>>,
     pub server_cpu_per_s: f64,
     /// This process's CPU over the same window: the load generator shares
     /// the machine with the server.
@@ -50,6 +52,16 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// The second of the load whose sends had the highest delivery p99, and
+    /// that p99.
+    pub fn worst_second(&self) -> Option<(usize, f64)> {
+        self.p99_by_second
+            .iter()
+            .enumerate()
+            .filter_map(|(second, p99)| p99.map(|p99| (second, p99)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "connections_per_s": self.connections_per_s,
@@ -65,6 +77,7 @@ impl Measured {
             "delivery_ms": {"p50": report::ms(&self.latency, 0.5),
                             "p99": report::ms(&self.latency, 0.99),
                             "max": self.latency.max() as f64 / 1000.0},
+            "delivery_p99_ms_by_second": self.p99_by_second,
             "server_cpu_per_s": self.server_cpu_per_s,
             "bench_cpu_per_s": self.bench_cpu_per_s,
             "load_average": self.load_average,
@@ -168,6 +181,7 @@ where
         delivered,
         pending,
         latency: tracker.latency(),
+        p99_by_second: tracker.p99_by_second(),
         server_cpu_per_s: cpu / args.duration_secs as f64,
         bench_cpu_per_s: bench_cpu / args.duration_secs as f64,
         load_average,
