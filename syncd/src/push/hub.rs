@@ -35,9 +35,6 @@ pub struct Hub {
     subscriptions: AtomicUsize,
     /// Bytes held in every user's [`Recent`] together.
     recent_bytes: AtomicUsize,
-    /// Subscribed users (channels): each gets an equal share of
-    /// [`RECENT_PUSH_BYTES`].
-    users: AtomicUsize,
 }
 
 impl Default for Hub {
@@ -46,7 +43,6 @@ impl Default for Hub {
             shards: std::array::from_fn(|_| Mutex::default()),
             subscriptions: AtomicUsize::new(0),
             recent_bytes: AtomicUsize::new(0),
-            users: AtomicUsize::new(0),
         }
     }
 }
@@ -101,12 +97,9 @@ impl Hub {
             )));
         }
         metrics::gauge!("syncd_push_subscribers").increment(1.0);
-        let channel = shard.entry(user_id).or_insert_with(|| {
-            self.users.fetch_add(1, Ordering::AcqRel);
-            Channel {
-                top: watch::channel(0).0,
-                recent: Recent::default(),
-            }
+        let channel = shard.entry(user_id).or_insert_with(|| Channel {
+            top: watch::channel(0).0,
+            recent: Recent::default(),
         });
         let receiver = channel.top.subscribe();
         Ok(Subscription {
@@ -132,13 +125,6 @@ impl Hub {
         // The copy is made only for a subscribed user: the observer calls
         // this for every inbox write of the event.
         let size = entry.wire_bytes();
-        // An equal share of the budget per subscribed user: with the
-        // per-user bound alone, 25,000 users filled the budget within half
-        // a minute, and from then on every new entry found it full and was
-        // dropped, so every feed read the store (docs/BENCHMARKS.md). A
-        // feed that keeps up needs only the last few entries.
-        let users = self.users.load(Ordering::Acquire).max(1);
-        let share = RECENT_PUSH_BYTES_PER_USER.min(RECENT_PUSH_BYTES / users);
         if self.recent_bytes.load(Ordering::Acquire) + size > RECENT_PUSH_BYTES {
             let released = channel.recent.clear();
             self.recent_bytes.fetch_sub(released, Ordering::AcqRel);
@@ -150,7 +136,7 @@ impl Hub {
                 ..entry.clone()
             },
             RECENT_PUSH_ENTRIES_PER_USER,
-            share,
+            RECENT_PUSH_BYTES_PER_USER,
         );
         self.account(delta);
     }
@@ -254,7 +240,6 @@ impl Drop for Subscription {
         {
             let released = channel.recent.clear();
             self.hub.recent_bytes.fetch_sub(released, Ordering::AcqRel);
-            self.hub.users.fetch_sub(1, Ordering::AcqRel);
         }
         self.hub.subscriptions.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("syncd_push_subscribers").decrement(1.0);
@@ -286,62 +271,35 @@ mod tests {
     }
 
     /// What the hub keeps for feeds is counted across users, freed with
-    /// the last subscription, and never past the budget.
+    /// the last subscription, and never past the budget: a user whose
+    /// entry would cross it keeps nothing (its feeds read the store).
     #[tokio::test]
     async fn recent_entries_stay_within_the_budget_and_leave_with_the_user() {
         let hub = Hub::new();
         let big = |seq| Entry {
             seq,
-            text: "x".repeat(30 * 1024),
+            text: "x".repeat(60 * 1024),
             ..Entry::new(timeline_store::EntryKind::Message, 1)
         };
         hub.remember(1, 1, &big(1));
         assert_eq!(hub.recent_bytes(), 0, "nobody subscribed: nothing kept");
         let users = RECENT_PUSH_BYTES / (60 * 1024) + 10;
-        let mut subs = Vec::new();
-        // Users arrive while earlier ones hold two entries each (their
-        // share was larger then): the total still never passes the budget.
+        let subs: Vec<_> = (0..users as u64)
+            .map(|u| hub.subscribe(u).unwrap())
+            .collect();
         for user in 0..users as u64 {
-            subs.push(hub.subscribe(user).unwrap());
             hub.remember(user, 1, &big(1));
-            hub.remember(user, 2, &big(2));
             assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
         }
+        assert!(hub.recent(0, (0, 1), 10, 1 << 20).is_some());
+        assert!(
+            hub.recent(users as u64 - 1, (0, 1), 10, 1 << 20).is_none(),
+            "past the budget"
+        );
         let held = hub.recent_bytes();
         drop(subs);
         assert!(held > 0);
         assert_eq!(hub.recent_bytes(), 0, "freed with the subscriptions");
-    }
-
-    /// Many subscribed users share the budget: each keeps its newest
-    /// entries however many there are. Before, the first users filled the
-    /// budget with 32 entries each and every later entry was dropped.
-    #[tokio::test]
-    async fn every_subscribed_user_keeps_its_newest_entries() {
-        let hub = Hub::new();
-        let entry = |seq| Entry {
-            seq,
-            text: "x".repeat(1024),
-            ..Entry::new(timeline_store::EntryKind::Message, 1)
-        };
-        let users = 4 * RECENT_PUSH_BYTES / RECENT_PUSH_BYTES_PER_USER;
-        let subs: Vec<_> = (0..users as u64)
-            .map(|u| hub.subscribe(u).unwrap())
-            .collect();
-        let last = RECENT_PUSH_ENTRIES_PER_USER as u64;
-        for seq in 1..=last {
-            for user in 0..users as u64 {
-                hub.remember(user, seq, &entry(seq));
-            }
-        }
-        assert!(hub.recent_bytes() <= RECENT_PUSH_BYTES);
-        for user in 0..users as u64 {
-            assert!(
-                hub.recent(user, (last - 2, last), 10, 1 << 20).is_some(),
-                "user {user} of {users} lost its newest entries"
-            );
-        }
-        drop(subs);
     }
 
     #[tokio::test]
