@@ -158,44 +158,18 @@ struct Keyspaces {
 }
 
 impl Keyspaces {
-    fn all(&self) -> Vec<fjall::Keyspace> {
-        // Destructured, so a keyspace added to the struct cannot be left out.
-        let Self {
-            db: _,
-            inbox,
-            conv,
-            conversations,
-            receipts,
-            checkpoints,
-            large_groups,
-            inbox_floors,
-            revocations,
-            revocation_feed,
-            read_states,
-            read_state_applied,
-            readers,
-            copies,
-            members,
-        } = self;
-        [
-            inbox,
-            conv,
-            conversations,
-            receipts,
-            checkpoints,
-            large_groups,
-            inbox_floors,
-            revocations,
-            revocation_feed,
-            read_states,
-            read_state_applied,
-            readers,
-            copies,
-            members,
-        ]
-        .into_iter()
-        .cloned()
-        .collect()
+    /// Every keyspace the database holds, asked of the database itself, so
+    /// none is left out as keyspaces are added.
+    fn all(&self) -> Result<Vec<fjall::Keyspace>> {
+        self.db
+            .list_keyspace_names()
+            .iter()
+            .map(|name| {
+                self.db
+                    .keyspace(name, fjall::KeyspaceCreateOptions::default)
+                    .map_err(io)
+            })
+            .collect()
     }
 }
 
@@ -304,7 +278,7 @@ impl EmbeddedStore {
         // Before the writer: a writer thread dropped unjoined (had the
         // reaper failed to start) would hold the database open past this
         // call's error.
-        let reaper = reaper::Reaper::start(keyspaces.all()).map_err(io)?;
+        let reaper = reaper::Reaper::start(keyspaces.all()?).map_err(io)?;
         let writer = {
             let keyspaces = keyspaces.clone();
             let poisoned = Arc::clone(&poisoned);
