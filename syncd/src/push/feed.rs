@@ -153,8 +153,10 @@ impl Feed {
             // Every entry of the range, as committed (or rewritten) and
             // stored: nothing between the checkpoint and the top was
             // missed, so even a range trimmed since needs no pull.
+            metrics::counter!("syncd_push_entry_reads_total", "from" => "memory").increment(1);
             held
         } else {
+            metrics::counter!("syncd_push_entry_reads_total", "from" => "store").increment(1);
             let page = paging::inbox(
                 self.store.as_ref(),
                 self.user_id,
