@@ -6,10 +6,21 @@
 //! server is broken and hides a client bug; the server cannot have caused
 //! it, and nothing was done. A client decoding a malformed reply gets the
 //! same code.
+//!
+//! Encode buffers start at [`ENCODE_BUFFER_BYTES`] instead of tonic's 8 KiB:
+//! a reply stream holds its buffer for as long as it is open, and a node
+//! holds up to 100,000 push streams whose notices are a few hundred bytes.
+//! A larger reply grows its buffer as it is encoded.
 
 use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf, EncodeBuf};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// Bytes an encode buffer starts with (one push notice with an entry fits).
+pub const ENCODE_BUFFER_BYTES: usize = 1024;
+/// Bytes of encoded messages a reply stream gathers before it hands them to
+/// the connection (tonic's default).
+pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Codec<T, U>(ProstCodec<T, U>);
@@ -31,7 +42,10 @@ where
     type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        Encoder(tonic::codec::Codec::encoder(&mut self.0))
+        Encoder(ProstEncoder::new(BufferSettings::new(
+            ENCODE_BUFFER_BYTES,
+            YIELD_THRESHOLD_BYTES,
+        )))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
