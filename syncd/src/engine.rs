@@ -62,6 +62,9 @@ pub struct EngineConfig {
     pub commit_budget_bytes: usize,
     /// How long senders may recall and edit their messages.
     pub windows: Windows,
+    /// Conversations one user may be a member of at once (see
+    /// [`crate::limits::MAX_CONVERSATIONS_PER_USER`]).
+    pub max_conversations_per_user: usize,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             retention: Retention::default(),
             commit_budget_bytes: MAX_INFLIGHT_COMMIT_BYTES,
             windows: Windows::default(),
+            max_conversations_per_user: crate::limits::MAX_CONVERSATIONS_PER_USER,
         }
     }
 }
@@ -199,7 +203,11 @@ impl Engine {
                 Arc::clone(&writer),
                 idempotency,
                 seqs.clone(),
-                config.large_group_threshold,
+                (
+                    config.large_group_threshold,
+                    config.max_conversations_per_user,
+                ),
+                Arc::clone(&read_state),
             )),
             writer,
             seqs,

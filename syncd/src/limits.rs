@@ -33,6 +33,14 @@ pub const MAX_CONVERSATION_MEMBERS: usize = 100_000;
 /// Members named in one create/add/remove call: what one membership event
 /// writes (inbox copies, index and member-table rows) and holds.
 pub const MAX_MEMBERS_PER_CALL: usize = 1_000;
+/// Conversations one user may be a member of at once. A user's read state
+/// (every conversation list, every sync with counts) folds a row per
+/// conversation, and any device may create a conversation naming anyone:
+/// without this, others could make each of a user's calls as costly as
+/// they liked. A join past it is refused; a removal frees a place.
+pub const MAX_CONVERSATIONS_PER_USER: usize = 10_000;
+/// Members whose conversations one create or add counts at once.
+pub const ADMISSION_COUNTS_IN_FLIGHT: usize = 16;
 /// ListMembers page size when the request leaves it at 0, and the cap.
 pub const DEFAULT_MEMBERS_LIMIT: usize = 500;
 pub const MAX_MEMBERS_LIMIT: usize = 1_000;

@@ -7,6 +7,12 @@
 //! past the large-group threshold switches to read fanout and stays there
 //! (no flapping around the threshold); who then gets a copy of what is
 //! [`crate::fanout`]'s business.
+//!
+//! Every member a create or add names is admitted first: its lock is held
+//! (ascending ids, after the conversation's lock) until the event is
+//! complete, and the change is refused, changing nothing, when any of them
+//! is already in [`crate::limits::MAX_CONVERSATIONS_PER_USER`] conversations. So two
+//! concurrent joins of one user cannot both pass the bound.
 
 use crate::access;
 use crate::auth::Principal;
@@ -14,10 +20,12 @@ use crate::directory::Directory;
 use crate::error::{Result, SyncdError};
 use crate::event::{Event, MembershipChange, now_ms};
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
+use crate::keyed::KeyedLocks;
 use crate::limits::{
-    DEFAULT_MEMBERS_LIMIT, MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_LIMIT, MAX_MEMBERS_PER_CALL,
-    MAX_TITLE_BYTES,
+    ADMISSION_COUNTS_IN_FLIGHT, DEFAULT_MEMBERS_LIMIT, MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_LIMIT,
+    MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES,
 };
+use crate::read_state::ReadState;
 use crate::writer::{EventWriter, Held};
 use seqsvc::Namespace;
 use seqsvc::client::SeqSource;
@@ -42,6 +50,11 @@ pub struct Membership {
     idempotency: Arc<Idempotency>,
     seqs: SeqSource,
     large_group_threshold: usize,
+    /// [`crate::limits::MAX_CONVERSATIONS_PER_USER`] unless configured.
+    max_conversations_per_user: usize,
+    read_state: Arc<ReadState>,
+    /// One join per user at a time, from its count to its event's end.
+    admissions: Arc<KeyedLocks<u64>>,
 }
 
 impl Membership {
@@ -50,7 +63,8 @@ impl Membership {
         writer: Arc<EventWriter>,
         idempotency: Arc<Idempotency>,
         seqs: SeqSource,
-        large_group_threshold: usize,
+        (large_group_threshold, max_conversations_per_user): (usize, usize),
+        read_state: Arc<ReadState>,
     ) -> Self {
         Self {
             directory,
@@ -58,7 +72,52 @@ impl Membership {
             idempotency,
             seqs,
             large_group_threshold,
+            max_conversations_per_user,
+            read_state,
+            admissions: Arc::default(),
         }
+    }
+
+    /// Takes the admission locks of `joining` (ascending, as normalized)
+    /// and refuses when any of them is in the most conversations a user
+    /// may be in ([`crate::limits::MAX_CONVERSATIONS_PER_USER`] unless configured). The guards are held until the event that
+    /// adds them is complete.
+    async fn admit(&self, joining: &[u64]) -> Result<Vec<crate::writer::Guard>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let mut guards: Vec<crate::writer::Guard> = Vec::with_capacity(joining.len());
+        for &user_id in joining {
+            guards.push(Box::new(self.admissions.write(user_id).await));
+        }
+        let counts: Vec<(u64, usize)> = futures_util::stream::iter(joining.iter().copied())
+            .map(|user_id| async move {
+                let count = self.read_state.memberships(user_id).await?;
+                Ok::<_, SyncdError>((user_id, count))
+            })
+            .buffer_unordered(ADMISSION_COUNTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let most = self.max_conversations_per_user;
+        let mut full: Vec<u64> = counts
+            .into_iter()
+            .filter(|&(_, count)| count >= most)
+            .map(|(user_id, _)| user_id)
+            .collect();
+        if !full.is_empty() {
+            full.sort_unstable();
+            let named: Vec<String> = full.iter().take(10).map(u64::to_string).collect();
+            let more = full.len().saturating_sub(named.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            return Err(SyncdError::ResourceExhausted(format!(
+                "user {}{more} already in {most} conversations, \
+                 the most one user may be in: nothing changed",
+                named.join(", ")
+            )));
+        }
+        Ok(guards)
     }
 
     /// Creates a conversation; a device is always one of its members. With
@@ -140,6 +199,7 @@ impl Membership {
             }
             None => None,
         };
+        let admitted = self.admit(&members).await?;
         let conversation_id = self
             .seqs
             .next(Namespace::Counter, CONVERSATION_ID_COUNTER)
@@ -155,7 +215,7 @@ impl Membership {
         };
         let mut event = Event::conversation_created(record, creator);
         let record = event.record.clone().expect("a creation carries its record");
-        let mut until_complete: Vec<crate::writer::Guard> = Vec::with_capacity(1);
+        let mut until_complete = admitted;
         if let Some(claim) = claim {
             event = event.with_receipt(claim.key.clone(), fingerprint);
             until_complete.push(Box::new(claim.into_guard()));
@@ -202,6 +262,10 @@ impl Membership {
                 "conversation would have {member_count} members, at most {MAX_CONVERSATION_MEMBERS}"
             )));
         }
+        let mut until_complete = match change {
+            MembershipChange::Add => self.admit(&changed).await?,
+            MembershipChange::Remove => Vec::new(),
+        };
         let read_fanout = before.read_fanout || member_count > self.large_group_threshold as u64;
         // Only a record that lists its members is rewritten with a list
         // (and, crossing the threshold, lists them one last time for the
@@ -222,12 +286,10 @@ impl Membership {
             .record
             .clone()
             .expect("a membership event carries the record it leaves");
+        until_complete.push(Box::new(exclusive.into_guard()));
         let receipt = self
             .writer
-            .commit(
-                event,
-                Held::until_complete(vec![Box::new(exclusive.into_guard())]),
-            )
+            .commit(event, Held::until_complete(until_complete))
             .await?;
         Ok((stored, receipt.conv_seq))
     }

@@ -5,6 +5,7 @@ use super::*;
 use crate::engine::{Engine, MembershipChange};
 use crate::history::HistoryQuery;
 use crate::limits::DEFAULT_LARGE_GROUP_THRESHOLD;
+use crate::read_state::ListQuery;
 use crate::testkit::*;
 use timeline_store::EntryKind;
 
@@ -525,4 +526,129 @@ async fn a_retried_creation_returns_the_first_conversation() {
         .await
         .unwrap();
     assert_ne!(theirs.conversation_id, conversation);
+}
+
+/// A group of `members` created by a service.
+async fn group_of(engine: &Engine, members: Vec<u64>) -> Result<Conversation> {
+    let ops = Principal::Service { name: "ops".into() };
+    engine
+        .create_conversation(
+            ops,
+            NewConversation {
+                kind: ConversationKind::Group,
+                members,
+                title: String::new(),
+                client_request_id: None,
+            },
+        )
+        .await
+}
+
+fn bounded(most: usize) -> crate::engine::EngineConfig {
+    crate::engine::EngineConfig {
+        max_conversations_per_user: most,
+        ..Default::default()
+    }
+}
+
+/// Anyone may create a conversation naming anyone, and each of a user's
+/// conversations costs every list and count of theirs: past the bound a
+/// join is refused, whole, and a removal makes room again.
+#[tokio::test]
+async fn a_user_in_the_most_conversations_joins_no_more_until_removed() {
+    let fx = fixture().config(bounded(3)).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let ops = Principal::Service { name: "ops".into() };
+    let mut groups = Vec::new();
+    for _ in 0..3 {
+        groups.push(group_of(&engine, vec![2, 3]).await.unwrap().conversation_id);
+    }
+    let before = engine
+        .list_conversations(&device(3, "d"), ListQuery::default())
+        .await;
+    let refused = group_of(&engine, vec![2, 4]).await.unwrap_err();
+    assert!(
+        matches!(&refused, SyncdError::ResourceExhausted(m) if m.contains("user 2") && m.contains("3 conversations")),
+        "{refused:?}"
+    );
+    // A device naming the full user is refused the same way, and nothing
+    // of either attempt was stored for the user who had room.
+    let by_device = engine
+        .create_conversation(
+            device(4, "d"),
+            NewConversation {
+                kind: ConversationKind::Direct,
+                members: vec![2],
+                title: String::new(),
+                client_request_id: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(by_device, SyncdError::ResourceExhausted(_)),
+        "{by_device:?}"
+    );
+    let lists_of_4 = engine
+        .list_conversations(&device(4, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    assert!(lists_of_4.conversations.is_empty(), "user 4 joined nothing");
+    // Adding the full user to a group with room for others adds no one.
+    let other = group_of(&engine, vec![5]).await.unwrap().conversation_id;
+    let add = engine
+        .change_members(ops.clone(), other, vec![2, 6], MembershipChange::Add)
+        .await
+        .unwrap_err();
+    assert!(matches!(add, SyncdError::ResourceExhausted(_)), "{add:?}");
+    let record = engine.get_conversation(&ops, other).await.unwrap();
+    assert_eq!(record.members, vec![5], "refused whole");
+    // User 3 is in 3 conversations too, and was not touched.
+    assert_eq!(
+        before.unwrap().conversations.len(),
+        engine
+            .list_conversations(&device(3, "d"), ListQuery::default())
+            .await
+            .unwrap()
+            .conversations
+            .len()
+    );
+    engine
+        .change_members(ops.clone(), groups[0], vec![2], MembershipChange::Remove)
+        .await
+        .unwrap();
+    engine
+        .change_members(ops.clone(), other, vec![2, 6], MembershipChange::Add)
+        .await
+        .expect("a removal made room");
+    let refused_again = group_of(&engine, vec![2]).await.unwrap_err();
+    assert!(matches!(refused_again, SyncdError::ResourceExhausted(_)));
+}
+
+/// Joins of one user race through separate conversations (each holds its
+/// own lock); the admission lock makes them count one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_of_one_user_cannot_pass_the_bound() {
+    // Delays on commits and reads, so the joins overlap.
+    let fx = fixture().jitter().config(bounded(3)).build().await;
+    let engine = Arc::clone(&fx.engine);
+    let attempts = (0..12u64).map(|i| {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move { group_of(&engine, vec![7, 100 + i]).await })
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let joined = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Err(SyncdError::ResourceExhausted(_))))
+        .count();
+    assert_eq!((joined, refused), (3, 9));
+    let listed = engine
+        .list_conversations(&device(7, "d"), ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.conversations.len(), 3);
 }
