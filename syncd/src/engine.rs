@@ -237,6 +237,11 @@ impl Engine {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn read_state(&self) -> &Arc<ReadState> {
+        &self.read_state
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

@@ -80,11 +80,11 @@ impl History {
         let snapshot = self.read_state.fold(*user_id).await?;
         Ok(snapshot
             .rows
-            .into_iter()
+            .iter()
             .find(|row| row.conversation_id == conversation_id)
             .map_or_else(Hidden::default, |row| Hidden {
                 cleared_through: row.cleared_through,
-                messages: row.hidden,
+                messages: row.hidden.clone(),
             }))
     }
 

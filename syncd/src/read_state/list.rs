@@ -108,8 +108,8 @@ impl ReadState {
             .collect();
         let mut rows: BTreeMap<u64, ReadStateRow> = snapshot
             .rows
-            .into_iter()
-            .map(|row| (row.conversation_id, row))
+            .iter()
+            .map(|row| (row.conversation_id, row.clone()))
             .collect();
         let memberships = self.store.large_group_memberships(user_id).await?;
         let mut large: HashSet<u64> = HashSet::new();

@@ -199,18 +199,29 @@ impl ReadState {
     }
 
     /// The user's read state with every readable inbox entry folded in.
-    pub async fn fold(&self, user_id: u64) -> Result<ReadStateSnapshot> {
+    /// Shared with the cache: a call that finds nothing new to fold copies
+    /// no row (a user may have thousands).
+    pub async fn fold(&self, user_id: u64) -> Result<Arc<ReadStateSnapshot>> {
         let _one_at_a_time = self.folds.write(user_id).await;
-        let stored = match self.snapshots.get(&user_id) {
-            Some(snapshot) => Arc::unwrap_or_clone(snapshot),
-            None => self.store.read_states(user_id).await?,
-        };
+        let cached = self.snapshots.get(&user_id);
         let through = self
             .visibility
             .readable_through(Scope::Inbox, user_id)
             .await?;
+        let stored = match cached {
+            Some(snapshot) if snapshot.applied_seq >= through => return Ok(snapshot),
+            Some(snapshot) => {
+                // Out of the cache first, so that unless a caller still
+                // holds it the rows are taken, not copied.
+                self.snapshots.invalidate(&user_id);
+                Arc::unwrap_or_clone(snapshot)
+            }
+            None => self.store.read_states(user_id).await?,
+        };
         if stored.applied_seq >= through {
-            return Ok(stored);
+            let snapshot = Arc::new(stored);
+            self.snapshots.insert(user_id, Arc::clone(&snapshot));
+            return Ok(snapshot);
         }
         let mut rows: BTreeMap<u64, ReadStateRow> = stored
             .rows
@@ -253,7 +264,8 @@ impl ReadState {
             applied_seq: through,
             rows: rows.into_values().collect(),
         };
-        self.snapshots.insert(user_id, Arc::new(snapshot.clone()));
+        let snapshot = Arc::new(snapshot);
+        self.snapshots.insert(user_id, Arc::clone(&snapshot));
         Ok(snapshot)
     }
 

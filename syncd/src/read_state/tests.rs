@@ -485,3 +485,30 @@ async fn the_preview_looks_back_past_hidden_messages_and_other_events() {
         assert_eq!(preview(3).await.as_deref(), Some("newest"));
     }
 }
+
+/// History, search, marks and admissions fold the reader's state on every
+/// call: one with nothing new to fold shares the cached snapshot instead
+/// of copying a row per conversation, and a later fold never changes a
+/// snapshot a caller still holds.
+#[tokio::test]
+async fn a_fold_with_nothing_new_shares_the_snapshot_and_a_new_one_leaves_it_alone() {
+    let fx = fixture().build().await;
+    let engine = Arc::clone(&fx.engine);
+    let conversation = group(&engine, 1, vec![2]).await;
+    send_numbered(&engine, 2, conversation, 2).await;
+    let read_state = engine.read_state();
+    let first = read_state.fold(1).await.unwrap();
+    let again = read_state.fold(1).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "nothing new: the same rows");
+    send_numbered(&engine, 2, conversation, 1).await;
+    let newer = read_state.fold(1).await.unwrap();
+    assert!(newer.applied_seq > first.applied_seq);
+    let unread = |snapshot: &timeline_store::ReadStateSnapshot| {
+        snapshot
+            .rows
+            .iter()
+            .find(|row| row.conversation_id == conversation)
+            .map(|row| row.unread)
+    };
+    assert_eq!((unread(&first), unread(&newer)), (Some(2), Some(3)));
+}

@@ -403,7 +403,8 @@ pub(crate) async fn hidden(
         return Ok(search::Hidden::default());
     };
     let mut hidden = search::Hidden::default();
-    for row in read_state.fold(*user_id).await?.rows {
+    let snapshot = read_state.fold(*user_id).await?;
+    for row in &snapshot.rows {
         if conversation.is_some_and(|c| c != row.conversation_id) {
             continue;
         }
