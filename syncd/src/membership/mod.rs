@@ -21,6 +21,7 @@ use crate::error::{Result, SyncdError};
 use crate::event::{Event, MembershipChange, now_ms};
 use crate::idempotency::{Fingerprint, Idempotency, Unfingerprinted, check_same_request};
 use crate::keyed::KeyedLocks;
+use crate::lifecycle::within_admission_wait;
 use crate::limits::{
     ADMISSION_COUNTS_IN_FLIGHT, DEFAULT_MEMBERS_LIMIT, MAX_CONVERSATION_MEMBERS, MAX_MEMBERS_LIMIT,
     MAX_MEMBERS_PER_CALL, MAX_TITLE_BYTES,
@@ -86,7 +87,13 @@ impl Membership {
         use futures_util::{StreamExt, TryStreamExt};
         let mut guards: Vec<crate::writer::Guard> = Vec::with_capacity(joining.len());
         for &user_id in joining {
-            guards.push(Box::new(self.admissions.write(user_id).await));
+            // Bounded like the other admission locks: a join of the user
+            // still being finished in the background holds it until it lands.
+            let guard = within_admission_wait(self.admissions.write(user_id), || {
+                format!("another membership change of user {user_id} is in flight: retry")
+            })
+            .await?;
+            guards.push(Box::new(guard));
         }
         let counts: Vec<(u64, usize)> = futures_util::stream::iter(joining.iter().copied())
             .map(|user_id| async move {
@@ -105,16 +112,15 @@ impl Membership {
         if !full.is_empty() {
             full.sort_unstable();
             let named: Vec<String> = full.iter().take(10).map(u64::to_string).collect();
-            let more = full.len().saturating_sub(named.len());
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
+            let more = full.len() - named.len();
+            let who = match (named.len(), more) {
+                (1, _) => format!("user {} is", named[0]),
+                (_, 0) => format!("users {} are", named.join(", ")),
+                _ => format!("users {} and {more} more are", named.join(", ")),
             };
             return Err(SyncdError::ResourceExhausted(format!(
-                "user {}{more} already in {most} conversations, \
-                 the most one user may be in: nothing changed",
-                named.join(", ")
+                "{who} already in {most} conversations, the most one user may be in: \
+                 nothing changed"
             )));
         }
         Ok(guards)
@@ -405,3 +411,6 @@ fn normalize_members(members: &[u64]) -> Result<Vec<u64>> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bound_tests;

@@ -27,11 +27,14 @@
 //! # Layout
 //! - [`fold`]: the rules, pure.
 //! - [`count`]: counting messages from others in a conversation range.
+//! - `tail`: what is stored past the readable horizon, for the counts
+//!   that bound deletes for me and memberships.
 //! - this module: folding a user, the list, marks, the sync summary.
 
 pub mod count;
 pub mod fold;
 mod list;
+mod tail;
 
 use crate::access;
 use crate::auth::Principal;
@@ -200,7 +203,8 @@ impl ReadState {
 
     /// The user's read state with every readable inbox entry folded in.
     /// Shared with the cache: a call that finds nothing new to fold copies
-    /// no row (a user may have thousands).
+    /// no row (a user may have thousands); one that folds new entries
+    /// copies the rows once.
     pub async fn fold(&self, user_id: u64) -> Result<Arc<ReadStateSnapshot>> {
         let _one_at_a_time = self.folds.write(user_id).await;
         let cached = self.snapshots.get(&user_id);
@@ -210,12 +214,9 @@ impl ReadState {
             .await?;
         let stored = match cached {
             Some(snapshot) if snapshot.applied_seq >= through => return Ok(snapshot),
-            Some(snapshot) => {
-                // Out of the cache first, so that unless a caller still
-                // holds it the rows are taken, not copied.
-                self.snapshots.invalidate(&user_id);
-                Arc::unwrap_or_clone(snapshot)
-            }
+            // The cache still holds it: the rows are copied once, and the
+            // snapshots callers hold stay as they were.
+            Some(snapshot) => Arc::unwrap_or_clone(snapshot),
             None => self.store.read_states(user_id).await?,
         };
         if stored.applied_seq >= through {
@@ -267,81 +268,6 @@ impl ReadState {
         let snapshot = Arc::new(snapshot);
         self.snapshots.insert(user_id, Arc::clone(&snapshot));
         Ok(snapshot)
-    }
-
-    /// The user's inbox entries stored past `applied_seq` (the readable
-    /// horizon a fold stopped at): while an earlier inbox event of the user
-    /// is in flight (a write being finished in the background), the horizon
-    /// stays below it, and what was stored meanwhile would count as nothing.
-    /// Past [`MAX_UNFOLDED_SCAN`] entries (or bytes) of such a tail, `what`
-    /// is refused as UNAVAILABLE until the horizon moves on.
-    async fn unfolded_tail(
-        &self,
-        user_id: u64,
-        applied_seq: u64,
-        what: &str,
-    ) -> Result<Vec<timeline_store::Entry>> {
-        let stored_top = self.store.last_inbox_seq(user_id).await?;
-        if stored_top <= applied_seq {
-            return Ok(Vec::new());
-        }
-        // Past the readable horizon an event's conversation entry may not
-        // be written yet, so heavy copies are read as stored (what callers
-        // count from the tail, deletes, clears and membership events, is
-        // never heavy).
-        let range = InboxRange::new(applied_seq, stored_top, MAX_UNFOLDED_SCAN + 1)
-            .with_max_bytes(MAX_UNFOLDED_SCAN_BYTES)
-            .without_payloads();
-        let tail = self.store.read_inbox(user_id, range).await?;
-        let bytes: usize = tail.iter().map(timeline_store::Entry::wire_bytes).sum();
-        if tail.len() > MAX_UNFOLDED_SCAN || bytes > MAX_UNFOLDED_SCAN_BYTES {
-            return Err(SyncdError::Unavailable(format!(
-                "earlier events of user {user_id} are still being stored: \
-                 {what} again once they are"
-            )));
-        }
-        Ok(tail)
-    }
-
-    /// How many conversations the user is a member of now, counting the
-    /// joins and removals stored past the readable horizon (see
-    /// [`Self::unfolded_tail`]).
-    pub async fn memberships(&self, user_id: u64) -> Result<usize> {
-        let snapshot = self.fold(user_id).await?;
-        let mut members = snapshot.rows.iter().filter(|row| row.member).count();
-        let tail = self
-            .unfolded_tail(user_id, snapshot.applied_seq, "join")
-            .await?;
-        // Each conversation the tail touches: whether the user was a member
-        // as folded, and its row with the tail applied.
-        let mut touched: BTreeMap<u64, (bool, ReadStateRow)> = tail
-            .iter()
-            .map(|entry| {
-                let row = ReadStateRow {
-                    conversation_id: entry.conversation_id,
-                    ..ReadStateRow::default()
-                };
-                (entry.conversation_id, (false, row))
-            })
-            .collect();
-        for row in &snapshot.rows {
-            if let Some(slot) = touched.get_mut(&row.conversation_id) {
-                *slot = (row.member, row.clone());
-            }
-        }
-        for entry in &tail {
-            if let Some((_, row)) = touched.get_mut(&entry.conversation_id) {
-                fold::apply(row, entry, user_id);
-            }
-        }
-        for (was, row) in touched.values() {
-            match (*was, row.member) {
-                (false, true) => members += 1,
-                (true, false) => members -= 1,
-                _ => {}
-            }
-        }
-        Ok(members)
     }
 
     /// How many messages of the conversation the user has deleted for
