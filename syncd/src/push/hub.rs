@@ -129,10 +129,17 @@ impl Hub {
     /// user's feeds, when the user is subscribed; past the hub's budget the
     /// entries held longest are dropped (their feeds read the store).
     pub fn remember(&self, user_id: u64, seq: u64, entry: &Entry) {
-        {
+        self.remember_copies([(user_id, seq)], entry);
+    }
+
+    /// [`Self::remember`] for every inbox copy `(user_id, seq)` of one
+    /// entry, taking the hub-wide order's lock once for all of them.
+    pub fn remember_copies(&self, copies: impl IntoIterator<Item = (u64, u64)>, entry: &Entry) {
+        let mut held = Vec::new();
+        for (user_id, seq) in copies {
             let mut shard = self.shard(user_id);
             let Some(channel) = shard.get_mut(&user_id) else {
-                return;
+                continue;
             };
             // The copy is made only for a subscribed user: the observer
             // calls this for every inbox write of the event.
@@ -145,8 +152,12 @@ impl Hub {
                 RECENT_PUSH_BYTES_PER_USER,
             );
             self.account(delta);
+            held.push((user_id, seq));
         }
-        self.order_lock().push_back((user_id, seq));
+        if held.is_empty() {
+            return;
+        }
+        self.order_lock().extend(held);
         self.evict_oldest();
     }
 
@@ -372,6 +383,30 @@ mod tests {
         let top = records as u64 + 1_000;
         let newest = (top - RECENT_PUSH_ENTRIES_PER_USER as u64, top);
         assert!(hub.recent(1, newest, 100, 1 << 20).is_some());
+    }
+
+    /// One event's copies go in together: each subscribed recipient keeps
+    /// its copy at its own seq, and the order records only those.
+    #[tokio::test]
+    async fn an_events_copies_are_remembered_together_for_subscribed_users_only() {
+        let hub = Hub::new();
+        let _subs: Vec<_> = [1u64, 3]
+            .iter()
+            .map(|&u| hub.subscribe(u).unwrap())
+            .collect();
+        let entry = Entry::new(timeline_store::EntryKind::Message, 9);
+        hub.remember_copies([(1, 5), (2, 7), (3, 2)], &entry);
+        assert!(hub.recent(1, (4, 5), 10, 1 << 20).is_some());
+        assert!(hub.recent(3, (1, 2), 10, 1 << 20).is_some());
+        assert!(
+            hub.recent(2, (6, 7), 10, 1 << 20).is_none(),
+            "not subscribed"
+        );
+        assert_eq!(
+            hub.order_lock().iter().copied().collect::<Vec<_>>(),
+            [(1, 5), (3, 2)]
+        );
+        assert_eq!(hub.recent_bytes(), 2 * entry.wire_bytes());
     }
 
     #[tokio::test]

@@ -47,9 +47,10 @@ impl CommitObserver for Hub {
         {
             return self.rewrite_all(commit);
         }
-        for write in &commit.inbox {
-            self.remember(write.user_id, write.seq, &commit.entry);
-        }
+        self.remember_copies(
+            commit.inbox.iter().map(|write| (write.user_id, write.seq)),
+            &commit.entry,
+        );
         self.rewrite_all(commit);
     }
 
