@@ -177,6 +177,22 @@ pub async fn group(engine: &Arc<Engine>, creator: u64, members: Vec<u64>) -> u64
         .conversation_id
 }
 
+/// Holds back the inbox horizons of `conversation`'s members: a send of
+/// `sender` there fails at the fence after its seqs were allocated, so
+/// what is stored for them later lies past what a fold reads.
+pub async fn hold_back(fx: &Fixture, sender: u64, conversation: u64) {
+    fx.store.fail_commits_where(
+        |commit| commit.entry.text == "held",
+        || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
+    );
+    let held = fx
+        .engine
+        .send(device(sender, "d"), message(conversation, "held", None))
+        .await;
+    assert!(held.is_err());
+    fx.store.clear_aimed_fault();
+}
+
 pub fn message(conversation_id: u64, text: &str, id: Option<Uuid>) -> SendCommand {
     SendCommand {
         conversation_id,

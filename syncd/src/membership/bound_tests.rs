@@ -9,10 +9,9 @@ use crate::testkit::*;
 
 /// A group of `members` created by a service.
 async fn group_of(engine: &Engine, members: Vec<u64>) -> Result<Conversation> {
-    let ops = Principal::Service { name: "ops".into() };
     engine
         .create_conversation(
-            ops,
+            service(),
             NewConversation {
                 kind: ConversationKind::Group,
                 members,
@@ -140,15 +139,7 @@ async fn joins_past_a_held_back_event_are_counted_or_waited_for() {
     let fx = fixture().config(bounded(3)).build().await;
     let engine = Arc::clone(&fx.engine);
     let conversation = group(&engine, 1, vec![2]).await;
-    fx.store.fail_commits_where(
-        |commit| commit.entry.text == "held",
-        || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
-    );
-    let held = engine
-        .send(device(2, "d"), message(conversation, "held", None))
-        .await;
-    assert!(held.is_err());
-    fx.store.clear_aimed_fault();
+    hold_back(&fx, 2, conversation).await;
     // Small joins past the held-back seq: counted from the tail.
     group_of(&engine, vec![1, 5]).await.unwrap();
     group_of(&engine, vec![1, 6]).await.unwrap();
@@ -164,17 +155,7 @@ async fn joins_past_a_held_back_event_are_counted_or_waited_for() {
     let fx = fixture().config(bounded(3)).build().await;
     let engine = Arc::clone(&fx.engine);
     let conversation = group(&engine, 1, vec![2]).await;
-    fx.store.fail_commits_where(
-        |commit| commit.entry.text == "held",
-        || timeline_store::StoreError::Fenced("a newer writer sealed the store".into()),
-    );
-    assert!(
-        engine
-            .send(device(2, "d"), message(conversation, "held", None))
-            .await
-            .is_err()
-    );
-    fx.store.clear_aimed_fault();
+    hold_back(&fx, 2, conversation).await;
     let many: Vec<u64> = std::iter::once(1).chain(1_000..1_600).collect();
     group_of(&engine, many.clone()).await.unwrap();
     for _ in 0..2 {
